@@ -1,0 +1,19 @@
+//! Core services of MKWW MCP: the domain types (`Task`, `TaskStatus`, …), the ports that the
+//! persistence and integration layers implement (`TaskStore`, `Handler`), and the task
+//! orchestrator that runs tasks by priority with retries, leases and timeouts.
+//!
+//! Core holds the rules; it does no I/O of its own beyond timers.
+
+pub mod backoff;
+pub mod orchestrator;
+pub mod store;
+pub mod task;
+
+pub use orchestrator::{
+    Handler, HandlerError, HandlerRegistry, Orchestrator, OrchestratorConfig, TaskContext,
+};
+pub use store::{
+    CancelOutcome, ClaimRequest, Completion, Inserted, Outcome, RetryOutcome, StoreError,
+    TaskFilter, TaskStore,
+};
+pub use task::{Backoff, NewTask, Task, TaskError, TaskStatus};

@@ -1,0 +1,200 @@
+//! Handlers run tasks. A handler is registered for a task type; the built-in ones (`noop`,
+//! `echo`, `sleep`, `fail`) live here because they need no I/O, the rest come from the
+//! integration layer.
+
+use crate::task::Task;
+use async_trait::async_trait;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What a handler gets: the task (with its payload and attempt number) and a token that fires
+/// when the task is cancelled, its lease is lost, or the node shuts down. A handler doing long
+/// work should watch it; the orchestrator drops the handler's future when it fires anyway.
+#[derive(Debug, Clone)]
+pub struct TaskContext {
+    pub task: Arc<Task>,
+    pub cancel: CancellationToken,
+}
+
+/// A failed attempt. `retryable: false` makes the task `dead` at once.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct HandlerError {
+    pub message: String,
+    pub retryable: bool,
+    pub details: Option<Value>,
+}
+
+impl HandlerError {
+    pub fn retryable(message: impl Into<String>) -> Self {
+        HandlerError {
+            message: message.into(),
+            retryable: true,
+            details: None,
+        }
+    }
+
+    pub fn permanent(message: impl Into<String>) -> Self {
+        HandlerError {
+            message: message.into(),
+            retryable: false,
+            details: None,
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+}
+
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Checks a payload when the task is created, so bad input is refused with a 4xx instead of
+    /// failing later. The default accepts anything.
+    fn validate(&self, _payload: &Value) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Runs one attempt. The returned value becomes the task's `result`.
+    async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError>;
+}
+
+/// The task types a node can run, and how.
+#[derive(Clone, Default)]
+pub struct HandlerRegistry {
+    handlers: HashMap<String, Arc<dyn Handler>>,
+}
+
+impl HandlerRegistry {
+    /// A registry with the built-in types: `noop`, `echo`, `sleep`, `fail`.
+    pub fn with_builtins() -> Self {
+        let mut registry = HandlerRegistry::default();
+        registry.register("noop", Noop);
+        registry.register("echo", Echo);
+        registry.register("sleep", Sleep);
+        registry.register("fail", Fail);
+        registry
+    }
+
+    pub fn register(&mut self, task_type: impl Into<String>, handler: impl Handler) {
+        self.handlers.insert(task_type.into(), Arc::new(handler));
+    }
+
+    pub fn get(&self, task_type: &str) -> Option<&Arc<dyn Handler>> {
+        self.handlers.get(task_type)
+    }
+
+    /// Registered task types, sorted.
+    pub fn types(&self) -> Vec<String> {
+        let mut types: Vec<String> = self.handlers.keys().cloned().collect();
+        types.sort();
+        types
+    }
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(payload: &Value) -> Result<T, String> {
+    T::deserialize(payload).map_err(|e| e.to_string())
+}
+
+/// Succeeds at once with no result.
+struct Noop;
+
+#[async_trait]
+impl Handler for Noop {
+    async fn run(&self, _ctx: TaskContext) -> Result<Value, HandlerError> {
+        Ok(Value::Null)
+    }
+}
+
+/// Succeeds with its payload as the result.
+struct Echo;
+
+#[async_trait]
+impl Handler for Echo {
+    async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
+        Ok(ctx.task.payload.clone())
+    }
+}
+
+/// Sleeps `{"ms": N}` milliseconds, then succeeds.
+struct Sleep;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SleepPayload {
+    ms: u64,
+}
+
+const MAX_SLEEP_MS: u64 = 24 * 3_600_000;
+
+#[async_trait]
+impl Handler for Sleep {
+    fn validate(&self, payload: &Value) -> Result<(), String> {
+        let p: SleepPayload = parse(payload)?;
+        if p.ms > MAX_SLEEP_MS {
+            return Err(format!("ms must be at most {MAX_SLEEP_MS}"));
+        }
+        Ok(())
+    }
+
+    async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
+        let p: SleepPayload = parse(&ctx.task.payload).map_err(HandlerError::permanent)?;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(p.ms)) => Ok(json!({"slept_ms": p.ms})),
+            _ = ctx.cancel.cancelled() => Err(HandlerError::retryable("interrupted")),
+        }
+    }
+}
+
+/// Fails the first `{"times": N}` attempts (every attempt when `times` is absent), then succeeds.
+struct Fail;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailPayload {
+    times: Option<u32>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+#[async_trait]
+impl Handler for Fail {
+    fn validate(&self, payload: &Value) -> Result<(), String> {
+        parse::<FailPayload>(payload).map(|_| ())
+    }
+
+    async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
+        let p: FailPayload = parse(&ctx.task.payload).map_err(HandlerError::permanent)?;
+        let attempt = ctx.task.attempts.max(0) as u32;
+        match p.times {
+            Some(times) if attempt > times => Ok(json!({"failed_attempts": times})),
+            _ => Err(HandlerError::retryable(
+                p.message
+                    .unwrap_or_else(|| format!("failing on purpose (attempt {attempt})")),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtins_validate_their_payloads() {
+        let registry = HandlerRegistry::with_builtins();
+        let sleep = registry.get("sleep").unwrap();
+        assert!(sleep.validate(&json!({"ms": 10})).is_ok());
+        assert!(sleep.validate(&json!({})).is_err());
+        assert!(sleep.validate(&json!({"ms": "ten"})).is_err());
+        let fail = registry.get("fail").unwrap();
+        assert!(fail.validate(&json!({"times": 2})).is_ok());
+        assert!(fail.validate(&json!({"times": -1})).is_err());
+        assert_eq!(registry.types(), vec!["echo", "fail", "noop", "sleep"]);
+    }
+}

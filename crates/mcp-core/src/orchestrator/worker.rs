@@ -1,0 +1,362 @@
+//! The worker side of a node: the claim loop, the handler wrapper (timeout, cancellation), the
+//! batched completer, lease heartbeats, maintenance, and graceful shutdown.
+
+use super::{Orchestrator, TaskContext, emit};
+use crate::backoff;
+use crate::store::{ClaimRequest, Completion, Outcome};
+use crate::task::{Task, TaskError};
+use chrono::Utc;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// How long to wait before trying the database again after an error.
+const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
+/// How often outcomes of finished tasks are pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// The running background parts of a node; `shutdown` stops them gracefully.
+pub struct WorkerHandle {
+    orchestrator: Arc<Orchestrator>,
+    stop_claiming: CancellationToken,
+    stop_all: CancellationToken,
+    claim_loop: Option<JoinHandle<()>>,
+    completer: Option<JoinHandle<()>>,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Orchestrator {
+    /// Starts claiming (unless concurrency is 0), heartbeats and maintenance.
+    pub async fn start(self: &Arc<Self>) -> WorkerHandle {
+        let stop_claiming = CancellationToken::new();
+        let stop_all = CancellationToken::new();
+        if let Err(e) = self.store.watch(self.wake.clone()).await {
+            warn!(error = %e, "cannot listen for wake-ups; polling only");
+        }
+        let mut handle = WorkerHandle {
+            orchestrator: self.clone(),
+            stop_claiming: stop_claiming.clone(),
+            stop_all: stop_all.clone(),
+            claim_loop: None,
+            completer: None,
+            background: Vec::new(),
+        };
+        if self.config.concurrency > 0 {
+            let (tx, rx) = mpsc::channel(self.config.batch_size * 4);
+            handle.completer = Some(tokio::spawn(self.clone().completer(rx)));
+            handle.claim_loop = Some(tokio::spawn(self.clone().claim_loop(tx, stop_claiming)));
+            handle
+                .background
+                .push(tokio::spawn(self.clone().heartbeat_loop(stop_all.clone())));
+        }
+        handle
+            .background
+            .push(tokio::spawn(self.clone().maintenance_loop(stop_all)));
+        handle
+    }
+
+    async fn claim_loop(self: Arc<Self>, done: mpsc::Sender<Completion>, stop: CancellationToken) {
+        let slots = Arc::new(Semaphore::new(self.config.concurrency));
+        let types = self.handlers.types();
+        loop {
+            let first = tokio::select! {
+                permit = slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return,
+                },
+                _ = stop.cancelled() => return,
+            };
+            let limit = (slots.available_permits() + 1).min(self.config.batch_size);
+            let request = ClaimRequest {
+                owner: self.config.node_id.clone(),
+                types: types.clone(),
+                limit: limit as u32,
+                lease: self.config.lease,
+            };
+            let tasks = match self.store.claim(&request).await {
+                Ok(tasks) => tasks,
+                Err(e) => {
+                    warn!(error = %e, "claim failed");
+                    drop(first);
+                    tokio::select! {
+                        _ = tokio::time::sleep(STORE_ERROR_PAUSE) => continue,
+                        _ = stop.cancelled() => return,
+                    }
+                }
+            };
+            let drained = tasks.len() < limit;
+            let mut first = Some(first);
+            for task in tasks {
+                // Only this loop takes permits, so as many as `limit` are free.
+                let permit = match first.take() {
+                    Some(permit) => permit,
+                    None => match slots.clone().try_acquire_owned() {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                };
+                tokio::spawn(self.clone().run(task, permit, done.clone()));
+            }
+            drop(first);
+            if drained {
+                self.wait_for_work(&types, &stop).await;
+            }
+        }
+    }
+
+    /// Sleeps until a wake-up, the next scheduled task is due, or the poll interval passes.
+    async fn wait_for_work(&self, types: &[String], stop: &CancellationToken) {
+        let mut wait = self.config.poll_interval;
+        match self.store.next_run_at(types).await {
+            Ok(Some(at)) => {
+                let until = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                wait = wait.min(until);
+            }
+            Ok(None) => {}
+            Err(e) => warn!(error = %e, "cannot read the next scheduled task"),
+        }
+        if wait.is_zero() {
+            return;
+        }
+        tokio::select! {
+            _ = self.wake.notified() => {}
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.cancelled() => {}
+        }
+    }
+
+    /// Runs one attempt and hands its outcome to the completer.
+    async fn run(
+        self: Arc<Self>,
+        task: Task,
+        permit: OwnedSemaphorePermit,
+        done: mpsc::Sender<Completion>,
+    ) {
+        let task = Arc::new(task);
+        emit("task.started", &task);
+        let token = CancellationToken::new();
+        self.lock_running().insert(task.id, token.clone());
+        let timeout = Duration::from_millis(task.timeout_ms);
+        let result = match self.handlers.get(&task.task_type) {
+            None => Some(Err(crate::HandlerError::permanent(format!(
+                "no handler for task type `{}` on this node",
+                task.task_type
+            )))),
+            Some(handler) => {
+                let ctx = TaskContext {
+                    task: task.clone(),
+                    cancel: token.clone(),
+                };
+                // A panicking handler must not take the node down or leave the task running.
+                let attempt = tokio::spawn({
+                    let handler = handler.clone();
+                    async move { tokio::time::timeout(timeout, handler.run(ctx)).await }
+                });
+                let abort = attempt.abort_handle();
+                tokio::select! {
+                    joined = attempt => Some(match joined {
+                        Ok(Ok(result)) => result,
+                        Ok(Err(_)) => Err(crate::HandlerError::retryable(format!(
+                            "timed out after {} ms", task.timeout_ms
+                        ))),
+                        Err(e) if e.is_panic() => Err(crate::HandlerError::retryable(
+                            "handler panicked",
+                        )),
+                        Err(e) => Err(crate::HandlerError::retryable(e.to_string())),
+                    }),
+                    // Cancelled, lease lost, or released on shutdown: whoever fired the token
+                    // already decided the task's state, so record nothing.
+                    _ = token.cancelled() => {
+                        abort.abort();
+                        None
+                    }
+                }
+            }
+        };
+        self.lock_running().remove(&task.id);
+        let Some(result) = result else {
+            return;
+        };
+        let outcome = match result {
+            Ok(value) => Outcome::Succeeded(value),
+            Err(e) => {
+                let error = TaskError {
+                    message: e.message,
+                    attempt: task.attempts,
+                    details: e.details,
+                };
+                if e.retryable && task.attempts < task.max_attempts {
+                    let delay = backoff::delay(task.backoff, task.attempts);
+                    Outcome::Retry {
+                        error,
+                        retry_at: Utc::now()
+                            + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::zero()),
+                    }
+                } else {
+                    Outcome::Dead(error)
+                }
+            }
+        };
+        // The completer lives until every sender is gone, so this only fails if it crashed; the
+        // lease then expires and the rescuer runs the task again.
+        let _ = done
+            .send(Completion {
+                id: task.id,
+                outcome,
+            })
+            .await;
+        drop(permit);
+    }
+
+    /// Writes outcomes in batches: whatever finished while the last write was in flight goes
+    /// into the next one, so batches grow with load and a lone task is written at once.
+    async fn completer(self: Arc<Self>, mut done: mpsc::Receiver<Completion>) {
+        let mut batch = Vec::with_capacity(self.config.batch_size);
+        while let Some(completion) = done.recv().await {
+            batch.push(completion);
+            while batch.len() < self.config.batch_size {
+                match done.try_recv() {
+                    Ok(completion) => batch.push(completion),
+                    Err(_) => break,
+                }
+            }
+            loop {
+                match self.store.complete(&self.config.node_id, &batch).await {
+                    Ok(changed) => {
+                        let mut frees_key = false;
+                        for task in &changed {
+                            frees_key |= task.concurrency_key.is_some();
+                            emit(event_for(task), task);
+                        }
+                        if frees_key {
+                            self.wake.notify_one();
+                        }
+                        break;
+                    }
+                    Err(e) => {
+                        warn!(error = %e, tasks = batch.len(), "recording outcomes failed; retrying");
+                        tokio::time::sleep(STORE_ERROR_PAUSE).await;
+                    }
+                }
+            }
+            batch.clear();
+        }
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>, stop: CancellationToken) {
+        let every = self.config.lease / 3;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = stop.cancelled() => return,
+            }
+            let ids = self.running_ids();
+            if ids.is_empty() {
+                continue;
+            }
+            match self
+                .store
+                .heartbeat(&self.config.node_id, &ids, self.config.lease)
+                .await
+            {
+                Ok(held) => {
+                    let held: std::collections::HashSet<_> = held.into_iter().collect();
+                    let running = self.lock_running();
+                    for id in ids.iter().filter(|id| !held.contains(id)) {
+                        // Cancelled elsewhere or rescued after a stall: stop working on it.
+                        if let Some(token) = running.get(id) {
+                            token.cancel();
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "lease heartbeat failed"),
+            }
+        }
+    }
+
+    async fn maintenance_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut last_prune: Option<tokio::time::Instant> = None;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.rescue_interval) => {}
+                _ = stop.cancelled() => return,
+            }
+            match self.store.rescue().await {
+                Ok(rescued) if !rescued.is_empty() => {
+                    info!(count = rescued.len(), "rescued tasks whose lease expired");
+                    for task in &rescued {
+                        emit(event_for(task), task);
+                    }
+                    self.wake.notify_one();
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "rescue failed"),
+            }
+            if let Some(retention) = self.config.retention {
+                if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
+                    last_prune = Some(tokio::time::Instant::now());
+                    let before = Utc::now()
+                        - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+                    match self.store.prune(before).await {
+                        Ok(0) => {}
+                        Ok(n) => info!(count = n, "pruned finished tasks"),
+                        Err(e) => warn!(error = %e, "prune failed"),
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn event_for(task: &Task) -> &'static str {
+    match task.status {
+        crate::TaskStatus::Succeeded => "task.succeeded",
+        crate::TaskStatus::Failed => "task.failed",
+        crate::TaskStatus::Dead => "task.dead",
+        crate::TaskStatus::Cancelled => "task.cancelled",
+        crate::TaskStatus::Running => "task.started",
+        crate::TaskStatus::Queued | crate::TaskStatus::Scheduled => "task.retrying",
+    }
+}
+
+impl WorkerHandle {
+    /// Stops claiming, lets running tasks finish for the grace period, releases the leases of
+    /// the rest so another node picks them up at once, and flushes every recorded outcome.
+    pub async fn shutdown(mut self) {
+        let orchestrator = self.orchestrator.clone();
+        self.stop_claiming.cancel();
+        if let Some(claim_loop) = self.claim_loop.take() {
+            let _ = claim_loop.await;
+        }
+        let deadline = tokio::time::Instant::now() + orchestrator.config.shutdown_grace;
+        while !orchestrator.lock_running().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let leftover: Vec<_> = {
+            let running = orchestrator.lock_running();
+            running.values().for_each(CancellationToken::cancel);
+            running.keys().copied().collect()
+        };
+        if !leftover.is_empty() {
+            match orchestrator
+                .store
+                .release(&orchestrator.config.node_id, &leftover)
+                .await
+            {
+                Ok(n) => info!(count = n, "released the leases of unfinished tasks"),
+                Err(e) => warn!(error = %e, "could not release leases; they will expire"),
+            }
+        }
+        if let Some(completer) = self.completer.take() {
+            // Ends once the last handler wrapper has dropped its sender.
+            let _ = completer.await;
+        }
+        self.stop_all.cancel();
+        for task in self.background.drain(..) {
+            let _ = task.await;
+        }
+    }
+}

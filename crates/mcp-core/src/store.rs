@@ -1,0 +1,225 @@
+//! The `TaskStore` port: everything the orchestrator and the API need from durable storage.
+//! `mcp-persistence` implements it for SQLite and PostgreSQL; both pass one conformance suite.
+//!
+//! Every state transition is one statement or one transaction, so a crash between two calls
+//! never leaves a task half-moved.
+
+use crate::task::{NewTask, Task, TaskError, TaskStatus};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    #[error("database error: {0}")]
+    Database(String),
+    #[error("stored data is invalid: {0}")]
+    Corrupt(String),
+}
+
+/// The result of inserting one task.
+#[derive(Debug, Clone)]
+pub struct Inserted {
+    pub task: Task,
+    /// `false` when a task with the same idempotency key already existed and is returned instead.
+    pub created: bool,
+}
+
+/// Filters and cursor for listing tasks, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct TaskFilter {
+    pub status: Option<TaskStatus>,
+    pub task_type: Option<String>,
+    pub queue: Option<String>,
+    /// Only tasks older than this id (the previous page's last id).
+    pub before: Option<Uuid>,
+    pub limit: u32,
+}
+
+/// Which tasks a node wants to run now.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    /// The node that will hold the leases.
+    pub owner: String,
+    /// Only these task types (the ones this node has handlers for).
+    pub types: Vec<String>,
+    pub limit: u32,
+    pub lease: Duration,
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Succeeded(Value),
+    /// Failed with attempts left: runs again at `retry_at`.
+    Retry {
+        error: TaskError,
+        retry_at: DateTime<Utc>,
+    },
+    /// Failed for good.
+    Dead(TaskError),
+}
+
+impl Outcome {
+    pub fn status(&self) -> TaskStatus {
+        match self {
+            Outcome::Succeeded(_) => TaskStatus::Succeeded,
+            Outcome::Retry { .. } => TaskStatus::Failed,
+            Outcome::Dead(_) => TaskStatus::Dead,
+        }
+    }
+}
+
+/// One finished attempt to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    pub id: Uuid,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    NotFound,
+    /// Already succeeded, dead or cancelled: nothing changed.
+    AlreadyFinal(Task),
+    /// Now cancelled. `was_running` says a handler may still be running and must be signalled.
+    Cancelled { task: Task, was_running: bool },
+}
+
+#[derive(Debug, Clone)]
+pub enum RetryOutcome {
+    NotFound,
+    /// Only `failed` and `dead` tasks can be retried by hand.
+    NotRetryable(Task),
+    Requeued(Task),
+}
+
+/// Counts of tasks per queue and status.
+pub type TaskCounts = HashMap<(String, TaskStatus), u64>;
+
+#[async_trait]
+pub trait TaskStore: Send + Sync + 'static {
+    /// Inserts tasks in order. A task whose idempotency key exists already is not inserted; the
+    /// existing task is returned with `created: false`.
+    async fn insert(&self, tasks: &[NewTask]) -> Result<Vec<Inserted>, StoreError>;
+
+    async fn get(&self, id: Uuid) -> Result<Option<Task>, StoreError>;
+
+    async fn list(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError>;
+
+    /// Atomically moves up to `limit` runnable tasks (queued, or scheduled/failed whose `run_at`
+    /// passed; highest priority, then earliest `run_at`, then oldest) to `running` under a lease,
+    /// increments their attempts and returns them. Never starts more tasks sharing a
+    /// `concurrency_key` than its `concurrency_limit`, counting those running on any node.
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError>;
+
+    /// Records finished attempts. Only tasks still `running` under `owner`'s lease change (a task
+    /// cancelled or rescued meanwhile is left alone); returns the tasks that changed.
+    async fn complete(
+        &self,
+        owner: &str,
+        completions: &[Completion],
+    ) -> Result<Vec<Task>, StoreError>;
+
+    /// Extends the leases of `ids` held by `owner`; returns the ids still held.
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        ids: &[Uuid],
+        lease: Duration,
+    ) -> Result<Vec<Uuid>, StoreError>;
+
+    /// Gives back running tasks without counting the attempt (graceful shutdown).
+    async fn release(&self, owner: &str, ids: &[Uuid]) -> Result<u64, StoreError>;
+
+    async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError>;
+
+    /// Requeues a failed or dead task now, granting it one more attempt if it had none left.
+    async fn retry(&self, id: Uuid) -> Result<RetryOutcome, StoreError>;
+
+    /// Requeues running tasks whose lease expired (their node died); a task with no attempts
+    /// left becomes `dead`. Returns the tasks rescued.
+    async fn rescue(&self) -> Result<Vec<Task>, StoreError>;
+
+    /// Deletes finished tasks that finished before `before`; returns how many.
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// The earliest `run_at` among tasks waiting for their time (scheduled or failed), so the
+    /// orchestrator can sleep exactly until then.
+    async fn next_run_at(&self, types: &[String]) -> Result<Option<DateTime<Utc>>, StoreError>;
+
+    async fn counts(&self) -> Result<TaskCounts, StoreError>;
+
+    /// Cheap reachability check for readiness probes.
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Starts forwarding "new tasks" signals from other processes (PostgreSQL LISTEN) to `wake`.
+    /// Stores with a single process (SQLite) need do nothing: the orchestrator wakes itself.
+    async fn watch(&self, wake: Arc<Notify>) -> Result<(), StoreError>;
+}
+
+/// Given claim candidates (in claim order) and how many tasks run per concurrency key, picks the
+/// ones that may start. Shared by the stores so both apply the same rule.
+pub fn admit(candidates: &[Candidate], running: &HashMap<String, i64>) -> Vec<Uuid> {
+    let mut started: HashMap<&str, i64> = HashMap::new();
+    candidates
+        .iter()
+        .filter(|c| match &c.concurrency_key {
+            None => true,
+            Some(key) => {
+                let limit = i64::from(c.concurrency_limit.unwrap_or(1));
+                let now = running.get(key).copied().unwrap_or(0);
+                let extra = started.entry(key.as_str()).or_insert(0);
+                if now + *extra < limit {
+                    *extra += 1;
+                    true
+                } else {
+                    false
+                }
+            }
+        })
+        .map(|c| c.id)
+        .collect()
+}
+
+/// A runnable task considered by a claim.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub id: Uuid,
+    pub concurrency_key: Option<String>,
+    pub concurrency_limit: Option<i32>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn candidate(key: Option<&str>, limit: i32) -> Candidate {
+        Candidate {
+            id: Uuid::now_v7(),
+            concurrency_key: key.map(str::to_owned),
+            concurrency_limit: key.map(|_| limit),
+        }
+    }
+
+    #[test]
+    fn admits_up_to_the_limit_per_key() {
+        let cands = vec![
+            candidate(Some("a"), 2),
+            candidate(None, 0),
+            candidate(Some("a"), 2),
+            candidate(Some("a"), 2),
+            candidate(Some("b"), 1),
+        ];
+        let running = HashMap::from([("b".to_owned(), 1)]);
+        let admitted = admit(&cands, &running);
+        assert_eq!(admitted, vec![cands[0].id, cands[1].id, cands[2].id]);
+    }
+}

@@ -1,0 +1,410 @@
+//! The task model: what a task is, the states it moves through, and how a request to create one
+//! is validated before it reaches a store.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Where a task is in its lifecycle.
+///
+/// ```text
+/// scheduled ─┐
+///            ├─> queued ─> running ─> succeeded
+/// failed ────┘               │
+///    ^                       ├─> failed (attempts left: waits for `run_at`, then runs again)
+///    └───────────────────────┤
+///                            └─> dead   (no attempts left)
+/// cancelled: from any state that is not final
+/// ```
+///
+/// `scheduled` and `failed` tasks become runnable when their `run_at` passes; the claim query
+/// takes them directly, so a delayed task starts on time without a promotion step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Scheduled,
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Dead,
+    Cancelled,
+}
+
+impl TaskStatus {
+    pub const ALL: [TaskStatus; 7] = [
+        TaskStatus::Scheduled,
+        TaskStatus::Queued,
+        TaskStatus::Running,
+        TaskStatus::Succeeded,
+        TaskStatus::Failed,
+        TaskStatus::Dead,
+        TaskStatus::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Scheduled => "scheduled",
+            TaskStatus::Queued => "queued",
+            TaskStatus::Running => "running",
+            TaskStatus::Succeeded => "succeeded",
+            TaskStatus::Failed => "failed",
+            TaskStatus::Dead => "dead",
+            TaskStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// A final task never runs again (unless an operator retries a dead one).
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            TaskStatus::Succeeded | TaskStatus::Dead | TaskStatus::Cancelled
+        )
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for TaskStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| format!("unknown task status `{s}`"))
+    }
+}
+
+/// Exponential backoff with full jitter between attempts: the delay before attempt `n + 1` is a
+/// random duration in `[0, min(max_ms, base_ms * 2^(n-1))]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Backoff {
+    pub base_ms: u64,
+    pub max_ms: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            base_ms: 1_000,
+            max_ms: 600_000,
+        }
+    }
+}
+
+/// Why the last attempt of a task failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TaskError {
+    pub message: String,
+    /// Which attempt failed (1-based).
+    pub attempt: i32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+/// A task as stored and as returned by the API.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Task {
+    pub id: Uuid,
+    #[serde(rename = "type")]
+    pub task_type: String,
+    pub queue: String,
+    pub priority: i32,
+    pub payload: Value,
+    pub status: TaskStatus,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub backoff: Backoff,
+    pub run_at: DateTime<Utc>,
+    pub timeout_ms: u64,
+    pub idempotency_key: Option<String>,
+    pub concurrency_key: Option<String>,
+    pub concurrency_limit: Option<i32>,
+    pub correlation_id: Option<String>,
+    pub result: Option<Value>,
+    pub error: Option<TaskError>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+/// A validated task ready to be inserted: the orchestrator fills every default, so a store only
+/// writes what it is given. `run_at: None` means "now, by the store's clock".
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    pub id: Uuid,
+    pub task_type: String,
+    pub queue: String,
+    pub priority: i32,
+    pub payload: Value,
+    pub max_attempts: i32,
+    pub backoff: Backoff,
+    pub run_at: Option<DateTime<Utc>>,
+    pub timeout_ms: u64,
+    pub idempotency_key: Option<String>,
+    pub concurrency_key: Option<String>,
+    pub concurrency_limit: Option<i32>,
+    pub correlation_id: Option<String>,
+}
+
+/// What a client sends to create a task (`POST /v1/tasks`, and the WebSocket `task.create` op).
+/// Unknown fields are refused so that a typo never silently changes behaviour.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTask {
+    /// The task type, e.g. `noop`, `echo`, `http.request`.
+    #[serde(rename = "type")]
+    pub task_type: String,
+    /// Queue name (default `default`).
+    #[serde(default)]
+    pub queue: Option<String>,
+    /// Higher runs first (default 0).
+    #[serde(default)]
+    pub priority: Option<i32>,
+    /// Input for the handler (default `{}`).
+    #[serde(default)]
+    pub payload: Option<Value>,
+    /// Attempts before the task is `dead` (default 3).
+    #[serde(default)]
+    pub max_attempts: Option<i32>,
+    #[serde(default)]
+    pub backoff: Option<Backoff>,
+    /// Do not run before this instant (RFC 3339).
+    #[serde(default)]
+    pub run_at: Option<DateTime<Utc>>,
+    /// Do not run before this many milliseconds from now (alternative to `run_at`).
+    #[serde(default)]
+    pub delay_ms: Option<u64>,
+    /// Per-attempt time limit; the handler is cancelled when it passes.
+    #[serde(default)]
+    pub timeout_ms: Option<u64>,
+    /// A second create with the same key returns the first task.
+    #[serde(default)]
+    pub idempotency_key: Option<String>,
+    /// Tasks sharing this key run at most `concurrency_limit` at once.
+    #[serde(default)]
+    pub concurrency_key: Option<String>,
+    #[serde(default)]
+    pub concurrency_limit: Option<i32>,
+    /// Defaults to the request id of the call that created the task.
+    #[serde(default)]
+    pub correlation_id: Option<String>,
+}
+
+/// Limits applied when validating a [`CreateTask`].
+#[derive(Debug, Clone, Copy)]
+pub struct TaskDefaults {
+    pub max_attempts: i32,
+    pub timeout_ms: u64,
+    pub backoff: Backoff,
+}
+
+impl Default for TaskDefaults {
+    fn default() -> Self {
+        TaskDefaults {
+            max_attempts: 3,
+            timeout_ms: 300_000,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+pub const MAX_KEY_LEN: usize = 255;
+pub const MAX_ATTEMPTS_LIMIT: i32 = 1_000;
+pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
+
+/// A rejected create request: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct InvalidTask {
+    pub field: &'static str,
+    pub reason: String,
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidTask {
+    InvalidTask {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn check_key(field: &'static str, value: &Option<String>) -> Result<(), InvalidTask> {
+    match value {
+        Some(v) if v.is_empty() => Err(invalid(field, "must not be empty")),
+        Some(v) if v.len() > MAX_KEY_LEN => Err(invalid(
+            field,
+            format!("must be at most {MAX_KEY_LEN} bytes"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+impl CreateTask {
+    /// Checks every field and fills the defaults. `now` resolves `delay_ms`.
+    pub fn validate(
+        self,
+        defaults: &TaskDefaults,
+        now: DateTime<Utc>,
+    ) -> Result<NewTask, InvalidTask> {
+        if self.task_type.trim().is_empty() {
+            return Err(invalid("type", "must not be empty"));
+        }
+        if self.task_type.len() > MAX_KEY_LEN {
+            return Err(invalid("type", format!("must be at most {MAX_KEY_LEN} bytes")));
+        }
+        let queue = self.queue.unwrap_or_else(|| "default".to_owned());
+        check_key("queue", &Some(queue.clone()))?;
+        check_key("idempotency_key", &self.idempotency_key)?;
+        check_key("concurrency_key", &self.concurrency_key)?;
+        check_key("correlation_id", &self.correlation_id)?;
+
+        let max_attempts = self.max_attempts.unwrap_or(defaults.max_attempts);
+        if !(1..=MAX_ATTEMPTS_LIMIT).contains(&max_attempts) {
+            return Err(invalid(
+                "max_attempts",
+                format!("must be between 1 and {MAX_ATTEMPTS_LIMIT}"),
+            ));
+        }
+        let backoff = self.backoff.unwrap_or(defaults.backoff);
+        if backoff.max_ms < backoff.base_ms {
+            return Err(invalid("backoff", "max_ms must be at least base_ms"));
+        }
+        if backoff.max_ms > MAX_TIMEOUT_MS {
+            return Err(invalid(
+                "backoff",
+                format!("max_ms must be at most {MAX_TIMEOUT_MS}"),
+            ));
+        }
+        let timeout_ms = self.timeout_ms.unwrap_or(defaults.timeout_ms);
+        if !(1..=MAX_TIMEOUT_MS).contains(&timeout_ms) {
+            return Err(invalid(
+                "timeout_ms",
+                format!("must be between 1 and {MAX_TIMEOUT_MS}"),
+            ));
+        }
+        let run_at = match (self.run_at, self.delay_ms) {
+            (Some(_), Some(_)) => {
+                return Err(invalid("delay_ms", "give either run_at or delay_ms, not both"));
+            }
+            (Some(at), None) => Some(at),
+            (None, Some(ms)) if ms > MAX_TIMEOUT_MS * 52 => {
+                return Err(invalid("delay_ms", "must be at most one year"));
+            }
+            (None, Some(0)) | (None, None) => None,
+            (None, Some(ms)) => Some(now + chrono::Duration::milliseconds(ms as i64)),
+        };
+        let concurrency_limit = match (&self.concurrency_key, self.concurrency_limit) {
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "concurrency_limit",
+                    "needs a concurrency_key to apply to",
+                ));
+            }
+            (Some(_), None) => Some(1),
+            (Some(_), Some(limit)) if limit < 1 => {
+                return Err(invalid("concurrency_limit", "must be at least 1"));
+            }
+            (_, limit) => limit,
+        };
+        Ok(NewTask {
+            id: Uuid::now_v7(),
+            task_type: self.task_type,
+            queue,
+            priority: self.priority.unwrap_or(0),
+            payload: self.payload.unwrap_or_else(|| Value::Object(Default::default())),
+            max_attempts,
+            backoff,
+            run_at,
+            timeout_ms,
+            idempotency_key: self.idempotency_key,
+            concurrency_key: self.concurrency_key,
+            concurrency_limit,
+            correlation_id: self.correlation_id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn create(task_type: &str) -> CreateTask {
+        CreateTask {
+            task_type: task_type.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn fills_defaults() {
+        let task = create("noop")
+            .validate(&TaskDefaults::default(), Utc::now())
+            .unwrap();
+        assert_eq!(task.queue, "default");
+        assert_eq!(task.max_attempts, 3);
+        assert_eq!(task.backoff, Backoff::default());
+        assert_eq!(task.run_at, None);
+        assert_eq!(task.payload, serde_json::json!({}));
+    }
+
+    #[test]
+    fn rejects_limit_without_key() {
+        let mut request = create("noop");
+        request.concurrency_limit = Some(2);
+        let err = request
+            .validate(&TaskDefaults::default(), Utc::now())
+            .unwrap_err();
+        assert_eq!(err.field, "concurrency_limit");
+    }
+
+    #[test]
+    fn key_without_limit_means_one() {
+        let mut request = create("noop");
+        request.concurrency_key = Some("k".into());
+        let task = request.validate(&TaskDefaults::default(), Utc::now()).unwrap();
+        assert_eq!(task.concurrency_limit, Some(1));
+    }
+
+    #[test]
+    fn rejects_bad_backoff_and_attempts() {
+        let mut request = create("noop");
+        request.backoff = Some(Backoff {
+            base_ms: 10,
+            max_ms: 5,
+        });
+        assert_eq!(
+            request.validate(&TaskDefaults::default(), Utc::now()).unwrap_err().field,
+            "backoff"
+        );
+        let mut request = create("noop");
+        request.max_attempts = Some(0);
+        assert_eq!(
+            request.validate(&TaskDefaults::default(), Utc::now()).unwrap_err().field,
+            "max_attempts"
+        );
+    }
+
+    #[test]
+    fn delay_becomes_run_at() {
+        let now = Utc::now();
+        let mut request = create("noop");
+        request.delay_ms = Some(1500);
+        let task = request.validate(&TaskDefaults::default(), now).unwrap();
+        assert_eq!(task.run_at, Some(now + chrono::Duration::milliseconds(1500)));
+    }
+
+    #[test]
+    fn status_round_trips_through_its_name() {
+        for status in TaskStatus::ALL {
+            assert_eq!(status.as_str().parse::<TaskStatus>().unwrap(), status);
+        }
+        assert!("nope".parse::<TaskStatus>().is_err());
+    }
+}

@@ -1,0 +1,639 @@
+//! The PostgreSQL task store: claims with `FOR UPDATE SKIP LOCKED` in claim order on a partial
+//! index, batch writes through `unnest` arrays, wake-ups through LISTEN/NOTIFY, and maintenance
+//! elected per run with a transaction-scoped advisory lock.
+
+use crate::{corrupt, db_error, error_json, non_null};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mcp_core::store::{Candidate, TaskCounts, admit};
+use mcp_core::{
+    Backoff, CancelOutcome, ClaimRequest, Completion, Inserted, NewTask, Outcome, RetryOutcome,
+    StoreError, Task, TaskError, TaskFilter, TaskStatus, TaskStore,
+};
+use serde_json::Value;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::types::Json;
+use sqlx::{ConnectOptions, FromRow};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+const COLUMNS: &str = "id, type, queue, priority, payload, status, attempts, max_attempts, \
+    backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key, concurrency_key, \
+    concurrency_limit, correlation_id, result, error, created_at, started_at, finished_at";
+
+/// How many finished tasks one prune statement deletes, to keep transactions short.
+const PRUNE_CHUNK: i64 = 10_000;
+/// How many expired leases one rescue statement takes.
+const RESCUE_CHUNK: i64 = 1_000;
+
+#[derive(Clone)]
+pub struct PgTaskStore {
+    pool: PgPool,
+    schema: String,
+}
+
+impl PgTaskStore {
+    /// Connects to `url`, using `schema` (created if missing) for every table. Each node of a
+    /// cluster and each test run may use its own schema in one database.
+    pub async fn connect(
+        url: &str,
+        schema: &str,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(StoreError::Database(format!(
+                "schema name `{schema}` must be letters, digits and underscores"
+            )));
+        }
+        let base = PgConnectOptions::from_str(url)
+            .map_err(db_error)?
+            .log_statements(tracing::log::LevelFilter::Trace);
+        // Create the schema with a plain connection first: the pool's connections need it to
+        // exist in their search_path.
+        let mut conn = base.connect().await.map_err(db_error)?;
+        sqlx::query(sql!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
+            .execute(&mut conn)
+            .await
+            .map_err(db_error)?;
+        drop(conn);
+        let options = base.options([("search_path", schema)]);
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await
+            .map_err(db_error)?;
+        Ok(PgTaskStore {
+            pool,
+            schema: schema.to_owned(),
+        })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Database(format!("migration failed: {e}")))
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    fn channel(&self) -> String {
+        format!("mcp_tasks.{}", self.schema)
+    }
+
+    async fn notify(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(self.channel())
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Drops the schema and everything in it (test clean-up).
+    pub async fn drop_schema(&self) -> Result<(), StoreError> {
+        sqlx::query(sql!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema))
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        self.pool.close().await;
+        Ok(())
+    }
+}
+
+#[derive(FromRow)]
+struct TaskRow {
+    id: Uuid,
+    #[sqlx(rename = "type")]
+    task_type: String,
+    queue: String,
+    priority: i32,
+    payload: Json<Value>,
+    status: String,
+    attempts: i32,
+    max_attempts: i32,
+    backoff_base_ms: i64,
+    backoff_max_ms: i64,
+    run_at: DateTime<Utc>,
+    timeout_ms: i64,
+    idempotency_key: Option<String>,
+    concurrency_key: Option<String>,
+    concurrency_limit: Option<i32>,
+    correlation_id: Option<String>,
+    result: Option<Json<Value>>,
+    error: Option<Json<Value>>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<TaskRow> for Task {
+    type Error = StoreError;
+    fn try_from(row: TaskRow) -> Result<Task, StoreError> {
+        Ok(Task {
+            id: row.id,
+            task_type: row.task_type,
+            queue: row.queue,
+            priority: row.priority,
+            payload: row.payload.0,
+            status: TaskStatus::from_str(&row.status).map_err(corrupt)?,
+            attempts: row.attempts,
+            max_attempts: row.max_attempts,
+            backoff: Backoff {
+                base_ms: row.backoff_base_ms.max(0) as u64,
+                max_ms: row.backoff_max_ms.max(0) as u64,
+            },
+            run_at: row.run_at,
+            timeout_ms: row.timeout_ms.max(0) as u64,
+            idempotency_key: row.idempotency_key,
+            concurrency_key: row.concurrency_key,
+            concurrency_limit: row.concurrency_limit,
+            correlation_id: row.correlation_id,
+            result: row.result.map(|j| j.0),
+            error: row
+                .error
+                .map(|j| serde_json::from_value::<TaskError>(j.0))
+                .transpose()
+                .map_err(corrupt)?,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+        })
+    }
+}
+
+fn tasks(rows: Vec<TaskRow>) -> Result<Vec<Task>, StoreError> {
+    rows.into_iter().map(Task::try_from).collect()
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis().min(i64::MAX as u128) as i64
+}
+
+#[async_trait]
+impl TaskStore for PgTaskStore {
+    async fn insert(&self, new: &[NewTask]) -> Result<Vec<Inserted>, StoreError> {
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = sql!(
+            "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts, \
+                 backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key, \
+                 concurrency_key, concurrency_limit, correlation_id, created_at)
+             SELECT i.id, i.type, i.queue, i.priority, i.payload,
+                    CASE WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END,
+                    i.max_attempts, i.bb, i.bm, coalesce(i.run_at, now()), i.timeout_ms,
+                    i.ik, i.ck, i.cl, i.corr, now()
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::jsonb[], $6::int4[],
+                         $7::int8[], $8::int8[], $9::timestamptz[], $10::int8[], $11::text[],
+                         $12::text[], $13::int4[], $14::text[])
+                  AS i(id, type, queue, priority, payload, max_attempts, bb, bm, run_at,
+                       timeout_ms, ik, ck, cl, corr)
+             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+             RETURNING {COLUMNS}"
+        );
+        let rows: Vec<TaskRow> = sqlx::query_as(sql)
+            .bind(new.iter().map(|t| t.id).collect::<Vec<_>>())
+            .bind(new.iter().map(|t| t.task_type.as_str()).collect::<Vec<_>>())
+            .bind(new.iter().map(|t| t.queue.as_str()).collect::<Vec<_>>())
+            .bind(new.iter().map(|t| t.priority).collect::<Vec<_>>())
+            .bind(new.iter().map(|t| Json(&t.payload)).collect::<Vec<_>>())
+            .bind(new.iter().map(|t| t.max_attempts).collect::<Vec<_>>())
+            .bind(new.iter().map(|t| t.backoff.base_ms as i64).collect::<Vec<_>>())
+            .bind(new.iter().map(|t| t.backoff.max_ms as i64).collect::<Vec<_>>())
+            .bind(new.iter().map(|t| t.run_at).collect::<Vec<_>>())
+            .bind(new.iter().map(|t| t.timeout_ms as i64).collect::<Vec<_>>())
+            .bind(new.iter().map(|t| t.idempotency_key.as_deref()).collect::<Vec<_>>())
+            .bind(new.iter().map(|t| t.concurrency_key.as_deref()).collect::<Vec<_>>())
+            .bind(new.iter().map(|t| t.concurrency_limit).collect::<Vec<_>>())
+            .bind(new.iter().map(|t| t.correlation_id.as_deref()).collect::<Vec<_>>())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let mut created: HashMap<Uuid, Task> = HashMap::with_capacity(rows.len());
+        for task in tasks(rows)? {
+            created.insert(task.id, task);
+        }
+        let mut existing: HashMap<String, Task> = HashMap::new();
+        let missing_keys: Vec<&str> = new
+            .iter()
+            .filter(|t| !created.contains_key(&t.id))
+            .filter_map(|t| t.idempotency_key.as_deref())
+            .collect();
+        if !missing_keys.is_empty() {
+            let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+                "SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ANY($1)"
+            ))
+            .bind(&missing_keys)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+            for task in tasks(rows)? {
+                if let Some(key) = task.idempotency_key.clone() {
+                    existing.insert(key, task);
+                }
+            }
+        }
+        new.iter()
+            .map(|t| {
+                if let Some(task) = created.remove(&t.id) {
+                    return Ok(Inserted {
+                        task,
+                        created: true,
+                    });
+                }
+                t.idempotency_key
+                    .as_ref()
+                    .and_then(|key| existing.get(key).cloned())
+                    .map(|task| Inserted {
+                        task,
+                        created: false,
+                    })
+                    .ok_or_else(|| {
+                        StoreError::Database(format!(
+                            "task {} was neither inserted nor found by its idempotency key",
+                            t.id
+                        ))
+                    })
+            })
+            .collect()
+    }
+
+    async fn get(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
+        let row: Option<TaskRow> = sqlx::query_as(sql!("SELECT {COLUMNS} FROM tasks WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.map(Task::try_from).transpose()
+    }
+
+    async fn list(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "SELECT {COLUMNS} FROM tasks
+             WHERE ($1::text IS NULL OR status = $1)
+               AND ($2::text IS NULL OR type = $2)
+               AND ($3::text IS NULL OR queue = $3)
+               AND ($4::uuid IS NULL OR id < $4)
+             ORDER BY id DESC
+             LIMIT $5"
+        ))
+        .bind(filter.status.map(TaskStatus::as_str))
+        .bind(filter.task_type.as_deref())
+        .bind(filter.queue.as_deref())
+        .bind(filter.before)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        tasks(rows)
+    }
+
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let candidates: Vec<(Uuid, Option<String>, Option<i32>)> = sqlx::query_as(
+            "SELECT id, concurrency_key, concurrency_limit FROM tasks
+             WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
+               AND type = ANY($1)
+               AND (concurrency_key IS NULL OR concurrency_key NOT IN (
+                     SELECT concurrency_key FROM tasks
+                     WHERE status = 'running' AND concurrency_key IS NOT NULL
+                     GROUP BY concurrency_key
+                     HAVING count(*) >= min(concurrency_limit)))
+             ORDER BY priority DESC, run_at, id
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&request.types)
+        .bind(i64::from(request.limit))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if candidates.is_empty() {
+            tx.rollback().await.map_err(db_error)?;
+            return Ok(Vec::new());
+        }
+        let candidates: Vec<Candidate> = candidates
+            .into_iter()
+            .map(|(id, concurrency_key, concurrency_limit)| Candidate {
+                id,
+                concurrency_key,
+                concurrency_limit,
+            })
+            .collect();
+        let mut keys: Vec<&str> = candidates
+            .iter()
+            .filter_map(|c| c.concurrency_key.as_deref())
+            .collect();
+        let mut running = HashMap::new();
+        if !keys.is_empty() {
+            keys.sort_unstable();
+            keys.dedup();
+            // Serialise claimers per key (in one global order, so they cannot deadlock), then
+            // count what runs now: committed claims of other nodes are visible to this statement.
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtextextended('mcp_concurrency.' || k, 0))
+                 FROM unnest($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n",
+            )
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            let counts: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT concurrency_key, count(*) FROM tasks
+                 WHERE status = 'running' AND concurrency_key = ANY($1)
+                 GROUP BY concurrency_key",
+            )
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            running.extend(counts);
+        }
+        let ids = admit(&candidates, &running);
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = now(),
+                 lease_owner = $2, lease_expires_at = now() + $3 * interval '1 millisecond'
+             WHERE id = ANY($1)
+             RETURNING {COLUMNS}"
+        ))
+        .bind(&ids)
+        .bind(&request.owner)
+        .bind(ms(request.lease))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        let mut claimed = tasks(rows)?;
+        // Run order follows claim order.
+        let order: HashMap<Uuid, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
+        claimed.sort_by_key(|t| order.get(&t.id).copied().unwrap_or(usize::MAX));
+        Ok(claimed)
+    }
+
+    async fn complete(
+        &self,
+        owner: &str,
+        completions: &[Completion],
+    ) -> Result<Vec<Task>, StoreError> {
+        if completions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut results = Vec::with_capacity(completions.len());
+        let mut errors = Vec::with_capacity(completions.len());
+        let mut retry_at = Vec::with_capacity(completions.len());
+        for c in completions {
+            let (result, error, at) = match &c.outcome {
+                Outcome::Succeeded(value) => (non_null(value).map(Json), None, None),
+                Outcome::Retry { error, retry_at } => (None, Some(Json(error_json(error))), Some(*retry_at)),
+                Outcome::Dead(error) => (None, Some(Json(error_json(error))), None),
+            };
+            results.push(result);
+            errors.push(error);
+            retry_at.push(at);
+        }
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "UPDATE tasks t SET status = c.status, result = c.result, error = c.error,
+                 run_at = coalesce(c.run_at, t.run_at),
+                 finished_at = CASE WHEN c.status = 'failed' THEN NULL ELSE now() END,
+                 lease_owner = NULL, lease_expires_at = NULL
+             FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::timestamptz[])
+                  AS c(id, status, result, error, run_at)
+             WHERE t.id = c.id AND t.status = 'running' AND t.lease_owner = $6
+             RETURNING {}",
+            COLUMNS
+                .split(", ")
+                .map(|c| format!("t.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(completions.iter().map(|c| c.id).collect::<Vec<_>>())
+        .bind(completions.iter().map(|c| c.outcome.status().as_str()).collect::<Vec<_>>())
+        .bind(results)
+        .bind(errors)
+        .bind(retry_at)
+        .bind(owner)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        tasks(rows)
+    }
+
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        ids: &[Uuid],
+        lease: Duration,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let held: Vec<(Uuid,)> = sqlx::query_as(
+            "UPDATE tasks SET lease_expires_at = now() + $3 * interval '1 millisecond'
+             WHERE id = ANY($1) AND status = 'running' AND lease_owner = $2
+             RETURNING id",
+        )
+        .bind(ids)
+        .bind(owner)
+        .bind(ms(lease))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(held.into_iter().map(|(id,)| id).collect())
+    }
+
+    async fn release(&self, owner: &str, ids: &[Uuid]) -> Result<u64, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tasks SET status = 'queued', attempts = greatest(attempts - 1, 0),
+                 lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = ANY($1) AND status = 'running' AND lease_owner = $2",
+        )
+        .bind(ids)
+        .bind(owner)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        if done.rows_affected() > 0 {
+            self.notify().await?;
+        }
+        Ok(done.rows_affected())
+    }
+
+    async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let previous: Option<(String,)> =
+            sqlx::query_as("SELECT status FROM tasks WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        let Some((previous,)) = previous else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let previous = TaskStatus::from_str(&previous).map_err(corrupt)?;
+        if previous.is_final() {
+            tx.rollback().await.map_err(db_error)?;
+            return match self.get(id).await? {
+                Some(task) => Ok(CancelOutcome::AlreadyFinal(task)),
+                None => Ok(CancelOutcome::NotFound),
+            };
+        }
+        let row: TaskRow = sqlx::query_as(sql!(
+            "UPDATE tasks SET status = 'cancelled', finished_at = now(),
+                 lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = $1
+             RETURNING {COLUMNS}"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(CancelOutcome::Cancelled {
+            task: row.try_into()?,
+            was_running: previous == TaskStatus::Running,
+        })
+    }
+
+    async fn retry(&self, id: Uuid) -> Result<RetryOutcome, StoreError> {
+        let row: Option<TaskRow> = sqlx::query_as(sql!(
+            "UPDATE tasks SET status = 'queued', run_at = now(), finished_at = NULL,
+                 max_attempts = greatest(max_attempts, attempts + 1)
+             WHERE id = $1 AND status IN ('failed', 'dead')
+             RETURNING {COLUMNS}"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        match row {
+            Some(row) => Ok(RetryOutcome::Requeued(row.try_into()?)),
+            None => Ok(match self.get(id).await? {
+                Some(task) => RetryOutcome::NotRetryable(task),
+                None => RetryOutcome::NotFound,
+            }),
+        }
+    }
+
+    async fn rescue(&self) -> Result<Vec<Task>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let (leader,): (bool,) = sqlx::query_as(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended('mcp_rescue.' || current_schema(), 0))",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if !leader {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "UPDATE tasks SET
+                 status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,
+                 finished_at = CASE WHEN attempts >= max_attempts THEN now() END,
+                 error = jsonb_build_object(
+                     'message', 'lease expired: the node running this attempt stopped responding',
+                     'attempt', attempts),
+                 lease_owner = NULL, lease_expires_at = NULL
+             WHERE id IN (SELECT id FROM tasks
+                          WHERE status = 'running' AND lease_expires_at < now()
+                          LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING {COLUMNS}"
+        ))
+        .bind(RESCUE_CHUNK)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
+        if !rows.is_empty() {
+            self.notify().await?;
+        }
+        tasks(rows)
+    }
+
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut total = 0;
+        loop {
+            let done = sqlx::query(
+                "DELETE FROM tasks WHERE id IN (
+                     SELECT id FROM tasks
+                     WHERE status IN ('succeeded', 'dead', 'cancelled') AND finished_at < $1
+                     LIMIT $2)",
+            )
+            .bind(before)
+            .bind(PRUNE_CHUNK)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+            total += done.rows_affected();
+            if done.rows_affected() < PRUNE_CHUNK as u64 {
+                return Ok(total);
+            }
+        }
+    }
+
+    async fn next_run_at(&self, types: &[String]) -> Result<Option<DateTime<Utc>>, StoreError> {
+        let (at,): (Option<DateTime<Utc>>,) = sqlx::query_as(
+            "SELECT min(run_at) FROM tasks
+             WHERE status IN ('scheduled', 'failed') AND type = ANY($1)",
+        )
+        .bind(types)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(at)
+    }
+
+    async fn counts(&self) -> Result<TaskCounts, StoreError> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT queue, status, count(*) FROM tasks GROUP BY queue, status")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error)?;
+        rows.into_iter()
+            .map(|(queue, status, n)| {
+                Ok(((queue, TaskStatus::from_str(&status).map_err(corrupt)?), n as u64))
+            })
+            .collect()
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn watch(&self, wake: Arc<Notify>) -> Result<(), StoreError> {
+        let mut listener = PgListener::connect_with(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let channel = self.channel();
+        listener.listen(&channel).await.map_err(db_error)?;
+        tokio::spawn(async move {
+            loop {
+                // `recv` reconnects by itself after a lost connection; a wake-up is harmless
+                // then, since notifications sent meanwhile were missed.
+                match listener.recv().await {
+                    Ok(_) => wake.notify_one(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN connection failed; retrying");
+                        wake.notify_one();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+}
