@@ -1,1 +1,74 @@
-//! placeholder
+//! API layer of MKWW MCP: the axum router with the REST API under `/v1`, health probes and the
+//! generated OpenAPI document. Cross-cutting work (request ids, request logs, body limits, panic
+//! catching, JSON errors) is done by layers, so handlers stay small.
+
+mod error;
+mod extract;
+mod health;
+mod openapi;
+mod principal;
+mod request_id;
+mod tasks;
+
+pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use openapi::ApiDoc;
+pub use principal::Principal;
+pub use request_id::REQUEST_ID_HEADER;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use mcp_core::Orchestrator;
+use std::sync::Arc;
+
+/// Limits of the HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most tasks in one `POST /v1/tasks/batch`.
+    pub max_batch: usize,
+    pub default_page_size: u32,
+    pub max_page_size: u32,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_body_bytes: 1024 * 1024,
+            max_batch: 1000,
+            default_page_size: 50,
+            max_page_size: 500,
+        }
+    }
+}
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub orchestrator: Arc<Orchestrator>,
+    pub config: Arc<ApiConfig>,
+}
+
+/// The whole HTTP API.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body_bytes;
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .route("/v1/tasks", post(tasks::create).get(tasks::list))
+        .route("/v1/tasks/batch", post(tasks::create_batch))
+        .route("/v1/tasks/{id}", get(tasks::get))
+        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
+        .route("/v1/tasks/{id}/retry", post(tasks::retry))
+        .route("/v1/queues", get(tasks::queues))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            error::panic_response,
+        ))
+        .layer(axum::middleware::from_fn(request_id::request_id))
+        .with_state(state)
+}

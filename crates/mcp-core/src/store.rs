@@ -90,7 +90,10 @@ pub enum CancelOutcome {
     /// Already succeeded, dead or cancelled: nothing changed.
     AlreadyFinal(Task),
     /// Now cancelled. `was_running` says a handler may still be running and must be signalled.
-    Cancelled { task: Task, was_running: bool },
+    Cancelled {
+        task: Task,
+        was_running: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -156,6 +159,10 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn next_run_at(&self, types: &[String]) -> Result<Option<DateTime<Utc>>, StoreError>;
 
     async fn counts(&self) -> Result<TaskCounts, StoreError>;
+
+    /// How many tasks are not finished yet (scheduled, queued, running or failed-and-waiting).
+    /// Cheap: it reads only the partial indexes of unfinished tasks.
+    async fn pending(&self) -> Result<u64, StoreError>;
 
     /// Cheap reachability check for readiness probes.
     async fn ping(&self) -> Result<(), StoreError>;

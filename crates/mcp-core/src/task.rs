@@ -257,7 +257,10 @@ impl CreateTask {
             return Err(invalid("type", "must not be empty"));
         }
         if self.task_type.len() > MAX_KEY_LEN {
-            return Err(invalid("type", format!("must be at most {MAX_KEY_LEN} bytes")));
+            return Err(invalid(
+                "type",
+                format!("must be at most {MAX_KEY_LEN} bytes"),
+            ));
         }
         let queue = self.queue.unwrap_or_else(|| "default".to_owned());
         check_key("queue", &Some(queue.clone()))?;
@@ -291,7 +294,10 @@ impl CreateTask {
         }
         let run_at = match (self.run_at, self.delay_ms) {
             (Some(_), Some(_)) => {
-                return Err(invalid("delay_ms", "give either run_at or delay_ms, not both"));
+                return Err(invalid(
+                    "delay_ms",
+                    "give either run_at or delay_ms, not both",
+                ));
             }
             (Some(at), None) => Some(at),
             (None, Some(ms)) if ms > MAX_TIMEOUT_MS * 52 => {
@@ -318,7 +324,9 @@ impl CreateTask {
             task_type: self.task_type,
             queue,
             priority: self.priority.unwrap_or(0),
-            payload: self.payload.unwrap_or_else(|| Value::Object(Default::default())),
+            payload: self
+                .payload
+                .unwrap_or_else(|| Value::Object(Default::default())),
             max_attempts,
             backoff,
             run_at,
@@ -368,7 +376,9 @@ mod tests {
     fn key_without_limit_means_one() {
         let mut request = create("noop");
         request.concurrency_key = Some("k".into());
-        let task = request.validate(&TaskDefaults::default(), Utc::now()).unwrap();
+        let task = request
+            .validate(&TaskDefaults::default(), Utc::now())
+            .unwrap();
         assert_eq!(task.concurrency_limit, Some(1));
     }
 
@@ -380,13 +390,19 @@ mod tests {
             max_ms: 5,
         });
         assert_eq!(
-            request.validate(&TaskDefaults::default(), Utc::now()).unwrap_err().field,
+            request
+                .validate(&TaskDefaults::default(), Utc::now())
+                .unwrap_err()
+                .field,
             "backoff"
         );
         let mut request = create("noop");
         request.max_attempts = Some(0);
         assert_eq!(
-            request.validate(&TaskDefaults::default(), Utc::now()).unwrap_err().field,
+            request
+                .validate(&TaskDefaults::default(), Utc::now())
+                .unwrap_err()
+                .field,
             "max_attempts"
         );
     }
@@ -397,7 +413,10 @@ mod tests {
         let mut request = create("noop");
         request.delay_ms = Some(1500);
         let task = request.validate(&TaskDefaults::default(), now).unwrap();
-        assert_eq!(task.run_at, Some(now + chrono::Duration::milliseconds(1500)));
+        assert_eq!(
+            task.run_at,
+            Some(now + chrono::Duration::milliseconds(1500))
+        );
     }
 
     #[test]

@@ -46,7 +46,11 @@ impl PgTaskStore {
         schema: &str,
         max_connections: u32,
     ) -> Result<Self, StoreError> {
-        if schema.is_empty() || !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        if schema.is_empty()
+            || !schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
             return Err(StoreError::Database(format!(
                 "schema name `{schema}` must be letters, digits and underscores"
             )));
@@ -212,14 +216,34 @@ impl TaskStore for PgTaskStore {
             .bind(new.iter().map(|t| t.priority).collect::<Vec<_>>())
             .bind(new.iter().map(|t| Json(&t.payload)).collect::<Vec<_>>())
             .bind(new.iter().map(|t| t.max_attempts).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| t.backoff.base_ms as i64).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| t.backoff.max_ms as i64).collect::<Vec<_>>())
+            .bind(
+                new.iter()
+                    .map(|t| t.backoff.base_ms as i64)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                new.iter()
+                    .map(|t| t.backoff.max_ms as i64)
+                    .collect::<Vec<_>>(),
+            )
             .bind(new.iter().map(|t| t.run_at).collect::<Vec<_>>())
             .bind(new.iter().map(|t| t.timeout_ms as i64).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| t.idempotency_key.as_deref()).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| t.concurrency_key.as_deref()).collect::<Vec<_>>())
+            .bind(
+                new.iter()
+                    .map(|t| t.idempotency_key.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                new.iter()
+                    .map(|t| t.concurrency_key.as_deref())
+                    .collect::<Vec<_>>(),
+            )
             .bind(new.iter().map(|t| t.concurrency_limit).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| t.correlation_id.as_deref()).collect::<Vec<_>>())
+            .bind(
+                new.iter()
+                    .map(|t| t.correlation_id.as_deref())
+                    .collect::<Vec<_>>(),
+            )
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
@@ -273,11 +297,12 @@ impl TaskStore for PgTaskStore {
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
-        let row: Option<TaskRow> = sqlx::query_as(sql!("SELECT {COLUMNS} FROM tasks WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(db_error)?;
+        let row: Option<TaskRow> =
+            sqlx::query_as(sql!("SELECT {COLUMNS} FROM tasks WHERE id = $1"))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
         row.map(Task::try_from).transpose()
     }
 
@@ -398,7 +423,9 @@ impl TaskStore for PgTaskStore {
         for c in completions {
             let (result, error, at) = match &c.outcome {
                 Outcome::Succeeded(value) => (non_null(value).map(Json), None, None),
-                Outcome::Retry { error, retry_at } => (None, Some(Json(error_json(error))), Some(*retry_at)),
+                Outcome::Retry { error, retry_at } => {
+                    (None, Some(Json(error_json(error))), Some(*retry_at))
+                }
                 Outcome::Dead(error) => (None, Some(Json(error_json(error))), None),
             };
             results.push(result);
@@ -421,7 +448,12 @@ impl TaskStore for PgTaskStore {
                 .join(", ")
         ))
         .bind(completions.iter().map(|c| c.id).collect::<Vec<_>>())
-        .bind(completions.iter().map(|c| c.outcome.status().as_str()).collect::<Vec<_>>())
+        .bind(
+            completions
+                .iter()
+                .map(|c| c.outcome.status().as_str())
+                .collect::<Vec<_>>(),
+        )
         .bind(results)
         .bind(errors)
         .bind(retry_at)
@@ -601,9 +633,27 @@ impl TaskStore for PgTaskStore {
                 .map_err(db_error)?;
         rows.into_iter()
             .map(|(queue, status, n)| {
-                Ok(((queue, TaskStatus::from_str(&status).map_err(corrupt)?), n as u64))
+                Ok((
+                    (queue, TaskStatus::from_str(&status).map_err(corrupt)?),
+                    n as u64,
+                ))
             })
             .collect()
+    }
+
+    async fn pending(&self) -> Result<u64, StoreError> {
+        let (waiting,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM tasks WHERE status IN ('queued', 'scheduled', 'failed')",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let (running,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM tasks WHERE status = 'running'")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(db_error)?;
+        Ok((waiting + running).max(0) as u64)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -12,10 +12,10 @@ use mcp_core::{
     StoreError, Task, TaskError, TaskFilter, TaskStatus, TaskStore,
 };
 use serde_json::{Value, json};
+use sqlx::FromRow;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::FromRow;
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
@@ -81,8 +81,9 @@ impl SqliteTaskStore {
     /// Opens (creating if needed) the database file at `path`.
     pub async fn open(path: &Path, options: &SqliteOptions) -> Result<Self, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
         }
         let connect = SqliteConnectOptions::new()
             .filename(path)
@@ -413,7 +414,8 @@ impl TaskStore for SqliteTaskStore {
         let batch: Vec<Value> = completions
             .iter()
             .map(|c| {
-                let mut entry = json!({"id": c.id.to_string(), "status": c.outcome.status().as_str()});
+                let mut entry =
+                    json!({"id": c.id.to_string(), "status": c.outcome.status().as_str()});
                 match &c.outcome {
                     Outcome::Succeeded(value) => {
                         if let Some(value) = non_null(value) {
@@ -615,9 +617,27 @@ impl TaskStore for SqliteTaskStore {
                 .map_err(db_error)?;
         rows.into_iter()
             .map(|(queue, status, n)| {
-                Ok(((queue, TaskStatus::from_str(&status).map_err(corrupt)?), n as u64))
+                Ok((
+                    (queue, TaskStatus::from_str(&status).map_err(corrupt)?),
+                    n as u64,
+                ))
             })
             .collect()
+    }
+
+    async fn pending(&self) -> Result<u64, StoreError> {
+        let (waiting,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM tasks WHERE status IN ('queued', 'scheduled', 'failed')",
+        )
+        .fetch_one(&self.readers)
+        .await
+        .map_err(db_error)?;
+        let (running,): (i64,) =
+            sqlx::query_as("SELECT count(*) FROM tasks WHERE status = 'running'")
+                .fetch_one(&self.readers)
+                .await
+                .map_err(db_error)?;
+        Ok((waiting + running).max(0) as u64)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

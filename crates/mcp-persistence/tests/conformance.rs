@@ -5,8 +5,8 @@
 use chrono::{Duration as Span, Utc};
 use mcp_core::task::{CreateTask, TaskDefaults};
 use mcp_core::{
-    CancelOutcome, ClaimRequest, Completion, NewTask, Outcome, RetryOutcome, TaskError,
-    TaskFilter, TaskStatus, TaskStore,
+    CancelOutcome, ClaimRequest, Completion, NewTask, Outcome, RetryOutcome, TaskError, TaskFilter,
+    TaskStatus, TaskStore,
 };
 use mcp_persistence::{PgTaskStore, SqliteOptions, SqliteTaskStore};
 use serde_json::json;
@@ -218,11 +218,17 @@ mod cases {
         let mut soon = new_task("noop");
         soon.run_at = Some(Utc::now() + Span::milliseconds(300));
         let ids = insert(&store, vec![later, soon]).await;
-        assert_eq!(store.get(ids[0]).await.unwrap().unwrap().status, TaskStatus::Scheduled);
+        assert_eq!(
+            store.get(ids[0]).await.unwrap().unwrap().status,
+            TaskStatus::Scheduled
+        );
         assert!(store.claim(&claim_request(10)).await.unwrap().is_empty());
         tokio::time::sleep(Duration::from_millis(400)).await;
         let claimed = store.claim(&claim_request(10)).await.unwrap();
-        assert_eq!(claimed.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ids[1]]);
+        assert_eq!(
+            claimed.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids[1]]
+        );
     }
 
     pub async fn idempotency_key_returns_the_first_task(store: Arc<dyn TaskStore>) {
@@ -259,11 +265,17 @@ mod cases {
         let claimed = store.claim(&claim_request(10)).await.unwrap();
         assert_eq!(claimed.len(), 3, "two keyed tasks and the free one");
         assert_eq!(
-            claimed.iter().filter(|t| t.concurrency_key.is_some()).count(),
+            claimed
+                .iter()
+                .filter(|t| t.concurrency_key.is_some())
+                .count(),
             2
         );
         assert!(store.claim(&claim_request(10)).await.unwrap().is_empty());
-        let one = claimed.iter().find(|t| t.concurrency_key.is_some()).unwrap();
+        let one = claimed
+            .iter()
+            .find(|t| t.concurrency_key.is_some())
+            .unwrap();
         store
             .complete(
                 OWNER,
@@ -280,7 +292,11 @@ mod cases {
     }
 
     pub async fn records_success_retry_and_death(store: Arc<dyn TaskStore>) {
-        insert(&store, vec![new_task("noop"), new_task("noop"), new_task("noop")]).await;
+        insert(
+            &store,
+            vec![new_task("noop"), new_task("noop"), new_task("noop")],
+        )
+        .await;
         let claimed = store.claim(&claim_request(3)).await.unwrap();
         let retry_at = Utc::now() + Span::minutes(5);
         let changed = store
@@ -328,7 +344,10 @@ mod cases {
         store.claim(&claim_request(2)).await.unwrap();
         assert!(matches!(
             store.cancel(ids[0]).await.unwrap(),
-            CancelOutcome::Cancelled { was_running: true, .. }
+            CancelOutcome::Cancelled {
+                was_running: true,
+                ..
+            }
         ));
         let success = |id| Completion {
             id,
@@ -336,10 +355,16 @@ mod cases {
         };
         let changed = store.complete(OWNER, &[success(ids[0])]).await.unwrap();
         assert!(changed.is_empty());
-        assert_eq!(store.get(ids[0]).await.unwrap().unwrap().status, TaskStatus::Cancelled);
+        assert_eq!(
+            store.get(ids[0]).await.unwrap().unwrap().status,
+            TaskStatus::Cancelled
+        );
         let changed = store.complete("node-b", &[success(ids[1])]).await.unwrap();
         assert!(changed.is_empty());
-        assert_eq!(store.get(ids[1]).await.unwrap().unwrap().status, TaskStatus::Running);
+        assert_eq!(
+            store.get(ids[1]).await.unwrap().unwrap().status,
+            TaskStatus::Running
+        );
     }
 
     pub async fn heartbeat_extends_leases_and_reports_lost_ones(store: Arc<dyn TaskStore>) {
@@ -354,12 +379,17 @@ mod cases {
             .unwrap();
         assert_eq!(held, vec![ids[0]]);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(store.rescue().await.unwrap().is_empty(), "the lease was extended");
-        assert!(store
-            .heartbeat("node-b", &ids, Duration::from_secs(30))
-            .await
-            .unwrap()
-            .is_empty());
+        assert!(
+            store.rescue().await.unwrap().is_empty(),
+            "the lease was extended"
+        );
+        assert!(
+            store
+                .heartbeat("node-b", &ids, Duration::from_secs(30))
+                .await
+                .unwrap()
+                .is_empty()
+        );
     }
 
     pub async fn rescues_tasks_whose_lease_expired(store: Arc<dyn TaskStore>) {
@@ -375,7 +405,10 @@ mod cases {
         let requeued = store.get(ids[0]).await.unwrap().unwrap();
         assert_eq!(requeued.status, TaskStatus::Queued);
         assert!(requeued.error.unwrap().message.contains("lease expired"));
-        assert_eq!(store.get(ids[1]).await.unwrap().unwrap().status, TaskStatus::Dead);
+        assert_eq!(
+            store.get(ids[1]).await.unwrap().unwrap().status,
+            TaskStatus::Dead
+        );
         let again = store.claim(&claim_request(2)).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].attempts, 2);
@@ -411,7 +444,10 @@ mod cases {
         ));
         // A cancelled task is never claimed.
         let claimed = store.claim(&claim_request(10)).await.unwrap();
-        assert_eq!(claimed.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ids[1]]);
+        assert_eq!(
+            claimed.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids[1]]
+        );
     }
 
     pub async fn retry_requeues_dead_tasks_with_one_more_attempt(store: Arc<dyn TaskStore>) {
@@ -482,7 +518,10 @@ mod cases {
             })
             .await
             .unwrap();
-        assert_eq!(page2.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ids[2], ids[1]]);
+        assert_eq!(
+            page2.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids[2], ids[1]]
+        );
         let echo_in_a = store
             .list(&TaskFilter {
                 limit: 10,
@@ -492,7 +531,10 @@ mod cases {
             })
             .await
             .unwrap();
-        assert_eq!(echo_in_a.iter().map(|t| t.id).collect::<Vec<_>>(), vec![ids[1]]);
+        assert_eq!(
+            echo_in_a.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids[1]]
+        );
         store.cancel(ids[4]).await.unwrap();
         let cancelled = store
             .list(&TaskFilter {
@@ -505,7 +547,17 @@ mod cases {
         assert_eq!(cancelled.len(), 1);
         let counts = store.counts().await.unwrap();
         assert_eq!(counts.get(&("a".to_string(), TaskStatus::Queued)), Some(&3));
-        assert_eq!(counts.get(&("b".to_string(), TaskStatus::Cancelled)), Some(&1));
+        assert_eq!(
+            counts.get(&("b".to_string(), TaskStatus::Cancelled)),
+            Some(&1)
+        );
+        assert_eq!(store.pending().await.unwrap(), 4);
+        store.claim(&claim_request(1)).await.unwrap();
+        assert_eq!(
+            store.pending().await.unwrap(),
+            4,
+            "running tasks are pending too"
+        );
     }
 
     pub async fn prunes_old_finished_tasks(store: Arc<dyn TaskStore>) {
@@ -514,7 +566,10 @@ mod cases {
         assert_eq!(store.prune(Utc::now() - Span::hours(1)).await.unwrap(), 0);
         assert_eq!(store.prune(Utc::now() + Span::seconds(1)).await.unwrap(), 1);
         assert!(store.get(ids[0]).await.unwrap().is_none());
-        assert!(store.get(ids[1]).await.unwrap().is_some(), "unfinished tasks stay");
+        assert!(
+            store.get(ids[1]).await.unwrap().is_some(),
+            "unfinished tasks stay"
+        );
     }
 
     pub async fn reports_the_next_due_task(store: Arc<dyn TaskStore>) {

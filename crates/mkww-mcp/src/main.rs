@@ -1,1 +1,62 @@
-fn main() {}
+//! `mkww-mcp`: the Master Control Program server. The binary only parses the command line,
+//! loads configuration and wires the layers together; the work happens in the library crates.
+
+mod bench;
+mod config;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "mkww-mcp",
+    version,
+    about = "The MKWW Master Control Program: an orchestration hub for tasks, memory and integrations."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server: HTTP API plus task workers. With no configuration it listens on
+    /// 127.0.0.1:8080 and keeps a SQLite database in ./data; set MCP_DATABASE_URL=postgres://…
+    /// to use PostgreSQL.
+    Serve {
+        /// Configuration file (default: ./mkww-mcp.toml if present).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Address to listen on (overrides the configuration).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Apply database migrations and exit (serve also does this on start).
+    Migrate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Benchmarks that print their figures.
+    Bench {
+        #[command(subcommand)]
+        bench: bench::Bench,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Serve { config, listen } => serve::serve(config.as_deref(), listen).await,
+        Command::Migrate { config } => serve::migrate(config.as_deref()).await,
+        Command::Bench { bench } => bench::run(bench).await,
+    };
+    match outcome {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mkww-mcp: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -173,10 +173,9 @@ impl Handler for Fail {
         let attempt = ctx.task.attempts.max(0) as u32;
         match p.times {
             Some(times) if attempt > times => Ok(json!({"failed_attempts": times})),
-            _ => Err(HandlerError::retryable(
-                p.message
-                    .unwrap_or_else(|| format!("failing on purpose (attempt {attempt})")),
-            )),
+            _ => Err(HandlerError::retryable(p.message.unwrap_or_else(|| {
+                format!("failing on purpose (attempt {attempt})")
+            }))),
         }
     }
 }

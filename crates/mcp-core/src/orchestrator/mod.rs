@@ -185,10 +185,8 @@ impl Orchestrator {
     pub async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, OrchestratorError> {
         let outcome = self.store.cancel(id).await?;
         if let CancelOutcome::Cancelled { task, was_running } = &outcome {
-            if *was_running {
-                if let Some(token) = self.lock_running().get(&id) {
-                    token.cancel();
-                }
+            if *was_running && let Some(token) = self.lock_running().get(&id) {
+                token.cancel();
             }
             emit("task.cancelled", task);
         }

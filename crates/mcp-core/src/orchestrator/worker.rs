@@ -295,16 +295,16 @@ impl Orchestrator {
                 Ok(_) => {}
                 Err(e) => warn!(error = %e, "rescue failed"),
             }
-            if let Some(retention) = self.config.retention {
-                if last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL) {
-                    last_prune = Some(tokio::time::Instant::now());
-                    let before = Utc::now()
-                        - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
-                    match self.store.prune(before).await {
-                        Ok(0) => {}
-                        Ok(n) => info!(count = n, "pruned finished tasks"),
-                        Err(e) => warn!(error = %e, "prune failed"),
-                    }
+            if let Some(retention) = self.config.retention
+                && last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL)
+            {
+                last_prune = Some(tokio::time::Instant::now());
+                let before = Utc::now()
+                    - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+                match self.store.prune(before).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(count = n, "pruned finished tasks"),
+                    Err(e) => warn!(error = %e, "prune failed"),
                 }
             }
         }

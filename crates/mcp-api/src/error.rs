@@ -1,0 +1,155 @@
+//! The one error type of the API: every failure becomes
+//! `{"error":{"code":"…","message":"…","request_id":"…"}}` with a stable `code` and the right
+//! HTTP status. Nothing else may produce an error response.
+
+use crate::request_id;
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use mcp_core::StoreError;
+use mcp_core::orchestrator::OrchestratorError;
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub details: Option<Value>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: clients branch on it.
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+    /// The `x-request-id` of the call, to find it in the logs.
+    pub request_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: None,
+        }
+    }
+
+    pub fn with_details(mut self, details: Value) -> Self {
+        self.details = Some(details);
+        self
+    }
+
+    pub fn task_not_found(id: &str) -> Self {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "task_not_found",
+            format!("no task with id `{id}`"),
+        )
+    }
+
+    pub fn invalid_query(message: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(code = self.code, message = %self.message, "request failed");
+        }
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                request_id: request_id::current().unwrap_or_default(),
+                details: self.details,
+            },
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(message) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "database_unavailable",
+                format!("the database cannot be reached; try again shortly ({message})"),
+            ),
+            StoreError::Database(message) | StoreError::Corrupt(message) => {
+                tracing::error!(%message, "store error");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "an internal error occurred; it has been logged",
+                )
+            }
+        }
+    }
+}
+
+impl From<OrchestratorError> for ApiError {
+    fn from(e: OrchestratorError) -> Self {
+        let message = e.to_string();
+        match e {
+            OrchestratorError::Invalid { source, index } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_task", message)
+                    .with_details(serde_json::json!({"field": source.field, "index": index}))
+            }
+            OrchestratorError::UnknownType { task_type, index } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_task_type",
+                message,
+            )
+            .with_details(serde_json::json!({"type": task_type, "index": index})),
+            OrchestratorError::InvalidPayload {
+                task_type, index, ..
+            } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", message)
+                .with_details(serde_json::json!({"type": task_type, "index": index})),
+            OrchestratorError::Store(e) => e.into(),
+        }
+    }
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+}
+
+/// A panic in a handler becomes a 500 with the usual body; the details stay in the log.
+pub fn panic_response(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = what, "handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "an internal error occurred; it has been logged",
+    )
+    .into_response()
+}

@@ -1,0 +1,262 @@
+//! Task routes: create (one or a batch), list, read, cancel, retry, and per-queue counts.
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery};
+use crate::request_id;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use mcp_core::task::CreateTask;
+use mcp_core::{CancelOutcome, RetryOutcome, Task, TaskFilter, TaskStatus};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+fn parse_id(id: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(id).map_err(|_| ApiError::task_not_found(id))
+}
+
+/// Create a task. 201 with the new task, or 200 with the existing one when the
+/// `idempotency_key` was used before.
+#[utoipa::path(post, path = "/v1/tasks", tag = "tasks", request_body = CreateTask,
+    responses(
+        (status = 201, description = "created", body = Task),
+        (status = 200, description = "a task with this idempotency_key exists already", body = Task),
+        (status = 400, description = "malformed JSON", body = ErrorBody),
+        (status = 422, description = "invalid task, unknown type or bad payload", body = ErrorBody),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<CreateTask>,
+) -> Result<Response, ApiError> {
+    let correlation = request_id::current();
+    let inserted = state
+        .orchestrator
+        .create(request, correlation.as_deref())
+        .await?;
+    let status = if inserted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = (status, Json(&inserted.task)).into_response();
+    if let Ok(location) = HeaderValue::from_str(&format!("/v1/tasks/{}", inserted.task.id)) {
+        response.headers_mut().insert(header::LOCATION, location);
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateBatch {
+    /// Between 1 and 1000 tasks; all are created or none.
+    pub tasks: Vec<CreateTask>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TaskList {
+    pub tasks: Vec<Task>,
+    /// Pass as `cursor` to get the next page; `null` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Create many tasks at once, atomically: if one is invalid, none is created.
+#[utoipa::path(post, path = "/v1/tasks/batch", tag = "tasks", request_body = CreateBatch,
+    responses(
+        (status = 201, description = "created (tasks matching an idempotency_key are the existing ones)", body = TaskList),
+        (status = 422, description = "an invalid task, or too many", body = ErrorBody),
+    ))]
+pub async fn create_batch(
+    State(state): State<AppState>,
+    ApiJson(batch): ApiJson<CreateBatch>,
+) -> Result<(StatusCode, Json<TaskList>), ApiError> {
+    let max = state.config.max_batch;
+    if batch.tasks.is_empty() || batch.tasks.len() > max {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_batch_size",
+            format!(
+                "a batch holds between 1 and {max} tasks; this one has {}",
+                batch.tasks.len()
+            ),
+        ));
+    }
+    let correlation = request_id::current();
+    let inserted = state
+        .orchestrator
+        .create_batch(batch.tasks, correlation.as_deref())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(TaskList {
+            tasks: inserted.into_iter().map(|i| i.task).collect(),
+            next_cursor: None,
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only tasks in this status.
+    pub status: Option<String>,
+    /// Only tasks of this type.
+    #[serde(rename = "type")]
+    pub task_type: Option<String>,
+    /// Only tasks in this queue.
+    pub queue: Option<String>,
+    /// Page size (default 50, at most 500).
+    pub limit: Option<u32>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// List tasks, newest first, with filters and cursor pagination.
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(ListQuery),
+    responses(
+        (status = 200, description = "a page of tasks", body = TaskList),
+        (status = 400, description = "bad filter, limit or cursor", body = ErrorBody),
+    ))]
+pub async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ListQuery>,
+) -> Result<Json<TaskList>, ApiError> {
+    let config = &state.config;
+    let limit = query.limit.unwrap_or(config.default_page_size);
+    if !(1..=config.max_page_size).contains(&limit) {
+        return Err(ApiError::invalid_query(format!(
+            "limit must be between 1 and {}",
+            config.max_page_size
+        )));
+    }
+    let status = query
+        .status
+        .as_deref()
+        .map(str::parse::<TaskStatus>)
+        .transpose()
+        .map_err(ApiError::invalid_query)?;
+    let before = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            Uuid::parse_str(c).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_cursor",
+                    "cursor must be a next_cursor returned by this endpoint",
+                )
+            })
+        })
+        .transpose()?;
+    let mut tasks = state
+        .orchestrator
+        .store()
+        .list(&TaskFilter {
+            status,
+            task_type: query.task_type,
+            queue: query.queue,
+            before,
+            limit: limit + 1,
+        })
+        .await?;
+    let next_cursor = if tasks.len() > limit as usize {
+        tasks.truncate(limit as usize);
+        tasks.last().map(|t| t.id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(TaskList { tasks, next_cursor }))
+}
+
+/// Read one task.
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks",
+    params(("id" = String, Path, description = "task id")),
+    responses(
+        (status = 200, description = "the task", body = Task),
+        (status = 404, description = "no such task", body = ErrorBody),
+    ))]
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    let task_id = parse_id(&id)?;
+    match state.orchestrator.store().get(task_id).await? {
+        Some(task) => Ok(Json(task)),
+        None => Err(ApiError::task_not_found(&id)),
+    }
+}
+
+/// Cancel a task: a queued one never runs, a running one is signalled and ends `cancelled`.
+#[utoipa::path(post, path = "/v1/tasks/{id}/cancel", tag = "tasks",
+    params(("id" = String, Path, description = "task id")),
+    responses(
+        (status = 200, description = "cancelled", body = Task),
+        (status = 404, description = "no such task", body = ErrorBody),
+        (status = 409, description = "already finished", body = ErrorBody),
+    ))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    match state.orchestrator.cancel(parse_id(&id)?).await? {
+        CancelOutcome::Cancelled { task, .. } => Ok(Json(task)),
+        CancelOutcome::NotFound => Err(ApiError::task_not_found(&id)),
+        CancelOutcome::AlreadyFinal(task) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "task_already_finished",
+            format!("task `{id}` is {} and cannot be cancelled", task.status),
+        )
+        .with_details(serde_json::json!({"status": task.status}))),
+    }
+}
+
+/// Requeue a failed or dead task now (granting one more attempt if it had none left).
+#[utoipa::path(post, path = "/v1/tasks/{id}/retry", tag = "tasks",
+    params(("id" = String, Path, description = "task id")),
+    responses(
+        (status = 200, description = "requeued", body = Task),
+        (status = 404, description = "no such task", body = ErrorBody),
+        (status = 409, description = "not failed or dead", body = ErrorBody),
+    ))]
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Task>, ApiError> {
+    match state.orchestrator.retry(parse_id(&id)?).await? {
+        RetryOutcome::Requeued(task) => Ok(Json(task)),
+        RetryOutcome::NotFound => Err(ApiError::task_not_found(&id)),
+        RetryOutcome::NotRetryable(task) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "task_not_retryable",
+            format!(
+                "task `{id}` is {}; only failed or dead tasks can be retried",
+                task.status
+            ),
+        )
+        .with_details(serde_json::json!({"status": task.status}))),
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct QueueCounts {
+    /// Task counts per queue, then per status.
+    pub queues: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+/// How many tasks each queue holds, per status.
+#[utoipa::path(get, path = "/v1/queues", tag = "tasks",
+    responses((status = 200, description = "counts", body = QueueCounts)))]
+pub async fn queues(State(state): State<AppState>) -> Result<Json<QueueCounts>, ApiError> {
+    let counts = state.orchestrator.store().counts().await?;
+    let mut queues: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for ((queue, status), n) in counts {
+        queues
+            .entry(queue)
+            .or_default()
+            .insert(status.as_str().to_owned(), n);
+    }
+    Ok(Json(QueueCounts { queues }))
+}

@@ -1,0 +1,325 @@
+//! `mkww-mcp bench tasks`: the standard queue workload, measured the way graphile-worker,
+//! BullMQ and pg-boss are measured, so the figures compare:
+//! 1. enqueue N `noop` tasks as sequential batches of 1,000 with no worker running;
+//! 2. start the workers and time until the store shows all N `succeeded`;
+//! 3. with idle workers, add tasks one at a time every 5 ms and record add → start.
+//!
+//! It runs against a fresh SQLite file or a fresh PostgreSQL schema, dropped afterwards.
+
+use crate::config::Config;
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use clap::{Subcommand, ValueEnum};
+use mcp_core::task::CreateTask;
+use mcp_core::{HandlerRegistry, Orchestrator, OrchestratorConfig, TaskStatus, TaskStore};
+use mcp_persistence::{PgTaskStore, SqliteOptions, SqliteTaskStore};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+#[derive(Subcommand)]
+pub enum Bench {
+    /// Enqueue rate, processing rate and pickup latency of the task orchestrator.
+    Tasks(TasksBench),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Via {
+    /// Call the orchestrator in-process.
+    Direct,
+    /// Go through the REST API over real HTTP (a server started in-process on a free port).
+    Http,
+}
+
+#[derive(clap::Args)]
+pub struct TasksBench {
+    /// PostgreSQL URL (postgres://…); default: a temporary SQLite file.
+    #[arg(long, env = "MCP_BENCH_DATABASE_URL")]
+    database_url: Option<String>,
+    #[arg(long, value_enum, default_value = "direct")]
+    via: Via,
+    /// Tasks enqueued and processed.
+    #[arg(long, default_value_t = 50_000)]
+    tasks: usize,
+    /// Tasks per enqueue batch.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+    /// Tasks added one by one for the latency figure.
+    #[arg(long, default_value_t = 500)]
+    latency_tasks: usize,
+    /// Milliseconds between two latency tasks.
+    #[arg(long, default_value_t = 5)]
+    latency_interval_ms: u64,
+    /// Tasks the worker runs at once.
+    #[arg(long, default_value_t = 1_000)]
+    concurrency: usize,
+    /// Most tasks per claim and per outcome write.
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+    /// SQLite `synchronous = NORMAL` instead of FULL.
+    #[arg(long)]
+    sqlite_normal: bool,
+}
+
+pub async fn run(bench: Bench) -> anyhow::Result<()> {
+    match bench {
+        Bench::Tasks(args) => tasks(args).await,
+    }
+}
+
+enum BenchStore {
+    Sqlite(SqliteTaskStore, std::path::PathBuf),
+    Postgres(PgTaskStore),
+}
+
+impl BenchStore {
+    async fn open(args: &TasksBench) -> anyhow::Result<BenchStore> {
+        match args.database_url.as_deref() {
+            Some(url) => {
+                let schema = format!("mcp_bench_{}", Uuid::new_v4().simple());
+                let store = PgTaskStore::connect(url, &schema, 8)
+                    .await
+                    .context("cannot connect to PostgreSQL")?;
+                store.migrate().await?;
+                Ok(BenchStore::Postgres(store))
+            }
+            None => {
+                let dir = std::env::temp_dir().join(format!("mcp-bench-{}", Uuid::new_v4()));
+                let store = SqliteTaskStore::open(
+                    &dir.join("bench.db"),
+                    &SqliteOptions {
+                        synchronous_full: !args.sqlite_normal,
+                        ..SqliteOptions::default()
+                    },
+                )
+                .await?;
+                store.migrate().await?;
+                Ok(BenchStore::Sqlite(store, dir))
+            }
+        }
+    }
+
+    fn store(&self) -> Arc<dyn TaskStore> {
+        match self {
+            BenchStore::Sqlite(store, _) => Arc::new(store.clone()),
+            BenchStore::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
+    fn describe(&self, args: &TasksBench) -> String {
+        match self {
+            BenchStore::Sqlite(..) => format!(
+                "sqlite (WAL, synchronous={})",
+                if args.sqlite_normal { "NORMAL" } else { "FULL" }
+            ),
+            BenchStore::Postgres(store) => format!("postgres (schema {})", store.schema()),
+        }
+    }
+
+    async fn cleanup(self) {
+        match self {
+            BenchStore::Sqlite(store, dir) => {
+                store.close().await;
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            BenchStore::Postgres(store) => {
+                if let Err(e) = store.drop_schema().await {
+                    eprintln!("could not drop the bench schema: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Adds tasks the way the chosen path does.
+enum Client {
+    Direct(Arc<Orchestrator>),
+    Http { http: reqwest::Client, base: String },
+}
+
+impl Client {
+    async fn add_batch(&self, tasks: Vec<CreateTask>) -> anyhow::Result<()> {
+        match self {
+            Client::Direct(orchestrator) => {
+                orchestrator.create_batch(tasks, None).await?;
+            }
+            Client::Http { http, base } => {
+                let response = http
+                    .post(format!("{base}/v1/tasks/batch"))
+                    .json(&json!({ "tasks": tasks }))
+                    .send()
+                    .await?;
+                anyhow::ensure!(
+                    response.status().is_success(),
+                    "batch create failed: {}",
+                    response.text().await.unwrap_or_default()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn add_one(&self, task: CreateTask) -> anyhow::Result<Uuid> {
+        match self {
+            Client::Direct(orchestrator) => Ok(orchestrator.create(task, None).await?.task.id),
+            Client::Http { http, base } => {
+                let response = http
+                    .post(format!("{base}/v1/tasks"))
+                    .json(&task)
+                    .send()
+                    .await?;
+                anyhow::ensure!(response.status().is_success(), "create failed");
+                let task: mcp_core::Task = response.json().await?;
+                Ok(task.id)
+            }
+        }
+    }
+}
+
+fn noop() -> CreateTask {
+    CreateTask {
+        task_type: "noop".into(),
+        ..Default::default()
+    }
+}
+
+async fn wait_until_done(store: &Arc<dyn TaskStore>) -> anyhow::Result<()> {
+    while store.pending().await? > 0 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+async fn tasks(args: TasksBench) -> anyhow::Result<()> {
+    let backing = BenchStore::open(&args).await?;
+    let store = backing.store();
+    let orchestrator = Orchestrator::new(
+        store.clone(),
+        HandlerRegistry::with_builtins(),
+        OrchestratorConfig {
+            concurrency: args.concurrency,
+            batch_size: args.batch_size,
+            retention: None,
+            ..OrchestratorConfig::default()
+        },
+    );
+    let client = match args.via {
+        Via::Direct => Client::Direct(orchestrator.clone()),
+        Via::Http => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+            let base = format!("http://{}", listener.local_addr()?);
+            let app = mcp_api::router(crate::serve::api_state(
+                &Config {
+                    max_body_bytes: 16 * 1024 * 1024,
+                    max_batch: args.batch.max(1),
+                    ..Config::default()
+                },
+                orchestrator.clone(),
+            ));
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            Client::Http {
+                http: reqwest::Client::new(),
+                base,
+            }
+        }
+    };
+    println!(
+        "bench tasks: {} tasks via {}, store {}, {} cores, worker concurrency {}, batch size {}",
+        args.tasks,
+        match args.via {
+            Via::Direct => "direct",
+            Via::Http => "http",
+        },
+        backing.describe(&args),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        args.concurrency,
+        args.batch_size,
+    );
+
+    // 1. Enqueue with no worker running.
+    let started = Instant::now();
+    let mut left = args.tasks;
+    while left > 0 {
+        let n = left.min(args.batch);
+        client.add_batch((0..n).map(|_| noop()).collect()).await?;
+        left -= n;
+    }
+    let enqueue_secs = started.elapsed().as_secs_f64();
+    let enqueue_rate = args.tasks as f64 / enqueue_secs;
+    println!(
+        "enqueue:   {enqueue_rate:>10.0} tasks/s ({} tasks in {enqueue_secs:.3} s)",
+        args.tasks
+    );
+
+    // 2. Start the workers; time until every task is durably succeeded.
+    let started = Instant::now();
+    let workers = orchestrator.start().await;
+    wait_until_done(&store).await?;
+    let process_secs = started.elapsed().as_secs_f64();
+    let process_rate = args.tasks as f64 / process_secs;
+    let succeeded: u64 = store
+        .counts()
+        .await?
+        .iter()
+        .filter(|((_, status), _)| *status == TaskStatus::Succeeded)
+        .map(|(_, n)| n)
+        .sum();
+    anyhow::ensure!(
+        succeeded as usize == args.tasks,
+        "expected {} succeeded tasks, found {succeeded}",
+        args.tasks
+    );
+    println!(
+        "processed: {process_rate:>10.0} tasks/s ({} tasks in {process_secs:.3} s)",
+        args.tasks
+    );
+
+    // 3. Pickup latency with idle workers.
+    let mut added: Vec<(Uuid, DateTime<Utc>)> = Vec::with_capacity(args.latency_tasks);
+    let mut ticker = tokio::time::interval(Duration::from_millis(args.latency_interval_ms.max(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    for _ in 0..args.latency_tasks {
+        ticker.tick().await;
+        let at = Utc::now();
+        let id = client.add_one(noop()).await?;
+        added.push((id, at));
+    }
+    wait_until_done(&store).await?;
+    let mut latencies = Vec::with_capacity(added.len());
+    for (id, at) in &added {
+        let task = store.get(*id).await?.context("latency task vanished")?;
+        let started_at = task.started_at.context("latency task never started")?;
+        latencies.push((started_at - *at).num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0);
+    }
+    latencies.sort_by(f64::total_cmp);
+    let (p50, p99, max) = (
+        percentile(&latencies, 50.0),
+        percentile(&latencies, 99.0),
+        latencies.last().copied().unwrap_or(f64::NAN),
+    );
+    println!("pickup latency (add -> start): p50 {p50:.3} ms, p99 {p99:.3} ms, max {max:.3} ms");
+    println!(
+        "{}",
+        json!({
+            "bench": "tasks",
+            "via": match args.via { Via::Direct => "direct", Via::Http => "http" },
+            "store": backing.describe(&args),
+            "tasks": args.tasks,
+            "enqueue_jobs_per_s": enqueue_rate.round(),
+            "processed_jobs_per_s": process_rate.round(),
+            "latency_add_to_start": {"p50_ms": p50, "p99_ms": p99, "max_ms": max},
+        })
+    );
+    workers.shutdown().await;
+    backing.cleanup().await;
+    Ok(())
+}

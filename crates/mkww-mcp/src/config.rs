@@ -1,0 +1,235 @@
+//! Configuration: one struct with defaults, overridden by `mkww-mcp.toml` (or `--config FILE`),
+//! overridden by `MCP_*` environment variables (`MCP_LISTEN`, `MCP_DATABASE_URL`, …: the key in
+//! upper case). README's configuration table lists every key.
+
+use anyhow::Context;
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: String,
+    /// Where the embedded default keeps its SQLite file.
+    pub data_dir: PathBuf,
+    /// `postgres://…` for PostgreSQL, `sqlite://PATH` for another SQLite file; unset: SQLite in
+    /// `data_dir`.
+    pub database_url: Option<String>,
+    /// PostgreSQL schema holding the tables (created if missing).
+    pub database_schema: String,
+    /// Most connections in the PostgreSQL pool.
+    pub database_max_connections: u32,
+    /// SQLite `synchronous`: `full` (survives power loss) or `normal` (survives a crash).
+    pub sqlite_synchronous: String,
+    /// Tasks this node runs at once; 0 makes an API-only node.
+    pub worker_concurrency: usize,
+    /// Most tasks per claim and per outcome write.
+    pub worker_batch_size: usize,
+    /// Lease of a running task; renewed every third of it.
+    pub lease_ms: u64,
+    /// Fallback poll when no wake-up arrives.
+    pub poll_interval_ms: u64,
+    /// How often expired leases are rescued.
+    pub rescue_interval_ms: u64,
+    /// How long running tasks may finish on shutdown.
+    pub shutdown_grace_ms: u64,
+    /// Finished tasks are deleted after this many hours; 0 keeps them.
+    pub task_retention_hours: u64,
+    /// Default `max_attempts` of a task.
+    pub task_max_attempts: i32,
+    /// Default `timeout_ms` of a task.
+    pub task_timeout_ms: u64,
+    /// Default backoff base and cap between attempts.
+    pub task_backoff_base_ms: u64,
+    pub task_backoff_max_ms: u64,
+    /// Largest request body the API accepts.
+    pub max_body_bytes: usize,
+    /// Most tasks in one batch create.
+    pub max_batch: usize,
+    /// `json` or `pretty`.
+    pub log_format: String,
+    /// A `tracing` filter such as `info` or `mkww_mcp=debug,info` (`RUST_LOG` wins when set).
+    pub log_level: String,
+    /// Default per-request timeout of `http.request` tasks.
+    pub http_timeout_ms: u64,
+    /// Largest response body kept in an `http.request` result.
+    pub http_max_body_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: PathBuf::from("./data"),
+            database_url: None,
+            database_schema: "public".into(),
+            database_max_connections: 16,
+            sqlite_synchronous: "full".into(),
+            worker_concurrency: 64,
+            worker_batch_size: 500,
+            lease_ms: 30_000,
+            poll_interval_ms: 1_000,
+            rescue_interval_ms: 5_000,
+            shutdown_grace_ms: 10_000,
+            task_retention_hours: 168,
+            task_max_attempts: 3,
+            task_timeout_ms: 300_000,
+            task_backoff_base_ms: 1_000,
+            task_backoff_max_ms: 600_000,
+            max_body_bytes: 1024 * 1024,
+            max_batch: 1000,
+            log_format: "json".into(),
+            log_level: "info".into(),
+            http_timeout_ms: 30_000,
+            http_max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// Every key, for picking `MCP_*` variables: others (such as `MCP_TEST_DATABASE_URL`) are not
+/// configuration and must not be refused as unknown.
+fn keys() -> Vec<String> {
+    match serde_json::to_value(Config::default()) {
+        Ok(serde_json::Value::Object(map)) => map.keys().cloned().collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Which database the configuration points at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Config {
+    /// Defaults < config file < environment. `file` None reads `mkww-mcp.toml` if it exists.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        match file {
+            Some(path) => {
+                anyhow::ensure!(path.exists(), "config file {} not found", path.display());
+                figment = figment.merge(Toml::file(path));
+            }
+            None => figment = figment.merge(Toml::file("mkww-mcp.toml")),
+        }
+        let keys = keys();
+        figment = figment.merge(
+            Env::prefixed("MCP_")
+                .filter(move |key| keys.iter().any(|k| key.as_str().eq_ignore_ascii_case(k))),
+        );
+        let config: Config = figment.extract().context("invalid configuration")?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            matches!(self.sqlite_synchronous.as_str(), "full" | "normal"),
+            "sqlite_synchronous must be `full` or `normal`"
+        );
+        anyhow::ensure!(
+            matches!(self.log_format.as_str(), "json" | "pretty"),
+            "log_format must be `json` or `pretty`"
+        );
+        anyhow::ensure!(
+            self.worker_batch_size > 0,
+            "worker_batch_size must be at least 1"
+        );
+        anyhow::ensure!(self.lease_ms >= 300, "lease_ms must be at least 300");
+        anyhow::ensure!(self.max_batch > 0, "max_batch must be at least 1");
+        anyhow::ensure!(
+            self.task_backoff_base_ms <= self.task_backoff_max_ms,
+            "task_backoff_base_ms must not exceed task_backoff_max_ms"
+        );
+        self.database()?;
+        Ok(())
+    }
+
+    pub fn database(&self) -> anyhow::Result<Database> {
+        match self.database_url.as_deref() {
+            None | Some("") => Ok(Database::Sqlite(self.data_dir.join("mkww-mcp.db"))),
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Ok(Database::Postgres(url.to_owned()))
+            }
+            Some(url) => match url
+                .strip_prefix("sqlite://")
+                .or_else(|| url.strip_prefix("sqlite:"))
+            {
+                Some(path) if !path.is_empty() => Ok(Database::Sqlite(PathBuf::from(path))),
+                _ => anyhow::bail!(
+                    "database_url must start with postgres://, postgresql:// or sqlite://"
+                ),
+            },
+        }
+    }
+
+    pub fn ms(value: u64) -> Duration {
+        Duration::from_millis(value)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's test jail returns its own large error type
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_the_embedded_server() {
+        let config = Config::default();
+        assert_eq!(config.listen, "127.0.0.1:8080");
+        assert_eq!(
+            config.database().unwrap(),
+            Database::Sqlite(PathBuf::from("./data/mkww-mcp.db"))
+        );
+        config.check().unwrap();
+    }
+
+    #[test]
+    fn picks_the_database_from_the_url() {
+        let mut config = Config {
+            database_url: Some("postgres://u@h/db".into()),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.database().unwrap(),
+            Database::Postgres("postgres://u@h/db".into())
+        );
+        config.database_url = Some("sqlite:///tmp/x.db".into());
+        assert_eq!(
+            config.database().unwrap(),
+            Database::Sqlite(PathBuf::from("/tmp/x.db"))
+        );
+        config.database_url = Some("mysql://nope".into());
+        assert!(config.database().is_err());
+    }
+
+    #[test]
+    fn file_then_environment_override_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "mkww-mcp.toml",
+                "listen = \"0.0.0.0:9000\"\nworker_concurrency = 5\n",
+            )?;
+            jail.set_env("MCP_WORKER_CONCURRENCY", "7");
+            jail.set_env("MCP_TEST_DATABASE_URL", "ignored: not a config key");
+            let config = Config::load(None).expect("load");
+            assert_eq!(config.listen, "0.0.0.0:9000");
+            assert_eq!(config.worker_concurrency, 7);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn refuses_unknown_keys_in_the_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("mkww-mcp.toml", "listn = \"0.0.0.0:9000\"\n")?;
+            assert!(Config::load(None).is_err());
+            Ok(())
+        });
+    }
+}

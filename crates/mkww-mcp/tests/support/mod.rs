@@ -1,0 +1,212 @@
+//! Starts the real `mkww-mcp` binary on a free port and talks to it over real HTTP.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub data_dir: PathBuf,
+    pub logs: Arc<Mutex<Vec<String>>>,
+}
+
+/// A fresh PostgreSQL schema for one test; dropped by `drop_schema`.
+pub struct PgSchema {
+    pub url: String,
+    pub name: String,
+}
+
+pub fn pg_url() -> String {
+    std::env::var("MCP_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+impl PgSchema {
+    /// None (skip) when PostgreSQL is unreachable outside CI; in CI that is a failure.
+    pub async fn create() -> Option<PgSchema> {
+        let url = pg_url();
+        match sqlx::PgPool::connect(&url).await {
+            Ok(pool) => {
+                pool.close().await;
+                Some(PgSchema {
+                    url,
+                    name: format!("mcp_it_{}", uuid::Uuid::new_v4().simple()),
+                })
+            }
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+                panic!("PostgreSQL at {url} is required in CI: {e}")
+            }
+            Err(e) => {
+                eprintln!("skipping: PostgreSQL at {url} unreachable: {e}");
+                None
+            }
+        }
+    }
+
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("MCP_DATABASE_URL", self.url.clone()),
+            ("MCP_DATABASE_SCHEMA", self.name.clone()),
+        ]
+    }
+
+    pub async fn drop_schema(&self) {
+        let pool = sqlx::PgPool::connect(&self.url).await.expect("connect");
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
+            self.name
+        )))
+        .execute(&pool)
+        .await
+        .expect("drop schema");
+        pool.close().await;
+    }
+}
+
+pub fn temp_dir() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mcp-it-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+impl Server {
+    pub fn start(env: &[(&str, String)]) -> Server {
+        Server::start_in(temp_dir(), env)
+    }
+
+    pub fn start_in(data_dir: PathBuf, env: &[(&str, String)]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_mkww-mcp"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .current_dir(&data_dir)
+            .env("MCP_DATA_DIR", &data_dir)
+            .env("MCP_LOG_FORMAT", "json")
+            .env("MCP_LOG_LEVEL", "info")
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().expect("start mkww-mcp");
+        let stdout = child.stdout.take().expect("stdout");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Ok(entry) = serde_json::from_str::<Value>(&line)
+                    && entry["message"] == "listening"
+                {
+                    let _ = addr_tx.send(entry["addr"].as_str().unwrap_or("").to_owned());
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server did not report its address");
+        Server {
+            child,
+            base: format!("http://{addr}"),
+            data_dir,
+            logs,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill -9");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("send SIGTERM");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_lines(&self) -> Vec<Value> {
+        self.logs
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+pub async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {
+    let response = client()
+        .post(server.url(path))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+pub async fn get(server: &Server, path: &str) -> (u16, Value) {
+    let response = client().get(server.url(path)).send().await.expect("GET");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls a task until `done` says so (or fails after 30 s).
+pub async fn wait_for(server: &Server, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, task) = get(server, &format!("/v1/tasks/{id}")).await;
+        assert_eq!(status, 200, "{task}");
+        if done(&task) {
+            return task;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task never reached the state: {task}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn is_final(task: &Value) -> bool {
+    matches!(
+        task["status"].as_str(),
+        Some("succeeded" | "dead" | "cancelled")
+    )
+}
