@@ -36,6 +36,8 @@ const RESCUE_CHUNK: i64 = 1_000;
 pub struct PgTaskStore {
     pool: PgPool,
     schema: String,
+    /// The LISTEN task started by `watch`, stopped by `close`.
+    listener: Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,
 }
 
 impl PgTaskStore {
@@ -76,6 +78,7 @@ impl PgTaskStore {
         Ok(PgTaskStore {
             pool,
             schema: schema.to_owned(),
+            listener: Arc::default(),
         })
     }
 
@@ -107,13 +110,26 @@ impl PgTaskStore {
         Ok(())
     }
 
-    /// Drops the schema and everything in it (test clean-up).
+    /// Stops listening and closes every connection.
+    pub async fn close(&self) {
+        if let Some(listener) = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            listener.abort();
+        }
+        self.pool.close().await;
+    }
+
+    /// Drops the schema and everything in it, then closes (test and bench clean-up).
     pub async fn drop_schema(&self) -> Result<(), StoreError> {
         sqlx::query(sql!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema))
             .execute(&self.pool)
             .await
             .map_err(db_error)?;
-        self.pool.close().await;
+        self.close().await;
         Ok(())
     }
 }
@@ -670,8 +686,9 @@ impl TaskStore for PgTaskStore {
             .map_err(db_error)?;
         let channel = self.channel();
         listener.listen(&channel).await.map_err(db_error)?;
-        tokio::spawn(async move {
-            loop {
+        let pool = self.pool.clone();
+        let task = tokio::spawn(async move {
+            while !pool.is_closed() {
                 // `recv` reconnects by itself after a lost connection; a wake-up is harmless
                 // then, since notifications sent meanwhile were missed.
                 match listener.recv().await {
@@ -684,6 +701,14 @@ impl TaskStore for PgTaskStore {
                 }
             }
         });
+        let previous = self
+            .listener
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .replace(task.abort_handle());
+        if let Some(previous) = previous {
+            previous.abort();
+        }
         Ok(())
     }
 }

@@ -431,6 +431,8 @@ impl TaskStore for SqliteTaskStore {
                 entry
             })
             .collect();
+        // The unary `+` keeps SQLite from driving this join from the running-task index (a
+        // scan of the batch per running task); the batch drives it, one key lookup per entry.
         let rows: Vec<TaskRow> = sqlx::query_as(sql!(
             "UPDATE tasks SET status = c.value ->> 'status', result = c.value -> 'result',
                  error = c.value -> 'error',
@@ -438,8 +440,8 @@ impl TaskStore for SqliteTaskStore {
                  finished_at = CASE WHEN c.value ->> 'status' = 'failed' THEN NULL ELSE ?2 END,
                  lease_owner = NULL, lease_expires_at = NULL
              FROM json_each(?1) AS c
-             WHERE tasks.id = c.value ->> 'id' AND tasks.status = 'running'
-               AND tasks.lease_owner = ?3
+             WHERE tasks.id = c.value ->> 'id' AND +tasks.status = 'running'
+               AND +tasks.lease_owner = ?3
              RETURNING {}",
             qualified("tasks")
         ))

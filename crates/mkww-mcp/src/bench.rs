@@ -200,6 +200,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn tasks(args: TasksBench) -> anyhow::Result<()> {
+    crate::serve::init_logging(&Config {
+        log_format: "pretty".into(),
+        log_level: "warn".into(),
+        ..Config::default()
+    });
     let backing = BenchStore::open(&args).await?;
     let store = backing.store();
     let orchestrator = Orchestrator::new(
