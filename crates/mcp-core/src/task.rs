@@ -216,6 +216,12 @@ impl Default for TaskDefaults {
     }
 }
 
+/// The smallest UUIDv7 of the given instant: every task created before `at` has a smaller id.
+pub fn first_id_at(at: DateTime<Utc>) -> Uuid {
+    let ms = at.timestamp_millis().max(0) as u64;
+    Uuid::from_u128(((ms as u128) << 80) | (0x7u128 << 76) | (0b10u128 << 62))
+}
+
 pub const MAX_KEY_LEN: usize = 255;
 pub const MAX_ATTEMPTS_LIMIT: i32 = 1_000;
 pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
@@ -417,6 +423,17 @@ mod tests {
             task.run_at,
             Some(now + chrono::Duration::milliseconds(1500))
         );
+    }
+
+    #[test]
+    fn first_id_at_bounds_ids_created_before() {
+        let before = Uuid::now_v7();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let bound = first_id_at(Utc::now());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let after = Uuid::now_v7();
+        assert!(before < bound && bound < after);
+        assert_eq!(bound.get_version_num(), 7);
     }
 
     #[test]

@@ -31,6 +31,21 @@ pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
     }
 }
 
+/// The task columns both stores read, in one order.
+pub(crate) const COLUMNS: &str = "id, type, queue, priority, payload, status, attempts, \
+    max_attempts, backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key, \
+    concurrency_key, concurrency_limit, correlation_id, result, error, created_at, started_at, \
+    finished_at";
+
+/// `COLUMNS` qualified by a table name, for statements that join.
+pub(crate) fn qualified(table: &str) -> String {
+    COLUMNS
+        .split(", ")
+        .map(|c| format!("{table}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
 }

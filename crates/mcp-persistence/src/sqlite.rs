@@ -3,7 +3,7 @@
 //! transaction with no busy retries) and a pool of readers. Batches travel as JSON arrays
 //! through `json_each`, so a claim or a batch of outcomes is one statement.
 
-use crate::{corrupt, db_error, error_json, non_null};
+use crate::{COLUMNS, corrupt, db_error, error_json, non_null, qualified};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::store::{Candidate, TaskCounts, admit};
@@ -25,10 +25,6 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
-const COLUMNS: &str = "id, type, queue, priority, payload, status, attempts, max_attempts, \
-    backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key, concurrency_key, \
-    concurrency_limit, correlation_id, result, error, created_at, started_at, finished_at";
 
 const PRUNE_CHUNK: i64 = 10_000;
 const RESCUE_CHUNK: i64 = 1_000;
@@ -67,14 +63,6 @@ fn instant(us: i64) -> Result<DateTime<Utc>, StoreError> {
 
 fn ids_json(ids: &[Uuid]) -> String {
     Value::from(ids.iter().map(|id| id.to_string()).collect::<Vec<_>>()).to_string()
-}
-
-fn qualified(table: &str) -> String {
-    COLUMNS
-        .split(", ")
-        .map(|c| format!("{table}.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 impl SqliteTaskStore {
@@ -578,16 +566,20 @@ impl TaskStore for SqliteTaskStore {
     }
 
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        // Bounded by the primary key: see the PostgreSQL store.
+        let bound = mcp_core::task::first_id_at(before).to_string();
         let mut total = 0;
         loop {
             let done = sqlx::query(
                 "DELETE FROM tasks WHERE id IN (
                      SELECT id FROM tasks
-                     WHERE status IN ('succeeded', 'dead', 'cancelled') AND finished_at < ?1
+                     WHERE id < ?3 AND status IN ('succeeded', 'dead', 'cancelled')
+                       AND finished_at < ?1
                      LIMIT ?2)",
             )
             .bind(us(before))
             .bind(PRUNE_CHUNK)
+            .bind(&bound)
             .execute(&self.writer)
             .await
             .map_err(db_error)?;

@@ -87,6 +87,7 @@ impl Orchestrator {
                     }
                 }
             };
+            tracing::trace!(claimed = tasks.len(), limit, "claimed");
             let drained = tasks.len() < limit;
             let mut first = Some(first);
             for task in tasks {
@@ -226,6 +227,7 @@ impl Orchestrator {
             loop {
                 match self.store.complete(&self.config.node_id, &batch).await {
                     Ok(changed) => {
+                        tracing::trace!(tasks = batch.len(), "recorded outcomes");
                         let mut frees_key = false;
                         for task in &changed {
                             frees_key |= task.concurrency_key.is_some();

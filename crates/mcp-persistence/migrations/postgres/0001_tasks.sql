@@ -29,15 +29,17 @@ CREATE TABLE tasks (
 -- The claim path: runnable tasks in claim order. Partial, so finished tasks cost nothing.
 CREATE INDEX tasks_runnable ON tasks (priority DESC, run_at, id)
     WHERE status IN ('queued', 'scheduled', 'failed');
+-- Runnable tasks with a concurrency key: their presence sends claims down the admitting path.
+CREATE INDEX tasks_runnable_keyed ON tasks (run_at)
+    WHERE status IN ('queued', 'scheduled', 'failed') AND concurrency_key IS NOT NULL;
 -- Waiting tasks by due time: tells the claim loop how long it may sleep.
 CREATE INDEX tasks_waiting ON tasks (run_at) WHERE status IN ('scheduled', 'failed');
--- Running tasks by lease: heartbeats, completion checks and the rescuer.
+-- Running tasks by lease: heartbeats, completion checks and the rescuer (which reads this small
+-- index whole). Every index here costs each claim and completion a write, so there are few.
 CREATE INDEX tasks_running ON tasks (lease_owner, lease_expires_at) WHERE status = 'running';
-CREATE INDEX tasks_running_expiry ON tasks (lease_expires_at) WHERE status = 'running';
 CREATE INDEX tasks_running_concurrency ON tasks (concurrency_key)
     WHERE status = 'running' AND concurrency_key IS NOT NULL;
 CREATE UNIQUE INDEX tasks_idempotency_key ON tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX tasks_finished ON tasks (finished_at) WHERE status IN ('succeeded', 'dead', 'cancelled');
 
 -- New tasks wake the claim loops of every node (LISTEN "mcp_tasks.<schema>").
 CREATE FUNCTION tasks_notify() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -32,8 +32,6 @@ CREATE INDEX tasks_runnable ON tasks (priority DESC, run_at, id)
     WHERE status IN ('queued', 'scheduled', 'failed');
 CREATE INDEX tasks_waiting ON tasks (run_at) WHERE status IN ('scheduled', 'failed');
 CREATE INDEX tasks_running ON tasks (lease_owner, lease_expires_at) WHERE status = 'running';
-CREATE INDEX tasks_running_expiry ON tasks (lease_expires_at) WHERE status = 'running';
 CREATE INDEX tasks_running_concurrency ON tasks (concurrency_key)
     WHERE status = 'running' AND concurrency_key IS NOT NULL;
 CREATE UNIQUE INDEX tasks_idempotency_key ON tasks (idempotency_key) WHERE idempotency_key IS NOT NULL;
-CREATE INDEX tasks_finished ON tasks (finished_at) WHERE status IN ('succeeded', 'dead', 'cancelled');
