@@ -16,7 +16,11 @@ mod sqlite;
 pub use postgres::PgTaskStore;
 pub use sqlite::{SqliteOptions, SqliteTaskStore};
 
-use mcp_core::StoreError;
+use mcp_core::store::TaskCounts;
+use mcp_core::{Inserted, NewTask, StoreError, Task, TaskStatus};
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use uuid::Uuid;
 
 /// Maps a driver error onto the port's error: lost connections are "unavailable" (retry later),
 /// everything else is a database error.
@@ -44,6 +48,67 @@ pub(crate) fn qualified(table: &str) -> String {
         .map(|c| format!("{table}.{c}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The idempotency keys of `new` tasks that were not inserted (their key existed already).
+pub(crate) fn conflicting_keys<'a>(new: &'a [NewTask], created: &[Task]) -> Vec<&'a str> {
+    let created: HashSet<Uuid> = created.iter().map(|t| t.id).collect();
+    new.iter()
+        .filter(|t| !created.contains(&t.id))
+        .filter_map(|t| t.idempotency_key.as_deref())
+        .collect()
+}
+
+/// Lines up the outcome of an insert with its input: each new task is either among `created`
+/// or answered by the `existing` task holding its idempotency key.
+pub(crate) fn in_input_order(
+    new: &[NewTask],
+    created: Vec<Task>,
+    existing: Vec<Task>,
+) -> Result<Vec<Inserted>, StoreError> {
+    let mut created: HashMap<Uuid, Task> = created.into_iter().map(|t| (t.id, t)).collect();
+    let existing: HashMap<String, Task> = existing
+        .into_iter()
+        .filter_map(|t| t.idempotency_key.clone().map(|key| (key, t)))
+        .collect();
+    new.iter()
+        .map(|t| {
+            if let Some(task) = created.remove(&t.id) {
+                return Ok(Inserted {
+                    task,
+                    created: true,
+                });
+            }
+            t.idempotency_key
+                .as_ref()
+                .and_then(|key| existing.get(key).cloned())
+                .map(|task| Inserted {
+                    task,
+                    created: false,
+                })
+                .ok_or_else(|| {
+                    StoreError::Database(format!(
+                        "task {} was neither inserted nor found by its idempotency key",
+                        t.id
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// Sorts claimed tasks into claim order: priority (high first), then `run_at`, then id.
+pub(crate) fn claim_order(tasks: &mut [Task]) {
+    tasks.sort_by(|a, b| (b.priority, a.run_at, a.id).cmp(&(a.priority, b.run_at, b.id)));
+}
+
+/// `(queue, status, count)` rows as `TaskCounts`.
+pub(crate) fn task_counts(rows: Vec<(String, String, i64)>) -> Result<TaskCounts, StoreError> {
+    rows.into_iter()
+        .map(|(queue, status, n)| {
+            let status = TaskStatus::from_str(&status).map_err(corrupt)?;
+            Ok(((queue, status), n.max(0) as u64))
+        })
+        .collect()
 }
 
 pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {

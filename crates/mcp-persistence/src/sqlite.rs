@@ -3,7 +3,10 @@
 //! transaction with no busy retries) and a pool of readers. Batches travel as JSON arrays
 //! through `json_each`, so a claim or a batch of outcomes is one statement.
 
-use crate::{COLUMNS, corrupt, db_error, error_json, non_null, qualified};
+use crate::{
+    COLUMNS, claim_order, conflicting_keys, corrupt, db_error, error_json, in_input_order,
+    non_null, qualified, task_counts,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::store::{Candidate, TaskCounts, admit};
@@ -234,16 +237,9 @@ impl TaskStore for SqliteTaskStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
-        let mut created: HashMap<Uuid, Task> = HashMap::with_capacity(rows.len());
-        for task in tasks(rows)? {
-            created.insert(task.id, task);
-        }
-        let missing_keys: Vec<&str> = new
-            .iter()
-            .filter(|t| !created.contains_key(&t.id))
-            .filter_map(|t| t.idempotency_key.as_deref())
-            .collect();
-        let mut existing: HashMap<String, Task> = HashMap::new();
+        let created = tasks(rows)?;
+        let missing_keys = conflicting_keys(new, &created);
+        let mut existing = Vec::new();
         if !missing_keys.is_empty() {
             let rows: Vec<TaskRow> = sqlx::query_as(sql!(
                 "SELECT {COLUMNS} FROM tasks
@@ -253,36 +249,10 @@ impl TaskStore for SqliteTaskStore {
             .fetch_all(&mut *tx)
             .await
             .map_err(db_error)?;
-            for task in tasks(rows)? {
-                if let Some(key) = task.idempotency_key.clone() {
-                    existing.insert(key, task);
-                }
-            }
+            existing = tasks(rows)?;
         }
         tx.commit().await.map_err(db_error)?;
-        new.iter()
-            .map(|t| {
-                if let Some(task) = created.remove(&t.id) {
-                    return Ok(Inserted {
-                        task,
-                        created: true,
-                    });
-                }
-                t.idempotency_key
-                    .as_ref()
-                    .and_then(|key| existing.get(key).cloned())
-                    .map(|task| Inserted {
-                        task,
-                        created: false,
-                    })
-                    .ok_or_else(|| {
-                        StoreError::Database(format!(
-                            "task {} was neither inserted nor found by its idempotency key",
-                            t.id
-                        ))
-                    })
-            })
-            .collect()
+        in_input_order(new, created, existing)
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
@@ -386,8 +356,7 @@ impl TaskStore for SqliteTaskStore {
         .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
         let mut claimed = tasks(rows)?;
-        let order: HashMap<Uuid, usize> = ids.iter().enumerate().map(|(i, id)| (*id, i)).collect();
-        claimed.sort_by_key(|t| order.get(&t.id).copied().unwrap_or(usize::MAX));
+        claim_order(&mut claimed);
         Ok(claimed)
     }
 
@@ -609,14 +578,7 @@ impl TaskStore for SqliteTaskStore {
                 .fetch_all(&self.readers)
                 .await
                 .map_err(db_error)?;
-        rows.into_iter()
-            .map(|(queue, status, n)| {
-                Ok((
-                    (queue, TaskStatus::from_str(&status).map_err(corrupt)?),
-                    n as u64,
-                ))
-            })
-            .collect()
+        task_counts(rows)
     }
 
     async fn pending(&self) -> Result<u64, StoreError> {
