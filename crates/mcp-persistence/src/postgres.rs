@@ -71,10 +71,15 @@ impl PgTaskStore {
         // and with the default cost the planner turns a 500-row claim into a sequential scan.
         // Custom plans: a generic plan cannot see the claim's LIMIT and picks a hash join over
         // the whole table; planning each claim anew costs far less.
+        // No bitmap scans: right after a burst of inserts (before autovacuum has analyzed the
+        // table) the planner believes the queue is nearly empty and claims by bitmap scan and
+        // sorting every runnable task, 70 ms per claim at 50k tasks instead of 6 ms by reading
+        // the claim-order index.
         let options = base.options([
             ("search_path", schema),
             ("random_page_cost", "1.1"),
             ("plan_cache_mode", "force_custom_plan"),
+            ("enable_bitmapscan", "off"),
         ]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
