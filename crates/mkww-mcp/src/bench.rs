@@ -269,7 +269,11 @@ async fn tasks(args: TasksBench) -> anyhow::Result<()> {
     // 2. Start the workers; time until every task is durably succeeded.
     let started = Instant::now();
     let workers = orchestrator.start().await;
-    wait_until_done(&store).await?;
+    // The worker counts outcomes once the store has committed them, so this is "durably
+    // succeeded" without loading the database with counting queries; the store confirms below.
+    while orchestrator.outcomes_recorded() < args.tasks as u64 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
     let process_secs = started.elapsed().as_secs_f64();
     let process_rate = args.tasks as f64 / process_secs;
     let succeeded: u64 = store

@@ -12,6 +12,7 @@ use crate::store::{CancelOutcome, Inserted, RetryOutcome, StoreError, TaskStore}
 use crate::task::{CreateTask, InvalidTask, NewTask, Task, TaskDefaults};
 use chrono::Utc;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -86,6 +87,8 @@ pub struct Orchestrator {
     wake: Arc<Notify>,
     /// Cancellation tokens of the handlers running on this node.
     running: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// Attempt outcomes this node has durably recorded.
+    recorded: AtomicU64,
 }
 
 impl Orchestrator {
@@ -100,6 +103,7 @@ impl Orchestrator {
             config,
             wake: Arc::new(Notify::new()),
             running: Mutex::new(HashMap::new()),
+            recorded: AtomicU64::new(0),
         })
     }
 
@@ -201,6 +205,11 @@ impl Orchestrator {
             emit("task.retrying", task);
         }
         Ok(outcome)
+    }
+
+    /// How many attempt outcomes this node has durably recorded since it started.
+    pub fn outcomes_recorded(&self) -> u64 {
+        self.recorded.load(Ordering::Relaxed)
     }
 
     /// Ids of the tasks whose handlers run on this node now.

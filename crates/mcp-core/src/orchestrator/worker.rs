@@ -228,6 +228,8 @@ impl Orchestrator {
                 match self.store.complete(&self.config.node_id, &batch).await {
                     Ok(changed) => {
                         tracing::trace!(tasks = batch.len(), "recorded outcomes");
+                        self.recorded
+                            .fetch_add(changed.len() as u64, std::sync::atomic::Ordering::Relaxed);
                         let mut frees_key = false;
                         for task in &changed {
                             frees_key |= task.concurrency_key.is_some();
