@@ -124,12 +124,13 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError>;
 
     /// Records finished attempts. Only tasks still `running` under `owner`'s lease change (a task
-    /// cancelled or rescued meanwhile is left alone); returns the tasks that changed.
+    /// cancelled or rescued meanwhile is left alone); returns the ids of the tasks that changed.
+    /// (Ids only: the caller holds the tasks already, and a batch is the hottest write there is.)
     async fn complete(
         &self,
         owner: &str,
         completions: &[Completion],
-    ) -> Result<Vec<Task>, StoreError>;
+    ) -> Result<Vec<Uuid>, StoreError>;
 
     /// Extends the leases of `ids` held by `owner`; returns the ids still held.
     async fn heartbeat(

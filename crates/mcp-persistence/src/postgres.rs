@@ -443,7 +443,7 @@ impl TaskStore for PgTaskStore {
         &self,
         owner: &str,
         completions: &[Completion],
-    ) -> Result<Vec<Task>, StoreError> {
+    ) -> Result<Vec<Uuid>, StoreError> {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
@@ -462,7 +462,7 @@ impl TaskStore for PgTaskStore {
             errors.push(error);
             retry_at.push(at);
         }
-        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+        let changed: Vec<(Uuid,)> = sqlx::query_as(
             "UPDATE tasks t SET status = c.status, result = c.result, error = c.error,
                  run_at = coalesce(c.run_at, t.run_at),
                  finished_at = CASE WHEN c.status = 'failed' THEN NULL ELSE now() END,
@@ -470,9 +470,8 @@ impl TaskStore for PgTaskStore {
              FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::timestamptz[])
                   AS c(id, status, result, error, run_at)
              WHERE t.id = c.id AND t.status = 'running' AND t.lease_owner = $6
-             RETURNING {}",
-            qualified("t")
-        ))
+             RETURNING t.id",
+        )
         .bind(completions.iter().map(|c| c.id).collect::<Vec<_>>())
         .bind(
             completions
@@ -487,7 +486,7 @@ impl TaskStore for PgTaskStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;
-        tasks(rows)
+        Ok(changed.into_iter().map(|(id,)| id).collect())
     }
 
     async fn heartbeat(

@@ -5,7 +5,7 @@
 
 use crate::{
     COLUMNS, claim_order, conflicting_keys, corrupt, db_error, error_json, in_input_order,
-    non_null, qualified, task_counts,
+    non_null, task_counts,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -364,7 +364,7 @@ impl TaskStore for SqliteTaskStore {
         &self,
         owner: &str,
         completions: &[Completion],
-    ) -> Result<Vec<Task>, StoreError> {
+    ) -> Result<Vec<Uuid>, StoreError> {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
@@ -390,7 +390,7 @@ impl TaskStore for SqliteTaskStore {
             .collect();
         // The unary `+` keeps SQLite from driving this join from the running-task index (a
         // scan of the batch per running task); the batch drives it, one key lookup per entry.
-        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+        let changed: Vec<(String,)> = sqlx::query_as(
             "UPDATE tasks SET status = c.value ->> 'status', result = c.value -> 'result',
                  error = c.value -> 'error',
                  run_at = coalesce(c.value ->> 'run_at', tasks.run_at),
@@ -399,16 +399,18 @@ impl TaskStore for SqliteTaskStore {
              FROM json_each(?1) AS c
              WHERE tasks.id = c.value ->> 'id' AND +tasks.status = 'running'
                AND +tasks.lease_owner = ?3
-             RETURNING {}",
-            qualified("tasks")
-        ))
+             RETURNING tasks.id",
+        )
         .bind(Value::from(batch).to_string())
         .bind(us(Utc::now()))
         .bind(owner)
         .fetch_all(&self.writer)
         .await
         .map_err(db_error)?;
-        tasks(rows)
+        changed
+            .into_iter()
+            .map(|(id,)| Uuid::parse_str(&id).map_err(corrupt))
+            .collect()
     }
 
     async fn heartbeat(

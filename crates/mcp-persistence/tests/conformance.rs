@@ -323,6 +323,7 @@ mod cases {
             .await
             .unwrap();
         assert_eq!(changed.len(), 3);
+        assert!(claimed.iter().all(|t| changed.contains(&t.id)));
         let ok = store.get(claimed[0].id).await.unwrap().unwrap();
         assert_eq!(ok.status, TaskStatus::Succeeded);
         assert_eq!(ok.result, Some(json!({"answer": 42})));

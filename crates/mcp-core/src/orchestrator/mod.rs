@@ -230,7 +230,6 @@ fn emit(event: &'static str, task: &Task) {
         event,
         task_id = %task.id,
         task_type = %task.task_type,
-        status = %task.status,
         correlation_id = task.correlation_id.as_deref().unwrap_or(""),
         "task transition"
     );

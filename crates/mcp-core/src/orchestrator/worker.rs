@@ -12,6 +12,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+use uuid::Uuid;
 
 /// How long to wait before trying the database again after an error.
 const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
@@ -58,7 +59,7 @@ impl Orchestrator {
         handle
     }
 
-    async fn claim_loop(self: Arc<Self>, done: mpsc::Sender<Completion>, stop: CancellationToken) {
+    async fn claim_loop(self: Arc<Self>, done: mpsc::Sender<Finished>, stop: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let types = self.handlers.types();
         loop {
@@ -134,7 +135,7 @@ impl Orchestrator {
         self: Arc<Self>,
         task: Task,
         permit: OwnedSemaphorePermit,
-        done: mpsc::Sender<Completion>,
+        done: mpsc::Sender<Finished>,
     ) {
         let task = Arc::new(task);
         emit("task.started", &task);
@@ -204,9 +205,12 @@ impl Orchestrator {
         // The completer lives until every sender is gone, so this only fails if it crashed; the
         // lease then expires and the rescuer runs the task again.
         let _ = done
-            .send(Completion {
-                id: task.id,
-                outcome,
+            .send(Finished {
+                completion: Completion {
+                    id: task.id,
+                    outcome,
+                },
+                task,
             })
             .await;
         drop(permit);
@@ -214,14 +218,16 @@ impl Orchestrator {
 
     /// Writes outcomes in batches: whatever finished while the last write was in flight goes
     /// into the next one, so batches grow with load and a lone task is written at once.
-    async fn completer(self: Arc<Self>, mut done: mpsc::Receiver<Completion>) {
-        let mut batch = Vec::with_capacity(self.config.batch_size);
-        while let Some(completion) = done.recv().await {
-            batch.push(completion);
-            while batch.len() < self.config.batch_size {
-                match done.try_recv() {
-                    Ok(completion) => batch.push(completion),
-                    Err(_) => break,
+    async fn completer(self: Arc<Self>, mut done: mpsc::Receiver<Finished>) {
+        let capacity = self.config.batch_size;
+        let (mut batch, mut tasks) = (Vec::with_capacity(capacity), Vec::with_capacity(capacity));
+        while let Some(first) = done.recv().await {
+            let mut next = Some(first);
+            while let Some(finished) = next.take() {
+                batch.push(finished.completion);
+                tasks.push(finished.task);
+                if batch.len() < capacity {
+                    next = done.try_recv().ok();
                 }
             }
             loop {
@@ -230,10 +236,14 @@ impl Orchestrator {
                         tracing::trace!(tasks = batch.len(), "recorded outcomes");
                         self.recorded
                             .fetch_add(changed.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                        let changed: std::collections::HashSet<Uuid> =
+                            changed.into_iter().collect();
                         let mut frees_key = false;
-                        for task in &changed {
-                            frees_key |= task.concurrency_key.is_some();
-                            emit(event_for(task), task);
+                        for (completion, task) in batch.iter().zip(&tasks) {
+                            if changed.contains(&completion.id) {
+                                frees_key |= task.concurrency_key.is_some();
+                                emit(outcome_event(&completion.outcome), task);
+                            }
                         }
                         if frees_key {
                             self.wake.notify_one();
@@ -247,6 +257,7 @@ impl Orchestrator {
                 }
             }
             batch.clear();
+            tasks.clear();
         }
     }
 
@@ -312,6 +323,20 @@ impl Orchestrator {
                 }
             }
         }
+    }
+}
+
+/// A finished attempt on its way to the completer, with the task it belongs to.
+struct Finished {
+    completion: Completion,
+    task: Arc<Task>,
+}
+
+fn outcome_event(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded(_) => "task.succeeded",
+        Outcome::Retry { .. } => "task.failed",
+        Outcome::Dead(_) => "task.dead",
     }
 }
 
