@@ -35,8 +35,8 @@ const RESCUE_CHUNK: i64 = 1_000;
 /// How the SQLite file is opened.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
-    /// `FULL` syncs the WAL on every commit (survives power loss); `NORMAL` survives a killed
-    /// process but may lose the last commits on power loss.
+    /// `FULL` syncs the WAL on every commit (survives power loss); `NORMAL` (the default)
+    /// survives a killed process but may lose the last commits on power loss.
     pub synchronous_full: bool,
     pub readers: u32,
 }
@@ -44,7 +44,7 @@ pub struct SqliteOptions {
 impl Default for SqliteOptions {
     fn default() -> Self {
         SqliteOptions {
-            synchronous_full: true,
+            synchronous_full: false,
             readers: 4,
         }
     }

@@ -57,9 +57,9 @@ pub struct TasksBench {
     /// Most tasks per claim and per outcome write.
     #[arg(long, default_value_t = 500)]
     batch_size: usize,
-    /// SQLite `synchronous = NORMAL` instead of FULL.
+    /// SQLite `synchronous = FULL` (fsync every commit) instead of the default NORMAL.
     #[arg(long)]
-    sqlite_normal: bool,
+    sqlite_full: bool,
 }
 
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
@@ -89,7 +89,7 @@ impl BenchStore {
                 let store = SqliteTaskStore::open(
                     &dir.join("bench.db"),
                     &SqliteOptions {
-                        synchronous_full: !args.sqlite_normal,
+                        synchronous_full: args.sqlite_full,
                         ..SqliteOptions::default()
                     },
                 )
@@ -111,7 +111,7 @@ impl BenchStore {
         match self {
             BenchStore::Sqlite(..) => format!(
                 "sqlite (WAL, synchronous={})",
-                if args.sqlite_normal { "NORMAL" } else { "FULL" }
+                if args.sqlite_full { "FULL" } else { "NORMAL" }
             ),
             BenchStore::Postgres(store) => format!("postgres (schema {})", store.schema()),
         }

@@ -23,7 +23,8 @@ pub struct Config {
     pub database_schema: String,
     /// Most connections in the PostgreSQL pool.
     pub database_max_connections: u32,
-    /// SQLite `synchronous`: `full` (survives power loss) or `normal` (survives a crash).
+    /// SQLite `synchronous`: `normal` (WAL: a killed process loses nothing; a power cut may lose
+    /// the last commits) or `full` (fsync on every commit: survives power loss too).
     pub sqlite_synchronous: String,
     /// Tasks this node runs at once; 0 makes an API-only node.
     pub worker_concurrency: usize,
@@ -68,7 +69,7 @@ impl Default for Config {
             database_url: None,
             database_schema: "public".into(),
             database_max_connections: 16,
-            sqlite_synchronous: "full".into(),
+            sqlite_synchronous: "normal".into(),
             worker_concurrency: 64,
             worker_batch_size: 500,
             lease_ms: 30_000,

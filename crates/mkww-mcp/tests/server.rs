@@ -557,7 +557,18 @@ async fn loses_nothing_when_killed_with_sigkill_on_postgres() {
     let Some(schema) = PgSchema::create().await else {
         return;
     };
-    let mut env = schema.env();
+    survives_sigkill_mid_run(schema.env()).await;
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn loses_nothing_when_killed_with_sigkill_on_sqlite() {
+    survives_sigkill_mid_run(Vec::new()).await;
+}
+
+/// Enqueues 2,000 `sleep` tasks, kills the server with SIGKILL mid-run, starts it again on the
+/// same data, and checks that every task ends `succeeded` exactly as it was created.
+async fn survives_sigkill_mid_run(mut env: Vec<(&'static str, String)>) {
     env.extend([
         ("MCP_LEASE_MS", "1500".to_string()),
         ("MCP_RESCUE_INTERVAL_MS", "300".to_string()),
@@ -576,14 +587,16 @@ async fn loses_nothing_when_killed_with_sigkill_on_postgres() {
         assert_eq!(status, 201);
         created.extend(batch["tasks"].as_array().unwrap().iter().cloned());
     }
+    let succeeded = |counts: &Value| -> u64 {
+        ["crash-0", "crash-1"]
+            .iter()
+            .map(|q| counts["queues"][q]["succeeded"].as_u64().unwrap_or(0))
+            .sum()
+    };
     // Kill mid-run: some tasks done, some running, most still queued.
     loop {
         let (_, counts) = get(&server, "/v1/queues").await;
-        let done: u64 = ["crash-0", "crash-1"]
-            .iter()
-            .map(|q| counts["queues"][q]["succeeded"].as_u64().unwrap_or(0))
-            .sum();
-        if done >= 200 {
+        if succeeded(&counts) >= 200 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -594,11 +607,7 @@ async fn loses_nothing_when_killed_with_sigkill_on_postgres() {
     let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         let (_, counts) = get(&server, "/v1/queues").await;
-        let succeeded: u64 = ["crash-0", "crash-1"]
-            .iter()
-            .map(|q| counts["queues"][q]["succeeded"].as_u64().unwrap_or(0))
-            .sum();
-        if succeeded == 2000 {
+        if succeeded(&counts) == 2000 {
             break;
         }
         assert!(
@@ -621,6 +630,4 @@ async fn loses_nothing_when_killed_with_sigkill_on_postgres() {
             assert_eq!(task[field], original[field], "{field} changed");
         }
     }
-    drop(server);
-    schema.drop_schema().await;
 }
