@@ -16,6 +16,7 @@ mod sqlite;
 pub use postgres::PgTaskStore;
 pub use sqlite::{SqliteOptions, SqliteTaskStore};
 
+use chrono::{DateTime, Utc};
 use mcp_core::store::TaskCounts;
 use mcp_core::{Inserted, NewTask, StoreError, Task, TaskStatus};
 use std::collections::{HashMap, HashSet};
@@ -94,6 +95,38 @@ pub(crate) fn in_input_order(
                 })
         })
         .collect()
+}
+
+/// The task a store just inserted from `new`, built without reading the row back: only what the
+/// database decided (`status`, `run_at`, `created_at`) comes from it.
+pub(crate) fn inserted_task(
+    new: &NewTask,
+    status: TaskStatus,
+    run_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+) -> Task {
+    Task {
+        id: new.id,
+        task_type: new.task_type.clone(),
+        queue: new.queue.clone(),
+        priority: new.priority,
+        payload: new.payload.clone(),
+        status,
+        attempts: 0,
+        max_attempts: new.max_attempts,
+        backoff: new.backoff,
+        run_at,
+        timeout_ms: new.timeout_ms,
+        idempotency_key: new.idempotency_key.clone(),
+        concurrency_key: new.concurrency_key.clone(),
+        concurrency_limit: new.concurrency_limit,
+        correlation_id: new.correlation_id.clone(),
+        result: None,
+        error: None,
+        created_at,
+        started_at: None,
+        finished_at: None,
+    }
 }
 
 /// Sorts claimed tasks into claim order: priority (high first), then `run_at`, then id.

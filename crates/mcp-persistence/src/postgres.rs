@@ -4,7 +4,7 @@
 
 use crate::{
     COLUMNS, claim_order, conflicting_keys, corrupt, db_error, error_json, in_input_order,
-    non_null, qualified, task_counts,
+    inserted_task, non_null, qualified, task_counts,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -235,9 +235,9 @@ impl TaskStore for PgTaskStore {
                   AS i(id, type, queue, priority, payload, max_attempts, bb, bm, run_at,
                        timeout_ms, ik, ck, cl, corr)
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING {COLUMNS}"
+             RETURNING id, status, run_at, created_at"
         );
-        let rows: Vec<TaskRow> = sqlx::query_as(sql)
+        let rows: Vec<(Uuid, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(sql)
             .bind(new.iter().map(|t| t.id).collect::<Vec<_>>())
             .bind(new.iter().map(|t| t.task_type.as_str()).collect::<Vec<_>>())
             .bind(new.iter().map(|t| t.queue.as_str()).collect::<Vec<_>>())
@@ -275,7 +275,22 @@ impl TaskStore for PgTaskStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
-        let created = tasks(rows)?;
+        // Only what the database decided is read back; the rest is what was sent.
+        let decided: HashMap<Uuid, (String, DateTime<Utc>, DateTime<Utc>)> = rows
+            .into_iter()
+            .map(|(id, status, run_at, created_at)| (id, (status, run_at, created_at)))
+            .collect();
+        let created = new
+            .iter()
+            .filter_map(|t| {
+                let (status, run_at, created_at) = decided.get(&t.id)?;
+                Some(
+                    TaskStatus::from_str(status)
+                        .map_err(corrupt)
+                        .map(|status| inserted_task(t, status, *run_at, *created_at)),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let missing_keys = conflicting_keys(new, &created);
         let mut existing = Vec::new();
         if !missing_keys.is_empty() {

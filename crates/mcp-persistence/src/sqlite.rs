@@ -5,7 +5,7 @@
 
 use crate::{
     COLUMNS, claim_order, conflicting_keys, corrupt, db_error, error_json, in_input_order,
-    non_null, task_counts,
+    inserted_task, non_null, task_counts,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -19,7 +19,7 @@ use sqlx::FromRow;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -216,9 +216,10 @@ impl TaskStore for SqliteTaskStore {
                 })
             })
             .collect();
-        let now = us(Utc::now());
+        let at = Utc::now();
+        let now = us(at);
         let mut tx = self.writer.begin().await.map_err(db_error)?;
-        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+        let inserted: Vec<(String,)> = sqlx::query_as(
             "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
                  backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key,
                  concurrency_key, concurrency_limit, correlation_id, created_at)
@@ -230,14 +231,30 @@ impl TaskStore for SqliteTaskStore {
                     j.value ->> 'ik', j.value ->> 'ck', j.value ->> 'cl', j.value ->> 'corr', ?2
              FROM json_each(?1) AS j WHERE true
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING {COLUMNS}"
-        ))
+             RETURNING id",
+        )
         .bind(Value::from(batch).to_string())
         .bind(now)
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
-        let created = tasks(rows)?;
+        // Everything stored is known here, so the rows need not be read back.
+        let inserted: HashSet<String> = inserted.into_iter().map(|(id,)| id).collect();
+        let created: Vec<Task> = new
+            .iter()
+            .filter(|t| inserted.contains(&t.id.to_string()))
+            .map(|t| {
+                let run_at = t.run_at.unwrap_or(at);
+                let status = if run_at > at {
+                    TaskStatus::Scheduled
+                } else {
+                    TaskStatus::Queued
+                };
+                // Stored with microsecond precision: return what a read would.
+                let run_at = instant(us(run_at)).unwrap_or(run_at);
+                inserted_task(t, status, run_at, instant(now).unwrap_or(at))
+            })
+            .collect();
         let missing_keys = conflicting_keys(new, &created);
         let mut existing = Vec::new();
         if !missing_keys.is_empty() {
