@@ -339,22 +339,19 @@ impl TaskStore for PgTaskStore {
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError> {
         // Fast path, one statement: while no runnable task has a concurrency key, nothing needs
-        // admitting, so lock and start the next tasks in claim order directly.
-        let (keyed,): (bool,) = sqlx::query_as(
-            "SELECT EXISTS (SELECT 1 FROM tasks
-                            WHERE status IN ('queued', 'scheduled', 'failed')
-                              AND concurrency_key IS NOT NULL AND run_at <= now())",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_error)?;
-        if !keyed {
+        // admitting, so lock and start the next tasks in claim order directly. When it claims
+        // nothing (keyed tasks are waiting, or the queue is empty) the admitting path decides.
+        {
             let rows: Vec<TaskRow> = sqlx::query_as(sql!(
                 "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = now(),
                      lease_owner = $3, lease_expires_at = now() + $4 * interval '1 millisecond'
                  FROM (SELECT id FROM tasks
                        WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
                          AND type = ANY($1) AND concurrency_key IS NULL
+                         AND NOT EXISTS (
+                             SELECT 1 FROM tasks
+                             WHERE status IN ('queued', 'scheduled', 'failed')
+                               AND concurrency_key IS NOT NULL AND run_at <= now())
                        ORDER BY priority DESC, run_at, id
                        LIMIT $2
                        FOR UPDATE SKIP LOCKED) AS c
@@ -370,8 +367,10 @@ impl TaskStore for PgTaskStore {
             .await
             .map_err(db_error)?;
             let mut claimed = tasks(rows)?;
-            claimed.sort_by(|a, b| (b.priority, a.run_at, a.id).cmp(&(a.priority, b.run_at, b.id)));
-            return Ok(claimed);
+            if !claimed.is_empty() {
+                claim_order(&mut claimed);
+                return Ok(claimed);
+            }
         }
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let candidates: Vec<(Uuid, Option<String>, Option<i32>)> = sqlx::query_as(
