@@ -444,3 +444,81 @@ mod tests {
         assert!("nope".parse::<TaskStatus>().is_err());
     }
 }
+
+#[cfg(test)]
+mod properties {
+    //! Whatever JSON a client sends, decoding and validating a task either fails with an error
+    //! or yields a task within every documented bound; it never panics.
+
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                prop::collection::btree_map(".{0,8}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// Bodies that look like task creates: the known fields with arbitrary values.
+    fn create_body() -> impl Strategy<Value = Value> {
+        (
+            prop_oneof![".{0,300}".prop_map(Value::from), json_value()],
+            json_value(),
+            prop_oneof![any::<i64>().prop_map(Value::from), json_value()],
+            prop_oneof![any::<u64>().prop_map(Value::from), json_value()],
+            prop_oneof![
+                (any::<u64>(), any::<u64>()).prop_map(|(b, m)| json!({"base_ms": b, "max_ms": m})),
+                json_value()
+            ],
+            prop_oneof![any::<u64>().prop_map(Value::from), json_value()],
+            prop_oneof![".{0,300}".prop_map(Value::from), json_value()],
+            prop_oneof![any::<i32>().prop_map(Value::from), json_value()],
+        )
+            .prop_map(
+                |(t, payload, attempts, timeout, backoff, delay, key, limit)| {
+                    json!({
+                        "type": t, "payload": payload, "max_attempts": attempts,
+                        "timeout_ms": timeout, "backoff": backoff, "delay_ms": delay,
+                        "concurrency_key": key, "concurrency_limit": limit,
+                    })
+                },
+            )
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_json_never_panics(body in json_value()) {
+            if let Ok(request) = serde_json::from_value::<CreateTask>(body) {
+                let _ = request.validate(&TaskDefaults::default(), Utc::now());
+            }
+        }
+
+        #[test]
+        fn valid_tasks_stay_within_bounds(body in create_body()) {
+            let Ok(request) = serde_json::from_value::<CreateTask>(body) else { return Ok(()) };
+            let Ok(task) = request.validate(&TaskDefaults::default(), Utc::now()) else {
+                return Ok(());
+            };
+            prop_assert!(!task.task_type.trim().is_empty() && task.task_type.len() <= MAX_KEY_LEN);
+            prop_assert!((1..=MAX_ATTEMPTS_LIMIT).contains(&task.max_attempts));
+            prop_assert!((1..=MAX_TIMEOUT_MS).contains(&task.timeout_ms));
+            prop_assert!(task.backoff.base_ms <= task.backoff.max_ms);
+            prop_assert!(task.backoff.max_ms <= MAX_TIMEOUT_MS);
+            prop_assert_eq!(task.concurrency_limit.is_some(), task.concurrency_key.is_some());
+            prop_assert!(task.concurrency_limit.is_none_or(|l| l >= 1));
+        }
+    }
+}
