@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod orchestrator;
+pub mod secrets;
 pub mod store;
 pub mod task;
 

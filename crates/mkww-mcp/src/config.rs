@@ -5,6 +5,7 @@
 use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use mcp_core::secrets::{MasterKey, SecretBox};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -59,6 +60,11 @@ pub struct Config {
     pub http_timeout_ms: u64,
     /// Largest response body kept in an `http.request` result.
     pub http_max_body_bytes: usize,
+    /// Master key sealing secrets at rest: 32 bytes, base64. Unset: a key generated into
+    /// `data_dir/master.key` on first start (set it explicitly for a cluster: nodes must share it).
+    pub master_key: Option<String>,
+    /// Earlier master keys, still accepted for opening secrets they sealed (key rotation).
+    pub master_keys_retired: Vec<String>,
 }
 
 impl Default for Config {
@@ -87,6 +93,8 @@ impl Default for Config {
             log_level: "info".into(),
             http_timeout_ms: 30_000,
             http_max_body_bytes: 1024 * 1024,
+            master_key: None,
+            master_keys_retired: Vec::new(),
         }
     }
 }
@@ -169,9 +177,49 @@ impl Config {
         }
     }
 
+    /// The secret box: the configured master key, or the one in `data_dir/master.key`,
+    /// generated (readable by the owner only) when missing.
+    pub fn secret_box(&self) -> anyhow::Result<SecretBox> {
+        let current = match self.master_key.as_deref() {
+            Some(key) => MasterKey::from_base64(key).context("master_key")?,
+            None => {
+                let path = self.data_dir.join("master.key");
+                if !path.exists() {
+                    std::fs::create_dir_all(&self.data_dir)
+                        .with_context(|| format!("cannot create {}", self.data_dir.display()))?;
+                    write_private(&path, &MasterKey::generate_base64())?;
+                }
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                MasterKey::from_base64(&text).with_context(|| format!("{}", path.display()))?
+            }
+        };
+        let retired = self
+            .master_keys_retired
+            .iter()
+            .map(|k| MasterKey::from_base64(k).context("master_keys_retired"))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(SecretBox::new(current, retired))
+    }
+
     pub fn ms(value: u64) -> Duration {
         Duration::from_millis(value)
     }
+}
+
+/// Writes a new file only its owner can read.
+fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(contents.as_bytes())?;
+    file.sync_all()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -223,6 +271,46 @@ mod tests {
             assert_eq!(config.worker_concurrency, 7);
             Ok(())
         });
+    }
+
+    #[test]
+    fn generates_a_private_master_key_once_and_keeps_it() {
+        let dir = std::env::temp_dir().join(format!("mcp-key-{}", uuid::Uuid::new_v4()));
+        let config = Config {
+            data_dir: dir.clone(),
+            ..Config::default()
+        };
+        let first = config.secret_box().unwrap();
+        let sealed = first.seal(b"s", "test").unwrap();
+        let again = config.secret_box().unwrap();
+        assert_eq!(first.current_key_id(), again.current_key_id());
+        assert_eq!(again.open(&sealed, "test").unwrap(), b"s");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join("master.key"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A configured key wins, and the generated one can be kept as retired.
+        let key_file = std::fs::read_to_string(dir.join("master.key")).unwrap();
+        let rotated = Config {
+            master_key: Some(MasterKey::generate_base64()),
+            master_keys_retired: vec![key_file],
+            ..config.clone()
+        }
+        .secret_box()
+        .unwrap();
+        assert_ne!(rotated.current_key_id(), first.current_key_id());
+        assert_eq!(rotated.open(&sealed, "test").unwrap(), b"s");
+        let bad = Config {
+            master_key: Some("short".into()),
+            ..config
+        };
+        assert!(bad.secret_box().is_err());
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]

@@ -124,6 +124,18 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         config.listen = listen;
     }
     init_logging(&config);
+    // Sealing secrets needs the master key; check it (or create it) before serving anything.
+    let secrets = config.secret_box()?;
+    if config.master_key.is_none() && matches!(config.database()?, Database::Postgres(_)) {
+        tracing::warn!(
+            "no master_key configured: this node generated its own in data_dir; nodes of a \
+             cluster must share one (MCP_MASTER_KEY)"
+        );
+    }
+    tracing::info!(
+        key_id = secrets.current_key_id(),
+        "secrets at rest are sealed"
+    );
     let store = open_store(&config).await?;
     let orchestrator = Orchestrator::new(store, registry(&config)?, orchestrator_config(&config));
     let workers = orchestrator.start().await;
