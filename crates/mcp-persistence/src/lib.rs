@@ -1,6 +1,7 @@
 //! Persistence layer of MKWW MCP: the `TaskStore` port of `mcp-core` implemented for
-//! PostgreSQL (cluster) and SQLite (embedded default), each with its own embedded migrations.
-//! Both pass the same conformance suite in `tests/`.
+//! PostgreSQL (cluster) and SQLite (embedded default), each with its own embedded migrations,
+//! and the Redis side of the cluster (today: the shared rate limiter). Both task stores pass the
+//! same conformance suite in `tests/`.
 
 /// SQL assembled only from this crate's constants and identifiers it has checked, never from
 /// client input, so it may be run as a dynamic string.
@@ -11,9 +12,11 @@ macro_rules! sql {
 }
 
 mod postgres;
+mod redis_limiter;
 mod sqlite;
 
 pub use postgres::PgTaskStore;
+pub use redis_limiter::RedisLimiter;
 pub use sqlite::{SqliteOptions, SqliteTaskStore};
 
 use chrono::{DateTime, Utc};
