@@ -9,6 +9,7 @@ mod openapi;
 mod principal;
 mod request_id;
 mod tasks;
+pub mod token;
 
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use openapi::ApiDoc;

@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod limiter;
 pub mod orchestrator;
+pub mod principal;
 pub mod secrets;
 pub mod store;
 pub mod task;

@@ -5,6 +5,7 @@
 use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use mcp_api::token::Tokens;
 use mcp_core::secrets::{MasterKey, SecretBox};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -65,6 +66,12 @@ pub struct Config {
     pub master_key: Option<String>,
     /// Earlier master keys, still accepted for opening secrets they sealed (key rotation).
     pub master_keys_retired: Vec<String>,
+    /// HS256 secret for access tokens (at least 32 bytes; every node of a cluster shares it).
+    /// Unset: generated into `data_dir/jwt.secret` on first use.
+    pub jwt_secret: Option<String>,
+    /// `iss` and `aud` of the access tokens this server issues and accepts.
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
 }
 
 impl Default for Config {
@@ -95,6 +102,9 @@ impl Default for Config {
             http_max_body_bytes: 1024 * 1024,
             master_key: None,
             master_keys_retired: Vec::new(),
+            jwt_secret: None,
+            jwt_issuer: "mkww-mcp".into(),
+            jwt_audience: "mkww-mcp".into(),
         }
     }
 }
@@ -183,15 +193,8 @@ impl Config {
         let current = match self.master_key.as_deref() {
             Some(key) => MasterKey::from_base64(key).context("master_key")?,
             None => {
-                let path = self.data_dir.join("master.key");
-                if !path.exists() {
-                    std::fs::create_dir_all(&self.data_dir)
-                        .with_context(|| format!("cannot create {}", self.data_dir.display()))?;
-                    write_private(&path, &MasterKey::generate_base64())?;
-                }
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                MasterKey::from_base64(&text).with_context(|| format!("{}", path.display()))?
+                let text = self.generated_secret("master.key", MasterKey::generate_base64)?;
+                MasterKey::from_base64(&text).context("data_dir/master.key")?
             }
         };
         let retired = self
@@ -200,6 +203,31 @@ impl Config {
             .map(|k| MasterKey::from_base64(k).context("master_keys_retired"))
             .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(SecretBox::new(current, retired))
+    }
+
+    /// Issues and verifies access tokens with the configured (or generated) secret.
+    pub fn tokens(&self) -> anyhow::Result<Tokens> {
+        let secret = match self.jwt_secret.clone() {
+            Some(secret) => secret,
+            None => self.generated_secret("jwt.secret", MasterKey::generate_base64)?,
+        };
+        Tokens::hs256(
+            secret.trim().as_bytes(),
+            &self.jwt_issuer,
+            &self.jwt_audience,
+        )
+        .context("jwt_secret")
+    }
+
+    /// A secret kept in `data_dir/NAME`, created (owner-only) by `generate` when missing.
+    fn generated_secret(&self, name: &str, generate: fn() -> String) -> anyhow::Result<String> {
+        let path = self.data_dir.join(name);
+        if !path.exists() {
+            std::fs::create_dir_all(&self.data_dir)
+                .with_context(|| format!("cannot create {}", self.data_dir.display()))?;
+            write_private(&path, &generate())?;
+        }
+        std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
     }
 
     pub fn ms(value: u64) -> Duration {
@@ -310,6 +338,39 @@ mod tests {
             ..config
         };
         assert!(bad.secret_box().is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn tokens_use_a_generated_secret_unless_one_is_configured() {
+        let dir = std::env::temp_dir().join(format!("mcp-jwt-{}", uuid::Uuid::new_v4()));
+        let config = Config {
+            data_dir: dir.clone(),
+            ..Config::default()
+        };
+        let token = config
+            .tokens()
+            .unwrap()
+            .issue(
+                "ops",
+                mcp_core::principal::Role::Admin,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert!(
+            config.tokens().unwrap().verify(&token).is_ok(),
+            "same file, same secret"
+        );
+        let configured = Config {
+            jwt_secret: Some("x".repeat(40)),
+            ..config.clone()
+        };
+        assert!(configured.tokens().unwrap().verify(&token).is_err());
+        let weak = Config {
+            jwt_secret: Some("short".into()),
+            ..config
+        };
+        assert!(weak.tokens().is_err());
         std::fs::remove_dir_all(dir).unwrap();
     }
 

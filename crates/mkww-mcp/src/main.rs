@@ -37,6 +37,20 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Print an access token signed with the configured secret (for scripts and first use).
+    Token {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// admin, operator, service or user.
+        #[arg(long)]
+        role: mcp_core::principal::Role,
+        /// Who the token speaks for (its `sub`).
+        #[arg(long, default_value = "cli")]
+        sub: String,
+        /// Lifetime such as 90s, 15m, 1h or 30d.
+        #[arg(long, default_value = "1h", value_parser = mcp_api::token::parse_ttl)]
+        ttl: std::time::Duration,
+    },
     /// Benchmarks that print their figures.
     Bench {
         #[command(subcommand)]
@@ -50,6 +64,12 @@ async fn main() -> std::process::ExitCode {
     let outcome = match cli.command {
         Command::Serve { config, listen } => serve::serve(config.as_deref(), listen).await,
         Command::Migrate { config } => serve::migrate(config.as_deref()).await,
+        Command::Token {
+            config,
+            role,
+            sub,
+            ttl,
+        } => serve::token(config.as_deref(), role, &sub, ttl),
         Command::Bench { bench } => bench::run(bench).await,
     };
     match outcome {

@@ -169,6 +169,19 @@ pub async fn migrate(file: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints a token for `mkww-mcp token`.
+pub fn token(
+    file: Option<&Path>,
+    role: mcp_core::principal::Role,
+    sub: &str,
+    ttl: Duration,
+) -> anyhow::Result<()> {
+    let config = Config::load(file)?;
+    let token = config.tokens()?.issue(sub, role, ttl)?;
+    println!("{token}");
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]

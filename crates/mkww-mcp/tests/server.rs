@@ -631,3 +631,41 @@ async fn survives_sigkill_mid_run(mut env: Vec<(&'static str, String)>) {
         }
     }
 }
+
+#[test]
+fn token_command_prints_a_token_that_verifies() {
+    let secret = "s".repeat(48);
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mkww-mcp"))
+        .args([
+            "token",
+            "--role",
+            "service",
+            "--sub",
+            "discord-bot",
+            "--ttl",
+            "10m",
+        ])
+        .current_dir(temp_dir())
+        .env("MCP_JWT_SECRET", &secret)
+        .output()
+        .expect("run mkww-mcp token");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let token = String::from_utf8(output.stdout).unwrap();
+    let tokens = mcp_api::token::Tokens::hs256(secret.as_bytes(), "mkww-mcp", "mkww-mcp").unwrap();
+    let claims = tokens.verify(token.trim()).expect("verifies");
+    assert_eq!(claims.sub, "discord-bot");
+    assert_eq!(claims.role, mcp_core::principal::Role::Service);
+    assert!(claims.exp - claims.iat == 600);
+
+    let refused = std::process::Command::new(env!("CARGO_BIN_EXE_mkww-mcp"))
+        .args(["token", "--role", "overlord"])
+        .current_dir(temp_dir())
+        .output()
+        .expect("run mkww-mcp token");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown role"));
+}
