@@ -16,6 +16,8 @@ use uuid::Uuid;
 
 /// How long to wait before trying the database again after an error.
 const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
+/// Shortest sleep of an idle claim loop while a due task waits (e.g. for its concurrency key).
+const DUE_RECHECK: Duration = Duration::from_millis(20);
 /// How often outcomes of finished tasks are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -92,12 +94,14 @@ impl Orchestrator {
             let drained = tasks.len() < limit;
             let mut first = Some(first);
             for task in tasks {
-                // Only this loop takes permits, so as many as `limit` are free.
+                // Only this loop takes permits, so as many as `limit` are free: this never waits.
                 let permit = match first.take() {
                     Some(permit) => permit,
-                    None => match slots.clone().try_acquire_owned() {
+                    None => match slots.clone().acquire_owned().await {
                         Ok(permit) => permit,
-                        Err(_) => break,
+                        // The semaphore is never closed; a task without a slot would wait for
+                        // the rescuer, so this cannot lose it either.
+                        Err(_) => return,
                     },
                 };
                 tokio::spawn(self.clone().run(task, permit, done.clone()));
@@ -114,14 +118,16 @@ impl Orchestrator {
         let mut wait = self.config.poll_interval;
         match self.store.next_run_at(types).await {
             Ok(Some(at)) => {
-                let until = (at - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+                // Already due but not claimed: it just became due, or its concurrency key is
+                // saturated. Look again soon, without spinning on the database.
+                let until = match (at - Utc::now()).to_std() {
+                    Ok(until) if !until.is_zero() => until,
+                    _ => DUE_RECHECK,
+                };
                 wait = wait.min(until);
             }
             Ok(None) => {}
             Err(e) => warn!(error = %e, "cannot read the next scheduled task"),
-        }
-        if wait.is_zero() {
-            return;
         }
         tokio::select! {
             _ = self.wake.notified() => {}
