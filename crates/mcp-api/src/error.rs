@@ -91,6 +91,9 @@ impl From<StoreError> for ApiError {
                 "database_unavailable",
                 format!("the database cannot be reached; try again shortly ({message})"),
             ),
+            StoreError::Conflict(message) => {
+                ApiError::new(StatusCode::CONFLICT, "conflict", format!("{message} already exists"))
+            }
             StoreError::Database(message) | StoreError::Corrupt(message) => {
                 tracing::error!(%message, "store error");
                 ApiError::new(

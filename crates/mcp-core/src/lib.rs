@@ -5,6 +5,7 @@
 //! Core holds the rules; it does no I/O of its own beyond timers.
 
 pub mod backoff;
+pub mod identity;
 pub mod limiter;
 pub mod orchestrator;
 pub mod principal;

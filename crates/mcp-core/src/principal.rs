@@ -1,9 +1,10 @@
 //! Who acts: roles, as the permission table (security issue) will name them.
 
 use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 /// What a principal may do, broadest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Everything.

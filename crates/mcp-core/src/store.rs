@@ -22,6 +22,9 @@ pub enum StoreError {
     Database(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// A unique value (username, key prefix) is already taken.
+    #[error("already exists: {0}")]
+    Conflict(String),
 }
 
 /// The result of inserting one task.

@@ -33,7 +33,7 @@ const RESCUE_CHUNK: i64 = 1_000;
 
 #[derive(Clone)]
 pub struct PgTaskStore {
-    pool: PgPool,
+    pub(crate) pool: PgPool,
     schema: String,
     /// The LISTEN task started by `watch`, stopped by `close`.
     listener: Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,

@@ -52,15 +52,15 @@ impl Default for SqliteOptions {
 
 #[derive(Clone)]
 pub struct SqliteTaskStore {
-    writer: SqlitePool,
-    readers: SqlitePool,
+    pub(crate) writer: SqlitePool,
+    pub(crate) readers: SqlitePool,
 }
 
-fn us(at: DateTime<Utc>) -> i64 {
+pub(crate) fn us(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
-fn instant(us: i64) -> Result<DateTime<Utc>, StoreError> {
+pub(crate) fn instant(us: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_micros(us).ok_or_else(|| corrupt(format!("bad instant {us}")))
 }
 

@@ -72,6 +72,39 @@ pub struct Config {
     /// `iss` and `aud` of the access tokens this server issues and accepts.
     pub jwt_issuer: String,
     pub jwt_audience: String,
+    /// Signing algorithm of access tokens: `HS256` (shared secret), or `RS256`, `ES256` or
+    /// `EdDSA` with the PEM key files below. Verification accepts this algorithm only.
+    pub jwt_algorithm: String,
+    /// PEM private key that signs access tokens (RS256/ES256/EdDSA).
+    pub jwt_private_key_file: Option<PathBuf>,
+    /// PEM public key that verifies them (RS256/ES256/EdDSA).
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Lifetime of access tokens issued at login and refresh, e.g. `15m`.
+    pub access_token_ttl: String,
+    /// Lifetime of refresh tokens, e.g. `30d`.
+    pub refresh_token_ttl: String,
+    /// PEM certificate chain and private key: when both are set the server speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// `redis://…`: rate limits shared by every node. Unset: limits are kept in memory, per node.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key this deployment writes.
+    pub redis_prefix: String,
+    /// Peers (IP addresses or CIDR blocks) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<String>,
+    /// Requests per minute per client IP before authentication (all routes but probes).
+    pub rate_limit_ip_per_minute: u32,
+    /// Requests per minute per client IP to `/v1/auth/*`.
+    pub rate_limit_auth_per_minute: u32,
+    /// Login attempts per minute per username.
+    pub rate_limit_login_per_minute: u32,
+    /// Requests per minute per principal: reads (GET) and writes (everything else).
+    pub rate_limit_read_per_minute: u32,
+    pub rate_limit_write_per_minute: u32,
+    /// Tasks each principal may create per UTC day (admins and operators are exempt); 0: no quota.
+    pub quota_tasks_per_day: u64,
+    /// Bearer token that may read `/metrics` without being an admin (for a Prometheus scraper).
+    pub metrics_token: Option<String>,
 }
 
 impl Default for Config {
@@ -105,6 +138,23 @@ impl Default for Config {
             jwt_secret: None,
             jwt_issuer: "mkww-mcp".into(),
             jwt_audience: "mkww-mcp".into(),
+            jwt_algorithm: "HS256".into(),
+            jwt_private_key_file: None,
+            jwt_public_key_file: None,
+            access_token_ttl: "15m".into(),
+            refresh_token_ttl: "30d".into(),
+            tls_cert: None,
+            tls_key: None,
+            redis_url: None,
+            redis_prefix: "mkww-mcp".into(),
+            trusted_proxies: Vec::new(),
+            rate_limit_ip_per_minute: 6_000,
+            rate_limit_auth_per_minute: 30,
+            rate_limit_login_per_minute: 10,
+            rate_limit_read_per_minute: 6_000,
+            rate_limit_write_per_minute: 3_000,
+            quota_tasks_per_day: 1_000_000,
+            metrics_token: None,
         }
     }
 }
