@@ -18,6 +18,8 @@ pub struct ApiError {
     pub code: &'static str,
     pub message: String,
     pub details: Option<Value>,
+    /// Seconds for a `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 /// The body of every error response.
@@ -45,7 +47,21 @@ impl ApiError {
             code,
             message: message.into(),
             details: None,
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn internal() -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "an internal error occurred; it has been logged",
+        )
     }
 
     pub fn with_details(mut self, details: Value) -> Self {
@@ -79,7 +95,13 @@ impl IntoResponse for ApiError {
                 details: self.details,
             },
         };
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }
 
@@ -91,9 +113,11 @@ impl From<StoreError> for ApiError {
                 "database_unavailable",
                 format!("the database cannot be reached; try again shortly ({message})"),
             ),
-            StoreError::Conflict(message) => {
-                ApiError::new(StatusCode::CONFLICT, "conflict", format!("{message} already exists"))
-            }
+            StoreError::Conflict(message) => ApiError::new(
+                StatusCode::CONFLICT,
+                "conflict",
+                format!("{message} already exists"),
+            ),
             StoreError::Database(message) | StoreError::Corrupt(message) => {
                 tracing::error!(%message, "store error");
                 ApiError::new(

@@ -1,12 +1,14 @@
 //! Extractors that turn bad input into `ApiError`s with specific codes instead of axum's
 //! plain-text rejections.
 
+use crate::ApiConfig;
 use crate::error::ApiError;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
+use uuid::Uuid;
 
 /// A JSON body. Malformed JSON → 400 `malformed_json`; wrong fields or types → 422
 /// `invalid_request`; wrong content type → 415; too large → 413.
@@ -58,4 +60,32 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .map(|q| ApiQuery(q.0))
             .map_err(|rejection: QueryRejection| ApiError::invalid_query(rejection.body_text()))
     }
+}
+
+/// A page size from the query: the default when absent, refused when out of range.
+pub fn page_limit(config: &ApiConfig, limit: Option<u32>) -> Result<u32, ApiError> {
+    let limit = limit.unwrap_or(config.default_page_size);
+    if (1..=config.max_page_size).contains(&limit) {
+        Ok(limit)
+    } else {
+        Err(ApiError::invalid_query(format!(
+            "limit must be between 1 and {}",
+            config.max_page_size
+        )))
+    }
+}
+
+/// A `cursor` from the query: the id after which the next page starts.
+pub fn parse_cursor(cursor: Option<&str>) -> Result<Option<Uuid>, ApiError> {
+    cursor
+        .map(|c| {
+            Uuid::parse_str(c).map_err(|_| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_cursor",
+                    "cursor must be a next_cursor returned by this endpoint",
+                )
+            })
+        })
+        .transpose()
 }

@@ -1,24 +1,29 @@
-//! API layer of MKWW MCP: the axum router with the REST API under `/v1`, health probes and the
-//! generated OpenAPI document. Cross-cutting work (request ids, request logs, body limits, panic
-//! catching, JSON errors) is done by layers, so handlers stay small.
+//! API layer of MKWW MCP: the axum router with the REST API under `/v1`, health probes, metrics
+//! and the generated OpenAPI document. Cross-cutting work (request ids, request logs, rate
+//! limits, authentication and permissions, body limits, panic catching, JSON errors) is done by
+//! layers, so handlers stay small.
 
+pub mod access;
+mod admin;
+pub mod auth;
 mod error;
 mod extract;
 mod health;
 mod openapi;
-mod principal;
 mod request_id;
+mod session;
 mod tasks;
 pub mod token;
 
+pub use admin::check_username;
+pub use auth::{Principal, RateLimits, Security, SecurityConfig};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use openapi::ApiDoc;
-pub use principal::Principal;
 pub use request_id::REQUEST_ID_HEADER;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, patch, post};
 use mcp_core::Orchestrator;
 use std::sync::Arc;
 
@@ -44,11 +49,17 @@ impl Default for ApiConfig {
     }
 }
 
+/// Renders the Prometheus exposition text of the process's metrics.
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     pub orchestrator: Arc<Orchestrator>,
     pub config: Arc<ApiConfig>,
+    pub security: Arc<Security>,
+    /// `None`: no recorder installed (in-process tests); `/metrics` then answers 404.
+    pub metrics: Option<MetricsRenderer>,
 }
 
 /// The whole HTTP API.
@@ -58,15 +69,36 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(openapi::openapi_json))
+        .route("/metrics", get(health::metrics))
+        .route("/v1/auth/login", post(session::login))
+        .route("/v1/auth/refresh", post(session::refresh))
+        .route("/v1/auth/logout", post(session::logout))
+        .route("/v1/auth/me", get(session::me))
         .route("/v1/tasks", post(tasks::create).get(tasks::list))
         .route("/v1/tasks/batch", post(tasks::create_batch))
         .route("/v1/tasks/{id}", get(tasks::get))
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/tasks/{id}/retry", post(tasks::retry))
         .route("/v1/queues", get(tasks::queues))
+        .route(
+            "/v1/api-keys",
+            post(admin::create_api_key).get(admin::list_api_keys),
+        )
+        .route("/v1/api-keys/{id}", delete(admin::revoke_api_key))
+        .route("/v1/users", post(admin::create_user).get(admin::list_users))
+        .route("/v1/users/{id}", patch(admin::update_user))
+        .route("/v1/audit", get(admin::audit))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::limit_ip,
+        ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panic_response,
         ))

@@ -1,7 +1,8 @@
 //! The OpenAPI document, generated from the handlers' annotations and the types they exchange.
 
 use axum::Json;
-use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -9,6 +10,12 @@ use utoipa::OpenApi;
     paths(
         crate::health::healthz,
         crate::health::readyz,
+        crate::health::metrics,
+        crate::openapi::openapi_json,
+        crate::session::login,
+        crate::session::refresh,
+        crate::session::logout,
+        crate::session::me,
         crate::tasks::create,
         crate::tasks::create_batch,
         crate::tasks::list,
@@ -16,6 +23,13 @@ use utoipa::OpenApi;
         crate::tasks::cancel,
         crate::tasks::retry,
         crate::tasks::queues,
+        crate::admin::create_api_key,
+        crate::admin::list_api_keys,
+        crate::admin::revoke_api_key,
+        crate::admin::create_user,
+        crate::admin::list_users,
+        crate::admin::update_user,
+        crate::admin::audit,
     ),
     components(schemas(
         mcp_core::Task,
@@ -28,11 +42,52 @@ use utoipa::OpenApi;
         crate::tasks::QueueCounts,
         crate::error::ErrorBody,
         crate::error::ErrorDetail,
+        crate::session::LoginRequest,
+        crate::session::RefreshRequest,
+        crate::session::TokenResponse,
+        crate::auth::Principal,
+        crate::auth::CredentialKind,
+        crate::admin::CreateUser,
+        crate::admin::CreatedUser,
+        crate::admin::UserList,
+        crate::admin::UpdateUser,
+        crate::admin::CreateApiKey,
+        crate::admin::CreatedApiKey,
+        crate::admin::ApiKeyList,
+        crate::admin::AuditPage,
+        mcp_core::identity::User,
+        mcp_core::identity::ApiKey,
+        mcp_core::identity::AuditEvent,
+        mcp_core::principal::Role,
     )),
-    tags((name = "tasks", description = "The task orchestrator"), (name = "health", description = "Probes"))
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+    tags(
+        (name = "tasks", description = "The task orchestrator"),
+        (name = "auth", description = "Sessions: login, refresh, logout"),
+        (name = "admin", description = "Users, API keys and the audit log"),
+        (name = "health", description = "Probes and metrics"),
+    )
 )]
 pub struct ApiDoc;
 
+/// Every route takes `Authorization: Bearer <access token or API key>` (README's access table
+/// says which roles may call which route; probes, login and this document need none).
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// This document.
+#[utoipa::path(get, path = "/openapi.json", tag = "health",
+    responses((status = 200, description = "the OpenAPI 3.1 document", content_type = "application/json")))]
 pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }

@@ -35,10 +35,21 @@ pub async fn request_id(request: Request, next: Next) -> Response {
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+
     let mut response = REQUEST_ID.scope(id.clone(), next.run(request)).await;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
+    let status = response.status().as_u16().to_string();
+    // Label metrics by route template, not raw path: ids would explode the label set.
+    let route = response
+        .extensions()
+        .get::<crate::auth::RouteLabel>()
+        .map_or_else(|| "unmatched".to_owned(), |r| r.0.clone());
+    metrics::counter!("http_requests_total", "method" => method.to_string(), "route" => route.clone(), "status" => status)
+        .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "method" => method.to_string(), "route" => route)
+        .record(started.elapsed().as_secs_f64());
     tracing::info!(
         method = %method,
         path = %path,

@@ -1,15 +1,20 @@
 //! Task routes: create (one or a batch), list, read, cancel, retry, and per-queue counts.
 
 use crate::AppState;
+use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{ApiJson, ApiQuery};
+use crate::extract::{ApiJson, ApiQuery, page_limit, parse_cursor};
 use crate::request_id;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use mcp_core::principal::Permission;
 use mcp_core::task::CreateTask;
-use mcp_core::{CancelOutcome, RetryOutcome, Task, TaskFilter, TaskStatus};
+use mcp_core::{
+    CancelOutcome, Inserted, NewTask, Origin, RetryOutcome, Task, TaskFilter, TaskStatus,
+};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
@@ -30,13 +35,20 @@ fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     ))]
 pub async fn create(
     State(state): State<AppState>,
+    principal: Principal,
     ApiJson(request): ApiJson<CreateTask>,
 ) -> Result<Response, ApiError> {
     let correlation = request_id::current();
-    let inserted = state
-        .orchestrator
-        .create(request, correlation.as_deref())
-        .await?;
+    let origin = Origin {
+        correlation_id: correlation.as_deref(),
+        created_by: Some(&principal.subject),
+    };
+    let task = state.orchestrator.prepare(request, origin, None)?;
+    let inserted = insert(&state, &principal, vec![task])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(ApiError::internal)?;
     let status = if inserted.created {
         StatusCode::CREATED
     } else {
@@ -71,6 +83,7 @@ pub struct TaskList {
     ))]
 pub async fn create_batch(
     State(state): State<AppState>,
+    principal: Principal,
     ApiJson(batch): ApiJson<CreateBatch>,
 ) -> Result<(StatusCode, Json<TaskList>), ApiError> {
     let max = state.config.max_batch;
@@ -85,10 +98,17 @@ pub async fn create_batch(
         ));
     }
     let correlation = request_id::current();
-    let inserted = state
-        .orchestrator
-        .create_batch(batch.tasks, correlation.as_deref())
-        .await?;
+    let origin = Origin {
+        correlation_id: correlation.as_deref(),
+        created_by: Some(&principal.subject),
+    };
+    let tasks = batch
+        .tasks
+        .into_iter()
+        .enumerate()
+        .map(|(i, request)| state.orchestrator.prepare(request, origin, Some(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let inserted = insert(&state, &principal, tasks).await?;
     Ok((
         StatusCode::CREATED,
         Json(TaskList {
@@ -122,35 +142,17 @@ pub struct ListQuery {
     ))]
 pub async fn list(
     State(state): State<AppState>,
+    principal: Principal,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<TaskList>, ApiError> {
-    let config = &state.config;
-    let limit = query.limit.unwrap_or(config.default_page_size);
-    if !(1..=config.max_page_size).contains(&limit) {
-        return Err(ApiError::invalid_query(format!(
-            "limit must be between 1 and {}",
-            config.max_page_size
-        )));
-    }
+    let limit = page_limit(&state.config, query.limit)?;
     let status = query
         .status
         .as_deref()
         .map(str::parse::<TaskStatus>)
         .transpose()
         .map_err(ApiError::invalid_query)?;
-    let before = query
-        .cursor
-        .as_deref()
-        .map(|c| {
-            Uuid::parse_str(c).map_err(|_| {
-                ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid_cursor",
-                    "cursor must be a next_cursor returned by this endpoint",
-                )
-            })
-        })
-        .transpose()?;
+    let before = parse_cursor(query.cursor.as_deref())?;
     let mut tasks = state
         .orchestrator
         .store()
@@ -158,6 +160,8 @@ pub async fn list(
             status,
             task_type: query.task_type,
             queue: query.queue,
+            created_by: (!principal.can(Permission::TasksReadAny))
+                .then(|| principal.subject.clone()),
             before,
             limit: limit + 1,
         })
@@ -180,13 +184,82 @@ pub async fn list(
     ))]
 pub async fn get(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    let task_id = parse_id(&id)?;
+    Ok(Json(visible_task(&state, &principal, &id).await?))
+}
+
+/// Whether `principal` may see `task`: its own, or any with `tasks:read:any`.
+fn may_see(principal: &Principal, task: &Task) -> bool {
+    principal.can(Permission::TasksReadAny)
+        || task.created_by.as_deref() == Some(principal.subject.as_str())
+}
+
+/// The task, if it exists and `principal` may see it; else 404 (a task one may not see is
+/// indistinguishable from one that does not exist).
+async fn visible_task(state: &AppState, principal: &Principal, id: &str) -> Result<Task, ApiError> {
+    let task_id = parse_id(id)?;
     match state.orchestrator.store().get(task_id).await? {
-        Some(task) => Ok(Json(task)),
-        None => Err(ApiError::task_not_found(&id)),
+        Some(task) if may_see(principal, &task) => Ok(task),
+        _ => Err(ApiError::task_not_found(id)),
     }
+}
+
+/// Charges the daily quota, then inserts. A task that matched another principal's
+/// idempotency key is refused rather than shown.
+async fn insert(
+    state: &AppState,
+    principal: &Principal,
+    tasks: Vec<NewTask>,
+) -> Result<Vec<Inserted>, ApiError> {
+    charge_quota(state, principal, tasks.len() as u64).await?;
+    let inserted = state.orchestrator.insert(&tasks).await?;
+    if let Some(hidden) = inserted
+        .iter()
+        .find(|i| !i.created && !may_see(principal, &i.task))
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "idempotency_key_conflict",
+            format!(
+                "the idempotency_key `{}` is used by a task you cannot see; pick another",
+                hidden.task.idempotency_key.as_deref().unwrap_or_default()
+            ),
+        ));
+    }
+    Ok(inserted)
+}
+
+/// Counts `n` tasks against the principal's daily quota (roles that have one).
+async fn charge_quota(state: &AppState, principal: &Principal, n: u64) -> Result<(), ApiError> {
+    let limit = state.security.config.quota_tasks_per_day;
+    if limit == 0 || !principal.role.has_quota() {
+        return Ok(());
+    }
+    let now = Utc::now();
+    let today = now.date_naive();
+    let usage = state
+        .security
+        .identities
+        .consume_quota(&principal.subject, today, n, limit)
+        .await?;
+    if usage.granted {
+        return Ok(());
+    }
+    let midnight = today
+        .succ_opt()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .unwrap_or(now);
+    let wait = (midnight - now).num_seconds().max(1) as u64;
+    Err(ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "quota_exceeded",
+        format!("the daily quota of {limit} tasks is used up; it resets at 00:00 UTC"),
+    )
+    .with_details(serde_json::json!({"limit": limit, "used": usage.used, "resets_at": midnight}))
+    .with_retry_after(wait))
 }
 
 /// Cancel a task: a queued one never runs, a running one is signalled and ends `cancelled`.
@@ -199,9 +272,21 @@ pub async fn get(
     ))]
 pub async fn cancel(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    match state.orchestrator.cancel(parse_id(&id)?).await? {
+    let task_id = parse_id(&id)?;
+    if !principal.can(Permission::TasksManage) {
+        let task = visible_task(&state, &principal, &id).await?;
+        if task.created_by.as_deref() != Some(principal.subject.as_str()) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "only the task's creator (or an operator) may cancel it",
+            ));
+        }
+    }
+    match state.orchestrator.cancel(task_id).await? {
         CancelOutcome::Cancelled { task, .. } => Ok(Json(task)),
         CancelOutcome::NotFound => Err(ApiError::task_not_found(&id)),
         CancelOutcome::AlreadyFinal(task) => Err(ApiError::new(

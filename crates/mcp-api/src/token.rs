@@ -1,5 +1,6 @@
-//! Access tokens: JWTs signed with HS256 by the secret all nodes share. Verification pins the
-//! algorithm (a `none` or differently-signed token is refused) and checks issuer, audience,
+//! Access tokens: JWTs signed with HS256 by the secret all nodes share, or with RS256, ES256 or
+//! EdDSA by a PEM key pair. Verification pins the one configured algorithm (a `none`,
+//! differently-signed or algorithm-confused token is refused) and checks issuer, audience,
 //! expiry and not-before. The extractor that turns a token into a `Principal` comes with the
 //! security issue; this is the part it and `mkww-mcp token` share.
 
@@ -29,11 +30,14 @@ pub enum TokenError {
     Invalid,
     #[error("the signing secret must be at least 32 bytes")]
     WeakSecret,
+    #[error("unusable signing key: {0}")]
+    Key(String),
 }
 
 /// Issues and verifies access tokens.
 #[derive(Clone)]
 pub struct Tokens {
+    algorithm: Algorithm,
     encoding: EncodingKey,
     decoding: DecodingKey,
     validation: Validation,
@@ -44,6 +48,7 @@ pub struct Tokens {
 impl std::fmt::Debug for Tokens {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokens")
+            .field("algorithm", &self.algorithm)
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .finish_non_exhaustive()
@@ -59,24 +64,110 @@ fn seconds_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Maps a PEM parsing failure to an error that says which key was unreadable.
+fn unreadable(which: &'static str) -> impl Fn(jsonwebtoken::errors::Error) -> TokenError {
+    move |e| TokenError::Key(format!("{which}: {e}"))
+}
+
+/// The algorithm named `name` in configuration: exactly `HS256`, `RS256`, `ES256` or `EdDSA`.
+pub fn algorithm_from_name(name: &str) -> Result<Algorithm, TokenError> {
+    match name {
+        "HS256" => Ok(Algorithm::HS256),
+        "RS256" => Ok(Algorithm::RS256),
+        "ES256" => Ok(Algorithm::ES256),
+        "EdDSA" => Ok(Algorithm::EdDSA),
+        _ => Err(TokenError::Key(format!(
+            "`{name}` is not a supported algorithm (HS256, RS256, ES256 or EdDSA)"
+        ))),
+    }
+}
+
 impl Tokens {
     pub fn hs256(secret: &[u8], issuer: &str, audience: &str) -> Result<Self, TokenError> {
         if secret.len() < MIN_SECRET_LEN {
             return Err(TokenError::WeakSecret);
         }
-        let mut validation = Validation::new(Algorithm::HS256);
+        Ok(Tokens::new(
+            Algorithm::HS256,
+            EncodingKey::from_secret(secret),
+            DecodingKey::from_secret(secret),
+            issuer,
+            audience,
+        ))
+    }
+
+    /// Tokens signed by `private_pem` and verified by `public_pem` with `algorithm` (`RS256`,
+    /// `ES256` or `EdDSA`). Keys are PKCS#8 or SPKI PEM (PKCS#1 too for RSA). The pair is tried
+    /// once here, so a private key that does not match the public one fails at start, not at the
+    /// first login.
+    pub fn from_pem(
+        algorithm: &str,
+        private_pem: &[u8],
+        public_pem: &[u8],
+        issuer: &str,
+        audience: &str,
+    ) -> Result<Self, TokenError> {
+        let algorithm = algorithm_from_name(algorithm)?;
+        let (encoding, decoding) = match algorithm {
+            Algorithm::RS256 => (
+                EncodingKey::from_rsa_pem(private_pem).map_err(unreadable("RSA private key"))?,
+                DecodingKey::from_rsa_pem(public_pem).map_err(unreadable("RSA public key"))?,
+            ),
+            Algorithm::ES256 => (
+                EncodingKey::from_ec_pem(private_pem).map_err(unreadable("EC private key"))?,
+                DecodingKey::from_ec_pem(public_pem).map_err(unreadable("EC public key"))?,
+            ),
+            Algorithm::EdDSA => (
+                EncodingKey::from_ed_pem(private_pem).map_err(unreadable("Ed25519 private key"))?,
+                DecodingKey::from_ed_pem(public_pem).map_err(unreadable("Ed25519 public key"))?,
+            ),
+            _ => {
+                return Err(TokenError::Key(format!(
+                    "{algorithm:?} takes a shared secret, not PEM keys"
+                )));
+            }
+        };
+        let tokens = Tokens::new(algorithm, encoding, decoding, issuer, audience);
+        let probe = tokens
+            .issue("key-check", Role::Service, Duration::from_secs(60))
+            .map_err(|_| {
+                TokenError::Key(format!("the private key cannot sign {algorithm:?} tokens"))
+            })?;
+        tokens.verify(&probe).map_err(|_| {
+            TokenError::Key(format!(
+                "the public key does not verify what the private key signs ({algorithm:?})"
+            ))
+        })?;
+        Ok(tokens)
+    }
+
+    fn new(
+        algorithm: Algorithm,
+        encoding: EncodingKey,
+        decoding: DecodingKey,
+        issuer: &str,
+        audience: &str,
+    ) -> Self {
+        // `Validation::new` allows exactly this algorithm: the header's `alg` cannot pick another.
+        let mut validation = Validation::new(algorithm);
         validation.set_issuer(&[issuer]);
         validation.set_audience(&[audience]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         validation.validate_nbf = true;
         validation.leeway = 5;
-        Ok(Tokens {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
+        Tokens {
+            algorithm,
+            encoding,
+            decoding,
             validation,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
-        })
+        }
+    }
+
+    /// The one algorithm these tokens are signed and verified with.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
     }
 
     /// A token for `sub` with `role`, valid for `ttl` from now.
@@ -92,7 +183,7 @@ impl Tokens {
             exp: now.saturating_add(ttl.as_secs()),
             jti: uuid::Uuid::new_v4().simple().to_string(),
         };
-        encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        encode(&Header::new(self.algorithm), &claims, &self.encoding)
             .map_err(|_| TokenError::Invalid)
     }
 
@@ -223,6 +314,152 @@ mod tests {
             Tokens::hs256(b"short", "i", "a").unwrap_err(),
             TokenError::WeakSecret
         );
+    }
+
+    /// A freshly generated PEM key pair (private PKCS#8, public SPKI) for `algorithm`.
+    fn key_pair(algorithm: &str) -> (Vec<u8>, Vec<u8>) {
+        use rsa::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+        let mut rng = rsa::rand_core::OsRng;
+        let (private, public) = match algorithm {
+            "RS256" => {
+                let key = rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap();
+                let public = key.to_public_key().to_public_key_pem(LineEnding::LF);
+                (key.to_pkcs8_pem(LineEnding::LF).unwrap(), public.unwrap())
+            }
+            "ES256" => {
+                let key = p256::SecretKey::random(&mut rng);
+                let public = key.public_key().to_public_key_pem(LineEnding::LF);
+                (key.to_pkcs8_pem(LineEnding::LF).unwrap(), public.unwrap())
+            }
+            "EdDSA" => {
+                let key = ed25519_dalek::SigningKey::generate(&mut rng);
+                let public = key.verifying_key().to_public_key_pem(LineEnding::LF);
+                (key.to_pkcs8_pem(LineEnding::LF).unwrap(), public.unwrap())
+            }
+            other => panic!("no key pair for {other}"),
+        };
+        (private.as_bytes().to_vec(), public.into_bytes())
+    }
+
+    const ASYMMETRIC: [&str; 3] = ["RS256", "ES256", "EdDSA"];
+
+    fn pem_tokens(algorithm: &str, (private, public): &(Vec<u8>, Vec<u8>)) -> Tokens {
+        Tokens::from_pem(algorithm, private, public, "mkww-mcp", "mkww-mcp").unwrap()
+    }
+
+    fn issue(tokens: &Tokens) -> String {
+        tokens
+            .issue("bot", Role::Service, Duration::from_secs(60))
+            .unwrap()
+    }
+
+    #[test]
+    fn issues_tokens_that_verify_with_each_asymmetric_algorithm() {
+        for algorithm in ASYMMETRIC {
+            let tokens = pem_tokens(algorithm, &key_pair(algorithm));
+            let token = issue(&tokens);
+            let header = jsonwebtoken::decode_header(&token).unwrap();
+            assert_eq!(header.alg, algorithm_from_name(algorithm).unwrap());
+            let claims = tokens.verify(&token).unwrap();
+            assert_eq!((claims.sub.as_str(), claims.role), ("bot", Role::Service));
+        }
+    }
+
+    #[test]
+    fn rejects_tokens_signed_by_another_key_pair() {
+        for algorithm in ASYMMETRIC {
+            let ours = pem_tokens(algorithm, &key_pair(algorithm));
+            let theirs = pem_tokens(algorithm, &key_pair(algorithm));
+            assert_eq!(
+                ours.verify(&issue(&theirs)),
+                Err(TokenError::Invalid),
+                "{algorithm}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_hs256_tokens_keyed_with_the_public_key() {
+        // Algorithm confusion: the public key is public, so an HMAC "signed" with its PEM bytes
+        // must not pass for an RS256 signature.
+        let keys = key_pair("RS256");
+        let tokens = pem_tokens("RS256", &keys);
+        let confused = forge(r#"{"alg":"HS256","typ":"JWT"}"#, &claims(600, 0), &keys.1);
+        assert_eq!(tokens.verify(&confused), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn rejects_alg_none_with_asymmetric_keys() {
+        let body = URL_SAFE_NO_PAD.encode(claims(600, 0).to_string());
+        let none = format!(
+            "{}.{body}.",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"none","typ":"JWT"}"#)
+        );
+        for algorithm in ASYMMETRIC {
+            let tokens = pem_tokens(algorithm, &key_pair(algorithm));
+            assert_eq!(
+                tokens.verify(&none),
+                Err(TokenError::Invalid),
+                "{algorithm}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_es256_tokens_at_an_eddsa_verifier() {
+        let es256 = issue(&pem_tokens("ES256", &key_pair("ES256")));
+        let eddsa = pem_tokens("EdDSA", &key_pair("EdDSA"));
+        assert_eq!(eddsa.verify(&es256), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn refuses_unreadable_mismatched_and_misnamed_keys() {
+        let (ec_private, ec_public) = key_pair("ES256");
+        let (_, other_ec_public) = key_pair("ES256");
+        let (ed_private, ed_public) = key_pair("EdDSA");
+        let key_error = |result: Result<Tokens, TokenError>| {
+            assert!(matches!(result, Err(TokenError::Key(_))), "{result:?}");
+        };
+        key_error(Tokens::from_pem(
+            "ES256",
+            &ec_private,
+            &other_ec_public,
+            "i",
+            "a",
+        ));
+        key_error(Tokens::from_pem(
+            "ES256",
+            b"not a key",
+            &ec_public,
+            "i",
+            "a",
+        ));
+        key_error(Tokens::from_pem("ES256", &ec_private, b"", "i", "a"));
+        key_error(Tokens::from_pem("ES256", &ed_private, &ed_public, "i", "a"));
+        key_error(Tokens::from_pem("EdDSA", &ec_private, &ec_public, "i", "a"));
+        key_error(Tokens::from_pem("RS256", &ec_private, &ec_public, "i", "a"));
+        key_error(Tokens::from_pem("HS256", SECRET, SECRET, "i", "a"));
+        key_error(Tokens::from_pem("none", &ec_private, &ec_public, "i", "a"));
+    }
+
+    #[test]
+    fn names_exactly_four_algorithms() {
+        for (name, algorithm) in [
+            ("HS256", Algorithm::HS256),
+            ("RS256", Algorithm::RS256),
+            ("ES256", Algorithm::ES256),
+            ("EdDSA", Algorithm::EdDSA),
+        ] {
+            assert_eq!(algorithm_from_name(name), Ok(algorithm));
+        }
+        for bad in [
+            "", "none", "rs256", "HS512", "RS384", "ES384", "PS256", "EDDSA",
+        ] {
+            assert!(
+                matches!(algorithm_from_name(bad), Err(TokenError::Key(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -133,8 +133,11 @@ pub trait IdentityStore: Send + Sync + 'static {
     /// All keys, revoked ones too, newest first.
     async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError>;
     /// Marks the key revoked (once). Returns it, or `None` when there is no such key.
-    async fn revoke_api_key(&self, id: Uuid, at: DateTime<Utc>)
-    -> Result<Option<ApiKey>, StoreError>;
+    async fn revoke_api_key(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError>;
     /// Records a use; cheap and best effort.
     async fn touch_api_key(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError>;
 

@@ -5,6 +5,7 @@
 //! Core holds the rules; it does no I/O of its own beyond timers.
 
 pub mod backoff;
+pub mod credentials;
 pub mod identity;
 pub mod limiter;
 pub mod orchestrator;
@@ -14,7 +15,7 @@ pub mod store;
 pub mod task;
 
 pub use orchestrator::{
-    Handler, HandlerError, HandlerRegistry, Orchestrator, OrchestratorConfig, TaskContext,
+    Handler, HandlerError, HandlerRegistry, Orchestrator, OrchestratorConfig, Origin, TaskContext,
 };
 pub use store::{
     CancelOutcome, ClaimRequest, Completion, Inserted, Outcome, RetryOutcome, StoreError,

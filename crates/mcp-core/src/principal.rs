@@ -1,4 +1,4 @@
-//! Who acts: roles, as the permission table (security issue) will name them.
+//! Who acts and what they may do: roles and the one permission table.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -43,5 +43,114 @@ impl std::str::FromStr for Role {
             .into_iter()
             .find(|role| role.as_str() == s)
             .ok_or_else(|| format!("unknown role `{s}` (admin, operator, service or user)"))
+    }
+}
+
+/// Something a principal may be allowed to do. README's permission table is this enum and
+/// `Role::grants`; the API checks every route against it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Permission {
+    /// Create tasks (one or a batch).
+    TasksCreate,
+    /// Read and list the tasks one created.
+    TasksReadOwn,
+    /// Cancel the tasks one created.
+    TasksCancelOwn,
+    /// Read and list every task, and see queue counts.
+    TasksReadAny,
+    /// Cancel and retry any task.
+    TasksManage,
+    /// Create, list and revoke API keys.
+    ApiKeysManage,
+    /// Create users, change their roles, disable them.
+    UsersManage,
+    /// Read the audit log.
+    AuditRead,
+    /// Read `/metrics`.
+    MetricsRead,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 9] = [
+        Permission::TasksCreate,
+        Permission::TasksReadOwn,
+        Permission::TasksCancelOwn,
+        Permission::TasksReadAny,
+        Permission::TasksManage,
+        Permission::ApiKeysManage,
+        Permission::UsersManage,
+        Permission::AuditRead,
+        Permission::MetricsRead,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::TasksCreate => "tasks:create",
+            Permission::TasksReadOwn => "tasks:read:own",
+            Permission::TasksCancelOwn => "tasks:cancel:own",
+            Permission::TasksReadAny => "tasks:read:any",
+            Permission::TasksManage => "tasks:manage",
+            Permission::ApiKeysManage => "api_keys:manage",
+            Permission::UsersManage => "users:manage",
+            Permission::AuditRead => "audit:read",
+            Permission::MetricsRead => "metrics:read",
+        }
+    }
+}
+
+impl std::fmt::Display for Permission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Role {
+    /// The permission table: which role may do what.
+    pub fn grants(self, permission: Permission) -> bool {
+        use Permission::*;
+        match self {
+            Role::Admin => true,
+            Role::Operator => matches!(
+                permission,
+                TasksCreate | TasksReadOwn | TasksCancelOwn | TasksReadAny | TasksManage
+            ),
+            // Services also run tasks as external workers (the real-time issue's permission).
+            Role::Service | Role::User => {
+                matches!(permission, TasksCreate | TasksReadOwn | TasksCancelOwn)
+            }
+        }
+    }
+
+    /// Whether the daily task quota applies (people who run the hub are not throttled by it).
+    pub fn has_quota(self) -> bool {
+        matches!(self, Role::Service | Role::User)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_are_ordered_by_what_they_may_do() {
+        // Each role may do at least what the next one may.
+        for pair in Role::ALL.windows(2) {
+            for p in Permission::ALL {
+                assert!(!pair[1].grants(p) || pair[0].grants(p), "{} {p}", pair[0]);
+            }
+        }
+        assert!(Role::Admin.grants(Permission::UsersManage));
+        assert!(!Role::Operator.grants(Permission::UsersManage));
+        assert!(Role::Operator.grants(Permission::TasksReadAny));
+        assert!(!Role::Service.grants(Permission::TasksReadAny));
+        assert!(!Role::User.grants(Permission::TasksReadAny));
+    }
+
+    #[test]
+    fn role_names_round_trip() {
+        for role in Role::ALL {
+            assert_eq!(role.as_str().parse::<Role>(), Ok(role));
+        }
+        assert!("root".parse::<Role>().is_err());
     }
 }

@@ -41,6 +41,8 @@ pub struct TaskFilter {
     pub status: Option<TaskStatus>,
     pub task_type: Option<String>,
     pub queue: Option<String>,
+    /// Only tasks created by this subject.
+    pub created_by: Option<String>,
     /// Only tasks older than this id (the previous page's last id).
     pub before: Option<Uuid>,
     pub limit: u32,

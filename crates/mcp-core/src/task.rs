@@ -128,6 +128,8 @@ pub struct Task {
     pub concurrency_key: Option<String>,
     pub concurrency_limit: Option<i32>,
     pub correlation_id: Option<String>,
+    /// Subject of the principal that created the task; set by the server, never by the body.
+    pub created_by: Option<String>,
     pub result: Option<Value>,
     pub error: Option<TaskError>,
     pub created_at: DateTime<Utc>,
@@ -152,6 +154,7 @@ pub struct NewTask {
     pub concurrency_key: Option<String>,
     pub concurrency_limit: Option<i32>,
     pub correlation_id: Option<String>,
+    pub created_by: Option<String>,
 }
 
 /// What a client sends to create a task (`POST /v1/tasks`, and the WebSocket `task.create` op).
@@ -341,6 +344,7 @@ impl CreateTask {
             concurrency_key: self.concurrency_key,
             concurrency_limit,
             correlation_id: self.correlation_id,
+            created_by: None,
         })
     }
 }

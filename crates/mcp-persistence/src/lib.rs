@@ -11,6 +11,8 @@ macro_rules! sql {
     };
 }
 
+mod identity_postgres;
+mod identity_sqlite;
 mod postgres;
 mod redis_limiter;
 mod sqlite;
@@ -42,7 +44,7 @@ pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
 /// The task columns both stores read, in one order.
 pub(crate) const COLUMNS: &str = "id, type, queue, priority, payload, status, attempts, \
     max_attempts, backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key, \
-    concurrency_key, concurrency_limit, correlation_id, result, error, created_at, started_at, \
+    concurrency_key, concurrency_limit, correlation_id, created_by, result, error, created_at, started_at, \
     finished_at";
 
 /// `COLUMNS` qualified by a table name, for statements that join.
@@ -124,6 +126,7 @@ pub(crate) fn inserted_task(
         concurrency_key: new.concurrency_key.clone(),
         concurrency_limit: new.concurrency_limit,
         correlation_id: new.correlation_id.clone(),
+        created_by: new.created_by.clone(),
         result: None,
         error: None,
         created_at,
@@ -159,4 +162,38 @@ pub(crate) fn error_json(error: &mcp_core::TaskError) -> serde_json::Value {
 /// A handler result of JSON `null` is stored as SQL NULL.
 pub(crate) fn non_null(value: &serde_json::Value) -> Option<&serde_json::Value> {
     (!value.is_null()).then_some(value)
+}
+
+/// A write error, with unique violations reported as `StoreError::Conflict(what)`.
+pub(crate) fn conflict_or_db_error(e: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
+    match e {
+        sqlx::Error::Database(e) if e.is_unique_violation() => StoreError::Conflict(what()),
+        other => db_error(other),
+    }
+}
+
+/// A stored role name as a `Role`.
+pub(crate) fn role(name: &str) -> Result<mcp_core::principal::Role, StoreError> {
+    mcp_core::principal::Role::from_str(name).map_err(corrupt)
+}
+
+/// A count for an `i64` column; counts beyond `i64::MAX` saturate.
+pub(crate) fn count_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// Why a refresh token that could not be rotated was refused. A revoked token is `Dead` (its
+/// family has been dealt with already); an unrevoked token that was used before is `Reused`,
+/// even if it has expired since, because its reappearance betrays a theft while the rest of the
+/// family may still be alive; an unused, unrevoked one can only have expired, so it is `Dead`.
+pub(crate) fn refused_rotation(
+    token: Option<mcp_core::identity::RefreshToken>,
+) -> mcp_core::identity::Rotation {
+    use mcp_core::identity::Rotation;
+    match token {
+        None => Rotation::Unknown,
+        Some(token) if token.revoked_at.is_some() => Rotation::Dead { token },
+        Some(token) if token.used_at.is_some() => Rotation::Reused { token },
+        Some(token) => Rotation::Dead { token },
+    }
 }

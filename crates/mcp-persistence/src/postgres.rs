@@ -165,6 +165,7 @@ struct TaskRow {
     concurrency_key: Option<String>,
     concurrency_limit: Option<i32>,
     correlation_id: Option<String>,
+    created_by: Option<String>,
     result: Option<Json<Value>>,
     error: Option<Json<Value>>,
     created_at: DateTime<Utc>,
@@ -194,6 +195,7 @@ impl TryFrom<TaskRow> for Task {
             concurrency_key: row.concurrency_key,
             concurrency_limit: row.concurrency_limit,
             correlation_id: row.correlation_id,
+            created_by: row.created_by,
             result: row.result.map(|j| j.0),
             error: row
                 .error
@@ -224,16 +226,16 @@ impl TaskStore for PgTaskStore {
         let sql = sql!(
             "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts, \
                  backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key, \
-                 concurrency_key, concurrency_limit, correlation_id, created_at)
+                 concurrency_key, concurrency_limit, correlation_id, created_by, created_at)
              SELECT i.id, i.type, i.queue, i.priority, i.payload,
                     CASE WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END,
                     i.max_attempts, i.bb, i.bm, coalesce(i.run_at, now()), i.timeout_ms,
-                    i.ik, i.ck, i.cl, i.corr, now()
+                    i.ik, i.ck, i.cl, i.corr, i.by, now()
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::jsonb[], $6::int4[],
                          $7::int8[], $8::int8[], $9::timestamptz[], $10::int8[], $11::text[],
-                         $12::text[], $13::int4[], $14::text[])
+                         $12::text[], $13::int4[], $14::text[], $15::text[])
                   AS i(id, type, queue, priority, payload, max_attempts, bb, bm, run_at,
-                       timeout_ms, ik, ck, cl, corr)
+                       timeout_ms, ik, ck, cl, corr, by)
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id, status, run_at, created_at"
         );
@@ -270,6 +272,11 @@ impl TaskStore for PgTaskStore {
             .bind(
                 new.iter()
                     .map(|t| t.correlation_id.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                new.iter()
+                    .map(|t| t.created_by.as_deref())
                     .collect::<Vec<_>>(),
             )
             .fetch_all(&self.pool)
@@ -323,6 +330,7 @@ impl TaskStore for PgTaskStore {
                AND ($2::text IS NULL OR type = $2)
                AND ($3::text IS NULL OR queue = $3)
                AND ($4::uuid IS NULL OR id < $4)
+               AND ($6::text IS NULL OR created_by = $6)
              ORDER BY id DESC
              LIMIT $5"
         ))
@@ -331,6 +339,7 @@ impl TaskStore for PgTaskStore {
         .bind(filter.queue.as_deref())
         .bind(filter.before)
         .bind(i64::from(filter.limit))
+        .bind(filter.created_by.as_deref())
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;

@@ -135,6 +135,7 @@ struct TaskRow {
     concurrency_key: Option<String>,
     concurrency_limit: Option<i32>,
     correlation_id: Option<String>,
+    created_by: Option<String>,
     result: Option<String>,
     error: Option<String>,
     created_at: i64,
@@ -168,6 +169,7 @@ impl TryFrom<TaskRow> for Task {
             concurrency_key: row.concurrency_key,
             concurrency_limit: row.concurrency_limit,
             correlation_id: row.correlation_id,
+            created_by: row.created_by,
             result: row.result.as_deref().map(json_text).transpose()?,
             error: row
                 .error
@@ -213,6 +215,7 @@ impl TaskStore for SqliteTaskStore {
                     "ck": t.concurrency_key,
                     "cl": t.concurrency_limit,
                     "corr": t.correlation_id,
+                    "by": t.created_by,
                 })
             })
             .collect();
@@ -222,13 +225,14 @@ impl TaskStore for SqliteTaskStore {
         let inserted: Vec<(String,)> = sqlx::query_as(
             "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
                  backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key,
-                 concurrency_key, concurrency_limit, correlation_id, created_at)
+                 concurrency_key, concurrency_limit, correlation_id, created_by, created_at)
              SELECT j.value ->> 'id', j.value ->> 'type', j.value ->> 'queue',
                     j.value ->> 'priority', j.value -> 'payload',
                     CASE WHEN coalesce(j.value ->> 'run_at', ?2) > ?2 THEN 'scheduled' ELSE 'queued' END,
                     j.value ->> 'max_attempts', j.value ->> 'bb', j.value ->> 'bm',
                     coalesce(j.value ->> 'run_at', ?2), j.value ->> 'timeout_ms',
-                    j.value ->> 'ik', j.value ->> 'ck', j.value ->> 'cl', j.value ->> 'corr', ?2
+                    j.value ->> 'ik', j.value ->> 'ck', j.value ->> 'cl', j.value ->> 'corr',
+                    j.value ->> 'by', ?2
              FROM json_each(?1) AS j WHERE true
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id",
@@ -289,6 +293,7 @@ impl TaskStore for SqliteTaskStore {
                AND (?2 IS NULL OR type = ?2)
                AND (?3 IS NULL OR queue = ?3)
                AND (?4 IS NULL OR id < ?4)
+               AND (?6 IS NULL OR created_by = ?6)
              ORDER BY id DESC
              LIMIT ?5"
         ))
@@ -297,6 +302,7 @@ impl TaskStore for SqliteTaskStore {
         .bind(filter.queue.as_deref())
         .bind(filter.before.map(|id| id.to_string()))
         .bind(i64::from(filter.limit))
+        .bind(filter.created_by.as_deref())
         .fetch_all(&self.readers)
         .await
         .map_err(db_error)?;

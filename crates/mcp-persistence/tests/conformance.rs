@@ -489,6 +489,7 @@ mod cases {
         for i in 0..5 {
             let mut t = new_task(if i % 2 == 0 { "noop" } else { "echo" });
             t.queue = if i < 3 { "a".into() } else { "b".into() };
+            t.created_by = (i == 3).then(|| "alice".to_string());
             tasks.push(t);
         }
         let ids = insert(&store, tasks).await;
@@ -535,6 +536,23 @@ mod cases {
         assert_eq!(
             echo_in_a.iter().map(|t| t.id).collect::<Vec<_>>(),
             vec![ids[1]]
+        );
+        let alices = store
+            .list(&TaskFilter {
+                limit: 10,
+                created_by: Some("alice".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            alices.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids[3]]
+        );
+        assert_eq!(
+            alices[0].created_by.as_deref(),
+            Some("alice"),
+            "stored as given"
         );
         store.cancel(ids[4]).await.unwrap();
         let cancelled = store

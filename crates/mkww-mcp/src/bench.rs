@@ -10,8 +10,11 @@ use crate::config::Config;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Subcommand, ValueEnum};
+use mcp_core::identity::IdentityStore;
+use mcp_core::limiter::MemoryLimiter;
+use mcp_core::principal::Role;
 use mcp_core::task::CreateTask;
-use mcp_core::{HandlerRegistry, Orchestrator, OrchestratorConfig, TaskStatus, TaskStore};
+use mcp_core::{HandlerRegistry, Orchestrator, OrchestratorConfig, Origin, TaskStatus, TaskStore};
 use mcp_persistence::{PgTaskStore, SqliteOptions, SqliteTaskStore};
 use serde_json::json;
 use std::sync::Arc;
@@ -107,6 +110,13 @@ impl BenchStore {
         }
     }
 
+    fn identities(&self) -> Arc<dyn IdentityStore> {
+        match self {
+            BenchStore::Sqlite(store, _) => Arc::new(store.clone()),
+            BenchStore::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
     fn describe(&self, args: &TasksBench) -> String {
         match self {
             BenchStore::Sqlite(..) => format!(
@@ -142,7 +152,7 @@ impl Client {
     async fn add_batch(&self, tasks: Vec<CreateTask>) -> anyhow::Result<()> {
         match self {
             Client::Direct(orchestrator) => {
-                orchestrator.create_batch(tasks, None).await?;
+                orchestrator.create_batch(tasks, Origin::default()).await?;
             }
             Client::Http { http, base } => {
                 let response = http
@@ -162,7 +172,9 @@ impl Client {
 
     async fn add_one(&self, task: CreateTask) -> anyhow::Result<Uuid> {
         match self {
-            Client::Direct(orchestrator) => Ok(orchestrator.create(task, None).await?.task.id),
+            Client::Direct(orchestrator) => {
+                Ok(orchestrator.create(task, Origin::default()).await?.task.id)
+            }
             Client::Http { http, base } => {
                 let response = http
                     .post(format!("{base}/v1/tasks"))
@@ -223,17 +235,42 @@ async fn tasks(args: TasksBench) -> anyhow::Result<()> {
         Via::Http => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
             let base = format!("http://{}", listener.local_addr()?);
+            // The real API with its real guard, limits set out of the way, and an admin token.
+            let config = Config {
+                max_body_bytes: 16 * 1024 * 1024,
+                max_batch: args.batch.max(1),
+                jwt_secret: Some(uuid::Uuid::new_v4().simple().to_string().repeat(2)),
+                rate_limit_ip_per_minute: u32::MAX,
+                rate_limit_write_per_minute: u32::MAX,
+                rate_limit_read_per_minute: u32::MAX,
+                quota_tasks_per_day: 0,
+                ..Config::default()
+            };
+            let security = crate::serve::security(
+                &config,
+                backing.identities(),
+                Arc::new(MemoryLimiter::default()),
+            )?;
+            let token =
+                security
+                    .tokens
+                    .issue("bench", Role::Admin, Duration::from_secs(24 * 3600))?;
             let app = mcp_api::router(crate::serve::api_state(
-                &Config {
-                    max_body_bytes: 16 * 1024 * 1024,
-                    max_batch: args.batch.max(1),
-                    ..Config::default()
-                },
+                &config,
                 orchestrator.clone(),
+                security,
+                None,
             ));
             tokio::spawn(async move { axum::serve(listener, app).await });
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse()?,
+            );
             Client::Http {
-                http: reqwest::Client::new(),
+                http: reqwest::Client::builder()
+                    .default_headers(headers)
+                    .build()?,
                 base,
             }
         }

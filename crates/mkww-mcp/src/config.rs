@@ -5,6 +5,7 @@
 use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
+use ipnet::IpNet;
 use mcp_api::token::Tokens;
 use mcp_core::secrets::{MasterKey, SecretBox};
 use serde::{Deserialize, Serialize};
@@ -215,6 +216,17 @@ impl Config {
             self.task_backoff_base_ms <= self.task_backoff_max_ms,
             "task_backoff_base_ms must not exceed task_backoff_max_ms"
         );
+        anyhow::ensure!(
+            self.tls_cert.is_some() == self.tls_key.is_some(),
+            "tls_cert and tls_key must be set together (HTTPS) or both left unset (plain HTTP)"
+        );
+        anyhow::ensure!(
+            matches!(
+                self.jwt_algorithm.as_str(),
+                "HS256" | "RS256" | "ES256" | "EdDSA"
+            ),
+            "jwt_algorithm must be HS256, RS256, ES256 or EdDSA"
+        );
         self.database()?;
         Ok(())
     }
@@ -255,8 +267,27 @@ impl Config {
         Ok(SecretBox::new(current, retired))
     }
 
-    /// Issues and verifies access tokens with the configured (or generated) secret.
+    /// Issues and verifies access tokens: HS256 with the configured (or generated) secret, or
+    /// RS256/ES256/EdDSA with the configured key files.
     pub fn tokens(&self) -> anyhow::Result<Tokens> {
+        if self.jwt_algorithm != "HS256" {
+            let read = |path: &Option<PathBuf>, key: &str| -> anyhow::Result<Vec<u8>> {
+                let path = path
+                    .as_ref()
+                    .with_context(|| format!("jwt_algorithm {} needs {key}", self.jwt_algorithm))?;
+                std::fs::read(path).with_context(|| format!("cannot read {key} {}", path.display()))
+            };
+            let private = read(&self.jwt_private_key_file, "jwt_private_key_file")?;
+            let public = read(&self.jwt_public_key_file, "jwt_public_key_file")?;
+            return Tokens::from_pem(
+                &self.jwt_algorithm,
+                &private,
+                &public,
+                &self.jwt_issuer,
+                &self.jwt_audience,
+            )
+            .context("jwt keys");
+        }
         let secret = match self.jwt_secret.clone() {
             Some(secret) => secret,
             None => self.generated_secret("jwt.secret", MasterKey::generate_base64)?,
@@ -278,6 +309,18 @@ impl Config {
             write_private(&path, &generate())?;
         }
         std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))
+    }
+
+    /// `trusted_proxies` as networks (a bare address is a one-address network).
+    pub fn trusted_proxies(&self) -> anyhow::Result<Vec<IpNet>> {
+        self.trusted_proxies
+            .iter()
+            .map(|text| {
+                text.parse::<IpNet>()
+                    .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .with_context(|| format!("trusted_proxies: `{text}` is not an IP or CIDR"))
+            })
+            .collect()
     }
 
     pub fn ms(value: u64) -> Duration {

@@ -4,6 +4,7 @@
 mod bench;
 mod config;
 mod serve;
+mod tls;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -51,10 +52,33 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = mcp_api::token::parse_ttl)]
         ttl: std::time::Duration,
     },
+    /// Manage users (the first admin of a cluster, scripted set-ups).
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
     /// Benchmarks that print their figures.
     Bench {
         #[command(subcommand)]
         bench: bench::Bench,
+    },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Create a user. The password is read from stdin with --password-stdin, else generated
+    /// and printed once.
+    Create {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The username (letters, digits, `.`, `_`, `-`, `@`).
+        name: String,
+        /// admin, operator, service or user.
+        #[arg(long)]
+        role: mcp_core::principal::Role,
+        /// Read the password (one line) from stdin.
+        #[arg(long)]
+        password_stdin: bool,
     },
 }
 
@@ -70,6 +94,15 @@ async fn main() -> std::process::ExitCode {
             sub,
             ttl,
         } => serve::token(config.as_deref(), role, &sub, ttl),
+        Command::User {
+            command:
+                UserCommand::Create {
+                    config,
+                    name,
+                    role,
+                    password_stdin,
+                },
+        } => serve::create_user(config.as_deref(), &name, role, password_stdin).await,
         Command::Bench { bench } => bench::run(bench).await,
     };
     match outcome {

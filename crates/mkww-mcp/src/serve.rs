@@ -3,12 +3,17 @@
 
 use crate::config::{Config, Database};
 use anyhow::Context;
-use mcp_api::{ApiConfig, AppState};
+use mcp_api::token::parse_ttl;
+use mcp_api::{ApiConfig, AppState, MetricsRenderer, RateLimits, Security, SecurityConfig};
+use mcp_core::credentials;
+use mcp_core::identity::{AuditEvent, IdentityStore, User};
+use mcp_core::limiter::{Limiter, MemoryLimiter, Quota};
+use mcp_core::principal::Role;
 use mcp_core::task::TaskDefaults;
-use mcp_core::{Backoff, HandlerRegistry, Orchestrator, OrchestratorConfig, TaskStore};
+use mcp_core::{Backoff, HandlerRegistry, Orchestrator, OrchestratorConfig, StoreError, TaskStore};
 use mcp_integrations::Adapter;
 use mcp_integrations::http::{HttpAdapter, HttpConfig};
-use mcp_persistence::{PgTaskStore, SqliteOptions, SqliteTaskStore};
+use mcp_persistence::{PgTaskStore, RedisLimiter, SqliteOptions, SqliteTaskStore};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +38,25 @@ pub fn init_logging(config: &Config) {
     };
 }
 
+/// The database, through the ports that use it.
+#[derive(Clone)]
+pub struct Stores {
+    pub tasks: Arc<dyn TaskStore>,
+    pub identities: Arc<dyn IdentityStore>,
+}
+
+impl Stores {
+    fn of<S: TaskStore + IdentityStore>(store: S) -> Stores {
+        let store = Arc::new(store);
+        Stores {
+            tasks: store.clone(),
+            identities: store,
+        }
+    }
+}
+
 /// Opens the configured database and applies its migrations.
-pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn TaskStore>> {
+pub async fn open_store(config: &Config) -> anyhow::Result<Stores> {
     match config.database()? {
         Database::Sqlite(path) => {
             let options = SqliteOptions {
@@ -46,7 +68,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn TaskStore>> {
                 .with_context(|| format!("cannot open SQLite database {}", path.display()))?;
             store.migrate().await?;
             tracing::info!(path = %path.display(), "using SQLite");
-            Ok(Arc::new(store))
+            Ok(Stores::of(store))
         }
         Database::Postgres(url) => {
             let started = tokio::time::Instant::now();
@@ -68,7 +90,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn TaskStore>> {
             };
             store.migrate().await?;
             tracing::info!(schema = %config.database_schema, "using PostgreSQL");
-            Ok(Arc::new(store))
+            Ok(Stores::of(store))
         }
     }
 }
@@ -107,7 +129,12 @@ pub fn orchestrator_config(config: &Config) -> OrchestratorConfig {
     }
 }
 
-pub fn api_state(config: &Config, orchestrator: Arc<Orchestrator>) -> AppState {
+pub fn api_state(
+    config: &Config,
+    orchestrator: Arc<Orchestrator>,
+    security: Security,
+    metrics: Option<MetricsRenderer>,
+) -> AppState {
     AppState {
         orchestrator,
         config: Arc::new(ApiConfig {
@@ -115,7 +142,162 @@ pub fn api_state(config: &Config, orchestrator: Arc<Orchestrator>) -> AppState {
             max_batch: config.max_batch,
             ..ApiConfig::default()
         }),
+        security: Arc::new(security),
+        metrics,
     }
+}
+
+/// The rate limiter: Redis when configured (limits shared by every node), else memory.
+pub async fn limiter(config: &Config) -> anyhow::Result<Arc<dyn Limiter>> {
+    match config.redis_url.as_deref().filter(|url| !url.is_empty()) {
+        Some(url) => {
+            let limiter =
+                RedisLimiter::connect(url, &format!("{}:ratelimit:", config.redis_prefix))
+                    .await
+                    .context("cannot connect to Redis")?;
+            tracing::info!("rate limits shared through Redis");
+            Ok(Arc::new(limiter))
+        }
+        None => Ok(Arc::new(MemoryLimiter::default())),
+    }
+}
+
+/// Authentication, permissions and limits, from the configuration.
+pub fn security(
+    config: &Config,
+    identities: Arc<dyn IdentityStore>,
+    limiter: Arc<dyn Limiter>,
+) -> anyhow::Result<Security> {
+    let minute = Quota::per_minute;
+    Ok(Security {
+        identities,
+        tokens: config.tokens()?,
+        limiter,
+        config: SecurityConfig {
+            access_ttl: parse_ttl(&config.access_token_ttl)
+                .map_err(anyhow::Error::msg)
+                .context("access_token_ttl")?,
+            refresh_ttl: parse_ttl(&config.refresh_token_ttl)
+                .map_err(anyhow::Error::msg)
+                .context("refresh_token_ttl")?,
+            trusted_proxies: config.trusted_proxies()?,
+            limits: RateLimits {
+                ip: minute(config.rate_limit_ip_per_minute),
+                auth: minute(config.rate_limit_auth_per_minute),
+                login: minute(config.rate_limit_login_per_minute),
+                read: minute(config.rate_limit_read_per_minute),
+                write: minute(config.rate_limit_write_per_minute),
+            },
+            quota_tasks_per_day: config.quota_tasks_per_day,
+            metrics_token: config.metrics_token.clone().filter(|t| !t.is_empty()),
+        },
+    })
+}
+
+/// Installs the Prometheus recorder (once per process).
+fn metrics_renderer() -> Option<MetricsRenderer> {
+    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => Some(Arc::new(move || handle.render())),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics disabled");
+            None
+        }
+    }
+}
+
+/// On the first start of an embedded server (no users yet), creates `admin` with a generated
+/// password and prints the credentials once. A cluster's first admin is made with
+/// `mkww-mcp user create`.
+async fn bootstrap_admin(config: &Config, identities: &dyn IdentityStore) -> anyhow::Result<()> {
+    if identities.count_users().await? > 0 {
+        return Ok(());
+    }
+    if !matches!(config.database()?, Database::Sqlite(_)) {
+        tracing::warn!(
+            "no users yet: create the first admin with `mkww-mcp user create NAME --role admin`"
+        );
+        return Ok(());
+    }
+    let password = credentials::generate_password();
+    let user = new_user("admin", Role::Admin, &password)?;
+    match identities.create_user(&user).await {
+        Ok(()) => {
+            eprintln!(
+                "\n  First start: created the administrator account.\n    username: admin\n    \
+                 password: {password}\n  It is shown only now. Log in with POST /v1/auth/login; \
+                 change it with PATCH /v1/users/{}.\n",
+                user.id
+            );
+            tracing::warn!(
+                username = "admin",
+                "created the first administrator account"
+            );
+            Ok(())
+        }
+        // Another process made one first.
+        Err(StoreError::Conflict(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A user record with `password` hashed.
+fn new_user(username: &str, role: Role, password: &str) -> anyhow::Result<User> {
+    mcp_api::check_username(username).map_err(|e| anyhow::anyhow!(e.message))?;
+    let now = chrono::Utc::now();
+    Ok(User {
+        id: uuid::Uuid::now_v7(),
+        username: username.to_owned(),
+        role,
+        password_hash: credentials::hash_password(password)?,
+        disabled: false,
+        created_at: now,
+        updated_at: now,
+    })
+}
+
+/// `mkww-mcp user create`: the password comes from stdin (`--password-stdin`) or is generated
+/// and printed once.
+pub async fn create_user(
+    file: Option<&Path>,
+    username: &str,
+    role: Role,
+    password_stdin: bool,
+) -> anyhow::Result<()> {
+    let config = Config::load(file)?;
+    init_logging(&config);
+    let (password, generated) = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
+        (line.trim_end_matches(['\r', '\n']).to_owned(), false)
+    } else {
+        (credentials::generate_password(), true)
+    };
+    let user = new_user(username, role, &password)?;
+    let stores = open_store(&config).await?;
+    match stores.identities.create_user(&user).await {
+        Ok(()) => {}
+        Err(StoreError::Conflict(_)) => anyhow::bail!("the username `{username}` is taken"),
+        Err(e) => return Err(e.into()),
+    }
+    stores
+        .identities
+        .append_audit(&AuditEvent {
+            id: uuid::Uuid::now_v7(),
+            at: chrono::Utc::now(),
+            action: "user.created".into(),
+            principal: Some("cli".into()),
+            ip: None,
+            request_id: None,
+            details: serde_json::json!({"user": username, "role": role}),
+        })
+        .await?;
+    println!("created user `{username}` ({role}), id {}", user.id);
+    if generated {
+        println!("password: {password}");
+    }
+    Ok(())
 }
 
 pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Result<()> {
@@ -136,8 +318,14 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         key_id = secrets.current_key_id(),
         "secrets at rest are sealed"
     );
-    let store = open_store(&config).await?;
-    let orchestrator = Orchestrator::new(store, registry(&config)?, orchestrator_config(&config));
+    let stores = open_store(&config).await?;
+    bootstrap_admin(&config, stores.identities.as_ref()).await?;
+    let security = security(&config, stores.identities.clone(), limiter(&config).await?)?;
+    let orchestrator = Orchestrator::new(
+        stores.tasks,
+        registry(&config)?,
+        orchestrator_config(&config),
+    );
     let workers = orchestrator.start().await;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -148,13 +336,28 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         node_id = %orchestrator.config().node_id,
         concurrency = config.worker_concurrency,
         version = env!("CARGO_PKG_VERSION"),
+        tls = config.tls_cert.is_some(),
         "listening"
     );
-    let app = mcp_api::router(api_state(&config, orchestrator));
-    axum::serve(listener, app)
+    let app = mcp_api::router(api_state(
+        &config,
+        orchestrator,
+        security,
+        metrics_renderer(),
+    ));
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            crate::tls::serve_tls(listener, app, cert, key, shutdown_signal()).await?;
+        }
+        _ => axum::serve(
+            listener,
+            // The peer address feeds per-IP rate limits and the audit log.
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
         .with_graceful_shutdown(shutdown_signal())
         .await
-        .context("HTTP server failed")?;
+        .context("HTTP server failed")?,
+    }
     tracing::info!("shutting down: finishing running tasks");
     workers.shutdown().await;
     tracing::info!("stopped");

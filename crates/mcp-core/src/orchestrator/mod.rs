@@ -91,6 +91,15 @@ pub struct Orchestrator {
     recorded: AtomicU64,
 }
 
+/// Where a create request comes from: stamped on the tasks it creates.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Origin<'a> {
+    /// Used when the request names no `correlation_id` (the API passes its request id).
+    pub correlation_id: Option<&'a str>,
+    /// Subject of the principal creating the tasks.
+    pub created_by: Option<&'a str>,
+}
+
 impl Orchestrator {
     pub fn new(
         store: Arc<dyn TaskStore>,
@@ -123,7 +132,7 @@ impl Orchestrator {
     pub fn prepare(
         &self,
         request: CreateTask,
-        default_correlation: Option<&str>,
+        origin: Origin<'_>,
         index: Option<usize>,
     ) -> Result<NewTask, OrchestratorError> {
         let mut task = request
@@ -143,8 +152,9 @@ impl Orchestrator {
                 reason,
             })?;
         if task.correlation_id.is_none() {
-            task.correlation_id = default_correlation.map(str::to_owned);
+            task.correlation_id = origin.correlation_id.map(str::to_owned);
         }
+        task.created_by = origin.created_by.map(str::to_owned);
         Ok(task)
     }
 
@@ -152,9 +162,9 @@ impl Orchestrator {
     pub async fn create(
         &self,
         request: CreateTask,
-        correlation_id: Option<&str>,
+        origin: Origin<'_>,
     ) -> Result<Inserted, OrchestratorError> {
-        let task = self.prepare(request, correlation_id, None)?;
+        let task = self.prepare(request, origin, None)?;
         let mut inserted = self.insert(&[task]).await?;
         Ok(inserted.remove(0))
     }
@@ -163,17 +173,18 @@ impl Orchestrator {
     pub async fn create_batch(
         &self,
         requests: Vec<CreateTask>,
-        correlation_id: Option<&str>,
+        origin: Origin<'_>,
     ) -> Result<Vec<Inserted>, OrchestratorError> {
         let tasks = requests
             .into_iter()
             .enumerate()
-            .map(|(i, request)| self.prepare(request, correlation_id, Some(i)))
+            .map(|(i, request)| self.prepare(request, origin, Some(i)))
             .collect::<Result<Vec<_>, _>>()?;
         self.insert(&tasks).await
     }
 
-    async fn insert(&self, tasks: &[NewTask]) -> Result<Vec<Inserted>, OrchestratorError> {
+    /// Inserts tasks `prepare` made, atomically; one `Inserted` per task, in order.
+    pub async fn insert(&self, tasks: &[NewTask]) -> Result<Vec<Inserted>, OrchestratorError> {
         let inserted = self.store.insert(tasks).await?;
         if inserted.iter().any(|i| i.created) {
             self.wake.notify_one();

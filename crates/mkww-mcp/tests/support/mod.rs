@@ -14,6 +14,8 @@ pub struct Server {
     pub base: String,
     pub data_dir: PathBuf,
     pub logs: Arc<Mutex<Vec<String>>>,
+    /// What the server printed on stderr.
+    pub console: Arc<Mutex<Vec<String>>>,
 }
 
 /// A fresh PostgreSQL schema for one test; dropped by `drop_schema`.
@@ -88,14 +90,24 @@ impl Server {
             .env("MCP_DATA_DIR", &data_dir)
             .env("MCP_LOG_FORMAT", "json")
             .env("MCP_LOG_LEVEL", "info")
+            .env("MCP_JWT_SECRET", JWT_SECRET)
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(Stdio::piped());
         for (key, value) in env {
             command.env(key, value);
         }
         let mut child = command.spawn().expect("start mkww-mcp");
         let stdout = child.stdout.take().expect("stdout");
+        let stderr = child.stderr.take().expect("stderr");
+        let console = Arc::new(Mutex::new(Vec::new()));
+        let sink = console.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                sink.lock().unwrap().push(line);
+            }
+        });
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let sink = logs.clone();
@@ -117,6 +129,7 @@ impl Server {
             base: format!("http://{addr}"),
             data_dir,
             logs,
+            console,
         }
     }
 
@@ -166,8 +179,38 @@ impl Drop for Server {
     }
 }
 
+/// The HS256 secret every test server is started with, so tests can mint their own tokens.
+pub const JWT_SECRET: &str = "integration-tests-only-0123456789abcdef";
+
+/// An access token for `sub` with `role`, as the test servers accept.
+pub fn token(role: &str, sub: &str) -> String {
+    mcp_api::token::Tokens::hs256(JWT_SECRET.as_bytes(), "mkww-mcp", "mkww-mcp")
+        .expect("tokens")
+        .issue(sub, role.parse().expect("role"), Duration::from_secs(3600))
+        .expect("token")
+}
+
+/// A client that acts as `sub` with `role` (bearer token on every request).
+pub fn client_as(role: &str, sub: &str) -> reqwest::Client {
+    client_with(&token(role, sub))
+}
+
+/// A client that sends `credential` (a token or an API key) on every request.
+pub fn client_with(credential: &str) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {credential}").parse().expect("header"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
+}
+
+/// The default test client: an admin.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::new()
+    client_as("admin", "test-admin")
 }
 
 pub async fn post(server: &Server, path: &str, body: Value) -> (u16, Value) {

@@ -1,0 +1,79 @@
+//! Who may call which route: one table, read by the guard for every request. A route missing
+//! from it is refused (fail closed), and the role × route test walks it against the OpenAPI
+//! document so that a new route cannot ship without an entry.
+
+use axum::http::Method;
+use mcp_core::principal::Permission;
+
+/// What a route demands of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without credentials (probes, the OpenAPI document, login).
+    Public,
+    /// Any authenticated principal.
+    Authenticated,
+    /// A principal whose role grants this permission.
+    Requires(Permission),
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct RouteAccess {
+    pub method: &'static str,
+    /// The route as registered in the router, e.g. `/v1/tasks/{id}`.
+    pub path: &'static str,
+    pub access: Access,
+}
+
+const fn route(method: &'static str, path: &'static str, access: Access) -> RouteAccess {
+    RouteAccess {
+        method,
+        path,
+        access,
+    }
+}
+
+use Access::{Authenticated, Public, Requires};
+use Permission::*;
+
+/// Every route of the API.
+pub const ROUTES: &[RouteAccess] = &[
+    route("GET", "/healthz", Public),
+    route("GET", "/readyz", Public),
+    route("GET", "/openapi.json", Public),
+    route("GET", "/metrics", Requires(MetricsRead)),
+    route("POST", "/v1/auth/login", Public),
+    route("POST", "/v1/auth/refresh", Public),
+    route("POST", "/v1/auth/logout", Public),
+    route("GET", "/v1/auth/me", Authenticated),
+    route("POST", "/v1/tasks", Requires(TasksCreate)),
+    route("GET", "/v1/tasks", Requires(TasksReadOwn)),
+    route("POST", "/v1/tasks/batch", Requires(TasksCreate)),
+    route("GET", "/v1/tasks/{id}", Requires(TasksReadOwn)),
+    route("POST", "/v1/tasks/{id}/cancel", Requires(TasksCancelOwn)),
+    route("POST", "/v1/tasks/{id}/retry", Requires(TasksManage)),
+    route("GET", "/v1/queues", Requires(TasksReadAny)),
+    route("POST", "/v1/api-keys", Requires(ApiKeysManage)),
+    route("GET", "/v1/api-keys", Requires(ApiKeysManage)),
+    route("DELETE", "/v1/api-keys/{id}", Requires(ApiKeysManage)),
+    route("POST", "/v1/users", Requires(UsersManage)),
+    route("GET", "/v1/users", Requires(UsersManage)),
+    route("PATCH", "/v1/users/{id}", Requires(UsersManage)),
+    route("GET", "/v1/audit", Requires(AuditRead)),
+];
+
+/// The entry for a matched route, if the table has one.
+pub fn lookup(method: &Method, path: &str) -> Option<&'static RouteAccess> {
+    ROUTES
+        .iter()
+        .find(|r| r.path == path && r.method == method.as_str())
+}
+
+/// Routes that are never rate limited (load balancers poll them).
+pub fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
+/// Routes limited per IP by the stricter `auth` class.
+pub fn is_auth(path: &str) -> bool {
+    path.starts_with("/v1/auth/")
+}

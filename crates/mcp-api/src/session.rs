@@ -1,0 +1,292 @@
+//! Sessions: login with a password, rotating refresh tokens with reuse detection, logout, and
+//! "who am I". Each login starts a token family; presenting a used refresh token again revokes
+//! the whole family, so a stolen token dies with the first use by either party.
+
+use crate::AppState;
+use crate::auth::{ClientIp, Principal, Security, too_many};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiJson;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use mcp_core::credentials;
+use mcp_core::identity::{RefreshToken, Rotation, User};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Longest username accepted anywhere.
+pub const MAX_USERNAME_LEN: usize = 64;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub username: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    pub refresh_token: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenResponse {
+    pub access_token: String,
+    /// Opaque; each one works once.
+    pub refresh_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: u64,
+}
+
+fn invalid_credentials() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_credentials",
+        "invalid username or password",
+    )
+}
+
+fn invalid_refresh() -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_refresh_token",
+        "the refresh token is not valid; log in again",
+    )
+}
+
+/// Issues an access token and stores `refresh` for `user`.
+async fn tokens_for(
+    security: &Security,
+    user: &User,
+    refresh: String,
+) -> Result<TokenResponse, ApiError> {
+    let access_token = security
+        .tokens
+        .issue(&user.username, user.role, security.config.access_ttl)
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot sign an access token");
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "an internal error occurred; it has been logged",
+            )
+        })?;
+    Ok(TokenResponse {
+        access_token,
+        refresh_token: refresh,
+        token_type: "Bearer",
+        expires_in: security.config.access_ttl.as_secs(),
+    })
+}
+
+fn new_refresh(security: &Security, user_id: Uuid, family_id: Uuid) -> (String, RefreshToken) {
+    let token = credentials::generate_refresh_token();
+    let now = Utc::now();
+    let ttl = chrono::Duration::from_std(security.config.refresh_ttl)
+        .unwrap_or(chrono::Duration::days(30));
+    let record = RefreshToken {
+        id: Uuid::now_v7(),
+        family_id,
+        user_id,
+        token_hash: credentials::digest(&token),
+        created_at: now,
+        expires_at: now + ttl,
+        used_at: None,
+        revoked_at: None,
+    };
+    (token, record)
+}
+
+/// Log in with a username and password.
+#[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
+    responses(
+        (status = 200, description = "logged in", body = TokenResponse),
+        (status = 401, description = "invalid username or password", body = ErrorBody),
+        (status = 429, description = "too many attempts", body = ErrorBody),
+    ))]
+pub async fn login(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    ApiJson(request): ApiJson<LoginRequest>,
+) -> Result<Response, ApiError> {
+    let security = &state.security;
+    let username = request.username.trim().to_owned();
+    if username.is_empty() || username.chars().count() > MAX_USERNAME_LEN {
+        return Err(invalid_credentials());
+    }
+    let name_key = format!("login:{}", username.to_lowercase());
+    if let Some(decision) = security
+        .check(&name_key, security.config.limits.login)
+        .await
+        && !decision.allowed
+    {
+        security
+            .audit(
+                "auth.login.throttled",
+                Some(&username),
+                ip,
+                json!({"reason": "too many attempts for this username"}),
+            )
+            .await;
+        return Ok(too_many(
+            &decision,
+            "rate_limited",
+            "too many login attempts; wait and try again",
+        ));
+    }
+    let user = security.identities.user_by_username(&username).await?;
+    let stored = user
+        .as_ref()
+        .map(|u| u.password_hash.clone())
+        .unwrap_or_else(|| credentials::decoy_hash().to_owned());
+    let password = request.password;
+    let matches =
+        tokio::task::spawn_blocking(move || credentials::verify_password(&password, &stored))
+            .await
+            .unwrap_or(false);
+    let user = match user {
+        Some(user) if matches && !user.disabled => user,
+        other => {
+            let reason = match other {
+                None => "unknown user",
+                Some(u) if u.disabled && matches => "user disabled",
+                Some(_) => "wrong password",
+            };
+            security
+                .audit(
+                    "auth.login.failed",
+                    Some(&username),
+                    ip,
+                    json!({"reason": reason}),
+                )
+                .await;
+            return Err(invalid_credentials());
+        }
+    };
+    let (refresh, record) = new_refresh(security, user.id, Uuid::now_v7());
+    security.identities.insert_refresh_token(&record).await?;
+    let reply = tokens_for(security, &user, refresh).await?;
+    security
+        .audit(
+            "auth.login.succeeded",
+            Some(&user.username),
+            ip,
+            json!({"family_id": record.family_id}),
+        )
+        .await;
+    Ok(Json(reply).into_response())
+}
+
+/// Trade a refresh token for a new access token and a new refresh token.
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    responses(
+        (status = 200, description = "rotated", body = TokenResponse),
+        (status = 401, description = "invalid, expired, revoked or reused refresh token", body = ErrorBody),
+    ))]
+pub async fn refresh(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    ApiJson(request): ApiJson<RefreshRequest>,
+) -> Result<Json<TokenResponse>, ApiError> {
+    let security = &state.security;
+    let hash = credentials::digest(&request.refresh_token);
+    let Some(current) = security.identities.refresh_token_by_hash(&hash).await? else {
+        return Err(invalid_refresh());
+    };
+    let (token, next) = new_refresh(security, current.user_id, current.family_id);
+    let now = Utc::now();
+    match security
+        .identities
+        .rotate_refresh_token(&hash, &next, now)
+        .await?
+    {
+        Rotation::Rotated { used } => {
+            let user = security.identities.user_by_id(used.user_id).await?;
+            match user {
+                Some(user) if !user.disabled => Ok(Json(tokens_for(security, &user, token).await?)),
+                _ => {
+                    security
+                        .identities
+                        .revoke_refresh_family(used.family_id, now)
+                        .await?;
+                    Err(invalid_refresh())
+                }
+            }
+        }
+        Rotation::Reused { token } => {
+            let user = security.identities.user_by_id(token.user_id).await?;
+            let subject = user.as_ref().map(|u| u.username.as_str());
+            security
+                .audit(
+                    "auth.refresh.reused",
+                    subject,
+                    ip,
+                    json!({"family_id": token.family_id}),
+                )
+                .await;
+            let revoked = security
+                .identities
+                .revoke_refresh_family(token.family_id, now)
+                .await?;
+            security
+                .audit(
+                    "auth.family.revoked",
+                    subject,
+                    ip,
+                    json!({"family_id": token.family_id, "tokens": revoked, "reason": "reuse"}),
+                )
+                .await;
+            Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "refresh_token_reused",
+                "this refresh token was used before; every session it belonged to is revoked",
+            ))
+        }
+        Rotation::Dead { .. } | Rotation::Unknown => Err(invalid_refresh()),
+    }
+}
+
+/// End a session: revokes the refresh token's whole family. Answers 204 whatever the token.
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
+    responses((status = 204, description = "logged out")))]
+pub async fn logout(
+    State(state): State<AppState>,
+    ip: ClientIp,
+    ApiJson(request): ApiJson<RefreshRequest>,
+) -> Result<StatusCode, ApiError> {
+    let security = &state.security;
+    let hash = credentials::digest(&request.refresh_token);
+    if let Some(token) = security.identities.refresh_token_by_hash(&hash).await? {
+        let revoked = security
+            .identities
+            .revoke_refresh_family(token.family_id, Utc::now())
+            .await?;
+        let user = security.identities.user_by_id(token.user_id).await?;
+        security
+            .audit(
+                "auth.logout",
+                user.as_ref().map(|u| u.username.as_str()),
+                ip,
+                json!({"family_id": token.family_id, "tokens": revoked}),
+            )
+            .await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Who the credential of this request belongs to.
+#[utoipa::path(get, path = "/v1/auth/me", tag = "auth",
+    responses(
+        (status = 200, description = "the caller", body = Principal),
+        (status = 401, description = "no or bad credentials", body = ErrorBody),
+    ))]
+pub async fn me(principal: Principal) -> Json<Principal> {
+    Json(principal)
+}
