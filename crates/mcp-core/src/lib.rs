@@ -6,6 +6,7 @@
 
 pub mod backoff;
 pub mod credentials;
+pub mod events;
 pub mod identity;
 pub mod limiter;
 pub mod orchestrator;

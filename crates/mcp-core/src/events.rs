@@ -1,0 +1,122 @@
+//! Events and the `EventBus` port: every state change (a task transition, a message, a breaker
+//! opening) is an `Event` published on one or more channels. Each channel's events get increasing
+//! offsets within an `epoch`; a bounded history lets a subscriber that reconnects with
+//! `since: {offset, epoch}` receive exactly what it missed, or learn that it cannot (the history
+//! is gone or the epoch changed) and resync through REST.
+//!
+//! The in-process bus serves the embedded default; the Redis one (in `mcp-persistence`) fans
+//! events out between the nodes of a cluster.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+use tokio::sync::broadcast;
+
+/// Something that happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// e.g. `task.succeeded`, `memory.message.created`.
+    #[serde(rename = "type")]
+    pub event_type: String,
+    /// The subject after the change (the task, the message, …).
+    pub data: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_id: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+impl Event {
+    pub fn new(event_type: impl Into<String>, data: Value, correlation_id: Option<String>) -> Self {
+        Event {
+            event_type: event_type.into(),
+            data,
+            correlation_id,
+            at: Utc::now(),
+        }
+    }
+}
+
+/// Where a channel's stream stands: the offset of its last event, in an epoch. A new epoch
+/// (history lost, e.g. Redis restarted empty) makes every older position unrecoverable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    pub offset: u64,
+    pub epoch: String,
+}
+
+/// One event on one channel, as a subscriber receives it. `frame` is the WebSocket frame
+/// (`{"op":"event","channel",…,"event":{…}}`), serialised once per channel and shared by every
+/// subscriber.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub channel: String,
+    pub offset: u64,
+    pub epoch: String,
+    pub event: Arc<Event>,
+    pub frame: Arc<str>,
+}
+
+#[derive(Serialize)]
+struct Frame<'a> {
+    op: &'static str,
+    channel: &'a str,
+    offset: u64,
+    epoch: &'a str,
+    event: &'a Event,
+}
+
+impl Delivery {
+    pub fn new(channel: &str, offset: u64, epoch: &str, event: Arc<Event>) -> Delivery {
+        let frame = serde_json::to_string(&Frame {
+            op: "event",
+            channel,
+            offset,
+            epoch,
+            event: &event,
+        })
+        .unwrap_or_default();
+        Delivery {
+            channel: channel.to_owned(),
+            offset,
+            epoch: epoch.to_owned(),
+            event,
+            frame: frame.into(),
+        }
+    }
+}
+
+/// The answer to "what did I miss since this position?".
+#[derive(Debug, Clone)]
+pub enum Recovery {
+    /// Exactly the events after the position, in order (possibly none).
+    Recovered(Vec<Delivery>),
+    /// They are not all held any more, or the epoch changed: resync through REST.
+    Lost,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("event bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A live subscription: every event published on the channel from now on. A receiver that
+/// falls more than its capacity behind gets `RecvError::Lagged` and must recover with `since`.
+pub type Subscription = broadcast::Receiver<Delivery>;
+
+#[async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Publishes `event` on `channel` (assigning the next offset) and returns its position.
+    async fn publish(&self, channel: &str, event: Arc<Event>) -> Result<StreamPosition, BusError>;
+
+    /// Every event published on `channel` after this call, on this node, from any node.
+    async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError>;
+
+    /// The events after `since`, if the history still holds all of them in the same epoch.
+    async fn recover(&self, channel: &str, since: &StreamPosition) -> Result<Recovery, BusError>;
+
+    /// The channel's current position (offset 0 for a channel with no events yet).
+    async fn position(&self, channel: &str) -> Result<StreamPosition, BusError>;
+}
