@@ -468,6 +468,59 @@ mod tests {
     }
 
     #[test]
+    fn signs_with_configured_key_files_and_pins_their_algorithm() {
+        let dir = std::env::temp_dir().join(format!("mcp-jwk-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        std::fs::write(dir.join("private.pem"), pair.serialize_pem()).unwrap();
+        std::fs::write(dir.join("public.pem"), pair.public_key_pem()).unwrap();
+        let es256 = Config {
+            data_dir: dir.clone(),
+            jwt_algorithm: "ES256".into(),
+            jwt_private_key_file: Some(dir.join("private.pem")),
+            jwt_public_key_file: Some(dir.join("public.pem")),
+            ..Config::default()
+        };
+        es256.check().unwrap();
+        let tokens = es256.tokens().unwrap();
+        let token = tokens
+            .issue(
+                "ops",
+                mcp_core::principal::Role::Operator,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert_eq!(tokens.verify(&token).unwrap().sub, "ops");
+        // The HS256 node of the same data dir does not accept it, nor the reverse.
+        let hs256 = Config {
+            data_dir: dir.clone(),
+            ..Config::default()
+        };
+        assert!(hs256.tokens().unwrap().verify(&token).is_err());
+        let hs_token = hs256
+            .tokens()
+            .unwrap()
+            .issue(
+                "x",
+                mcp_core::principal::Role::Admin,
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert!(tokens.verify(&hs_token).is_err());
+        let missing = Config {
+            jwt_public_key_file: None,
+            ..es256.clone()
+        };
+        assert!(missing.tokens().is_err());
+        let unknown = Config {
+            jwt_algorithm: "HS512".into(),
+            ..es256
+        };
+        assert!(unknown.check().is_err());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn refuses_unknown_keys_in_the_file() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("mkww-mcp.toml", "listn = \"0.0.0.0:9000\"\n")?;

@@ -765,3 +765,38 @@ async fn user_create_command_makes_a_user_that_can_log_in() {
         "users exist, so no first-start admin"
     );
 }
+
+#[tokio::test]
+async fn believes_forwarded_for_only_from_trusted_proxies() {
+    let limited = |env: Vec<(&'static str, String)>| Server::start(&env);
+    let behind_proxy = limited(vec![
+        ("MCP_RATE_LIMIT_IP_PER_MINUTE", "2".into()),
+        ("MCP_TRUSTED_PROXIES", "[\"127.0.0.0/8\"]".into()),
+    ]);
+    let from = |server: &Server, client_ip: &'static str| {
+        let url = server.url("/v1/queues");
+        async move {
+            client()
+                .get(url)
+                .header("x-forwarded-for", client_ip)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(from(&behind_proxy, "203.0.113.1").await, 200);
+    assert_eq!(from(&behind_proxy, "203.0.113.1").await, 200);
+    assert_eq!(from(&behind_proxy, "203.0.113.1").await, 429);
+    assert_eq!(
+        from(&behind_proxy, "203.0.113.2").await,
+        200,
+        "each client behind the proxy has its own budget"
+    );
+    // Without the setting the header is ignored: every request counts against the peer.
+    let direct = limited(vec![("MCP_RATE_LIMIT_IP_PER_MINUTE", "2".into())]);
+    assert_eq!(from(&direct, "203.0.113.1").await, 200);
+    assert_eq!(from(&direct, "203.0.113.2").await, 200);
+    assert_eq!(from(&direct, "203.0.113.3").await, 429);
+}
