@@ -52,6 +52,7 @@ pub const ROUTES: &[RouteAccess] = &[
     route("POST", "/v1/tasks/{id}/cancel", Requires(TasksCancelOwn)),
     route("POST", "/v1/tasks/{id}/retry", Requires(TasksManage)),
     route("GET", "/v1/queues", Requires(TasksReadAny)),
+    route("GET", "/v1/routes", Requires(TasksRun)),
     route("POST", "/v1/api-keys", Requires(ApiKeysManage)),
     route("GET", "/v1/api-keys", Requires(ApiKeysManage)),
     route("DELETE", "/v1/api-keys/{id}", Requires(ApiKeysManage)),
@@ -59,6 +60,46 @@ pub const ROUTES: &[RouteAccess] = &[
     route("GET", "/v1/users", Requires(UsersManage)),
     route("PATCH", "/v1/users/{id}", Requires(UsersManage)),
     route("GET", "/v1/audit", Requires(AuditRead)),
+    // Authenticates itself: with the upgrade request or the first frame (docs/websocket.md).
+    route("GET", "/v1/ws", Public),
+    route("POST", "/v1/conversations", Requires(MemoryWrite)),
+    route("GET", "/v1/conversations", Requires(MemoryRead)),
+    route("POST", "/v1/conversations/import", Requires(MemoryManage)),
+    route("GET", "/v1/conversations/{id}", Requires(MemoryRead)),
+    route("PATCH", "/v1/conversations/{id}", Requires(MemoryWrite)),
+    route("DELETE", "/v1/conversations/{id}", Requires(MemoryManage)),
+    route(
+        "POST",
+        "/v1/conversations/{id}/messages",
+        Requires(MemoryWrite),
+    ),
+    route(
+        "GET",
+        "/v1/conversations/{id}/messages",
+        Requires(MemoryRead),
+    ),
+    route(
+        "PATCH",
+        "/v1/conversations/{id}/messages/{message_id}",
+        Requires(MemoryWrite),
+    ),
+    route(
+        "DELETE",
+        "/v1/conversations/{id}/messages/{message_id}",
+        Requires(MemoryWrite),
+    ),
+    route(
+        "GET",
+        "/v1/conversations/{id}/context",
+        Requires(MemoryRead),
+    ),
+    route(
+        "POST",
+        "/v1/conversations/{id}/summary",
+        Requires(MemoryWrite),
+    ),
+    route("GET", "/v1/conversations/{id}/export", Requires(MemoryRead)),
+    route("GET", "/v1/search/messages", Requires(MemoryRead)),
 ];
 
 /// The entry for a matched route, if the table has one.

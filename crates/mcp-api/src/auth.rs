@@ -227,7 +227,15 @@ impl Security {
     }
 
     /// Who the bearer credential names, or why it names no one.
-    async fn authenticate(&self, credential: &str) -> Result<Principal, ApiError> {
+    pub async fn authenticate(&self, credential: &str) -> Result<Principal, ApiError> {
+        self.authenticate_until(credential).await.map(|(p, _)| p)
+    }
+
+    /// Like `authenticate`, with the Unix time the credential expires at (access tokens).
+    pub async fn authenticate_until(
+        &self,
+        credential: &str,
+    ) -> Result<(Principal, Option<u64>), ApiError> {
         if let Some(prefix) = credentials::api_key_prefix(credential) {
             let key = self.identities.api_key_by_prefix(prefix).await?;
             let Some(key) = key.filter(|k| {
@@ -241,18 +249,24 @@ impl Security {
             if let Err(e) = self.identities.touch_api_key(key.id, Utc::now()).await {
                 tracing::debug!(error = %e, "cannot record an API key use");
             }
-            return Ok(Principal {
-                subject: format!("key:{}", key.prefix),
-                role: key.role,
-                credential: CredentialKind::ApiKey,
-            });
+            return Ok((
+                Principal {
+                    subject: format!("key:{}", key.prefix),
+                    role: key.role,
+                    credential: CredentialKind::ApiKey,
+                },
+                None,
+            ));
         }
         match self.tokens.verify(credential) {
-            Ok(claims) => Ok(Principal {
-                subject: claims.sub,
-                role: claims.role,
-                credential: CredentialKind::AccessToken,
-            }),
+            Ok(claims) => Ok((
+                Principal {
+                    subject: claims.sub,
+                    role: claims.role,
+                    credential: CredentialKind::AccessToken,
+                },
+                Some(claims.exp),
+            )),
             Err(TokenError::Expired) => Err(unauthenticated("the access token has expired")
                 .with_details(serde_json::json!({"reason": "token_expired"}))),
             Err(_) => Err(unauthenticated("the access token is not valid")),
@@ -261,7 +275,7 @@ impl Security {
 }
 
 /// The bearer credential of a request: `Ok(None)` without an `Authorization` header.
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };

@@ -9,15 +9,18 @@ pub mod auth;
 mod error;
 mod extract;
 mod health;
+mod memory;
 mod openapi;
 mod request_id;
 mod session;
 mod tasks;
 pub mod token;
+pub mod ws;
 
 pub use admin::check_username;
 pub use auth::{Principal, RateLimits, Security, SecurityConfig};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use memory::MemoryLimits;
 pub use openapi::ApiDoc;
 pub use request_id::REQUEST_ID_HEADER;
 
@@ -36,6 +39,8 @@ pub struct ApiConfig {
     pub max_batch: usize,
     pub default_page_size: u32,
     pub max_page_size: u32,
+    pub ws: ws::WsConfig,
+    pub memory: MemoryLimits,
 }
 
 impl Default for ApiConfig {
@@ -45,6 +50,8 @@ impl Default for ApiConfig {
             max_batch: 1000,
             default_page_size: 50,
             max_page_size: 500,
+            ws: ws::WsConfig::default(),
+            memory: MemoryLimits::default(),
         }
     }
 }
@@ -58,13 +65,20 @@ pub struct AppState {
     pub orchestrator: Arc<Orchestrator>,
     pub config: Arc<ApiConfig>,
     pub security: Arc<Security>,
+    /// Where every state change is published, and what WebSocket clients subscribe to.
+    pub events: Arc<dyn mcp_core::events::EventBus>,
+    /// Conversations and messages.
+    pub memory: Arc<dyn mcp_core::memory::MemoryStore>,
     /// `None`: no recorder installed (in-process tests); `/metrics` then answers 404.
     pub metrics: Option<MetricsRenderer>,
+    /// Cancelled when the server begins to shut down: WebSocket connections close with 1001.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
+    let max_import = state.config.memory.max_import_bytes;
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -80,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
         .route("/v1/tasks/{id}/retry", post(tasks::retry))
         .route("/v1/queues", get(tasks::queues))
+        .route("/v1/routes", get(tasks::routes))
         .route(
             "/v1/api-keys",
             post(admin::create_api_key).get(admin::list_api_keys),
@@ -88,6 +103,33 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/users", post(admin::create_user).get(admin::list_users))
         .route("/v1/users/{id}", patch(admin::update_user))
         .route("/v1/audit", get(admin::audit))
+        .route("/v1/ws", get(ws::upgrade))
+        .route(
+            "/v1/conversations",
+            post(memory::create_conversation).get(memory::list_conversations),
+        )
+        .route(
+            "/v1/conversations/import",
+            post(memory::import).layer(DefaultBodyLimit::max(max_import)),
+        )
+        .route(
+            "/v1/conversations/{id}",
+            get(memory::get_conversation)
+                .patch(memory::update_conversation)
+                .delete(memory::delete_conversation),
+        )
+        .route(
+            "/v1/conversations/{id}/messages",
+            post(memory::post_messages).get(memory::list_messages),
+        )
+        .route(
+            "/v1/conversations/{id}/messages/{message_id}",
+            patch(memory::update_message).delete(memory::delete_message),
+        )
+        .route("/v1/conversations/{id}/context", get(memory::context))
+        .route("/v1/conversations/{id}/summary", post(memory::set_summary))
+        .route("/v1/conversations/{id}/export", get(memory::export))
+        .route("/v1/search/messages", get(memory::search))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::guard,

@@ -191,7 +191,7 @@ pub async fn get(
 }
 
 /// Whether `principal` may see `task`: its own, or any with `tasks:read:any`.
-fn may_see(principal: &Principal, task: &Task) -> bool {
+pub(crate) fn may_see(principal: &Principal, task: &Task) -> bool {
     principal.can(Permission::TasksReadAny)
         || task.created_by.as_deref() == Some(principal.subject.as_str())
 }
@@ -208,7 +208,7 @@ async fn visible_task(state: &AppState, principal: &Principal, id: &str) -> Resu
 
 /// Charges the daily quota, then inserts. A task that matched another principal's
 /// idempotency key is refused rather than shown.
-async fn insert(
+pub(crate) async fn insert(
     state: &AppState,
     principal: &Principal,
     tasks: Vec<NewTask>,
@@ -275,9 +275,18 @@ pub async fn cancel(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    let task_id = parse_id(&id)?;
+    cancel_task(&state, &principal, &id).await.map(Json)
+}
+
+/// Cancels a task the principal may cancel (REST and WebSocket).
+pub(crate) async fn cancel_task(
+    state: &AppState,
+    principal: &Principal,
+    id: &str,
+) -> Result<Task, ApiError> {
+    let task_id = parse_id(id)?;
     if !principal.can(Permission::TasksManage) {
-        let task = visible_task(&state, &principal, &id).await?;
+        let task = visible_task(state, principal, id).await?;
         if task.created_by.as_deref() != Some(principal.subject.as_str()) {
             return Err(ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -287,8 +296,8 @@ pub async fn cancel(
         }
     }
     match state.orchestrator.cancel(task_id).await? {
-        CancelOutcome::Cancelled { task, .. } => Ok(Json(task)),
-        CancelOutcome::NotFound => Err(ApiError::task_not_found(&id)),
+        CancelOutcome::Cancelled { task, .. } => Ok(task),
+        CancelOutcome::NotFound => Err(ApiError::task_not_found(id)),
         CancelOutcome::AlreadyFinal(task) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "task_already_finished",
@@ -344,4 +353,20 @@ pub async fn queues(State(state): State<AppState>) -> Result<Json<QueueCounts>, 
             .insert(status.as_str().to_owned(), n);
     }
     Ok(Json(QueueCounts { queues }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RouteList {
+    pub routes: Vec<mcp_core::routing::RouteInfo>,
+}
+
+/// Where each task type runs on this node: an in-process handler or external workers (with
+/// their load), and the route's circuit breaker.
+#[utoipa::path(get, path = "/v1/routes", tag = "tasks",
+    responses((status = 200, description = "routes of this node", body = RouteList)))]
+pub async fn routes(State(state): State<AppState>) -> Json<RouteList> {
+    let local = state.orchestrator.handlers().types();
+    Json(RouteList {
+        routes: state.orchestrator.router().routes(&local),
+    })
 }

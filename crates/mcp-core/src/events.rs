@@ -7,6 +7,10 @@
 //! The in-process bus serves the embedded default; the Redis one (in `mcp-persistence`) fans
 //! events out between the nodes of a cluster.
 
+mod memory;
+
+pub use memory::{BusConfig, MemoryBus};
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -104,12 +108,28 @@ pub enum BusError {
 
 /// A live subscription: every event published on the channel from now on. A receiver that
 /// falls more than its capacity behind gets `RecvError::Lagged` and must recover with `since`.
+/// A bus that learns it may have missed events for this node (the Redis bus when its link to
+/// Redis broke) makes every receiver lag the same way; the filler it sends to do so has offset
+/// 0, which names no event: skip it.
 pub type Subscription = broadcast::Receiver<Delivery>;
 
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
     /// Publishes `event` on `channel` (assigning the next offset) and returns its position.
     async fn publish(&self, channel: &str, event: Arc<Event>) -> Result<StreamPosition, BusError>;
+
+    /// Publishes several events in order, in one round trip where the bus can; one position per
+    /// event. On an error, the events before the failing one may have been published.
+    async fn publish_batch(
+        &self,
+        events: &[(String, Arc<Event>)],
+    ) -> Result<Vec<StreamPosition>, BusError> {
+        let mut positions = Vec::with_capacity(events.len());
+        for (channel, event) in events {
+            positions.push(self.publish(channel, event.clone()).await?);
+        }
+        Ok(positions)
+    }
 
     /// Every event published on `channel` after this call, on this node, from any node.
     async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError>;

@@ -60,6 +60,9 @@ pub enum Permission {
     TasksReadAny,
     /// Cancel and retry any task.
     TasksManage,
+    /// Run tasks as an external worker (`worker.register` over the WebSocket), and see the
+    /// routes (`GET /v1/routes`).
+    TasksRun,
     /// Create, list and revoke API keys.
     ApiKeysManage,
     /// Create users, change their roles, disable them.
@@ -68,10 +71,16 @@ pub enum Permission {
     AuditRead,
     /// Read `/metrics`.
     MetricsRead,
+    /// Read conversations and messages, search them, build context windows, export.
+    MemoryRead,
+    /// Create and change conversations; add, edit, pin and delete messages; set summaries.
+    MemoryWrite,
+    /// Delete whole conversations and import them (restores, migrations).
+    MemoryManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 9] = [
+    pub const ALL: [Permission; 13] = [
         Permission::TasksCreate,
         Permission::TasksReadOwn,
         Permission::TasksCancelOwn,
@@ -81,6 +90,10 @@ impl Permission {
         Permission::UsersManage,
         Permission::AuditRead,
         Permission::MetricsRead,
+        Permission::TasksRun,
+        Permission::MemoryRead,
+        Permission::MemoryWrite,
+        Permission::MemoryManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -94,6 +107,10 @@ impl Permission {
             Permission::UsersManage => "users:manage",
             Permission::AuditRead => "audit:read",
             Permission::MetricsRead => "metrics:read",
+            Permission::TasksRun => "tasks:run",
+            Permission::MemoryRead => "memory:read",
+            Permission::MemoryWrite => "memory:write",
+            Permission::MemoryManage => "memory:manage",
         }
     }
 }
@@ -112,12 +129,24 @@ impl Role {
             Role::Admin => true,
             Role::Operator => matches!(
                 permission,
-                TasksCreate | TasksReadOwn | TasksCancelOwn | TasksReadAny | TasksManage
+                TasksCreate
+                    | TasksReadOwn
+                    | TasksCancelOwn
+                    | TasksReadAny
+                    | TasksManage
+                    | TasksRun
+                    | MemoryRead
+                    | MemoryWrite
+                    | MemoryManage
             ),
-            // Services also run tasks as external workers (the real-time issue's permission).
-            Role::Service | Role::User => {
-                matches!(permission, TasksCreate | TasksReadOwn | TasksCancelOwn)
-            }
+            Role::Service => matches!(
+                permission,
+                TasksCreate | TasksReadOwn | TasksCancelOwn | TasksRun | MemoryRead | MemoryWrite
+            ),
+            Role::User => matches!(
+                permission,
+                TasksCreate | TasksReadOwn | TasksCancelOwn | MemoryRead | MemoryWrite
+            ),
         }
     }
 

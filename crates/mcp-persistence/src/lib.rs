@@ -13,11 +13,15 @@ macro_rules! sql {
 
 mod identity_postgres;
 mod identity_sqlite;
+mod memory_postgres;
+mod memory_sqlite;
 mod postgres;
+mod redis_bus;
 mod redis_limiter;
 mod sqlite;
 
 pub use postgres::PgTaskStore;
+pub use redis_bus::RedisBus;
 pub use redis_limiter::RedisLimiter;
 pub use sqlite::{SqliteOptions, SqliteTaskStore};
 

@@ -25,6 +25,10 @@ use uuid::Uuid;
 pub enum Bench {
     /// Enqueue rate, processing rate and pickup latency of the task orchestrator.
     Tasks(TasksBench),
+    /// Insert rate and search latency of the memory service.
+    Memory(crate::bench_memory::MemoryBench),
+    /// WebSocket fan-out: subscribers, delivery latency and rate, idle connections held.
+    Ws(crate::bench_ws::WsBench),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -68,6 +72,8 @@ pub struct TasksBench {
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Tasks(args) => tasks(args).await,
+        Bench::Memory(args) => crate::bench_memory::run(args).await,
+        Bench::Ws(args) => crate::bench_ws::run(args).await,
     }
 }
 
@@ -104,6 +110,13 @@ impl BenchStore {
     }
 
     fn store(&self) -> Arc<dyn TaskStore> {
+        match self {
+            BenchStore::Sqlite(store, _) => Arc::new(store.clone()),
+            BenchStore::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
+    fn memory(&self) -> Arc<dyn mcp_core::memory::MemoryStore> {
         match self {
             BenchStore::Sqlite(store, _) => Arc::new(store.clone()),
             BenchStore::Postgres(store) => Arc::new(store.clone()),
@@ -259,6 +272,8 @@ async fn tasks(args: TasksBench) -> anyhow::Result<()> {
                 &config,
                 orchestrator.clone(),
                 security,
+                orchestrator.events().clone(),
+                backing.memory(),
                 None,
             ));
             tokio::spawn(async move { axum::serve(listener, app).await });

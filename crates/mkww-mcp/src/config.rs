@@ -87,10 +87,21 @@ pub struct Config {
     /// PEM certificate chain and private key: when both are set the server speaks HTTPS only.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
-    /// `redis://…`: rate limits shared by every node. Unset: limits are kept in memory, per node.
+    /// `redis://…`: rate limits and events shared by every node. Unset: limits and events are
+    /// kept in memory, per node.
     pub redis_url: Option<String>,
     /// Prefix of every Redis key this deployment writes.
     pub redis_prefix: String,
+    /// Events kept per channel for recovery with `since`.
+    pub event_history_size: usize,
+    /// Events older than this are dropped from the history; idle channels are forgotten after it.
+    pub event_history_ttl_secs: u64,
+    /// Events a subscriber may fall behind before it lags (and must recover).
+    pub event_buffer: usize,
+    /// In-process bus: channels without subscribers held at most (least recently used go first).
+    pub event_max_channels: usize,
+    /// Task events waiting for the bus at most; beyond, they are dropped (tasks are unaffected).
+    pub event_queue: usize,
     /// Peers (IP addresses or CIDR blocks) whose `X-Forwarded-For` names the client.
     pub trusted_proxies: Vec<String>,
     /// Requests per minute per client IP before authentication (all routes but probes).
@@ -106,6 +117,47 @@ pub struct Config {
     pub quota_tasks_per_day: u64,
     /// Bearer token that may read `/metrics` without being an admin (for a Prometheus scraper).
     pub metrics_token: Option<String>,
+    /// Largest message `content` (and summary), in bytes: 413 `message_too_large` beyond.
+    pub memory_max_message_bytes: usize,
+    /// Token budget of `/context` when the request names no `max_tokens`.
+    pub memory_context_tokens: u32,
+    /// Largest body `POST /v1/conversations/import` accepts, in bytes.
+    pub memory_max_import_bytes: usize,
+    /// Conversations idle this many days are archived; 0: never.
+    pub memory_archive_after_days: u64,
+    /// Conversations idle this many days are deleted with their messages; 0: never.
+    pub memory_delete_after_days: u64,
+    /// How often the memory retention pass runs.
+    pub memory_retention_interval_ms: u64,
+    /// Serve `memory.summarize` with the built-in extractive summarizer; turn off when an LLM
+    /// worker serves it.
+    pub memory_builtin_summarizer: bool,
+    /// WebSocket: time for the `auth` frame when the upgrade carried no credentials.
+    pub ws_auth_timeout_ms: u64,
+    /// WebSocket: server ping period, and how long a silent connection lives.
+    pub ws_ping_interval_ms: u64,
+    pub ws_idle_timeout_ms: u64,
+    /// WebSocket: frames queued per client before it is closed as too slow (4008).
+    pub ws_send_queue: usize,
+    /// WebSocket: largest client frame.
+    pub ws_max_frame_bytes: usize,
+    pub ws_max_subscriptions: usize,
+    /// WebSocket: client frames per second per connection.
+    pub ws_ops_per_second: u32,
+    /// WebSocket: how long before an access token expires the server asks for a new one.
+    pub ws_refresh_notice_ms: u64,
+    /// Channel namespaces (`room` → `room:*`) any authenticated client may use.
+    pub ws_open_namespaces: Vec<String>,
+    /// Task types that external workers serve: accepted at creation even while no worker is
+    /// connected (`*`: any type).
+    pub worker_task_types: Vec<String>,
+    /// Circuit breaker of every route: the rolling window, the fewest calls in it before it may
+    /// open, the failure rate (0–1) that opens it, how long it stays open, probes when half-open.
+    pub breaker_window_ms: u64,
+    pub breaker_min_calls: usize,
+    pub breaker_failure_rate: f64,
+    pub breaker_open_ms: u64,
+    pub breaker_probes: usize,
 }
 
 impl Default for Config {
@@ -148,6 +200,11 @@ impl Default for Config {
             tls_key: None,
             redis_url: None,
             redis_prefix: "mkww-mcp".into(),
+            event_history_size: 1000,
+            event_history_ttl_secs: 3600,
+            event_buffer: 1024,
+            event_max_channels: 10_000,
+            event_queue: 65_536,
             trusted_proxies: Vec::new(),
             rate_limit_ip_per_minute: 6_000,
             rate_limit_auth_per_minute: 30,
@@ -156,6 +213,28 @@ impl Default for Config {
             rate_limit_write_per_minute: 3_000,
             quota_tasks_per_day: 1_000_000,
             metrics_token: None,
+            memory_max_message_bytes: 64 * 1024,
+            memory_context_tokens: 4_096,
+            memory_max_import_bytes: 64 * 1024 * 1024,
+            memory_archive_after_days: 30,
+            memory_delete_after_days: 0,
+            memory_retention_interval_ms: 3_600_000,
+            memory_builtin_summarizer: true,
+            ws_auth_timeout_ms: 10_000,
+            ws_ping_interval_ms: 20_000,
+            ws_idle_timeout_ms: 60_000,
+            ws_send_queue: 1024,
+            ws_max_frame_bytes: 64 * 1024,
+            ws_max_subscriptions: 100,
+            ws_ops_per_second: 50,
+            ws_refresh_notice_ms: 30_000,
+            ws_open_namespaces: vec!["room".into()],
+            worker_task_types: Vec::new(),
+            breaker_window_ms: 60_000,
+            breaker_min_calls: 10,
+            breaker_failure_rate: 0.5,
+            breaker_open_ms: 30_000,
+            breaker_probes: 1,
         }
     }
 }
@@ -198,6 +277,16 @@ impl Config {
     }
 
     fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            self.memory_delete_after_days == 0
+                || self.memory_archive_after_days == 0
+                || self.memory_delete_after_days > self.memory_archive_after_days,
+            "memory_delete_after_days must exceed memory_archive_after_days (or one of them be 0)"
+        );
+        anyhow::ensure!(
+            self.memory_retention_interval_ms >= 1_000,
+            "memory_retention_interval_ms must be at least 1000"
+        );
         anyhow::ensure!(
             matches!(self.sqlite_synchronous.as_str(), "full" | "normal"),
             "sqlite_synchronous must be `full` or `normal`"

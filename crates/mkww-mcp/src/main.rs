@@ -2,6 +2,8 @@
 //! loads configuration and wires the layers together; the work happens in the library crates.
 
 mod bench;
+mod bench_memory;
+mod bench_ws;
 mod config;
 mod serve;
 mod tls;

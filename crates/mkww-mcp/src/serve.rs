@@ -3,17 +3,22 @@
 
 use crate::config::{Config, Database};
 use anyhow::Context;
+use mcp_api::MemoryLimits;
 use mcp_api::token::parse_ttl;
+use mcp_api::ws::WsConfig;
 use mcp_api::{ApiConfig, AppState, MetricsRenderer, RateLimits, Security, SecurityConfig};
 use mcp_core::credentials;
+use mcp_core::events::{BusConfig, EventBus, MemoryBus};
 use mcp_core::identity::{AuditEvent, IdentityStore, User};
 use mcp_core::limiter::{Limiter, MemoryLimiter, Quota};
+use mcp_core::memory::{MemoryStore, SUMMARIZE_TASK, Summarizer};
 use mcp_core::principal::Role;
+use mcp_core::routing::BreakerConfig;
 use mcp_core::task::TaskDefaults;
 use mcp_core::{Backoff, HandlerRegistry, Orchestrator, OrchestratorConfig, StoreError, TaskStore};
 use mcp_integrations::Adapter;
 use mcp_integrations::http::{HttpAdapter, HttpConfig};
-use mcp_persistence::{PgTaskStore, RedisLimiter, SqliteOptions, SqliteTaskStore};
+use mcp_persistence::{PgTaskStore, RedisBus, RedisLimiter, SqliteOptions, SqliteTaskStore};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,14 +48,16 @@ pub fn init_logging(config: &Config) {
 pub struct Stores {
     pub tasks: Arc<dyn TaskStore>,
     pub identities: Arc<dyn IdentityStore>,
+    pub memory: Arc<dyn MemoryStore>,
 }
 
 impl Stores {
-    fn of<S: TaskStore + IdentityStore>(store: S) -> Stores {
+    fn of<S: TaskStore + IdentityStore + MemoryStore>(store: S) -> Stores {
         let store = Arc::new(store);
         Stores {
             tasks: store.clone(),
-            identities: store,
+            identities: store.clone(),
+            memory: store,
         }
     }
 }
@@ -117,6 +124,15 @@ pub fn orchestrator_config(config: &Config) -> OrchestratorConfig {
         shutdown_grace: Config::ms(config.shutdown_grace_ms),
         retention: (config.task_retention_hours > 0)
             .then(|| Duration::from_secs(config.task_retention_hours * 3600)),
+        worker_types: config.worker_task_types.clone(),
+        event_queue: config.event_queue.max(1),
+        breaker: BreakerConfig {
+            window: Config::ms(config.breaker_window_ms),
+            min_calls: config.breaker_min_calls.max(1),
+            failure_rate: config.breaker_failure_rate.clamp(0.0, 1.0),
+            open_for: Config::ms(config.breaker_open_ms),
+            probes: config.breaker_probes.max(1),
+        },
         defaults: TaskDefaults {
             max_attempts: config.task_max_attempts,
             timeout_ms: config.task_timeout_ms,
@@ -133,6 +149,8 @@ pub fn api_state(
     config: &Config,
     orchestrator: Arc<Orchestrator>,
     security: Security,
+    events: Arc<dyn EventBus>,
+    memory: Arc<dyn MemoryStore>,
     metrics: Option<MetricsRenderer>,
 ) -> AppState {
     AppState {
@@ -140,10 +158,30 @@ pub fn api_state(
         config: Arc::new(ApiConfig {
             max_body_bytes: config.max_body_bytes,
             max_batch: config.max_batch,
+            ws: WsConfig {
+                auth_timeout: Config::ms(config.ws_auth_timeout_ms),
+                ping_interval: Config::ms(config.ws_ping_interval_ms.max(100)),
+                idle_timeout: Config::ms(config.ws_idle_timeout_ms),
+                send_queue: config.ws_send_queue.max(1),
+                max_frame_bytes: config.ws_max_frame_bytes,
+                max_subscriptions: config.ws_max_subscriptions,
+                ops_per_second: config.ws_ops_per_second.max(1),
+                refresh_notice: Config::ms(config.ws_refresh_notice_ms),
+                open_namespaces: config.ws_open_namespaces.clone(),
+            },
+            memory: MemoryLimits {
+                max_message_bytes: config.memory_max_message_bytes,
+                default_context_tokens: config.memory_context_tokens,
+                max_import_bytes: config.memory_max_import_bytes,
+                ..MemoryLimits::default()
+            },
             ..ApiConfig::default()
         }),
         security: Arc::new(security),
+        events,
+        memory,
         metrics,
+        shutdown: tokio_util::sync::CancellationToken::new(),
     }
 }
 
@@ -159,6 +197,27 @@ pub async fn limiter(config: &Config) -> anyhow::Result<Arc<dyn Limiter>> {
             Ok(Arc::new(limiter))
         }
         None => Ok(Arc::new(MemoryLimiter::default())),
+    }
+}
+
+/// The event bus: Redis when configured (events reach the subscribers of every node), else in
+/// process.
+pub async fn event_bus(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
+    let bus = BusConfig {
+        history_size: config.event_history_size,
+        history_ttl: Duration::from_secs(config.event_history_ttl_secs),
+        buffer: config.event_buffer.max(1),
+        max_channels: config.event_max_channels.max(1),
+    };
+    match config.redis_url.as_deref().filter(|url| !url.is_empty()) {
+        Some(url) => {
+            let events = RedisBus::connect(url, &format!("{}:", config.redis_prefix), bus)
+                .await
+                .context("cannot connect to Redis")?;
+            tracing::info!("events shared through Redis");
+            Ok(Arc::new(events))
+        }
+        None => Ok(Arc::new(MemoryBus::new(bus))),
     }
 }
 
@@ -321,10 +380,21 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     let stores = open_store(&config).await?;
     bootstrap_admin(&config, stores.identities.as_ref()).await?;
     let security = security(&config, stores.identities.clone(), limiter(&config).await?)?;
-    let orchestrator = Orchestrator::new(
+    let mut handlers = registry(&config)?;
+    if config.memory_builtin_summarizer {
+        handlers.register(
+            SUMMARIZE_TASK,
+            Summarizer {
+                store: stores.memory.clone(),
+            },
+        );
+    }
+    let events = event_bus(&config).await?;
+    let orchestrator = Orchestrator::with_events(
         stores.tasks,
-        registry(&config)?,
+        handlers,
         orchestrator_config(&config),
+        events.clone(),
     );
     let workers = orchestrator.start().await;
     let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -339,29 +409,100 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         tls = config.tls_cert.is_some(),
         "listening"
     );
-    let app = mcp_api::router(api_state(
+    let state = api_state(
         &config,
         orchestrator,
         security,
+        events,
+        stores.memory.clone(),
         metrics_renderer(),
+    );
+    let stopping = state.shutdown.clone();
+    let retention = tokio::spawn(memory_retention(
+        stores.memory.clone(),
+        MemoryRetention::of(&config),
+        stopping.clone(),
     ));
+    let app = mcp_api::router(state);
+    let stop = || {
+        let stopping = stopping.clone();
+        async move {
+            shutdown_signal().await;
+            stopping.cancel();
+        }
+    };
     match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
-            crate::tls::serve_tls(listener, app, cert, key, shutdown_signal()).await?;
+            crate::tls::serve_tls(listener, app, cert, key, stop()).await?;
         }
         _ => axum::serve(
             listener,
             // The peer address feeds per-IP rate limits and the audit log.
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(stop())
         .await
         .context("HTTP server failed")?,
     }
     tracing::info!("shutting down: finishing running tasks");
+    stopping.cancel();
+    let _ = retention.await;
     workers.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// When the memory retention pass archives and deletes idle conversations.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryRetention {
+    pub archive_after: Option<chrono::Duration>,
+    pub delete_after: Option<chrono::Duration>,
+    pub interval: Duration,
+}
+
+impl MemoryRetention {
+    pub fn of(config: &Config) -> MemoryRetention {
+        let days = |n: u64| (n > 0).then(|| chrono::Duration::days(n.min(365_000) as i64));
+        MemoryRetention {
+            archive_after: days(config.memory_archive_after_days),
+            delete_after: days(config.memory_delete_after_days),
+            interval: Config::ms(config.memory_retention_interval_ms),
+        }
+    }
+}
+
+/// The memory maintenance loop: archives conversations idle past `archive_after`, deletes those
+/// idle past `delete_after`, once at start and then every `interval`, until `stop`. Every node
+/// runs it; both statements are idempotent, so nodes racing do no harm.
+pub async fn memory_retention(
+    memory: Arc<dyn MemoryStore>,
+    retention: MemoryRetention,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    if retention.archive_after.is_none() && retention.delete_after.is_none() {
+        return;
+    }
+    loop {
+        let now = chrono::Utc::now();
+        if let Some(after) = retention.delete_after {
+            match memory.delete_idle(now - after).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "deleted idle conversations"),
+                Err(e) => tracing::warn!(error = %e, "memory retention: delete failed"),
+            }
+        }
+        if let Some(after) = retention.archive_after {
+            match memory.archive_idle(now - after).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(archived = n, "archived idle conversations"),
+                Err(e) => tracing::warn!(error = %e, "memory retention: archive failed"),
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(retention.interval) => {}
+        }
+    }
 }
 
 pub async fn migrate(file: Option<&Path>) -> anyhow::Result<()> {

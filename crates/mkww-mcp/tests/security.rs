@@ -36,6 +36,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ),
     ("POST", "/v1/tasks/{id}/retry", "admin operator"),
     ("GET", "/v1/queues", "admin operator"),
+    ("GET", "/v1/routes", "admin operator service"),
     ("POST", "/v1/api-keys", "admin"),
     ("GET", "/v1/api-keys", "admin"),
     ("DELETE", "/v1/api-keys/{id}", "admin"),
@@ -43,6 +44,57 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/v1/users", "admin"),
     ("PATCH", "/v1/users/{id}", "admin"),
     ("GET", "/v1/audit", "admin"),
+    ("GET", "/v1/ws", "*"),
+    ("POST", "/v1/conversations", "admin operator service user"),
+    ("GET", "/v1/conversations", "admin operator service user"),
+    ("POST", "/v1/conversations/import", "admin operator"),
+    (
+        "GET",
+        "/v1/conversations/{id}",
+        "admin operator service user",
+    ),
+    (
+        "PATCH",
+        "/v1/conversations/{id}",
+        "admin operator service user",
+    ),
+    ("DELETE", "/v1/conversations/{id}", "admin operator"),
+    (
+        "POST",
+        "/v1/conversations/{id}/messages",
+        "admin operator service user",
+    ),
+    (
+        "GET",
+        "/v1/conversations/{id}/messages",
+        "admin operator service user",
+    ),
+    (
+        "PATCH",
+        "/v1/conversations/{id}/messages/{message_id}",
+        "admin operator service user",
+    ),
+    (
+        "DELETE",
+        "/v1/conversations/{id}/messages/{message_id}",
+        "admin operator service user",
+    ),
+    (
+        "GET",
+        "/v1/conversations/{id}/context",
+        "admin operator service user",
+    ),
+    (
+        "POST",
+        "/v1/conversations/{id}/summary",
+        "admin operator service user",
+    ),
+    (
+        "GET",
+        "/v1/conversations/{id}/export",
+        "admin operator service user",
+    ),
+    ("GET", "/v1/search/messages", "admin operator service user"),
 ];
 
 fn allowed(spec: &str, role: &str) -> bool {

@@ -2,15 +2,22 @@
 //! batches, runs them through their handlers under a lease, records the outcome in batches, and
 //! keeps the leases alive. Maintenance (rescuing tasks of dead nodes, pruning) runs beside it.
 
+mod announce;
 mod handler;
+mod remote;
+#[cfg(test)]
+mod tests;
 mod worker;
 
 pub use handler::{Handler, HandlerError, HandlerRegistry, TaskContext};
 pub use worker::WorkerHandle;
 
-use crate::store::{CancelOutcome, Inserted, RetryOutcome, StoreError, TaskStore};
+use crate::events::{EventBus, MemoryBus};
+use crate::routing::{BreakerChange, BreakerConfig, Router};
+use crate::store::{CancelOutcome, Inserted, Outcome, RetryOutcome, StoreError, TaskStore};
 use crate::task::{CreateTask, InvalidTask, NewTask, Task, TaskDefaults};
-use chrono::Utc;
+use announce::{Announcement, Announcer};
+use chrono::{DateTime, Utc};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -39,6 +46,13 @@ pub struct OrchestratorConfig {
     /// Finished tasks older than this are deleted; `None` keeps them forever.
     pub retention: Option<Duration>,
     pub defaults: TaskDefaults,
+    /// Task types accepted for external workers even while none is connected (`*`: any).
+    pub worker_types: Vec<String>,
+    /// The circuit breaker of every route.
+    pub breaker: BreakerConfig,
+    /// Task events waiting for the event bus at most; beyond, new ones are dropped (and counted)
+    /// rather than slowing the workers.
+    pub event_queue: usize,
 }
 
 impl Default for OrchestratorConfig {
@@ -53,6 +67,9 @@ impl Default for OrchestratorConfig {
             shutdown_grace: Duration::from_secs(10),
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             defaults: TaskDefaults::default(),
+            worker_types: Vec::new(),
+            breaker: BreakerConfig::default(),
+            event_queue: 65_536,
         }
     }
 }
@@ -89,6 +106,10 @@ pub struct Orchestrator {
     running: Mutex<HashMap<Uuid, CancellationToken>>,
     /// Attempt outcomes this node has durably recorded.
     recorded: AtomicU64,
+    /// External workers connected to this node, and every route's breaker.
+    router: Arc<Router>,
+    /// Hands task transitions to the event bus.
+    announcer: Announcer,
 }
 
 /// Where a create request comes from: stamped on the tasks it creates.
@@ -101,11 +122,25 @@ pub struct Origin<'a> {
 }
 
 impl Orchestrator {
+    /// An orchestrator announcing task transitions on an in-process bus of its own.
     pub fn new(
         store: Arc<dyn TaskStore>,
         handlers: HandlerRegistry,
         config: OrchestratorConfig,
     ) -> Arc<Self> {
+        Self::with_events(store, handlers, config, Arc::new(MemoryBus::default()))
+    }
+
+    /// An orchestrator announcing task transitions on `events` (channels `tasks` and
+    /// `task:{id}`).
+    pub fn with_events(
+        store: Arc<dyn TaskStore>,
+        handlers: HandlerRegistry,
+        config: OrchestratorConfig,
+        events: Arc<dyn EventBus>,
+    ) -> Arc<Self> {
+        let config_breaker = config.breaker;
+        let announcer = Announcer::new(events, config.event_queue);
         Arc::new(Orchestrator {
             store,
             handlers,
@@ -113,7 +148,19 @@ impl Orchestrator {
             wake: Arc::new(Notify::new()),
             running: Mutex::new(HashMap::new()),
             recorded: AtomicU64::new(0),
+            router: Arc::new(Router::new(config_breaker)),
+            announcer,
         })
+    }
+
+    /// The bus task transitions are published on.
+    pub fn events(&self) -> &Arc<dyn EventBus> {
+        self.announcer.bus()
+    }
+
+    /// Task events dropped because the bus could not keep up (the tasks are unaffected).
+    pub fn events_dropped(&self) -> u64 {
+        self.announcer.dropped()
     }
 
     pub fn store(&self) -> &Arc<dyn TaskStore> {
@@ -128,6 +175,20 @@ impl Orchestrator {
         &self.handlers
     }
 
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    /// Whether tasks of `task_type` may be created for external workers.
+    fn for_workers(&self, task_type: &str) -> bool {
+        self.router.serves(task_type)
+            || self
+                .config
+                .worker_types
+                .iter()
+                .any(|t| t == "*" || t == task_type)
+    }
+
     /// Validates a create request against the defaults and the registered handlers.
     pub fn prepare(
         &self,
@@ -138,19 +199,22 @@ impl Orchestrator {
         let mut task = request
             .validate(&self.config.defaults, Utc::now())
             .map_err(|source| OrchestratorError::Invalid { index, source })?;
-        let Some(handler) = self.handlers.get(&task.task_type) else {
-            return Err(OrchestratorError::UnknownType {
-                index,
-                task_type: task.task_type,
-            });
-        };
-        handler
-            .validate(&task.payload)
-            .map_err(|reason| OrchestratorError::InvalidPayload {
-                index,
-                task_type: task.task_type.clone(),
-                reason,
-            })?;
+        match self.handlers.get(&task.task_type) {
+            Some(handler) => handler.validate(&task.payload).map_err(|reason| {
+                OrchestratorError::InvalidPayload {
+                    index,
+                    task_type: task.task_type.clone(),
+                    reason,
+                }
+            })?,
+            None if self.for_workers(&task.task_type) => {}
+            None => {
+                return Err(OrchestratorError::UnknownType {
+                    index,
+                    task_type: task.task_type,
+                });
+            }
+        }
         if task.correlation_id.is_none() {
             task.correlation_id = origin.correlation_id.map(str::to_owned);
         }
@@ -186,11 +250,12 @@ impl Orchestrator {
     /// Inserts tasks `prepare` made, atomically; one `Inserted` per task, in order.
     pub async fn insert(&self, tasks: &[NewTask]) -> Result<Vec<Inserted>, OrchestratorError> {
         let inserted = self.store.insert(tasks).await?;
+        // Announced before the claim loop wakes, so `task.started` cannot come first.
+        for i in inserted.iter().filter(|i| i.created) {
+            self.emit("task.created", i.task.clone());
+        }
         if inserted.iter().any(|i| i.created) {
             self.wake.notify_one();
-        }
-        for i in inserted.iter().filter(|i| i.created) {
-            emit("task.created", &i.task);
         }
         Ok(inserted)
     }
@@ -203,7 +268,7 @@ impl Orchestrator {
             if *was_running && let Some(token) = self.lock_running().get(&id) {
                 token.cancel();
             }
-            emit("task.cancelled", task);
+            self.emit("task.cancelled", task.clone());
         }
         Ok(outcome)
     }
@@ -213,7 +278,7 @@ impl Orchestrator {
         let outcome = self.store.retry(id).await?;
         if let RetryOutcome::Requeued(task) = &outcome {
             self.wake.notify_one();
-            emit("task.retrying", task);
+            self.emit("task.retrying", task.clone());
         }
         Ok(outcome)
     }
@@ -235,13 +300,46 @@ impl Orchestrator {
     }
 }
 
-/// The one place task transitions are announced. The event bus plugs in here.
-fn emit(event: &'static str, task: &Task) {
-    tracing::debug!(
-        event,
-        task_id = %task.id,
-        task_type = %task.task_type,
-        correlation_id = task.correlation_id.as_deref().unwrap_or(""),
-        "task transition"
-    );
+/// The one place breaker changes are announced (channel `system.breakers`).
+fn emit_breaker(change: &BreakerChange) {
+    tracing::warn!(route = %change.route, state = change.state.as_str(), "circuit breaker");
+}
+
+impl Orchestrator {
+    /// The one place task transitions are announced: `task` as it is after the transition.
+    fn emit(&self, event: &'static str, task: impl Into<Arc<Task>>) {
+        self.announce(event, task.into(), None, Utc::now());
+    }
+
+    /// Announces the recorded `outcome` of an attempt on `task` (as it was claimed).
+    fn emit_outcome(&self, task: Arc<Task>, outcome: Outcome, at: DateTime<Utc>) {
+        let event = match outcome {
+            Outcome::Succeeded(_) => "task.succeeded",
+            Outcome::Retry { .. } => "task.failed",
+            Outcome::Dead(_) => "task.dead",
+        };
+        self.announce(event, task, Some(outcome), at);
+    }
+
+    fn announce(
+        &self,
+        event: &'static str,
+        task: Arc<Task>,
+        outcome: Option<Outcome>,
+        at: DateTime<Utc>,
+    ) {
+        tracing::debug!(
+            event,
+            task_id = %task.id,
+            task_type = %task.task_type,
+            correlation_id = task.correlation_id.as_deref().unwrap_or(""),
+            "task transition"
+        );
+        self.announcer.announce(Announcement {
+            event,
+            task,
+            outcome,
+            at,
+        });
+    }
 }

@@ -1,7 +1,7 @@
 //! The worker side of a node: the claim loop, the handler wrapper (timeout, cancellation), the
 //! batched completer, lease heartbeats, maintenance, and graceful shutdown.
 
-use super::{Orchestrator, TaskContext, emit};
+use super::{Orchestrator, TaskContext};
 use crate::backoff;
 use crate::store::{ClaimRequest, Completion, Outcome};
 use crate::task::{Task, TaskError};
@@ -20,6 +20,8 @@ const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
 const DUE_RECHECK: Duration = Duration::from_millis(20);
 /// How often outcomes of finished tasks are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long shutdown waits for the last task events to reach the bus.
+const EVENT_FLUSH_PATIENCE: Duration = Duration::from_secs(2);
 
 /// The running background parts of a node; `shutdown` stops them gracefully.
 pub struct WorkerHandle {
@@ -27,6 +29,7 @@ pub struct WorkerHandle {
     stop_claiming: CancellationToken,
     stop_all: CancellationToken,
     claim_loop: Option<JoinHandle<()>>,
+    remote_loop: Option<JoinHandle<()>>,
     completer: Option<JoinHandle<()>>,
     background: Vec<JoinHandle<()>>,
 }
@@ -36,6 +39,8 @@ impl Orchestrator {
     pub async fn start(self: &Arc<Self>) -> WorkerHandle {
         let stop_claiming = CancellationToken::new();
         let stop_all = CancellationToken::new();
+        // Already running unless the orchestrator was built outside a runtime.
+        self.announcer.start();
         if let Err(e) = self.store.watch(self.wake.clone()).await {
             warn!(error = %e, "cannot listen for wake-ups; polling only");
         }
@@ -44,17 +49,22 @@ impl Orchestrator {
             stop_claiming: stop_claiming.clone(),
             stop_all: stop_all.clone(),
             claim_loop: None,
+            remote_loop: None,
             completer: None,
             background: Vec::new(),
         };
+        let (tx, rx) = mpsc::channel(self.config.batch_size * 4);
+        handle.completer = Some(tokio::spawn(self.clone().completer(rx)));
+        // External workers may connect to any node, API-only ones too.
+        handle.remote_loop = Some(tokio::spawn(
+            self.clone().remote_loop(tx.clone(), stop_claiming.clone()),
+        ));
         if self.config.concurrency > 0 {
-            let (tx, rx) = mpsc::channel(self.config.batch_size * 4);
-            handle.completer = Some(tokio::spawn(self.clone().completer(rx)));
             handle.claim_loop = Some(tokio::spawn(self.clone().claim_loop(tx, stop_claiming)));
-            handle
-                .background
-                .push(tokio::spawn(self.clone().heartbeat_loop(stop_all.clone())));
         }
+        handle
+            .background
+            .push(tokio::spawn(self.clone().heartbeat_loop(stop_all.clone())));
         handle
             .background
             .push(tokio::spawn(self.clone().maintenance_loop(stop_all)));
@@ -63,8 +73,14 @@ impl Orchestrator {
 
     async fn claim_loop(self: Arc<Self>, done: mpsc::Sender<Finished>, stop: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
-        let types = self.handlers.types();
         loop {
+            // Routes whose breaker is open wait (their tasks stay queued, attempts unspent).
+            let types: Vec<String> = self
+                .handlers
+                .types()
+                .into_iter()
+                .filter(|t| self.router.admits(t) > 0)
+                .collect();
             let first = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
@@ -114,7 +130,7 @@ impl Orchestrator {
     }
 
     /// Sleeps until a wake-up, the next scheduled task is due, or the poll interval passes.
-    async fn wait_for_work(&self, types: &[String], stop: &CancellationToken) {
+    pub(super) async fn wait_for_work(&self, types: &[String], stop: &CancellationToken) {
         let mut wait = self.config.poll_interval;
         match self.store.next_run_at(types).await {
             Ok(Some(at)) => {
@@ -144,7 +160,7 @@ impl Orchestrator {
         done: mpsc::Sender<Finished>,
     ) {
         let task = Arc::new(task);
-        emit("task.started", &task);
+        self.emit("task.started", task.clone());
         let token = CancellationToken::new();
         self.lock_running().insert(task.id, token.clone());
         let timeout = Duration::from_millis(task.timeout_ms);
@@ -188,6 +204,21 @@ impl Orchestrator {
         let Some(result) = result else {
             return;
         };
+        if let Some(change) = self.router.record(&task.task_type, result.is_ok()) {
+            super::emit_breaker(&change);
+        }
+        self.finish(task, result, done).await;
+        drop(permit);
+    }
+
+    /// Turns an attempt's result into an outcome (retry with backoff, or dead) and hands it to
+    /// the completer.
+    pub(super) async fn finish(
+        &self,
+        task: Arc<Task>,
+        result: Result<serde_json::Value, crate::HandlerError>,
+        done: mpsc::Sender<Finished>,
+    ) {
         let outcome = match result {
             Ok(value) => Outcome::Succeeded(value),
             Err(e) => {
@@ -219,7 +250,6 @@ impl Orchestrator {
                 task,
             })
             .await;
-        drop(permit);
     }
 
     /// Writes outcomes in batches: whatever finished while the last write was in flight goes
@@ -245,10 +275,11 @@ impl Orchestrator {
                         let changed: std::collections::HashSet<Uuid> =
                             changed.into_iter().collect();
                         let mut frees_key = false;
-                        for (completion, task) in batch.iter().zip(&tasks) {
+                        let at = Utc::now();
+                        for (completion, task) in batch.drain(..).zip(tasks.drain(..)) {
                             if changed.contains(&completion.id) {
                                 frees_key |= task.concurrency_key.is_some();
-                                emit(outcome_event(&completion.outcome), task);
+                                self.emit_outcome(task, completion.outcome, at);
                             }
                         }
                         if frees_key {
@@ -308,8 +339,8 @@ impl Orchestrator {
             match self.store.rescue().await {
                 Ok(rescued) if !rescued.is_empty() => {
                     info!(count = rescued.len(), "rescued tasks whose lease expired");
-                    for task in &rescued {
-                        emit(event_for(task), task);
+                    for task in rescued {
+                        self.emit(event_for(&task), task);
                     }
                     self.wake.notify_one();
                 }
@@ -332,18 +363,26 @@ impl Orchestrator {
     }
 }
 
-/// A finished attempt on its way to the completer, with the task it belongs to.
-struct Finished {
-    completion: Completion,
-    task: Arc<Task>,
+impl Orchestrator {
+    /// Announces tasks this node gave back unfinished (requeued without spending the attempt), as
+    /// the store now holds them.
+    pub(super) async fn announce_released(&self, ids: &[Uuid]) {
+        for id in ids {
+            match self.store.get(*id).await {
+                Ok(Some(task)) if task.status == crate::TaskStatus::Queued => {
+                    self.emit(event_for(&task), task);
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, task_id = %id, "cannot read a released task"),
+            }
+        }
+    }
 }
 
-fn outcome_event(outcome: &Outcome) -> &'static str {
-    match outcome {
-        Outcome::Succeeded(_) => "task.succeeded",
-        Outcome::Retry { .. } => "task.failed",
-        Outcome::Dead(_) => "task.dead",
-    }
+/// A finished attempt on its way to the completer, with the task it belongs to.
+pub(super) struct Finished {
+    completion: Completion,
+    task: Arc<Task>,
 }
 
 fn event_for(task: &Task) -> &'static str {
@@ -363,7 +402,10 @@ impl WorkerHandle {
     pub async fn shutdown(mut self) {
         let orchestrator = self.orchestrator.clone();
         self.stop_claiming.cancel();
-        if let Some(claim_loop) = self.claim_loop.take() {
+        for claim_loop in [self.claim_loop.take(), self.remote_loop.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = claim_loop.await;
         }
         let deadline = tokio::time::Instant::now() + orchestrator.config.shutdown_grace;
@@ -381,7 +423,10 @@ impl WorkerHandle {
                 .release(&orchestrator.config.node_id, &leftover)
                 .await
             {
-                Ok(n) => info!(count = n, "released the leases of unfinished tasks"),
+                Ok(n) => {
+                    info!(count = n, "released the leases of unfinished tasks");
+                    orchestrator.announce_released(&leftover).await;
+                }
                 Err(e) => warn!(error = %e, "could not release leases; they will expire"),
             }
         }
@@ -393,5 +438,6 @@ impl WorkerHandle {
         for task in self.background.drain(..) {
             let _ = task.await;
         }
+        orchestrator.announcer.flush(EVENT_FLUSH_PATIENCE).await;
     }
 }
