@@ -591,7 +591,7 @@ async fn next_text(socket: &mut Socket) -> Value {
 
 #[tokio::test]
 async fn changes_are_published_on_the_conversation_channel() {
-    let server = Server::start(&[("MCP_WS_OPEN_NAMESPACES", "[room,conversation]".into())]);
+    let server = Server::start(&[]);
     let id = conversation(&server).await;
     let mut request = (server.base.replacen("http://", "ws://", 1) + "/v1/ws")
         .into_client_request()

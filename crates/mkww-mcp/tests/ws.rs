@@ -603,6 +603,13 @@ async fn an_open_breaker_holds_tasks_without_spending_attempts() {
         ("MCP_BREAKER_MIN_CALLS", "2"),
         ("MCP_BREAKER_OPEN_MS", "600000"),
     ]));
+    let mut watcher = connect(&server, Some(&token("operator", "ops"))).await;
+    let watching = request(
+        &mut watcher,
+        json!({"id": 1, "op": "subscribe", "channel": "system.breakers"}),
+    )
+    .await;
+    assert_eq!(watching["ok"], true, "{watching}");
     let mut socket = worker(&server, &["render.deploy"], 4).await;
     for _ in 0..2 {
         post(
@@ -639,6 +646,9 @@ async fn an_open_breaker_holds_tasks_without_spending_attempts() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let change = events(&mut watcher, 1).await.remove(0);
+    assert_eq!(change["event"]["type"], "breaker.open");
+    assert_eq!(change["event"]["data"]["route"], "render.deploy");
     let (_, held) = post(&server, "/v1/tasks", json!({"type": "render.deploy"})).await;
     tokio::time::sleep(Duration::from_millis(700)).await;
     let (_, held) = get(

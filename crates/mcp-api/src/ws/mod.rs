@@ -689,6 +689,7 @@ impl Connection {
                 principal.can(Permission::TasksReadAny) || self.owns_task(principal, id).await?
             }
             ("user", subject) => subject == principal.subject,
+            ("conversation", id) if !id.is_empty() => principal.can(Permission::MemoryRead),
             ("broadcast", "") => true,
             (ns, rest) if !rest.is_empty() => self.is_open(ns),
             _ => false,
@@ -738,8 +739,18 @@ impl Connection {
     }
 }
 
+/// The delivery's frame as a WebSocket text payload that shares the bytes serialised once per
+/// channel instead of copying them for every subscriber.
 fn frame_text(delivery: &Delivery) -> Utf8Bytes {
-    Utf8Bytes::from(delivery.frame.to_string())
+    struct Frame(Arc<str>);
+    impl AsRef<[u8]> for Frame {
+        fn as_ref(&self) -> &[u8] {
+            self.0.as_bytes()
+        }
+    }
+    let shared = axum::body::Bytes::from_owner(Frame(delivery.frame.clone()));
+    // Always valid (it is a `str`); the check is a fast scan, not a copy.
+    Utf8Bytes::try_from(shared).unwrap_or_else(|_| Utf8Bytes::from(&*delivery.frame))
 }
 
 /// Moves one subscription's deliveries into the connection's queue, skipping what was already

@@ -179,6 +179,30 @@ impl Orchestrator {
         &self.router
     }
 
+    /// Announces a breaker change: a log line, and an event (`breaker.open`,
+    /// `breaker.half_open`, `breaker.closed`) on channel `system.breakers`.
+    fn emit_breaker(&self, change: &BreakerChange) {
+        tracing::warn!(route = %change.route, state = change.state.as_str(), "circuit breaker");
+        // 0 closed, 1 half-open, 2 open.
+        let level = match change.state {
+            crate::routing::BreakerState::Closed => 0.0,
+            crate::routing::BreakerState::HalfOpen => 1.0,
+            crate::routing::BreakerState::Open => 2.0,
+        };
+        metrics::gauge!("mcp_breaker_state", "route" => change.route.clone()).set(level);
+        let event = Arc::new(crate::events::Event::new(
+            format!("breaker.{}", change.state.as_str()),
+            serde_json::json!({"route": change.route, "state": change.state}),
+            None,
+        ));
+        let bus = self.announcer.bus().clone();
+        tokio::spawn(async move {
+            if let Err(e) = bus.publish("system.breakers", event).await {
+                tracing::warn!(error = %e, "cannot publish a breaker change");
+            }
+        });
+    }
+
     /// Whether tasks of `task_type` may be created for external workers.
     fn for_workers(&self, task_type: &str) -> bool {
         self.router.serves(task_type)
@@ -298,11 +322,6 @@ impl Orchestrator {
         // removes), so a poisoned lock is still usable.
         self.running.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// The one place breaker changes are announced (channel `system.breakers`).
-fn emit_breaker(change: &BreakerChange) {
-    tracing::warn!(route = %change.route, state = change.state.as_str(), "circuit breaker");
 }
 
 impl Orchestrator {

@@ -28,7 +28,7 @@ impl Orchestrator {
         let changed = self.router.changed.clone();
         loop {
             for change in self.router.poll_breakers() {
-                super::emit_breaker(&change);
+                self.emit_breaker(&change);
             }
             let free = self.router.free_slots();
             let mut claimed_any = false;
@@ -118,7 +118,7 @@ impl Orchestrator {
             return;
         };
         if let Some(change) = self.router.record(&task.task_type, result.is_ok()) {
-            super::emit_breaker(&change);
+            self.emit_breaker(&change);
         }
         self.finish(task, result, done).await;
     }

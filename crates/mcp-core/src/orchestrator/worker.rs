@@ -205,7 +205,7 @@ impl Orchestrator {
             return;
         };
         if let Some(change) = self.router.record(&task.task_type, result.is_ok()) {
-            super::emit_breaker(&change);
+            self.emit_breaker(&change);
         }
         self.finish(task, result, done).await;
         drop(permit);
