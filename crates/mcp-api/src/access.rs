@@ -100,6 +100,9 @@ pub const ROUTES: &[RouteAccess] = &[
     ),
     route("GET", "/v1/conversations/{id}/export", Requires(MemoryRead)),
     route("GET", "/v1/search/messages", Requires(MemoryRead)),
+    // The existing bots' routes, at their historical paths (crate::bots).
+    route("POST", "/deploy", Requires(TasksCreate)),
+    route("POST", "/ask-gemini", Requires(TasksCreate)),
 ];
 
 /// The entry for a matched route, if the table has one.

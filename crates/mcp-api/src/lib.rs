@@ -6,6 +6,7 @@
 pub mod access;
 mod admin;
 pub mod auth;
+mod bots;
 mod error;
 mod extract;
 mod health;
@@ -28,7 +29,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{delete, get, patch, post};
 use mcp_core::Orchestrator;
+use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Limits of the HTTP API.
 #[derive(Debug, Clone)]
@@ -41,6 +44,10 @@ pub struct ApiConfig {
     pub max_page_size: u32,
     pub ws: ws::WsConfig,
     pub memory: MemoryLimits,
+    /// `POST /deploy`: repository (`owner/name`) → the tasks that deploy it.
+    pub deploy_targets: BTreeMap<String, Vec<mcp_core::task::CreateTask>>,
+    /// `POST /ask-gemini`: how long the request waits for its `llm.generate` task.
+    pub ask_timeout: Duration,
 }
 
 impl Default for ApiConfig {
@@ -52,6 +59,8 @@ impl Default for ApiConfig {
             max_page_size: 500,
             ws: ws::WsConfig::default(),
             memory: MemoryLimits::default(),
+            deploy_targets: BTreeMap::new(),
+            ask_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -130,6 +139,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conversations/{id}/summary", post(memory::set_summary))
         .route("/v1/conversations/{id}/export", get(memory::export))
         .route("/v1/search/messages", get(memory::search))
+        .route("/deploy", post(bots::deploy))
+        .route("/ask-gemini", post(bots::ask_gemini))
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::guard,

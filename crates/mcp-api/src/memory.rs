@@ -49,7 +49,8 @@ impl Default for MemoryLimits {
             default_context_tokens: 4_096,
             max_context_tokens: 1_000_000,
             max_import_bytes: 64 * 1024 * 1024,
-            max_search_depth: 10_000,
+            // The stores rank at most this many matches of one query.
+            max_search_depth: mcp_core::memory::RANKED_MATCHES,
         }
     }
 }

@@ -46,6 +46,8 @@ use utoipa::{Modify, OpenApi};
         crate::memory::set_summary,
         crate::memory::export,
         crate::memory::search,
+        crate::bots::deploy,
+        crate::bots::ask_gemini,
     ),
     components(schemas(
         mcp_core::Task,
@@ -95,6 +97,10 @@ use utoipa::{Modify, OpenApi};
         crate::memory::UpdateMessage,
         crate::memory::SetSummary,
         crate::memory::SearchResults,
+        crate::bots::DeployRequest,
+        crate::bots::DeployResponse,
+        crate::bots::AskRequest,
+        crate::bots::AskResponse,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -105,6 +111,7 @@ use utoipa::{Modify, OpenApi};
         (name = "memory", description = "Conversations, messages, search and context windows"),
         (name = "health", description = "Probes and metrics"),
         (name = "realtime", description = "The WebSocket API"),
+        (name = "integrations", description = "The existing bots' routes: deploy triggers and LLM questions"),
     )
 )]
 pub struct ApiDoc;

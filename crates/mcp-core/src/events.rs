@@ -131,6 +131,16 @@ pub trait EventBus: Send + Sync + 'static {
         Ok(positions)
     }
 
+    /// Which of `channels` an event published now could reach: those with a subscriber, or
+    /// with a position someone was given (by `position`, `subscribe` or `publish`) that a later
+    /// `recover` may start from. The others stay unobserved until one of those calls, or forever
+    /// once the bus has forgotten them, so an event there would reach no one: a publisher whose
+    /// events are costly to make (the orchestrator, one per task transition) skips them.
+    /// The default says every channel is observed.
+    async fn observed(&self, channels: &[String]) -> Result<Vec<bool>, BusError> {
+        Ok(vec![true; channels.len()])
+    }
+
     /// Every event published on `channel` after this call, on this node, from any node.
     async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError>;
 

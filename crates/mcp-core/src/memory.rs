@@ -423,6 +423,11 @@ pub fn check_metadata(field: &str, metadata: &Value) -> Result<(), InvalidInput>
 pub const MAX_QUERY_CHARS: usize = 1_000;
 /// Most terms (words and phrases, excluded ones too) in one query.
 pub const MAX_QUERY_TERMS: usize = 32;
+/// Matches a search ranks: a query matching more messages (a very common word) ranks only its
+/// newest `RANKED_MATCHES` matches (after filters), so that its cost is bounded whatever the
+/// size of the history. Queries with fewer matches rank them all. Every page of one query ranks
+/// the same candidates, so pages never overlap; pages past this depth are empty.
+pub const RANKED_MATCHES: u32 = 2_000;
 
 /// A word or a phrase: lower-case words of letters and digits, matched next to each other.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,12 +2,17 @@
 //! is an [`Adapter`] that contributes task types to the orchestrator's [`HandlerRegistry`]; the
 //! binary builds the adapters from configuration and registers them once at start-up.
 //!
-//! Today there is one adapter, [`HttpAdapter`] (`http.request`); Discord, VRChat and VCC will
-//! follow the same shape.
+//! Adapters: [`HttpAdapter`] (`http.request`), [`DeployAdapter`] (`github.dispatch`,
+//! `render.deploy`) and [`LlmAdapter`] (`llm.generate`); Discord, VRChat and VCC follow the same
+//! shape.
 
+pub mod deploy;
 pub mod http;
+pub mod llm;
 
+pub use deploy::{DeployAdapter, DeployConfig, DeployTarget};
 pub use http::{HttpAdapter, HttpConfig, HttpRequest};
+pub use llm::{LlmAdapter, LlmConfig};
 
 use async_trait::async_trait;
 use mcp_core::HandlerRegistry;

@@ -1,8 +1,10 @@
 //! The `MemoryStore` of the PostgreSQL store, in the tables of
-//! `migrations/postgres/0004_memory.sql`. Search is a stored `tsvector` (configuration
-//! `mcp_search`: English stems, no stop words) behind a GIN index, queried with
-//! `websearch_to_tsquery`, ranked by `ts_rank`, with `ts_headline` snippets made only for the
-//! page returned. Batches of messages are one `INSERT … SELECT FROM unnest(…)`.
+//! `migrations/postgres/0004_memory.sql` (and the BRIN index of `0005_memory_speed.sql`).
+//! Search is a stored `tsvector` (configuration `mcp_search`: English stems, no stop words)
+//! behind a GIN index, queried with `websearch_to_tsquery`, ranked by `ts_rank` over at most the
+//! newest `RANKED_MATCHES` matches (a bound on the cost of common words, shared with SQLite),
+//! with `ts_headline` snippets made only for the page returned. Batches of messages are one
+//! `INSERT … SELECT FROM unnest(…)`.
 
 use crate::{PgTaskStore, conflict_or_db_error, corrupt, db_error};
 use async_trait::async_trait;
@@ -10,8 +12,8 @@ use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
 use mcp_core::memory::{
     Conversation, ConversationFilter, ConversationPatch, MemoryStore, Message, MessagePage,
-    MessagePatch, MessageRole, SNIPPET_END, SNIPPET_START, SearchHit, SearchRequest, Summary,
-    estimate_tokens, render_snippet,
+    MessagePatch, MessageRole, RANKED_MATCHES, SNIPPET_END, SNIPPET_START, SearchHit,
+    SearchRequest, Summary, estimate_tokens, render_snippet,
 };
 use serde_json::Value;
 use sqlx::FromRow;
@@ -49,6 +51,32 @@ fn headline_options() -> String {
         "StartSel={SNIPPET_START}, StopSel={SNIPPET_END}, MaxWords=24, MinWords=8, \
          ShortWord=2, MaxFragments=2, FragmentDelimiter=\" … \""
     )
+}
+
+/// Where `search` cuts the history into slices, in messages back from the newest (`seq` of the
+/// last message given); the last slice is all the older ones. Slices grow as they go back, so
+/// that a common word stops in the first one or two and a rare word costs a few more index
+/// probes (each slice probes the GIN index again; the BRIN index on `seq` keeps the slice's
+/// heap reads within its pages).
+const SLICE_BOUNDS: [i64; 4] = [50_000, 100_000, 200_000, 400_000];
+
+/// `select` (a query of matches with a `seq` column `m.seq`) as a `UNION ALL` of slices of
+/// `seq`, newest slice first, each sorted newest first: the rows come out newest first, and a
+/// `LIMIT` above stops before the older slices are read (PostgreSQL's `Append` runs its
+/// branches in order and only as far as rows are asked for).
+fn newest_first(select: &str) -> String {
+    let newest = "(SELECT last_value FROM messages_seq_seq)";
+    let mut slices = Vec::with_capacity(SLICE_BOUNDS.len() + 1);
+    let mut previous = None;
+    for bound in SLICE_BOUNDS.map(Some).into_iter().chain([None]) {
+        let newer = previous.map_or_else(String::new, |p| format!(" AND m.seq <= {newest} - {p}"));
+        let older = bound.map_or_else(String::new, |b| format!(" AND m.seq > {newest} - {b}"));
+        slices.push(format!(
+            "(SELECT * FROM ({select}{newer}{older} ORDER BY m.seq DESC) AS slice)"
+        ));
+        previous = bound;
+    }
+    slices.join(" UNION ALL ")
 }
 
 #[derive(FromRow)]
@@ -454,8 +482,16 @@ impl MemoryStore for PgTaskStore {
     }
 
     async fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>, StoreError> {
-        // `ts_rank` normalization 1 divides by 1 + log(length) so that, as with bm25, a match in
-        // a short message outranks the same match diluted in a long one.
+        // 1. `candidates`: the newest RANKED_MATCHES matches. Ranking reads each match's
+        //    `tsvector` from the heap, one page per match: that, not `ts_rank`, is the cost of
+        //    a common word. So the matches are read in slices of `seq` (see `newest_first`),
+        //    newest first, each slice sorted newest first, and the LIMIT stops the reading
+        //    once it has enough: a common word reads about RANKED_MATCHES rows, not all of its
+        //    matches. `ts_rank` is computed in the slices read, on those rows only.
+        // 2. `hits`: one page of the candidates by rank; normalization 1 divides by
+        //    1 + log(length) so that, as with bm25, a match in a short message outranks the
+        //    same match diluted in a long one;
+        // 3. `ts_headline` (the costly part) for that page only.
         let columns = prefixed(MESSAGE_COLUMNS, "m");
         // The store's connections turn bitmap scans off for the task claim (see `connect`), but
         // a GIN index is only ever read by a bitmap scan: turn them back on for this search.
@@ -464,18 +500,25 @@ impl MemoryStore for PgTaskStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
+        let slices = newest_first(
+            "SELECT m.id, m.seq, ts_rank(m.search, q.query, 1)::float8 AS rank
+             FROM messages m, q
+             WHERE m.search @@ q.query
+               AND ($2::uuid IS NULL OR m.conversation_id = $2)
+               AND ($3::text IS NULL OR m.author = $3)
+               AND ($4::text IS NULL OR m.role = $4)
+               AND ($5::timestamptz IS NULL OR m.created_at >= $5)
+               AND ($6::timestamptz IS NULL OR m.created_at < $6)",
+        );
         let rows: Vec<HitRow> = sqlx::query_as(sql!(
             "WITH q AS (SELECT websearch_to_tsquery('mcp_search', $1) AS query),
+             candidates AS (
+                 {slices}
+                 LIMIT $10
+             ),
              hits AS (
-                 SELECT m.id, m.seq, ts_rank(m.search, q.query, 1)::float8 AS rank
-                 FROM messages m, q
-                 WHERE m.search @@ q.query
-                   AND ($2::uuid IS NULL OR m.conversation_id = $2)
-                   AND ($3::text IS NULL OR m.author = $3)
-                   AND ($4::text IS NULL OR m.role = $4)
-                   AND ($5::timestamptz IS NULL OR m.created_at >= $5)
-                   AND ($6::timestamptz IS NULL OR m.created_at < $6)
-                 ORDER BY rank DESC, m.seq DESC
+                 SELECT id, seq, rank FROM candidates
+                 ORDER BY rank DESC, seq DESC
                  LIMIT $7 OFFSET $8
              )
              SELECT {columns}, hits.rank AS rank,
@@ -492,6 +535,7 @@ impl MemoryStore for PgTaskStore {
         .bind(i64::from(request.limit))
         .bind(i64::from(request.offset))
         .bind(headline_options())
+        .bind(i64::from(RANKED_MATCHES))
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;

@@ -1,6 +1,8 @@
 //! The `MemoryStore` of the SQLite store, in the tables of `migrations/sqlite/0004_memory.sql`.
-//! Search is FTS5 (`porter` tokenizer) ranked by bm25; the index is an external-content table
-//! kept in step with `messages` by triggers, so a message and its index entry commit together.
+//! Search is FTS5 (`porter` tokenizer) ranked by bm25 over at most the newest `RANKED_MATCHES`
+//! matches (a bound on the cost of common words, shared with PostgreSQL); the index is an
+//! external-content table kept in step with `messages` by triggers, so a message and its index
+//! entry commit together.
 //! Batches of messages travel as one JSON array through `json_each`: one statement per batch.
 
 use crate::sqlite::{instant, us};
@@ -10,8 +12,8 @@ use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
 use mcp_core::memory::{
     Conversation, ConversationFilter, ConversationPatch, MemoryStore, Message, MessagePage,
-    MessagePatch, MessageRole, SNIPPET_END, SNIPPET_START, SearchHit, SearchRequest, Summary,
-    estimate_tokens, render_snippet,
+    MessagePatch, MessageRole, RANKED_MATCHES, SNIPPET_END, SNIPPET_START, SearchHit,
+    SearchRequest, Summary, estimate_tokens, render_snippet,
 };
 use serde_json::{Value, json};
 use sqlx::FromRow;
@@ -455,21 +457,34 @@ impl MemoryStore for SqliteTaskStore {
     }
 
     async fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>, StoreError> {
-        // Rank every match, keep one page, and only then make snippets (the costly part) for
-        // that page. bm25 is "lower is better"; it is negated so that higher is better, as with
-        // PostgreSQL's ts_rank.
+        // 1. `candidates`: the newest RANKED_MATCHES matches, read backwards from the index's
+        //    rowid-ordered doclists, which stops as soon as it has enough (no scoring);
+        // 2. `hits`: bm25 for the matches from the oldest candidate on (the rowid bound is
+        //    handed to FTS5, so it reads no further), one page kept;
+        // 3. snippets (the costly part) for that page only.
+        // bm25 is "lower is better"; it is negated so that higher is better, as with
+        // PostgreSQL's ts_rank. Filters need the `messages` row; without any, it is not read.
+        let filters = "((?2 IS NULL AND ?3 IS NULL AND ?4 IS NULL AND ?5 IS NULL AND ?6 IS NULL)
+                 OR EXISTS (SELECT 1 FROM messages m WHERE m.seq = messages_fts.rowid
+                     AND (?2 IS NULL OR m.conversation_id = ?2)
+                     AND (?3 IS NULL OR m.author = ?3)
+                     AND (?4 IS NULL OR m.role = ?4)
+                     AND (?5 IS NULL OR m.created_at >= ?5)
+                     AND (?6 IS NULL OR m.created_at < ?6)))";
         let columns = prefixed(MESSAGE_COLUMNS, "m");
         let rows: Vec<HitRow> = sqlx::query_as(sql!(
-            "WITH hits AS (
-                 SELECT m.seq, -bm25(messages_fts) AS rank
-                 FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid
+            "WITH candidates AS (
+                 SELECT rowid AS seq FROM messages_fts
+                 WHERE messages_fts MATCH ?1 AND {filters}
+                 ORDER BY rowid DESC
+                 LIMIT ?12
+             ),
+             hits AS (
+                 SELECT rowid AS seq, -bm25(messages_fts) AS rank FROM messages_fts
                  WHERE messages_fts MATCH ?1
-                   AND (?2 IS NULL OR m.conversation_id = ?2)
-                   AND (?3 IS NULL OR m.author = ?3)
-                   AND (?4 IS NULL OR m.role = ?4)
-                   AND (?5 IS NULL OR m.created_at >= ?5)
-                   AND (?6 IS NULL OR m.created_at < ?6)
-                 ORDER BY rank DESC, m.seq DESC
+                   AND rowid >= (SELECT min(seq) FROM candidates)
+                   AND {filters}
+                 ORDER BY rank DESC, seq DESC
                  LIMIT ?7 OFFSET ?8
              )
              SELECT {columns}, hits.rank AS rank,
@@ -491,6 +506,7 @@ impl MemoryStore for SqliteTaskStore {
         .bind(SNIPPET_START.to_string())
         .bind(SNIPPET_END.to_string())
         .bind(SNIPPET_TOKENS)
+        .bind(i64::from(RANKED_MATCHES))
         .fetch_all(&self.readers)
         .await
         .map_err(db_error)?;

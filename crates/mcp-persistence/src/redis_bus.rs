@@ -12,7 +12,10 @@
 //! position can be recovered against it.
 //!
 //! Each node holds one pub/sub connection, read by one background task that fans the frames out
-//! to local broadcast senders, only for channels someone on this node subscribed to.
+//! to local broadcast senders, only for channels someone on this node subscribed to. A channel
+//! is observed (`EventBus::observed`) while its epoch key exists: `position`, `subscribe` and
+//! `publish` make it, and each node refreshes the keys of the channels subscribed on it, so a
+//! quiet channel with a subscriber never expires.
 //!
 //! Losing Redis: `publish` and the rest fail with `BusError::Unavailable`; the background task
 //! reconnects by itself with backoff. Events published while this node's link was down never
@@ -31,7 +34,7 @@ use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
@@ -66,8 +69,12 @@ redis.call('PUBLISH', ARGV[6], frame)
 return {offset, epoch}
 "#;
 
-/// The channel's position, making its epoch if it has none. Returns `{offset, epoch}`.
+/// The channel's position, making its epoch if it has none; someone is looking at it, so its
+/// keys live another TTL. Returns `{offset, epoch}`.
 const POSITION: &str = r#"
+for i = 1, 3 do
+  redis.call('PEXPIRE', KEYS[i], ARGV[2])
+end
 return {tonumber(redis.call('GET', KEYS[1])), epoch}
 "#;
 
@@ -82,6 +89,10 @@ const LINK_CHECK_EVERY: Duration = Duration::from_secs(15);
 const LINK_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Local channels held before the ones nobody listens to any more are looked for.
 const LOCAL_SWEEP_AT: usize = 64;
+/// How often the keys of channels subscribed on this node are refreshed: a third of the TTL,
+/// within these bounds.
+const KEEP_ALIVE_MIN: Duration = Duration::from_millis(100);
+const KEEP_ALIVE_MAX: Duration = Duration::from_secs(600);
 
 /// An event bus shared by every node that connects to the same Redis with the same prefix.
 #[derive(Clone)]
@@ -101,12 +112,13 @@ struct Inner {
     epochs: AtomicU64,
     config: BusConfig,
     local: Arc<Local>,
-    listener: AbortHandle,
+    /// The link's reader and the keep-alive of subscribed channels.
+    background: Vec<AbortHandle>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.listener.abort();
+        self.background.iter().for_each(AbortHandle::abort);
     }
 }
 
@@ -141,24 +153,27 @@ impl RedisBus {
         });
         let listener =
             tokio::spawn(listen(client, topic.clone(), sink, stream, local.clone())).abort_handle();
-        Ok(RedisBus {
-            inner: Arc::new(Inner {
-                connection,
-                publish: redis::Script::new(&format!("{ENSURE_EPOCH}{PUBLISH}")),
-                position: redis::Script::new(&format!("{ENSURE_EPOCH}{POSITION}")),
-                prefix: prefix.to_owned(),
-                topic: topic.clone(),
-                node: uuid::Uuid::new_v4().simple().to_string(),
-                epochs: AtomicU64::new(0),
-                config: BusConfig {
-                    history_size: config.history_size.max(1),
-                    buffer: config.buffer.max(1),
-                    ..config
-                },
-                local,
+        let keep_every = (config.history_ttl / 3).clamp(KEEP_ALIVE_MIN, KEEP_ALIVE_MAX);
+        let inner = Arc::new_cyclic(|me: &Weak<Inner>| Inner {
+            connection,
+            publish: redis::Script::new(&format!("{ENSURE_EPOCH}{PUBLISH}")),
+            position: redis::Script::new(&format!("{ENSURE_EPOCH}{POSITION}")),
+            prefix: prefix.to_owned(),
+            topic,
+            node: uuid::Uuid::new_v4().simple().to_string(),
+            epochs: AtomicU64::new(0),
+            config: BusConfig {
+                history_size: config.history_size.max(1),
+                buffer: config.buffer.max(1),
+                ..config
+            },
+            local,
+            background: vec![
                 listener,
-            }),
-        })
+                tokio::spawn(keep_alive(me.clone(), keep_every)).abort_handle(),
+            ],
+        });
+        Ok(RedisBus { inner })
     }
 
     /// Deletes every key under the prefix (test clean-up; what a Redis that lost its data looks
@@ -179,9 +194,11 @@ impl RedisBus {
         }
         Ok(())
     }
+}
 
+impl Inner {
     fn keys(&self, channel: &str) -> Keys {
-        let base = format!("{}events:{channel}:", self.inner.prefix);
+        let base = format!("{}events:{channel}:", self.prefix);
         Keys {
             offset: format!("{base}offset"),
             stream: format!("{base}stream"),
@@ -190,12 +207,55 @@ impl RedisBus {
     }
 
     fn fresh_epoch(&self) -> String {
-        let n = self.inner.epochs.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n}", self.inner.node)
+        let n = self.epochs.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.node)
     }
 
     fn ttl_ms(&self) -> u64 {
-        (self.inner.config.history_ttl.as_millis() as u64).max(1)
+        (self.config.history_ttl.as_millis() as u64).max(1)
+    }
+
+    /// The positions of `channels` (made if missing), and another TTL for their keys; one round
+    /// trip.
+    async fn positions(&self, channels: &[String]) -> Result<Vec<StreamPosition>, BusError> {
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.position).ignore();
+        for channel in channels {
+            let keys = self.keys(channel);
+            pipe.invoke_script(
+                self.position
+                    .key(keys.offset)
+                    .key(keys.stream)
+                    .key(keys.epoch)
+                    .arg(self.fresh_epoch())
+                    .arg(self.ttl_ms()),
+            );
+        }
+        let replies: Vec<(u64, String)> = pipe
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(replies
+            .into_iter()
+            .map(|(offset, epoch)| StreamPosition { offset, epoch })
+            .collect())
+    }
+}
+
+/// Refreshes, every `every`, the keys of the channels someone on this node subscribes to.
+async fn keep_alive(inner: Weak<Inner>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let watched = inner.local.watched();
+        if watched.is_empty() {
+            continue;
+        }
+        if let Err(e) = inner.positions(&watched).await {
+            tracing::debug!(error = %e, "event bus: cannot refresh subscribed channels");
+        }
     }
 }
 
@@ -220,7 +280,7 @@ impl EventBus for RedisBus {
         let mut pipe = redis::pipe();
         pipe.load_script(&inner.publish).ignore();
         for (channel, event) in events {
-            let keys = self.keys(channel);
+            let keys = inner.keys(channel);
             let channel_json = serde_json::to_string(channel).map_err(unavailable)?;
             let event_json = serde_json::to_string(&**event).map_err(unavailable)?;
             pipe.invoke_script(
@@ -229,8 +289,8 @@ impl EventBus for RedisBus {
                     .key(keys.offset)
                     .key(keys.stream)
                     .key(keys.epoch)
-                    .arg(self.fresh_epoch())
-                    .arg(self.ttl_ms())
+                    .arg(inner.fresh_epoch())
+                    .arg(inner.ttl_ms())
                     .arg(inner.config.history_size)
                     .arg(channel_json)
                     .arg(event_json)
@@ -247,12 +307,28 @@ impl EventBus for RedisBus {
             .collect())
     }
 
+    async fn observed(&self, channels: &[String]) -> Result<Vec<bool>, BusError> {
+        if channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for channel in channels {
+            pipe.cmd("EXISTS").arg(self.inner.keys(channel).epoch);
+        }
+        pipe.query_async(&mut self.inner.connection.clone())
+            .await
+            .map_err(unavailable)
+    }
+
     async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
-        self.inner.local.subscribe(channel)
+        let subscription = self.inner.local.subscribe(channel)?;
+        // Observed from now on, and kept alive while someone here listens.
+        self.inner.positions(&[channel.to_owned()]).await?;
+        Ok(subscription)
     }
 
     async fn recover(&self, channel: &str, since: &StreamPosition) -> Result<Recovery, BusError> {
-        let keys = self.keys(channel);
+        let keys = self.inner.keys(channel);
         let Some(first) = since.offset.checked_add(1) else {
             return Ok(Recovery::Lost);
         };
@@ -297,19 +373,11 @@ impl EventBus for RedisBus {
     }
 
     async fn position(&self, channel: &str) -> Result<StreamPosition, BusError> {
-        let keys = self.keys(channel);
-        let (offset, epoch): (u64, String) = self
-            .inner
-            .position
-            .key(keys.offset)
-            .key(keys.stream)
-            .key(keys.epoch)
-            .arg(self.fresh_epoch())
-            .arg(self.ttl_ms())
-            .invoke_async(&mut self.inner.connection.clone())
-            .await
-            .map_err(unavailable)?;
-        Ok(StreamPosition { offset, epoch })
+        self.inner
+            .positions(&[channel.to_owned()])
+            .await?
+            .pop()
+            .ok_or_else(|| unavailable("Redis answered no position"))
     }
 }
 
@@ -444,6 +512,16 @@ impl Local {
 
     fn relink(&self) {
         self.lock().linked = true;
+    }
+
+    /// Channels someone on this node listens to.
+    fn watched(&self) -> Vec<String> {
+        self.lock()
+            .channels
+            .iter()
+            .filter(|(_, local)| local.sender.receiver_count() > 0)
+            .map(|(channel, _)| channel.clone())
+            .collect()
     }
 }
 

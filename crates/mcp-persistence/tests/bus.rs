@@ -28,8 +28,8 @@ fn redis_url() -> String {
     std::env::var("MCP_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-async fn redis_at(url: &str, prefix: &str) -> Option<RedisBus> {
-    match RedisBus::connect(url, prefix, config()).await {
+async fn redis_at(url: &str, prefix: &str, config: BusConfig) -> Option<RedisBus> {
+    match RedisBus::connect(url, prefix, config).await {
         Ok(bus) => Some(bus),
         Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
             panic!("Redis at {url} is required in CI: {e}")
@@ -42,7 +42,7 @@ async fn redis_at(url: &str, prefix: &str) -> Option<RedisBus> {
 }
 
 async fn redis(prefix: &str) -> Option<RedisBus> {
-    redis_at(&redis_url(), prefix).await
+    redis_at(&redis_url(), prefix, config()).await
 }
 
 fn prefix() -> String {
@@ -104,10 +104,31 @@ conformance!(
     says_lost_when_trimmed_in_another_epoch_or_from_the_future,
     position_before_the_first_event_recovers_it,
     publishes_batches_in_order,
+    observes_only_channels_someone_was_given_a_position_for,
 );
 
 mod cases {
     use super::*;
+
+    pub async fn observes_only_channels_someone_was_given_a_position_for(bus: Arc<dyn EventBus>) {
+        let channels = [
+            "room:asked",
+            "room:watched",
+            "room:published",
+            "room:unseen",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(bus.observed(&channels).await.unwrap(), [false; 4]);
+        bus.position("room:asked").await.unwrap();
+        let _rx = bus.subscribe("room:watched").await.unwrap();
+        bus.publish("room:published", event(1)).await.unwrap();
+        assert_eq!(
+            bus.observed(&channels).await.unwrap(),
+            [true, true, true, false]
+        );
+        assert_eq!(bus.observed(&[]).await.unwrap(), Vec::<bool>::new());
+    }
 
     pub async fn offsets_increase_from_one_per_channel(bus: Arc<dyn EventBus>) {
         for n in 1..=3 {
@@ -282,6 +303,7 @@ async fn redis_losing_its_data_makes_old_positions_lost() {
         bus.recover("tasks", &before).await.unwrap(),
         Recovery::Lost
     ));
+    assert_eq!(bus.observed(&["tasks".to_owned()]).await.unwrap(), [false]);
     let after = bus.publish("tasks", event(3)).await.unwrap();
     assert_eq!(after.offset, 1, "a new epoch starts at 1");
     assert_ne!(after.epoch, before.epoch);
@@ -386,7 +408,7 @@ async fn redis_link_loss_makes_subscribers_lag_then_relinks_by_itself() {
     };
     let proxy = proxy::Proxy::start(upstream).await;
     let proxied = proxy::via(&url, proxy.addr).expect("a redis:// URL");
-    let Some(cut_off) = redis_at(&proxied, &prefix).await else {
+    let Some(cut_off) = redis_at(&proxied, &prefix, config()).await else {
         return;
     };
 
@@ -423,6 +445,25 @@ async fn redis_link_loss_makes_subscribers_lag_then_relinks_by_itself() {
     };
     assert_eq!(resumed.offset, 4);
     healthy.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_keeps_subscribed_channels_alive_past_their_ttl() {
+    let config = BusConfig {
+        history_ttl: Duration::from_millis(1500),
+        ..config()
+    };
+    let Some(bus) = redis_at(&redis_url(), &prefix(), config).await else {
+        return;
+    };
+    let _watching = bus.subscribe("room:quiet").await.unwrap();
+    let before = bus.position("room:quiet").await.unwrap();
+    bus.publish("room:idle", event(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let channels = ["room:quiet", "room:idle"].map(String::from);
+    assert_eq!(bus.observed(&channels).await.unwrap(), [true, false]);
+    assert_eq!(bus.position("room:quiet").await.unwrap(), before);
+    bus.clear().await.unwrap();
 }
 
 #[tokio::test]

@@ -105,6 +105,7 @@ conformance!(
     searches_words_phrases_exclusions_and_alternatives,
     search_stems_english_words_without_stop_words,
     search_ranks_better_matches_first_and_pages_by_offset,
+    search_ranks_only_the_newest_matches_of_a_broad_query,
     search_filters_by_conversation_author_role_and_time,
     search_treats_fts_operators_as_plain_words,
     search_snippets_mark_matches_and_escape_html,
@@ -475,6 +476,37 @@ mod cases {
         second.limit = 1;
         let page = store.search(&second).await.unwrap();
         assert_eq!(page[0].message, hits[1].message);
+    }
+
+    pub async fn search_ranks_only_the_newest_matches_of_a_broad_query(store: &dyn MemoryStore) {
+        let bound = mcp_core::memory::RANKED_MATCHES as usize;
+        let c = conversation(&["ann"]);
+        store.create_conversation(&c).await.unwrap();
+        // The oldest 20 would rank best, but more than `bound` newer messages match too.
+        let mut texts: Vec<String> = (0..20)
+            .map(|i| format!("lime lime lime special {i}"))
+            .collect();
+        texts.extend((0..bound + 30).map(|i| format!("lime among many other words here {i}")));
+        let messages: Vec<Message> = texts.iter().map(|t| message(&c, "ann", t)).collect();
+        for chunk in messages.chunks(500) {
+            assert!(store.append_messages(c.id, chunk, now()).await.unwrap());
+        }
+        let best = found(store, search("lime")).await;
+        assert_eq!(best.len(), 50);
+        assert!(
+            best.iter().all(|t| !t.contains("special")),
+            "only the newest {bound} matches are ranked"
+        );
+        let mut last = search("lime");
+        last.offset = bound as u32 - 10;
+        last.limit = 50;
+        assert_eq!(
+            found(store, last).await.len(),
+            10,
+            "results end at the bound"
+        );
+        // A narrower query reaches the old messages.
+        assert_eq!(found(store, search("lime special")).await.len(), 20);
     }
 
     pub async fn search_filters_by_conversation_author_role_and_time(store: &dyn MemoryStore) {

@@ -59,6 +59,10 @@ pub struct MemoryBench {
     /// Seed of the generator (the same seed loads the same text).
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Leave the loaded SQLite file or PostgreSQL schema in place (and say where), to study
+    /// queries on it by hand.
+    #[arg(long)]
+    keep: bool,
 }
 
 enum Backing {
@@ -100,6 +104,14 @@ impl Backing {
             Backing::Postgres(store) => {
                 format!("postgres (schema {}, tsvector + GIN)", store.schema())
             }
+        }
+    }
+
+    /// Where the data is: the SQLite file or the PostgreSQL schema.
+    fn location(&self) -> String {
+        match self {
+            Backing::Sqlite(_, dir) => dir.join("bench.db").display().to_string(),
+            Backing::Postgres(store) => format!("schema {}", store.schema()),
         }
     }
 
@@ -311,7 +323,11 @@ pub async fn run(args: MemoryBench) -> anyhow::Result<()> {
     );
     let backing = Backing::open(&args).await?;
     let outcome = measure(&args, &backing).await;
-    backing.cleanup().await;
+    if args.keep {
+        println!("kept: {}", backing.location());
+    } else {
+        backing.cleanup().await;
+    }
     outcome
 }
 

@@ -121,7 +121,10 @@ async fn bench(
     let rss_before = nodes.rss()?;
     let started = Instant::now();
     let mut subscribers = Vec::with_capacity(args.subscribers);
-    for batch in (0..args.subscribers).collect::<Vec<_>>().chunks(args.connect_batch) {
+    for batch in (0..args.subscribers)
+        .collect::<Vec<_>>()
+        .chunks(args.connect_batch)
+    {
         let mut ready = Vec::with_capacity(batch.len());
         for &i in batch {
             let (subscriber, up) = Subscriber::spawn(
@@ -142,7 +145,8 @@ async fn bench(
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = nodes.rss()?;
-    let per_subscriber = rss_after.saturating_sub(rss_before) as f64 / args.subscribers.max(1) as f64;
+    let per_subscriber =
+        rss_after.saturating_sub(rss_before) as f64 / args.subscribers.max(1) as f64;
     println!(
         "connect:    {} subscribers in {connect_secs:.2} s ({:.0}/s); server RSS {} -> {} = {} per connection",
         args.subscribers,
@@ -287,7 +291,7 @@ async fn phase(
     let mut last_receive = first_send;
     for subscriber in subscribers {
         let mut tally = lock(&subscriber.tally);
-        latencies.extend(tally.latencies_ns.drain(..));
+        latencies.append(&mut tally.latencies_ns);
         last_receive = last_receive.max(tally.last_receive_ns);
     }
     let delivered = latencies.len() as u64;

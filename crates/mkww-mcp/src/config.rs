@@ -8,7 +8,9 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use ipnet::IpNet;
 use mcp_api::token::Tokens;
 use mcp_core::secrets::{MasterKey, SecretBox};
+use mcp_integrations::DeployTarget;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -158,6 +160,25 @@ pub struct Config {
     pub breaker_failure_rate: f64,
     pub breaker_open_ms: u64,
     pub breaker_probes: usize,
+    /// GitHub REST API base of `github.dispatch` (GitHub Enterprise: `https://HOST/api/v3`).
+    pub github_api_base: String,
+    /// Token for `github.dispatch`; unset: the task type is not offered.
+    pub github_token: Option<String>,
+    /// Render service name → deploy hook URL, for `render.deploy`; empty: not offered.
+    pub render_deploy_hooks: BTreeMap<String, String>,
+    /// `POST /deploy`: repository (`owner/name`) → its deploy targets (`docs/integrations.md`).
+    pub deploy_targets: BTreeMap<String, Vec<DeployTarget>>,
+    /// OpenAI-compatible base URL of `llm.generate` (`…/chat/completions` is appended); unset:
+    /// the task type is not offered.
+    pub llm_base_url: Option<String>,
+    /// Model of `llm.generate` when the payload names none.
+    pub llm_model: String,
+    /// Bearer key of the LLM endpoint.
+    pub llm_api_key: Option<String>,
+    /// Limit of one LLM call.
+    pub llm_timeout_ms: u64,
+    /// How long `POST /ask-gemini` waits for its answer before 504 `llm_timeout`.
+    pub ask_timeout_ms: u64,
 }
 
 impl Default for Config {
@@ -235,6 +256,15 @@ impl Default for Config {
             breaker_failure_rate: 0.5,
             breaker_open_ms: 30_000,
             breaker_probes: 1,
+            github_api_base: "https://api.github.com".into(),
+            github_token: None,
+            render_deploy_hooks: BTreeMap::new(),
+            deploy_targets: BTreeMap::new(),
+            llm_base_url: None,
+            llm_model: "gemini-2.0-flash".into(),
+            llm_api_key: None,
+            llm_timeout_ms: 60_000,
+            ask_timeout_ms: 60_000,
         }
     }
 }
@@ -316,6 +346,18 @@ impl Config {
             ),
             "jwt_algorithm must be HS256, RS256, ES256 or EdDSA"
         );
+        for (repo, targets) in &self.deploy_targets {
+            anyhow::ensure!(
+                !targets.is_empty(),
+                "deploy_targets.\"{repo}\": list at least one target"
+            );
+            for target in targets {
+                target
+                    .check()
+                    .map_err(|e| anyhow::anyhow!("deploy_targets.\"{repo}\": {e}"))?;
+            }
+        }
+        anyhow::ensure!(self.ask_timeout_ms > 0, "ask_timeout_ms must be at least 1");
         self.database()?;
         Ok(())
     }
@@ -607,6 +649,63 @@ mod tests {
         };
         assert!(unknown.check().is_err());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn reads_deploy_targets_and_hooks_from_the_file_or_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "mkww-mcp.toml",
+                r#"
+github_token = "ghp_test"
+[render_deploy_hooks]
+web = "https://api.render.com/deploy/srv-1?key=k"
+[deploy_targets]
+"owner/app" = [
+  { kind = "github", event_type = "deploy" },
+  { kind = "github", workflow = "deploy.yml", ref = "main" },
+  { kind = "render", service = "web" },
+]
+"#,
+            )?;
+            let config = Config::load(None).expect("load");
+            assert_eq!(config.github_token.as_deref(), Some("ghp_test"));
+            assert_eq!(config.deploy_targets["owner/app"].len(), 3);
+            assert_eq!(
+                config.render_deploy_hooks["web"],
+                "https://api.render.com/deploy/srv-1?key=k"
+            );
+            jail.set_env(
+                "MCP_DEPLOY_TARGETS",
+                r#"{"owner/other"=[{kind="render",service="web"}]}"#,
+            );
+            jail.set_env("MCP_LLM_BASE_URL", "http://127.0.0.1:9/v1");
+            let config = Config::load(None).expect("load with env");
+            assert_eq!(
+                config.deploy_targets["owner/other"],
+                vec![DeployTarget::Render {
+                    service: "web".into()
+                }]
+            );
+            assert_eq!(
+                config.llm_base_url.as_deref(),
+                Some("http://127.0.0.1:9/v1")
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn refuses_deploy_targets_that_cannot_make_a_task() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "mkww-mcp.toml",
+                "[deploy_targets]\n\"o/a\" = [{ kind = \"github\", workflow = \"d.yml\" }]\n",
+            )?;
+            let err = Config::load(None).unwrap_err();
+            assert!(format!("{err:#}").contains("needs `ref`"), "{err:#}");
+            Ok(())
+        });
     }
 
     #[test]

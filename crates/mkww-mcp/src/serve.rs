@@ -18,6 +18,7 @@ use mcp_core::task::TaskDefaults;
 use mcp_core::{Backoff, HandlerRegistry, Orchestrator, OrchestratorConfig, StoreError, TaskStore};
 use mcp_integrations::Adapter;
 use mcp_integrations::http::{HttpAdapter, HttpConfig};
+use mcp_integrations::{DeployAdapter, DeployConfig, LlmAdapter, LlmConfig};
 use mcp_persistence::{PgTaskStore, RedisBus, RedisLimiter, SqliteOptions, SqliteTaskStore};
 use std::path::Path;
 use std::sync::Arc;
@@ -111,6 +112,28 @@ pub fn registry(config: &Config) -> anyhow::Result<HandlerRegistry> {
     })
     .context("cannot build the HTTP client")?
     .register(&mut registry);
+    // Deploy triggers and the LLM exist only when configured; otherwise their task types are
+    // unknown (422 `unknown_task_type`).
+    DeployAdapter::new(DeployConfig {
+        github_api_base: config.github_api_base.clone(),
+        github_token: config.github_token.clone().filter(|t| !t.is_empty()),
+        render_deploy_hooks: config.render_deploy_hooks.clone(),
+        timeout: Config::ms(config.http_timeout_ms),
+        ..DeployConfig::default()
+    })
+    .map_err(anyhow::Error::msg)
+    .context("cannot set up the deploy triggers")?
+    .register(&mut registry);
+    if let Some(base_url) = config.llm_base_url.as_deref().filter(|u| !u.is_empty()) {
+        LlmAdapter::new(LlmConfig {
+            api_key: config.llm_api_key.clone(),
+            timeout: Config::ms(config.llm_timeout_ms),
+            ..LlmConfig::new(base_url, &config.llm_model)
+        })
+        .map_err(anyhow::Error::msg)
+        .context("cannot set up the LLM")?
+        .register(&mut registry);
+    }
     Ok(registry)
 }
 
@@ -175,6 +198,15 @@ pub fn api_state(
                 max_import_bytes: config.memory_max_import_bytes,
                 ..MemoryLimits::default()
             },
+            deploy_targets: config
+                .deploy_targets
+                .iter()
+                .map(|(repo, targets)| {
+                    let tasks = targets.iter().map(|target| target.task(repo)).collect();
+                    (repo.clone(), tasks)
+                })
+                .collect(),
+            ask_timeout: Config::ms(config.ask_timeout_ms),
             ..ApiConfig::default()
         }),
         security: Arc::new(security),
@@ -436,7 +468,12 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
             crate::tls::serve_tls(listener, app, cert, key, stop()).await?;
         }
         _ => axum::serve(
-            listener,
+            // No Nagle delay: WebSocket frames and small replies go out at once.
+            axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            }),
             // The peer address feeds per-IP rate limits and the audit log.
             app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
         )

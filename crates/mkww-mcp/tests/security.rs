@@ -95,6 +95,8 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "admin operator service user",
     ),
     ("GET", "/v1/search/messages", "admin operator service user"),
+    ("POST", "/deploy", "admin operator service user"),
+    ("POST", "/ask-gemini", "admin operator service user"),
 ];
 
 fn allowed(spec: &str, role: &str) -> bool {

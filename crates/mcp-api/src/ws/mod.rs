@@ -91,6 +91,13 @@ pub mod close {
 /// How long a closing connection may take to send what was queued before the close frame.
 const CLOSE_FLUSH: Duration = Duration::from_millis(500);
 
+/// Most frames written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// Read buffer per connection: client frames are small, and the transport's default (128 KiB,
+/// zero-filled, so all resident) would make idle connections cost that much each.
+const READ_BUFFER: usize = 4 * 1024;
+
 /// How many refused frames in a row end the connection.
 const FLOOD_STRIKES: u32 = 20;
 
@@ -130,7 +137,8 @@ pub async fn upgrade(
     // The protocol limit is checked per message below (close 1009); the transport's own limit
     // only guards against absurd sizes.
     let transport_limit = config.max_frame_bytes.saturating_mul(4).max(64 * 1024);
-    ws.max_message_size(transport_limit)
+    ws.read_buffer_size(READ_BUFFER)
+        .max_message_size(transport_limit)
         .max_frame_size(transport_limit)
         .on_upgrade(move |socket| async move {
             Connection::new(state, authenticated).run(socket).await;
@@ -249,7 +257,18 @@ impl Connection {
                         if sink.send(Message::Ping(Default::default())).await.is_err() { return; }
                     }
                     frame = out_rx.recv() => match frame {
-                        Some(text) => if sink.send(Message::Text(text)).await.is_err() { return; },
+                        // Whatever else is queued goes out with it, in one flush (one send()
+                        // for many frames is most of the fan-out cost).
+                        Some(text) => {
+                            if sink.feed(Message::Text(text)).await.is_err() { return; }
+                            let mut batched = 1;
+                            while batched < WRITE_BATCH {
+                                let Ok(text) = out_rx.try_recv() else { break };
+                                if sink.feed(Message::Text(text)).await.is_err() { return; }
+                                batched += 1;
+                            }
+                            if sink.flush().await.is_err() { return; }
+                        }
                         None => break,
                     },
                 }

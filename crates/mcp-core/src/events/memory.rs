@@ -265,6 +265,15 @@ impl EventBus for MemoryBus {
             .collect())
     }
 
+    /// Every channel held was made by a call that handed out its position.
+    async fn observed(&self, channels: &[String]) -> Result<Vec<bool>, BusError> {
+        let held = self.lock();
+        Ok(channels
+            .iter()
+            .map(|channel| held.map.contains_key(channel))
+            .collect())
+    }
+
     async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
         let buffer = self.config.buffer;
         let mut channels = self.lock();

@@ -3,6 +3,10 @@
 //! never wait for the bus. When the queue is full the event is dropped, counted and logged rather
 //! than slowing the workers: an event announces a change, the task row stays the truth, and a
 //! subscriber that misses one resyncs through REST.
+//!
+//! Making an event (the task as JSON) costs more than running a trivial task, and most
+//! `task:{id}` channels are never looked at, so the publisher asks the bus which channels are
+//! observed (`EventBus::observed`) and makes and publishes events only for those.
 
 use crate::events::{Event, EventBus};
 use crate::store::Outcome;
@@ -16,6 +20,8 @@ use tracing::warn;
 
 /// Most transitions published in one batch (two events each).
 const PUBLISH_BATCH: usize = 256;
+/// The channel of every task's transitions; each task also has `task:{id}`.
+const TASKS: &str = "tasks";
 
 /// A transition on its way to the bus.
 pub(super) struct Announcement {
@@ -102,7 +108,7 @@ impl Announcer {
 }
 
 /// The publisher: takes what is queued (up to a batch), turns each transition into one event
-/// published on `tasks` and on `task:{id}`, and publishes them in order.
+/// published on `tasks` and on `task:{id}` (those of them that are observed), in order.
 async fn publish(
     bus: Arc<dyn EventBus>,
     mut queue: mpsc::Receiver<Announcement>,
@@ -112,23 +118,48 @@ async fn publish(
     let mut failures: u64 = 0;
     while queue.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         let count = batch.len() as u64;
-        let mut events = Vec::with_capacity(batch.len() * 2);
-        for announcement in batch.drain(..) {
-            let (id, event) = task_event(announcement);
-            events.push(("tasks".to_owned(), event.clone()));
-            events.push((format!("task:{id}"), event));
-        }
-        if let Err(e) = bus.publish_batch(&events).await {
+        if let Err(e) = publish_batch(bus.as_ref(), &mut batch).await {
             failures += 1;
             if failures.is_power_of_two() {
                 warn!(error = %e, failures, "cannot publish task events; they are dropped");
             }
         }
+        batch.clear();
         pending.fetch_sub(count, Ordering::Relaxed);
     }
 }
 
-fn task_event(announcement: Announcement) -> (uuid::Uuid, Arc<Event>) {
+async fn publish_batch(
+    bus: &dyn EventBus,
+    batch: &mut Vec<Announcement>,
+) -> Result<(), crate::events::BusError> {
+    // `tasks` first, then each transition's `task:{id}`.
+    let mut channels = Vec::with_capacity(batch.len() + 1);
+    channels.push(TASKS.to_owned());
+    channels.extend(batch.iter().map(|a| format!("task:{}", a.task.id)));
+    let observed = bus.observed(&channels).await?;
+    let observed = |i: usize| observed.get(i).copied().unwrap_or(true);
+    let mut events = Vec::with_capacity(batch.len() * 2);
+    for (i, (announcement, channel)) in batch.drain(..).zip(channels.drain(1..)).enumerate() {
+        let (on_tasks, on_task) = (observed(0), observed(i + 1));
+        if !on_tasks && !on_task {
+            continue;
+        }
+        let event = task_event(announcement);
+        if on_tasks {
+            events.push((TASKS.to_owned(), event.clone()));
+        }
+        if on_task {
+            events.push((channel, event));
+        }
+    }
+    if !events.is_empty() {
+        bus.publish_batch(&events).await?;
+    }
+    Ok(())
+}
+
+fn task_event(announcement: Announcement) -> Arc<Event> {
     let Announcement {
         event,
         task,
@@ -140,15 +171,12 @@ fn task_event(announcement: Announcement) -> (uuid::Uuid, Arc<Event>) {
         None => task,
     };
     let data = serde_json::to_value(&*task).unwrap_or_default();
-    (
-        task.id,
-        Arc::new(Event {
-            event_type: event.to_owned(),
-            data,
-            correlation_id: task.correlation_id.clone(),
-            at,
-        }),
-    )
+    Arc::new(Event {
+        event_type: event.to_owned(),
+        data,
+        correlation_id: task.correlation_id.clone(),
+        at,
+    })
 }
 
 /// A claimed task as the store records `outcome` (see `TaskStore::complete`).

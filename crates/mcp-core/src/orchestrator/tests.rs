@@ -172,8 +172,8 @@ async fn announces_created_started_succeeded_on_tasks_and_on_the_task_channel() 
     );
     let mut live = bus.subscribe("tasks").await.unwrap();
     let workers = orchestrator.start().await;
-    let created = orchestrator
-        .create(
+    let task = orchestrator
+        .prepare(
             CreateTask {
                 task_type: "echo".into(),
                 payload: Some(json!({"say": "hi"})),
@@ -183,10 +183,12 @@ async fn announces_created_started_succeeded_on_tasks_and_on_the_task_channel() 
                 correlation_id: Some("req-42"),
                 created_by: None,
             },
+            None,
         )
-        .await
-        .unwrap()
-        .task;
+        .unwrap();
+    // Watched from before it exists (its id is known once prepared).
+    let _watching = bus.subscribe(&format!("task:{}", task.id)).await.unwrap();
+    let created = orchestrator.insert(&[task]).await.unwrap().remove(0).task;
     let mut seen = Vec::new();
     while seen.len() < 3 {
         let delivery = tokio::time::timeout(Duration::from_secs(5), live.recv())
@@ -224,4 +226,49 @@ async fn announces_created_started_succeeded_on_tasks_and_on_the_task_channel() 
     assert_eq!(done["result"], json!({"say": "hi"}));
     assert!(done["finished_at"].is_string());
     assert_eq!(orchestrator.events_dropped(), 0);
+}
+
+#[tokio::test]
+async fn makes_no_events_for_channels_nobody_observes() {
+    let bus = Arc::new(MemoryBus::default());
+    let orchestrator = Orchestrator::with_events(
+        Arc::new(Tasks::default()),
+        HandlerRegistry::with_builtins(),
+        OrchestratorConfig {
+            poll_interval: Duration::from_millis(10),
+            ..OrchestratorConfig::default()
+        },
+        bus.clone(),
+    );
+    let workers = orchestrator.start().await;
+    let noop = || CreateTask {
+        task_type: "noop".into(),
+        ..CreateTask::default()
+    };
+    let unseen = orchestrator
+        .create(noop(), Origin::default())
+        .await
+        .unwrap()
+        .task;
+    // Someone starts watching `tasks`: from then on every transition is published there.
+    let mut live = bus.subscribe("tasks").await.unwrap();
+    let seen = orchestrator
+        .create(noop(), Origin::default())
+        .await
+        .unwrap()
+        .task;
+    let mut on_tasks = Vec::new();
+    while on_tasks.len() < 3 {
+        let delivery = tokio::time::timeout(Duration::from_secs(5), live.recv())
+            .await
+            .expect("events on `tasks`")
+            .unwrap();
+        if delivery.event.data["id"] == json!(seen.id) {
+            on_tasks.push(delivery.event.event_type.clone());
+        }
+    }
+    workers.shutdown().await;
+    assert_eq!(on_tasks, ["task.created", "task.started", "task.succeeded"]);
+    let never_watched = [unseen.id, seen.id].map(|id| format!("task:{id}"));
+    assert_eq!(bus.observed(&never_watched).await.unwrap(), [false, false]);
 }

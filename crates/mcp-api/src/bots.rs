@@ -1,0 +1,213 @@
+//! The routes the ecosystem's existing bots call, at the paths they already use (no `/v1`):
+//! `POST /deploy` enqueues a repository's deploy targets, `POST /ask-gemini` runs one
+//! `llm.generate` task and waits for its answer. Both only create tasks, so both need
+//! `tasks:create` and count against the daily quota; the tasks stay in the history like any other.
+
+use crate::AppState;
+use crate::auth::Principal;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiJson;
+use crate::request_id;
+use crate::tasks::insert;
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use mcp_core::events::Subscription;
+use mcp_core::task::CreateTask;
+use mcp_core::{Origin, Task, TaskStatus};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// The task type `POST /ask-gemini` creates.
+pub const LLM_TASK_TYPE: &str = "llm.generate";
+
+/// How often `/ask-gemini` reads the task from the store while it waits, besides waking on the
+/// task's events: covers a bus that dropped or never delivered them.
+const ASK_POLL: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeployRequest {
+    /// `owner/name`, a key of the `deploy_targets` configuration.
+    pub repo: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeployResponse {
+    /// One task per configured target, in the configured order.
+    pub tasks: Vec<Uuid>,
+}
+
+/// Deploy a repository: one task per configured target (`github.dispatch`, `render.deploy`).
+#[utoipa::path(post, path = "/deploy", tag = "integrations", request_body = DeployRequest,
+    responses(
+        (status = 202, description = "the deploy tasks are queued", body = DeployResponse),
+        (status = 404, description = "`unknown_repo`: no deploy targets for this repository", body = ErrorBody),
+        (status = 422, description = "`unknown_task_type`: a target's integration is not configured", body = ErrorBody),
+    ))]
+pub async fn deploy(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(request): ApiJson<DeployRequest>,
+) -> Result<(StatusCode, Json<DeployResponse>), ApiError> {
+    let targets = state
+        .config
+        .deploy_targets
+        .get(&request.repo)
+        .filter(|targets| !targets.is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_repo",
+                format!("no deploy targets are configured for `{}`", request.repo),
+            )
+            .with_details(json!({"repo": request.repo}))
+        })?;
+    let correlation = request_id::current();
+    let origin = Origin {
+        correlation_id: correlation.as_deref(),
+        created_by: Some(&principal.subject),
+    };
+    let tasks = targets
+        .iter()
+        .enumerate()
+        .map(|(i, target)| state.orchestrator.prepare(target.clone(), origin, Some(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let inserted = insert(&state, &principal, tasks).await?;
+    tracing::info!(repo = %request.repo, tasks = inserted.len(), "deploy queued");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(DeployResponse {
+            tasks: inserted.into_iter().map(|i| i.task.id).collect(),
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AskRequest {
+    pub prompt: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AskResponse {
+    /// The model's answer.
+    pub response: String,
+}
+
+/// Ask the configured LLM: runs an `llm.generate` task and waits (up to `ask_timeout_ms`) for it.
+#[utoipa::path(post, path = "/ask-gemini", tag = "integrations", request_body = AskRequest,
+    responses(
+        (status = 200, description = "the answer", body = AskResponse),
+        (status = 422, description = "`invalid_payload` (empty prompt), or `unknown_task_type`: no LLM is configured", body = ErrorBody),
+        (status = 502, description = "`llm_failed`: the task ended dead or cancelled; details carry its error", body = ErrorBody),
+        (status = 504, description = "`llm_timeout`: no answer in time; the task goes on, its id is in the details", body = ErrorBody),
+    ))]
+pub async fn ask_gemini(
+    State(state): State<AppState>,
+    principal: Principal,
+    ApiJson(request): ApiJson<AskRequest>,
+) -> Result<Json<AskResponse>, ApiError> {
+    let correlation = request_id::current();
+    let origin = Origin {
+        correlation_id: correlation.as_deref(),
+        created_by: Some(&principal.subject),
+    };
+    let create = CreateTask {
+        task_type: LLM_TASK_TYPE.to_owned(),
+        payload: Some(json!({"prompt": request.prompt})),
+        ..CreateTask::default()
+    };
+    let task = state.orchestrator.prepare(create, origin, None)?;
+    let id = task.id;
+    // Subscribed before the insert, so no transition can come first. Without a bus, polling
+    // alone still finds the outcome.
+    let live = match state.events.subscribe(&format!("task:{id}")).await {
+        Ok(live) => Some(live),
+        Err(e) => {
+            tracing::warn!(error = %e, "ask-gemini waits without events");
+            None
+        }
+    };
+    insert(&state, &principal, vec![task]).await?;
+    let timeout = state.config.ask_timeout;
+    let task = match tokio::time::timeout(timeout, finished(&state, id, live)).await {
+        Ok(task) => task?,
+        Err(_) => {
+            return Err(ApiError::new(
+                StatusCode::GATEWAY_TIMEOUT,
+                "llm_timeout",
+                format!(
+                    "the LLM did not answer within {} ms; task `{id}` goes on",
+                    timeout.as_millis()
+                ),
+            )
+            .with_details(json!({"task_id": id})));
+        }
+    };
+    match task.status {
+        TaskStatus::Succeeded => {
+            let text = task
+                .result
+                .as_ref()
+                .and_then(|r| r.get("text"))
+                .and_then(|t| t.as_str())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "llm_failed",
+                        "the LLM task succeeded without a `text` result",
+                    )
+                    .with_details(json!({"task_id": id}))
+                })?;
+            Ok(Json(AskResponse {
+                response: text.to_owned(),
+            }))
+        }
+        status => {
+            let message = task
+                .error
+                .as_ref()
+                .map(|e| e.message.clone())
+                .unwrap_or_else(|| format!("the task is {status}"));
+            Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "llm_failed",
+                format!("the LLM task ended {status}: {message}"),
+            )
+            .with_details(json!({"task_id": id, "status": status, "error": task.error})))
+        }
+    }
+}
+
+/// The task once it is final: read from the store on each of its events and every [`ASK_POLL`].
+async fn finished(
+    state: &AppState,
+    id: Uuid,
+    mut live: Option<Subscription>,
+) -> Result<Task, ApiError> {
+    loop {
+        if let Some(task) = state.orchestrator.store().get(id).await?
+            && task.status.is_final()
+        {
+            return Ok(task);
+        }
+        match live.as_mut() {
+            Some(events) => {
+                tokio::select! {
+                    received = events.recv() => {
+                        if let Err(RecvError::Closed) = received {
+                            live = None;
+                        }
+                    }
+                    _ = tokio::time::sleep(ASK_POLL) => {}
+                }
+            }
+            None => tokio::time::sleep(ASK_POLL).await,
+        }
+    }
+}

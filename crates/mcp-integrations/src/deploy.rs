@@ -1,0 +1,731 @@
+//! Deploy triggers: `github.dispatch` (a `repository_dispatch` or `workflow_dispatch` event, with
+//! a token) and `render.deploy` (a Render deploy hook per service), and the [`DeployTarget`]s
+//! that `POST /deploy` turns into such tasks.
+//!
+//! Both map the remote answer onto the orchestrator's retry rules: a 2xx succeeds; 408, 429, 5xx
+//! and transport failures are retried; any other 4xx (a bad token, an unknown repository or
+//! workflow, an invalid input) would fail the same way again, so the task goes `dead` at once with
+//! the remote message recorded. GitHub's rate limits answer 403 (or 429) with `Retry-After` or
+//! `x-ratelimit-remaining: 0`; those are retried, with `retry_after_secs` in the error details.
+//!
+//! `docs/integrations.md` has the payload and result schemas.
+
+use crate::{Adapter, AdapterHealth};
+use async_trait::async_trait;
+use mcp_core::task::CreateTask;
+use mcp_core::{Handler, HandlerError, HandlerRegistry, TaskContext};
+use reqwest::header::{ACCEPT, HeaderMap, RETRY_AFTER};
+use reqwest::{Client, Response, StatusCode, Url};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// The GitHub task type.
+pub const GITHUB_DISPATCH: &str = "github.dispatch";
+/// The Render task type.
+pub const RENDER_DEPLOY: &str = "render.deploy";
+/// The `event_type` of a `repository_dispatch` whose payload names none.
+pub const DEFAULT_EVENT_TYPE: &str = "deploy";
+/// The REST API version every GitHub call pins.
+const GITHUB_API_VERSION: &str = "2022-11-28";
+/// Most bytes of a remote error body kept in a task's error details.
+const MAX_ERROR_BODY: usize = 4096;
+
+/// Where `POST /deploy` sends a repository: one entry of `deploy_targets`.
+///
+/// In the config file:
+///
+/// ```toml
+/// [deploy_targets]
+/// "owner/app" = [
+///   { kind = "github", event_type = "deploy" },
+///   { kind = "github", workflow = "deploy.yml", ref = "main" },
+///   { kind = "render", service = "web" },
+/// ]
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum DeployTarget {
+    /// A `github.dispatch` task: a `workflow_dispatch` when `workflow` is set, else a
+    /// `repository_dispatch` of `event_type` (default `deploy`).
+    Github {
+        /// The repository to dispatch to; default: the one being deployed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        repo: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        event_type: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        client_payload: Option<Value>,
+        /// A workflow file name (`deploy.yml`) or id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        workflow: Option<String>,
+        /// The branch or tag the workflow runs on (required with `workflow`).
+        #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+        git_ref: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        inputs: Option<Value>,
+    },
+    /// A `render.deploy` task for a service of `render_deploy_hooks`.
+    Render { service: String },
+}
+
+impl DeployTarget {
+    /// The task that deploys `repo` to this target.
+    pub fn task(&self, repo: &str) -> CreateTask {
+        let (task_type, payload) = match self {
+            DeployTarget::Github {
+                repo: target_repo,
+                event_type,
+                client_payload,
+                workflow,
+                git_ref,
+                inputs,
+            } => {
+                let mut payload = Map::new();
+                let repo = target_repo.as_deref().unwrap_or(repo);
+                payload.insert("repo".into(), json!(repo));
+                match workflow {
+                    Some(workflow) => {
+                        payload.insert("workflow".into(), json!(workflow));
+                        payload.insert("ref".into(), json!(git_ref));
+                        if let Some(inputs) = inputs {
+                            payload.insert("inputs".into(), inputs.clone());
+                        }
+                    }
+                    None => {
+                        let event_type = event_type.as_deref().unwrap_or(DEFAULT_EVENT_TYPE);
+                        payload.insert("event_type".into(), json!(event_type));
+                        let client_payload = client_payload
+                            .clone()
+                            .unwrap_or_else(|| json!({ "repo": repo }));
+                        payload.insert("client_payload".into(), client_payload);
+                    }
+                }
+                (GITHUB_DISPATCH, Value::Object(payload))
+            }
+            DeployTarget::Render { service } => (RENDER_DEPLOY, json!({ "service": service })),
+        };
+        CreateTask {
+            task_type: task_type.to_owned(),
+            payload: Some(payload),
+            ..CreateTask::default()
+        }
+    }
+
+    /// Refuses a target that could never make a valid task, so a bad config fails at start.
+    pub fn check(&self) -> Result<(), String> {
+        match self {
+            DeployTarget::Github {
+                workflow: Some(_),
+                git_ref: None,
+                ..
+            } => Err("a github target with `workflow` needs `ref`".into()),
+            DeployTarget::Github {
+                workflow: Some(_),
+                event_type,
+                client_payload,
+                ..
+            } if event_type.is_some() || client_payload.is_some() => Err(
+                "a github target has `workflow` (+ `ref`, `inputs`) or `event_type` \
+                 (+ `client_payload`), not both"
+                    .into(),
+            ),
+            DeployTarget::Github { repo: Some(r), .. } => check_repo(r),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Settings of the deploy adapter.
+#[derive(Debug, Clone)]
+pub struct DeployConfig {
+    /// `https://api.github.com`, or a GitHub Enterprise / test server.
+    pub github_api_base: String,
+    /// A token with `contents: write` (repository_dispatch) or `actions: write` (workflows);
+    /// `None`: `github.dispatch` is not registered.
+    pub github_token: Option<String>,
+    /// Service name → Render deploy hook URL; empty: `render.deploy` is not registered.
+    pub render_deploy_hooks: BTreeMap<String, String>,
+    /// Limit of one remote call.
+    pub timeout: Duration,
+    pub user_agent: String,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        DeployConfig {
+            github_api_base: "https://api.github.com".into(),
+            github_token: None,
+            render_deploy_hooks: BTreeMap::new(),
+            timeout: Duration::from_secs(30),
+            user_agent: concat!("mkww-mcp/", env!("CARGO_PKG_VERSION"), " (deploy triggers)")
+                .to_owned(),
+        }
+    }
+}
+
+/// The adapter for deploy triggers: registers `github.dispatch` when a token is configured and
+/// `render.deploy` when hooks are.
+#[derive(Debug, Clone)]
+pub struct DeployAdapter {
+    github: Option<GithubDispatch>,
+    render: Option<RenderDeploy>,
+}
+
+impl DeployAdapter {
+    pub fn new(config: DeployConfig) -> Result<Self, String> {
+        let client = Client::builder()
+            .user_agent(config.user_agent.as_str())
+            .timeout(config.timeout)
+            .build()
+            .map_err(|err| err.to_string())?;
+        let github = match config.github_token.filter(|t| !t.is_empty()) {
+            Some(token) => {
+                let base = Url::parse(config.github_api_base.trim_end_matches('/'))
+                    .map_err(|err| format!("github_api_base: {err}"))?;
+                Some(GithubDispatch {
+                    client: client.clone(),
+                    base: base.as_str().trim_end_matches('/').to_owned(),
+                    token,
+                })
+            }
+            None => None,
+        };
+        for (service, url) in &config.render_deploy_hooks {
+            parse_hook_url(url).map_err(|err| format!("render_deploy_hooks.{service}: {err}"))?;
+        }
+        let render = (!config.render_deploy_hooks.is_empty()).then(|| RenderDeploy {
+            client,
+            hooks: config.render_deploy_hooks,
+        });
+        Ok(DeployAdapter { github, render })
+    }
+}
+
+#[async_trait]
+impl Adapter for DeployAdapter {
+    fn name(&self) -> &str {
+        "deploy"
+    }
+
+    fn task_types(&self) -> Vec<String> {
+        let mut types = Vec::new();
+        if self.github.is_some() {
+            types.push(GITHUB_DISPATCH.to_owned());
+        }
+        if self.render.is_some() {
+            types.push(RENDER_DEPLOY.to_owned());
+        }
+        types
+    }
+
+    /// Always healthy: a failing remote shows in the tasks' errors.
+    async fn health(&self) -> AdapterHealth {
+        AdapterHealth::Healthy
+    }
+
+    fn register(&self, registry: &mut HandlerRegistry) {
+        if let Some(github) = &self.github {
+            registry.register(GITHUB_DISPATCH, github.clone());
+        }
+        if let Some(render) = &self.render {
+            registry.register(RENDER_DEPLOY, render.clone());
+        }
+    }
+}
+
+/// The `github.dispatch` payload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GithubPayload {
+    repo: String,
+    #[serde(default)]
+    event_type: Option<String>,
+    #[serde(default)]
+    client_payload: Option<Value>,
+    #[serde(default)]
+    workflow: Option<String>,
+    #[serde(default, rename = "ref")]
+    git_ref: Option<String>,
+    #[serde(default)]
+    inputs: Option<Value>,
+}
+
+/// One dispatch, checked: the path under the API base and the JSON body.
+#[derive(Debug, PartialEq)]
+struct Dispatch {
+    path: String,
+    body: Value,
+    kind: &'static str,
+}
+
+fn check_repo(repo: &str) -> Result<(), String> {
+    let valid_part = |part: &str| {
+        !part.is_empty()
+            && part != "."
+            && part != ".."
+            && part
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    };
+    match repo.split_once('/') {
+        Some((owner, name)) if valid_part(owner) && valid_part(name) => Ok(()),
+        _ => Err(format!("repo: `{repo}` is not `owner/name`")),
+    }
+}
+
+impl Dispatch {
+    fn from_payload(payload: &Value) -> Result<Dispatch, String> {
+        let p = GithubPayload::deserialize(payload).map_err(|err| err.to_string())?;
+        check_repo(&p.repo)?;
+        let object_or_null = |field: &str, value: &Option<Value>| match value {
+            None | Some(Value::Object(_)) => Ok(()),
+            Some(_) => Err(format!("{field}: must be an object")),
+        };
+        match p.workflow {
+            Some(workflow) => {
+                if p.event_type.is_some() || p.client_payload.is_some() {
+                    return Err(
+                        "event_type and client_payload belong to a repository_dispatch, not to \
+                         a workflow dispatch"
+                            .into(),
+                    );
+                }
+                let valid = !workflow.is_empty()
+                    && workflow
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                if !valid {
+                    return Err(format!("workflow: `{workflow}` is not a file name or id"));
+                }
+                let git_ref = p
+                    .git_ref
+                    .filter(|r| !r.is_empty())
+                    .ok_or("ref: required with workflow")?;
+                object_or_null("inputs", &p.inputs)?;
+                let mut body = json!({ "ref": git_ref });
+                if let Some(inputs) = p.inputs {
+                    body["inputs"] = inputs;
+                }
+                Ok(Dispatch {
+                    path: format!("/repos/{}/actions/workflows/{workflow}/dispatches", p.repo),
+                    body,
+                    kind: "workflow_dispatch",
+                })
+            }
+            None => {
+                if p.git_ref.is_some() || p.inputs.is_some() {
+                    return Err("ref and inputs belong to a workflow dispatch: add workflow".into());
+                }
+                let event_type = p.event_type.unwrap_or_else(|| DEFAULT_EVENT_TYPE.into());
+                if event_type.is_empty() || event_type.len() > 100 {
+                    return Err("event_type: between 1 and 100 characters".into());
+                }
+                object_or_null("client_payload", &p.client_payload)?;
+                let mut body = json!({ "event_type": event_type });
+                if let Some(client_payload) = p.client_payload {
+                    body["client_payload"] = client_payload;
+                }
+                Ok(Dispatch {
+                    path: format!("/repos/{}/dispatches", p.repo),
+                    body,
+                    kind: "repository_dispatch",
+                })
+            }
+        }
+    }
+}
+
+/// The handler for `github.dispatch`.
+#[derive(Clone)]
+pub struct GithubDispatch {
+    client: Client,
+    base: String,
+    token: String,
+}
+
+impl std::fmt::Debug for GithubDispatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GithubDispatch")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl Handler for GithubDispatch {
+    fn validate(&self, payload: &Value) -> Result<(), String> {
+        Dispatch::from_payload(payload).map(|_| ())
+    }
+
+    async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
+        let dispatch =
+            Dispatch::from_payload(&ctx.task.payload).map_err(HandlerError::permanent)?;
+        let target = format!("GitHub {} {}", dispatch.kind, dispatch.path);
+        let response = self
+            .client
+            .post(format!("{}{}", self.base, dispatch.path))
+            .bearer_auth(&self.token)
+            .header(ACCEPT, "application/vnd.github+json")
+            .header("X-GitHub-Api-Version", GITHUB_API_VERSION)
+            .json(&dispatch.body)
+            .send()
+            .await
+            .map_err(|err| transport_error(&target, err))?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let rate_limited = status == StatusCode::TOO_MANY_REQUESTS
+            || (status == StatusCode::FORBIDDEN
+                && (retry_after.is_some()
+                    || header_str(response.headers(), "x-ratelimit-remaining") == Some("0")));
+        let body = read_body(response).await;
+        tracing::debug!(task_id = %ctx.task.id, status = status.as_u16(), "github.dispatch answered");
+        if status.is_success() {
+            return Ok(json!({
+                "status": status.as_u16(),
+                "dispatched": dispatch.kind,
+                "path": dispatch.path,
+            }));
+        }
+        let message = remote_message(&body)
+            .map(|m| format!("{target} answered {status}: {m}"))
+            .unwrap_or_else(|| format!("{target} answered {status}"));
+        let error = if rate_limited || is_retryable(status) {
+            HandlerError::retryable(message)
+        } else {
+            HandlerError::permanent(message)
+        };
+        Err(error.with_details(error_details(status, body, retry_after)))
+    }
+}
+
+/// The `render.deploy` payload.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenderPayload {
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    hook_url: Option<String>,
+}
+
+fn parse_hook_url(url: &str) -> Result<Url, String> {
+    let parsed = Url::parse(url).map_err(|err| format!("not a valid URL ({err})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
+        return Err("must be an http(s) URL with a host".into());
+    }
+    Ok(parsed)
+}
+
+/// The handler for `render.deploy`.
+#[derive(Clone)]
+pub struct RenderDeploy {
+    client: Client,
+    hooks: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for RenderDeploy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The hook URLs carry their key: only the service names are shown.
+        f.debug_struct("RenderDeploy")
+            .field("services", &self.hooks.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl RenderDeploy {
+    /// The hook URL and a name for messages (never the URL: its query is the key).
+    fn hook(&self, payload: &Value) -> Result<(Url, String), String> {
+        let p = RenderPayload::deserialize(payload).map_err(|err| err.to_string())?;
+        match (p.service, p.hook_url) {
+            (Some(service), None) => {
+                let url = self.hooks.get(&service).ok_or_else(|| {
+                    let known: Vec<&str> = self.hooks.keys().map(String::as_str).collect();
+                    format!(
+                        "service: `{service}` has no deploy hook (configured: {})",
+                        known.join(", ")
+                    )
+                })?;
+                Ok((parse_hook_url(url)?, format!("Render service `{service}`")))
+            }
+            (None, Some(url)) => {
+                let parsed = parse_hook_url(&url).map_err(|err| format!("hook_url: {err}"))?;
+                let name = format!(
+                    "Render hook {}{}",
+                    parsed.host_str().unwrap_or_default(),
+                    parsed.path()
+                );
+                Ok((parsed, name))
+            }
+            _ => Err("give either `service` or `hook_url`".into()),
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for RenderDeploy {
+    fn validate(&self, payload: &Value) -> Result<(), String> {
+        self.hook(payload).map(|_| ())
+    }
+
+    async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
+        let (url, target) = self
+            .hook(&ctx.task.payload)
+            .map_err(HandlerError::permanent)?;
+        let response = self
+            .client
+            .post(url)
+            .header(ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|err| transport_error(&target, err))?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let body = read_body(response).await;
+        tracing::debug!(task_id = %ctx.task.id, status = status.as_u16(), "render.deploy answered");
+        if status.is_success() {
+            return Ok(body);
+        }
+        let message = remote_message(&body)
+            .map(|m| format!("{target} answered {status}: {m}"))
+            .unwrap_or_else(|| format!("{target} answered {status}"));
+        let error = if is_retryable(status) {
+            HandlerError::retryable(message)
+        } else {
+            HandlerError::permanent(message)
+        };
+        Err(error.with_details(error_details(status, body, retry_after)))
+    }
+}
+
+/// 408, 429 and 5xx may well be different next time.
+fn is_retryable(status: StatusCode) -> bool {
+    status.is_server_error()
+        || status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|value| value.to_str().ok())
+}
+
+/// `Retry-After` in seconds (the delta form; an HTTP date is ignored), or GitHub's
+/// `x-ratelimit-reset` epoch second when the primary rate limit is used up.
+fn retry_after(headers: &HeaderMap) -> Option<u64> {
+    if let Some(seconds) =
+        header_str(headers, RETRY_AFTER.as_str()).and_then(|v| v.trim().parse().ok())
+    {
+        return Some(seconds);
+    }
+    if header_str(headers, "x-ratelimit-remaining") == Some("0") {
+        let reset: u64 = header_str(headers, "x-ratelimit-reset")?
+            .trim()
+            .parse()
+            .ok()?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_secs();
+        return Some(reset.saturating_sub(now));
+    }
+    None
+}
+
+/// The body as JSON when it parses, else as (at most [`MAX_ERROR_BODY`] bytes of) text; `null`
+/// when empty (GitHub's 204) or unreadable.
+async fn read_body(response: Response) -> Value {
+    let bytes = match response.bytes().await {
+        Ok(bytes) => bytes,
+        Err(_) => return Value::Null,
+    };
+    if bytes.is_empty() {
+        return Value::Null;
+    }
+    if let Ok(value) = serde_json::from_slice(&bytes) {
+        return value;
+    }
+    let cut = &bytes[..bytes.len().min(MAX_ERROR_BODY)];
+    Value::String(String::from_utf8_lossy(cut).into_owned())
+}
+
+/// GitHub's `{"message": …}` (with its `errors`), Render's `{"message"}` or `{"error"}`.
+fn remote_message(body: &Value) -> Option<String> {
+    let message = body
+        .get("message")
+        .or_else(|| body.get("error"))
+        .and_then(Value::as_str)?;
+    let errors: Vec<String> = body
+        .get("errors")
+        .and_then(Value::as_array)
+        .map(|errors| {
+            errors
+                .iter()
+                .filter_map(|e| e.get("message").and_then(Value::as_str).or(e.as_str()))
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    if errors.is_empty() {
+        Some(message.to_owned())
+    } else {
+        Some(format!("{message} ({})", errors.join("; ")))
+    }
+}
+
+fn error_details(status: StatusCode, body: Value, retry_after: Option<u64>) -> Value {
+    let mut details = json!({ "status": status.as_u16(), "body": body });
+    if let Some(seconds) = retry_after {
+        details["retry_after_secs"] = json!(seconds);
+    }
+    details
+}
+
+/// A failure before a status was read. Only a request reqwest refuses to build, or a redirect
+/// loop, would fail the same way next time.
+fn transport_error(target: &str, err: reqwest::Error) -> HandlerError {
+    let retryable = !(err.is_redirect() || err.is_builder());
+    let kind = if err.is_timeout() {
+        "timeout"
+    } else if err.is_connect() {
+        "connect"
+    } else {
+        "request"
+    };
+    // Without the URL: a Render hook's query is its key.
+    let err = err.without_url();
+    let mut message = format!("{target} failed: {err}");
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    let error = if retryable {
+        HandlerError::retryable(message)
+    } else {
+        HandlerError::permanent(message)
+    };
+    error.with_details(json!({ "error": kind }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repository_dispatch_defaults_its_event_type() {
+        let d = Dispatch::from_payload(&json!({"repo": "owner/app"})).unwrap();
+        assert_eq!(d.path, "/repos/owner/app/dispatches");
+        assert_eq!(d.body, json!({"event_type": "deploy"}));
+        let d = Dispatch::from_payload(&json!({
+            "repo": "owner/app", "event_type": "ship", "client_payload": {"sha": "abc"}
+        }))
+        .unwrap();
+        assert_eq!(
+            d.body,
+            json!({"event_type": "ship", "client_payload": {"sha": "abc"}})
+        );
+    }
+
+    #[test]
+    fn workflow_dispatch_needs_a_ref() {
+        let d = Dispatch::from_payload(&json!({
+            "repo": "owner/app", "workflow": "deploy.yml", "ref": "main", "inputs": {"env": "prod"}
+        }))
+        .unwrap();
+        assert_eq!(
+            d.path,
+            "/repos/owner/app/actions/workflows/deploy.yml/dispatches"
+        );
+        assert_eq!(d.body, json!({"ref": "main", "inputs": {"env": "prod"}}));
+        let err = Dispatch::from_payload(&json!({"repo": "o/a", "workflow": "d.yml"})).unwrap_err();
+        assert!(err.starts_with("ref: "), "{err}");
+    }
+
+    #[test]
+    fn rejects_bad_repos_and_mixed_payloads() {
+        for repo in ["app", "o/", "/a", "o/a/b", "o/..", "o/a?x=1"] {
+            assert!(
+                Dispatch::from_payload(&json!({"repo": repo})).is_err(),
+                "{repo}"
+            );
+        }
+        assert!(
+            Dispatch::from_payload(
+                &json!({"repo": "o/a", "workflow": "w.yml", "ref": "main", "event_type": "x"})
+            )
+            .is_err()
+        );
+        assert!(Dispatch::from_payload(&json!({"repo": "o/a", "ref": "main"})).is_err());
+        assert!(Dispatch::from_payload(&json!({"repo": "o/a", "client_payload": [1]})).is_err());
+        assert!(Dispatch::from_payload(&json!({"repo": "o/a", "extra": 1})).is_err());
+        assert!(
+            Dispatch::from_payload(&json!({"repo": "o/a", "workflow": "../x", "ref": "m"}))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn targets_become_tasks() {
+        let targets: Vec<DeployTarget> = serde_json::from_value(json!([
+            {"kind": "github", "event_type": "deploy"},
+            {"kind": "github", "workflow": "deploy.yml", "ref": "main"},
+            {"kind": "render", "service": "web"},
+        ]))
+        .unwrap();
+        let tasks: Vec<CreateTask> = targets.iter().map(|t| t.task("owner/app")).collect();
+        assert_eq!(tasks[0].task_type, GITHUB_DISPATCH);
+        assert_eq!(
+            tasks[0].payload,
+            Some(
+                json!({"repo": "owner/app", "event_type": "deploy", "client_payload": {"repo": "owner/app"}})
+            )
+        );
+        assert_eq!(
+            tasks[1].payload,
+            Some(json!({"repo": "owner/app", "workflow": "deploy.yml", "ref": "main"}))
+        );
+        assert_eq!(tasks[2].task_type, RENDER_DEPLOY);
+        assert_eq!(tasks[2].payload, Some(json!({"service": "web"})));
+        for (target, task) in targets.iter().zip(&tasks) {
+            target.check().unwrap();
+            if task.task_type == GITHUB_DISPATCH {
+                Dispatch::from_payload(task.payload.as_ref().unwrap()).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn bad_targets_are_refused() {
+        let parse = |v: Value| serde_json::from_value::<DeployTarget>(v);
+        assert!(parse(json!({"kind": "gitlab"})).is_err());
+        assert!(parse(json!({"kind": "render"})).is_err());
+        assert!(parse(json!({"kind": "github", "evnt_type": "x"})).is_err());
+        let no_ref = parse(json!({"kind": "github", "workflow": "d.yml"})).unwrap();
+        assert!(no_ref.check().is_err());
+    }
+
+    #[test]
+    fn reads_remote_messages() {
+        let body = json!({"message": "Validation Failed", "errors": [{"message": "bad input"}]});
+        assert_eq!(
+            remote_message(&body).unwrap(),
+            "Validation Failed (bad input)"
+        );
+        assert_eq!(remote_message(&json!({"error": "nope"})).unwrap(), "nope");
+        assert_eq!(remote_message(&json!("text")), None);
+    }
+
+    #[test]
+    fn retry_after_comes_from_the_header_or_the_rate_limit_reset() {
+        let mut headers = HeaderMap::new();
+        headers.insert(RETRY_AFTER, "60".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(60));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-remaining", "0".parse().unwrap());
+        headers.insert("x-ratelimit-reset", "1".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(0));
+        assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+}
