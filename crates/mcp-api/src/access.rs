@@ -100,6 +100,40 @@ pub const ROUTES: &[RouteAccess] = &[
     ),
     route("GET", "/v1/conversations/{id}/export", Requires(MemoryRead)),
     route("GET", "/v1/search/messages", Requires(MemoryRead)),
+    route("GET", "/v1/integrations", Requires(IntegrationsManage)),
+    route(
+        "GET",
+        "/v1/integrations/{name}",
+        Requires(IntegrationsManage),
+    ),
+    route(
+        "PUT",
+        "/v1/integrations/{name}",
+        Requires(IntegrationsManage),
+    ),
+    route(
+        "DELETE",
+        "/v1/integrations/{name}",
+        Requires(IntegrationsManage),
+    ),
+    route("POST", "/v1/webhooks", Requires(IntegrationsManage)),
+    route("GET", "/v1/webhooks", Requires(IntegrationsManage)),
+    route("DELETE", "/v1/webhooks/{id}", Requires(IntegrationsManage)),
+    route(
+        "GET",
+        "/v1/webhooks/{id}/deliveries",
+        Requires(IntegrationsManage),
+    ),
+    route(
+        "POST",
+        "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+        Requires(IntegrationsManage),
+    ),
+    // Authenticates itself: each source's deliveries carry a signature over the body, checked
+    // by the handler (crate::hooks, docs/integrations.md).
+    route("POST", "/v1/hooks/{source}", Public),
+    // Authenticates itself: Discord signs every request with Ed25519 (crate::discord).
+    route("POST", "/v1/discord/interactions", Public),
     // The existing bots' routes, at their historical paths (crate::bots).
     route("POST", "/deploy", Requires(TasksCreate)),
     route("POST", "/ask-gemini", Requires(TasksCreate)),

@@ -7,23 +7,29 @@ pub mod access;
 mod admin;
 pub mod auth;
 mod bots;
+pub mod discord;
 mod error;
 mod extract;
 mod health;
+mod hooks;
+pub mod integrations;
 mod memory;
 mod openapi;
 mod request_id;
 mod session;
 mod tasks;
 pub mod token;
+mod webhooks;
 pub mod ws;
 
 pub use admin::check_username;
 pub use auth::{Principal, RateLimits, Security, SecurityConfig};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
+pub use hooks::HooksConfig;
 pub use memory::MemoryLimits;
 pub use openapi::ApiDoc;
 pub use request_id::REQUEST_ID_HEADER;
+pub use webhooks::WebhookState;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -48,6 +54,10 @@ pub struct ApiConfig {
     pub deploy_targets: BTreeMap<String, Vec<mcp_core::task::CreateTask>>,
     /// `POST /ask-gemini`: how long the request waits for its `llm.generate` task.
     pub ask_timeout: Duration,
+    /// `POST /v1/discord/interactions`: the public key and the slash commands.
+    pub discord: discord::DiscordInteractions,
+    /// `POST /v1/hooks/{source}`: the incoming webhook sources.
+    pub hooks: HooksConfig,
 }
 
 impl Default for ApiConfig {
@@ -61,6 +71,8 @@ impl Default for ApiConfig {
             memory: MemoryLimits::default(),
             deploy_targets: BTreeMap::new(),
             ask_timeout: Duration::from_secs(60),
+            discord: discord::DiscordInteractions::default(),
+            hooks: HooksConfig::default(),
         }
     }
 }
@@ -78,6 +90,10 @@ pub struct AppState {
     pub events: Arc<dyn mcp_core::events::EventBus>,
     /// Conversations and messages.
     pub memory: Arc<dyn mcp_core::memory::MemoryStore>,
+    /// Integrations of the configuration file and of the API (`/v1/integrations`).
+    pub integrations: Arc<integrations::Integrations>,
+    /// Outgoing webhooks; `None`: their routes answer 503 `webhooks_unavailable`.
+    pub webhooks: Option<WebhookState>,
     /// `None`: no recorder installed (in-process tests); `/metrics` then answers 404.
     pub metrics: Option<MetricsRenderer>,
     /// Cancelled when the server begins to shut down: WebSocket connections close with 1001.
@@ -88,6 +104,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     let max_import = state.config.memory.max_import_bytes;
+    let max_hook = state.config.hooks.max_body_bytes;
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -139,6 +156,25 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/conversations/{id}/summary", post(memory::set_summary))
         .route("/v1/conversations/{id}/export", get(memory::export))
         .route("/v1/search/messages", get(memory::search))
+        .route("/v1/integrations", get(integrations::list))
+        .route(
+            "/v1/integrations/{name}",
+            get(integrations::get)
+                .put(integrations::put)
+                .delete(integrations::delete),
+        )
+        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
+        .route("/v1/webhooks/{id}", delete(webhooks::delete))
+        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
+        .route(
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+            post(webhooks::redeliver),
+        )
+        .route(
+            "/v1/hooks/{source}",
+            post(hooks::receive).layer(DefaultBodyLimit::max(max_hook)),
+        )
+        .route("/v1/discord/interactions", post(discord::interactions))
         .route("/deploy", post(bots::deploy))
         .route("/ask-gemini", post(bots::ask_gemini))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod credentials;
 pub mod events;
 pub mod identity;
+pub mod integrations;
 pub mod limiter;
 pub mod memory;
 pub mod orchestrator;
@@ -16,6 +17,7 @@ pub mod routing;
 pub mod secrets;
 pub mod store;
 pub mod task;
+pub mod webhooks;
 
 pub use orchestrator::{
     Handler, HandlerError, HandlerRegistry, Orchestrator, OrchestratorConfig, Origin, TaskContext,

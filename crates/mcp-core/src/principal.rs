@@ -77,10 +77,13 @@ pub enum Permission {
     MemoryWrite,
     /// Delete whole conversations and import them (restores, migrations).
     MemoryManage,
+    /// List integrations and configure them through the API (their secrets included), and
+    /// manage outgoing webhooks.
+    IntegrationsManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 13] = [
+    pub const ALL: [Permission; 14] = [
         Permission::TasksCreate,
         Permission::TasksReadOwn,
         Permission::TasksCancelOwn,
@@ -94,6 +97,7 @@ impl Permission {
         Permission::MemoryRead,
         Permission::MemoryWrite,
         Permission::MemoryManage,
+        Permission::IntegrationsManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,6 +115,7 @@ impl Permission {
             Permission::MemoryRead => "memory:read",
             Permission::MemoryWrite => "memory:write",
             Permission::MemoryManage => "memory:manage",
+            Permission::IntegrationsManage => "integrations:manage",
         }
     }
 }

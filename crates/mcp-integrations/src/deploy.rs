@@ -19,6 +19,7 @@ use reqwest::{Client, Response, StatusCode, Url};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// The GitHub task type.
@@ -150,6 +151,72 @@ pub struct DeployConfig {
     /// Limit of one remote call.
     pub timeout: Duration,
     pub user_agent: String,
+    /// Shared with the `github.dispatch` handler, so the token and API base can change while
+    /// running.
+    pub github_live: GithubLive,
+}
+
+/// Where `github.dispatch` calls and with which token, changeable while the server runs (an
+/// integration stored through `PUT /v1/integrations/{name}`).
+#[derive(Clone, Default)]
+pub struct GithubLive(Arc<RwLock<Option<GithubTarget>>>);
+
+#[derive(Clone)]
+struct GithubTarget {
+    base: String,
+    token: String,
+}
+
+impl GithubTarget {
+    fn new(api_base: &str, token: String) -> Result<GithubTarget, String> {
+        if token.is_empty() {
+            return Err("github_token: must not be empty".into());
+        }
+        let base = Url::parse(api_base.trim_end_matches('/'))
+            .map_err(|err| format!("github_api_base: {err}"))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err("github_api_base: must be an http(s) URL".into());
+        }
+        Ok(GithubTarget {
+            base: base.as_str().trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+}
+
+impl std::fmt::Debug for GithubLive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GithubLive")
+            .field("attached", &self.is_attached())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GithubLive {
+    /// Checks the settings and, when a handler uses this holder, points it at them.
+    /// `Ok(true)`: in effect for the next call; `Ok(false)`: valid, but no handler is running.
+    pub fn set(&self, api_base: &str, token: String) -> Result<bool, String> {
+        let target = GithubTarget::new(api_base, token)?;
+        let mut current = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let attached = current.is_some();
+        if attached {
+            *current = Some(target);
+        }
+        Ok(attached)
+    }
+
+    /// Whether a running handler reads this holder.
+    pub fn is_attached(&self) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    fn attach(&self, target: GithubTarget) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(target);
+    }
+
+    fn target(&self) -> Option<GithubTarget> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl Default for DeployConfig {
@@ -161,6 +228,7 @@ impl Default for DeployConfig {
             timeout: Duration::from_secs(30),
             user_agent: concat!("mkww-mcp/", env!("CARGO_PKG_VERSION"), " (deploy triggers)")
                 .to_owned(),
+            github_live: GithubLive::default(),
         }
     }
 }
@@ -182,12 +250,12 @@ impl DeployAdapter {
             .map_err(|err| err.to_string())?;
         let github = match config.github_token.filter(|t| !t.is_empty()) {
             Some(token) => {
-                let base = Url::parse(config.github_api_base.trim_end_matches('/'))
-                    .map_err(|err| format!("github_api_base: {err}"))?;
+                config
+                    .github_live
+                    .attach(GithubTarget::new(&config.github_api_base, token)?);
                 Some(GithubDispatch {
                     client: client.clone(),
-                    base: base.as_str().trim_end_matches('/').to_owned(),
-                    token,
+                    live: config.github_live,
                 })
             }
             None => None,
@@ -341,14 +409,13 @@ impl Dispatch {
 #[derive(Clone)]
 pub struct GithubDispatch {
     client: Client,
-    base: String,
-    token: String,
+    live: GithubLive,
 }
 
 impl std::fmt::Debug for GithubDispatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GithubDispatch")
-            .field("base", &self.base)
+            .field("base", &self.live.target().map(|t| t.base))
             .finish_non_exhaustive()
     }
 }
@@ -363,10 +430,15 @@ impl Handler for GithubDispatch {
         let dispatch =
             Dispatch::from_payload(&ctx.task.payload).map_err(HandlerError::permanent)?;
         let target = format!("GitHub {} {}", dispatch.kind, dispatch.path);
+        // Attached when the handler was built; never empty while it runs.
+        let live = self
+            .live
+            .target()
+            .ok_or_else(|| HandlerError::permanent("github.dispatch is not configured"))?;
         let response = self
             .client
-            .post(format!("{}{}", self.base, dispatch.path))
-            .bearer_auth(&self.token)
+            .post(format!("{}{}", live.base, dispatch.path))
+            .bearer_auth(&live.token)
             .header(ACCEPT, "application/vnd.github+json")
             .header("X-GitHub-Api-Version", GITHUB_API_VERSION)
             .json(&dispatch.body)

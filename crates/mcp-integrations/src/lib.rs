@@ -3,16 +3,21 @@
 //! binary builds the adapters from configuration and registers them once at start-up.
 //!
 //! Adapters: [`HttpAdapter`] (`http.request`), [`DeployAdapter`] (`github.dispatch`,
-//! `render.deploy`) and [`LlmAdapter`] (`llm.generate`); Discord, VRChat and VCC follow the same
-//! shape.
+//! `render.deploy`), [`LlmAdapter`] (`llm.generate`) and [`DiscordAdapter`] (`discord.*`);
+//! VRChat and VCC follow the same shape.
 
 pub mod deploy;
+pub mod discord;
+pub mod hooks;
 pub mod http;
 pub mod llm;
+pub mod webhooks;
 
-pub use deploy::{DeployAdapter, DeployConfig, DeployTarget};
+pub use deploy::{DeployAdapter, DeployConfig, DeployTarget, GithubLive};
+pub use discord::{DiscordAdapter, DiscordConfig};
+pub use hooks::{HookKind, HookRule, HookSource};
 pub use http::{HttpAdapter, HttpConfig, HttpRequest};
-pub use llm::{LlmAdapter, LlmConfig};
+pub use llm::{LlmAdapter, LlmConfig, LlmLive};
 
 use async_trait::async_trait;
 use mcp_core::HandlerRegistry;

@@ -18,6 +18,7 @@ use reqwest::header::{ACCEPT, RETRY_AFTER};
 use reqwest::{Client, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// The task type this module handles.
@@ -40,6 +41,74 @@ pub struct LlmConfig {
     /// Limit of one completion call.
     pub timeout: Duration,
     pub user_agent: String,
+    /// Shared with the handler, so the endpoint, model and key can change while running.
+    pub live: LlmLive,
+}
+
+/// Where `llm.generate` calls, changeable while the server runs (an integration stored through
+/// `PUT /v1/integrations/{name}`): every handler built with a clone of it reads it per call.
+#[derive(Clone, Default)]
+pub struct LlmLive(Arc<RwLock<Option<LlmTarget>>>);
+
+#[derive(Clone)]
+struct LlmTarget {
+    endpoint: String,
+    model: String,
+    api_key: Option<String>,
+}
+
+impl LlmTarget {
+    fn new(base_url: &str, model: &str, api_key: Option<String>) -> Result<LlmTarget, String> {
+        let base = Url::parse(base_url).map_err(|err| format!("llm_base_url: {err}"))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err("llm_base_url: must be an http(s) URL".into());
+        }
+        Ok(LlmTarget {
+            endpoint: format!("{}/chat/completions", base.as_str().trim_end_matches('/')),
+            model: model.to_owned(),
+            api_key: api_key.filter(|k| !k.is_empty()),
+        })
+    }
+}
+
+impl std::fmt::Debug for LlmLive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlmLive")
+            .field("attached", &self.is_attached())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LlmLive {
+    /// Checks the settings and, when a handler uses this holder, points it at them.
+    /// `Ok(true)`: in effect for the next call; `Ok(false)`: valid, but no handler is running.
+    pub fn set(
+        &self,
+        base_url: &str,
+        model: &str,
+        api_key: Option<String>,
+    ) -> Result<bool, String> {
+        let target = LlmTarget::new(base_url, model, api_key)?;
+        let mut current = self.0.write().unwrap_or_else(|e| e.into_inner());
+        let attached = current.is_some();
+        if attached {
+            *current = Some(target);
+        }
+        Ok(attached)
+    }
+
+    /// Whether a running handler reads this holder.
+    pub fn is_attached(&self) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+
+    fn attach(&self, target: LlmTarget) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(target);
+    }
+
+    fn target(&self) -> Option<LlmTarget> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl std::fmt::Debug for LlmConfig {
@@ -60,6 +129,7 @@ impl LlmConfig {
             api_key: None,
             timeout: Duration::from_secs(60),
             user_agent: concat!("mkww-mcp/", env!("CARGO_PKG_VERSION"), " (llm)").to_owned(),
+            live: LlmLive::default(),
         }
     }
 }
@@ -72,10 +142,7 @@ pub struct LlmAdapter {
 
 impl LlmAdapter {
     pub fn new(config: LlmConfig) -> Result<Self, String> {
-        let base = Url::parse(&config.base_url).map_err(|err| format!("llm_base_url: {err}"))?;
-        if !matches!(base.scheme(), "http" | "https") {
-            return Err("llm_base_url: must be an http(s) URL".into());
-        }
+        let target = LlmTarget::new(&config.base_url, &config.model, config.api_key)?;
         let client = Client::builder()
             .user_agent(config.user_agent.as_str())
             .timeout(config.timeout)
@@ -84,9 +151,10 @@ impl LlmAdapter {
         Ok(LlmAdapter {
             handler: LlmGenerate {
                 client,
-                endpoint: format!("{}/chat/completions", base.as_str().trim_end_matches('/')),
-                model: config.model,
-                api_key: config.api_key.filter(|k| !k.is_empty()),
+                live: {
+                    config.live.attach(target);
+                    config.live
+                },
             },
         })
     }
@@ -120,16 +188,15 @@ impl Adapter for LlmAdapter {
 #[derive(Clone)]
 pub struct LlmGenerate {
     client: Client,
-    endpoint: String,
-    model: String,
-    api_key: Option<String>,
+    live: LlmLive,
 }
 
 impl std::fmt::Debug for LlmGenerate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let target = self.target();
         f.debug_struct("LlmGenerate")
-            .field("endpoint", &self.endpoint)
-            .field("model", &self.model)
+            .field("endpoint", &target.endpoint)
+            .field("model", &target.model)
             .finish_non_exhaustive()
     }
 }
@@ -157,6 +224,15 @@ struct ChatMessage {
 }
 
 impl LlmGenerate {
+    /// Where calls go now. The holder was attached when the handler was built.
+    fn target(&self) -> LlmTarget {
+        self.live.target().unwrap_or_else(|| LlmTarget {
+            endpoint: String::new(),
+            model: String::new(),
+            api_key: None,
+        })
+    }
+
     /// The request body for the endpoint, from a checked payload.
     fn request_body(&self, payload: &Value) -> Result<Value, String> {
         let p = Payload::deserialize(payload).map_err(|err| err.to_string())?;
@@ -189,7 +265,7 @@ impl LlmGenerate {
         let model = p
             .model
             .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| self.model.clone());
+            .unwrap_or_else(|| self.target().model);
         let mut body = json!({"model": model, "messages": messages});
         if let Some(max_tokens) = p.max_tokens {
             if max_tokens == 0 {
@@ -218,12 +294,13 @@ impl Handler for LlmGenerate {
             .request_body(&ctx.task.payload)
             .map_err(HandlerError::permanent)?;
         let model = body["model"].as_str().unwrap_or_default().to_owned();
+        let target = self.target();
         let mut request = self
             .client
-            .post(&self.endpoint)
+            .post(&target.endpoint)
             .header(ACCEPT, "application/json")
             .json(&body);
-        if let Some(key) = &self.api_key {
+        if let Some(key) = &target.api_key {
             request = request.bearer_auth(key);
         }
         // A cancelled task's future is dropped by the orchestrator, which aborts the call.
@@ -352,7 +429,32 @@ mod tests {
             body,
             json!({"model": "test-model", "messages": [{"role": "user", "content": "hi"}]})
         );
-        assert_eq!(handler().endpoint, "http://127.0.0.1:1/v1/chat/completions");
+        assert_eq!(
+            handler().target().endpoint,
+            "http://127.0.0.1:1/v1/chat/completions"
+        );
+    }
+
+    #[test]
+    fn a_live_holder_changes_where_the_handler_calls() {
+        let live = LlmLive::default();
+        assert!(!live.set("http://127.0.0.1:2/v1", "m", None).unwrap());
+        let mut config = LlmConfig::new("http://127.0.0.1:1/v1", "test-model");
+        config.live = live.clone();
+        let handler = LlmAdapter::new(config).unwrap().handler();
+        assert!(live.is_attached());
+        assert!(
+            live.set("http://127.0.0.1:2/v2", "other", Some("k".into()))
+                .unwrap()
+        );
+        assert_eq!(
+            handler.target().endpoint,
+            "http://127.0.0.1:2/v2/chat/completions"
+        );
+        assert_eq!(handler.target().api_key.as_deref(), Some("k"));
+        let body = handler.request_body(&json!({"prompt": "hi"})).unwrap();
+        assert_eq!(body["model"], "other");
+        assert!(live.set("ftp://x", "m", None).is_err());
     }
 
     #[test]

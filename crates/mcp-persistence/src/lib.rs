@@ -13,12 +13,16 @@ macro_rules! sql {
 
 mod identity_postgres;
 mod identity_sqlite;
+mod integrations_postgres;
+mod integrations_sqlite;
 mod memory_postgres;
 mod memory_sqlite;
 mod postgres;
 mod redis_bus;
 mod redis_limiter;
 mod sqlite;
+mod webhooks_postgres;
+mod webhooks_sqlite;
 
 pub use postgres::PgTaskStore;
 pub use redis_bus::RedisBus;

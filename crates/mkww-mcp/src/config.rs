@@ -6,9 +6,10 @@ use anyhow::Context;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use ipnet::IpNet;
+use mcp_api::discord::DiscordCommand;
 use mcp_api::token::Tokens;
 use mcp_core::secrets::{MasterKey, SecretBox};
-use mcp_integrations::DeployTarget;
+use mcp_integrations::{DeployTarget, HookSource};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -179,6 +180,30 @@ pub struct Config {
     pub llm_timeout_ms: u64,
     /// How long `POST /ask-gemini` waits for its answer before 504 `llm_timeout`.
     pub ask_timeout_ms: u64,
+    /// Discord REST API base of the `discord.*` task types.
+    pub discord_api_base: String,
+    /// Bot token of `discord.send_message` and `discord.edit_message`; unset: not offered.
+    pub discord_bot_token: Option<String>,
+    /// The application's public key (hex) that signs interactions; unset:
+    /// `POST /v1/discord/interactions` answers 404 `discord_not_configured`.
+    pub discord_public_key: Option<String>,
+    /// Slash commands of the interactions endpoint: `[discord.commands.<name>] task = "…"`.
+    pub discord: DiscordSettings,
+    /// `POST /v1/hooks/{source}`: source name → kind, secret and rules (`docs/integrations.md`).
+    pub hooks: BTreeMap<String, HookSource>,
+    /// Incoming hooks: Standard Webhooks timestamps further than this from now are refused, and
+    /// a delivery id is refused again for this long (remembered per node).
+    pub hooks_tolerance_secs: u64,
+    /// Largest incoming hook body, in bytes.
+    pub hooks_max_body_bytes: usize,
+    /// Outgoing webhooks may target loopback, private, link-local and unique-local addresses.
+    pub webhooks_allow_private: bool,
+    /// A webhook failing this many days without a success is disabled.
+    pub webhook_disable_after_days: u64,
+    /// Limit of one webhook delivery attempt.
+    pub webhook_timeout_ms: u64,
+    /// Attempts of one webhook delivery (its `webhook.deliver` task) before it is `dead`.
+    pub webhook_max_attempts: i32,
 }
 
 impl Default for Config {
@@ -265,8 +290,27 @@ impl Default for Config {
             llm_api_key: None,
             llm_timeout_ms: 60_000,
             ask_timeout_ms: 60_000,
+            discord_api_base: "https://discord.com/api/v10".into(),
+            discord_bot_token: None,
+            discord_public_key: None,
+            discord: DiscordSettings::default(),
+            hooks: BTreeMap::new(),
+            hooks_tolerance_secs: 300,
+            hooks_max_body_bytes: 1024 * 1024,
+            webhooks_allow_private: false,
+            webhook_disable_after_days: 5,
+            webhook_timeout_ms: 15_000,
+            webhook_max_attempts: 8,
         }
     }
+}
+
+/// The `[discord]` section of the file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscordSettings {
+    /// Slash command name → the task it creates.
+    pub commands: BTreeMap<String, DiscordCommand>,
 }
 
 /// Every key, for picking `MCP_*` variables: others (such as `MCP_TEST_DATABASE_URL`) are not
@@ -358,8 +402,41 @@ impl Config {
             }
         }
         anyhow::ensure!(self.ask_timeout_ms > 0, "ask_timeout_ms must be at least 1");
+        self.discord_public_key()?;
+        for (name, command) in &self.discord.commands {
+            anyhow::ensure!(
+                !command.task.is_empty(),
+                "discord.commands.{name}: `task` must name a task type"
+            );
+        }
+        for (name, source) in &self.hooks {
+            anyhow::ensure!(
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                "hooks.\"{name}\": a source name is letters, digits, `-` and `_`"
+            );
+            source
+                .check()
+                .map_err(|e| anyhow::anyhow!("hooks.{name}: {e}"))?;
+        }
+        anyhow::ensure!(
+            self.hooks_tolerance_secs > 0,
+            "hooks_tolerance_secs must be at least 1"
+        );
         self.database()?;
         Ok(())
+    }
+
+    /// The key that signs Discord interactions, if one is configured.
+    pub fn discord_public_key(&self) -> anyhow::Result<Option<mcp_api::discord::VerifyingKey>> {
+        match self.discord_public_key.as_deref().filter(|k| !k.is_empty()) {
+            Some(hex) => Ok(Some(
+                mcp_api::discord::parse_public_key(hex).map_err(anyhow::Error::msg)?,
+            )),
+            None => Ok(None),
+        }
     }
 
     pub fn database(&self) -> anyhow::Result<Database> {
@@ -704,6 +781,72 @@ web = "https://api.render.com/deploy/srv-1?key=k"
             )?;
             let err = Config::load(None).unwrap_err();
             assert!(format!("{err:#}").contains("needs `ref`"), "{err:#}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn reads_hook_sources_and_refuses_unusable_ones() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "mkww-mcp.toml",
+                r#"
+[hooks.gh]
+kind = "github"
+secret = "s3cret"
+[[hooks.gh.rules]]
+event = "push"
+task = "github.dispatch"
+payload = { event_type = "deploy" }
+payload_from = { repo = "/repository/full_name" }
+[hooks.ci]
+kind = "hmac"
+secret = "k"
+header = "X-Signature"
+encoding = "base64"
+prefix = "sha256="
+"#,
+            )?;
+            let config = Config::load(None).expect("load");
+            assert_eq!(config.hooks["gh"].rules[0].task, "github.dispatch");
+            assert_eq!(config.hooks["ci"].prefix.as_deref(), Some("sha256="));
+            assert_eq!(config.hooks_tolerance_secs, 300);
+            jail.create_file(
+                "mkww-mcp.toml",
+                "[hooks.ci]\nkind = \"hmac\"\nsecret = \"k\"\n",
+            )?;
+            let err = Config::load(None).unwrap_err();
+            assert!(format!("{err:#}").contains("needs `header`"), "{err:#}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn reads_discord_settings_and_refuses_a_bad_public_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "mkww-mcp.toml",
+                r#"
+discord_public_key = "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+[discord.commands.ask]
+task = "llm.generate"
+include_ids = false
+[discord.commands.deploy]
+task = "github.dispatch"
+"#,
+            )?;
+            jail.set_env("MCP_DISCORD_BOT_TOKEN", "bot-token");
+            jail.set_env("MCP_DISCORD_API_BASE", "http://127.0.0.1:9/api");
+            let config = Config::load(None).expect("load");
+            assert_eq!(config.discord_bot_token.as_deref(), Some("bot-token"));
+            assert_eq!(config.discord_api_base, "http://127.0.0.1:9/api");
+            assert!(config.discord_public_key().unwrap().is_some());
+            assert_eq!(config.discord.commands["ask"].task, "llm.generate");
+            assert!(!config.discord.commands["ask"].include_ids);
+            assert!(config.discord.commands["deploy"].include_ids);
+            jail.set_env("MCP_DISCORD_PUBLIC_KEY", "not-hex");
+            let err = Config::load(None).unwrap_err();
+            assert!(format!("{err:#}").contains("discord_public_key"), "{err:#}");
             Ok(())
         });
     }

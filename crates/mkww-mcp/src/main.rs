@@ -5,6 +5,7 @@ mod bench;
 mod bench_memory;
 mod bench_ws;
 mod config;
+mod integrations;
 mod serve;
 mod tls;
 

@@ -2,23 +2,30 @@
 //! the API, and shuts everything down gracefully on SIGINT/SIGTERM.
 
 use crate::config::{Config, Database};
+use crate::integrations::LiveIntegrations;
 use anyhow::Context;
 use mcp_api::MemoryLimits;
 use mcp_api::token::parse_ttl;
 use mcp_api::ws::WsConfig;
-use mcp_api::{ApiConfig, AppState, MetricsRenderer, RateLimits, Security, SecurityConfig};
+use mcp_api::{
+    ApiConfig, AppState, HooksConfig, MetricsRenderer, RateLimits, Security, SecurityConfig,
+};
 use mcp_core::credentials;
 use mcp_core::events::{BusConfig, EventBus, MemoryBus};
 use mcp_core::identity::{AuditEvent, IdentityStore, User};
+use mcp_core::integrations::IntegrationStore;
 use mcp_core::limiter::{Limiter, MemoryLimiter, Quota};
 use mcp_core::memory::{MemoryStore, SUMMARIZE_TASK, Summarizer};
 use mcp_core::principal::Role;
 use mcp_core::routing::BreakerConfig;
 use mcp_core::task::TaskDefaults;
+use mcp_core::webhooks::{DELIVER_TASK, WebhookStore};
 use mcp_core::{Backoff, HandlerRegistry, Orchestrator, OrchestratorConfig, StoreError, TaskStore};
 use mcp_integrations::Adapter;
 use mcp_integrations::http::{HttpAdapter, HttpConfig};
+use mcp_integrations::webhooks::{DeliverHandler, Dispatcher, WebhookConfig};
 use mcp_integrations::{DeployAdapter, DeployConfig, LlmAdapter, LlmConfig};
+use mcp_integrations::{DiscordAdapter, DiscordConfig};
 use mcp_persistence::{PgTaskStore, RedisBus, RedisLimiter, SqliteOptions, SqliteTaskStore};
 use std::path::Path;
 use std::sync::Arc;
@@ -50,16 +57,34 @@ pub struct Stores {
     pub tasks: Arc<dyn TaskStore>,
     pub identities: Arc<dyn IdentityStore>,
     pub memory: Arc<dyn MemoryStore>,
+    pub integrations: Arc<dyn IntegrationStore>,
+    pub webhooks: Arc<dyn WebhookStore>,
 }
 
 impl Stores {
-    fn of<S: TaskStore + IdentityStore + MemoryStore>(store: S) -> Stores {
+    fn of<S: TaskStore + IdentityStore + MemoryStore + IntegrationStore + WebhookStore>(
+        store: S,
+    ) -> Stores {
         let store = Arc::new(store);
         Stores {
             tasks: store.clone(),
             identities: store.clone(),
+            integrations: store.clone(),
+            webhooks: store.clone(),
             memory: store,
         }
+    }
+}
+
+/// Settings of outgoing webhook deliveries.
+pub fn webhook_config(config: &Config) -> WebhookConfig {
+    WebhookConfig {
+        allow_private: config.webhooks_allow_private,
+        timeout: Config::ms(config.webhook_timeout_ms),
+        disable_after: (config.webhook_disable_after_days > 0)
+            .then(|| chrono::Duration::days(config.webhook_disable_after_days.min(36_500) as i64)),
+        max_attempts: config.webhook_max_attempts.max(1),
+        ..WebhookConfig::default()
     }
 }
 
@@ -103,7 +128,9 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Stores> {
     }
 }
 
-pub fn registry(config: &Config) -> anyhow::Result<HandlerRegistry> {
+/// The handlers of the configured adapters. `live` is shared with the `llm.generate` and
+/// `github.dispatch` handlers, so stored integrations change them while running.
+pub fn registry(config: &Config, live: &LiveIntegrations) -> anyhow::Result<HandlerRegistry> {
     let mut registry = HandlerRegistry::with_builtins();
     HttpAdapter::new(HttpConfig {
         default_timeout: Config::ms(config.http_timeout_ms),
@@ -119,6 +146,7 @@ pub fn registry(config: &Config) -> anyhow::Result<HandlerRegistry> {
         github_token: config.github_token.clone().filter(|t| !t.is_empty()),
         render_deploy_hooks: config.render_deploy_hooks.clone(),
         timeout: Config::ms(config.http_timeout_ms),
+        github_live: live.github.clone(),
         ..DeployConfig::default()
     })
     .map_err(anyhow::Error::msg)
@@ -128,12 +156,24 @@ pub fn registry(config: &Config) -> anyhow::Result<HandlerRegistry> {
         LlmAdapter::new(LlmConfig {
             api_key: config.llm_api_key.clone(),
             timeout: Config::ms(config.llm_timeout_ms),
+            live: live.llm.clone(),
             ..LlmConfig::new(base_url, &config.llm_model)
         })
         .map_err(anyhow::Error::msg)
         .context("cannot set up the LLM")?
         .register(&mut registry);
     }
+    // `discord.webhook_execute` needs no credentials (it also sends interaction follow-ups);
+    // the bot's task types exist only with a bot token.
+    DiscordAdapter::new(DiscordConfig {
+        api_base: config.discord_api_base.clone(),
+        bot_token: config.discord_bot_token.clone().filter(|t| !t.is_empty()),
+        timeout: Config::ms(config.http_timeout_ms),
+        ..DiscordConfig::default()
+    })
+    .map_err(anyhow::Error::msg)
+    .context("cannot set up Discord")?
+    .register(&mut registry);
     Ok(registry)
 }
 
@@ -207,11 +247,25 @@ pub fn api_state(
                 })
                 .collect(),
             ask_timeout: Config::ms(config.ask_timeout_ms),
+            discord: mcp_api::discord::DiscordInteractions {
+                // Checked when the configuration was loaded.
+                public_key: config.discord_public_key().ok().flatten(),
+                commands: config.discord.commands.clone(),
+                ..Default::default()
+            },
+            hooks: HooksConfig::new(
+                config.hooks.clone(),
+                Duration::from_secs(config.hooks_tolerance_secs),
+                config.hooks_max_body_bytes,
+            ),
             ..ApiConfig::default()
         }),
         security: Arc::new(security),
         events,
         memory,
+        // `serve` sets the store, the SecretBox and the runtime.
+        integrations: Arc::default(),
+        webhooks: None,
         metrics,
         shutdown: tokio_util::sync::CancellationToken::new(),
     }
@@ -412,7 +466,11 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     let stores = open_store(&config).await?;
     bootstrap_admin(&config, stores.identities.as_ref()).await?;
     let security = security(&config, stores.identities.clone(), limiter(&config).await?)?;
-    let mut handlers = registry(&config)?;
+    // Integrations stored through the API apply over the file's settings.
+    let file_config = config.clone();
+    crate::integrations::merge_stored(&mut config, stores.integrations.as_ref(), &secrets).await?;
+    let live = LiveIntegrations::default();
+    let mut handlers = registry(&config, &live)?;
     if config.memory_builtin_summarizer {
         handlers.register(
             SUMMARIZE_TASK,
@@ -421,6 +479,14 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
             },
         );
     }
+    handlers.register(
+        DELIVER_TASK,
+        DeliverHandler {
+            store: stores.webhooks.clone(),
+            secrets: Arc::new(secrets.clone()),
+            config: webhook_config(&config),
+        },
+    );
     let events = event_bus(&config).await?;
     let orchestrator = Orchestrator::with_events(
         stores.tasks,
@@ -441,7 +507,7 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         tls = config.tls_cert.is_some(),
         "listening"
     );
-    let state = api_state(
+    let mut state = api_state(
         &config,
         orchestrator,
         security,
@@ -449,6 +515,31 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         stores.memory.clone(),
         metrics_renderer(),
     );
+    // Outgoing webhooks: their routes, and the dispatcher that turns events into deliveries.
+    state.webhooks = Some(mcp_api::WebhookState {
+        store: stores.webhooks.clone(),
+        secrets: Arc::new(secrets.clone()),
+        allow_private: config.webhooks_allow_private,
+        max_attempts: config.webhook_max_attempts.max(1),
+    });
+    tokio::spawn(
+        Dispatcher {
+            store: stores.webhooks.clone(),
+            orchestrator: state.orchestrator.clone(),
+            events: state.events.clone(),
+            max_attempts: config.webhook_max_attempts.max(1),
+        }
+        .run(state.shutdown.clone()),
+    );
+    state.integrations = Arc::new(mcp_api::integrations::Integrations {
+        store: Some(stores.integrations.clone()),
+        secrets: Some(secrets),
+        configured: crate::integrations::configured(&file_config),
+        runtime: Some(Arc::new(crate::integrations::Runtime {
+            file: file_config,
+            live,
+        })),
+    });
     let stopping = state.shutdown.clone();
     let retention = tokio::spawn(memory_retention(
         stores.memory.clone(),

@@ -95,8 +95,24 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "admin operator service user",
     ),
     ("GET", "/v1/search/messages", "admin operator service user"),
+    ("GET", "/v1/integrations", "admin"),
+    ("GET", "/v1/integrations/{name}", "admin"),
+    ("PUT", "/v1/integrations/{name}", "admin"),
+    ("DELETE", "/v1/integrations/{name}", "admin"),
+    // Public to the guard: the handler checks each source's signature (401 without one).
+    ("POST", "/v1/hooks/{source}", "*"),
+    ("POST", "/v1/discord/interactions", "*"),
     ("POST", "/deploy", "admin operator service user"),
     ("POST", "/ask-gemini", "admin operator service user"),
+    ("POST", "/v1/webhooks", "admin"),
+    ("GET", "/v1/webhooks", "admin"),
+    ("DELETE", "/v1/webhooks/{id}", "admin"),
+    ("GET", "/v1/webhooks/{id}/deliveries", "admin"),
+    (
+        "POST",
+        "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
+        "admin",
+    ),
 ];
 
 fn allowed(spec: &str, role: &str) -> bool {
@@ -109,6 +125,7 @@ async fn send(client: &reqwest::Client, server: &Server, method: &str, path: &st
         "GET" => client.get(url),
         "POST" => client.post(url).json(&json!({})),
         "PATCH" => client.patch(url).json(&json!({})),
+        "PUT" => client.put(url).json(&json!({})),
         "DELETE" => client.delete(url),
         other => panic!("method {other} not covered by this test"),
     };

@@ -704,6 +704,8 @@ impl Connection {
         let (namespace, rest) = channel.split_once(':').unwrap_or((channel, ""));
         let allowed = match (namespace, rest) {
             ("tasks", "") | ("system.breakers", "") => principal.can(Permission::TasksReadAny),
+            // Incoming webhooks (crate::hooks): `hooks` and `hooks:{source}`.
+            ("hooks", _) => principal.can(Permission::TasksReadAny),
             ("task", id) if !id.is_empty() => {
                 principal.can(Permission::TasksReadAny) || self.owns_task(principal, id).await?
             }

@@ -1,0 +1,183 @@
+//! Incoming webhooks: `POST /v1/hooks/{source}`. The route needs no credentials; each configured
+//! source authenticates its deliveries by signature (`mcp_integrations::hooks`). A verified hook
+//! is published as the event `hook.{source}.{event}` on `hooks:{source}` and `hooks`, and its
+//! source's matching rules become tasks created by `hook:{source}`. Anything unverified, stale or
+//! replayed is refused with 401 before anything is stored or published.
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::request_id;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use mcp_core::Origin;
+use mcp_core::events::Event;
+use mcp_integrations::hooks::{self, HookError, HookSource, ReplayGuard};
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Most delivery ids the replay guard remembers (the oldest are forgotten first beyond it).
+const REPLAY_CAPACITY: usize = 100_000;
+
+/// The configured hook sources and their limits.
+#[derive(Debug, Clone)]
+pub struct HooksConfig {
+    /// Source name (the `{source}` of the path) → how it signs and what it triggers.
+    pub sources: BTreeMap<String, HookSource>,
+    /// Standard Webhooks timestamps further than this from now are refused; a delivery id is
+    /// remembered this long.
+    pub tolerance: Duration,
+    /// Largest hook body, in bytes (413 `payload_too_large` beyond).
+    pub max_body_bytes: usize,
+    /// Delivery ids seen recently, in memory: per node.
+    pub replay: Arc<ReplayGuard>,
+}
+
+impl HooksConfig {
+    pub fn new(
+        sources: BTreeMap<String, HookSource>,
+        tolerance: Duration,
+        max_body_bytes: usize,
+    ) -> Self {
+        HooksConfig {
+            sources,
+            tolerance,
+            max_body_bytes,
+            replay: Arc::new(ReplayGuard::new(tolerance, REPLAY_CAPACITY)),
+        }
+    }
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig::new(BTreeMap::new(), Duration::from_secs(300), 1024 * 1024)
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HookAccepted {
+    /// The published event type, `hook.{source}.{event}`.
+    pub event: String,
+    /// The tasks the source's rules created, in rule order.
+    pub tasks: Vec<Uuid>,
+}
+
+fn refused(error: &HookError) -> ApiError {
+    ApiError::new(
+        StatusCode::UNAUTHORIZED,
+        "invalid_signature",
+        error.to_string(),
+    )
+}
+
+/// Receive a signed webhook from a configured source (GitHub, Standard Webhooks, generic HMAC).
+#[utoipa::path(post, path = "/v1/hooks/{source}", tag = "integrations",
+    params(("source" = String, Path, description = "a key of the `hooks` configuration")),
+    request_body(content = String, description = "the sender's body, verified byte for byte"),
+    responses(
+        (status = 202, description = "verified: the event is published and the rules' tasks are queued", body = HookAccepted),
+        (status = 401, description = "`invalid_signature`: missing or wrong signature, stale timestamp, or a replayed delivery id; nothing is stored", body = ErrorBody),
+        (status = 404, description = "`unknown_hook_source`: no such source is configured", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 422, description = "`unknown_task_type`: a matching rule names a task type nobody serves", body = ErrorBody),
+    ))]
+pub async fn receive(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<HookAccepted>), ApiError> {
+    let config = &state.config.hooks;
+    let source = config.sources.get(&name).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_hook_source",
+            format!("no hook source `{name}` is configured"),
+        )
+    })?;
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("hook bodies are limited to {} bytes", config.max_body_bytes),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                rejection.body_text(),
+            )
+        }
+    })?;
+    let pairs: Vec<(String, String)> = headers
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+        .collect();
+    let now = chrono::Utc::now().timestamp();
+    let verified = hooks::verify(source, &pairs, &body, now, config.tolerance).map_err(|e| {
+        tracing::warn!(source = %name, error = %e, "hook refused");
+        refused(&e)
+    })?;
+
+    // A body that is not JSON (a form post) is still a hook: its rules see `null`, its event
+    // carries the text.
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+    let json_body = parsed.clone().unwrap_or(Value::Null);
+    let created_by = format!("hook:{name}");
+    let correlation = request_id::current();
+    let origin = Origin {
+        correlation_id: correlation.as_deref(),
+        created_by: Some(&created_by),
+    };
+    // Prepared before the replay check: a rule that cannot make a task leaves the delivery
+    // unconsumed, so the sender's retry works once the configuration is fixed.
+    let tasks = hooks::tasks_for(&name, source, &verified, &json_body)
+        .into_iter()
+        .enumerate()
+        .map(|(i, create)| state.orchestrator.prepare(create, origin, Some(i)))
+        .collect::<Result<Vec<_>, _>>()?;
+    config
+        .replay
+        .check(&format!("{name}:{}", verified.delivery), Instant::now())
+        .map_err(|e| {
+            tracing::warn!(source = %name, error = %e, "hook replay refused");
+            refused(&e)
+        })?;
+
+    let inserted = if tasks.is_empty() {
+        Vec::new()
+    } else {
+        state.orchestrator.insert(&tasks).await?
+    };
+    let ids: Vec<Uuid> = inserted.iter().map(|i| i.task.id).collect();
+    let event_type = format!("hook.{name}.{}", verified.event);
+    let data = json!({
+        "source": name,
+        "event": verified.event,
+        "delivery": verified.delivery,
+        "body": parsed.unwrap_or_else(|| Value::String(String::from_utf8_lossy(&body).into_owned())),
+        "tasks": ids,
+    });
+    let event = Arc::new(Event::new(event_type.clone(), data, correlation.clone()));
+    for channel in [format!("hooks:{name}"), "hooks".to_owned()] {
+        if let Err(e) = state.events.publish(&channel, event.clone()).await {
+            tracing::warn!(channel, error = %e, "hook event not published");
+        }
+    }
+    tracing::info!(source = %name, event = %event_type, tasks = ids.len(), "hook accepted");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(HookAccepted {
+            event: event_type,
+            tasks: ids,
+        }),
+    ))
+}

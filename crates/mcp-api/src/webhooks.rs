@@ -1,0 +1,352 @@
+//! Outgoing webhooks: subscribe a URL to events, list and delete subscriptions, read a webhook's
+//! delivery log and redeliver an entry. The secret is shown once, in the reply that creates the
+//! webhook, and stored sealed. Deliveries themselves are `webhook.deliver` tasks (see
+//! `mcp-integrations`'s `webhooks`).
+
+use crate::AppState;
+use crate::auth::{ClientIp, Principal};
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, Uri};
+use chrono::{DateTime, Utc};
+use mcp_core::Origin;
+use mcp_core::secrets::SecretBox;
+use mcp_core::task::CreateTask;
+use mcp_core::webhooks::{
+    DELIVER_TASK, SECRET_PURPOSE, Webhook, WebhookDelivery, WebhookStore, generate_secret,
+    is_private_address, valid_filter,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// Longest accepted webhook URL.
+const MAX_URL_LEN: usize = 2048;
+/// Most filters on one webhook.
+const MAX_FILTERS: usize = 32;
+/// Default and largest page of the delivery log.
+const DEFAULT_DELIVERIES: u32 = 50;
+const MAX_DELIVERIES: u32 = 500;
+
+/// What the webhook routes need.
+#[derive(Clone)]
+pub struct WebhookState {
+    pub store: Arc<dyn WebhookStore>,
+    pub secrets: Arc<SecretBox>,
+    /// Allow targets on private addresses (`webhooks_allow_private`).
+    pub allow_private: bool,
+    /// Attempts of each delivery task.
+    pub max_attempts: i32,
+}
+
+fn invalid(field: &str, message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
+        .with_details(json!({"field": field}))
+}
+
+fn not_allowed(message: impl Into<String>) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "webhook_url_not_allowed",
+        message,
+    )
+}
+
+fn webhook_not_found(id: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "webhook_not_found",
+        format!("no webhook with id `{id}`"),
+    )
+}
+
+fn state_of(state: &AppState) -> Result<&WebhookState, ApiError> {
+    state.webhooks.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "webhooks_unavailable",
+            "outgoing webhooks are not set up on this server",
+        )
+    })
+}
+
+/// Checks the URL's form and resolves it; a target with a private address is refused unless
+/// allowed. The delivery checks again, after its own resolution.
+async fn check_url(url: &str, allow_private: bool) -> Result<(), ApiError> {
+    if url.len() > MAX_URL_LEN {
+        return Err(invalid(
+            "url",
+            format!("a url has at most {MAX_URL_LEN} bytes"),
+        ));
+    }
+    let uri: Uri = url
+        .parse()
+        .map_err(|_| invalid("url", "the url is not valid"))?;
+    let port = match uri.scheme_str() {
+        Some("http") => 80,
+        Some("https") => 443,
+        _ => return Err(invalid("url", "the url must be http or https")),
+    };
+    let host = uri
+        .host()
+        .ok_or_else(|| invalid("url", "the url has no host"))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let port = uri.port_u16().unwrap_or(port);
+    let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| invalid("url", format!("cannot resolve `{host}`: {e}")))?
+        .collect();
+    if !allow_private && addrs.iter().any(|a| is_private_address(a.ip())) {
+        return Err(not_allowed(format!(
+            "`{host}` resolves to a private address; webhooks may not target it"
+        )));
+    }
+    Ok(())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// Where deliveries are POSTed (http or https).
+    pub url: String,
+    /// Event filters: exact types (`task.dead`), prefixes (`task.*`) or `*`.
+    pub events: Vec<String>,
+}
+
+/// A new webhook, with its secret (shown only here).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedWebhook {
+    #[serde(flatten)]
+    pub webhook: Webhook,
+    /// `whsec_` + base64 of the 32-byte signing key.
+    pub secret: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookList {
+    pub webhooks: Vec<Webhook>,
+}
+
+/// Subscribe a URL to events.
+#[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
+    responses(
+        (status = 201, description = "created; the secret is shown only now", body = CreatedWebhook),
+        (status = 422, description = "bad url or filter, or a private target (`webhook_url_not_allowed`)", body = ErrorBody),
+    ))]
+pub async fn create(
+    State(state): State<AppState>,
+    principal: Principal,
+    ip: ClientIp,
+    ApiJson(request): ApiJson<CreateWebhook>,
+) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
+    let hooks = state_of(&state)?;
+    if request.events.is_empty() || request.events.len() > MAX_FILTERS {
+        return Err(invalid(
+            "events",
+            format!("a webhook has 1 to {MAX_FILTERS} event filters"),
+        ));
+    }
+    if let Some(bad) = request.events.iter().find(|f| !valid_filter(f)) {
+        return Err(invalid(
+            "events",
+            format!("`{bad}` is not an event filter (`type`, `prefix.*` or `*`)"),
+        ));
+    }
+    check_url(&request.url, hooks.allow_private).await?;
+    let secret = generate_secret();
+    let sealed = hooks
+        .secrets
+        .seal(secret.as_bytes(), SECRET_PURPOSE)
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot seal a webhook secret");
+            ApiError::internal()
+        })?;
+    let webhook = Webhook {
+        id: Uuid::now_v7(),
+        url: request.url,
+        events: request.events,
+        secret_sealed: sealed,
+        enabled: true,
+        created_by: principal.subject.clone(),
+        created_at: Utc::now(),
+        failing_since: None,
+        disabled_at: None,
+    };
+    hooks.store.create_webhook(&webhook).await?;
+    state
+        .security
+        .audit(
+            "webhook.created",
+            Some(&principal.subject),
+            ip,
+            json!({"webhook": webhook.id, "url": webhook.url, "events": webhook.events}),
+        )
+        .await;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedWebhook { webhook, secret }),
+    ))
+}
+
+/// List webhooks (never their secrets).
+#[utoipa::path(get, path = "/v1/webhooks", tag = "webhooks",
+    responses((status = 200, description = "all webhooks", body = WebhookList)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<WebhookList>, ApiError> {
+    let webhooks = state_of(&state)?.store.list_webhooks().await?;
+    Ok(Json(WebhookList { webhooks }))
+}
+
+/// Delete a webhook and its delivery log; pending deliveries are dropped.
+#[utoipa::path(delete, path = "/v1/webhooks/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "webhook id")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, description = "no such webhook", body = ErrorBody),
+    ))]
+pub async fn delete(
+    State(state): State<AppState>,
+    principal: Principal,
+    ip: ClientIp,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let webhook_id = Uuid::parse_str(&id).map_err(|_| webhook_not_found(&id))?;
+    if !state_of(&state)?.store.delete_webhook(webhook_id).await? {
+        return Err(webhook_not_found(&id));
+    }
+    state
+        .security
+        .audit(
+            "webhook.deleted",
+            Some(&principal.subject),
+            ip,
+            json!({"webhook": webhook_id}),
+        )
+        .await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DeliveryQuery {
+    /// Most entries (default 50, at most 500).
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeliveryList {
+    pub deliveries: Vec<WebhookDelivery>,
+}
+
+/// A webhook's delivery log, newest first.
+#[utoipa::path(get, path = "/v1/webhooks/{id}/deliveries", tag = "webhooks",
+    params(("id" = String, Path, description = "webhook id"), DeliveryQuery),
+    responses(
+        (status = 200, description = "the delivery log", body = DeliveryList),
+        (status = 404, description = "no such webhook", body = ErrorBody),
+    ))]
+pub async fn deliveries(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(query): ApiQuery<DeliveryQuery>,
+) -> Result<Json<DeliveryList>, ApiError> {
+    let hooks = state_of(&state)?;
+    let webhook_id = Uuid::parse_str(&id).map_err(|_| webhook_not_found(&id))?;
+    if hooks.store.webhook(webhook_id).await?.is_none() {
+        return Err(webhook_not_found(&id));
+    }
+    let limit = query
+        .limit
+        .unwrap_or(DEFAULT_DELIVERIES)
+        .clamp(1, MAX_DELIVERIES);
+    let deliveries = hooks.store.list_deliveries(webhook_id, limit).await?;
+    Ok(Json(DeliveryList { deliveries }))
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Redelivery {
+    pub delivery_id: Uuid,
+    /// The `webhook.deliver` task that sends it again.
+    pub task_id: Uuid,
+    pub at: DateTime<Utc>,
+}
+
+/// Send a logged delivery again (same `webhook-id`, new timestamp and signature). A disabled
+/// webhook is enabled again by this.
+#[utoipa::path(post, path = "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver", tag = "webhooks",
+    params(("id" = String, Path, description = "webhook id"),
+           ("delivery_id" = String, Path, description = "delivery id")),
+    responses(
+        (status = 202, description = "enqueued", body = Redelivery),
+        (status = 404, description = "no such webhook or delivery", body = ErrorBody),
+    ))]
+pub async fn redeliver(
+    State(state): State<AppState>,
+    principal: Principal,
+    ip: ClientIp,
+    Path((id, delivery_id)): Path<(String, String)>,
+) -> Result<(StatusCode, Json<Redelivery>), ApiError> {
+    let hooks = state_of(&state)?;
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "delivery_not_found",
+            format!("webhook `{id}` has no delivery `{delivery_id}`"),
+        )
+    };
+    let webhook_id = Uuid::parse_str(&id).map_err(|_| webhook_not_found(&id))?;
+    let webhook = hooks
+        .store
+        .webhook(webhook_id)
+        .await?
+        .ok_or_else(|| webhook_not_found(&id))?;
+    let delivery_uuid = Uuid::parse_str(&delivery_id).map_err(|_| not_found())?;
+    let delivery = hooks
+        .store
+        .delivery(delivery_uuid)
+        .await?
+        .filter(|d| d.webhook_id == webhook_id)
+        .ok_or_else(not_found)?;
+    if !webhook.enabled {
+        hooks
+            .store
+            .set_webhook_health(webhook_id, None, true)
+            .await?;
+    }
+    let inserted = state
+        .orchestrator
+        .create(
+            CreateTask {
+                task_type: DELIVER_TASK.to_owned(),
+                payload: Some(json!({ "delivery_id": delivery.id })),
+                max_attempts: Some(hooks.max_attempts),
+                ..CreateTask::default()
+            },
+            Origin {
+                correlation_id: None,
+                created_by: Some(&principal.subject),
+            },
+        )
+        .await?;
+    state
+        .security
+        .audit(
+            "webhook.redelivered",
+            Some(&principal.subject),
+            ip,
+            json!({"webhook": webhook_id, "delivery": delivery.id}),
+        )
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Redelivery {
+            delivery_id: delivery.id,
+            task_id: inserted.task.id,
+            at: Utc::now(),
+        }),
+    ))
+}
