@@ -115,18 +115,23 @@ async fn existing(state: &AppState, id: &str) -> Result<Conversation, ApiError> 
         .ok_or_else(|| conversation_not_found(id))
 }
 
-/// The emit point of the memory service: every change is an event on `conversation:{id}`.
-/// Publishing is best effort: the change is stored already, and a subscriber that missed the
-/// event resyncs through REST.
+/// The emit point of the memory service: every change is an event on `conversation:{id}` and on
+/// `memory` (every conversation's changes: outgoing webhooks follow it). Publishing is best
+/// effort: the change is stored already, and a subscriber that missed the event resyncs through
+/// REST.
 async fn emit(state: &AppState, conversation_id: Uuid, event_type: &str, data: Value) {
-    let channel = format!("conversation:{conversation_id}");
-    let event = mcp_core::events::Event::new(event_type, data, request_id::current());
-    if let Err(e) = state
-        .events
-        .publish(&channel, std::sync::Arc::new(event))
-        .await
-    {
-        tracing::warn!(error = %e, %channel, event = event_type, "event not published");
+    let event = std::sync::Arc::new(mcp_core::events::Event::new(
+        event_type,
+        data,
+        request_id::current(),
+    ));
+    for channel in [
+        format!("conversation:{conversation_id}"),
+        "memory".to_owned(),
+    ] {
+        if let Err(e) = state.events.publish(&channel, event.clone()).await {
+            tracing::warn!(error = %e, %channel, event = event_type, "event not published");
+        }
     }
 }
 

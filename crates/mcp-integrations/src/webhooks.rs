@@ -33,6 +33,8 @@ use uuid::Uuid;
 
 /// The channel whose events the dispatcher follows.
 pub const TASKS_CHANNEL: &str = "tasks";
+/// Every conversation's changes (`memory.*` events).
+pub const MEMORY_CHANNEL: &str = "memory";
 
 /// Settings of outgoing webhooks.
 #[derive(Debug, Clone)]
@@ -331,7 +333,8 @@ pub async fn enqueue(
         .map_err(|e| e.to_string())
 }
 
-/// Follows the `tasks` channel and turns each event into one delivery per webhook that wants it.
+/// Follows the `tasks` and `memory` channels and turns each event into one delivery per webhook
+/// that wants it.
 pub struct Dispatcher {
     pub store: Arc<dyn WebhookStore>,
     pub orchestrator: Arc<Orchestrator>,
@@ -343,8 +346,16 @@ impl Dispatcher {
     /// Runs until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         loop {
-            let mut live = match self.events.subscribe(TASKS_CHANNEL).await {
-                Ok(live) => live,
+            let subscribed = match self.events.subscribe(TASKS_CHANNEL).await {
+                Ok(tasks) => self
+                    .events
+                    .subscribe(MEMORY_CHANNEL)
+                    .await
+                    .map(|m| (tasks, m)),
+                Err(e) => Err(e),
+            };
+            let (mut live, mut memory) = match subscribed {
+                Ok(both) => both,
                 Err(e) => {
                     tracing::warn!(error = %e, "webhooks: cannot subscribe; retrying");
                     tokio::select! {
@@ -357,6 +368,7 @@ impl Dispatcher {
                 let received = tokio::select! {
                     _ = stop.cancelled() => return,
                     received = live.recv() => received,
+                    received = memory.recv() => received,
                 };
                 match received {
                     Ok(delivery) if delivery.offset == 0 => {}

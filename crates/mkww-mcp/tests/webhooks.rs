@@ -391,3 +391,31 @@ async fn delivers_over_postgres_too() {
     drop(server);
     schema.drop_schema().await;
 }
+
+#[tokio::test]
+async fn delivers_memory_events_to_memory_filters() {
+    let (receiver, addr) = start_receiver(200).await;
+    let server = Server::start(&env(&[]));
+    subscribe(&server, &receiver, addr, json!(["memory.*"])).await;
+    let (status, conversation) = post(&server, "/v1/conversations", json!({"title": "ops"})).await;
+    assert_eq!(status, 201, "{conversation}");
+    let id = conversation["id"].as_str().unwrap();
+    let (status, body) = post(
+        &server,
+        &format!("/v1/conversations/{id}/messages"),
+        json!({"author": "ann", "content": "the deploy failed"}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let seen = until(&receiver, "saw the message event", |seen| {
+        seen.iter()
+            .any(|r| r.body["type"] == "memory.message.created")
+    })
+    .await;
+    assert!(
+        seen.iter().all(|r| r.body["type"]
+            .as_str()
+            .is_some_and(|t| t.starts_with("memory."))),
+        "only memory events: {seen:?}"
+    );
+}

@@ -711,6 +711,7 @@ impl Connection {
             }
             ("user", subject) => subject == principal.subject,
             ("conversation", id) if !id.is_empty() => principal.can(Permission::MemoryRead),
+            ("memory", "") => principal.can(Permission::MemoryRead),
             ("broadcast", "") => true,
             (ns, rest) if !rest.is_empty() => self.is_open(ns),
             _ => false,
