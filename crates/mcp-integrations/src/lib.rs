@@ -3,14 +3,16 @@
 //! binary builds the adapters from configuration and registers them once at start-up.
 //!
 //! Adapters: [`HttpAdapter`] (`http.request`), [`DeployAdapter`] (`github.dispatch`,
-//! `render.deploy`), [`LlmAdapter`] (`llm.generate`) and [`DiscordAdapter`] (`discord.*`);
-//! VRChat and VCC follow the same shape.
+//! `render.deploy`), [`LlmAdapter`] (`llm.generate`), [`DiscordAdapter`] (`discord.*`) and
+//! [`OscAdapter`] (`vrchat.osc.send`, `vrchat.chatbox`, `vrchat.avatar_parameter`); the VRChat
+//! web API and VCC follow the same shape.
 
 pub mod deploy;
 pub mod discord;
 pub mod hooks;
 pub mod http;
 pub mod llm;
+pub mod osc;
 pub mod webhooks;
 
 pub use deploy::{DeployAdapter, DeployConfig, DeployTarget, GithubLive};
@@ -18,6 +20,7 @@ pub use discord::{DiscordAdapter, DiscordConfig};
 pub use hooks::{HookKind, HookRule, HookSource};
 pub use http::{HttpAdapter, HttpConfig, HttpRequest};
 pub use llm::{LlmAdapter, LlmConfig, LlmLive};
+pub use osc::{OscAdapter, OscConfig};
 
 use async_trait::async_trait;
 use mcp_core::HandlerRegistry;

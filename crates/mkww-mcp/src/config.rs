@@ -180,6 +180,13 @@ pub struct Config {
     pub llm_timeout_ms: u64,
     /// How long `POST /ask-gemini` waits for its answer before 504 `llm_timeout`.
     pub ask_timeout_ms: u64,
+    /// VRChat OSC (`vrchat.osc.send`, `vrchat.chatbox`, `vrchat.avatar_parameter` and the
+    /// listener publishing on `vrchat.osc`); off by default.
+    pub osc_enabled: bool,
+    /// Where the VRChat OSC task types send (VRChat's OSC input).
+    pub osc_target: String,
+    /// Where the OSC listener receives VRChat's avatar parameters; empty: no listener.
+    pub osc_listen: String,
     /// Discord REST API base of the `discord.*` task types.
     pub discord_api_base: String,
     /// Bot token of `discord.send_message` and `discord.edit_message`; unset: not offered.
@@ -290,6 +297,9 @@ impl Default for Config {
             llm_api_key: None,
             llm_timeout_ms: 60_000,
             ask_timeout_ms: 60_000,
+            osc_enabled: false,
+            osc_target: "127.0.0.1:9000".into(),
+            osc_listen: "127.0.0.1:9001".into(),
             discord_api_base: "https://discord.com/api/v10".into(),
             discord_bot_token: None,
             discord_public_key: None,

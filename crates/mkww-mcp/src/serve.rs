@@ -26,6 +26,7 @@ use mcp_integrations::http::{HttpAdapter, HttpConfig};
 use mcp_integrations::webhooks::{DeliverHandler, Dispatcher, WebhookConfig};
 use mcp_integrations::{DeployAdapter, DeployConfig, LlmAdapter, LlmConfig};
 use mcp_integrations::{DiscordAdapter, DiscordConfig};
+use mcp_integrations::{OscAdapter, OscConfig};
 use mcp_persistence::{PgTaskStore, RedisBus, RedisLimiter, SqliteOptions, SqliteTaskStore};
 use std::path::Path;
 use std::sync::Arc;
@@ -174,6 +175,18 @@ pub fn registry(config: &Config, live: &LiveIntegrations) -> anyhow::Result<Hand
     .map_err(anyhow::Error::msg)
     .context("cannot set up Discord")?
     .register(&mut registry);
+    // VRChat OSC talks to a VRChat client on this machine: off unless asked for.
+    if config.osc_enabled {
+        let target = config
+            .osc_target
+            .parse()
+            .with_context(|| format!("osc_target `{}` is not an address", config.osc_target))?;
+        OscAdapter::new(OscConfig {
+            target,
+            ..OscConfig::default()
+        })
+        .register(&mut registry);
+    }
     Ok(registry)
 }
 
@@ -541,6 +554,22 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         })),
     });
     let stopping = state.shutdown.clone();
+    // The VRChat OSC listener: incoming avatar parameters become events on `vrchat.osc`.
+    if config.osc_enabled && !config.osc_listen.is_empty() {
+        let addr = config
+            .osc_listen
+            .parse()
+            .with_context(|| format!("osc_listen `{}` is not an address", config.osc_listen))?;
+        let (socket, local) = mcp_integrations::osc::bind_listener(addr)
+            .await
+            .with_context(|| format!("cannot listen for OSC on {addr}"))?;
+        tracing::info!(addr = %local, "listening for VRChat OSC");
+        tokio::spawn(mcp_integrations::osc::run_listener(
+            socket,
+            state.events.clone(),
+            stopping.clone(),
+        ));
+    }
     let retention = tokio::spawn(memory_retention(
         stores.memory.clone(),
         MemoryRetention::of(&config),

@@ -713,6 +713,8 @@ impl Connection {
             ("conversation", id) if !id.is_empty() => principal.can(Permission::MemoryRead),
             ("memory", "") => principal.can(Permission::MemoryRead),
             ("broadcast", "") => true,
+            // VRChat OSC avatar parameters (mcp_integrations::osc): any signed-in principal.
+            ("vrchat.osc", "") => true,
             (ns, rest) if !rest.is_empty() => self.is_open(ns),
             _ => false,
         };
