@@ -134,6 +134,22 @@ pub const ROUTES: &[RouteAccess] = &[
     route("POST", "/v1/hooks/{source}", Public),
     // Authenticates itself: Discord signs every request with Ed25519 (crate::discord).
     route("POST", "/v1/discord/interactions", Public),
+    route("GET", "/v1/vrchat/status", Requires(VrchatRead)),
+    route(
+        "POST",
+        "/v1/vrchat/auth/login",
+        Requires(IntegrationsManage),
+    ),
+    route("POST", "/v1/vrchat/auth/code", Requires(IntegrationsManage)),
+    route("GET", "/v1/vrchat/users/me", Requires(VrchatRead)),
+    route("GET", "/v1/vrchat/users/{id}", Requires(VrchatRead)),
+    route("GET", "/v1/vrchat/worlds/{id}", Requires(VrchatRead)),
+    route(
+        "GET",
+        "/v1/vrchat/instances/{location}",
+        Requires(VrchatRead),
+    ),
+    route("GET", "/v1/vrchat/friends/online", Requires(VrchatRead)),
     // The existing bots' routes, at their historical paths (crate::bots).
     route("POST", "/deploy", Requires(TasksCreate)),
     route("POST", "/ask-gemini", Requires(TasksCreate)),

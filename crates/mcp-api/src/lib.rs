@@ -19,6 +19,7 @@ mod request_id;
 mod session;
 mod tasks;
 pub mod token;
+mod vrchat;
 mod webhooks;
 pub mod ws;
 
@@ -96,6 +97,9 @@ pub struct AppState {
     pub webhooks: Option<WebhookState>,
     /// `None`: no recorder installed (in-process tests); `/metrics` then answers 404.
     pub metrics: Option<MetricsRenderer>,
+    /// VRChat's web API through the hub's account; `None`: `/v1/vrchat/*` answer 404
+    /// `vrchat_not_configured`.
+    pub vrchat: Option<Arc<mcp_integrations::VrchatClient>>,
     /// Cancelled when the server begins to shut down: WebSocket connections close with 1001.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -175,6 +179,14 @@ pub fn router(state: AppState) -> Router {
             post(hooks::receive).layer(DefaultBodyLimit::max(max_hook)),
         )
         .route("/v1/discord/interactions", post(discord::interactions))
+        .route("/v1/vrchat/status", get(vrchat::status))
+        .route("/v1/vrchat/auth/login", post(vrchat::login))
+        .route("/v1/vrchat/auth/code", post(vrchat::submit_code))
+        .route("/v1/vrchat/users/me", get(vrchat::current_user))
+        .route("/v1/vrchat/users/{id}", get(vrchat::user))
+        .route("/v1/vrchat/worlds/{id}", get(vrchat::world))
+        .route("/v1/vrchat/instances/{location}", get(vrchat::instance))
+        .route("/v1/vrchat/friends/online", get(vrchat::friends_online))
         .route("/deploy", post(bots::deploy))
         .route("/ask-gemini", post(bots::ask_gemini))
         .route_layer(axum::middleware::from_fn_with_state(

@@ -59,6 +59,14 @@ use utoipa::{Modify, OpenApi};
         crate::webhooks::delete,
         crate::webhooks::deliveries,
         crate::webhooks::redeliver,
+        crate::vrchat::status,
+        crate::vrchat::login,
+        crate::vrchat::submit_code,
+        crate::vrchat::current_user,
+        crate::vrchat::user,
+        crate::vrchat::world,
+        crate::vrchat::instance,
+        crate::vrchat::friends_online,
     ),
     components(schemas(
         mcp_core::Task,
@@ -74,6 +82,8 @@ use utoipa::{Modify, OpenApi};
         mcp_core::routing::WorkerInfo,
         mcp_core::routing::BreakerState,
         crate::error::ErrorBody,
+        crate::vrchat::VrchatStatus,
+        crate::vrchat::SubmitCode,
         crate::discord::Interaction,
         crate::discord::InteractionResponse,
         crate::error::ErrorDetail,
@@ -140,6 +150,7 @@ use utoipa::{Modify, OpenApi};
         (name = "realtime", description = "The WebSocket API"),
         (name = "integrations", description = "Integrations (listed with health and breakers, configured by admins) and the existing bots' routes: deploy triggers and LLM questions"),
         (name = "webhooks", description = "Outgoing webhooks: subscriptions, the delivery log, redelivery"),
+        (name = "vrchat", description = "VRChat's web API through the hub's account, and its session"),
     )
 )]
 pub struct ApiDoc;

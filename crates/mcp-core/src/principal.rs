@@ -80,10 +80,16 @@ pub enum Permission {
     /// List integrations and configure them through the API (their secrets included), and
     /// manage outgoing webhooks.
     IntegrationsManage,
+    /// Read VRChat through the hub's account: users, worlds, instances, friends online.
+    VrchatRead,
+    /// List and inspect VCC projects, repositories and packages.
+    VccRead,
+    /// Register VCC projects and add or remove VPM repositories.
+    VccManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 14] = [
+    pub const ALL: [Permission; 17] = [
         Permission::TasksCreate,
         Permission::TasksReadOwn,
         Permission::TasksCancelOwn,
@@ -98,6 +104,9 @@ impl Permission {
         Permission::MemoryWrite,
         Permission::MemoryManage,
         Permission::IntegrationsManage,
+        Permission::VrchatRead,
+        Permission::VccRead,
+        Permission::VccManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +125,9 @@ impl Permission {
             Permission::MemoryWrite => "memory:write",
             Permission::MemoryManage => "memory:manage",
             Permission::IntegrationsManage => "integrations:manage",
+            Permission::VrchatRead => "vrchat:read",
+            Permission::VccRead => "vcc:read",
+            Permission::VccManage => "vcc:manage",
         }
     }
 }
@@ -143,14 +155,24 @@ impl Role {
                     | MemoryRead
                     | MemoryWrite
                     | MemoryManage
+                    | VrchatRead
+                    | VccRead
+                    | VccManage
             ),
             Role::Service => matches!(
                 permission,
-                TasksCreate | TasksReadOwn | TasksCancelOwn | TasksRun | MemoryRead | MemoryWrite
+                TasksCreate
+                    | TasksReadOwn
+                    | TasksCancelOwn
+                    | TasksRun
+                    | MemoryRead
+                    | MemoryWrite
+                    | VrchatRead
+                    | VccRead
             ),
             Role::User => matches!(
                 permission,
-                TasksCreate | TasksReadOwn | TasksCancelOwn | MemoryRead | MemoryWrite
+                TasksCreate | TasksReadOwn | TasksCancelOwn | MemoryRead | MemoryWrite | VccRead
             ),
         }
     }

@@ -4,8 +4,9 @@
 //!
 //! Adapters: [`HttpAdapter`] (`http.request`), [`DeployAdapter`] (`github.dispatch`,
 //! `render.deploy`), [`LlmAdapter`] (`llm.generate`), [`DiscordAdapter`] (`discord.*`) and
-//! [`OscAdapter`] (`vrchat.osc.send`, `vrchat.chatbox`, `vrchat.avatar_parameter`); the VRChat
-//! web API and VCC follow the same shape.
+//! [`OscAdapter`] (`vrchat.osc.send`, `vrchat.chatbox`, `vrchat.avatar_parameter`),
+//! [`VrchatAdapter`] (VRChat's web API: `vrchat.user.*`, `vrchat.world.get`, …) and the VCC
+//! service ([`vcc`]: projects, packages, builds).
 
 pub mod deploy;
 pub mod discord;
@@ -13,6 +14,7 @@ pub mod hooks;
 pub mod http;
 pub mod llm;
 pub mod osc;
+pub mod vrchat;
 pub mod webhooks;
 
 pub use deploy::{DeployAdapter, DeployConfig, DeployTarget, GithubLive};
@@ -21,6 +23,7 @@ pub use hooks::{HookKind, HookRule, HookSource};
 pub use http::{HttpAdapter, HttpConfig, HttpRequest};
 pub use llm::{LlmAdapter, LlmConfig, LlmLive};
 pub use osc::{OscAdapter, OscConfig};
+pub use vrchat::{VrchatAdapter, VrchatClient, VrchatConfig};
 
 use async_trait::async_trait;
 use mcp_core::HandlerRegistry;

@@ -180,13 +180,21 @@ pub struct Config {
     pub llm_timeout_ms: u64,
     /// How long `POST /ask-gemini` waits for its answer before 504 `llm_timeout`.
     pub ask_timeout_ms: u64,
-    /// VRChat OSC (`vrchat.osc.send`, `vrchat.chatbox`, `vrchat.avatar_parameter` and the
-    /// listener publishing on `vrchat.osc`); off by default.
-    pub osc_enabled: bool,
+    /// VRChat web API base of the `vrchat.*` task types and `/v1/vrchat/*`.
+    pub vrchat_api_base: String,
+    /// The VRChat account the hub logs in as; unset: the web API is not offered.
+    pub vrchat_username: Option<String>,
+    pub vrchat_password: Option<String>,
+    /// Base32 TOTP secret of the account's authenticator 2FA; unset with 2FA on: the login
+    /// waits for a code (`POST /v1/vrchat/auth/code`).
+    pub vrchat_totp_secret: Option<String>,
+    /// Contact shown in the `User-Agent` VRChat asks API clients to send.
+    pub vrchat_contact: String,
     /// Where the VRChat OSC task types send (VRChat's OSC input).
-    pub osc_target: String,
-    /// Where the OSC listener receives VRChat's avatar parameters; empty: no listener.
-    pub osc_listen: String,
+    pub vrchat_osc_send: String,
+    /// Where the OSC listener receives VRChat's avatar parameters (published on `vrchat.osc`);
+    /// empty: no listener.
+    pub vrchat_osc_listen: String,
     /// Discord REST API base of the `discord.*` task types.
     pub discord_api_base: String,
     /// Bot token of `discord.send_message` and `discord.edit_message`; unset: not offered.
@@ -297,9 +305,13 @@ impl Default for Config {
             llm_api_key: None,
             llm_timeout_ms: 60_000,
             ask_timeout_ms: 60_000,
-            osc_enabled: false,
-            osc_target: "127.0.0.1:9000".into(),
-            osc_listen: "127.0.0.1:9001".into(),
+            vrchat_api_base: "https://api.vrchat.cloud/api/1".into(),
+            vrchat_username: None,
+            vrchat_password: None,
+            vrchat_totp_secret: None,
+            vrchat_contact: "https://github.com/mkww/mkww-mcp".into(),
+            vrchat_osc_send: "127.0.0.1:9000".into(),
+            vrchat_osc_listen: "127.0.0.1:9001".into(),
             discord_api_base: "https://discord.com/api/v10".into(),
             discord_bot_token: None,
             discord_public_key: None,

@@ -8,9 +8,10 @@ use async_trait::async_trait;
 use mcp_api::integrations::ConfiguredIntegration;
 use mcp_core::integrations::{IntegrationRuntime, IntegrationStore, secret_purpose};
 use mcp_core::secrets::SecretBox;
-use mcp_integrations::{AdapterHealth, GithubLive, LlmLive};
+use mcp_integrations::{AdapterHealth, GithubLive, LlmLive, VrchatClient};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The configuration file's integrations, without secret values.
 pub fn configured(config: &Config) -> Vec<ConfiguredIntegration> {
@@ -61,6 +62,22 @@ pub fn configured(config: &Config) -> Vec<ConfiguredIntegration> {
                 .collect(),
         });
     }
+    if let Some(username) = config.vrchat_username.as_deref().filter(|u| !u.is_empty()) {
+        let mut secrets = vec!["password".to_owned()];
+        if config
+            .vrchat_totp_secret
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
+        {
+            secrets.push("totp_secret".into());
+        }
+        out.push(ConfiguredIntegration {
+            name: "vrchat".into(),
+            kind: "vrchat".into(),
+            settings: json!({"api_base": config.vrchat_api_base, "username": username}),
+            secrets,
+        });
+    }
     out
 }
 
@@ -72,9 +89,10 @@ fn text(settings: &Value, key: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Applies the enabled stored `llm` and `github` integrations over the configuration file's
-/// settings, before the handlers are built: a stored integration survives restarts and can
-/// register a task type the file leaves out. A secret that does not open is skipped, logged.
+/// Applies the enabled stored `llm`, `github` and `vrchat` integrations over the configuration
+/// file's settings, before the handlers are built: a stored integration survives restarts and
+/// can register a task type the file leaves out (a VRChat password and TOTP secret are kept
+/// sealed by the SecretBox this way). A secret that does not open is skipped, logged.
 pub async fn merge_stored(
     config: &mut Config,
     store: &dyn IntegrationStore,
@@ -121,6 +139,20 @@ pub async fn merge_stored(
                     config.github_token = Some(token);
                 }
             }
+            "vrchat" => {
+                if let Some(base) = text(settings, "api_base") {
+                    config.vrchat_api_base = base;
+                }
+                if let Some(username) = text(settings, "username") {
+                    config.vrchat_username = Some(username);
+                }
+                if let Some(password) = opened.remove("password") {
+                    config.vrchat_password = Some(password);
+                }
+                if let Some(secret) = opened.remove("totp_secret") {
+                    config.vrchat_totp_secret = Some(secret);
+                }
+            }
             _ => continue,
         }
         tracing::info!(integration = %integration.name, kind = %integration.kind, "stored integration applied");
@@ -140,6 +172,8 @@ pub struct Runtime {
     /// The configuration file's settings: what a deleted integration falls back to.
     pub file: Config,
     pub live: LiveIntegrations,
+    /// The VRChat session, when an account is configured.
+    pub vrchat: Option<Arc<VrchatClient>>,
 }
 
 #[async_trait]
@@ -148,11 +182,17 @@ impl IntegrationRuntime for Runtime {
     /// configured; `llm` and `github` when their handler runs. Probing them would cost tokens or
     /// rate limit, so failures show in the tasks' errors and the breaker instead.
     async fn health(&self, _name: &str, kind: &str) -> Option<Value> {
+        if kind == "vrchat"
+            && let Some(client) = &self.vrchat
+        {
+            return serde_json::to_value(client.health()).ok();
+        }
         let running = match kind {
             "http" => true,
             "render" => !self.file.render_deploy_hooks.is_empty(),
             "llm" => self.live.llm.is_attached(),
             "github" => self.live.github.is_attached(),
+            "vrchat" => false,
             _ => return None,
         };
         let health = if running {
@@ -221,6 +261,7 @@ mod tests {
         Runtime {
             file,
             live: LiveIntegrations::default(),
+            vrchat: None,
         }
     }
 

@@ -27,6 +27,7 @@ use mcp_integrations::webhooks::{DeliverHandler, Dispatcher, WebhookConfig};
 use mcp_integrations::{DeployAdapter, DeployConfig, LlmAdapter, LlmConfig};
 use mcp_integrations::{DiscordAdapter, DiscordConfig};
 use mcp_integrations::{OscAdapter, OscConfig};
+use mcp_integrations::{VrchatAdapter, VrchatClient, VrchatConfig};
 use mcp_persistence::{PgTaskStore, RedisBus, RedisLimiter, SqliteOptions, SqliteTaskStore};
 use std::path::Path;
 use std::sync::Arc;
@@ -129,10 +130,20 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Stores> {
     }
 }
 
+/// The clients of adapters that the API also reaches directly.
+#[derive(Default)]
+pub struct AdapterClients {
+    pub vrchat: Option<Arc<VrchatClient>>,
+}
+
 /// The handlers of the configured adapters. `live` is shared with the `llm.generate` and
 /// `github.dispatch` handlers, so stored integrations change them while running.
-pub fn registry(config: &Config, live: &LiveIntegrations) -> anyhow::Result<HandlerRegistry> {
+pub fn registry(
+    config: &Config,
+    live: &LiveIntegrations,
+) -> anyhow::Result<(HandlerRegistry, AdapterClients)> {
     let mut registry = HandlerRegistry::with_builtins();
+    let mut clients = AdapterClients::default();
     HttpAdapter::new(HttpConfig {
         default_timeout: Config::ms(config.http_timeout_ms),
         max_body_bytes: config.http_max_body_bytes,
@@ -175,19 +186,36 @@ pub fn registry(config: &Config, live: &LiveIntegrations) -> anyhow::Result<Hand
     .map_err(anyhow::Error::msg)
     .context("cannot set up Discord")?
     .register(&mut registry);
-    // VRChat OSC talks to a VRChat client on this machine: off unless asked for.
-    if config.osc_enabled {
-        let target = config
-            .osc_target
-            .parse()
-            .with_context(|| format!("osc_target `{}` is not an address", config.osc_target))?;
-        OscAdapter::new(OscConfig {
-            target,
-            ..OscConfig::default()
+    // VRChat OSC: UDP datagrams to a VRChat client, so it needs nothing to be offered.
+    let target = config.vrchat_osc_send.parse().with_context(|| {
+        format!(
+            "vrchat_osc_send `{}` is not an address",
+            config.vrchat_osc_send
+        )
+    })?;
+    OscAdapter::new(OscConfig {
+        target,
+        ..OscConfig::default()
+    })
+    .register(&mut registry);
+    // VRChat's web API, with an account only.
+    if let (Some(username), Some(password)) = (
+        config.vrchat_username.as_deref().filter(|u| !u.is_empty()),
+        config.vrchat_password.as_deref().filter(|p| !p.is_empty()),
+    ) {
+        let adapter = VrchatAdapter::new(VrchatConfig {
+            api_base: config.vrchat_api_base.clone(),
+            totp_secret: config.vrchat_totp_secret.clone().filter(|s| !s.is_empty()),
+            user_agent: mcp_integrations::vrchat::user_agent(&config.vrchat_contact),
+            timeout: Config::ms(config.http_timeout_ms),
+            ..VrchatConfig::new(username, password)
         })
-        .register(&mut registry);
+        .map_err(anyhow::Error::msg)
+        .context("cannot set up the VRChat client")?;
+        adapter.register(&mut registry);
+        clients.vrchat = Some(adapter.client());
     }
-    Ok(registry)
+    Ok((registry, clients))
 }
 
 pub fn orchestrator_config(config: &Config) -> OrchestratorConfig {
@@ -279,6 +307,7 @@ pub fn api_state(
         // `serve` sets the store, the SecretBox and the runtime.
         integrations: Arc::default(),
         webhooks: None,
+        vrchat: None,
         metrics,
         shutdown: tokio_util::sync::CancellationToken::new(),
     }
@@ -483,7 +512,7 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     let file_config = config.clone();
     crate::integrations::merge_stored(&mut config, stores.integrations.as_ref(), &secrets).await?;
     let live = LiveIntegrations::default();
-    let mut handlers = registry(&config, &live)?;
+    let (mut handlers, clients) = registry(&config, &live)?;
     if config.memory_builtin_summarizer {
         handlers.register(
             SUMMARIZE_TASK,
@@ -528,6 +557,7 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         stores.memory.clone(),
         metrics_renderer(),
     );
+    state.vrchat = clients.vrchat.clone();
     // Outgoing webhooks: their routes, and the dispatcher that turns events into deliveries.
     state.webhooks = Some(mcp_api::WebhookState {
         store: stores.webhooks.clone(),
@@ -551,24 +581,35 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         runtime: Some(Arc::new(crate::integrations::Runtime {
             file: file_config,
             live,
+            vrchat: clients.vrchat,
         })),
     });
     let stopping = state.shutdown.clone();
     // The VRChat OSC listener: incoming avatar parameters become events on `vrchat.osc`.
-    if config.osc_enabled && !config.osc_listen.is_empty() {
-        let addr = config
-            .osc_listen
-            .parse()
-            .with_context(|| format!("osc_listen `{}` is not an address", config.osc_listen))?;
-        let (socket, local) = mcp_integrations::osc::bind_listener(addr)
-            .await
-            .with_context(|| format!("cannot listen for OSC on {addr}"))?;
-        tracing::info!(addr = %local, "listening for VRChat OSC");
-        tokio::spawn(mcp_integrations::osc::run_listener(
-            socket,
-            state.events.clone(),
-            stopping.clone(),
-        ));
+    // Another program (another hub, an OSC router) may hold the port: the hub runs without the
+    // listener then, and says so.
+    if !config.vrchat_osc_listen.is_empty() {
+        let addr = config.vrchat_osc_listen.parse().with_context(|| {
+            format!(
+                "vrchat_osc_listen `{}` is not an address",
+                config.vrchat_osc_listen
+            )
+        })?;
+        match mcp_integrations::osc::bind_listener(addr).await {
+            Ok((socket, local)) => {
+                tracing::info!(addr = %local, "listening for VRChat OSC");
+                tokio::spawn(mcp_integrations::osc::run_listener(
+                    socket,
+                    state.events.clone(),
+                    stopping.clone(),
+                ));
+            }
+            Err(e) => tracing::warn!(
+                addr = %addr,
+                error = %e,
+                "cannot listen for VRChat OSC; running without the listener"
+            ),
+        }
     }
     let retention = tokio::spawn(memory_retention(
         stores.memory.clone(),

@@ -102,6 +102,18 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     // Public to the guard: the handler checks each source's signature (401 without one).
     ("POST", "/v1/hooks/{source}", "*"),
     ("POST", "/v1/discord/interactions", "*"),
+    ("GET", "/v1/vrchat/status", "admin operator service"),
+    ("POST", "/v1/vrchat/auth/login", "admin"),
+    ("POST", "/v1/vrchat/auth/code", "admin"),
+    ("GET", "/v1/vrchat/users/me", "admin operator service"),
+    ("GET", "/v1/vrchat/users/{id}", "admin operator service"),
+    ("GET", "/v1/vrchat/worlds/{id}", "admin operator service"),
+    (
+        "GET",
+        "/v1/vrchat/instances/{location}",
+        "admin operator service",
+    ),
+    ("GET", "/v1/vrchat/friends/online", "admin operator service"),
     ("POST", "/deploy", "admin operator service user"),
     ("POST", "/ask-gemini", "admin operator service user"),
     ("POST", "/v1/webhooks", "admin"),

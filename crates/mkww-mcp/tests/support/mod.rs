@@ -91,6 +91,8 @@ impl Server {
             .env("MCP_LOG_FORMAT", "json")
             .env("MCP_LOG_LEVEL", "info")
             .env("MCP_JWT_SECRET", JWT_SECRET)
+            // Test servers run side by side: none takes VRChat's OSC port unless a test asks.
+            .env("MCP_VRCHAT_OSC_LISTEN", "")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

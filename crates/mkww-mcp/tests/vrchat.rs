@@ -1,0 +1,292 @@
+//! VRChat through the real binary: the REST passthroughs and task types against a fake of
+//! VRChat's web API that demands an emailed code, and the OSC listener publishing avatar
+//! parameters to a WebSocket subscriber.
+
+#[path = "../../mcp-integrations/tests/fake_vrchat/mod.rs"]
+mod fake_vrchat;
+mod support;
+
+use fake_vrchat::{PASSWORD, TwoFactor, USERNAME, WORLD_ID};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::*;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+async fn call(
+    client: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client.request(method, url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn reads_vrchat_after_an_emailed_code_is_submitted() {
+    let (base, fake) = fake_vrchat::start(TwoFactor::Email).await;
+    let server = Server::start(&[
+        ("MCP_VRCHAT_API_BASE", base),
+        ("MCP_VRCHAT_USERNAME", USERNAME.into()),
+        ("MCP_VRCHAT_PASSWORD", PASSWORD.into()),
+    ]);
+    let admin = client();
+    let service = client_as("service", "bot");
+    let user = client_as("user", "someone");
+    let get = reqwest::Method::GET;
+    let post = reqwest::Method::POST;
+
+    let (status, body) = call(&service, get.clone(), server.url("/v1/vrchat/status"), None).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("logged_out")),
+        "{body}"
+    );
+
+    // The first read logs in; VRChat emails a code, and the read answers that it waits for it.
+    let world = server.url(&format!("/v1/vrchat/worlds/{WORLD_ID}"));
+    let (status, body) = call(&service, get.clone(), world.clone(), None).await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["error"]["code"], "vrchat_needs_code");
+    assert!(
+        body["error"]["request_id"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
+    let (_, body) = call(&service, get.clone(), server.url("/v1/vrchat/status"), None).await;
+    assert_eq!(body["state"], "needs_code");
+    assert_eq!(body["methods"], json!(["emailOtp"]));
+
+    // Only an admin submits codes; a user may not read VRChat at all.
+    let code = fake.lock().unwrap().emailed_code.clone();
+    let submit = server.url("/v1/vrchat/auth/code");
+    let (status, _) = call(
+        &service,
+        post.clone(),
+        submit.clone(),
+        Some(json!({"code": code})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _) = call(&user, get.clone(), world.clone(), None).await;
+    assert_eq!(status, 403);
+    let (status, body) = call(
+        &admin,
+        post.clone(),
+        submit.clone(),
+        Some(json!({"code": "nope!"})),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_request")),
+        "{body}"
+    );
+    let (status, body) = call(&admin, post.clone(), submit, Some(json!({"code": code}))).await;
+    assert_eq!(
+        (status, body["state"].as_str()),
+        (200, Some("logged_in")),
+        "{body}"
+    );
+    assert_eq!(body["display_name"], "Alice");
+
+    let (status, body) = call(&service, get.clone(), world, None).await;
+    assert_eq!(
+        (status, body["name"].as_str()),
+        (200, Some("The Great Pug")),
+        "{body}"
+    );
+    let (status, body) = call(
+        &service,
+        get.clone(),
+        server.url("/v1/vrchat/users/me"),
+        None,
+    )
+    .await;
+    assert_eq!((status, body["displayName"].as_str()), (200, Some("Alice")));
+    let (status, body) = call(
+        &service,
+        get.clone(),
+        server.url("/v1/vrchat/users/usr_2"),
+        None,
+    )
+    .await;
+    assert_eq!((status, body["displayName"].as_str()), (200, Some("Bob")));
+    let location = format!("{WORLD_ID}:12345~region(eu)");
+    let (status, body) = call(
+        &service,
+        get.clone(),
+        server.url(&format!("/v1/vrchat/instances/{location}")),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["location"].as_str()),
+        (200, Some(location.as_str())),
+        "{body}"
+    );
+    let (status, body) = call(
+        &service,
+        get.clone(),
+        server.url("/v1/vrchat/friends/online?n=2"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(body.as_array().map(Vec::len), Some(2));
+    let (status, body) = call(
+        &service,
+        get.clone(),
+        server.url("/v1/vrchat/users/usr_nobody"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("vrchat_not_found"))
+    );
+    let (status, body) = call(
+        &service,
+        get.clone(),
+        server.url("/v1/vrchat/instances/wrld_only"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_request"))
+    );
+    let (status, body) = call(
+        &service,
+        get.clone(),
+        server.url("/v1/vrchat/friends/online?n=500"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_request"))
+    );
+
+    // The same reads as tasks.
+    let (status, task) = call(
+        &service,
+        post,
+        server.url("/v1/tasks"),
+        Some(json!({"type": "vrchat.instance.get", "payload": {"location": location}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{task}");
+    let done = wait_for(&server, task["id"].as_str().unwrap(), is_final).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(done["result"]["n_users"], 5);
+
+    // The integration is listed with its health; the password never shows.
+    let (status, body) = call(&admin, get, server.url("/v1/integrations/vrchat"), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["health"]["state"], "healthy", "{body}");
+    assert!(!body.to_string().contains(PASSWORD));
+    assert_eq!(fake.lock().unwrap().logins, 1);
+}
+
+#[tokio::test]
+async fn without_an_account_vrchat_routes_say_so() {
+    let server = Server::start(&[]);
+    let (status, body) = get(&server, "/v1/vrchat/status").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("vrchat_not_configured"))
+    );
+    let (status, body) = post(
+        &server,
+        "/v1/tasks",
+        json!({"type": "vrchat.world.get", "payload": {"world_id": WORLD_ID}}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("unknown_task_type")),
+        "{body}"
+    );
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next text frame within `wait`, if any.
+async fn next(socket: &mut Socket, wait: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let frame = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .ok()?;
+        if let Message::Text(text) = frame.expect("open").expect("frame") {
+            return serde_json::from_str(&text).ok();
+        }
+    }
+}
+
+#[tokio::test]
+async fn publishes_incoming_avatar_parameters_on_the_vrchat_osc_channel() {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let server = Server::start(&[("MCP_VRCHAT_OSC_LISTEN", format!("127.0.0.1:{port}"))]);
+    let mut request = server
+        .url("/v1/ws")
+        .replace("http://", "ws://")
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", token("operator", "ops"))
+            .parse()
+            .unwrap(),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    socket
+        .send(Message::Text(
+            json!({"id": 1, "op": "subscribe", "channel": "vrchat.osc"})
+                .to_string()
+                .into(),
+        ))
+        .await
+        .unwrap();
+    let reply = next(&mut socket, Duration::from_secs(10))
+        .await
+        .expect("a reply");
+    assert_eq!(reply["ok"], true, "{reply}");
+
+    // VRChat sends avatar parameters as OSC messages.
+    let packet = rosc::encoder::encode(&rosc::OscPacket::Message(rosc::OscMessage {
+        addr: "/avatar/parameters/VelocityZ".into(),
+        args: vec![rosc::OscType::Float(0.5)],
+    }))
+    .unwrap();
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    // UDP may be dropped before the listener runs: send until the event arrives.
+    let mut event = None;
+    for _ in 0..20 {
+        udp.send_to(&packet, ("127.0.0.1", port)).await.unwrap();
+        event = next(&mut socket, Duration::from_millis(500)).await;
+        if event.is_some() {
+            break;
+        }
+    }
+    let event = event.expect("an OSC event on the socket");
+    assert_eq!(event["channel"], "vrchat.osc", "{event}");
+    assert_eq!(
+        event["event"]["type"], "vrchat.osc.avatar_parameter",
+        "{event}"
+    );
+    assert_eq!(event["event"]["data"]["name"], "VelocityZ", "{event}");
+}
