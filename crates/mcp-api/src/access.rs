@@ -150,6 +150,13 @@ pub const ROUTES: &[RouteAccess] = &[
         Requires(VrchatRead),
     ),
     route("GET", "/v1/vrchat/friends/online", Requires(VrchatRead)),
+    route("GET", "/v1/vcc/projects", Requires(VccRead)),
+    route("POST", "/v1/vcc/projects", Requires(VccManage)),
+    route("GET", "/v1/vcc/projects/{id}", Requires(VccRead)),
+    route("DELETE", "/v1/vcc/projects/{id}", Requires(VccManage)),
+    route("GET", "/v1/vcc/repositories", Requires(VccRead)),
+    route("POST", "/v1/vcc/repositories", Requires(VccManage)),
+    route("DELETE", "/v1/vcc/repositories/{id}", Requires(VccManage)),
     // The existing bots' routes, at their historical paths (crate::bots).
     route("POST", "/deploy", Requires(TasksCreate)),
     route("POST", "/ask-gemini", Requires(TasksCreate)),

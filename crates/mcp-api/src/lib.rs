@@ -19,6 +19,7 @@ mod request_id;
 mod session;
 mod tasks;
 pub mod token;
+mod vcc;
 mod vrchat;
 mod webhooks;
 pub mod ws;
@@ -100,6 +101,8 @@ pub struct AppState {
     /// VRChat's web API through the hub's account; `None`: `/v1/vrchat/*` answer 404
     /// `vrchat_not_configured`.
     pub vrchat: Option<Arc<mcp_integrations::VrchatClient>>,
+    /// The VCC service; `None`: `/v1/vcc/*` answer 404 `vcc_not_configured`.
+    pub vcc: Option<mcp_integrations::vcc::VccService>,
     /// Cancelled when the server begins to shut down: WebSocket connections close with 1001.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -187,6 +190,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/vrchat/worlds/{id}", get(vrchat::world))
         .route("/v1/vrchat/instances/{location}", get(vrchat::instance))
         .route("/v1/vrchat/friends/online", get(vrchat::friends_online))
+        .route(
+            "/v1/vcc/projects",
+            get(vcc::list_projects).post(vcc::register_project),
+        )
+        .route(
+            "/v1/vcc/projects/{id}",
+            get(vcc::get_project).delete(vcc::unregister_project),
+        )
+        .route(
+            "/v1/vcc/repositories",
+            get(vcc::list_repositories).post(vcc::add_repository),
+        )
+        .route("/v1/vcc/repositories/{id}", delete(vcc::remove_repository))
         .route("/deploy", post(bots::deploy))
         .route("/ask-gemini", post(bots::ask_gemini))
         .route_layer(axum::middleware::from_fn_with_state(

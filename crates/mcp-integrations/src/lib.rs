@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod http;
 pub mod llm;
 pub mod osc;
+pub mod vcc;
 pub mod vrchat;
 pub mod webhooks;
 

@@ -195,6 +195,21 @@ pub struct Config {
     /// Where the OSC listener receives VRChat's avatar parameters (published on `vrchat.osc`);
     /// empty: no listener.
     pub vrchat_osc_listen: String,
+    /// Comma-separated folders VCC projects must live under (`POST /v1/vcc/projects` refuses
+    /// others, symlinks resolved); empty: projects can be read from `vcc_settings` only.
+    pub vcc_project_roots: String,
+    /// VCC's own `settings.json`: its `userProjects` and `userRepos` are included.
+    pub vcc_settings: Option<PathBuf>,
+    /// Command line of `vcc.build` (program first); `{project_path}`, `{project_name}` and
+    /// `{task_id}` are replaced. Empty: `vcc.build` fails with `command_not_configured`.
+    pub vcc_build_command: Vec<String>,
+    /// Command line of `vcc.deploy`, like `vcc_build_command`.
+    pub vcc_deploy_command: Vec<String>,
+    /// `timeout_ms` of `vcc.build` and `vcc.deploy` tasks created without one.
+    pub vcc_command_timeout_ms: u64,
+    /// Quiet time before a project's file changes are published as one
+    /// `vcc.project.changed`; 0: projects are not watched.
+    pub vcc_watch_debounce_ms: u64,
     /// Discord REST API base of the `discord.*` task types.
     pub discord_api_base: String,
     /// Bot token of `discord.send_message` and `discord.edit_message`; unset: not offered.
@@ -305,6 +320,12 @@ impl Default for Config {
             llm_api_key: None,
             llm_timeout_ms: 60_000,
             ask_timeout_ms: 60_000,
+            vcc_project_roots: String::new(),
+            vcc_settings: None,
+            vcc_build_command: Vec::new(),
+            vcc_deploy_command: Vec::new(),
+            vcc_command_timeout_ms: 3_600_000,
+            vcc_watch_debounce_ms: 500,
             vrchat_api_base: "https://api.vrchat.cloud/api/1".into(),
             vrchat_username: None,
             vrchat_password: None,
@@ -370,6 +391,16 @@ impl Config {
         let config: Config = figment.extract().context("invalid configuration")?;
         config.check()?;
         Ok(config)
+    }
+
+    /// `vcc_project_roots`, split at commas.
+    pub fn vcc_roots(&self) -> Vec<PathBuf> {
+        self.vcc_project_roots
+            .split(',')
+            .map(str::trim)
+            .filter(|root| !root.is_empty())
+            .map(PathBuf::from)
+            .collect()
     }
 
     fn check(&self) -> anyhow::Result<()> {

@@ -23,6 +23,7 @@ use mcp_core::webhooks::{DELIVER_TASK, WebhookStore};
 use mcp_core::{Backoff, HandlerRegistry, Orchestrator, OrchestratorConfig, StoreError, TaskStore};
 use mcp_integrations::Adapter;
 use mcp_integrations::http::{HttpAdapter, HttpConfig};
+use mcp_integrations::vcc::{VccAdapter, VccConfig, VccService};
 use mcp_integrations::webhooks::{DeliverHandler, Dispatcher, WebhookConfig};
 use mcp_integrations::{DeployAdapter, DeployConfig, LlmAdapter, LlmConfig};
 use mcp_integrations::{DiscordAdapter, DiscordConfig};
@@ -134,6 +135,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Stores> {
 #[derive(Default)]
 pub struct AdapterClients {
     pub vrchat: Option<Arc<VrchatClient>>,
+    pub vcc: Option<VccService>,
 }
 
 /// The handlers of the configured adapters. `live` is shared with the `llm.generate` and
@@ -141,6 +143,7 @@ pub struct AdapterClients {
 pub fn registry(
     config: &Config,
     live: &LiveIntegrations,
+    events: &Arc<dyn EventBus>,
 ) -> anyhow::Result<(HandlerRegistry, AdapterClients)> {
     let mut registry = HandlerRegistry::with_builtins();
     let mut clients = AdapterClients::default();
@@ -215,6 +218,21 @@ pub fn registry(
         adapter.register(&mut registry);
         clients.vrchat = Some(adapter.client());
     }
+    // VCC: projects live on this node's disk, under the configured roots.
+    let vcc = VccService::new(VccConfig {
+        roots: config.vcc_roots(),
+        settings_file: config.vcc_settings.clone(),
+        state_file: config.data_dir.join("vcc.json"),
+        build_command: config.vcc_build_command.clone(),
+        deploy_command: config.vcc_deploy_command.clone(),
+        command_timeout: Config::ms(config.vcc_command_timeout_ms),
+        ..VccConfig::default()
+    })
+    .map_err(|e| anyhow::anyhow!("cannot set up VCC: {e}"))?;
+    VccAdapter::new(vcc.clone())
+        .with_events(events.clone())
+        .register(&mut registry);
+    clients.vcc = Some(vcc);
     Ok((registry, clients))
 }
 
@@ -308,6 +326,7 @@ pub fn api_state(
         integrations: Arc::default(),
         webhooks: None,
         vrchat: None,
+        vcc: None,
         metrics,
         shutdown: tokio_util::sync::CancellationToken::new(),
     }
@@ -512,7 +531,8 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     let file_config = config.clone();
     crate::integrations::merge_stored(&mut config, stores.integrations.as_ref(), &secrets).await?;
     let live = LiveIntegrations::default();
-    let (mut handlers, clients) = registry(&config, &live)?;
+    let events = event_bus(&config).await?;
+    let (mut handlers, clients) = registry(&config, &live, &events)?;
     if config.memory_builtin_summarizer {
         handlers.register(
             SUMMARIZE_TASK,
@@ -529,7 +549,6 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
             config: webhook_config(&config),
         },
     );
-    let events = event_bus(&config).await?;
     let orchestrator = Orchestrator::with_events(
         stores.tasks,
         handlers,
@@ -558,6 +577,17 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         metrics_renderer(),
     );
     state.vrchat = clients.vrchat.clone();
+    if let Some(vcc) = &clients.vcc
+        && config.vcc_watch_debounce_ms > 0
+    {
+        vcc.watch(
+            Config::ms(config.vcc_watch_debounce_ms),
+            state.events.clone(),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot watch VCC projects: {e}"))?;
+    }
+    state.vcc = clients.vcc.clone();
     // Outgoing webhooks: their routes, and the dispatcher that turns events into deliveries.
     state.webhooks = Some(mcp_api::WebhookState {
         store: stores.webhooks.clone(),

@@ -715,6 +715,11 @@ impl Connection {
             ("broadcast", "") => true,
             // VRChat OSC avatar parameters (mcp_integrations::osc): any signed-in principal.
             ("vrchat.osc", "") => true,
+            // A build's or deploy's output (mcp_integrations::vcc): like its task's events.
+            ("vcc.build", id) if !id.is_empty() => {
+                principal.can(Permission::TasksReadAny) || self.owns_task(principal, id).await?
+            }
+            ("vcc.projects", "") => principal.can(Permission::VccRead),
             (ns, rest) if !rest.is_empty() => self.is_open(ns),
             _ => false,
         };

@@ -60,6 +60,12 @@ pub trait Handler: Send + Sync + 'static {
         Ok(())
     }
 
+    /// The `timeout_ms` of tasks of this type created without one, when the node-wide default
+    /// does not fit (a Unity build takes far longer than an HTTP call). `None`: the default.
+    fn default_timeout_ms(&self) -> Option<u64> {
+        None
+    }
+
     /// Runs one attempt. The returned value becomes the task's `result`.
     async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError>;
 }

@@ -220,6 +220,13 @@ impl Orchestrator {
         origin: Origin<'_>,
         index: Option<usize>,
     ) -> Result<NewTask, OrchestratorError> {
+        let mut request = request;
+        if request.timeout_ms.is_none() {
+            request.timeout_ms = self
+                .handlers
+                .get(&request.task_type)
+                .and_then(|handler| handler.default_timeout_ms());
+        }
         let mut task = request
             .validate(&self.config.defaults, Utc::now())
             .map_err(|source| OrchestratorError::Invalid { index, source })?;

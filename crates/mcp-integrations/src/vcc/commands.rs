@@ -1,0 +1,251 @@
+//! `vcc.build` and `vcc.deploy`: the configured command line run in a project's folder as a
+//! task. Output is published as it comes on channel `vcc.build:{task id}` (events
+//! `vcc.build.output` with a batch of lines, then `vcc.build.finished`), and the last lines are
+//! kept in the task's result, or in its error's details when the command fails. Cancelling the
+//! task, or its timeout, kills the command's whole process tree.
+
+use super::build::{self, BuildError, CommandSpec, Stream};
+use super::{VccError, VccService};
+use async_trait::async_trait;
+use mcp_core::events::{Event, EventBus};
+use mcp_core::{Handler, HandlerError, TaskContext};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Runs the build command.
+pub const BUILD_TASK: &str = "vcc.build";
+/// Runs the deploy command.
+pub const DEPLOY_TASK: &str = "vcc.deploy";
+/// The event carrying a batch of output lines.
+pub const OUTPUT_EVENT: &str = "vcc.build.output";
+/// The last event of a run.
+pub const FINISHED_EVENT: &str = "vcc.build.finished";
+/// Most lines in one output event: a chatty command is published in batches, not line by line.
+const LINES_PER_EVENT: usize = 500;
+
+/// The channel of a run's output.
+pub fn output_channel(task_id: &str) -> String {
+    format!("vcc.build:{task_id}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    Build,
+    Deploy,
+}
+
+impl CommandKind {
+    pub fn task_type(self) -> &'static str {
+        match self {
+            CommandKind::Build => BUILD_TASK,
+            CommandKind::Deploy => DEPLOY_TASK,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            CommandKind::Build => "build",
+            CommandKind::Deploy => "deploy",
+        }
+    }
+
+    fn config_key(self) -> &'static str {
+        match self {
+            CommandKind::Build => "vcc_build_command",
+            CommandKind::Deploy => "vcc_deploy_command",
+        }
+    }
+}
+
+/// `{"project": "<id>"}`: the command line is the configuration's, never the caller's.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommandPayload {
+    project: String,
+}
+
+/// The handler of `vcc.build` or `vcc.deploy`.
+pub struct CommandHandler {
+    pub kind: CommandKind,
+    pub service: VccService,
+    pub events: Arc<dyn EventBus>,
+}
+
+impl CommandHandler {
+    fn argv(&self) -> &[String] {
+        let config = self.service.config();
+        match self.kind {
+            CommandKind::Build => &config.build_command,
+            CommandKind::Deploy => &config.deploy_command,
+        }
+    }
+
+    fn not_configured(&self) -> String {
+        format!(
+            "no {} command is configured ({})",
+            self.kind.name(),
+            self.kind.config_key()
+        )
+    }
+}
+
+fn vcc_failure(e: VccError) -> HandlerError {
+    let error = if e.is_retryable() {
+        HandlerError::retryable(e.to_string())
+    } else {
+        HandlerError::permanent(e.to_string())
+    };
+    error.with_details(e.details())
+}
+
+#[async_trait]
+impl Handler for CommandHandler {
+    fn validate(&self, payload: &Value) -> Result<(), String> {
+        let payload = CommandPayload::deserialize(payload).map_err(|e| e.to_string())?;
+        if payload.project.is_empty() {
+            return Err("project: the id of a VCC project is required".into());
+        }
+        if self.argv().is_empty() {
+            return Err(self.not_configured());
+        }
+        Ok(())
+    }
+
+    fn default_timeout_ms(&self) -> Option<u64> {
+        Some(self.service.config().command_timeout.as_millis() as u64)
+    }
+
+    async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
+        let payload = CommandPayload::deserialize(&ctx.task.payload)
+            .map_err(|e| HandlerError::permanent(e.to_string()))?;
+        if self.argv().is_empty() {
+            return Err(HandlerError::permanent(self.not_configured())
+                .with_details(json!({"code": "command_not_configured"})));
+        }
+        let project = self
+            .service
+            .project(&payload.project)
+            .await
+            .map_err(vcc_failure)?;
+        if let Some(error) = &project.error {
+            return Err(HandlerError::permanent(format!(
+                "project `{}` cannot be read: {error}",
+                project.id
+            ))
+            .with_details(json!({"code": "project_unreadable"})));
+        }
+        let task_id = ctx.task.id.to_string();
+        let vars = BTreeMap::from([
+            ("project_path", project.path.clone()),
+            ("project_name", project.name.clone()),
+            ("task_id", task_id.clone()),
+        ]);
+        // The orchestrator's timeout would cancel the run without the output's tail; the
+        // command's own timeout, a little earlier (room for the SIGTERM grace), keeps it.
+        let margin = (ctx.task.timeout_ms / 4).min(3000);
+        let timeout = Duration::from_millis(ctx.task.timeout_ms.saturating_sub(margin).max(1));
+        let spec = CommandSpec::from_argv(self.argv(), &vars, timeout)
+            .map_err(|e| HandlerError::permanent(e.to_string()).with_details(failure(&e)))?;
+
+        let channel = output_channel(&task_id);
+        let (lines, publisher) = spawn_publisher(self.events.clone(), channel.clone());
+        let outcome = build::run(
+            &spec,
+            std::path::Path::new(&project.path),
+            ctx.cancel.clone(),
+            move |stream, line| {
+                let _ = lines.send((stream, line.to_owned()));
+            },
+        )
+        .await;
+        // Every output event goes out before the finished one (and before the task's own).
+        let _ = publisher.await;
+        let finished = match &outcome {
+            Ok(run) => {
+                json!({"project": project.id, "exit_code": run.exit_code, "lines": run.lines})
+            }
+            Err(e) => json!({"project": project.id, "error": failure(e)}),
+        };
+        publish(&*self.events, &channel, FINISHED_EVENT, finished).await;
+        match outcome {
+            Ok(run) => Ok(json!({
+                "project": project.id,
+                "command": self.kind.name(),
+                "exit_code": run.exit_code,
+                "lines": run.lines,
+                "duration_ms": run.duration_ms,
+                "tail": run.tail,
+            })),
+            Err(e) => {
+                let details = failure(&e);
+                let message = match &e {
+                    BuildError::TimedOut { after, .. } => format!(
+                        "the {} command did not finish within {} s and was killed",
+                        self.kind.name(),
+                        after.as_secs()
+                    ),
+                    other => other.to_string(),
+                };
+                // A command that fails does so again; one that hung may not (the task's
+                // max_attempts decide), and a cancelled run is the orchestrator's business.
+                let retryable = matches!(
+                    e,
+                    BuildError::TimedOut { .. } | BuildError::Cancelled { .. }
+                );
+                let error = if retryable {
+                    HandlerError::retryable(message)
+                } else {
+                    HandlerError::permanent(message)
+                };
+                Err(error.with_details(details))
+            }
+        }
+    }
+}
+
+/// `{"code", "exit_code"?, "signal"?, "tail"}` of a failed run.
+fn failure(e: &BuildError) -> Value {
+    let mut details = json!({"code": e.code(), "tail": e.tail()});
+    if let BuildError::Failed {
+        exit_code, signal, ..
+    } = e
+    {
+        details["exit_code"] = json!(exit_code);
+        details["signal"] = json!(signal);
+    }
+    details
+}
+
+/// A task that publishes lines in batches: whatever arrived while the previous batch was being
+/// published goes out together. Ends when every sender is gone and the lines are out.
+fn spawn_publisher(
+    events: Arc<dyn EventBus>,
+    channel: String,
+) -> (
+    mpsc::UnboundedSender<(Stream, String)>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Stream, String)>();
+    let handle = tokio::spawn(async move {
+        let mut batch = Vec::new();
+        while rx.recv_many(&mut batch, LINES_PER_EVENT).await > 0 {
+            let lines: Vec<Value> = batch
+                .drain(..)
+                .map(|(stream, line)| json!({"stream": stream, "line": line}))
+                .collect();
+            publish(&*events, &channel, OUTPUT_EVENT, json!({"lines": lines})).await;
+        }
+    });
+    (tx, handle)
+}
+
+async fn publish(events: &dyn EventBus, channel: &str, event_type: &str, data: Value) {
+    let event = Arc::new(Event::new(event_type, data, None));
+    if let Err(e) = events.publish(channel, event).await {
+        tracing::warn!(channel, error = %e, "cannot publish build output");
+    }
+}
