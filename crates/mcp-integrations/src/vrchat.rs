@@ -76,6 +76,8 @@ pub struct VrchatConfig {
     pub backoff_base: Duration,
     /// When calls that kept failing stop being sent.
     pub breaker: BreakerConfig,
+    /// Keeps the session's cookies across restarts; `None`: every start logs in again.
+    pub keeper: Option<Arc<dyn SessionKeeper>>,
 }
 
 impl std::fmt::Debug for VrchatConfig {
@@ -107,8 +109,26 @@ impl VrchatConfig {
                 open_for: Duration::from_secs(30),
                 probes: 1,
             },
+            keeper: None,
         }
     }
+}
+
+/// The cookies of a logged-in session, as a [`SessionKeeper`] keeps them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSession {
+    pub auth: String,
+    #[serde(default)]
+    pub two_factor: Option<String>,
+}
+
+/// Where a session survives a restart. VRChat asks clients not to log in more than needed
+/// (each login may email the account, and an emailed code needs a person), so a restarted hub
+/// resumes the session it had. The keeper must keep the cookies secret: they are the account.
+pub trait SessionKeeper: Send + Sync + 'static {
+    fn load(&self) -> Option<SavedSession>;
+    /// `None`: the session ended; forget it.
+    fn save(&self, session: Option<&SavedSession>);
 }
 
 /// The `User-Agent` VRChat asks for: the application, its version and how to reach its owner.
@@ -277,13 +297,14 @@ impl VrchatClient {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| e.to_string())?;
+        let saved = config.keeper.as_ref().and_then(|keeper| keeper.load());
         Ok(VrchatClient {
             http,
             breaker: Mutex::new(Breaker::new(config.breaker)),
             config,
             session: tokio::sync::Mutex::new(Session {
-                auth: None,
-                two_factor: None,
+                auth: saved.as_ref().map(|s| s.auth.clone()),
+                two_factor: saved.and_then(|s| s.two_factor),
                 state: SessionState::LoggedOut,
             }),
             state: Mutex::new(SessionState::LoggedOut),
@@ -445,7 +466,11 @@ impl VrchatClient {
                     SessionState::Failed { reason } => {
                         return Err(VrchatError::LoginFailed(reason.clone()));
                     }
-                    SessionState::LoggedOut => self.login(&mut session).await?,
+                    SessionState::LoggedOut => {
+                        if !self.resume(&mut session).await? {
+                            self.login(&mut session).await?;
+                        }
+                    }
                 }
                 session.cookie_header()
             };
@@ -457,11 +482,16 @@ impl VrchatClient {
                 session.auth = None;
                 session.two_factor = None;
                 self.set_state(&mut session, SessionState::LoggedOut);
+                self.keep(&session);
                 continue;
             }
             if answer.status.is_success() {
                 let mut session = self.session.lock().await;
+                let before = session.cookie_header();
                 session.take_cookies(&answer.headers);
+                if session.cookie_header() != before {
+                    self.keep(&session);
+                }
                 return Ok(answer.body);
             }
             return Err(refusal(&answer, what));
@@ -640,7 +670,44 @@ impl VrchatClient {
                 display_name: text("displayName"),
             },
         );
+        self.keep(session);
         Ok(())
+    }
+
+    /// Resumes a kept session: `GET /auth/user` with its cookies. False when there is none or
+    /// VRChat no longer knows it (then it is forgotten and a login follows).
+    async fn resume(&self, session: &mut Session) -> Result<bool, VrchatError> {
+        if session.auth.is_none() {
+            return Ok(false);
+        }
+        let answer = self
+            .call(Method::GET, "auth/user", &[], session.cookie_header(), None)
+            .await?;
+        if answer.status.is_success() && answer.body.get("requiresTwoFactorAuth").is_none() {
+            session.take_cookies(&answer.headers);
+            tracing::info!("resumed the kept VRChat session");
+            self.logged_in(session, &answer.body)?;
+            return Ok(true);
+        }
+        session.auth = None;
+        session.two_factor = None;
+        self.keep(session);
+        Ok(false)
+    }
+
+    /// Hands the session's cookies to the keeper (none: forget them).
+    fn keep(&self, session: &Session) {
+        let Some(keeper) = &self.config.keeper else {
+            return;
+        };
+        let saved = match (&session.state, &session.auth) {
+            (SessionState::LoggedIn { .. }, Some(auth)) => Some(SavedSession {
+                auth: auth.clone(),
+                two_factor: session.two_factor.clone(),
+            }),
+            _ => None,
+        };
+        keeper.save(saved.as_ref());
     }
 
     async fn call(

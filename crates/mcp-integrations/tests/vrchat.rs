@@ -280,3 +280,62 @@ async fn task_types_return_vrchat_json_and_classify_failures() {
     assert_eq!(missing.details, Some(json!({"code": "vrchat_not_found"})));
     assert!(adapter.health().await.is_healthy());
 }
+
+/// Keeps a session in memory, as the binary keeps it sealed on disk.
+#[derive(Default)]
+struct MemoryKeeper(std::sync::Mutex<Option<vrchat::SavedSession>>);
+
+impl vrchat::SessionKeeper for MemoryKeeper {
+    fn load(&self) -> Option<vrchat::SavedSession> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn save(&self, session: Option<&vrchat::SavedSession>) {
+        *self.0.lock().unwrap() = session.cloned();
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_client_resumes_the_kept_session_without_logging_in() {
+    let (base, fake) = start(TwoFactor::Email).await;
+    let keeper = Arc::new(MemoryKeeper::default());
+    let with_keeper = || VrchatConfig {
+        keeper: Some(keeper.clone()),
+        ..config(&base, None)
+    };
+    let first = VrchatClient::new(with_keeper()).unwrap();
+    assert_eq!(
+        first.current_user().await.unwrap_err().code(),
+        "vrchat_needs_code"
+    );
+    assert!(
+        keeper.load_now().is_none(),
+        "nothing is kept before the login completes"
+    );
+    let code = fake.lock().unwrap().emailed_code.clone();
+    first.submit_code(&code).await.unwrap();
+    let kept = keeper.load_now().expect("the session is kept");
+    assert!(kept.auth.starts_with("authcookie_") && kept.two_factor.is_some());
+
+    // A new client (a restarted hub) reads VRChat at once: no login, no emailed code.
+    let second = VrchatClient::new(with_keeper()).unwrap();
+    assert_eq!(second.world(WORLD_ID).await.unwrap()["id"], WORLD_ID);
+    assert!(matches!(second.state(), SessionState::LoggedIn { .. }));
+    assert_eq!(fake.lock().unwrap().logins, 1);
+
+    // A kept session VRChat has forgotten is dropped, and the client logs in again.
+    fake.lock().unwrap().sessions.clear();
+    let third = VrchatClient::new(with_keeper()).unwrap();
+    assert_eq!(
+        third.world(WORLD_ID).await.unwrap_err().code(),
+        "vrchat_needs_code"
+    );
+    assert_eq!(fake.lock().unwrap().logins, 2);
+    assert!(keeper.load_now().is_none());
+}
+
+impl MemoryKeeper {
+    fn load_now(&self) -> Option<vrchat::SavedSession> {
+        self.0.lock().unwrap().clone()
+    }
+}

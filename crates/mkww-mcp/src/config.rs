@@ -198,6 +198,8 @@ pub struct Config {
     /// Comma-separated folders VCC projects must live under (`POST /v1/vcc/projects` refuses
     /// others, symlinks resolved); empty: projects can be read from `vcc_settings` only.
     pub vcc_project_roots: String,
+    /// VCC projects always listed (outside the roots too: the file is trusted).
+    pub vcc_projects: Vec<PathBuf>,
     /// VCC's own `settings.json`: its `userProjects` and `userRepos` are included.
     pub vcc_settings: Option<PathBuf>,
     /// Command line of `vcc.build` (program first); `{project_path}`, `{project_name}` and
@@ -321,6 +323,7 @@ impl Default for Config {
             llm_timeout_ms: 60_000,
             ask_timeout_ms: 60_000,
             vcc_project_roots: String::new(),
+            vcc_projects: Vec::new(),
             vcc_settings: None,
             vcc_build_command: Vec::new(),
             vcc_deploy_command: Vec::new(),
@@ -590,7 +593,7 @@ impl Config {
 }
 
 /// Writes a new file only its owner can read.
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);

@@ -8,9 +8,11 @@ use async_trait::async_trait;
 use mcp_api::integrations::ConfiguredIntegration;
 use mcp_core::integrations::{IntegrationRuntime, IntegrationStore, secret_purpose};
 use mcp_core::secrets::SecretBox;
+use mcp_integrations::vrchat::{SavedSession, SessionKeeper};
 use mcp_integrations::{AdapterHealth, GithubLive, LlmLive, VrchatClient};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// The configuration file's integrations, without secret values.
@@ -253,6 +255,64 @@ impl IntegrationRuntime for Runtime {
     }
 }
 
+/// The VRChat session's cookies in a file of the data directory, sealed by the SecretBox for
+/// one account, so a restarted node resumes its session instead of logging in (and, with an
+/// emailed code, waiting for a person). Each node of a cluster keeps its own.
+pub struct SealedSessionFile {
+    pub path: PathBuf,
+    pub secrets: SecretBox,
+    /// Binds the sealed session to the account: another account's cookies never open.
+    pub username: String,
+}
+
+impl SealedSessionFile {
+    fn purpose(&self) -> String {
+        format!("vrchat.session:{}", self.username)
+    }
+}
+
+impl SessionKeeper for SealedSessionFile {
+    fn load(&self) -> Option<SavedSession> {
+        let sealed = std::fs::read_to_string(&self.path).ok()?;
+        match self.secrets.open(sealed.trim(), &self.purpose()) {
+            Ok(bytes) => serde_json::from_slice(&bytes).ok(),
+            Err(e) => {
+                tracing::warn!(error = %e, "the kept VRChat session does not open; logging in");
+                None
+            }
+        }
+    }
+
+    fn save(&self, session: Option<&SavedSession>) {
+        let result = match session {
+            None => match std::fs::remove_file(&self.path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            },
+            Some(session) => self.write(session),
+        };
+        if let Err(e) = result {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot keep the VRChat session");
+        }
+    }
+}
+
+impl SealedSessionFile {
+    fn write(&self, session: &SavedSession) -> anyhow::Result<()> {
+        let sealed = self
+            .secrets
+            .seal(&serde_json::to_vec(session)?, &self.purpose())?;
+        let temporary = self
+            .path
+            .with_extension(format!("tmp-{}", uuid::Uuid::new_v4()));
+        crate::config::write_private(&temporary, &sealed)?;
+        std::fs::rename(&temporary, &self.path).inspect_err(|_| {
+            let _ = std::fs::remove_file(&temporary);
+        })?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -302,5 +362,40 @@ mod tests {
         );
         assert_eq!(runtime.apply("discord", &json!({}), &none), Ok(false));
         assert!(!runtime.remove("llm"));
+    }
+
+    #[test]
+    fn keeps_the_vrchat_session_sealed_for_one_account() {
+        let dir = std::env::temp_dir().join(format!("mcp-session-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let secrets = SecretBox::new(
+            mcp_core::secrets::MasterKey::from_base64(
+                &mcp_core::secrets::MasterKey::generate_base64(),
+            )
+            .unwrap(),
+            [],
+        );
+        let keeper = |username: &str| SealedSessionFile {
+            path: dir.join("vrchat-session"),
+            secrets: secrets.clone(),
+            username: username.into(),
+        };
+        let session = SavedSession {
+            auth: "authcookie_secret".into(),
+            two_factor: Some("tfa".into()),
+        };
+        assert_eq!(keeper("alice").load(), None);
+        keeper("alice").save(Some(&session));
+        let on_disk = std::fs::read_to_string(dir.join("vrchat-session")).unwrap();
+        assert!(!on_disk.contains("authcookie_secret"), "{on_disk}");
+        assert_eq!(keeper("alice").load(), Some(session));
+        assert_eq!(
+            keeper("bob").load(),
+            None,
+            "another account's session never opens"
+        );
+        keeper("alice").save(None);
+        assert!(!dir.join("vrchat-session").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,7 +2,7 @@
 //! the API, and shuts everything down gracefully on SIGINT/SIGTERM.
 
 use crate::config::{Config, Database};
-use crate::integrations::LiveIntegrations;
+use crate::integrations::{LiveIntegrations, SealedSessionFile};
 use anyhow::Context;
 use mcp_api::MemoryLimits;
 use mcp_api::token::parse_ttl;
@@ -18,6 +18,7 @@ use mcp_core::limiter::{Limiter, MemoryLimiter, Quota};
 use mcp_core::memory::{MemoryStore, SUMMARIZE_TASK, Summarizer};
 use mcp_core::principal::Role;
 use mcp_core::routing::BreakerConfig;
+use mcp_core::secrets::SecretBox;
 use mcp_core::task::TaskDefaults;
 use mcp_core::webhooks::{DELIVER_TASK, WebhookStore};
 use mcp_core::{Backoff, HandlerRegistry, Orchestrator, OrchestratorConfig, StoreError, TaskStore};
@@ -144,6 +145,7 @@ pub fn registry(
     config: &Config,
     live: &LiveIntegrations,
     events: &Arc<dyn EventBus>,
+    secrets: &SecretBox,
 ) -> anyhow::Result<(HandlerRegistry, AdapterClients)> {
     let mut registry = HandlerRegistry::with_builtins();
     let mut clients = AdapterClients::default();
@@ -211,6 +213,11 @@ pub fn registry(
             totp_secret: config.vrchat_totp_secret.clone().filter(|s| !s.is_empty()),
             user_agent: mcp_integrations::vrchat::user_agent(&config.vrchat_contact),
             timeout: Config::ms(config.http_timeout_ms),
+            keeper: Some(Arc::new(SealedSessionFile {
+                path: config.data_dir.join("vrchat-session"),
+                secrets: secrets.clone(),
+                username: username.to_owned(),
+            })),
             ..VrchatConfig::new(username, password)
         })
         .map_err(anyhow::Error::msg)
@@ -221,6 +228,7 @@ pub fn registry(
     // VCC: projects live on this node's disk, under the configured roots.
     let vcc = VccService::new(VccConfig {
         roots: config.vcc_roots(),
+        projects: config.vcc_projects.clone(),
         settings_file: config.vcc_settings.clone(),
         state_file: config.data_dir.join("vcc.json"),
         build_command: config.vcc_build_command.clone(),
@@ -532,7 +540,7 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     crate::integrations::merge_stored(&mut config, stores.integrations.as_ref(), &secrets).await?;
     let live = LiveIntegrations::default();
     let events = event_bus(&config).await?;
-    let (mut handlers, clients) = registry(&config, &live, &events)?;
+    let (mut handlers, clients) = registry(&config, &live, &events, &secrets)?;
     if config.memory_builtin_summarizer {
         handlers.register(
             SUMMARIZE_TASK,

@@ -342,12 +342,19 @@ async fn registers_projects_under_the_roots_only_and_shows_them() {
         (404, Some("project_not_found"))
     );
 
-    // Registrations survive a restart (kept in the data directory).
+    // Registrations survive a restart (kept in the data directory); projects the
+    // configuration lists are shown too, wherever they are.
     let data_dir = server.data_dir.clone();
     drop(server);
     let server = Server::start_in(
         data_dir,
-        &[("MCP_VCC_PROJECT_ROOTS", root.display().to_string())],
+        &[
+            ("MCP_VCC_PROJECT_ROOTS", root.display().to_string()),
+            (
+                "MCP_VCC_PROJECTS",
+                format!("[{:?}]", outside.display().to_string()),
+            ),
+        ],
     );
     let (status, body) = call(
         &operator,
@@ -370,7 +377,13 @@ async fn registers_projects_under_the_roots_only_and_shows_them() {
     .await;
     assert_eq!(status, 204);
     let (_, list) = call(&operator, "GET", server.url("/v1/vcc/projects"), None).await;
-    assert_eq!(list["projects"], json!([]));
+    let names: Vec<&str> = list["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["Elsewhere"], "{list}");
     assert!(
         project.join("Packages/vpm-manifest.json").exists(),
         "files are untouched"

@@ -32,11 +32,12 @@ async fn call(
 #[tokio::test]
 async fn reads_vrchat_after_an_emailed_code_is_submitted() {
     let (base, fake) = fake_vrchat::start(TwoFactor::Email).await;
-    let server = Server::start(&[
+    let account = [
         ("MCP_VRCHAT_API_BASE", base),
         ("MCP_VRCHAT_USERNAME", USERNAME.into()),
         ("MCP_VRCHAT_PASSWORD", PASSWORD.into()),
-    ]);
+    ];
+    let server = Server::start(&account);
     let admin = client();
     let service = client_as("service", "bot");
     let user = client_as("user", "someone");
@@ -193,6 +194,27 @@ async fn reads_vrchat_after_an_emailed_code_is_submitted() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["health"]["state"], "healthy", "{body}");
     assert!(!body.to_string().contains(PASSWORD));
+    assert_eq!(fake.lock().unwrap().logins, 1);
+
+    // Restarted, the hub resumes its session (kept sealed in the data directory): no new
+    // login, no new emailed code.
+    let kept = std::fs::read_to_string(server.data_dir.join("vrchat-session")).unwrap();
+    assert!(!kept.contains("authcookie_"), "the cookies are sealed");
+    let data_dir = server.data_dir.clone();
+    drop(server);
+    let server = Server::start_in(data_dir, &account);
+    let (status, body) = call(
+        &service,
+        reqwest::Method::GET,
+        server.url("/v1/vrchat/users/me"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, body["id"].as_str()),
+        (200, Some(fake_vrchat::USER_ID)),
+        "{body}"
+    );
     assert_eq!(fake.lock().unwrap().logins, 1);
 }
 

@@ -48,6 +48,8 @@ pub const HTTP_TIMEOUT: Duration = Duration::from_secs(600);
 pub struct VccConfig {
     /// Folders projects must lie under (after resolving symlinks).
     pub roots: Vec<PathBuf>,
+    /// Projects listed by the configuration, always included.
+    pub projects: Vec<PathBuf>,
     /// VCC's own `settings.json` (`userProjects`, `userRepos`), read on every listing.
     pub settings_file: Option<PathBuf>,
     /// Where registered projects and repositories are persisted.
@@ -66,6 +68,7 @@ impl Default for VccConfig {
     fn default() -> Self {
         VccConfig {
             roots: Vec::new(),
+            projects: Vec::new(),
             settings_file: None,
             state_file: PathBuf::from("vcc-state.json"),
             user_agent: concat!("mkww-mcp/", env!("CARGO_PKG_VERSION")).to_string(),
@@ -420,7 +423,8 @@ impl VccService {
             config.roots.clone(),
             config.settings_file.clone(),
             state.clone(),
-        );
+        )
+        .with_configured(config.projects.clone());
         let repos = RepoCache::new(state, config.settings_file.clone(), http.clone());
         Ok(VccService {
             inner: Arc::new(Inner {
@@ -698,8 +702,11 @@ impl Adapter for VccAdapter {
     }
 
     async fn health(&self) -> AdapterHealth {
-        if self.service.config().roots.is_empty() && self.service.config().settings_file.is_none() {
-            return AdapterHealth::Degraded("no project roots and no VCC settings file".into());
+        let config = self.service.config();
+        if config.roots.is_empty() && config.projects.is_empty() && config.settings_file.is_none() {
+            return AdapterHealth::Degraded(
+                "no project roots, configured projects or VCC settings file".into(),
+            );
         }
         AdapterHealth::Healthy
     }

@@ -295,6 +295,8 @@ pub struct ProjectRegistry {
     roots: Vec<PathBuf>,
     settings_file: Option<PathBuf>,
     state: Arc<StateStore>,
+    /// Projects the configuration lists (`vcc_projects`): trusted like the file they come from.
+    configured: Vec<PathBuf>,
 }
 
 impl ProjectRegistry {
@@ -307,7 +309,14 @@ impl ProjectRegistry {
             roots,
             settings_file,
             state,
+            configured: Vec::new(),
         }
+    }
+
+    /// Adds the projects the configuration lists; they cannot be unregistered through the API.
+    pub fn with_configured(mut self, projects: Vec<PathBuf>) -> Self {
+        self.configured = projects;
+        self
     }
 
     /// A registry over the state file at `state_file`.
@@ -375,7 +384,8 @@ impl ProjectRegistry {
             .ok_or_else(|| VccError::ProjectNotFound { id: id.to_string() })
     }
 
-    /// Registered paths (stored canonical) and the existing, allowed paths of VCC's settings.
+    /// Registered paths (stored canonical), the configured ones, and the existing, allowed
+    /// paths of VCC's settings.
     fn known_paths(&self) -> Vec<PathBuf> {
         let mut paths: Vec<PathBuf> = match self.state.load() {
             Ok(state) => state.projects.iter().map(PathBuf::from).collect(),
@@ -384,6 +394,16 @@ impl ProjectRegistry {
                 Vec::new()
             }
         };
+        for listed in &self.configured {
+            match std::fs::canonicalize(listed) {
+                Ok(canonical) => paths.push(canonical),
+                Err(e) => tracing::warn!(
+                    path = %listed.display(),
+                    error = %e,
+                    "a configured VCC project cannot be read, skipped"
+                ),
+            }
+        }
         let settings = VccSettings::read(self.settings_file.as_deref());
         for listed in settings.user_projects {
             let listed = PathBuf::from(listed);
