@@ -156,6 +156,7 @@ pub const ROUTES: &[RouteAccess] = &[
     route("DELETE", "/v1/vcc/projects/{id}", Requires(VccManage)),
     route("GET", "/v1/vcc/repositories", Requires(VccRead)),
     route("POST", "/v1/vcc/repositories", Requires(VccManage)),
+    route("POST", "/v1/vcc/repositories/refresh", Requires(VccManage)),
     route("DELETE", "/v1/vcc/repositories/{id}", Requires(VccManage)),
     // The existing bots' routes, at their historical paths (crate::bots).
     route("POST", "/deploy", Requires(TasksCreate)),

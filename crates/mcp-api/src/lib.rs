@@ -202,6 +202,10 @@ pub fn router(state: AppState) -> Router {
             "/v1/vcc/repositories",
             get(vcc::list_repositories).post(vcc::add_repository),
         )
+        .route(
+            "/v1/vcc/repositories/refresh",
+            post(vcc::refresh_repositories),
+        )
         .route("/v1/vcc/repositories/{id}", delete(vcc::remove_repository))
         .route("/deploy", post(bots::deploy))
         .route("/ask-gemini", post(bots::ask_gemini))

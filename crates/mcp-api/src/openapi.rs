@@ -73,6 +73,7 @@ use utoipa::{Modify, OpenApi};
         crate::vcc::unregister_project,
         crate::vcc::list_repositories,
         crate::vcc::add_repository,
+        crate::vcc::refresh_repositories,
         crate::vcc::remove_repository,
     ),
     components(schemas(

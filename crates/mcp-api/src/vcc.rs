@@ -143,6 +143,16 @@ pub async fn add_repository(
     Ok((StatusCode::CREATED, Json(repository)))
 }
 
+#[utoipa::path(post, path = "/v1/vcc/repositories/refresh", tag = "vcc",
+    responses((status = 200, description = "every listing fetched again (conditionally, with its ETag); failures in each repository's `error`", body = RepositoryList)))]
+pub async fn refresh_repositories(
+    State(state): State<AppState>,
+) -> Result<Json<RepositoryList>, ApiError> {
+    Ok(Json(RepositoryList {
+        repositories: service(&state)?.refresh_repositories().await,
+    }))
+}
+
 #[utoipa::path(delete, path = "/v1/vcc/repositories/{id}", tag = "vcc",
     params(("id" = String, Path, description = "repository id")),
     responses(

@@ -124,6 +124,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("DELETE", "/v1/vcc/projects/{id}", "admin operator"),
     ("GET", "/v1/vcc/repositories", "admin operator service user"),
     ("POST", "/v1/vcc/repositories", "admin operator"),
+    ("POST", "/v1/vcc/repositories/refresh", "admin operator"),
     ("DELETE", "/v1/vcc/repositories/{id}", "admin operator"),
     ("POST", "/deploy", "admin operator service user"),
     ("POST", "/ask-gemini", "admin operator service user"),

@@ -116,6 +116,10 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(server: &Server) -> Socket {
+    connect_as(server, "operator", "ops").await
+}
+
+async fn connect_as(server: &Server, role: &str, subject: &str) -> Socket {
     let mut request = server
         .url("/v1/ws")
         .replace("http://", "ws://")
@@ -123,9 +127,7 @@ async fn connect(server: &Server) -> Socket {
         .unwrap();
     request.headers_mut().insert(
         "authorization",
-        format!("Bearer {}", token("operator", "ops"))
-            .parse()
-            .unwrap(),
+        format!("Bearer {}", token(role, subject)).parse().unwrap(),
     );
     tokio_tungstenite::connect_async(request).await.unwrap().0
 }
@@ -409,6 +411,23 @@ async fn package_tasks_install_verified_zips_and_the_watcher_announces_them() {
     .await;
     assert_eq!(status, 201, "{repo}");
     assert_eq!(repo["package_count"], 3);
+    let (status, refreshed) = call(
+        &operator,
+        "POST",
+        server.url("/v1/vcc/repositories/refresh"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{refreshed}");
+    assert_eq!(
+        refreshed["repositories"][0]["package_count"], 3,
+        "{refreshed}"
+    );
+    assert_eq!(
+        refreshed["repositories"][0]["error"],
+        Value::Null,
+        "{refreshed}"
+    );
     let (status, body) = call(
         &operator,
         "POST",
@@ -561,7 +580,15 @@ async fn builds_stream_their_output_and_deploys_can_be_cancelled_or_time_out() {
     assert!(tail.contains(&"careful"), "{tail:?}");
 
     // The channel's position names its epoch; from offset 0 of it, everything is replayed.
+    // Only those who may see the task may listen.
     let channel = format!("vcc.build:{task_id}");
+    let mut stranger = connect_as(&server, "service", "someone-else").await;
+    send(
+        &mut stranger,
+        json!({"id": 1, "op": "subscribe", "channel": channel}),
+    )
+    .await;
+    assert_eq!(next(&mut stranger).await["error"]["code"], "forbidden");
     let mut socket = connect(&server).await;
     send(
         &mut socket,
