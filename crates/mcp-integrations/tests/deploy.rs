@@ -1,19 +1,21 @@
 //! `github.dispatch` and `render.deploy` against local fakes that check what GitHub and Render
 //! check (the token, the headers, the body) and answer the way they do.
 
+mod common;
+
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use mcp_core::{Handler, HandlerError, HandlerRegistry, Task, TaskContext};
+use common::context;
+use mcp_core::{Handler, HandlerError, HandlerRegistry};
 use mcp_integrations::{Adapter, DeployAdapter, DeployConfig};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use tokio_util::sync::CancellationToken;
 
 const TOKEN: &str = "ghp_test_token";
 const HOOK_KEY: &str = "hook-secret";
@@ -157,36 +159,6 @@ fn handler(config: DeployConfig, task_type: &str) -> Arc<dyn Handler> {
     let mut registry = HandlerRegistry::default();
     DeployAdapter::new(config).unwrap().register(&mut registry);
     registry.get(task_type).expect("registered").clone()
-}
-
-fn context(task_type: &str, payload: Value) -> TaskContext {
-    let task: Task = serde_json::from_value(json!({
-        "id": "01920000-0000-7000-8000-000000000002",
-        "type": task_type,
-        "queue": "default",
-        "priority": 0,
-        "payload": payload,
-        "status": "running",
-        "attempts": 1,
-        "max_attempts": 3,
-        "backoff": {"base_ms": 1000, "max_ms": 600000},
-        "run_at": "2025-01-01T00:00:00Z",
-        "timeout_ms": 30000,
-        "idempotency_key": null,
-        "concurrency_key": null,
-        "concurrency_limit": null,
-        "correlation_id": null,
-        "result": null,
-        "error": null,
-        "created_at": "2025-01-01T00:00:00Z",
-        "started_at": "2025-01-01T00:00:00Z",
-        "finished_at": null,
-    }))
-    .unwrap();
-    TaskContext {
-        task: Arc::new(task),
-        cancel: CancellationToken::new(),
-    }
 }
 
 async fn run(config: DeployConfig, task_type: &str, payload: Value) -> Result<Value, HandlerError> {

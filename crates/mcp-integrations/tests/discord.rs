@@ -1,13 +1,15 @@
 //! The Discord task types against a local fake of Discord's REST API that checks the bot token
 //! and user agent and answers with Discord's real rate-limit headers, buckets, 429s and errors.
 
+mod common;
+
 use axum::Json;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{patch, post};
-use mcp_core::{HandlerError, HandlerRegistry, Task, TaskContext};
+use mcp_core::{HandlerError, HandlerRegistry, TaskContext};
 use mcp_integrations::discord::{EDIT_MESSAGE, SEND_MESSAGE, WEBHOOK_EXECUTE};
 use mcp_integrations::{Adapter, DiscordAdapter, DiscordConfig};
 use serde_json::{Value, json};
@@ -15,7 +17,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
+
+fn context(task_type: &str, payload: Value, timeout_ms: u64) -> TaskContext {
+    common::context_with_timeout(task_type, payload, timeout_ms)
+}
 
 const BOT_TOKEN: &str = "bot-test-token";
 /// Requests per window of the fake's per-channel bucket.
@@ -249,36 +254,6 @@ fn handlers(config: DiscordConfig) -> HandlerRegistry {
     let mut registry = HandlerRegistry::default();
     DiscordAdapter::new(config).unwrap().register(&mut registry);
     registry
-}
-
-fn context(task_type: &str, payload: Value, timeout_ms: u64) -> TaskContext {
-    let task: Task = serde_json::from_value(json!({
-        "id": "01920000-0000-7000-8000-000000000003",
-        "type": task_type,
-        "queue": "default",
-        "priority": 0,
-        "payload": payload,
-        "status": "running",
-        "attempts": 1,
-        "max_attempts": 3,
-        "backoff": {"base_ms": 1000, "max_ms": 600000},
-        "run_at": "2025-01-01T00:00:00Z",
-        "timeout_ms": timeout_ms,
-        "idempotency_key": null,
-        "concurrency_key": null,
-        "concurrency_limit": null,
-        "correlation_id": null,
-        "result": null,
-        "error": null,
-        "created_at": "2025-01-01T00:00:00Z",
-        "started_at": "2025-01-01T00:00:00Z",
-        "finished_at": null,
-    }))
-    .unwrap();
-    TaskContext {
-        task: Arc::new(task),
-        cancel: CancellationToken::new(),
-    }
 }
 
 async fn run_on(

@@ -1,18 +1,23 @@
 //! `http.request` against a real local server: what a task gets back for each kind of answer,
 //! and which failures the orchestrator will retry.
 
+mod common;
+
 use axum::Json;
 use axum::Router;
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
-use mcp_core::{Handler, HandlerError, HandlerRegistry, Task, TaskContext};
+use mcp_core::{Handler, HandlerError, HandlerRegistry, TaskContext};
 use mcp_integrations::{Adapter, HttpAdapter, HttpConfig};
 use serde_json::{Map, Value, json};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
+
+fn context(payload: Value) -> TaskContext {
+    common::context("http.request", payload)
+}
 
 /// Answers with the request's headers as a JSON object.
 async fn echo_headers(headers: HeaderMap) -> Json<Value> {
@@ -97,36 +102,6 @@ fn handler(config: HttpConfig) -> Arc<dyn Handler> {
     let mut registry = HandlerRegistry::default();
     HttpAdapter::new(config).unwrap().register(&mut registry);
     registry.get("http.request").unwrap().clone()
-}
-
-fn context(payload: Value) -> TaskContext {
-    let task: Task = serde_json::from_value(json!({
-        "id": "01920000-0000-7000-8000-000000000001",
-        "type": "http.request",
-        "queue": "default",
-        "priority": 0,
-        "payload": payload,
-        "status": "running",
-        "attempts": 1,
-        "max_attempts": 3,
-        "backoff": {"base_ms": 1000, "max_ms": 600000},
-        "run_at": "2025-01-01T00:00:00Z",
-        "timeout_ms": 30000,
-        "idempotency_key": null,
-        "concurrency_key": null,
-        "concurrency_limit": null,
-        "correlation_id": null,
-        "result": null,
-        "error": null,
-        "created_at": "2025-01-01T00:00:00Z",
-        "started_at": "2025-01-01T00:00:00Z",
-        "finished_at": null,
-    }))
-    .unwrap();
-    TaskContext {
-        task: Arc::new(task),
-        cancel: CancellationToken::new(),
-    }
 }
 
 async fn run(payload: Value) -> Result<Value, HandlerError> {

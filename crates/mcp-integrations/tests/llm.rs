@@ -1,19 +1,24 @@
 //! `llm.generate` against a local OpenAI-compatible fake that checks the key, the model and the
 //! messages, and answers with completions, rate limits, server errors or nothing at all.
 
+mod common;
+
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use mcp_core::{HandlerError, HandlerRegistry, Task, TaskContext};
+use mcp_core::{HandlerError, HandlerRegistry, TaskContext};
 use mcp_integrations::{Adapter, LlmAdapter, LlmConfig};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
+
+fn context(payload: Value) -> TaskContext {
+    common::context("llm.generate", payload)
+}
 
 const KEY: &str = "sk-test-key";
 
@@ -115,36 +120,6 @@ fn config(addr: SocketAddr) -> LlmConfig {
         api_key: Some(KEY.into()),
         timeout: Duration::from_millis(500),
         ..LlmConfig::new(format!("http://{addr}/v1beta/openai/"), "gemini-test")
-    }
-}
-
-fn context(payload: Value) -> TaskContext {
-    let task: Task = serde_json::from_value(json!({
-        "id": "01920000-0000-7000-8000-000000000003",
-        "type": "llm.generate",
-        "queue": "default",
-        "priority": 0,
-        "payload": payload,
-        "status": "running",
-        "attempts": 1,
-        "max_attempts": 3,
-        "backoff": {"base_ms": 1000, "max_ms": 600000},
-        "run_at": "2025-01-01T00:00:00Z",
-        "timeout_ms": 30000,
-        "idempotency_key": null,
-        "concurrency_key": null,
-        "concurrency_limit": null,
-        "correlation_id": null,
-        "result": null,
-        "error": null,
-        "created_at": "2025-01-01T00:00:00Z",
-        "started_at": "2025-01-01T00:00:00Z",
-        "finished_at": null,
-    }))
-    .unwrap();
-    TaskContext {
-        task: Arc::new(task),
-        cancel: CancellationToken::new(),
     }
 }
 

@@ -1,8 +1,11 @@
 //! VRChat OSC over real UDP sockets on loopback: what each task type sends, chatbox trimming and
 //! spacing, and the listener turning avatar parameters into `vrchat.osc` events.
 
+mod common;
+
+use common::context;
 use mcp_core::events::{BusConfig, EventBus, MemoryBus};
-use mcp_core::{Handler, HandlerRegistry, Task, TaskContext};
+use mcp_core::{Handler, HandlerRegistry};
 use mcp_integrations::Adapter;
 use mcp_integrations::osc::{
     self, CHATBOX_MAX_CHARS, ChatboxLimiter, OSC_CHANNEL, OscAdapter, OscConfig, trim_chatbox,
@@ -15,36 +18,6 @@ use std::time::Duration;
 use tokio::net::UdpSocket;
 use tokio::time::{Instant, timeout};
 use tokio_util::sync::CancellationToken;
-
-fn context(task_type: &str, payload: Value) -> TaskContext {
-    let task: Task = serde_json::from_value(json!({
-        "id": "01920000-0000-7000-8000-000000000007",
-        "type": task_type,
-        "queue": "default",
-        "priority": 0,
-        "payload": payload,
-        "status": "running",
-        "attempts": 1,
-        "max_attempts": 3,
-        "backoff": {"base_ms": 1000, "max_ms": 600000},
-        "run_at": "2025-01-01T00:00:00Z",
-        "timeout_ms": 30000,
-        "idempotency_key": null,
-        "concurrency_key": null,
-        "concurrency_limit": null,
-        "correlation_id": null,
-        "result": null,
-        "error": null,
-        "created_at": "2025-01-01T00:00:00Z",
-        "started_at": "2025-01-01T00:00:00Z",
-        "finished_at": null,
-    }))
-    .unwrap();
-    TaskContext {
-        task: Arc::new(task),
-        cancel: CancellationToken::new(),
-    }
-}
 
 /// A fake VRChat: a loopback socket, and handlers sending to it.
 async fn setup(interval: Duration) -> (UdpSocket, HandlerRegistry) {

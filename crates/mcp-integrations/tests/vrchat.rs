@@ -3,11 +3,12 @@
 //! JSON, 401s for an expired session, 429s with `Retry-After`, and 5xx answers that open the
 //! breaker.
 
+mod common;
 mod fake_vrchat;
 
 use fake_vrchat::{PASSWORD, Shared, TOTP_SECRET, TwoFactor, USER_ID, USERNAME, WORLD_ID, start};
+use mcp_core::HandlerRegistry;
 use mcp_core::routing::BreakerConfig;
-use mcp_core::{HandlerRegistry, Task, TaskContext};
 use mcp_integrations::Adapter;
 use mcp_integrations::vrchat::{
     self, SessionState, VrchatAdapter, VrchatClient, VrchatConfig, VrchatError,
@@ -221,37 +222,8 @@ async fn task_types_return_vrchat_json_and_classify_failures() {
 
     let run = |task_type: &str, payload: Value| {
         let handler = registry.get(task_type).unwrap().clone();
-        let task: Task = serde_json::from_value(json!({
-            "id": "01920000-0000-7000-8000-000000000008",
-            "type": task_type,
-            "queue": "default",
-            "priority": 0,
-            "payload": payload,
-            "status": "running",
-            "attempts": 1,
-            "max_attempts": 3,
-            "backoff": {"base_ms": 1000, "max_ms": 600000},
-            "run_at": "2025-01-01T00:00:00Z",
-            "timeout_ms": 30000,
-            "idempotency_key": null,
-            "concurrency_key": null,
-            "concurrency_limit": null,
-            "correlation_id": null,
-            "result": null,
-            "error": null,
-            "created_at": "2025-01-01T00:00:00Z",
-            "started_at": "2025-01-01T00:00:00Z",
-            "finished_at": null,
-        }))
-        .unwrap();
-        async move {
-            handler
-                .run(TaskContext {
-                    task: Arc::new(task),
-                    cancel: Default::default(),
-                })
-                .await
-        }
+        let ctx = common::context(task_type, payload);
+        async move { handler.run(ctx).await }
     };
     assert_eq!(
         run(vrchat::USER_CURRENT, json!({})).await.unwrap()["id"],

@@ -7,15 +7,12 @@ mod support;
 
 use axum::Router;
 use axum::routing::get as route_get;
-use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use support::*;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn package_zip(name: &str, version: &str) -> Vec<u8> {
     let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
@@ -112,61 +109,8 @@ fn world_project(root: &Path, name: &str) -> PathBuf {
     path
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn connect(server: &Server) -> Socket {
-    connect_as(server, "operator", "ops").await
-}
-
 async fn connect_as(server: &Server, role: &str, subject: &str) -> Socket {
-    let mut request = server
-        .url("/v1/ws")
-        .replace("http://", "ws://")
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", token(role, subject)).parse().unwrap(),
-    );
-    tokio_tungstenite::connect_async(request).await.unwrap().0
-}
-
-async fn send(socket: &mut Socket, frame: Value) {
-    socket
-        .send(Message::Text(frame.to_string().into()))
-        .await
-        .unwrap();
-}
-
-/// The next JSON frame within 10 s.
-async fn next(socket: &mut Socket) -> Value {
-    loop {
-        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a frame within 10 s")
-            .expect("open")
-            .expect("frame");
-        if let Message::Text(text) = frame {
-            return serde_json::from_str(&text).unwrap();
-        }
-    }
-}
-
-async fn call(
-    client: &reqwest::Client,
-    method: &str,
-    url: String,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
-    let mut request = client.request(method, url);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
+    connect(server, Some(&token(role, subject))).await
 }
 
 fn manifest(project: &Path) -> Value {
@@ -441,7 +385,7 @@ async fn package_tasks_install_verified_zips_and_the_watcher_announces_them() {
         "{body}"
     );
 
-    let mut socket = connect(&server).await;
+    let mut socket = connect_as(&server, "operator", "ops").await;
     send(
         &mut socket,
         json!({"id": 1, "op": "subscribe", "channel": "vcc.projects"}),
@@ -589,7 +533,7 @@ async fn builds_stream_their_output_and_deploys_can_be_cancelled_or_time_out() {
     )
     .await;
     assert_eq!(next(&mut stranger).await["error"]["code"], "forbidden");
-    let mut socket = connect(&server).await;
+    let mut socket = connect_as(&server, "operator", "ops").await;
     send(
         &mut socket,
         json!({"id": 1, "op": "subscribe", "channel": channel}),

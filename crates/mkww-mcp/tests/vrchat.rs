@@ -7,27 +7,11 @@ mod fake_vrchat;
 mod support;
 
 use fake_vrchat::{PASSWORD, TwoFactor, USERNAME, WORLD_ID};
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_json::{Value, json};
 use std::time::Duration;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-
-async fn call(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = client.request(method, url);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
 
 #[tokio::test]
 async fn reads_vrchat_after_an_emailed_code_is_submitted() {
@@ -41,10 +25,10 @@ async fn reads_vrchat_after_an_emailed_code_is_submitted() {
     let admin = client();
     let service = client_as("service", "bot");
     let user = client_as("user", "someone");
-    let get = reqwest::Method::GET;
-    let post = reqwest::Method::POST;
+    let get = "GET";
+    let post = "POST";
 
-    let (status, body) = call(&service, get.clone(), server.url("/v1/vrchat/status"), None).await;
+    let (status, body) = call(&service, get, server.url("/v1/vrchat/status"), None).await;
     assert_eq!(
         (status, body["state"].as_str()),
         (200, Some("logged_out")),
@@ -53,7 +37,7 @@ async fn reads_vrchat_after_an_emailed_code_is_submitted() {
 
     // The first read logs in; VRChat emails a code, and the read answers that it waits for it.
     let world = server.url(&format!("/v1/vrchat/worlds/{WORLD_ID}"));
-    let (status, body) = call(&service, get.clone(), world.clone(), None).await;
+    let (status, body) = call(&service, get, world.clone(), None).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "vrchat_needs_code");
     assert!(
@@ -61,36 +45,24 @@ async fn reads_vrchat_after_an_emailed_code_is_submitted() {
             .as_str()
             .is_some_and(|r| !r.is_empty())
     );
-    let (_, body) = call(&service, get.clone(), server.url("/v1/vrchat/status"), None).await;
+    let (_, body) = call(&service, get, server.url("/v1/vrchat/status"), None).await;
     assert_eq!(body["state"], "needs_code");
     assert_eq!(body["methods"], json!(["emailOtp"]));
 
     // Only an admin submits codes; a user may not read VRChat at all.
     let code = fake.lock().unwrap().emailed_code.clone();
     let submit = server.url("/v1/vrchat/auth/code");
-    let (status, _) = call(
-        &service,
-        post.clone(),
-        submit.clone(),
-        Some(json!({"code": code})),
-    )
-    .await;
+    let (status, _) = call(&service, post, submit.clone(), Some(json!({"code": code}))).await;
     assert_eq!(status, 403);
-    let (status, _) = call(&user, get.clone(), world.clone(), None).await;
+    let (status, _) = call(&user, get, world.clone(), None).await;
     assert_eq!(status, 403);
-    let (status, body) = call(
-        &admin,
-        post.clone(),
-        submit.clone(),
-        Some(json!({"code": "nope!"})),
-    )
-    .await;
+    let (status, body) = call(&admin, post, submit.clone(), Some(json!({"code": "nope!"}))).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (422, Some("invalid_request")),
         "{body}"
     );
-    let (status, body) = call(&admin, post.clone(), submit, Some(json!({"code": code}))).await;
+    let (status, body) = call(&admin, post, submit, Some(json!({"code": code}))).await;
     assert_eq!(
         (status, body["state"].as_str()),
         (200, Some("logged_in")),
@@ -98,32 +70,20 @@ async fn reads_vrchat_after_an_emailed_code_is_submitted() {
     );
     assert_eq!(body["display_name"], "Alice");
 
-    let (status, body) = call(&service, get.clone(), world, None).await;
+    let (status, body) = call(&service, get, world, None).await;
     assert_eq!(
         (status, body["name"].as_str()),
         (200, Some("The Great Pug")),
         "{body}"
     );
-    let (status, body) = call(
-        &service,
-        get.clone(),
-        server.url("/v1/vrchat/users/me"),
-        None,
-    )
-    .await;
+    let (status, body) = call(&service, get, server.url("/v1/vrchat/users/me"), None).await;
     assert_eq!((status, body["displayName"].as_str()), (200, Some("Alice")));
-    let (status, body) = call(
-        &service,
-        get.clone(),
-        server.url("/v1/vrchat/users/usr_2"),
-        None,
-    )
-    .await;
+    let (status, body) = call(&service, get, server.url("/v1/vrchat/users/usr_2"), None).await;
     assert_eq!((status, body["displayName"].as_str()), (200, Some("Bob")));
     let location = format!("{WORLD_ID}:12345~region(eu)");
     let (status, body) = call(
         &service,
-        get.clone(),
+        get,
         server.url(&format!("/v1/vrchat/instances/{location}")),
         None,
     )
@@ -135,7 +95,7 @@ async fn reads_vrchat_after_an_emailed_code_is_submitted() {
     );
     let (status, body) = call(
         &service,
-        get.clone(),
+        get,
         server.url("/v1/vrchat/friends/online?n=2"),
         None,
     )
@@ -144,7 +104,7 @@ async fn reads_vrchat_after_an_emailed_code_is_submitted() {
     assert_eq!(body.as_array().map(Vec::len), Some(2));
     let (status, body) = call(
         &service,
-        get.clone(),
+        get,
         server.url("/v1/vrchat/users/usr_nobody"),
         None,
     )
@@ -155,7 +115,7 @@ async fn reads_vrchat_after_an_emailed_code_is_submitted() {
     );
     let (status, body) = call(
         &service,
-        get.clone(),
+        get,
         server.url("/v1/vrchat/instances/wrld_only"),
         None,
     )
@@ -166,7 +126,7 @@ async fn reads_vrchat_after_an_emailed_code_is_submitted() {
     );
     let (status, body) = call(
         &service,
-        get.clone(),
+        get,
         server.url("/v1/vrchat/friends/online?n=500"),
         None,
     )
@@ -203,13 +163,7 @@ async fn reads_vrchat_after_an_emailed_code_is_submitted() {
     let data_dir = server.data_dir.clone();
     drop(server);
     let server = Server::start_in(data_dir, &account);
-    let (status, body) = call(
-        &service,
-        reqwest::Method::GET,
-        server.url("/v1/vrchat/users/me"),
-        None,
-    )
-    .await;
+    let (status, body) = call(&service, "GET", server.url("/v1/vrchat/users/me"), None).await;
     assert_eq!(
         (status, body["id"].as_str()),
         (200, Some(fake_vrchat::USER_ID)),
@@ -239,11 +193,8 @@ async fn without_an_account_vrchat_routes_say_so() {
     );
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 /// The next text frame within `wait`, if any.
-async fn next(socket: &mut Socket, wait: Duration) -> Option<Value> {
+async fn next_within(socket: &mut Socket, wait: Duration) -> Option<Value> {
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         let frame = tokio::time::timeout_at(deadline, socket.next())
@@ -263,29 +214,12 @@ async fn publishes_incoming_avatar_parameters_on_the_vrchat_osc_channel() {
         .unwrap()
         .port();
     let server = Server::start(&[("MCP_VRCHAT_OSC_LISTEN", format!("127.0.0.1:{port}"))]);
-    let mut request = server
-        .url("/v1/ws")
-        .replace("http://", "ws://")
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "authorization",
-        format!("Bearer {}", token("operator", "ops"))
-            .parse()
-            .unwrap(),
-    );
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-    socket
-        .send(Message::Text(
-            json!({"id": 1, "op": "subscribe", "channel": "vrchat.osc"})
-                .to_string()
-                .into(),
-        ))
-        .await
-        .unwrap();
-    let reply = next(&mut socket, Duration::from_secs(10))
-        .await
-        .expect("a reply");
+    let mut socket = connect(&server, Some(&token("operator", "ops"))).await;
+    let reply = request(
+        &mut socket,
+        json!({"id": 1, "op": "subscribe", "channel": "vrchat.osc"}),
+    )
+    .await;
     assert_eq!(reply["ok"], true, "{reply}");
 
     // VRChat sends avatar parameters as OSC messages.
@@ -299,7 +233,7 @@ async fn publishes_incoming_avatar_parameters_on_the_vrchat_osc_channel() {
     let mut event = None;
     for _ in 0..20 {
         udp.send_to(&packet, ("127.0.0.1", port)).await.unwrap();
-        event = next(&mut socket, Duration::from_millis(500)).await;
+        event = next_within(&mut socket, Duration::from_millis(500)).await;
         if event.is_some() {
             break;
         }

@@ -12,50 +12,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn ws_url(server: &Server) -> String {
-    server.base.replacen("http://", "ws://", 1) + "/v1/ws"
-}
-
-async fn connect(server: &Server, credential: Option<&str>) -> Socket {
-    let mut request = ws_url(server).into_client_request().unwrap();
-    if let Some(credential) = credential {
-        request.headers_mut().insert(
-            "authorization",
-            format!("Bearer {credential}").parse().unwrap(),
-        );
-    }
-    tokio_tungstenite::connect_async(request)
-        .await
-        .expect("websocket connect")
-        .0
-}
-
-async fn send(socket: &mut Socket, frame: Value) {
-    socket
-        .send(Message::Text(frame.to_string().into()))
-        .await
-        .unwrap();
-}
-
-/// The next JSON frame (skipping pings), or panics after 10 s.
-async fn next(socket: &mut Socket) -> Value {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
-            .await
-            .expect("a frame within 10 s")
-            .expect("the socket is open")
-            .expect("a frame");
-        match message {
-            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
-            Message::Ping(_) | Message::Pong(_) => continue,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-}
-
 /// Waits for the close frame and returns its code.
 async fn closed_with(socket: &mut Socket) -> u16 {
     loop {
@@ -67,17 +23,6 @@ async fn closed_with(socket: &mut Socket) -> u16 {
             Some(Ok(Message::Close(None))) | None => return 1005,
             Some(Ok(_)) => continue,
             Some(Err(e)) => panic!("socket error before close: {e}"),
-        }
-    }
-}
-
-async fn request(socket: &mut Socket, frame: Value) -> Value {
-    let id = frame["id"].clone();
-    send(socket, frame).await;
-    loop {
-        let reply = next(socket).await;
-        if reply["id"] == id {
-            return reply;
         }
     }
 }

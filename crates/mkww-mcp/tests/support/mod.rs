@@ -2,12 +2,15 @@
 
 #![allow(dead_code)]
 
+use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 pub struct Server {
     child: Child,
@@ -254,4 +257,79 @@ pub fn is_final(task: &Value) -> bool {
         task["status"].as_str(),
         Some("succeeded" | "dead" | "cancelled")
     )
+}
+
+// The WebSocket API, as a client sees it.
+
+pub type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub fn ws_url(server: &Server) -> String {
+    server.base.replacen("http://", "ws://", 1) + "/v1/ws"
+}
+
+pub async fn connect(server: &Server, credential: Option<&str>) -> Socket {
+    let mut request = ws_url(server).into_client_request().unwrap();
+    if let Some(credential) = credential {
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {credential}").parse().unwrap(),
+        );
+    }
+    tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket connect")
+        .0
+}
+
+pub async fn send(socket: &mut Socket, frame: Value) {
+    socket
+        .send(Message::Text(frame.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// The next JSON frame (skipping pings), or panics after 10 s.
+pub async fn next(socket: &mut Socket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the socket is open")
+            .expect("a frame");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+/// Sends `frame` and waits for the reply with its `id` (events in between are skipped).
+pub async fn request(socket: &mut Socket, frame: Value) -> Value {
+    let id = frame["id"].clone();
+    send(socket, frame).await;
+    loop {
+        let reply = next(socket).await;
+        if reply["id"] == id {
+            return reply;
+        }
+    }
+}
+
+/// One HTTP call with a JSON body (if any): the status and the JSON answer (`null` if none).
+pub async fn call(
+    client: &reqwest::Client,
+    method: &str,
+    url: String,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+    let mut request = client.request(method, url);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
