@@ -859,7 +859,9 @@ fn unix_now() -> u64 {
 
 /// An id checked and escaped for one path segment.
 fn segment(what: &str, id: &str) -> Result<String, VrchatError> {
+    // `.` and `..` alone would be read as path steps, not as an id.
     let ok = !id.is_empty()
+        && !id.chars().all(|c| c == '.')
         && id.len() <= MAX_ID_LEN
         && id
             .chars()
@@ -1184,7 +1186,17 @@ mod tests {
             segment("id", "12345~region(eu)").unwrap(),
             "12345~region%28eu%29"
         );
-        for bad in ["", "../auth", "a/b", "a?b=c", "a b", "é", &"x".repeat(300)] {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../auth",
+            "a/b",
+            "a?b=c",
+            "a b",
+            "é",
+            &"x".repeat(300),
+        ] {
             assert!(segment("id", bad).is_err(), "{bad}");
         }
     }
@@ -1253,5 +1265,34 @@ mod tests {
         let mut config = VrchatConfig::new("user", "pass");
         config.totp_secret = Some("???".into());
         assert!(VrchatClient::new(config).is_err());
+    }
+
+    proptest::proptest! {
+        /// Whatever a caller sends as an id, it is refused or becomes one path segment that
+        /// cannot leave the route it was put in.
+        #[test]
+        fn any_accepted_id_is_one_safe_path_segment(id in "[.a-z/%?#]{0,4}|\\PC{0,300}") {
+            if let Ok(escaped) = segment("id", &id) {
+                proptest::prop_assert!(!escaped.contains('/'));
+                proptest::prop_assert!(!escaped.contains('?') && !escaped.contains('#'));
+                proptest::prop_assert!(escaped != "." && escaped != "..");
+                proptest::prop_assert!(escaped.is_ascii());
+            }
+        }
+
+        #[test]
+        fn locations_split_or_fail_without_panicking(location in "\\PC{0,100}") {
+            if let Ok((world, instance)) = split_location(&location) {
+                proptest::prop_assert_eq!(format!("{world}:{instance}"), location);
+            }
+        }
+
+        #[test]
+        fn totp_never_panics_on_odd_secrets(secret in "\\PC{0,64}", time in 0u64..u64::MAX / 2) {
+            if let Ok(code) = totp(&secret, time) {
+                proptest::prop_assert_eq!(code.len(), 6);
+                proptest::prop_assert!(code.chars().all(|c| c.is_ascii_digit()));
+            }
+        }
     }
 }
