@@ -437,9 +437,9 @@ impl VrchatClient {
         query: &[(&str, String)],
         what: &str,
     ) -> Result<Value, VrchatError> {
-        self.admit()?;
+        let mut call = BreakerCall::admit(self)?;
         let result = self.get_with_session(path, query, what).await;
-        self.record(&result);
+        call.finish(&result);
         result
     }
 
@@ -806,9 +806,18 @@ impl VrchatClient {
         let jitter = rand::random_range(0.0..0.25);
         base.mul_f64(1.0 + jitter)
     }
+}
 
-    fn admit(&self) -> Result<(), VrchatError> {
-        let mut breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
+/// One call counted by the breaker. A call dropped before it ends (its task was cancelled, its
+/// HTTP client went away) counts as failed, so a half-open breaker's probe slot is never lost.
+struct BreakerCall<'a> {
+    client: &'a VrchatClient,
+    finished: bool,
+}
+
+impl<'a> BreakerCall<'a> {
+    fn admit(client: &'a VrchatClient) -> Result<Self, VrchatError> {
+        let mut breaker = client.breaker.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         if breaker.admits(now) == 0 {
             return Err(VrchatError::Unavailable(
@@ -816,19 +825,39 @@ impl VrchatClient {
             ));
         }
         breaker.started(now);
-        Ok(())
+        Ok(BreakerCall {
+            client,
+            finished: false,
+        })
     }
 
     /// Only VRChat being down counts against the breaker; refusals and waits for a code do
     /// not.
-    fn record(&self, result: &Result<Value, VrchatError>) {
+    fn finish(&mut self, result: &Result<Value, VrchatError>) {
         let failed = matches!(
             result,
             Err(VrchatError::Unavailable(_) | VrchatError::RateLimited { .. })
         );
-        let mut breaker = self.breaker.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(state) = breaker.record(!failed, Instant::now()) {
+        self.record(!failed);
+    }
+
+    fn record(&mut self, succeeded: bool) {
+        self.finished = true;
+        let mut breaker = self
+            .client
+            .breaker
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(state) = breaker.record(succeeded, Instant::now()) {
             tracing::warn!(state = state.as_str(), "VRChat breaker changed");
+        }
+    }
+}
+
+impl Drop for BreakerCall<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.record(false);
         }
     }
 }
@@ -1254,6 +1283,26 @@ mod tests {
         assert!(check(INSTANCE_GET, json!({"world_id": "wrld_1"})).is_err());
         assert!(check(FRIENDS_ONLINE, json!({"n": 101})).is_err());
         assert!(check(FRIENDS_ONLINE, json!({})).is_ok());
+    }
+
+    #[test]
+    fn a_call_dropped_midway_gives_its_probe_slot_back() {
+        let mut config = VrchatConfig::new("user", "pass");
+        config.breaker = BreakerConfig {
+            window: Duration::from_secs(60),
+            min_calls: 1,
+            failure_rate: 0.5,
+            open_for: Duration::ZERO,
+            probes: 1,
+        };
+        let client = VrchatClient::new(config).unwrap();
+        BreakerCall::admit(&client)
+            .unwrap()
+            .finish(&Err(VrchatError::Unavailable("down".into())));
+        // Half-open at once (open_for 0): one probe, which is abandoned (a cancelled task).
+        drop(BreakerCall::admit(&client).unwrap());
+        // Its slot came back: without that, no call would ever be admitted again.
+        assert!(BreakerCall::admit(&client).is_ok());
     }
 
     #[test]
