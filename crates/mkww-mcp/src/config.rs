@@ -200,7 +200,8 @@ pub struct Config {
     pub vcc_project_roots: String,
     /// VCC projects always listed (outside the roots too: the file is trusted).
     pub vcc_projects: Vec<PathBuf>,
-    /// VCC's own `settings.json`: its `userProjects` and `userRepos` are included.
+    /// VCC's own `settings.json`: its `userProjects` and `userRepos` are included. Unset: VCC's
+    /// default place on this system, if the file is there.
     pub vcc_settings: Option<PathBuf>,
     /// Command line of `vcc.build` (program first); `{project_path}`, `{project_name}` and
     /// `{task_id}` are replaced. Empty: `vcc.build` fails with `command_not_configured`.
@@ -394,6 +395,24 @@ impl Config {
         let config: Config = figment.extract().context("invalid configuration")?;
         config.check()?;
         Ok(config)
+    }
+
+    /// `vcc_settings`, or where VCC keeps its `settings.json` on this system if it is there.
+    pub fn vcc_settings_file(&self) -> Option<PathBuf> {
+        if let Some(path) = &self.vcc_settings {
+            return Some(path.clone());
+        }
+        let data = if cfg!(windows) {
+            std::env::var_os("LOCALAPPDATA").map(PathBuf::from)
+        } else if cfg!(target_os = "macos") {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join("Library/Application Support"))
+        } else {
+            std::env::var_os("XDG_DATA_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        };
+        data.map(|dir| dir.join("VRChatCreatorCompanion").join("settings.json"))
+            .filter(|path| path.is_file())
     }
 
     /// `vcc_project_roots`, split at commas.
@@ -837,6 +856,28 @@ web = "https://api.render.com/deploy/srv-1?key=k"
             )?;
             let err = Config::load(None).unwrap_err();
             assert!(format!("{err:#}").contains("needs `ref`"), "{err:#}");
+            Ok(())
+        });
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn finds_vcc_settings_where_vcc_keeps_them() {
+        figment::Jail::expect_with(|jail| {
+            let data = jail.directory().join("share");
+            jail.set_env("XDG_DATA_HOME", data.display());
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.vcc_settings_file(), None, "no file, no settings");
+            std::fs::create_dir_all(data.join("VRChatCreatorCompanion")).unwrap();
+            let settings = data.join("VRChatCreatorCompanion/settings.json");
+            std::fs::write(&settings, "{}").unwrap();
+            assert_eq!(config.vcc_settings_file(), Some(settings));
+            jail.set_env("MCP_VCC_SETTINGS", "/elsewhere/settings.json");
+            let config = Config::load(None).unwrap();
+            assert_eq!(
+                config.vcc_settings_file(),
+                Some(PathBuf::from("/elsewhere/settings.json"))
+            );
             Ok(())
         });
     }

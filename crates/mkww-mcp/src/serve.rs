@@ -229,7 +229,7 @@ pub fn registry(
     let vcc = VccService::new(VccConfig {
         roots: config.vcc_roots(),
         projects: config.vcc_projects.clone(),
-        settings_file: config.vcc_settings.clone(),
+        settings_file: config.vcc_settings_file(),
         state_file: config.data_dir.join("vcc.json"),
         build_command: config.vcc_build_command.clone(),
         deploy_command: config.vcc_deploy_command.clone(),
