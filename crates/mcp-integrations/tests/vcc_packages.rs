@@ -812,6 +812,91 @@ async fn unsafe_zips_are_refused_and_nothing_is_written() {
     assert!(!f.root.join("evil.txt").exists());
 }
 
+#[cfg(unix)]
+#[tokio::test]
+async fn a_packages_folder_linked_out_of_the_project_is_refused() {
+    let f = Fixture::new().await;
+    let outside = f.dir.path().join("outside-packages");
+    write(
+        &outside.join("vpm-manifest.json"),
+        &json!({"dependencies": {}, "locked": {}}).to_string(),
+    );
+    let path = f.root.join("Linked");
+    write(
+        &path.join("ProjectSettings/ProjectVersion.txt"),
+        "m_EditorVersion: 2022.3.22f1\n",
+    );
+    std::os::unix::fs::symlink(&outside, path.join("Packages")).unwrap();
+    let id = f.service.register_project(&path).await.unwrap().id;
+    let before = snapshot(&outside);
+    for e in [
+        f.service
+            .add_package(&id, "com.base", None, false)
+            .await
+            .unwrap_err(),
+        f.service.remove_package(&id, "com.base").await.unwrap_err(),
+    ] {
+        assert_eq!(e.code(), "path_outside_roots", "{e}");
+    }
+    assert_eq!(snapshot(&outside), before);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_package_folder_linked_outside_is_replaced_without_touching_its_target() {
+    let f = Fixture::new().await;
+    let (id, path) = f.world().await;
+    let outside = f.dir.path().join("my-dev-copy");
+    write(&outside.join("package.json"), r#"{"version":"0.0.1"}"#);
+    write(&outside.join("Runtime/Mine.cs"), "// mine\n");
+    std::os::unix::fs::symlink(&outside, path.join("Packages/com.base")).unwrap();
+    let before = snapshot(&outside);
+
+    f.service
+        .add_package(&id, "com.base", Some("2.0.0"), false)
+        .await
+        .unwrap();
+    assert!(!path.join("Packages/com.base").is_symlink());
+    assert_eq!(
+        installed_version(&path, "com.base").as_deref(),
+        Some("2.0.0")
+    );
+    assert_eq!(snapshot(&outside), before);
+
+    // Removing a package whose folder is a link deletes the link only.
+    std::fs::remove_dir_all(path.join("Packages/com.base")).unwrap();
+    std::os::unix::fs::symlink(&outside, path.join("Packages/com.base")).unwrap();
+    f.service.remove_package(&id, "com.base").await.unwrap();
+    assert!(std::fs::symlink_metadata(path.join("Packages/com.base")).is_err());
+    assert_eq!(snapshot(&outside), before);
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_registered_project_swapped_for_a_link_out_of_the_roots_is_refused() {
+    let f = Fixture::new().await;
+    let (id, path) = f.world().await;
+    let outside = make_project(
+        f.dir.path(),
+        "Outside",
+        json!({"dependencies": {}, "locked": {}}),
+    );
+    std::fs::rename(&path, f.root.join("Moved")).unwrap();
+    std::os::unix::fs::symlink(&outside, &path).unwrap();
+    let before = snapshot(&outside);
+    let e = f
+        .service
+        .add_package(&id, "com.base", None, false)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "path_outside_roots", "{e}");
+    assert_eq!(
+        f.service.project(&id).await.unwrap_err().code(),
+        "path_outside_roots"
+    );
+    assert_eq!(snapshot(&outside), before);
+}
+
 #[tokio::test]
 async fn remove_refuses_a_package_others_need() {
     let f = Fixture::new().await;

@@ -53,7 +53,26 @@ fn check_name(name: &str) -> Result<(), VccError> {
     }
 }
 
+/// `Packages/` of the project at `root`. The project folder was checked to lie under the
+/// roots, but a `Packages/` that is a symlink could send every write (and the deletion of the
+/// staging folder) anywhere, so it is refused.
+fn packages_dir(root: &Path) -> Result<PathBuf, VccError> {
+    let packages = root.join("Packages");
+    match std::fs::symlink_metadata(&packages) {
+        Ok(meta) if meta.file_type().is_symlink() => Err(VccError::PathOutsideRoots {
+            path: packages.display().to_string(),
+        }),
+        _ => Ok(packages),
+    }
+}
+
+/// Whether something is at `path`, a dangling symlink included (`exists` says no to those).
+fn present(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok()
+}
+
 async fn read_manifest(root: &Path) -> Result<VpmManifest, VccError> {
+    packages_dir(root)?;
     let root = root.to_path_buf();
     tokio::task::spawn_blocking(move || VpmManifest::read(&root))
         .await
@@ -207,7 +226,7 @@ impl Installer<'_> {
         resolved: &[Resolved],
         removals: &[String],
     ) -> Result<Vec<PackageChange>, VccError> {
-        let packages = root.join("Packages");
+        let packages = packages_dir(root)?;
         let mut changed = Vec::new();
         let mut installs = Vec::new();
         for r in resolved {
@@ -255,8 +274,11 @@ impl Installer<'_> {
         let outcome = self
             .stage_and_swap(root, &staging, &installs, removals, &after, &mut steps)
             .await;
-        if outcome.is_err() {
-            roll_back(steps);
+        if outcome.is_err() && !roll_back(steps) {
+            // Some old package folders are still only in the staging folder's backups:
+            // deleting it would lose them for good.
+            tracing::error!(path = %staging.display(), "rollback incomplete; the staging folder is kept with the backups");
+            return outcome.map(|()| changed);
         }
         if let Err(e) = std::fs::remove_dir_all(&staging) {
             tracing::warn!(path = %staging.display(), error = %e, "cannot remove the staging folder");
@@ -390,7 +412,7 @@ fn swap_in(
     };
     for name in installs {
         let target = packages.join(name);
-        let backup = if target.exists() {
+        let backup = if present(&target) {
             let backup = backups.join(name);
             rename(&target, &backup)?;
             Some(backup)
@@ -407,7 +429,7 @@ fn swap_in(
     }
     for name in removals {
         let target = packages.join(name);
-        if target.exists() {
+        if present(&target) {
             let backup = backups.join(name);
             rename(&target, &backup)?;
             steps.push(Step::Removed { target, backup });
@@ -416,8 +438,10 @@ fn swap_in(
     Ok(())
 }
 
-/// Undoes `steps`, newest first. Best effort: every step is tried even if one fails.
-fn roll_back(steps: Vec<Step>) {
+/// Undoes `steps`, newest first. Best effort: every step is tried even if one fails. Returns
+/// whether all of them were undone.
+fn roll_back(steps: Vec<Step>) -> bool {
+    let mut complete = true;
     for step in steps.into_iter().rev() {
         let result = match step {
             Step::Replaced { target, backup } => {
@@ -430,12 +454,15 @@ fn roll_back(steps: Vec<Step>) {
         };
         if let Err(e) = result {
             tracing::error!(error = %e, "cannot roll back a package change");
+            complete = false;
         }
     }
+    complete
 }
 
 /// The path of a zip entry inside the package folder, or `None` when it would escape it:
-/// absolute paths, drive letters, `..` (with `/` or `\` as separator), NUL bytes.
+/// absolute paths, drive letters, `..` (with `/` or `\` as separator), NUL bytes, and parts
+/// made only of dots and spaces (Windows drops trailing dots and spaces, so `.. ` climbs there).
 pub fn safe_entry_path(raw: &str) -> Option<PathBuf> {
     if raw.contains('\0') || raw.starts_with('/') || raw.starts_with('\\') {
         return None;
@@ -446,6 +473,7 @@ pub fn safe_entry_path(raw: &str) -> Option<PathBuf> {
             "" | "." => continue,
             ".." => return None,
             p if p.contains(':') => return None,
+            p if p.chars().all(|c| matches!(c, '.' | ' ')) => return None,
             p => path.push(p),
         }
     }
@@ -456,6 +484,11 @@ pub fn safe_entry_path(raw: &str) -> Option<PathBuf> {
         None
     }
 }
+
+/// The most entries one package zip may have. The byte limit does not see empty files and
+/// folders, and a zip of nothing but those (a hundred bytes each) could fill the disk's inodes.
+/// The biggest VRChat SDK package has under ten thousand.
+pub const MAX_ZIP_ENTRIES: usize = 100_000;
 
 const S_IFMT: u32 = 0o170000;
 const S_IFLNK: u32 = 0o120000;
@@ -469,6 +502,15 @@ fn extract(name: &str, zip: &Path, dest: &Path, max_bytes: u64) -> Result<(), Vc
     let io = |path: &Path, e| VccError::io(format!("cannot write {}", path.display()), e);
     let file = std::fs::File::open(zip).map_err(|e| io(zip, e))?;
     let mut archive = zip::ZipArchive::new(file).map_err(invalid)?;
+    if archive.len() > MAX_ZIP_ENTRIES {
+        return Err(VccError::ZipInvalid {
+            name: name.to_string(),
+            message: format!(
+                "{} entries, more than the {MAX_ZIP_ENTRIES} allowed",
+                archive.len()
+            ),
+        });
+    }
     std::fs::create_dir_all(dest).map_err(|e| io(dest, e))?;
     let mut remaining = max_bytes;
     for index in 0..archive.len() {
@@ -491,8 +533,11 @@ fn extract(name: &str, zip: &Path, dest: &Path, max_bytes: u64) -> Result<(), Vc
             std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
         }
         let mut out = std::fs::File::create(&path).map_err(|e| io(&path, e))?;
-        let written = std::io::copy(&mut (&mut entry).take(remaining + 1), &mut out)
-            .map_err(|e| io(&path, e))?;
+        let written = std::io::copy(
+            &mut (&mut entry).take(remaining.saturating_add(1)),
+            &mut out,
+        )
+        .map_err(|e| io(&path, e))?;
         if written > remaining {
             return Err(VccError::TooLarge {
                 url: format!("{name} (extracted)"),
@@ -548,7 +593,7 @@ mod tests {
             read(&packages.join("com.a/package.json")).as_deref(),
             Some("new a")
         );
-        roll_back(steps);
+        assert!(roll_back(steps));
         assert_eq!(
             read(&packages.join("com.a/package.json")).as_deref(),
             Some("old a")
@@ -573,7 +618,7 @@ mod tests {
         let mut steps = Vec::new();
         swap_in(&packages, &staging, &[], &["com.gone".into()], &mut steps).unwrap();
         assert!(!packages.join("com.gone").exists());
-        roll_back(steps);
+        assert!(roll_back(steps));
         assert_eq!(
             read(&packages.join("com.gone/package.json")).as_deref(),
             Some("old gone")
@@ -605,6 +650,234 @@ mod tests {
             "a\0b",
         ] {
             assert_eq!(safe_entry_path(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn entry_parts_windows_reads_as_dot_dot_are_refused() {
+        // Windows drops trailing dots and spaces from a path part: each of these climbs there.
+        for bad in ["a/.. /evil", "... \\evil", "a/. ./b", "..../x", " ../x"] {
+            assert_eq!(safe_entry_path(bad), None, "{bad:?}");
+        }
+        assert_eq!(
+            safe_entry_path("Runtime/.editorconfig"),
+            Some(PathBuf::from("Runtime/.editorconfig"))
+        );
+    }
+
+    #[cfg(unix)]
+    fn symlink(target: &Path, link: &Path) {
+        std::fs::create_dir_all(link.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, link).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_packages_folder_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        write(&outside.join("vpm-manifest.json"), "{}");
+        let root = dir.path().join("project");
+        symlink(&outside, &root.join("Packages"));
+        let e = packages_dir(&root).unwrap_err();
+        assert_eq!(e.code(), "path_outside_roots");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let e = runtime.block_on(read_manifest(&root)).unwrap_err();
+        assert_eq!(e.code(), "path_outside_roots");
+        // A real folder, or none yet, is fine.
+        let plain = dir.path().join("plain");
+        assert_eq!(packages_dir(&plain).unwrap(), plain.join("Packages"));
+        std::fs::create_dir_all(plain.join("Packages")).unwrap();
+        assert_eq!(packages_dir(&plain).unwrap(), plain.join("Packages"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlinked_package_folder_is_moved_aside_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        write(&outside.join("keep.txt"), "mine");
+        let packages = dir.path().join("Packages");
+        let staging = packages.join(".mcp-staging-test");
+        symlink(&outside, &packages.join("com.a"));
+        symlink(&outside, &packages.join("com.gone"));
+        write(&staging.join("com.a/package.json"), "new a");
+        let mut steps = Vec::new();
+        swap_in(
+            &packages,
+            &staging,
+            &["com.a".into()],
+            &["com.gone".into()],
+            &mut steps,
+        )
+        .unwrap();
+        assert!(!packages.join("com.a").is_symlink());
+        assert_eq!(
+            read(&packages.join("com.a/package.json")).as_deref(),
+            Some("new a")
+        );
+        assert!(!present(&packages.join("com.gone")));
+        // What `apply` does once the change is in: the backups go with the staging folder,
+        // the links but not what they point to.
+        std::fs::remove_dir_all(&staging).unwrap();
+        assert_eq!(read(&outside.join("keep.txt")).as_deref(), Some("mine"));
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn dangling_package_symlinks_are_replaced_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let packages = dir.path().join("Packages");
+        let staging = packages.join(".mcp-staging-test");
+        let nowhere = dir.path().join("nowhere");
+        symlink(&nowhere, &packages.join("com.a"));
+        symlink(&nowhere, &packages.join("com.gone"));
+        write(&staging.join("com.a/package.json"), "new a");
+        let mut steps = Vec::new();
+        swap_in(
+            &packages,
+            &staging,
+            &["com.a".into()],
+            &["com.gone".into()],
+            &mut steps,
+        )
+        .unwrap();
+        assert_eq!(
+            read(&packages.join("com.a/package.json")).as_deref(),
+            Some("new a")
+        );
+        assert!(!present(&packages.join("com.gone")));
+        assert!(roll_back(steps));
+        assert!(packages.join("com.a").is_symlink());
+        assert!(packages.join("com.gone").is_symlink());
+        assert!(!nowhere.exists());
+    }
+
+    #[test]
+    fn an_incomplete_rollback_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let packages = dir.path().join("Packages");
+        write(&packages.join("com.a/package.json"), "new a");
+        let steps = vec![Step::Replaced {
+            target: packages.join("com.a"),
+            backup: Some(dir.path().join("vanished-backup")),
+        }];
+        assert!(!roll_back(steps));
+    }
+
+    fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        use std::io::Write;
+        let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default();
+        for (name, bytes) in entries {
+            writer.start_file(*name, options).unwrap();
+            writer.write_all(bytes).unwrap();
+        }
+        writer.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn extraction_counts_bytes_against_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let zip = dir.path().join("p.zip");
+        std::fs::write(&zip, zip_of(&[("a", &[0; 600]), ("b/c", &[0; 600])])).unwrap();
+        let e = extract("com.p", &zip, &dir.path().join("small"), 1000).unwrap_err();
+        assert_eq!(e.code(), "download_too_large");
+        extract("com.p", &zip, &dir.path().join("exact"), 1200).unwrap();
+        // The largest limit must not overflow when one byte is added to it.
+        let unlimited = dir.path().join("unlimited");
+        extract("com.p", &zip, &unlimited, u64::MAX).unwrap();
+        assert_eq!(std::fs::read(unlimited.join("b/c")).unwrap().len(), 600);
+    }
+
+    #[test]
+    fn zips_with_too_many_entries_are_refused_before_extracting() {
+        use std::io::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let mut writer = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Stored);
+        for i in 0..=MAX_ZIP_ENTRIES {
+            writer.start_file(format!("{i}"), options).unwrap();
+        }
+        writer.write_all(b"").unwrap();
+        let zip = dir.path().join("many.zip");
+        std::fs::write(&zip, writer.finish().unwrap().into_inner()).unwrap();
+        let dest = dir.path().join("com.many");
+        let e = extract("com.many", &zip, &dest, u64::MAX).unwrap_err();
+        assert_eq!(e.code(), "zip_invalid");
+        assert!(!dest.exists());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Names built from the pieces that make zip slips, mixed with ordinary text.
+        fn entry_name() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just("..".to_string()),
+                Just(".".to_string()),
+                Just("/".to_string()),
+                Just("\\".to_string()),
+                Just("C:".to_string()),
+                Just("c:\\".to_string()),
+                Just("\\\\?\\".to_string()),
+                Just("\0".to_string()),
+                Just("~".to_string()),
+                Just(" ".to_string()),
+                Just("...".to_string()),
+                Just("..\u{2215}".to_string()),
+                "[a-zA-Z0-9_ -]{1,6}",
+                "\\PC{1,4}",
+            ];
+            prop_oneof![
+                any::<String>(),
+                proptest::collection::vec(piece, 0..10).prop_map(|p| p.concat()),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn accepted_entry_paths_stay_inside_the_staging_folder(raw in entry_name()) {
+                let Some(relative) = safe_entry_path(&raw) else {
+                    return Ok(());
+                };
+                prop_assert!(relative.is_relative());
+                prop_assert!(!raw.contains('\0'));
+                let staging = Path::new("/staging/com.p");
+                let joined = staging.join(&relative);
+                // Lexically: no component can climb, so the join stays under the folder.
+                let mut depth = 0usize;
+                for component in joined.strip_prefix(staging).unwrap().components() {
+                    match component {
+                        Component::Normal(part) => {
+                            let part = part.to_string_lossy();
+                            prop_assert!(!part.contains(['/', '\\', ':', '\0']), "{:?}", part);
+                            prop_assert!(!part.chars().all(|c| matches!(c, '.' | ' ')), "{:?}", part);
+                            depth += 1;
+                        }
+                        other => prop_assert!(false, "{:?} in {:?}", other, raw),
+                    }
+                }
+                prop_assert_eq!(depth, relative.components().count());
+                prop_assert!(joined.starts_with(staging));
+            }
+
+            #[test]
+            fn entry_paths_with_a_climbing_segment_are_refused(
+                before in "[a-z/\\\\]{0,8}",
+                after in "[a-z/\\\\]{0,8}",
+                separator in prop_oneof![Just('/'), Just('\\')],
+            ) {
+                let raw = format!("{before}{separator}..{separator}{after}");
+                prop_assert_eq!(safe_entry_path(&raw), None);
+                let leading = format!("..{separator}{after}");
+                prop_assert_eq!(safe_entry_path(&leading), None);
+            }
         }
     }
 }

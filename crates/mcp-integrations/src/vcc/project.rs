@@ -20,6 +20,10 @@ pub const MANIFEST_PATH: &str = "Packages/vpm-manifest.json";
 /// The file holding the Unity version, relative to the project folder.
 pub const PROJECT_VERSION_PATH: &str = "ProjectSettings/ProjectVersion.txt";
 
+/// The largest manifest or `ProjectVersion.txt` read. Real ones are a few kilobytes; the
+/// limit stops a project folder from making the service read a huge file into memory.
+pub const MAX_PROJECT_FILE_BYTES: u64 = 8 * 1024 * 1024;
+
 const WORLDS_PACKAGE: &str = "com.vrchat.worlds";
 const AVATARS_PACKAGE: &str = "com.vrchat.avatars";
 
@@ -91,10 +95,16 @@ impl VpmManifest {
     /// Reads the manifest of the project at `root`; a missing file is an empty manifest.
     pub fn read(root: &Path) -> Result<VpmManifest, VccError> {
         let path = root.join(MANIFEST_PATH);
-        let bytes = match std::fs::read(&path) {
+        let bytes = match read_project_file(&path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(VpmManifest::default());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                return Err(VccError::ManifestInvalid {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                });
             }
             Err(e) => return Err(VccError::io(format!("cannot read {}", path.display()), e)),
         };
@@ -121,20 +131,61 @@ impl VpmManifest {
     }
 }
 
+/// Reads a file of a project, which whoever made the project controls: only a regular file
+/// (a FIFO would block forever, `/dev/zero` never ends) of at most [`MAX_PROJECT_FILE_BYTES`].
+/// Both refusals are `InvalidData`.
+fn read_project_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    // Opening a FIFO for reading waits for a writer, unless non-blocking.
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_PROJECT_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_PROJECT_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_PROJECT_FILE_BYTES} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
 fn strip_bom(bytes: &[u8]) -> &[u8] {
     bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes)
 }
 
 /// Whether `name` looks like a VPM package name (`com.vrchat.worlds`): no path separators, no
-/// `..`, nothing that could escape `Packages/`.
+/// `..`, nothing that could escape `Packages/`. Nor a name Windows would read as another one
+/// (a trailing dot is dropped there, so `com.x.` is `com.x`) or as a device (`nul.x`).
 pub fn is_package_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 214
         && !name.starts_with('.')
+        && !name.ends_with('.')
         && !name.contains("..")
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && !is_windows_device(name.split('.').next().unwrap_or(name))
+}
+
+/// `CON`, `NUL`, `COM1`…: names Windows opens as devices, whatever follows their first dot.
+fn is_windows_device(stem: &str) -> bool {
+    let stem = stem.to_ascii_uppercase();
+    matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
+        || ((stem.starts_with("COM") || stem.starts_with("LPT"))
+            && stem.len() == 4
+            && stem.as_bytes()[3].is_ascii_digit())
 }
 
 /// The stable id of the project at canonical path `path`.
@@ -193,7 +244,8 @@ fn folder_name(root: &Path) -> String {
 
 /// The `m_EditorVersion` of `ProjectSettings/ProjectVersion.txt`, if there is one.
 fn unity_version(root: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(root.join(PROJECT_VERSION_PATH)).ok()?;
+    let bytes = read_project_file(&root.join(PROJECT_VERSION_PATH)).ok()?;
+    let text = String::from_utf8(bytes).ok()?;
     text.lines().find_map(|line| {
         let value = line.trim().strip_prefix("m_EditorVersion:")?.trim();
         (!value.is_empty()).then(|| value.to_string())
@@ -355,16 +407,20 @@ impl ProjectRegistry {
         let mut projects: Vec<Project> = self
             .known_paths()
             .into_iter()
-            .map(|path| {
-                read_project(&path).unwrap_or_else(|e| Project {
-                    id: project_id(&path),
-                    name: folder_name(&path),
-                    path: path.display().to_string(),
-                    project_type: ProjectType::Unknown,
-                    unity_version: None,
-                    packages: Vec::new(),
-                    error: Some(e.to_string()),
-                })
+            .map(|known| {
+                let path = known.path.clone();
+                known
+                    .usable()
+                    .and_then(|p| read_project(&p))
+                    .unwrap_or_else(|e| Project {
+                        id: project_id(&path),
+                        name: folder_name(&path),
+                        path: path.display().to_string(),
+                        project_type: ProjectType::Unknown,
+                        unity_version: None,
+                        packages: Vec::new(),
+                        error: Some(e.to_string()),
+                    })
             })
             .collect();
         projects.sort_by(|a, b| (&a.name, &a.path).cmp(&(&b.name, &b.path)));
@@ -376,33 +432,52 @@ impl ProjectRegistry {
         read_project(&self.path_of(id)?)
     }
 
-    /// The canonical folder of the project with this id.
+    /// The canonical folder of the project with this id, checked again now: a registered
+    /// folder swapped for a symlink out of the roots since is refused.
     pub fn path_of(&self, id: &str) -> Result<PathBuf, VccError> {
         self.known_paths()
             .into_iter()
-            .find(|p| project_id(p) == id)
-            .ok_or_else(|| VccError::ProjectNotFound { id: id.to_string() })
+            .find(|k| project_id(&k.path) == id)
+            .ok_or_else(|| VccError::ProjectNotFound { id: id.to_string() })?
+            .usable()
     }
 
-    /// Registered paths (stored canonical), the configured ones, and the existing, allowed
-    /// paths of VCC's settings.
-    fn known_paths(&self) -> Vec<PathBuf> {
-        let mut paths: Vec<PathBuf> = match self.state.load() {
-            Ok(state) => state.projects.iter().map(PathBuf::from).collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read registered VCC projects");
-                Vec::new()
-            }
-        };
+    /// Whether a registered path still passes the check it passed when registered: since
+    /// then it may have been replaced by a symlink leading out of the roots, or the roots may
+    /// have changed.
+    fn still_allowed(&self, path: &Path) -> bool {
+        match checked_path(&self.roots, path) {
+            Ok(canonical) => canonical == path,
+            // Vanished or no longer a folder: reading it says so, and it stays listed.
+            Err(VccError::PathNotFound { .. } | VccError::NotADirectory { .. }) => true,
+            Err(_) => false,
+        }
+    }
+
+    /// The configured paths, registered paths (stored canonical, checked again) and the
+    /// existing, allowed paths of VCC's settings.
+    fn known_paths(&self) -> Vec<KnownPath> {
+        let mut paths: Vec<KnownPath> = Vec::new();
         for listed in &self.configured {
             match std::fs::canonicalize(listed) {
-                Ok(canonical) => paths.push(canonical),
+                Ok(canonical) => paths.push(KnownPath {
+                    path: canonical,
+                    allowed: true,
+                }),
                 Err(e) => tracing::warn!(
                     path = %listed.display(),
                     error = %e,
                     "a configured VCC project cannot be read, skipped"
                 ),
             }
+        }
+        match self.state.load() {
+            Ok(state) => paths.extend(state.projects.iter().map(|p| {
+                let path = PathBuf::from(p);
+                let allowed = self.still_allowed(&path);
+                KnownPath { path, allowed }
+            })),
+            Err(e) => tracing::warn!(error = %e, "cannot read registered VCC projects"),
         }
         let settings = VccSettings::read(self.settings_file.as_deref());
         for listed in settings.user_projects {
@@ -415,11 +490,33 @@ impl ProjectRegistry {
                 tracing::info!(path = %listed.display(), "VCC project is outside the roots, skipped");
                 continue;
             }
-            paths.push(canonical);
+            paths.push(KnownPath {
+                path: canonical,
+                allowed: true,
+            });
         }
+        // The first mention wins: a configured project stays trusted when also registered.
         let mut seen = BTreeSet::new();
-        paths.retain(|p| seen.insert(p.clone()));
+        paths.retain(|k| seen.insert(k.path.clone()));
         paths
+    }
+}
+
+/// A project folder the registry knows, and whether it may still be read and changed.
+struct KnownPath {
+    path: PathBuf,
+    allowed: bool,
+}
+
+impl KnownPath {
+    fn usable(self) -> Result<PathBuf, VccError> {
+        if self.allowed {
+            Ok(self.path)
+        } else {
+            Err(VccError::PathOutsideRoots {
+                path: self.path.display().to_string(),
+            })
+        }
     }
 }
 
@@ -431,7 +528,24 @@ mod tests {
     fn package_names_cannot_escape_packages() {
         assert!(is_package_name("com.vrchat.worlds"));
         assert!(is_package_name("jp.lilxyzw.liltoon"));
-        for bad in ["", "..", "../x", "a/b", "a\\b", ".hidden", "com..x", "C:x"] {
+        assert!(is_package_name("com.nul.x"));
+        assert!(is_package_name("console.tools"));
+        for bad in [
+            "",
+            "..",
+            "../x",
+            "a/b",
+            "a\\b",
+            ".hidden",
+            "com..x",
+            "C:x",
+            "com.x.",
+            "nul",
+            "NUL.x",
+            "con.vrchat",
+            "com1.tool",
+            "Lpt9",
+        ] {
             assert!(!is_package_name(bad), "{bad}");
         }
     }
@@ -465,5 +579,197 @@ mod tests {
         assert_eq!(s.user_repos[0].url, "https://r/x.json");
         let s: VccSettings = serde_json::from_str("{}").unwrap();
         assert!(s.user_projects.is_empty());
+    }
+
+    fn write(path: &Path, text: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn an_oversized_manifest_is_refused_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST_PATH);
+        write(&path, "");
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.set_len(MAX_PROJECT_FILE_BYTES + 1).unwrap();
+        let e = VpmManifest::read(dir.path()).unwrap_err();
+        assert_eq!(e.code(), "manifest_invalid");
+        assert!(e.to_string().contains("larger than"), "{e}");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_manifest_that_is_not_a_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let packages = dir.path().join("Packages");
+        std::fs::create_dir_all(&packages).unwrap();
+        // A link to a device that never ends.
+        std::os::unix::fs::symlink("/dev/zero", packages.join("vpm-manifest.json")).unwrap();
+        let e = VpmManifest::read(dir.path()).unwrap_err();
+        assert_eq!(e.code(), "manifest_invalid");
+        assert!(read_project(dir.path()).is_err());
+        // A FIFO nobody writes to: opening it must not wait for a writer.
+        std::fs::remove_file(packages.join("vpm-manifest.json")).unwrap();
+        let fifo = std::ffi::CString::new(
+            packages
+                .join("vpm-manifest.json")
+                .into_os_string()
+                .into_encoded_bytes(),
+        )
+        .unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        let e = VpmManifest::read(dir.path()).unwrap_err();
+        assert_eq!(e.code(), "manifest_invalid");
+        // The same for `ProjectVersion.txt`, which is only informative.
+        let settings = dir.path().join("ProjectSettings");
+        std::fs::create_dir_all(&settings).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", settings.join("ProjectVersion.txt")).unwrap();
+        assert_eq!(unity_version(dir.path()), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_registered_folder_swapped_for_a_symlink_out_of_the_roots_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = dir.path().join("projects");
+        let project = roots.join("World");
+        write(&project.join(MANIFEST_PATH), "{}");
+        let outside = dir.path().join("outside");
+        write(
+            &outside.join(MANIFEST_PATH),
+            r#"{"locked":{"com.secret":{"version":"1.0.0"}}}"#,
+        );
+        let registry =
+            ProjectRegistry::open(vec![roots.clone()], None, dir.path().join("state/vcc.json"));
+        let id = registry.register(&project).unwrap().id;
+        assert_eq!(
+            registry.path_of(&id).unwrap(),
+            project.canonicalize().unwrap()
+        );
+
+        std::fs::rename(&project, dir.path().join("moved")).unwrap();
+        std::os::unix::fs::symlink(&outside, &project).unwrap();
+        assert_eq!(
+            registry.path_of(&id).unwrap_err().code(),
+            "path_outside_roots"
+        );
+        assert_eq!(registry.get(&id).unwrap_err().code(), "path_outside_roots");
+        let listed = registry.list();
+        assert_eq!(listed.len(), 1);
+        assert!(listed[0].error.is_some());
+        assert!(listed[0].packages.is_empty());
+        // It can still be forgotten.
+        registry.unregister(&id).unwrap();
+        assert!(registry.list().is_empty());
+    }
+
+    #[test]
+    fn a_vanished_registered_folder_is_still_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let roots = dir.path().join("projects");
+        let project = roots.join("World");
+        write(&project.join(MANIFEST_PATH), "{}");
+        let registry =
+            ProjectRegistry::open(vec![roots.clone()], None, dir.path().join("state/vcc.json"));
+        let id = registry.register(&project).unwrap().id;
+        std::fs::remove_dir_all(&project).unwrap();
+        let listed = registry.list();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, id);
+        assert!(listed[0].error.is_some());
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn name_like() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                Just(".".to_string()),
+                Just("..".to_string()),
+                Just("/".to_string()),
+                Just("\\".to_string()),
+                Just(":".to_string()),
+                Just("\0".to_string()),
+                Just("-".to_string()),
+                Just("com".to_string()),
+                Just("nul".to_string()),
+                "[a-z0-9_]{1,5}",
+                "\\PC",
+            ];
+            prop_oneof![
+                any::<String>(),
+                proptest::collection::vec(piece, 0..10).prop_map(|p| p.concat()),
+            ]
+        }
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                "\\PC{0,8}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::btree_map(
+                        prop_oneof![
+                            Just("dependencies".to_string()),
+                            Just("locked".to_string()),
+                            Just("version".to_string()),
+                            "\\PC{0,6}",
+                        ],
+                        inner,
+                        0..4
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            #[test]
+            fn accepted_package_names_are_one_plain_folder(name in name_like()) {
+                if is_package_name(&name) {
+                    prop_assert!(!name.contains(['/', '\\', ':', '\0']));
+                    prop_assert!(!name.split('.').any(str::is_empty), "{:?}", name);
+                    let mut components = Path::new(&name).components();
+                    prop_assert!(matches!(components.next(), Some(std::path::Component::Normal(_))));
+                    prop_assert!(components.next().is_none());
+                    let packages = Path::new("/project/Packages");
+                    let joined = packages.join(&name);
+                    prop_assert_eq!(joined.parent(), Some(packages));
+                }
+            }
+
+            #[test]
+            fn manifests_from_any_bytes_read_or_fail_cleanly(
+                bytes in prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..128),
+                    json().prop_map(|v| v.to_string().into_bytes()),
+                    json().prop_map(|v| serde_json::json!({"dependencies": v.clone(), "locked": v}).to_string().into_bytes()),
+                ],
+                bom: bool,
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let mut content = if bom { b"\xEF\xBB\xBF".to_vec() } else { Vec::new() };
+                content.extend_from_slice(&bytes);
+                std::fs::create_dir_all(dir.path().join("Packages")).unwrap();
+                std::fs::write(dir.path().join(MANIFEST_PATH), &content).unwrap();
+                match VpmManifest::read(dir.path()) {
+                    Ok(manifest) => {
+                        // Whatever was read is written back and read again unchanged.
+                        manifest.write(dir.path()).unwrap();
+                        prop_assert_eq!(VpmManifest::read(dir.path()).unwrap(), manifest);
+                    }
+                    Err(e) => prop_assert_eq!(e.code(), "manifest_invalid"),
+                }
+                if let Ok(project) = read_project(dir.path()) {
+                    prop_assert_eq!(project.error, None);
+                }
+            }
+        }
     }
 }

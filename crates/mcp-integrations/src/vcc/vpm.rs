@@ -71,10 +71,12 @@ impl Partial {
         let mut next = |label: &str| -> Result<Option<u64>, String> {
             match parts.next() {
                 None | Some("x" | "X" | "*") => Ok(None),
-                Some(n) => n
-                    .parse::<u64>()
-                    .map(Some)
-                    .map_err(|_| format!("bad {label} {n:?}")),
+                // `u64::MAX` is refused too: the bounds of `^`, `~` and partial versions add one
+                // to a number, which must not overflow.
+                Some(n) => match n.parse::<u64>() {
+                    Ok(n) if n < u64::MAX => Ok(Some(n)),
+                    _ => Err(format!("bad {label} {n:?}")),
+                },
             }
         };
         let major = next("major")?;
@@ -1158,5 +1160,283 @@ mod tests {
         )
         .unwrap();
         assert_eq!(pre[0].version, v("3.0.0-beta.1"));
+    }
+
+    #[test]
+    fn huge_version_numbers_are_refused_not_overflowed() {
+        // Each of these adds one to `u64::MAX` when building its upper bound.
+        let max = u64::MAX;
+        for bad in [
+            format!("^{max}.0.0"),
+            format!("~1.{max}"),
+            format!("{max}.x"),
+            format!("<=1.{max}"),
+            format!(">{max}"),
+            format!("^0.0.{max}"),
+        ] {
+            let e = VpmRange::parse_request(&bad).unwrap_err();
+            assert_eq!(e.code(), "invalid_version_requirement", "{bad}");
+        }
+        let near = u64::MAX - 1;
+        assert!(req(&format!("^{near}.0.0")).matches(&v(&format!("{near}.5.0")), false));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Small numbers, so generated versions often share a major or minor; now and then
+        /// a huge one.
+        fn number() -> impl Strategy<Value = u64> {
+            prop_oneof![8 => 0u64..6, 1 => Just(u64::MAX - 1), 1 => any::<u64>()]
+        }
+
+        fn some_prerelease() -> impl Strategy<Value = Prerelease> {
+            ("[a-z]{1,5}", proptest::option::of(0u64..20)).prop_map(|(tag, n)| {
+                let text = match n {
+                    Some(n) => format!("{tag}.{n}"),
+                    None => tag,
+                };
+                Prerelease::new(&text).unwrap()
+            })
+        }
+
+        fn prerelease() -> impl Strategy<Value = Prerelease> {
+            prop_oneof![3 => Just(Prerelease::EMPTY), 1 => some_prerelease()]
+        }
+
+        /// A pre-release, next to a stable version about half the time.
+        fn prerelease_version(near: Version) -> impl Strategy<Value = Version> {
+            (any::<bool>(), stable(), some_prerelease()).prop_map(move |(close, far, pre)| {
+                let base = if close { near.clone() } else { far };
+                Version { pre, ..base }
+            })
+        }
+
+        fn version() -> impl Strategy<Value = Version> {
+            (number(), number(), number(), prerelease()).prop_map(|(major, minor, patch, pre)| {
+                Version {
+                    major,
+                    minor,
+                    patch,
+                    pre,
+                    build: semver::BuildMetadata::EMPTY,
+                }
+            })
+        }
+
+        fn stable() -> impl Strategy<Value = Version> {
+            (number(), number(), number()).prop_map(|(a, b, c)| Version::new(a, b, c))
+        }
+
+        /// Text shaped like ranges, so the parser gets past its first check more often than
+        /// with arbitrary strings.
+        fn range_like() -> impl Strategy<Value = String> {
+            let piece = prop_oneof![
+                "[0-9]{1,3}",
+                "[0-9]{18,22}",
+                Just(".".to_string()),
+                Just(" ".to_string()),
+                Just("-".to_string()),
+                Just(" - ".to_string()),
+                Just("||".to_string()),
+                Just("+".to_string()),
+                "(>=|<=|>|<|=|~>|~|\\^|v|x|X|\\*)",
+                "[a-z]{1,4}",
+                "\\PC",
+            ];
+            proptest::collection::vec(piece, 0..12).prop_map(|p| p.concat())
+        }
+
+        proptest! {
+            #[test]
+            fn parsing_any_text_never_panics(text in prop_oneof![any::<String>(), range_like()], probe in version(), pre: bool) {
+                for range in [VpmRange::parse_request(&text), VpmRange::parse_dependency(&text)] {
+                    match range {
+                        Ok(range) => {
+                            let _ = range.matches(&probe, pre);
+                            let _ = range.names_prerelease();
+                            prop_assert_eq!(range.to_string(), text.trim());
+                        }
+                        Err(e) => prop_assert_eq!(e.code(), "invalid_version_requirement"),
+                    }
+                }
+            }
+
+            #[test]
+            fn an_exact_request_matches_only_its_version(v in version(), other in version(), pre: bool) {
+                for text in [v.to_string(), format!("={v}"), format!("= {v}"), format!("v{v}")] {
+                    let range = VpmRange::parse_request(&text).unwrap();
+                    // Named, so even a pre-release matches without opting in.
+                    prop_assert!(range.matches(&v, false), "{} should match {}", text, v);
+                    prop_assert_eq!(range.matches(&other, pre), other == v, "{} vs {}", text, other);
+                }
+                let exact_dependency = VpmRange::parse_dependency(&format!("={v}")).unwrap();
+                prop_assert_eq!(exact_dependency.matches(&other, true), other == v);
+            }
+
+            #[test]
+            fn at_least_matches_the_version_and_everything_above(v in version(), other in version()) {
+                let range = VpmRange::parse_request(&format!(">={v}")).unwrap();
+                prop_assert!(range.matches(&v, false));
+                prop_assert_eq!(range.matches(&other, true), other >= v);
+                if other.pre.is_empty() {
+                    prop_assert_eq!(range.matches(&other, false), other >= v);
+                }
+            }
+
+            #[test]
+            fn a_bare_dependency_means_that_version_or_later(v in stable(), other in version()) {
+                let range = VpmRange::parse_dependency(&v.to_string()).unwrap();
+                prop_assert_eq!(range.matches(&other, true), other >= v);
+            }
+
+            #[test]
+            fn caret_above_zero_allows_the_same_major(
+                v in (prop_oneof![1u64..6, Just(u64::MAX - 1)], number(), number())
+                    .prop_map(|(a, b, c)| Version::new(a, b, c)),
+                other in stable(),
+            ) {
+                let range = VpmRange::parse_request(&format!("^{v}")).unwrap();
+                let semver = semver::VersionReq::parse(&format!("^{v}")).unwrap();
+                let expected = other >= v && other.major == v.major;
+                prop_assert_eq!(range.matches(&other, false), expected);
+                prop_assert_eq!(semver.matches(&other), expected);
+            }
+
+            #[test]
+            fn tilde_allows_the_same_minor(v in stable(), other in stable()) {
+                let range = VpmRange::parse_request(&format!("~{v}")).unwrap();
+                let expected = other >= v && (other.major, other.minor) == (v.major, v.minor);
+                prop_assert_eq!(range.matches(&other, false), expected);
+            }
+
+            #[test]
+            fn prereleases_need_opting_in_or_naming(
+                (v, other) in stable().prop_flat_map(|v| (Just(v.clone()), prerelease_version(v))),
+            ) {
+                for text in [format!(">={v}"), format!("^{v}"), format!("<={v}"), "*".to_string()] {
+                    let range = VpmRange::parse_request(&text).unwrap();
+                    prop_assert!(!range.matches(&other, false), "{} matched {}", text, other);
+                    prop_assert!(!range.names_prerelease());
+                }
+                // Naming a pre-release opens that major.minor.patch only.
+                let named = Version { pre: Prerelease::new("alpha").unwrap(), ..v.clone() };
+                let range = VpmRange::parse_request(&format!(">={named}")).unwrap();
+                prop_assert!(range.names_prerelease());
+                let same_patch = (other.major, other.minor, other.patch) == (v.major, v.minor, v.patch);
+                prop_assert_eq!(range.matches(&other, false), same_patch && other >= named);
+                prop_assert_eq!(range.matches(&other, true), other >= named);
+            }
+
+            #[test]
+            fn alternatives_match_when_either_side_does(a in stable(), b in stable(), other in stable()) {
+                let either = VpmRange::parse_request(&format!("^{a} || ={b}")).unwrap();
+                let left = VpmRange::parse_request(&format!("^{a}")).unwrap();
+                let right = VpmRange::parse_request(&format!("={b}")).unwrap();
+                prop_assert_eq!(
+                    either.matches(&other, false),
+                    left.matches(&other, false) || right.matches(&other, false)
+                );
+            }
+
+            #[test]
+            fn listings_from_any_bytes_parse_or_fail_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+                let _ = RepoListing::parse(&bytes);
+                let mut with_bom = b"\xEF\xBB\xBF".to_vec();
+                with_bom.extend_from_slice(&bytes);
+                let _ = RepoListing::parse(&with_bom);
+            }
+
+            #[test]
+            fn listings_from_any_json_keep_only_valid_versions(
+                top in json(),
+                packages in proptest::collection::btree_map("\\PC{0,12}", (proptest::collection::btree_map(prop_oneof!["\\PC{0,8}", version().prop_map(|v| v.to_string())], json(), 0..4), json()), 0..4),
+            ) {
+                let _ = RepoListing::parse(top.to_string().as_bytes());
+                let mut raw = serde_json::Map::new();
+                for (name, (versions, other)) in &packages {
+                    let versions: serde_json::Map<String, Value> = versions
+                        .iter()
+                        .map(|(k, value)| {
+                            // Half the time a well-formed package, so some versions are kept.
+                            let value = if value.is_boolean() {
+                                serde_json::json!({"name": name, "version": k, "url": "http://x/a.zip"})
+                            } else {
+                                value.clone()
+                            };
+                            (k.clone(), value)
+                        })
+                        .collect();
+                    raw.insert(name.clone(), serde_json::json!({"versions": versions, "other": other}));
+                }
+                let listing = RepoListing::parse(serde_json::json!({"packages": raw}).to_string().as_bytes())
+                    .expect("a listing with a packages object parses");
+                for (name, versions) in &listing.packages {
+                    prop_assert!(!versions.is_empty());
+                    let source = &packages[name].0;
+                    for version in versions.keys() {
+                        prop_assert!(source.keys().any(|k| Version::parse(k.trim()).ok().as_ref() == Some(version)));
+                    }
+                }
+            }
+
+            #[test]
+            fn resolving_any_listing_never_panics(
+                deps in proptest::collection::btree_map("[a-c]", prop_oneof![range_like(), "\\PC{0,6}"], 0..4),
+                request in range_like(),
+                pre: bool,
+            ) {
+                let mut raw = serde_json::Map::new();
+                for name in ["a", "b", "c"] {
+                    raw.insert(name.into(), serde_json::json!({"versions": {
+                        "1.0.0": {"name": name, "version": "1.0.0", "vpmDependencies": deps},
+                        "2.0.0-pre": {"name": name, "version": "2.0.0-pre", "vpmDependencies": {}},
+                    }}));
+                }
+                let snapshot = listing(serde_json::json!({"packages": raw}));
+                if let Ok(range) = VpmRange::parse_request(&request) {
+                    let requests = [Requirement { name: "a".into(), range, requested_by: "request".into() }];
+                    if let Ok(resolved) = resolve(&[snapshot], &requests, pre, &BTreeMap::new()) {
+                        let names: Vec<_> = resolved.iter().map(|r| r.name.as_str()).collect();
+                        let mut sorted = names.clone();
+                        sorted.sort_unstable();
+                        sorted.dedup();
+                        prop_assert_eq!(names, sorted);
+                    }
+                }
+            }
+        }
+
+        fn json() -> impl Strategy<Value = Value> {
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>()
+                    .prop_filter("finite", |f| f.is_finite())
+                    .prop_map(Value::from),
+                "\\PC{0,10}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 24, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::btree_map(
+                        prop_oneof![
+                            Just("packages".to_string()),
+                            Just("versions".to_string()),
+                            Just("name".to_string()),
+                            Just("url".to_string()),
+                            Just("headers".to_string()),
+                            Just("vpmDependencies".to_string()),
+                            "\\PC{0,6}",
+                        ],
+                        inner,
+                        0..4
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
     }
 }
