@@ -593,6 +593,11 @@ async fn builds_stream_their_output_and_deploys_can_be_cancelled_or_time_out() {
     let deploy_id = task["id"].as_str().unwrap().to_owned();
     let pid_file = root.join(format!("deploy-{deploy_id}.pid"));
     let pid = wait_for_pid(&pid_file).await;
+    // Meanwhile the project is busy: another command is turned away (and would be retried).
+    let (_, busy) = create("vcc.build", json!({})).await;
+    let busy = wait_for(&server, busy["id"].as_str().unwrap(), is_final).await;
+    assert_eq!(busy["status"], "dead", "{busy}");
+    assert_eq!(busy["error"]["details"]["code"], "project_busy", "{busy}");
     let (status, body) = call(
         &operator,
         "POST",

@@ -2,7 +2,8 @@
 //! task. Output is published as it comes on channel `vcc.build:{task id}` (events
 //! `vcc.build.output` with a batch of lines, then `vcc.build.finished`), and the last lines are
 //! kept in the task's result, or in its error's details when the command fails. Cancelling the
-//! task, or its timeout, kills the command's whole process tree.
+//! task, or its timeout, kills the command's whole process tree. A command holds its project's
+//! lock while it runs: package changes wait for it, another command is retried later.
 
 use super::build::{self, BuildError, CommandSpec, Stream};
 use super::{VccError, VccService};
@@ -138,6 +139,15 @@ impl Handler for CommandHandler {
             ))
             .with_details(json!({"code": "project_unreadable"})));
         }
+        // Held until the command ends: no package change or other command on this project
+        // meanwhile.
+        let Some(_busy) = self.service.try_lock_project(&project.id) else {
+            return Err(HandlerError::retryable(format!(
+                "project `{}` is busy: a build, deploy or package change runs on it",
+                project.id
+            ))
+            .with_details(json!({"code": "project_busy"})));
+        };
         let task_id = ctx.task.id.to_string();
         let vars = BTreeMap::from([
             ("project_path", project.path.clone()),

@@ -608,6 +608,23 @@ impl VccService {
         }
     }
 
+    /// The lock of one project: package changes wait for each other; builds and deploys take it
+    /// too ([`VccService::try_lock_project`]), so nothing changes `Packages/` under a build.
+    fn project_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self
+            .inner
+            .project_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        locks.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// The project's lock, if nothing holds it now. A build holds it for as long as it runs, so
+    /// a second build (Unity refuses to open a project twice anyway) is told at once.
+    pub fn try_lock_project(&self, id: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        self.project_lock(id).try_lock_owned().ok()
+    }
+
     /// Runs `change` on the project's folder under the project's lock, in a task of its own: a
     /// caller that goes away (a cancelled task) does not interrupt an install half-way.
     async fn with_project<F, Fut>(
@@ -621,14 +638,7 @@ impl VccService {
     {
         let this = self.clone();
         let id = project_id.to_string();
-        let lock = {
-            let mut locks = self
-                .inner
-                .project_locks
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            locks.entry(id.clone()).or_default().clone()
-        };
+        let lock = self.project_lock(&id);
         let handle = tokio::spawn(async move {
             let _guard = lock.lock().await;
             let root = this.inner.projects.path_of(&id)?;
