@@ -200,6 +200,9 @@ pub struct Config {
     pub vcc_project_roots: String,
     /// VCC projects always listed (outside the roots too: the file is trusted).
     pub vcc_projects: Vec<PathBuf>,
+    /// VPM repository listing URLs always used for resolution (e.g. VRChat's official one),
+    /// fetched when first needed.
+    pub vcc_repositories: Vec<String>,
     /// VCC's own `settings.json`: its `userProjects` and `userRepos` are included. Unset: VCC's
     /// default place on this system, if the file is there.
     pub vcc_settings: Option<PathBuf>,
@@ -325,6 +328,7 @@ impl Default for Config {
             ask_timeout_ms: 60_000,
             vcc_project_roots: String::new(),
             vcc_projects: Vec::new(),
+            vcc_repositories: Vec::new(),
             vcc_settings: None,
             vcc_build_command: Vec::new(),
             vcc_deploy_command: Vec::new(),

@@ -229,6 +229,7 @@ pub fn registry(
     let vcc = VccService::new(VccConfig {
         roots: config.vcc_roots(),
         projects: config.vcc_projects.clone(),
+        repositories: config.vcc_repositories.clone(),
         settings_file: config.vcc_settings_file(),
         state_file: config.data_dir.join("vcc.json"),
         build_command: config.vcc_build_command.clone(),

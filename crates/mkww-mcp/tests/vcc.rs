@@ -666,3 +666,42 @@ async fn wait_until_gone(pid: i32) {
     }
     panic!("process {pid} still runs");
 }
+
+#[tokio::test]
+async fn repositories_named_by_the_configuration_are_used_without_adding_them() {
+    let url = repository().await;
+    let root = temp_dir().join("projects");
+    let project = world_project(&root, "Config World");
+    let server = Server::start(&[
+        (
+            "MCP_VCC_PROJECTS",
+            format!("[{:?}]", project.display().to_string()),
+        ),
+        ("MCP_VCC_REPOSITORIES", format!("[{url:?}]")),
+    ]);
+    let operator = client_as("operator", "ops");
+    let (status, list) = call(&operator, "GET", server.url("/v1/vcc/repositories"), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["repositories"][0]["source"], "config", "{list}");
+    assert_eq!(list["repositories"][0]["url"], url.as_str());
+    let (_, projects) = call(&operator, "GET", server.url("/v1/vcc/projects"), None).await;
+    let id = projects["projects"][0]["id"].as_str().unwrap().to_owned();
+
+    let (status, task) = call(
+        &operator,
+        "POST",
+        server.url("/v1/tasks"),
+        Some(json!({"type": "vcc.package.add", "payload": {"project": id, "package": "com.example.core", "version": "^1.0.0"}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{task}");
+    let done = wait_for(&server, task["id"].as_str().unwrap(), is_final).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(
+        manifest(&project)["locked"]["com.example.core"]["version"],
+        "1.2.0"
+    );
+    // Fetched when first needed, and shown so from then on.
+    let (_, list) = call(&operator, "GET", server.url("/v1/vcc/repositories"), None).await;
+    assert_eq!(list["repositories"][0]["package_count"], 3, "{list}");
+}

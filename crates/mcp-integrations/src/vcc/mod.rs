@@ -50,6 +50,8 @@ pub struct VccConfig {
     pub roots: Vec<PathBuf>,
     /// Projects listed by the configuration, always included.
     pub projects: Vec<PathBuf>,
+    /// VPM listing URLs the configuration names, always used.
+    pub repositories: Vec<String>,
     /// VCC's own `settings.json` (`userProjects`, `userRepos`), read on every listing.
     pub settings_file: Option<PathBuf>,
     /// Where registered projects and repositories are persisted.
@@ -69,6 +71,7 @@ impl Default for VccConfig {
         VccConfig {
             roots: Vec::new(),
             projects: Vec::new(),
+            repositories: Vec::new(),
             settings_file: None,
             state_file: PathBuf::from("vcc-state.json"),
             user_agent: concat!("mkww-mcp/", env!("CARGO_PKG_VERSION")).to_string(),
@@ -425,7 +428,8 @@ impl VccService {
             state.clone(),
         )
         .with_configured(config.projects.clone());
-        let repos = RepoCache::new(state, config.settings_file.clone(), http.clone());
+        let repos = RepoCache::new(state, config.settings_file.clone(), http.clone())
+            .with_configured(config.repositories.clone());
         Ok(VccService {
             inner: Arc::new(Inner {
                 config,

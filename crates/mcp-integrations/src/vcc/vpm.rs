@@ -446,7 +446,8 @@ pub struct RepositoryInfo {
     pub id: String,
     pub url: String,
     pub name: Option<String>,
-    /// `api` (added here) or `vcc_settings` (from VCC's `userRepos`, read-only here).
+    /// `api` (added here), `config` (`vcc_repositories`) or `vcc_settings` (from VCC's
+    /// `userRepos`); only `api` ones can be removed here.
     pub source: &'static str,
     /// Packages in the cached listing; null until it is fetched.
     pub package_count: Option<usize>,
@@ -486,6 +487,8 @@ fn url_id(url: &str) -> String {
 pub struct RepoCache {
     state: Arc<StateStore>,
     settings_file: Option<PathBuf>,
+    /// Listing URLs the configuration names (`vcc_repositories`), read-only here.
+    configured: Vec<String>,
     http: reqwest::Client,
     cache: tokio::sync::Mutex<HashMap<String, Cached>>,
     errors: std::sync::Mutex<HashMap<String, String>>,
@@ -500,13 +503,20 @@ impl RepoCache {
         RepoCache {
             state,
             settings_file,
+            configured: Vec::new(),
             http,
             cache: tokio::sync::Mutex::new(HashMap::new()),
             errors: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    /// Added repositories, then VCC's `userRepos` (those not added too).
+    /// Adds the listing URLs the configuration names; they cannot be removed through the API.
+    pub(crate) fn with_configured(mut self, urls: Vec<String>) -> Self {
+        self.configured = urls;
+        self
+    }
+
+    /// Added repositories, then the configured ones, then VCC's `userRepos` (each URL once).
     fn records(&self) -> Vec<(RepositoryRecord, &'static str)> {
         let mut records: Vec<(RepositoryRecord, &'static str)> = match self.state.load() {
             Ok(state) => state.repositories.into_iter().map(|r| (r, "api")).collect(),
@@ -515,6 +525,20 @@ impl RepoCache {
                 Vec::new()
             }
         };
+        for url in &self.configured {
+            if url.is_empty() || records.iter().any(|(r, _)| &r.url == url) {
+                continue;
+            }
+            records.push((
+                RepositoryRecord {
+                    id: url_id(url),
+                    url: url.clone(),
+                    name: None,
+                    headers: BTreeMap::new(),
+                },
+                "config",
+            ));
+        }
         let settings = VccSettings::read(self.settings_file.as_deref());
         for UserRepo { url, name, headers } in settings.user_repos {
             // Local repositories (`localPath` only) have nothing to fetch.
