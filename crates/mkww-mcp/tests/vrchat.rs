@@ -246,3 +246,45 @@ async fn publishes_incoming_avatar_parameters_on_the_vrchat_osc_channel() {
     );
     assert_eq!(event["event"]["data"]["name"], "VelocityZ", "{event}");
 }
+
+#[tokio::test]
+async fn credentials_stored_sealed_through_the_api_log_in_with_totp_after_a_restart() {
+    let (base, fake) = fake_vrchat::start(TwoFactor::Totp).await;
+    let server = Server::start(&[]);
+    let admin = client();
+    let (status, body) = call(
+        &admin,
+        "PUT",
+        server.url("/v1/integrations/vrchat"),
+        Some(json!({
+            "kind": "vrchat",
+            "settings": {"api_base": base, "username": USERNAME},
+            "secrets": {"password": PASSWORD, "totp_secret": fake_vrchat::TOTP_SECRET},
+        })),
+    )
+    .await;
+    assert_eq!(
+        (status, body["applied"].as_str()),
+        (200, Some("restart")),
+        "{body}"
+    );
+    assert!(!body.to_string().contains(PASSWORD));
+    let (status, _) = get(&server, "/v1/vrchat/status").await;
+    assert_eq!(status, 404, "applies at the next start");
+
+    let data_dir = server.data_dir.clone();
+    drop(server);
+    let server = Server::start_in(data_dir, &[]);
+    let (status, body) = get(&server, "/v1/vrchat/users/me").await;
+    assert_eq!(
+        (status, body["id"].as_str()),
+        (200, Some(fake_vrchat::USER_ID)),
+        "{body}"
+    );
+    let fake = fake.lock().unwrap();
+    assert_eq!(fake.logins, 1);
+    assert_eq!(
+        fake.calls["auth/twofactorauth/totp/verify"], 1,
+        "the code was computed"
+    );
+}
