@@ -8,6 +8,8 @@ use async_trait::async_trait;
 use mcp_api::integrations::ConfiguredIntegration;
 use mcp_core::integrations::{IntegrationRuntime, IntegrationStore, secret_purpose};
 use mcp_core::secrets::SecretBox;
+use mcp_integrations::Adapter;
+use mcp_integrations::vcc::{VccAdapter, VccService};
 use mcp_integrations::vrchat::{SavedSession, SessionKeeper};
 use mcp_integrations::{AdapterHealth, GithubLive, LlmLive, VrchatClient};
 use serde_json::{Value, json};
@@ -62,6 +64,26 @@ pub fn configured(config: &Config) -> Vec<ConfiguredIntegration> {
                 .filter(|k| !k.is_empty())
                 .map(|_| "api_key".to_owned())
                 .collect(),
+        });
+    }
+    let vcc_settings = config.vcc_settings_file();
+    if !config.vcc_roots().is_empty()
+        || !config.vcc_projects.is_empty()
+        || !config.vcc_repositories.is_empty()
+        || vcc_settings.is_some()
+    {
+        out.push(ConfiguredIntegration {
+            name: "vcc".into(),
+            kind: "vcc".into(),
+            settings: json!({
+                "project_roots": config.vcc_roots(),
+                "projects": config.vcc_projects,
+                "repositories": config.vcc_repositories,
+                "settings_file": vcc_settings,
+                "build_command": !config.vcc_build_command.is_empty(),
+                "deploy_command": !config.vcc_deploy_command.is_empty(),
+            }),
+            secrets: Vec::new(),
         });
     }
     if let Some(username) = config.vrchat_username.as_deref().filter(|u| !u.is_empty()) {
@@ -176,6 +198,8 @@ pub struct Runtime {
     pub live: LiveIntegrations,
     /// The VRChat session, when an account is configured.
     pub vrchat: Option<Arc<VrchatClient>>,
+    /// The VCC service.
+    pub vcc: Option<VccService>,
 }
 
 #[async_trait]
@@ -188,6 +212,12 @@ impl IntegrationRuntime for Runtime {
             && let Some(client) = &self.vrchat
         {
             return serde_json::to_value(client.health()).ok();
+        }
+        if kind == "vcc"
+            && let Some(service) = &self.vcc
+        {
+            let health = VccAdapter::new(service.clone()).health().await;
+            return serde_json::to_value(health).ok();
         }
         let running = match kind {
             "http" => true,
@@ -322,6 +352,7 @@ mod tests {
             file,
             live: LiveIntegrations::default(),
             vrchat: None,
+            vcc: None,
         }
     }
 

@@ -621,6 +621,7 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
             file: file_config,
             live,
             vrchat: clients.vrchat,
+            vcc: clients.vcc,
         })),
     });
     let stopping = state.shutdown.clone();

@@ -288,6 +288,16 @@ async fn registers_projects_under_the_roots_only_and_shows_them() {
         (404, Some("project_not_found"))
     );
 
+    // Operators see the service among the integrations, with its health.
+    let (status, integration) = get(&server, "/v1/integrations/vcc").await;
+    assert_eq!(status, 200, "{integration}");
+    assert_eq!(integration["health"]["state"], "healthy", "{integration}");
+    assert_eq!(
+        integration["settings"]["project_roots"],
+        json!([root.display().to_string()])
+    );
+    assert_eq!(integration["settings"]["build_command"], true);
+
     // Registrations survive a restart (kept in the data directory); projects the
     // configuration lists are shown too, wherever they are.
     let data_dir = server.data_dir.clone();
