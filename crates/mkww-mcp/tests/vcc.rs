@@ -715,3 +715,38 @@ async fn repositories_named_by_the_configuration_are_used_without_adding_them() 
     let (_, list) = call(&operator, "GET", server.url("/v1/vcc/repositories"), None).await;
     assert_eq!(list["repositories"][0]["package_count"], 3, "{list}");
 }
+
+#[tokio::test]
+async fn a_deploy_left_running_by_a_killed_node_is_stopped_when_it_starts_again() {
+    let Setup {
+        mut server,
+        root,
+        id,
+        ..
+    } = setup().await;
+    let (status, task) = call(
+        &client_as("operator", "ops"),
+        "POST",
+        server.url("/v1/tasks"),
+        Some(json!({"type": "vcc.deploy", "payload": {"project": id}})),
+    )
+    .await;
+    assert_eq!(status, 201, "{task}");
+    let task_id = task["id"].as_str().unwrap();
+    let pid = wait_for_pid(&root.join(format!("deploy-{task_id}.pid"))).await;
+
+    // kill -9: nothing of the hub stops the command, which keeps running.
+    server.kill9();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z ")),
+        "the command outlived its node"
+    );
+
+    // The node comes back, finds the command in its ledger, and stops it.
+    let _server = Server::start_in(
+        server.data_dir.clone(),
+        &[("MCP_VCC_PROJECT_ROOTS", root.display().to_string())],
+    );
+    wait_until_gone(pid).await;
+}

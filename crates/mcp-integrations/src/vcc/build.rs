@@ -170,6 +170,18 @@ pub async fn run(
     spec: &CommandSpec,
     cwd: &Path,
     cancel: CancellationToken,
+    on_line: impl FnMut(Stream, &str) + Send,
+) -> Result<RunOutcome, BuildError> {
+    run_recorded(spec, cwd, cancel, None, on_line).await
+}
+
+/// [`run`], with the command's process group written in `ledger` while it runs, so that a hub
+/// killed meanwhile stops it at its next start.
+pub async fn run_recorded(
+    spec: &CommandSpec,
+    cwd: &Path,
+    cancel: CancellationToken,
+    ledger: Option<&super::ledger::ProcessLedger>,
     mut on_line: impl FnMut(Stream, &str) + Send,
 ) -> Result<RunOutcome, BuildError> {
     if !cwd.is_dir() {
@@ -198,6 +210,9 @@ pub async fn run(
         source,
     })?;
     let mut group = ProcessGroup::of(&child);
+    let _recorded = ledger
+        .zip(child.id())
+        .map(|(ledger, pgid)| ledger.record(pgid));
     let mut stdout = child
         .stdout
         .take()

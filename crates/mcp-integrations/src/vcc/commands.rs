@@ -163,10 +163,11 @@ impl Handler for CommandHandler {
 
         let channel = output_channel(&task_id);
         let (lines, publisher) = spawn_publisher(self.events.clone(), channel.clone());
-        let outcome = build::run(
+        let outcome = build::run_recorded(
             &spec,
             std::path::Path::new(&project.path),
             ctx.cancel.clone(),
+            Some(self.service.ledger()),
             move |stream, line| {
                 let _ = lines.send((stream, line.to_owned()));
             },

@@ -10,6 +10,7 @@
 pub mod build;
 pub mod commands;
 pub mod install;
+pub mod ledger;
 pub mod project;
 pub mod vpm;
 pub mod watch;
@@ -409,6 +410,8 @@ struct Inner {
     project_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Set by [`VccService::watch`]: projects registered later are watched too.
     watcher: Mutex<Option<Arc<watch::ProjectWatcher>>>,
+    /// The process groups of running builds and deploys (beside the state file).
+    ledger: ledger::ProcessLedger,
 }
 
 impl VccService {
@@ -422,6 +425,7 @@ impl VccService {
                 message: format!("cannot build the HTTP client: {e}"),
             })?;
         let state = Arc::new(StateStore::new(config.state_file.clone()));
+        let ledger = ledger::ProcessLedger::open(config.state_file.with_extension("processes"));
         let projects = ProjectRegistry::new(
             config.roots.clone(),
             config.settings_file.clone(),
@@ -438,12 +442,18 @@ impl VccService {
                 http,
                 project_locks: Mutex::new(HashMap::new()),
                 watcher: Mutex::new(None),
+                ledger,
             }),
         })
     }
 
     pub fn config(&self) -> &VccConfig {
         &self.inner.config
+    }
+
+    /// Where builds and deploys record their process groups.
+    pub fn ledger(&self) -> &ledger::ProcessLedger {
+        &self.inner.ledger
     }
 
     /// Registered projects and those in VCC's `settings.json`, by name.
