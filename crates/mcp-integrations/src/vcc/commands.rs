@@ -14,6 +14,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -162,15 +163,13 @@ impl Handler for CommandHandler {
             .map_err(|e| HandlerError::permanent(e.to_string()).with_details(failure(&e)))?;
 
         let channel = output_channel(&task_id);
-        let (lines, publisher) = spawn_publisher(self.events.clone(), channel.clone());
+        let (output, publisher) = spawn_publisher(self.events.clone(), channel.clone());
         let outcome = build::run_recorded(
             &spec,
             std::path::Path::new(&project.path),
             ctx.cancel.clone(),
             Some(self.service.ledger()),
-            move |stream, line| {
-                let _ = lines.send((stream, line.to_owned()));
-            },
+            move |stream, line| output.line(stream, line),
         )
         .await;
         // Every output event goes out before the finished one (and before the task's own).
@@ -231,32 +230,122 @@ fn failure(e: &BuildError) -> Value {
     details
 }
 
+/// Lines waiting to be published at most; beyond, lines are counted as dropped (the task's
+/// `tail` keeps the last ones whatever happens), so a command that writes faster than the bus
+/// publishes cannot grow the hub's memory.
+const MAX_PENDING_LINES: usize = 10_000;
+
+/// The sending side of a run's output: [`OutputSender::line`] never waits.
+pub(crate) struct OutputSender {
+    tx: mpsc::Sender<(Stream, String)>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl OutputSender {
+    pub(crate) fn line(&self, stream: Stream, line: &str) {
+        if self.tx.try_send((stream, line.to_owned())).is_err() {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A task that publishes lines in batches: whatever arrived while the previous batch was being
-/// published goes out together. Ends when every sender is gone and the lines are out.
-fn spawn_publisher(
+/// published goes out together, with `"dropped"` counting the lines that did not fit in the
+/// buffer meanwhile. Ends when the sender is gone and the lines are out.
+pub(crate) fn spawn_publisher(
     events: Arc<dyn EventBus>,
     channel: String,
-) -> (
-    mpsc::UnboundedSender<(Stream, String)>,
-    tokio::task::JoinHandle<()>,
-) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(Stream, String)>();
+) -> (OutputSender, tokio::task::JoinHandle<u64>) {
+    let (tx, mut rx) = mpsc::channel::<(Stream, String)>(MAX_PENDING_LINES);
+    let dropped = Arc::new(AtomicU64::new(0));
+    let counter = dropped.clone();
     let handle = tokio::spawn(async move {
         let mut batch = Vec::new();
+        let mut dropped_in_all = 0;
         while rx.recv_many(&mut batch, LINES_PER_EVENT).await > 0 {
             let lines: Vec<Value> = batch
                 .drain(..)
                 .map(|(stream, line)| json!({"stream": stream, "line": line}))
                 .collect();
-            publish(&*events, &channel, OUTPUT_EVENT, json!({"lines": lines})).await;
+            let mut data = json!({"lines": lines});
+            let dropped = counter.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                data["dropped"] = json!(dropped);
+                dropped_in_all += dropped;
+            }
+            publish(&*events, &channel, OUTPUT_EVENT, data).await;
         }
+        dropped_in_all + counter.swap(0, Ordering::Relaxed)
     });
-    (tx, handle)
+    (OutputSender { tx, dropped }, handle)
 }
 
 async fn publish(events: &dyn EventBus, channel: &str, event_type: &str, data: Value) {
     let event = Arc::new(Event::new(event_type, data, None));
     if let Err(e) = events.publish(channel, event).await {
         tracing::warn!(channel, error = %e, "cannot publish build output");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use async_trait::async_trait;
+    use mcp_core::events::{
+        BusConfig, BusError, MemoryBus, Recovery, StreamPosition, Subscription,
+    };
+    use std::time::Duration;
+
+    /// The in-process bus, taking its time over every publish.
+    struct SlowBus(MemoryBus);
+
+    #[async_trait]
+    impl EventBus for SlowBus {
+        async fn publish(
+            &self,
+            channel: &str,
+            event: Arc<Event>,
+        ) -> Result<StreamPosition, BusError> {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            self.0.publish(channel, event).await
+        }
+        async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
+            self.0.subscribe(channel).await
+        }
+        async fn recover(
+            &self,
+            channel: &str,
+            since: &StreamPosition,
+        ) -> Result<Recovery, BusError> {
+            self.0.recover(channel, since).await
+        }
+        async fn position(&self, channel: &str) -> Result<StreamPosition, BusError> {
+            self.0.position(channel).await
+        }
+    }
+
+    #[tokio::test]
+    async fn output_faster_than_the_bus_is_dropped_and_counted_not_buffered_without_end() {
+        let bus = Arc::new(SlowBus(MemoryBus::new(BusConfig::default())));
+        let mut events = bus.subscribe("vcc.build:t").await.unwrap();
+        let (output, publisher) = spawn_publisher(bus.clone(), "vcc.build:t".into());
+        let written = (MAX_PENDING_LINES * 3) as u64;
+        for i in 0..written {
+            output.line(Stream::Stdout, &format!("line {i}"));
+        }
+        drop(output);
+        let dropped = publisher.await.unwrap();
+        assert!(dropped > 0, "a slow bus makes the buffer overflow");
+        let (mut published, mut reported) = (0, 0);
+        while let Ok(delivery) = events.try_recv() {
+            published += delivery.event.data["lines"].as_array().unwrap().len() as u64;
+            reported += delivery.event.data["dropped"].as_u64().unwrap_or(0);
+        }
+        assert_eq!(reported, dropped, "every dropped line is reported");
+        assert_eq!(
+            published + dropped,
+            written,
+            "each line is published or counted"
+        );
     }
 }
