@@ -584,6 +584,7 @@ async fn builds_stream_their_output_and_deploys_can_be_cancelled_or_time_out() {
             }
             Some("vcc.build.finished") => {
                 assert_eq!(frame["event"]["data"]["exit_code"], 0, "{frame}");
+                assert_eq!(frame["event"]["data"]["dropped"], 0, "{frame}");
                 break;
             }
             other => panic!("unexpected {other:?}: {frame}"),

@@ -173,13 +173,14 @@ impl Handler for CommandHandler {
         )
         .await;
         // Every output event goes out before the finished one (and before the task's own).
-        let _ = publisher.await;
-        let finished = match &outcome {
+        let dropped = publisher.await.unwrap_or_default();
+        let mut finished = match &outcome {
             Ok(run) => {
                 json!({"project": project.id, "exit_code": run.exit_code, "lines": run.lines})
             }
             Err(e) => json!({"project": project.id, "error": failure(e)}),
         };
+        finished["dropped"] = json!(dropped);
         publish(&*self.events, &channel, FINISHED_EVENT, finished).await;
         match outcome {
             Ok(run) => Ok(json!({
