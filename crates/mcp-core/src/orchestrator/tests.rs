@@ -272,3 +272,48 @@ async fn makes_no_events_for_channels_nobody_observes() {
     let never_watched = [unseen.id, seen.id].map(|id| format!("task:{id}"));
     assert_eq!(bus.observed(&never_watched).await.unwrap(), [false, false]);
 }
+
+/// A handler whose tasks need longer than the node-wide default.
+struct Slow;
+
+#[async_trait]
+impl Handler for Slow {
+    fn default_timeout_ms(&self) -> Option<u64> {
+        Some(3_600_000)
+    }
+
+    async fn run(&self, _ctx: TaskContext) -> Result<serde_json::Value, HandlerError> {
+        Ok(serde_json::Value::Null)
+    }
+}
+
+#[test]
+fn a_handlers_default_timeout_applies_only_when_the_request_names_none() {
+    let mut handlers = HandlerRegistry::with_builtins();
+    handlers.register("slow", Slow);
+    let orchestrator = Orchestrator::new(
+        Arc::new(Tasks::default()),
+        handlers,
+        OrchestratorConfig::default(),
+    );
+    let prepare = |task_type: &str, timeout_ms: Option<u64>| {
+        orchestrator
+            .prepare(
+                CreateTask {
+                    task_type: task_type.into(),
+                    timeout_ms,
+                    ..CreateTask::default()
+                },
+                Origin {
+                    correlation_id: None,
+                    created_by: None,
+                },
+                None,
+            )
+            .unwrap()
+            .timeout_ms
+    };
+    assert_eq!(prepare("slow", None), 3_600_000);
+    assert_eq!(prepare("slow", Some(5_000)), 5_000);
+    assert_eq!(prepare("noop", None), TaskDefaults::default().timeout_ms);
+}
