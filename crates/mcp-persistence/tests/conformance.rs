@@ -2,94 +2,19 @@
 //! PostgreSQL (a fresh schema in `MCP_TEST_DATABASE_URL`, dropped afterwards). With `CI=true` an
 //! unreachable PostgreSQL fails the suite instead of skipping it.
 
+#[macro_use]
+mod common;
+
 use chrono::{Duration as Span, Utc};
 use mcp_core::task::{CreateTask, TaskDefaults};
 use mcp_core::{
     CancelOutcome, ClaimRequest, Completion, NewTask, Outcome, RetryOutcome, TaskError, TaskFilter,
     TaskStatus, TaskStore,
 };
-use mcp_persistence::{PgTaskStore, SqliteOptions, SqliteTaskStore};
 use serde_json::json;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
-
-enum Backend {
-    Sqlite(SqliteTaskStore, std::path::PathBuf),
-    Postgres(PgTaskStore),
-}
-
-impl Backend {
-    async fn sqlite() -> Backend {
-        let dir = std::env::temp_dir().join(format!("mcp-conformance-{}", uuid::Uuid::new_v4()));
-        let store = SqliteTaskStore::open(&dir.join("tasks.db"), &SqliteOptions::default())
-            .await
-            .expect("open sqlite");
-        store.migrate().await.expect("migrate sqlite");
-        Backend::Sqlite(store, dir)
-    }
-
-    async fn postgres() -> Option<Backend> {
-        let url = std::env::var("MCP_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let schema = format!("mcp_test_{}", uuid::Uuid::new_v4().simple());
-        match PgTaskStore::connect(&url, &schema, 8).await {
-            Ok(store) => {
-                store.migrate().await.expect("migrate postgres");
-                Some(Backend::Postgres(store))
-            }
-            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("PostgreSQL at {url} is required in CI: {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping PostgreSQL case: {url} unreachable: {e}");
-                None
-            }
-        }
-    }
-
-    fn store(&self) -> Arc<dyn TaskStore> {
-        match self {
-            Backend::Sqlite(store, _) => Arc::new(store.clone()),
-            Backend::Postgres(store) => Arc::new(store.clone()),
-        }
-    }
-
-    async fn cleanup(self) {
-        match self {
-            Backend::Sqlite(store, dir) => {
-                store.close().await;
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            Backend::Postgres(store) => store.drop_schema().await.expect("drop schema"),
-        }
-    }
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = super::Backend::sqlite().await;
-                    super::cases::$name(backend.store()).await;
-                    backend.cleanup().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(backend) = super::Backend::postgres().await else { return };
-                    super::cases::$name(backend.store()).await;
-                    backend.cleanup().await;
-                }
-            )*
-        }
-    };
-}
 
 conformance!(
     round_trips_every_field,

@@ -2,7 +2,11 @@
 //! and PostgreSQL (a fresh schema in `MCP_TEST_DATABASE_URL`, dropped afterwards). With
 //! `CI=true` an unreachable PostgreSQL fails the suite instead of skipping it.
 
+#[macro_use]
+mod common;
+
 use chrono::{DateTime, Duration as Span, NaiveDate, Utc};
+use common::Backend;
 use mcp_core::StoreError;
 use mcp_core::identity::{
     ApiKey, AuditEvent, AuditFilter, IdentityStore, QuotaUse, RefreshToken, Rotation, User,
@@ -13,50 +17,11 @@ use serde_json::json;
 use std::sync::Arc;
 use uuid::Uuid;
 
-enum Backend {
-    Sqlite(SqliteTaskStore, std::path::PathBuf),
-    Postgres(PgTaskStore),
-}
-
 impl Backend {
-    async fn sqlite() -> Backend {
-        let dir = std::env::temp_dir().join(format!("mcp-identity-{}", Uuid::new_v4()));
-        let store = SqliteTaskStore::open(&dir.join("tasks.db"), &SqliteOptions::default())
-            .await
-            .expect("open sqlite");
-        store.migrate().await.expect("migrate sqlite");
-        Backend::Sqlite(store, dir)
-    }
-
-    async fn postgres() -> Option<Backend> {
-        let url = std::env::var("MCP_TEST_DATABASE_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let schema = format!("mcp_test_{}", Uuid::new_v4().simple());
-        match PgTaskStore::connect(&url, &schema, 8).await {
-            Ok(store) => {
-                store.migrate().await.expect("migrate postgres");
-                Some(Backend::Postgres(store))
-            }
-            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-                panic!("PostgreSQL at {url} is required in CI: {e}")
-            }
-            Err(e) => {
-                eprintln!("skipping PostgreSQL case: {url} unreachable: {e}");
-                None
-            }
-        }
-    }
-
     fn store(&self) -> Arc<dyn IdentityStore> {
-        match self {
-            Backend::Sqlite(store, _) => Arc::new(store.clone()),
-            Backend::Postgres(store) => Arc::new(store.clone()),
-        }
+        self.port()
     }
 
-    /// The same data through new connections, as after a restart: SQLite closes this store and
-    /// opens the file again; PostgreSQL connects a second store to the same schema. The caller
-    /// closes what it gets.
     async fn reopen(&self) -> Reopened {
         match self {
             Backend::Sqlite(store, dir) => {
@@ -68,24 +33,12 @@ impl Backend {
                 Reopened::Sqlite(store)
             }
             Backend::Postgres(store) => {
-                let url = std::env::var("MCP_TEST_DATABASE_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-                let again = PgTaskStore::connect(&url, store.schema(), 2)
+                let again = PgTaskStore::connect(&common::pg_url(), store.schema(), 2)
                     .await
                     .expect("reconnect postgres");
                 again.migrate().await.expect("migrate reconnected postgres");
                 Reopened::Postgres(again)
             }
-        }
-    }
-
-    async fn cleanup(self) {
-        match self {
-            Backend::Sqlite(store, dir) => {
-                store.close().await;
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            Backend::Postgres(store) => store.drop_schema().await.expect("drop schema"),
         }
     }
 }
@@ -109,31 +62,6 @@ impl Reopened {
             Reopened::Postgres(store) => store.close().await,
         }
     }
-}
-
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let backend = super::Backend::sqlite().await;
-                    super::cases::$name(&backend).await;
-                    backend.cleanup().await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(backend) = super::Backend::postgres().await else { return };
-                    super::cases::$name(&backend).await;
-                    backend.cleanup().await;
-                }
-            )*
-        }
-    };
 }
 
 conformance!(
