@@ -2,12 +2,15 @@
 //! loopback: project JSON, the root checks, the repository cache with `ETag`s, resolution, and
 //! installs that are all or nothing (checked file by file, byte for byte).
 
+mod common;
+
 use axum::Router;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use mcp_core::{HandlerRegistry, Task, TaskContext};
+use common::context;
+use mcp_core::HandlerRegistry;
 use mcp_integrations::Adapter;
 use mcp_integrations::vcc::{VccAdapter, VccConfig, VccError, VccErrorKind, VccService};
 use serde_json::{Value, json};
@@ -17,7 +20,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio_util::sync::CancellationToken;
 use zip::write::SimpleFileOptions;
 
 // ---------------------------------------------------------------------------------------------
@@ -939,36 +941,6 @@ async fn remove_refuses_a_package_others_need() {
 
 // ---------------------------------------------------------------------------------------------
 // The adapter
-
-fn context(task_type: &str, payload: Value) -> TaskContext {
-    let task: Task = serde_json::from_value(json!({
-        "id": "01920000-0000-7000-8000-000000000009",
-        "type": task_type,
-        "queue": "default",
-        "priority": 0,
-        "payload": payload,
-        "status": "running",
-        "attempts": 1,
-        "max_attempts": 3,
-        "backoff": {"base_ms": 1000, "max_ms": 600000},
-        "run_at": "2025-01-01T00:00:00Z",
-        "timeout_ms": 30000,
-        "idempotency_key": null,
-        "concurrency_key": null,
-        "concurrency_limit": null,
-        "correlation_id": null,
-        "result": null,
-        "error": null,
-        "created_at": "2025-01-01T00:00:00Z",
-        "started_at": "2025-01-01T00:00:00Z",
-        "finished_at": null,
-    }))
-    .unwrap();
-    TaskContext {
-        task: Arc::new(task),
-        cancel: CancellationToken::new(),
-    }
-}
 
 #[tokio::test]
 async fn adapter_tasks_validate_payloads_and_map_errors() {

@@ -10,35 +10,12 @@ use support::*;
 use tokio_tungstenite::tungstenite::Message as Frame;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-async fn send(
-    client: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = client.request(method, url);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.expect("request");
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 async fn patch(server: &Server, path: &str, body: Value) -> (u16, Value) {
-    send(
-        &client(),
-        reqwest::Method::PATCH,
-        server.url(path),
-        Some(body),
-    )
-    .await
+    call(&client(), "PATCH", server.url(path), Some(body)).await
 }
 
 async fn delete(server: &Server, path: &str) -> u16 {
-    send(&client(), reqwest::Method::DELETE, server.url(path), None)
-        .await
-        .0
+    call(&client(), "DELETE", server.url(path), None).await.0
 }
 
 async fn conversation(server: &Server) -> String {
@@ -531,9 +508,9 @@ async fn retention_archives_then_deletes_idle_conversations() {
 async fn users_read_and_write_memory_but_only_operators_delete_conversations() {
     let server = Server::start(&[]);
     let user = client_as("user", "ann");
-    let (status, c) = send(
+    let (status, c) = call(
         &user,
-        reqwest::Method::POST,
+        "POST",
         server.url("/v1/conversations"),
         Some(json!({"title": "mine"})),
     )
@@ -541,17 +518,17 @@ async fn users_read_and_write_memory_but_only_operators_delete_conversations() {
     assert_eq!(status, 201, "{c}");
     assert_eq!(c["created_by"], "ann");
     let id = c["id"].as_str().unwrap();
-    let (status, _) = send(
+    let (status, _) = call(
         &user,
-        reqwest::Method::POST,
+        "POST",
         server.url(&format!("/v1/conversations/{id}/messages")),
         Some(json!({"content": "hi"})),
     )
     .await;
     assert_eq!(status, 201);
-    let (status, body) = send(
+    let (status, body) = call(
         &user,
-        reqwest::Method::DELETE,
+        "DELETE",
         server.url(&format!("/v1/conversations/{id}")),
         None,
     )
@@ -561,9 +538,9 @@ async fn users_read_and_write_memory_but_only_operators_delete_conversations() {
         (403, Some("forbidden"))
     );
     let operator = client_as("operator", "op");
-    let (status, _) = send(
+    let (status, _) = call(
         &operator,
-        reqwest::Method::DELETE,
+        "DELETE",
         server.url(&format!("/v1/conversations/{id}")),
         None,
     )

@@ -706,7 +706,9 @@ impl Connection {
             ("tasks", "") | ("system.breakers", "") => principal.can(Permission::TasksReadAny),
             // Incoming webhooks (crate::hooks): `hooks` and `hooks:{source}`.
             ("hooks", _) => principal.can(Permission::TasksReadAny),
-            ("task", id) if !id.is_empty() => {
+            // A task's events, and a build's or deploy's output (mcp_integrations::vcc): whoever
+            // may see the task.
+            ("task", id) | ("vcc.build", id) if !id.is_empty() => {
                 principal.can(Permission::TasksReadAny) || self.owns_task(principal, id).await?
             }
             ("user", subject) => subject == principal.subject,
@@ -715,10 +717,6 @@ impl Connection {
             ("broadcast", "") => true,
             // VRChat OSC avatar parameters (mcp_integrations::osc): any signed-in principal.
             ("vrchat.osc", "") => true,
-            // A build's or deploy's output (mcp_integrations::vcc): like its task's events.
-            ("vcc.build", id) if !id.is_empty() => {
-                principal.can(Permission::TasksReadAny) || self.owns_task(principal, id).await?
-            }
             ("vcc.projects", "") => principal.can(Permission::VccRead),
             (ns, rest) if !rest.is_empty() => self.is_open(ns),
             _ => false,
