@@ -665,20 +665,7 @@ fn transport_error(target: &str, err: reqwest::Error) -> HandlerError {
         "request"
     };
     // Without the URL: a Render hook's query is its key.
-    let err = err.without_url();
-    let mut message = format!("{target} failed: {err}");
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    let error = if retryable {
-        HandlerError::retryable(message)
-    } else {
-        HandlerError::permanent(message)
-    };
-    error.with_details(json!({ "error": kind }))
+    crate::http::request_failure(target, err, kind, retryable)
 }
 
 #[cfg(test)]

@@ -427,21 +427,8 @@ fn transport_error(route: &str, err: reqwest::Error) -> HandlerError {
     } else {
         "request"
     };
-    let builder = err.is_builder();
-    let err = err.without_url();
-    let mut message = format!("{route} failed: {err}");
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    let error = if builder {
-        HandlerError::permanent(message)
-    } else {
-        HandlerError::retryable(message)
-    };
-    error.with_details(json!({"error": kind}))
+    let retryable = !err.is_builder();
+    crate::http::request_failure(route, err, kind, retryable)
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

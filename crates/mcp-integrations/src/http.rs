@@ -220,7 +220,19 @@ fn transport_error(target: &str, err: reqwest::Error) -> HandlerError {
         "request"
     };
     let retryable = !(err.is_redirect() || err.is_builder());
-    // reqwest's own message is vague ("error sending request"); the cause is in the chain.
+    request_failure(target, err, kind, retryable)
+}
+
+/// The error of a request that failed before its answer was read: `{target} failed:` with
+/// reqwest's message and every cause after it (reqwest's own message is vague, "error sending
+/// request"; the cause is in the chain), never the URL (it may carry a key), and
+/// `{"error": kind}` as details. Each adapter decides `kind` and `retryable`.
+pub(crate) fn request_failure(
+    target: &str,
+    err: reqwest::Error,
+    kind: &str,
+    retryable: bool,
+) -> HandlerError {
     let err = err.without_url();
     let mut message = format!("{target} failed: {err}");
     let mut source = std::error::Error::source(&err);
@@ -229,12 +241,11 @@ fn transport_error(target: &str, err: reqwest::Error) -> HandlerError {
         message.push_str(&cause.to_string());
         source = cause.source();
     }
-    let error = if retryable {
-        HandlerError::retryable(message)
-    } else {
-        HandlerError::permanent(message)
-    };
-    error.with_details(json!({ "error": kind }))
+    HandlerError {
+        message,
+        retryable,
+        details: Some(json!({ "error": kind })),
+    }
 }
 
 /// Reads the status, headers and at most `max_body_bytes` of body into the result shape.

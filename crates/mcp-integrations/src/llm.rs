@@ -396,20 +396,8 @@ fn transport_error(err: reqwest::Error) -> HandlerError {
     } else {
         "request"
     };
-    let err = err.without_url();
-    let mut message = format!("the LLM call failed: {err}");
-    let mut source = std::error::Error::source(&err);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    let error = if err.is_builder() {
-        HandlerError::permanent(message)
-    } else {
-        HandlerError::retryable(message)
-    };
-    error.with_details(json!({"error": kind}))
+    let retryable = !err.is_builder();
+    crate::http::request_failure("the LLM call", err, kind, retryable)
 }
 
 #[cfg(test)]
