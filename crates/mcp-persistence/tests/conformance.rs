@@ -1,5 +1,5 @@
 //! One conformance suite for both task stores: every case runs against SQLite (a fresh file) and
-//! PostgreSQL (a fresh schema in `MCP_TEST_DATABASE_URL`, dropped afterwards). With `CI=true` an
+//! PostgreSQL (a fresh schema in `MCP_TEST_DATABASE_URL`, dropped afterwards). With `CI` set (to any value) an
 //! unreachable PostgreSQL fails the suite instead of skipping it.
 
 #[macro_use]

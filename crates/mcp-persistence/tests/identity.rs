@@ -1,6 +1,6 @@
 //! One conformance suite for both identity stores: every case runs against SQLite (a fresh file)
 //! and PostgreSQL (a fresh schema in `MCP_TEST_DATABASE_URL`, dropped afterwards). With
-//! `CI=true` an unreachable PostgreSQL fails the suite instead of skipping it.
+//! `CI` set (to any value) an unreachable PostgreSQL fails the suite instead of skipping it.
 
 #[macro_use]
 mod common;
