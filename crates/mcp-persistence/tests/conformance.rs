@@ -537,7 +537,9 @@ mod cases {
             let store = store.clone();
             claimers.push(tokio::spawn(async move {
                 let mut mine = Vec::new();
-                loop {
+                // Each round takes at least one task until none is left; the bound only turns
+                // a store that hands out tasks forever into a failure.
+                for _ in 0..10_000 {
                     let mut request = claim_request(25);
                     request.owner = format!("node-{n}");
                     let claimed = store.claim(&request).await.unwrap();
@@ -546,6 +548,7 @@ mod cases {
                     }
                     mine.extend(claimed.into_iter().map(|t| t.id));
                 }
+                panic!("the store kept handing out tasks");
             }));
         }
         let mut seen = HashSet::new();

@@ -46,7 +46,12 @@ async fn request(socket: &mut Socket, frame: Value) -> Value {
         .send(Message::Text(frame.to_string().into()))
         .await
         .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reply to frame {id} within 30 s"
+        );
         let reply = next(socket).await;
         if reply["id"] == id {
             return reply;
@@ -55,7 +60,12 @@ async fn request(socket: &mut Socket, frame: Value) -> Value {
 }
 
 async fn assigned(socket: &mut Socket) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no task.assign within 30 s"
+        );
         let frame = next(socket).await;
         if frame["op"] == "task.assign" {
             return frame["task"].clone();

@@ -589,7 +589,9 @@ async fn changes_are_published_on_the_conversation_channel() {
         ))
         .await
         .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
+        assert!(std::time::Instant::now() < deadline, "no reply within 30 s");
         let reply = next_text(&mut socket).await;
         if reply["id"] == 1 {
             assert_eq!(reply["ok"], true, "{reply}");

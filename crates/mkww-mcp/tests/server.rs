@@ -258,7 +258,7 @@ async fn higher_priority_runs_first() {
         json!({"type": "noop", "priority": 10}),
     )
     .await;
-    let started = |t: &Value| t["started_at"].as_str().unwrap().to_owned();
+    let started = |t: &Value| instant(&t["started_at"]);
     let low = wait_for(&server, &id(&low), is_final).await;
     let mid = wait_for(&server, &id(&mid), is_final).await;
     let high = wait_for(&server, &id(&high), is_final).await;
@@ -276,10 +276,7 @@ async fn never_runs_more_than_the_concurrency_limit_per_key() {
     for task in created["tasks"].as_array().unwrap() {
         let done = wait_for(&server, &id(task), is_final).await;
         assert_eq!(done["status"], "succeeded");
-        spans.push((
-            done["started_at"].as_str().unwrap().to_owned(),
-            done["finished_at"].as_str().unwrap().to_owned(),
-        ));
+        spans.push((instant(&done["started_at"]), instant(&done["finished_at"])));
     }
     spans.sort();
     for pair in spans.windows(2) {
@@ -668,4 +665,14 @@ fn token_command_prints_a_token_that_verifies() {
         .expect("run mkww-mcp token");
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown role"));
+}
+
+/// A timestamp of the API as a time: RFC 3339 strings with different numbers of fractional
+/// digits do not sort as text.
+fn instant(value: &Value) -> chrono::DateTime<chrono::Utc> {
+    value
+        .as_str()
+        .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(|| panic!("not a timestamp: {value}"))
 }

@@ -564,7 +564,12 @@ async fn builds_stream_their_output_and_deploys_can_be_cancelled_or_time_out() {
     )
     .await;
     let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the build's events did not end within 60 s"
+        );
         let frame = next(&mut socket).await;
         if frame.get("id").is_some() {
             assert_eq!(frame["ok"], true, "{frame}");

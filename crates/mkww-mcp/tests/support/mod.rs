@@ -314,7 +314,12 @@ pub async fn next(socket: &mut Socket) -> Value {
 pub async fn request(socket: &mut Socket, frame: Value) -> Value {
     let id = frame["id"].clone();
     send(socket, frame).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
+        assert!(
+            Instant::now() < deadline,
+            "no reply to frame {id} within 30 s"
+        );
         let reply = next(socket).await;
         if reply["id"] == id {
             return reply;
