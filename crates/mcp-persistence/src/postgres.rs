@@ -39,7 +39,7 @@ const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct PgTaskStore {
     pub(crate) pool: PgPool,
     /// How the pool's connections are made, for `check_server`'s own connection.
-    options: PgConnectOptions,
+    options: Arc<PgConnectOptions>,
     schema: String,
     /// The LISTEN task started by `watch`, stopped by `close`.
     listener: Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,
@@ -108,7 +108,7 @@ impl PgTaskStore {
             .map_err(db_error)?;
         Ok(PgTaskStore {
             pool,
-            options,
+            options: Arc::new(options),
             schema: schema.to_owned(),
             listener: Arc::default(),
         })

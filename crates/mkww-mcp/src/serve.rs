@@ -145,7 +145,11 @@ fn integration_probes(
                     Box::pin(async move {
                         let health = runtime.health(&name, &kind).await;
                         let reason = || {
-                            health.as_ref().and_then(|h| h["reason"].as_str()).unwrap_or("").to_owned()
+                            health
+                                .as_ref()
+                                .and_then(|h| h["reason"].as_str())
+                                .unwrap_or("")
+                                .to_owned()
                         };
                         match health.as_ref().and_then(|h| h["state"].as_str()) {
                             Some("degraded") => Err(Failure::degraded(reason())),

@@ -251,10 +251,7 @@ async fn answers_503_within_a_second_while_postgres_is_down_and_finishes_every_a
             if task["status"] == "succeeded" {
                 break;
             }
-            assert!(
-                !is_final(&task),
-                "an accepted task did not succeed: {task}"
-            );
+            assert!(!is_final(&task), "an accepted task did not succeed: {task}");
             assert!(Instant::now() < deadline, "task never finished: {task}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -321,7 +318,9 @@ async fn exits_within_its_grace_period_when_told_to_stop_while_postgres_is_down(
     .await
     .unwrap();
     let took = asked.elapsed();
-    eprintln!("chaos figures: SIGTERM with PostgreSQL down: exited after {took:?} (grace {grace:?})");
+    eprintln!(
+        "chaos figures: SIGTERM with PostgreSQL down: exited after {took:?} (grace {grace:?})"
+    );
     assert!(exit.0.success(), "exit status {:?}", exit.0);
     assert!(
         took < grace + Duration::from_secs(3),
@@ -329,9 +328,9 @@ async fn exits_within_its_grace_period_when_told_to_stop_while_postgres_is_down(
     );
     let lines = exit.1.log_lines();
     assert!(
-        lines
-            .iter()
-            .any(|l| l["message"].as_str().is_some_and(|m| m.contains("without recording"))),
+        lines.iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("without recording"))),
         "the unwritten outcomes are not mentioned in the log"
     );
 }

@@ -530,7 +530,10 @@ impl WorkerHandle {
             let patience = deadline
                 .saturating_duration_since(tokio::time::Instant::now())
                 .max(OUTCOME_FLUSH_PATIENCE);
-            if tokio::time::timeout(patience, &mut completer).await.is_err() {
+            if tokio::time::timeout(patience, &mut completer)
+                .await
+                .is_err()
+            {
                 self.abandon_outcomes.cancel();
                 let _ = completer.await;
             }

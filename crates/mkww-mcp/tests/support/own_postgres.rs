@@ -52,7 +52,9 @@ impl OwnPostgres {
     pub fn start() -> Option<OwnPostgres> {
         let Some(bin) = binaries() else {
             if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) {
-                panic!("PostgreSQL's initdb and pg_ctl are required in CI (/usr/lib/postgresql/*/bin)");
+                panic!(
+                    "PostgreSQL's initdb and pg_ctl are required in CI (/usr/lib/postgresql/*/bin)"
+                );
             }
             use std::io::Write as _;
             let _ = writeln!(
