@@ -20,6 +20,7 @@ mod memory_sqlite;
 mod postgres;
 mod redis_bus;
 mod redis_limiter;
+mod redis_probe;
 mod sqlite;
 mod webhooks_postgres;
 mod webhooks_sqlite;
@@ -27,6 +28,7 @@ mod webhooks_sqlite;
 pub use postgres::PgTaskStore;
 pub use redis_bus::RedisBus;
 pub use redis_limiter::RedisLimiter;
+pub use redis_probe::RedisProbe;
 pub use sqlite::{SqliteOptions, SqliteTaskStore};
 
 use chrono::{DateTime, Utc};

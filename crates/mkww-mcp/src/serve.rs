@@ -32,7 +32,8 @@ use mcp_integrations::{DeployAdapter, DeployConfig, LlmAdapter, LlmConfig};
 use mcp_integrations::{DiscordAdapter, DiscordConfig};
 use mcp_integrations::{OscAdapter, OscConfig};
 use mcp_integrations::{VrchatAdapter, VrchatClient, VrchatConfig};
-use mcp_persistence::{PgTaskStore, RedisBus, RedisLimiter, SqliteOptions, SqliteTaskStore};
+use mcp_persistence::SqliteTaskStore;
+use mcp_persistence::{PgTaskStore, RedisBus, RedisLimiter, RedisProbe, SqliteOptions};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -637,6 +638,16 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     let live = LiveIntegrations::default();
     let events = event_bus(&config).await?;
     health.set_events(events.clone());
+    if let Some(url) = config.redis_url.as_deref().filter(|url| !url.is_empty()) {
+        // Not critical: limits and events fall back to this node while Redis is away.
+        let redis = Arc::new(
+            RedisProbe::new(url, health.config().probe_timeout).map_err(anyhow::Error::msg)?,
+        );
+        health.register(Arc::new(FnProbe::new("redis", false, move || {
+            let redis = redis.clone();
+            Box::pin(async move { redis.ping().await.map_err(Failure::down) })
+        })));
+    }
     let (mut handlers, clients) = registry(&config, &live, &events, &secrets)?;
     if config.memory_builtin_summarizer {
         handlers.register(

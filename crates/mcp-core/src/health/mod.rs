@@ -235,16 +235,17 @@ impl HealthMonitor {
     pub fn declare(self: &Arc<Self>, name: &str, critical: bool) -> Dependency {
         let mut entries = lock(&self.entries);
         let entry = entries.entry(name.to_owned()).or_insert_with(|| {
-            metrics::gauge!("mcp_dependency_up", "dependency" => name.to_owned()).set(1.0);
+            let health = DependencyHealth {
+                name: name.to_owned(),
+                state: HealthState::Up,
+                critical,
+                since: Utc::now(),
+                last_error: None,
+                last_check: None,
+            };
+            gauge(&health);
             Entry {
-                health: DependencyHealth {
-                    name: name.to_owned(),
-                    state: HealthState::Up,
-                    critical,
-                    since: Utc::now(),
-                    last_error: None,
-                    last_check: None,
-                },
+                health,
                 down: Arc::new(AtomicBool::new(false)),
                 nudge: Arc::new(Notify::new()),
             }
@@ -342,12 +343,7 @@ impl HealthMonitor {
                 "dependency is not up"
             ),
         }
-        let up = if health.state == HealthState::Down {
-            0.0
-        } else {
-            1.0
-        };
-        metrics::gauge!("mcp_dependency_up", "dependency" => health.name.clone()).set(up);
+        gauge(health);
         let Some(bus) = lock(&self.events).clone() else {
             return;
         };
@@ -375,6 +371,10 @@ impl HealthMonitor {
     /// Probes every registered dependency until `stop`: at once, then every `interval`, or
     /// every `down_interval` while it is down.
     pub fn run(self: &Arc<Self>, stop: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+        // Again now: a metrics recorder installed after `declare` missed the first values.
+        for entry in lock(&self.entries).values() {
+            gauge(&entry.health);
+        }
         let probes = lock(&self.probes).clone();
         probes
             .into_iter()
@@ -427,6 +427,16 @@ impl HealthMonitor {
             }
         }
     }
+}
+
+/// `mcp_dependency_up{dependency}`: 1 up or degraded, 0 down.
+fn gauge(health: &DependencyHealth) {
+    let up = if health.state == HealthState::Down {
+        0.0
+    } else {
+        1.0
+    };
+    metrics::gauge!("mcp_dependency_up", "dependency" => health.name.clone()).set(up);
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
