@@ -138,19 +138,40 @@ async fn answers_503_within_a_second_while_postgres_is_down_and_finishes_every_a
             })
         })
         .collect();
+    // A WebSocket client watching health, and one creating tasks through its op.
+    let mut watcher = connect(&server, Some(&token("operator", "ops"))).await;
+    let reply = request(
+        &mut watcher,
+        json!({"id": 1, "op": "subscribe", "channel": "system.health"}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let mut socket = connect(&server, Some(&token("admin", "ws-admin"))).await;
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     // The crash.
     let stopping_at = Instant::now();
     postgres.stop_immediately();
     let down_at = Instant::now();
-    let (became_unready, slowest_readyz_to_503) =
-        readyz_until(&server, 503, Duration::from_secs(5)).await;
+    let (_, slowest_readyz_to_503) = readyz_until(&server, 503, Duration::from_secs(5)).await;
+    let became_unready = stopping_at.elapsed();
     assert_eq!(
         get(&server, "/healthz").await.0,
         200,
         "/healthz is liveness only"
     );
+    let event = next(&mut watcher).await;
+    assert_eq!(event["event"]["type"], "health.down", "{event}");
+    assert_eq!(event["event"]["data"]["dependency"], "database", "{event}");
+    let sent = Instant::now();
+    let reply = request(
+        &mut socket,
+        json!({"id": 7, "op": "task.create", "task": {"type": "noop"}}),
+    )
+    .await;
+    let ws_took = sent.elapsed();
+    assert_eq!(reply["error"]["code"], "database_unavailable", "{reply}");
+    assert!(ws_took < Duration::from_secs(1), "{ws_took:?}");
     // Readiness and reads while it stays down.
     let probe = reqwest::Client::new();
     let mut readyz_latencies = Vec::new();
@@ -183,6 +204,8 @@ async fn answers_503_within_a_second_while_postgres_is_down_and_finishes_every_a
     postgres.start_again();
     let (recovered, _) = readyz_until(&server, 200, Duration::from_secs(15)).await;
     let recovery = restarted.elapsed();
+    let event = next(&mut watcher).await;
+    assert_eq!(event["event"]["type"], "health.up", "{event}");
     // A little traffic after the recovery, then stop the creators.
     tokio::time::sleep(Duration::from_millis(700)).await;
     stop.cancel();
@@ -249,6 +272,9 @@ async fn answers_503_within_a_second_while_postgres_is_down_and_finishes_every_a
             let (status, task) = get(&server, &format!("/v1/tasks/{id}")).await;
             assert_eq!(status, 200, "an accepted task is missing: {id} {task}");
             if task["status"] == "succeeded" {
+                // Outcomes that waited for the database were written under the same lease:
+                // nothing ran twice.
+                assert_eq!(task["attempts"], 1, "{task}");
                 break;
             }
             assert!(!is_final(&task), "an accepted task did not succeed: {task}");
@@ -261,7 +287,7 @@ async fn answers_503_within_a_second_while_postgres_is_down_and_finishes_every_a
     read_latencies.sort();
     let p = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize];
     eprintln!(
-        "chaos figures: readyz 503 after {became_unready:?} (slowest readyz meanwhile \
+        "chaos figures: readyz 503 {became_unready:?} after pg_ctl stop began (slowest readyz meanwhile \
          {slowest_readyz_to_503:?}); during the outage: creates {} answered 503, worst \
          {worst_during:?} (worst of those racing the crash {worst_failure:?}); readyz p50 {:?} max {:?}; GET /v1/tasks 503 p50 {:?} max {:?}; \
          readyz 200 again {recovered:?} after PostgreSQL was started ({recovery:?} including \
