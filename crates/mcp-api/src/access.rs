@@ -39,6 +39,7 @@ use Permission::*;
 pub const ROUTES: &[RouteAccess] = &[
     route("GET", "/healthz", Public),
     route("GET", "/readyz", Public),
+    route("GET", "/v1/health", Requires(HealthRead)),
     route("GET", "/openapi.json", Public),
     route("GET", "/metrics", Requires(MetricsRead)),
     route("POST", "/v1/auth/login", Public),

@@ -112,7 +112,9 @@ impl From<StoreError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "database_unavailable",
                 format!("the database cannot be reached; try again shortly ({message})"),
-            ),
+            )
+            // The health monitor probes a down database every few hundred milliseconds.
+            .with_retry_after(1),
             StoreError::Conflict(message) => ApiError::new(
                 StatusCode::CONFLICT,
                 "conflict",

@@ -1,5 +1,6 @@
 //! Probes and metrics: `/healthz` says the process serves HTTP, `/readyz` that it can serve
-//! requests (the database answers), `/metrics` shows counters in Prometheus's text format.
+//! requests (no critical dependency is down, as the health monitor last saw it), `/v1/health`
+//! shows every dependency, `/metrics` shows counters in Prometheus's text format.
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -7,7 +8,10 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use mcp_core::health::DependencyHealth;
+use serde::Serialize;
 use serde_json::{Value, json};
+use utoipa::ToSchema;
 
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", tag = "health",
@@ -16,19 +20,49 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// The node can serve: its database answers.
+/// The node can serve: no critical dependency (the database) is down. Answered from the health
+/// monitor's state, never by waiting on a dependency, so a probe with a short timeout never sees
+/// a hang.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, description = "ready"),
-              (status = 503, description = "database unreachable", body = crate::ErrorBody)))]
+              (status = 503, description = "`not_ready`: `details.failing` names the dependencies that are down", body = crate::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    match state.orchestrator.store().ping().await {
-        Ok(()) => Ok(Json(json!({"status": "ready"}))),
-        Err(e) => Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "database_unavailable",
-            format!("the database does not answer: {e}"),
-        )),
+    let failing = state.health.failing();
+    if failing.is_empty() {
+        return Ok(Json(json!({"status": "ready"})));
     }
+    Err(ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        format!("not ready: {} down", failing.join(", ")),
+    )
+    .with_retry_after(1)
+    .with_details(json!({"failing": failing})))
+}
+
+/// Every dependency of this node as its health monitor sees it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HealthReport {
+    /// `ready` or `not_ready`, as `/readyz` answers.
+    pub status: String,
+    /// This node (the owner of its task leases).
+    pub node_id: String,
+    pub dependencies: Vec<DependencyHealth>,
+}
+
+/// The state of each dependency: `up`, `degraded` or `down`, since when, the last error, and
+/// whether it is critical (down ⇒ not ready).
+#[utoipa::path(get, path = "/v1/health", tag = "health",
+    responses((status = 200, description = "every dependency", body = HealthReport),
+              (status = 401, description = "no credentials", body = crate::ErrorBody),
+              (status = 403, description = "needs `health:read`", body = crate::ErrorBody)))]
+pub async fn health(State(state): State<AppState>) -> Json<HealthReport> {
+    let ready = state.health.failing().is_empty();
+    Json(HealthReport {
+        status: if ready { "ready" } else { "not_ready" }.to_owned(),
+        node_id: state.orchestrator.config().node_id.clone(),
+        dependencies: state.health.snapshot(),
+    })
 }
 
 /// Prometheus metrics: HTTP requests and latencies, and task counts per queue and status.

@@ -103,6 +103,8 @@ pub struct AppState {
     pub vrchat: Option<Arc<mcp_integrations::VrchatClient>>,
     /// The VCC service; `None`: `/v1/vcc/*` answer 404 `vcc_not_configured`.
     pub vcc: Option<mcp_integrations::vcc::VccService>,
+    /// The state of the node's dependencies: `/readyz`, `/v1/health`.
+    pub health: Arc<mcp_core::health::HealthMonitor>,
     /// Cancelled when the server begins to shut down: WebSocket connections close with 1001.
     pub shutdown: tokio_util::sync::CancellationToken,
 }
@@ -115,6 +117,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/v1/health", get(health::health))
         .route("/openapi.json", get(openapi::openapi_json))
         .route("/metrics", get(health::metrics))
         .route("/v1/auth/login", post(session::login))

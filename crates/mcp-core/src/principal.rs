@@ -71,6 +71,8 @@ pub enum Permission {
     AuditRead,
     /// Read `/metrics`.
     MetricsRead,
+    /// See the state of the node's dependencies (`GET /v1/health`, channel `system.health`).
+    HealthRead,
     /// Read conversations and messages, search them, build context windows, export.
     MemoryRead,
     /// Create and change conversations; add, edit, pin and delete messages; set summaries.
@@ -89,7 +91,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 17] = [
+    pub const ALL: [Permission; 18] = [
         Permission::TasksCreate,
         Permission::TasksReadOwn,
         Permission::TasksCancelOwn,
@@ -99,6 +101,7 @@ impl Permission {
         Permission::UsersManage,
         Permission::AuditRead,
         Permission::MetricsRead,
+        Permission::HealthRead,
         Permission::TasksRun,
         Permission::MemoryRead,
         Permission::MemoryWrite,
@@ -120,6 +123,7 @@ impl Permission {
             Permission::UsersManage => "users:manage",
             Permission::AuditRead => "audit:read",
             Permission::MetricsRead => "metrics:read",
+            Permission::HealthRead => "health:read",
             Permission::TasksRun => "tasks:run",
             Permission::MemoryRead => "memory:read",
             Permission::MemoryWrite => "memory:write",
@@ -152,6 +156,7 @@ impl Role {
                     | TasksReadAny
                     | TasksManage
                     | TasksRun
+                    | HealthRead
                     | MemoryRead
                     | MemoryWrite
                     | MemoryManage

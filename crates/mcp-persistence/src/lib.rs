@@ -20,6 +20,7 @@ mod memory_sqlite;
 mod postgres;
 mod redis_bus;
 mod redis_limiter;
+mod redis_probe;
 mod sqlite;
 mod webhooks_postgres;
 mod webhooks_sqlite;
@@ -27,6 +28,7 @@ mod webhooks_sqlite;
 pub use postgres::PgTaskStore;
 pub use redis_bus::RedisBus;
 pub use redis_limiter::RedisLimiter;
+pub use redis_probe::RedisProbe;
 pub use sqlite::{SqliteOptions, SqliteTaskStore};
 
 use chrono::{DateTime, Utc};
@@ -36,7 +38,8 @@ use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use uuid::Uuid;
 
-/// Maps a driver error onto the port's error: lost connections are "unavailable" (retry later),
+/// Maps a driver error onto the port's error: lost connections and a server that is shutting
+/// down, crashed or starting are "unavailable" (retry later; they open the database breaker),
 /// everything else is a database error.
 pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
     match e {
@@ -45,8 +48,18 @@ pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
         | sqlx::Error::PoolClosed
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),
+        sqlx::Error::Database(ref db) if db.code().as_deref().is_some_and(unavailable_code) => {
+            StoreError::Unavailable(e.to_string())
+        }
         other => StoreError::Database(other.to_string()),
     }
+}
+
+/// SQLSTATEs that say the server, not the statement, is the problem: class 08 (connection
+/// exception), 57P01 (admin shutdown: `pg_ctl stop`), 57P02 (crash shutdown), 57P03 (cannot
+/// connect now: starting up or recovering), 53300 (too many connections).
+fn unavailable_code(code: &str) -> bool {
+    code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "53300")
 }
 
 /// The task columns both stores read, in one order.

@@ -31,9 +31,15 @@ const PRUNE_CHUNK: i64 = 10_000;
 /// How many expired leases one rescue statement takes.
 const RESCUE_CHUNK: i64 = 1_000;
 
+/// Longest a query of `connect`'s pool waits for a connection (benches and tests; the server
+/// sets its own with `connect_with`).
+const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Clone)]
 pub struct PgTaskStore {
     pub(crate) pool: PgPool,
+    /// How the pool's connections are made, for `check_server`'s own connection.
+    options: Arc<PgConnectOptions>,
     schema: String,
     /// The LISTEN task started by `watch`, stopped by `close`.
     listener: Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,
@@ -46,6 +52,19 @@ impl PgTaskStore {
         url: &str,
         schema: &str,
         max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        Self::connect_with(url, schema, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
+    }
+
+    /// `connect`, with the longest wait for a pooled connection (`database_acquire_timeout_ms`).
+    /// Short on purpose: while PostgreSQL is away each new connection is refused at once and the
+    /// pool keeps retrying until this runs out, so it bounds how long a caller racing the first
+    /// failure waits for its 503.
+    pub async fn connect_with(
+        url: &str,
+        schema: &str,
+        max_connections: u32,
+        acquire_timeout: Duration,
     ) -> Result<Self, StoreError> {
         if schema.is_empty()
             || !schema
@@ -83,15 +102,29 @@ impl PgTaskStore {
         ]);
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .acquire_timeout(acquire_timeout)
+            .connect_with(options.clone())
             .await
             .map_err(db_error)?;
         Ok(PgTaskStore {
             pool,
+            options: Arc::new(options),
             schema: schema.to_owned(),
             listener: Arc::default(),
         })
+    }
+
+    /// Whether the server answers, on a connection of its own rather than the pool's: a pool
+    /// saturated by load times out like a dead server would, and the health probe must tell
+    /// them apart. While PostgreSQL is down the connection is refused at once.
+    pub async fn check_server(&self) -> Result<(), StoreError> {
+        let mut conn = self.options.connect().await.map_err(db_error)?;
+        sqlx::query("SELECT 1")
+            .execute(&mut conn)
+            .await
+            .map_err(db_error)?;
+        let _ = sqlx::Connection::close(conn).await;
+        Ok(())
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {

@@ -29,6 +29,15 @@ pub struct Config {
     pub database_schema: String,
     /// Most connections in the PostgreSQL pool.
     pub database_max_connections: u32,
+    /// Longest a query waits for a pooled PostgreSQL connection: bounds how long a request
+    /// racing a database failure waits for its 503 (and sheds load when the pool is saturated).
+    pub database_acquire_timeout_ms: u64,
+    /// Between health probes of a dependency that is up.
+    pub health_interval_ms: u64,
+    /// Between health probes of a dependency that is down (how quickly a recovery is seen).
+    pub health_down_interval_ms: u64,
+    /// Longest a health probe may take before its dependency counts as down.
+    pub health_probe_timeout_ms: u64,
     /// SQLite `synchronous`: `normal` (WAL: a killed process loses nothing; a power cut may lose
     /// the last commits) or `full` (fsync on every commit: survives power loss too).
     pub sqlite_synchronous: String,
@@ -250,6 +259,10 @@ impl Default for Config {
             database_url: None,
             database_schema: "public".into(),
             database_max_connections: 16,
+            database_acquire_timeout_ms: 750,
+            health_interval_ms: 2_000,
+            health_down_interval_ms: 250,
+            health_probe_timeout_ms: 1_000,
             sqlite_synchronous: "normal".into(),
             worker_concurrency: 64,
             worker_batch_size: 500,

@@ -12,6 +12,8 @@ use mcp_api::{
 };
 use mcp_core::credentials;
 use mcp_core::events::{BusConfig, EventBus, MemoryBus};
+use mcp_core::health::{DATABASE, Dependency, Failure, FnProbe, Guarded, HealthConfig};
+use mcp_core::health::{HealthMonitor, Probe};
 use mcp_core::identity::{AuditEvent, IdentityStore, User};
 use mcp_core::integrations::IntegrationStore;
 use mcp_core::limiter::{Limiter, MemoryLimiter, Quota};
@@ -30,7 +32,8 @@ use mcp_integrations::{DeployAdapter, DeployConfig, LlmAdapter, LlmConfig};
 use mcp_integrations::{DiscordAdapter, DiscordConfig};
 use mcp_integrations::{OscAdapter, OscConfig};
 use mcp_integrations::{VrchatAdapter, VrchatClient, VrchatConfig};
-use mcp_persistence::{PgTaskStore, RedisBus, RedisLimiter, SqliteOptions, SqliteTaskStore};
+use mcp_persistence::SqliteTaskStore;
+use mcp_persistence::{PgTaskStore, RedisBus, RedisLimiter, RedisProbe, SqliteOptions};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,21 +66,103 @@ pub struct Stores {
     pub memory: Arc<dyn MemoryStore>,
     pub integrations: Arc<dyn IntegrationStore>,
     pub webhooks: Arc<dyn WebhookStore>,
+    /// The health monitor's probe of the database, past the breaker.
+    pub probe: Arc<dyn Probe>,
 }
 
 impl Stores {
     fn of<S: TaskStore + IdentityStore + MemoryStore + IntegrationStore + WebhookStore>(
-        store: S,
+        store: Arc<S>,
+        probe: Arc<dyn Probe>,
     ) -> Stores {
-        let store = Arc::new(store);
         Stores {
             tasks: store.clone(),
             identities: store.clone(),
             integrations: store.clone(),
             webhooks: store.clone(),
             memory: store,
+            probe,
         }
     }
+
+    /// The same ports behind the database's breaker: while `database` is down they answer
+    /// `Unavailable` at once (503 `database_unavailable`) instead of waiting on the pool.
+    pub fn guarded(self, database: &Dependency) -> Stores {
+        let guard = |d: &Dependency| d.clone();
+        Stores {
+            tasks: Arc::new(Guarded::new(self.tasks, guard(database))),
+            identities: Arc::new(Guarded::new(self.identities, guard(database))),
+            memory: Arc::new(Guarded::new(self.memory, guard(database))),
+            integrations: Arc::new(Guarded::new(self.integrations, guard(database))),
+            webhooks: Arc::new(Guarded::new(self.webhooks, guard(database))),
+            probe: self.probe,
+        }
+    }
+}
+
+/// A database probe from a check of the store's.
+fn database_probe<S, F>(store: &Arc<S>, check: F) -> Arc<dyn Probe>
+where
+    S: Send + Sync + 'static,
+    F: Fn(Arc<S>) -> futures::future::BoxFuture<'static, Result<(), StoreError>>
+        + Send
+        + Sync
+        + 'static,
+{
+    let store = store.clone();
+    Arc::new(FnProbe::new(DATABASE, true, move || {
+        let checked = check(store.clone());
+        Box::pin(async move { checked.await.map_err(|e| Failure::down(e.to_string())) })
+    }))
+}
+
+/// How the health monitor probes.
+pub fn health_config(config: &Config) -> HealthConfig {
+    HealthConfig {
+        interval: Config::ms(config.health_interval_ms.max(10)),
+        down_interval: Config::ms(config.health_down_interval_ms.max(10)),
+        probe_timeout: Config::ms(config.health_probe_timeout_ms.max(10)),
+    }
+}
+
+/// The configuration file's integrations as non-critical dependencies, probed through what the
+/// runtime already knows of them (no calls to the outside systems: those cost tokens or rate
+/// limits, and their failures show in the tasks and breakers).
+fn integration_probes(
+    configured: &[mcp_api::integrations::ConfiguredIntegration],
+    runtime: &Arc<crate::integrations::Runtime>,
+) -> Vec<Arc<dyn Probe>> {
+    use mcp_core::integrations::IntegrationRuntime;
+    configured
+        .iter()
+        .map(|integration| {
+            let (name, kind) = (integration.name.clone(), integration.kind.clone());
+            let runtime = runtime.clone();
+            let probe: Arc<dyn Probe> = Arc::new(FnProbe::new(
+                format!("integration.{name}"),
+                false,
+                move || {
+                    let (runtime, name, kind) = (runtime.clone(), name.clone(), kind.clone());
+                    Box::pin(async move {
+                        let health = runtime.health(&name, &kind).await;
+                        let reason = || {
+                            health
+                                .as_ref()
+                                .and_then(|h| h["reason"].as_str())
+                                .unwrap_or("")
+                                .to_owned()
+                        };
+                        match health.as_ref().and_then(|h| h["state"].as_str()) {
+                            Some("degraded") => Err(Failure::degraded(reason())),
+                            Some("down") => Err(Failure::down(reason())),
+                            _ => Ok(()),
+                        }
+                    })
+                },
+            ));
+            probe
+        })
+        .collect()
 }
 
 /// Settings of outgoing webhook deliveries.
@@ -105,15 +190,18 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Stores> {
                 .with_context(|| format!("cannot open SQLite database {}", path.display()))?;
             store.migrate().await?;
             tracing::info!(path = %path.display(), "using SQLite");
-            Ok(Stores::of(store))
+            let store = Arc::new(store);
+            let probe = database_probe(&store, |s| Box::pin(async move { s.ping().await }));
+            Ok(Stores::of(store, probe))
         }
         Database::Postgres(url) => {
             let started = tokio::time::Instant::now();
             let store = loop {
-                match PgTaskStore::connect(
+                match PgTaskStore::connect_with(
                     &url,
                     &config.database_schema,
                     config.database_max_connections,
+                    Config::ms(config.database_acquire_timeout_ms.max(1)),
                 )
                 .await
                 {
@@ -127,7 +215,10 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Stores> {
             };
             store.migrate().await?;
             tracing::info!(schema = %config.database_schema, "using PostgreSQL");
-            Ok(Stores::of(store))
+            let store = Arc::new(store);
+            // Its own connection: a pool saturated by load must not look like a dead server.
+            let probe = database_probe(&store, |s| Box::pin(async move { s.check_server().await }));
+            Ok(Stores::of(store, probe))
         }
     }
 }
@@ -337,6 +428,8 @@ pub fn api_state(
         vrchat: None,
         vcc: None,
         metrics,
+        // `serve` sets the node's monitor; without one every dependency counts as up.
+        health: Arc::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
     }
 }
@@ -533,7 +626,10 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         key_id = secrets.current_key_id(),
         "secrets at rest are sealed"
     );
+    let health = Arc::new(HealthMonitor::new(health_config(&config)));
     let stores = open_store(&config).await?;
+    let database = health.register(stores.probe.clone());
+    let stores = stores.guarded(&database);
     bootstrap_admin(&config, stores.identities.as_ref()).await?;
     let security = security(&config, stores.identities.clone(), limiter(&config).await?)?;
     // Integrations stored through the API apply over the file's settings.
@@ -541,6 +637,17 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     crate::integrations::merge_stored(&mut config, stores.integrations.as_ref(), &secrets).await?;
     let live = LiveIntegrations::default();
     let events = event_bus(&config).await?;
+    health.set_events(events.clone());
+    if let Some(url) = config.redis_url.as_deref().filter(|url| !url.is_empty()) {
+        // Not critical: limits and events fall back to this node while Redis is away.
+        let redis = Arc::new(
+            RedisProbe::new(url, health.config().probe_timeout).map_err(anyhow::Error::msg)?,
+        );
+        health.register(Arc::new(FnProbe::new("redis", false, move || {
+            let redis = redis.clone();
+            Box::pin(async move { redis.ping().await.map_err(Failure::down) })
+        })));
+    }
     let (mut handlers, clients) = registry(&config, &live, &events, &secrets)?;
     if config.memory_builtin_summarizer {
         handlers.register(
@@ -613,18 +720,26 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         }
         .run(state.shutdown.clone()),
     );
+    let configured = crate::integrations::configured(&file_config);
+    let runtime = Arc::new(crate::integrations::Runtime {
+        file: file_config,
+        live,
+        vrchat: clients.vrchat,
+        vcc: clients.vcc,
+    });
+    for probe in integration_probes(&configured, &runtime) {
+        health.register(probe);
+    }
     state.integrations = Arc::new(mcp_api::integrations::Integrations {
         store: Some(stores.integrations.clone()),
         secrets: Some(secrets),
-        configured: crate::integrations::configured(&file_config),
-        runtime: Some(Arc::new(crate::integrations::Runtime {
-            file: file_config,
-            live,
-            vrchat: clients.vrchat,
-            vcc: clients.vcc,
-        })),
+        configured,
+        runtime: Some(runtime),
     });
     let stopping = state.shutdown.clone();
+    let probing = tokio_util::sync::CancellationToken::new();
+    let probes = health.run(probing.clone());
+    state.health = health;
     // The VRChat OSC listener: incoming avatar parameters become events on `vrchat.osc`.
     // Another program (another hub, an OSC router) may hold the port: the hub runs without the
     // listener then, and says so.
@@ -686,6 +801,10 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     stopping.cancel();
     let _ = retention.await;
     workers.shutdown().await;
+    probing.cancel();
+    for probe in probes {
+        let _ = probe.await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -19,6 +19,7 @@ const ROLES: [&str; 4] = ["admin", "operator", "service", "user"];
 const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/healthz", "*"),
     ("GET", "/readyz", "*"),
+    ("GET", "/v1/health", "admin operator"),
     ("GET", "/openapi.json", "*"),
     ("GET", "/metrics", "admin"),
     ("POST", "/v1/auth/login", "*"),

@@ -704,6 +704,7 @@ impl Connection {
         let (namespace, rest) = channel.split_once(':').unwrap_or((channel, ""));
         let allowed = match (namespace, rest) {
             ("tasks", "") | ("system.breakers", "") => principal.can(Permission::TasksReadAny),
+            ("system.health", "") => principal.can(Permission::HealthRead),
             // Incoming webhooks (crate::hooks): `hooks` and `hooks:{source}`.
             ("hooks", _) => principal.can(Permission::TasksReadAny),
             // A task's events, and a build's or deploy's output (mcp_integrations::vcc): whoever

@@ -5,7 +5,7 @@
 //! once, without spending their attempts.
 
 use super::Orchestrator;
-use super::worker::Finished;
+use super::worker::{Finished, StoreRetry};
 use crate::HandlerError;
 use crate::store::ClaimRequest;
 use crate::task::Task;
@@ -26,12 +26,14 @@ impl Orchestrator {
         stop: CancellationToken,
     ) {
         let changed = self.router.changed.clone();
+        let mut retry = StoreRetry::new("claiming tasks for workers");
         loop {
             for change in self.router.poll_breakers() {
                 self.emit_breaker(&change);
             }
             let free = self.router.free_slots();
             let mut claimed_any = false;
+            let mut failed = None;
             for (task_type, slots) in &free {
                 let request = ClaimRequest {
                     owner: self.config.node_id.clone(),
@@ -40,10 +42,14 @@ impl Orchestrator {
                     lease: self.config.lease,
                 };
                 let tasks = match self.store.claim(&request).await {
-                    Ok(tasks) => tasks,
+                    Ok(tasks) => {
+                        retry.succeeded();
+                        tasks
+                    }
                     Err(e) => {
-                        warn!(error = %e, "claim for workers failed");
-                        continue;
+                        // The database is away: the other types would fail the same way.
+                        failed = Some(retry.failed(&e));
+                        break;
                     }
                 };
                 claimed_any |= !tasks.is_empty();
@@ -61,6 +67,12 @@ impl Orchestrator {
                         // The worker left between counting and assigning: give it back.
                         None => self.give_back(&task).await,
                     }
+                }
+            }
+            if let Some(pause) = failed {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => continue,
+                    _ = stop.cancelled() => return,
                 }
             }
             if claimed_any {

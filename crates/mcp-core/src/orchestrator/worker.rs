@@ -3,7 +3,7 @@
 
 use super::{Orchestrator, TaskContext};
 use crate::backoff;
-use crate::store::{ClaimRequest, Completion, Outcome};
+use crate::store::{ClaimRequest, Completion, Outcome, StoreError};
 use crate::task::{Task, TaskError};
 use chrono::Utc;
 use std::sync::Arc;
@@ -11,11 +11,17 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use uuid::Uuid;
 
-/// How long to wait before trying the database again after an error.
-const STORE_ERROR_PAUSE: Duration = Duration::from_millis(500);
+/// First wait before trying the database again after an error; it doubles while the errors go
+/// on, up to `STORE_RETRY_MAX`, so an outage is neither hammered nor logged once per attempt and
+/// work resumes within a second of the database's return.
+const STORE_RETRY_MIN: Duration = Duration::from_millis(100);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(1);
+/// On shutdown, how long unwritten outcomes may wait for the database at least, even when the
+/// grace period is spent (beyond it they are given up: their leases expire, the tasks run again).
+const OUTCOME_FLUSH_PATIENCE: Duration = Duration::from_millis(500);
 /// Shortest sleep of an idle claim loop while a due task waits (e.g. for its concurrency key).
 const DUE_RECHECK: Duration = Duration::from_millis(20);
 /// How often outcomes of finished tasks are pruned.
@@ -31,7 +37,48 @@ pub struct WorkerHandle {
     claim_loop: Option<JoinHandle<()>>,
     remote_loop: Option<JoinHandle<()>>,
     completer: Option<JoinHandle<()>>,
+    /// Cancelled when shutdown stops waiting for the database to take the last outcomes.
+    abandon_outcomes: CancellationToken,
     background: Vec<JoinHandle<()>>,
+}
+
+/// The wait between attempts of one loop while the database fails, and the log of an outage:
+/// one warning when it starts, one line when it ends.
+pub(super) struct StoreRetry {
+    what: &'static str,
+    pause: Option<Duration>,
+}
+
+impl StoreRetry {
+    pub(super) fn new(what: &'static str) -> StoreRetry {
+        StoreRetry { what, pause: None }
+    }
+
+    /// Records a failure; returns how long to wait before the next attempt.
+    pub(super) fn failed(&mut self, error: &StoreError) -> Duration {
+        let pause = match self.pause {
+            None => {
+                warn!(error = %error, "{} failed; retrying with backoff", self.what);
+                STORE_RETRY_MIN
+            }
+            Some(pause) => {
+                debug!(error = %error, "{} failed again", self.what);
+                (pause * 2).min(STORE_RETRY_MAX)
+            }
+        };
+        self.pause = Some(pause);
+        pause
+    }
+
+    pub(super) fn succeeded(&mut self) {
+        if self.pause.take().is_some() {
+            info!("{} works again", self.what);
+        }
+    }
+
+    pub(super) fn failing(&self) -> Option<Duration> {
+        self.pause
+    }
 }
 
 impl Orchestrator {
@@ -51,10 +98,13 @@ impl Orchestrator {
             claim_loop: None,
             remote_loop: None,
             completer: None,
+            abandon_outcomes: CancellationToken::new(),
             background: Vec::new(),
         };
         let (tx, rx) = mpsc::channel(self.config.batch_size * 4);
-        handle.completer = Some(tokio::spawn(self.clone().completer(rx)));
+        handle.completer = Some(tokio::spawn(
+            self.clone().completer(rx, handle.abandon_outcomes.clone()),
+        ));
         // External workers may connect to any node, API-only ones too.
         handle.remote_loop = Some(tokio::spawn(
             self.clone().remote_loop(tx.clone(), stop_claiming.clone()),
@@ -73,6 +123,7 @@ impl Orchestrator {
 
     async fn claim_loop(self: Arc<Self>, done: mpsc::Sender<Finished>, stop: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
+        let mut retry = StoreRetry::new("claiming tasks");
         loop {
             // Routes whose breaker is open wait (their tasks stay queued, attempts unspent).
             let types: Vec<String> = self
@@ -96,12 +147,15 @@ impl Orchestrator {
                 lease: self.config.lease,
             };
             let tasks = match self.store.claim(&request).await {
-                Ok(tasks) => tasks,
+                Ok(tasks) => {
+                    retry.succeeded();
+                    tasks
+                }
                 Err(e) => {
-                    warn!(error = %e, "claim failed");
+                    let pause = retry.failed(&e);
                     drop(first);
                     tokio::select! {
-                        _ = tokio::time::sleep(STORE_ERROR_PAUSE) => continue,
+                        _ = tokio::time::sleep(pause) => continue,
                         _ = stop.cancelled() => return,
                     }
                 }
@@ -254,8 +308,16 @@ impl Orchestrator {
 
     /// Writes outcomes in batches: whatever finished while the last write was in flight goes
     /// into the next one, so batches grow with load and a lone task is written at once.
-    async fn completer(self: Arc<Self>, mut done: mpsc::Receiver<Finished>) {
+    /// While the database is away the outcomes wait (with backoff) and are written once it is
+    /// back; `abandon` (shutdown out of patience) gives them up: their leases expire and the
+    /// rescuer runs those tasks again (at least once).
+    async fn completer(
+        self: Arc<Self>,
+        mut done: mpsc::Receiver<Finished>,
+        abandon: CancellationToken,
+    ) {
         let capacity = self.config.batch_size;
+        let mut retry = StoreRetry::new("recording outcomes");
         let (mut batch, mut tasks) = (Vec::with_capacity(capacity), Vec::with_capacity(capacity));
         while let Some(first) = done.recv().await {
             let mut next = Some(first);
@@ -269,6 +331,7 @@ impl Orchestrator {
             loop {
                 match self.store.complete(&self.config.node_id, &batch).await {
                     Ok(changed) => {
+                        retry.succeeded();
                         tracing::trace!(tasks = batch.len(), "recorded outcomes");
                         self.recorded
                             .fetch_add(changed.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -288,8 +351,24 @@ impl Orchestrator {
                         break;
                     }
                     Err(e) => {
-                        warn!(error = %e, tasks = batch.len(), "recording outcomes failed; retrying");
-                        tokio::time::sleep(STORE_ERROR_PAUSE).await;
+                        let pause = retry.failed(&e);
+                        tokio::select! {
+                            _ = tokio::time::sleep(pause) => {}
+                            _ = abandon.cancelled() => {
+                                done.close();
+                                let mut lost = batch.len();
+                                while done.try_recv().is_ok() {
+                                    lost += 1;
+                                }
+                                warn!(
+                                    tasks = lost,
+                                    "shutting down without recording these outcomes: the \
+                                     database is away; their leases will expire and the tasks \
+                                     will run again"
+                                );
+                                return;
+                            }
+                        }
                     }
                 }
             }
@@ -300,9 +379,12 @@ impl Orchestrator {
 
     async fn heartbeat_loop(self: Arc<Self>, stop: CancellationToken) {
         let every = self.config.lease / 3;
+        let mut retry = StoreRetry::new("renewing leases");
         loop {
+            // After a failed renewal, try again soon: leases run out while the database is away.
+            let wait = retry.failing().map_or(every, |pause| pause.min(every));
             tokio::select! {
-                _ = tokio::time::sleep(every) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = stop.cancelled() => return,
             }
             let ids = self.running_ids();
@@ -315,6 +397,7 @@ impl Orchestrator {
                 .await
             {
                 Ok(held) => {
+                    retry.succeeded();
                     let held: std::collections::HashSet<_> = held.into_iter().collect();
                     let running = self.lock_running();
                     for id in ids.iter().filter(|id| !held.contains(id)) {
@@ -324,19 +407,31 @@ impl Orchestrator {
                         }
                     }
                 }
-                Err(e) => warn!(error = %e, "lease heartbeat failed"),
+                Err(e) => {
+                    retry.failed(&e);
+                }
             }
         }
     }
 
     async fn maintenance_loop(self: Arc<Self>, stop: CancellationToken) {
         let mut last_prune: Option<tokio::time::Instant> = None;
+        let mut retry = StoreRetry::new("rescuing expired leases");
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(self.config.rescue_interval) => {}
                 _ = stop.cancelled() => return,
             }
-            match self.store.rescue().await {
+            let rescued = self.store.rescue().await;
+            match &rescued {
+                Ok(_) => retry.succeeded(),
+                Err(e) => {
+                    // It runs at its interval anyway; only the log needs taming.
+                    retry.failed(e);
+                    continue;
+                }
+            }
+            match rescued {
                 Ok(rescued) if !rescued.is_empty() => {
                     info!(count = rescued.len(), "rescued tasks whose lease expired");
                     for task in rescued {
@@ -344,8 +439,7 @@ impl Orchestrator {
                     }
                     self.wake.notify_one();
                 }
-                Ok(_) => {}
-                Err(e) => warn!(error = %e, "rescue failed"),
+                _ => {}
             }
             if let Some(retention) = self.config.retention
                 && last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL)
@@ -430,9 +524,19 @@ impl WorkerHandle {
                 Err(e) => warn!(error = %e, "could not release leases; they will expire"),
             }
         }
-        if let Some(completer) = self.completer.take() {
-            // Ends once the last handler wrapper has dropped its sender.
-            let _ = completer.await;
+        if let Some(mut completer) = self.completer.take() {
+            // Ends once the last handler wrapper has dropped its sender and every outcome is
+            // written; while the database is away it waits out the grace period at most.
+            let patience = deadline
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(OUTCOME_FLUSH_PATIENCE);
+            if tokio::time::timeout(patience, &mut completer)
+                .await
+                .is_err()
+            {
+                self.abandon_outcomes.cancel();
+                let _ = completer.await;
+            }
         }
         self.stop_all.cancel();
         for task in self.background.drain(..) {

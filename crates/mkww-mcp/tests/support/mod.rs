@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod own_postgres;
+
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::io::{BufRead, BufReader};

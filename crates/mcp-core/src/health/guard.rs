@@ -1,0 +1,360 @@
+//! The breaker in front of the database: every store port wrapped so that, while the monitor
+//! holds the database down, a call answers `StoreError::Unavailable` at once without touching
+//! the pool, and every `Unavailable` a call returns marks the database down at once (the probe,
+//! which pings the unwrapped store, notices the recovery). A new store method is one line here:
+//! `async fn name(&self, a: A) -> Result<T, StoreError> { guarded!(self, name(a)) }`.
+
+use super::Dependency;
+use crate::identity::{ApiKey, AuditEvent, AuditFilter, IdentityStore, QuotaUse, RefreshToken};
+use crate::identity::{Rotation, User};
+use crate::integrations::{Integration, IntegrationStore};
+use crate::memory::{Conversation, ConversationFilter, ConversationPatch, MemoryStore, Message};
+use crate::memory::{MessagePage, MessagePatch, SearchHit, SearchRequest, Summary};
+use crate::principal::Role;
+use crate::store::{CancelOutcome, ClaimRequest, Completion, Inserted, RetryOutcome, StoreError};
+use crate::store::{TaskCounts, TaskFilter, TaskStore};
+use crate::task::{NewTask, Task};
+use crate::webhooks::{Attempt, Webhook, WebhookDelivery, WebhookStore};
+use async_trait::async_trait;
+use chrono::{DateTime, NaiveDate, Utc};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// A store port behind the database's breaker.
+pub struct Guarded<S: ?Sized> {
+    inner: Arc<S>,
+    database: Dependency,
+}
+
+impl<S: ?Sized> Guarded<S> {
+    pub fn new(inner: Arc<S>, database: Dependency) -> Guarded<S> {
+        Guarded { inner, database }
+    }
+
+    /// The error of a call refused while the database is down.
+    fn refuse(&self) -> StoreError {
+        let why = self
+            .database
+            .health()
+            .and_then(|h| h.last_error)
+            .unwrap_or_else(|| "it does not answer".into());
+        StoreError::Unavailable(format!("the database is down: {why}"))
+    }
+
+    fn observe<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if let Err(StoreError::Unavailable(message)) = &result {
+            self.database.report_failure(message);
+        }
+        result
+    }
+}
+
+/// Refuses at once while the database is down; otherwise makes the call and reports an
+/// `Unavailable` answer.
+macro_rules! guarded {
+    ($self:ident, $method:ident($($arg:expr),*)) => {{
+        if $self.database.is_down() {
+            return Err($self.refuse());
+        }
+        let result = $self.inner.$method($($arg),*).await;
+        $self.observe(result)
+    }};
+}
+
+#[async_trait]
+impl TaskStore for Guarded<dyn TaskStore> {
+    async fn insert(&self, tasks: &[NewTask]) -> Result<Vec<Inserted>, StoreError> {
+        guarded!(self, insert(tasks))
+    }
+    async fn get(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
+        guarded!(self, get(id))
+    }
+    async fn list(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
+        guarded!(self, list(filter))
+    }
+    async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError> {
+        guarded!(self, claim(request))
+    }
+    async fn complete(&self, owner: &str, done: &[Completion]) -> Result<Vec<Uuid>, StoreError> {
+        guarded!(self, complete(owner, done))
+    }
+    async fn heartbeat(
+        &self,
+        owner: &str,
+        ids: &[Uuid],
+        lease: Duration,
+    ) -> Result<Vec<Uuid>, StoreError> {
+        guarded!(self, heartbeat(owner, ids, lease))
+    }
+    async fn release(&self, owner: &str, ids: &[Uuid]) -> Result<u64, StoreError> {
+        guarded!(self, release(owner, ids))
+    }
+    async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
+        guarded!(self, cancel(id))
+    }
+    async fn retry(&self, id: Uuid) -> Result<RetryOutcome, StoreError> {
+        guarded!(self, retry(id))
+    }
+    async fn rescue(&self) -> Result<Vec<Task>, StoreError> {
+        guarded!(self, rescue())
+    }
+    async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        guarded!(self, prune(before))
+    }
+    async fn next_run_at(&self, types: &[String]) -> Result<Option<DateTime<Utc>>, StoreError> {
+        guarded!(self, next_run_at(types))
+    }
+    async fn counts(&self) -> Result<TaskCounts, StoreError> {
+        guarded!(self, counts())
+    }
+    async fn pending(&self) -> Result<u64, StoreError> {
+        guarded!(self, pending())
+    }
+    async fn ping(&self) -> Result<(), StoreError> {
+        guarded!(self, ping())
+    }
+    async fn watch(&self, wake: Arc<Notify>) -> Result<(), StoreError> {
+        guarded!(self, watch(wake))
+    }
+}
+
+#[async_trait]
+impl IdentityStore for Guarded<dyn IdentityStore> {
+    async fn create_user(&self, user: &User) -> Result<(), StoreError> {
+        guarded!(self, create_user(user))
+    }
+    async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
+        guarded!(self, user_by_id(id))
+    }
+    async fn user_by_username(&self, username: &str) -> Result<Option<User>, StoreError> {
+        guarded!(self, user_by_username(username))
+    }
+    async fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        guarded!(self, list_users())
+    }
+    async fn count_users(&self) -> Result<u64, StoreError> {
+        guarded!(self, count_users())
+    }
+    async fn update_user(
+        &self,
+        id: Uuid,
+        role: Option<Role>,
+        disabled: Option<bool>,
+        password_hash: Option<&str>,
+    ) -> Result<Option<User>, StoreError> {
+        guarded!(self, update_user(id, role, disabled, password_hash))
+    }
+    async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
+        guarded!(self, create_api_key(key))
+    }
+    async fn api_key_by_prefix(&self, prefix: &str) -> Result<Option<ApiKey>, StoreError> {
+        guarded!(self, api_key_by_prefix(prefix))
+    }
+    async fn list_api_keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        guarded!(self, list_api_keys())
+    }
+    async fn revoke_api_key(
+        &self,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<Option<ApiKey>, StoreError> {
+        guarded!(self, revoke_api_key(id, at))
+    }
+    async fn touch_api_key(&self, id: Uuid, at: DateTime<Utc>) -> Result<(), StoreError> {
+        guarded!(self, touch_api_key(id, at))
+    }
+    async fn insert_refresh_token(&self, token: &RefreshToken) -> Result<(), StoreError> {
+        guarded!(self, insert_refresh_token(token))
+    }
+    async fn rotate_refresh_token(
+        &self,
+        token_hash: &str,
+        next: &RefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<Rotation, StoreError> {
+        guarded!(self, rotate_refresh_token(token_hash, next, now))
+    }
+    async fn refresh_token_by_hash(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<RefreshToken>, StoreError> {
+        guarded!(self, refresh_token_by_hash(token_hash))
+    }
+    async fn revoke_refresh_family(
+        &self,
+        family_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        guarded!(self, revoke_refresh_family(family_id, at))
+    }
+    async fn revoke_user_refresh_tokens(
+        &self,
+        user_id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        guarded!(self, revoke_user_refresh_tokens(user_id, at))
+    }
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        guarded!(self, append_audit(event))
+    }
+    async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError> {
+        guarded!(self, list_audit(filter))
+    }
+    async fn consume_quota(
+        &self,
+        subject: &str,
+        day: NaiveDate,
+        amount: u64,
+        limit: u64,
+    ) -> Result<QuotaUse, StoreError> {
+        guarded!(self, consume_quota(subject, day, amount, limit))
+    }
+}
+
+#[async_trait]
+impl MemoryStore for Guarded<dyn MemoryStore> {
+    async fn create_conversation(&self, conversation: &Conversation) -> Result<(), StoreError> {
+        guarded!(self, create_conversation(conversation))
+    }
+    async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, StoreError> {
+        guarded!(self, conversation(id))
+    }
+    async fn list_conversations(
+        &self,
+        filter: &ConversationFilter,
+    ) -> Result<Vec<Conversation>, StoreError> {
+        guarded!(self, list_conversations(filter))
+    }
+    async fn update_conversation(
+        &self,
+        id: Uuid,
+        patch: &ConversationPatch,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Conversation>, StoreError> {
+        guarded!(self, update_conversation(id, patch, at))
+    }
+    async fn delete_conversation(&self, id: Uuid) -> Result<bool, StoreError> {
+        guarded!(self, delete_conversation(id))
+    }
+    async fn set_summary(
+        &self,
+        id: Uuid,
+        summary: &Summary,
+    ) -> Result<Option<Conversation>, StoreError> {
+        guarded!(self, set_summary(id, summary))
+    }
+    async fn append_messages(
+        &self,
+        conversation_id: Uuid,
+        messages: &[Message],
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        guarded!(self, append_messages(conversation_id, messages, at))
+    }
+    async fn message(
+        &self,
+        conversation_id: Uuid,
+        id: Uuid,
+    ) -> Result<Option<Message>, StoreError> {
+        guarded!(self, message(conversation_id, id))
+    }
+    async fn list_messages(
+        &self,
+        conversation_id: Uuid,
+        page: MessagePage,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        guarded!(self, list_messages(conversation_id, page, limit))
+    }
+    async fn pinned_messages(
+        &self,
+        conversation_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<Message>, StoreError> {
+        guarded!(self, pinned_messages(conversation_id, limit))
+    }
+    async fn update_message(
+        &self,
+        conversation_id: Uuid,
+        id: Uuid,
+        patch: &MessagePatch,
+        at: DateTime<Utc>,
+    ) -> Result<Option<Message>, StoreError> {
+        guarded!(self, update_message(conversation_id, id, patch, at))
+    }
+    async fn delete_message(
+        &self,
+        conversation_id: Uuid,
+        id: Uuid,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        guarded!(self, delete_message(conversation_id, id, at))
+    }
+    async fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>, StoreError> {
+        guarded!(self, search(request))
+    }
+    async fn archive_idle(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        guarded!(self, archive_idle(before))
+    }
+    async fn delete_idle(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        guarded!(self, delete_idle(before))
+    }
+}
+
+#[async_trait]
+impl WebhookStore for Guarded<dyn WebhookStore> {
+    async fn create_webhook(&self, webhook: &Webhook) -> Result<(), StoreError> {
+        guarded!(self, create_webhook(webhook))
+    }
+    async fn webhook(&self, id: Uuid) -> Result<Option<Webhook>, StoreError> {
+        guarded!(self, webhook(id))
+    }
+    async fn list_webhooks(&self) -> Result<Vec<Webhook>, StoreError> {
+        guarded!(self, list_webhooks())
+    }
+    async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
+        guarded!(self, delete_webhook(id))
+    }
+    async fn set_webhook_health(
+        &self,
+        id: Uuid,
+        failing_since: Option<DateTime<Utc>>,
+        enabled: bool,
+    ) -> Result<(), StoreError> {
+        guarded!(self, set_webhook_health(id, failing_since, enabled))
+    }
+    async fn create_delivery(&self, delivery: &WebhookDelivery) -> Result<(), StoreError> {
+        guarded!(self, create_delivery(delivery))
+    }
+    async fn delivery(&self, id: Uuid) -> Result<Option<WebhookDelivery>, StoreError> {
+        guarded!(self, delivery(id))
+    }
+    async fn list_deliveries(
+        &self,
+        webhook_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, StoreError> {
+        guarded!(self, list_deliveries(webhook_id, limit))
+    }
+    async fn record_attempt(&self, id: Uuid, attempt: &Attempt) -> Result<bool, StoreError> {
+        guarded!(self, record_attempt(id, attempt))
+    }
+}
+
+#[async_trait]
+impl IntegrationStore for Guarded<dyn IntegrationStore> {
+    async fn put_integration(&self, integration: &Integration) -> Result<(), StoreError> {
+        guarded!(self, put_integration(integration))
+    }
+    async fn integration(&self, name: &str) -> Result<Option<Integration>, StoreError> {
+        guarded!(self, integration(name))
+    }
+    async fn list_integrations(&self) -> Result<Vec<Integration>, StoreError> {
+        guarded!(self, list_integrations())
+    }
+    async fn delete_integration(&self, name: &str) -> Result<bool, StoreError> {
+        guarded!(self, delete_integration(name))
+    }
+}
