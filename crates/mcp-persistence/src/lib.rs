@@ -23,6 +23,9 @@ mod redis_limiter;
 mod sqlite;
 mod webhooks_postgres;
 mod webhooks_sqlite;
+mod workers;
+mod workers_postgres;
+mod workers_sqlite;
 
 pub use postgres::PgTaskStore;
 pub use redis_bus::RedisBus;

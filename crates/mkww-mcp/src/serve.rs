@@ -17,7 +17,7 @@ use mcp_core::integrations::IntegrationStore;
 use mcp_core::limiter::{Limiter, MemoryLimiter, Quota};
 use mcp_core::memory::{MemoryStore, SUMMARIZE_TASK, Summarizer};
 use mcp_core::principal::Role;
-use mcp_core::routing::BreakerConfig;
+use mcp_core::routing::{BreakerConfig, WorkerDirectory};
 use mcp_core::secrets::SecretBox;
 use mcp_core::task::TaskDefaults;
 use mcp_core::webhooks::{DELIVER_TASK, WebhookStore};
@@ -63,15 +63,19 @@ pub struct Stores {
     pub memory: Arc<dyn MemoryStore>,
     pub integrations: Arc<dyn IntegrationStore>,
     pub webhooks: Arc<dyn WebhookStore>,
+    pub workers: Arc<dyn WorkerDirectory>,
 }
 
 impl Stores {
-    fn of<S: TaskStore + IdentityStore + MemoryStore + IntegrationStore + WebhookStore>(
+    fn of<
+        S: TaskStore + IdentityStore + MemoryStore + IntegrationStore + WebhookStore + WorkerDirectory,
+    >(
         store: S,
     ) -> Stores {
         let store = Arc::new(store);
         Stores {
             tasks: store.clone(),
+            workers: store.clone(),
             identities: store.clone(),
             integrations: store.clone(),
             webhooks: store.clone(),
@@ -256,6 +260,7 @@ pub fn orchestrator_config(config: &Config) -> OrchestratorConfig {
         retention: (config.task_retention_hours > 0)
             .then(|| Duration::from_secs(config.task_retention_hours * 3600)),
         worker_types: config.worker_task_types.clone(),
+        directory_refresh: Config::ms(config.worker_directory_refresh_ms),
         event_queue: config.event_queue.max(1),
         breaker: BreakerConfig {
             window: Config::ms(config.breaker_window_ms),
@@ -564,6 +569,7 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         orchestrator_config(&config),
         events.clone(),
     );
+    orchestrator.set_worker_directory(stores.workers.clone());
     let workers = orchestrator.start().await;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

@@ -175,6 +175,8 @@ type PendingReply = tokio::sync::oneshot::Sender<Result<Value, HandlerError>>;
 /// Most task types one worker may register, and the most slots it may ask for.
 const MAX_WORKER_TYPES: usize = 100;
 const MAX_WORKER_CONCURRENCY: usize = 1000;
+/// How long `worker.register` waits for the cluster's worker directory before it answers anyway.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(2);
 
 fn valid_task_type(task_type: &str) -> bool {
     !task_type.is_empty()
@@ -484,16 +486,33 @@ impl Connection {
                     correlation_id: None,
                     created_by: Some(&principal.subject),
                 };
-                let task = self.state.orchestrator.prepare(request, origin, None)?;
+                let task = self
+                    .state
+                    .orchestrator
+                    .prepare(request, origin, None)
+                    .await?;
                 let inserted = crate::tasks::insert(&self.state, &principal, vec![task]).await?;
                 let inserted = inserted.into_iter().next().ok_or_else(ApiError::internal)?;
                 Ok(Some(
                     json!({"task": inserted.task, "created": inserted.created}),
                 ))
             }
-            Op::WorkerRegister { types, concurrency } => self
-                .register_worker(&principal, types, concurrency)
-                .map(Some),
+            Op::WorkerRegister { types, concurrency } => {
+                let registered = self.register_worker(&principal, types, concurrency)?;
+                // Acknowledged once the cluster knows the worker, so any node accepts its types
+                // from then on. A database away only delays that: the node keeps publishing.
+                let publish = self.state.orchestrator.publish_workers();
+                match tokio::time::timeout(PUBLISH_PATIENCE, publish).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "worker registered on this node only for now")
+                    }
+                    Err(_) => tracing::warn!(
+                        "worker registered on this node only for now: publishing timed out"
+                    ),
+                }
+                Ok(Some(registered))
+            }
             Op::TaskHeartbeat { task_id } => {
                 let held = self.held(&task_id);
                 match held {
