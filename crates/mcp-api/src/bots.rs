@@ -72,11 +72,10 @@ pub async fn deploy(
         correlation_id: correlation.as_deref(),
         created_by: Some(&principal.subject),
     };
-    let tasks = targets
-        .iter()
-        .enumerate()
-        .map(|(i, target)| state.orchestrator.prepare(target.clone(), origin, Some(i)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let tasks = state
+        .orchestrator
+        .prepare_batch(targets.iter().cloned(), origin)
+        .await?;
     let inserted = insert(&state, &principal, tasks).await?;
     tracing::info!(repo = %request.repo, tasks = inserted.len(), "deploy queued");
     Ok((
@@ -122,7 +121,7 @@ pub async fn ask_gemini(
         payload: Some(json!({"prompt": request.prompt})),
         ..CreateTask::default()
     };
-    let task = state.orchestrator.prepare(create, origin, None)?;
+    let task = state.orchestrator.prepare(create, origin, None).await?;
     let id = task.id;
     // Subscribed before the insert, so no transition can come first. Without a bus, polling
     // alone still finds the outcome.

@@ -267,7 +267,7 @@ async fn command(
         payload: Some(Value::Object(payload)),
         ..CreateTask::default()
     };
-    let task = match state.orchestrator.prepare(create, origin, None) {
+    let task = match state.orchestrator.prepare(create, origin, None).await {
         Ok(task) => task,
         Err(e) => {
             let e = ApiError::from(e);
@@ -357,7 +357,7 @@ async fn followup(
         correlation_id: None,
         created_by: Some(&created_by),
     };
-    let queued = match state.orchestrator.prepare(create, origin, None) {
+    let queued = match state.orchestrator.prepare(create, origin, None).await {
         Ok(task) => state.orchestrator.insert(&[task]).await.map(|_| ()),
         Err(e) => Err(e),
     };

@@ -139,11 +139,13 @@ pub async fn receive(
     };
     // Prepared before the replay check: a rule that cannot make a task leaves the delivery
     // unconsumed, so the sender's retry works once the configuration is fixed.
-    let tasks = hooks::tasks_for(&name, source, &verified, &json_body)
-        .into_iter()
-        .enumerate()
-        .map(|(i, create)| state.orchestrator.prepare(create, origin, Some(i)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let tasks = state
+        .orchestrator
+        .prepare_batch(
+            hooks::tasks_for(&name, source, &verified, &json_body),
+            origin,
+        )
+        .await?;
     config
         .replay
         .check(&format!("{name}:{}", verified.delivery), Instant::now())

@@ -43,7 +43,7 @@ pub async fn create(
         correlation_id: correlation.as_deref(),
         created_by: Some(&principal.subject),
     };
-    let task = state.orchestrator.prepare(request, origin, None)?;
+    let task = state.orchestrator.prepare(request, origin, None).await?;
     let inserted = insert(&state, &principal, vec![task])
         .await?
         .into_iter()
@@ -102,12 +102,10 @@ pub async fn create_batch(
         correlation_id: correlation.as_deref(),
         created_by: Some(&principal.subject),
     };
-    let tasks = batch
-        .tasks
-        .into_iter()
-        .enumerate()
-        .map(|(i, request)| state.orchestrator.prepare(request, origin, Some(i)))
-        .collect::<Result<Vec<_>, _>>()?;
+    let tasks = state
+        .orchestrator
+        .prepare_batch(batch.tasks, origin)
+        .await?;
     let inserted = insert(&state, &principal, tasks).await?;
     Ok((
         StatusCode::CREATED,
@@ -360,13 +358,13 @@ pub struct RouteList {
     pub routes: Vec<mcp_core::routing::RouteInfo>,
 }
 
-/// Where each task type runs on this node: an in-process handler or external workers (with
-/// their load), and the route's circuit breaker.
+/// Where each task type runs: an in-process handler of this node, or external workers
+/// connected to any node of the cluster (each with its `node` and load: current for this node's,
+/// as last published for the others'), and the route's circuit breaker on this node.
 #[utoipa::path(get, path = "/v1/routes", tag = "tasks",
-    responses((status = 200, description = "routes of this node", body = RouteList)))]
+    responses((status = 200, description = "routes of the cluster, as this node sees them", body = RouteList)))]
 pub async fn routes(State(state): State<AppState>) -> Json<RouteList> {
-    let local = state.orchestrator.handlers().types();
     Json(RouteList {
-        routes: state.orchestrator.router().routes(&local),
+        routes: state.orchestrator.routes(),
     })
 }

@@ -24,6 +24,9 @@ mod redis_probe;
 mod sqlite;
 mod webhooks_postgres;
 mod webhooks_sqlite;
+mod workers;
+mod workers_postgres;
+mod workers_sqlite;
 
 pub use postgres::PgTaskStore;
 pub use redis_bus::RedisBus;

@@ -163,6 +163,9 @@ pub struct Config {
     /// Task types that external workers serve: accepted at creation even while no worker is
     /// connected (`*`: any type).
     pub worker_task_types: Vec<String>,
+    /// How often a node re-reads the cluster's worker directory (which types other nodes'
+    /// workers serve, and their load).
+    pub worker_directory_refresh_ms: u64,
     /// Circuit breaker of every route: the rolling window, the fewest calls in it before it may
     /// open, the failure rate (0–1) that opens it, how long it stays open, probes when half-open.
     pub breaker_window_ms: u64,
@@ -325,6 +328,7 @@ impl Default for Config {
             ws_refresh_notice_ms: 30_000,
             ws_open_namespaces: vec!["room".into()],
             worker_task_types: Vec::new(),
+            worker_directory_refresh_ms: 1_000,
             breaker_window_ms: 60_000,
             breaker_min_calls: 10,
             breaker_failure_rate: 0.5,
@@ -466,6 +470,10 @@ impl Config {
             "worker_batch_size must be at least 1"
         );
         anyhow::ensure!(self.lease_ms >= 300, "lease_ms must be at least 300");
+        anyhow::ensure!(
+            self.worker_directory_refresh_ms >= 10,
+            "worker_directory_refresh_ms must be at least 10"
+        );
         anyhow::ensure!(self.max_batch > 0, "max_batch must be at least 1");
         anyhow::ensure!(
             self.task_backoff_base_ms <= self.task_backoff_max_ms,

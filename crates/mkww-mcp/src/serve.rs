@@ -19,7 +19,7 @@ use mcp_core::integrations::IntegrationStore;
 use mcp_core::limiter::{Limiter, MemoryLimiter, Quota};
 use mcp_core::memory::{MemoryStore, SUMMARIZE_TASK, Summarizer};
 use mcp_core::principal::Role;
-use mcp_core::routing::BreakerConfig;
+use mcp_core::routing::{BreakerConfig, WorkerDirectory};
 use mcp_core::secrets::SecretBox;
 use mcp_core::task::TaskDefaults;
 use mcp_core::webhooks::{DELIVER_TASK, WebhookStore};
@@ -66,17 +66,21 @@ pub struct Stores {
     pub memory: Arc<dyn MemoryStore>,
     pub integrations: Arc<dyn IntegrationStore>,
     pub webhooks: Arc<dyn WebhookStore>,
+    pub workers: Arc<dyn WorkerDirectory>,
     /// The health monitor's probe of the database, past the breaker.
     pub probe: Arc<dyn Probe>,
 }
 
 impl Stores {
-    fn of<S: TaskStore + IdentityStore + MemoryStore + IntegrationStore + WebhookStore>(
+    fn of<
+        S: TaskStore + IdentityStore + MemoryStore + IntegrationStore + WebhookStore + WorkerDirectory,
+    >(
         store: Arc<S>,
         probe: Arc<dyn Probe>,
     ) -> Stores {
         Stores {
             tasks: store.clone(),
+            workers: store.clone(),
             identities: store.clone(),
             integrations: store.clone(),
             webhooks: store.clone(),
@@ -95,6 +99,7 @@ impl Stores {
             memory: Arc::new(Guarded::new(self.memory, guard(database))),
             integrations: Arc::new(Guarded::new(self.integrations, guard(database))),
             webhooks: Arc::new(Guarded::new(self.webhooks, guard(database))),
+            workers: Arc::new(Guarded::new(self.workers, guard(database))),
             probe: self.probe,
         }
     }
@@ -347,6 +352,7 @@ pub fn orchestrator_config(config: &Config) -> OrchestratorConfig {
         retention: (config.task_retention_hours > 0)
             .then(|| Duration::from_secs(config.task_retention_hours * 3600)),
         worker_types: config.worker_task_types.clone(),
+        directory_refresh: Config::ms(config.worker_directory_refresh_ms),
         event_queue: config.event_queue.max(1),
         breaker: BreakerConfig {
             window: Config::ms(config.breaker_window_ms),
@@ -671,6 +677,7 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         orchestrator_config(&config),
         events.clone(),
     );
+    orchestrator.set_worker_directory(stores.workers.clone());
     let workers = orchestrator.start().await;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

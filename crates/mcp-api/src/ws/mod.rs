@@ -175,6 +175,8 @@ type PendingReply = tokio::sync::oneshot::Sender<Result<Value, HandlerError>>;
 /// Most task types one worker may register, and the most slots it may ask for.
 const MAX_WORKER_TYPES: usize = 100;
 const MAX_WORKER_CONCURRENCY: usize = 1000;
+/// How long `worker.register` waits for the cluster's worker directory before it answers anyway.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(2);
 
 fn valid_task_type(task_type: &str) -> bool {
     !task_type.is_empty()
@@ -484,16 +486,21 @@ impl Connection {
                     correlation_id: None,
                     created_by: Some(&principal.subject),
                 };
-                let task = self.state.orchestrator.prepare(request, origin, None)?;
+                let task = self
+                    .state
+                    .orchestrator
+                    .prepare(request, origin, None)
+                    .await?;
                 let inserted = crate::tasks::insert(&self.state, &principal, vec![task]).await?;
                 let inserted = inserted.into_iter().next().ok_or_else(ApiError::internal)?;
                 Ok(Some(
                     json!({"task": inserted.task, "created": inserted.created}),
                 ))
             }
-            Op::WorkerRegister { types, concurrency } => self
-                .register_worker(&principal, types, concurrency)
-                .map(Some),
+            Op::WorkerRegister { types, concurrency } => {
+                self.register_worker(&principal, types, concurrency, &frame.id)
+                    .await
+            }
             Op::TaskHeartbeat { task_id } => {
                 let held = self.held(&task_id);
                 match held {
@@ -528,12 +535,15 @@ impl Connection {
         }
     }
 
-    fn register_worker(
+    /// Registers this connection as a worker, shares it with the cluster, answers (itself, so
+    /// the reply precedes every assignment), then starts forwarding assignments.
+    async fn register_worker(
         &mut self,
         principal: &Principal,
         types: Vec<String>,
         concurrency: usize,
-    ) -> Result<Value, ApiError> {
+        reply_id: &Option<Value>,
+    ) -> Result<Option<Value>, ApiError> {
         if !principal.can(Permission::TasksRun) {
             return Err(forbidden("tasks:run"));
         }
@@ -563,6 +573,22 @@ impl Connection {
         let router = self.state.orchestrator.router().clone();
         let (id, mut assignments) = router.register(&principal.subject, types.clone(), concurrency);
         self.worker = Some(id);
+        // Acknowledged once the cluster knows the worker, so every node accepts its types from
+        // the reply on. A database away only delays that: the node keeps publishing.
+        let publish = self.state.orchestrator.publish_workers();
+        match tokio::time::timeout(PUBLISH_PATIENCE, publish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "worker known to this node only for now"),
+            Err(_) => {
+                tracing::warn!("worker known to this node only for now: publishing timed out")
+            }
+        }
+        // The reply goes out before the first assignment (tasks assigned meanwhile wait in the
+        // channel), so a client reading up to its reply never skips a `task.assign`.
+        self.send(reply(
+            reply_id,
+            json!({"worker_id": id, "types": types, "concurrency": concurrency}),
+        ));
         let pending = self.pending.clone();
         let out = self.out.clone();
         let closing = self.closing.clone();
@@ -586,7 +612,7 @@ impl Connection {
                 }
             }
         }));
-        Ok(json!({"worker_id": id, "types": types, "concurrency": concurrency}))
+        Ok(None)
     }
 
     /// The task id, when this worker holds it.

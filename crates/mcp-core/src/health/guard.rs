@@ -11,6 +11,7 @@ use crate::integrations::{Integration, IntegrationStore};
 use crate::memory::{Conversation, ConversationFilter, ConversationPatch, MemoryStore, Message};
 use crate::memory::{MessagePage, MessagePatch, SearchHit, SearchRequest, Summary};
 use crate::principal::Role;
+use crate::routing::{DirectoryEntry, WorkerDirectory, WorkerRegistration};
 use crate::store::{CancelOutcome, ClaimRequest, Completion, Inserted, RetryOutcome, StoreError};
 use crate::store::{TaskCounts, TaskFilter, TaskStore};
 use crate::task::{NewTask, Task};
@@ -356,5 +357,26 @@ impl IntegrationStore for Guarded<dyn IntegrationStore> {
     }
     async fn delete_integration(&self, name: &str) -> Result<bool, StoreError> {
         guarded!(self, delete_integration(name))
+    }
+}
+
+#[async_trait]
+impl WorkerDirectory for Guarded<dyn WorkerDirectory> {
+    async fn publish_workers(
+        &self,
+        node: &str,
+        workers: &[WorkerRegistration],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        guarded!(self, publish_workers(node, workers, ttl))
+    }
+    async fn live_workers(&self) -> Result<Vec<DirectoryEntry>, StoreError> {
+        guarded!(self, live_workers())
+    }
+    async fn served_types(&self, types: &[String]) -> Result<Vec<String>, StoreError> {
+        guarded!(self, served_types(types))
+    }
+    async fn prune_workers(&self) -> Result<u64, StoreError> {
+        guarded!(self, prune_workers())
     }
 }

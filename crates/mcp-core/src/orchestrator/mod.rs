@@ -3,6 +3,7 @@
 //! keeps the leases alive. Maintenance (rescuing tasks of dead nodes, pruning) runs beside it.
 
 mod announce;
+mod directory;
 mod handler;
 mod remote;
 #[cfg(test)]
@@ -48,6 +49,8 @@ pub struct OrchestratorConfig {
     pub defaults: TaskDefaults,
     /// Task types accepted for external workers even while none is connected (`*`: any).
     pub worker_types: Vec<String>,
+    /// How often this node re-reads the cluster's worker directory (the workers of other nodes).
+    pub directory_refresh: Duration,
     /// The circuit breaker of every route.
     pub breaker: BreakerConfig,
     /// Task events waiting for the event bus at most; beyond, new ones are dropped (and counted)
@@ -68,6 +71,7 @@ impl Default for OrchestratorConfig {
             retention: Some(Duration::from_secs(7 * 24 * 3600)),
             defaults: TaskDefaults::default(),
             worker_types: Vec::new(),
+            directory_refresh: Duration::from_secs(1),
             breaker: BreakerConfig::default(),
             event_queue: 65_536,
         }
@@ -108,6 +112,8 @@ pub struct Orchestrator {
     recorded: AtomicU64,
     /// External workers connected to this node, and every route's breaker.
     router: Arc<Router>,
+    /// The cluster's workers: where this node publishes its own and learns of the others'.
+    directory: directory::Directory,
     /// Hands task transitions to the event bus.
     announcer: Announcer,
 }
@@ -140,6 +146,7 @@ impl Orchestrator {
         events: Arc<dyn EventBus>,
     ) -> Arc<Self> {
         let config_breaker = config.breaker;
+        let node_id = config.node_id.clone();
         let announcer = Announcer::new(events, config.event_queue);
         Arc::new(Orchestrator {
             store,
@@ -148,7 +155,8 @@ impl Orchestrator {
             wake: Arc::new(Notify::new()),
             running: Mutex::new(HashMap::new()),
             recorded: AtomicU64::new(0),
-            router: Arc::new(Router::new(config_breaker)),
+            router: Arc::new(Router::new(node_id, config_breaker)),
+            directory: directory::Directory::default(),
             announcer,
         })
     }
@@ -203,9 +211,12 @@ impl Orchestrator {
         });
     }
 
-    /// Whether tasks of `task_type` may be created for external workers.
+    /// Whether tasks of `task_type` may be created for external workers, as far as this node
+    /// knows without asking the database: a worker here serves it, a worker elsewhere did when
+    /// the directory was last read, or `worker_task_types` lists it.
     fn for_workers(&self, task_type: &str) -> bool {
         self.router.serves(task_type)
+            || self.served_elsewhere(task_type)
             || self
                 .config
                 .worker_types
@@ -213,13 +224,90 @@ impl Orchestrator {
                 .any(|t| t == "*" || t == task_type)
     }
 
-    /// Validates a create request against the defaults and the registered handlers.
-    pub fn prepare(
+    /// Validates a create request against the defaults, the registered handlers and the
+    /// cluster's workers. A type nothing on this node knows is looked up in the worker directory
+    /// before it is refused as unknown.
+    pub async fn prepare(
         &self,
         request: CreateTask,
         origin: Origin<'_>,
         index: Option<usize>,
     ) -> Result<NewTask, OrchestratorError> {
+        let (task, known) = self.validate(request, origin, index)?;
+        if !known {
+            self.refuse_unserved(vec![(index, task.task_type.clone())])
+                .await?;
+        }
+        Ok(task)
+    }
+
+    /// `prepare` for each request of a batch (errors name the request's index); the directory
+    /// is asked at most once for the whole batch.
+    pub async fn prepare_batch(
+        &self,
+        requests: impl IntoIterator<Item = CreateTask>,
+        origin: Origin<'_>,
+    ) -> Result<Vec<NewTask>, OrchestratorError> {
+        let indexed = requests
+            .into_iter()
+            .enumerate()
+            .map(|(i, request)| (Some(i), request));
+        self.prepare_indexed(indexed, origin).await
+    }
+
+    /// Validates every request; types nothing on this node knows are looked up in the directory
+    /// together. The error reported is the first in request order, as if each request were
+    /// checked in turn.
+    async fn prepare_indexed(
+        &self,
+        requests: impl IntoIterator<Item = (Option<usize>, CreateTask)>,
+        origin: Origin<'_>,
+    ) -> Result<Vec<NewTask>, OrchestratorError> {
+        let mut tasks = Vec::new();
+        // The first request of each type to look up, in request order.
+        let mut unknown: Vec<(Option<usize>, String)> = Vec::new();
+        for (index, request) in requests {
+            match self.validate(request, origin, index) {
+                Ok((task, known)) => {
+                    if !known && !unknown.iter().any(|(_, t)| *t == task.task_type) {
+                        unknown.push((index, task.task_type.clone()));
+                    }
+                    tasks.push(task);
+                }
+                Err(e) => {
+                    self.refuse_unserved(unknown).await?;
+                    return Err(e);
+                }
+            }
+        }
+        self.refuse_unserved(unknown).await?;
+        Ok(tasks)
+    }
+
+    /// Fails with the first of `unknown` that no worker in the cluster serves.
+    async fn refuse_unserved(
+        &self,
+        unknown: Vec<(Option<usize>, String)>,
+    ) -> Result<(), OrchestratorError> {
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let types: Vec<String> = unknown.iter().map(|(_, t)| t.clone()).collect();
+        let served = self.served_in_cluster(&types).await?;
+        match unknown.into_iter().find(|(_, t)| !served.contains(t)) {
+            Some((index, task_type)) => Err(OrchestratorError::UnknownType { index, task_type }),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks one request against the defaults and the handlers; `true` beside the task when
+    /// its type is known here (a handler, a worker, `worker_task_types`).
+    fn validate(
+        &self,
+        request: CreateTask,
+        origin: Origin<'_>,
+        index: Option<usize>,
+    ) -> Result<(NewTask, bool), OrchestratorError> {
         let mut request = request;
         if request.timeout_ms.is_none() {
             request.timeout_ms = self
@@ -230,27 +318,24 @@ impl Orchestrator {
         let mut task = request
             .validate(&self.config.defaults, Utc::now())
             .map_err(|source| OrchestratorError::Invalid { index, source })?;
-        match self.handlers.get(&task.task_type) {
-            Some(handler) => handler.validate(&task.payload).map_err(|reason| {
-                OrchestratorError::InvalidPayload {
-                    index,
-                    task_type: task.task_type.clone(),
-                    reason,
-                }
-            })?,
-            None if self.for_workers(&task.task_type) => {}
-            None => {
-                return Err(OrchestratorError::UnknownType {
-                    index,
-                    task_type: task.task_type,
-                });
+        let known = match self.handlers.get(&task.task_type) {
+            Some(handler) => {
+                handler.validate(&task.payload).map_err(|reason| {
+                    OrchestratorError::InvalidPayload {
+                        index,
+                        task_type: task.task_type.clone(),
+                        reason,
+                    }
+                })?;
+                true
             }
-        }
+            None => self.for_workers(&task.task_type),
+        };
         if task.correlation_id.is_none() {
             task.correlation_id = origin.correlation_id.map(str::to_owned);
         }
         task.created_by = origin.created_by.map(str::to_owned);
-        Ok(task)
+        Ok((task, known))
     }
 
     /// Creates one task. `created` is false when the idempotency key matched an existing task.
@@ -259,7 +344,7 @@ impl Orchestrator {
         request: CreateTask,
         origin: Origin<'_>,
     ) -> Result<Inserted, OrchestratorError> {
-        let task = self.prepare(request, origin, None)?;
+        let task = self.prepare(request, origin, None).await?;
         let mut inserted = self.insert(&[task]).await?;
         Ok(inserted.remove(0))
     }
@@ -270,11 +355,7 @@ impl Orchestrator {
         requests: Vec<CreateTask>,
         origin: Origin<'_>,
     ) -> Result<Vec<Inserted>, OrchestratorError> {
-        let tasks = requests
-            .into_iter()
-            .enumerate()
-            .map(|(i, request)| self.prepare(request, origin, Some(i)))
-            .collect::<Result<Vec<_>, _>>()?;
+        let tasks = self.prepare_batch(requests, origin).await?;
         self.insert(&tasks).await
     }
 

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::events::{Delivery, Recovery, StreamPosition};
+use crate::routing::{DirectoryEntry, WorkerDirectory, WorkerRegistration};
 use crate::store::{ClaimRequest, Completion, TaskCounts, TaskFilter};
 use crate::task::TaskStatus;
 use async_trait::async_trait;
@@ -185,6 +186,7 @@ async fn announces_created_started_succeeded_on_tasks_and_on_the_task_channel() 
             },
             None,
         )
+        .await
         .unwrap();
     // Watched from before it exists (its id is known once prepared).
     let _watching = bus.subscribe(&format!("task:{}", task.id)).await.unwrap();
@@ -287,8 +289,8 @@ impl Handler for Slow {
     }
 }
 
-#[test]
-fn a_handlers_default_timeout_applies_only_when_the_request_names_none() {
+#[tokio::test]
+async fn a_handlers_default_timeout_applies_only_when_the_request_names_none() {
     let mut handlers = HandlerRegistry::with_builtins();
     handlers.register("slow", Slow);
     let orchestrator = Orchestrator::new(
@@ -296,7 +298,7 @@ fn a_handlers_default_timeout_applies_only_when_the_request_names_none() {
         handlers,
         OrchestratorConfig::default(),
     );
-    let prepare = |task_type: &str, timeout_ms: Option<u64>| {
+    let prepare = async |task_type: &str, timeout_ms: Option<u64>| {
         orchestrator
             .prepare(
                 CreateTask {
@@ -310,10 +312,300 @@ fn a_handlers_default_timeout_applies_only_when_the_request_names_none() {
                 },
                 None,
             )
+            .await
             .unwrap()
             .timeout_ms
     };
-    assert_eq!(prepare("slow", None), 3_600_000);
-    assert_eq!(prepare("slow", Some(5_000)), 5_000);
-    assert_eq!(prepare("noop", None), TaskDefaults::default().timeout_ms);
+    assert_eq!(prepare("slow", None).await, 3_600_000);
+    assert_eq!(prepare("slow", Some(5_000)).await, 5_000);
+    assert_eq!(
+        prepare("noop", None).await,
+        TaskDefaults::default().timeout_ms
+    );
+}
+
+/// The cluster's worker directory in memory: registrations by node, with a time to live.
+#[derive(Default)]
+struct Directory {
+    nodes: Mutex<HashMap<String, (Vec<WorkerRegistration>, std::time::Instant)>>,
+    /// How many times `served_types` was asked.
+    lookups: AtomicU64,
+}
+
+impl Directory {
+    fn nodes(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, (Vec<WorkerRegistration>, std::time::Instant)>>
+    {
+        self.nodes.lock().unwrap()
+    }
+
+    fn workers_of(&self, node: &str) -> Vec<WorkerRegistration> {
+        self.nodes()
+            .get(node)
+            .map(|(workers, _)| workers.clone())
+            .unwrap_or_default()
+    }
+}
+
+#[async_trait]
+impl WorkerDirectory for Directory {
+    async fn publish_workers(
+        &self,
+        node: &str,
+        workers: &[WorkerRegistration],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let until = std::time::Instant::now() + ttl;
+        self.nodes()
+            .insert(node.to_owned(), (workers.to_vec(), until));
+        Ok(())
+    }
+
+    async fn live_workers(&self) -> Result<Vec<DirectoryEntry>, StoreError> {
+        let now = std::time::Instant::now();
+        let mut live: Vec<DirectoryEntry> = self
+            .nodes()
+            .iter()
+            .filter(|(_, (_, until))| *until > now)
+            .flat_map(|(node, (workers, _))| {
+                workers.iter().map(|w| DirectoryEntry {
+                    node: node.clone(),
+                    worker: w.clone(),
+                })
+            })
+            .collect();
+        live.sort_by(|a, b| (&a.node, a.worker.id).cmp(&(&b.node, b.worker.id)));
+        Ok(live)
+    }
+
+    async fn served_types(&self, types: &[String]) -> Result<Vec<String>, StoreError> {
+        self.lookups.fetch_add(1, Ordering::Relaxed);
+        let live = self.live_workers().await?;
+        Ok(types
+            .iter()
+            .filter(|t| live.iter().any(|e| e.worker.types.contains(t)))
+            .cloned()
+            .collect())
+    }
+
+    async fn prune_workers(&self) -> Result<u64, StoreError> {
+        let now = std::time::Instant::now();
+        let mut nodes = self.nodes();
+        let before = nodes.len();
+        nodes.retain(|_, (_, until)| *until > now);
+        Ok((before - nodes.len()) as u64)
+    }
+}
+
+fn bake_worker(id: u64) -> WorkerRegistration {
+    WorkerRegistration {
+        id,
+        subject: "baker".into(),
+        types: vec!["unity.bake".into()],
+        concurrency: 2,
+        outstanding: 1,
+    }
+}
+
+fn of_type(task_type: &str) -> CreateTask {
+    CreateTask {
+        task_type: task_type.into(),
+        ..CreateTask::default()
+    }
+}
+
+/// An orchestrator sharing `directory`, with a short lease and directory refresh.
+fn clustered(directory: &Arc<Directory>, node: &str) -> Arc<Orchestrator> {
+    let orchestrator = Orchestrator::new(
+        Arc::new(Tasks::default()),
+        HandlerRegistry::with_builtins(),
+        OrchestratorConfig {
+            node_id: node.into(),
+            concurrency: 0,
+            lease: Duration::from_millis(300),
+            directory_refresh: Duration::from_millis(20),
+            ..OrchestratorConfig::default()
+        },
+    );
+    orchestrator.set_worker_directory(directory.clone());
+    orchestrator
+}
+
+/// Polls `check` every 10 ms until it holds, for at most 5 s.
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn accepts_a_type_a_worker_on_another_node_serves_and_asks_the_directory_once() {
+    let directory = Arc::new(Directory::default());
+    directory
+        .publish_workers("b", &[bake_worker(7)], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let a = clustered(&directory, "a");
+    let task = a
+        .prepare(of_type("unity.bake"), Origin::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(task.task_type, "unity.bake");
+    a.prepare(of_type("unity.bake"), Origin::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        directory.lookups.load(Ordering::Relaxed),
+        1,
+        "a type learned from the directory is known from then on"
+    );
+}
+
+#[tokio::test]
+async fn refuses_a_type_nobody_serves_anywhere_unless_worker_task_types_lists_it() {
+    let directory = Arc::new(Directory::default());
+    let a = clustered(&directory, "a");
+    let refused = a
+        .prepare(of_type("unity.bake"), Origin::default(), None)
+        .await;
+    assert!(
+        matches!(&refused, Err(OrchestratorError::UnknownType { task_type, index: None }) if task_type == "unity.bake"),
+        "{refused:?}"
+    );
+    let listed = Orchestrator::new(
+        Arc::new(Tasks::default()),
+        HandlerRegistry::with_builtins(),
+        OrchestratorConfig {
+            worker_types: vec!["unity.bake".into()],
+            ..OrchestratorConfig::default()
+        },
+    );
+    listed.set_worker_directory(directory.clone());
+    let before = directory.lookups.load(Ordering::Relaxed);
+    listed
+        .prepare(of_type("unity.bake"), Origin::default(), None)
+        .await
+        .unwrap();
+    assert_eq!(directory.lookups.load(Ordering::Relaxed), before);
+}
+
+#[tokio::test]
+async fn a_batch_reports_its_first_error_in_request_order() {
+    let directory = Arc::new(Directory::default());
+    let a = clustered(&directory, "a");
+    let invalid = CreateTask {
+        max_attempts: Some(0),
+        ..of_type("noop")
+    };
+    let unknown_first = a
+        .prepare_batch(
+            [of_type("noop"), of_type("nobody.serves"), invalid.clone()],
+            Origin::default(),
+        )
+        .await;
+    assert!(
+        matches!(
+            unknown_first,
+            Err(OrchestratorError::UnknownType { index: Some(1), .. })
+        ),
+        "{unknown_first:?}"
+    );
+    let invalid_first = a
+        .prepare_batch([invalid, of_type("nobody.serves")], Origin::default())
+        .await;
+    assert!(
+        matches!(
+            invalid_first,
+            Err(OrchestratorError::Invalid { index: Some(0), .. })
+        ),
+        "{invalid_first:?}"
+    );
+    directory
+        .publish_workers("b", &[bake_worker(1)], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let prepared = a
+        .prepare_batch(
+            [
+                of_type("unity.bake"),
+                of_type("noop"),
+                of_type("unity.bake"),
+            ],
+            Origin::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(prepared.len(), 3);
+}
+
+#[tokio::test]
+async fn publishes_its_workers_as_they_come_and_go_and_withdraws_them_on_shutdown() {
+    let directory = Arc::new(Directory::default());
+    let b = clustered(&directory, "b");
+    let a = clustered(&directory, "a");
+    let (workers_a, workers_b) = (a.start().await, b.start().await);
+    let (worker, _assignments) = b.router().register("baker", vec!["unity.bake".into()], 3);
+    eventually("b publishes its worker", || {
+        directory.workers_of("b").iter().any(|w| w.id == worker)
+    })
+    .await;
+    eventually("a lists b's worker among its routes", || {
+        a.routes().iter().any(|r| {
+            r.task_type == "unity.bake"
+                && r.target == "workers"
+                && r.workers.iter().any(|w| w.node == "b" && w.id == worker)
+        })
+    })
+    .await;
+    let on_b = b.routes();
+    let route = on_b.iter().find(|r| r.task_type == "unity.bake").unwrap();
+    assert_eq!(route.workers.len(), 1, "b's own worker once, from memory");
+    assert_eq!(route.workers[0].node, "b");
+    b.router().unregister(worker);
+    eventually("b withdraws the worker that left", || {
+        directory.workers_of("b").is_empty()
+    })
+    .await;
+    eventually("a forgets it", || !a.served_elsewhere("unity.bake")).await;
+    b.router().register("baker", vec!["unity.bake".into()], 1);
+    eventually("b publishes again", || {
+        !directory.workers_of("b").is_empty()
+    })
+    .await;
+    workers_b.shutdown().await;
+    assert!(
+        directory.workers_of("b").is_empty(),
+        "withdrawn on shutdown"
+    );
+    workers_a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_silent_nodes_workers_expire_with_the_lease() {
+    let directory = Arc::new(Directory::default());
+    let a = clustered(&directory, "a");
+    let workers_a = a.start().await;
+    // Node b published once and died: nothing republishes its worker.
+    directory
+        .publish_workers("b", &[bake_worker(1)], Duration::from_millis(300))
+        .await
+        .unwrap();
+    eventually("a learns of b's worker", || {
+        a.served_elsewhere("unity.bake")
+    })
+    .await;
+    let learned = tokio::time::Instant::now();
+    eventually("b's worker expires", || !a.served_elsewhere("unity.bake")).await;
+    assert!(learned.elapsed() < Duration::from_secs(1));
+    let refused = a
+        .prepare(of_type("unity.bake"), Origin::default(), None)
+        .await;
+    assert!(
+        matches!(refused, Err(OrchestratorError::UnknownType { .. })),
+        "{refused:?}"
+    );
+    workers_a.shutdown().await;
 }

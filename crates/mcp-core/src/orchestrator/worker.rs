@@ -114,6 +114,9 @@ impl Orchestrator {
         }
         handle
             .background
+            .push(tokio::spawn(self.clone().directory_loop(stop_all.clone())));
+        handle
+            .background
             .push(tokio::spawn(self.clone().heartbeat_loop(stop_all.clone())));
         handle
             .background

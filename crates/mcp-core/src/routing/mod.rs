@@ -2,11 +2,14 @@
 //! in-process handler or to external workers connected to this node (over the WebSocket API)
 //! that registered it. Work is balanced across workers by least outstanding tasks, round-robin
 //! among equals, within each worker's concurrency. Every route has a circuit breaker: while it is
-//! open, the route's tasks stay queued instead of spending their attempts.
+//! open, the route's tasks stay queued instead of spending their attempts. Each node publishes
+//! its workers to the cluster's `WorkerDirectory`, so every node knows what the cluster serves.
 
 pub mod breaker;
+pub mod directory;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
+pub use directory::{DirectoryEntry, WorkerDirectory, WorkerRegistration};
 
 use crate::orchestrator::HandlerError;
 use crate::task::Task;
@@ -67,25 +70,35 @@ pub struct RouteInfo {
 
 #[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct WorkerInfo {
+    /// The worker's id on its node.
     pub id: u64,
+    /// The node the worker is connected to (and which runs its tasks).
+    pub node: String,
     pub subject: String,
     pub concurrency: usize,
+    /// Tasks it holds now; for a worker on another node, as that node last published it.
     pub outstanding: usize,
 }
 
 pub struct Router {
+    /// This node's id, named as the node of its workers.
+    node: String,
     state: Mutex<State>,
     breaker: BreakerConfig,
     /// Fires when workers come, go or free a slot: the remote claim loop looks again.
     pub changed: Arc<Notify>,
+    /// Fires when workers come or go: the node publishes its workers to the cluster at once.
+    pub membership: Arc<Notify>,
 }
 
 impl Router {
-    pub fn new(breaker: BreakerConfig) -> Self {
+    pub fn new(node: impl Into<String>, breaker: BreakerConfig) -> Self {
         Router {
+            node: node.into(),
             state: Mutex::new(State::default()),
             breaker,
             changed: Arc::new(Notify::new()),
+            membership: Arc::new(Notify::new()),
         }
     }
 
@@ -118,6 +131,7 @@ impl Router {
         );
         drop(state);
         self.changed.notify_one();
+        self.membership.notify_one();
         (id, assignments)
     }
 
@@ -125,7 +139,26 @@ impl Router {
     pub fn unregister(&self, worker: u64) -> Vec<Uuid> {
         let removed = self.lock().workers.remove(&worker);
         self.changed.notify_one();
+        self.membership.notify_one();
         removed.map_or_else(Vec::new, |w| w.outstanding.into_iter().collect())
+    }
+
+    /// This node's workers as the cluster's directory records them, by id.
+    pub fn registrations(&self) -> Vec<WorkerRegistration> {
+        let mut workers: Vec<WorkerRegistration> = self
+            .lock()
+            .workers
+            .iter()
+            .map(|(id, w)| WorkerRegistration {
+                id: *id,
+                subject: w.subject.clone(),
+                types: w.types.clone(),
+                concurrency: w.concurrency,
+                outstanding: w.outstanding.len(),
+            })
+            .collect();
+        workers.sort_by_key(|w| w.id);
+        workers
     }
 
     /// Whether some worker on this node has registered `task_type`.
@@ -257,16 +290,27 @@ impl Router {
             .or_insert_with(|| Breaker::new(self.breaker))
     }
 
-    /// Every route this node knows: local handler types and worker types.
+    /// Every route this node knows: local handler types and this node's worker types.
     pub fn routes(&self, local: &[String]) -> Vec<RouteInfo> {
+        self.cluster_routes(local, &[])
+    }
+
+    /// Every route of the cluster: local handler types, and the worker types of this node's
+    /// workers and of `others` (the workers other nodes published). Breakers are this node's.
+    pub fn cluster_routes(&self, local: &[String], others: &[DirectoryEntry]) -> Vec<RouteInfo> {
         let now = Instant::now();
+        // This node's workers are known first-hand, with their current load.
+        let others: Vec<&DirectoryEntry> = others.iter().filter(|e| e.node != self.node).collect();
         let mut state = self.lock();
         let mut types: BTreeMap<String, &'static str> =
             local.iter().map(|t| (t.clone(), "local")).collect();
-        for worker in state.workers.values() {
-            for t in &worker.types {
-                types.entry(t.clone()).or_insert("workers");
-            }
+        let worker_types = state
+            .workers
+            .values()
+            .flat_map(|w| &w.types)
+            .chain(others.iter().flat_map(|e| &e.worker.types));
+        for t in worker_types {
+            types.entry(t.clone()).or_insert("workers");
         }
         let mut routes = Vec::new();
         for (task_type, target) in types {
@@ -276,12 +320,28 @@ impl Router {
                 .filter(|(_, w)| w.types.contains(&task_type))
                 .map(|(id, w)| WorkerInfo {
                     id: *id,
+                    node: self.node.clone(),
                     subject: w.subject.clone(),
                     concurrency: w.concurrency,
                     outstanding: w.outstanding.len(),
                 })
+                .chain(
+                    others
+                        .iter()
+                        .filter(|e| e.worker.types.contains(&task_type))
+                        .map(|e| WorkerInfo {
+                            id: e.worker.id,
+                            node: e.node.clone(),
+                            subject: e.worker.subject.clone(),
+                            concurrency: e.worker.concurrency,
+                            outstanding: e.worker.outstanding,
+                        }),
+                )
                 .collect();
-            workers.sort_by_key(|w| w.id);
+            // This node's first, then by node and id.
+            workers.sort_by(|a, b| {
+                (a.node != self.node, &a.node, a.id).cmp(&(b.node != self.node, &b.node, b.id))
+            });
             let breaker = self.breaker_mut(&mut state, &task_type).state(now);
             routes.push(RouteInfo {
                 task_type,
@@ -333,7 +393,7 @@ mod tests {
 
     #[test]
     fn balances_by_least_outstanding_then_round_robin() {
-        let router = Router::new(BreakerConfig::default());
+        let router = Router::new("n1", BreakerConfig::default());
         let (a, _ra) = router.register("a", vec!["render".into()], 2);
         let (b, _rb) = router.register("b", vec!["render".into()], 2);
         let first = router.assign(task("render")).unwrap().0;
@@ -355,7 +415,7 @@ mod tests {
 
     #[test]
     fn prefers_the_least_loaded_worker() {
-        let router = Router::new(BreakerConfig::default());
+        let router = Router::new("n1", BreakerConfig::default());
         let (a, _ra) = router.register("a", vec!["t".into()], 4);
         let one = task("t");
         assert_eq!(router.assign(one.clone()).unwrap().0, a);
@@ -372,10 +432,13 @@ mod tests {
 
     #[test]
     fn an_open_breaker_admits_nothing_and_is_announced() {
-        let router = Router::new(BreakerConfig {
-            min_calls: 2,
-            ..BreakerConfig::default()
-        });
+        let router = Router::new(
+            "n1",
+            BreakerConfig {
+                min_calls: 2,
+                ..BreakerConfig::default()
+            },
+        );
         let (_a, _ra) = router.register("a", vec!["flaky".into()], 4);
         assert_eq!(router.record("flaky", false), None);
         assert_eq!(
