@@ -103,6 +103,8 @@ pub struct AppState {
     pub vrchat: Option<Arc<mcp_integrations::VrchatClient>>,
     /// The VCC service; `None`: `/v1/vcc/*` answer 404 `vcc_not_configured`.
     pub vcc: Option<mcp_integrations::vcc::VccService>,
+    /// Where Discord follow-ups wait for their task; `None`: only in this node's memory.
+    pub followups: Option<discord::Followups>,
     /// Cancelled when the server begins to shut down: WebSocket connections close with 1001.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

@@ -12,6 +12,7 @@ use mcp_api::{
 };
 use mcp_core::credentials;
 use mcp_core::events::{BusConfig, EventBus, MemoryBus};
+use mcp_core::followups::FollowupStore;
 use mcp_core::identity::{AuditEvent, IdentityStore, User};
 use mcp_core::integrations::IntegrationStore;
 use mcp_core::limiter::{Limiter, MemoryLimiter, Quota};
@@ -20,12 +21,14 @@ use mcp_core::principal::Role;
 use mcp_core::routing::BreakerConfig;
 use mcp_core::secrets::SecretBox;
 use mcp_core::task::TaskDefaults;
-use mcp_core::webhooks::{DELIVER_TASK, WebhookStore};
+use mcp_core::webhooks::{DELIVER_TASK, Outbox, WebhookStore};
 use mcp_core::{Backoff, HandlerRegistry, Orchestrator, OrchestratorConfig, StoreError, TaskStore};
 use mcp_integrations::Adapter;
 use mcp_integrations::http::{HttpAdapter, HttpConfig};
 use mcp_integrations::vcc::{VccAdapter, VccConfig, VccService};
-use mcp_integrations::webhooks::{DeliverHandler, Dispatcher, WebhookConfig};
+use mcp_integrations::webhooks::{
+    DeliverHandler, DispatchSettings, Dispatcher, RecordingWebhooks, WebhookConfig,
+};
 use mcp_integrations::{DeployAdapter, DeployConfig, LlmAdapter, LlmConfig};
 use mcp_integrations::{DiscordAdapter, DiscordConfig};
 use mcp_integrations::{OscAdapter, OscConfig};
@@ -63,14 +66,28 @@ pub struct Stores {
     pub memory: Arc<dyn MemoryStore>,
     pub integrations: Arc<dyn IntegrationStore>,
     pub webhooks: Arc<dyn WebhookStore>,
+    /// The webhook outbox the task transitions write.
+    pub outbox: Arc<dyn Outbox>,
+    /// Pending Discord follow-ups.
+    pub followups: Arc<dyn FollowupStore>,
 }
 
 impl Stores {
-    fn of<S: TaskStore + IdentityStore + MemoryStore + IntegrationStore + WebhookStore>(
+    fn of<
+        S: TaskStore
+            + IdentityStore
+            + MemoryStore
+            + IntegrationStore
+            + WebhookStore
+            + Outbox
+            + FollowupStore,
+    >(
         store: S,
     ) -> Stores {
         let store = Arc::new(store);
         Stores {
+            outbox: store.clone(),
+            followups: store.clone(),
             tasks: store.clone(),
             identities: store.clone(),
             integrations: store.clone(),
@@ -334,6 +351,7 @@ pub fn api_state(
         // `serve` sets the store, the SecretBox and the runtime.
         integrations: Arc::default(),
         webhooks: None,
+        followups: None,
         vrchat: None,
         vcc: None,
         metrics,
@@ -533,7 +551,12 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         key_id = secrets.current_key_id(),
         "secrets at rest are sealed"
     );
-    let stores = open_store(&config).await?;
+    let mut stores = open_store(&config).await?;
+    // Changes to the webhooks switch the outbox's recording at once on this node.
+    stores.webhooks = Arc::new(RecordingWebhooks {
+        inner: stores.webhooks.clone(),
+        outbox: stores.outbox.clone(),
+    });
     bootstrap_admin(&config, stores.identities.as_ref()).await?;
     let security = security(&config, stores.identities.clone(), limiter(&config).await?)?;
     // Integrations stored through the API apply over the file's settings.
@@ -607,12 +630,28 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     tokio::spawn(
         Dispatcher {
             store: stores.webhooks.clone(),
+            outbox: stores.outbox.clone(),
             orchestrator: state.orchestrator.clone(),
             events: state.events.clone(),
             max_attempts: config.webhook_max_attempts.max(1),
+            settings: DispatchSettings {
+                refresh: Config::ms(config.webhook_outbox_refresh_ms.max(1)),
+                poll: Config::ms(config.webhook_outbox_poll_ms.max(1)),
+                lease: Config::ms(config.webhook_outbox_lease_ms.max(100)),
+                ..DispatchSettings::default()
+            },
         }
         .run(state.shutdown.clone()),
     );
+    // Discord follow-ups wait in the database; every node sends those whose task is final.
+    state.followups = Some(mcp_api::discord::Followups {
+        store: stores.followups.clone(),
+        secrets: Arc::new(secrets.clone()),
+    });
+    tokio::spawn(mcp_api::discord::sweep_followups(
+        state.clone(),
+        Config::ms(config.discord_followup_sweep_ms.max(1)),
+    ));
     state.integrations = Arc::new(mcp_api::integrations::Integrations {
         store: Some(stores.integrations.clone()),
         secrets: Some(secrets),
