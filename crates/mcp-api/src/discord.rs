@@ -7,6 +7,12 @@
 //! `[discord.commands.<name>]`; the task is created (by `discord:{user id}`), Discord gets a
 //! deferred reply at once, and when the task is final a `discord.webhook_execute` task sends the
 //! follow-up (`POST /webhooks/{application_id}/{interaction token}`) with its result or error.
+//!
+//! The follow-up owed is stored (the interaction sealed by the `SecretBox`) before the task is,
+//! so it survives the node that took the interaction: this node waits for the task and sends it
+//! at once, and [`sweep_followups`], on every node, sends those whose task is final but whose
+//! waiter died. Both create the follow-up task with the idempotency key
+//! `discord-followup:{task id}`, so it is sent once whoever comes first.
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
@@ -19,11 +25,14 @@ use ed25519_dalek::Signature;
 /// The application's public key, as [`parse_public_key`] reads it.
 pub use ed25519_dalek::VerifyingKey;
 use mcp_core::events::Subscription;
+use mcp_core::followups::{FollowupStore, PendingFollowup, SECRET_PURPOSE};
+use mcp_core::secrets::SecretBox;
 use mcp_core::task::CreateTask;
 use mcp_core::{Origin, Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::ToSchema;
@@ -35,6 +44,65 @@ pub const FOLLOWUP_TASK_TYPE: &str = "discord.webhook_execute";
 const MAX_CONTENT_CHARS: usize = 2000;
 /// How often the follow-up waiter reads the task besides waking on its events.
 const POLL: Duration = Duration::from_millis(500);
+/// Discord's interaction tokens are valid this long: a follow-up older than that cannot be sent.
+const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
+/// A stored follow-up whose task is not (yet) in the database is left alone this long: the
+/// follow-up is stored just before its task.
+const TASK_GRACE: Duration = Duration::from_secs(60);
+/// Follow-ups a sweep takes at once.
+const SWEEP_BATCH: u32 = 100;
+
+/// Where pending follow-ups are kept: the database, the interaction sealed.
+#[derive(Clone)]
+pub struct Followups {
+    pub store: Arc<dyn FollowupStore>,
+    pub secrets: Arc<SecretBox>,
+}
+
+/// The sealed part of a stored follow-up.
+#[derive(Serialize, Deserialize)]
+struct SealedInteraction {
+    application_id: String,
+    token: String,
+}
+
+impl Followups {
+    async fn save(
+        &self,
+        task_id: Uuid,
+        application_id: &str,
+        token: &str,
+        created_by: &str,
+    ) -> Result<(), String> {
+        let plain = serde_json::to_vec(&SealedInteraction {
+            application_id: application_id.to_owned(),
+            token: token.to_owned(),
+        })
+        .map_err(|e| e.to_string())?;
+        let sealed = self
+            .secrets
+            .seal(&plain, SECRET_PURPOSE)
+            .map_err(|e| e.to_string())?;
+        self.store
+            .save_followup(&PendingFollowup {
+                task_id,
+                sealed,
+                created_by: created_by.to_owned(),
+                created_at: chrono::Utc::now(),
+            })
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    fn open(&self, followup: &PendingFollowup) -> Result<SealedInteraction, String> {
+        let plain = self
+            .secrets
+            .open(&followup.sealed, SECRET_PURPOSE)
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&plain).map_err(|e| e.to_string())
+    }
+}
+
 /// Interaction types and callback types (Discord's numbers).
 const PING: u64 = 1;
 const APPLICATION_COMMAND: u64 = 2;
@@ -285,16 +353,28 @@ async fn command(
             None
         }
     };
-    state.orchestrator.insert(&[task]).await?;
+    let reply_to = interaction.application_id.zip(interaction.token);
+    // Stored before the task, so no task can finish without its follow-up on record.
+    if let (Some(followups), Some((application, token))) = (&state.followups, &reply_to)
+        && let Err(e) = followups.save(id, application, token, &created_by).await
+    {
+        tracing::warn!(task_id = %id, error = %e, "discord follow-up not stored: only this node can send it");
+    }
+    if let Err(e) = state.orchestrator.insert(&[task]).await {
+        if let Some(followups) = &state.followups {
+            let _ = followups.store.delete_followup(id).await;
+        }
+        return Err(e.into());
+    }
     tracing::info!(command = name, task_id = %id, %created_by, "discord command queued");
-    match (interaction.application_id, interaction.token) {
-        (Some(application), Some(token)) => {
+    match reply_to {
+        Some((application, token)) => {
             let state = state.clone();
             tokio::spawn(async move {
                 followup(&state, id, live, application, token, created_by).await;
             });
         }
-        _ => {
+        None => {
             tracing::warn!(task_id = %id, "interaction without application_id or token: no follow-up")
         }
     }
@@ -340,8 +420,27 @@ async fn followup(
             tracing::warn!(task_id = %id, error = %e.message, "discord follow-up: cannot read the task");
             return;
         }
-        Err(_) => format!("Task `{id}` is still running; see the hub for its result."),
+        Err(_) => still_running(id),
     };
+    if let Err(e) = queue_followup(state, id, &application_id, &token, content, &created_by).await {
+        tracing::warn!(task_id = %id, error = %e, "discord follow-up not queued");
+    }
+}
+
+fn still_running(id: Uuid) -> String {
+    format!("Task `{id}` is still running; see the hub for its result.")
+}
+
+/// Creates the task that sends the follow-up of task `id`, once (idempotency key
+/// `discord-followup:{id}`), then forgets the stored follow-up.
+async fn queue_followup(
+    state: &AppState,
+    id: Uuid,
+    application_id: &str,
+    token: &str,
+    content: String,
+    created_by: &str,
+) -> Result<(), String> {
     let create = CreateTask {
         task_type: FOLLOWUP_TASK_TYPE.to_owned(),
         payload: Some(json!({
@@ -351,19 +450,98 @@ async fn followup(
             "allowed_mentions": {"parse": []},
         })),
         correlation_id: Some(id.to_string()),
+        idempotency_key: Some(format!("discord-followup:{id}")),
         ..CreateTask::default()
     };
     let origin = Origin {
         correlation_id: None,
-        created_by: Some(&created_by),
+        created_by: Some(created_by),
     };
-    let queued = match state.orchestrator.prepare(create, origin, None).await {
-        Ok(task) => state.orchestrator.insert(&[task]).await.map(|_| ()),
-        Err(e) => Err(e),
-    };
-    if let Err(e) = queued {
-        tracing::warn!(task_id = %id, error = %e, "discord follow-up not queued");
+    let task = state
+        .orchestrator
+        .prepare(create, origin, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    state
+        .orchestrator
+        .insert(&[task])
+        .await
+        .map_err(|e| e.to_string())?;
+    if let Some(followups) = &state.followups {
+        followups
+            .store
+            .delete_followup(id)
+            .await
+            .map_err(|e| format!("sent, but not forgotten (harmless): {e}"))?;
     }
+    Ok(())
+}
+
+/// Sends, every `every` until the server stops, the stored follow-ups whose task is final (or
+/// that waited `followup_timeout`: "still running"), whichever node took the interaction. Drops
+/// those older than an interaction token lives.
+pub async fn sweep_followups(state: AppState, every: Duration) {
+    let Some(followups) = state.followups.clone() else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = state.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = sweep_once(&state, &followups).await {
+            tracing::warn!(error = %e, "discord follow-ups: sweep failed; retrying");
+        }
+    }
+}
+
+async fn sweep_once(state: &AppState, followups: &Followups) -> Result<(), String> {
+    let now = chrono::Utc::now();
+    let span = |d: Duration| chrono::TimeDelta::from_std(d).unwrap_or(chrono::TimeDelta::MAX);
+    let (lifetime, grace) = (span(TOKEN_LIFETIME), span(TASK_GRACE));
+    let wait = span(state.config.discord.followup_timeout).min(lifetime);
+    let due = followups
+        .store
+        .due_followups(now - wait, SWEEP_BATCH)
+        .await
+        .map_err(|e| e.to_string())?;
+    for followup in due {
+        let id = followup.task_id;
+        let age = now - followup.created_at;
+        if age > lifetime {
+            tracing::warn!(task_id = %id, "discord follow-up expired unsent: its token is no longer valid");
+            let _ = followups.store.delete_followup(id).await;
+            continue;
+        }
+        let content = match state.orchestrator.store().get(id).await {
+            Ok(Some(task)) if task.status.is_final() => outcome_text(&task),
+            Ok(Some(_)) => still_running(id),
+            Ok(None) if age < grace => continue,
+            Ok(None) => {
+                let _ = followups.store.delete_followup(id).await;
+                continue;
+            }
+            Err(e) => return Err(e.to_string()),
+        };
+        let interaction = match followups.open(&followup) {
+            Ok(interaction) => interaction,
+            Err(e) => {
+                tracing::warn!(task_id = %id, error = %e, "discord follow-up cannot be opened; dropped");
+                let _ = followups.store.delete_followup(id).await;
+                continue;
+            }
+        };
+        queue_followup(
+            state,
+            id,
+            &interaction.application_id,
+            &interaction.token,
+            content,
+            &followup.created_by,
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// The task once it is final: read on each of its events and every [`POLL`].

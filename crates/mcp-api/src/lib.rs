@@ -105,6 +105,8 @@ pub struct AppState {
     pub vcc: Option<mcp_integrations::vcc::VccService>,
     /// The state of the node's dependencies: `/readyz`, `/v1/health`.
     pub health: Arc<mcp_core::health::HealthMonitor>,
+    /// Where Discord follow-ups wait for their task; `None`: only in this node's memory.
+    pub followups: Option<discord::Followups>,
     /// Cancelled when the server begins to shut down: WebSocket connections close with 1001.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod credentials;
 pub mod events;
+pub mod followups;
 pub mod health;
 pub mod identity;
 pub mod integrations;

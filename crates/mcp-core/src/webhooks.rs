@@ -1,13 +1,19 @@
 //! Outgoing webhooks: the subscriptions (`Webhook`), the log of what was sent (`WebhookDelivery`),
 //! the rules that decide which events a webhook receives and which addresses it may target, and
 //! the `WebhookStore` port that keeps them. Secrets reach the store sealed by the `SecretBox`.
+//! The [`Outbox`] port is the durable record of task events that webhooks may want: written by
+//! the task store in the transaction of each transition, drained by any node's dispatcher.
 
+use crate::events::Event;
 use crate::store::StoreError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -203,6 +209,58 @@ pub trait WebhookStore: Send + Sync + 'static {
     ) -> Result<Vec<WebhookDelivery>, StoreError>;
     /// Counts one attempt and records its outcome; false if the delivery is gone.
     async fn record_attempt(&self, id: Uuid, attempt: &Attempt) -> Result<bool, StoreError>;
+}
+
+/// Every task event, as the task store records it in the outbox.
+pub const TASK_EVENTS: [&str; 7] = [
+    "task.created",
+    "task.started",
+    "task.succeeded",
+    "task.failed",
+    "task.dead",
+    "task.cancelled",
+    "task.retrying",
+];
+
+/// The task events at least one enabled webhook wants: what the outbox must record. Empty when
+/// no webhook wants a task event, so transitions then write nothing more than the task.
+pub fn wanted_task_events(webhooks: &[Webhook]) -> Vec<String> {
+    TASK_EVENTS
+        .iter()
+        .filter(|event| webhooks.iter().any(|w| w.wants(event)))
+        .map(|event| (*event).to_owned())
+        .collect()
+}
+
+/// One recorded event waiting to become deliveries. `id` orders the outbox and, with a webhook's
+/// id, names the delivery, so a redo after a crash makes the same delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    pub id: i64,
+    /// The event as receivers get it: `data` is the task after the transition.
+    pub event: Event,
+}
+
+/// The webhook outbox. The task store records each transition's event in the transition's own
+/// transaction, but only for the event types last given to [`Outbox::record_events`], which every
+/// node's dispatcher sets from the webhooks in the database.
+#[async_trait]
+pub trait Outbox: Send + Sync + 'static {
+    /// The task event types transitions record from now on; empty: none.
+    fn record_events(&self, event_types: Vec<String>);
+    /// Notified after a transition in this process recorded an event.
+    fn recorded(&self) -> Arc<Notify>;
+    /// Takes up to `limit` entries, oldest first, that no other dispatcher holds, for `lease`;
+    /// an entry whose lease ran out (its dispatcher died) is taken again.
+    async fn claim_outbox(
+        &self,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<OutboxEntry>, StoreError>;
+    /// Deletes entries whose deliveries are recorded.
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<u64, StoreError>;
+    /// Entries waiting (for metrics and tests).
+    async fn outbox_len(&self) -> Result<u64, StoreError>;
 }
 
 #[cfg(test)]

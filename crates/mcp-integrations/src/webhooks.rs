@@ -1,12 +1,14 @@
-//! Outgoing webhooks: the [`Dispatcher`] that turns bus events into `webhook.deliver` tasks, one
-//! per matching webhook, and the [`DeliverHandler`] that runs them — signed per the Standard
+//! Outgoing webhooks: the [`Dispatcher`] that turns events into `webhook.deliver` tasks, one per
+//! matching webhook, and the [`DeliverHandler`] that runs them — signed per the Standard
 //! Webhooks spec, refused when the target resolves to a private address, each attempt recorded in
 //! the delivery log. Retries and backoff are the orchestrator's; a webhook that has failed for
 //! `disable_after` without a single success is disabled.
 //!
-//! Covered events: those of the `tasks` channel (`task.*`). Memory events are published per
-//! conversation (`conversation:{id}`), which a single subscriber cannot follow, so `memory.*`
-//! filters are accepted but receive nothing yet.
+//! Task events (`task.*`) come from the durable outbox: the task store records them in the
+//! transaction of each transition, and any node's dispatcher turns them into deliveries, so none
+//! is lost while a node is down or the bus drops events. Memory events (`memory.*`) still come
+//! from the bus (channel `memory`), as every node sees them: one missed by every node (all down,
+//! or Redis losing it) is not delivered.
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -16,8 +18,8 @@ use mcp_core::events::{Delivery as BusDelivery, Event, EventBus};
 use mcp_core::secrets::SecretBox;
 use mcp_core::task::CreateTask;
 use mcp_core::webhooks::{
-    Attempt, DELIVER_TASK, DeliveryStatus, SECRET_PURPOSE, Webhook, WebhookDelivery, WebhookStore,
-    is_private_address, signing_key,
+    Attempt, DELIVER_TASK, DeliveryStatus, Outbox, SECRET_PURPOSE, Webhook, WebhookDelivery,
+    WebhookStore, is_private_address, signing_key, wanted_task_events,
 };
 use mcp_core::{Handler, HandlerError, Orchestrator, Origin, TaskContext};
 use reqwest::header::CONTENT_TYPE;
@@ -31,7 +33,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-/// The channel whose events the dispatcher follows.
+/// The channel of task events (delivered from the outbox instead).
 pub const TASKS_CHANNEL: &str = "tasks";
 /// Every conversation's changes (`memory.*` events).
 pub const MEMORY_CHANNEL: &str = "memory";
@@ -288,14 +290,24 @@ impl Handler for DeliverHandler {
     }
 }
 
-/// The id of the delivery of the event at `published`'s position to `webhook`: the same on
-/// every node.
+/// The id of the delivery of the event at `published`'s position on the bus to `webhook`: the
+/// same on every node (memory events, which travel by the bus).
 fn delivery_id_of(webhook: Uuid, published: &BusDelivery) -> Uuid {
-    use sha2::Digest;
-    let digest = Sha256::digest(format!(
+    derived_id(&format!(
         "{webhook}:{}:{}:{}",
         published.channel, published.epoch, published.offset
-    ));
+    ))
+}
+
+/// The id of the delivery of outbox entry `entry` to `webhook`: the same for every node and every
+/// redo of the entry.
+fn outbox_delivery_id(webhook: Uuid, entry: i64) -> Uuid {
+    derived_id(&format!("{webhook}:outbox:{entry}"))
+}
+
+fn derived_id(name: &str) -> Uuid {
+    use sha2::Digest;
+    let digest = Sha256::digest(name);
     let mut bytes = [0u8; 16];
     bytes.copy_from_slice(&digest[..16]);
     uuid::Builder::from_custom_bytes(bytes).into_uuid()
@@ -316,10 +328,40 @@ pub async fn enqueue(
     max_attempts: i32,
     correlation_id: Option<&str>,
 ) -> Result<Uuid, String> {
+    enqueue_with_key(orchestrator, delivery, max_attempts, correlation_id, None).await
+}
+
+/// Enqueues the first sending of `delivery`: its idempotency key makes a second call (a redo
+/// after a crash, another node) return the first task.
+pub async fn enqueue_once(
+    orchestrator: &Orchestrator,
+    delivery: Uuid,
+    max_attempts: i32,
+    correlation_id: Option<&str>,
+) -> Result<Uuid, String> {
+    let key = format!("webhook-delivery:{delivery}");
+    enqueue_with_key(
+        orchestrator,
+        delivery,
+        max_attempts,
+        correlation_id,
+        Some(key),
+    )
+    .await
+}
+
+async fn enqueue_with_key(
+    orchestrator: &Orchestrator,
+    delivery: Uuid,
+    max_attempts: i32,
+    correlation_id: Option<&str>,
+    idempotency_key: Option<String>,
+) -> Result<Uuid, String> {
     let request = CreateTask {
         task_type: DELIVER_TASK.to_owned(),
         payload: Some(json!({ "delivery_id": delivery })),
         max_attempts: Some(max_attempts),
+        idempotency_key,
         ..CreateTask::default()
     };
     let origin = Origin {
@@ -333,29 +375,211 @@ pub async fn enqueue(
         .map_err(|e| e.to_string())
 }
 
-/// Follows the `tasks` and `memory` channels and turns each event into one delivery per webhook
-/// that wants it.
+/// The webhook store as the webhook routes and the delivery handler see it: after each change to
+/// the webhooks it tells the task store at once which task events to record, so a task created
+/// right after its webhook (on this node) is delivered. Other nodes learn it at their next
+/// refresh ([`DispatchSettings::refresh`]).
+pub struct RecordingWebhooks {
+    pub inner: Arc<dyn WebhookStore>,
+    pub outbox: Arc<dyn Outbox>,
+}
+
+impl RecordingWebhooks {
+    async fn refresh(&self) -> Result<(), mcp_core::StoreError> {
+        let webhooks = self.inner.list_webhooks().await?;
+        self.outbox.record_events(wanted_task_events(&webhooks));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl WebhookStore for RecordingWebhooks {
+    async fn create_webhook(&self, webhook: &Webhook) -> Result<(), mcp_core::StoreError> {
+        self.inner.create_webhook(webhook).await?;
+        self.refresh().await
+    }
+    async fn webhook(&self, id: Uuid) -> Result<Option<Webhook>, mcp_core::StoreError> {
+        self.inner.webhook(id).await
+    }
+    async fn list_webhooks(&self) -> Result<Vec<Webhook>, mcp_core::StoreError> {
+        self.inner.list_webhooks().await
+    }
+    async fn delete_webhook(&self, id: Uuid) -> Result<bool, mcp_core::StoreError> {
+        let deleted = self.inner.delete_webhook(id).await?;
+        self.refresh().await?;
+        Ok(deleted)
+    }
+    async fn set_webhook_health(
+        &self,
+        id: Uuid,
+        failing_since: Option<DateTime<Utc>>,
+        enabled: bool,
+    ) -> Result<(), mcp_core::StoreError> {
+        self.inner
+            .set_webhook_health(id, failing_since, enabled)
+            .await?;
+        self.refresh().await
+    }
+    async fn create_delivery(
+        &self,
+        delivery: &WebhookDelivery,
+    ) -> Result<(), mcp_core::StoreError> {
+        self.inner.create_delivery(delivery).await
+    }
+    async fn delivery(&self, id: Uuid) -> Result<Option<WebhookDelivery>, mcp_core::StoreError> {
+        self.inner.delivery(id).await
+    }
+    async fn list_deliveries(
+        &self,
+        webhook_id: Uuid,
+        limit: u32,
+    ) -> Result<Vec<WebhookDelivery>, mcp_core::StoreError> {
+        self.inner.list_deliveries(webhook_id, limit).await
+    }
+    async fn record_attempt(
+        &self,
+        id: Uuid,
+        attempt: &Attempt,
+    ) -> Result<bool, mcp_core::StoreError> {
+        self.inner.record_attempt(id, attempt).await
+    }
+}
+
+/// How the dispatcher drains the outbox.
+#[derive(Debug, Clone)]
+pub struct DispatchSettings {
+    /// How often the webhooks are re-read, to tell the task store which events to record (a
+    /// webhook created on another node counts from then).
+    pub refresh: Duration,
+    /// How often the outbox is read besides being woken by a transition of this node.
+    pub poll: Duration,
+    /// Entries taken at once.
+    pub batch: u32,
+    /// How long a taken entry is this node's; then another may redo it. Far longer than a
+    /// batch takes.
+    pub lease: Duration,
+}
+
+impl Default for DispatchSettings {
+    fn default() -> Self {
+        DispatchSettings {
+            refresh: Duration::from_secs(1),
+            poll: Duration::from_secs(1),
+            batch: 100,
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Turns task events, from the durable outbox, and memory events, from the bus, into one
+/// delivery per webhook that wants them. Runs on every node; each outbox entry is taken by one.
 pub struct Dispatcher {
     pub store: Arc<dyn WebhookStore>,
+    pub outbox: Arc<dyn Outbox>,
     pub orchestrator: Arc<Orchestrator>,
     pub events: Arc<dyn EventBus>,
     pub max_attempts: i32,
+    pub settings: DispatchSettings,
 }
 
 impl Dispatcher {
     /// Runs until `stop`.
     pub async fn run(self, stop: CancellationToken) {
+        // The first refresh before anything else, so transitions record from the start.
+        self.refresh().await;
+        tokio::join!(
+            self.refresh_loop(&stop),
+            self.drain_loop(&stop),
+            self.memory_loop(&stop)
+        );
+    }
+
+    /// Tells the task store which task events the enabled webhooks want.
+    async fn refresh(&self) {
+        match self.store.list_webhooks().await {
+            Ok(webhooks) => self.outbox.record_events(wanted_task_events(&webhooks)),
+            // Keep what was recorded so far: the last known webhooks still stand.
+            Err(e) => tracing::warn!(error = %e, "webhooks: cannot read the webhooks"),
+        }
+    }
+
+    async fn refresh_loop(&self, stop: &CancellationToken) {
         loop {
-            let subscribed = match self.events.subscribe(TASKS_CHANNEL).await {
-                Ok(tasks) => self
-                    .events
-                    .subscribe(MEMORY_CHANNEL)
-                    .await
-                    .map(|m| (tasks, m)),
-                Err(e) => Err(e),
-            };
-            let (mut live, mut memory) = match subscribed {
-                Ok(both) => both,
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(self.settings.refresh) => self.refresh().await,
+            }
+        }
+    }
+
+    async fn drain_loop(&self, stop: &CancellationToken) {
+        let recorded = self.outbox.recorded();
+        loop {
+            // Registered before draining, so a transition recorded meanwhile still wakes it.
+            let woken = recorded.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            while !stop.is_cancelled() {
+                match self.drain_batch().await {
+                    Ok(true) => continue,
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "webhooks: cannot drain the outbox; retrying");
+                        break;
+                    }
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = &mut woken => {}
+                _ = tokio::time::sleep(self.settings.poll) => {}
+            }
+        }
+    }
+
+    /// Takes one batch of the outbox and makes its deliveries; true if it took a full batch
+    /// (more may wait).
+    pub async fn drain_batch(&self) -> Result<bool, String> {
+        let entries = self
+            .outbox
+            .claim_outbox(self.settings.batch, self.settings.lease)
+            .await
+            .map_err(|e| e.to_string())?;
+        if entries.is_empty() {
+            return Ok(false);
+        }
+        let webhooks = self
+            .store
+            .list_webhooks()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut done = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let recorded = self
+                .deliver(&webhooks, &entry.event, |webhook| {
+                    outbox_delivery_id(webhook, entry.id)
+                })
+                .await;
+            match recorded {
+                Ok(()) => done.push(entry.id),
+                // Left in the outbox: its lease runs out and it is redone (the same ids).
+                Err(e) => {
+                    tracing::warn!(error = %e, entry = entry.id, "webhooks: delivery not recorded; will retry")
+                }
+            }
+        }
+        self.outbox
+            .delete_outbox(&done)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(entries.len() as u32 >= self.settings.batch)
+    }
+
+    /// Memory events are published on the bus only: followed here, on every node.
+    async fn memory_loop(&self, stop: &CancellationToken) {
+        loop {
+            let mut memory = match self.events.subscribe(MEMORY_CHANNEL).await {
+                Ok(memory) => memory,
                 Err(e) => {
                     tracing::warn!(error = %e, "webhooks: cannot subscribe; retrying");
                     tokio::select! {
@@ -367,7 +591,6 @@ impl Dispatcher {
             loop {
                 let received = tokio::select! {
                     _ = stop.cancelled() => return,
-                    received = live.recv() => received,
                     received = memory.recv() => received,
                 };
                 match received {
@@ -382,13 +605,13 @@ impl Dispatcher {
         }
     }
 
-    /// Records and enqueues the deliveries of one event. The delivery id is derived from the
+    /// Records and enqueues the deliveries of one bus event. The delivery id is derived from the
     /// webhook and the event's position on the bus, so when every node of a cluster sees the
-    /// event only the first to record it enqueues it.
+    /// event only one delivery is made.
     pub async fn dispatch(&self, published: &BusDelivery) {
         let event: &Event = &published.event;
-        // A delivery task's own transitions would trigger more deliveries, without end.
-        if event.data.get("type").and_then(Value::as_str) == Some(DELIVER_TASK) {
+        // Task events come from the outbox.
+        if event.event_type.starts_with("task.") {
             return;
         }
         let webhooks = match self.store.list_webhooks().await {
@@ -398,12 +621,33 @@ impl Dispatcher {
                 return;
             }
         };
-        let Ok(payload) = serde_json::to_value(event) else {
-            return;
-        };
+        if let Err(e) = self
+            .deliver(&webhooks, event, |webhook| {
+                delivery_id_of(webhook, published)
+            })
+            .await
+        {
+            tracing::warn!(error = %e, event = %event.event_type, "webhooks: delivery not recorded");
+        }
+    }
+
+    /// Records one delivery of `event` per webhook that wants it, each named by `id_of`, and
+    /// enqueues its sending once. Idempotent: a delivery recorded before (by a crashed redo or
+    /// another node) is enqueued with the same idempotency key, which finds the first task.
+    async fn deliver(
+        &self,
+        webhooks: &[Webhook],
+        event: &Event,
+        id_of: impl Fn(Uuid) -> Uuid,
+    ) -> Result<(), String> {
+        // A delivery task's own transitions would trigger more deliveries, without end.
+        if event.data.get("type").and_then(Value::as_str) == Some(DELIVER_TASK) {
+            return Ok(());
+        }
+        let payload = serde_json::to_value(event).map_err(|e| e.to_string())?;
         for webhook in webhooks.iter().filter(|w| w.wants(&event.event_type)) {
             let delivery = WebhookDelivery {
-                id: delivery_id_of(webhook.id, published),
+                id: id_of(webhook.id),
                 webhook_id: webhook.id,
                 event_type: event.event_type.clone(),
                 payload: payload.clone(),
@@ -416,25 +660,19 @@ impl Dispatcher {
                 delivered_at: None,
             };
             match self.store.create_delivery(&delivery).await {
-                Ok(()) => {}
-                // Another node recorded (and enqueued) it.
-                Err(mcp_core::StoreError::Conflict(_)) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, webhook = %webhook.id, "webhooks: cannot record a delivery");
-                    continue;
-                }
+                Ok(()) | Err(mcp_core::StoreError::Conflict(_)) => {}
+                Err(e) => return Err(format!("cannot record a delivery: {e}")),
             }
-            if let Err(e) = enqueue(
+            enqueue_once(
                 &self.orchestrator,
                 delivery.id,
                 self.max_attempts,
                 event.correlation_id.as_deref(),
             )
             .await
-            {
-                tracing::warn!(error = %e, delivery = %delivery.id, "webhooks: cannot enqueue a delivery");
-            }
+            .map_err(|e| format!("cannot enqueue delivery {}: {e}", delivery.id))?;
         }
+        Ok(())
     }
 }
 
@@ -675,6 +913,14 @@ mod tests {
         assert_eq!(delivery_id_of(a, &at(7)), delivery_id_of(a, &at(7)));
         assert_ne!(delivery_id_of(a, &at(7)), delivery_id_of(b, &at(7)));
         assert_ne!(delivery_id_of(a, &at(7)), delivery_id_of(a, &at(8)));
+    }
+
+    #[test]
+    fn an_outbox_entry_names_one_delivery_per_webhook_on_every_redo() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        assert_eq!(outbox_delivery_id(a, 7), outbox_delivery_id(a, 7));
+        assert_ne!(outbox_delivery_id(a, 7), outbox_delivery_id(b, 7));
+        assert_ne!(outbox_delivery_id(a, 7), outbox_delivery_id(a, 8));
     }
 
     #[tokio::test]

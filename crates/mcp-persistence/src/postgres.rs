@@ -2,6 +2,7 @@
 //! index, batch writes through `unnest` arrays, wake-ups through LISTEN/NOTIFY, and maintenance
 //! elected per run with a transaction-scoped advisory lock.
 
+use crate::outbox::{OutboxSwitch, Transition};
 use crate::{
     COLUMNS, claim_order, conflicting_keys, corrupt, db_error, error_json, in_input_order,
     inserted_task, non_null, qualified, task_counts,
@@ -16,7 +17,7 @@ use mcp_core::{
 use serde_json::Value;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::types::Json;
-use sqlx::{ConnectOptions, FromRow};
+use sqlx::{ConnectOptions, FromRow, Postgres, Transaction};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -43,6 +44,8 @@ pub struct PgTaskStore {
     schema: String,
     /// The LISTEN task started by `watch`, stopped by `close`.
     listener: Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,
+    /// Which task events transitions record in the webhook outbox.
+    pub(crate) outbox: Arc<OutboxSwitch>,
 }
 
 impl PgTaskStore {
@@ -111,6 +114,7 @@ impl PgTaskStore {
             options: Arc::new(options),
             schema: schema.to_owned(),
             listener: Arc::default(),
+            outbox: Arc::default(),
         })
     }
 
@@ -168,6 +172,35 @@ impl PgTaskStore {
         self.pool.close().await;
     }
 
+    /// A transaction if some webhook wants the events of `transition` (with what they want):
+    /// the transition then records them before it commits. Otherwise nothing: the transition
+    /// runs as one statement on the pool.
+    async fn begin_recording(
+        &self,
+        transition: Transition,
+    ) -> Result<Option<(Transaction<'static, Postgres>, Arc<Vec<String>>)>, StoreError> {
+        match self.outbox.wanted(transition) {
+            Some(wanted) => Ok(Some((self.pool.begin().await.map_err(db_error)?, wanted))),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the events of `transition` on `ids` in `tx`, then commits.
+    async fn commit_recorded(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        ids: &[Uuid],
+        transition: Transition,
+        wanted: &[String],
+    ) -> Result<(), StoreError> {
+        let recorded = crate::outbox_postgres::record(&mut tx, ids, transition, wanted).await?;
+        tx.commit().await.map_err(db_error)?;
+        if recorded > 0 {
+            self.outbox.tell();
+        }
+        Ok(())
+    }
+
     /// Drops the schema and everything in it, then closes (test and bench clean-up).
     pub async fn drop_schema(&self) -> Result<(), StoreError> {
         sqlx::query(sql!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema))
@@ -179,10 +212,12 @@ impl PgTaskStore {
     }
 }
 
-#[derive(FromRow)]
-struct TaskRow {
+/// A task row; also read from the outbox, where it is the row as JSON.
+#[derive(FromRow, serde::Deserialize)]
+pub(crate) struct TaskRow {
     id: Uuid,
     #[sqlx(rename = "type")]
+    #[serde(rename = "type")]
     task_type: String,
     queue: String,
     priority: i32,
@@ -272,7 +307,7 @@ impl TaskStore for PgTaskStore {
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id, status, run_at, created_at"
         );
-        let rows: Vec<(Uuid, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(sql)
+        let query = sqlx::query_as::<_, (Uuid, String, DateTime<Utc>, DateTime<Utc>)>(sql)
             .bind(new.iter().map(|t| t.id).collect::<Vec<_>>())
             .bind(new.iter().map(|t| t.task_type.as_str()).collect::<Vec<_>>())
             .bind(new.iter().map(|t| t.queue.as_str()).collect::<Vec<_>>())
@@ -311,10 +346,17 @@ impl TaskStore for PgTaskStore {
                 new.iter()
                     .map(|t| t.created_by.as_deref())
                     .collect::<Vec<_>>(),
-            )
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
+            );
+        let rows = match self.begin_recording(Transition::Created).await? {
+            Some((mut tx, wanted)) => {
+                let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
+                let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+                self.commit_recorded(tx, &ids, Transition::Created, &wanted)
+                    .await?;
+                rows
+            }
+            None => query.fetch_all(&self.pool).await.map_err(db_error)?,
+        };
         // Only what the database decided is read back; the rest is what was sent.
         let decided: HashMap<Uuid, (String, DateTime<Utc>, DateTime<Utc>)> = rows
             .into_iter()
@@ -384,7 +426,7 @@ impl TaskStore for PgTaskStore {
         // admitting, so lock and start the next tasks in claim order directly. When it claims
         // nothing (keyed tasks are waiting, or the queue is empty) the admitting path decides.
         {
-            let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            let query = sqlx::query_as::<_, TaskRow>(sql!(
                 "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = now(),
                      lease_owner = $3, lease_expires_at = now() + $4 * interval '1 millisecond'
                  FROM (SELECT id FROM tasks
@@ -404,10 +446,17 @@ impl TaskStore for PgTaskStore {
             .bind(&request.types)
             .bind(i64::from(request.limit))
             .bind(&request.owner)
-            .bind(ms(request.lease))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
+            .bind(ms(request.lease));
+            let rows = match self.begin_recording(Transition::Started).await? {
+                Some((mut tx, wanted)) => {
+                    let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
+                    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+                    self.commit_recorded(tx, &ids, Transition::Started, &wanted)
+                        .await?;
+                    rows
+                }
+                None => query.fetch_all(&self.pool).await.map_err(db_error)?,
+            };
             let mut claimed = tasks(rows)?;
             if !claimed.is_empty() {
                 claim_order(&mut claimed);
@@ -489,7 +538,14 @@ impl TaskStore for PgTaskStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        match self.outbox.wanted(Transition::Started) {
+            Some(wanted) => {
+                let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+                self.commit_recorded(tx, &ids, Transition::Started, &wanted)
+                    .await?;
+            }
+            None => tx.commit().await.map_err(db_error)?,
+        }
         let mut claimed = tasks(rows)?;
         claim_order(&mut claimed);
         Ok(claimed)
@@ -518,7 +574,7 @@ impl TaskStore for PgTaskStore {
             errors.push(error);
             retry_at.push(at);
         }
-        let changed: Vec<(Uuid,)> = sqlx::query_as(
+        let query = sqlx::query_as::<_, (Uuid,)>(
             "UPDATE tasks t SET status = c.status, result = c.result, error = c.error,
                  run_at = coalesce(c.run_at, t.run_at),
                  finished_at = CASE WHEN c.status = 'failed' THEN NULL ELSE now() END,
@@ -538,11 +594,29 @@ impl TaskStore for PgTaskStore {
         .bind(results)
         .bind(errors)
         .bind(retry_at)
-        .bind(owner)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
-        Ok(changed.into_iter().map(|(id,)| id).collect())
+        .bind(owner);
+        let changed: Vec<Uuid> = match self.begin_recording(Transition::Settled).await? {
+            Some((mut tx, wanted)) => {
+                let changed: Vec<Uuid> = query
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_error)?
+                    .into_iter()
+                    .map(|(id,)| id)
+                    .collect();
+                self.commit_recorded(tx, &changed, Transition::Settled, &wanted)
+                    .await?;
+                changed
+            }
+            None => query
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_error)?
+                .into_iter()
+                .map(|(id,)| id)
+                .collect(),
+        };
+        Ok(changed)
     }
 
     async fn heartbeat(
@@ -566,20 +640,28 @@ impl TaskStore for PgTaskStore {
     }
 
     async fn release(&self, owner: &str, ids: &[Uuid]) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+        let query = sqlx::query_as::<_, (Uuid,)>(
             "UPDATE tasks SET status = 'queued', attempts = greatest(attempts - 1, 0),
                  lease_owner = NULL, lease_expires_at = NULL
-             WHERE id = ANY($1) AND status = 'running' AND lease_owner = $2",
+             WHERE id = ANY($1) AND status = 'running' AND lease_owner = $2
+             RETURNING id",
         )
         .bind(ids)
-        .bind(owner)
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
-        if done.rows_affected() > 0 {
+        .bind(owner);
+        let released: Vec<(Uuid,)> = match self.begin_recording(Transition::Requeued).await? {
+            Some((mut tx, wanted)) => {
+                let released = query.fetch_all(&mut *tx).await.map_err(db_error)?;
+                let ids: Vec<Uuid> = released.iter().map(|r| r.0).collect();
+                self.commit_recorded(tx, &ids, Transition::Requeued, &wanted)
+                    .await?;
+                released
+            }
+            None => query.fetch_all(&self.pool).await.map_err(db_error)?,
+        };
+        if !released.is_empty() {
             self.notify().await?;
         }
-        Ok(done.rows_affected())
+        Ok(released.len() as u64)
     }
 
     async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
@@ -611,7 +693,13 @@ impl TaskStore for PgTaskStore {
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        match self.outbox.wanted(Transition::Cancelled) {
+            Some(wanted) => {
+                self.commit_recorded(tx, &[id], Transition::Cancelled, &wanted)
+                    .await?
+            }
+            None => tx.commit().await.map_err(db_error)?,
+        }
         Ok(CancelOutcome::Cancelled {
             task: row.try_into()?,
             was_running: previous == TaskStatus::Running,
@@ -619,16 +707,23 @@ impl TaskStore for PgTaskStore {
     }
 
     async fn retry(&self, id: Uuid) -> Result<RetryOutcome, StoreError> {
-        let row: Option<TaskRow> = sqlx::query_as(sql!(
+        let query = sqlx::query_as::<_, TaskRow>(sql!(
             "UPDATE tasks SET status = 'queued', run_at = now(), finished_at = NULL,
                  max_attempts = greatest(max_attempts, attempts + 1)
              WHERE id = $1 AND status IN ('failed', 'dead')
              RETURNING {COLUMNS}"
         ))
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?;
+        .bind(id);
+        let row = match self.begin_recording(Transition::Requeued).await? {
+            Some((mut tx, wanted)) => {
+                let row = query.fetch_optional(&mut *tx).await.map_err(db_error)?;
+                let ids: Vec<Uuid> = row.iter().map(|r| r.id).collect();
+                self.commit_recorded(tx, &ids, Transition::Requeued, &wanted)
+                    .await?;
+                row
+            }
+            None => query.fetch_optional(&self.pool).await.map_err(db_error)?,
+        };
         match row {
             Some(row) => Ok(RetryOutcome::Requeued(row.try_into()?)),
             None => Ok(match self.get(id).await? {
@@ -666,7 +761,14 @@ impl TaskStore for PgTaskStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
+        match self.outbox.wanted(Transition::Rescued) {
+            Some(wanted) => {
+                let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+                self.commit_recorded(tx, &ids, Transition::Rescued, &wanted)
+                    .await?;
+            }
+            None => tx.commit().await.map_err(db_error)?,
+        }
         if !rows.is_empty() {
             self.notify().await?;
         }

@@ -3,6 +3,7 @@
 //! transaction with no busy retries) and a pool of readers. Batches travel as JSON arrays
 //! through `json_each`, so a claim or a batch of outcomes is one statement.
 
+use crate::outbox::{OutboxSwitch, Transition};
 use crate::{
     COLUMNS, claim_order, conflicting_keys, corrupt, db_error, error_json, in_input_order,
     inserted_task, non_null, task_counts,
@@ -15,10 +16,10 @@ use mcp_core::{
     StoreError, Task, TaskError, TaskFilter, TaskStatus, TaskStore,
 };
 use serde_json::{Value, json};
-use sqlx::FromRow;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{FromRow, Sqlite, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
@@ -54,6 +55,8 @@ impl Default for SqliteOptions {
 pub struct SqliteTaskStore {
     pub(crate) writer: SqlitePool,
     pub(crate) readers: SqlitePool,
+    /// Which task events transitions record in the webhook outbox.
+    pub(crate) outbox: Arc<OutboxSwitch>,
 }
 
 pub(crate) fn us(at: DateTime<Utc>) -> i64 {
@@ -100,7 +103,11 @@ impl SqliteTaskStore {
             .connect_with(connect.read_only(true))
             .await
             .map_err(db_error)?;
-        Ok(SqliteTaskStore { writer, readers })
+        Ok(SqliteTaskStore {
+            writer,
+            readers,
+            outbox: Arc::default(),
+        })
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {
@@ -110,16 +117,49 @@ impl SqliteTaskStore {
             .map_err(|e| StoreError::Database(format!("migration failed: {e}")))
     }
 
+    /// A transaction if some webhook wants the events of `transition` (with what they want);
+    /// see the PostgreSQL store.
+    async fn begin_recording(
+        &self,
+        transition: Transition,
+    ) -> Result<Option<(Transaction<'static, Sqlite>, Arc<Vec<String>>)>, StoreError> {
+        match self.outbox.wanted(transition) {
+            Some(wanted) => Ok(Some((self.writer.begin().await.map_err(db_error)?, wanted))),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the events of `transition` on `ids` in `tx` if some webhook wants them, then
+    /// commits.
+    async fn commit_recording(
+        &self,
+        mut tx: Transaction<'static, Sqlite>,
+        ids: &[Uuid],
+        transition: Transition,
+    ) -> Result<(), StoreError> {
+        let mut recorded = 0;
+        if let Some(wanted) = self.outbox.wanted(transition) {
+            recorded = crate::outbox_sqlite::record(&mut tx, ids, transition, &wanted).await?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        if recorded > 0 {
+            self.outbox.tell();
+        }
+        Ok(())
+    }
+
     pub async fn close(&self) {
         self.readers.close().await;
         self.writer.close().await;
     }
 }
 
-#[derive(FromRow)]
-struct TaskRow {
+/// A task row; also read from the outbox, where it is the row as JSON.
+#[derive(FromRow, serde::Deserialize)]
+pub(crate) struct TaskRow {
     id: String,
     #[sqlx(rename = "type")]
+    #[serde(rename = "type")]
     task_type: String,
     queue: String,
     priority: i32,
@@ -272,7 +312,8 @@ impl TaskStore for SqliteTaskStore {
             .map_err(db_error)?;
             existing = tasks(rows)?;
         }
-        tx.commit().await.map_err(db_error)?;
+        let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
+        self.commit_recording(tx, &ids, Transition::Created).await?;
         in_input_order(new, created, existing)
     }
 
@@ -377,8 +418,9 @@ impl TaskStore for SqliteTaskStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
         let mut claimed = tasks(rows)?;
+        let ids: Vec<Uuid> = claimed.iter().map(|t| t.id).collect();
+        self.commit_recording(tx, &ids, Transition::Started).await?;
         claim_order(&mut claimed);
         Ok(claimed)
     }
@@ -413,7 +455,7 @@ impl TaskStore for SqliteTaskStore {
             .collect();
         // The unary `+` keeps SQLite from driving this join from the running-task index (a
         // scan of the batch per running task); the batch drives it, one key lookup per entry.
-        let changed: Vec<(String,)> = sqlx::query_as(
+        let query = sqlx::query_as::<_, (String,)>(
             "UPDATE tasks SET status = c.value ->> 'status', result = c.value -> 'result',
                  error = c.value -> 'error',
                  run_at = coalesce(c.value ->> 'run_at', tasks.run_at),
@@ -426,14 +468,21 @@ impl TaskStore for SqliteTaskStore {
         )
         .bind(Value::from(batch).to_string())
         .bind(us(Utc::now()))
-        .bind(owner)
-        .fetch_all(&self.writer)
-        .await
-        .map_err(db_error)?;
-        changed
+        .bind(owner);
+        let recording = self.begin_recording(Transition::Settled).await?;
+        let (changed, tx) = match recording {
+            Some((mut tx, _)) => (query.fetch_all(&mut *tx).await.map_err(db_error)?, Some(tx)),
+            None => (query.fetch_all(&self.writer).await.map_err(db_error)?, None),
+        };
+        let changed = changed
             .into_iter()
             .map(|(id,)| Uuid::parse_str(&id).map_err(corrupt))
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        if let Some(tx) = tx {
+            self.commit_recording(tx, &changed, Transition::Settled)
+                .await?;
+        }
+        Ok(changed)
     }
 
     async fn heartbeat(
@@ -460,18 +509,30 @@ impl TaskStore for SqliteTaskStore {
     }
 
     async fn release(&self, owner: &str, ids: &[Uuid]) -> Result<u64, StoreError> {
-        let done = sqlx::query(
+        let query = sqlx::query_as::<_, (String,)>(
             "UPDATE tasks SET status = 'queued', attempts = max(attempts - 1, 0),
                  lease_owner = NULL, lease_expires_at = NULL
              WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'running'
-               AND lease_owner = ?2",
+               AND lease_owner = ?2
+             RETURNING id",
         )
         .bind(ids_json(ids))
-        .bind(owner)
-        .execute(&self.writer)
-        .await
-        .map_err(db_error)?;
-        Ok(done.rows_affected())
+        .bind(owner);
+        match self.begin_recording(Transition::Requeued).await? {
+            Some((mut tx, _)) => {
+                let released = query
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_error)?
+                    .into_iter()
+                    .map(|(id,)| Uuid::parse_str(&id).map_err(corrupt))
+                    .collect::<Result<Vec<_>, _>>()?;
+                self.commit_recording(tx, &released, Transition::Requeued)
+                    .await?;
+                Ok(released.len() as u64)
+            }
+            None => Ok(query.fetch_all(&self.writer).await.map_err(db_error)?.len() as u64),
+        }
     }
 
     async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
@@ -504,7 +565,13 @@ impl TaskStore for SqliteTaskStore {
             .await
             .map_err(db_error)?
         };
-        tx.commit().await.map_err(db_error)?;
+        let changed = if previous.is_final() {
+            Vec::new()
+        } else {
+            vec![id]
+        };
+        self.commit_recording(tx, &changed, Transition::Cancelled)
+            .await?;
         let task = Task::try_from(row)?;
         Ok(if previous.is_final() {
             CancelOutcome::AlreadyFinal(task)
@@ -517,17 +584,24 @@ impl TaskStore for SqliteTaskStore {
     }
 
     async fn retry(&self, id: Uuid) -> Result<RetryOutcome, StoreError> {
-        let row: Option<TaskRow> = sqlx::query_as(sql!(
+        let query = sqlx::query_as::<_, TaskRow>(sql!(
             "UPDATE tasks SET status = 'queued', run_at = ?2, finished_at = NULL,
                  max_attempts = max(max_attempts, attempts + 1)
              WHERE id = ?1 AND status IN ('failed', 'dead')
              RETURNING {COLUMNS}"
         ))
         .bind(id.to_string())
-        .bind(us(Utc::now()))
-        .fetch_optional(&self.writer)
-        .await
-        .map_err(db_error)?;
+        .bind(us(Utc::now()));
+        let row = match self.begin_recording(Transition::Requeued).await? {
+            Some((mut tx, _)) => {
+                let row = query.fetch_optional(&mut *tx).await.map_err(db_error)?;
+                let ids: Vec<Uuid> = row.iter().map(|_| id).collect();
+                self.commit_recording(tx, &ids, Transition::Requeued)
+                    .await?;
+                row
+            }
+            None => query.fetch_optional(&self.writer).await.map_err(db_error)?,
+        };
         match row {
             Some(row) => Ok(RetryOutcome::Requeued(row.try_into()?)),
             None => Ok(match self.get(id).await? {
@@ -539,7 +613,7 @@ impl TaskStore for SqliteTaskStore {
 
     async fn rescue(&self) -> Result<Vec<Task>, StoreError> {
         let now = us(Utc::now());
-        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+        let query = sqlx::query_as::<_, TaskRow>(sql!(
             "UPDATE tasks SET
                  status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,
                  finished_at = CASE WHEN attempts >= max_attempts THEN ?1 END,
@@ -552,11 +626,16 @@ impl TaskStore for SqliteTaskStore {
              RETURNING {COLUMNS}"
         ))
         .bind(now)
-        .bind(RESCUE_CHUNK)
-        .fetch_all(&self.writer)
-        .await
-        .map_err(db_error)?;
-        tasks(rows)
+        .bind(RESCUE_CHUNK);
+        match self.begin_recording(Transition::Rescued).await? {
+            Some((mut tx, _)) => {
+                let rescued = tasks(query.fetch_all(&mut *tx).await.map_err(db_error)?)?;
+                let ids: Vec<Uuid> = rescued.iter().map(|t| t.id).collect();
+                self.commit_recording(tx, &ids, Transition::Rescued).await?;
+                Ok(rescued)
+            }
+            None => tasks(query.fetch_all(&self.writer).await.map_err(db_error)?),
+        }
     }
 
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {

@@ -252,6 +252,14 @@ pub struct Config {
     pub webhook_timeout_ms: u64,
     /// Attempts of one webhook delivery (its `webhook.deliver` task) before it is `dead`.
     pub webhook_max_attempts: i32,
+    /// How often a node reads the webhook outbox besides being woken by its own transitions.
+    pub webhook_outbox_poll_ms: u64,
+    /// How often a node re-reads the webhooks to know which task events to record in the outbox.
+    pub webhook_outbox_refresh_ms: u64,
+    /// How long outbox entries a node took are its own; then another node may redo them.
+    pub webhook_outbox_lease_ms: u64,
+    /// How often a node looks for stored Discord follow-ups whose task is final.
+    pub discord_followup_sweep_ms: u64,
 }
 
 impl Default for Config {
@@ -369,6 +377,10 @@ impl Default for Config {
             webhook_disable_after_days: 5,
             webhook_timeout_ms: 15_000,
             webhook_max_attempts: 8,
+            webhook_outbox_poll_ms: 1_000,
+            webhook_outbox_refresh_ms: 1_000,
+            webhook_outbox_lease_ms: 30_000,
+            discord_followup_sweep_ms: 1_000,
         }
     }
 }

@@ -12,6 +12,7 @@ use mcp_api::{
 };
 use mcp_core::credentials;
 use mcp_core::events::{BusConfig, EventBus, MemoryBus};
+use mcp_core::followups::FollowupStore;
 use mcp_core::health::{DATABASE, Dependency, Failure, FnProbe, Guarded, HealthConfig};
 use mcp_core::health::{HealthMonitor, Probe};
 use mcp_core::identity::{AuditEvent, IdentityStore, User};
@@ -22,12 +23,14 @@ use mcp_core::principal::Role;
 use mcp_core::routing::{BreakerConfig, WorkerDirectory};
 use mcp_core::secrets::SecretBox;
 use mcp_core::task::TaskDefaults;
-use mcp_core::webhooks::{DELIVER_TASK, WebhookStore};
+use mcp_core::webhooks::{DELIVER_TASK, Outbox, WebhookStore};
 use mcp_core::{Backoff, HandlerRegistry, Orchestrator, OrchestratorConfig, StoreError, TaskStore};
 use mcp_integrations::Adapter;
 use mcp_integrations::http::{HttpAdapter, HttpConfig};
 use mcp_integrations::vcc::{VccAdapter, VccConfig, VccService};
-use mcp_integrations::webhooks::{DeliverHandler, Dispatcher, WebhookConfig};
+use mcp_integrations::webhooks::{
+    DeliverHandler, DispatchSettings, Dispatcher, RecordingWebhooks, WebhookConfig,
+};
 use mcp_integrations::{DeployAdapter, DeployConfig, LlmAdapter, LlmConfig};
 use mcp_integrations::{DiscordAdapter, DiscordConfig};
 use mcp_integrations::{OscAdapter, OscConfig};
@@ -69,16 +72,29 @@ pub struct Stores {
     pub workers: Arc<dyn WorkerDirectory>,
     /// The health monitor's probe of the database, past the breaker.
     pub probe: Arc<dyn Probe>,
+    /// The webhook outbox the task transitions write.
+    pub outbox: Arc<dyn Outbox>,
+    /// Pending Discord follow-ups.
+    pub followups: Arc<dyn FollowupStore>,
 }
 
 impl Stores {
     fn of<
-        S: TaskStore + IdentityStore + MemoryStore + IntegrationStore + WebhookStore + WorkerDirectory,
+        S: TaskStore
+            + IdentityStore
+            + MemoryStore
+            + IntegrationStore
+            + WebhookStore
+            + WorkerDirectory
+            + Outbox
+            + FollowupStore,
     >(
         store: Arc<S>,
         probe: Arc<dyn Probe>,
     ) -> Stores {
         Stores {
+            outbox: store.clone(),
+            followups: store.clone(),
             tasks: store.clone(),
             workers: store.clone(),
             identities: store.clone(),
@@ -100,6 +116,8 @@ impl Stores {
             integrations: Arc::new(Guarded::new(self.integrations, guard(database))),
             webhooks: Arc::new(Guarded::new(self.webhooks, guard(database))),
             workers: Arc::new(Guarded::new(self.workers, guard(database))),
+            outbox: Arc::new(Guarded::new(self.outbox, guard(database))),
+            followups: Arc::new(Guarded::new(self.followups, guard(database))),
             probe: self.probe,
         }
     }
@@ -431,6 +449,7 @@ pub fn api_state(
         // `serve` sets the store, the SecretBox and the runtime.
         integrations: Arc::default(),
         webhooks: None,
+        followups: None,
         vrchat: None,
         vcc: None,
         metrics,
@@ -635,7 +654,12 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     let health = Arc::new(HealthMonitor::new(health_config(&config)));
     let stores = open_store(&config).await?;
     let database = health.register(stores.probe.clone());
-    let stores = stores.guarded(&database);
+    let mut stores = stores.guarded(&database);
+    // Changes to the webhooks switch the outbox's recording at once on this node.
+    stores.webhooks = Arc::new(RecordingWebhooks {
+        inner: stores.webhooks.clone(),
+        outbox: stores.outbox.clone(),
+    });
     bootstrap_admin(&config, stores.identities.as_ref()).await?;
     let security = security(&config, stores.identities.clone(), limiter(&config).await?)?;
     // Integrations stored through the API apply over the file's settings.
@@ -721,12 +745,28 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     tokio::spawn(
         Dispatcher {
             store: stores.webhooks.clone(),
+            outbox: stores.outbox.clone(),
             orchestrator: state.orchestrator.clone(),
             events: state.events.clone(),
             max_attempts: config.webhook_max_attempts.max(1),
+            settings: DispatchSettings {
+                refresh: Config::ms(config.webhook_outbox_refresh_ms.max(1)),
+                poll: Config::ms(config.webhook_outbox_poll_ms.max(1)),
+                lease: Config::ms(config.webhook_outbox_lease_ms.max(100)),
+                ..DispatchSettings::default()
+            },
         }
         .run(state.shutdown.clone()),
     );
+    // Discord follow-ups wait in the database; every node sends those whose task is final.
+    state.followups = Some(mcp_api::discord::Followups {
+        store: stores.followups.clone(),
+        secrets: Arc::new(secrets.clone()),
+    });
+    tokio::spawn(mcp_api::discord::sweep_followups(
+        state.clone(),
+        Config::ms(config.discord_followup_sweep_ms.max(1)),
+    ));
     let configured = crate::integrations::configured(&file_config);
     let runtime = Arc::new(crate::integrations::Runtime {
         file: file_config,

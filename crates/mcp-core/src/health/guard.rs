@@ -5,6 +5,7 @@
 //! `async fn name(&self, a: A) -> Result<T, StoreError> { guarded!(self, name(a)) }`.
 
 use super::Dependency;
+use crate::followups::{FollowupStore, PendingFollowup};
 use crate::identity::{ApiKey, AuditEvent, AuditFilter, IdentityStore, QuotaUse, RefreshToken};
 use crate::identity::{Rotation, User};
 use crate::integrations::{Integration, IntegrationStore};
@@ -15,7 +16,7 @@ use crate::routing::{DirectoryEntry, WorkerDirectory, WorkerRegistration};
 use crate::store::{CancelOutcome, ClaimRequest, Completion, Inserted, RetryOutcome, StoreError};
 use crate::store::{TaskCounts, TaskFilter, TaskStore};
 use crate::task::{NewTask, Task};
-use crate::webhooks::{Attempt, Webhook, WebhookDelivery, WebhookStore};
+use crate::webhooks::{Attempt, Outbox, OutboxEntry, Webhook, WebhookDelivery, WebhookStore};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use std::sync::Arc;
@@ -378,5 +379,45 @@ impl WorkerDirectory for Guarded<dyn WorkerDirectory> {
     }
     async fn prune_workers(&self) -> Result<u64, StoreError> {
         guarded!(self, prune_workers())
+    }
+}
+
+#[async_trait]
+impl Outbox for Guarded<dyn Outbox> {
+    fn record_events(&self, event_types: Vec<String>) {
+        self.inner.record_events(event_types)
+    }
+    fn recorded(&self) -> Arc<Notify> {
+        self.inner.recorded()
+    }
+    async fn claim_outbox(
+        &self,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        guarded!(self, claim_outbox(limit, lease))
+    }
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<u64, StoreError> {
+        guarded!(self, delete_outbox(ids))
+    }
+    async fn outbox_len(&self) -> Result<u64, StoreError> {
+        guarded!(self, outbox_len())
+    }
+}
+
+#[async_trait]
+impl FollowupStore for Guarded<dyn FollowupStore> {
+    async fn save_followup(&self, followup: &PendingFollowup) -> Result<(), StoreError> {
+        guarded!(self, save_followup(followup))
+    }
+    async fn due_followups(
+        &self,
+        stale: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PendingFollowup>, StoreError> {
+        guarded!(self, due_followups(stale, limit))
+    }
+    async fn delete_followup(&self, task_id: Uuid) -> Result<bool, StoreError> {
+        guarded!(self, delete_followup(task_id))
     }
 }

@@ -4,10 +4,11 @@
 #![allow(dead_code)]
 
 use mcp_core::TaskStore;
+use mcp_core::followups::FollowupStore;
 use mcp_core::identity::IdentityStore;
 use mcp_core::integrations::IntegrationStore;
 use mcp_core::memory::MemoryStore;
-use mcp_core::webhooks::WebhookStore;
+use mcp_core::webhooks::{Outbox, WebhookStore};
 use mcp_persistence::{PgTaskStore, SqliteOptions, SqliteTaskStore};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -108,7 +109,9 @@ ports!(
     IdentityStore,
     IntegrationStore,
     MemoryStore,
-    WebhookStore
+    WebhookStore,
+    Outbox,
+    FollowupStore
 );
 
 /// What a case takes: the backend itself, or one of its ports (shared or borrowed).

@@ -1,0 +1,189 @@
+//! The webhook outbox and the pending Discord follow-ups of the SQLite store, in the tables of
+//! `migrations/sqlite/0009_outbox.sql`. One process owns the file, so a claim needs no locking
+//! beyond the single writer; the lease still lets a dispatcher that failed half-way be redone.
+
+use crate::outbox::{EVENT_OF_STATUS, Transition};
+use crate::outbox_postgres::final_statuses;
+use crate::sqlite::{TaskRow, instant, us};
+use crate::{COLUMNS, SqliteTaskStore, corrupt, db_error};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use mcp_core::StoreError;
+use mcp_core::Task;
+use mcp_core::events::Event;
+use mcp_core::followups::{FollowupStore, PendingFollowup};
+use mcp_core::webhooks::{DELIVER_TASK, Outbox, OutboxEntry};
+use serde_json::Value;
+use sqlx::SqliteConnection;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// The task row as a JSON object with the column names, as `TaskRow` reads it.
+fn snapshot() -> String {
+    let fields = COLUMNS
+        .split(", ")
+        .map(|c| format!("'{c}', {c}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("json_object({fields})")
+}
+
+/// Records the events of `transition` on the tasks `ids`, inside the caller's transaction; see
+/// the PostgreSQL store.
+pub(crate) async fn record(
+    conn: &mut SqliteConnection,
+    ids: &[Uuid],
+    transition: Transition,
+    wanted: &[String],
+) -> Result<u64, StoreError> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let ids = Value::from(ids.iter().map(|id| id.to_string()).collect::<Vec<_>>()).to_string();
+    let done = sqlx::query(sql!(
+        "INSERT INTO outbox (event_type, task, correlation_id, at)
+         SELECT e.event_type, e.task, e.correlation_id, ?4 FROM (
+             SELECT CASE WHEN ?2 THEN 'task.created' ELSE {EVENT_OF_STATUS} END AS event_type,
+                    {} AS task, correlation_id, id
+             FROM tasks WHERE id IN (SELECT value FROM json_each(?1)) AND type <> ?5) AS e
+         WHERE e.event_type IN (SELECT value FROM json_each(?3))
+         ORDER BY e.id",
+        snapshot()
+    ))
+    .bind(ids)
+    .bind(transition.creates())
+    .bind(Value::from(wanted.to_vec()).to_string())
+    .bind(us(Utc::now()))
+    .bind(DELIVER_TASK)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    Ok(done.rows_affected())
+}
+
+#[async_trait]
+impl Outbox for SqliteTaskStore {
+    fn record_events(&self, event_types: Vec<String>) {
+        self.outbox.set(event_types);
+    }
+
+    fn recorded(&self) -> Arc<Notify> {
+        self.outbox.recorded()
+    }
+
+    async fn claim_outbox(
+        &self,
+        limit: u32,
+        lease: Duration,
+    ) -> Result<Vec<OutboxEntry>, StoreError> {
+        let now = Utc::now();
+        let until = us(now).saturating_add(lease.as_micros().min(i64::MAX as u128) as i64);
+        let rows: Vec<(i64, String, String, Option<String>, i64)> = sqlx::query_as(
+            "UPDATE outbox SET claimed_until = ?2
+             WHERE id IN (SELECT id FROM outbox
+                          WHERE claimed_until IS NULL OR claimed_until < ?1
+                          ORDER BY id LIMIT ?3)
+             RETURNING id, event_type, task, correlation_id, at",
+        )
+        .bind(us(now))
+        .bind(until)
+        .bind(i64::from(limit))
+        .fetch_all(&self.writer)
+        .await
+        .map_err(db_error)?;
+        let mut entries = rows
+            .into_iter()
+            .map(|(id, event_type, task, correlation_id, at)| {
+                let row: TaskRow = serde_json::from_str(&task).map_err(corrupt)?;
+                let task = Task::try_from(row)?;
+                Ok(OutboxEntry {
+                    id,
+                    event: Event {
+                        event_type,
+                        data: serde_json::to_value(&task).map_err(corrupt)?,
+                        correlation_id,
+                        at: instant(at)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        entries.sort_by_key(|e| e.id);
+        Ok(entries)
+    }
+
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(Value::from(ids.to_vec()).to_string())
+            .execute(&self.writer)
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn outbox_len(&self) -> Result<u64, StoreError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM outbox")
+            .fetch_one(&self.readers)
+            .await
+            .map_err(db_error)?;
+        Ok(n.max(0) as u64)
+    }
+}
+
+#[async_trait]
+impl FollowupStore for SqliteTaskStore {
+    async fn save_followup(&self, followup: &PendingFollowup) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO discord_followups (task_id, sealed, created_by, created_at)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT (task_id) DO NOTHING",
+        )
+        .bind(followup.task_id.to_string())
+        .bind(&followup.sealed)
+        .bind(&followup.created_by)
+        .bind(us(followup.created_at))
+        .execute(&self.writer)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    async fn due_followups(
+        &self,
+        stale: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<PendingFollowup>, StoreError> {
+        let rows: Vec<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT f.task_id, f.sealed, f.created_by, f.created_at
+             FROM discord_followups f LEFT JOIN tasks t ON t.id = f.task_id
+             WHERE t.id IS NULL OR t.status IN (SELECT value FROM json_each(?3))
+                OR f.created_at < ?1
+             ORDER BY f.created_at LIMIT ?2",
+        )
+        .bind(us(stale))
+        .bind(i64::from(limit))
+        .bind(Value::from(final_statuses()).to_string())
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_error)?;
+        rows.into_iter()
+            .map(|(task_id, sealed, created_by, created_at)| {
+                Ok(PendingFollowup {
+                    task_id: Uuid::parse_str(&task_id).map_err(corrupt)?,
+                    sealed,
+                    created_by,
+                    created_at: instant(created_at)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_followup(&self, task_id: Uuid) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM discord_followups WHERE task_id = ?1")
+            .bind(task_id.to_string())
+            .execute(&self.writer)
+            .await
+            .map_err(db_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
