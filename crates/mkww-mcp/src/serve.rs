@@ -671,6 +671,7 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         orchestrator_config(&config),
         events.clone(),
     );
+    orchestrator.watch_database(database.clone());
     let workers = orchestrator.start().await;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

@@ -110,6 +110,9 @@ pub struct Orchestrator {
     router: Arc<Router>,
     /// Hands task transitions to the event bus.
     announcer: Announcer,
+    /// The database as the health monitor sees it, when the node has one: the rescuer holds
+    /// off while it is down and just after it returns (`watch_database`).
+    database: std::sync::OnceLock<crate::health::Dependency>,
 }
 
 /// Where a create request comes from: stamped on the tasks it creates.
@@ -150,7 +153,15 @@ impl Orchestrator {
             recorded: AtomicU64::new(0),
             router: Arc::new(Router::new(config_breaker)),
             announcer,
+            database: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets the rescuer see the database's health: after an outage, every lease may have run
+    /// out while no node could renew it, so rescuing at once would re-run the tasks of live
+    /// nodes; it waits until their heartbeats had a chance to renew.
+    pub fn watch_database(&self, database: crate::health::Dependency) {
+        let _ = self.database.set(database);
     }
 
     /// The bus task transitions are published on.

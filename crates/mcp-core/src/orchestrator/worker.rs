@@ -19,6 +19,10 @@ use uuid::Uuid;
 /// work resumes within a second of the database's return.
 const STORE_RETRY_MIN: Duration = Duration::from_millis(100);
 const STORE_RETRY_MAX: Duration = Duration::from_secs(1);
+/// After the database returns, how long the rescuer waits before treating expired leases as
+/// dead nodes' tasks: heartbeats that failed during the outage retry every `STORE_RETRY_MAX` at
+/// most, so live nodes renew their leases well within this.
+const RENEWAL_GRACE: Duration = Duration::from_secs(3);
 /// On shutdown, how long unwritten outcomes may wait for the database at least, even when the
 /// grace period is spent (beyond it they are given up: their leases expire, the tasks run again).
 const OUTCOME_FLUSH_PATIENCE: Duration = Duration::from_millis(500);
@@ -422,6 +426,10 @@ impl Orchestrator {
                 _ = tokio::time::sleep(self.config.rescue_interval) => {}
                 _ = stop.cancelled() => return,
             }
+            if self.database_recovering() {
+                debug!("the database is down or just back: rescue waits for lease renewals");
+                continue;
+            }
             let rescued = self.store.rescue().await;
             match &rescued {
                 Ok(_) => retry.succeeded(),
@@ -458,6 +466,16 @@ impl Orchestrator {
 }
 
 impl Orchestrator {
+    /// Whether the health monitor holds the database down, or saw it come back less than
+    /// `RENEWAL_GRACE` ago.
+    fn database_recovering(&self) -> bool {
+        let Some(health) = self.database.get().and_then(|d| d.health()) else {
+            return false;
+        };
+        let grace = chrono::Duration::from_std(RENEWAL_GRACE).unwrap_or(chrono::Duration::MAX);
+        health.state == crate::health::HealthState::Down || Utc::now() - health.since < grace
+    }
+
     /// Announces tasks this node gave back unfinished (requeued without spending the attempt), as
     /// the store now holds them.
     pub(super) async fn announce_released(&self, ids: &[Uuid]) {
