@@ -429,13 +429,9 @@ impl HealthMonitor {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                // A caller saw it fail: confirm (or clear) soon rather than at the next tick.
-                _ = nudge.notified() => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(self.config.down_interval) => {}
-                        _ = stop.cancelled() => return,
-                    }
-                }
+                // A caller saw it fail: confirm (or clear) now rather than at the next tick.
+                // Nudges coalesce (one stored permit), so many failing callers make one probe.
+                _ = nudge.notified() => {}
                 _ = stop.cancelled() => return,
             }
         }
