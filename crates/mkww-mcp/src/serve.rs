@@ -88,13 +88,12 @@ impl Stores {
     /// The same ports behind the database's breaker: while `database` is down they answer
     /// `Unavailable` at once (503 `database_unavailable`) instead of waiting on the pool.
     pub fn guarded(self, database: &Dependency) -> Stores {
-        let guard = |d: &Dependency| d.clone();
         Stores {
-            tasks: Arc::new(Guarded::new(self.tasks, guard(database))),
-            identities: Arc::new(Guarded::new(self.identities, guard(database))),
-            memory: Arc::new(Guarded::new(self.memory, guard(database))),
-            integrations: Arc::new(Guarded::new(self.integrations, guard(database))),
-            webhooks: Arc::new(Guarded::new(self.webhooks, guard(database))),
+            tasks: Arc::new(Guarded::new(self.tasks, database.clone())),
+            identities: Arc::new(Guarded::new(self.identities, database.clone())),
+            memory: Arc::new(Guarded::new(self.memory, database.clone())),
+            integrations: Arc::new(Guarded::new(self.integrations, database.clone())),
+            webhooks: Arc::new(Guarded::new(self.webhooks, database.clone())),
             probe: self.probe,
         }
     }

@@ -430,24 +430,22 @@ impl Orchestrator {
                 debug!("the database is down or just back: rescue waits for lease renewals");
                 continue;
             }
-            let rescued = self.store.rescue().await;
-            match &rescued {
-                Ok(_) => retry.succeeded(),
+            match self.store.rescue().await {
+                Ok(rescued) => {
+                    retry.succeeded();
+                    if !rescued.is_empty() {
+                        info!(count = rescued.len(), "rescued tasks whose lease expired");
+                        for task in rescued {
+                            self.emit(event_for(&task), task);
+                        }
+                        self.wake.notify_one();
+                    }
+                }
                 Err(e) => {
                     // It runs at its interval anyway; only the log needs taming.
-                    retry.failed(e);
+                    retry.failed(&e);
                     continue;
                 }
-            }
-            match rescued {
-                Ok(rescued) if !rescued.is_empty() => {
-                    info!(count = rescued.len(), "rescued tasks whose lease expired");
-                    for task in rescued {
-                        self.emit(event_for(&task), task);
-                    }
-                    self.wake.notify_one();
-                }
-                _ => {}
             }
             if let Some(retention) = self.config.retention
                 && last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL)
