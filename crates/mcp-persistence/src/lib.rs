@@ -49,8 +49,11 @@ use uuid::Uuid;
 /// everything else is a database error.
 pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
     match e {
+        // The guard in front of the stores probes before it believes this one.
+        sqlx::Error::PoolTimedOut => {
+            StoreError::Unavailable(mcp_core::health::NO_CONNECTION_IN_TIME.to_owned())
+        }
         sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
         | sqlx::Error::PoolClosed
         | sqlx::Error::Tls(_)
         | sqlx::Error::WorkerCrashed => StoreError::Unavailable(e.to_string()),

@@ -108,16 +108,15 @@ impl Stores {
     /// The same ports behind the database's breaker: while `database` is down they answer
     /// `Unavailable` at once (503 `database_unavailable`) instead of waiting on the pool.
     pub fn guarded(self, database: &Dependency) -> Stores {
-        let guard = |d: &Dependency| d.clone();
         Stores {
-            tasks: Arc::new(Guarded::new(self.tasks, guard(database))),
-            identities: Arc::new(Guarded::new(self.identities, guard(database))),
-            memory: Arc::new(Guarded::new(self.memory, guard(database))),
-            integrations: Arc::new(Guarded::new(self.integrations, guard(database))),
-            webhooks: Arc::new(Guarded::new(self.webhooks, guard(database))),
-            workers: Arc::new(Guarded::new(self.workers, guard(database))),
-            outbox: Arc::new(Guarded::new(self.outbox, guard(database))),
-            followups: Arc::new(Guarded::new(self.followups, guard(database))),
+            tasks: Arc::new(Guarded::new(self.tasks, database.clone())),
+            identities: Arc::new(Guarded::new(self.identities, database.clone())),
+            memory: Arc::new(Guarded::new(self.memory, database.clone())),
+            integrations: Arc::new(Guarded::new(self.integrations, database.clone())),
+            webhooks: Arc::new(Guarded::new(self.webhooks, database.clone())),
+            workers: Arc::new(Guarded::new(self.workers, database.clone())),
+            outbox: Arc::new(Guarded::new(self.outbox, database.clone())),
+            followups: Arc::new(Guarded::new(self.followups, database.clone())),
             probe: self.probe,
         }
     }
@@ -702,6 +701,7 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         events.clone(),
     );
     orchestrator.set_worker_directory(stores.workers.clone());
+    orchestrator.watch_database(database.clone());
     let workers = orchestrator.start().await;
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

@@ -360,3 +360,45 @@ async fn exits_within_its_grace_period_when_told_to_stop_while_postgres_is_down(
         "the unwritten outcomes are not mentioned in the log"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renews_leases_after_an_outage_longer_than_the_lease_instead_of_rerunning_tasks() {
+    let Some(postgres) = OwnPostgres::start() else {
+        return;
+    };
+    // Leases run out during the outage; an eager rescuer would take them back at once.
+    let server = Server::start(&env_for(
+        &postgres,
+        &[("MCP_LEASE_MS", "1500"), ("MCP_RESCUE_INTERVAL_MS", "300")],
+    ));
+    let tasks: Vec<Value> = (0..10)
+        .map(|_| json!({"type": "sleep", "payload": {"ms": 7000}}))
+        .collect();
+    let (status, body) = post(&server, "/v1/tasks/batch", json!({"tasks": tasks})).await;
+    assert_eq!(status, 201, "{body}");
+    let ids: Vec<String> = body["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").to_owned())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, running) = get(&server, "/v1/tasks?status=running&limit=100").await;
+        if running["tasks"].as_array().map_or(0, Vec::len) == ids.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the tasks never all ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    postgres.stop_immediately();
+    // Longer than the lease.
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    postgres.start_again();
+    readyz_until(&server, 200, Duration::from_secs(15)).await;
+    for id in &ids {
+        let task = wait_for(&server, id, is_final).await;
+        assert_eq!(task["status"], "succeeded", "{task}");
+        assert_eq!(task["attempts"], 1, "ran again after the outage: {task}");
+    }
+}

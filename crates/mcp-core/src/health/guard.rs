@@ -1,7 +1,8 @@
 //! The breaker in front of the database: every store port wrapped so that, while the monitor
 //! holds the database down, a call answers `StoreError::Unavailable` at once without touching
 //! the pool, and every `Unavailable` a call returns marks the database down at once (the probe,
-//! which pings the unwrapped store, notices the recovery). A new store method is one line here:
+//! which checks the server past the breaker, notices the recovery) — except a wait for a pooled
+//! connection that ran out, which may be load: it makes the probe look now. A new store method is one line here:
 //! `async fn name(&self, a: A) -> Result<T, StoreError> { guarded!(self, name(a)) }`.
 
 use super::Dependency;
@@ -24,6 +25,12 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+/// The message of `StoreError::Unavailable` when a call found no free pooled connection in
+/// time. That happens when the server is gone (new connections are refused until the wait runs
+/// out) but also when the pool is merely saturated by load, so it does not open the breaker by
+/// itself: it asks the monitor to probe now, on a connection of the probe's own.
+pub const NO_CONNECTION_IN_TIME: &str = "no database connection became free in time";
+
 /// A store port behind the database's breaker.
 pub struct Guarded<S: ?Sized> {
     inner: Arc<S>,
@@ -45,9 +52,13 @@ impl<S: ?Sized> Guarded<S> {
         StoreError::Unavailable(format!("the database is down: {why}"))
     }
 
-    fn observe<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
-        if let Err(StoreError::Unavailable(message)) = &result {
-            self.database.report_failure(message);
+    pub(super) fn observe<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        match &result {
+            Err(StoreError::Unavailable(message)) if message.starts_with(NO_CONNECTION_IN_TIME) => {
+                self.database.suspect()
+            }
+            Err(StoreError::Unavailable(message)) => self.database.report_failure(message),
+            _ => {}
         }
         result
     }

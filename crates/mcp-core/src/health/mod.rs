@@ -6,7 +6,7 @@
 
 mod guard;
 
-pub use guard::Guarded;
+pub use guard::{Guarded, NO_CONNECTION_IN_TIME};
 
 use crate::events::{Event, EventBus};
 use async_trait::async_trait;
@@ -205,6 +205,11 @@ impl Dependency {
         self.monitor.report_success(&self.name);
     }
 
+    /// A caller saw a sign of trouble that may also be load: probe now, change nothing yet.
+    pub fn suspect(&self) {
+        self.monitor.suspect(&self.name);
+    }
+
     /// The state as the monitor holds it.
     pub fn health(&self) -> Option<DependencyHealth> {
         self.monitor.dependency(&self.name)
@@ -291,6 +296,14 @@ impl HealthMonitor {
         let nudge = self.set(name, Err(Failure::down(error)), false);
         if let Some(nudge) = nudge {
             nudge.notify_one();
+        }
+    }
+
+    /// A caller saw a sign of trouble that may also be load (no pooled connection free in
+    /// time): the probe runs soon and decides.
+    pub fn suspect(&self, name: &str) {
+        if let Some(entry) = lock(&self.entries).get(name) {
+            entry.nudge.notify_one();
         }
     }
 
@@ -416,13 +429,9 @@ impl HealthMonitor {
             };
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
-                // A caller saw it fail: confirm (or clear) soon rather than at the next tick.
-                _ = nudge.notified() => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(self.config.down_interval) => {}
-                        _ = stop.cancelled() => return,
-                    }
-                }
+                // A caller saw it fail: confirm (or clear) now rather than at the next tick.
+                // Nudges coalesce (one stored permit), so many failing callers make one probe.
+                _ = nudge.notified() => {}
                 _ = stop.cancelled() => return,
             }
         }

@@ -274,3 +274,31 @@ async fn the_breaker_refuses_without_touching_the_store_while_the_database_is_do
     assert!(guarded.get(Uuid::nil()).await.is_ok());
     assert_eq!(store.calls.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn a_pool_timeout_asks_for_a_probe_instead_of_opening_the_breaker() {
+    // The pool is saturated, the server fine: the probe (its own connection) says up.
+    let monitor = Arc::new(HealthMonitor::new(HealthConfig {
+        interval: Duration::from_secs(60),
+        ..fast()
+    }));
+    let probed = Arc::new(AtomicUsize::new(0));
+    let counter = probed.clone();
+    let database = monitor.register(Arc::new(FnProbe::new(DATABASE, true, move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
+    })));
+    let stop = CancellationToken::new();
+    monitor.run(stop.clone());
+    until("first probe", || probed.load(Ordering::SeqCst) == 1).await;
+    struct Saturated;
+    let guarded: Guarded<Saturated> = Guarded::new(Arc::new(Saturated), database.clone());
+    let result: Result<(), StoreError> = guarded.observe(Err(StoreError::Unavailable(
+        NO_CONNECTION_IN_TIME.to_owned(),
+    )));
+    assert!(result.is_err());
+    assert!(!database.is_down());
+    until("probed again", || probed.load(Ordering::SeqCst) == 2).await;
+    assert!(!database.is_down());
+    stop.cancel();
+}

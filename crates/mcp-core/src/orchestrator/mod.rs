@@ -116,6 +116,9 @@ pub struct Orchestrator {
     directory: directory::Directory,
     /// Hands task transitions to the event bus.
     announcer: Announcer,
+    /// The database as the health monitor sees it, when the node has one: the rescuer holds
+    /// off while it is down and just after it returns (`watch_database`).
+    database: std::sync::OnceLock<crate::health::Dependency>,
 }
 
 /// Where a create request comes from: stamped on the tasks it creates.
@@ -158,7 +161,15 @@ impl Orchestrator {
             router: Arc::new(Router::new(node_id, config_breaker)),
             directory: directory::Directory::default(),
             announcer,
+            database: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets the rescuer see the database's health: after an outage, every lease may have run
+    /// out while no node could renew it, so rescuing at once would re-run the tasks of live
+    /// nodes; it waits until their heartbeats had a chance to renew.
+    pub fn watch_database(&self, database: crate::health::Dependency) {
+        let _ = self.database.set(database);
     }
 
     /// The bus task transitions are published on.

@@ -19,6 +19,10 @@ use uuid::Uuid;
 /// work resumes within a second of the database's return.
 const STORE_RETRY_MIN: Duration = Duration::from_millis(100);
 const STORE_RETRY_MAX: Duration = Duration::from_secs(1);
+/// After the database returns, how long the rescuer waits before treating expired leases as
+/// dead nodes' tasks: heartbeats that failed during the outage retry every `STORE_RETRY_MAX` at
+/// most, so live nodes renew their leases well within this.
+const RENEWAL_GRACE: Duration = Duration::from_secs(3);
 /// On shutdown, how long unwritten outcomes may wait for the database at least, even when the
 /// grace period is spent (beyond it they are given up: their leases expire, the tasks run again).
 const OUTCOME_FLUSH_PATIENCE: Duration = Duration::from_millis(500);
@@ -425,24 +429,26 @@ impl Orchestrator {
                 _ = tokio::time::sleep(self.config.rescue_interval) => {}
                 _ = stop.cancelled() => return,
             }
-            let rescued = self.store.rescue().await;
-            match &rescued {
-                Ok(_) => retry.succeeded(),
+            if self.database_recovering() {
+                debug!("the database is down or just back: rescue waits for lease renewals");
+                continue;
+            }
+            match self.store.rescue().await {
+                Ok(rescued) => {
+                    retry.succeeded();
+                    if !rescued.is_empty() {
+                        info!(count = rescued.len(), "rescued tasks whose lease expired");
+                        for task in rescued {
+                            self.emit(event_for(&task), task);
+                        }
+                        self.wake.notify_one();
+                    }
+                }
                 Err(e) => {
                     // It runs at its interval anyway; only the log needs taming.
-                    retry.failed(e);
+                    retry.failed(&e);
                     continue;
                 }
-            }
-            match rescued {
-                Ok(rescued) if !rescued.is_empty() => {
-                    info!(count = rescued.len(), "rescued tasks whose lease expired");
-                    for task in rescued {
-                        self.emit(event_for(&task), task);
-                    }
-                    self.wake.notify_one();
-                }
-                _ => {}
             }
             if let Some(retention) = self.config.retention
                 && last_prune.is_none_or(|at| at.elapsed() >= PRUNE_INTERVAL)
@@ -461,6 +467,16 @@ impl Orchestrator {
 }
 
 impl Orchestrator {
+    /// Whether the health monitor holds the database down, or saw it come back less than
+    /// `RENEWAL_GRACE` ago.
+    fn database_recovering(&self) -> bool {
+        let Some(health) = self.database.get().and_then(|d| d.health()) else {
+            return false;
+        };
+        let grace = chrono::Duration::from_std(RENEWAL_GRACE).unwrap_or(chrono::Duration::MAX);
+        health.state == crate::health::HealthState::Down || Utc::now() - health.since < grace
+    }
+
     /// Announces tasks this node gave back unfinished (requeued without spending the attempt), as
     /// the store now holds them.
     pub(super) async fn announce_released(&self, ids: &[Uuid]) {
