@@ -498,20 +498,8 @@ impl Connection {
                 ))
             }
             Op::WorkerRegister { types, concurrency } => {
-                let registered = self.register_worker(&principal, types, concurrency)?;
-                // Acknowledged once the cluster knows the worker, so any node accepts its types
-                // from then on. A database away only delays that: the node keeps publishing.
-                let publish = self.state.orchestrator.publish_workers();
-                match tokio::time::timeout(PUBLISH_PATIENCE, publish).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "worker registered on this node only for now")
-                    }
-                    Err(_) => tracing::warn!(
-                        "worker registered on this node only for now: publishing timed out"
-                    ),
-                }
-                Ok(Some(registered))
+                self.register_worker(&principal, types, concurrency, &frame.id)
+                    .await
             }
             Op::TaskHeartbeat { task_id } => {
                 let held = self.held(&task_id);
@@ -547,12 +535,15 @@ impl Connection {
         }
     }
 
-    fn register_worker(
+    /// Registers this connection as a worker, shares it with the cluster, answers (itself, so
+    /// the reply precedes every assignment), then starts forwarding assignments.
+    async fn register_worker(
         &mut self,
         principal: &Principal,
         types: Vec<String>,
         concurrency: usize,
-    ) -> Result<Value, ApiError> {
+        reply_id: &Option<Value>,
+    ) -> Result<Option<Value>, ApiError> {
         if !principal.can(Permission::TasksRun) {
             return Err(forbidden("tasks:run"));
         }
@@ -582,6 +573,22 @@ impl Connection {
         let router = self.state.orchestrator.router().clone();
         let (id, mut assignments) = router.register(&principal.subject, types.clone(), concurrency);
         self.worker = Some(id);
+        // Acknowledged once the cluster knows the worker, so every node accepts its types from
+        // the reply on. A database away only delays that: the node keeps publishing.
+        let publish = self.state.orchestrator.publish_workers();
+        match tokio::time::timeout(PUBLISH_PATIENCE, publish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "worker known to this node only for now"),
+            Err(_) => {
+                tracing::warn!("worker known to this node only for now: publishing timed out")
+            }
+        }
+        // The reply goes out before the first assignment (tasks assigned meanwhile wait in the
+        // channel), so a client reading up to its reply never skips a `task.assign`.
+        self.send(reply(
+            reply_id,
+            json!({"worker_id": id, "types": types, "concurrency": concurrency}),
+        ));
         let pending = self.pending.clone();
         let out = self.out.clone();
         let closing = self.closing.clone();
@@ -605,7 +612,7 @@ impl Connection {
                 }
             }
         }));
-        Ok(json!({"worker_id": id, "types": types, "concurrency": concurrency}))
+        Ok(None)
     }
 
     /// The task id, when this worker holds it.
