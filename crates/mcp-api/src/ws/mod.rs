@@ -780,6 +780,11 @@ fn frame_text(delivery: &Delivery) -> Utf8Bytes {
     Utf8Bytes::try_from(shared).unwrap_or_else(|_| Utf8Bytes::from(&*delivery.frame))
 }
 
+/// Close reasons of `4008`.
+const TOO_SLOW: &str = "too slow: resubscribe with since";
+const INTERRUPTED: &str =
+    "events interrupted (the node's link to Redis changed): resubscribe with since";
+
 /// Moves one subscription's deliveries into the connection's queue, skipping what was already
 /// delivered (offsets are increasing per channel).
 async fn forward(
@@ -791,12 +796,12 @@ async fn forward(
     let Some(out) = out else {
         return;
     };
-    let slow = || {
+    let slow = |reason: &'static str| {
         closing.send_if_modified(|current| {
             if current.is_none() {
                 *current = Some(Closing {
                     code: close::SLOW_CONSUMER,
-                    reason: "too slow: resubscribe with since",
+                    reason,
                 });
                 true
             } else {
@@ -806,16 +811,23 @@ async fn forward(
     };
     loop {
         match live.recv().await {
+            // The bus's offset-0 filler: the node's link to Redis changed, so the stream this
+            // subscription followed ended (a receiver that kept up sees it instead of lagging).
+            Ok(delivery) if delivery.offset == 0 => return slow(INTERRUPTED),
             Ok(delivery) => {
                 if delivery.offset <= delivered {
                     continue;
                 }
                 delivered = delivery.offset;
                 if out.try_send(frame_text(&delivery)).is_err() {
-                    return slow();
+                    return slow(TOO_SLOW);
                 }
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => return slow(),
+            // Lagged by the filler, or really too slow; the cure is the same.
+            Err(broadcast::error::RecvError::Lagged(_)) => match live.try_recv() {
+                Ok(filler) if filler.offset == 0 => return slow(INTERRUPTED),
+                _ => return slow(TOO_SLOW),
+            },
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
