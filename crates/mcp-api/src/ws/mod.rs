@@ -889,6 +889,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn closes_a_subscription_whose_stream_was_interrupted_even_if_it_kept_up() {
+        let (tx, rx) = broadcast::channel(16);
+        let (out_tx, mut out_rx) = mpsc::channel(16);
+        let closing = watch::channel(None).0;
+        tx.send(delivery(1)).unwrap();
+        // What the Redis bus sends when the node switches between Redis and local.
+        tx.send(delivery(0)).unwrap();
+        forward(rx, 0, Some(out_tx), closing.clone()).await;
+        assert!(
+            out_rx.recv().await.is_some(),
+            "the event before the interruption"
+        );
+        let why = closing.borrow().expect("closed");
+        assert_eq!((why.code, why.reason), (close::SLOW_CONSUMER, INTERRUPTED));
+    }
+
+    #[tokio::test]
     async fn closes_a_consumer_that_lagged_behind_the_bus() {
         let (tx, rx) = broadcast::channel(2);
         let (out_tx, _out_rx) = mpsc::channel(16);
