@@ -26,6 +26,7 @@ use serde::Serialize;
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -188,14 +189,21 @@ pub fn too_many(decision: &Decision, code: &'static str, message: &str) -> Respo
     response
 }
 
+/// Limiter failures since start, to log a flood of them as a handful of lines.
+static LIMITER_FAILURES: AtomicU64 = AtomicU64::new(0);
+
 impl Security {
-    /// Counts one request for `key`. A limiter that cannot be reached lets requests through
-    /// (availability wins; the failure is logged).
+    /// Counts one request for `key`. A limiter that errs lets requests through (availability
+    /// wins). The Redis limiter never does (it falls back to this node's limits), so this is
+    /// rare; it is logged at the 1st, 2nd, 4th, 8th, … failure, never once per request.
     pub async fn check(&self, key: &str, quota: Quota) -> Option<Decision> {
         match self.limiter.check(key, quota).await {
             Ok(decision) => Some(decision),
             Err(e) => {
-                tracing::warn!(error = %e, "rate limiter unavailable; request allowed");
+                let failures = LIMITER_FAILURES.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures.is_power_of_two() {
+                    tracing::warn!(error = %e, failures, "rate limiter unavailable; requests allowed");
+                }
                 None
             }
         }

@@ -108,9 +108,10 @@ pub enum BusError {
 
 /// A live subscription: every event published on the channel from now on. A receiver that
 /// falls more than its capacity behind gets `RecvError::Lagged` and must recover with `since`.
-/// A bus that learns it may have missed events for this node (the Redis bus when its link to
-/// Redis broke) makes every receiver lag the same way; the filler it sends to do so has offset
-/// 0, which names no event: skip it.
+/// A bus whose stream for this node is interrupted (the Redis bus when it switches between
+/// Redis and local, either way) makes every receiver lag the same way, by overrunning it with
+/// fillers of offset 0, which names no event. A receiver that reads fast enough may see a
+/// filler without lagging: an offset-0 delivery means the same as `Lagged`.
 pub type Subscription = broadcast::Receiver<Delivery>;
 
 #[async_trait]

@@ -1,7 +1,8 @@
 //! Persistence layer of MKWW MCP: the `TaskStore` port of `mcp-core` implemented for
 //! PostgreSQL (cluster) and SQLite (embedded default), each with its own embedded migrations,
-//! and the Redis side of the cluster (today: the shared rate limiter). Both task stores pass the
-//! same conformance suite in `tests/`.
+//! and the Redis side of the cluster (the shared rate limiter and event bus, each falling back
+//! to this node while Redis is away). Both task stores pass the same conformance suite in
+//! `tests/`.
 
 /// SQL assembled only from this crate's constants and identifiers it has checked, never from
 /// client input, so it may be run as a dynamic string.
@@ -23,7 +24,7 @@ mod outbox_sqlite;
 mod postgres;
 mod redis_bus;
 mod redis_limiter;
-mod redis_probe;
+mod redis_link;
 mod sqlite;
 mod webhooks_postgres;
 mod webhooks_sqlite;
@@ -34,7 +35,7 @@ mod workers_sqlite;
 pub use postgres::PgTaskStore;
 pub use redis_bus::RedisBus;
 pub use redis_limiter::RedisLimiter;
-pub use redis_probe::RedisProbe;
+pub use redis_link::{RedisMode, RedisOptions};
 pub use sqlite::{SqliteOptions, SqliteTaskStore};
 
 use chrono::{DateTime, Utc};

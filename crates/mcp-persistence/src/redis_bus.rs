@@ -17,26 +17,36 @@
 //! `publish` make it, and each node refreshes the keys of the channels subscribed on it, so a
 //! quiet channel with a subscriber never expires.
 //!
-//! Losing Redis: `publish` and the rest fail with `BusError::Unavailable`; the background task
-//! reconnects by itself with backoff. Events published while this node's link was down never
-//! reach it, so the rule is: **when the link drops, every receiver on the node lags** (it gets
-//! `RecvError::Lagged`, after which it skips the offset-0 filler used to cause it, and must
-//! recover with `since`), and `subscribe` fails until the link is back. The same happens to a
-//! channel's receivers when its live stream skips an offset or changes epoch.
+//! Losing Redis must not stop events on a node, nor make anyone wait. The first command that
+//! fails (or outlasts `RedisOptions::timeout`), or the pub/sub link dropping, switches the bus to
+//! `RedisMode::Local`: events published on this node then reach this node's subscribers through
+//! an in-process bus (`MemoryBus`, a fresh one per outage, so its epochs belong to this node and
+//! this outage only), and `subscribe`, `position` and `recover` answer from it; nothing on the
+//! request path touches Redis until the background task has relinked. Cross-node delivery stops
+//! meanwhile. The rule for subscribers: **at every switch, each way, every receiver on the node
+//! lags** (it gets `RecvError::Lagged`, after which it skips the offset-0 filler used to cause
+//! it, and must recover with `since`). A position from before a switch is never recoverable
+//! after it: local epochs are not Redis's, and before switching back the node ends the Redis
+//! epoch of every channel it published to locally (their events never reached Redis, so a Redis
+//! position from before the outage could not be recovered exactly). The same lag happens to a
+//! channel's receivers when its live stream skips an offset or changes epoch. Each switch is
+//! logged once (`warn` going local, `info` back).
 
+use crate::redis_link::{self, RETRY_MIN, RedisMode, RedisOptions};
 use async_trait::async_trait;
 use futures::StreamExt;
 use mcp_core::events::{
-    BusConfig, BusError, Delivery, Event, EventBus, Recovery, StreamPosition, Subscription,
+    BusConfig, BusError, Delivery, Event, EventBus, MemoryBus, Recovery, StreamPosition,
+    Subscription,
 };
-use redis::aio::{ConnectionManager, PubSubSink, PubSubStream};
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 use serde::Deserialize;
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
-use tokio::sync::broadcast;
+use tokio::sync::{Notify, broadcast, watch};
 use tokio::task::AbortHandle;
 use tracing::{info, warn};
 
@@ -78,41 +88,41 @@ end
 return {tonumber(redis.call('GET', KEYS[1])), epoch}
 "#;
 
-/// Pause before the first attempt to restore the pub/sub link; doubles up to the maximum.
-const RELINK_MIN: Duration = Duration::from_millis(100);
-const RELINK_MAX: Duration = Duration::from_secs(5);
-/// Longest wait for Redis while linking.
-const LINK_TIMEOUT: Duration = Duration::from_secs(5);
-/// How often a quiet link is checked with a PING, and how long the answer may take: a link
-/// that died without closing is noticed this way.
+/// How often a quiet link is checked with a PING: a link that died without closing is noticed
+/// this way (the answer may take the configured timeout).
 const LINK_CHECK_EVERY: Duration = Duration::from_secs(15);
-const LINK_CHECK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Local channels held before the ones nobody listens to any more are looked for.
 const LOCAL_SWEEP_AT: usize = 64;
 /// How often the keys of channels subscribed on this node are refreshed: a third of the TTL,
 /// within these bounds.
 const KEEP_ALIVE_MIN: Duration = Duration::from_millis(100);
 const KEEP_ALIVE_MAX: Duration = Duration::from_secs(600);
+/// Channels published to locally during one outage that are remembered by name; beyond it, the
+/// Redis epoch of every channel of the deployment ends when Redis returns.
+const PUBLISHED_LOCALLY_MAX: usize = 100_000;
+/// Epoch keys ended per round trip when Redis returns.
+const END_EPOCHS_BATCH: usize = 1000;
+/// How long `connect` waits for Redis to answer before it reports it unreachable.
+const CONNECT_PATIENCE: Duration = Duration::from_secs(5);
 
-/// An event bus shared by every node that connects to the same Redis with the same prefix.
+/// An event bus shared by every node that connects to the same Redis with the same prefix, and
+/// local to this node while Redis is away (see the module comment).
 #[derive(Clone)]
 pub struct RedisBus {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    connection: ConnectionManager,
+    options: RedisOptions,
     publish: redis::Script,
     position: redis::Script,
     prefix: String,
-    /// The deployment's pub/sub channel.
-    topic: String,
     /// Names fresh epochs: random per bus, plus a counter.
     node: String,
     epochs: AtomicU64,
     config: BusConfig,
     local: Arc<Local>,
-    /// The link's reader and the keep-alive of subscribed channels.
+    /// The link's keeper and the keep-alive of subscribed channels.
     background: Vec<AbortHandle>,
 }
 
@@ -129,68 +139,147 @@ struct Keys {
     epoch: String,
 }
 
+fn keys(prefix: &str, channel: &str) -> Keys {
+    let base = format!("{prefix}events:{channel}:");
+    Keys {
+        offset: format!("{base}offset"),
+        stream: format!("{base}stream"),
+        epoch: format!("{base}epoch"),
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> BusError {
     BusError::Unavailable(e.to_string())
 }
 
 impl RedisBus {
-    /// Connects to `url` and links this node to the deployment's pub/sub channel; every key is
-    /// stored under `prefix` (one per deployment or test run).
-    pub async fn connect(url: &str, prefix: &str, config: BusConfig) -> Result<Self, BusError> {
+    /// Starts a bus for `url` without waiting for Redis: it is local to this node until Redis
+    /// answers. Every key is stored under `prefix` (one per deployment or test run). Fails only
+    /// on a malformed URL.
+    pub fn start(
+        url: &str,
+        prefix: &str,
+        config: BusConfig,
+        options: RedisOptions,
+    ) -> Result<Self, BusError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
-        let connection = ConnectionManager::new(client.clone())
-            .await
-            .map_err(unavailable)?;
-        let topic = format!("{prefix}events");
-        let (sink, stream) = link(&client, &topic).await?;
-        let local = Arc::new(Local {
+        let config = BusConfig {
+            history_size: config.history_size.max(1),
             buffer: config.buffer.max(1),
+            ..config
+        };
+        let topic = format!("{prefix}events");
+        let local = Arc::new(Local {
+            buffer: config.buffer,
+            config,
             state: Mutex::new(LocalState {
-                linked: true,
+                connection: None,
+                generation: 0,
+                last_error: "Redis not reached yet".into(),
+                warned: false,
+                memory: Arc::new(MemoryBus::new(config)),
+                published: HashSet::new(),
+                published_overflow: false,
                 channels: HashMap::new(),
                 sweep_at_len: LOCAL_SWEEP_AT,
             }),
+            mode: watch::channel(RedisMode::Local).0,
+            trouble: Notify::new(),
         });
-        let listener =
-            tokio::spawn(listen(client, topic.clone(), sink, stream, local.clone())).abort_handle();
+        let keeper = tokio::spawn(keep_link(
+            client,
+            topic,
+            prefix.to_owned(),
+            options,
+            local.clone(),
+        ))
+        .abort_handle();
         let keep_every = (config.history_ttl / 3).clamp(KEEP_ALIVE_MIN, KEEP_ALIVE_MAX);
         let inner = Arc::new_cyclic(|me: &Weak<Inner>| Inner {
-            connection,
+            options,
             publish: redis::Script::new(&format!("{ENSURE_EPOCH}{PUBLISH}")),
             position: redis::Script::new(&format!("{ENSURE_EPOCH}{POSITION}")),
             prefix: prefix.to_owned(),
-            topic,
             node: uuid::Uuid::new_v4().simple().to_string(),
             epochs: AtomicU64::new(0),
-            config: BusConfig {
-                history_size: config.history_size.max(1),
-                buffer: config.buffer.max(1),
-                ..config
-            },
+            config,
             local,
             background: vec![
-                listener,
+                keeper,
                 tokio::spawn(keep_alive(me.clone(), keep_every)).abort_handle(),
             ],
         });
         Ok(RedisBus { inner })
     }
 
+    /// Connects to `url`, links this node to the deployment's pub/sub channel and waits until
+    /// Redis answers (up to 5 s): an error says Redis is unreachable. Tests use it as their "is
+    /// Redis there?" probe.
+    pub async fn connect(url: &str, prefix: &str, config: BusConfig) -> Result<Self, BusError> {
+        let bus = RedisBus::start(url, prefix, config, RedisOptions::default())?;
+        match bus.ready(CONNECT_PATIENCE).await {
+            RedisMode::Shared => Ok(bus),
+            RedisMode::Local => Err(unavailable(bus.inner.local.lock().last_error.clone())),
+        }
+    }
+
+    /// Waits until Redis is reached, for at most `patience`; the mode then.
+    pub async fn ready(&self, patience: Duration) -> RedisMode {
+        let mut mode = self.mode_changes();
+        let shared = mode.wait_for(|m| *m == RedisMode::Shared);
+        let _ = tokio::time::timeout(patience, shared).await;
+        self.mode()
+    }
+
+    /// Whether events go through Redis right now, or stay on this node.
+    pub fn mode(&self) -> RedisMode {
+        *self.inner.local.mode.borrow()
+    }
+
+    /// Every change of `mode`, for whoever reports on health.
+    pub fn mode_changes(&self) -> watch::Receiver<RedisMode> {
+        self.inner.local.mode.subscribe()
+    }
+
+    /// A PING, within the timeout: `Err` at once (without touching Redis) while the bus is
+    /// local, with the last error seen.
+    pub async fn ping(&self) -> Result<(), String> {
+        let local = &self.inner.local;
+        let Some((mut connection, generation)) = local.shared() else {
+            return Err(local.lock().last_error.clone());
+        };
+        let pinged = redis_link::ping(&mut connection, &self.inner.options).await;
+        if let Err(e) = &pinged {
+            local.lost(generation, e);
+        }
+        pinged
+    }
+
     /// Deletes every key under the prefix (test clean-up; what a Redis that lost its data looks
     /// like to the nodes).
     pub async fn clear(&self) -> Result<(), BusError> {
-        let mut connection = self.inner.connection.clone();
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}*", self.inner.prefix))
-            .query_async(&mut connection)
+        let local = &self.inner.local;
+        let Some((mut connection, _)) = local.shared() else {
+            return Err(unavailable(local.lock().last_error.clone()));
+        };
+        let options = &self.inner.options;
+        let keys: Vec<String> = redis_link::within(
+            options,
+            redis::cmd("KEYS")
+                .arg(format!("{}*", self.inner.prefix))
+                .query_async(&mut connection),
+        )
+        .await
+        .map_err(unavailable)?;
+        if !keys.is_empty() {
+            redis_link::within(
+                options,
+                redis::cmd("DEL")
+                    .arg(&keys)
+                    .query_async::<()>(&mut connection),
+            )
             .await
             .map_err(unavailable)?;
-        if !keys.is_empty() {
-            redis::cmd("DEL")
-                .arg(&keys)
-                .query_async::<()>(&mut connection)
-                .await
-                .map_err(unavailable)?;
         }
         Ok(())
     }
@@ -198,12 +287,7 @@ impl RedisBus {
 
 impl Inner {
     fn keys(&self, channel: &str) -> Keys {
-        let base = format!("{}events:{channel}:", self.prefix);
-        Keys {
-            offset: format!("{base}offset"),
-            stream: format!("{base}stream"),
-            epoch: format!("{base}epoch"),
-        }
+        keys(&self.prefix, channel)
     }
 
     fn fresh_epoch(&self) -> String {
@@ -215,9 +299,13 @@ impl Inner {
         (self.config.history_ttl.as_millis() as u64).max(1)
     }
 
-    /// The positions of `channels` (made if missing), and another TTL for their keys; one round
-    /// trip.
-    async fn positions(&self, channels: &[String]) -> Result<Vec<StreamPosition>, BusError> {
+    /// The positions of `channels` in Redis (made if missing), and another TTL for their keys;
+    /// one round trip.
+    async fn positions(
+        &self,
+        connection: &mut MultiplexedConnection,
+        channels: &[String],
+    ) -> Result<Vec<StreamPosition>, String> {
         let mut pipe = redis::pipe();
         pipe.load_script(&self.position).ignore();
         for channel in channels {
@@ -231,14 +319,70 @@ impl Inner {
                     .arg(self.ttl_ms()),
             );
         }
-        let replies: Vec<(u64, String)> = pipe
-            .query_async(&mut self.connection.clone())
-            .await
-            .map_err(unavailable)?;
+        let replies: Vec<(u64, String)> =
+            redis_link::within(&self.options, pipe.query_async(connection)).await?;
         Ok(replies
             .into_iter()
             .map(|(offset, epoch)| StreamPosition { offset, epoch })
             .collect())
+    }
+
+    async fn publish_shared(
+        &self,
+        connection: &mut MultiplexedConnection,
+        events: &[(String, Arc<Event>)],
+    ) -> Result<Vec<StreamPosition>, String> {
+        let mut pipe = redis::pipe();
+        pipe.load_script(&self.publish).ignore();
+        let topic = format!("{}events", self.prefix);
+        for (channel, event) in events {
+            let keys = self.keys(channel);
+            let channel_json = serde_json::to_string(channel).map_err(|e| e.to_string())?;
+            let event_json = serde_json::to_string(&**event).map_err(|e| e.to_string())?;
+            pipe.invoke_script(
+                self.publish
+                    .key(keys.offset)
+                    .key(keys.stream)
+                    .key(keys.epoch)
+                    .arg(self.fresh_epoch())
+                    .arg(self.ttl_ms())
+                    .arg(self.config.history_size)
+                    .arg(channel_json)
+                    .arg(event_json)
+                    .arg(&topic),
+            );
+        }
+        let replies: Vec<(u64, String)> =
+            redis_link::within(&self.options, pipe.query_async(connection)).await?;
+        Ok(replies
+            .into_iter()
+            .map(|(offset, epoch)| StreamPosition { offset, epoch })
+            .collect())
+    }
+
+    /// Publishes on this node only (Redis is away): the outage's in-process bus numbers the
+    /// events, this node's subscribers get them.
+    /// `None` if the bus is shared again.
+    async fn publish_locally(
+        &self,
+        events: &[(String, Arc<Event>)],
+    ) -> Option<Result<Vec<StreamPosition>, BusError>> {
+        let memory = self.local.begin_local(events.iter().map(|(c, _)| c))?;
+        let positions = match memory.publish_batch(events).await {
+            Ok(positions) => positions,
+            Err(e) => return Some(Err(e)),
+        };
+        for ((channel, event), position) in events.iter().zip(&positions) {
+            if self.local.listened(channel) {
+                self.local.deliver(Delivery::new(
+                    channel,
+                    position.offset,
+                    &position.epoch,
+                    event.clone(),
+                ));
+            }
+        }
+        Some(Ok(positions))
     }
 }
 
@@ -253,8 +397,11 @@ async fn keep_alive(inner: Weak<Inner>, every: Duration) {
         if watched.is_empty() {
             continue;
         }
-        if let Err(e) = inner.positions(&watched).await {
-            tracing::debug!(error = %e, "event bus: cannot refresh subscribed channels");
+        let Some((mut connection, generation)) = inner.local.shared() else {
+            continue;
+        };
+        if let Err(e) = inner.positions(&mut connection, &watched).await {
+            inner.local.lost(generation, &e);
         }
     }
 }
@@ -277,63 +424,111 @@ impl EventBus for RedisBus {
             return Ok(Vec::new());
         }
         let inner = &self.inner;
-        let mut pipe = redis::pipe();
-        pipe.load_script(&inner.publish).ignore();
-        for (channel, event) in events {
-            let keys = inner.keys(channel);
-            let channel_json = serde_json::to_string(channel).map_err(unavailable)?;
-            let event_json = serde_json::to_string(&**event).map_err(unavailable)?;
-            pipe.invoke_script(
-                inner
-                    .publish
-                    .key(keys.offset)
-                    .key(keys.stream)
-                    .key(keys.epoch)
-                    .arg(inner.fresh_epoch())
-                    .arg(inner.ttl_ms())
-                    .arg(inner.config.history_size)
-                    .arg(channel_json)
-                    .arg(event_json)
-                    .arg(&inner.topic),
-            );
+        // Twice at most: Redis may come back between the two paths.
+        for _ in 0..2 {
+            if let Some((mut connection, generation)) = inner.local.shared() {
+                match inner.publish_shared(&mut connection, events).await {
+                    Ok(positions) => return Ok(positions),
+                    // Whether they reached Redis is unknown; they are published again, locally,
+                    // and every subscriber here lags (so may see one twice after recovering).
+                    Err(e) => inner.local.lost(generation, &e),
+                }
+            }
+            if let Some(published) = inner.publish_locally(events).await {
+                return published;
+            }
         }
-        let replies: Vec<(u64, String)> = pipe
-            .query_async(&mut inner.connection.clone())
-            .await
-            .map_err(unavailable)?;
-        Ok(replies
-            .into_iter()
-            .map(|(offset, epoch)| StreamPosition { offset, epoch })
-            .collect())
+        Err(unavailable(
+            "the event bus is switching between Redis and local",
+        ))
     }
 
     async fn observed(&self, channels: &[String]) -> Result<Vec<bool>, BusError> {
         if channels.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for channel in channels {
-            pipe.cmd("EXISTS").arg(self.inner.keys(channel).epoch);
+        let inner = &self.inner;
+        if let Some((mut connection, generation)) = inner.local.shared() {
+            let mut pipe = redis::pipe();
+            for channel in channels {
+                pipe.cmd("EXISTS").arg(inner.keys(channel).epoch);
+            }
+            match redis_link::within(&inner.options, pipe.query_async(&mut connection)).await {
+                Ok(observed) => return Ok(observed),
+                Err(e) => inner.local.lost(generation, &e),
+            }
         }
-        pipe.query_async(&mut self.inner.connection.clone())
-            .await
-            .map_err(unavailable)
+        let held = inner.local.memory().observed(channels).await?;
+        Ok(channels
+            .iter()
+            .zip(held)
+            .map(|(channel, held)| held || inner.local.listened(channel))
+            .collect())
     }
 
     async fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
-        let subscription = self.inner.local.subscribe(channel)?;
+        let inner = &self.inner;
+        let channels = [channel.to_owned()];
         // Observed from now on, and kept alive while someone here listens.
-        self.inner.positions(&[channel.to_owned()]).await?;
-        Ok(subscription)
+        let mut shared = false;
+        if let Some((mut connection, generation)) = inner.local.shared() {
+            match inner.positions(&mut connection, &channels).await {
+                Ok(_) => shared = true,
+                Err(e) => inner.local.lost(generation, &e),
+            }
+        }
+        if !shared {
+            inner.local.memory().position(channel).await?;
+        }
+        Ok(inner.local.subscribe(channel))
     }
 
     async fn recover(&self, channel: &str, since: &StreamPosition) -> Result<Recovery, BusError> {
-        let keys = self.inner.keys(channel);
-        let Some(first) = since.offset.checked_add(1) else {
-            return Ok(Recovery::Lost);
-        };
-        type Entries = Vec<(String, Vec<String>)>;
-        let (epoch, offset, entries): (Option<String>, Option<u64>, Entries) = redis::pipe()
+        let inner = &self.inner;
+        if let Some((mut connection, generation)) = inner.local.shared() {
+            match recover_shared(inner, &mut connection, channel, since).await {
+                Ok(recovery) => return Ok(recovery),
+                Err(e) => inner.local.lost(generation, &e),
+            }
+        }
+        // Local epochs are this outage's own: a position from Redis is not recoverable here.
+        inner.local.memory().recover(channel, since).await
+    }
+
+    async fn position(&self, channel: &str) -> Result<StreamPosition, BusError> {
+        let inner = &self.inner;
+        if let Some((mut connection, generation)) = inner.local.shared() {
+            match inner
+                .positions(&mut connection, &[channel.to_owned()])
+                .await
+            {
+                Ok(mut positions) => {
+                    return positions
+                        .pop()
+                        .ok_or_else(|| unavailable("Redis answered no position"));
+                }
+                Err(e) => inner.local.lost(generation, &e),
+            }
+        }
+        inner.local.memory().position(channel).await
+    }
+}
+
+/// The events after `since`, from the channel's Redis stream.
+async fn recover_shared(
+    inner: &Inner,
+    connection: &mut MultiplexedConnection,
+    channel: &str,
+    since: &StreamPosition,
+) -> Result<Recovery, String> {
+    let keys = inner.keys(channel);
+    let Some(first) = since.offset.checked_add(1) else {
+        return Ok(Recovery::Lost);
+    };
+    type Entries = Vec<(String, Vec<String>)>;
+    let (epoch, offset, entries): (Option<String>, Option<u64>, Entries) = redis_link::within(
+        &inner.options,
+        redis::pipe()
             .atomic()
             .cmd("GET")
             .arg(&keys.epoch)
@@ -343,42 +538,33 @@ impl EventBus for RedisBus {
             .arg(&keys.stream)
             .arg(format!("{first}-0"))
             .arg("+")
-            .query_async(&mut self.inner.connection.clone())
-            .await
-            .map_err(unavailable)?;
-        let (Some(epoch), Some(offset)) = (epoch, offset) else {
-            // Expired or lost with its history.
-            return Ok(Recovery::Lost);
-        };
-        if epoch != since.epoch || since.offset > offset {
-            return Ok(Recovery::Lost);
-        }
-        let mut missed = Vec::with_capacity(entries.len());
-        for (expected, (id, fields)) in (first..).zip(entries) {
-            let held = id
-                .strip_suffix("-0")
-                .and_then(|n| n.parse::<u64>().ok())
-                .filter(|n| *n == expected);
-            let frame = fields.into_iter().nth(1);
-            match (held, frame.as_deref().and_then(decode)) {
-                (Some(_), Some(delivery)) => missed.push(delivery),
-                // Trimmed past `since` (the first one held is later), or damaged.
-                _ => return Ok(Recovery::Lost),
-            }
-        }
-        if missed.last().map_or(since.offset, |d| d.offset) != offset {
-            return Ok(Recovery::Lost);
-        }
-        Ok(Recovery::Recovered(missed))
+            .query_async(connection),
+    )
+    .await?;
+    let (Some(epoch), Some(offset)) = (epoch, offset) else {
+        // Expired or lost with its history.
+        return Ok(Recovery::Lost);
+    };
+    if epoch != since.epoch || since.offset > offset {
+        return Ok(Recovery::Lost);
     }
-
-    async fn position(&self, channel: &str) -> Result<StreamPosition, BusError> {
-        self.inner
-            .positions(&[channel.to_owned()])
-            .await?
-            .pop()
-            .ok_or_else(|| unavailable("Redis answered no position"))
+    let mut missed = Vec::with_capacity(entries.len());
+    for (expected, (id, fields)) in (first..).zip(entries) {
+        let held = id
+            .strip_suffix("-0")
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|n| *n == expected);
+        let frame = fields.into_iter().nth(1);
+        match (held, frame.as_deref().and_then(decode)) {
+            (Some(_), Some(delivery)) => missed.push(delivery),
+            // Trimmed past `since` (the first one held is later), or damaged.
+            _ => return Ok(Recovery::Lost),
+        }
     }
+    if missed.last().map_or(since.offset, |d| d.offset) != offset {
+        return Ok(Recovery::Lost);
+    }
+    Ok(Recovery::Recovered(missed))
 }
 
 /// A frame as the script wrote it.
@@ -408,16 +594,30 @@ fn decode(frame: &str) -> Option<Delivery> {
     })
 }
 
-/// The subscribers of this node.
+/// The subscribers of this node, and how the node reaches Redis.
 struct Local {
     buffer: usize,
+    config: BusConfig,
     state: Mutex<LocalState>,
+    mode: watch::Sender<RedisMode>,
+    /// Told when a command finds Redis gone, so the link keeper drops the link and relinks.
+    trouble: Notify,
 }
 
 struct LocalState {
-    /// Whether the pub/sub link is up: subscribing while it is down would promise events that
-    /// cannot arrive.
-    linked: bool,
+    /// The command connection while the bus is shared; `None` while it is local.
+    connection: Option<MultiplexedConnection>,
+    /// Counts installed connections, so a late failure of an old one leaves a newer one alone.
+    generation: u64,
+    last_error: String,
+    /// Whether the current outage was logged already.
+    warned: bool,
+    /// The bus of this node while local: a fresh one per outage.
+    memory: Arc<MemoryBus>,
+    /// Channels published to locally during this outage (their Redis epochs end when Redis
+    /// returns), or too many to remember.
+    published: HashSet<String>,
+    published_overflow: bool,
     channels: HashMap<String, LocalChannel>,
     sweep_at_len: usize,
 }
@@ -428,19 +628,124 @@ struct LocalChannel {
     last: Option<(String, u64)>,
 }
 
+/// What must happen in Redis before the bus may be shared again.
+enum Pending {
+    /// End the epochs of these channels.
+    Channels(Vec<String>),
+    /// End the epoch of every channel of the deployment.
+    All,
+}
+
 impl Local {
     fn lock(&self) -> MutexGuard<'_, LocalState> {
         // Every update leaves the map consistent, so a lock poisoned by a panic is still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn subscribe(&self, channel: &str) -> Result<Subscription, BusError> {
-        let mut state = self.lock();
-        if !state.linked {
-            return Err(BusError::Unavailable(
-                "this node's link to Redis is down; retry shortly".into(),
-            ));
+    /// The connection to use, while the bus is shared.
+    fn shared(&self) -> Option<(MultiplexedConnection, u64)> {
+        let state = self.lock();
+        state.connection.clone().map(|c| (c, state.generation))
+    }
+
+    /// The outage's in-process bus.
+    fn memory(&self) -> Arc<MemoryBus> {
+        self.lock().memory.clone()
+    }
+
+    /// A command on connection `generation` failed: local from now on, and the link keeper
+    /// relinks.
+    fn lost(&self, generation: u64, error: &str) {
+        if self.go_local(Some(generation), error) {
+            self.trouble.notify_one();
         }
+    }
+
+    /// Switches to local (for connection `generation`, or whichever is current); whether it did.
+    fn go_local(&self, generation: Option<u64>, error: &str) -> bool {
+        let mut state = self.lock();
+        if state.connection.is_none() || generation.is_some_and(|g| g != state.generation) {
+            return false;
+        }
+        state.connection = None;
+        state.last_error = error.to_owned();
+        state.warned = true;
+        state.memory = Arc::new(MemoryBus::new(self.config));
+        state.published.clear();
+        state.published_overflow = false;
+        self.lag_all(&mut state);
+        drop(state);
+        self.mode.send_replace(RedisMode::Local);
+        warn!(
+            error,
+            "event bus: Redis unavailable; events stay on this node until it is back, and its \
+             subscribers must recover"
+        );
+        true
+    }
+
+    /// An attempt to link failed while local.
+    fn still_lost(&self, error: String) {
+        let mut state = self.lock();
+        let first = !state.warned;
+        state.warned = true;
+        state.last_error = error;
+        if first {
+            warn!(
+                error = %state.last_error,
+                "event bus: Redis unreachable; events stay on this node until it answers"
+            );
+        }
+    }
+
+    /// Switches to shared over `connection`, unless channels were published to locally whose
+    /// Redis epochs must end first (then those are returned, and forgotten).
+    fn go_shared(&self, connection: MultiplexedConnection) -> Result<(), Pending> {
+        let mut state = self.lock();
+        if state.published_overflow {
+            state.published_overflow = false;
+            state.published.clear();
+            return Err(Pending::All);
+        }
+        if !state.published.is_empty() {
+            return Err(Pending::Channels(state.published.drain().collect()));
+        }
+        state.connection = Some(connection);
+        state.generation += 1;
+        state.warned = false;
+        self.lag_all(&mut state);
+        drop(state);
+        self.mode.send_replace(RedisMode::Shared);
+        info!("event bus: events shared through Redis");
+        Ok(())
+    }
+
+    /// The outage's bus, once `channels` are noted as published to locally; `None` if the bus
+    /// is shared again.
+    fn begin_local<'a>(
+        &self,
+        channels: impl Iterator<Item = &'a String>,
+    ) -> Option<Arc<MemoryBus>> {
+        let mut state = self.lock();
+        if state.connection.is_some() {
+            return None;
+        }
+        if !state.published_overflow {
+            for channel in channels {
+                if !state.published.contains(channel) {
+                    state.published.insert(channel.clone());
+                }
+            }
+            if state.published.len() > PUBLISHED_LOCALLY_MAX {
+                state.published.clear();
+                state.published_overflow = true;
+            }
+        }
+        Some(state.memory.clone())
+    }
+
+    fn subscribe(&self, channel: &str) -> Subscription {
+        let mut state = self.lock();
         if state.channels.len() >= state.sweep_at_len {
             state
                 .channels
@@ -448,7 +753,7 @@ impl Local {
             state.sweep_at_len = (state.channels.len() * 2).max(LOCAL_SWEEP_AT);
         }
         let buffer = self.buffer;
-        Ok(state
+        state
             .channels
             .entry(channel.to_owned())
             .or_insert_with(|| LocalChannel {
@@ -456,10 +761,18 @@ impl Local {
                 last: None,
             })
             .sender
-            .subscribe())
+            .subscribe()
     }
 
-    /// Hands a published frame to this node's subscribers of its channel.
+    /// Whether someone on this node listens to `channel`.
+    fn listened(&self, channel: &str) -> bool {
+        self.lock()
+            .channels
+            .get(channel)
+            .is_some_and(|local| local.sender.receiver_count() > 0)
+    }
+
+    /// Hands a frame from Redis's pub/sub to this node's subscribers of its channel.
     fn dispatch(&self, payload: &[u8]) {
         let Ok(frame) = std::str::from_utf8(payload) else {
             warn!("event bus: a frame that is not UTF-8; ignored");
@@ -471,6 +784,10 @@ impl Local {
         };
         {
             let mut state = self.lock();
+            if state.connection.is_none() {
+                // Switched to local just now: this node's subscribers follow its own events.
+                return;
+            }
             match state.channels.get(&*head.channel) {
                 None => return,
                 Some(local) if local.sender.receiver_count() == 0 => {
@@ -484,6 +801,12 @@ impl Local {
             warn!(channel = %head.channel, "event bus: an undecodable frame; ignored");
             return;
         };
+        self.deliver(delivery);
+    }
+
+    /// Hands a delivery to this node's subscribers of its channel; a gap in offsets or a new
+    /// epoch makes them lag first.
+    fn deliver(&self, delivery: Delivery) {
         let mut state = self.lock();
         let Some(local) = state.channels.get_mut(&delivery.channel) else {
             return;
@@ -497,10 +820,8 @@ impl Local {
         let _ = local.sender.send(delivery);
     }
 
-    /// The link dropped: whatever was published meanwhile never arrives here.
-    fn unlink(&self) {
-        let mut state = self.lock();
-        state.linked = false;
+    /// The node switched between Redis and local: what its subscribers were following ended.
+    fn lag_all(&self, state: &mut LocalState) {
         state
             .channels
             .retain(|_, local| local.sender.receiver_count() > 0);
@@ -508,10 +829,6 @@ impl Local {
             lag(&local.sender, channel, self.buffer);
             local.last = None;
         }
-    }
-
-    fn relink(&self) {
-        self.lock().linked = true;
     }
 
     /// Channels someone on this node listens to.
@@ -541,62 +858,139 @@ fn lag(sender: &broadcast::Sender<Delivery>, channel: &str, buffer: usize) {
 }
 
 /// Opens a pub/sub connection subscribed to `topic`.
-async fn link(client: &redis::Client, topic: &str) -> Result<(PubSubSink, PubSubStream), BusError> {
+async fn link(
+    client: &redis::Client,
+    topic: &str,
+    options: &RedisOptions,
+) -> Result<(PubSubSink, PubSubStream), String> {
     let connect = async {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub.subscribe(topic).await?;
         Ok::<_, redis::RedisError>(pubsub.split())
     };
-    match tokio::time::timeout(LINK_TIMEOUT, connect).await {
+    // A connect and a SUBSCRIBE, each bounded by the timeout.
+    match tokio::time::timeout(options.timeout() * 2, connect).await {
         Ok(Ok(link)) => Ok(link),
-        Ok(Err(e)) => Err(unavailable(e)),
-        Err(_) => Err(unavailable("timed out linking to Redis pub/sub")),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out linking to Redis pub/sub".into()),
     }
 }
 
-/// The node's background task: reads the link, and restores it whenever it drops.
-async fn listen(
+/// Ends the Redis epoch of `pending`'s channels: a position from before the outage is not
+/// recoverable any more, since events published here meanwhile never reached Redis.
+async fn end_epochs(
+    connection: &mut MultiplexedConnection,
+    prefix: &str,
+    pending: Pending,
+    options: &RedisOptions,
+) -> Result<(), String> {
+    let epochs: Vec<String> = match pending {
+        Pending::Channels(channels) => channels
+            .iter()
+            .map(|channel| keys(prefix, channel).epoch)
+            .collect(),
+        Pending::All => {
+            let pattern = format!("{prefix}events:*:epoch");
+            let mut found = Vec::new();
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, batch): (u64, Vec<String>) = redis_link::within(
+                    options,
+                    redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(END_EPOCHS_BATCH)
+                        .query_async(connection),
+                )
+                .await?;
+                found.extend(batch);
+                if next == 0 {
+                    break found;
+                }
+                cursor = next;
+            }
+        }
+    };
+    for batch in epochs.chunks(END_EPOCHS_BATCH) {
+        redis_link::within(
+            options,
+            redis::cmd("DEL").arg(batch).query_async::<()>(connection),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// The node's background task: links to Redis (pub/sub and commands) with backoff while the bus
+/// is local, switches it to shared, reads the link, and starts over when the link drops or a
+/// command finds Redis gone.
+async fn keep_link(
     client: redis::Client,
     topic: String,
-    mut sink: PubSubSink,
-    mut stream: PubSubStream,
+    prefix: String,
+    options: RedisOptions,
     local: Arc<Local>,
 ) {
+    let mut pause = Duration::ZERO;
     loop {
-        let mut check = tokio::time::interval(LINK_CHECK_EVERY);
-        check.reset();
-        loop {
-            tokio::select! {
-                message = stream.next() => match message {
-                    Some(message) => local.dispatch(message.get_payload_bytes()),
-                    None => break,
-                },
-                _ = check.tick() => {
-                    let pong = tokio::time::timeout(
-                        LINK_CHECK_TIMEOUT,
-                        sink.ping::<redis::Value>(),
-                    )
-                    .await;
-                    if !matches!(pong, Ok(Ok(_))) {
-                        break;
+        tokio::time::sleep(pause).await;
+        pause = if pause.is_zero() {
+            RETRY_MIN
+        } else {
+            options.next_pause(pause)
+        };
+        let (mut sink, mut stream) = match link(&client, &topic, &options).await {
+            Ok(link) => link,
+            Err(e) => {
+                local.still_lost(e);
+                continue;
+            }
+        };
+        let mut connection = match redis_link::open(&client, &options).await {
+            Ok(connection) => connection,
+            Err(e) => {
+                local.still_lost(e);
+                continue;
+            }
+        };
+        let shared = loop {
+            match local.go_shared(connection.clone()) {
+                Ok(()) => break Ok(()),
+                Err(pending) => {
+                    if let Err(e) = end_epochs(&mut connection, &prefix, pending, &options).await {
+                        break Err(e);
                     }
                 }
             }
+        };
+        if let Err(e) = shared {
+            // The channels stay noted: ended at the next attempt.
+            local.still_lost(e);
+            continue;
         }
-        local.unlink();
-        warn!("event bus: lost the Redis pub/sub link; subscribers here must recover; relinking");
-        let mut pause = RELINK_MIN;
-        (sink, stream) = loop {
-            tokio::time::sleep(pause).await;
-            match link(&client, &topic).await {
-                Ok(link) => break link,
-                Err(e) => {
-                    tracing::debug!(error = %e, "event bus: relinking failed");
-                    pause = (pause * 2).min(RELINK_MAX);
+        pause = Duration::ZERO;
+        let mut check = tokio::time::interval(LINK_CHECK_EVERY);
+        check.reset();
+        let why = loop {
+            tokio::select! {
+                message = stream.next() => match message {
+                    Some(message) => local.dispatch(message.get_payload_bytes()),
+                    None => break "the Redis pub/sub link closed".to_owned(),
+                },
+                _ = check.tick() => {
+                    let pong = tokio::time::timeout(options.timeout(), sink.ping::<redis::Value>())
+                        .await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        break "Redis did not answer a PING on the pub/sub link".to_owned();
+                    }
+                }
+                _ = local.trouble.notified() => {
+                    break "a command found Redis unavailable".to_owned();
                 }
             }
         };
-        local.relink();
-        info!("event bus: Redis pub/sub link restored");
+        local.go_local(None, &why);
     }
 }

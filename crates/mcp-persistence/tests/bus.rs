@@ -6,7 +6,7 @@
 use mcp_core::events::{
     BusConfig, Delivery, Event, EventBus, MemoryBus, Recovery, StreamPosition, Subscription,
 };
-use mcp_persistence::RedisBus;
+use mcp_persistence::{RedisBus, RedisMode, RedisOptions};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -400,8 +400,20 @@ async fn eventually<T, E: std::fmt::Debug, F: std::future::Future<Output = Resul
     }
 }
 
+/// Waits (at most 10 s) until `bus` is in `mode`.
+async fn until_mode(bus: &RedisBus, mode: RedisMode) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while bus.mode() != mode {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not {mode:?} within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
-async fn redis_link_loss_makes_subscribers_lag_then_relinks_by_itself() {
+async fn redis_link_loss_keeps_events_local_then_relinks_by_itself() {
     let prefix = prefix();
     let Some(healthy) = redis(&prefix).await else {
         return;
@@ -427,22 +439,56 @@ async fn redis_link_loss_makes_subscribers_lag_then_relinks_by_itself() {
     let mut rx = cut_off.subscribe("room:link").await.unwrap();
     let seen = healthy.publish("room:link", event(1)).await.unwrap();
     assert_eq!(next(&mut rx).await.offset, 1);
+    let before_outage = healthy.publish("room:local", event(1)).await.unwrap();
 
     proxy.set_up(false);
     let lagged = tokio::time::timeout(Duration::from_secs(5), rx.recv())
         .await
         .expect("told within 5 s");
     assert!(matches!(lagged, Err(RecvError::Lagged(_))), "{lagged:?}");
-    assert!(cut_off.subscribe("room:link").await.is_err());
-    assert!(cut_off.publish("room:link", event(0)).await.is_err());
+    until_mode(&cut_off, RedisMode::Local).await;
+    assert!(cut_off.ping().await.is_err());
+
+    // Local: subscribing and publishing work at once, for this node's subscribers, under an
+    // epoch of this node's own.
+    let started = std::time::Instant::now();
+    let mut local = cut_off.subscribe("room:local").await.unwrap();
+    let published = cut_off.publish("room:local", event(7)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(published.offset, 1);
+    assert_ne!(published.epoch, before_outage.epoch);
+    let delivered = next(&mut local).await;
+    assert_eq!((delivered.offset, &delivered.epoch), (1, &published.epoch));
+    assert!(matches!(
+        cut_off.recover("room:link", &seen).await.unwrap(),
+        Recovery::Lost
+    ));
     for n in 2..=3 {
         healthy.publish("room:link", event(n)).await.unwrap();
     }
 
     proxy.set_up(true);
+    until_mode(&cut_off, RedisMode::Shared).await;
+    let lagged = tokio::time::timeout(Duration::from_secs(5), local.recv())
+        .await
+        .expect("told within 5 s");
+    assert!(matches!(lagged, Err(RecvError::Lagged(_))), "{lagged:?}");
     let mut again = eventually(|| cut_off.subscribe("room:link")).await;
+    // Nothing was published on `room:link` here meanwhile: Redis holds all that was missed.
     let missed = eventually(|| cut_off.recover("room:link", &seen)).await;
     assert_eq!(offsets(&missed), Some(vec![2, 3]));
+    // `room:local` had events here that never reached Redis: no position from before the
+    // outage is recoverable, on any node.
+    for bus in [&cut_off, &healthy] {
+        assert!(matches!(
+            bus.recover("room:local", &before_outage).await.unwrap(),
+            Recovery::Lost
+        ));
+    }
     healthy.publish("room:link", event(4)).await.unwrap();
     assert_eq!(next(&mut again).await.offset, 4);
     // The receiver that lagged may carry on: it skips the offset-0 fillers (and lags again if
@@ -457,6 +503,41 @@ async fn redis_link_loss_makes_subscribers_lag_then_relinks_by_itself() {
     };
     assert_eq!(resumed.offset, 4);
     healthy.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_bus_started_without_redis_serves_locally_at_once() {
+    // Nothing listens on port 1.
+    let bus = RedisBus::start(
+        "redis://127.0.0.1:1",
+        &prefix(),
+        config(),
+        RedisOptions::default(),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut rx = bus.subscribe("room:alone").await.unwrap();
+    let first = bus.publish("room:alone", event(1)).await.unwrap();
+    let second = bus.publish("room:alone", event(2)).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(bus.mode(), RedisMode::Local);
+    assert_eq!((first.offset, second.offset), (1, 2));
+    assert_eq!(next(&mut rx).await.offset, 1);
+    assert_eq!(next(&mut rx).await.offset, 2);
+    assert_eq!(
+        offsets(&bus.recover("room:alone", &first).await.unwrap()),
+        Some(vec![2])
+    );
+    assert!(bus.ping().await.is_err());
+    assert!(
+        RedisBus::connect("redis://127.0.0.1:1", &prefix(), config())
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]

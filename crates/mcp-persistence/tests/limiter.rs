@@ -3,7 +3,7 @@
 //! unreachable Redis fails instead of skipping.
 
 use mcp_core::limiter::{Limiter, MemoryLimiter, Quota};
-use mcp_persistence::RedisLimiter;
+use mcp_persistence::{RedisLimiter, RedisMode, RedisOptions};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,4 +116,32 @@ async fn redis_limits_are_shared_by_every_node() {
         "two nodes together allow the limit once, not twice"
     );
     node_a.clear().await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_limiter_without_redis_limits_locally_at_once() {
+    // Nothing listens on port 1.
+    let limiter =
+        RedisLimiter::start("redis://127.0.0.1:1", &prefix(), RedisOptions::default()).unwrap();
+    let quota = Quota::per_minute(3);
+    let started = std::time::Instant::now();
+    let mut allowed = 0;
+    for _ in 0..100 {
+        if limiter.check("ip:9", quota).await.unwrap().allowed {
+            allowed += 1;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(allowed, 3, "the limit holds, per node");
+    assert_eq!(limiter.mode(), RedisMode::Local);
+    assert!(limiter.ping().await.is_err());
+    assert!(
+        RedisLimiter::connect("redis://127.0.0.1:1", &prefix())
+            .await
+            .is_err()
+    );
 }

@@ -104,6 +104,11 @@ pub struct Config {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key this deployment writes.
     pub redis_prefix: String,
+    /// Longest wait for a Redis connection or answer; beyond it Redis counts as unavailable and
+    /// limits and events fall back to this node until it answers again.
+    pub redis_timeout_ms: u64,
+    /// Longest pause between two attempts to reach Redis again while it is away.
+    pub redis_retry_max_ms: u64,
     /// Events kept per channel for recovery with `since`.
     pub event_history_size: usize,
     /// Events older than this are dropped from the history; idle channels are forgotten after it.
@@ -306,6 +311,8 @@ impl Default for Config {
             tls_key: None,
             redis_url: None,
             redis_prefix: "mkww-mcp".into(),
+            redis_timeout_ms: 250,
+            redis_retry_max_ms: 5_000,
             event_history_size: 1000,
             event_history_ttl_secs: 3600,
             event_buffer: 1024,

@@ -35,8 +35,9 @@ use mcp_integrations::{DeployAdapter, DeployConfig, LlmAdapter, LlmConfig};
 use mcp_integrations::{DiscordAdapter, DiscordConfig};
 use mcp_integrations::{OscAdapter, OscConfig};
 use mcp_integrations::{VrchatAdapter, VrchatClient, VrchatConfig};
-use mcp_persistence::SqliteTaskStore;
-use mcp_persistence::{PgTaskStore, RedisBus, RedisLimiter, RedisProbe, SqliteOptions};
+use mcp_persistence::{
+    PgTaskStore, RedisBus, RedisLimiter, RedisOptions, SqliteOptions, SqliteTaskStore,
+};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -458,24 +459,36 @@ pub fn api_state(
     }
 }
 
-/// The rate limiter: Redis when configured (limits shared by every node), else memory.
-pub async fn limiter(config: &Config) -> anyhow::Result<Arc<dyn Limiter>> {
-    match config.redis_url.as_deref().filter(|url| !url.is_empty()) {
-        Some(url) => {
-            let limiter =
-                RedisLimiter::connect(url, &format!("{}:ratelimit:", config.redis_prefix))
-                    .await
-                    .context("cannot connect to Redis")?;
-            tracing::info!("rate limits shared through Redis");
-            Ok(Arc::new(limiter))
-        }
-        None => Ok(Arc::new(MemoryLimiter::default())),
+/// How this node reaches Redis: timeouts and backoff from the configuration.
+fn redis_options(config: &Config) -> RedisOptions {
+    RedisOptions {
+        timeout: Config::ms(config.redis_timeout_ms.max(1)),
+        retry_max: Config::ms(config.redis_retry_max_ms.max(100)),
     }
 }
 
-/// The event bus: Redis when configured (events reach the subscribers of every node), else in
-/// process.
-pub async fn event_bus(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
+/// The rate limiter: Redis when configured (limits shared by every node; per node while Redis is
+/// away, and until it is first reached), else memory. The Redis handle comes along for the
+/// health monitor (`ping`, `mode`).
+pub fn limiter(config: &Config) -> anyhow::Result<(Arc<dyn Limiter>, Option<RedisLimiter>)> {
+    match config.redis_url.as_deref().filter(|url| !url.is_empty()) {
+        Some(url) => {
+            let limiter = RedisLimiter::start(
+                url,
+                &format!("{}:ratelimit:", config.redis_prefix),
+                redis_options(config),
+            )
+            .context("redis_url")?;
+            Ok((Arc::new(limiter.clone()), Some(limiter)))
+        }
+        None => Ok((Arc::new(MemoryLimiter::default()), None)),
+    }
+}
+
+/// The event bus: Redis when configured (events reach the subscribers of every node; this node's
+/// only while Redis is away, and until it is first reached), else in process. The Redis handle
+/// comes along for the health monitor (`ping`, `mode`).
+pub fn event_bus(config: &Config) -> anyhow::Result<(Arc<dyn EventBus>, Option<RedisBus>)> {
     let bus = BusConfig {
         history_size: config.event_history_size,
         history_ttl: Duration::from_secs(config.event_history_ttl_secs),
@@ -484,13 +497,16 @@ pub async fn event_bus(config: &Config) -> anyhow::Result<Arc<dyn EventBus>> {
     };
     match config.redis_url.as_deref().filter(|url| !url.is_empty()) {
         Some(url) => {
-            let events = RedisBus::connect(url, &format!("{}:", config.redis_prefix), bus)
-                .await
-                .context("cannot connect to Redis")?;
-            tracing::info!("events shared through Redis");
-            Ok(Arc::new(events))
+            let events = RedisBus::start(
+                url,
+                &format!("{}:", config.redis_prefix),
+                bus,
+                redis_options(config),
+            )
+            .context("redis_url")?;
+            Ok((Arc::new(events.clone()), Some(events)))
         }
-        None => Ok(Arc::new(MemoryBus::new(bus))),
+        None => Ok((Arc::new(MemoryBus::new(bus)), None)),
     }
 }
 
@@ -660,21 +676,34 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         outbox: stores.outbox.clone(),
     });
     bootstrap_admin(&config, stores.identities.as_ref()).await?;
-    let security = security(&config, stores.identities.clone(), limiter(&config).await?)?;
+    // Neither needs Redis to serve: both are local to this node until it answers (for the
+    // health monitor, `redis_limiter` and `redis_bus` say how they reach it).
+    let (limiter, redis_limiter) = limiter(&config)?;
+    let security = security(&config, stores.identities.clone(), limiter)?;
     // Integrations stored through the API apply over the file's settings.
     let file_config = config.clone();
     crate::integrations::merge_stored(&mut config, stores.integrations.as_ref(), &secrets).await?;
     let live = LiveIntegrations::default();
-    let events = event_bus(&config).await?;
+    let (events, redis_bus) = event_bus(&config)?;
     health.set_events(events.clone());
-    if let Some(url) = config.redis_url.as_deref().filter(|url| !url.is_empty()) {
-        // Not critical: limits and events fall back to this node while Redis is away.
-        let redis = Arc::new(
-            RedisProbe::new(url, health.config().probe_timeout).map_err(anyhow::Error::msg)?,
+    // A node whose Redis answers starts shared; one whose Redis is away starts anyway, after
+    // this short wait, and picks Redis up in the background.
+    let patience = Config::ms(config.redis_timeout_ms.max(1)) * 4;
+    if let (Some(limiter), Some(bus)) = (redis_limiter, redis_bus) {
+        let (limits, shared) = tokio::join!(limiter.ready(patience), bus.ready(patience));
+        tracing::info!(
+            limits = limits.as_str(),
+            events = shared.as_str(),
+            "Redis configured"
         );
+        // Not critical: limits and events fall back to this node while Redis is away. Each
+        // `ping` answers at once while its side runs locally.
         health.register(Arc::new(FnProbe::new("redis", false, move || {
-            let redis = redis.clone();
-            Box::pin(async move { redis.ping().await.map_err(Failure::down) })
+            let (limiter, bus) = (limiter.clone(), bus.clone());
+            Box::pin(async move {
+                limiter.ping().await.map_err(Failure::down)?;
+                bus.ping().await.map_err(Failure::down)
+            })
         })));
     }
     let (mut handlers, clients) = registry(&config, &live, &events, &secrets)?;

@@ -290,6 +290,7 @@ impl Connection {
         ping.tick().await;
         let mut closing_watch = self.closing.subscribe();
         let shutdown = self.state.shutdown.clone();
+        let mut peer_gone = false;
         loop {
             let token_deadline = self.token_deadline();
             tokio::select! {
@@ -304,7 +305,10 @@ impl Connection {
                             self.close(close::TOO_BIG, "frame too large");
                         }
                         Some(Ok(Message::Binary(_))) => self.close(close::UNSUPPORTED_DATA, "binary frames are not supported; send JSON text"),
-                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                            peer_gone = true;
+                            break;
+                        }
                         Some(Ok(_)) => {} // ping / pong
                     }
                 }
@@ -351,6 +355,19 @@ impl Connection {
         }
         self.out = None;
         let _ = writer.await;
+        // The closing handshake: until the client's own Close (briefly), read and drop what it
+        // still sends. Closing a socket with unread data in it makes the kernel reset the
+        // connection, and the client would lose our Close frame and its code.
+        if !peer_gone {
+            let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
     }
 
     /// When the token needs attention next: the refresh notice, then its expiry.
@@ -807,6 +824,11 @@ fn frame_text(delivery: &Delivery) -> Utf8Bytes {
     Utf8Bytes::try_from(shared).unwrap_or_else(|_| Utf8Bytes::from(&*delivery.frame))
 }
 
+/// Close reasons of `4008`.
+const TOO_SLOW: &str = "too slow: resubscribe with since";
+const INTERRUPTED: &str =
+    "events interrupted (the node's link to Redis changed): resubscribe with since";
+
 /// Moves one subscription's deliveries into the connection's queue, skipping what was already
 /// delivered (offsets are increasing per channel).
 async fn forward(
@@ -818,12 +840,12 @@ async fn forward(
     let Some(out) = out else {
         return;
     };
-    let slow = || {
+    let slow = |reason: &'static str| {
         closing.send_if_modified(|current| {
             if current.is_none() {
                 *current = Some(Closing {
                     code: close::SLOW_CONSUMER,
-                    reason: "too slow: resubscribe with since",
+                    reason,
                 });
                 true
             } else {
@@ -833,16 +855,23 @@ async fn forward(
     };
     loop {
         match live.recv().await {
+            // The bus's offset-0 filler: the node's link to Redis changed, so the stream this
+            // subscription followed ended (a receiver that kept up sees it instead of lagging).
+            Ok(delivery) if delivery.offset == 0 => return slow(INTERRUPTED),
             Ok(delivery) => {
                 if delivery.offset <= delivered {
                     continue;
                 }
                 delivered = delivery.offset;
                 if out.try_send(frame_text(&delivery)).is_err() {
-                    return slow();
+                    return slow(TOO_SLOW);
                 }
             }
-            Err(broadcast::error::RecvError::Lagged(_)) => return slow(),
+            // Lagged by the filler, or really too slow; the cure is the same.
+            Err(broadcast::error::RecvError::Lagged(_)) => match live.try_recv() {
+                Ok(filler) if filler.offset == 0 => return slow(INTERRUPTED),
+                _ => return slow(TOO_SLOW),
+            },
             Err(broadcast::error::RecvError::Closed) => return,
         }
     }
@@ -901,6 +930,23 @@ mod tests {
         }
         forward(rx, 0, Some(out_tx), closing.clone()).await;
         assert_eq!(closing.borrow().map(|c| c.code), Some(close::SLOW_CONSUMER));
+    }
+
+    #[tokio::test]
+    async fn closes_a_subscription_whose_stream_was_interrupted_even_if_it_kept_up() {
+        let (tx, rx) = broadcast::channel(16);
+        let (out_tx, mut out_rx) = mpsc::channel(16);
+        let closing = watch::channel(None).0;
+        tx.send(delivery(1)).unwrap();
+        // What the Redis bus sends when the node switches between Redis and local.
+        tx.send(delivery(0)).unwrap();
+        forward(rx, 0, Some(out_tx), closing.clone()).await;
+        assert!(
+            out_rx.recv().await.is_some(),
+            "the event before the interruption"
+        );
+        let why = closing.borrow().expect("closed");
+        assert_eq!((why.code, why.reason), (close::SLOW_CONSUMER, INTERRUPTED));
     }
 
     #[tokio::test]
