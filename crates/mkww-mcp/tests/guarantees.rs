@@ -1,7 +1,8 @@
 //! The cluster's promises under races, proved with two real nodes on one PostgreSQL schema:
 //! an idempotency key creates one task however many nodes receive it at once, a concurrency key
-//! never lets two runs overlap across nodes, and a refresh token rotates once however many
-//! nodes are asked to rotate it at the same moment.
+//! never lets two runs overlap across nodes, a refresh token rotates once however many nodes are
+//! asked to rotate it at the same moment, and a node killed in the middle of a batch, with its
+//! handlers and its workers busy, loses no task.
 
 mod support;
 
@@ -153,6 +154,78 @@ async fn a_refresh_token_rotates_once_when_two_nodes_race() {
     for server in [&a, &b] {
         let (status, body) = post_as(&anonymous, server, "/v1/auth/refresh", &winner).await;
         assert_eq!(status, 401, "{body}");
+    }
+    drop((a, b));
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn a_node_killed_mid_batch_with_busy_workers_loses_no_task() {
+    let short_leases = [
+        ("MCP_LEASE_MS", "1500".to_owned()),
+        ("MCP_RESCUE_INTERVAL_MS", "200".to_owned()),
+        ("MCP_WORKER_CONCURRENCY", "8".to_owned()),
+    ];
+    let Some((schema, a, mut b)) = two_nodes(&short_leases).await else {
+        return;
+    };
+    // A worker on B holds render tasks while both nodes run a batch of sleeps in-process.
+    let mut worker_b = connect(&b, Some(&token("service", "worker-b"))).await;
+    let reply = request(
+        &mut worker_b,
+        json!({"id": "reg", "op": "worker.register", "types": ["render.deploy"], "concurrency": 4}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let mut batch: Vec<Value> = (0..48)
+        .map(|_| json!({"type": "sleep", "payload": {"ms": 400}}))
+        .collect();
+    batch.extend((0..6).map(|_| json!({"type": "render.deploy"})));
+    let (status, created) = post(&a, "/v1/tasks/batch", json!({"tasks": batch})).await;
+    assert_eq!(status, 201, "{created}");
+    let ids: Vec<String> = created["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| t["id"].as_str().expect("id").to_owned())
+        .collect();
+    // B is busy: its worker holds a task, and the batch runs on both nodes' handlers.
+    assigned(&mut worker_b).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, running) = get(&b, "/v1/tasks?status=running&type=sleep&limit=500").await;
+        if running["tasks"].as_array().is_some_and(|t| !t.is_empty()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "B never ran a sleep");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    b.kill9();
+    // A worker on A takes over the render tasks, those B's worker held included once rescued.
+    let mut worker_a = connect(&a, Some(&token("service", "worker-a"))).await;
+    let reply = request(
+        &mut worker_a,
+        json!({"id": "reg", "op": "worker.register", "types": ["render.deploy"], "concurrency": 6}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    // All six at once (its concurrency): those still queued, then those B's worker held, once
+    // their lease has expired and the rescuer has requeued them.
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(assigned(&mut worker_a).await);
+    }
+    for (n, task) in held.iter().enumerate() {
+        let reply = request(
+            &mut worker_a,
+            json!({"id": n, "op": "task.complete", "task_id": task["id"], "result": {}}),
+        )
+        .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+    for id in &ids {
+        let task = wait_for(&a, id, is_final).await;
+        assert_eq!(task["status"], "succeeded", "{task}");
     }
     drop((a, b));
     schema.drop_schema().await;

@@ -19,7 +19,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{PgSchema, Server, client, connect, request, temp_dir};
+use support::{PgSchema, Server, connect, post, request, temp_dir};
 
 /// What a receiver got: `(webhook-id, body)` per request.
 #[derive(Clone, Default)]
@@ -98,19 +98,8 @@ fn master_key() -> String {
     STANDARD.encode(key)
 }
 
-async fn post_to(server: &Server, path: &str, body: Value) -> (u16, Value) {
-    let response = client()
-        .post(server.url(path))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 async fn subscribe(server: &Server, addr: SocketAddr, events: Value) {
-    let (status, body) = post_to(
+    let (status, body) = post(
         server,
         "/v1/webhooks",
         json!({"url": format!("http://{addr}/hook"), "events": events}),
@@ -148,7 +137,7 @@ async fn two_nodes_deliver_each_task_event_exactly_once() {
     let mut tasks = Vec::new();
     for i in 0..10 {
         let node = if i % 2 == 0 { &a } else { &b };
-        let (status, task) = post_to(node, "/v1/tasks", json!({"type": "noop"})).await;
+        let (status, task) = post(node, "/v1/tasks", json!({"type": "noop"})).await;
         assert_eq!(status, 201, "{task}");
         tasks.push(task["id"].as_str().unwrap().to_owned());
     }
@@ -208,7 +197,7 @@ async fn events_recorded_before_the_dispatching_node_dies_are_delivered_by_the_n
     let batch: Vec<Value> = (0..300)
         .map(|i| json!({"type": "noop", "payload": {"i": i}, "delay_ms": 3_600_000}))
         .collect();
-    let (status, created) = post_to(&a, "/v1/tasks/batch", json!({"tasks": batch})).await;
+    let (status, created) = post(&a, "/v1/tasks/batch", json!({"tasks": batch})).await;
     assert_eq!(status, 201, "{created}");
     a.kill9();
     let ids: HashSet<String> = created["tasks"]

@@ -38,15 +38,6 @@ async fn worker(server: &Server, sub: &str, types: &[&str], concurrency: usize) 
     socket
 }
 
-async fn assigned(socket: &mut Socket) -> Value {
-    loop {
-        let frame = next(socket).await;
-        if frame["op"] == "task.assign" {
-            return frame["task"].clone();
-        }
-    }
-}
-
 /// The route of `task_type` in `GET /v1/routes`, if there is one.
 async fn route(server: &Server, task_type: &str) -> Option<Value> {
     let (status, body) = get(server, "/v1/routes").await;

@@ -404,21 +404,6 @@ async fn worker(server: &Server, types: &[&str], concurrency: usize) -> Socket {
     socket
 }
 
-/// The next `task.assign` frame's task.
-async fn assigned(socket: &mut Socket) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no task.assign within 30 s"
-        );
-        let frame = next(socket).await;
-        if frame["op"] == "task.assign" {
-            return frame["task"].clone();
-        }
-    }
-}
-
 const WORKER_ENV: (&str, &str) = ("MCP_WORKER_TASK_TYPES", "[\"render.deploy\"]");
 
 fn worker_env(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {

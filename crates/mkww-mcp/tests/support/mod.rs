@@ -329,6 +329,18 @@ pub async fn request(socket: &mut Socket, frame: Value) -> Value {
     }
 }
 
+/// The next `task.assign` frame's task (other frames are skipped), or panics after 30 s.
+pub async fn assigned(socket: &mut Socket) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < deadline, "no task.assign within 30 s");
+        let frame = next(socket).await;
+        if frame["op"] == "task.assign" {
+            return frame["task"].clone();
+        }
+    }
+}
+
 /// One HTTP call with a JSON body (if any): the status and the JSON answer (`null` if none).
 pub async fn call(
     client: &reqwest::Client,
