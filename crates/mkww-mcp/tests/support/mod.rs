@@ -23,10 +23,12 @@ pub struct Server {
     pub console: Arc<Mutex<Vec<String>>>,
 }
 
-/// A fresh PostgreSQL schema for one test; dropped by `drop_schema`.
+/// A fresh PostgreSQL schema for one test; dropped by `drop_schema`, or when it goes out of
+/// scope (a test that panics leaves no schema behind either).
 pub struct PgSchema {
     pub url: String,
     pub name: String,
+    dropped: std::sync::atomic::AtomicBool,
 }
 
 pub fn pg_url() -> String {
@@ -44,6 +46,7 @@ impl PgSchema {
                 Some(PgSchema {
                     url,
                     name: format!("mcp_it_{}", uuid::Uuid::new_v4().simple()),
+                    dropped: Default::default(),
                 })
             }
             Err(e) if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) => {
@@ -69,6 +72,8 @@ impl PgSchema {
     }
 
     pub async fn drop_schema(&self) {
+        self.dropped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let pool = sqlx::PgPool::connect(&self.url).await.expect("connect");
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "DROP SCHEMA IF EXISTS \"{}\" CASCADE",
@@ -78,6 +83,33 @@ impl PgSchema {
         .await
         .expect("drop schema");
         pool.close().await;
+    }
+}
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        if self.dropped.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        // Drop runs outside any runtime (or inside one that is unwinding): a thread of its own
+        // with a small runtime does the clean-up, best effort.
+        let (url, name) = (self.url.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                if let Ok(pool) = sqlx::PgPool::connect(&url).await {
+                    let sql = format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                    pool.close().await;
+                }
+            });
+        })
+        .join();
     }
 }
 
