@@ -413,32 +413,6 @@ fn worker_env(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
 }
 
 #[tokio::test]
-async fn a_worker_gets_its_task_at_once_on_a_node_that_also_runs_handlers() {
-    // The in-process claim loop and the one for workers sleep side by side; a new task must
-    // wake the right one, not wait for the (here long) poll interval.
-    let server = Server::start(&worker_env(&[("MCP_POLL_INTERVAL_MS", "20000")]));
-    let mut socket = worker(&server, &["render.deploy"], 1).await;
-    for n in 0..6 {
-        // Both loops are asleep again before the next task arrives.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let created = std::time::Instant::now();
-        let (status, task) = post(&server, "/v1/tasks", json!({"type": "render.deploy"})).await;
-        assert_eq!(status, 201, "{task}");
-        let given = tokio::time::timeout(Duration::from_secs(5), assigned(&mut socket))
-            .await
-            .expect("assigned long before the poll interval");
-        assert_eq!(given["id"], task["id"]);
-        assert!(created.elapsed() < Duration::from_secs(5));
-        let reply = request(
-            &mut socket,
-            json!({"id": n, "op": "task.complete", "task_id": given["id"], "result": {}}),
-        )
-        .await;
-        assert_eq!(reply["ok"], true, "{reply}");
-    }
-}
-
-#[tokio::test]
 async fn external_workers_run_tasks_assigned_to_them() {
     let server = Server::start(&worker_env(&[]));
     let mut socket = worker(&server, &["render.deploy"], 2).await;

@@ -12,7 +12,7 @@ use crate::task::Task;
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
@@ -24,7 +24,6 @@ impl Orchestrator {
         self: Arc<Self>,
         done: mpsc::Sender<Finished>,
         stop: CancellationToken,
-        mut wakes: watch::Receiver<u64>,
     ) {
         let changed = self.router.changed.clone();
         let mut retry = StoreRetry::new("claiming tasks for workers");
@@ -86,7 +85,7 @@ impl Orchestrator {
                     if types.is_empty() {
                         tokio::time::sleep(REMOTE_RECHECK).await
                     } else {
-                        self.wait_for_work(&types, &stop, &mut wakes).await
+                        self.wait_for_work(&types, &stop).await
                     }
                 } => {}
                 _ = stop.cancelled() => return,

@@ -8,7 +8,7 @@ use crate::task::{Task, TaskError};
 use chrono::Utc;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -109,23 +109,13 @@ impl Orchestrator {
         handle.completer = Some(tokio::spawn(
             self.clone().completer(rx, handle.abandon_outcomes.clone()),
         ));
-        let (wakes, _) = watch::channel(0u64);
         // External workers may connect to any node, API-only ones too.
-        handle.remote_loop = Some(tokio::spawn(self.clone().remote_loop(
-            tx.clone(),
-            stop_claiming.clone(),
-            wakes.subscribe(),
-        )));
-        if self.config.concurrency > 0 {
-            handle.claim_loop = Some(tokio::spawn(self.clone().claim_loop(
-                tx,
-                stop_claiming,
-                wakes.subscribe(),
-            )));
-        }
-        handle.background.push(tokio::spawn(
-            self.clone().forward_wakes(wakes, stop_all.clone()),
+        handle.remote_loop = Some(tokio::spawn(
+            self.clone().remote_loop(tx.clone(), stop_claiming.clone()),
         ));
+        if self.config.concurrency > 0 {
+            handle.claim_loop = Some(tokio::spawn(self.clone().claim_loop(tx, stop_claiming)));
+        }
         handle
             .background
             .push(tokio::spawn(self.clone().directory_loop(stop_all.clone())));
@@ -138,24 +128,7 @@ impl Orchestrator {
         handle
     }
 
-    /// Hands every wake-up (tasks created here, a NOTIFY from another node) to every claim loop:
-    /// a `Notify` wakes one waiter only, so with both loops asleep the one for external workers
-    /// could miss its task until the poll interval.
-    async fn forward_wakes(self: Arc<Self>, wakes: watch::Sender<u64>, stop: CancellationToken) {
-        loop {
-            tokio::select! {
-                _ = self.wake.notified() => wakes.send_modify(|n| *n = n.wrapping_add(1)),
-                _ = stop.cancelled() => return,
-            }
-        }
-    }
-
-    async fn claim_loop(
-        self: Arc<Self>,
-        done: mpsc::Sender<Finished>,
-        stop: CancellationToken,
-        mut wakes: watch::Receiver<u64>,
-    ) {
+    async fn claim_loop(self: Arc<Self>, done: mpsc::Sender<Finished>, stop: CancellationToken) {
         let slots = Arc::new(Semaphore::new(self.config.concurrency));
         let mut retry = StoreRetry::new("claiming tasks");
         loop {
@@ -212,18 +185,13 @@ impl Orchestrator {
             }
             drop(first);
             if drained {
-                self.wait_for_work(&types, &stop, &mut wakes).await;
+                self.wait_for_work(&types, &stop).await;
             }
         }
     }
 
     /// Sleeps until a wake-up, the next scheduled task is due, or the poll interval passes.
-    pub(super) async fn wait_for_work(
-        &self,
-        types: &[String],
-        stop: &CancellationToken,
-        wakes: &mut watch::Receiver<u64>,
-    ) {
+    pub(super) async fn wait_for_work(&self, types: &[String], stop: &CancellationToken) {
         let mut wait = self.config.poll_interval;
         match self.store.next_run_at(types).await {
             Ok(Some(at)) => {
@@ -239,8 +207,7 @@ impl Orchestrator {
             Err(e) => warn!(error = %e, "cannot read the next scheduled task"),
         }
         tokio::select! {
-            // Once the forwarder has stopped (shutting down), only the timer wakes.
-            Ok(()) = wakes.changed() => {}
+            _ = self.wake.notified() => {}
             _ = tokio::time::sleep(wait) => {}
             _ = stop.cancelled() => {}
         }
