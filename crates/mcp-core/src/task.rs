@@ -228,6 +228,8 @@ pub fn first_id_at(at: DateTime<Utc>) -> Uuid {
 pub const MAX_KEY_LEN: usize = 255;
 pub const MAX_ATTEMPTS_LIMIT: i32 = 1_000;
 pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
+/// How far ahead a task may be scheduled (`delay_ms`, or `run_at` from now): 52 weeks.
+pub const MAX_DELAY_MS: u64 = MAX_TIMEOUT_MS * 52;
 
 /// A rejected create request: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -308,8 +310,11 @@ impl CreateTask {
                     "give either run_at or delay_ms, not both",
                 ));
             }
+            (Some(at), None) if at > now + chrono::Duration::milliseconds(MAX_DELAY_MS as i64) => {
+                return Err(invalid("run_at", "must be at most one year from now"));
+            }
             (Some(at), None) => Some(at),
-            (None, Some(ms)) if ms > MAX_TIMEOUT_MS * 52 => {
+            (None, Some(ms)) if ms > MAX_DELAY_MS => {
                 return Err(invalid("delay_ms", "must be at most one year"));
             }
             (None, Some(0)) | (None, None) => None,
@@ -427,6 +432,27 @@ mod tests {
             task.run_at,
             Some(now + chrono::Duration::milliseconds(1500))
         );
+    }
+
+    #[test]
+    fn run_at_has_the_same_horizon_as_delay_ms() {
+        let now = Utc::now();
+        let horizon = chrono::Duration::milliseconds(MAX_DELAY_MS as i64);
+        let mut request = create("noop");
+        request.run_at = Some(now + horizon);
+        assert!(request.validate(&TaskDefaults::default(), now).is_ok());
+        let mut request = create("noop");
+        request.run_at = Some(now + horizon + chrono::Duration::milliseconds(1));
+        let refused = request.validate(&TaskDefaults::default(), now).unwrap_err();
+        assert_eq!(refused.field, "run_at");
+        // Year 9999, as a client once sent.
+        let mut request = create("noop");
+        request.run_at = "9999-01-01T00:00:00Z".parse().ok();
+        assert!(request.validate(&TaskDefaults::default(), now).is_err());
+        // The past is fine: the task runs at once.
+        let mut request = create("noop");
+        request.run_at = Some(now - chrono::Duration::days(3650));
+        assert!(request.validate(&TaskDefaults::default(), now).is_ok());
     }
 
     #[test]
