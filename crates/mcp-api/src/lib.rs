@@ -35,11 +35,13 @@ pub use webhooks::WebhookState;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, header};
 use axum::routing::{delete, get, patch, post};
 use mcp_core::Orchestrator;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
+use tower_http::set_header::SetResponseHeaderLayer;
 
 /// Limits of the HTTP API.
 #[derive(Debug, Clone)]
@@ -227,6 +229,16 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             error::panic_response,
+        ))
+        // Answers carry credentials and private data: no cache may keep them, and no browser may
+        // guess another content type than the one declared.
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        ))
+        .layer(SetResponseHeaderLayer::if_not_present(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
         ))
         .layer(axum::middleware::from_fn(request_id::request_id))
         .with_state(state)

@@ -285,6 +285,33 @@ async fn never_runs_more_than_the_concurrency_limit_per_key() {
 }
 
 #[tokio::test]
+async fn answers_are_neither_cached_nor_sniffed() {
+    let server = Server::start(&[]);
+    let anonymous = reqwest::Client::new();
+    let answers = [
+        client().get(server.url("/v1/tasks")).send().await.unwrap(),
+        anonymous
+            .post(server.url("/v1/auth/login"))
+            .json(&json!({"username": "nobody", "password": "not-a-password"}))
+            .send()
+            .await
+            .unwrap(),
+        anonymous.get(server.url("/v1/tasks")).send().await.unwrap(),
+        client()
+            .get(server.url("/no/such/route"))
+            .send()
+            .await
+            .unwrap(),
+    ];
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status().as_u16()).collect();
+    assert_eq!(statuses, [200, 401, 401, 404]);
+    for answer in &answers {
+        assert_eq!(answer.headers()["cache-control"], "no-store", "{answer:?}");
+        assert_eq!(answer.headers()["x-content-type-options"], "nosniff");
+    }
+}
+
+#[tokio::test]
 async fn bad_input_gets_a_clear_json_error() {
     let server = Server::start(&[("MCP_MAX_BODY_BYTES", "4096".into())]);
     let http = client();
