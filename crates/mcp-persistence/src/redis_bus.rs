@@ -225,10 +225,7 @@ impl RedisBus {
 
     /// Waits until Redis is reached, for at most `patience`; the mode then.
     pub async fn ready(&self, patience: Duration) -> RedisMode {
-        let mut mode = self.mode_changes();
-        let shared = mode.wait_for(|m| *m == RedisMode::Shared);
-        let _ = tokio::time::timeout(patience, shared).await;
-        self.mode()
+        redis_link::ready(self.mode_changes(), patience).await
     }
 
     /// Whether events go through Redis right now, or stay on this node.

@@ -122,10 +122,7 @@ impl RedisLimiter {
 
     /// Waits until Redis is reached, for at most `patience`; the mode then.
     pub async fn ready(&self, patience: Duration) -> RedisMode {
-        let mut mode = self.mode_changes();
-        let shared = mode.wait_for(|m| *m == RedisMode::Shared);
-        let _ = tokio::time::timeout(patience, shared).await;
-        self.mode()
+        redis_link::ready(self.mode_changes(), patience).await
     }
 
     /// Whether limits are shared through Redis right now, or held by this node.

@@ -8,6 +8,7 @@
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// How a handle reaches Redis; see `RedisLimiter` and `RedisBus` for what `Local` means to each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -106,4 +107,10 @@ pub(crate) async fn within<T>(
             options.timeout().as_millis()
         )),
     }
+}
+
+/// Waits until `mode` says `Shared`, for at most `patience`; the mode then.
+pub(crate) async fn ready(mut mode: watch::Receiver<RedisMode>, patience: Duration) -> RedisMode {
+    let _ = tokio::time::timeout(patience, mode.wait_for(|m| *m == RedisMode::Shared)).await;
+    *mode.borrow()
 }
