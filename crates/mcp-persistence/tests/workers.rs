@@ -146,7 +146,9 @@ mod cases {
             .publish_workers(
                 "node-dead",
                 &[worker(1, &["unity.bake"], 0)],
-                Duration::from_millis(50),
+                // Long enough to still be live at the next assertion on a loaded machine (50 ms
+                // was not, once in CI), short enough for a quick test.
+                Duration::from_secs(1),
             )
             .await
             .unwrap();
