@@ -352,11 +352,12 @@ async fn exits_within_its_grace_period_when_told_to_stop_while_postgres_is_down(
         took < grace + Duration::from_secs(3),
         "took {took:?} to stop with a grace of {grace:?}"
     );
-    let lines = exit.1.log_lines();
     assert!(
-        lines.iter().any(|l| l["message"]
-            .as_str()
-            .is_some_and(|m| m.contains("without recording"))),
+        exit.1
+            .wait_for_log(|l| l["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("without recording")))
+            .is_some(),
         "the unwritten outcomes are not mentioned in the log"
     );
 }

@@ -470,11 +470,8 @@ async fn logs_one_json_line_per_request_with_its_request_id() {
         !generated.headers()["x-request-id"].is_empty(),
         "an id is generated when absent"
     );
-    tokio::time::sleep(Duration::from_millis(200)).await;
     let line = server
-        .log_lines()
-        .into_iter()
-        .find(|l| l["request_id"] == "log-me-7")
+        .wait_for_log(|l| l["request_id"] == "log-me-7")
         .expect("request log line");
     assert_eq!(line["method"], "GET");
     assert_eq!(line["path"], "/healthz");

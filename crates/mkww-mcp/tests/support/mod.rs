@@ -214,6 +214,21 @@ impl Server {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
+
+    /// The first log line that `matches`, waited for at most 10 s: lines reach the test through
+    /// a pipe and a reader thread, so one written just before a response may not be here yet.
+    pub fn wait_for_log(&self, matches: impl Fn(&Value) -> bool) -> Option<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(line) = self.log_lines().into_iter().find(|l| matches(l)) {
+                return Some(line);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Server {
