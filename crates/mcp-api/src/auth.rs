@@ -22,13 +22,11 @@ use mcp_core::credentials;
 use mcp_core::identity::{AuditEvent, IdentityStore};
 use mcp_core::limiter::{Decision, Limiter, Quota};
 use mcp_core::principal::{Permission, Role};
-use serde::Serialize;
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
 /// Longest `Authorization` header looked at; longer ones are refused unread.
@@ -70,27 +68,28 @@ pub struct Security {
     pub config: SecurityConfig,
 }
 
-/// How the caller proved who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum CredentialKind {
-    AccessToken,
-    ApiKey,
-    MetricsToken,
-}
+pub use mcp_core::principal::CredentialKind;
 
-/// Who is calling: set by the guard for every authenticated route.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-pub struct Principal {
-    /// Username, API key subject (`key:<prefix>`) or token `sub`.
-    pub subject: String,
-    pub role: Role,
-    pub credential: CredentialKind,
-}
+/// Who is calling, as a handler extracts it: core's `Principal`, set by the guard for every
+/// authenticated route (a newtype only because an extractor must be a type of this crate).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal(pub mcp_core::principal::Principal);
 
 impl Principal {
-    pub fn can(&self, permission: Permission) -> bool {
-        self.role.grants(permission)
+    pub fn new(subject: impl Into<String>, role: Role, credential: CredentialKind) -> Self {
+        Principal(mcp_core::principal::Principal {
+            subject: subject.into(),
+            role,
+            credential,
+        })
+    }
+}
+
+impl std::ops::Deref for Principal {
+    type Target = mcp_core::principal::Principal;
+
+    fn deref(&self) -> &Self::Target {
+        &self.0
     }
 }
 
@@ -258,21 +257,17 @@ impl Security {
                 tracing::debug!(error = %e, "cannot record an API key use");
             }
             return Ok((
-                Principal {
-                    subject: format!("key:{}", key.prefix),
-                    role: key.role,
-                    credential: CredentialKind::ApiKey,
-                },
+                Principal::new(
+                    format!("key:{}", key.prefix),
+                    key.role,
+                    CredentialKind::ApiKey,
+                ),
                 None,
             ));
         }
         match self.tokens.verify(credential) {
             Ok(claims) => Ok((
-                Principal {
-                    subject: claims.sub,
-                    role: claims.role,
-                    credential: CredentialKind::AccessToken,
-                },
+                Principal::new(claims.sub, claims.role, CredentialKind::AccessToken),
                 Some(claims.exp),
             )),
             Err(TokenError::Expired) => Err(unauthenticated("the access token has expired")
@@ -439,11 +434,11 @@ async fn authenticate_request(
             &credentials::digest(token),
         )
     {
-        return Ok(Principal {
-            subject: "metrics".into(),
-            role: Role::User,
-            credential: CredentialKind::MetricsToken,
-        });
+        return Ok(Principal::new(
+            "metrics",
+            Role::User,
+            CredentialKind::MetricsToken,
+        ));
     }
     security.authenticate(&credential).await
 }

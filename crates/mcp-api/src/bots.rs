@@ -8,13 +8,13 @@ use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
 use crate::request_id;
-use crate::tasks::insert;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use mcp_core::events::Subscription;
+use mcp_core::services::Creator;
 use mcp_core::task::CreateTask;
-use mcp_core::{Origin, Task, TaskStatus};
+use mcp_core::{Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::time::Duration;
@@ -68,15 +68,14 @@ pub async fn deploy(
             .with_details(json!({"repo": request.repo}))
         })?;
     let correlation = request_id::current();
-    let origin = Origin {
-        correlation_id: correlation.as_deref(),
-        created_by: Some(&principal.subject),
-    };
-    let tasks = state
-        .orchestrator
-        .prepare_batch(targets.iter().cloned(), origin)
+    let inserted = state
+        .tasks
+        .create_all(
+            Creator::Principal(&principal),
+            targets.iter().cloned(),
+            correlation.as_deref(),
+        )
         .await?;
-    let inserted = insert(&state, &principal, tasks).await?;
     tracing::info!(repo = %request.repo, tasks = inserted.len(), "deploy queued");
     Ok((
         StatusCode::ACCEPTED,
@@ -112,16 +111,16 @@ pub async fn ask_gemini(
     ApiJson(request): ApiJson<AskRequest>,
 ) -> Result<Json<AskResponse>, ApiError> {
     let correlation = request_id::current();
-    let origin = Origin {
-        correlation_id: correlation.as_deref(),
-        created_by: Some(&principal.subject),
-    };
+    let creator = Creator::Principal(&principal);
     let create = CreateTask {
         task_type: LLM_TASK_TYPE.to_owned(),
         payload: Some(json!({"prompt": request.prompt})),
         ..CreateTask::default()
     };
-    let task = state.orchestrator.prepare(create, origin, None).await?;
+    let task = state
+        .tasks
+        .prepare_one(creator, create, correlation.as_deref())
+        .await?;
     let id = task.id;
     // Subscribed before the insert, so no transition can come first. Without a bus, polling
     // alone still finds the outcome.
@@ -132,7 +131,7 @@ pub async fn ask_gemini(
             None
         }
     };
-    insert(&state, &principal, vec![task]).await?;
+    state.tasks.insert(creator, vec![task]).await?;
     let timeout = state.config.ask_timeout;
     let task = match tokio::time::timeout(timeout, finished(&state, id, live)).await {
         Ok(task) => task?,

@@ -27,8 +27,9 @@ pub use ed25519_dalek::VerifyingKey;
 use mcp_core::events::Subscription;
 use mcp_core::followups::{FollowupStore, PendingFollowup, SECRET_PURPOSE};
 use mcp_core::secrets::SecretBox;
+use mcp_core::services::Creator;
 use mcp_core::task::CreateTask;
-use mcp_core::{Origin, Task, TaskStatus};
+use mcp_core::{Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
@@ -326,16 +327,17 @@ async fn command(
     }
     let created_by = format!("discord:{user_id}");
     let correlation = request_id::current();
-    let origin = Origin {
-        correlation_id: correlation.as_deref(),
-        created_by: Some(&created_by),
-    };
     let create = CreateTask {
         task_type: command.task.clone(),
         payload: Some(Value::Object(payload)),
         ..CreateTask::default()
     };
-    let task = match state.orchestrator.prepare(create, origin, None).await {
+    let creator = Creator::Internal(&created_by);
+    let task = match state
+        .tasks
+        .prepare_one(creator, create, correlation.as_deref())
+        .await
+    {
         Ok(task) => task,
         Err(e) => {
             let e = ApiError::from(e);
@@ -360,7 +362,7 @@ async fn command(
     {
         tracing::warn!(task_id = %id, error = %e, "discord follow-up not stored: only this node can send it");
     }
-    if let Err(e) = state.orchestrator.insert(&[task]).await {
+    if let Err(e) = state.tasks.insert(creator, vec![task]).await {
         if let Some(followups) = &state.followups {
             let _ = followups.store.delete_followup(id).await;
         }
@@ -453,18 +455,9 @@ async fn queue_followup(
         idempotency_key: Some(format!("discord-followup:{id}")),
         ..CreateTask::default()
     };
-    let origin = Origin {
-        correlation_id: None,
-        created_by: Some(created_by),
-    };
-    let task = state
-        .orchestrator
-        .prepare(create, origin, None)
-        .await
-        .map_err(|e| e.to_string())?;
     state
-        .orchestrator
-        .insert(&[task])
+        .tasks
+        .create(Creator::Internal(created_by), create, None)
         .await
         .map_err(|e| e.to_string())?;
     if let Some(followups) = &state.followups {

@@ -8,6 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use mcp_core::StoreError;
 use mcp_core::orchestrator::OrchestratorError;
+use mcp_core::services::TaskServiceError;
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -151,6 +152,47 @@ impl From<OrchestratorError> for ApiError {
             } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", message)
                 .with_details(serde_json::json!({"type": task_type, "index": index})),
             OrchestratorError::Store(e) => e.into(),
+        }
+    }
+}
+
+impl From<TaskServiceError> for ApiError {
+    fn from(e: TaskServiceError) -> Self {
+        let message = e.to_string();
+        match e {
+            TaskServiceError::Orchestrator(e) => e.into(),
+            TaskServiceError::BatchSize { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_batch_size",
+                message,
+            ),
+            TaskServiceError::QuotaExceeded {
+                limit,
+                used,
+                resets_at,
+            } => {
+                let wait = (resets_at - chrono::Utc::now()).num_seconds().max(1) as u64;
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota_exceeded", message)
+                    .with_details(
+                        serde_json::json!({"limit": limit, "used": used, "resets_at": resets_at}),
+                    )
+                    .with_retry_after(wait)
+            }
+            TaskServiceError::IdempotencyConflict(_) => {
+                ApiError::new(StatusCode::CONFLICT, "idempotency_key_conflict", message)
+            }
+            TaskServiceError::NotFound(id) => ApiError::task_not_found(&id),
+            TaskServiceError::Forbidden(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+            }
+            TaskServiceError::AlreadyFinished { status, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "task_already_finished", message)
+                    .with_details(serde_json::json!({"status": status}))
+            }
+            TaskServiceError::NotRetryable { status, .. } => {
+                ApiError::new(StatusCode::CONFLICT, "task_not_retryable", message)
+                    .with_details(serde_json::json!({"status": status}))
+            }
         }
     }
 }

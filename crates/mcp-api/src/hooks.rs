@@ -12,8 +12,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use mcp_core::Origin;
 use mcp_core::events::Event;
+use mcp_core::services::Creator;
 use mcp_integrations::hooks::{self, HookError, HookSource, ReplayGuard};
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -132,18 +132,16 @@ pub async fn receive(
     let parsed: Option<Value> = serde_json::from_slice(&body).ok();
     let json_body = parsed.clone().unwrap_or(Value::Null);
     let created_by = format!("hook:{name}");
+    let creator = Creator::Internal(&created_by);
     let correlation = request_id::current();
-    let origin = Origin {
-        correlation_id: correlation.as_deref(),
-        created_by: Some(&created_by),
-    };
     // Prepared before the replay check: a rule that cannot make a task leaves the delivery
     // unconsumed, so the sender's retry works once the configuration is fixed.
     let tasks = state
-        .orchestrator
-        .prepare_batch(
+        .tasks
+        .prepare(
+            creator,
             hooks::tasks_for(&name, source, &verified, &json_body),
-            origin,
+            correlation.as_deref(),
         )
         .await?;
     config
@@ -154,11 +152,7 @@ pub async fn receive(
             refused(&e)
         })?;
 
-    let inserted = if tasks.is_empty() {
-        Vec::new()
-    } else {
-        state.orchestrator.insert(&tasks).await?
-    };
+    let inserted = state.tasks.insert(creator, tasks).await?;
     let ids: Vec<Uuid> = inserted.iter().map(|i| i.task.id).collect();
     let event_type = format!("hook.{name}.{}", verified.event);
     let data = json!({

@@ -88,6 +88,8 @@ pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 #[derive(Clone)]
 pub struct AppState {
     pub orchestrator: Arc<Orchestrator>,
+    /// Every creation, read, list, cancel and retry of a task goes through it.
+    pub tasks: Arc<mcp_core::services::TaskService>,
     pub config: Arc<ApiConfig>,
     pub security: Arc<Security>,
     /// Where every state change is published, and what WebSocket clients subscribe to.

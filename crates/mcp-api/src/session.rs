@@ -284,9 +284,9 @@ pub async fn logout(
 /// Who the credential of this request belongs to.
 #[utoipa::path(get, path = "/v1/auth/me", tag = "auth",
     responses(
-        (status = 200, description = "the caller", body = Principal),
+        (status = 200, description = "the caller", body = mcp_core::principal::Principal),
         (status = 401, description = "no or bad credentials", body = ErrorBody),
     ))]
-pub async fn me(principal: Principal) -> Json<Principal> {
-    Json(principal)
+pub async fn me(principal: Principal) -> Json<mcp_core::principal::Principal> {
+    Json(principal.0)
 }

@@ -9,20 +9,12 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
-use mcp_core::principal::Permission;
+use mcp_core::services::{Creator, TaskQuery};
 use mcp_core::task::CreateTask;
-use mcp_core::{
-    CancelOutcome, Inserted, NewTask, Origin, RetryOutcome, Task, TaskFilter, TaskStatus,
-};
+use mcp_core::{Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
-use uuid::Uuid;
-
-fn parse_id(id: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(id).map_err(|_| ApiError::task_not_found(id))
-}
 
 /// Create a task. 201 with the new task, or 200 with the existing one when the
 /// `idempotency_key` was used before.
@@ -39,16 +31,14 @@ pub async fn create(
     ApiJson(request): ApiJson<CreateTask>,
 ) -> Result<Response, ApiError> {
     let correlation = request_id::current();
-    let origin = Origin {
-        correlation_id: correlation.as_deref(),
-        created_by: Some(&principal.subject),
-    };
-    let task = state.orchestrator.prepare(request, origin, None).await?;
-    let inserted = insert(&state, &principal, vec![task])
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(ApiError::internal)?;
+    let inserted = state
+        .tasks
+        .create(
+            Creator::Principal(&principal),
+            request,
+            correlation.as_deref(),
+        )
+        .await?;
     let status = if inserted.created {
         StatusCode::CREATED
     } else {
@@ -86,27 +76,15 @@ pub async fn create_batch(
     principal: Principal,
     ApiJson(batch): ApiJson<CreateBatch>,
 ) -> Result<(StatusCode, Json<TaskList>), ApiError> {
-    let max = state.config.max_batch;
-    if batch.tasks.is_empty() || batch.tasks.len() > max {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_batch_size",
-            format!(
-                "a batch holds between 1 and {max} tasks; this one has {}",
-                batch.tasks.len()
-            ),
-        ));
-    }
     let correlation = request_id::current();
-    let origin = Origin {
-        correlation_id: correlation.as_deref(),
-        created_by: Some(&principal.subject),
-    };
-    let tasks = state
-        .orchestrator
-        .prepare_batch(batch.tasks, origin)
+    let inserted = state
+        .tasks
+        .create_batch(
+            Creator::Principal(&principal),
+            batch.tasks,
+            correlation.as_deref(),
+        )
         .await?;
-    let inserted = insert(&state, &principal, tasks).await?;
     Ok((
         StatusCode::CREATED,
         Json(TaskList {
@@ -151,26 +129,23 @@ pub async fn list(
         .transpose()
         .map_err(ApiError::invalid_query)?;
     let before = parse_cursor(query.cursor.as_deref())?;
-    let mut tasks = state
-        .orchestrator
-        .store()
-        .list(&TaskFilter {
-            status,
-            task_type: query.task_type,
-            queue: query.queue,
-            created_by: (!principal.can(Permission::TasksReadAny))
-                .then(|| principal.subject.clone()),
-            before,
-            limit: limit + 1,
-        })
+    let page = state
+        .tasks
+        .list(
+            &principal,
+            TaskQuery {
+                status,
+                task_type: query.task_type,
+                queue: query.queue,
+                before,
+                limit,
+            },
+        )
         .await?;
-    let next_cursor = if tasks.len() > limit as usize {
-        tasks.truncate(limit as usize);
-        tasks.last().map(|t| t.id.to_string())
-    } else {
-        None
-    };
-    Ok(Json(TaskList { tasks, next_cursor }))
+    Ok(Json(TaskList {
+        tasks: page.tasks,
+        next_cursor: page.next_cursor.map(|id| id.to_string()),
+    }))
 }
 
 /// Read one task.
@@ -185,79 +160,7 @@ pub async fn get(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    Ok(Json(visible_task(&state, &principal, &id).await?))
-}
-
-/// Whether `principal` may see `task`: its own, or any with `tasks:read:any`.
-pub(crate) fn may_see(principal: &Principal, task: &Task) -> bool {
-    principal.can(Permission::TasksReadAny)
-        || task.created_by.as_deref() == Some(principal.subject.as_str())
-}
-
-/// The task, if it exists and `principal` may see it; else 404 (a task one may not see is
-/// indistinguishable from one that does not exist).
-async fn visible_task(state: &AppState, principal: &Principal, id: &str) -> Result<Task, ApiError> {
-    let task_id = parse_id(id)?;
-    match state.orchestrator.store().get(task_id).await? {
-        Some(task) if may_see(principal, &task) => Ok(task),
-        _ => Err(ApiError::task_not_found(id)),
-    }
-}
-
-/// Charges the daily quota, then inserts. A task that matched another principal's
-/// idempotency key is refused rather than shown.
-pub(crate) async fn insert(
-    state: &AppState,
-    principal: &Principal,
-    tasks: Vec<NewTask>,
-) -> Result<Vec<Inserted>, ApiError> {
-    charge_quota(state, principal, tasks.len() as u64).await?;
-    let inserted = state.orchestrator.insert(&tasks).await?;
-    if let Some(hidden) = inserted
-        .iter()
-        .find(|i| !i.created && !may_see(principal, &i.task))
-    {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "idempotency_key_conflict",
-            format!(
-                "the idempotency_key `{}` is used by a task you cannot see; pick another",
-                hidden.task.idempotency_key.as_deref().unwrap_or_default()
-            ),
-        ));
-    }
-    Ok(inserted)
-}
-
-/// Counts `n` tasks against the principal's daily quota (roles that have one).
-async fn charge_quota(state: &AppState, principal: &Principal, n: u64) -> Result<(), ApiError> {
-    let limit = state.security.config.quota_tasks_per_day;
-    if limit == 0 || !principal.role.has_quota() {
-        return Ok(());
-    }
-    let now = Utc::now();
-    let today = now.date_naive();
-    let usage = state
-        .security
-        .identities
-        .consume_quota(&principal.subject, today, n, limit)
-        .await?;
-    if usage.granted {
-        return Ok(());
-    }
-    let midnight = today
-        .succ_opt()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
-        .unwrap_or(now);
-    let wait = (midnight - now).num_seconds().max(1) as u64;
-    Err(ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        "quota_exceeded",
-        format!("the daily quota of {limit} tasks is used up; it resets at 00:00 UTC"),
-    )
-    .with_details(serde_json::json!({"limit": limit, "used": usage.used, "resets_at": midnight}))
-    .with_retry_after(wait))
+    Ok(Json(state.tasks.get(&principal, &id).await?))
 }
 
 /// Cancel a task: a queued one never runs, a running one is signalled and ends `cancelled`.
@@ -273,36 +176,7 @@ pub async fn cancel(
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    cancel_task(&state, &principal, &id).await.map(Json)
-}
-
-/// Cancels a task the principal may cancel (REST and WebSocket).
-pub(crate) async fn cancel_task(
-    state: &AppState,
-    principal: &Principal,
-    id: &str,
-) -> Result<Task, ApiError> {
-    let task_id = parse_id(id)?;
-    if !principal.can(Permission::TasksManage) {
-        let task = visible_task(state, principal, id).await?;
-        if task.created_by.as_deref() != Some(principal.subject.as_str()) {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                "only the task's creator (or an operator) may cancel it",
-            ));
-        }
-    }
-    match state.orchestrator.cancel(task_id).await? {
-        CancelOutcome::Cancelled { task, .. } => Ok(task),
-        CancelOutcome::NotFound => Err(ApiError::task_not_found(id)),
-        CancelOutcome::AlreadyFinal(task) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "task_already_finished",
-            format!("task `{id}` is {} and cannot be cancelled", task.status),
-        )
-        .with_details(serde_json::json!({"status": task.status}))),
-    }
+    Ok(Json(state.tasks.cancel(&principal, &id).await?))
 }
 
 /// Requeue a failed or dead task now (granting one more attempt if it had none left).
@@ -315,21 +189,10 @@ pub(crate) async fn cancel_task(
     ))]
 pub async fn retry(
     State(state): State<AppState>,
+    principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    match state.orchestrator.retry(parse_id(&id)?).await? {
-        RetryOutcome::Requeued(task) => Ok(Json(task)),
-        RetryOutcome::NotFound => Err(ApiError::task_not_found(&id)),
-        RetryOutcome::NotRetryable(task) => Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "task_not_retryable",
-            format!(
-                "task `{id}` is {}; only failed or dead tasks can be retried",
-                task.status
-            ),
-        )
-        .with_details(serde_json::json!({"status": task.status}))),
-    }
+    Ok(Json(state.tasks.retry(&principal, &id).await?))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

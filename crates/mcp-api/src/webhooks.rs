@@ -11,8 +11,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use chrono::{DateTime, Utc};
-use mcp_core::Origin;
 use mcp_core::secrets::SecretBox;
+use mcp_core::services::Creator;
 use mcp_core::task::CreateTask;
 use mcp_core::webhooks::{
     DELIVER_TASK, SECRET_PURPOSE, Webhook, WebhookDelivery, WebhookStore, generate_secret,
@@ -318,18 +318,16 @@ pub async fn redeliver(
             .await?;
     }
     let inserted = state
-        .orchestrator
+        .tasks
         .create(
+            Creator::Principal(&principal),
             CreateTask {
                 task_type: DELIVER_TASK.to_owned(),
                 payload: Some(json!({ "delivery_id": delivery.id })),
                 max_attempts: Some(hooks.max_attempts),
                 ..CreateTask::default()
             },
-            Origin {
-                correlation_id: None,
-                created_by: Some(&principal.subject),
-            },
+            None,
         )
         .await?;
     state

@@ -17,6 +17,7 @@ pub mod orchestrator;
 pub mod principal;
 pub mod routing;
 pub mod secrets;
+pub mod services;
 pub mod store;
 pub mod task;
 pub mod webhooks;

@@ -46,6 +46,31 @@ impl std::str::FromStr for Role {
     }
 }
 
+/// How the caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    AccessToken,
+    ApiKey,
+    MetricsToken,
+}
+
+/// Who is calling: a subject with a role, and how it authenticated. The API authenticates it;
+/// the core services decide with it what the caller may see and change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Principal {
+    /// Username, API key subject (`key:<prefix>`) or token `sub`.
+    pub subject: String,
+    pub role: Role,
+    pub credential: CredentialKind,
+}
+
+impl Principal {
+    pub fn can(&self, permission: Permission) -> bool {
+        self.role.grants(permission)
+    }
+}
+
 /// Something a principal may be allowed to do. README's permission table is this enum and
 /// `Role::grants`; the API checks every route against it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

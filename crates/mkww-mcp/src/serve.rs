@@ -22,6 +22,7 @@ use mcp_core::memory::{MemoryStore, SUMMARIZE_TASK, Summarizer};
 use mcp_core::principal::Role;
 use mcp_core::routing::{BreakerConfig, WorkerDirectory};
 use mcp_core::secrets::SecretBox;
+use mcp_core::services::{TaskLimits, TaskService};
 use mcp_core::task::TaskDefaults;
 use mcp_core::webhooks::{DELIVER_TASK, Outbox, WebhookStore};
 use mcp_core::{Backoff, HandlerRegistry, Orchestrator, OrchestratorConfig, StoreError, TaskStore};
@@ -399,8 +400,17 @@ pub fn api_state(
     memory: Arc<dyn MemoryStore>,
     metrics: Option<MetricsRenderer>,
 ) -> AppState {
+    let tasks = Arc::new(TaskService::new(
+        orchestrator.clone(),
+        security.identities.clone(),
+        TaskLimits {
+            max_batch: config.max_batch,
+            quota_tasks_per_day: security.config.quota_tasks_per_day,
+        },
+    ));
     AppState {
         orchestrator,
+        tasks,
         config: Arc::new(ApiConfig {
             max_body_bytes: config.max_body_bytes,
             max_batch: config.max_batch,

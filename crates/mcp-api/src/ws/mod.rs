@@ -17,10 +17,10 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use futures::{SinkExt, StreamExt};
 use mcp_core::HandlerError;
-use mcp_core::Origin;
 use mcp_core::events::{Delivery, Event, Recovery, StreamPosition};
 use mcp_core::limiter::{Quota, gcra, now_us};
 use mcp_core::principal::Permission;
+use mcp_core::services::Creator;
 use mcp_core::task::CreateTask;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -499,17 +499,11 @@ impl Connection {
                 }
                 let request: CreateTask = serde_json::from_value(task)
                     .map_err(|e| ws_error("invalid_request", &e.to_string()))?;
-                let origin = Origin {
-                    correlation_id: None,
-                    created_by: Some(&principal.subject),
-                };
-                let task = self
+                let inserted = self
                     .state
-                    .orchestrator
-                    .prepare(request, origin, None)
+                    .tasks
+                    .create(Creator::Principal(&principal), request, None)
                     .await?;
-                let inserted = crate::tasks::insert(&self.state, &principal, vec![task]).await?;
-                let inserted = inserted.into_iter().next().ok_or_else(ApiError::internal)?;
                 Ok(Some(
                     json!({"task": inserted.task, "created": inserted.created}),
                 ))
@@ -546,7 +540,7 @@ impl Connection {
                 if !principal.can(Permission::TasksCancelOwn) {
                     return Err(forbidden("tasks:cancel:own"));
                 }
-                let task = crate::tasks::cancel_task(&self.state, &principal, &task_id).await?;
+                let task = self.state.tasks.cancel(&principal, &task_id).await?;
                 Ok(Some(json!({"task": task})))
             }
         }
@@ -802,11 +796,11 @@ impl Connection {
     }
 
     async fn owns_task(&self, principal: &Principal, id: &str) -> Result<bool, ApiError> {
-        let Ok(id) = uuid::Uuid::parse_str(id) else {
-            return Ok(false);
-        };
-        let task = self.state.orchestrator.store().get(id).await?;
-        Ok(task.is_some_and(|t| crate::tasks::may_see(principal, &t)))
+        match self.state.tasks.get(principal, id).await {
+            Ok(_) => Ok(true),
+            Err(mcp_core::services::TaskServiceError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 

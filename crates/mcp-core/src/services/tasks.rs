@@ -1,0 +1,338 @@
+//! The task service: the one path by which anything creates, reads, lists, cancels or retries a
+//! task — the REST routes, the WebSocket, the bots' routes, Discord commands, incoming hooks and
+//! webhook redeliveries alike. Who may see or change which task is decided here, once.
+
+use crate::identity::IdentityStore;
+use crate::orchestrator::{Orchestrator, OrchestratorError, Origin};
+use crate::principal::{Permission, Principal};
+use crate::store::{CancelOutcome, Inserted, RetryOutcome, TaskFilter};
+use crate::task::{CreateTask, NewTask, Task, TaskStatus};
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Limits the service enforces on principals.
+#[derive(Debug, Clone, Copy)]
+pub struct TaskLimits {
+    /// Most tasks in one batch.
+    pub max_batch: usize,
+    /// Tasks a day for roles with a quota (`user`, `service`); 0: no quota.
+    pub quota_tasks_per_day: u64,
+}
+
+impl Default for TaskLimits {
+    fn default() -> Self {
+        TaskLimits {
+            max_batch: 1000,
+            quota_tasks_per_day: 0,
+        }
+    }
+}
+
+/// Who creates tasks: an authenticated principal (quota, and only its own idempotency keys), or
+/// a part of the hub acting on its own behalf under an internal subject (`hook:{source}`,
+/// `discord:{user}`, `webhooks`).
+#[derive(Debug, Clone, Copy)]
+pub enum Creator<'a> {
+    Principal(&'a Principal),
+    Internal(&'a str),
+}
+
+impl Creator<'_> {
+    fn subject(&self) -> &str {
+        match self {
+            Creator::Principal(principal) => &principal.subject,
+            Creator::Internal(subject) => subject,
+        }
+    }
+}
+
+/// What a list asks for; the caller's own tasks only unless it may read any.
+#[derive(Debug, Clone, Default)]
+pub struct TaskQuery {
+    pub status: Option<TaskStatus>,
+    pub task_type: Option<String>,
+    pub queue: Option<String>,
+    /// The last task of the previous page.
+    pub before: Option<Uuid>,
+    pub limit: u32,
+}
+
+/// A page of tasks, newest first.
+#[derive(Debug, Clone)]
+pub struct TaskPage {
+    pub tasks: Vec<Task>,
+    /// The cursor of the next page; `None` on the last.
+    pub next_cursor: Option<Uuid>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TaskServiceError {
+    #[error(transparent)]
+    Orchestrator(#[from] OrchestratorError),
+    #[error("a batch holds between 1 and {max} tasks; this one has {got}")]
+    BatchSize { max: usize, got: usize },
+    #[error("the daily quota of {limit} tasks is used up; it resets at 00:00 UTC")]
+    QuotaExceeded {
+        limit: u64,
+        used: u64,
+        resets_at: DateTime<Utc>,
+    },
+    #[error("the idempotency_key `{0}` is used by a task you cannot see; pick another")]
+    IdempotencyConflict(String),
+    #[error("no task with id `{0}`")]
+    NotFound(String),
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("task `{id}` is {status} and cannot be cancelled")]
+    AlreadyFinished { id: String, status: TaskStatus },
+    #[error("task `{id}` is {status}; only failed or dead tasks can be retried")]
+    NotRetryable { id: String, status: TaskStatus },
+}
+
+impl From<crate::StoreError> for TaskServiceError {
+    fn from(e: crate::StoreError) -> Self {
+        TaskServiceError::Orchestrator(e.into())
+    }
+}
+
+pub struct TaskService {
+    orchestrator: Arc<Orchestrator>,
+    /// Where the daily quota is counted.
+    identities: Arc<dyn IdentityStore>,
+    limits: TaskLimits,
+}
+
+impl TaskService {
+    pub fn new(
+        orchestrator: Arc<Orchestrator>,
+        identities: Arc<dyn IdentityStore>,
+        limits: TaskLimits,
+    ) -> Self {
+        TaskService {
+            orchestrator,
+            identities,
+            limits,
+        }
+    }
+
+    pub fn orchestrator(&self) -> &Arc<Orchestrator> {
+        &self.orchestrator
+    }
+
+    pub fn limits(&self) -> TaskLimits {
+        self.limits
+    }
+
+    /// Whether `principal` may see `task`: its own, or any with `tasks:read:any`.
+    pub fn may_see(principal: &Principal, task: &Task) -> bool {
+        principal.can(Permission::TasksReadAny)
+            || task.created_by.as_deref() == Some(principal.subject.as_str())
+    }
+
+    /// Creates one task; `created` is false when its idempotency key named an existing task.
+    pub async fn create(
+        &self,
+        creator: Creator<'_>,
+        request: CreateTask,
+        correlation: Option<&str>,
+    ) -> Result<Inserted, TaskServiceError> {
+        let task = self.prepare_one(creator, request, correlation).await?;
+        let mut inserted = self.insert(creator, vec![task]).await?;
+        Ok(inserted.remove(0))
+    }
+
+    /// Creates between 1 and `max_batch` tasks atomically: if one is invalid, none is created.
+    pub async fn create_batch(
+        &self,
+        creator: Creator<'_>,
+        requests: Vec<CreateTask>,
+        correlation: Option<&str>,
+    ) -> Result<Vec<Inserted>, TaskServiceError> {
+        let max = self.limits.max_batch;
+        if requests.is_empty() || requests.len() > max {
+            return Err(TaskServiceError::BatchSize {
+                max,
+                got: requests.len(),
+            });
+        }
+        self.create_all(creator, requests, correlation).await
+    }
+
+    /// Creates a fixed set of tasks (a deploy's, a hook rule's) atomically, whatever their
+    /// number.
+    pub async fn create_all(
+        &self,
+        creator: Creator<'_>,
+        requests: impl IntoIterator<Item = CreateTask>,
+        correlation: Option<&str>,
+    ) -> Result<Vec<Inserted>, TaskServiceError> {
+        let tasks = self.prepare(creator, requests, correlation).await?;
+        self.insert(creator, tasks).await
+    }
+
+    /// Validates one request into a task with its id, without storing it: for callers that
+    /// subscribe to the task's events before it exists (`insert` then stores it).
+    pub async fn prepare_one(
+        &self,
+        creator: Creator<'_>,
+        request: CreateTask,
+        correlation: Option<&str>,
+    ) -> Result<NewTask, TaskServiceError> {
+        let origin = Origin {
+            correlation_id: correlation,
+            created_by: Some(creator.subject()),
+        };
+        Ok(self.orchestrator.prepare(request, origin, None).await?)
+    }
+
+    /// Validates many requests (errors name the request's index), without storing them.
+    pub async fn prepare(
+        &self,
+        creator: Creator<'_>,
+        requests: impl IntoIterator<Item = CreateTask>,
+        correlation: Option<&str>,
+    ) -> Result<Vec<NewTask>, TaskServiceError> {
+        let origin = Origin {
+            correlation_id: correlation,
+            created_by: Some(creator.subject()),
+        };
+        Ok(self.orchestrator.prepare_batch(requests, origin).await?)
+    }
+
+    /// Stores prepared tasks atomically: a principal's are charged to its daily quota, and one
+    /// that matched another principal's idempotency key is refused rather than shown.
+    pub async fn insert(
+        &self,
+        creator: Creator<'_>,
+        tasks: Vec<NewTask>,
+    ) -> Result<Vec<Inserted>, TaskServiceError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let Creator::Principal(principal) = creator else {
+            return Ok(self.orchestrator.insert(&tasks).await?);
+        };
+        self.charge_quota(principal, tasks.len() as u64).await?;
+        let inserted = self.orchestrator.insert(&tasks).await?;
+        if let Some(hidden) = inserted
+            .iter()
+            .find(|i| !i.created && !Self::may_see(principal, &i.task))
+        {
+            return Err(TaskServiceError::IdempotencyConflict(
+                hidden.task.idempotency_key.clone().unwrap_or_default(),
+            ));
+        }
+        Ok(inserted)
+    }
+
+    /// Counts `n` tasks against the principal's daily quota (roles that have one).
+    async fn charge_quota(&self, principal: &Principal, n: u64) -> Result<(), TaskServiceError> {
+        let limit = self.limits.quota_tasks_per_day;
+        if limit == 0 || !principal.role.has_quota() {
+            return Ok(());
+        }
+        let now = Utc::now();
+        let today = now.date_naive();
+        let usage = self
+            .identities
+            .consume_quota(&principal.subject, today, n, limit)
+            .await?;
+        if usage.granted {
+            return Ok(());
+        }
+        let resets_at = today
+            .succ_opt()
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .map(|t| t.and_utc())
+            .unwrap_or(now);
+        Err(TaskServiceError::QuotaExceeded {
+            limit,
+            used: usage.used,
+            resets_at,
+        })
+    }
+
+    /// The task, if it exists and `principal` may see it. A task one may not see is
+    /// indistinguishable from one that does not exist.
+    pub async fn get(&self, principal: &Principal, id: &str) -> Result<Task, TaskServiceError> {
+        let task_id = parse_id(id)?;
+        match self.orchestrator.store().get(task_id).await? {
+            Some(task) if Self::may_see(principal, &task) => Ok(task),
+            _ => Err(TaskServiceError::NotFound(id.to_owned())),
+        }
+    }
+
+    /// A page of the tasks `principal` may see, newest first.
+    pub async fn list(
+        &self,
+        principal: &Principal,
+        query: TaskQuery,
+    ) -> Result<TaskPage, TaskServiceError> {
+        let limit = query.limit as usize;
+        let mut tasks = self
+            .orchestrator
+            .store()
+            .list(&TaskFilter {
+                status: query.status,
+                task_type: query.task_type,
+                queue: query.queue,
+                created_by: (!principal.can(Permission::TasksReadAny))
+                    .then(|| principal.subject.clone()),
+                before: query.before,
+                limit: query.limit + 1,
+            })
+            .await?;
+        let next_cursor = if tasks.len() > limit {
+            tasks.truncate(limit);
+            tasks.last().map(|t| t.id)
+        } else {
+            None
+        };
+        Ok(TaskPage { tasks, next_cursor })
+    }
+
+    /// Cancels a task: its creator may, and anyone who manages tasks. A queued task never runs;
+    /// a running one is signalled and ends `cancelled`.
+    pub async fn cancel(&self, principal: &Principal, id: &str) -> Result<Task, TaskServiceError> {
+        let task_id = parse_id(id)?;
+        if !principal.can(Permission::TasksManage) {
+            let task = self.get(principal, id).await?;
+            if task.created_by.as_deref() != Some(principal.subject.as_str()) {
+                return Err(TaskServiceError::Forbidden(
+                    "only the task's creator (or an operator) may cancel it",
+                ));
+            }
+        }
+        match self.orchestrator.cancel(task_id).await? {
+            CancelOutcome::Cancelled { task, .. } => Ok(task),
+            CancelOutcome::NotFound => Err(TaskServiceError::NotFound(id.to_owned())),
+            CancelOutcome::AlreadyFinal(task) => Err(TaskServiceError::AlreadyFinished {
+                id: id.to_owned(),
+                status: task.status,
+            }),
+        }
+    }
+
+    /// Requeues a failed or dead task now (one more attempt if it had none left); for those who
+    /// manage tasks.
+    pub async fn retry(&self, principal: &Principal, id: &str) -> Result<Task, TaskServiceError> {
+        if !principal.can(Permission::TasksManage) {
+            return Err(TaskServiceError::Forbidden(
+                "only an operator may retry a task",
+            ));
+        }
+        match self.orchestrator.retry(parse_id(id)?).await? {
+            RetryOutcome::Requeued(task) => Ok(task),
+            RetryOutcome::NotFound => Err(TaskServiceError::NotFound(id.to_owned())),
+            RetryOutcome::NotRetryable(task) => Err(TaskServiceError::NotRetryable {
+                id: id.to_owned(),
+                status: task.status,
+            }),
+        }
+    }
+}
+
+fn parse_id(id: &str) -> Result<Uuid, TaskServiceError> {
+    Uuid::parse_str(id).map_err(|_| TaskServiceError::NotFound(id.to_owned()))
+}
