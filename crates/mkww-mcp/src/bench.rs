@@ -226,7 +226,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 async fn tasks(args: TasksBench) -> anyhow::Result<()> {
-    crate::serve::init_logging(&Config {
+    crate::logging::init_logging(&Config {
         log_format: "pretty".into(),
         log_level: "warn".into(),
         ..Config::default()
@@ -259,7 +259,7 @@ async fn tasks(args: TasksBench) -> anyhow::Result<()> {
                 quota_tasks_per_day: 0,
                 ..Config::default()
             };
-            let security = crate::serve::security(
+            let security = crate::serve::api::security(
                 &config,
                 backing.identities(),
                 Arc::new(MemoryLimiter::default()),
@@ -268,7 +268,7 @@ async fn tasks(args: TasksBench) -> anyhow::Result<()> {
                 security
                     .tokens
                     .issue("bench", Role::Admin, Duration::from_secs(24 * 3600))?;
-            let app = mcp_api::router(crate::serve::api_state(
+            let app = mcp_api::router(crate::serve::api::api_state(
                 &config,
                 orchestrator.clone(),
                 security,

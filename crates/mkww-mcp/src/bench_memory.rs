@@ -308,7 +308,7 @@ impl Kind {
 }
 
 pub async fn run(args: MemoryBench) -> anyhow::Result<()> {
-    crate::serve::init_logging(&Config {
+    crate::logging::init_logging(&Config {
         log_format: "pretty".into(),
         log_level: "warn".into(),
         ..Config::default()
