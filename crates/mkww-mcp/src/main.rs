@@ -2,8 +2,6 @@
 //! loads configuration and wires the layers together; the work happens in the library crates.
 
 mod bench;
-mod bench_memory;
-mod bench_ws;
 mod commands;
 mod config;
 mod integrations;
