@@ -2,12 +2,11 @@
 //! loads configuration and wires the layers together; the work happens in the library crates.
 
 mod bench;
-mod bench_memory;
-mod bench_ws;
+mod commands;
 mod config;
 mod integrations;
+mod logging;
 mod serve;
-mod tls;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -90,13 +89,13 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Serve { config, listen } => serve::serve(config.as_deref(), listen).await,
-        Command::Migrate { config } => serve::migrate(config.as_deref()).await,
+        Command::Migrate { config } => commands::migrate::migrate(config.as_deref()).await,
         Command::Token {
             config,
             role,
             sub,
             ttl,
-        } => serve::token(config.as_deref(), role, &sub, ttl),
+        } => commands::token::token(config.as_deref(), role, &sub, ttl),
         Command::User {
             command:
                 UserCommand::Create {
@@ -105,7 +104,7 @@ async fn main() -> std::process::ExitCode {
                     role,
                     password_stdin,
                 },
-        } => serve::create_user(config.as_deref(), &name, role, password_stdin).await,
+        } => commands::user::create_user(config.as_deref(), &name, role, password_stdin).await,
         Command::Bench { bench } => bench::run(bench).await,
     };
     match outcome {

@@ -12,13 +12,13 @@
 //!
 //! It runs against a fresh SQLite file or a fresh PostgreSQL schema, dropped afterwards.
 
-use crate::config::Config;
-use anyhow::Context;
+use super::scratch::BenchStore;
+use super::{percentile, quiet_logging};
 use chrono::{Duration as Span, Utc};
 use mcp_core::memory::{
-    Conversation, MemoryStore, Message, MessageRole, SearchQuery, SearchRequest, estimate_tokens,
+    Conversation, Message, MessageRole, SearchQuery, SearchRequest, estimate_tokens,
 };
-use mcp_persistence::{PgTaskStore, SqliteOptions, SqliteTaskStore};
+use mcp_persistence::SqliteOptions;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
@@ -65,91 +65,38 @@ pub struct MemoryBench {
     keep: bool,
 }
 
-enum Backing {
-    Sqlite(SqliteTaskStore, std::path::PathBuf),
-    Postgres(PgTaskStore),
-}
-
-impl Backing {
-    async fn open(args: &MemoryBench) -> anyhow::Result<Backing> {
-        match args.database_url.as_deref() {
-            Some(url) => {
-                let schema = format!("mcp_bench_{}", Uuid::new_v4().simple());
-                let store = PgTaskStore::connect(url, &schema, 8)
-                    .await
-                    .context("cannot connect to PostgreSQL")?;
-                store.migrate().await?;
-                Ok(Backing::Postgres(store))
-            }
-            None => {
-                let dir = std::env::temp_dir().join(format!("mcp-bench-{}", Uuid::new_v4()));
-                let store =
-                    SqliteTaskStore::open(&dir.join("bench.db"), &SqliteOptions::default()).await?;
-                store.migrate().await?;
-                Ok(Backing::Sqlite(store, dir))
-            }
-        }
-    }
-
-    fn store(&self) -> Arc<dyn MemoryStore> {
+/// What the memory bench reports of its store besides the figures.
+impl BenchStore {
+    fn describe_memory(&self) -> String {
         match self {
-            Backing::Sqlite(store, _) => Arc::new(store.clone()),
-            Backing::Postgres(store) => Arc::new(store.clone()),
-        }
-    }
-
-    fn describe(&self) -> String {
-        match self {
-            Backing::Sqlite(..) => "sqlite (WAL, synchronous=NORMAL, FTS5 porter)".into(),
-            Backing::Postgres(store) => {
+            BenchStore::Sqlite(..) => "sqlite (WAL, synchronous=NORMAL, FTS5 porter)".into(),
+            BenchStore::Postgres(store) => {
                 format!("postgres (schema {}, tsvector + GIN)", store.schema())
             }
-        }
-    }
-
-    /// Where the data is: the SQLite file or the PostgreSQL schema.
-    fn location(&self) -> String {
-        match self {
-            Backing::Sqlite(_, dir) => dir.join("bench.db").display().to_string(),
-            Backing::Postgres(store) => format!("schema {}", store.schema()),
         }
     }
 
     /// Bytes on disk: the SQLite file and its WAL, or the PostgreSQL tables and indexes.
     async fn size(&self) -> Option<u64> {
         match self {
-            Backing::Sqlite(_, dir) => std::fs::read_dir(dir).ok().map(|entries| {
+            BenchStore::Sqlite(_, dir) => std::fs::read_dir(dir).ok().map(|entries| {
                 entries
                     .filter_map(Result::ok)
                     .filter_map(|e| e.metadata().ok())
                     .map(|m| m.len())
                     .sum()
             }),
-            Backing::Postgres(store) => store.memory_bytes().await.ok(),
+            BenchStore::Postgres(store) => store.memory_bytes().await.ok(),
         }
     }
 
     /// Brings the planner statistics up to date, as autovacuum would after a bulk load.
     async fn settle(&self) -> anyhow::Result<()> {
         match self {
-            Backing::Sqlite(..) => {}
-            Backing::Postgres(store) => store.vacuum_memory().await?,
+            BenchStore::Sqlite(..) => {}
+            BenchStore::Postgres(store) => store.vacuum_memory().await?,
         }
         Ok(())
-    }
-
-    async fn cleanup(self) {
-        match self {
-            Backing::Sqlite(store, dir) => {
-                store.close().await;
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            Backing::Postgres(store) => {
-                if let Err(e) = store.drop_schema().await {
-                    eprintln!("could not drop the bench schema: {e}");
-                }
-            }
-        }
     }
 }
 
@@ -282,14 +229,6 @@ impl Zipf {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
     OneWord,
@@ -308,11 +247,7 @@ impl Kind {
 }
 
 pub async fn run(args: MemoryBench) -> anyhow::Result<()> {
-    crate::serve::init_logging(&Config {
-        log_format: "pretty".into(),
-        log_level: "warn".into(),
-        ..Config::default()
-    });
+    quiet_logging();
     anyhow::ensure!(
         args.batch > 0 && args.conversations > 0,
         "batch and conversations must be at least 1"
@@ -321,7 +256,7 @@ pub async fn run(args: MemoryBench) -> anyhow::Result<()> {
         args.vocabulary >= 200,
         "the vocabulary needs at least 200 words"
     );
-    let backing = Backing::open(&args).await?;
+    let backing = BenchStore::open(args.database_url.as_deref(), &SqliteOptions::default()).await?;
     let outcome = measure(&args, &backing).await;
     if args.keep {
         println!("kept: {}", backing.location());
@@ -331,8 +266,8 @@ pub async fn run(args: MemoryBench) -> anyhow::Result<()> {
     outcome
 }
 
-async fn measure(args: &MemoryBench, backing: &Backing) -> anyhow::Result<()> {
-    let store = backing.store();
+async fn measure(args: &MemoryBench, backing: &BenchStore) -> anyhow::Result<()> {
+    let store = backing.memory();
     let mut rng = StdRng::seed_from_u64(args.seed);
     let zipf = Arc::new(Zipf::new(&mut rng, args.vocabulary, args.zipf));
     println!(
@@ -343,7 +278,7 @@ async fn measure(args: &MemoryBench, backing: &Backing) -> anyhow::Result<()> {
         args.conversations,
         args.vocabulary,
         args.zipf,
-        backing.describe()
+        backing.describe_memory()
     );
 
     let start = Utc::now() - Span::days(30);

@@ -6,30 +6,21 @@
 //!
 //! It runs against a fresh SQLite file or a fresh PostgreSQL schema, dropped afterwards.
 
+use super::scratch::BenchStore;
+use super::{percentile, quiet_logging};
 use crate::config::Config;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use clap::{Subcommand, ValueEnum};
-use mcp_core::identity::IdentityStore;
+use clap::ValueEnum;
 use mcp_core::limiter::MemoryLimiter;
 use mcp_core::principal::Role;
 use mcp_core::task::CreateTask;
 use mcp_core::{HandlerRegistry, Orchestrator, OrchestratorConfig, Origin, TaskStatus, TaskStore};
-use mcp_persistence::{PgTaskStore, SqliteOptions, SqliteTaskStore};
+use mcp_persistence::SqliteOptions;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
-
-#[derive(Subcommand)]
-pub enum Bench {
-    /// Enqueue rate, processing rate and pickup latency of the task orchestrator.
-    Tasks(TasksBench),
-    /// Insert rate and search latency of the memory service.
-    Memory(crate::bench_memory::MemoryBench),
-    /// WebSocket fan-out: subscribers, delivery latency and rate, idle connections held.
-    Ws(crate::bench_ws::WsBench),
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Via {
@@ -69,89 +60,14 @@ pub struct TasksBench {
     sqlite_full: bool,
 }
 
-pub async fn run(bench: Bench) -> anyhow::Result<()> {
-    match bench {
-        Bench::Tasks(args) => tasks(args).await,
-        Bench::Memory(args) => crate::bench_memory::run(args).await,
-        Bench::Ws(args) => crate::bench_ws::run(args).await,
-    }
-}
-
-enum BenchStore {
-    Sqlite(SqliteTaskStore, std::path::PathBuf),
-    Postgres(PgTaskStore),
-}
-
-impl BenchStore {
-    async fn open(args: &TasksBench) -> anyhow::Result<BenchStore> {
-        match args.database_url.as_deref() {
-            Some(url) => {
-                let schema = format!("mcp_bench_{}", Uuid::new_v4().simple());
-                let store = PgTaskStore::connect(url, &schema, 8)
-                    .await
-                    .context("cannot connect to PostgreSQL")?;
-                store.migrate().await?;
-                Ok(BenchStore::Postgres(store))
-            }
-            None => {
-                let dir = std::env::temp_dir().join(format!("mcp-bench-{}", Uuid::new_v4()));
-                let store = SqliteTaskStore::open(
-                    &dir.join("bench.db"),
-                    &SqliteOptions {
-                        synchronous_full: args.sqlite_full,
-                        ..SqliteOptions::default()
-                    },
-                )
-                .await?;
-                store.migrate().await?;
-                Ok(BenchStore::Sqlite(store, dir))
-            }
-        }
-    }
-
-    fn store(&self) -> Arc<dyn TaskStore> {
-        match self {
-            BenchStore::Sqlite(store, _) => Arc::new(store.clone()),
-            BenchStore::Postgres(store) => Arc::new(store.clone()),
-        }
-    }
-
-    fn memory(&self) -> Arc<dyn mcp_core::memory::MemoryStore> {
-        match self {
-            BenchStore::Sqlite(store, _) => Arc::new(store.clone()),
-            BenchStore::Postgres(store) => Arc::new(store.clone()),
-        }
-    }
-
-    fn identities(&self) -> Arc<dyn IdentityStore> {
-        match self {
-            BenchStore::Sqlite(store, _) => Arc::new(store.clone()),
-            BenchStore::Postgres(store) => Arc::new(store.clone()),
-        }
-    }
-
-    fn describe(&self, args: &TasksBench) -> String {
-        match self {
-            BenchStore::Sqlite(..) => format!(
-                "sqlite (WAL, synchronous={})",
-                if args.sqlite_full { "FULL" } else { "NORMAL" }
-            ),
-            BenchStore::Postgres(store) => format!("postgres (schema {})", store.schema()),
-        }
-    }
-
-    async fn cleanup(self) {
-        match self {
-            BenchStore::Sqlite(store, dir) => {
-                store.close().await;
-                let _ = std::fs::remove_dir_all(dir);
-            }
-            BenchStore::Postgres(store) => {
-                if let Err(e) = store.drop_schema().await {
-                    eprintln!("could not drop the bench schema: {e}");
-                }
-            }
-        }
+/// Which store, and how SQLite syncs.
+fn describe(backing: &BenchStore, args: &TasksBench) -> String {
+    match backing {
+        BenchStore::Sqlite(..) => format!(
+            "sqlite (WAL, synchronous={})",
+            if args.sqlite_full { "FULL" } else { "NORMAL" }
+        ),
+        BenchStore::Postgres(store) => format!("postgres (schema {})", store.schema()),
     }
 }
 
@@ -217,22 +133,17 @@ async fn wait_until_done(store: &Arc<dyn TaskStore>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-async fn tasks(args: TasksBench) -> anyhow::Result<()> {
-    crate::serve::init_logging(&Config {
-        log_format: "pretty".into(),
-        log_level: "warn".into(),
-        ..Config::default()
-    });
-    let backing = BenchStore::open(&args).await?;
-    let store = backing.store();
+pub async fn run(args: TasksBench) -> anyhow::Result<()> {
+    quiet_logging();
+    let backing = BenchStore::open(
+        args.database_url.as_deref(),
+        &SqliteOptions {
+            synchronous_full: args.sqlite_full,
+            ..SqliteOptions::default()
+        },
+    )
+    .await?;
+    let store = backing.tasks();
     let orchestrator = Orchestrator::new(
         store.clone(),
         HandlerRegistry::with_builtins(),
@@ -259,7 +170,7 @@ async fn tasks(args: TasksBench) -> anyhow::Result<()> {
                 quota_tasks_per_day: 0,
                 ..Config::default()
             };
-            let security = crate::serve::security(
+            let security = crate::serve::api::security(
                 &config,
                 backing.identities(),
                 Arc::new(MemoryLimiter::default()),
@@ -268,7 +179,7 @@ async fn tasks(args: TasksBench) -> anyhow::Result<()> {
                 security
                     .tokens
                     .issue("bench", Role::Admin, Duration::from_secs(24 * 3600))?;
-            let app = mcp_api::router(crate::serve::api_state(
+            let app = mcp_api::router(crate::serve::api::api_state(
                 &config,
                 orchestrator.clone(),
                 security,
@@ -297,7 +208,7 @@ async fn tasks(args: TasksBench) -> anyhow::Result<()> {
             Via::Direct => "direct",
             Via::Http => "http",
         },
-        backing.describe(&args),
+        describe(&backing, &args),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         args.concurrency,
         args.batch_size,
@@ -374,7 +285,7 @@ async fn tasks(args: TasksBench) -> anyhow::Result<()> {
         json!({
             "bench": "tasks",
             "via": match args.via { Via::Direct => "direct", Via::Http => "http" },
-            "store": backing.describe(&args),
+            "store": describe(&backing, &args),
             "tasks": args.tasks,
             "enqueue_jobs_per_s": enqueue_rate.round(),
             "processed_jobs_per_s": process_rate.round(),

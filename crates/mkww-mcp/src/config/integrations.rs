@@ -1,0 +1,72 @@
+//! What the integration keys derive: VCC's project roots and settings file, Discord's key.
+
+use super::Config;
+use std::path::PathBuf;
+
+impl Config {
+    /// `vcc_settings`, or where VCC keeps its `settings.json` on this system if it is there.
+    pub fn vcc_settings_file(&self) -> Option<PathBuf> {
+        if let Some(path) = &self.vcc_settings {
+            return Some(path.clone());
+        }
+        let data = if cfg!(windows) {
+            std::env::var_os("LOCALAPPDATA").map(PathBuf::from)
+        } else if cfg!(target_os = "macos") {
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join("Library/Application Support"))
+        } else {
+            std::env::var_os("XDG_DATA_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        };
+        data.map(|dir| dir.join("VRChatCreatorCompanion").join("settings.json"))
+            .filter(|path| path.is_file())
+    }
+
+    /// `vcc_project_roots`, split at commas.
+    pub fn vcc_roots(&self) -> Vec<PathBuf> {
+        self.vcc_project_roots
+            .split(',')
+            .map(str::trim)
+            .filter(|root| !root.is_empty())
+            .map(PathBuf::from)
+            .collect()
+    }
+
+    /// The key that signs Discord interactions, if one is configured.
+    pub fn discord_public_key(&self) -> anyhow::Result<Option<mcp_api::discord::VerifyingKey>> {
+        match self.discord_public_key.as_deref().filter(|k| !k.is_empty()) {
+            Some(hex) => Ok(Some(
+                mcp_api::discord::parse_public_key(hex).map_err(anyhow::Error::msg)?,
+            )),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's test jail returns its own large error type
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn finds_vcc_settings_where_vcc_keeps_them() {
+        figment::Jail::expect_with(|jail| {
+            let data = jail.directory().join("share");
+            jail.set_env("XDG_DATA_HOME", data.display());
+            let config = Config::load(None).unwrap();
+            assert_eq!(config.vcc_settings_file(), None, "no file, no settings");
+            std::fs::create_dir_all(data.join("VRChatCreatorCompanion")).unwrap();
+            let settings = data.join("VRChatCreatorCompanion/settings.json");
+            std::fs::write(&settings, "{}").unwrap();
+            assert_eq!(config.vcc_settings_file(), Some(settings));
+            jail.set_env("MCP_VCC_SETTINGS", "/elsewhere/settings.json");
+            let config = Config::load(None).unwrap();
+            assert_eq!(
+                config.vcc_settings_file(),
+                Some(PathBuf::from("/elsewhere/settings.json"))
+            );
+            Ok(())
+        });
+    }
+}

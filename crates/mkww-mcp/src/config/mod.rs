@@ -1,0 +1,290 @@
+//! Configuration: one struct with defaults, overridden by `mkww-mcp.toml` (or `--config FILE`),
+//! overridden by `MCP_*` environment variables (`MCP_LISTEN`, `MCP_DATABASE_URL`, …: the key in
+//! upper case). README's configuration table lists every key.
+//!
+//! The keys stay one flat struct here, as README's table and `MCP_<KEY>` name them; the files
+//! below hold its defaults, its loading and checks, and what the database, security and
+//! integration keys derive.
+
+mod database;
+mod defaults;
+mod integrations;
+mod load;
+mod security;
+
+pub use database::Database;
+pub(crate) use security::write_private;
+
+use mcp_api::discord::DiscordCommand;
+use mcp_integrations::{DeployTarget, HookSource};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address the HTTP API listens on.
+    pub listen: String,
+    /// Where the embedded default keeps its SQLite file.
+    pub data_dir: PathBuf,
+    /// `postgres://…` for PostgreSQL, `sqlite://PATH` for another SQLite file; unset: SQLite in
+    /// `data_dir`.
+    pub database_url: Option<String>,
+    /// PostgreSQL schema holding the tables (created if missing).
+    pub database_schema: String,
+    /// Most connections in the PostgreSQL pool.
+    pub database_max_connections: u32,
+    /// Longest a query waits for a pooled PostgreSQL connection: bounds how long a request
+    /// racing a database failure waits for its 503 (and sheds load when the pool is saturated).
+    pub database_acquire_timeout_ms: u64,
+    /// Between health probes of a dependency that is up.
+    pub health_interval_ms: u64,
+    /// Between health probes of a dependency that is down (how quickly a recovery is seen).
+    pub health_down_interval_ms: u64,
+    /// Longest a health probe may take before its dependency counts as down.
+    pub health_probe_timeout_ms: u64,
+    /// SQLite `synchronous`: `normal` (WAL: a killed process loses nothing; a power cut may lose
+    /// the last commits) or `full` (fsync on every commit: survives power loss too).
+    pub sqlite_synchronous: String,
+    /// Tasks this node runs at once; 0 makes an API-only node.
+    pub worker_concurrency: usize,
+    /// Most tasks per claim and per outcome write.
+    pub worker_batch_size: usize,
+    /// Lease of a running task; renewed every third of it.
+    pub lease_ms: u64,
+    /// Fallback poll when no wake-up arrives.
+    pub poll_interval_ms: u64,
+    /// How often expired leases are rescued.
+    pub rescue_interval_ms: u64,
+    /// How long running tasks may finish on shutdown.
+    pub shutdown_grace_ms: u64,
+    /// Finished tasks are deleted after this many hours; 0 keeps them.
+    pub task_retention_hours: u64,
+    /// Default `max_attempts` of a task.
+    pub task_max_attempts: i32,
+    /// Default `timeout_ms` of a task.
+    pub task_timeout_ms: u64,
+    /// Default backoff base and cap between attempts.
+    pub task_backoff_base_ms: u64,
+    pub task_backoff_max_ms: u64,
+    /// Largest request body the API accepts.
+    pub max_body_bytes: usize,
+    /// Most tasks in one batch create.
+    pub max_batch: usize,
+    /// `json` or `pretty`.
+    pub log_format: String,
+    /// A `tracing` filter such as `info` or `mkww_mcp=debug,info` (`RUST_LOG` wins when set).
+    pub log_level: String,
+    /// Default per-request timeout of `http.request` tasks.
+    pub http_timeout_ms: u64,
+    /// Largest response body kept in an `http.request` result.
+    pub http_max_body_bytes: usize,
+    /// Master key sealing secrets at rest: 32 bytes, base64. Unset: a key generated into
+    /// `data_dir/master.key` on first start (set it explicitly for a cluster: nodes must share it).
+    pub master_key: Option<String>,
+    /// Earlier master keys, still accepted for opening secrets they sealed (key rotation).
+    pub master_keys_retired: Vec<String>,
+    /// HS256 secret for access tokens (at least 32 bytes; every node of a cluster shares it).
+    /// Unset: generated into `data_dir/jwt.secret` on first use.
+    pub jwt_secret: Option<String>,
+    /// `iss` and `aud` of the access tokens this server issues and accepts.
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    /// Signing algorithm of access tokens: `HS256` (shared secret), or `RS256`, `ES256` or
+    /// `EdDSA` with the PEM key files below. Verification accepts this algorithm only.
+    pub jwt_algorithm: String,
+    /// PEM private key that signs access tokens (RS256/ES256/EdDSA).
+    pub jwt_private_key_file: Option<PathBuf>,
+    /// PEM public key that verifies them (RS256/ES256/EdDSA).
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// Lifetime of access tokens issued at login and refresh, e.g. `15m`.
+    pub access_token_ttl: String,
+    /// Lifetime of refresh tokens, e.g. `30d`.
+    pub refresh_token_ttl: String,
+    /// PEM certificate chain and private key: when both are set the server speaks HTTPS only.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// `redis://…`: rate limits and events shared by every node. Unset: limits and events are
+    /// kept in memory, per node.
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key this deployment writes.
+    pub redis_prefix: String,
+    /// Longest wait for a Redis connection or answer; beyond it Redis counts as unavailable and
+    /// limits and events fall back to this node until it answers again.
+    pub redis_timeout_ms: u64,
+    /// Longest pause between two attempts to reach Redis again while it is away.
+    pub redis_retry_max_ms: u64,
+    /// Events kept per channel for recovery with `since`.
+    pub event_history_size: usize,
+    /// Events older than this are dropped from the history; idle channels are forgotten after it.
+    pub event_history_ttl_secs: u64,
+    /// Events a subscriber may fall behind before it lags (and must recover).
+    pub event_buffer: usize,
+    /// In-process bus: channels without subscribers held at most (least recently used go first).
+    pub event_max_channels: usize,
+    /// Task events waiting for the bus at most; beyond, they are dropped (tasks are unaffected).
+    pub event_queue: usize,
+    /// Peers (IP addresses or CIDR blocks) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<String>,
+    /// Requests per minute per client IP before authentication (all routes but probes).
+    pub rate_limit_ip_per_minute: u32,
+    /// Requests per minute per client IP to `/v1/auth/*`.
+    pub rate_limit_auth_per_minute: u32,
+    /// Login attempts per minute per username.
+    pub rate_limit_login_per_minute: u32,
+    /// Requests per minute per principal: reads (GET) and writes (everything else).
+    pub rate_limit_read_per_minute: u32,
+    pub rate_limit_write_per_minute: u32,
+    /// Tasks each principal may create per UTC day (admins and operators are exempt); 0: no quota.
+    pub quota_tasks_per_day: u64,
+    /// Bearer token that may read `/metrics` without being an admin (for a Prometheus scraper).
+    pub metrics_token: Option<String>,
+    /// Largest message `content` (and summary), in bytes: 413 `message_too_large` beyond.
+    pub memory_max_message_bytes: usize,
+    /// Token budget of `/context` when the request names no `max_tokens`.
+    pub memory_context_tokens: u32,
+    /// Largest body `POST /v1/conversations/import` accepts, in bytes.
+    pub memory_max_import_bytes: usize,
+    /// Conversations idle this many days are archived; 0: never.
+    pub memory_archive_after_days: u64,
+    /// Conversations idle this many days are deleted with their messages; 0: never.
+    pub memory_delete_after_days: u64,
+    /// How often the memory retention pass runs.
+    pub memory_retention_interval_ms: u64,
+    /// Serve `memory.summarize` with the built-in extractive summarizer; turn off when an LLM
+    /// worker serves it.
+    pub memory_builtin_summarizer: bool,
+    /// WebSocket: time for the `auth` frame when the upgrade carried no credentials.
+    pub ws_auth_timeout_ms: u64,
+    /// WebSocket: server ping period, and how long a silent connection lives.
+    pub ws_ping_interval_ms: u64,
+    pub ws_idle_timeout_ms: u64,
+    /// WebSocket: frames queued per client before it is closed as too slow (4008).
+    pub ws_send_queue: usize,
+    /// WebSocket: largest client frame.
+    pub ws_max_frame_bytes: usize,
+    pub ws_max_subscriptions: usize,
+    /// WebSocket: client frames per second per connection.
+    pub ws_ops_per_second: u32,
+    /// WebSocket: how long before an access token expires the server asks for a new one.
+    pub ws_refresh_notice_ms: u64,
+    /// Channel namespaces (`room` → `room:*`) any authenticated client may use.
+    pub ws_open_namespaces: Vec<String>,
+    /// Task types that external workers serve: accepted at creation even while no worker is
+    /// connected (`*`: any type).
+    pub worker_task_types: Vec<String>,
+    /// How often a node re-reads the cluster's worker directory (which types other nodes'
+    /// workers serve, and their load).
+    pub worker_directory_refresh_ms: u64,
+    /// Circuit breaker of every route: the rolling window, the fewest calls in it before it may
+    /// open, the failure rate (0–1) that opens it, how long it stays open, probes when half-open.
+    pub breaker_window_ms: u64,
+    pub breaker_min_calls: usize,
+    pub breaker_failure_rate: f64,
+    pub breaker_open_ms: u64,
+    pub breaker_probes: usize,
+    /// GitHub REST API base of `github.dispatch` (GitHub Enterprise: `https://HOST/api/v3`).
+    pub github_api_base: String,
+    /// Token for `github.dispatch`; unset: the task type is not offered.
+    pub github_token: Option<String>,
+    /// Render service name → deploy hook URL, for `render.deploy`; empty: not offered.
+    pub render_deploy_hooks: BTreeMap<String, String>,
+    /// `POST /deploy`: repository (`owner/name`) → its deploy targets (`docs/integrations.md`).
+    pub deploy_targets: BTreeMap<String, Vec<DeployTarget>>,
+    /// OpenAI-compatible base URL of `llm.generate` (`…/chat/completions` is appended); unset:
+    /// the task type is not offered.
+    pub llm_base_url: Option<String>,
+    /// Model of `llm.generate` when the payload names none.
+    pub llm_model: String,
+    /// Bearer key of the LLM endpoint.
+    pub llm_api_key: Option<String>,
+    /// Limit of one LLM call.
+    pub llm_timeout_ms: u64,
+    /// How long `POST /ask-gemini` waits for its answer before 504 `llm_timeout`.
+    pub ask_timeout_ms: u64,
+    /// VRChat web API base of the `vrchat.*` task types and `/v1/vrchat/*`.
+    pub vrchat_api_base: String,
+    /// The VRChat account the hub logs in as; unset: the web API is not offered.
+    pub vrchat_username: Option<String>,
+    pub vrchat_password: Option<String>,
+    /// Base32 TOTP secret of the account's authenticator 2FA; unset with 2FA on: the login
+    /// waits for a code (`POST /v1/vrchat/auth/code`).
+    pub vrchat_totp_secret: Option<String>,
+    /// Contact shown in the `User-Agent` VRChat asks API clients to send.
+    pub vrchat_contact: String,
+    /// Where the VRChat OSC task types send (VRChat's OSC input).
+    pub vrchat_osc_send: String,
+    /// Where the OSC listener receives VRChat's avatar parameters (published on `vrchat.osc`);
+    /// empty: no listener.
+    pub vrchat_osc_listen: String,
+    /// Comma-separated folders VCC projects must live under (`POST /v1/vcc/projects` refuses
+    /// others, symlinks resolved); empty: projects can be read from `vcc_settings` only.
+    pub vcc_project_roots: String,
+    /// VCC projects always listed (outside the roots too: the file is trusted).
+    pub vcc_projects: Vec<PathBuf>,
+    /// VPM repository listing URLs always used for resolution (e.g. VRChat's official one),
+    /// fetched when first needed.
+    pub vcc_repositories: Vec<String>,
+    /// VCC's own `settings.json`: its `userProjects` and `userRepos` are included. Unset: VCC's
+    /// default place on this system, if the file is there.
+    pub vcc_settings: Option<PathBuf>,
+    /// Command line of `vcc.build` (program first); `{project_path}`, `{project_name}` and
+    /// `{task_id}` are replaced. Empty: `vcc.build` fails with `command_not_configured`.
+    pub vcc_build_command: Vec<String>,
+    /// Command line of `vcc.deploy`, like `vcc_build_command`.
+    pub vcc_deploy_command: Vec<String>,
+    /// `timeout_ms` of `vcc.build` and `vcc.deploy` tasks created without one.
+    pub vcc_command_timeout_ms: u64,
+    /// Quiet time before a project's file changes are published as one
+    /// `vcc.project.changed`; 0: projects are not watched.
+    pub vcc_watch_debounce_ms: u64,
+    /// Discord REST API base of the `discord.*` task types.
+    pub discord_api_base: String,
+    /// Bot token of `discord.send_message` and `discord.edit_message`; unset: not offered.
+    pub discord_bot_token: Option<String>,
+    /// The application's public key (hex) that signs interactions; unset:
+    /// `POST /v1/discord/interactions` answers 404 `discord_not_configured`.
+    pub discord_public_key: Option<String>,
+    /// Slash commands of the interactions endpoint: `[discord.commands.<name>] task = "…"`.
+    pub discord: DiscordSettings,
+    /// `POST /v1/hooks/{source}`: source name → kind, secret and rules (`docs/integrations.md`).
+    pub hooks: BTreeMap<String, HookSource>,
+    /// Incoming hooks: Standard Webhooks timestamps further than this from now are refused, and
+    /// a delivery id is refused again for this long (remembered per node).
+    pub hooks_tolerance_secs: u64,
+    /// Largest incoming hook body, in bytes.
+    pub hooks_max_body_bytes: usize,
+    /// Outgoing webhooks may target loopback, private, link-local and unique-local addresses.
+    pub webhooks_allow_private: bool,
+    /// A webhook failing this many days without a success is disabled.
+    pub webhook_disable_after_days: u64,
+    /// Limit of one webhook delivery attempt.
+    pub webhook_timeout_ms: u64,
+    /// Attempts of one webhook delivery (its `webhook.deliver` task) before it is `dead`.
+    pub webhook_max_attempts: i32,
+    /// How often a node reads the webhook outbox besides being woken by its own transitions.
+    pub webhook_outbox_poll_ms: u64,
+    /// How often a node re-reads the webhooks to know which task events to record in the outbox.
+    pub webhook_outbox_refresh_ms: u64,
+    /// How long outbox entries a node took are its own; then another node may redo them.
+    pub webhook_outbox_lease_ms: u64,
+    /// How often a node looks for stored Discord follow-ups whose task is final.
+    pub discord_followup_sweep_ms: u64,
+}
+
+/// The `[discord]` section of the file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DiscordSettings {
+    /// Slash command name → the task it creates.
+    pub commands: BTreeMap<String, DiscordCommand>,
+}
+
+impl Config {
+    /// A `_ms` key as a `Duration`.
+    pub fn ms(value: u64) -> Duration {
+        Duration::from_millis(value)
+    }
+}

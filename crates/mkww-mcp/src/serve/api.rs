@@ -1,0 +1,139 @@
+//! The API's state built from the configuration: its limits, the security guard (tokens,
+//! rate limits, quotas) and the metrics renderer.
+
+use crate::config::Config;
+use anyhow::Context;
+use mcp_api::MemoryLimits;
+use mcp_api::token::parse_ttl;
+use mcp_api::ws::WsConfig;
+use mcp_api::{
+    ApiConfig, AppState, HooksConfig, MetricsRenderer, RateLimits, Security, SecurityConfig,
+};
+use mcp_core::Orchestrator;
+use mcp_core::events::EventBus;
+use mcp_core::identity::IdentityStore;
+use mcp_core::limiter::{Limiter, Quota};
+use mcp_core::memory::MemoryStore;
+use mcp_core::services::{TaskLimits, TaskService};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn api_state(
+    config: &Config,
+    orchestrator: Arc<Orchestrator>,
+    security: Security,
+    events: Arc<dyn EventBus>,
+    memory: Arc<dyn MemoryStore>,
+    metrics: Option<MetricsRenderer>,
+) -> AppState {
+    let tasks = Arc::new(TaskService::new(
+        orchestrator.clone(),
+        security.identities.clone(),
+        TaskLimits {
+            max_batch: config.max_batch,
+            quota_tasks_per_day: security.config.quota_tasks_per_day,
+        },
+    ));
+    AppState {
+        orchestrator,
+        tasks,
+        config: Arc::new(ApiConfig {
+            max_body_bytes: config.max_body_bytes,
+            max_batch: config.max_batch,
+            ws: WsConfig {
+                auth_timeout: Config::ms(config.ws_auth_timeout_ms),
+                ping_interval: Config::ms(config.ws_ping_interval_ms.max(100)),
+                idle_timeout: Config::ms(config.ws_idle_timeout_ms),
+                send_queue: config.ws_send_queue.max(1),
+                max_frame_bytes: config.ws_max_frame_bytes,
+                max_subscriptions: config.ws_max_subscriptions,
+                ops_per_second: config.ws_ops_per_second.max(1),
+                refresh_notice: Config::ms(config.ws_refresh_notice_ms),
+                open_namespaces: config.ws_open_namespaces.clone(),
+            },
+            memory: MemoryLimits {
+                max_message_bytes: config.memory_max_message_bytes,
+                default_context_tokens: config.memory_context_tokens,
+                max_import_bytes: config.memory_max_import_bytes,
+                ..MemoryLimits::default()
+            },
+            deploy_targets: config
+                .deploy_targets
+                .iter()
+                .map(|(repo, targets)| {
+                    let tasks = targets.iter().map(|target| target.task(repo)).collect();
+                    (repo.clone(), tasks)
+                })
+                .collect(),
+            ask_timeout: Config::ms(config.ask_timeout_ms),
+            discord: mcp_api::discord::DiscordInteractions {
+                // Checked when the configuration was loaded.
+                public_key: config.discord_public_key().ok().flatten(),
+                commands: config.discord.commands.clone(),
+                ..Default::default()
+            },
+            hooks: HooksConfig::new(
+                config.hooks.clone(),
+                Duration::from_secs(config.hooks_tolerance_secs),
+                config.hooks_max_body_bytes,
+            ),
+            ..ApiConfig::default()
+        }),
+        security: Arc::new(security),
+        events,
+        memory,
+        // `serve` sets the store, the SecretBox and the runtime.
+        integrations: Arc::default(),
+        webhooks: None,
+        followups: None,
+        vrchat: None,
+        vcc: None,
+        metrics,
+        // `serve` sets the node's monitor; without one every dependency counts as up.
+        health: Arc::default(),
+        shutdown: tokio_util::sync::CancellationToken::new(),
+    }
+}
+
+/// Authentication, permissions and limits, from the configuration.
+pub fn security(
+    config: &Config,
+    identities: Arc<dyn IdentityStore>,
+    limiter: Arc<dyn Limiter>,
+) -> anyhow::Result<Security> {
+    let minute = Quota::per_minute;
+    Ok(Security {
+        identities,
+        tokens: config.tokens()?,
+        limiter,
+        config: SecurityConfig {
+            access_ttl: parse_ttl(&config.access_token_ttl)
+                .map_err(anyhow::Error::msg)
+                .context("access_token_ttl")?,
+            refresh_ttl: parse_ttl(&config.refresh_token_ttl)
+                .map_err(anyhow::Error::msg)
+                .context("refresh_token_ttl")?,
+            trusted_proxies: config.trusted_proxies()?,
+            limits: RateLimits {
+                ip: minute(config.rate_limit_ip_per_minute),
+                auth: minute(config.rate_limit_auth_per_minute),
+                login: minute(config.rate_limit_login_per_minute),
+                read: minute(config.rate_limit_read_per_minute),
+                write: minute(config.rate_limit_write_per_minute),
+            },
+            quota_tasks_per_day: config.quota_tasks_per_day,
+            metrics_token: config.metrics_token.clone().filter(|t| !t.is_empty()),
+        },
+    })
+}
+
+/// Installs the Prometheus recorder (once per process).
+pub fn metrics_renderer() -> Option<MetricsRenderer> {
+    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
+        Ok(handle) => Some(Arc::new(move || handle.render())),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics disabled");
+            None
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! The loops a node runs beside the API: outgoing webhook dispatch, Discord follow-ups, the
+//! VRChat OSC listener and memory retention.
+
+use crate::config::Config;
+use crate::serve::stores::Stores;
+use anyhow::Context;
+use mcp_api::AppState;
+use mcp_core::memory::MemoryStore;
+use mcp_core::secrets::SecretBox;
+use mcp_integrations::webhooks::{DispatchSettings, Dispatcher};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Outgoing webhooks: their routes, and the dispatcher that turns events into deliveries.
+pub fn webhooks(state: &mut AppState, config: &Config, stores: &Stores, secrets: &SecretBox) {
+    state.webhooks = Some(mcp_api::WebhookState {
+        store: stores.webhooks.clone(),
+        secrets: Arc::new(secrets.clone()),
+        allow_private: config.webhooks_allow_private,
+        max_attempts: config.webhook_max_attempts.max(1),
+    });
+    tokio::spawn(
+        Dispatcher {
+            store: stores.webhooks.clone(),
+            outbox: stores.outbox.clone(),
+            orchestrator: state.orchestrator.clone(),
+            events: state.events.clone(),
+            max_attempts: config.webhook_max_attempts.max(1),
+            settings: DispatchSettings {
+                refresh: Config::ms(config.webhook_outbox_refresh_ms.max(1)),
+                poll: Config::ms(config.webhook_outbox_poll_ms.max(1)),
+                lease: Config::ms(config.webhook_outbox_lease_ms.max(100)),
+                ..DispatchSettings::default()
+            },
+        }
+        .run(state.shutdown.clone()),
+    );
+}
+
+/// Discord follow-ups wait in the database; every node sends those whose task is final.
+pub fn discord_followups(
+    state: &mut AppState,
+    config: &Config,
+    stores: &Stores,
+    secrets: &SecretBox,
+) {
+    state.followups = Some(mcp_api::discord::Followups {
+        store: stores.followups.clone(),
+        secrets: Arc::new(secrets.clone()),
+    });
+    tokio::spawn(mcp_api::discord::sweep_followups(
+        state.clone(),
+        Config::ms(config.discord_followup_sweep_ms.max(1)),
+    ));
+}
+
+/// The VRChat OSC listener: incoming avatar parameters become events on `vrchat.osc`.
+/// Another program (another hub, an OSC router) may hold the port: the hub runs without the
+/// listener then, and says so.
+pub async fn osc_listener(
+    config: &Config,
+    state: &AppState,
+    stopping: &CancellationToken,
+) -> anyhow::Result<()> {
+    if !config.vrchat_osc_listen.is_empty() {
+        let addr = config.vrchat_osc_listen.parse().with_context(|| {
+            format!(
+                "vrchat_osc_listen `{}` is not an address",
+                config.vrchat_osc_listen
+            )
+        })?;
+        match mcp_integrations::osc::bind_listener(addr).await {
+            Ok((socket, local)) => {
+                tracing::info!(addr = %local, "listening for VRChat OSC");
+                tokio::spawn(mcp_integrations::osc::run_listener(
+                    socket,
+                    state.events.clone(),
+                    stopping.clone(),
+                ));
+            }
+            Err(e) => tracing::warn!(
+                addr = %addr,
+                error = %e,
+                "cannot listen for VRChat OSC; running without the listener"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// When the memory retention pass archives and deletes idle conversations.
+#[derive(Debug, Clone, Copy)]
+pub struct MemoryRetention {
+    pub archive_after: Option<chrono::Duration>,
+    pub delete_after: Option<chrono::Duration>,
+    pub interval: Duration,
+}
+
+impl MemoryRetention {
+    pub fn of(config: &Config) -> MemoryRetention {
+        let days = |n: u64| (n > 0).then(|| chrono::Duration::days(n.min(365_000) as i64));
+        MemoryRetention {
+            archive_after: days(config.memory_archive_after_days),
+            delete_after: days(config.memory_delete_after_days),
+            interval: Config::ms(config.memory_retention_interval_ms),
+        }
+    }
+}
+
+/// The memory maintenance loop: archives conversations idle past `archive_after`, deletes those
+/// idle past `delete_after`, once at start and then every `interval`, until `stop`. Every node
+/// runs it; both statements are idempotent, so nodes racing do no harm.
+pub async fn memory_retention(
+    memory: Arc<dyn MemoryStore>,
+    retention: MemoryRetention,
+    stop: CancellationToken,
+) {
+    if retention.archive_after.is_none() && retention.delete_after.is_none() {
+        return;
+    }
+    loop {
+        let now = chrono::Utc::now();
+        if let Some(after) = retention.delete_after {
+            match memory.delete_idle(now - after).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(deleted = n, "deleted idle conversations"),
+                Err(e) => tracing::warn!(error = %e, "memory retention: delete failed"),
+            }
+        }
+        if let Some(after) = retention.archive_after {
+            match memory.archive_idle(now - after).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(archived = n, "archived idle conversations"),
+                Err(e) => tracing::warn!(error = %e, "memory retention: archive failed"),
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(retention.interval) => {}
+        }
+    }
+}
