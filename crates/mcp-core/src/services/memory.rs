@@ -1,0 +1,826 @@
+//! The memory service: the one path by which conversations and their messages are created,
+//! read, changed, searched, summarized, exported and imported. The rules (limits, validation,
+//! defaults) and the events (every change on `conversation:{id}` and on `memory`) live here; the
+//! API only turns requests and answers into JSON.
+
+use crate::StoreError;
+use crate::events::{Event, EventBus};
+use crate::memory::{
+    Context, Conversation, ConversationFilter, ConversationPatch, InvalidInput, MAX_NAME_BYTES,
+    MemoryStore, Message, MessagePage, MessagePatch, MessageRole, SearchHit, SearchRequest,
+    Summary, build_context, check_metadata, check_name, check_text, estimate_tokens,
+};
+use crate::principal::Principal;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Most participants of one conversation.
+const MAX_PARTICIPANTS: usize = 100;
+/// Longest title, in bytes.
+const MAX_TITLE_BYTES: usize = 1_024;
+/// Messages per store call when importing and exporting.
+const CHUNK: usize = 1_000;
+
+/// Limits of conversation memory.
+#[derive(Debug, Clone)]
+pub struct MemoryLimits {
+    /// Largest message `content`, in bytes (413 `message_too_large` beyond).
+    pub max_message_bytes: usize,
+    /// Budget used by `/context` when the request names none.
+    pub default_context_tokens: u32,
+    /// Largest `max_tokens` a context request may ask for.
+    pub max_context_tokens: u32,
+    /// Largest JSON Lines body `POST /v1/conversations/import` accepts.
+    pub max_import_bytes: usize,
+    /// Deepest search page: `offset + limit` may not exceed it (ranking every match again for
+    /// each deep page is costly; narrow the query instead).
+    pub max_search_depth: u32,
+    /// Most messages in one batch.
+    pub max_batch: usize,
+}
+
+impl Default for MemoryLimits {
+    fn default() -> Self {
+        MemoryLimits {
+            max_message_bytes: 64 * 1024,
+            default_context_tokens: 4_096,
+            max_context_tokens: 1_000_000,
+            max_import_bytes: 64 * 1024 * 1024,
+            // The stores rank at most this many matches of one query.
+            max_search_depth: crate::memory::RANKED_MATCHES,
+            max_batch: 1000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("no conversation with id `{0}`")]
+    ConversationNotFound(String),
+    #[error("no message with id `{0}` in this conversation")]
+    MessageNotFound(String),
+    /// `code` names what was invalid: `invalid_conversation`, `invalid_message`,
+    /// `invalid_summary`.
+    #[error("{input}")]
+    Invalid {
+        code: &'static str,
+        input: InvalidInput,
+    },
+    /// A message or summary over `max_message_bytes`; `field` names it when the answer says
+    /// which.
+    #[error("{message}")]
+    TooLarge {
+        message: String,
+        field: Option<String>,
+        limit: usize,
+    },
+    #[error("a batch holds between 1 and {max} messages; this one has {got}")]
+    BatchSize { max: usize, got: usize },
+    /// `code`: `conversation_exists` or `message_exists`.
+    #[error("{what} exists already")]
+    Exists { code: &'static str, what: String },
+    #[error("cursor must be a next_cursor returned by this endpoint")]
+    InvalidCursor,
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+impl From<StoreError> for MemoryError {
+    fn from(e: StoreError) -> Self {
+        MemoryError::Store(e)
+    }
+}
+
+/// A store conflict as the `code` the caller answers with.
+fn exists(code: &'static str) -> impl FnOnce(StoreError) -> MemoryError {
+    move |e| match e {
+        StoreError::Conflict(what) => MemoryError::Exists { code, what },
+        other => MemoryError::Store(other),
+    }
+}
+
+/// `Some(None)` for an explicit `null`, `None` for an absent field.
+fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(deserializer).map(Some)
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConversation {
+    /// A UUID of the caller's choosing (default: a new UUIDv7).
+    pub id: Option<Uuid>,
+    pub title: Option<String>,
+    #[serde(default)]
+    pub participants: Vec<String>,
+    /// A JSON object (default `{}`).
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateConversation {
+    /// A new title; `null` clears it.
+    #[serde(default, deserialize_with = "nullable")]
+    #[schema(value_type = Option<String>)]
+    pub title: Option<Option<String>>,
+    pub participants: Option<Vec<String>>,
+    /// Replaces the metadata object.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    /// Archive or bring back.
+    pub archived: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewMessage {
+    /// A UUID of the caller's choosing, e.g. to make retries safe (default: a new UUIDv7).
+    pub id: Option<Uuid>,
+    /// Who wrote it (default: the caller's subject).
+    pub author: Option<String>,
+    /// Default `user`.
+    pub role: Option<MessageRole>,
+    pub content: String,
+    /// A JSON object (default `{}`).
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub pinned: bool,
+    /// When it was written, if not now (bridged or imported history).
+    pub created_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateMessage {
+    /// New text (re-estimates `tokens`).
+    pub content: Option<String>,
+    /// Replaces the metadata object.
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    /// Pin or unpin.
+    pub pinned: Option<bool>,
+}
+
+/// A conversation read back from an export, with its ids and times.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportedConversation {
+    pub id: Uuid,
+    pub title: Option<String>,
+    #[serde(default)]
+    pub participants: Vec<String>,
+    pub metadata: Option<Value>,
+    #[serde(default)]
+    pub archived: bool,
+    pub summary: Option<Summary>,
+    pub created_by: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Where a page of messages starts, as the caller named it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MessageCursor {
+    pub before: Option<Uuid>,
+    pub after: Option<Uuid>,
+}
+
+fn check_title(title: &str) -> Result<(), InvalidInput> {
+    check_text("title", title)?;
+    if title.len() > MAX_TITLE_BYTES {
+        return Err(InvalidInput::new(
+            "title",
+            format!("must be at most {MAX_TITLE_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_participants(participants: &[String]) -> Result<(), InvalidInput> {
+    if participants.len() > MAX_PARTICIPANTS {
+        return Err(InvalidInput::new(
+            "participants",
+            format!("at most {MAX_PARTICIPANTS} participants"),
+        ));
+    }
+    participants
+        .iter()
+        .enumerate()
+        .try_for_each(|(i, p)| check_name(&format!("participants[{i}]"), p))
+}
+
+fn invalid(code: &'static str) -> impl FnOnce(InvalidInput) -> MemoryError {
+    move |input| MemoryError::Invalid { code, input }
+}
+
+fn conversation_id(id: &str) -> Result<Uuid, MemoryError> {
+    Uuid::parse_str(id).map_err(|_| MemoryError::ConversationNotFound(id.to_owned()))
+}
+
+fn message_id(id: &str) -> Result<Uuid, MemoryError> {
+    Uuid::parse_str(id).map_err(|_| MemoryError::MessageNotFound(id.to_owned()))
+}
+
+pub struct MemoryService {
+    store: Arc<dyn MemoryStore>,
+    events: Arc<dyn EventBus>,
+    limits: MemoryLimits,
+}
+
+impl MemoryService {
+    pub fn new(
+        store: Arc<dyn MemoryStore>,
+        events: Arc<dyn EventBus>,
+        limits: MemoryLimits,
+    ) -> Self {
+        MemoryService {
+            store,
+            events,
+            limits,
+        }
+    }
+
+    pub fn limits(&self) -> &MemoryLimits {
+        &self.limits
+    }
+
+    pub fn store(&self) -> &Arc<dyn MemoryStore> {
+        &self.store
+    }
+
+    /// The emit point: every change is an event on `conversation:{id}` and on `memory` (every
+    /// conversation's changes: outgoing webhooks follow it). Publishing is best effort: the
+    /// change is stored already, and a subscriber that missed the event resyncs through REST.
+    async fn emit(
+        &self,
+        conversation_id: Uuid,
+        event_type: &str,
+        data: Value,
+        correlation: Option<&str>,
+    ) {
+        let event = Arc::new(Event::new(event_type, data, correlation.map(str::to_owned)));
+        for channel in [
+            format!("conversation:{conversation_id}"),
+            "memory".to_owned(),
+        ] {
+            if let Err(e) = self.events.publish(&channel, event.clone()).await {
+                tracing::warn!(error = %e, %channel, event = event_type, "event not published");
+            }
+        }
+    }
+
+    /// The conversation with id `id`.
+    pub async fn conversation(&self, id: &str) -> Result<Conversation, MemoryError> {
+        self.store
+            .conversation(conversation_id(id)?)
+            .await?
+            .ok_or_else(|| MemoryError::ConversationNotFound(id.to_owned()))
+    }
+
+    pub async fn create_conversation(
+        &self,
+        principal: &Principal,
+        request: CreateConversation,
+        correlation: Option<&str>,
+    ) -> Result<Conversation, MemoryError> {
+        let check = || -> Result<(), InvalidInput> {
+            if let Some(title) = &request.title {
+                check_title(title)?;
+            }
+            check_participants(&request.participants)?;
+            if let Some(metadata) = &request.metadata {
+                check_metadata("metadata", metadata)?;
+            }
+            Ok(())
+        };
+        check().map_err(invalid("invalid_conversation"))?;
+        let now = Utc::now();
+        let conversation = Conversation {
+            id: request.id.unwrap_or_else(Uuid::now_v7),
+            title: request.title,
+            participants: request.participants,
+            metadata: request.metadata.unwrap_or_else(|| json!({})),
+            archived: false,
+            summary: None,
+            created_by: Some(principal.subject.clone()),
+            created_at: now,
+            updated_at: now,
+        };
+        self.store
+            .create_conversation(&conversation)
+            .await
+            .map_err(exists("conversation_exists"))?;
+        self.emit(
+            conversation.id,
+            "memory.conversation.created",
+            json!(conversation),
+            correlation,
+        )
+        .await;
+        Ok(conversation)
+    }
+
+    /// A page of conversations, newest first; the cursor is the last one's id.
+    pub async fn list_conversations(
+        &self,
+        filter: ConversationFilter,
+    ) -> Result<(Vec<Conversation>, Option<Uuid>), MemoryError> {
+        let limit = filter.limit as usize;
+        let mut conversations = self
+            .store
+            .list_conversations(&ConversationFilter {
+                limit: filter.limit + 1,
+                ..filter
+            })
+            .await?;
+        let next = if conversations.len() > limit {
+            conversations.truncate(limit);
+            conversations.last().map(|c| c.id)
+        } else {
+            None
+        };
+        Ok((conversations, next))
+    }
+
+    pub async fn update_conversation(
+        &self,
+        id: &str,
+        request: UpdateConversation,
+        correlation: Option<&str>,
+    ) -> Result<Conversation, MemoryError> {
+        let conversation_id = conversation_id(id)?;
+        let check = || -> Result<(), InvalidInput> {
+            if let Some(Some(title)) = &request.title {
+                check_title(title)?;
+            }
+            if let Some(participants) = &request.participants {
+                check_participants(participants)?;
+            }
+            if let Some(metadata) = &request.metadata {
+                check_metadata("metadata", metadata)?;
+            }
+            Ok(())
+        };
+        check().map_err(invalid("invalid_conversation"))?;
+        let patch = ConversationPatch {
+            title: request.title,
+            participants: request.participants,
+            metadata: request.metadata,
+            archived: request.archived,
+        };
+        let conversation = self
+            .store
+            .update_conversation(conversation_id, &patch, Utc::now())
+            .await?
+            .ok_or_else(|| MemoryError::ConversationNotFound(id.to_owned()))?;
+        self.emit(
+            conversation.id,
+            "memory.conversation.updated",
+            json!(conversation),
+            correlation,
+        )
+        .await;
+        Ok(conversation)
+    }
+
+    /// Deletes a conversation and all its messages.
+    pub async fn delete_conversation(
+        &self,
+        id: &str,
+        correlation: Option<&str>,
+    ) -> Result<(), MemoryError> {
+        let conversation_id = conversation_id(id)?;
+        if !self.store.delete_conversation(conversation_id).await? {
+            return Err(MemoryError::ConversationNotFound(id.to_owned()));
+        }
+        self.emit(
+            conversation_id,
+            "memory.conversation.deleted",
+            json!({"id": conversation_id}),
+            correlation,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Checks a message's size against the limit; `field` names it in the answer.
+    fn check_size(&self, field: &str, content: &str) -> Result<(), MemoryError> {
+        let max = self.limits.max_message_bytes;
+        if content.len() > max {
+            return Err(MemoryError::TooLarge {
+                message: format!(
+                    "{field} is {} bytes; a message holds at most {max}",
+                    content.len()
+                ),
+                field: Some(field.to_owned()),
+                limit: max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Checks a new message against the limits and builds it.
+    fn build_message(
+        &self,
+        principal: &Principal,
+        conversation_id: Uuid,
+        new: NewMessage,
+        index: Option<usize>,
+        now: DateTime<Utc>,
+    ) -> Result<Message, MemoryError> {
+        let field = |name: &str| match index {
+            Some(i) => format!("messages[{i}].{name}"),
+            None => name.to_owned(),
+        };
+        self.check_size(&field("content"), &new.content)?;
+        let author = new.author.unwrap_or_else(|| principal.subject.clone());
+        let check = || -> Result<(), InvalidInput> {
+            check_text(&field("content"), &new.content)?;
+            check_name(&field("author"), &author)?;
+            if let Some(metadata) = &new.metadata {
+                check_metadata(&field("metadata"), metadata)?;
+            }
+            Ok(())
+        };
+        check().map_err(invalid("invalid_message"))?;
+        Ok(Message {
+            id: new.id.unwrap_or_else(Uuid::now_v7),
+            conversation_id,
+            author,
+            role: new.role.unwrap_or(MessageRole::User),
+            tokens: estimate_tokens(&new.content),
+            content: new.content,
+            metadata: new.metadata.unwrap_or_else(|| json!({})),
+            pinned: new.pinned,
+            created_at: new.created_at.unwrap_or(now),
+        })
+    }
+
+    /// Adds one message (`batch` false) or a batch, all or none. New activity brings an
+    /// archived conversation back.
+    pub async fn append_messages(
+        &self,
+        principal: &Principal,
+        id: &str,
+        new: Vec<NewMessage>,
+        batch: bool,
+        correlation: Option<&str>,
+    ) -> Result<Vec<Message>, MemoryError> {
+        let conversation_id = conversation_id(id)?;
+        let now = Utc::now();
+        let max = self.limits.max_batch;
+        if batch && (new.is_empty() || new.len() > max) {
+            return Err(MemoryError::BatchSize {
+                max,
+                got: new.len(),
+            });
+        }
+        let messages = new
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let index = batch.then_some(i);
+                self.build_message(principal, conversation_id, m, index, now)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let latest = messages.iter().map(|m| m.created_at).max().unwrap_or(now);
+        let stored = self
+            .store
+            .append_messages(conversation_id, &messages, latest.max(now))
+            .await
+            .map_err(exists("message_exists"))?;
+        if !stored {
+            return Err(MemoryError::ConversationNotFound(id.to_owned()));
+        }
+        for message in &messages {
+            self.emit(
+                conversation_id,
+                "memory.message.created",
+                json!(message),
+                correlation,
+            )
+            .await;
+        }
+        Ok(messages)
+    }
+
+    /// A page of a conversation's messages, oldest first: the newest page by default, then
+    /// pages going back with `before`, or forward with `after`.
+    pub async fn list_messages(
+        &self,
+        id: &str,
+        cursor: MessageCursor,
+        limit: u32,
+    ) -> Result<(Vec<Message>, Option<Uuid>), MemoryError> {
+        let conversation = self.conversation(id).await?;
+        let page = match (cursor.before, cursor.after) {
+            (Some(_), Some(_)) => {
+                return Err(MemoryError::InvalidQuery(
+                    "give `before` or `after`, not both".to_owned(),
+                ));
+            }
+            (Some(before), None) => MessagePage::Before(before),
+            (None, Some(after)) => MessagePage::After(after),
+            (None, None) => MessagePage::Newest,
+        };
+        if let MessagePage::Before(cursor) | MessagePage::After(cursor) = page
+            && self.store.message(conversation.id, cursor).await?.is_none()
+        {
+            return Err(MemoryError::InvalidCursor);
+        }
+        let mut messages = self
+            .store
+            .list_messages(conversation.id, page, limit + 1)
+            .await?;
+        let next = if messages.len() > limit as usize {
+            messages.truncate(limit as usize);
+            messages.last().map(|m| m.id)
+        } else {
+            None
+        };
+        if !matches!(page, MessagePage::After(_)) {
+            messages.reverse();
+        }
+        Ok((messages, next))
+    }
+
+    /// Pins or unpins a message, replaces its metadata or edits its content.
+    pub async fn update_message(
+        &self,
+        id: &str,
+        message: &str,
+        request: UpdateMessage,
+        correlation: Option<&str>,
+    ) -> Result<Message, MemoryError> {
+        let conversation_id = conversation_id(id)?;
+        let message_uuid = message_id(message)?;
+        if let Some(content) = &request.content {
+            self.check_size("content", content)?;
+        }
+        let check = || -> Result<(), InvalidInput> {
+            if let Some(content) = &request.content {
+                check_text("content", content)?;
+            }
+            if let Some(metadata) = &request.metadata {
+                check_metadata("metadata", metadata)?;
+            }
+            Ok(())
+        };
+        check().map_err(invalid("invalid_message"))?;
+        let patch = MessagePatch {
+            content: request.content,
+            metadata: request.metadata,
+            pinned: request.pinned,
+        };
+        let Some(updated) = self
+            .store
+            .update_message(conversation_id, message_uuid, &patch, Utc::now())
+            .await?
+        else {
+            self.conversation(id).await?;
+            return Err(MemoryError::MessageNotFound(message.to_owned()));
+        };
+        self.emit(
+            conversation_id,
+            "memory.message.updated",
+            json!(updated),
+            correlation,
+        )
+        .await;
+        Ok(updated)
+    }
+
+    pub async fn delete_message(
+        &self,
+        id: &str,
+        message: &str,
+        correlation: Option<&str>,
+    ) -> Result<(), MemoryError> {
+        let conversation_id = conversation_id(id)?;
+        let message_uuid = message_id(message)?;
+        if !self
+            .store
+            .delete_message(conversation_id, message_uuid, Utc::now())
+            .await?
+        {
+            self.conversation(id).await?;
+            return Err(MemoryError::MessageNotFound(message.to_owned()));
+        }
+        self.emit(
+            conversation_id,
+            "memory.message.deleted",
+            json!({"id": message_uuid, "conversation_id": conversation_id}),
+            correlation,
+        )
+        .await;
+        Ok(())
+    }
+
+    /// What to give a model: the latest summary, the pinned messages, then the newest messages
+    /// that fit `max_tokens` (the configured default when `None`).
+    pub async fn context(&self, id: &str, max_tokens: Option<u32>) -> Result<Context, MemoryError> {
+        let max_tokens = max_tokens.unwrap_or(self.limits.default_context_tokens);
+        if !(1..=self.limits.max_context_tokens).contains(&max_tokens) {
+            return Err(MemoryError::InvalidQuery(format!(
+                "max_tokens must be between 1 and {}",
+                self.limits.max_context_tokens
+            )));
+        }
+        let conversation = self.conversation(id).await?;
+        Ok(build_context(self.store.as_ref(), &conversation, max_tokens).await?)
+    }
+
+    /// Stores a conversation's summary (what a `memory.summarize` worker does with its result).
+    pub async fn set_summary(
+        &self,
+        id: &str,
+        text: String,
+        through: Option<Uuid>,
+        correlation: Option<&str>,
+    ) -> Result<Conversation, MemoryError> {
+        let conversation_id = conversation_id(id)?;
+        let max = self.limits.max_message_bytes;
+        if text.len() > max {
+            return Err(MemoryError::TooLarge {
+                message: format!("a summary holds at most {max} bytes"),
+                field: None,
+                limit: max,
+            });
+        }
+        check_text("text", &text).map_err(invalid("invalid_summary"))?;
+        let summary = Summary {
+            tokens: estimate_tokens(&text),
+            text,
+            through,
+            updated_at: Utc::now(),
+        };
+        let conversation = self
+            .store
+            .set_summary(conversation_id, &summary)
+            .await?
+            .ok_or_else(|| MemoryError::ConversationNotFound(id.to_owned()))?;
+        self.emit(
+            conversation_id,
+            "memory.conversation.summarized",
+            json!(conversation),
+            correlation,
+        )
+        .await;
+        Ok(conversation)
+    }
+
+    /// Ranked hits of `request` (`limit` of them from `offset`), and whether more follow.
+    pub async fn search(
+        &self,
+        request: SearchRequest,
+    ) -> Result<(Vec<SearchHit>, bool), MemoryError> {
+        let depth = self.limits.max_search_depth;
+        if request.offset.saturating_add(request.limit) > depth {
+            return Err(MemoryError::InvalidQuery(format!(
+                "results go {depth} deep at most; narrow the query or its filters"
+            )));
+        }
+        if let Some(author) = &request.author {
+            check_text("author", author).map_err(|e| MemoryError::InvalidQuery(e.to_string()))?;
+            // No name is that long: nothing can match.
+            if author.len() > MAX_NAME_BYTES {
+                return Ok((Vec::new(), false));
+            }
+        }
+        let limit = request.limit as usize;
+        let mut hits = self
+            .store
+            .search(&SearchRequest {
+                limit: request.limit + 1,
+                ..request
+            })
+            .await?;
+        let more = hits.len() > limit;
+        hits.truncate(limit);
+        Ok((hits, more))
+    }
+
+    /// A conversation and every message, oldest first.
+    pub async fn export(&self, id: &str) -> Result<(Conversation, Vec<Message>), MemoryError> {
+        let conversation = self.conversation(id).await?;
+        // Walk back from the newest (the index serves both directions), then oldest first.
+        let mut messages = Vec::new();
+        let mut page = MessagePage::Newest;
+        loop {
+            let batch = self
+                .store
+                .list_messages(conversation.id, page, CHUNK as u32)
+                .await?;
+            let done = batch.len() < CHUNK;
+            if let Some(last) = batch.last() {
+                page = MessagePage::Before(last.id);
+            }
+            messages.extend(batch);
+            if done {
+                break;
+            }
+        }
+        messages.reverse();
+        Ok((conversation, messages))
+    }
+
+    /// Imports an exported conversation with its messages, keeping their ids and times; all or
+    /// nothing.
+    pub async fn import(
+        &self,
+        principal: &Principal,
+        imported: ImportedConversation,
+        messages: Vec<NewMessage>,
+        correlation: Option<&str>,
+    ) -> Result<Conversation, MemoryError> {
+        let check = || -> Result<(), InvalidInput> {
+            if let Some(title) = &imported.title {
+                check_title(title)?;
+            }
+            check_participants(&imported.participants)?;
+            if let Some(metadata) = &imported.metadata {
+                check_metadata("metadata", metadata)?;
+            }
+            if let Some(summary) = &imported.summary {
+                check_text("summary", &summary.text)?;
+            }
+            Ok(())
+        };
+        check().map_err(invalid("invalid_conversation"))?;
+        let conversation = Conversation {
+            id: imported.id,
+            title: imported.title,
+            participants: imported.participants,
+            metadata: imported.metadata.unwrap_or_else(|| json!({})),
+            archived: imported.archived,
+            summary: imported.summary,
+            created_by: imported
+                .created_by
+                .or_else(|| Some(principal.subject.clone())),
+            created_at: imported.created_at,
+            updated_at: imported.updated_at,
+        };
+        let messages = messages
+            .into_iter()
+            .map(|m| {
+                self.build_message(principal, conversation.id, m, None, conversation.updated_at)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        self.store
+            .create_conversation(&conversation)
+            .await
+            .map_err(exists("conversation_exists"))?;
+        for chunk in messages.chunks(CHUNK) {
+            let appended = self
+                .store
+                .append_messages(conversation.id, chunk, conversation.updated_at)
+                .await;
+            if !matches!(appended, Ok(true)) {
+                // All or nothing: take back what was stored.
+                if let Err(e) = self.store.delete_conversation(conversation.id).await {
+                    tracing::error!(error = %e, id = %conversation.id, "could not undo a failed import");
+                }
+                return Err(match appended {
+                    Err(e) => exists("message_exists")(e),
+                    _ => MemoryError::Store(StoreError::Database(
+                        "the conversation vanished while importing".to_owned(),
+                    )),
+                });
+            }
+        }
+        // Appending counts as activity; the imported conversation keeps its own.
+        let patch = ConversationPatch {
+            archived: Some(conversation.archived),
+            ..ConversationPatch::default()
+        };
+        let stored = self
+            .store
+            .update_conversation(conversation.id, &patch, conversation.updated_at)
+            .await?
+            .ok_or_else(|| {
+                MemoryError::Store(StoreError::Database(
+                    "the imported conversation vanished".to_owned(),
+                ))
+            })?;
+        self.emit(
+            conversation.id,
+            "memory.conversation.created",
+            json!(stored),
+            correlation,
+        )
+        .await;
+        Ok(stored)
+    }
+}
