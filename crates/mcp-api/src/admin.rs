@@ -1,11 +1,11 @@
 //! Administration: users, API keys and the audit log. Secrets (passwords, keys) are shown once,
 //! in the reply that creates them, and stored only as hashes.
 
-use crate::AppState;
 use crate::auth::{ClientIp, Principal};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, page_limit, parse_cursor};
 use crate::session::MAX_USERNAME_LEN;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

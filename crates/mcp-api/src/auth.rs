@@ -9,8 +9,9 @@
 
 use crate::access::{self, Access};
 use crate::error::ApiError;
+use crate::request_id::{self, RouteLabel};
+use crate::state::AppState;
 use crate::token::{TokenError, Tokens};
-use crate::{AppState, request_id};
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -363,10 +364,6 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     response.extensions_mut().insert(RouteLabel(path));
     response
 }
-
-/// The route template that served a response, for metrics labels.
-#[derive(Debug, Clone)]
-pub struct RouteLabel(pub String);
 
 async fn admit(security: &Security, access: Access, mut request: Request, next: Next) -> Response {
     let required = match access {

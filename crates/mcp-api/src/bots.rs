@@ -3,11 +3,11 @@
 //! `llm.generate` task and waits for its answer. Both only create tasks, so both need
 //! `tasks:create` and count against the daily quota; the tasks stay in the history like any other.
 
-use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
 use crate::request_id;
+use crate::state::AppState;
 use crate::tasks::insert;
 use axum::Json;
 use axum::extract::State;

@@ -14,9 +14,9 @@
 //! waiter died. Both create the follow-up task with the idempotency key
 //! `discord-followup:{task id}`, so it is sent once whoever comes first.
 
-use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::request_id;
+use crate::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;

@@ -4,9 +4,9 @@
 //! source's matching rules become tasks created by `hook:{source}`. Anything unverified, stale or
 //! replayed is refused with 401 before anything is stored or published.
 
-use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::request_id;
+use crate::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;

@@ -3,10 +3,10 @@
 //! of the task types it serves. Secrets are sealed by the `SecretBox` before they reach the store
 //! and are never returned: a reply names a secret and says it is configured, nothing more.
 
-use crate::AppState;
 use crate::auth::{ClientIp, Principal};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

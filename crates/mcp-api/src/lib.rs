@@ -17,6 +17,7 @@ mod memory;
 mod openapi;
 mod request_id;
 mod session;
+mod state;
 mod tasks;
 pub mod token;
 mod vcc;
@@ -31,87 +32,14 @@ pub use hooks::HooksConfig;
 pub use memory::MemoryLimits;
 pub use openapi::ApiDoc;
 pub use request_id::REQUEST_ID_HEADER;
+pub use state::{ApiConfig, AppState, MetricsRenderer};
 pub use webhooks::WebhookState;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
 use axum::routing::{delete, get, patch, post};
-use mcp_core::Orchestrator;
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::Duration;
 use tower_http::set_header::SetResponseHeaderLayer;
-
-/// Limits of the HTTP API.
-#[derive(Debug, Clone)]
-pub struct ApiConfig {
-    /// Largest accepted request body, in bytes.
-    pub max_body_bytes: usize,
-    /// Most tasks in one `POST /v1/tasks/batch`.
-    pub max_batch: usize,
-    pub default_page_size: u32,
-    pub max_page_size: u32,
-    pub ws: ws::WsConfig,
-    pub memory: MemoryLimits,
-    /// `POST /deploy`: repository (`owner/name`) → the tasks that deploy it.
-    pub deploy_targets: BTreeMap<String, Vec<mcp_core::task::CreateTask>>,
-    /// `POST /ask-gemini`: how long the request waits for its `llm.generate` task.
-    pub ask_timeout: Duration,
-    /// `POST /v1/discord/interactions`: the public key and the slash commands.
-    pub discord: discord::DiscordInteractions,
-    /// `POST /v1/hooks/{source}`: the incoming webhook sources.
-    pub hooks: HooksConfig,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        ApiConfig {
-            max_body_bytes: 1024 * 1024,
-            max_batch: 1000,
-            default_page_size: 50,
-            max_page_size: 500,
-            ws: ws::WsConfig::default(),
-            memory: MemoryLimits::default(),
-            deploy_targets: BTreeMap::new(),
-            ask_timeout: Duration::from_secs(60),
-            discord: discord::DiscordInteractions::default(),
-            hooks: HooksConfig::default(),
-        }
-    }
-}
-
-/// Renders the Prometheus exposition text of the process's metrics.
-pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub orchestrator: Arc<Orchestrator>,
-    pub config: Arc<ApiConfig>,
-    pub security: Arc<Security>,
-    /// Where every state change is published, and what WebSocket clients subscribe to.
-    pub events: Arc<dyn mcp_core::events::EventBus>,
-    /// Conversations and messages.
-    pub memory: Arc<dyn mcp_core::memory::MemoryStore>,
-    /// Integrations of the configuration file and of the API (`/v1/integrations`).
-    pub integrations: Arc<integrations::Integrations>,
-    /// Outgoing webhooks; `None`: their routes answer 503 `webhooks_unavailable`.
-    pub webhooks: Option<WebhookState>,
-    /// `None`: no recorder installed (in-process tests); `/metrics` then answers 404.
-    pub metrics: Option<MetricsRenderer>,
-    /// VRChat's web API through the hub's account; `None`: `/v1/vrchat/*` answer 404
-    /// `vrchat_not_configured`.
-    pub vrchat: Option<Arc<mcp_integrations::VrchatClient>>,
-    /// The VCC service; `None`: `/v1/vcc/*` answer 404 `vcc_not_configured`.
-    pub vcc: Option<mcp_integrations::vcc::VccService>,
-    /// The state of the node's dependencies: `/readyz`, `/v1/health`.
-    pub health: Arc<mcp_core::health::HealthMonitor>,
-    /// Where Discord follow-ups wait for their task; `None`: only in this node's memory.
-    pub followups: Option<discord::Followups>,
-    /// Cancelled when the server begins to shut down: WebSocket connections close with 1001.
-    pub shutdown: tokio_util::sync::CancellationToken,
-}
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {

@@ -2,11 +2,11 @@
 //! a batch, pages both ways, pin and edit, delete), ranked full-text search, context windows and
 //! summaries. Every change is published on the conversation's channel, `conversation:{id}`.
 
-use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, page_limit, parse_cursor};
 use crate::request_id;
+use crate::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};

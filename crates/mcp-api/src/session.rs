@@ -2,10 +2,10 @@
 //! "who am I". Each login starts a token family; presenting a used refresh token again revokes
 //! the whole family, so a stolen token dies with the first use by either party.
 
-use crate::AppState;
 use crate::auth::{ClientIp, Principal, Security, too_many};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;

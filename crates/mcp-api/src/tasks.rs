@@ -1,10 +1,10 @@
 //! Task routes: create (one or a batch), list, read, cancel, retry, and per-queue counts.
 
-use crate::AppState;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, page_limit, parse_cursor};
 use crate::request_id;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};

@@ -2,9 +2,9 @@
 //! deploys are tasks (`vcc.package.add`, `vcc.build`, …) so they queue, retry and stream their
 //! output like any other; these routes register and show what they work on.
 
-use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

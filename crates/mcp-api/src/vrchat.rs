@@ -3,9 +3,9 @@
 //! and the two-factor code an emailed login waits for. The same reads exist as task types
 //! (`vrchat.user.get`, …) for callers that want them queued, retried and recorded.
 
-use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

@@ -3,10 +3,10 @@
 //! webhook, and stored sealed. Deliveries themselves are `webhook.deliver` tasks (see
 //! `mcp-integrations`'s `webhooks`).
 
-use crate::AppState;
 use crate::auth::{ClientIp, Principal};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};

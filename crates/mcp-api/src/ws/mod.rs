@@ -7,9 +7,9 @@ mod frame;
 
 pub use frame::{ClientFrame, FrameError, Op, WorkerError, decode};
 
-use crate::AppState;
 use crate::auth::{Principal, bearer};
 use crate::error::ApiError;
+use crate::state::AppState;
 use axum::extract::State;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -106,8 +106,8 @@ const FLOOD_STRIKES: u32 = 20;
 #[utoipa::path(get, path = "/v1/ws", tag = "realtime",
     responses(
         (status = 101, description = "switching to the WebSocket protocol (docs/websocket.md)"),
-        (status = 400, description = "not a WebSocket upgrade request", body = crate::ErrorBody),
-        (status = 401, description = "bad credentials on the upgrade", body = crate::ErrorBody),
+        (status = 400, description = "not a WebSocket upgrade request", body = crate::error::ErrorBody),
+        (status = 401, description = "bad credentials on the upgrade", body = crate::error::ErrorBody),
     ))]
 pub async fn upgrade(
     State(state): State<AppState>,
