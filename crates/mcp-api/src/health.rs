@@ -2,6 +2,8 @@
 //! requests (no critical dependency is down, as the health monitor last saw it), `/v1/health`
 //! shows every dependency, `/metrics` shows counters in Prometheus's text format.
 
+use crate::access::Access::{Public, Requires};
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Json;
@@ -9,9 +11,21 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mcp_core::health::DependencyHealth;
+use mcp_core::principal::Permission;
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
+use utoipa_axum::routes;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        endpoint(Public, routes!(healthz)),
+        endpoint(Public, routes!(readyz)),
+        endpoint(Requires(Permission::HealthRead), routes!(health)),
+        endpoint(Requires(Permission::MetricsRead), routes!(metrics)),
+    ]
+}
 
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", tag = "health",

@@ -3,7 +3,9 @@
 //! of the task types it serves. Secrets are sealed by the `SecretBox` before they reach the store
 //! and are never returned: a reply names a secret and says it is configured, nothing more.
 
+use crate::access::Access::Requires;
 use crate::auth::{ClientIp, Principal};
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
 use crate::state::AppState;
@@ -14,6 +16,7 @@ use chrono::{DateTime, Utc};
 use mcp_core::integrations::{
     Integration, IntegrationRuntime, IntegrationStore, check_name, secret_purpose,
 };
+use mcp_core::principal::Permission;
 use mcp_core::routing::{BreakerState, RouteInfo};
 use mcp_core::secrets::SecretBox;
 use serde::{Deserialize, Serialize};
@@ -22,6 +25,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 use utoipa::ToSchema;
+use utoipa_axum::routes;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        endpoint(Requires(Permission::IntegrationsManage), routes!(list)),
+        endpoint(Requires(Permission::IntegrationsManage), routes!(get)),
+        endpoint(Requires(Permission::IntegrationsManage), routes!(put)),
+        endpoint(Requires(Permission::IntegrationsManage), routes!(delete)),
+    ]
+}
 
 /// How long one integration's health check may take before it is reported `unknown`.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);

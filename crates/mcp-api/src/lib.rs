@@ -8,6 +8,7 @@ mod admin;
 pub mod auth;
 mod bots;
 pub mod discord;
+mod endpoint;
 mod error;
 mod extract;
 mod health;
@@ -35,124 +36,69 @@ pub use request_id::REQUEST_ID_HEADER;
 pub use state::{ApiConfig, AppState, MetricsRenderer};
 pub use webhooks::WebhookState;
 
-use axum::Router;
+use access::AccessTable;
+use auth::Guard;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
-use axum::routing::{delete, get, patch, post};
+use axum::{Extension, Router};
+use endpoint::{Assembled, Endpoint};
+use std::sync::Arc;
 use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa::OpenApi;
+
+/// Every endpoint of the API, module by module.
+fn endpoints() -> Vec<Endpoint<AppState>> {
+    [
+        health::endpoints(),
+        openapi::endpoints(),
+        session::endpoints(),
+        tasks::endpoints(),
+        admin::endpoints(),
+        ws::endpoints(),
+        memory::endpoints(),
+        integrations::endpoints(),
+        webhooks::endpoints(),
+        hooks::endpoints(),
+        discord::endpoints(),
+        vrchat::endpoints(),
+        vcc::endpoints(),
+        bots::endpoints(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
+}
+
+/// Who may call which route, as the guard reads it.
+pub fn access_table() -> AccessTable {
+    endpoint::table(&endpoints())
+}
+
+/// The OpenAPI document served at `/openapi.json`.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    endpoint::document(endpoints(), ApiDoc::openapi())
+}
 
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
-    let max_import = state.config.memory.max_import_bytes;
-    let max_hook = state.config.hooks.max_body_bytes;
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/v1/health", get(health::health))
-        .route("/openapi.json", get(openapi::openapi_json))
-        .route("/metrics", get(health::metrics))
-        .route("/v1/auth/login", post(session::login))
-        .route("/v1/auth/refresh", post(session::refresh))
-        .route("/v1/auth/logout", post(session::logout))
-        .route("/v1/auth/me", get(session::me))
-        .route("/v1/tasks", post(tasks::create).get(tasks::list))
-        .route("/v1/tasks/batch", post(tasks::create_batch))
-        .route("/v1/tasks/{id}", get(tasks::get))
-        .route("/v1/tasks/{id}/cancel", post(tasks::cancel))
-        .route("/v1/tasks/{id}/retry", post(tasks::retry))
-        .route("/v1/queues", get(tasks::queues))
-        .route("/v1/routes", get(tasks::routes))
-        .route(
-            "/v1/api-keys",
-            post(admin::create_api_key).get(admin::list_api_keys),
-        )
-        .route("/v1/api-keys/{id}", delete(admin::revoke_api_key))
-        .route("/v1/users", post(admin::create_user).get(admin::list_users))
-        .route("/v1/users/{id}", patch(admin::update_user))
-        .route("/v1/audit", get(admin::audit))
-        .route("/v1/ws", get(ws::upgrade))
-        .route(
-            "/v1/conversations",
-            post(memory::create_conversation).get(memory::list_conversations),
-        )
-        .route(
-            "/v1/conversations/import",
-            post(memory::import).layer(DefaultBodyLimit::max(max_import)),
-        )
-        .route(
-            "/v1/conversations/{id}",
-            get(memory::get_conversation)
-                .patch(memory::update_conversation)
-                .delete(memory::delete_conversation),
-        )
-        .route(
-            "/v1/conversations/{id}/messages",
-            post(memory::post_messages).get(memory::list_messages),
-        )
-        .route(
-            "/v1/conversations/{id}/messages/{message_id}",
-            patch(memory::update_message).delete(memory::delete_message),
-        )
-        .route("/v1/conversations/{id}/context", get(memory::context))
-        .route("/v1/conversations/{id}/summary", post(memory::set_summary))
-        .route("/v1/conversations/{id}/export", get(memory::export))
-        .route("/v1/search/messages", get(memory::search))
-        .route("/v1/integrations", get(integrations::list))
-        .route(
-            "/v1/integrations/{name}",
-            get(integrations::get)
-                .put(integrations::put)
-                .delete(integrations::delete),
-        )
-        .route("/v1/webhooks", post(webhooks::create).get(webhooks::list))
-        .route("/v1/webhooks/{id}", delete(webhooks::delete))
-        .route("/v1/webhooks/{id}/deliveries", get(webhooks::deliveries))
-        .route(
-            "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
-            post(webhooks::redeliver),
-        )
-        .route(
-            "/v1/hooks/{source}",
-            post(hooks::receive).layer(DefaultBodyLimit::max(max_hook)),
-        )
-        .route("/v1/discord/interactions", post(discord::interactions))
-        .route("/v1/vrchat/status", get(vrchat::status))
-        .route("/v1/vrchat/auth/login", post(vrchat::login))
-        .route("/v1/vrchat/auth/code", post(vrchat::submit_code))
-        .route("/v1/vrchat/users/me", get(vrchat::current_user))
-        .route("/v1/vrchat/users/{id}", get(vrchat::user))
-        .route("/v1/vrchat/worlds/{id}", get(vrchat::world))
-        .route("/v1/vrchat/instances/{location}", get(vrchat::instance))
-        .route("/v1/vrchat/friends/online", get(vrchat::friends_online))
-        .route(
-            "/v1/vcc/projects",
-            get(vcc::list_projects).post(vcc::register_project),
-        )
-        .route(
-            "/v1/vcc/projects/{id}",
-            get(vcc::get_project).delete(vcc::unregister_project),
-        )
-        .route(
-            "/v1/vcc/repositories",
-            get(vcc::list_repositories).post(vcc::add_repository),
-        )
-        .route(
-            "/v1/vcc/repositories/refresh",
-            post(vcc::refresh_repositories),
-        )
-        .route("/v1/vcc/repositories/{id}", delete(vcc::remove_repository))
-        .route("/deploy", post(bots::deploy))
-        .route("/ask-gemini", post(bots::ask_gemini))
-        .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::guard,
-        ))
+    let Assembled {
+        router,
+        table,
+        openapi,
+    } = endpoint::assemble(endpoints(), ApiDoc::openapi(), &state);
+    let guard = Guard {
+        security: state.security.clone(),
+        table: Arc::new(table),
+    };
+    router
+        .route_layer(axum::middleware::from_fn_with_state(guard, auth::guard))
+        .layer(Extension(Arc::new(openapi)))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state.security.clone(),
             auth::limit_ip,
         ))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(

@@ -2,7 +2,9 @@
 //! a batch, pages both ways, pin and edit, delete), ranked full-text search, context windows and
 //! summaries. Every change is published on the conversation's channel, `conversation:{id}`.
 
+use crate::access::Access::Requires;
 use crate::auth::Principal;
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, page_limit, parse_cursor};
 use crate::request_id;
@@ -21,10 +23,45 @@ use mcp_core::memory::{
     Message, MessagePage, MessagePatch, MessageRole, SearchHit, SearchQuery, SearchRequest,
     Summary, build_context, check_metadata, check_name, check_text, estimate_tokens,
 };
+use mcp_core::principal::Permission;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 use uuid::Uuid;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        endpoint(
+            Requires(Permission::MemoryWrite),
+            routes!(create_conversation),
+        ),
+        endpoint(
+            Requires(Permission::MemoryRead),
+            routes!(list_conversations),
+        ),
+        endpoint(Requires(Permission::MemoryManage), routes!(import))
+            .body_limit(|state| state.config.memory.max_import_bytes),
+        endpoint(Requires(Permission::MemoryRead), routes!(get_conversation)),
+        endpoint(
+            Requires(Permission::MemoryWrite),
+            routes!(update_conversation),
+        ),
+        endpoint(
+            Requires(Permission::MemoryManage),
+            routes!(delete_conversation),
+        ),
+        endpoint(Requires(Permission::MemoryWrite), routes!(post_messages)),
+        endpoint(Requires(Permission::MemoryRead), routes!(list_messages)),
+        endpoint(Requires(Permission::MemoryWrite), routes!(update_message)),
+        endpoint(Requires(Permission::MemoryWrite), routes!(delete_message)),
+        endpoint(Requires(Permission::MemoryRead), routes!(context)),
+        endpoint(Requires(Permission::MemoryWrite), routes!(set_summary)),
+        endpoint(Requires(Permission::MemoryRead), routes!(export)),
+        endpoint(Requires(Permission::MemoryRead), routes!(search)),
+    ]
+}
 
 /// Limits of the memory routes.
 #[derive(Debug, Clone)]
@@ -245,6 +282,7 @@ pub async fn create_conversation(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConversationQuery {
     /// Only conversations with this participant.
@@ -572,6 +610,7 @@ pub async fn post_messages(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct MessageQuery {
     /// The page just before this message id (going back in time).
@@ -756,6 +795,7 @@ pub async fn delete_message(
 // Context and summaries
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ContextQuery {
     /// The budget in estimated tokens (default 4096).
@@ -847,6 +887,7 @@ pub async fn set_summary(
 // Search
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SearchParams {
     /// The query: words (all must occur), `"a phrase"`, `-excluded`, `or` between alternatives.

@@ -1,6 +1,8 @@
 //! Task routes: create (one or a batch), list, read, cancel, retry, and per-queue counts.
 
+use crate::access::Access::Requires;
 use crate::auth::Principal;
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, page_limit, parse_cursor};
 use crate::request_id;
@@ -18,7 +20,22 @@ use mcp_core::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 use uuid::Uuid;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        endpoint(Requires(Permission::TasksCreate), routes!(create)),
+        endpoint(Requires(Permission::TasksReadOwn), routes!(list)),
+        endpoint(Requires(Permission::TasksCreate), routes!(create_batch)),
+        endpoint(Requires(Permission::TasksReadOwn), routes!(get)),
+        endpoint(Requires(Permission::TasksCancelOwn), routes!(cancel)),
+        endpoint(Requires(Permission::TasksManage), routes!(retry)),
+        endpoint(Requires(Permission::TasksReadAny), routes!(queues)),
+        endpoint(Requires(Permission::TasksRun), routes!(routes)),
+    ]
+}
 
 fn parse_id(id: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(id).map_err(|_| ApiError::task_not_found(id))
@@ -117,6 +134,7 @@ pub async fn create_batch(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only tasks in this status.

@@ -3,7 +3,9 @@
 //! webhook, and stored sealed. Deliveries themselves are `webhook.deliver` tasks (see
 //! `mcp-integrations`'s `webhooks`).
 
+use crate::access::Access::Requires;
 use crate::auth::{ClientIp, Principal};
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
 use crate::state::AppState;
@@ -12,6 +14,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use chrono::{DateTime, Utc};
 use mcp_core::Origin;
+use mcp_core::principal::Permission;
 use mcp_core::secrets::SecretBox;
 use mcp_core::task::CreateTask;
 use mcp_core::webhooks::{
@@ -22,7 +25,22 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 use uuid::Uuid;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        endpoint(Requires(Permission::IntegrationsManage), routes!(create)),
+        endpoint(Requires(Permission::IntegrationsManage), routes!(list)),
+        endpoint(Requires(Permission::IntegrationsManage), routes!(delete)),
+        endpoint(
+            Requires(Permission::IntegrationsManage),
+            routes!(deliveries),
+        ),
+        endpoint(Requires(Permission::IntegrationsManage), routes!(redeliver)),
+    ]
+}
 
 /// Longest accepted webhook URL.
 const MAX_URL_LEN: usize = 2048;
@@ -232,6 +250,7 @@ pub async fn delete(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
     /// Most entries (default 50, at most 500).
     pub limit: Option<u32>,

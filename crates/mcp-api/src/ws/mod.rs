@@ -7,7 +7,9 @@ mod frame;
 
 pub use frame::{ClientFrame, FrameError, Op, WorkerError, decode};
 
+use crate::access::Access::Public;
 use crate::auth::{Principal, bearer};
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::State;
@@ -29,6 +31,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use utoipa_axum::routes;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        // Authenticates itself: with the upgrade request or the first frame (docs/websocket.md).
+        endpoint(Public, routes!(upgrade)),
+    ]
+}
 
 /// Limits and timings of WebSocket connections.
 #[derive(Debug, Clone)]
