@@ -33,8 +33,7 @@ pub use hooks::HooksConfig;
 pub use memory::MemoryLimits;
 pub use openapi::ApiDoc;
 pub use request_id::REQUEST_ID_HEADER;
-pub use state::{ApiConfig, AppState, MetricsRenderer};
-pub use webhooks::WebhookState;
+pub use state::{ApiConfig, AppState, MetricsRenderer, WebhookState};
 
 use access::AccessTable;
 use auth::Guard;

@@ -4,11 +4,13 @@
 use crate::auth::Security;
 use crate::discord;
 use crate::hooks::HooksConfig;
-use crate::integrations;
-use crate::memory::MemoryLimits;
-use crate::webhooks::WebhookState;
-use crate::ws;
+use crate::memory::limits::MemoryLimits;
+use crate::ws::config::WsConfig;
 use mcp_core::Orchestrator;
+use mcp_core::integrations::{IntegrationRuntime, IntegrationStore};
+use mcp_core::secrets::SecretBox;
+use mcp_core::webhooks::WebhookStore;
+use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +24,7 @@ pub struct ApiConfig {
     pub max_batch: usize,
     pub default_page_size: u32,
     pub max_page_size: u32,
-    pub ws: ws::WsConfig,
+    pub ws: WsConfig,
     pub memory: MemoryLimits,
     /// `POST /deploy`: repository (`owner/name`) → the tasks that deploy it.
     pub deploy_targets: BTreeMap<String, Vec<mcp_core::task::CreateTask>>,
@@ -41,7 +43,7 @@ impl Default for ApiConfig {
             max_batch: 1000,
             default_page_size: 50,
             max_page_size: 500,
-            ws: ws::WsConfig::default(),
+            ws: WsConfig::default(),
             memory: MemoryLimits::default(),
             deploy_targets: BTreeMap::new(),
             ask_timeout: Duration::from_secs(60),
@@ -65,7 +67,7 @@ pub struct AppState {
     /// Conversations and messages.
     pub memory: Arc<dyn mcp_core::memory::MemoryStore>,
     /// Integrations of the configuration file and of the API (`/v1/integrations`).
-    pub integrations: Arc<integrations::Integrations>,
+    pub integrations: Arc<Integrations>,
     /// Outgoing webhooks; `None`: their routes answer 503 `webhooks_unavailable`.
     pub webhooks: Option<WebhookState>,
     /// `None`: no recorder installed (in-process tests); `/metrics` then answers 404.
@@ -81,4 +83,40 @@ pub struct AppState {
     pub followups: Option<discord::Followups>,
     /// Cancelled when the server begins to shut down: WebSocket connections close with 1001.
     pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// An integration of the configuration file, described without its secrets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfiguredIntegration {
+    pub name: String,
+    pub kind: String,
+    /// Non-secret settings (base URLs, model, service names).
+    pub settings: Value,
+    /// The names of the secrets it has (`token`, `api_key`, …).
+    pub secrets: Vec<String>,
+}
+
+/// What the integration routes work with. The default has no store: the routes answer 503
+/// `integrations_unavailable` and list only the configuration file's integrations.
+#[derive(Clone, Default)]
+pub struct Integrations {
+    pub store: Option<Arc<dyn IntegrationStore>>,
+    /// Seals secrets at rest; without it nothing can be stored.
+    pub secrets: Option<SecretBox>,
+    /// The configuration file's integrations, read-only.
+    pub configured: Vec<ConfiguredIntegration>,
+    /// Health checks and live updates of the running adapters; `None`: stored integrations take
+    /// effect at the next start and health is `unknown`.
+    pub runtime: Option<Arc<dyn IntegrationRuntime>>,
+}
+
+/// What the webhook routes need.
+#[derive(Clone)]
+pub struct WebhookState {
+    pub store: Arc<dyn WebhookStore>,
+    pub secrets: Arc<SecretBox>,
+    /// Allow targets on private addresses (`webhooks_allow_private`).
+    pub allow_private: bool,
+    /// Attempts of each delivery task.
+    pub max_attempts: i32,
 }

@@ -3,6 +3,7 @@
 //! summaries. Every change is published on the conversation's channel, `conversation:{id}`.
 
 mod conversations;
+pub(crate) mod limits;
 mod messages;
 mod rules;
 mod search;
@@ -10,8 +11,9 @@ mod service;
 mod transfer;
 
 pub use conversations::{ConversationList, SetSummary, UpdateConversation};
+pub use limits::MemoryLimits;
 pub use messages::{MessageBatch, MessageList, UpdateMessage};
-pub use rules::{CreateConversation, MemoryLimits, NewMessage};
+pub use rules::{CreateConversation, NewMessage};
 pub use search::SearchResults;
 
 use crate::access::Access::Requires;

@@ -4,7 +4,7 @@
 //! full is closed with `4008` and recovers with `since`; nothing waits on a slow client.
 
 pub mod close;
-mod config;
+pub(crate) mod config;
 mod connection;
 mod frame;
 mod policy;
