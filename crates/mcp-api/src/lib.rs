@@ -116,3 +116,42 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn(request_id::request_id))
         .with_state(state)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    const METHODS: [&str; 8] = [
+        "get", "put", "post", "delete", "options", "head", "patch", "trace",
+    ];
+
+    #[test]
+    fn the_access_table_and_the_openapi_document_list_the_same_routes() {
+        let table: Vec<(String, String)> = access_table()
+            .iter()
+            .map(|r| (r.method.to_owned(), r.path.clone()))
+            .collect();
+        let unique: BTreeSet<_> = table.iter().cloned().collect();
+        assert_eq!(unique.len(), table.len(), "a route is declared twice");
+        let documented: BTreeSet<(String, String)> = openapi()
+            .paths
+            .paths
+            .iter()
+            .flat_map(|(path, item)| {
+                let item = serde_json::to_value(item).unwrap_or_default();
+                let methods: Vec<String> = item
+                    .as_object()
+                    .map(|o| {
+                        o.keys()
+                            .filter(|k| METHODS.contains(&k.as_str()))
+                            .map(|m| m.to_uppercase())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                methods.into_iter().map(move |m| (m, path.clone()))
+            })
+            .collect();
+        assert_eq!(unique, documented);
+    }
+}
