@@ -1,22 +1,39 @@
 //! Administration: users, API keys and the audit log. Secrets (passwords, keys) are shown once,
 //! in the reply that creates them, and stored only as hashes.
 
-use crate::AppState;
+use crate::access::Access::Requires;
 use crate::auth::{ClientIp, Principal};
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, page_limit, parse_cursor};
 use crate::session::MAX_USERNAME_LEN;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::Utc;
 use mcp_core::credentials::{self, PasswordError};
 use mcp_core::identity::{ApiKey, AuditEvent, AuditFilter, User};
+use mcp_core::principal::Permission;
 use mcp_core::principal::Role;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 use uuid::Uuid;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        endpoint(Requires(Permission::ApiKeysManage), routes!(create_api_key)),
+        endpoint(Requires(Permission::ApiKeysManage), routes!(list_api_keys)),
+        endpoint(Requires(Permission::ApiKeysManage), routes!(revoke_api_key)),
+        endpoint(Requires(Permission::UsersManage), routes!(create_user)),
+        endpoint(Requires(Permission::UsersManage), routes!(list_users)),
+        endpoint(Requires(Permission::UsersManage), routes!(update_user)),
+        endpoint(Requires(Permission::AuditRead), routes!(audit)),
+    ]
+}
 
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
@@ -338,6 +355,7 @@ pub async fn revoke_api_key(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Only events with this action, e.g. `auth.login.failed`.

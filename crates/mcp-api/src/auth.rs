@@ -1,16 +1,16 @@
 //! Authentication, authorization and rate limits, as two layers:
 //! - `limit_ip` (every request but probes): a per-client-IP limit, stricter on `/v1/auth/*`;
-//! - `guard` (matched routes): looks the route up in the access table, authenticates the bearer
+//! - `guard` (matched routes): looks the route up in the access table (`Guard`), authenticates the bearer
 //!   credential (an access token or an API key), checks the role's permission, applies the
 //!   per-principal limit for reads or writes, and hands the `Principal` to the handler.
 //!
 //! 401 `unauthenticated` means "who are you?"; 403 `forbidden` means "not you". Errors never
 //! say whether a user or key exists.
 
-use crate::access::{self, Access};
+use crate::access::{self, Access, AccessTable};
 use crate::error::ApiError;
+use crate::request_id::{self, RouteLabel};
 use crate::token::{TokenError, Tokens};
-use crate::{AppState, request_id};
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
@@ -305,8 +305,11 @@ fn peer(request: &Request) -> Option<IpAddr> {
 }
 
 /// Layer 1: finds the client IP and limits requests per IP.
-pub async fn limit_ip(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    let security = &state.security;
+pub async fn limit_ip(
+    State(security): State<Arc<Security>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let ip = client_ip(
         peer(&request),
         request.headers(),
@@ -340,15 +343,22 @@ pub async fn limit_ip(State(state): State<AppState>, mut request: Request, next:
     response
 }
 
+/// What the guard reads: who is calling, and what each route demands.
+#[derive(Clone)]
+pub struct Guard {
+    pub security: Arc<Security>,
+    pub table: Arc<AccessTable>,
+}
+
 /// Layer 2 (matched routes only): authentication, permission, per-principal limits.
-pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let security = &state.security;
+pub async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let security = &guard.security;
     let path = request
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_default();
-    let mut response = match access::lookup(request.method(), &path) {
+    let mut response = match guard.table.lookup(request.method(), &path) {
         Some(route) => admit(security, route.access, request, next).await,
         None => {
             tracing::error!(path, method = %request.method(), "route missing from the access table");
@@ -358,10 +368,6 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     response.extensions_mut().insert(RouteLabel(path));
     response
 }
-
-/// The route template that served a response, for metrics labels.
-#[derive(Debug, Clone)]
-pub struct RouteLabel(pub String);
 
 async fn admit(security: &Security, access: Access, mut request: Request, next: Next) -> Response {
     let required = match access {

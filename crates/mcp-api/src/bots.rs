@@ -3,15 +3,18 @@
 //! `llm.generate` task and waits for its answer. Both only create tasks, so both need
 //! `tasks:create` and count against the daily quota; the tasks stay in the history like any other.
 
-use crate::AppState;
+use crate::access::Access::Requires;
 use crate::auth::Principal;
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
 use crate::request_id;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use mcp_core::events::Subscription;
+use mcp_core::principal::Permission;
 use mcp_core::services::Creator;
 use mcp_core::task::CreateTask;
 use mcp_core::{Task, TaskStatus};
@@ -20,7 +23,17 @@ use serde_json::json;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::ToSchema;
+use utoipa_axum::routes;
 use uuid::Uuid;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        // The existing bots' routes, at their historical paths.
+        endpoint(Requires(Permission::TasksCreate), routes!(deploy)),
+        endpoint(Requires(Permission::TasksCreate), routes!(ask_gemini)),
+    ]
+}
 
 /// The task type `POST /ask-gemini` creates.
 pub const LLM_TASK_TYPE: &str = "llm.generate";

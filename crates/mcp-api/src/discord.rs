@@ -14,9 +14,11 @@
 //! waiter died. Both create the follow-up task with the idempotency key
 //! `discord-followup:{task id}`, so it is sent once whoever comes first.
 
-use crate::AppState;
+use crate::access::Access::Public;
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::{ApiError, ErrorBody};
 use crate::request_id;
+use crate::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -37,7 +39,16 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
 use utoipa::ToSchema;
+use utoipa_axum::routes;
 use uuid::Uuid;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        // Authenticates itself: Discord signs every request with Ed25519.
+        endpoint(Public, routes!(interactions)),
+    ]
+}
 
 /// The task type that sends follow-ups.
 pub const FOLLOWUP_TASK_TYPE: &str = "discord.webhook_execute";

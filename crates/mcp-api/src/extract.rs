@@ -1,8 +1,8 @@
 //! Extractors that turn bad input into `ApiError`s with specific codes instead of axum's
 //! plain-text rejections.
 
-use crate::ApiConfig;
 use crate::error::ApiError;
+use crate::state::ApiConfig;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;

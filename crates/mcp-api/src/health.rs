@@ -2,16 +2,30 @@
 //! requests (no critical dependency is down, as the health monitor last saw it), `/v1/health`
 //! shows every dependency, `/metrics` shows counters in Prometheus's text format.
 
-use crate::AppState;
+use crate::access::Access::{Public, Requires};
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::ApiError;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mcp_core::health::DependencyHealth;
+use mcp_core::principal::Permission;
 use serde::Serialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
+use utoipa_axum::routes;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        endpoint(Public, routes!(healthz)),
+        endpoint(Public, routes!(readyz)),
+        endpoint(Requires(Permission::HealthRead), routes!(health)),
+        endpoint(Requires(Permission::MetricsRead), routes!(metrics)),
+    ]
+}
 
 /// The process is alive.
 #[utoipa::path(get, path = "/healthz", tag = "health",
@@ -25,7 +39,7 @@ pub async fn healthz() -> Json<Value> {
 /// a hang.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, description = "ready"),
-              (status = 503, description = "`not_ready`: `details.failing` names the dependencies that are down", body = crate::ErrorBody)))]
+              (status = 503, description = "`not_ready`: `details.failing` names the dependencies that are down", body = crate::error::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let failing = state.health.failing();
     if failing.is_empty() {
@@ -54,8 +68,8 @@ pub struct HealthReport {
 /// whether it is critical (down ⇒ not ready).
 #[utoipa::path(get, path = "/v1/health", tag = "health",
     responses((status = 200, description = "every dependency", body = HealthReport),
-              (status = 401, description = "no credentials", body = crate::ErrorBody),
-              (status = 403, description = "needs `health:read`", body = crate::ErrorBody)))]
+              (status = 401, description = "no credentials", body = crate::error::ErrorBody),
+              (status = 403, description = "needs `health:read`", body = crate::error::ErrorBody)))]
 pub async fn health(State(state): State<AppState>) -> Json<HealthReport> {
     let ready = state.health.failing().is_empty();
     Json(HealthReport {
@@ -68,8 +82,8 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthReport> {
 /// Prometheus metrics: HTTP requests and latencies, and task counts per queue and status.
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
-              (status = 401, description = "no credentials", body = crate::ErrorBody),
-              (status = 403, description = "not an admin nor the scrape token", body = crate::ErrorBody)))]
+              (status = 401, description = "no credentials", body = crate::error::ErrorBody),
+              (status = 403, description = "not an admin nor the scrape token", body = crate::error::ErrorBody)))]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let Some(render) = &state.metrics else {
         return Err(ApiError::new(

@@ -4,9 +4,11 @@
 //! source's matching rules become tasks created by `hook:{source}`. Anything unverified, stale or
 //! replayed is refused with 401 before anything is stored or published.
 
-use crate::AppState;
+use crate::access::Access::Public;
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::{ApiError, ErrorBody};
 use crate::request_id;
+use crate::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -21,7 +23,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use utoipa::ToSchema;
+use utoipa_axum::routes;
 use uuid::Uuid;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        // Authenticates itself: each source's deliveries carry a signature over the body, checked
+        // by the handler (docs/integrations.md).
+        endpoint(Public, routes!(receive)).body_limit(|state| state.config.hooks.max_body_bytes),
+    ]
+}
 
 /// Most delivery ids the replay guard remembers (the oldest are forgotten first beyond it).
 const REPLAY_CAPACITY: usize = 100_000;

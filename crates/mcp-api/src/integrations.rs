@@ -3,53 +3,40 @@
 //! of the task types it serves. Secrets are sealed by the `SecretBox` before they reach the store
 //! and are never returned: a reply names a secret and says it is configured, nothing more.
 
-use crate::AppState;
+use crate::access::Access::Requires;
 use crate::auth::{ClientIp, Principal};
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
+use crate::state::AppState;
+pub use crate::state::{ConfiguredIntegration, Integrations};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
-use mcp_core::integrations::{
-    Integration, IntegrationRuntime, IntegrationStore, check_name, secret_purpose,
-};
+use mcp_core::integrations::{Integration, check_name, secret_purpose};
+use mcp_core::principal::Permission;
 use mcp_core::routing::{BreakerState, RouteInfo};
 use mcp_core::secrets::SecretBox;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 use utoipa::ToSchema;
+use utoipa_axum::routes;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        endpoint(Requires(Permission::IntegrationsManage), routes!(list)),
+        endpoint(Requires(Permission::IntegrationsManage), routes!(get)),
+        endpoint(Requires(Permission::IntegrationsManage), routes!(put)),
+        endpoint(Requires(Permission::IntegrationsManage), routes!(delete)),
+    ]
+}
 
 /// How long one integration's health check may take before it is reported `unknown`.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// An integration of the configuration file, described without its secrets.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConfiguredIntegration {
-    pub name: String,
-    pub kind: String,
-    /// Non-secret settings (base URLs, model, service names).
-    pub settings: Value,
-    /// The names of the secrets it has (`token`, `api_key`, …).
-    pub secrets: Vec<String>,
-}
-
-/// What the integration routes work with. The default has no store: the routes answer 503
-/// `integrations_unavailable` and list only the configuration file's integrations.
-#[derive(Clone, Default)]
-pub struct Integrations {
-    pub store: Option<Arc<dyn IntegrationStore>>,
-    /// Seals secrets at rest; without it nothing can be stored.
-    pub secrets: Option<SecretBox>,
-    /// The configuration file's integrations, read-only.
-    pub configured: Vec<ConfiguredIntegration>,
-    /// Health checks and live updates of the running adapters; `None`: stored integrations take
-    /// effect at the next start and health is `unknown`.
-    pub runtime: Option<Arc<dyn IntegrationRuntime>>,
-}
 
 /// `PUT /v1/integrations/{name}`.
 #[derive(Debug, Deserialize, ToSchema)]

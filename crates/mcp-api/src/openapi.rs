@@ -1,82 +1,17 @@
-//! The OpenAPI document, generated from the handlers' annotations and the types they exchange.
+//! The OpenAPI document: its info, schemas, tags and security scheme. The paths come from the
+//! endpoint declarations (`crate::endpoint`), added when the router is assembled.
 
-use axum::Json;
+use crate::access::Access::Public;
+use crate::endpoint::{Endpoint, endpoint};
+use crate::state::AppState;
+use axum::{Extension, Json};
+use std::sync::Arc;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "MKWW MCP", description = "The Master Control Program: tasks, routing, memory and integrations for a community ecosystem."),
-    paths(
-        crate::health::healthz,
-        crate::health::readyz,
-        crate::health::health,
-        crate::health::metrics,
-        crate::openapi::openapi_json,
-        crate::session::login,
-        crate::session::refresh,
-        crate::session::logout,
-        crate::session::me,
-        crate::tasks::create,
-        crate::tasks::create_batch,
-        crate::tasks::list,
-        crate::tasks::get,
-        crate::tasks::cancel,
-        crate::tasks::retry,
-        crate::tasks::queues,
-        crate::tasks::routes,
-        crate::admin::create_api_key,
-        crate::admin::list_api_keys,
-        crate::admin::revoke_api_key,
-        crate::admin::create_user,
-        crate::admin::list_users,
-        crate::admin::update_user,
-        crate::admin::audit,
-        crate::ws::upgrade,
-        crate::memory::create_conversation,
-        crate::memory::list_conversations,
-        crate::memory::import,
-        crate::memory::get_conversation,
-        crate::memory::update_conversation,
-        crate::memory::delete_conversation,
-        crate::memory::post_messages,
-        crate::memory::list_messages,
-        crate::memory::update_message,
-        crate::memory::delete_message,
-        crate::memory::context,
-        crate::memory::set_summary,
-        crate::memory::export,
-        crate::memory::search,
-        crate::discord::interactions,
-        crate::bots::deploy,
-        crate::bots::ask_gemini,
-        crate::integrations::list,
-        crate::integrations::get,
-        crate::integrations::put,
-        crate::integrations::delete,
-        crate::hooks::receive,
-        crate::webhooks::create,
-        crate::webhooks::list,
-        crate::webhooks::delete,
-        crate::webhooks::deliveries,
-        crate::webhooks::redeliver,
-        crate::vrchat::status,
-        crate::vrchat::login,
-        crate::vrchat::submit_code,
-        crate::vrchat::current_user,
-        crate::vrchat::user,
-        crate::vrchat::world,
-        crate::vrchat::instance,
-        crate::vrchat::friends_online,
-        crate::vcc::list_projects,
-        crate::vcc::register_project,
-        crate::vcc::get_project,
-        crate::vcc::unregister_project,
-        crate::vcc::list_repositories,
-        crate::vcc::add_repository,
-        crate::vcc::refresh_repositories,
-        crate::vcc::remove_repository,
-    ),
     components(schemas(
         mcp_core::Task,
         mcp_core::TaskStatus,
@@ -190,9 +125,15 @@ impl Modify for BearerAuth {
     }
 }
 
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![endpoint(Public, utoipa_axum::routes!(openapi_json))]
+}
+
 /// This document.
 #[utoipa::path(get, path = "/openapi.json", tag = "health",
     responses((status = 200, description = "the OpenAPI 3.1 document", content_type = "application/json")))]
-pub async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+pub async fn openapi_json(
+    Extension(document): Extension<Arc<utoipa::openapi::OpenApi>>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json(document.as_ref().clone())
 }

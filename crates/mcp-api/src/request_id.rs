@@ -20,6 +20,11 @@ pub fn current() -> Option<String> {
     REQUEST_ID.try_with(Clone::clone).ok()
 }
 
+/// The route template that served a response, for metrics labels. The guard sets it; it is
+/// declared here, the lowest layer, so the request log needs nothing above it.
+#[derive(Debug, Clone)]
+pub struct RouteLabel(pub String);
+
 fn acceptable(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_LEN && id.bytes().all(|b| b.is_ascii_graphic())
 }
@@ -44,7 +49,7 @@ pub async fn request_id(request: Request, next: Next) -> Response {
     // Label metrics by route template, not raw path: ids would explode the label set.
     let route = response
         .extensions()
-        .get::<crate::auth::RouteLabel>()
+        .get::<RouteLabel>()
         .map_or_else(|| "unmatched".to_owned(), |r| r.0.clone());
     metrics::counter!("http_requests_total", "method" => method.to_string(), "route" => route.clone(), "status" => status)
         .increment(1);

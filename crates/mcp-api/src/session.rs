@@ -2,10 +2,12 @@
 //! "who am I". Each login starts a token family; presenting a used refresh token again revokes
 //! the whole family, so a stolen token dies with the first use by either party.
 
-use crate::AppState;
+use crate::access::Access::{Authenticated, Public};
 use crate::auth::{ClientIp, Principal, Security, too_many};
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -16,7 +18,18 @@ use mcp_core::identity::{RefreshToken, Rotation, User};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
+use utoipa_axum::routes;
 use uuid::Uuid;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        endpoint(Public, routes!(login)),
+        endpoint(Public, routes!(refresh)),
+        endpoint(Public, routes!(logout)),
+        endpoint(Authenticated, routes!(me)),
+    ]
+}
 
 /// Longest username accepted anywhere.
 pub const MAX_USERNAME_LEN: usize = 64;

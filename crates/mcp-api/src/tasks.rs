@@ -1,20 +1,38 @@
 //! Task routes: create (one or a batch), list, read, cancel, retry, and per-queue counts.
 
-use crate::AppState;
+use crate::access::Access::Requires;
 use crate::auth::Principal;
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, page_limit, parse_cursor};
 use crate::request_id;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use mcp_core::principal::Permission;
 use mcp_core::services::{Creator, TaskQuery};
 use mcp_core::task::CreateTask;
 use mcp_core::{Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        endpoint(Requires(Permission::TasksCreate), routes!(create)),
+        endpoint(Requires(Permission::TasksReadOwn), routes!(list)),
+        endpoint(Requires(Permission::TasksCreate), routes!(create_batch)),
+        endpoint(Requires(Permission::TasksReadOwn), routes!(get)),
+        endpoint(Requires(Permission::TasksCancelOwn), routes!(cancel)),
+        endpoint(Requires(Permission::TasksManage), routes!(retry)),
+        endpoint(Requires(Permission::TasksReadAny), routes!(queues)),
+        endpoint(Requires(Permission::TasksRun), routes!(routes)),
+    ]
+}
 
 /// Create a task. 201 with the new task, or 200 with the existing one when the
 /// `idempotency_key` was used before.
@@ -95,6 +113,7 @@ pub async fn create_batch(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Only tasks in this status.

@@ -2,15 +2,36 @@
 //! deploys are tasks (`vcc.package.add`, `vcc.build`, …) so they queue, retry and stream their
 //! output like any other; these routes register and show what they work on.
 
-use crate::AppState;
+use crate::access::Access::Requires;
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use mcp_core::principal::Permission;
 use mcp_integrations::vcc::{Project, RepositoryInfo, VccError, VccErrorKind, VccService};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::routes;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        endpoint(Requires(Permission::VccRead), routes!(list_projects)),
+        endpoint(Requires(Permission::VccManage), routes!(register_project)),
+        endpoint(Requires(Permission::VccRead), routes!(get_project)),
+        endpoint(Requires(Permission::VccManage), routes!(unregister_project)),
+        endpoint(Requires(Permission::VccRead), routes!(list_repositories)),
+        endpoint(Requires(Permission::VccManage), routes!(add_repository)),
+        endpoint(
+            Requires(Permission::VccManage),
+            routes!(refresh_repositories),
+        ),
+        endpoint(Requires(Permission::VccManage), routes!(remove_repository)),
+    ]
+}
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProjectList {

@@ -3,18 +3,39 @@
 //! and the two-factor code an emailed login waits for. The same reads exist as task types
 //! (`vrchat.user.get`, …) for callers that want them queued, retried and recorded.
 
-use crate::AppState;
+use crate::access::Access::Requires;
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use mcp_core::principal::Permission;
 use mcp_integrations::VrchatClient;
 use mcp_integrations::vrchat::{MAX_FRIENDS_PAGE, SessionState, VrchatError, split_location};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        endpoint(Requires(Permission::VrchatRead), routes!(status)),
+        endpoint(Requires(Permission::IntegrationsManage), routes!(login)),
+        endpoint(
+            Requires(Permission::IntegrationsManage),
+            routes!(submit_code),
+        ),
+        endpoint(Requires(Permission::VrchatRead), routes!(current_user)),
+        endpoint(Requires(Permission::VrchatRead), routes!(user)),
+        endpoint(Requires(Permission::VrchatRead), routes!(world)),
+        endpoint(Requires(Permission::VrchatRead), routes!(instance)),
+        endpoint(Requires(Permission::VrchatRead), routes!(friends_online)),
+    ]
+}
 
 /// Where the hub's VRChat session stands.
 #[derive(Debug, Serialize, ToSchema)]
@@ -44,6 +65,7 @@ pub struct SubmitCode {
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct FriendsQuery {
     /// Page size, 1 to 100 (default 100).

@@ -3,26 +3,42 @@
 //! webhook, and stored sealed. Deliveries themselves are `webhook.deliver` tasks (see
 //! `mcp-integrations`'s `webhooks`).
 
-use crate::AppState;
+use crate::access::Access::Requires;
 use crate::auth::{ClientIp, Principal};
+use crate::endpoint::{Endpoint, endpoint};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery};
+use crate::state::{AppState, WebhookState};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, Uri};
 use chrono::{DateTime, Utc};
-use mcp_core::secrets::SecretBox;
+use mcp_core::principal::Permission;
 use mcp_core::services::Creator;
 use mcp_core::task::CreateTask;
 use mcp_core::webhooks::{
-    DELIVER_TASK, SECRET_PURPOSE, Webhook, WebhookDelivery, WebhookStore, generate_secret,
-    is_private_address, valid_filter,
+    DELIVER_TASK, SECRET_PURPOSE, Webhook, WebhookDelivery, generate_secret, is_private_address,
+    valid_filter,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::routes;
 use uuid::Uuid;
+
+/// The routes of this module and who may call them.
+pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
+    vec![
+        endpoint(Requires(Permission::IntegrationsManage), routes!(create)),
+        endpoint(Requires(Permission::IntegrationsManage), routes!(list)),
+        endpoint(Requires(Permission::IntegrationsManage), routes!(delete)),
+        endpoint(
+            Requires(Permission::IntegrationsManage),
+            routes!(deliveries),
+        ),
+        endpoint(Requires(Permission::IntegrationsManage), routes!(redeliver)),
+    ]
+}
 
 /// Longest accepted webhook URL.
 const MAX_URL_LEN: usize = 2048;
@@ -31,17 +47,6 @@ const MAX_FILTERS: usize = 32;
 /// Default and largest page of the delivery log.
 const DEFAULT_DELIVERIES: u32 = 50;
 const MAX_DELIVERIES: u32 = 500;
-
-/// What the webhook routes need.
-#[derive(Clone)]
-pub struct WebhookState {
-    pub store: Arc<dyn WebhookStore>,
-    pub secrets: Arc<SecretBox>,
-    /// Allow targets on private addresses (`webhooks_allow_private`).
-    pub allow_private: bool,
-    /// Attempts of each delivery task.
-    pub max_attempts: i32,
-}
 
 fn invalid(field: &str, message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
@@ -232,6 +237,7 @@ pub async fn delete(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveryQuery {
     /// Most entries (default 50, at most 500).
     pub limit: Option<u32>,

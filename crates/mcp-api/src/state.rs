@@ -1,0 +1,124 @@
+//! What every handler can reach: the shared state of the API and its configuration. It sits
+//! below the handler modules so they depend on it and not on `lib.rs`, which assembles them.
+
+use crate::auth::Security;
+use crate::discord;
+use crate::hooks::HooksConfig;
+use crate::memory::limits::MemoryLimits;
+use crate::ws::config::WsConfig;
+use mcp_core::Orchestrator;
+use mcp_core::integrations::{IntegrationRuntime, IntegrationStore};
+use mcp_core::secrets::SecretBox;
+use mcp_core::webhooks::WebhookStore;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Limits of the HTTP API.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Most tasks in one `POST /v1/tasks/batch`.
+    pub max_batch: usize,
+    pub default_page_size: u32,
+    pub max_page_size: u32,
+    pub ws: WsConfig,
+    pub memory: MemoryLimits,
+    /// `POST /deploy`: repository (`owner/name`) → the tasks that deploy it.
+    pub deploy_targets: BTreeMap<String, Vec<mcp_core::task::CreateTask>>,
+    /// `POST /ask-gemini`: how long the request waits for its `llm.generate` task.
+    pub ask_timeout: Duration,
+    /// `POST /v1/discord/interactions`: the public key and the slash commands.
+    pub discord: discord::DiscordInteractions,
+    /// `POST /v1/hooks/{source}`: the incoming webhook sources.
+    pub hooks: HooksConfig,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            max_body_bytes: 1024 * 1024,
+            max_batch: 1000,
+            default_page_size: 50,
+            max_page_size: 500,
+            ws: WsConfig::default(),
+            memory: MemoryLimits::default(),
+            deploy_targets: BTreeMap::new(),
+            ask_timeout: Duration::from_secs(60),
+            discord: discord::DiscordInteractions::default(),
+            hooks: HooksConfig::default(),
+        }
+    }
+}
+
+/// Renders the Prometheus exposition text of the process's metrics.
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub orchestrator: Arc<Orchestrator>,
+    /// Every creation, read, list, cancel and retry of a task goes through it.
+    pub tasks: Arc<mcp_core::services::TaskService>,
+    pub config: Arc<ApiConfig>,
+    pub security: Arc<Security>,
+    /// Where every state change is published, and what WebSocket clients subscribe to.
+    pub events: Arc<dyn mcp_core::events::EventBus>,
+    /// Conversations and messages.
+    pub memory: Arc<dyn mcp_core::memory::MemoryStore>,
+    /// Integrations of the configuration file and of the API (`/v1/integrations`).
+    pub integrations: Arc<Integrations>,
+    /// Outgoing webhooks; `None`: their routes answer 503 `webhooks_unavailable`.
+    pub webhooks: Option<WebhookState>,
+    /// `None`: no recorder installed (in-process tests); `/metrics` then answers 404.
+    pub metrics: Option<MetricsRenderer>,
+    /// VRChat's web API through the hub's account; `None`: `/v1/vrchat/*` answer 404
+    /// `vrchat_not_configured`.
+    pub vrchat: Option<Arc<mcp_integrations::VrchatClient>>,
+    /// The VCC service; `None`: `/v1/vcc/*` answer 404 `vcc_not_configured`.
+    pub vcc: Option<mcp_integrations::vcc::VccService>,
+    /// The state of the node's dependencies: `/readyz`, `/v1/health`.
+    pub health: Arc<mcp_core::health::HealthMonitor>,
+    /// Where Discord follow-ups wait for their task; `None`: only in this node's memory.
+    pub followups: Option<discord::Followups>,
+    /// Cancelled when the server begins to shut down: WebSocket connections close with 1001.
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+/// An integration of the configuration file, described without its secrets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfiguredIntegration {
+    pub name: String,
+    pub kind: String,
+    /// Non-secret settings (base URLs, model, service names).
+    pub settings: Value,
+    /// The names of the secrets it has (`token`, `api_key`, …).
+    pub secrets: Vec<String>,
+}
+
+/// What the integration routes work with. The default has no store: the routes answer 503
+/// `integrations_unavailable` and list only the configuration file's integrations.
+#[derive(Clone, Default)]
+pub struct Integrations {
+    pub store: Option<Arc<dyn IntegrationStore>>,
+    /// Seals secrets at rest; without it nothing can be stored.
+    pub secrets: Option<SecretBox>,
+    /// The configuration file's integrations, read-only.
+    pub configured: Vec<ConfiguredIntegration>,
+    /// Health checks and live updates of the running adapters; `None`: stored integrations take
+    /// effect at the next start and health is `unknown`.
+    pub runtime: Option<Arc<dyn IntegrationRuntime>>,
+}
+
+/// What the webhook routes need.
+#[derive(Clone)]
+pub struct WebhookState {
+    pub store: Arc<dyn WebhookStore>,
+    pub secrets: Arc<SecretBox>,
+    /// Allow targets on private addresses (`webhooks_allow_private`).
+    pub allow_private: bool,
+    /// Attempts of each delivery task.
+    pub max_attempts: i32,
+}

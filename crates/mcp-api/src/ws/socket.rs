@@ -1,0 +1,343 @@
+//! Runs one connection: the writer task draining the queue, the reader loop with its heartbeats,
+//! deadlines and flood control, and the dispatch of each client op to the part that handles it.
+
+use super::close;
+use super::connection::{Closing, Connection, error_frame, forbidden, reply, unix_now, ws_error};
+use super::frame::{ClientFrame, Op, decode};
+use crate::error::ApiError;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures::{SinkExt, StreamExt};
+use mcp_core::HandlerError;
+use mcp_core::events::Event;
+use mcp_core::limiter::{Quota, gcra, now_us};
+use mcp_core::principal::Permission;
+use mcp_core::services::Creator;
+use mcp_core::task::CreateTask;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+/// How long a closing connection may take to send what was queued before the close frame.
+const CLOSE_FLUSH: Duration = Duration::from_millis(500);
+
+/// Most frames written before one flush.
+const WRITE_BATCH: usize = 64;
+
+/// How many refused frames in a row end the connection.
+const FLOOD_STRIKES: u32 = 20;
+
+impl Connection {
+    pub(super) async fn run(mut self, socket: WebSocket) {
+        let config = self.state.config.ws.clone();
+        let (mut sink, mut stream) = socket.split();
+        let (out_tx, mut out_rx) = mpsc::channel::<Utf8Bytes>(config.send_queue.max(1));
+        self.out = Some(out_tx);
+        let mut closing_rx = self.closing.subscribe();
+        let (ping_tx, mut ping_rx) = mpsc::channel::<()>(1);
+        // The writer: frames in order; a close ends it with the close frame, after what was
+        // already queued (error replies explain the close) if the client takes it promptly.
+        let writer = tokio::spawn(async move {
+            let mut closing = closing_rx.clone();
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = closing.changed() => {
+                        let flush = async {
+                            while let Ok(text) = out_rx.try_recv() {
+                                if sink.send(Message::Text(text)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        };
+                        let _ = tokio::time::timeout(CLOSE_FLUSH, flush).await;
+                        break;
+                    }
+                    Some(()) = ping_rx.recv() => {
+                        if sink.send(Message::Ping(Default::default())).await.is_err() { return; }
+                    }
+                    frame = out_rx.recv() => match frame {
+                        // Whatever else is queued goes out with it, in one flush (one send()
+                        // for many frames is most of the fan-out cost).
+                        Some(text) => {
+                            if sink.feed(Message::Text(text)).await.is_err() { return; }
+                            let mut batched = 1;
+                            while batched < WRITE_BATCH {
+                                let Ok(text) = out_rx.try_recv() else { break };
+                                if sink.feed(Message::Text(text)).await.is_err() { return; }
+                                batched += 1;
+                            }
+                            if sink.flush().await.is_err() { return; }
+                        }
+                        None => break,
+                    },
+                }
+            }
+            let why = *closing_rx.borrow_and_update();
+            let frame = why.map(|c| CloseFrame {
+                code: c.code,
+                reason: c.reason.into(),
+            });
+            let _ = sink.send(Message::Close(frame)).await;
+            let _ = sink.close().await;
+        });
+
+        let auth_deadline = Instant::now() + config.auth_timeout;
+        let mut last_heard = Instant::now();
+        let mut ping = tokio::time::interval(config.ping_interval);
+        ping.tick().await;
+        let mut closing_watch = self.closing.subscribe();
+        let shutdown = self.state.shutdown.clone();
+        let mut peer_gone = false;
+        loop {
+            let token_deadline = self.token_deadline();
+            tokio::select! {
+                message = stream.next() => {
+                    last_heard = Instant::now();
+                    match message {
+                        Some(Ok(Message::Text(text))) if text.len() > config.max_frame_bytes => {
+                            self.close(close::TOO_BIG, "frame too large");
+                        }
+                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                        Some(Err(e)) if e.to_string().contains("too long") => {
+                            self.close(close::TOO_BIG, "frame too large");
+                        }
+                        Some(Ok(Message::Binary(_))) => self.close(close::UNSUPPORTED_DATA, "binary frames are not supported; send JSON text"),
+                        Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
+                            peer_gone = true;
+                            break;
+                        }
+                        Some(Ok(_)) => {} // ping / pong
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= config.idle_timeout {
+                        self.close(close::IDLE_TIMEOUT, "idle timeout");
+                    } else {
+                        let _ = ping_tx.try_send(());
+                    }
+                }
+                _ = tokio::time::sleep_until(auth_deadline), if self.principal.is_none() => {
+                    self.close(close::UNAUTHENTICATED, "authenticate with the auth op first");
+                }
+                _ = tokio::time::sleep_until(token_deadline.unwrap_or(auth_deadline)), if token_deadline.is_some() => {
+                    self.on_token_deadline();
+                }
+                _ = closing_watch.changed() => {}
+                _ = shutdown.cancelled() => self.close(close::GOING_AWAY, "the server is shutting down"),
+            }
+            if self.closing.borrow().is_some() {
+                break;
+            }
+        }
+        for (_, forwarder) in self.subscriptions.drain() {
+            forwarder.abort();
+        }
+        // A worker that goes gives its tasks back at once: dropping the pending replies tells
+        // each waiting attempt to release its task without spending the attempt.
+        if let Some(worker) = self.worker.take() {
+            self.state.orchestrator.router().unregister(worker);
+        }
+        if let Some(assignments) = self.assignments.take() {
+            assignments.abort();
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        if self.closing.borrow().is_none() {
+            self.closing.send_replace(Some(Closing {
+                code: 1000,
+                reason: "bye",
+            }));
+        }
+        self.out = None;
+        let _ = writer.await;
+        // The closing handshake: until the client's own Close (briefly), read and drop what it
+        // still sends. Closing a socket with unread data in it makes the kernel reset the
+        // connection, and the client would lose our Close frame and its code.
+        if !peer_gone {
+            let _ = tokio::time::timeout(CLOSE_FLUSH, async {
+                while let Some(Ok(message)) = stream.next().await {
+                    if matches!(message, Message::Close(_)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
+    }
+
+    /// When the token needs attention next: the refresh notice, then its expiry.
+    pub(super) fn token_deadline(&self) -> Option<Instant> {
+        let expires_at = self.expires_at?;
+        let now = unix_now();
+        let notice = self.state.config.ws.refresh_notice.as_secs();
+        let at = if self.refresh_asked {
+            expires_at
+        } else {
+            expires_at.saturating_sub(notice)
+        };
+        Some(Instant::now() + Duration::from_secs(at.saturating_sub(now)))
+    }
+
+    pub(super) fn on_token_deadline(&mut self) {
+        let Some(expires_at) = self.expires_at else {
+            return;
+        };
+        if unix_now() >= expires_at {
+            self.close(close::TOKEN_EXPIRED, "the access token expired");
+        } else if !self.refresh_asked {
+            self.refresh_asked = true;
+            let expires_in = expires_at.saturating_sub(unix_now());
+            self.send(
+                json!({"op": "auth.refresh_required", "expires_in": expires_in})
+                    .to_string()
+                    .into(),
+            );
+        }
+    }
+
+    pub(super) fn allowed_now(&mut self) -> bool {
+        let quota = Quota::per_second(self.state.config.ws.ops_per_second.max(1));
+        let (decision, tat) = gcra(self.tat, now_us(), quota);
+        if let Some(tat) = tat {
+            self.tat = Some(tat);
+        }
+        decision.allowed
+    }
+
+    pub(super) async fn on_text(&mut self, text: &str) {
+        if !self.allowed_now() {
+            self.strikes += 1;
+            if self.strikes >= FLOOD_STRIKES {
+                self.close(close::FLOOD, "too many frames");
+            } else {
+                let id = decode(text).ok().and_then(|f| f.id);
+                self.send(error_frame(
+                    &id,
+                    "rate_limited",
+                    "too many frames; slow down",
+                ));
+            }
+            return;
+        }
+        self.strikes = 0;
+        let frame = match decode(text) {
+            Ok(frame) => frame,
+            Err(e) => return self.send(error_frame(&e.id, e.code, &e.message)),
+        };
+        let id = frame.id.clone();
+        let outcome = self.on_frame(frame).await;
+        match outcome {
+            Ok(Some(result)) => self.send(reply(&id, result)),
+            Ok(None) => {}
+            Err(e) => self.send(error_frame(&id, e.code, &e.message)),
+        }
+    }
+
+    pub(super) async fn on_frame(&mut self, frame: ClientFrame) -> Result<Option<Value>, ApiError> {
+        if let Op::Auth { token } = &frame.op {
+            return self.authenticate(token).await.map(Some);
+        }
+        let Some(principal) = self.principal.clone() else {
+            return Err(crate::auth::unauthenticated(
+                "authenticate with the auth op first",
+            ));
+        };
+        match frame.op {
+            Op::Auth { .. } => Ok(None),
+            Op::Ping => Ok(Some(json!({"pong": true}))),
+            Op::Subscribe { channel, since } => {
+                self.subscribe(&principal, channel, since, &frame.id).await
+            }
+            Op::Unsubscribe { channel } => match self.subscriptions.remove(&channel) {
+                Some(forwarder) => {
+                    forwarder.abort();
+                    Ok(Some(json!({})))
+                }
+                None => Err(ws_error("not_subscribed", "not subscribed to that channel")),
+            },
+            Op::Publish { channel, data } => {
+                self.may_publish(&principal, &channel)?;
+                let event = Event::new("message", data, crate::request_id::current());
+                let position = self
+                    .state
+                    .events
+                    .publish(&channel, Arc::new(event))
+                    .await
+                    .map_err(|e| ws_error("unavailable", &e.to_string()))?;
+                Ok(Some(
+                    json!({"offset": position.offset, "epoch": position.epoch}),
+                ))
+            }
+            Op::TaskCreate { task } => {
+                if !principal.can(Permission::TasksCreate) {
+                    return Err(forbidden("tasks:create"));
+                }
+                let request: CreateTask = serde_json::from_value(task)
+                    .map_err(|e| ws_error("invalid_request", &e.to_string()))?;
+                let inserted = self
+                    .state
+                    .tasks
+                    .create(Creator::Principal(&principal), request, None)
+                    .await?;
+                Ok(Some(
+                    json!({"task": inserted.task, "created": inserted.created}),
+                ))
+            }
+            Op::WorkerRegister { types, concurrency } => {
+                self.register_worker(&principal, types, concurrency, &frame.id)
+                    .await
+            }
+            Op::TaskHeartbeat { task_id } => {
+                let held = self.held(&task_id);
+                match held {
+                    Some(_) => Ok(Some(json!({}))),
+                    None => Err(ws_error(
+                        "task_not_held",
+                        "this worker does not hold that task",
+                    )),
+                }
+            }
+            Op::TaskComplete { task_id, result } => self.settle(&task_id, Ok(result)),
+            Op::TaskFail {
+                task_id,
+                error,
+                retryable,
+            } => {
+                let mut failure = if retryable {
+                    HandlerError::retryable(error.message)
+                } else {
+                    HandlerError::permanent(error.message)
+                };
+                failure.details = error.details;
+                self.settle(&task_id, Err(failure))
+            }
+            Op::TaskCancel { task_id } => {
+                if !principal.can(Permission::TasksCancelOwn) {
+                    return Err(forbidden("tasks:cancel:own"));
+                }
+                let task = self.state.tasks.cancel(&principal, &task_id).await?;
+                Ok(Some(json!({"task": task})))
+            }
+        }
+    }
+
+    pub(super) async fn authenticate(&mut self, token: &str) -> Result<Value, ApiError> {
+        let (principal, expires_at) = self.state.security.authenticate_until(token).await?;
+        if let Some(current) = &self.principal
+            && current.subject != principal.subject
+        {
+            return Err(ws_error(
+                "forbidden",
+                "a connection stays with one subject; reconnect to change it",
+            ));
+        }
+        self.principal = Some(principal.clone());
+        self.expires_at = expires_at;
+        self.refresh_asked = false;
+        Ok(json!({"subject": principal.subject, "role": principal.role}))
+    }
+}

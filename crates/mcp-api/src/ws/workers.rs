@@ -1,0 +1,139 @@
+//! External workers over the socket: `worker.register`, then the `task.*` frames by which a
+//! worker reports on the tasks assigned to it.
+
+use super::close;
+use super::connection::{Closing, Connection, forbidden, reply, ws_error};
+use crate::auth::Principal;
+use crate::error::ApiError;
+use mcp_core::HandlerError;
+use mcp_core::principal::Permission;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+/// Most task types one worker may register, and the most slots it may ask for.
+const MAX_WORKER_TYPES: usize = 100;
+const MAX_WORKER_CONCURRENCY: usize = 1000;
+/// How long `worker.register` waits for the cluster's worker directory before it answers anyway.
+const PUBLISH_PATIENCE: Duration = Duration::from_secs(2);
+
+fn valid_task_type(task_type: &str) -> bool {
+    !task_type.is_empty()
+        && task_type.len() <= 128
+        && task_type
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+}
+
+impl Connection {
+    /// Registers this connection as a worker, shares it with the cluster, answers (itself, so
+    /// the reply precedes every assignment), then starts forwarding assignments.
+    pub(super) async fn register_worker(
+        &mut self,
+        principal: &Principal,
+        types: Vec<String>,
+        concurrency: usize,
+        reply_id: &Option<Value>,
+    ) -> Result<Option<Value>, ApiError> {
+        if !principal.can(Permission::TasksRun) {
+            return Err(forbidden("tasks:run"));
+        }
+        if self.worker.is_some() {
+            return Err(ws_error(
+                "already_registered",
+                "this connection is a worker already",
+            ));
+        }
+        if types.is_empty()
+            || types.len() > MAX_WORKER_TYPES
+            || !types.iter().all(|t| valid_task_type(t))
+        {
+            return Err(ws_error(
+                "invalid_request",
+                &format!(
+                    "`types`: 1 to {MAX_WORKER_TYPES} task types of letters, digits, `.`, `_`, `-`, `:`"
+                ),
+            ));
+        }
+        if !(1..=MAX_WORKER_CONCURRENCY).contains(&concurrency) {
+            return Err(ws_error(
+                "invalid_request",
+                &format!("`concurrency` is between 1 and {MAX_WORKER_CONCURRENCY}"),
+            ));
+        }
+        let router = self.state.orchestrator.router().clone();
+        let (id, mut assignments) = router.register(&principal.subject, types.clone(), concurrency);
+        self.worker = Some(id);
+        // Acknowledged once the cluster knows the worker, so every node accepts its types from
+        // the reply on. A database away only delays that: the node keeps publishing.
+        let publish = self.state.orchestrator.publish_workers();
+        match tokio::time::timeout(PUBLISH_PATIENCE, publish).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "worker known to this node only for now"),
+            Err(_) => {
+                tracing::warn!("worker known to this node only for now: publishing timed out")
+            }
+        }
+        // The reply goes out before the first assignment (tasks assigned meanwhile wait in the
+        // channel), so a client reading up to its reply never skips a `task.assign`.
+        self.send(reply(
+            reply_id,
+            json!({"worker_id": id, "types": types, "concurrency": concurrency}),
+        ));
+        let pending = self.pending.clone();
+        let out = self.out.clone();
+        let closing = self.closing.clone();
+        self.assignments = Some(tokio::spawn(async move {
+            let Some(out) = out else { return };
+            while let Some(assignment) = assignments.recv().await {
+                let frame = json!({"op": "task.assign", "task": &*assignment.task}).to_string();
+                pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(assignment.task.id, assignment.reply);
+                if out.try_send(frame.into()).is_err() {
+                    closing.send_if_modified(|current| {
+                        current.get_or_insert(Closing {
+                            code: close::SLOW_CONSUMER,
+                            reason: "too slow to take assignments",
+                        });
+                        true
+                    });
+                    return;
+                }
+            }
+        }));
+        Ok(None)
+    }
+
+    /// The task id, when this worker holds it.
+    pub(super) fn held(&self, task_id: &str) -> Option<uuid::Uuid> {
+        let worker = self.worker?;
+        let id = uuid::Uuid::parse_str(task_id).ok()?;
+        self.state
+            .orchestrator
+            .router()
+            .holds(worker, id)
+            .then_some(id)
+    }
+
+    /// Hands a worker's outcome to the attempt waiting for it, once.
+    pub(super) fn settle(
+        &mut self,
+        task_id: &str,
+        outcome: Result<Value, HandlerError>,
+    ) -> Result<Option<Value>, ApiError> {
+        let reply = self.held(task_id).and_then(|id| {
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id)
+        });
+        match reply.map(|reply| reply.send(outcome)) {
+            Some(Ok(())) => Ok(Some(json!({}))),
+            _ => Err(ws_error(
+                "task_not_held",
+                "this worker does not hold that task (finished, cancelled, timed out or never assigned)",
+            )),
+        }
+    }
+}
