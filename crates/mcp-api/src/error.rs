@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use mcp_core::StoreError;
 use mcp_core::orchestrator::OrchestratorError;
-use mcp_core::services::TaskServiceError;
+use mcp_core::services::{MemoryError, TaskServiceError};
 use serde::Serialize;
 use serde_json::Value;
 use utoipa::ToSchema;
@@ -193,6 +193,45 @@ impl From<TaskServiceError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, "task_not_retryable", message)
                     .with_details(serde_json::json!({"status": status}))
             }
+        }
+    }
+}
+
+impl From<MemoryError> for ApiError {
+    fn from(e: MemoryError) -> Self {
+        let message = e.to_string();
+        match e {
+            MemoryError::ConversationNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "conversation_not_found", message)
+            }
+            MemoryError::MessageNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "message_not_found", message)
+            }
+            MemoryError::Invalid { code, input } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+                    .with_details(serde_json::json!({"field": input.field}))
+            }
+            MemoryError::TooLarge { field, limit, .. } => {
+                let error =
+                    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "message_too_large", message);
+                match field {
+                    Some(field) => {
+                        error.with_details(serde_json::json!({"field": field, "limit": limit}))
+                    }
+                    None => error,
+                }
+            }
+            MemoryError::BatchSize { .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_batch_size",
+                message,
+            ),
+            MemoryError::Exists { code, .. } => ApiError::new(StatusCode::CONFLICT, code, message),
+            MemoryError::InvalidCursor => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", message)
+            }
+            MemoryError::InvalidQuery(message) => ApiError::invalid_query(message),
+            MemoryError::Store(e) => e.into(),
         }
     }
 }

@@ -4,7 +4,6 @@
 use crate::auth::Security;
 use crate::discord;
 use crate::hooks::HooksConfig;
-use crate::memory::limits::MemoryLimits;
 use crate::ws::config::WsConfig;
 use mcp_core::Orchestrator;
 use mcp_core::integrations::{IntegrationRuntime, IntegrationStore};
@@ -20,12 +19,9 @@ use std::time::Duration;
 pub struct ApiConfig {
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
-    /// Most tasks in one `POST /v1/tasks/batch`.
-    pub max_batch: usize,
     pub default_page_size: u32,
     pub max_page_size: u32,
     pub ws: WsConfig,
-    pub memory: MemoryLimits,
     /// `POST /deploy`: repository (`owner/name`) → the tasks that deploy it.
     pub deploy_targets: BTreeMap<String, Vec<mcp_core::task::CreateTask>>,
     /// `POST /ask-gemini`: how long the request waits for its `llm.generate` task.
@@ -40,11 +36,9 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             max_body_bytes: 1024 * 1024,
-            max_batch: 1000,
             default_page_size: 50,
             max_page_size: 500,
             ws: WsConfig::default(),
-            memory: MemoryLimits::default(),
             deploy_targets: BTreeMap::new(),
             ask_timeout: Duration::from_secs(60),
             discord: discord::DiscordInteractions::default(),
@@ -66,8 +60,8 @@ pub struct AppState {
     pub security: Arc<Security>,
     /// Where every state change is published, and what WebSocket clients subscribe to.
     pub events: Arc<dyn mcp_core::events::EventBus>,
-    /// Conversations and messages.
-    pub memory: Arc<dyn mcp_core::memory::MemoryStore>,
+    /// Every use of conversations and their messages goes through it.
+    pub memory: Arc<mcp_core::services::MemoryService>,
     /// Integrations of the configuration file and of the API (`/v1/integrations`).
     pub integrations: Arc<Integrations>,
     /// Outgoing webhooks; `None`: their routes answer 503 `webhooks_unavailable`.

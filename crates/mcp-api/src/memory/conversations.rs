@@ -1,25 +1,17 @@
 //! Conversations: create, list, read, change and delete one; its context window and summary.
 
-use super::rules::{
-    CreateConversation, check_participants, check_title, conflict, conversation_id,
-    conversation_not_found, invalid, nullable,
-};
-use super::service::{emit, existing};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, page_limit, parse_cursor};
+use crate::request_id;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
-use mcp_core::memory::{
-    Context, Conversation, ConversationFilter, ConversationPatch, InvalidInput, Summary,
-    build_context, check_metadata, check_text, estimate_tokens,
-};
+use mcp_core::memory::{Context, Conversation, ConversationFilter};
+use mcp_core::services::memory::{CreateConversation, UpdateConversation};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -35,19 +27,10 @@ pub async fn create_conversation(
     principal: Principal,
     ApiJson(request): ApiJson<CreateConversation>,
 ) -> Result<Response, ApiError> {
-    let conversation = request.into_conversation(&principal)?;
-    state
+    let conversation = state
         .memory
-        .create_conversation(&conversation)
-        .await
-        .map_err(|e| conflict("conversation_exists", e))?;
-    emit(
-        &state,
-        conversation.id,
-        "memory.conversation.created",
-        json!(conversation),
-    )
-    .await;
+        .create_conversation(&principal, request, request_id::current().as_deref())
+        .await?;
     let mut response = (StatusCode::CREATED, Json(&conversation)).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/v1/conversations/{}", conversation.id)) {
         response.headers_mut().insert(header::LOCATION, location);
@@ -87,24 +70,18 @@ pub async fn list_conversations(
     ApiQuery(query): ApiQuery<ConversationQuery>,
 ) -> Result<Json<ConversationList>, ApiError> {
     let limit = page_limit(&state.config, query.limit)?;
-    let mut conversations = state
+    let (conversations, next) = state
         .memory
-        .list_conversations(&ConversationFilter {
+        .list_conversations(ConversationFilter {
             participant: query.participant,
             archived: query.archived,
             before: parse_cursor(query.cursor.as_deref())?,
-            limit: limit + 1,
+            limit,
         })
         .await?;
-    let next_cursor = if conversations.len() > limit as usize {
-        conversations.truncate(limit as usize);
-        conversations.last().map(|c| c.id.to_string())
-    } else {
-        None
-    };
     Ok(Json(ConversationList {
         conversations,
-        next_cursor,
+        next_cursor: next.map(|id| id.to_string()),
     }))
 }
 
@@ -119,22 +96,7 @@ pub async fn get_conversation(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Conversation>, ApiError> {
-    existing(&state, &id).await.map(Json)
-}
-
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateConversation {
-    /// A new title; `null` clears it.
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
-    pub title: Option<Option<String>>,
-    pub participants: Option<Vec<String>>,
-    /// Replaces the metadata object.
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-    /// Archive or bring back.
-    pub archived: Option<bool>,
+    Ok(Json(state.memory.conversation(&id).await?))
 }
 
 /// Change a conversation's title, participants, metadata or archived flag.
@@ -151,39 +113,13 @@ pub async fn update_conversation(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<UpdateConversation>,
 ) -> Result<Json<Conversation>, ApiError> {
-    let conversation_id = conversation_id(&id)?;
-    let check = || -> Result<(), InvalidInput> {
-        if let Some(Some(title)) = &request.title {
-            check_title(title)?;
-        }
-        if let Some(participants) = &request.participants {
-            check_participants(participants)?;
-        }
-        if let Some(metadata) = &request.metadata {
-            check_metadata("metadata", metadata)?;
-        }
-        Ok(())
-    };
-    check().map_err(|e| invalid("invalid_conversation", e))?;
-    let patch = ConversationPatch {
-        title: request.title,
-        participants: request.participants,
-        metadata: request.metadata,
-        archived: request.archived,
-    };
-    let conversation = state
-        .memory
-        .update_conversation(conversation_id, &patch, Utc::now())
-        .await?
-        .ok_or_else(|| conversation_not_found(&id))?;
-    emit(
-        &state,
-        conversation.id,
-        "memory.conversation.updated",
-        json!(conversation),
-    )
-    .await;
-    Ok(Json(conversation))
+    let correlation = request_id::current();
+    Ok(Json(
+        state
+            .memory
+            .update_conversation(&id, request, correlation.as_deref())
+            .await?,
+    ))
 }
 
 /// Delete a conversation and all its messages.
@@ -197,17 +133,11 @@ pub async fn delete_conversation(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let conversation_id = conversation_id(&id)?;
-    if !state.memory.delete_conversation(conversation_id).await? {
-        return Err(conversation_not_found(&id));
-    }
-    emit(
-        &state,
-        conversation_id,
-        "memory.conversation.deleted",
-        json!({"id": conversation_id}),
-    )
-    .await;
+    let correlation = request_id::current();
+    state
+        .memory
+        .delete_conversation(&id, correlation.as_deref())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -233,18 +163,7 @@ pub async fn context(
     Path(id): Path<String>,
     ApiQuery(query): ApiQuery<ContextQuery>,
 ) -> Result<Json<Context>, ApiError> {
-    let limits = &state.config.memory;
-    let max_tokens = query.max_tokens.unwrap_or(limits.default_context_tokens);
-    if !(1..=limits.max_context_tokens).contains(&max_tokens) {
-        return Err(ApiError::invalid_query(format!(
-            "max_tokens must be between 1 and {}",
-            limits.max_context_tokens
-        )));
-    }
-    let conversation = existing(&state, &id).await?;
-    Ok(Json(
-        build_context(state.memory.as_ref(), &conversation, max_tokens).await?,
-    ))
+    Ok(Json(state.memory.context(&id, query.max_tokens).await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -269,33 +188,11 @@ pub async fn set_summary(
     Path(id): Path<String>,
     ApiJson(request): ApiJson<SetSummary>,
 ) -> Result<Json<Conversation>, ApiError> {
-    let conversation_id = conversation_id(&id)?;
-    let max = state.config.memory.max_message_bytes;
-    if request.text.len() > max {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "message_too_large",
-            format!("a summary holds at most {max} bytes"),
-        ));
-    }
-    check_text("text", &request.text).map_err(|e| invalid("invalid_summary", e))?;
-    let summary = Summary {
-        tokens: estimate_tokens(&request.text),
-        text: request.text,
-        through: request.through,
-        updated_at: Utc::now(),
-    };
-    let conversation = state
-        .memory
-        .set_summary(conversation_id, &summary)
-        .await?
-        .ok_or_else(|| conversation_not_found(&id))?;
-    emit(
-        &state,
-        conversation_id,
-        "memory.conversation.summarized",
-        json!(conversation),
-    )
-    .await;
-    Ok(Json(conversation))
+    let correlation = request_id::current();
+    Ok(Json(
+        state
+            .memory
+            .set_summary(&id, request.text, request.through, correlation.as_deref())
+            .await?,
+    ))
 }

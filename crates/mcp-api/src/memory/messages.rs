@@ -1,26 +1,27 @@
 //! A conversation's messages: add one or a batch, list pages both ways, pin or edit, delete.
 
-use super::rules::{
-    NewMessage, body_error, build_message, conflict, conversation_id, conversation_not_found,
-    invalid, invalid_cursor, message_not_found,
-};
-use super::service::{emit, existing};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, page_limit, parse_cursor};
+use crate::request_id;
 use crate::state::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::Utc;
-use mcp_core::memory::{
-    InvalidInput, Message, MessagePage, MessagePatch, check_metadata, check_text,
-};
+use mcp_core::memory::Message;
+use mcp_core::services::memory::{MessageCursor, NewMessage, UpdateMessage};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use utoipa::{IntoParams, ToSchema};
-use uuid::Uuid;
+
+fn body_error(e: serde_json::Error) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid_request",
+        e.to_string(),
+    )
+}
 
 /// One message, or `{"messages": […]}`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -56,57 +57,19 @@ pub async fn post_messages(
     Path(id): Path<String>,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
-    let conversation_id = conversation_id(&id)?;
     let batch = body.get("messages").is_some();
-    let now = Utc::now();
-    let messages = if batch {
-        let batch = MessageBatch::deserialize(body).map_err(body_error)?;
-        let max = state.config.max_batch;
-        if batch.messages.is_empty() || batch.messages.len() > max {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_batch_size",
-                format!(
-                    "a batch holds between 1 and {max} messages; this one has {}",
-                    batch.messages.len()
-                ),
-            ));
-        }
-        batch
+    let new = if batch {
+        MessageBatch::deserialize(body)
+            .map_err(body_error)?
             .messages
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| build_message(&state, &principal, conversation_id, m, Some(i), now))
-            .collect::<Result<Vec<_>, _>>()?
     } else {
-        let one = NewMessage::deserialize(body).map_err(body_error)?;
-        vec![build_message(
-            &state,
-            &principal,
-            conversation_id,
-            one,
-            None,
-            now,
-        )?]
+        vec![NewMessage::deserialize(body).map_err(body_error)?]
     };
-    let latest = messages.iter().map(|m| m.created_at).max().unwrap_or(now);
-    let stored = state
+    let correlation = request_id::current();
+    let messages = state
         .memory
-        .append_messages(conversation_id, &messages, latest.max(now))
-        .await
-        .map_err(|e| conflict("message_exists", e))?;
-    if !stored {
-        return Err(conversation_not_found(&id));
-    }
-    for message in &messages {
-        emit(
-            &state,
-            conversation_id,
-            "memory.message.created",
-            json!(message),
-        )
-        .await;
-    }
+        .append_messages(&principal, &id, new, batch, correlation.as_deref())
+        .await?;
     let body = if batch {
         json!({ "messages": messages })
     } else {
@@ -142,58 +105,22 @@ pub async fn list_messages(
     ApiQuery(query): ApiQuery<MessageQuery>,
 ) -> Result<Json<MessageList>, ApiError> {
     let limit = page_limit(&state.config, query.limit)?;
-    let conversation = existing(&state, &id).await?;
-    let page = match (
-        parse_cursor(query.before.as_deref())?,
-        parse_cursor(query.after.as_deref())?,
+    let cursor = match (
+        parse_cursor(query.before.as_deref()),
+        parse_cursor(query.after.as_deref()),
     ) {
-        (Some(_), Some(_)) => {
-            return Err(ApiError::invalid_query(
-                "give `before` or `after`, not both",
-            ));
+        (Ok(before), Ok(after)) => MessageCursor { before, after },
+        // A conversation that does not exist is named first, as for any other request.
+        (Err(e), _) | (_, Err(e)) => {
+            state.memory.conversation(&id).await?;
+            return Err(e);
         }
-        (Some(before), None) => MessagePage::Before(before),
-        (None, Some(after)) => MessagePage::After(after),
-        (None, None) => MessagePage::Newest,
     };
-    if let MessagePage::Before(cursor) | MessagePage::After(cursor) = page
-        && state
-            .memory
-            .message(conversation.id, cursor)
-            .await?
-            .is_none()
-    {
-        return Err(invalid_cursor());
-    }
-    let mut messages = state
-        .memory
-        .list_messages(conversation.id, page, limit + 1)
-        .await?;
-    let next_cursor = if messages.len() > limit as usize {
-        messages.truncate(limit as usize);
-        messages.last().map(|m| m.id.to_string())
-    } else {
-        None
-    };
-    if !matches!(page, MessagePage::After(_)) {
-        messages.reverse();
-    }
+    let (messages, next) = state.memory.list_messages(&id, cursor, limit).await?;
     Ok(Json(MessageList {
         messages,
-        next_cursor,
+        next_cursor: next.map(|id| id.to_string()),
     }))
-}
-
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateMessage {
-    /// New text (re-estimates `tokens`).
-    pub content: Option<String>,
-    /// Replaces the metadata object.
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-    /// Pin or unpin.
-    pub pinned: Option<bool>,
 }
 
 /// Pin or unpin a message, replace its metadata or edit its content.
@@ -214,53 +141,13 @@ pub async fn update_message(
     Path((id, message_id)): Path<(String, String)>,
     ApiJson(request): ApiJson<UpdateMessage>,
 ) -> Result<Json<Message>, ApiError> {
-    let conversation_id = conversation_id(&id)?;
-    let message_uuid = Uuid::parse_str(&message_id).map_err(|_| message_not_found(&message_id))?;
-    let max = state.config.memory.max_message_bytes;
-    if let Some(content) = &request.content
-        && content.len() > max
-    {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "message_too_large",
-            format!(
-                "content is {} bytes; a message holds at most {max}",
-                content.len()
-            ),
-        )
-        .with_details(json!({"field": "content", "limit": max})));
-    }
-    let check = || -> Result<(), InvalidInput> {
-        if let Some(content) = &request.content {
-            check_text("content", content)?;
-        }
-        if let Some(metadata) = &request.metadata {
-            check_metadata("metadata", metadata)?;
-        }
-        Ok(())
-    };
-    check().map_err(|e| invalid("invalid_message", e))?;
-    let patch = MessagePatch {
-        content: request.content,
-        metadata: request.metadata,
-        pinned: request.pinned,
-    };
-    let Some(message) = state
-        .memory
-        .update_message(conversation_id, message_uuid, &patch, Utc::now())
-        .await?
-    else {
-        existing(&state, &id).await?;
-        return Err(message_not_found(&message_id));
-    };
-    emit(
-        &state,
-        conversation_id,
-        "memory.message.updated",
-        json!(message),
-    )
-    .await;
-    Ok(Json(message))
+    let correlation = request_id::current();
+    Ok(Json(
+        state
+            .memory
+            .update_message(&id, &message_id, request, correlation.as_deref())
+            .await?,
+    ))
 }
 
 /// Delete one message.
@@ -277,22 +164,10 @@ pub async fn delete_message(
     State(state): State<AppState>,
     Path((id, message_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let conversation_id = conversation_id(&id)?;
-    let message_uuid = Uuid::parse_str(&message_id).map_err(|_| message_not_found(&message_id))?;
-    if !state
+    let correlation = request_id::current();
+    state
         .memory
-        .delete_message(conversation_id, message_uuid, Utc::now())
-        .await?
-    {
-        existing(&state, &id).await?;
-        return Err(message_not_found(&message_id));
-    }
-    emit(
-        &state,
-        conversation_id,
-        "memory.message.deleted",
-        json!({"id": message_uuid, "conversation_id": conversation_id}),
-    )
-    .await;
+        .delete_message(&id, &message_id, correlation.as_deref())
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -3,17 +3,15 @@
 //! summaries. Every change is published on the conversation's channel, `conversation:{id}`.
 
 mod conversations;
-pub(crate) mod limits;
 mod messages;
-mod rules;
 mod search;
-mod service;
 mod transfer;
 
-pub use conversations::{ConversationList, SetSummary, UpdateConversation};
-pub use limits::MemoryLimits;
-pub use messages::{MessageBatch, MessageList, UpdateMessage};
-pub use rules::{CreateConversation, NewMessage};
+pub use conversations::{ConversationList, SetSummary};
+pub use mcp_core::services::memory::{
+    CreateConversation, MemoryLimits, NewMessage, UpdateConversation, UpdateMessage,
+};
+pub use messages::{MessageBatch, MessageList};
 pub use search::SearchResults;
 
 use crate::access::Access::Requires;
@@ -37,7 +35,7 @@ pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
             Requires(Permission::MemoryManage),
             routes!(transfer::import),
         )
-        .body_limit(|state| state.config.memory.max_import_bytes),
+        .body_limit(|state| state.memory.limits().max_import_bytes),
         endpoint(
             Requires(Permission::MemoryRead),
             routes!(conversations::get_conversation),

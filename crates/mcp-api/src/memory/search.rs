@@ -1,6 +1,5 @@
 //! Ranked full-text search over every message.
 
-use super::rules::invalid_cursor;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiQuery, page_limit};
 use crate::state::AppState;
@@ -10,9 +9,8 @@ use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
-use mcp_core::memory::{
-    MAX_NAME_BYTES, MessageRole, SearchHit, SearchQuery, SearchRequest, check_text,
-};
+use mcp_core::memory::{MessageRole, SearchHit, SearchQuery, SearchRequest};
+use mcp_core::services::MemoryError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -56,12 +54,12 @@ fn encode_offset(offset: u32) -> String {
 fn decode_offset(cursor: &str) -> Result<u32, ApiError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(cursor)
-        .map_err(|_| invalid_cursor())?;
+        .map_err(|_| ApiError::from(MemoryError::InvalidCursor))?;
     std::str::from_utf8(&bytes)
         .ok()
         .and_then(|text| text.strip_prefix('o'))
         .and_then(|n| n.parse().ok())
-        .ok_or_else(invalid_cursor)
+        .ok_or_else(|| MemoryError::InvalidCursor.into())
 }
 
 /// Full-text search over every message, ranked, with highlighted snippets.
@@ -94,24 +92,9 @@ pub async fn search(
         .map(decode_offset)
         .transpose()?
         .unwrap_or(0);
-    let depth = state.config.memory.max_search_depth;
-    if offset.saturating_add(limit) > depth {
-        return Err(ApiError::invalid_query(format!(
-            "results go {depth} deep at most; narrow the query or its filters"
-        )));
-    }
-    if let Some(author) = &params.author {
-        check_text("author", author).map_err(|e| ApiError::invalid_query(e.to_string()))?;
-        if author.len() > MAX_NAME_BYTES {
-            return Ok(Json(SearchResults {
-                messages: Vec::new(),
-                next_cursor: None,
-            }));
-        }
-    }
-    let mut messages = state
+    let (messages, more) = state
         .memory
-        .search(&SearchRequest {
+        .search(SearchRequest {
             query,
             conversation_id: params.conversation_id,
             author: params.author,
@@ -119,17 +102,11 @@ pub async fn search(
             since: params.since,
             until: params.until,
             offset,
-            limit: limit + 1,
+            limit,
         })
         .await?;
-    let next_cursor = if messages.len() > limit as usize {
-        messages.truncate(limit as usize);
-        Some(encode_offset(offset + limit))
-    } else {
-        None
-    };
     Ok(Json(SearchResults {
         messages,
-        next_cursor,
+        next_cursor: more.then(|| encode_offset(offset + limit)),
     }))
 }

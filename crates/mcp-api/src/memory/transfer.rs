@@ -1,11 +1,8 @@
 //! Export a conversation as JSON Lines, and import one back with its ids and times.
 
-use super::rules::{
-    IMPORT_CHUNK, NewMessage, build_message, check_participants, check_title, conflict, invalid,
-};
-use super::service::{emit, existing};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
+use crate::request_id;
 use crate::state::AppState;
 use axum::Json;
 use axum::body::Bytes;
@@ -13,10 +10,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
-use mcp_core::memory::{
-    Conversation, ConversationPatch, InvalidInput, MessagePage, MessageRole, Summary,
-    check_metadata, check_text,
-};
+use mcp_core::memory::{Conversation, MessageRole};
+use mcp_core::services::memory::{ImportedConversation, NewMessage};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -33,7 +28,7 @@ pub async fn export(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let conversation = existing(&state, &id).await?;
+    let (conversation, messages) = state.memory.export(&id).await?;
     let mut out = Vec::new();
     let mut line = |value: Value, kind: &str| {
         let mut value = value;
@@ -44,24 +39,7 @@ pub async fn export(
         out.push(b'\n');
     };
     line(json!(conversation), "conversation");
-    // Walk back from the newest (the index serves both directions), then write oldest first.
-    let mut messages = Vec::new();
-    let mut page = MessagePage::Newest;
-    loop {
-        let batch = state
-            .memory
-            .list_messages(conversation.id, page, IMPORT_CHUNK as u32)
-            .await?;
-        let done = batch.len() < IMPORT_CHUNK;
-        if let Some(last) = batch.last() {
-            page = MessagePage::Before(last.id);
-        }
-        messages.extend(batch);
-        if done {
-            break;
-        }
-    }
-    for message in messages.into_iter().rev() {
+    for message in messages {
         line(json!(message), "message");
     }
     let mut response = (StatusCode::OK, out).into_response();
@@ -78,22 +56,6 @@ pub async fn export(
             .insert(header::CONTENT_DISPOSITION, disposition);
     }
     Ok(response)
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ImportedConversation {
-    id: Uuid,
-    title: Option<String>,
-    #[serde(default)]
-    participants: Vec<String>,
-    metadata: Option<Value>,
-    #[serde(default)]
-    archived: bool,
-    summary: Option<Summary>,
-    created_by: Option<String>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,33 +125,6 @@ pub async fn import(
     }
     let imported: ImportedConversation =
         serde_json::from_value(value).map_err(|e| import_error(n, e))?;
-    let check = || -> Result<(), InvalidInput> {
-        if let Some(title) = &imported.title {
-            check_title(title)?;
-        }
-        check_participants(&imported.participants)?;
-        if let Some(metadata) = &imported.metadata {
-            check_metadata("metadata", metadata)?;
-        }
-        if let Some(summary) = &imported.summary {
-            check_text("summary", &summary.text)?;
-        }
-        Ok(())
-    };
-    check().map_err(|e| invalid("invalid_conversation", e))?;
-    let conversation = Conversation {
-        id: imported.id,
-        title: imported.title,
-        participants: imported.participants,
-        metadata: imported.metadata.unwrap_or_else(|| json!({})),
-        archived: imported.archived,
-        summary: imported.summary,
-        created_by: imported
-            .created_by
-            .or_else(|| Some(principal.subject.clone())),
-        created_at: imported.created_at,
-        updated_at: imported.updated_at,
-    };
     let mut messages = Vec::new();
     for (n, line) in lines {
         let value: Value = serde_json::from_str(line).map_err(|e| import_error(n, e))?;
@@ -198,7 +133,7 @@ pub async fn import(
             return Err(import_error(n, "expected \"type\":\"message\""));
         }
         let m: ImportedMessage = serde_json::from_value(value).map_err(|e| import_error(n, e))?;
-        if m.conversation_id.is_some_and(|c| c != conversation.id) {
+        if m.conversation_id.is_some_and(|c| c != imported.id) {
             return Err(import_error(
                 n,
                 "the message belongs to another conversation",
@@ -214,52 +149,12 @@ pub async fn import(
             pinned: m.pinned,
             created_at: Some(m.created_at),
         };
-        messages.push(build_message(
-            &state,
-            &principal,
-            conversation.id,
-            new,
-            None,
-            conversation.updated_at,
-        )?);
+        messages.push(new);
     }
-    state
-        .memory
-        .create_conversation(&conversation)
-        .await
-        .map_err(|e| conflict("conversation_exists", e))?;
-    for chunk in messages.chunks(IMPORT_CHUNK) {
-        let appended = state
-            .memory
-            .append_messages(conversation.id, chunk, conversation.updated_at)
-            .await;
-        if !matches!(appended, Ok(true)) {
-            // All or nothing: take back what was stored.
-            if let Err(e) = state.memory.delete_conversation(conversation.id).await {
-                tracing::error!(error = %e, id = %conversation.id, "could not undo a failed import");
-            }
-            return Err(match appended {
-                Err(e) => conflict("message_exists", e),
-                _ => ApiError::internal(),
-            });
-        }
-    }
-    // Appending counts as activity; the imported conversation keeps its own.
-    let patch = ConversationPatch {
-        archived: Some(conversation.archived),
-        ..ConversationPatch::default()
-    };
+    let correlation = request_id::current();
     let stored = state
         .memory
-        .update_conversation(conversation.id, &patch, conversation.updated_at)
-        .await?
-        .ok_or_else(ApiError::internal)?;
-    emit(
-        &state,
-        conversation.id,
-        "memory.conversation.created",
-        json!(stored),
-    )
-    .await;
+        .import(&principal, imported, messages, correlation.as_deref())
+        .await?;
     Ok((StatusCode::CREATED, Json(stored)))
 }

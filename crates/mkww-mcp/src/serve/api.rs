@@ -3,7 +3,6 @@
 
 use crate::config::Config;
 use anyhow::Context;
-use mcp_api::MemoryLimits;
 use mcp_api::token::parse_ttl;
 use mcp_api::ws::WsConfig;
 use mcp_api::{
@@ -14,7 +13,7 @@ use mcp_core::events::EventBus;
 use mcp_core::identity::IdentityStore;
 use mcp_core::limiter::{Limiter, Quota};
 use mcp_core::memory::MemoryStore;
-use mcp_core::services::{TaskLimits, TaskService};
+use mcp_core::services::{MemoryLimits, MemoryService, TaskLimits, TaskService};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,12 +33,22 @@ pub fn api_state(
             quota_tasks_per_day: security.config.quota_tasks_per_day,
         },
     ));
+    let memory = Arc::new(MemoryService::new(
+        memory,
+        events.clone(),
+        MemoryLimits {
+            max_message_bytes: config.memory_max_message_bytes,
+            default_context_tokens: config.memory_context_tokens,
+            max_import_bytes: config.memory_max_import_bytes,
+            max_batch: config.max_batch,
+            ..MemoryLimits::default()
+        },
+    ));
     AppState {
         orchestrator,
         tasks,
         config: Arc::new(ApiConfig {
             max_body_bytes: config.max_body_bytes,
-            max_batch: config.max_batch,
             ws: WsConfig {
                 auth_timeout: Config::ms(config.ws_auth_timeout_ms),
                 ping_interval: Config::ms(config.ws_ping_interval_ms.max(100)),
@@ -50,12 +59,6 @@ pub fn api_state(
                 ops_per_second: config.ws_ops_per_second.max(1),
                 refresh_notice: Config::ms(config.ws_refresh_notice_ms),
                 open_namespaces: config.ws_open_namespaces.clone(),
-            },
-            memory: MemoryLimits {
-                max_message_bytes: config.memory_max_message_bytes,
-                default_context_tokens: config.memory_context_tokens,
-                max_import_bytes: config.memory_max_import_bytes,
-                ..MemoryLimits::default()
             },
             deploy_targets: config
                 .deploy_targets
