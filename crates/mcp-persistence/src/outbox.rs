@@ -3,6 +3,7 @@
 //! names a transition's event. While no webhook wants a transition's events, the transition runs
 //! exactly as it would without an outbox: no transaction, no extra statement.
 
+use mcp_core::TaskStatus;
 use std::sync::{Arc, RwLock};
 use tokio::sync::Notify;
 
@@ -81,4 +82,16 @@ impl OutboxSwitch {
         self.recorded.notify_waiters();
         self.recorded.notify_one();
     }
+}
+
+/// The statuses after which a task changes no more.
+pub(crate) fn final_statuses() -> Vec<&'static str> {
+    [
+        TaskStatus::Succeeded,
+        TaskStatus::Dead,
+        TaskStatus::Cancelled,
+    ]
+    .iter()
+    .map(|s| s.as_str())
+    .collect()
 }

@@ -1,7 +1,8 @@
 //! The `IntegrationStore` of the PostgreSQL store, in the table of
 //! `migrations/postgres/0007_integrations.sql`. Settings and sealed secrets are JSONB.
 
-use crate::{PgTaskStore, corrupt, db_error};
+use super::PgTaskStore;
+use crate::error::{corrupt, db_error};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;

@@ -1,8 +1,9 @@
 //! The `IntegrationStore` of the SQLite store, in the table of
 //! `migrations/sqlite/0007_integrations.sql`. Settings and sealed secrets are JSON text.
 
-use crate::sqlite::{instant, us};
-use crate::{SqliteTaskStore, corrupt, db_error};
+use super::SqliteTaskStore;
+use crate::codec::{instant, json, micros};
+use crate::error::{corrupt, db_error};
 use async_trait::async_trait;
 use mcp_core::StoreError;
 use mcp_core::integrations::{Integration, IntegrationStore};
@@ -26,8 +27,8 @@ impl TryFrom<IntegrationRow> for Integration {
         Ok(Integration {
             name: row.name,
             kind: row.kind,
-            settings: serde_json::from_str(&row.settings).map_err(corrupt)?,
-            secrets: serde_json::from_str(&row.secrets).map_err(corrupt)?,
+            settings: json(&row.settings)?,
+            secrets: json(&row.secrets)?,
             enabled: row.enabled,
             updated_at: instant(row.updated_at)?,
         })
@@ -50,7 +51,7 @@ impl IntegrationStore for SqliteTaskStore {
         .bind(integration.settings.to_string())
         .bind(secrets)
         .bind(integration.enabled)
-        .bind(us(integration.updated_at))
+        .bind(micros(integration.updated_at))
         .execute(&self.writer)
         .await
         .map_err(db_error)?;

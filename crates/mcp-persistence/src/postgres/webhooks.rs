@@ -1,6 +1,7 @@
 //! The `WebhookStore` of the PostgreSQL store, in the tables of `migrations/postgres/0006_webhooks.sql`.
 
-use crate::{PgTaskStore, conflict_or_db_error, corrupt, db_error};
+use super::PgTaskStore;
+use crate::error::{conflict_or_db_error, corrupt, db_error};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;

@@ -6,7 +6,9 @@
 //! with `ts_headline` snippets made only for the page returned. Batches of messages are one
 //! `INSERT … SELECT FROM unnest(…)`.
 
-use crate::{PgTaskStore, conflict_or_db_error, corrupt, db_error};
+use super::PgTaskStore;
+use crate::codec::unsigned;
+use crate::error::{conflict_or_db_error, corrupt, db_error};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
@@ -605,6 +607,6 @@ impl PgTaskStore {
         .fetch_one(&self.pool)
         .await
         .map_err(db_error)?;
-        Ok(n.max(0) as u64)
+        Ok(unsigned(n))
     }
 }
