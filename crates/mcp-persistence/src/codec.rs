@@ -73,6 +73,11 @@ pub(crate) fn unsigned(n: i64) -> u64 {
     n.max(0) as u64
 }
 
+/// A stored token count; beyond `u32::MAX` (no writer makes it) it saturates.
+pub(crate) fn tokens(n: i64) -> u32 {
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+}
+
 /// A count for an `i64` column; counts beyond `i64::MAX` saturate.
 pub(crate) fn count_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)

@@ -13,7 +13,7 @@
 //!   bus: `mod.rs` the Redis side, `subscribers` this node's receivers and the switch between
 //!   shared and local, `relink` the background task that finds Redis again).
 //! - Shared by both SQL stores: `codec` (how ids, instants, JSON and counts are stored and read
-//!   back), `error` (driver errors as `StoreError`), `tasks` (task columns and the rules around
+//!   back), `columns` (the columns each table is read by), `error` (driver errors as `StoreError`), `tasks` (task columns and the rules around
 //!   inserts and claims), `identity`, `outbox`, `workers`.
 
 /// SQL assembled only from this crate's constants and identifiers it has checked, never from
@@ -25,6 +25,7 @@ macro_rules! sql {
 }
 
 mod codec;
+mod columns;
 mod error;
 mod identity;
 mod outbox;

@@ -1,6 +1,6 @@
-//! What both task stores share around their hand-written SQL: the columns a task is read by, how
-//! an insert's outcome lines up with its input (idempotency keys), the task an insert returns,
-//! claim order, counts and the JSON stored for outcomes.
+//! What both task stores share around their hand-written SQL: how an insert's outcome lines up
+//! with its input (idempotency keys), the task an insert returns, claim order, counts and the
+//! JSON stored for outcomes.
 
 use crate::codec::unsigned;
 use crate::error::corrupt;
@@ -15,21 +15,6 @@ use uuid::Uuid;
 pub(crate) const PRUNE_CHUNK: i64 = 10_000;
 /// How many expired leases one rescue statement takes.
 pub(crate) const RESCUE_CHUNK: i64 = 1_000;
-
-/// The task columns both stores read, in one order.
-pub(crate) const COLUMNS: &str = "id, type, queue, priority, payload, status, attempts, \
-    max_attempts, backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key, \
-    concurrency_key, concurrency_limit, correlation_id, created_by, result, error, created_at, started_at, \
-    finished_at";
-
-/// `COLUMNS` qualified by a table name, for statements that join.
-pub(crate) fn qualified(table: &str) -> String {
-    COLUMNS
-        .split(", ")
-        .map(|c| format!("{table}.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 /// The idempotency keys of `new` tasks that were not inserted (their key existed already).
 pub(crate) fn conflicting_keys<'a>(new: &'a [NewTask], created: &[Task]) -> Vec<&'a str> {

@@ -4,6 +4,7 @@
 
 use super::PgTaskStore;
 use crate::codec::{count_i64, role, unsigned};
+use crate::columns::{API_KEY_COLUMNS, REFRESH_COLUMNS, USER_COLUMNS};
 use crate::error::{conflict_or_db_error, db_error};
 use crate::identity::refused_rotation;
 use async_trait::async_trait;
@@ -17,12 +18,6 @@ use serde_json::Value;
 use sqlx::FromRow;
 use sqlx::types::Json;
 use uuid::Uuid;
-
-const USER_COLUMNS: &str = "id, username, role, password_hash, disabled, created_at, updated_at";
-const API_KEY_COLUMNS: &str =
-    "id, name, prefix, role, secret_hash, created_by, created_at, last_used_at, revoked_at";
-const REFRESH_COLUMNS: &str =
-    "id, family_id, user_id, token_hash, created_at, expires_at, used_at, revoked_at";
 
 #[derive(FromRow)]
 struct UserRow {

@@ -2,6 +2,7 @@
 //! `migrations/postgres/0007_integrations.sql`. Settings and sealed secrets are JSONB.
 
 use super::PgTaskStore;
+use crate::columns::INTEGRATION_COLUMNS;
 use crate::error::{corrupt, db_error};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -10,8 +11,6 @@ use mcp_core::integrations::{Integration, IntegrationStore};
 use serde_json::Value;
 use sqlx::FromRow;
 use sqlx::types::Json;
-
-const COLUMNS: &str = "name, kind, settings, secrets, enabled, updated_at";
 
 #[derive(FromRow)]
 struct IntegrationRow {
@@ -60,21 +59,23 @@ impl IntegrationStore for PgTaskStore {
     }
 
     async fn integration(&self, name: &str) -> Result<Option<Integration>, StoreError> {
-        let row: Option<IntegrationRow> =
-            sqlx::query_as(sql!("SELECT {COLUMNS} FROM integrations WHERE name = $1"))
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error)?;
+        let row: Option<IntegrationRow> = sqlx::query_as(sql!(
+            "SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
         row.map(Integration::try_from).transpose()
     }
 
     async fn list_integrations(&self) -> Result<Vec<Integration>, StoreError> {
-        let rows: Vec<IntegrationRow> =
-            sqlx::query_as(sql!("SELECT {COLUMNS} FROM integrations ORDER BY name"))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)?;
+        let rows: Vec<IntegrationRow> = sqlx::query_as(sql!(
+            "SELECT {INTEGRATION_COLUMNS} FROM integrations ORDER BY name"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
         rows.into_iter().map(Integration::try_from).collect()
     }
 

@@ -6,12 +6,10 @@
 use super::{PgTaskStore, TaskRow};
 use crate::codec::{millis, unsigned};
 use crate::error::db_error;
-use crate::outbox::{EVENT_OF_STATUS, Transition, final_statuses};
+use crate::outbox::{EVENT_OF_STATUS, Transition, final_statuses, outbox_entry};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
-use mcp_core::Task;
-use mcp_core::events::Event;
 use mcp_core::followups::{FollowupStore, PendingFollowup};
 use mcp_core::webhooks::{DELIVER_TASK, Outbox, OutboxEntry};
 use sqlx::PgConnection;
@@ -83,16 +81,7 @@ impl Outbox for PgTaskStore {
         let mut entries = rows
             .into_iter()
             .map(|(id, event_type, task, correlation_id, at)| {
-                let task = Task::try_from(task.0)?;
-                Ok(OutboxEntry {
-                    id,
-                    event: Event {
-                        event_type,
-                        data: serde_json::to_value(&task).map_err(crate::error::corrupt)?,
-                        correlation_id,
-                        at,
-                    },
-                })
+                outbox_entry(id, event_type, task.0.try_into()?, correlation_id, at)
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         entries.sort_by_key(|e| e.id);

@@ -7,11 +7,12 @@
 
 use super::PgTaskStore;
 use crate::codec::{millis, unsigned};
+use crate::columns::{TASK_COLUMNS, qualified};
 use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::{
-    COLUMNS, PRUNE_CHUNK, RESCUE_CHUNK, claim_order, conflicting_keys, error_json, in_input_order,
-    inserted_task, non_null, qualified, task_counts,
+    PRUNE_CHUNK, RESCUE_CHUNK, claim_order, conflicting_keys, error_json, in_input_order,
+    inserted_task, non_null, task_counts,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -192,7 +193,7 @@ impl TaskStore for PgTaskStore {
         let mut existing = Vec::new();
         if !missing_keys.is_empty() {
             let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-                "SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ANY($1)"
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = ANY($1)"
             ))
             .bind(&missing_keys)
             .fetch_all(&self.pool)
@@ -205,7 +206,7 @@ impl TaskStore for PgTaskStore {
 
     async fn get(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
         let row: Option<TaskRow> =
-            sqlx::query_as(sql!("SELECT {COLUMNS} FROM tasks WHERE id = $1"))
+            sqlx::query_as(sql!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await
@@ -215,7 +216,7 @@ impl TaskStore for PgTaskStore {
 
     async fn list(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
         let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-            "SELECT {COLUMNS} FROM tasks
+            "SELECT {TASK_COLUMNS} FROM tasks
              WHERE ($1::text IS NULL OR status = $1)
                AND ($2::text IS NULL OR type = $2)
                AND ($3::text IS NULL OR queue = $3)
@@ -256,7 +257,7 @@ impl TaskStore for PgTaskStore {
                        FOR UPDATE SKIP LOCKED) AS c
                  WHERE tasks.id = c.id
                  RETURNING {}",
-                qualified("tasks")
+                qualified(TASK_COLUMNS, "tasks")
             ))
             .bind(&request.types)
             .bind(i64::from(request.limit))
@@ -345,7 +346,7 @@ impl TaskStore for PgTaskStore {
              FROM unnest($1::uuid[]) AS c(id)
              WHERE tasks.id = c.id
              RETURNING {}",
-            qualified("tasks")
+            qualified(TASK_COLUMNS, "tasks")
         ))
         .bind(&ids)
         .bind(&request.owner)
@@ -502,7 +503,7 @@ impl TaskStore for PgTaskStore {
             "UPDATE tasks SET status = 'cancelled', finished_at = now(),
                  lease_owner = NULL, lease_expires_at = NULL
              WHERE id = $1
-             RETURNING {COLUMNS}"
+             RETURNING {TASK_COLUMNS}"
         ))
         .bind(id)
         .fetch_one(&mut *tx)
@@ -526,7 +527,7 @@ impl TaskStore for PgTaskStore {
             "UPDATE tasks SET status = 'queued', run_at = now(), finished_at = NULL,
                  max_attempts = greatest(max_attempts, attempts + 1)
              WHERE id = $1 AND status IN ('failed', 'dead')
-             RETURNING {COLUMNS}"
+             RETURNING {TASK_COLUMNS}"
         ))
         .bind(id);
         let row = match self.begin_recording(Transition::Requeued).await? {
@@ -570,7 +571,7 @@ impl TaskStore for PgTaskStore {
              WHERE id IN (SELECT id FROM tasks
                           WHERE status = 'running' AND lease_expires_at < now()
                           LIMIT $1 FOR UPDATE SKIP LOCKED)
-             RETURNING {COLUMNS}"
+             RETURNING {TASK_COLUMNS}"
         ))
         .bind(RESCUE_CHUNK)
         .fetch_all(&mut *tx)

@@ -4,6 +4,7 @@
 
 use super::SqliteTaskStore;
 use crate::codec::{count_i64, day_text, id_text, instant, json, micros, role, unsigned, uuid};
+use crate::columns::{API_KEY_COLUMNS, REFRESH_COLUMNS, USER_COLUMNS};
 use crate::error::{conflict_or_db_error, db_error};
 use crate::identity::refused_rotation;
 use async_trait::async_trait;
@@ -15,12 +16,6 @@ use mcp_core::identity::{
 use mcp_core::principal::Role;
 use sqlx::FromRow;
 use uuid::Uuid;
-
-const USER_COLUMNS: &str = "id, username, role, password_hash, disabled, created_at, updated_at";
-const API_KEY_COLUMNS: &str =
-    "id, name, prefix, role, secret_hash, created_by, created_at, last_used_at, revoked_at";
-const REFRESH_COLUMNS: &str =
-    "id, family_id, user_id, token_hash, created_at, expires_at, used_at, revoked_at";
 
 #[derive(FromRow)]
 struct UserRow {

@@ -3,13 +3,12 @@
 
 use super::SqliteTaskStore;
 use crate::codec::{instant, json, micros};
+use crate::columns::INTEGRATION_COLUMNS;
 use crate::error::{corrupt, db_error};
 use async_trait::async_trait;
 use mcp_core::StoreError;
 use mcp_core::integrations::{Integration, IntegrationStore};
 use sqlx::FromRow;
-
-const COLUMNS: &str = "name, kind, settings, secrets, enabled, updated_at";
 
 #[derive(FromRow)]
 struct IntegrationRow {
@@ -59,21 +58,23 @@ impl IntegrationStore for SqliteTaskStore {
     }
 
     async fn integration(&self, name: &str) -> Result<Option<Integration>, StoreError> {
-        let row: Option<IntegrationRow> =
-            sqlx::query_as(sql!("SELECT {COLUMNS} FROM integrations WHERE name = ?1"))
-                .bind(name)
-                .fetch_optional(&self.readers)
-                .await
-                .map_err(db_error)?;
+        let row: Option<IntegrationRow> = sqlx::query_as(sql!(
+            "SELECT {INTEGRATION_COLUMNS} FROM integrations WHERE name = ?1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.readers)
+        .await
+        .map_err(db_error)?;
         row.map(Integration::try_from).transpose()
     }
 
     async fn list_integrations(&self) -> Result<Vec<Integration>, StoreError> {
-        let rows: Vec<IntegrationRow> =
-            sqlx::query_as(sql!("SELECT {COLUMNS} FROM integrations ORDER BY name"))
-                .fetch_all(&self.readers)
-                .await
-                .map_err(db_error)?;
+        let rows: Vec<IntegrationRow> = sqlx::query_as(sql!(
+            "SELECT {INTEGRATION_COLUMNS} FROM integrations ORDER BY name"
+        ))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_error)?;
         rows.into_iter().map(Integration::try_from).collect()
     }
 

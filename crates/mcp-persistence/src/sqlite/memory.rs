@@ -6,7 +6,8 @@
 //! Batches of messages travel as one JSON array through `json_each`: one statement per batch.
 
 use super::SqliteTaskStore;
-use crate::codec::{id_text, instant, json, json_array, micros, uuid};
+use crate::codec::{id_text, instant, json, json_array, micros, tokens, uuid};
+use crate::columns::{CONVERSATION_COLUMNS, MESSAGE_COLUMNS, qualified};
 use crate::error::{conflict_or_db_error, corrupt, db_error};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -21,26 +22,10 @@ use sqlx::FromRow;
 use std::str::FromStr;
 use uuid::Uuid;
 
-const CONVERSATION_COLUMNS: &str = "id, title, participants, metadata, archived, summary, \
-    summary_through, summary_tokens, summary_updated_at, created_by, created_at, updated_at";
-const MESSAGE_COLUMNS: &str =
-    "id, conversation_id, author, role, content, metadata, pinned, tokens, created_at";
 /// Conversations one retention statement deletes (their messages go with them).
 const DELETE_CHUNK: i64 = 100;
 /// Words of context `snippet()` keeps around the matches.
 const SNIPPET_TOKENS: i64 = 16;
-
-fn tokens(n: i64) -> u32 {
-    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
-}
-
-fn prefixed(columns: &str, table: &str) -> String {
-    columns
-        .split(", ")
-        .map(|c| format!("{table}.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 #[derive(FromRow)]
 struct ConversationRow {
@@ -459,7 +444,7 @@ impl MemoryStore for SqliteTaskStore {
                      AND (?4 IS NULL OR m.role = ?4)
                      AND (?5 IS NULL OR m.created_at >= ?5)
                      AND (?6 IS NULL OR m.created_at < ?6)))";
-        let columns = prefixed(MESSAGE_COLUMNS, "m");
+        let columns = qualified(MESSAGE_COLUMNS, "m");
         let rows: Vec<HitRow> = sqlx::query_as(sql!(
             "WITH candidates AS (
                  SELECT rowid AS seq FROM messages_fts

@@ -3,15 +3,15 @@
 //! beyond the single writer; the lease still lets a dispatcher that failed half-way be redone.
 
 use super::{SqliteTaskStore, TaskRow};
-use crate::codec::{id_text, ids_json, instant, json, json_array, micros, unsigned, uuid};
-use crate::error::{corrupt, db_error};
-use crate::outbox::{EVENT_OF_STATUS, Transition, final_statuses};
-use crate::tasks::COLUMNS;
+use crate::codec::{
+    id_text, ids_json, instant, json, json_array, micros, micros_after, unsigned, uuid,
+};
+use crate::columns::TASK_COLUMNS;
+use crate::error::db_error;
+use crate::outbox::{EVENT_OF_STATUS, Transition, final_statuses, outbox_entry};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
-use mcp_core::Task;
-use mcp_core::events::Event;
 use mcp_core::followups::{FollowupStore, PendingFollowup};
 use mcp_core::webhooks::{DELIVER_TASK, Outbox, OutboxEntry};
 use sqlx::SqliteConnection;
@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 /// The task row as a JSON object with the column names, as `TaskRow` reads it.
 fn snapshot() -> String {
-    let fields = COLUMNS
+    let fields = TASK_COLUMNS
         .split(", ")
         .map(|c| format!("'{c}', {c}"))
         .collect::<Vec<_>>()
@@ -79,7 +79,7 @@ impl Outbox for SqliteTaskStore {
         lease: Duration,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
         let now = Utc::now();
-        let until = micros(now).saturating_add(lease.as_micros().min(i64::MAX as u128) as i64);
+        let until = micros_after(now, lease);
         let rows: Vec<(i64, String, String, Option<String>, i64)> = sqlx::query_as(
             "UPDATE outbox SET claimed_until = ?2
              WHERE id IN (SELECT id FROM outbox
@@ -97,16 +97,13 @@ impl Outbox for SqliteTaskStore {
             .into_iter()
             .map(|(id, event_type, task, correlation_id, at)| {
                 let row: TaskRow = json(&task)?;
-                let task = Task::try_from(row)?;
-                Ok(OutboxEntry {
+                outbox_entry(
                     id,
-                    event: Event {
-                        event_type,
-                        data: serde_json::to_value(&task).map_err(corrupt)?,
-                        correlation_id,
-                        at: instant(at)?,
-                    },
-                })
+                    event_type,
+                    row.try_into()?,
+                    correlation_id,
+                    instant(at)?,
+                )
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         entries.sort_by_key(|e| e.id);

@@ -6,10 +6,11 @@ use super::SqliteTaskStore;
 use crate::codec::{
     id_text, ids_json, instant, json, json_array, micros, micros_after, unsigned, uuid,
 };
+use crate::columns::TASK_COLUMNS;
 use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::{
-    COLUMNS, PRUNE_CHUNK, RESCUE_CHUNK, claim_order, conflicting_keys, error_json, in_input_order,
+    PRUNE_CHUNK, RESCUE_CHUNK, claim_order, conflicting_keys, error_json, in_input_order,
     inserted_task, non_null, task_counts,
 };
 use async_trait::async_trait;
@@ -165,7 +166,7 @@ impl TaskStore for SqliteTaskStore {
         let mut existing = Vec::new();
         if !missing_keys.is_empty() {
             let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-                "SELECT {COLUMNS} FROM tasks
+                "SELECT {TASK_COLUMNS} FROM tasks
                  WHERE idempotency_key IN (SELECT value FROM json_each(?1))"
             ))
             .bind(json_array(missing_keys))
@@ -181,7 +182,7 @@ impl TaskStore for SqliteTaskStore {
 
     async fn get(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
         let row: Option<TaskRow> =
-            sqlx::query_as(sql!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))
+            sqlx::query_as(sql!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))
                 .bind(id_text(id))
                 .fetch_optional(&self.readers)
                 .await
@@ -191,7 +192,7 @@ impl TaskStore for SqliteTaskStore {
 
     async fn list(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
         let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-            "SELECT {COLUMNS} FROM tasks
+            "SELECT {TASK_COLUMNS} FROM tasks
              WHERE (?1 IS NULL OR status = ?1)
                AND (?2 IS NULL OR type = ?2)
                AND (?3 IS NULL OR queue = ?3)
@@ -271,7 +272,7 @@ impl TaskStore for SqliteTaskStore {
             "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?2,
                  lease_owner = ?3, lease_expires_at = ?4
              WHERE id IN (SELECT value FROM json_each(?1))
-             RETURNING {COLUMNS}"
+             RETURNING {TASK_COLUMNS}"
         ))
         .bind(ids_json(&ids))
         .bind(micros(now))
@@ -406,7 +407,7 @@ impl TaskStore for SqliteTaskStore {
         };
         let previous = TaskStatus::from_str(&previous).map_err(corrupt)?;
         let row: TaskRow = if previous.is_final() {
-            sqlx::query_as(sql!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))
+            sqlx::query_as(sql!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))
                 .bind(id_text(id))
                 .fetch_one(&mut *tx)
                 .await
@@ -416,7 +417,7 @@ impl TaskStore for SqliteTaskStore {
                 "UPDATE tasks SET status = 'cancelled', finished_at = ?2,
                      lease_owner = NULL, lease_expires_at = NULL
                  WHERE id = ?1
-                 RETURNING {COLUMNS}"
+                 RETURNING {TASK_COLUMNS}"
             ))
             .bind(id_text(id))
             .bind(micros(Utc::now()))
@@ -447,7 +448,7 @@ impl TaskStore for SqliteTaskStore {
             "UPDATE tasks SET status = 'queued', run_at = ?2, finished_at = NULL,
                  max_attempts = max(max_attempts, attempts + 1)
              WHERE id = ?1 AND status IN ('failed', 'dead')
-             RETURNING {COLUMNS}"
+             RETURNING {TASK_COLUMNS}"
         ))
         .bind(id_text(id))
         .bind(micros(Utc::now()));
@@ -482,7 +483,7 @@ impl TaskStore for SqliteTaskStore {
                  lease_owner = NULL, lease_expires_at = NULL
              WHERE id IN (SELECT id FROM tasks
                           WHERE status = 'running' AND lease_expires_at < ?1 LIMIT ?2)
-             RETURNING {COLUMNS}"
+             RETURNING {TASK_COLUMNS}"
         ))
         .bind(now)
         .bind(RESCUE_CHUNK);
