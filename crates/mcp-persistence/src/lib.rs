@@ -6,15 +6,18 @@
 //!
 //! The map, by backend:
 //! - `postgres/`, `sqlite/`: one store each (`mod.rs`: connecting, migrations, the outbox
-//!   recording every transition shares), then one file per port: `tasks`, `identity`, `memory`,
-//!   `webhooks`, `integrations`, `workers`, `outbox`. The SQL lives there, hand-written per
-//!   backend, beside the code that runs it.
+//!   recording every transition shares), then one file per port: `tasks` (with `task_row`, the
+//!   row it reads), `identity`, `memory`, `webhooks`, `integrations`, `workers`, `outbox`. The
+//!   SQL lives there, hand-written per backend, beside the code that runs it.
 //! - `redis/`: `link` (reaching Redis without waiting for it), `limiter`, and `bus/` (the event
 //!   bus: `mod.rs` the Redis side, `subscribers` this node's receivers and the switch between
 //!   shared and local, `relink` the background task that finds Redis again).
-//! - Shared by both SQL stores: `codec` (how ids, instants, JSON and counts are stored and read
-//!   back), `columns` (the columns each table is read by), `error` (driver errors as `StoreError`), `tasks` (task columns and the rules around
-//!   inserts and claims), `identity`, `outbox`, `workers`.
+//! - Shared by both SQL stores, at the top: `codec` (how ids, instants, JSON and counts are
+//!   stored and read back), `columns` (the columns each table is read by), `error` (driver errors
+//!   as `StoreError`), `tasks` (the rules around inserts and claims), `identity` (refused
+//!   rotations), `outbox` (which transitions record events), `workers` (directory entries).
+//!   Plain CRUD stays written out per backend: the twins differ in every bind (native types
+//!   against the codec) and in which pool runs them, and a generic over both drivers read worse.
 
 /// SQL assembled only from this crate's constants and identifiers it has checked, never from
 /// client input, so it may be run as a dynamic string.

@@ -8,11 +8,12 @@ mod identity;
 mod integrations;
 mod memory;
 mod outbox;
+mod task_row;
 mod tasks;
 mod webhooks;
 mod workers;
 
-pub(crate) use tasks::TaskRow;
+pub(crate) use task_row::TaskRow;
 
 use crate::error::db_error;
 use crate::outbox::{OutboxSwitch, Transition};
