@@ -31,24 +31,25 @@
 //! position from before the outage could not be recovered exactly). The same lag happens to a
 //! channel's receivers when its live stream skips an offset or changes epoch. Each switch is
 //! logged once (`warn` going local, `info` back).
+//!
+//! This file is the Redis side (scripts, publishing, recovery); `subscribers` holds this node's
+//! receivers and the switch between shared and local, `relink` the task that finds Redis again.
 
-use crate::redis::link::{self, RETRY_MIN, RedisMode, RedisOptions};
+use crate::redis::link::{self, RedisMode, RedisOptions};
 use async_trait::async_trait;
-use futures::StreamExt;
 use mcp_core::events::{
     BusConfig, BusError, Delivery, Event, EventBus, MemoryBus, Recovery, StreamPosition,
     Subscription,
 };
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
-use tracing::{info, warn};
 
 mod relink;
 mod subscribers;

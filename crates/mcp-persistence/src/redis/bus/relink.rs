@@ -3,8 +3,13 @@
 //! locally meanwhile, switches the bus to shared, reads the link, and starts over when the link
 //! drops or a command finds Redis gone.
 
-use super::subscribers::Pending;
-use super::*;
+use super::subscribers::{Local, Pending};
+use super::{END_EPOCHS_BATCH, LINK_CHECK_EVERY, keys};
+use crate::redis::link::{self, RETRY_MIN, RedisOptions};
+use futures::StreamExt;
+use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// Opens a pub/sub connection subscribed to `topic`.
 async fn open_pubsub(

@@ -2,7 +2,14 @@
 //! frames read from Redis to them, and the switch between `Shared` (through Redis) and `Local`
 //! (the in-process bus of one outage), with the lag every switch gives each receiver.
 
-use super::*;
+use super::{Head, LOCAL_SWEEP_AT, PUBLISHED_LOCALLY_MAX, decode};
+use crate::redis::link::RedisMode;
+use mcp_core::events::{BusConfig, Delivery, Event, MemoryBus, Subscription};
+use redis::aio::MultiplexedConnection;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{Notify, broadcast, watch};
+use tracing::{info, warn};
 
 /// The subscribers of this node, and how the node reaches Redis.
 pub(super) struct Local {
