@@ -3,6 +3,11 @@
 //! names a transition's event. While no webhook wants a transition's events, the transition runs
 //! exactly as it would without an outbox: no transaction, no extra statement.
 
+use crate::error::corrupt;
+use chrono::{DateTime, Utc};
+use mcp_core::events::Event;
+use mcp_core::webhooks::OutboxEntry;
+use mcp_core::{StoreError, Task, TaskStatus};
 use std::sync::{Arc, RwLock};
 use tokio::sync::Notify;
 
@@ -81,4 +86,36 @@ impl OutboxSwitch {
         self.recorded.notify_waiters();
         self.recorded.notify_one();
     }
+}
+
+/// A claimed outbox row as the entry the dispatcher delivers: the event carries the task as it
+/// was when the transition committed.
+pub(crate) fn outbox_entry(
+    id: i64,
+    event_type: String,
+    task: Task,
+    correlation_id: Option<String>,
+    at: DateTime<Utc>,
+) -> Result<OutboxEntry, StoreError> {
+    Ok(OutboxEntry {
+        id,
+        event: Event {
+            event_type,
+            data: serde_json::to_value(&task).map_err(corrupt)?,
+            correlation_id,
+            at,
+        },
+    })
+}
+
+/// The statuses after which a task changes no more.
+pub(crate) fn final_statuses() -> Vec<&'static str> {
+    [
+        TaskStatus::Succeeded,
+        TaskStatus::Dead,
+        TaskStatus::Cancelled,
+    ]
+    .iter()
+    .map(|s| s.as_str())
+    .collect()
 }

@@ -1,7 +1,7 @@
 //! What both worker directories share: turning a stored row into a `DirectoryEntry` (refusing
 //! numbers no node could have written) and the order of `served_types` answers.
 
-use crate::corrupt;
+use crate::error::corrupt;
 use mcp_core::StoreError;
 use mcp_core::routing::{DirectoryEntry, WorkerRegistration};
 
@@ -27,11 +27,6 @@ pub(crate) fn directory_entry(
         },
         node,
     })
-}
-
-/// A count for an `integer` column; counts beyond `i32::MAX` saturate.
-pub(crate) fn count_i32(n: usize) -> i32 {
-    i32::try_from(n).unwrap_or(i32::MAX)
 }
 
 /// The members of `asked` found in `found`, in the order they were asked.

@@ -6,7 +6,10 @@
 //! with `ts_headline` snippets made only for the page returned. Batches of messages are one
 //! `INSERT … SELECT FROM unnest(…)`.
 
-use crate::{PgTaskStore, conflict_or_db_error, corrupt, db_error};
+use super::PgTaskStore;
+use crate::codec::{tokens, unsigned};
+use crate::columns::{CONVERSATION_COLUMNS, MESSAGE_COLUMNS, qualified};
+use crate::error::{conflict_or_db_error, corrupt, db_error};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
@@ -21,27 +24,11 @@ use sqlx::types::Json;
 use std::str::FromStr;
 use uuid::Uuid;
 
-const CONVERSATION_COLUMNS: &str = "id, title, participants, metadata, archived, summary, \
-    summary_through, summary_tokens, summary_updated_at, created_by, created_at, updated_at";
-const MESSAGE_COLUMNS: &str =
-    "id, conversation_id, author, role, content, metadata, pinned, tokens, created_at";
 /// Conversations one retention statement deletes (their messages go with them).
 const DELETE_CHUNK: i64 = 100;
 
-fn tokens(n: i32) -> u32 {
-    u32::try_from(n.max(0)).unwrap_or(0)
-}
-
 fn tokens_i32(n: u32) -> i32 {
     i32::try_from(n).unwrap_or(i32::MAX)
-}
-
-fn prefixed(columns: &str, table: &str) -> String {
-    columns
-        .split(", ")
-        .map(|c| format!("{table}.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// `ts_headline` options: the private-use marks `render_snippet` turns into `<mark>`, and a
@@ -101,7 +88,7 @@ impl From<ConversationRow> for Conversation {
             (Some(text), Some(updated_at)) => Some(Summary {
                 tokens: row
                     .summary_tokens
-                    .map_or_else(|| estimate_tokens(&text), tokens),
+                    .map_or_else(|| estimate_tokens(&text), |n| tokens(n.into())),
                 text,
                 through: row.summary_through,
                 updated_at,
@@ -146,7 +133,7 @@ impl TryFrom<MessageRow> for Message {
             content: row.content,
             metadata: row.metadata.0,
             pinned: row.pinned,
-            tokens: tokens(row.tokens),
+            tokens: tokens(row.tokens.into()),
             created_at: row.created_at,
         })
     }
@@ -492,7 +479,7 @@ impl MemoryStore for PgTaskStore {
         //    1 + log(length) so that, as with bm25, a match in a short message outranks the
         //    same match diluted in a long one;
         // 3. `ts_headline` (the costly part) for that page only.
-        let columns = prefixed(MESSAGE_COLUMNS, "m");
+        let columns = qualified(MESSAGE_COLUMNS, "m");
         // The store's connections turn bitmap scans off for the task claim (see `connect`), but
         // a GIN index is only ever read by a bitmap scan: turn them back on for this search.
         let mut tx = self.pool.begin().await.map_err(db_error)?;
@@ -605,6 +592,6 @@ impl PgTaskStore {
         .fetch_one(&self.pool)
         .await
         .map_err(db_error)?;
-        Ok(n.max(0) as u64)
+        Ok(unsigned(n))
     }
 }

@@ -2,7 +2,8 @@
 //! `migrations/postgres/0008_workers.sql`. Expiry is reckoned by PostgreSQL's `now()`, so the
 //! nodes' clocks never matter.
 
-use crate::{PgTaskStore, db_error};
+use super::PgTaskStore;
+use crate::error::db_error;
 use async_trait::async_trait;
 use mcp_core::StoreError;
 use mcp_core::routing::{DirectoryEntry, WorkerDirectory, WorkerRegistration};
@@ -47,11 +48,11 @@ impl WorkerDirectory for PgTaskStore {
             .iter()
             .map(|w| {
                 json!({
-                    "id": crate::count_i64(w.id),
+                    "id": crate::codec::count_i64(w.id),
                     "subject": w.subject,
                     "types": w.types,
-                    "concurrency": crate::workers::count_i32(w.concurrency),
-                    "outstanding": crate::workers::count_i32(w.outstanding),
+                    "concurrency": crate::codec::count_i32(w.concurrency),
+                    "outstanding": crate::codec::count_i32(w.outstanding),
                 })
             })
             .collect();
@@ -71,7 +72,7 @@ impl WorkerDirectory for PgTaskStore {
             )
             .bind(node)
             .bind(Json(rows))
-            .bind(ttl.as_millis().min(i64::MAX as u128) as i64)
+            .bind(crate::codec::millis(ttl))
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;

@@ -1,235 +1,31 @@
-//! The SQLite task store of the embedded default: one file in WAL mode, one writer connection
-//! (SQLite serialises writers anyway; one connection makes every claim a single-writer
-//! transaction with no busy retries) and a pool of readers. Batches travel as JSON arrays
-//! through `json_each`, so a claim or a batch of outcomes is one statement.
+//! The `TaskStore` of the SQLite store. Batches travel as JSON arrays through `json_each`, so a
+//! claim or a batch of outcomes is one statement; the one writer connection makes every claim a
+//! single-writer transaction.
 
-use crate::outbox::{OutboxSwitch, Transition};
-use crate::{
-    COLUMNS, claim_order, conflicting_keys, corrupt, db_error, error_json, in_input_order,
+use super::SqliteTaskStore;
+use super::task_row::{TaskRow, tasks};
+use crate::codec::{id_text, ids_json, instant, json_array, micros, micros_after, unsigned, uuid};
+use crate::columns::TASK_COLUMNS;
+use crate::error::{corrupt, db_error};
+use crate::outbox::Transition;
+use crate::tasks::{
+    PRUNE_CHUNK, RESCUE_CHUNK, claim_order, conflicting_keys, error_json, in_input_order,
     inserted_task, non_null, task_counts,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::store::{Candidate, TaskCounts, admit};
 use mcp_core::{
-    Backoff, CancelOutcome, ClaimRequest, Completion, Inserted, NewTask, Outcome, RetryOutcome,
-    StoreError, Task, TaskError, TaskFilter, TaskStatus, TaskStore,
+    CancelOutcome, ClaimRequest, Completion, Inserted, NewTask, Outcome, RetryOutcome, StoreError,
+    Task, TaskFilter, TaskStatus, TaskStore,
 };
 use serde_json::{Value, json};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{FromRow, Sqlite, Transaction};
 use std::collections::{HashMap, HashSet};
-use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
-
-const PRUNE_CHUNK: i64 = 10_000;
-const RESCUE_CHUNK: i64 = 1_000;
-
-/// How the SQLite file is opened.
-#[derive(Debug, Clone)]
-pub struct SqliteOptions {
-    /// `FULL` syncs the WAL on every commit (survives power loss); `NORMAL` (the default)
-    /// survives a killed process but may lose the last commits on power loss.
-    pub synchronous_full: bool,
-    pub readers: u32,
-}
-
-impl Default for SqliteOptions {
-    fn default() -> Self {
-        SqliteOptions {
-            synchronous_full: false,
-            readers: 4,
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct SqliteTaskStore {
-    pub(crate) writer: SqlitePool,
-    pub(crate) readers: SqlitePool,
-    /// Which task events transitions record in the webhook outbox.
-    pub(crate) outbox: Arc<OutboxSwitch>,
-}
-
-pub(crate) fn us(at: DateTime<Utc>) -> i64 {
-    at.timestamp_micros()
-}
-
-pub(crate) fn instant(us: i64) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::from_timestamp_micros(us).ok_or_else(|| corrupt(format!("bad instant {us}")))
-}
-
-fn ids_json(ids: &[Uuid]) -> String {
-    Value::from(ids.iter().map(|id| id.to_string()).collect::<Vec<_>>()).to_string()
-}
-
-impl SqliteTaskStore {
-    /// Opens (creating if needed) the database file at `path`.
-    pub async fn open(path: &Path, options: &SqliteOptions) -> Result<Self, StoreError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-            })?;
-        }
-        let connect = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(if options.synchronous_full {
-                SqliteSynchronous::Full
-            } else {
-                SqliteSynchronous::Normal
-            })
-            .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(connect.clone())
-            .await
-            .map_err(db_error)?;
-        let readers = SqlitePoolOptions::new()
-            .max_connections(options.readers.max(1))
-            .connect_with(connect.read_only(true))
-            .await
-            .map_err(db_error)?;
-        Ok(SqliteTaskStore {
-            writer,
-            readers,
-            outbox: Arc::default(),
-        })
-    }
-
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR
-            .run(&self.writer)
-            .await
-            .map_err(|e| StoreError::Database(format!("migration failed: {e}")))
-    }
-
-    /// A transaction if some webhook wants the events of `transition` (with what they want);
-    /// see the PostgreSQL store.
-    async fn begin_recording(
-        &self,
-        transition: Transition,
-    ) -> Result<Option<(Transaction<'static, Sqlite>, Arc<Vec<String>>)>, StoreError> {
-        match self.outbox.wanted(transition) {
-            Some(wanted) => Ok(Some((self.writer.begin().await.map_err(db_error)?, wanted))),
-            None => Ok(None),
-        }
-    }
-
-    /// Records the events of `transition` on `ids` in `tx` if some webhook wants them, then
-    /// commits.
-    async fn commit_recording(
-        &self,
-        mut tx: Transaction<'static, Sqlite>,
-        ids: &[Uuid],
-        transition: Transition,
-    ) -> Result<(), StoreError> {
-        let mut recorded = 0;
-        if let Some(wanted) = self.outbox.wanted(transition) {
-            recorded = crate::outbox_sqlite::record(&mut tx, ids, transition, &wanted).await?;
-        }
-        tx.commit().await.map_err(db_error)?;
-        if recorded > 0 {
-            self.outbox.tell();
-        }
-        Ok(())
-    }
-
-    pub async fn close(&self) {
-        self.readers.close().await;
-        self.writer.close().await;
-    }
-}
-
-/// A task row; also read from the outbox, where it is the row as JSON.
-#[derive(FromRow, serde::Deserialize)]
-pub(crate) struct TaskRow {
-    id: String,
-    #[sqlx(rename = "type")]
-    #[serde(rename = "type")]
-    task_type: String,
-    queue: String,
-    priority: i32,
-    payload: String,
-    status: String,
-    attempts: i32,
-    max_attempts: i32,
-    backoff_base_ms: i64,
-    backoff_max_ms: i64,
-    run_at: i64,
-    timeout_ms: i64,
-    idempotency_key: Option<String>,
-    concurrency_key: Option<String>,
-    concurrency_limit: Option<i32>,
-    correlation_id: Option<String>,
-    created_by: Option<String>,
-    result: Option<String>,
-    error: Option<String>,
-    created_at: i64,
-    started_at: Option<i64>,
-    finished_at: Option<i64>,
-}
-
-fn json_text(text: &str) -> Result<Value, StoreError> {
-    serde_json::from_str(text).map_err(corrupt)
-}
-
-impl TryFrom<TaskRow> for Task {
-    type Error = StoreError;
-    fn try_from(row: TaskRow) -> Result<Task, StoreError> {
-        Ok(Task {
-            id: Uuid::parse_str(&row.id).map_err(corrupt)?,
-            task_type: row.task_type,
-            queue: row.queue,
-            priority: row.priority,
-            payload: json_text(&row.payload)?,
-            status: TaskStatus::from_str(&row.status).map_err(corrupt)?,
-            attempts: row.attempts,
-            max_attempts: row.max_attempts,
-            backoff: Backoff {
-                base_ms: row.backoff_base_ms.max(0) as u64,
-                max_ms: row.backoff_max_ms.max(0) as u64,
-            },
-            run_at: instant(row.run_at)?,
-            timeout_ms: row.timeout_ms.max(0) as u64,
-            idempotency_key: row.idempotency_key,
-            concurrency_key: row.concurrency_key,
-            concurrency_limit: row.concurrency_limit,
-            correlation_id: row.correlation_id,
-            created_by: row.created_by,
-            result: row.result.as_deref().map(json_text).transpose()?,
-            error: row
-                .error
-                .as_deref()
-                .map(|text| serde_json::from_str::<TaskError>(text).map_err(corrupt))
-                .transpose()?,
-            created_at: instant(row.created_at)?,
-            started_at: row.started_at.map(instant).transpose()?,
-            finished_at: row.finished_at.map(instant).transpose()?,
-        })
-    }
-}
-
-fn tasks(rows: Vec<TaskRow>) -> Result<Vec<Task>, StoreError> {
-    rows.into_iter().map(Task::try_from).collect()
-}
-
-fn lease_end(now: DateTime<Utc>, lease: Duration) -> i64 {
-    us(now).saturating_add(lease.as_micros().min(i64::MAX as u128) as i64)
-}
 
 #[async_trait]
 impl TaskStore for SqliteTaskStore {
@@ -241,7 +37,7 @@ impl TaskStore for SqliteTaskStore {
             .iter()
             .map(|t| {
                 json!({
-                    "id": t.id.to_string(),
+                    "id": id_text(t.id),
                     "type": t.task_type,
                     "queue": t.queue,
                     "priority": t.priority,
@@ -249,7 +45,7 @@ impl TaskStore for SqliteTaskStore {
                     "max_attempts": t.max_attempts,
                     "bb": t.backoff.base_ms,
                     "bm": t.backoff.max_ms,
-                    "run_at": t.run_at.map(us),
+                    "run_at": t.run_at.map(micros),
                     "timeout_ms": t.timeout_ms,
                     "ik": t.idempotency_key,
                     "ck": t.concurrency_key,
@@ -260,7 +56,7 @@ impl TaskStore for SqliteTaskStore {
             })
             .collect();
         let at = Utc::now();
-        let now = us(at);
+        let now = micros(at);
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         let inserted: Vec<(String,)> = sqlx::query_as(
             "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
@@ -277,7 +73,7 @@ impl TaskStore for SqliteTaskStore {
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id",
         )
-        .bind(Value::from(batch).to_string())
+        .bind(json_array(batch))
         .bind(now)
         .fetch_all(&mut *tx)
         .await
@@ -286,7 +82,7 @@ impl TaskStore for SqliteTaskStore {
         let inserted: HashSet<String> = inserted.into_iter().map(|(id,)| id).collect();
         let created: Vec<Task> = new
             .iter()
-            .filter(|t| inserted.contains(&t.id.to_string()))
+            .filter(|t| inserted.contains(&id_text(t.id)))
             .map(|t| {
                 let run_at = t.run_at.unwrap_or(at);
                 let status = if run_at > at {
@@ -295,7 +91,7 @@ impl TaskStore for SqliteTaskStore {
                     TaskStatus::Queued
                 };
                 // Stored with microsecond precision: return what a read would.
-                let run_at = instant(us(run_at)).unwrap_or(run_at);
+                let run_at = instant(micros(run_at)).unwrap_or(run_at);
                 inserted_task(t, status, run_at, instant(now).unwrap_or(at))
             })
             .collect();
@@ -303,10 +99,10 @@ impl TaskStore for SqliteTaskStore {
         let mut existing = Vec::new();
         if !missing_keys.is_empty() {
             let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-                "SELECT {COLUMNS} FROM tasks
+                "SELECT {TASK_COLUMNS} FROM tasks
                  WHERE idempotency_key IN (SELECT value FROM json_each(?1))"
             ))
-            .bind(Value::from(missing_keys).to_string())
+            .bind(json_array(missing_keys))
             .fetch_all(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -319,8 +115,8 @@ impl TaskStore for SqliteTaskStore {
 
     async fn get(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
         let row: Option<TaskRow> =
-            sqlx::query_as(sql!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))
-                .bind(id.to_string())
+            sqlx::query_as(sql!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))
+                .bind(id_text(id))
                 .fetch_optional(&self.readers)
                 .await
                 .map_err(db_error)?;
@@ -329,7 +125,7 @@ impl TaskStore for SqliteTaskStore {
 
     async fn list(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
         let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-            "SELECT {COLUMNS} FROM tasks
+            "SELECT {TASK_COLUMNS} FROM tasks
              WHERE (?1 IS NULL OR status = ?1)
                AND (?2 IS NULL OR type = ?2)
                AND (?3 IS NULL OR queue = ?3)
@@ -341,7 +137,7 @@ impl TaskStore for SqliteTaskStore {
         .bind(filter.status.map(TaskStatus::as_str))
         .bind(filter.task_type.as_deref())
         .bind(filter.queue.as_deref())
-        .bind(filter.before.map(|id| id.to_string()))
+        .bind(filter.before.map(id_text))
         .bind(i64::from(filter.limit))
         .bind(filter.created_by.as_deref())
         .fetch_all(&self.readers)
@@ -365,8 +161,8 @@ impl TaskStore for SqliteTaskStore {
              ORDER BY priority DESC, run_at, id
              LIMIT ?3",
         )
-        .bind(us(now))
-        .bind(Value::from(request.types.clone()).to_string())
+        .bind(micros(now))
+        .bind(json_array(request.types.clone()))
         .bind(i64::from(request.limit))
         .fetch_all(&mut *tx)
         .await
@@ -379,7 +175,7 @@ impl TaskStore for SqliteTaskStore {
             .into_iter()
             .map(|(id, concurrency_key, concurrency_limit)| {
                 Ok(Candidate {
-                    id: Uuid::parse_str(&id).map_err(corrupt)?,
+                    id: uuid(&id)?,
                     concurrency_key,
                     concurrency_limit,
                 })
@@ -398,7 +194,7 @@ impl TaskStore for SqliteTaskStore {
                    AND concurrency_key IN (SELECT value FROM json_each(?1))
                  GROUP BY concurrency_key",
             )
-            .bind(Value::from(keys).to_string())
+            .bind(json_array(keys))
             .fetch_all(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -409,12 +205,12 @@ impl TaskStore for SqliteTaskStore {
             "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?2,
                  lease_owner = ?3, lease_expires_at = ?4
              WHERE id IN (SELECT value FROM json_each(?1))
-             RETURNING {COLUMNS}"
+             RETURNING {TASK_COLUMNS}"
         ))
         .bind(ids_json(&ids))
-        .bind(us(now))
+        .bind(micros(now))
         .bind(&request.owner)
-        .bind(lease_end(now, request.lease))
+        .bind(micros_after(now, request.lease))
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -436,8 +232,7 @@ impl TaskStore for SqliteTaskStore {
         let batch: Vec<Value> = completions
             .iter()
             .map(|c| {
-                let mut entry =
-                    json!({"id": c.id.to_string(), "status": c.outcome.status().as_str()});
+                let mut entry = json!({"id": id_text(c.id), "status": c.outcome.status().as_str()});
                 match &c.outcome {
                     Outcome::Succeeded(value) => {
                         if let Some(value) = non_null(value) {
@@ -446,7 +241,7 @@ impl TaskStore for SqliteTaskStore {
                     }
                     Outcome::Retry { error, retry_at } => {
                         entry["error"] = error_json(error);
-                        entry["run_at"] = us(*retry_at).into();
+                        entry["run_at"] = micros(*retry_at).into();
                     }
                     Outcome::Dead(error) => entry["error"] = error_json(error),
                 }
@@ -466,8 +261,8 @@ impl TaskStore for SqliteTaskStore {
                AND +tasks.lease_owner = ?3
              RETURNING tasks.id",
         )
-        .bind(Value::from(batch).to_string())
-        .bind(us(Utc::now()))
+        .bind(json_array(batch))
+        .bind(micros(Utc::now()))
         .bind(owner);
         let recording = self.begin_recording(Transition::Settled).await?;
         let (changed, tx) = match recording {
@@ -476,7 +271,7 @@ impl TaskStore for SqliteTaskStore {
         };
         let changed = changed
             .into_iter()
-            .map(|(id,)| Uuid::parse_str(&id).map_err(corrupt))
+            .map(|(id,)| uuid(&id))
             .collect::<Result<Vec<_>, _>>()?;
         if let Some(tx) = tx {
             self.commit_recording(tx, &changed, Transition::Settled)
@@ -499,13 +294,11 @@ impl TaskStore for SqliteTaskStore {
         )
         .bind(ids_json(ids))
         .bind(owner)
-        .bind(lease_end(Utc::now(), lease))
+        .bind(micros_after(Utc::now(), lease))
         .fetch_all(&self.writer)
         .await
         .map_err(db_error)?;
-        held.into_iter()
-            .map(|(id,)| Uuid::parse_str(&id).map_err(corrupt))
-            .collect()
+        held.into_iter().map(|(id,)| uuid(&id)).collect()
     }
 
     async fn release(&self, owner: &str, ids: &[Uuid]) -> Result<u64, StoreError> {
@@ -525,7 +318,7 @@ impl TaskStore for SqliteTaskStore {
                     .await
                     .map_err(db_error)?
                     .into_iter()
-                    .map(|(id,)| Uuid::parse_str(&id).map_err(corrupt))
+                    .map(|(id,)| uuid(&id))
                     .collect::<Result<Vec<_>, _>>()?;
                 self.commit_recording(tx, &released, Transition::Requeued)
                     .await?;
@@ -538,7 +331,7 @@ impl TaskStore for SqliteTaskStore {
     async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         let previous: Option<(String,)> = sqlx::query_as("SELECT status FROM tasks WHERE id = ?1")
-            .bind(id.to_string())
+            .bind(id_text(id))
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -547,8 +340,8 @@ impl TaskStore for SqliteTaskStore {
         };
         let previous = TaskStatus::from_str(&previous).map_err(corrupt)?;
         let row: TaskRow = if previous.is_final() {
-            sqlx::query_as(sql!("SELECT {COLUMNS} FROM tasks WHERE id = ?1"))
-                .bind(id.to_string())
+            sqlx::query_as(sql!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))
+                .bind(id_text(id))
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(db_error)?
@@ -557,10 +350,10 @@ impl TaskStore for SqliteTaskStore {
                 "UPDATE tasks SET status = 'cancelled', finished_at = ?2,
                      lease_owner = NULL, lease_expires_at = NULL
                  WHERE id = ?1
-                 RETURNING {COLUMNS}"
+                 RETURNING {TASK_COLUMNS}"
             ))
-            .bind(id.to_string())
-            .bind(us(Utc::now()))
+            .bind(id_text(id))
+            .bind(micros(Utc::now()))
             .fetch_one(&mut *tx)
             .await
             .map_err(db_error)?
@@ -588,10 +381,10 @@ impl TaskStore for SqliteTaskStore {
             "UPDATE tasks SET status = 'queued', run_at = ?2, finished_at = NULL,
                  max_attempts = max(max_attempts, attempts + 1)
              WHERE id = ?1 AND status IN ('failed', 'dead')
-             RETURNING {COLUMNS}"
+             RETURNING {TASK_COLUMNS}"
         ))
-        .bind(id.to_string())
-        .bind(us(Utc::now()));
+        .bind(id_text(id))
+        .bind(micros(Utc::now()));
         let row = match self.begin_recording(Transition::Requeued).await? {
             Some((mut tx, _)) => {
                 let row = query.fetch_optional(&mut *tx).await.map_err(db_error)?;
@@ -612,7 +405,7 @@ impl TaskStore for SqliteTaskStore {
     }
 
     async fn rescue(&self) -> Result<Vec<Task>, StoreError> {
-        let now = us(Utc::now());
+        let now = micros(Utc::now());
         let query = sqlx::query_as::<_, TaskRow>(sql!(
             "UPDATE tasks SET
                  status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,
@@ -623,7 +416,7 @@ impl TaskStore for SqliteTaskStore {
                  lease_owner = NULL, lease_expires_at = NULL
              WHERE id IN (SELECT id FROM tasks
                           WHERE status = 'running' AND lease_expires_at < ?1 LIMIT ?2)
-             RETURNING {COLUMNS}"
+             RETURNING {TASK_COLUMNS}"
         ))
         .bind(now)
         .bind(RESCUE_CHUNK);
@@ -640,7 +433,7 @@ impl TaskStore for SqliteTaskStore {
 
     async fn prune(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         // Bounded by the primary key: see the PostgreSQL store.
-        let bound = mcp_core::task::first_id_at(before).to_string();
+        let bound = id_text(mcp_core::task::first_id_at(before));
         let mut total = 0;
         loop {
             let done = sqlx::query(
@@ -650,7 +443,7 @@ impl TaskStore for SqliteTaskStore {
                        AND finished_at < ?1
                      LIMIT ?2)",
             )
-            .bind(us(before))
+            .bind(micros(before))
             .bind(PRUNE_CHUNK)
             .bind(&bound)
             .execute(&self.writer)
@@ -669,7 +462,7 @@ impl TaskStore for SqliteTaskStore {
              WHERE status IN ('scheduled', 'failed')
                AND type IN (SELECT value FROM json_each(?1))",
         )
-        .bind(Value::from(types.to_vec()).to_string())
+        .bind(json_array(types.to_vec()))
         .fetch_one(&self.readers)
         .await
         .map_err(db_error)?;
@@ -697,7 +490,7 @@ impl TaskStore for SqliteTaskStore {
                 .fetch_one(&self.readers)
                 .await
                 .map_err(db_error)?;
-        Ok((waiting + running).max(0) as u64)
+        Ok(unsigned(waiting + running))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

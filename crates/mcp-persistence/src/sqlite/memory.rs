@@ -5,8 +5,10 @@
 //! entry commit together.
 //! Batches of messages travel as one JSON array through `json_each`: one statement per batch.
 
-use crate::sqlite::{instant, us};
-use crate::{SqliteTaskStore, conflict_or_db_error, corrupt, db_error};
+use super::SqliteTaskStore;
+use crate::codec::{id_text, instant, json, json_array, micros, tokens, uuid};
+use crate::columns::{CONVERSATION_COLUMNS, MESSAGE_COLUMNS, qualified};
+use crate::error::{conflict_or_db_error, corrupt, db_error};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
@@ -20,34 +22,10 @@ use sqlx::FromRow;
 use std::str::FromStr;
 use uuid::Uuid;
 
-const CONVERSATION_COLUMNS: &str = "id, title, participants, metadata, archived, summary, \
-    summary_through, summary_tokens, summary_updated_at, created_by, created_at, updated_at";
-const MESSAGE_COLUMNS: &str =
-    "id, conversation_id, author, role, content, metadata, pinned, tokens, created_at";
 /// Conversations one retention statement deletes (their messages go with them).
 const DELETE_CHUNK: i64 = 100;
 /// Words of context `snippet()` keeps around the matches.
 const SNIPPET_TOKENS: i64 = 16;
-
-fn uuid(text: &str) -> Result<Uuid, StoreError> {
-    Uuid::parse_str(text).map_err(corrupt)
-}
-
-fn json_text(text: &str) -> Result<Value, StoreError> {
-    serde_json::from_str(text).map_err(corrupt)
-}
-
-fn tokens(n: i64) -> u32 {
-    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
-}
-
-fn prefixed(columns: &str, table: &str) -> String {
-    columns
-        .split(", ")
-        .map(|c| format!("{table}.{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
 
 #[derive(FromRow)]
 struct ConversationRow {
@@ -82,8 +60,8 @@ impl TryFrom<ConversationRow> for Conversation {
         Ok(Conversation {
             id: uuid(&row.id)?,
             title: row.title,
-            participants: serde_json::from_str(&row.participants).map_err(corrupt)?,
-            metadata: json_text(&row.metadata)?,
+            participants: json(&row.participants)?,
+            metadata: json(&row.metadata)?,
             archived: row.archived,
             summary,
             created_by: row.created_by,
@@ -115,7 +93,7 @@ impl TryFrom<MessageRow> for Message {
             author: row.author,
             role: MessageRole::from_str(&row.role).map_err(corrupt)?,
             content: row.content,
-            metadata: json_text(&row.metadata)?,
+            metadata: json(&row.metadata)?,
             pinned: row.pinned,
             tokens: tokens(row.tokens),
             created_at: instant(row.created_at)?,
@@ -142,8 +120,8 @@ where
 {
     let done =
         sqlx::query("UPDATE conversations SET updated_at = max(updated_at, ?2) WHERE id = ?1")
-            .bind(id.to_string())
-            .bind(us(at))
+            .bind(id_text(id))
+            .bind(micros(at))
             .execute(executor)
             .await
             .map_err(db_error)?;
@@ -159,23 +137,18 @@ impl MemoryStore for SqliteTaskStore {
                  updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         )
-        .bind(c.id.to_string())
+        .bind(id_text(c.id))
         .bind(c.title.as_deref())
         .bind(json!(c.participants).to_string())
         .bind(c.metadata.to_string())
         .bind(c.archived)
         .bind(c.summary.as_ref().map(|s| s.text.as_str()))
-        .bind(
-            c.summary
-                .as_ref()
-                .and_then(|s| s.through)
-                .map(|id| id.to_string()),
-        )
+        .bind(c.summary.as_ref().and_then(|s| s.through).map(id_text))
         .bind(c.summary.as_ref().map(|s| i64::from(s.tokens)))
-        .bind(c.summary.as_ref().map(|s| us(s.updated_at)))
+        .bind(c.summary.as_ref().map(|s| micros(s.updated_at)))
         .bind(c.created_by.as_deref())
-        .bind(us(c.created_at))
-        .bind(us(c.updated_at))
+        .bind(micros(c.created_at))
+        .bind(micros(c.updated_at))
         .execute(&self.writer)
         .await
         .map_err(|e| conflict_or_db_error(e, || format!("conversation `{}`", c.id)))?;
@@ -186,7 +159,7 @@ impl MemoryStore for SqliteTaskStore {
         let row: Option<ConversationRow> = sqlx::query_as(sql!(
             "SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE id = ?1"
         ))
-        .bind(id.to_string())
+        .bind(id_text(id))
         .fetch_optional(&self.readers)
         .await
         .map_err(db_error)?;
@@ -208,7 +181,7 @@ impl MemoryStore for SqliteTaskStore {
         ))
         .bind(filter.participant.as_deref())
         .bind(filter.archived)
-        .bind(filter.before.map(|id| id.to_string()))
+        .bind(filter.before.map(id_text))
         .bind(i64::from(filter.limit))
         .fetch_all(&self.readers)
         .await
@@ -232,13 +205,13 @@ impl MemoryStore for SqliteTaskStore {
              WHERE id = ?1
              RETURNING {CONVERSATION_COLUMNS}"
         ))
-        .bind(id.to_string())
+        .bind(id_text(id))
         .bind(patch.title.is_some())
         .bind(patch.title.clone().flatten())
         .bind(patch.participants.as_ref().map(|p| json!(p).to_string()))
         .bind(patch.metadata.as_ref().map(Value::to_string))
         .bind(patch.archived)
-        .bind(us(at))
+        .bind(micros(at))
         .fetch_optional(&self.writer)
         .await
         .map_err(db_error)?;
@@ -247,7 +220,7 @@ impl MemoryStore for SqliteTaskStore {
 
     async fn delete_conversation(&self, id: Uuid) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM conversations WHERE id = ?1")
-            .bind(id.to_string())
+            .bind(id_text(id))
             .execute(&self.writer)
             .await
             .map_err(db_error)?;
@@ -265,11 +238,11 @@ impl MemoryStore for SqliteTaskStore {
              WHERE id = ?1
              RETURNING {CONVERSATION_COLUMNS}"
         ))
-        .bind(id.to_string())
+        .bind(id_text(id))
         .bind(&summary.text)
-        .bind(summary.through.map(|id| id.to_string()))
+        .bind(summary.through.map(id_text))
         .bind(i64::from(summary.tokens))
-        .bind(us(summary.updated_at))
+        .bind(micros(summary.updated_at))
         .fetch_optional(&self.writer)
         .await
         .map_err(db_error)?;
@@ -286,14 +259,14 @@ impl MemoryStore for SqliteTaskStore {
             .iter()
             .map(|m| {
                 json!({
-                    "id": m.id.to_string(),
+                    "id": id_text(m.id),
                     "author": m.author,
                     "role": m.role.as_str(),
                     "content": m.content,
                     "metadata": m.metadata,
                     "pinned": m.pinned,
                     "tokens": m.tokens,
-                    "created_at": us(m.created_at),
+                    "created_at": micros(m.created_at),
                 })
             })
             .collect();
@@ -301,8 +274,8 @@ impl MemoryStore for SqliteTaskStore {
         let found = sqlx::query(
             "UPDATE conversations SET updated_at = max(updated_at, ?2), archived = 0 WHERE id = ?1",
         )
-        .bind(conversation_id.to_string())
-        .bind(us(at))
+        .bind(id_text(conversation_id))
+        .bind(micros(at))
         .execute(&mut *tx)
         .await
         .map_err(db_error)?
@@ -322,8 +295,8 @@ impl MemoryStore for SqliteTaskStore {
                  FROM json_each(?2)
                  ORDER BY key",
             )
-            .bind(conversation_id.to_string())
-            .bind(Value::from(batch).to_string())
+            .bind(id_text(conversation_id))
+            .bind(json_array(batch))
             .execute(&mut *tx)
             .await
             .map_err(|e| conflict_or_db_error(e, || "a message with this id".to_owned()))?;
@@ -340,8 +313,8 @@ impl MemoryStore for SqliteTaskStore {
         let row: Option<MessageRow> = sqlx::query_as(sql!(
             "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1 AND conversation_id = ?2"
         ))
-        .bind(id.to_string())
-        .bind(conversation_id.to_string())
+        .bind(id_text(id))
+        .bind(id_text(conversation_id))
         .fetch_optional(&self.readers)
         .await
         .map_err(db_error)?;
@@ -366,8 +339,8 @@ impl MemoryStore for SqliteTaskStore {
              ORDER BY seq {order}
              LIMIT ?3"
         ))
-        .bind(conversation_id.to_string())
-        .bind(anchor.map(|id| id.to_string()))
+        .bind(id_text(conversation_id))
+        .bind(anchor.map(id_text))
         .bind(i64::from(limit))
         .fetch_all(&self.readers)
         .await
@@ -386,7 +359,7 @@ impl MemoryStore for SqliteTaskStore {
              ORDER BY seq DESC
              LIMIT ?2"
         ))
-        .bind(conversation_id.to_string())
+        .bind(id_text(conversation_id))
         .bind(i64::from(limit))
         .fetch_all(&self.readers)
         .await
@@ -411,8 +384,8 @@ impl MemoryStore for SqliteTaskStore {
              WHERE id = ?1 AND conversation_id = ?2
              RETURNING {MESSAGE_COLUMNS}"
         ))
-        .bind(id.to_string())
-        .bind(conversation_id.to_string())
+        .bind(id_text(id))
+        .bind(id_text(conversation_id))
         .bind(patch.content.as_deref())
         .bind(
             patch
@@ -442,8 +415,8 @@ impl MemoryStore for SqliteTaskStore {
     ) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         let deleted = sqlx::query("DELETE FROM messages WHERE id = ?1 AND conversation_id = ?2")
-            .bind(id.to_string())
-            .bind(conversation_id.to_string())
+            .bind(id_text(id))
+            .bind(id_text(conversation_id))
             .execute(&mut *tx)
             .await
             .map_err(db_error)?
@@ -471,7 +444,7 @@ impl MemoryStore for SqliteTaskStore {
                      AND (?4 IS NULL OR m.role = ?4)
                      AND (?5 IS NULL OR m.created_at >= ?5)
                      AND (?6 IS NULL OR m.created_at < ?6)))";
-        let columns = prefixed(MESSAGE_COLUMNS, "m");
+        let columns = qualified(MESSAGE_COLUMNS, "m");
         let rows: Vec<HitRow> = sqlx::query_as(sql!(
             "WITH candidates AS (
                  SELECT rowid AS seq FROM messages_fts
@@ -496,11 +469,11 @@ impl MemoryStore for SqliteTaskStore {
              ORDER BY hits.rank DESC, hits.seq DESC"
         ))
         .bind(request.query.to_fts5())
-        .bind(request.conversation_id.map(|id| id.to_string()))
+        .bind(request.conversation_id.map(id_text))
         .bind(request.author.as_deref())
         .bind(request.role.map(MessageRole::as_str))
-        .bind(request.since.map(us))
-        .bind(request.until.map(us))
+        .bind(request.since.map(micros))
+        .bind(request.until.map(micros))
         .bind(i64::from(request.limit))
         .bind(i64::from(request.offset))
         .bind(SNIPPET_START.to_string())
@@ -525,7 +498,7 @@ impl MemoryStore for SqliteTaskStore {
         let done = sqlx::query(
             "UPDATE conversations SET archived = 1 WHERE NOT archived AND updated_at < ?1",
         )
-        .bind(us(before))
+        .bind(micros(before))
         .execute(&self.writer)
         .await
         .map_err(db_error)?;
@@ -539,7 +512,7 @@ impl MemoryStore for SqliteTaskStore {
                 "DELETE FROM conversations WHERE id IN (
                      SELECT id FROM conversations WHERE updated_at < ?1 LIMIT ?2)",
             )
-            .bind(us(before))
+            .bind(micros(before))
             .bind(DELETE_CHUNK)
             .execute(&self.writer)
             .await

@@ -3,16 +3,15 @@
 //! `record`), in their transaction; dispatchers on any node take them with `SKIP LOCKED` and a
 //! lease, so each row is turned into deliveries by one node at a time.
 
-use crate::outbox::{EVENT_OF_STATUS, Transition};
-use crate::postgres::TaskRow;
-use crate::{PgTaskStore, db_error};
+use super::{PgTaskStore, TaskRow};
+use crate::codec::{millis, unsigned};
+use crate::error::db_error;
+use crate::outbox::{EVENT_OF_STATUS, Transition, final_statuses, outbox_entry};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
-use mcp_core::events::Event;
 use mcp_core::followups::{FollowupStore, PendingFollowup};
 use mcp_core::webhooks::{DELIVER_TASK, Outbox, OutboxEntry};
-use mcp_core::{Task, TaskStatus};
 use sqlx::PgConnection;
 use sqlx::types::Json;
 use std::sync::Arc;
@@ -51,10 +50,6 @@ pub(crate) async fn record(
     Ok(done.rows_affected())
 }
 
-fn ms(d: Duration) -> i64 {
-    d.as_millis().min(i64::MAX as u128) as i64
-}
-
 #[async_trait]
 impl Outbox for PgTaskStore {
     fn record_events(&self, event_types: Vec<String>) {
@@ -79,23 +74,14 @@ impl Outbox for PgTaskStore {
                  RETURNING id, event_type, task, correlation_id, at",
             )
             .bind(i64::from(limit))
-            .bind(ms(lease))
+            .bind(millis(lease))
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
         let mut entries = rows
             .into_iter()
             .map(|(id, event_type, task, correlation_id, at)| {
-                let task = Task::try_from(task.0)?;
-                Ok(OutboxEntry {
-                    id,
-                    event: Event {
-                        event_type,
-                        data: serde_json::to_value(&task).map_err(crate::corrupt)?,
-                        correlation_id,
-                        at,
-                    },
-                })
+                outbox_entry(id, event_type, task.0.try_into()?, correlation_id, at)
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         entries.sort_by_key(|e| e.id);
@@ -116,7 +102,7 @@ impl Outbox for PgTaskStore {
             .fetch_one(&self.pool)
             .await
             .map_err(db_error)?;
-        Ok(n.max(0) as u64)
+        Ok(unsigned(n))
     }
 }
 
@@ -175,16 +161,4 @@ impl FollowupStore for PgTaskStore {
             .map_err(db_error)?;
         Ok(done.rows_affected() > 0)
     }
-}
-
-/// The statuses after which a task changes no more.
-pub(crate) fn final_statuses() -> Vec<&'static str> {
-    [
-        TaskStatus::Succeeded,
-        TaskStatus::Dead,
-        TaskStatus::Cancelled,
-    ]
-    .iter()
-    .map(|s| s.as_str())
-    .collect()
 }

@@ -2,7 +2,11 @@
 //! and daily quotas, in the tables of `migrations/postgres/0003_identity.sql`. Rotation and
 //! quota use are single guarded statements, so concurrent nodes cannot both win.
 
-use crate::{PgTaskStore, conflict_or_db_error, count_i64, db_error, refused_rotation, role};
+use super::PgTaskStore;
+use crate::codec::{count_i64, role, unsigned};
+use crate::columns::{API_KEY_COLUMNS, REFRESH_COLUMNS, USER_COLUMNS};
+use crate::error::{conflict_or_db_error, db_error};
+use crate::identity::refused_rotation;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use mcp_core::StoreError;
@@ -14,12 +18,6 @@ use serde_json::Value;
 use sqlx::FromRow;
 use sqlx::types::Json;
 use uuid::Uuid;
-
-const USER_COLUMNS: &str = "id, username, role, password_hash, disabled, created_at, updated_at";
-const API_KEY_COLUMNS: &str =
-    "id, name, prefix, role, secret_hash, created_by, created_at, last_used_at, revoked_at";
-const REFRESH_COLUMNS: &str =
-    "id, family_id, user_id, token_hash, created_at, expires_at, used_at, revoked_at";
 
 #[derive(FromRow)]
 struct UserRow {
@@ -185,7 +183,7 @@ impl IdentityStore for PgTaskStore {
             .fetch_one(&self.pool)
             .await
             .map_err(db_error)?;
-        Ok(n.max(0) as u64)
+        Ok(unsigned(n))
     }
 
     async fn update_user(
@@ -421,7 +419,7 @@ impl IdentityStore for PgTaskStore {
             if let Some((used,)) = granted {
                 return Ok(QuotaUse {
                     granted: true,
-                    used: used.max(0) as u64,
+                    used: unsigned(used),
                 });
             }
         }
@@ -434,7 +432,7 @@ impl IdentityStore for PgTaskStore {
                 .map_err(db_error)?;
         Ok(QuotaUse {
             granted: false,
-            used: used.map_or(0, |(used,)| used.max(0) as u64),
+            used: used.map_or(0, |(used,)| unsigned(used)),
         })
     }
 }

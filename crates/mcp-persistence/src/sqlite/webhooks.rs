@@ -1,26 +1,15 @@
 //! The `WebhookStore` of the SQLite store, in the tables of `migrations/sqlite/0006_webhooks.sql`.
 
-use crate::sqlite::{instant, us};
-use crate::{SqliteTaskStore, conflict_or_db_error, corrupt, db_error};
+use super::SqliteTaskStore;
+use crate::codec::{id_text, instant, json, micros, uuid};
+use crate::columns::{DELIVERY_COLUMNS, WEBHOOK_COLUMNS};
+use crate::error::{conflict_or_db_error, corrupt, db_error};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
 use mcp_core::webhooks::{Attempt, DeliveryStatus, Webhook, WebhookDelivery, WebhookStore};
 use sqlx::FromRow;
 use uuid::Uuid;
-
-const WEBHOOK_COLUMNS: &str =
-    "id, url, events, secret_sealed, enabled, created_by, created_at, failing_since, disabled_at";
-const DELIVERY_COLUMNS: &str = "id, webhook_id, event_type, payload, status, attempts, \
-    response_code, error, created_at, last_attempt_at, delivered_at";
-
-fn uuid(text: &str) -> Result<Uuid, StoreError> {
-    Uuid::parse_str(text).map_err(corrupt)
-}
-
-fn maybe_instant(us: Option<i64>) -> Result<Option<DateTime<Utc>>, StoreError> {
-    us.map(instant).transpose()
-}
 
 #[derive(FromRow)]
 struct WebhookRow {
@@ -41,13 +30,13 @@ impl TryFrom<WebhookRow> for Webhook {
         Ok(Webhook {
             id: uuid(&row.id)?,
             url: row.url,
-            events: serde_json::from_str(&row.events).map_err(corrupt)?,
+            events: json(&row.events)?,
             secret_sealed: row.secret_sealed,
             enabled: row.enabled,
             created_by: row.created_by,
             created_at: instant(row.created_at)?,
-            failing_since: maybe_instant(row.failing_since)?,
-            disabled_at: maybe_instant(row.disabled_at)?,
+            failing_since: row.failing_since.map(instant).transpose()?,
+            disabled_at: row.disabled_at.map(instant).transpose()?,
         })
     }
 }
@@ -74,15 +63,15 @@ impl TryFrom<DeliveryRow> for WebhookDelivery {
             id: uuid(&row.id)?,
             webhook_id: uuid(&row.webhook_id)?,
             event_type: row.event_type,
-            payload: serde_json::from_str(&row.payload).map_err(corrupt)?,
+            payload: json(&row.payload)?,
             status: DeliveryStatus::parse(&row.status)
                 .ok_or_else(|| corrupt(format!("bad delivery status {}", row.status)))?,
             attempts: row.attempts,
             response_code: row.response_code,
             error: row.error,
             created_at: instant(row.created_at)?,
-            last_attempt_at: maybe_instant(row.last_attempt_at)?,
-            delivered_at: maybe_instant(row.delivered_at)?,
+            last_attempt_at: row.last_attempt_at.map(instant).transpose()?,
+            delivered_at: row.delivered_at.map(instant).transpose()?,
         })
     }
 }
@@ -95,15 +84,15 @@ impl WebhookStore for SqliteTaskStore {
             "INSERT INTO webhooks (id, url, events, secret_sealed, enabled, created_by, \
              created_at, failing_since, disabled_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
-        .bind(webhook.id.to_string())
+        .bind(id_text(webhook.id))
         .bind(&webhook.url)
         .bind(events)
         .bind(&webhook.secret_sealed)
         .bind(webhook.enabled)
         .bind(&webhook.created_by)
-        .bind(us(webhook.created_at))
-        .bind(webhook.failing_since.map(us))
-        .bind(webhook.disabled_at.map(us))
+        .bind(micros(webhook.created_at))
+        .bind(webhook.failing_since.map(micros))
+        .bind(webhook.disabled_at.map(micros))
         .execute(&self.writer)
         .await
         .map_err(db_error)?;
@@ -113,7 +102,7 @@ impl WebhookStore for SqliteTaskStore {
     async fn webhook(&self, id: Uuid) -> Result<Option<Webhook>, StoreError> {
         let row: Option<WebhookRow> =
             sqlx::query_as(sql!("SELECT {WEBHOOK_COLUMNS} FROM webhooks WHERE id = ?1"))
-                .bind(id.to_string())
+                .bind(id_text(id))
                 .fetch_optional(&self.readers)
                 .await
                 .map_err(db_error)?;
@@ -132,7 +121,7 @@ impl WebhookStore for SqliteTaskStore {
 
     async fn delete_webhook(&self, id: Uuid) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM webhooks WHERE id = ?1")
-            .bind(id.to_string())
+            .bind(id_text(id))
             .execute(&self.writer)
             .await
             .map_err(db_error)?;
@@ -149,10 +138,10 @@ impl WebhookStore for SqliteTaskStore {
             "UPDATE webhooks SET failing_since = ?2, enabled = ?3, disabled_at = CASE \
              WHEN ?3 THEN NULL ELSE coalesce(disabled_at, ?4) END WHERE id = ?1",
         )
-        .bind(id.to_string())
-        .bind(failing_since.map(us))
+        .bind(id_text(id))
+        .bind(failing_since.map(micros))
         .bind(enabled)
-        .bind(us(Utc::now()))
+        .bind(micros(Utc::now()))
         .execute(&self.writer)
         .await
         .map_err(db_error)?;
@@ -165,17 +154,17 @@ impl WebhookStore for SqliteTaskStore {
              attempts, response_code, error, created_at, last_attempt_at, delivered_at) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
         )
-        .bind(delivery.id.to_string())
-        .bind(delivery.webhook_id.to_string())
+        .bind(id_text(delivery.id))
+        .bind(id_text(delivery.webhook_id))
         .bind(&delivery.event_type)
         .bind(delivery.payload.to_string())
         .bind(delivery.status.as_str())
         .bind(delivery.attempts)
         .bind(delivery.response_code)
         .bind(&delivery.error)
-        .bind(us(delivery.created_at))
-        .bind(delivery.last_attempt_at.map(us))
-        .bind(delivery.delivered_at.map(us))
+        .bind(micros(delivery.created_at))
+        .bind(delivery.last_attempt_at.map(micros))
+        .bind(delivery.delivered_at.map(micros))
         .execute(&self.writer)
         .await
         .map_err(|e| conflict_or_db_error(e, || format!("delivery `{}`", delivery.id)))?;
@@ -186,7 +175,7 @@ impl WebhookStore for SqliteTaskStore {
         let row: Option<DeliveryRow> = sqlx::query_as(sql!(
             "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE id = ?1"
         ))
-        .bind(id.to_string())
+        .bind(id_text(id))
         .fetch_optional(&self.readers)
         .await
         .map_err(db_error)?;
@@ -202,7 +191,7 @@ impl WebhookStore for SqliteTaskStore {
             "SELECT {DELIVERY_COLUMNS} FROM webhook_deliveries WHERE webhook_id = ?1 \
              ORDER BY created_at DESC, id DESC LIMIT ?2"
         ))
-        .bind(webhook_id.to_string())
+        .bind(id_text(webhook_id))
         .bind(i64::from(limit))
         .fetch_all(&self.readers)
         .await
@@ -221,11 +210,11 @@ impl WebhookStore for SqliteTaskStore {
              response_code = ?3, error = ?4, last_attempt_at = ?5, \
              delivered_at = CASE WHEN ?6 THEN ?5 ELSE delivered_at END WHERE id = ?1",
         )
-        .bind(id.to_string())
+        .bind(id_text(id))
         .bind(status.as_str())
         .bind(attempt.response_code)
         .bind(&attempt.error)
-        .bind(us(attempt.at))
+        .bind(micros(attempt.at))
         .bind(attempt.succeeded)
         .execute(&self.writer)
         .await

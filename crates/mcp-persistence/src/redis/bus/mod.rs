@@ -31,24 +31,31 @@
 //! position from before the outage could not be recovered exactly). The same lag happens to a
 //! channel's receivers when its live stream skips an offset or changes epoch. Each switch is
 //! logged once (`warn` going local, `info` back).
+//!
+//! This file is the Redis side (scripts, publishing, recovery); `subscribers` holds this node's
+//! receivers and the switch between shared and local, `relink` the task that finds Redis again.
 
-use crate::redis_link::{self, RETRY_MIN, RedisMode, RedisOptions};
+use crate::redis::link::{self, RedisMode, RedisOptions};
 use async_trait::async_trait;
-use futures::StreamExt;
 use mcp_core::events::{
     BusConfig, BusError, Delivery, Event, EventBus, MemoryBus, Recovery, StreamPosition,
     Subscription,
 };
-use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
+use redis::aio::MultiplexedConnection;
 use serde::Deserialize;
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
-use tracing::{info, warn};
+
+mod relink;
+mod subscribers;
+
+use relink::keep_link;
+use subscribers::{Local, LocalState};
 
 /// Shared start of both scripts: the channel's epoch, a new one (with an empty history) when the
 /// epoch or the offset is missing. KEYS: offset, stream, epoch. ARGV[1]: a fresh epoch,
@@ -225,7 +232,7 @@ impl RedisBus {
 
     /// Waits until Redis is reached, for at most `patience`; the mode then.
     pub async fn ready(&self, patience: Duration) -> RedisMode {
-        redis_link::ready(self.mode_changes(), patience).await
+        link::ready(self.mode_changes(), patience).await
     }
 
     /// Whether events go through Redis right now, or stay on this node.
@@ -245,7 +252,7 @@ impl RedisBus {
         let Some((mut connection, generation)) = local.shared() else {
             return Err(local.lock().last_error.clone());
         };
-        let pinged = redis_link::ping(&mut connection, &self.inner.options).await;
+        let pinged = link::ping(&mut connection, &self.inner.options).await;
         if let Err(e) = &pinged {
             local.lost(generation, e);
         }
@@ -260,7 +267,7 @@ impl RedisBus {
             return Err(unavailable(local.lock().last_error.clone()));
         };
         let options = &self.inner.options;
-        let keys: Vec<String> = redis_link::within(
+        let keys: Vec<String> = link::within(
             options,
             redis::cmd("KEYS")
                 .arg(format!("{}*", self.inner.prefix))
@@ -269,7 +276,7 @@ impl RedisBus {
         .await
         .map_err(unavailable)?;
         if !keys.is_empty() {
-            redis_link::within(
+            link::within(
                 options,
                 redis::cmd("DEL")
                     .arg(&keys)
@@ -317,7 +324,7 @@ impl Inner {
             );
         }
         let replies: Vec<(u64, String)> =
-            redis_link::within(&self.options, pipe.query_async(connection)).await?;
+            link::within(&self.options, pipe.query_async(connection)).await?;
         Ok(replies
             .into_iter()
             .map(|(offset, epoch)| StreamPosition { offset, epoch })
@@ -350,7 +357,7 @@ impl Inner {
             );
         }
         let replies: Vec<(u64, String)> =
-            redis_link::within(&self.options, pipe.query_async(connection)).await?;
+            link::within(&self.options, pipe.query_async(connection)).await?;
         Ok(replies
             .into_iter()
             .map(|(offset, epoch)| StreamPosition { offset, epoch })
@@ -450,7 +457,7 @@ impl EventBus for RedisBus {
             for channel in channels {
                 pipe.cmd("EXISTS").arg(inner.keys(channel).epoch);
             }
-            match redis_link::within(&inner.options, pipe.query_async(&mut connection)).await {
+            match link::within(&inner.options, pipe.query_async(&mut connection)).await {
                 Ok(observed) => return Ok(observed),
                 Err(e) => inner.local.lost(generation, &e),
             }
@@ -523,7 +530,7 @@ async fn recover_shared(
         return Ok(Recovery::Lost);
     };
     type Entries = Vec<(String, Vec<String>)>;
-    let (epoch, offset, entries): (Option<String>, Option<u64>, Entries) = redis_link::within(
+    let (epoch, offset, entries): (Option<String>, Option<u64>, Entries) = link::within(
         &inner.options,
         redis::pipe()
             .atomic()
@@ -589,405 +596,4 @@ fn decode(frame: &str) -> Option<Delivery> {
         event: Arc::new(wire.event),
         frame: frame.into(),
     })
-}
-
-/// The subscribers of this node, and how the node reaches Redis.
-struct Local {
-    buffer: usize,
-    config: BusConfig,
-    state: Mutex<LocalState>,
-    mode: watch::Sender<RedisMode>,
-    /// Told when a command finds Redis gone, so the link keeper drops the link and relinks.
-    trouble: Notify,
-}
-
-struct LocalState {
-    /// The command connection while the bus is shared; `None` while it is local.
-    connection: Option<MultiplexedConnection>,
-    /// Counts installed connections, so a late failure of an old one leaves a newer one alone.
-    generation: u64,
-    last_error: String,
-    /// Whether the current outage was logged already.
-    warned: bool,
-    /// The bus of this node while local: a fresh one per outage.
-    memory: Arc<MemoryBus>,
-    /// Channels published to locally during this outage (their Redis epochs end when Redis
-    /// returns), or too many to remember.
-    published: HashSet<String>,
-    published_overflow: bool,
-    channels: HashMap<String, LocalChannel>,
-    sweep_at_len: usize,
-}
-
-struct LocalChannel {
-    sender: broadcast::Sender<Delivery>,
-    /// Epoch and offset of the last delivery, to notice a gap.
-    last: Option<(String, u64)>,
-}
-
-/// What must happen in Redis before the bus may be shared again.
-enum Pending {
-    /// End the epochs of these channels.
-    Channels(Vec<String>),
-    /// End the epoch of every channel of the deployment.
-    All,
-}
-
-impl Local {
-    fn lock(&self) -> MutexGuard<'_, LocalState> {
-        // Every update leaves the map consistent, so a lock poisoned by a panic is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The connection to use, while the bus is shared.
-    fn shared(&self) -> Option<(MultiplexedConnection, u64)> {
-        let state = self.lock();
-        state.connection.clone().map(|c| (c, state.generation))
-    }
-
-    /// The outage's in-process bus.
-    fn memory(&self) -> Arc<MemoryBus> {
-        self.lock().memory.clone()
-    }
-
-    /// A command on connection `generation` failed: local from now on, and the link keeper
-    /// relinks.
-    fn lost(&self, generation: u64, error: &str) {
-        if self.go_local(Some(generation), error) {
-            self.trouble.notify_one();
-        }
-    }
-
-    /// Switches to local (for connection `generation`, or whichever is current); whether it did.
-    fn go_local(&self, generation: Option<u64>, error: &str) -> bool {
-        let mut state = self.lock();
-        if state.connection.is_none() || generation.is_some_and(|g| g != state.generation) {
-            return false;
-        }
-        state.connection = None;
-        state.last_error = error.to_owned();
-        state.warned = true;
-        state.memory = Arc::new(MemoryBus::new(self.config));
-        state.published.clear();
-        state.published_overflow = false;
-        self.lag_all(&mut state);
-        drop(state);
-        self.mode.send_replace(RedisMode::Local);
-        warn!(
-            error,
-            "event bus: Redis unavailable; events stay on this node until it is back, and its \
-             subscribers must recover"
-        );
-        true
-    }
-
-    /// An attempt to link failed while local.
-    fn still_lost(&self, error: String) {
-        let mut state = self.lock();
-        let first = !state.warned;
-        state.warned = true;
-        state.last_error = error;
-        if first {
-            warn!(
-                error = %state.last_error,
-                "event bus: Redis unreachable; events stay on this node until it answers"
-            );
-        }
-    }
-
-    /// Switches to shared over `connection`, unless channels were published to locally whose
-    /// Redis epochs must end first (then those are returned, and forgotten).
-    fn go_shared(&self, connection: MultiplexedConnection) -> Result<(), Pending> {
-        let mut state = self.lock();
-        if state.published_overflow {
-            state.published_overflow = false;
-            state.published.clear();
-            return Err(Pending::All);
-        }
-        if !state.published.is_empty() {
-            return Err(Pending::Channels(state.published.drain().collect()));
-        }
-        state.connection = Some(connection);
-        state.generation += 1;
-        state.warned = false;
-        self.lag_all(&mut state);
-        drop(state);
-        self.mode.send_replace(RedisMode::Shared);
-        info!("event bus: events shared through Redis");
-        Ok(())
-    }
-
-    /// The outage's bus, once `channels` are noted as published to locally; `None` if the bus
-    /// is shared again.
-    fn begin_local<'a>(
-        &self,
-        channels: impl Iterator<Item = &'a String>,
-    ) -> Option<Arc<MemoryBus>> {
-        let mut state = self.lock();
-        if state.connection.is_some() {
-            return None;
-        }
-        if !state.published_overflow {
-            for channel in channels {
-                if !state.published.contains(channel) {
-                    state.published.insert(channel.clone());
-                }
-            }
-            if state.published.len() > PUBLISHED_LOCALLY_MAX {
-                state.published.clear();
-                state.published_overflow = true;
-            }
-        }
-        Some(state.memory.clone())
-    }
-
-    fn subscribe(&self, channel: &str) -> Subscription {
-        let mut state = self.lock();
-        if state.channels.len() >= state.sweep_at_len {
-            state
-                .channels
-                .retain(|_, local| local.sender.receiver_count() > 0);
-            state.sweep_at_len = (state.channels.len() * 2).max(LOCAL_SWEEP_AT);
-        }
-        let buffer = self.buffer;
-        state
-            .channels
-            .entry(channel.to_owned())
-            .or_insert_with(|| LocalChannel {
-                sender: broadcast::channel(buffer).0,
-                last: None,
-            })
-            .sender
-            .subscribe()
-    }
-
-    /// Whether someone on this node listens to `channel`.
-    fn listened(&self, channel: &str) -> bool {
-        self.lock()
-            .channels
-            .get(channel)
-            .is_some_and(|local| local.sender.receiver_count() > 0)
-    }
-
-    /// Hands a frame from Redis's pub/sub to this node's subscribers of its channel.
-    fn dispatch(&self, payload: &[u8]) {
-        let Ok(frame) = std::str::from_utf8(payload) else {
-            warn!("event bus: a frame that is not UTF-8; ignored");
-            return;
-        };
-        let Ok(head) = serde_json::from_str::<Head>(frame) else {
-            warn!("event bus: an undecodable frame; ignored");
-            return;
-        };
-        {
-            let mut state = self.lock();
-            if state.connection.is_none() {
-                // Switched to local just now: this node's subscribers follow its own events.
-                return;
-            }
-            match state.channels.get(&*head.channel) {
-                None => return,
-                Some(local) if local.sender.receiver_count() == 0 => {
-                    state.channels.remove(&*head.channel);
-                    return;
-                }
-                Some(_) => {}
-            }
-        }
-        let Some(delivery) = decode(frame) else {
-            warn!(channel = %head.channel, "event bus: an undecodable frame; ignored");
-            return;
-        };
-        self.deliver(delivery);
-    }
-
-    /// Hands a delivery to this node's subscribers of its channel; a gap in offsets or a new
-    /// epoch makes them lag first.
-    fn deliver(&self, delivery: Delivery) {
-        let mut state = self.lock();
-        let Some(local) = state.channels.get_mut(&delivery.channel) else {
-            return;
-        };
-        if let Some((epoch, offset)) = &local.last
-            && (*epoch != delivery.epoch || delivery.offset != offset + 1)
-        {
-            lag(&local.sender, &delivery.channel, self.buffer);
-        }
-        local.last = Some((delivery.epoch.clone(), delivery.offset));
-        let _ = local.sender.send(delivery);
-    }
-
-    /// The node switched between Redis and local: what its subscribers were following ended.
-    fn lag_all(&self, state: &mut LocalState) {
-        state
-            .channels
-            .retain(|_, local| local.sender.receiver_count() > 0);
-        for (channel, local) in &mut state.channels {
-            lag(&local.sender, channel, self.buffer);
-            local.last = None;
-        }
-    }
-
-    /// Channels someone on this node listens to.
-    fn watched(&self) -> Vec<String> {
-        self.lock()
-            .channels
-            .iter()
-            .filter(|(_, local)| local.sender.receiver_count() > 0)
-            .map(|(channel, _)| channel.clone())
-            .collect()
-    }
-}
-
-/// Makes every receiver of `sender` lag, by overrunning its buffer with offset-0 fillers.
-fn lag(sender: &broadcast::Sender<Delivery>, channel: &str, buffer: usize) {
-    let filler = Delivery {
-        channel: channel.to_owned(),
-        offset: 0,
-        epoch: String::new(),
-        event: Arc::new(Event::new("bus.lagged", serde_json::Value::Null, None)),
-        frame: Arc::from(""),
-    };
-    // A receiver lags once the slot it would read next is overwritten: capacity + 1 sends.
-    for _ in 0..=buffer.next_power_of_two() {
-        let _ = sender.send(filler.clone());
-    }
-}
-
-/// Opens a pub/sub connection subscribed to `topic`.
-async fn link(
-    client: &redis::Client,
-    topic: &str,
-    options: &RedisOptions,
-) -> Result<(PubSubSink, PubSubStream), String> {
-    let connect = async {
-        let mut pubsub = client.get_async_pubsub().await?;
-        pubsub.subscribe(topic).await?;
-        Ok::<_, redis::RedisError>(pubsub.split())
-    };
-    // A connect and a SUBSCRIBE, each bounded by the timeout.
-    match tokio::time::timeout(options.timeout() * 2, connect).await {
-        Ok(Ok(link)) => Ok(link),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out linking to Redis pub/sub".into()),
-    }
-}
-
-/// Ends the Redis epoch of `pending`'s channels: a position from before the outage is not
-/// recoverable any more, since events published here meanwhile never reached Redis.
-async fn end_epochs(
-    connection: &mut MultiplexedConnection,
-    prefix: &str,
-    pending: Pending,
-    options: &RedisOptions,
-) -> Result<(), String> {
-    let epochs: Vec<String> = match pending {
-        Pending::Channels(channels) => channels
-            .iter()
-            .map(|channel| keys(prefix, channel).epoch)
-            .collect(),
-        Pending::All => {
-            let pattern = format!("{prefix}events:*:epoch");
-            let mut found = Vec::new();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, batch): (u64, Vec<String>) = redis_link::within(
-                    options,
-                    redis::cmd("SCAN")
-                        .arg(cursor)
-                        .arg("MATCH")
-                        .arg(&pattern)
-                        .arg("COUNT")
-                        .arg(END_EPOCHS_BATCH)
-                        .query_async(connection),
-                )
-                .await?;
-                found.extend(batch);
-                if next == 0 {
-                    break found;
-                }
-                cursor = next;
-            }
-        }
-    };
-    for batch in epochs.chunks(END_EPOCHS_BATCH) {
-        redis_link::within(
-            options,
-            redis::cmd("DEL").arg(batch).query_async::<()>(connection),
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// The node's background task: links to Redis (pub/sub and commands) with backoff while the bus
-/// is local, switches it to shared, reads the link, and starts over when the link drops or a
-/// command finds Redis gone.
-async fn keep_link(
-    client: redis::Client,
-    topic: String,
-    prefix: String,
-    options: RedisOptions,
-    local: Arc<Local>,
-) {
-    let mut pause = Duration::ZERO;
-    loop {
-        tokio::time::sleep(pause).await;
-        pause = if pause.is_zero() {
-            RETRY_MIN
-        } else {
-            options.next_pause(pause)
-        };
-        let (mut sink, mut stream) = match link(&client, &topic, &options).await {
-            Ok(link) => link,
-            Err(e) => {
-                local.still_lost(e);
-                continue;
-            }
-        };
-        let mut connection = match redis_link::open(&client, &options).await {
-            Ok(connection) => connection,
-            Err(e) => {
-                local.still_lost(e);
-                continue;
-            }
-        };
-        let shared = loop {
-            match local.go_shared(connection.clone()) {
-                Ok(()) => break Ok(()),
-                Err(pending) => {
-                    if let Err(e) = end_epochs(&mut connection, &prefix, pending, &options).await {
-                        break Err(e);
-                    }
-                }
-            }
-        };
-        if let Err(e) = shared {
-            // The channels stay noted: ended at the next attempt.
-            local.still_lost(e);
-            continue;
-        }
-        pause = Duration::ZERO;
-        let mut check = tokio::time::interval(LINK_CHECK_EVERY);
-        check.reset();
-        let why = loop {
-            tokio::select! {
-                message = stream.next() => match message {
-                    Some(message) => local.dispatch(message.get_payload_bytes()),
-                    None => break "the Redis pub/sub link closed".to_owned(),
-                },
-                _ = check.tick() => {
-                    let pong = tokio::time::timeout(options.timeout(), sink.ping::<redis::Value>())
-                        .await;
-                    if !matches!(pong, Ok(Ok(_))) {
-                        break "Redis did not answer a PING on the pub/sub link".to_owned();
-                    }
-                }
-                _ = local.trouble.notified() => {
-                    break "a command found Redis unavailable".to_owned();
-                }
-            }
-        };
-        local.go_local(None, &why);
-    }
 }

@@ -2,10 +2,11 @@
 //! Every write goes through the one writer connection, so a rotation or a quota use is never
 //! interleaved with another write.
 
-use crate::sqlite::{instant, us};
-use crate::{
-    SqliteTaskStore, conflict_or_db_error, corrupt, count_i64, db_error, refused_rotation, role,
-};
+use super::SqliteTaskStore;
+use crate::codec::{count_i64, day_text, id_text, instant, json, micros, role, unsigned, uuid};
+use crate::columns::{API_KEY_COLUMNS, REFRESH_COLUMNS, USER_COLUMNS};
+use crate::error::{conflict_or_db_error, db_error};
+use crate::identity::refused_rotation;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use mcp_core::StoreError;
@@ -15,21 +16,6 @@ use mcp_core::identity::{
 use mcp_core::principal::Role;
 use sqlx::FromRow;
 use uuid::Uuid;
-
-const USER_COLUMNS: &str = "id, username, role, password_hash, disabled, created_at, updated_at";
-const API_KEY_COLUMNS: &str =
-    "id, name, prefix, role, secret_hash, created_by, created_at, last_used_at, revoked_at";
-const REFRESH_COLUMNS: &str =
-    "id, family_id, user_id, token_hash, created_at, expires_at, used_at, revoked_at";
-
-fn uuid(text: &str) -> Result<Uuid, StoreError> {
-    Uuid::parse_str(text).map_err(corrupt)
-}
-
-/// Days are stored as `YYYY-MM-DD`, which sorts and compares like the date.
-fn day_text(day: NaiveDate) -> String {
-    day.format("%Y-%m-%d").to_string()
-}
 
 #[derive(FromRow)]
 struct UserRow {
@@ -136,7 +122,7 @@ impl TryFrom<AuditRow> for AuditEvent {
             principal: row.principal,
             ip: row.ip,
             request_id: row.request_id,
-            details: serde_json::from_str(&row.details).map_err(corrupt)?,
+            details: json(&row.details)?,
         })
     }
 }
@@ -148,13 +134,13 @@ impl IdentityStore for SqliteTaskStore {
             "INSERT INTO users (id, username, role, password_hash, disabled, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
-        .bind(user.id.to_string())
+        .bind(id_text(user.id))
         .bind(&user.username)
         .bind(user.role.as_str())
         .bind(&user.password_hash)
         .bind(user.disabled)
-        .bind(us(user.created_at))
-        .bind(us(user.updated_at))
+        .bind(micros(user.created_at))
+        .bind(micros(user.updated_at))
         .execute(&self.writer)
         .await
         .map_err(|e| conflict_or_db_error(e, || format!("username `{}`", user.username)))?;
@@ -164,7 +150,7 @@ impl IdentityStore for SqliteTaskStore {
     async fn user_by_id(&self, id: Uuid) -> Result<Option<User>, StoreError> {
         let row: Option<UserRow> =
             sqlx::query_as(sql!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))
-                .bind(id.to_string())
+                .bind(id_text(id))
                 .fetch_optional(&self.readers)
                 .await
                 .map_err(db_error)?;
@@ -195,7 +181,7 @@ impl IdentityStore for SqliteTaskStore {
             .fetch_one(&self.readers)
             .await
             .map_err(db_error)?;
-        Ok(n.max(0) as u64)
+        Ok(unsigned(n))
     }
 
     async fn update_user(
@@ -211,11 +197,11 @@ impl IdentityStore for SqliteTaskStore {
              WHERE id = ?1
              RETURNING {USER_COLUMNS}"
         ))
-        .bind(id.to_string())
+        .bind(id_text(id))
         .bind(role.map(Role::as_str))
         .bind(disabled)
         .bind(password_hash)
-        .bind(us(Utc::now()))
+        .bind(micros(Utc::now()))
         .fetch_optional(&self.writer)
         .await
         .map_err(db_error)?;
@@ -228,15 +214,15 @@ impl IdentityStore for SqliteTaskStore {
                  last_used_at, revoked_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         )
-        .bind(key.id.to_string())
+        .bind(id_text(key.id))
         .bind(&key.name)
         .bind(&key.prefix)
         .bind(key.role.as_str())
         .bind(&key.secret_hash)
         .bind(&key.created_by)
-        .bind(us(key.created_at))
-        .bind(key.last_used_at.map(us))
-        .bind(key.revoked_at.map(us))
+        .bind(micros(key.created_at))
+        .bind(key.last_used_at.map(micros))
+        .bind(key.revoked_at.map(micros))
         .execute(&self.writer)
         .await
         .map_err(|e| conflict_or_db_error(e, || format!("API key prefix `{}`", key.prefix)))?;
@@ -274,8 +260,8 @@ impl IdentityStore for SqliteTaskStore {
              WHERE id = ?1
              RETURNING {API_KEY_COLUMNS}"
         ))
-        .bind(id.to_string())
-        .bind(us(at))
+        .bind(id_text(id))
+        .bind(micros(at))
         .fetch_optional(&self.writer)
         .await
         .map_err(db_error)?;
@@ -288,8 +274,8 @@ impl IdentityStore for SqliteTaskStore {
             "UPDATE api_keys SET last_used_at = ?2
              WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2)",
         )
-        .bind(id.to_string())
-        .bind(us(at))
+        .bind(id_text(id))
+        .bind(micros(at))
         .execute(&self.writer)
         .await
         .map_err(db_error)?;
@@ -313,7 +299,7 @@ impl IdentityStore for SqliteTaskStore {
              RETURNING {REFRESH_COLUMNS}"
         ))
         .bind(token_hash)
-        .bind(us(now))
+        .bind(micros(now))
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -343,8 +329,8 @@ impl IdentityStore for SqliteTaskStore {
         let done = sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = ?2 WHERE family_id = ?1 AND revoked_at IS NULL",
         )
-        .bind(family_id.to_string())
-        .bind(us(at))
+        .bind(id_text(family_id))
+        .bind(micros(at))
         .execute(&self.writer)
         .await
         .map_err(db_error)?;
@@ -359,8 +345,8 @@ impl IdentityStore for SqliteTaskStore {
         let done = sqlx::query(
             "UPDATE refresh_tokens SET revoked_at = ?2 WHERE user_id = ?1 AND revoked_at IS NULL",
         )
-        .bind(user_id.to_string())
-        .bind(us(at))
+        .bind(id_text(user_id))
+        .bind(micros(at))
         .execute(&self.writer)
         .await
         .map_err(db_error)?;
@@ -372,8 +358,8 @@ impl IdentityStore for SqliteTaskStore {
             "INSERT INTO audit_log (id, at, action, principal, ip, request_id, details)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )
-        .bind(event.id.to_string())
-        .bind(us(event.at))
+        .bind(id_text(event.id))
+        .bind(micros(event.at))
         .bind(&event.action)
         .bind(event.principal.as_deref())
         .bind(event.ip.as_deref())
@@ -396,7 +382,7 @@ impl IdentityStore for SqliteTaskStore {
         )
         .bind(filter.action.as_deref())
         .bind(filter.principal.as_deref())
-        .bind(filter.before.map(|id| id.to_string()))
+        .bind(filter.before.map(id_text))
         .bind(i64::from(filter.limit))
         .fetch_all(&self.readers)
         .await
@@ -431,7 +417,7 @@ impl IdentityStore for SqliteTaskStore {
             if let Some((used,)) = granted {
                 return Ok(QuotaUse {
                     granted: true,
-                    used: used.max(0) as u64,
+                    used: unsigned(used),
                 });
             }
         }
@@ -444,7 +430,7 @@ impl IdentityStore for SqliteTaskStore {
                 .map_err(db_error)?;
         Ok(QuotaUse {
             granted: false,
-            used: used.map_or(0, |(used,)| used.max(0) as u64),
+            used: used.map_or(0, |(used,)| unsigned(used)),
         })
     }
 }
@@ -458,14 +444,14 @@ where
              used_at, revoked_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )
-    .bind(token.id.to_string())
-    .bind(token.family_id.to_string())
-    .bind(token.user_id.to_string())
+    .bind(id_text(token.id))
+    .bind(id_text(token.family_id))
+    .bind(id_text(token.user_id))
     .bind(&token.token_hash)
-    .bind(us(token.created_at))
-    .bind(us(token.expires_at))
-    .bind(token.used_at.map(us))
-    .bind(token.revoked_at.map(us))
+    .bind(micros(token.created_at))
+    .bind(micros(token.expires_at))
+    .bind(token.used_at.map(micros))
+    .bind(token.revoked_at.map(micros))
     .execute(executor)
     .await
     .map_err(|e| conflict_or_db_error(e, || "refresh token".to_owned()))?;

@@ -1,289 +1,35 @@
-//! The PostgreSQL task store: claims with `FOR UPDATE SKIP LOCKED` in claim order on a partial
-//! index, batch writes through `unnest` arrays, wake-ups through LISTEN/NOTIFY, and maintenance
-//! elected per run with a transaction-scoped advisory lock.
+//! The `TaskStore` of the PostgreSQL store: claims with `FOR UPDATE SKIP LOCKED` in claim order
+//! on a partial index, batch writes through `unnest` arrays, wake-ups through LISTEN/NOTIFY, and
+//! maintenance elected per run with a transaction-scoped advisory lock.
+//! Longer than most files here because it holds the whole task state machine of one backend
+//! (insert, claim, complete, heartbeat, release, cancel, retry, rescue, prune), one statement
+//! each; splitting it would split the state machine.
 
-use crate::outbox::{OutboxSwitch, Transition};
-use crate::{
-    COLUMNS, claim_order, conflicting_keys, corrupt, db_error, error_json, in_input_order,
-    inserted_task, non_null, qualified, task_counts,
+use super::PgTaskStore;
+use super::task_row::{TaskRow, tasks};
+use crate::codec::{millis, unsigned};
+use crate::columns::{TASK_COLUMNS, qualified};
+use crate::error::{corrupt, db_error};
+use crate::outbox::Transition;
+use crate::tasks::{
+    PRUNE_CHUNK, RESCUE_CHUNK, claim_order, conflicting_keys, error_json, in_input_order,
+    inserted_task, non_null, task_counts,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::store::{Candidate, TaskCounts, admit};
 use mcp_core::{
-    Backoff, CancelOutcome, ClaimRequest, Completion, Inserted, NewTask, Outcome, RetryOutcome,
-    StoreError, Task, TaskError, TaskFilter, TaskStatus, TaskStore,
+    CancelOutcome, ClaimRequest, Completion, Inserted, NewTask, Outcome, RetryOutcome, StoreError,
+    Task, TaskFilter, TaskStatus, TaskStore,
 };
-use serde_json::Value;
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::PgListener;
 use sqlx::types::Json;
-use sqlx::{ConnectOptions, FromRow, Postgres, Transaction};
 use std::collections::HashMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
-
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
-
-/// How many finished tasks one prune statement deletes, to keep transactions short.
-const PRUNE_CHUNK: i64 = 10_000;
-/// How many expired leases one rescue statement takes.
-const RESCUE_CHUNK: i64 = 1_000;
-
-/// Longest a query of `connect`'s pool waits for a connection (benches and tests; the server
-/// sets its own with `connect_with`).
-const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
-
-#[derive(Clone)]
-pub struct PgTaskStore {
-    pub(crate) pool: PgPool,
-    /// How the pool's connections are made, for `check_server`'s own connection.
-    options: Arc<PgConnectOptions>,
-    schema: String,
-    /// The LISTEN task started by `watch`, stopped by `close`.
-    listener: Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,
-    /// Which task events transitions record in the webhook outbox.
-    pub(crate) outbox: Arc<OutboxSwitch>,
-}
-
-impl PgTaskStore {
-    /// Connects to `url`, using `schema` (created if missing) for every table. Each node of a
-    /// cluster and each test run may use its own schema in one database.
-    pub async fn connect(
-        url: &str,
-        schema: &str,
-        max_connections: u32,
-    ) -> Result<Self, StoreError> {
-        Self::connect_with(url, schema, max_connections, DEFAULT_ACQUIRE_TIMEOUT).await
-    }
-
-    /// `connect`, with the longest wait for a pooled connection (`database_acquire_timeout_ms`).
-    /// Short on purpose: while PostgreSQL is away each new connection is refused at once and the
-    /// pool keeps retrying until this runs out, so it bounds how long a caller racing the first
-    /// failure waits for its 503.
-    pub async fn connect_with(
-        url: &str,
-        schema: &str,
-        max_connections: u32,
-        acquire_timeout: Duration,
-    ) -> Result<Self, StoreError> {
-        if schema.is_empty()
-            || !schema
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(StoreError::Database(format!(
-                "schema name `{schema}` must be letters, digits and underscores"
-            )));
-        }
-        let base = PgConnectOptions::from_str(url)
-            .map_err(db_error)?
-            .log_statements(tracing::log::LevelFilter::Trace);
-        // Create the schema with a plain connection first: the pool's connections need it to
-        // exist in their search_path.
-        let mut conn = base.connect().await.map_err(db_error)?;
-        sqlx::query(sql!("CREATE SCHEMA IF NOT EXISTS \"{schema}\""))
-            .execute(&mut conn)
-            .await
-            .map_err(db_error)?;
-        drop(conn);
-        // The task table is hot and cached: random reads cost about what sequential ones do,
-        // and with the default cost the planner turns a 500-row claim into a sequential scan.
-        // Custom plans: a generic plan cannot see the claim's LIMIT and picks a hash join over
-        // the whole table; planning each claim anew costs far less.
-        // No bitmap scans: right after a burst of inserts (before autovacuum has analyzed the
-        // table) the planner believes the queue is nearly empty and claims by bitmap scan and
-        // sorting every runnable task, 70 ms per claim at 50k tasks instead of 6 ms by reading
-        // the claim-order index.
-        let options = base.options([
-            ("search_path", schema),
-            ("random_page_cost", "1.1"),
-            ("plan_cache_mode", "force_custom_plan"),
-            ("enable_bitmapscan", "off"),
-        ]);
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(2))
-            .acquire_timeout(acquire_timeout)
-            .connect_with(options.clone())
-            .await
-            .map_err(db_error)?;
-        Ok(PgTaskStore {
-            pool,
-            options: Arc::new(options),
-            schema: schema.to_owned(),
-            listener: Arc::default(),
-            outbox: Arc::default(),
-        })
-    }
-
-    /// Whether the server answers, on a connection of its own rather than the pool's: a pool
-    /// saturated by load times out like a dead server would, and the health probe must tell
-    /// them apart. While PostgreSQL is down the connection is refused at once.
-    pub async fn check_server(&self) -> Result<(), StoreError> {
-        let mut conn = self.options.connect().await.map_err(db_error)?;
-        sqlx::query("SELECT 1")
-            .execute(&mut conn)
-            .await
-            .map_err(db_error)?;
-        let _ = sqlx::Connection::close(conn).await;
-        Ok(())
-    }
-
-    pub async fn migrate(&self) -> Result<(), StoreError> {
-        MIGRATOR
-            .run(&self.pool)
-            .await
-            .map_err(|e| StoreError::Database(format!("migration failed: {e}")))
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    pub fn schema(&self) -> &str {
-        &self.schema
-    }
-
-    fn channel(&self) -> String {
-        format!("mcp_tasks.{}", self.schema)
-    }
-
-    async fn notify(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(self.channel())
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(())
-    }
-
-    /// Stops listening and closes every connection.
-    pub async fn close(&self) {
-        if let Some(listener) = self
-            .listener
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            listener.abort();
-        }
-        self.pool.close().await;
-    }
-
-    /// A transaction if some webhook wants the events of `transition` (with what they want):
-    /// the transition then records them before it commits. Otherwise nothing: the transition
-    /// runs as one statement on the pool.
-    async fn begin_recording(
-        &self,
-        transition: Transition,
-    ) -> Result<Option<(Transaction<'static, Postgres>, Arc<Vec<String>>)>, StoreError> {
-        match self.outbox.wanted(transition) {
-            Some(wanted) => Ok(Some((self.pool.begin().await.map_err(db_error)?, wanted))),
-            None => Ok(None),
-        }
-    }
-
-    /// Records the events of `transition` on `ids` in `tx`, then commits.
-    async fn commit_recorded(
-        &self,
-        mut tx: Transaction<'static, Postgres>,
-        ids: &[Uuid],
-        transition: Transition,
-        wanted: &[String],
-    ) -> Result<(), StoreError> {
-        let recorded = crate::outbox_postgres::record(&mut tx, ids, transition, wanted).await?;
-        tx.commit().await.map_err(db_error)?;
-        if recorded > 0 {
-            self.outbox.tell();
-        }
-        Ok(())
-    }
-
-    /// Drops the schema and everything in it, then closes (test and bench clean-up).
-    pub async fn drop_schema(&self) -> Result<(), StoreError> {
-        sqlx::query(sql!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.schema))
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        self.close().await;
-        Ok(())
-    }
-}
-
-/// A task row; also read from the outbox, where it is the row as JSON.
-#[derive(FromRow, serde::Deserialize)]
-pub(crate) struct TaskRow {
-    id: Uuid,
-    #[sqlx(rename = "type")]
-    #[serde(rename = "type")]
-    task_type: String,
-    queue: String,
-    priority: i32,
-    payload: Json<Value>,
-    status: String,
-    attempts: i32,
-    max_attempts: i32,
-    backoff_base_ms: i64,
-    backoff_max_ms: i64,
-    run_at: DateTime<Utc>,
-    timeout_ms: i64,
-    idempotency_key: Option<String>,
-    concurrency_key: Option<String>,
-    concurrency_limit: Option<i32>,
-    correlation_id: Option<String>,
-    created_by: Option<String>,
-    result: Option<Json<Value>>,
-    error: Option<Json<Value>>,
-    created_at: DateTime<Utc>,
-    started_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
-}
-
-impl TryFrom<TaskRow> for Task {
-    type Error = StoreError;
-    fn try_from(row: TaskRow) -> Result<Task, StoreError> {
-        Ok(Task {
-            id: row.id,
-            task_type: row.task_type,
-            queue: row.queue,
-            priority: row.priority,
-            payload: row.payload.0,
-            status: TaskStatus::from_str(&row.status).map_err(corrupt)?,
-            attempts: row.attempts,
-            max_attempts: row.max_attempts,
-            backoff: Backoff {
-                base_ms: row.backoff_base_ms.max(0) as u64,
-                max_ms: row.backoff_max_ms.max(0) as u64,
-            },
-            run_at: row.run_at,
-            timeout_ms: row.timeout_ms.max(0) as u64,
-            idempotency_key: row.idempotency_key,
-            concurrency_key: row.concurrency_key,
-            concurrency_limit: row.concurrency_limit,
-            correlation_id: row.correlation_id,
-            created_by: row.created_by,
-            result: row.result.map(|j| j.0),
-            error: row
-                .error
-                .map(|j| serde_json::from_value::<TaskError>(j.0))
-                .transpose()
-                .map_err(corrupt)?,
-            created_at: row.created_at,
-            started_at: row.started_at,
-            finished_at: row.finished_at,
-        })
-    }
-}
-
-fn tasks(rows: Vec<TaskRow>) -> Result<Vec<Task>, StoreError> {
-    rows.into_iter().map(Task::try_from).collect()
-}
-
-fn ms(d: Duration) -> i64 {
-    d.as_millis().min(i64::MAX as u128) as i64
-}
 
 #[async_trait]
 impl TaskStore for PgTaskStore {
@@ -377,7 +123,7 @@ impl TaskStore for PgTaskStore {
         let mut existing = Vec::new();
         if !missing_keys.is_empty() {
             let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-                "SELECT {COLUMNS} FROM tasks WHERE idempotency_key = ANY($1)"
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE idempotency_key = ANY($1)"
             ))
             .bind(&missing_keys)
             .fetch_all(&self.pool)
@@ -390,7 +136,7 @@ impl TaskStore for PgTaskStore {
 
     async fn get(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
         let row: Option<TaskRow> =
-            sqlx::query_as(sql!("SELECT {COLUMNS} FROM tasks WHERE id = $1"))
+            sqlx::query_as(sql!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await
@@ -400,7 +146,7 @@ impl TaskStore for PgTaskStore {
 
     async fn list(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
         let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-            "SELECT {COLUMNS} FROM tasks
+            "SELECT {TASK_COLUMNS} FROM tasks
              WHERE ($1::text IS NULL OR status = $1)
                AND ($2::text IS NULL OR type = $2)
                AND ($3::text IS NULL OR queue = $3)
@@ -441,12 +187,12 @@ impl TaskStore for PgTaskStore {
                        FOR UPDATE SKIP LOCKED) AS c
                  WHERE tasks.id = c.id
                  RETURNING {}",
-                qualified("tasks")
+                qualified(TASK_COLUMNS, "tasks")
             ))
             .bind(&request.types)
             .bind(i64::from(request.limit))
             .bind(&request.owner)
-            .bind(ms(request.lease));
+            .bind(millis(request.lease));
             let rows = match self.begin_recording(Transition::Started).await? {
                 Some((mut tx, wanted)) => {
                     let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
@@ -530,11 +276,11 @@ impl TaskStore for PgTaskStore {
              FROM unnest($1::uuid[]) AS c(id)
              WHERE tasks.id = c.id
              RETURNING {}",
-            qualified("tasks")
+            qualified(TASK_COLUMNS, "tasks")
         ))
         .bind(&ids)
         .bind(&request.owner)
-        .bind(ms(request.lease))
+        .bind(millis(request.lease))
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -632,7 +378,7 @@ impl TaskStore for PgTaskStore {
         )
         .bind(ids)
         .bind(owner)
-        .bind(ms(lease))
+        .bind(millis(lease))
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;
@@ -687,7 +433,7 @@ impl TaskStore for PgTaskStore {
             "UPDATE tasks SET status = 'cancelled', finished_at = now(),
                  lease_owner = NULL, lease_expires_at = NULL
              WHERE id = $1
-             RETURNING {COLUMNS}"
+             RETURNING {TASK_COLUMNS}"
         ))
         .bind(id)
         .fetch_one(&mut *tx)
@@ -711,7 +457,7 @@ impl TaskStore for PgTaskStore {
             "UPDATE tasks SET status = 'queued', run_at = now(), finished_at = NULL,
                  max_attempts = greatest(max_attempts, attempts + 1)
              WHERE id = $1 AND status IN ('failed', 'dead')
-             RETURNING {COLUMNS}"
+             RETURNING {TASK_COLUMNS}"
         ))
         .bind(id);
         let row = match self.begin_recording(Transition::Requeued).await? {
@@ -755,7 +501,7 @@ impl TaskStore for PgTaskStore {
              WHERE id IN (SELECT id FROM tasks
                           WHERE status = 'running' AND lease_expires_at < now()
                           LIMIT $1 FOR UPDATE SKIP LOCKED)
-             RETURNING {COLUMNS}"
+             RETURNING {TASK_COLUMNS}"
         ))
         .bind(RESCUE_CHUNK)
         .fetch_all(&mut *tx)
@@ -834,7 +580,7 @@ impl TaskStore for PgTaskStore {
                 .fetch_one(&self.pool)
                 .await
                 .map_err(db_error)?;
-        Ok((waiting + running).max(0) as u64)
+        Ok(unsigned(waiting + running))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -8,7 +8,7 @@
 //! switch is logged once (`warn` going local, `info` coming back). A limiter started while Redis
 //! is down serves locally from the start and picks Redis up the same way.
 
-use crate::redis_link::{self, RETRY_MIN, RedisMode, RedisOptions};
+use crate::redis::link::{self, RETRY_MIN, RedisMode, RedisOptions};
 use async_trait::async_trait;
 use mcp_core::limiter::{Decision, Limiter, LimiterError, MemoryLimiter, Quota};
 use redis::aio::MultiplexedConnection;
@@ -122,7 +122,7 @@ impl RedisLimiter {
 
     /// Waits until Redis is reached, for at most `patience`; the mode then.
     pub async fn ready(&self, patience: Duration) -> RedisMode {
-        redis_link::ready(self.mode_changes(), patience).await
+        link::ready(self.mode_changes(), patience).await
     }
 
     /// Whether limits are shared through Redis right now, or held by this node.
@@ -141,7 +141,7 @@ impl RedisLimiter {
         let Some((mut connection, generation)) = self.inner.current() else {
             return Err(self.inner.lock().last_error.clone());
         };
-        let pinged = redis_link::ping(&mut connection, &self.inner.options).await;
+        let pinged = link::ping(&mut connection, &self.inner.options).await;
         if let Err(e) = &pinged {
             self.inner.lost(generation, e);
         }
@@ -160,7 +160,7 @@ impl RedisLimiter {
         };
         let options = self.inner.options;
         let pattern = format!("{}*", self.inner.prefix);
-        let keys: Vec<String> = redis_link::within(
+        let keys: Vec<String> = link::within(
             &options,
             redis::cmd("KEYS")
                 .arg(&pattern)
@@ -169,7 +169,7 @@ impl RedisLimiter {
         .await
         .map_err(unavailable)?;
         if !keys.is_empty() {
-            redis_link::within(
+            link::within(
                 &options,
                 redis::cmd("DEL")
                     .arg(&keys)
@@ -265,7 +265,7 @@ async fn reconnect(inner: Weak<Inner>, lost: Arc<Notify>) {
         let Some(client) = inner.upgrade().map(|i| i.client.clone()) else {
             return;
         };
-        let opened = redis_link::open(&client, &options).await;
+        let opened = link::open(&client, &options).await;
         let Some(inner) = inner.upgrade() else { return };
         match opened {
             Ok(connection) => {
@@ -292,7 +292,7 @@ impl Limiter for RedisLimiter {
         let Some((mut connection, generation)) = self.inner.current() else {
             return self.inner.fallback.check(key, quota).await;
         };
-        let invoked = redis_link::within(
+        let invoked = link::within(
             &self.inner.options,
             self.inner
                 .script

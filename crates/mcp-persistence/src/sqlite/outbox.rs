@@ -2,18 +2,18 @@
 //! `migrations/sqlite/0009_outbox.sql`. One process owns the file, so a claim needs no locking
 //! beyond the single writer; the lease still lets a dispatcher that failed half-way be redone.
 
-use crate::outbox::{EVENT_OF_STATUS, Transition};
-use crate::outbox_postgres::final_statuses;
-use crate::sqlite::{TaskRow, instant, us};
-use crate::{COLUMNS, SqliteTaskStore, corrupt, db_error};
+use super::{SqliteTaskStore, TaskRow};
+use crate::codec::{
+    id_text, ids_json, instant, json, json_array, micros, micros_after, unsigned, uuid,
+};
+use crate::columns::TASK_COLUMNS;
+use crate::error::db_error;
+use crate::outbox::{EVENT_OF_STATUS, Transition, final_statuses, outbox_entry};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
-use mcp_core::Task;
-use mcp_core::events::Event;
 use mcp_core::followups::{FollowupStore, PendingFollowup};
 use mcp_core::webhooks::{DELIVER_TASK, Outbox, OutboxEntry};
-use serde_json::Value;
 use sqlx::SqliteConnection;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 /// The task row as a JSON object with the column names, as `TaskRow` reads it.
 fn snapshot() -> String {
-    let fields = COLUMNS
+    let fields = TASK_COLUMNS
         .split(", ")
         .map(|c| format!("'{c}', {c}"))
         .collect::<Vec<_>>()
@@ -41,7 +41,7 @@ pub(crate) async fn record(
     if ids.is_empty() {
         return Ok(0);
     }
-    let ids = Value::from(ids.iter().map(|id| id.to_string()).collect::<Vec<_>>()).to_string();
+    let ids = ids_json(ids);
     let done = sqlx::query(sql!(
         "INSERT INTO outbox (event_type, task, correlation_id, at)
          SELECT e.event_type, e.task, e.correlation_id, ?4 FROM (
@@ -54,8 +54,8 @@ pub(crate) async fn record(
     ))
     .bind(ids)
     .bind(transition.creates())
-    .bind(Value::from(wanted.to_vec()).to_string())
-    .bind(us(Utc::now()))
+    .bind(json_array(wanted.to_vec()))
+    .bind(micros(Utc::now()))
     .bind(DELIVER_TASK)
     .execute(&mut *conn)
     .await
@@ -79,7 +79,7 @@ impl Outbox for SqliteTaskStore {
         lease: Duration,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
         let now = Utc::now();
-        let until = us(now).saturating_add(lease.as_micros().min(i64::MAX as u128) as i64);
+        let until = micros_after(now, lease);
         let rows: Vec<(i64, String, String, Option<String>, i64)> = sqlx::query_as(
             "UPDATE outbox SET claimed_until = ?2
              WHERE id IN (SELECT id FROM outbox
@@ -87,7 +87,7 @@ impl Outbox for SqliteTaskStore {
                           ORDER BY id LIMIT ?3)
              RETURNING id, event_type, task, correlation_id, at",
         )
-        .bind(us(now))
+        .bind(micros(now))
         .bind(until)
         .bind(i64::from(limit))
         .fetch_all(&self.writer)
@@ -96,17 +96,14 @@ impl Outbox for SqliteTaskStore {
         let mut entries = rows
             .into_iter()
             .map(|(id, event_type, task, correlation_id, at)| {
-                let row: TaskRow = serde_json::from_str(&task).map_err(corrupt)?;
-                let task = Task::try_from(row)?;
-                Ok(OutboxEntry {
+                let row: TaskRow = json(&task)?;
+                outbox_entry(
                     id,
-                    event: Event {
-                        event_type,
-                        data: serde_json::to_value(&task).map_err(corrupt)?,
-                        correlation_id,
-                        at: instant(at)?,
-                    },
-                })
+                    event_type,
+                    row.try_into()?,
+                    correlation_id,
+                    instant(at)?,
+                )
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         entries.sort_by_key(|e| e.id);
@@ -115,7 +112,7 @@ impl Outbox for SqliteTaskStore {
 
     async fn delete_outbox(&self, ids: &[i64]) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?1))")
-            .bind(Value::from(ids.to_vec()).to_string())
+            .bind(json_array(ids.to_vec()))
             .execute(&self.writer)
             .await
             .map_err(db_error)?;
@@ -127,7 +124,7 @@ impl Outbox for SqliteTaskStore {
             .fetch_one(&self.readers)
             .await
             .map_err(db_error)?;
-        Ok(n.max(0) as u64)
+        Ok(unsigned(n))
     }
 }
 
@@ -138,10 +135,10 @@ impl FollowupStore for SqliteTaskStore {
             "INSERT INTO discord_followups (task_id, sealed, created_by, created_at)
              VALUES (?1, ?2, ?3, ?4) ON CONFLICT (task_id) DO NOTHING",
         )
-        .bind(followup.task_id.to_string())
+        .bind(id_text(followup.task_id))
         .bind(&followup.sealed)
         .bind(&followup.created_by)
-        .bind(us(followup.created_at))
+        .bind(micros(followup.created_at))
         .execute(&self.writer)
         .await
         .map_err(db_error)?;
@@ -160,16 +157,16 @@ impl FollowupStore for SqliteTaskStore {
                 OR f.created_at < ?1
              ORDER BY f.created_at LIMIT ?2",
         )
-        .bind(us(stale))
+        .bind(micros(stale))
         .bind(i64::from(limit))
-        .bind(Value::from(final_statuses()).to_string())
+        .bind(json_array(final_statuses()))
         .fetch_all(&self.readers)
         .await
         .map_err(db_error)?;
         rows.into_iter()
             .map(|(task_id, sealed, created_by, created_at)| {
                 Ok(PendingFollowup {
-                    task_id: Uuid::parse_str(&task_id).map_err(corrupt)?,
+                    task_id: uuid(&task_id)?,
                     sealed,
                     created_by,
                     created_at: instant(created_at)?,
@@ -180,7 +177,7 @@ impl FollowupStore for SqliteTaskStore {
 
     async fn delete_followup(&self, task_id: Uuid) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM discord_followups WHERE task_id = ?1")
-            .bind(task_id.to_string())
+            .bind(id_text(task_id))
             .execute(&self.writer)
             .await
             .map_err(db_error)?;

@@ -2,8 +2,9 @@
 //! `migrations/sqlite/0008_workers.sql`. One process owns the file, so its clock is the only
 //! clock there is.
 
-use crate::sqlite::us;
-use crate::{SqliteTaskStore, corrupt, db_error};
+use super::SqliteTaskStore;
+use crate::codec::{json, micros};
+use crate::error::{corrupt, db_error};
 use async_trait::async_trait;
 use chrono::Utc;
 use mcp_core::StoreError;
@@ -28,7 +29,7 @@ impl TryFrom<WorkerRow> for DirectoryEntry {
             row.node,
             row.id,
             row.subject,
-            serde_json::from_str(&row.types).map_err(corrupt)?,
+            json(&row.types)?,
             row.concurrency,
             row.outstanding,
         )
@@ -44,7 +45,7 @@ impl WorkerDirectory for SqliteTaskStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let expires_at =
-            us(Utc::now()).saturating_add(ttl.as_micros().min(i64::MAX as u128) as i64);
+            micros(Utc::now()).saturating_add(ttl.as_micros().min(i64::MAX as u128) as i64);
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         sqlx::query("DELETE FROM workers WHERE node = ?1")
             .bind(node)
@@ -58,11 +59,11 @@ impl WorkerDirectory for SqliteTaskStore {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )
             .bind(node)
-            .bind(crate::count_i64(worker.id))
+            .bind(crate::codec::count_i64(worker.id))
             .bind(&worker.subject)
             .bind(types)
-            .bind(crate::workers::count_i32(worker.concurrency))
-            .bind(crate::workers::count_i32(worker.outstanding))
+            .bind(crate::codec::count_i32(worker.concurrency))
+            .bind(crate::codec::count_i32(worker.outstanding))
             .bind(expires_at)
             .execute(&mut *tx)
             .await
@@ -76,7 +77,7 @@ impl WorkerDirectory for SqliteTaskStore {
             "SELECT node, id, subject, types, concurrency, outstanding FROM workers
               WHERE expires_at > ?1 ORDER BY node, id",
         )
-        .bind(us(Utc::now()))
+        .bind(micros(Utc::now()))
         .fetch_all(&self.readers)
         .await
         .map_err(db_error)?;
@@ -89,7 +90,7 @@ impl WorkerDirectory for SqliteTaskStore {
             "SELECT DISTINCT t.value FROM workers, json_each(workers.types) AS t
               WHERE workers.expires_at > ?1 AND t.value IN (SELECT value FROM json_each(?2))",
         )
-        .bind(us(Utc::now()))
+        .bind(micros(Utc::now()))
         .bind(wanted)
         .fetch_all(&self.readers)
         .await
@@ -99,7 +100,7 @@ impl WorkerDirectory for SqliteTaskStore {
 
     async fn prune_workers(&self) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM workers WHERE expires_at <= ?1")
-            .bind(us(Utc::now()))
+            .bind(micros(Utc::now()))
             .execute(&self.writer)
             .await
             .map_err(db_error)?;

@@ -1,17 +1,14 @@
 //! The `WebhookStore` of the PostgreSQL store, in the tables of `migrations/postgres/0006_webhooks.sql`.
 
-use crate::{PgTaskStore, conflict_or_db_error, corrupt, db_error};
+use super::PgTaskStore;
+use crate::columns::{DELIVERY_COLUMNS, WEBHOOK_COLUMNS};
+use crate::error::{conflict_or_db_error, corrupt, db_error};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
 use mcp_core::webhooks::{Attempt, DeliveryStatus, Webhook, WebhookDelivery, WebhookStore};
 use sqlx::FromRow;
 use uuid::Uuid;
-
-const WEBHOOK_COLUMNS: &str =
-    "id, url, events, secret_sealed, enabled, created_by, created_at, failing_since, disabled_at";
-const DELIVERY_COLUMNS: &str = "id, webhook_id, event_type, payload, status, attempts, \
-    response_code, error, created_at, last_attempt_at, delivered_at";
 
 #[derive(FromRow)]
 struct WebhookRow {

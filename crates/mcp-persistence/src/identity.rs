@@ -1,0 +1,17 @@
+//! What both identity stores share: how a refresh token that could not be rotated is refused.
+
+/// Why a refresh token that could not be rotated was refused. A revoked token is `Dead` (its
+/// family has been dealt with already); an unrevoked token that was used before is `Reused`,
+/// even if it has expired since, because its reappearance betrays a theft while the rest of the
+/// family may still be alive; an unused, unrevoked one can only have expired, so it is `Dead`.
+pub(crate) fn refused_rotation(
+    token: Option<mcp_core::identity::RefreshToken>,
+) -> mcp_core::identity::Rotation {
+    use mcp_core::identity::Rotation;
+    match token {
+        None => Rotation::Unknown,
+        Some(token) if token.revoked_at.is_some() => Rotation::Dead { token },
+        Some(token) if token.used_at.is_some() => Rotation::Reused { token },
+        Some(token) => Rotation::Dead { token },
+    }
+}

@@ -1,0 +1,139 @@
+//! The SQLite store of the embedded default: one file in WAL mode, one writer connection
+//! (SQLite serialises writers anyway; one connection makes every claim a single-writer
+//! transaction with no busy retries) and a pool of readers, migrations embedded from
+//! `migrations/sqlite`. This file opens the file and keeps what every transition shares
+//! (recording outbox events before a commit); each port's SQL is in its own file beside it.
+
+mod identity;
+mod integrations;
+mod memory;
+mod outbox;
+mod task_row;
+mod tasks;
+mod webhooks;
+mod workers;
+
+pub(crate) use task_row::TaskRow;
+
+use crate::error::db_error;
+use crate::outbox::{OutboxSwitch, Transition};
+use mcp_core::StoreError;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{Sqlite, Transaction};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// How the SQLite file is opened.
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    /// `FULL` syncs the WAL on every commit (survives power loss); `NORMAL` (the default)
+    /// survives a killed process but may lose the last commits on power loss.
+    pub synchronous_full: bool,
+    pub readers: u32,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            synchronous_full: false,
+            readers: 4,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct SqliteTaskStore {
+    pub(crate) writer: SqlitePool,
+    pub(crate) readers: SqlitePool,
+    /// Which task events transitions record in the webhook outbox.
+    pub(crate) outbox: Arc<OutboxSwitch>,
+}
+
+impl SqliteTaskStore {
+    /// Opens (creating if needed) the database file at `path`.
+    pub async fn open(path: &Path, options: &SqliteOptions) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let connect = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(if options.synchronous_full {
+                SqliteSynchronous::Full
+            } else {
+                SqliteSynchronous::Normal
+            })
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(connect.clone())
+            .await
+            .map_err(db_error)?;
+        let readers = SqlitePoolOptions::new()
+            .max_connections(options.readers.max(1))
+            .connect_with(connect.read_only(true))
+            .await
+            .map_err(db_error)?;
+        Ok(SqliteTaskStore {
+            writer,
+            readers,
+            outbox: Arc::default(),
+        })
+    }
+
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR
+            .run(&self.writer)
+            .await
+            .map_err(|e| StoreError::Database(format!("migration failed: {e}")))
+    }
+
+    /// A transaction if some webhook wants the events of `transition` (with what they want);
+    /// see the PostgreSQL store.
+    async fn begin_recording(
+        &self,
+        transition: Transition,
+    ) -> Result<Option<(Transaction<'static, Sqlite>, Arc<Vec<String>>)>, StoreError> {
+        match self.outbox.wanted(transition) {
+            Some(wanted) => Ok(Some((self.writer.begin().await.map_err(db_error)?, wanted))),
+            None => Ok(None),
+        }
+    }
+
+    /// Records the events of `transition` on `ids` in `tx` if some webhook wants them, then
+    /// commits.
+    async fn commit_recording(
+        &self,
+        mut tx: Transaction<'static, Sqlite>,
+        ids: &[Uuid],
+        transition: Transition,
+    ) -> Result<(), StoreError> {
+        let mut recorded = 0;
+        if let Some(wanted) = self.outbox.wanted(transition) {
+            recorded = outbox::record(&mut tx, ids, transition, &wanted).await?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        if recorded > 0 {
+            self.outbox.tell();
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.readers.close().await;
+        self.writer.close().await;
+    }
+}

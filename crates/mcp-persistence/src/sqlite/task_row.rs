@@ -1,0 +1,73 @@
+//! A task row as SQLite returns it, and as the outbox stores it (the row as JSON), decoded
+//! through the row codec into a `Task`.
+
+use crate::codec::{instant, json, unsigned, uuid};
+use crate::error::corrupt;
+use mcp_core::{Backoff, StoreError, Task, TaskError, TaskStatus};
+use sqlx::FromRow;
+use std::str::FromStr;
+
+/// A task row; also read from the outbox, where it is the row as JSON.
+#[derive(FromRow, serde::Deserialize)]
+pub(crate) struct TaskRow {
+    pub(super) id: String,
+    #[sqlx(rename = "type")]
+    #[serde(rename = "type")]
+    task_type: String,
+    queue: String,
+    priority: i32,
+    payload: String,
+    status: String,
+    attempts: i32,
+    max_attempts: i32,
+    backoff_base_ms: i64,
+    backoff_max_ms: i64,
+    run_at: i64,
+    timeout_ms: i64,
+    idempotency_key: Option<String>,
+    concurrency_key: Option<String>,
+    concurrency_limit: Option<i32>,
+    correlation_id: Option<String>,
+    created_by: Option<String>,
+    result: Option<String>,
+    error: Option<String>,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+}
+
+impl TryFrom<TaskRow> for Task {
+    type Error = StoreError;
+    fn try_from(row: TaskRow) -> Result<Task, StoreError> {
+        Ok(Task {
+            id: uuid(&row.id)?,
+            task_type: row.task_type,
+            queue: row.queue,
+            priority: row.priority,
+            payload: json(&row.payload)?,
+            status: TaskStatus::from_str(&row.status).map_err(corrupt)?,
+            attempts: row.attempts,
+            max_attempts: row.max_attempts,
+            backoff: Backoff {
+                base_ms: unsigned(row.backoff_base_ms),
+                max_ms: unsigned(row.backoff_max_ms),
+            },
+            run_at: instant(row.run_at)?,
+            timeout_ms: unsigned(row.timeout_ms),
+            idempotency_key: row.idempotency_key,
+            concurrency_key: row.concurrency_key,
+            concurrency_limit: row.concurrency_limit,
+            correlation_id: row.correlation_id,
+            created_by: row.created_by,
+            result: row.result.as_deref().map(json).transpose()?,
+            error: row.error.as_deref().map(json::<TaskError>).transpose()?,
+            created_at: instant(row.created_at)?,
+            started_at: row.started_at.map(instant).transpose()?,
+            finished_at: row.finished_at.map(instant).transpose()?,
+        })
+    }
+}
+
+pub(super) fn tasks(rows: Vec<TaskRow>) -> Result<Vec<Task>, StoreError> {
+    rows.into_iter().map(Task::try_from).collect()
+}
