@@ -9,11 +9,9 @@ use crate::extract::{ApiJson, ApiQuery};
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use mcp_integrations::VrchatClient;
-use mcp_integrations::vrchat::{MAX_FRIENDS_PAGE, SessionState, VrchatError, split_location};
+use mcp_core::vrchat::{MAX_FRIENDS_PAGE, SessionState, VrchatError, VrchatPort, split_location};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 
 /// Where the hub's VRChat session stands.
@@ -52,8 +50,8 @@ pub struct FriendsQuery {
     pub offset: Option<u32>,
 }
 
-fn client(state: &AppState) -> Result<&Arc<VrchatClient>, ApiError> {
-    state.vrchat.as_ref().ok_or_else(|| {
+fn client(state: &AppState) -> Result<&dyn VrchatPort, ApiError> {
+    state.vrchat.as_deref().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "vrchat_not_configured",
@@ -62,7 +60,7 @@ fn client(state: &AppState) -> Result<&Arc<VrchatClient>, ApiError> {
     })
 }
 
-fn status_of(client: &VrchatClient) -> VrchatStatus {
+fn status_of(client: &dyn VrchatPort) -> VrchatStatus {
     let mut status = VrchatStatus {
         state: String::new(),
         methods: None,

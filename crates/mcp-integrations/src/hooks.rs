@@ -8,6 +8,8 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
+// Plain data of core's port, re-exported so `mcp_integrations::hooks::…` paths keep working.
+pub use mcp_core::hooks::{HookError, HookVerifier, Verified};
 use mcp_core::task::CreateTask;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -137,27 +139,6 @@ impl HookSource {
         }
         Ok(())
     }
-}
-
-/// Why a hook was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HookError {
-    #[error("missing header `{0}`")]
-    MissingHeader(String),
-    #[error("the signature does not match")]
-    BadSignature,
-    #[error("the timestamp is outside the tolerance window")]
-    Stale,
-    #[error("delivery `{0}` was already received")]
-    Replay(String),
-}
-
-/// What a verified hook says about itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verified {
-    pub event: String,
-    /// The sender's delivery id (or, without one, the signature).
-    pub delivery: String,
 }
 
 /// Reads a header case-insensitively; `headers` holds (name, value) pairs.
@@ -366,6 +347,56 @@ impl ReplayGuard {
         ids.insert(key.to_owned(), now);
         order.push_back((now, key.to_owned()));
         Ok(())
+    }
+}
+
+/// Most delivery ids the replay guard remembers (the oldest are forgotten first beyond it).
+pub const REPLAY_CAPACITY: usize = 100_000;
+
+/// The configured sources, as core's [`HookVerifier`]: each delivery is checked by its source's
+/// kind, timestamps within `tolerance`, and delivery ids remembered as long.
+#[derive(Debug)]
+pub struct HookSources {
+    sources: BTreeMap<String, HookSource>,
+    tolerance: Duration,
+    replay: ReplayGuard,
+}
+
+impl HookSources {
+    pub fn new(sources: BTreeMap<String, HookSource>, tolerance: Duration) -> Self {
+        HookSources {
+            sources,
+            tolerance,
+            replay: ReplayGuard::new(tolerance, REPLAY_CAPACITY),
+        }
+    }
+}
+
+impl HookVerifier for HookSources {
+    fn knows(&self, source: &str) -> bool {
+        self.sources.contains_key(source)
+    }
+
+    fn verify(
+        &self,
+        source: &str,
+        headers: &[(String, String)],
+        body: &[u8],
+        now: i64,
+    ) -> Result<Verified, HookError> {
+        let config = self.sources.get(source).ok_or(HookError::BadSignature)?;
+        verify(config, headers, body, now, self.tolerance)
+    }
+
+    fn tasks(&self, source: &str, verified: &Verified, body: &Value) -> Vec<CreateTask> {
+        match self.sources.get(source) {
+            Some(config) => tasks_for(source, config, verified, body),
+            None => Vec::new(),
+        }
+    }
+
+    fn check_replay(&self, key: &str, now: Instant) -> Result<(), HookError> {
+        self.replay.check(key, now)
     }
 }
 

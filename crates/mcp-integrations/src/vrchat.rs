@@ -20,6 +20,10 @@ use async_trait::async_trait;
 use base64::Engine;
 use mcp_core::routing::{Breaker, BreakerConfig, BreakerState};
 use mcp_core::{Handler, HandlerError, HandlerRegistry, TaskContext};
+// Plain data of core's port, re-exported so `mcp_integrations::vrchat::…` paths keep working.
+pub use mcp_core::vrchat::{
+    MAX_FRIENDS_PAGE, SessionState, VrchatError, VrchatPort, split_location,
+};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{AUTHORIZATION, COOKIE, HeaderMap, RETRY_AFTER, SET_COOKIE};
 use reqwest::{Client, Method, StatusCode};
@@ -41,8 +45,6 @@ pub const WORLD_GET: &str = "vrchat.world.get";
 pub const INSTANCE_GET: &str = "vrchat.instance.get";
 /// The logged-in user's friends who are online.
 pub const FRIENDS_ONLINE: &str = "vrchat.friends.online";
-/// VRChat's page size limit for friends.
-pub const MAX_FRIENDS_PAGE: u32 = 100;
 /// Longest id accepted in a path (VRChat's are far shorter).
 const MAX_ID_LEN: usize = 256;
 /// Waits after a 429 are capped here, so one answer cannot park a call for an hour.
@@ -134,80 +136,6 @@ pub trait SessionKeeper: Send + Sync + 'static {
 /// The `User-Agent` VRChat asks for: the application, its version and how to reach its owner.
 pub fn user_agent(contact: &str) -> String {
     format!("MKWW-MCP/{} {contact}", env!("CARGO_PKG_VERSION"))
-}
-
-/// Where the session stands, as `GET /v1/vrchat/status` shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-#[serde(tag = "state", rename_all = "snake_case")]
-pub enum SessionState {
-    /// No call has needed a session yet (or the last one was dropped).
-    LoggedOut,
-    /// VRChat wants a second factor that cannot be computed here: an emailed code (`emailOtp`),
-    /// or an authenticator code when no secret is configured.
-    NeedsCode { methods: Vec<String> },
-    LoggedIn {
-        user_id: String,
-        display_name: String,
-    },
-    /// The credentials (or a submitted code) were refused; fix the configuration.
-    Failed { reason: String },
-}
-
-/// A failed VRChat call.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum VrchatError {
-    #[error(
-        "VRChat asks for a two-factor code ({}); submit it with POST /v1/vrchat/auth/code",
-        methods.join(", ")
-    )]
-    NeedsCode { methods: Vec<String> },
-    #[error("VRChat refused the login: {0}")]
-    LoginFailed(String),
-    #[error("VRChat has no {0}")]
-    NotFound(String),
-    #[error("VRChat refused the request ({status}): {message}")]
-    Rejected { status: u16, message: String },
-    #[error("{0}")]
-    Invalid(String),
-    #[error("VRChat rate limits the hub; try again in {retry_after_secs} s")]
-    RateLimited { retry_after_secs: u64 },
-    #[error("VRChat cannot be reached: {0}")]
-    Unavailable(String),
-}
-
-impl VrchatError {
-    /// The stable code of the API errors and task error details.
-    pub fn code(&self) -> &'static str {
-        match self {
-            VrchatError::NeedsCode { .. } => "vrchat_needs_code",
-            VrchatError::LoginFailed(_) => "vrchat_login_failed",
-            VrchatError::NotFound(_) => "vrchat_not_found",
-            VrchatError::Rejected { .. } => "vrchat_rejected",
-            VrchatError::Invalid(_) => "invalid_payload",
-            VrchatError::RateLimited { .. } => "vrchat_rate_limited",
-            VrchatError::Unavailable(_) => "vrchat_unavailable",
-        }
-    }
-
-    /// Whether the same call may work later without anyone changing anything. A code that is
-    /// awaited counts: the task waits (with backoff) for someone to submit it.
-    pub fn retryable(&self) -> bool {
-        matches!(
-            self,
-            VrchatError::NeedsCode { .. }
-                | VrchatError::RateLimited { .. }
-                | VrchatError::Unavailable(_)
-        )
-    }
-
-    /// Seconds a caller should wait before trying again, where known.
-    pub fn retry_after_secs(&self) -> Option<u64> {
-        match self {
-            VrchatError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-            VrchatError::Unavailable(_) => Some(5),
-            _ => None,
-        }
-    }
 }
 
 /// The cookies of a session and what is known of it.
@@ -808,6 +736,46 @@ impl VrchatClient {
     }
 }
 
+// The API reaches the client through core's port; each method is the inherent one.
+#[async_trait]
+impl VrchatPort for VrchatClient {
+    fn state(&self) -> SessionState {
+        VrchatClient::state(self)
+    }
+
+    fn breaker_state(&self) -> BreakerState {
+        VrchatClient::breaker_state(self)
+    }
+
+    async fn login_now(&self) -> Result<SessionState, VrchatError> {
+        VrchatClient::login_now(self).await
+    }
+
+    async fn submit_code(&self, code: &str) -> Result<SessionState, VrchatError> {
+        VrchatClient::submit_code(self, code).await
+    }
+
+    async fn current_user(&self) -> Result<Value, VrchatError> {
+        VrchatClient::current_user(self).await
+    }
+
+    async fn user(&self, id: &str) -> Result<Value, VrchatError> {
+        VrchatClient::user(self, id).await
+    }
+
+    async fn world(&self, id: &str) -> Result<Value, VrchatError> {
+        VrchatClient::world(self, id).await
+    }
+
+    async fn instance(&self, world_id: &str, instance_id: &str) -> Result<Value, VrchatError> {
+        VrchatClient::instance(self, world_id, instance_id).await
+    }
+
+    async fn friends_online(&self, n: u32, offset: u32) -> Result<Value, VrchatError> {
+        VrchatClient::friends_online(self, n, offset).await
+    }
+}
+
 /// One call counted by the breaker. A call dropped before it ends (its task was cancelled, its
 /// HTTP client went away) counts as failed, so a half-open breaker's probe slot is never lost.
 struct BreakerCall<'a> {
@@ -1068,19 +1036,6 @@ impl InstancePayload {
             (None, None, Some(location)) => split_location(location),
             _ => Err("give world_id and instance_id, or location".into()),
         }
-    }
-}
-
-/// `wrld_…:12345~region(eu)` → (`wrld_…`, `12345~region(eu)`).
-pub fn split_location(location: &str) -> Result<(String, String), String> {
-    match location.split_once(':') {
-        Some((world, instance)) if !world.is_empty() && !instance.is_empty() => {
-            Ok((world.to_owned(), instance.to_owned()))
-        }
-        _ => Err(format!(
-            "location `{}` is not `world_id:instance_id`",
-            location.chars().take(64).collect::<String>()
-        )),
     }
 }
 

@@ -437,8 +437,10 @@ pub fn api_state(
                 ..Default::default()
             },
             hooks: HooksConfig::new(
-                config.hooks.clone(),
-                Duration::from_secs(config.hooks_tolerance_secs),
+                Arc::new(mcp_integrations::hooks::HookSources::new(
+                    config.hooks.clone(),
+                    Duration::from_secs(config.hooks_tolerance_secs),
+                )),
                 config.hooks_max_body_bytes,
             ),
             ..ApiConfig::default()
@@ -752,7 +754,10 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         stores.memory.clone(),
         metrics_renderer(),
     );
-    state.vrchat = clients.vrchat.clone();
+    state.vrchat = clients
+        .vrchat
+        .clone()
+        .map(|client| client as Arc<dyn mcp_core::vrchat::VrchatPort>);
     if let Some(vcc) = &clients.vcc
         && config.vcc_watch_debounce_ms > 0
     {
@@ -763,7 +768,10 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         .await
         .map_err(|e| anyhow::anyhow!("cannot watch VCC projects: {e}"))?;
     }
-    state.vcc = clients.vcc.clone();
+    state.vcc = clients
+        .vcc
+        .clone()
+        .map(|vcc| Arc::new(vcc) as Arc<dyn mcp_core::vcc::VccPort>);
     // Outgoing webhooks: their routes, and the dispatcher that turns events into deliveries.
     state.webhooks = Some(mcp_api::WebhookState {
         store: stores.webhooks.clone(),

@@ -16,15 +16,20 @@ pub mod vpm;
 pub mod watch;
 
 pub use install::{InstallSummary, PackageChange};
-pub use project::{Project, ProjectPackage, ProjectRegistry, ProjectType, VccSettings};
-pub use vpm::{RepoCache, RepositoryInfo, Requirement, Resolved, VpmRange};
+// The plain data of core's port, re-exported so `mcp_integrations::vcc::…` paths keep working.
+pub use mcp_core::vcc::{
+    Project, ProjectPackage, ProjectType, RepositoryInfo, RequirementSource, VccError,
+    VccErrorKind, VccPort,
+};
+pub use project::{ProjectRegistry, VccSettings};
+pub use vpm::{RepoCache, Requirement, Resolved, VpmRange};
 
 use crate::{Adapter, AdapterHealth};
 use async_trait::async_trait;
 use mcp_core::events::{Event, EventBus};
 use mcp_core::{Handler, HandlerError, HandlerRegistry, TaskContext};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -79,228 +84,6 @@ impl Default for VccConfig {
             build_command: Vec::new(),
             deploy_command: Vec::new(),
             command_timeout: Duration::from_secs(3600),
-        }
-    }
-}
-
-/// How the API layer should answer a [`VccError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VccErrorKind {
-    NotFound,
-    Invalid,
-    Conflict,
-    Unavailable,
-}
-
-/// One requirement on a package and who made it, for conflict reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RequirementSource {
-    pub requirement: String,
-    pub requested_by: String,
-}
-
-impl std::fmt::Display for RequirementSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (from {})", self.requirement, self.requested_by)
-    }
-}
-
-fn list<T: std::fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Everything that can go wrong in VCC. [`VccError::code`] is stable; the API returns it.
-#[derive(Debug, thiserror::Error)]
-pub enum VccError {
-    #[error("no VCC project roots are configured, so projects cannot be registered")]
-    RootsNotConfigured,
-    #[error("the path must be absolute: {path}")]
-    PathNotAbsolute { path: String },
-    #[error("{path} does not exist")]
-    PathNotFound { path: String },
-    #[error("{path} is not a directory")]
-    NotADirectory { path: String },
-    #[error("{path} is outside the configured project roots")]
-    PathOutsideRoots { path: String },
-    #[error("{path} is not a Unity project (no Packages/vpm-manifest.json or ProjectSettings/)")]
-    NotAUnityProject { path: String },
-    #[error("{path} is not a valid VPM manifest: {message}")]
-    ManifestInvalid { path: String, message: String },
-    #[error("no project with id {id}")]
-    ProjectNotFound { id: String },
-    #[error("no repository {id}")]
-    RepositoryNotFound { id: String },
-    #[error("repository {id} is already added ({url})")]
-    RepositoryExists { id: String, url: String },
-    #[error("{url} is not a VPM repository listing: {message}")]
-    RepositoryInvalid { url: String, message: String },
-    #[error("invalid version requirement {requirement:?}: {message}")]
-    InvalidRequirement {
-        requirement: String,
-        message: String,
-    },
-    #[error("package {name} is in no repository")]
-    PackageNotFound { name: String },
-    #[error("no version of {name} matches {requirement}; available: {}", available.join(", "))]
-    NoMatchingVersion {
-        name: String,
-        requirement: String,
-        available: Vec<String>,
-    },
-    #[error("version conflict on {package}: {}{}", list(requirements), locked.as_ref().map(|v| format!("; {v} is locked")).unwrap_or_default())]
-    Conflict {
-        package: String,
-        requirements: Vec<RequirementSource>,
-        locked: Option<String>,
-    },
-    #[error("package {name} is not installed")]
-    PackageNotInstalled { name: String },
-    #[error("package {name} is required by {}", required_by.join(", "))]
-    PackageRequiredBy {
-        name: String,
-        required_by: Vec<String>,
-    },
-    #[error("{name}: downloaded zip has SHA-256 {actual}, the repository says {expected}")]
-    HashMismatch {
-        name: String,
-        expected: String,
-        actual: String,
-    },
-    #[error("{name}: zip entry {entry:?} would be written outside the package folder")]
-    ZipUnsafe { name: String, entry: String },
-    #[error("{name}: not a readable zip: {message}")]
-    ZipInvalid { name: String, message: String },
-    #[error("{url} is larger than {limit} bytes")]
-    TooLarge { url: String, limit: u64 },
-    #[error("cannot reach {url}: {message}")]
-    Network { url: String, message: String },
-    #[error("{url} answered HTTP {status}")]
-    Upstream { url: String, status: u16 },
-    #[error("the VCC state file {path} is unreadable: {message}")]
-    StateInvalid { path: String, message: String },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl VccError {
-    /// The stable, snake_case code the API returns.
-    pub fn code(&self) -> &'static str {
-        match self {
-            VccError::RootsNotConfigured => "vcc_roots_not_configured",
-            VccError::PathNotAbsolute { .. } => "path_not_absolute",
-            VccError::PathNotFound { .. } => "path_not_found",
-            VccError::NotADirectory { .. } => "not_a_directory",
-            VccError::PathOutsideRoots { .. } => "path_outside_roots",
-            VccError::NotAUnityProject { .. } => "not_a_unity_project",
-            VccError::ManifestInvalid { .. } => "manifest_invalid",
-            VccError::ProjectNotFound { .. } => "project_not_found",
-            VccError::RepositoryNotFound { .. } => "repository_not_found",
-            VccError::RepositoryExists { .. } => "repository_exists",
-            VccError::RepositoryInvalid { .. } => "repository_invalid",
-            VccError::InvalidRequirement { .. } => "invalid_version_requirement",
-            VccError::PackageNotFound { .. } => "package_not_found",
-            VccError::NoMatchingVersion { .. } => "no_matching_version",
-            VccError::Conflict { .. } => "version_conflict",
-            VccError::PackageNotInstalled { .. } => "package_not_installed",
-            VccError::PackageRequiredBy { .. } => "package_required_by",
-            VccError::HashMismatch { .. } => "hash_mismatch",
-            VccError::ZipUnsafe { .. } => "zip_unsafe",
-            VccError::ZipInvalid { .. } => "zip_invalid",
-            VccError::TooLarge { .. } => "download_too_large",
-            VccError::Network { .. } => "network_error",
-            VccError::Upstream { .. } => "upstream_error",
-            VccError::StateInvalid { .. } => "state_invalid",
-            VccError::Io { .. } => "io_error",
-        }
-    }
-
-    /// How the API layer should answer it.
-    pub fn kind(&self) -> VccErrorKind {
-        match self {
-            VccError::PathNotFound { .. }
-            | VccError::ProjectNotFound { .. }
-            | VccError::RepositoryNotFound { .. }
-            | VccError::PackageNotFound { .. }
-            | VccError::NoMatchingVersion { .. }
-            | VccError::PackageNotInstalled { .. } => VccErrorKind::NotFound,
-            VccError::PathNotAbsolute { .. }
-            | VccError::NotADirectory { .. }
-            | VccError::PathOutsideRoots { .. }
-            | VccError::NotAUnityProject { .. }
-            | VccError::ManifestInvalid { .. }
-            | VccError::RepositoryInvalid { .. }
-            | VccError::InvalidRequirement { .. }
-            | VccError::HashMismatch { .. }
-            | VccError::ZipUnsafe { .. }
-            | VccError::ZipInvalid { .. }
-            | VccError::TooLarge { .. } => VccErrorKind::Invalid,
-            VccError::RepositoryExists { .. }
-            | VccError::Conflict { .. }
-            | VccError::PackageRequiredBy { .. } => VccErrorKind::Conflict,
-            VccError::RootsNotConfigured
-            | VccError::Network { .. }
-            | VccError::Upstream { .. }
-            | VccError::StateInvalid { .. }
-            | VccError::Io { .. } => VccErrorKind::Unavailable,
-        }
-    }
-
-    /// Whether trying again later may succeed: network trouble, 5xx and 429 answers.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            VccError::Network { .. } => true,
-            VccError::Upstream { status, .. } => *status >= 500 || *status == 429,
-            _ => false,
-        }
-    }
-
-    /// Structured details for task errors and API bodies.
-    pub fn details(&self) -> Value {
-        let mut details = json!({"code": self.code(), "kind": self.kind()});
-        match self {
-            VccError::Conflict {
-                package,
-                requirements,
-                locked,
-            } => {
-                details["package"] = json!(package);
-                details["requirements"] = json!(requirements);
-                details["locked"] = json!(locked);
-            }
-            VccError::NoMatchingVersion {
-                name,
-                requirement,
-                available,
-            } => {
-                details["package"] = json!(name);
-                details["requirement"] = json!(requirement);
-                details["available"] = json!(available);
-            }
-            VccError::PackageRequiredBy { name, required_by } => {
-                details["package"] = json!(name);
-                details["required_by"] = json!(required_by);
-            }
-            VccError::PackageNotFound { name } | VccError::PackageNotInstalled { name } => {
-                details["package"] = json!(name);
-            }
-            _ => {}
-        }
-        details
-    }
-
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        VccError::Io {
-            context: context.into(),
-            source,
         }
     }
 }
@@ -664,6 +447,42 @@ impl VccService {
             context: "the install task failed".into(),
             source: std::io::Error::other(e.to_string()),
         })?
+    }
+}
+
+// The API reaches the service through core's port; each method is the inherent one.
+#[async_trait]
+impl VccPort for VccService {
+    async fn projects(&self) -> Vec<Project> {
+        VccService::projects(self).await
+    }
+
+    async fn project(&self, id: &str) -> Result<Project, VccError> {
+        VccService::project(self, id).await
+    }
+
+    async fn register_project(&self, path: &Path) -> Result<Project, VccError> {
+        VccService::register_project(self, path).await
+    }
+
+    async fn unregister_project(&self, id: &str) -> Result<(), VccError> {
+        VccService::unregister_project(self, id).await
+    }
+
+    async fn repositories(&self) -> Vec<RepositoryInfo> {
+        VccService::repositories(self).await
+    }
+
+    async fn add_repository(&self, url: &str) -> Result<RepositoryInfo, VccError> {
+        VccService::add_repository(self, url).await
+    }
+
+    async fn remove_repository(&self, id: &str) -> Result<(), VccError> {
+        VccService::remove_repository(self, id).await
+    }
+
+    async fn refresh_repositories(&self) -> Vec<RepositoryInfo> {
+        VccService::refresh_repositories(self).await
     }
 }
 

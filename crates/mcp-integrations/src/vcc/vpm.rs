@@ -9,7 +9,7 @@
 //! of the same `major.minor.patch` (npm's rule).
 
 use super::project::{LockedPackage, UserRepo, VccSettings};
-use super::{MAX_LISTING_BYTES, RequirementSource, StateStore, VccError};
+use super::{MAX_LISTING_BYTES, RepositoryInfo, RequirementSource, StateStore, VccError};
 use chrono::{DateTime, Utc};
 use semver::{Prerelease, Version};
 use serde::{Deserialize, Serialize};
@@ -438,22 +438,6 @@ pub struct RepositoryRecord {
     pub name: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
-}
-
-/// A repository, for the API.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
-pub struct RepositoryInfo {
-    pub id: String,
-    pub url: String,
-    pub name: Option<String>,
-    /// `api` (added here), `config` (`vcc_repositories`) or `vcc_settings` (from VCC's
-    /// `userRepos`); only `api` ones can be removed here.
-    pub source: &'static str,
-    /// Packages in the cached listing; null until it is fetched.
-    pub package_count: Option<usize>,
-    pub fetched_at: Option<DateTime<Utc>>,
-    /// Why the last fetch failed, if it did.
-    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone)]
