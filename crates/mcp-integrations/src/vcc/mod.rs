@@ -15,7 +15,12 @@ pub mod project;
 pub mod vpm;
 pub mod watch;
 
+mod adapter;
+mod state;
+
+pub use adapter::VccAdapter;
 pub use install::{InstallSummary, PackageChange};
+pub(crate) use state::{StateStore, write_atomic};
 // The plain data of core's port, re-exported so `mcp_integrations::vcc::…` paths keep working.
 pub use mcp_core::vcc::{
     Project, ProjectPackage, ProjectType, RepositoryInfo, RequirementSource, VccError,
@@ -24,14 +29,9 @@ pub use mcp_core::vcc::{
 pub use project::{ProjectRegistry, VccSettings};
 pub use vpm::{RepoCache, Requirement, Resolved, VpmRange};
 
-use crate::{Adapter, AdapterHealth};
 use async_trait::async_trait;
 use mcp_core::events::{Event, EventBus};
-use mcp_core::{Handler, HandlerError, HandlerRegistry, TaskContext};
-use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -84,96 +84,6 @@ impl Default for VccConfig {
             build_command: Vec::new(),
             deploy_command: Vec::new(),
             command_timeout: Duration::from_secs(3600),
-        }
-    }
-}
-
-/// Writes `bytes` to `path` so readers see the old file or the new one, never half of either:
-/// a temporary file in the same directory, synced, then renamed over `path`.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VccError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| VccError::io(format!("cannot create {}", dir.display()), e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "state".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(VccError::io(format!("cannot write {}", path.display()), e));
-    }
-    Ok(())
-}
-
-/// What the state file holds.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct PersistedState {
-    /// Canonical paths of registered projects.
-    #[serde(default)]
-    pub projects: Vec<String>,
-    /// Repositories added by API.
-    #[serde(default)]
-    pub repositories: Vec<vpm::RepositoryRecord>,
-}
-
-/// The state file, shared by [`ProjectRegistry`] and [`RepoCache`]. Every change is a
-/// read-modify-write under one lock, so the two never overwrite each other's part.
-#[derive(Debug)]
-pub(crate) struct StateStore {
-    path: PathBuf,
-    lock: Mutex<()>,
-}
-
-impl StateStore {
-    pub fn new(path: PathBuf) -> Self {
-        StateStore {
-            path,
-            lock: Mutex::new(()),
-        }
-    }
-
-    pub fn load(&self) -> Result<PersistedState, VccError> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.read()
-    }
-
-    pub fn update<R>(
-        &self,
-        change: impl FnOnce(&mut PersistedState) -> Result<R, VccError>,
-    ) -> Result<R, VccError> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut state = self.read()?;
-        let result = change(&mut state)?;
-        let bytes = serde_json::to_vec_pretty(&state).map_err(|e| VccError::StateInvalid {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        write_atomic(&self.path, &bytes)?;
-        Ok(result)
-    }
-
-    fn read(&self) -> Result<PersistedState, VccError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| VccError::StateInvalid {
-                path: self.path.display().to_string(),
-                message: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PersistedState::default()),
-            Err(e) => Err(VccError::io(
-                format!("cannot read {}", self.path.display()),
-                e,
-            )),
         }
     }
 }
@@ -497,219 +407,6 @@ async fn blocking<T: Send + 'static>(
     })?
 }
 
-/// The VCC adapter: `vcc.package.add`, `vcc.package.upgrade`, `vcc.package.remove`, and with
-/// an event bus for their output, `vcc.build` and `vcc.deploy`.
-#[derive(Clone)]
-pub struct VccAdapter {
-    service: VccService,
-    events: Option<Arc<dyn EventBus>>,
-}
-
-impl VccAdapter {
-    pub fn new(service: VccService) -> Self {
-        VccAdapter {
-            service,
-            events: None,
-        }
-    }
-
-    /// Where `vcc.build` and `vcc.deploy` publish their output; they exist only with it.
-    pub fn with_events(mut self, events: Arc<dyn EventBus>) -> Self {
-        self.events = Some(events);
-        self
-    }
-
-    pub fn service(&self) -> &VccService {
-        &self.service
-    }
-}
-
-#[async_trait]
-impl Adapter for VccAdapter {
-    fn name(&self) -> &str {
-        "vcc"
-    }
-
-    fn task_types(&self) -> Vec<String> {
-        let mut types: Vec<String> = Vec::new();
-        if self.events.is_some() {
-            types.push(commands::BUILD_TASK.into());
-            types.push(commands::DEPLOY_TASK.into());
-        }
-        types.extend([
-            "vcc.package.add".into(),
-            "vcc.package.remove".into(),
-            "vcc.package.upgrade".into(),
-        ]);
-        types
-    }
-
-    async fn health(&self) -> AdapterHealth {
-        let config = self.service.config();
-        if config.roots.is_empty() && config.projects.is_empty() && config.settings_file.is_none() {
-            return AdapterHealth::Degraded(
-                "no project roots, configured projects or VCC settings file".into(),
-            );
-        }
-        AdapterHealth::Healthy
-    }
-
-    fn register(&self, registry: &mut HandlerRegistry) {
-        if let Some(events) = &self.events {
-            for kind in [commands::CommandKind::Build, commands::CommandKind::Deploy] {
-                registry.register(
-                    kind.task_type(),
-                    commands::CommandHandler {
-                        kind,
-                        service: self.service.clone(),
-                        events: events.clone(),
-                    },
-                );
-            }
-        }
-        registry.register(
-            "vcc.package.add",
-            PackageHandler {
-                op: PackageOp::Add,
-                service: self.service.clone(),
-            },
-        );
-        registry.register(
-            "vcc.package.remove",
-            PackageHandler {
-                op: PackageOp::Remove,
-                service: self.service.clone(),
-            },
-        );
-        registry.register(
-            "vcc.package.upgrade",
-            PackageHandler {
-                op: PackageOp::Upgrade,
-                service: self.service.clone(),
-            },
-        );
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum PackageOp {
-    Add,
-    Upgrade,
-    Remove,
-}
-
-struct PackageHandler {
-    op: PackageOp,
-    service: VccService,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddPayload {
-    project: String,
-    package: String,
-    #[serde(default)]
-    version: Option<String>,
-    #[serde(default)]
-    prerelease: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpgradePayload {
-    project: String,
-    package: String,
-    #[serde(default)]
-    version: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RemovePayload {
-    project: String,
-    package: String,
-}
-
-fn parse<T: for<'de> Deserialize<'de>>(payload: &Value) -> Result<T, String> {
-    T::deserialize(payload).map_err(|e| e.to_string())
-}
-
-fn check_version(version: Option<&str>) -> Result<(), String> {
-    match version {
-        Some(v) => VpmRange::parse_request(v)
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        None => Ok(()),
-    }
-}
-
-fn check_name(name: &str) -> Result<(), String> {
-    if project::is_package_name(name) {
-        Ok(())
-    } else {
-        Err(format!("{name:?} is not a package name"))
-    }
-}
-
-fn to_handler_error(error: VccError) -> HandlerError {
-    let details = error.details();
-    let message = error.to_string();
-    let e = if error.is_retryable() {
-        HandlerError::retryable(message)
-    } else {
-        HandlerError::permanent(message)
-    };
-    e.with_details(details)
-}
-
-#[async_trait]
-impl Handler for PackageHandler {
-    fn validate(&self, payload: &Value) -> Result<(), String> {
-        match self.op {
-            PackageOp::Add => {
-                let p: AddPayload = parse(payload)?;
-                check_name(&p.package)?;
-                check_version(p.version.as_deref())
-            }
-            PackageOp::Upgrade => {
-                let p: UpgradePayload = parse(payload)?;
-                check_name(&p.package)?;
-                check_version(p.version.as_deref())
-            }
-            PackageOp::Remove => {
-                let p: RemovePayload = parse(payload)?;
-                check_name(&p.package)
-            }
-        }
-    }
-
-    async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
-        let payload = &ctx.task.payload;
-        self.validate(payload).map_err(HandlerError::permanent)?;
-        let summary = match self.op {
-            PackageOp::Add => {
-                let p: AddPayload = parse(payload).map_err(HandlerError::permanent)?;
-                self.service
-                    .add_package(&p.project, &p.package, p.version.as_deref(), p.prerelease)
-                    .await
-            }
-            PackageOp::Upgrade => {
-                let p: UpgradePayload = parse(payload).map_err(HandlerError::permanent)?;
-                self.service
-                    .upgrade_package(&p.project, &p.package, p.version.as_deref())
-                    .await
-            }
-            PackageOp::Remove => {
-                let p: RemovePayload = parse(payload).map_err(HandlerError::permanent)?;
-                self.service.remove_package(&p.project, &p.package).await
-            }
-        }
-        .map_err(to_handler_error)?;
-        serde_json::to_value(summary)
-            .map_err(|e| HandlerError::permanent(format!("cannot serialize the result: {e}")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -734,24 +431,5 @@ mod tests {
         };
         assert!(e.is_retryable());
         assert_eq!(e.details()["kind"], "unavailable");
-    }
-
-    #[test]
-    fn state_writes_are_atomic_and_survive_reloading() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path().join("sub/state.json"));
-        store
-            .update(|s| {
-                s.projects.push("/a".into());
-                Ok(())
-            })
-            .unwrap();
-        let again = StateStore::new(dir.path().join("sub/state.json"));
-        assert_eq!(again.load().unwrap().projects, vec!["/a".to_string()]);
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(leftovers.len(), 1);
     }
 }
