@@ -1,5 +1,5 @@
 //! Incoming webhooks: `POST /v1/hooks/{source}`. The route needs no credentials; each configured
-//! source authenticates its deliveries by signature (`mcp_integrations::hooks`). A verified hook
+//! source authenticates its deliveries by signature (core's `HookVerifier`). A verified hook
 //! is published as the event `hook.{source}.{event}` on `hooks:{source}` and `hooks`, and its
 //! source's matching rules become tasks created by `hook:{source}`. Anything unverified, stale or
 //! replayed is refused with 401 before anything is stored or published.
@@ -15,13 +15,12 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use mcp_core::events::Event;
+use mcp_core::hooks::{HookError, HookVerifier};
 use mcp_core::services::Creator;
-use mcp_integrations::hooks::{self, HookError, HookSource, ReplayGuard};
 use serde::Serialize;
 use serde_json::{Value, json};
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -35,41 +34,41 @@ pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
     ]
 }
 
-/// Most delivery ids the replay guard remembers (the oldest are forgotten first beyond it).
-const REPLAY_CAPACITY: usize = 100_000;
-
 /// The configured hook sources and their limits.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HooksConfig {
-    /// Source name (the `{source}` of the path) → how it signs and what it triggers.
-    pub sources: BTreeMap<String, HookSource>,
-    /// Standard Webhooks timestamps further than this from now are refused; a delivery id is
-    /// remembered this long.
-    pub tolerance: Duration,
+    /// How deliveries are checked: signatures, replays (in memory: per node) and the rules that
+    /// make tasks. `None`: no source is configured, so every source is unknown.
+    pub verifier: Option<Arc<dyn HookVerifier>>,
     /// Largest hook body, in bytes (413 `payload_too_large` beyond).
     pub max_body_bytes: usize,
-    /// Delivery ids seen recently, in memory: per node.
-    pub replay: Arc<ReplayGuard>,
 }
 
 impl HooksConfig {
-    pub fn new(
-        sources: BTreeMap<String, HookSource>,
-        tolerance: Duration,
-        max_body_bytes: usize,
-    ) -> Self {
+    pub fn new(verifier: Arc<dyn HookVerifier>, max_body_bytes: usize) -> Self {
         HooksConfig {
-            sources,
-            tolerance,
+            verifier: Some(verifier),
             max_body_bytes,
-            replay: Arc::new(ReplayGuard::new(tolerance, REPLAY_CAPACITY)),
         }
     }
 }
 
 impl Default for HooksConfig {
     fn default() -> Self {
-        HooksConfig::new(BTreeMap::new(), Duration::from_secs(300), 1024 * 1024)
+        HooksConfig {
+            verifier: None,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+// By hand: the verifier holds the sources' secrets.
+impl std::fmt::Debug for HooksConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HooksConfig")
+            .field("verifier", &self.verifier.is_some())
+            .field("max_body_bytes", &self.max_body_bytes)
+            .finish()
     }
 }
 
@@ -107,13 +106,17 @@ pub async fn receive(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<HookAccepted>), ApiError> {
     let config = &state.config.hooks;
-    let source = config.sources.get(&name).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "unknown_hook_source",
-            format!("no hook source `{name}` is configured"),
-        )
-    })?;
+    let verifier = config
+        .verifier
+        .as_deref()
+        .filter(|verifier| verifier.knows(&name))
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_hook_source",
+                format!("no hook source `{name}` is configured"),
+            )
+        })?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -134,7 +137,7 @@ pub async fn receive(
         .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
         .collect();
     let now = chrono::Utc::now().timestamp();
-    let verified = hooks::verify(source, &pairs, &body, now, config.tolerance).map_err(|e| {
+    let verified = verifier.verify(&name, &pairs, &body, now).map_err(|e| {
         tracing::warn!(source = %name, error = %e, "hook refused");
         refused(&e)
     })?;
@@ -152,13 +155,12 @@ pub async fn receive(
         .tasks
         .prepare(
             creator,
-            hooks::tasks_for(&name, source, &verified, &json_body),
+            verifier.tasks(&name, &verified, &json_body),
             correlation.as_deref(),
         )
         .await?;
-    config
-        .replay
-        .check(&format!("{name}:{}", verified.delivery), Instant::now())
+    verifier
+        .check_replay(&format!("{name}:{}", verified.delivery), Instant::now())
         .map_err(|e| {
             tracing::warn!(source = %name, error = %e, "hook replay refused");
             refused(&e)

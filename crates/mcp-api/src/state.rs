@@ -70,9 +70,9 @@ pub struct AppState {
     pub metrics: Option<MetricsRenderer>,
     /// VRChat's web API through the hub's account; `None`: `/v1/vrchat/*` answer 404
     /// `vrchat_not_configured`.
-    pub vrchat: Option<Arc<mcp_integrations::VrchatClient>>,
+    pub vrchat: Option<Arc<dyn mcp_core::vrchat::VrchatPort>>,
     /// The VCC service; `None`: `/v1/vcc/*` answer 404 `vcc_not_configured`.
-    pub vcc: Option<mcp_integrations::vcc::VccService>,
+    pub vcc: Option<Arc<dyn mcp_core::vcc::VccPort>>,
     /// The state of the node's dependencies: `/readyz`, `/v1/health`.
     pub health: Arc<mcp_core::health::HealthMonitor>,
     /// Where Discord follow-ups wait for their task; `None`: only in this node's memory.

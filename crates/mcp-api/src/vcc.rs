@@ -11,7 +11,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mcp_core::principal::Permission;
-use mcp_integrations::vcc::{Project, RepositoryInfo, VccError, VccErrorKind, VccService};
+use mcp_core::vcc::{Project, RepositoryInfo, VccError, VccErrorKind, VccPort};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::routes;
@@ -59,8 +59,8 @@ pub struct AddRepository {
     pub url: String,
 }
 
-fn service(state: &AppState) -> Result<&VccService, ApiError> {
-    state.vcc.as_ref().ok_or_else(|| {
+fn service(state: &AppState) -> Result<&dyn VccPort, ApiError> {
+    state.vcc.as_deref().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "vcc_not_configured",

@@ -12,11 +12,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mcp_core::principal::Permission;
-use mcp_integrations::VrchatClient;
-use mcp_integrations::vrchat::{MAX_FRIENDS_PAGE, SessionState, VrchatError, split_location};
+use mcp_core::vrchat::{MAX_FRIENDS_PAGE, SessionState, VrchatError, VrchatPort, split_location};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
@@ -74,8 +72,8 @@ pub struct FriendsQuery {
     pub offset: Option<u32>,
 }
 
-fn client(state: &AppState) -> Result<&Arc<VrchatClient>, ApiError> {
-    state.vrchat.as_ref().ok_or_else(|| {
+fn client(state: &AppState) -> Result<&dyn VrchatPort, ApiError> {
+    state.vrchat.as_deref().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,
             "vrchat_not_configured",
@@ -84,7 +82,7 @@ fn client(state: &AppState) -> Result<&Arc<VrchatClient>, ApiError> {
     })
 }
 
-fn status_of(client: &VrchatClient) -> VrchatStatus {
+fn status_of(client: &dyn VrchatPort) -> VrchatStatus {
     let mut status = VrchatStatus {
         state: String::new(),
         methods: None,

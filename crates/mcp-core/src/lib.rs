@@ -9,6 +9,7 @@ pub mod credentials;
 pub mod events;
 pub mod followups;
 pub mod health;
+pub mod hooks;
 pub mod identity;
 pub mod integrations;
 pub mod limiter;
@@ -20,6 +21,8 @@ pub mod secrets;
 pub mod services;
 pub mod store;
 pub mod task;
+pub mod vcc;
+pub mod vrchat;
 pub mod webhooks;
 
 pub use orchestrator::{

@@ -15,18 +15,23 @@ pub mod project;
 pub mod vpm;
 pub mod watch;
 
-pub use install::{InstallSummary, PackageChange};
-pub use project::{Project, ProjectPackage, ProjectRegistry, ProjectType, VccSettings};
-pub use vpm::{RepoCache, RepositoryInfo, Requirement, Resolved, VpmRange};
+mod adapter;
+mod state;
 
-use crate::{Adapter, AdapterHealth};
+pub use adapter::VccAdapter;
+pub use install::{InstallSummary, PackageChange};
+pub(crate) use state::{StateStore, write_atomic};
+// The plain data of core's port, re-exported so `mcp_integrations::vcc::…` paths keep working.
+pub use mcp_core::vcc::{
+    Project, ProjectPackage, ProjectType, RepositoryInfo, RequirementSource, VccError,
+    VccErrorKind, VccPort,
+};
+pub use project::{ProjectRegistry, VccSettings};
+pub use vpm::{RepoCache, Requirement, Resolved, VpmRange};
+
 use async_trait::async_trait;
 use mcp_core::events::{Event, EventBus};
-use mcp_core::{Handler, HandlerError, HandlerRegistry, TaskContext};
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -79,318 +84,6 @@ impl Default for VccConfig {
             build_command: Vec::new(),
             deploy_command: Vec::new(),
             command_timeout: Duration::from_secs(3600),
-        }
-    }
-}
-
-/// How the API layer should answer a [`VccError`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VccErrorKind {
-    NotFound,
-    Invalid,
-    Conflict,
-    Unavailable,
-}
-
-/// One requirement on a package and who made it, for conflict reports.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RequirementSource {
-    pub requirement: String,
-    pub requested_by: String,
-}
-
-impl std::fmt::Display for RequirementSource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (from {})", self.requirement, self.requested_by)
-    }
-}
-
-fn list<T: std::fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(|i| i.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// Everything that can go wrong in VCC. [`VccError::code`] is stable; the API returns it.
-#[derive(Debug, thiserror::Error)]
-pub enum VccError {
-    #[error("no VCC project roots are configured, so projects cannot be registered")]
-    RootsNotConfigured,
-    #[error("the path must be absolute: {path}")]
-    PathNotAbsolute { path: String },
-    #[error("{path} does not exist")]
-    PathNotFound { path: String },
-    #[error("{path} is not a directory")]
-    NotADirectory { path: String },
-    #[error("{path} is outside the configured project roots")]
-    PathOutsideRoots { path: String },
-    #[error("{path} is not a Unity project (no Packages/vpm-manifest.json or ProjectSettings/)")]
-    NotAUnityProject { path: String },
-    #[error("{path} is not a valid VPM manifest: {message}")]
-    ManifestInvalid { path: String, message: String },
-    #[error("no project with id {id}")]
-    ProjectNotFound { id: String },
-    #[error("no repository {id}")]
-    RepositoryNotFound { id: String },
-    #[error("repository {id} is already added ({url})")]
-    RepositoryExists { id: String, url: String },
-    #[error("{url} is not a VPM repository listing: {message}")]
-    RepositoryInvalid { url: String, message: String },
-    #[error("invalid version requirement {requirement:?}: {message}")]
-    InvalidRequirement {
-        requirement: String,
-        message: String,
-    },
-    #[error("package {name} is in no repository")]
-    PackageNotFound { name: String },
-    #[error("no version of {name} matches {requirement}; available: {}", available.join(", "))]
-    NoMatchingVersion {
-        name: String,
-        requirement: String,
-        available: Vec<String>,
-    },
-    #[error("version conflict on {package}: {}{}", list(requirements), locked.as_ref().map(|v| format!("; {v} is locked")).unwrap_or_default())]
-    Conflict {
-        package: String,
-        requirements: Vec<RequirementSource>,
-        locked: Option<String>,
-    },
-    #[error("package {name} is not installed")]
-    PackageNotInstalled { name: String },
-    #[error("package {name} is required by {}", required_by.join(", "))]
-    PackageRequiredBy {
-        name: String,
-        required_by: Vec<String>,
-    },
-    #[error("{name}: downloaded zip has SHA-256 {actual}, the repository says {expected}")]
-    HashMismatch {
-        name: String,
-        expected: String,
-        actual: String,
-    },
-    #[error("{name}: zip entry {entry:?} would be written outside the package folder")]
-    ZipUnsafe { name: String, entry: String },
-    #[error("{name}: not a readable zip: {message}")]
-    ZipInvalid { name: String, message: String },
-    #[error("{url} is larger than {limit} bytes")]
-    TooLarge { url: String, limit: u64 },
-    #[error("cannot reach {url}: {message}")]
-    Network { url: String, message: String },
-    #[error("{url} answered HTTP {status}")]
-    Upstream { url: String, status: u16 },
-    #[error("the VCC state file {path} is unreadable: {message}")]
-    StateInvalid { path: String, message: String },
-    #[error("{context}: {source}")]
-    Io {
-        context: String,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl VccError {
-    /// The stable, snake_case code the API returns.
-    pub fn code(&self) -> &'static str {
-        match self {
-            VccError::RootsNotConfigured => "vcc_roots_not_configured",
-            VccError::PathNotAbsolute { .. } => "path_not_absolute",
-            VccError::PathNotFound { .. } => "path_not_found",
-            VccError::NotADirectory { .. } => "not_a_directory",
-            VccError::PathOutsideRoots { .. } => "path_outside_roots",
-            VccError::NotAUnityProject { .. } => "not_a_unity_project",
-            VccError::ManifestInvalid { .. } => "manifest_invalid",
-            VccError::ProjectNotFound { .. } => "project_not_found",
-            VccError::RepositoryNotFound { .. } => "repository_not_found",
-            VccError::RepositoryExists { .. } => "repository_exists",
-            VccError::RepositoryInvalid { .. } => "repository_invalid",
-            VccError::InvalidRequirement { .. } => "invalid_version_requirement",
-            VccError::PackageNotFound { .. } => "package_not_found",
-            VccError::NoMatchingVersion { .. } => "no_matching_version",
-            VccError::Conflict { .. } => "version_conflict",
-            VccError::PackageNotInstalled { .. } => "package_not_installed",
-            VccError::PackageRequiredBy { .. } => "package_required_by",
-            VccError::HashMismatch { .. } => "hash_mismatch",
-            VccError::ZipUnsafe { .. } => "zip_unsafe",
-            VccError::ZipInvalid { .. } => "zip_invalid",
-            VccError::TooLarge { .. } => "download_too_large",
-            VccError::Network { .. } => "network_error",
-            VccError::Upstream { .. } => "upstream_error",
-            VccError::StateInvalid { .. } => "state_invalid",
-            VccError::Io { .. } => "io_error",
-        }
-    }
-
-    /// How the API layer should answer it.
-    pub fn kind(&self) -> VccErrorKind {
-        match self {
-            VccError::PathNotFound { .. }
-            | VccError::ProjectNotFound { .. }
-            | VccError::RepositoryNotFound { .. }
-            | VccError::PackageNotFound { .. }
-            | VccError::NoMatchingVersion { .. }
-            | VccError::PackageNotInstalled { .. } => VccErrorKind::NotFound,
-            VccError::PathNotAbsolute { .. }
-            | VccError::NotADirectory { .. }
-            | VccError::PathOutsideRoots { .. }
-            | VccError::NotAUnityProject { .. }
-            | VccError::ManifestInvalid { .. }
-            | VccError::RepositoryInvalid { .. }
-            | VccError::InvalidRequirement { .. }
-            | VccError::HashMismatch { .. }
-            | VccError::ZipUnsafe { .. }
-            | VccError::ZipInvalid { .. }
-            | VccError::TooLarge { .. } => VccErrorKind::Invalid,
-            VccError::RepositoryExists { .. }
-            | VccError::Conflict { .. }
-            | VccError::PackageRequiredBy { .. } => VccErrorKind::Conflict,
-            VccError::RootsNotConfigured
-            | VccError::Network { .. }
-            | VccError::Upstream { .. }
-            | VccError::StateInvalid { .. }
-            | VccError::Io { .. } => VccErrorKind::Unavailable,
-        }
-    }
-
-    /// Whether trying again later may succeed: network trouble, 5xx and 429 answers.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            VccError::Network { .. } => true,
-            VccError::Upstream { status, .. } => *status >= 500 || *status == 429,
-            _ => false,
-        }
-    }
-
-    /// Structured details for task errors and API bodies.
-    pub fn details(&self) -> Value {
-        let mut details = json!({"code": self.code(), "kind": self.kind()});
-        match self {
-            VccError::Conflict {
-                package,
-                requirements,
-                locked,
-            } => {
-                details["package"] = json!(package);
-                details["requirements"] = json!(requirements);
-                details["locked"] = json!(locked);
-            }
-            VccError::NoMatchingVersion {
-                name,
-                requirement,
-                available,
-            } => {
-                details["package"] = json!(name);
-                details["requirement"] = json!(requirement);
-                details["available"] = json!(available);
-            }
-            VccError::PackageRequiredBy { name, required_by } => {
-                details["package"] = json!(name);
-                details["required_by"] = json!(required_by);
-            }
-            VccError::PackageNotFound { name } | VccError::PackageNotInstalled { name } => {
-                details["package"] = json!(name);
-            }
-            _ => {}
-        }
-        details
-    }
-
-    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        VccError::Io {
-            context: context.into(),
-            source,
-        }
-    }
-}
-
-/// Writes `bytes` to `path` so readers see the old file or the new one, never half of either:
-/// a temporary file in the same directory, synced, then renamed over `path`.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), VccError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| VccError::io(format!("cannot create {}", dir.display()), e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "state".into());
-    let tmp = dir.join(format!(".{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        std::fs::rename(&tmp, path)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(VccError::io(format!("cannot write {}", path.display()), e));
-    }
-    Ok(())
-}
-
-/// What the state file holds.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub(crate) struct PersistedState {
-    /// Canonical paths of registered projects.
-    #[serde(default)]
-    pub projects: Vec<String>,
-    /// Repositories added by API.
-    #[serde(default)]
-    pub repositories: Vec<vpm::RepositoryRecord>,
-}
-
-/// The state file, shared by [`ProjectRegistry`] and [`RepoCache`]. Every change is a
-/// read-modify-write under one lock, so the two never overwrite each other's part.
-#[derive(Debug)]
-pub(crate) struct StateStore {
-    path: PathBuf,
-    lock: Mutex<()>,
-}
-
-impl StateStore {
-    pub fn new(path: PathBuf) -> Self {
-        StateStore {
-            path,
-            lock: Mutex::new(()),
-        }
-    }
-
-    pub fn load(&self) -> Result<PersistedState, VccError> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.read()
-    }
-
-    pub fn update<R>(
-        &self,
-        change: impl FnOnce(&mut PersistedState) -> Result<R, VccError>,
-    ) -> Result<R, VccError> {
-        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut state = self.read()?;
-        let result = change(&mut state)?;
-        let bytes = serde_json::to_vec_pretty(&state).map_err(|e| VccError::StateInvalid {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        write_atomic(&self.path, &bytes)?;
-        Ok(result)
-    }
-
-    fn read(&self) -> Result<PersistedState, VccError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| VccError::StateInvalid {
-                path: self.path.display().to_string(),
-                message: e.to_string(),
-            }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(PersistedState::default()),
-            Err(e) => Err(VccError::io(
-                format!("cannot read {}", self.path.display()),
-                e,
-            )),
         }
     }
 }
@@ -667,6 +360,42 @@ impl VccService {
     }
 }
 
+// The API reaches the service through core's port; each method is the inherent one.
+#[async_trait]
+impl VccPort for VccService {
+    async fn projects(&self) -> Vec<Project> {
+        VccService::projects(self).await
+    }
+
+    async fn project(&self, id: &str) -> Result<Project, VccError> {
+        VccService::project(self, id).await
+    }
+
+    async fn register_project(&self, path: &Path) -> Result<Project, VccError> {
+        VccService::register_project(self, path).await
+    }
+
+    async fn unregister_project(&self, id: &str) -> Result<(), VccError> {
+        VccService::unregister_project(self, id).await
+    }
+
+    async fn repositories(&self) -> Vec<RepositoryInfo> {
+        VccService::repositories(self).await
+    }
+
+    async fn add_repository(&self, url: &str) -> Result<RepositoryInfo, VccError> {
+        VccService::add_repository(self, url).await
+    }
+
+    async fn remove_repository(&self, id: &str) -> Result<(), VccError> {
+        VccService::remove_repository(self, id).await
+    }
+
+    async fn refresh_repositories(&self) -> Vec<RepositoryInfo> {
+        VccService::refresh_repositories(self).await
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, VccError> + Send + 'static,
 ) -> Result<T, VccError> {
@@ -676,219 +405,6 @@ async fn blocking<T: Send + 'static>(
             std::io::Error::other(e.to_string()),
         )
     })?
-}
-
-/// The VCC adapter: `vcc.package.add`, `vcc.package.upgrade`, `vcc.package.remove`, and with
-/// an event bus for their output, `vcc.build` and `vcc.deploy`.
-#[derive(Clone)]
-pub struct VccAdapter {
-    service: VccService,
-    events: Option<Arc<dyn EventBus>>,
-}
-
-impl VccAdapter {
-    pub fn new(service: VccService) -> Self {
-        VccAdapter {
-            service,
-            events: None,
-        }
-    }
-
-    /// Where `vcc.build` and `vcc.deploy` publish their output; they exist only with it.
-    pub fn with_events(mut self, events: Arc<dyn EventBus>) -> Self {
-        self.events = Some(events);
-        self
-    }
-
-    pub fn service(&self) -> &VccService {
-        &self.service
-    }
-}
-
-#[async_trait]
-impl Adapter for VccAdapter {
-    fn name(&self) -> &str {
-        "vcc"
-    }
-
-    fn task_types(&self) -> Vec<String> {
-        let mut types: Vec<String> = Vec::new();
-        if self.events.is_some() {
-            types.push(commands::BUILD_TASK.into());
-            types.push(commands::DEPLOY_TASK.into());
-        }
-        types.extend([
-            "vcc.package.add".into(),
-            "vcc.package.remove".into(),
-            "vcc.package.upgrade".into(),
-        ]);
-        types
-    }
-
-    async fn health(&self) -> AdapterHealth {
-        let config = self.service.config();
-        if config.roots.is_empty() && config.projects.is_empty() && config.settings_file.is_none() {
-            return AdapterHealth::Degraded(
-                "no project roots, configured projects or VCC settings file".into(),
-            );
-        }
-        AdapterHealth::Healthy
-    }
-
-    fn register(&self, registry: &mut HandlerRegistry) {
-        if let Some(events) = &self.events {
-            for kind in [commands::CommandKind::Build, commands::CommandKind::Deploy] {
-                registry.register(
-                    kind.task_type(),
-                    commands::CommandHandler {
-                        kind,
-                        service: self.service.clone(),
-                        events: events.clone(),
-                    },
-                );
-            }
-        }
-        registry.register(
-            "vcc.package.add",
-            PackageHandler {
-                op: PackageOp::Add,
-                service: self.service.clone(),
-            },
-        );
-        registry.register(
-            "vcc.package.remove",
-            PackageHandler {
-                op: PackageOp::Remove,
-                service: self.service.clone(),
-            },
-        );
-        registry.register(
-            "vcc.package.upgrade",
-            PackageHandler {
-                op: PackageOp::Upgrade,
-                service: self.service.clone(),
-            },
-        );
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum PackageOp {
-    Add,
-    Upgrade,
-    Remove,
-}
-
-struct PackageHandler {
-    op: PackageOp,
-    service: VccService,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddPayload {
-    project: String,
-    package: String,
-    #[serde(default)]
-    version: Option<String>,
-    #[serde(default)]
-    prerelease: bool,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct UpgradePayload {
-    project: String,
-    package: String,
-    #[serde(default)]
-    version: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RemovePayload {
-    project: String,
-    package: String,
-}
-
-fn parse<T: for<'de> Deserialize<'de>>(payload: &Value) -> Result<T, String> {
-    T::deserialize(payload).map_err(|e| e.to_string())
-}
-
-fn check_version(version: Option<&str>) -> Result<(), String> {
-    match version {
-        Some(v) => VpmRange::parse_request(v)
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
-        None => Ok(()),
-    }
-}
-
-fn check_name(name: &str) -> Result<(), String> {
-    if project::is_package_name(name) {
-        Ok(())
-    } else {
-        Err(format!("{name:?} is not a package name"))
-    }
-}
-
-fn to_handler_error(error: VccError) -> HandlerError {
-    let details = error.details();
-    let message = error.to_string();
-    let e = if error.is_retryable() {
-        HandlerError::retryable(message)
-    } else {
-        HandlerError::permanent(message)
-    };
-    e.with_details(details)
-}
-
-#[async_trait]
-impl Handler for PackageHandler {
-    fn validate(&self, payload: &Value) -> Result<(), String> {
-        match self.op {
-            PackageOp::Add => {
-                let p: AddPayload = parse(payload)?;
-                check_name(&p.package)?;
-                check_version(p.version.as_deref())
-            }
-            PackageOp::Upgrade => {
-                let p: UpgradePayload = parse(payload)?;
-                check_name(&p.package)?;
-                check_version(p.version.as_deref())
-            }
-            PackageOp::Remove => {
-                let p: RemovePayload = parse(payload)?;
-                check_name(&p.package)
-            }
-        }
-    }
-
-    async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
-        let payload = &ctx.task.payload;
-        self.validate(payload).map_err(HandlerError::permanent)?;
-        let summary = match self.op {
-            PackageOp::Add => {
-                let p: AddPayload = parse(payload).map_err(HandlerError::permanent)?;
-                self.service
-                    .add_package(&p.project, &p.package, p.version.as_deref(), p.prerelease)
-                    .await
-            }
-            PackageOp::Upgrade => {
-                let p: UpgradePayload = parse(payload).map_err(HandlerError::permanent)?;
-                self.service
-                    .upgrade_package(&p.project, &p.package, p.version.as_deref())
-                    .await
-            }
-            PackageOp::Remove => {
-                let p: RemovePayload = parse(payload).map_err(HandlerError::permanent)?;
-                self.service.remove_package(&p.project, &p.package).await
-            }
-        }
-        .map_err(to_handler_error)?;
-        serde_json::to_value(summary)
-            .map_err(|e| HandlerError::permanent(format!("cannot serialize the result: {e}")))
-    }
 }
 
 #[cfg(test)]
@@ -915,24 +431,5 @@ mod tests {
         };
         assert!(e.is_retryable());
         assert_eq!(e.details()["kind"], "unavailable");
-    }
-
-    #[test]
-    fn state_writes_are_atomic_and_survive_reloading() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = StateStore::new(dir.path().join("sub/state.json"));
-        store
-            .update(|s| {
-                s.projects.push("/a".into());
-                Ok(())
-            })
-            .unwrap();
-        let again = StateStore::new(dir.path().join("sub/state.json"));
-        assert_eq!(again.load().unwrap().projects, vec!["/a".to_string()]);
-        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(leftovers.len(), 1);
     }
 }

@@ -7,7 +7,7 @@
 //! vanished or become unreadable is still listed, with `error` set and no packages, so it can be
 //! seen and unregistered.
 
-use super::{StateStore, VccError};
+use super::{Project, ProjectPackage, ProjectType, StateStore, VccError};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -26,41 +26,6 @@ pub const MAX_PROJECT_FILE_BYTES: u64 = 8 * 1024 * 1024;
 
 const WORLDS_PACKAGE: &str = "com.vrchat.worlds";
 const AVATARS_PACKAGE: &str = "com.vrchat.avatars";
-
-/// What a project is for, from the VRChat SDK it uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum ProjectType {
-    World,
-    Avatar,
-    Unknown,
-}
-
-/// One package of a project: what the manifest asks for and what is locked.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct ProjectPackage {
-    pub name: String,
-    /// The version in `dependencies` (packages added by hand), if any.
-    pub version: Option<String>,
-    /// The version in `locked` (what is installed), if any.
-    pub locked_version: Option<String>,
-}
-
-/// A Unity project.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-pub struct Project {
-    /// First 16 hex digits of the SHA-256 of the canonical path: stable across restarts.
-    pub id: String,
-    pub name: String,
-    pub path: String,
-    #[serde(rename = "type")]
-    pub project_type: ProjectType,
-    pub unity_version: Option<String>,
-    pub packages: Vec<ProjectPackage>,
-    /// Set (and the rest left empty) when the folder can no longer be read.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
 
 /// `Packages/vpm-manifest.json`. Unknown fields are kept, so writing it back loses nothing.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

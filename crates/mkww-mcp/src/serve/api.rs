@@ -76,8 +76,10 @@ pub fn api_state(
                 ..Default::default()
             },
             hooks: HooksConfig::new(
-                config.hooks.clone(),
-                Duration::from_secs(config.hooks_tolerance_secs),
+                Arc::new(mcp_integrations::hooks::HookSources::new(
+                    config.hooks.clone(),
+                    Duration::from_secs(config.hooks_tolerance_secs),
+                )),
                 config.hooks_max_body_bytes,
             ),
             ..ApiConfig::default()

@@ -63,7 +63,10 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         stores.memory.clone(),
         api::metrics_renderer(),
     );
-    state.vrchat = clients.vrchat.clone();
+    state.vrchat = clients
+        .vrchat
+        .clone()
+        .map(|client| client as Arc<dyn mcp_core::vrchat::VrchatPort>);
     if let Some(vcc) = &clients.vcc
         && config.vcc_watch_debounce_ms > 0
     {
@@ -74,7 +77,10 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         .await
         .map_err(|e| anyhow::anyhow!("cannot watch VCC projects: {e}"))?;
     }
-    state.vcc = clients.vcc.clone();
+    state.vcc = clients
+        .vcc
+        .clone()
+        .map(|vcc| Arc::new(vcc) as Arc<dyn mcp_core::vcc::VccPort>);
     background::webhooks(&mut state, &config, &stores, &secrets);
     background::discord_followups(&mut state, &config, &stores, &secrets);
     let configured = crate::integrations::configured(&file_config);
