@@ -2,6 +2,11 @@
 //! and the generated OpenAPI document. Cross-cutting work (request ids, request logs, rate
 //! limits, authentication and permissions, body limits, panic catching, JSON errors) is done by
 //! layers, so handlers stay small.
+//!
+//! A route is declared once, beside its handler: the `#[utoipa::path]` attribute gives its method,
+//! path and documentation, and the module's `endpoints()` gives who may call it (`endpoint.rs`).
+//! This file only declares the modules and assembles the router from those lists; the modules
+//! depend on `state.rs` and the cross-cutting ones below it, never on this file.
 
 pub mod access;
 mod admin;
