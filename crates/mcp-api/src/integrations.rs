@@ -162,7 +162,7 @@ async fn health_of(state: &AppState, name: &str, kind: &str, enabled: bool) -> V
 
 fn routes(state: &AppState) -> Vec<RouteInfo> {
     let local = state.orchestrator.handlers().types();
-    state.orchestrator.router().routes(&local)
+    state.orchestrator.balancer().routes(&local)
 }
 
 async fn view_of_stored(

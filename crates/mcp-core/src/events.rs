@@ -7,9 +7,9 @@
 //! The in-process bus serves the embedded default; the Redis one (in `mcp-persistence`) fans
 //! events out between the nodes of a cluster.
 
-mod memory;
+mod local;
 
-pub use memory::{BusConfig, MemoryBus};
+pub use local::{BusConfig, LocalBus};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

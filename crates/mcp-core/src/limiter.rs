@@ -106,7 +106,7 @@ pub fn now_us() -> i64 {
 
 /// The embedded default: limits held in this process.
 #[derive(Debug, Default)]
-pub struct MemoryLimiter {
+pub struct LocalLimiter {
     arrivals: Mutex<HashMap<String, i64>>,
 }
 
@@ -114,7 +114,7 @@ pub struct MemoryLimiter {
 const MEMORY_SWEEP_AT: usize = 100_000;
 
 #[async_trait]
-impl Limiter for MemoryLimiter {
+impl Limiter for LocalLimiter {
     async fn check(&self, key: &str, quota: Quota) -> Result<Decision, LimiterError> {
         let now = now_us();
         let mut arrivals = self.arrivals.lock().unwrap_or_else(|e| e.into_inner());
@@ -169,7 +169,7 @@ mod tests {
 
     #[tokio::test]
     async fn memory_limiter_keeps_keys_apart() {
-        let limiter = MemoryLimiter::default();
+        let limiter = LocalLimiter::default();
         let quota = Quota::per_minute(2);
         assert!(limiter.check("a", quota).await.unwrap().allowed);
         assert!(limiter.check("a", quota).await.unwrap().allowed);

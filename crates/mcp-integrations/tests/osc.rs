@@ -4,7 +4,7 @@
 mod common;
 
 use common::context;
-use mcp_core::events::{BusConfig, EventBus, MemoryBus};
+use mcp_core::events::{BusConfig, EventBus, LocalBus};
 use mcp_core::{Handler, HandlerRegistry};
 use mcp_integrations::Adapter;
 use mcp_integrations::osc::{
@@ -253,7 +253,7 @@ fn encode(address: &str, args: Vec<OscType>) -> Vec<u8> {
 
 #[tokio::test]
 async fn listener_publishes_avatar_parameters_and_ignores_garbage() {
-    let bus: Arc<dyn EventBus> = Arc::new(MemoryBus::new(BusConfig::default()));
+    let bus: Arc<dyn EventBus> = Arc::new(LocalBus::new(BusConfig::default()));
     let mut events = bus.subscribe(OSC_CHANNEL).await.unwrap();
     let (socket, addr): (UdpSocket, SocketAddr) =
         osc::bind_listener("127.0.0.1:0".parse().unwrap())

@@ -4,7 +4,7 @@
 //! of them does: nodes sharing Redis, Redis losing its data or the link, the in-process bound.
 
 use mcp_core::events::{
-    BusConfig, Delivery, Event, EventBus, MemoryBus, Recovery, StreamPosition, Subscription,
+    BusConfig, Delivery, Event, EventBus, LocalBus, Recovery, StreamPosition, Subscription,
 };
 use mcp_persistence::{RedisBus, RedisMode, RedisOptions};
 use serde_json::json;
@@ -83,7 +83,7 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $name() {
                     super::cases::$name(std::sync::Arc::new(
-                        mcp_core::events::MemoryBus::new(super::config()),
+                        mcp_core::events::LocalBus::new(super::config()),
                     ))
                     .await;
                 }
@@ -561,7 +561,7 @@ async fn redis_keeps_subscribed_channels_alive_past_their_ttl() {
 
 #[tokio::test]
 async fn memory_bus_forgets_idle_channels_within_its_bound() {
-    let bus = MemoryBus::new(BusConfig {
+    let bus = LocalBus::new(BusConfig {
         max_channels: 50,
         history_ttl: Duration::from_millis(20),
         ..config()

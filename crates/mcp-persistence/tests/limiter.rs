@@ -2,7 +2,7 @@
 //! `MCP_TEST_REDIS_URL`, a fresh key prefix per test, cleared afterwards). With `CI` set (to any value) an
 //! unreachable Redis fails instead of skipping.
 
-use mcp_core::limiter::{Limiter, MemoryLimiter, Quota};
+use mcp_core::limiter::{Limiter, LocalLimiter, Quota};
 use mcp_persistence::{RedisLimiter, RedisMode, RedisOptions};
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,12 +68,12 @@ async fn refills_after_the_interval(limiter: Arc<dyn Limiter>) {
 
 #[tokio::test]
 async fn memory_allows_a_burst_then_refuses_with_retry_after() {
-    allows_a_burst_then_refuses_with_retry_after(Arc::new(MemoryLimiter::default())).await;
+    allows_a_burst_then_refuses_with_retry_after(Arc::new(LocalLimiter::default())).await;
 }
 
 #[tokio::test]
 async fn memory_refills_after_the_interval() {
-    refills_after_the_interval(Arc::new(MemoryLimiter::default())).await;
+    refills_after_the_interval(Arc::new(LocalLimiter::default())).await;
 }
 
 #[tokio::test]

@@ -137,7 +137,7 @@ impl Connection {
         // A worker that goes gives its tasks back at once: dropping the pending replies tells
         // each waiting attempt to release its task without spending the attempt.
         if let Some(worker) = self.worker.take() {
-            self.state.orchestrator.router().unregister(worker);
+            self.state.orchestrator.balancer().unregister(worker);
         }
         if let Some(assignments) = self.assignments.take() {
             assignments.abort();

@@ -60,7 +60,7 @@ impl Connection {
                 &format!("`concurrency` is between 1 and {MAX_WORKER_CONCURRENCY}"),
             ));
         }
-        let router = self.state.orchestrator.router().clone();
+        let router = self.state.orchestrator.balancer().clone();
         let (id, mut assignments) = router.register(&principal.subject, types.clone(), concurrency);
         self.worker = Some(id);
         // Acknowledged once the cluster knows the worker, so every node accepts its types from
@@ -111,7 +111,7 @@ impl Connection {
         let id = uuid::Uuid::parse_str(task_id).ok()?;
         self.state
             .orchestrator
-            .router()
+            .balancer()
             .holds(worker, id)
             .then_some(id)
     }

@@ -1,7 +1,7 @@
 //! The monitor and the database breaker, against fake dependencies.
 
 use super::*;
-use crate::events::MemoryBus;
+use crate::events::LocalBus;
 use crate::store::{
     CancelOutcome, ClaimRequest, Completion, Inserted, RetryOutcome, StoreError, TaskCounts,
     TaskFilter, TaskStore,
@@ -133,7 +133,7 @@ async fn a_reported_failure_is_confirmed_or_cleared_by_the_next_probe_soon() {
 #[tokio::test]
 async fn changes_are_events_on_system_health() {
     let monitor = Arc::new(HealthMonitor::new(fast()));
-    let bus = Arc::new(MemoryBus::default());
+    let bus = Arc::new(LocalBus::default());
     monitor.set_events(bus.clone());
     let mut events = bus.subscribe(HEALTH_CHANNEL).await.unwrap();
     let database = monitor.declare(DATABASE, true);

@@ -90,7 +90,7 @@ impl Orchestrator {
             return Ok(());
         };
         let _one_at_a_time = self.directory.publishing.lock().await;
-        let workers = self.router.registrations();
+        let workers = self.balancer.registrations();
         port.publish_workers(&self.config.node_id, &workers, self.config.lease)
             .await
     }
@@ -99,7 +99,7 @@ impl Orchestrator {
     /// and the other nodes' workers (with the load they last published).
     pub fn routes(&self) -> Vec<RouteInfo> {
         let local = self.handlers.types();
-        self.router
+        self.balancer
             .cluster_routes(&local, &self.directory.others().workers)
     }
 
@@ -118,7 +118,7 @@ impl Orchestrator {
         let Some(port) = self.directory.port.get().cloned() else {
             return;
         };
-        let membership = self.router.membership.clone();
+        let membership = self.balancer.membership.clone();
         let mut publish = tokio::time::interval(self.config.lease / 3);
         let mut refresh = tokio::time::interval(self.config.directory_refresh);
         publish.set_missed_tick_behavior(MissedTickBehavior::Delay);

@@ -13,8 +13,8 @@ mod worker;
 pub use handler::{Handler, HandlerError, HandlerRegistry, TaskContext};
 pub use worker::WorkerHandle;
 
-use crate::events::{EventBus, MemoryBus};
-use crate::routing::{BreakerChange, BreakerConfig, Router};
+use crate::events::{EventBus, LocalBus};
+use crate::routing::{Balancer, BreakerChange, BreakerConfig};
 use crate::store::{CancelOutcome, Inserted, Outcome, RetryOutcome, StoreError, TaskStore};
 use crate::task::{CreateTask, InvalidTask, NewTask, Task, TaskDefaults};
 use announce::{Announcement, Announcer};
@@ -111,7 +111,7 @@ pub struct Orchestrator {
     /// Attempt outcomes this node has durably recorded.
     recorded: AtomicU64,
     /// External workers connected to this node, and every route's breaker.
-    router: Arc<Router>,
+    balancer: Arc<Balancer>,
     /// The cluster's workers: where this node publishes its own and learns of the others'.
     directory: directory::Directory,
     /// Hands task transitions to the event bus.
@@ -137,7 +137,7 @@ impl Orchestrator {
         handlers: HandlerRegistry,
         config: OrchestratorConfig,
     ) -> Arc<Self> {
-        Self::with_events(store, handlers, config, Arc::new(MemoryBus::default()))
+        Self::with_events(store, handlers, config, Arc::new(LocalBus::default()))
     }
 
     /// An orchestrator announcing task transitions on `events` (channels `tasks` and
@@ -158,7 +158,7 @@ impl Orchestrator {
             wake: Arc::new(Notify::new()),
             running: Mutex::new(HashMap::new()),
             recorded: AtomicU64::new(0),
-            router: Arc::new(Router::new(node_id, config_breaker)),
+            balancer: Arc::new(Balancer::new(node_id, config_breaker)),
             directory: directory::Directory::default(),
             announcer,
             database: std::sync::OnceLock::new(),
@@ -194,8 +194,8 @@ impl Orchestrator {
         &self.handlers
     }
 
-    pub fn router(&self) -> &Arc<Router> {
-        &self.router
+    pub fn balancer(&self) -> &Arc<Balancer> {
+        &self.balancer
     }
 
     /// Announces a breaker change: a log line, and an event (`breaker.open`,
@@ -226,7 +226,7 @@ impl Orchestrator {
     /// knows without asking the database: a worker here serves it, a worker elsewhere did when
     /// the directory was last read, or `worker_task_types` lists it.
     fn for_workers(&self, task_type: &str) -> bool {
-        self.router.serves(task_type)
+        self.balancer.serves(task_type)
             || self.served_elsewhere(task_type)
             || self
                 .config

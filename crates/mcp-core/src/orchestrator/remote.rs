@@ -1,6 +1,6 @@
 //! Tasks for external workers: a second claim loop takes, per task type, as many tasks as the
 //! workers connected to this node have free slots (and the route's breaker admits), hands each
-//! to a worker through the router, and waits for its outcome under the same lease, timeout and
+//! to a worker through the balancer, and waits for its outcome under the same lease, timeout and
 //! cancellation rules as an in-process handler. A worker that disconnects gives its tasks back at
 //! once, without spending their attempts.
 
@@ -25,13 +25,13 @@ impl Orchestrator {
         done: mpsc::Sender<Finished>,
         stop: CancellationToken,
     ) {
-        let changed = self.router.changed.clone();
+        let changed = self.balancer.changed.clone();
         let mut retry = StoreRetry::new("claiming tasks for workers");
         loop {
-            for change in self.router.poll_breakers() {
+            for change in self.balancer.poll_breakers() {
                 self.emit_breaker(&change);
             }
-            let free = self.router.free_slots();
+            let free = self.balancer.free_slots();
             let mut claimed_any = false;
             let mut failed = None;
             for (task_type, slots) in &free {
@@ -55,7 +55,7 @@ impl Orchestrator {
                 claimed_any |= !tasks.is_empty();
                 for task in tasks {
                     let task = Arc::new(task);
-                    match self.router.assign(task.clone()) {
+                    match self.balancer.assign(task.clone()) {
                         Some((worker, outcome)) => {
                             tokio::spawn(self.clone().run_remote(
                                 task,
@@ -113,7 +113,7 @@ impl Orchestrator {
                 // The worker disconnected: not the task's fault.
                 Ok(Err(_)) => {
                     self.lock_running().remove(&task.id);
-                    self.router.finished(worker, task.id);
+                    self.balancer.finished(worker, task.id);
                     self.give_back(&task).await;
                     return;
                 }
@@ -125,11 +125,11 @@ impl Orchestrator {
             _ = token.cancelled() => None,
         };
         self.lock_running().remove(&task.id);
-        self.router.finished(worker, task.id);
+        self.balancer.finished(worker, task.id);
         let Some(result) = result else {
             return;
         };
-        if let Some(change) = self.router.record(&task.task_type, result.is_ok()) {
+        if let Some(change) = self.balancer.record(&task.task_type, result.is_ok()) {
             self.emit_breaker(&change);
         }
         self.finish(task, result, done).await;

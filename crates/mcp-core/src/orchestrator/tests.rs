@@ -147,7 +147,7 @@ impl TaskStore for Tasks {
 }
 
 /// Everything published on `channel` since offset 0 of its epoch.
-async fn history(bus: &MemoryBus, channel: &str) -> Vec<Delivery> {
+async fn history(bus: &LocalBus, channel: &str) -> Vec<Delivery> {
     let epoch = bus.position(channel).await.unwrap().epoch;
     match bus
         .recover(channel, &StreamPosition { offset: 0, epoch })
@@ -161,7 +161,7 @@ async fn history(bus: &MemoryBus, channel: &str) -> Vec<Delivery> {
 
 #[tokio::test]
 async fn announces_created_started_succeeded_on_tasks_and_on_the_task_channel() {
-    let bus = Arc::new(MemoryBus::default());
+    let bus = Arc::new(LocalBus::default());
     let orchestrator = Orchestrator::with_events(
         Arc::new(Tasks::default()),
         HandlerRegistry::with_builtins(),
@@ -232,7 +232,7 @@ async fn announces_created_started_succeeded_on_tasks_and_on_the_task_channel() 
 
 #[tokio::test]
 async fn makes_no_events_for_channels_nobody_observes() {
-    let bus = Arc::new(MemoryBus::default());
+    let bus = Arc::new(LocalBus::default());
     let orchestrator = Orchestrator::with_events(
         Arc::new(Tasks::default()),
         HandlerRegistry::with_builtins(),
@@ -547,7 +547,7 @@ async fn publishes_its_workers_as_they_come_and_go_and_withdraws_them_on_shutdow
     let b = clustered(&directory, "b");
     let a = clustered(&directory, "a");
     let (workers_a, workers_b) = (a.start().await, b.start().await);
-    let (worker, _assignments) = b.router().register("baker", vec!["unity.bake".into()], 3);
+    let (worker, _assignments) = b.balancer().register("baker", vec!["unity.bake".into()], 3);
     eventually("b publishes its worker", || {
         directory.workers_of("b").iter().any(|w| w.id == worker)
     })
@@ -564,13 +564,13 @@ async fn publishes_its_workers_as_they_come_and_go_and_withdraws_them_on_shutdow
     let route = on_b.iter().find(|r| r.task_type == "unity.bake").unwrap();
     assert_eq!(route.workers.len(), 1, "b's own worker once, from memory");
     assert_eq!(route.workers[0].node, "b");
-    b.router().unregister(worker);
+    b.balancer().unregister(worker);
     eventually("b withdraws the worker that left", || {
         directory.workers_of("b").is_empty()
     })
     .await;
     eventually("a forgets it", || !a.served_elsewhere("unity.bake")).await;
-    b.router().register("baker", vec!["unity.bake".into()], 1);
+    b.balancer().register("baker", vec!["unity.bake".into()], 1);
     eventually("b publishes again", || {
         !directory.workers_of("b").is_empty()
     })

@@ -137,7 +137,7 @@ impl Orchestrator {
                 .handlers
                 .types()
                 .into_iter()
-                .filter(|t| self.router.admits(t) > 0)
+                .filter(|t| self.balancer.admits(t) > 0)
                 .collect();
             let first = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit {
@@ -265,7 +265,7 @@ impl Orchestrator {
         let Some(result) = result else {
             return;
         };
-        if let Some(change) = self.router.record(&task.task_type, result.is_ok()) {
+        if let Some(change) = self.balancer.record(&task.task_type, result.is_ok()) {
             self.emit_breaker(&change);
         }
         self.finish(task, result, done).await;

@@ -80,7 +80,7 @@ pub struct WorkerInfo {
     pub outstanding: usize,
 }
 
-pub struct Router {
+pub struct Balancer {
     /// This node's id, named as the node of its workers.
     node: String,
     state: Mutex<State>,
@@ -91,9 +91,9 @@ pub struct Router {
     pub membership: Arc<Notify>,
 }
 
-impl Router {
+impl Balancer {
     pub fn new(node: impl Into<String>, breaker: BreakerConfig) -> Self {
-        Router {
+        Balancer {
             node: node.into(),
             state: Mutex::new(State::default()),
             breaker,
@@ -393,64 +393,64 @@ mod tests {
 
     #[test]
     fn balances_by_least_outstanding_then_round_robin() {
-        let router = Router::new("n1", BreakerConfig::default());
-        let (a, _ra) = router.register("a", vec!["render".into()], 2);
-        let (b, _rb) = router.register("b", vec!["render".into()], 2);
-        let first = router.assign(task("render")).unwrap().0;
-        let second = router.assign(task("render")).unwrap().0;
+        let balancer = Balancer::new("n1", BreakerConfig::default());
+        let (a, _ra) = balancer.register("a", vec!["render".into()], 2);
+        let (b, _rb) = balancer.register("b", vec!["render".into()], 2);
+        let first = balancer.assign(task("render")).unwrap().0;
+        let second = balancer.assign(task("render")).unwrap().0;
         assert_ne!(first, second, "equals take turns");
-        let third = router.assign(task("render")).unwrap().0;
-        let fourth = router.assign(task("render")).unwrap().0;
+        let third = balancer.assign(task("render")).unwrap().0;
+        let fourth = balancer.assign(task("render")).unwrap().0;
         assert_ne!(third, fourth);
         assert!(
-            router.assign(task("render")).is_none(),
+            balancer.assign(task("render")).is_none(),
             "every slot is taken"
         );
-        assert_eq!(router.free_slots().get("render"), None);
-        let held: Vec<Uuid> = router.unregister(a);
+        assert_eq!(balancer.free_slots().get("render"), None);
+        let held: Vec<Uuid> = balancer.unregister(a);
         assert_eq!(held.len(), 2, "a worker that leaves gives its tasks back");
-        assert!(router.assign(task("render")).is_none());
+        assert!(balancer.assign(task("render")).is_none());
         let _ = b;
     }
 
     #[test]
     fn prefers_the_least_loaded_worker() {
-        let router = Router::new("n1", BreakerConfig::default());
-        let (a, _ra) = router.register("a", vec!["t".into()], 4);
+        let balancer = Balancer::new("n1", BreakerConfig::default());
+        let (a, _ra) = balancer.register("a", vec!["t".into()], 4);
         let one = task("t");
-        assert_eq!(router.assign(one.clone()).unwrap().0, a);
-        let (b, _rb) = router.register("b", vec!["t".into()], 4);
+        assert_eq!(balancer.assign(one.clone()).unwrap().0, a);
+        let (b, _rb) = balancer.register("b", vec!["t".into()], 4);
         assert_eq!(
-            router.assign(task("t")).unwrap().0,
+            balancer.assign(task("t")).unwrap().0,
             b,
             "b has none outstanding"
         );
-        router.finished(a, one.id);
-        assert!(!router.holds(a, one.id));
-        assert_eq!(router.free_slots().get("t"), Some(&7));
+        balancer.finished(a, one.id);
+        assert!(!balancer.holds(a, one.id));
+        assert_eq!(balancer.free_slots().get("t"), Some(&7));
     }
 
     #[test]
     fn an_open_breaker_admits_nothing_and_is_announced() {
-        let router = Router::new(
+        let balancer = Balancer::new(
             "n1",
             BreakerConfig {
                 min_calls: 2,
                 ..BreakerConfig::default()
             },
         );
-        let (_a, _ra) = router.register("a", vec!["flaky".into()], 4);
-        assert_eq!(router.record("flaky", false), None);
+        let (_a, _ra) = balancer.register("a", vec!["flaky".into()], 4);
+        assert_eq!(balancer.record("flaky", false), None);
         assert_eq!(
-            router.record("flaky", false),
+            balancer.record("flaky", false),
             Some(BreakerChange {
                 route: "flaky".into(),
                 state: BreakerState::Open
             })
         );
-        assert_eq!(router.admits("flaky"), 0);
-        assert!(router.free_slots().is_empty(), "its tasks wait");
-        let routes = router.routes(&["noop".into()]);
+        assert_eq!(balancer.admits("flaky"), 0);
+        assert!(balancer.free_slots().is_empty(), "its tasks wait");
+        let routes = balancer.routes(&["noop".into()]);
         assert_eq!(routes.len(), 2);
         assert_eq!(routes[0].task_type, "flaky");
         assert_eq!(routes[0].breaker, BreakerState::Open);

@@ -292,13 +292,11 @@ async fn publish(events: &dyn EventBus, channel: &str, event_type: &str, data: V
 mod tests {
     use super::*;
     use async_trait::async_trait;
-    use mcp_core::events::{
-        BusConfig, BusError, MemoryBus, Recovery, StreamPosition, Subscription,
-    };
+    use mcp_core::events::{BusConfig, BusError, LocalBus, Recovery, StreamPosition, Subscription};
     use std::time::Duration;
 
     /// The in-process bus, taking its time over every publish.
-    struct SlowBus(MemoryBus);
+    struct SlowBus(LocalBus);
 
     #[async_trait]
     impl EventBus for SlowBus {
@@ -327,7 +325,7 @@ mod tests {
 
     #[tokio::test]
     async fn output_faster_than_the_bus_is_dropped_and_counted_not_buffered_without_end() {
-        let bus = Arc::new(SlowBus(MemoryBus::new(BusConfig::default())));
+        let bus = Arc::new(SlowBus(LocalBus::new(BusConfig::default())));
         let mut events = bus.subscribe("vcc.build:t").await.unwrap();
         let (output, publisher) = spawn_publisher(bus.clone(), "vcc.build:t".into());
         let written = (MAX_PENDING_LINES * 3) as u64;

@@ -3,14 +3,14 @@
 //!
 //! Losing Redis must not slow a single request: the first call that fails (or takes longer than
 //! `RedisOptions::timeout`) switches the limiter to `RedisMode::Local`, where this node's
-//! in-process limiter (`MemoryLimiter`) answers, per node, without touching Redis at all. A
+//! in-process limiter (`LocalLimiter`) answers, per node, without touching Redis at all. A
 //! background task looks for Redis with backoff and switches back once it answers a PING. Each
 //! switch is logged once (`warn` going local, `info` coming back). A limiter started while Redis
 //! is down serves locally from the start and picks Redis up the same way.
 
 use crate::redis::link::{self, RETRY_MIN, RedisMode, RedisOptions};
 use async_trait::async_trait;
-use mcp_core::limiter::{Decision, Limiter, LimiterError, MemoryLimiter, Quota};
+use mcp_core::limiter::{Decision, Limiter, LimiterError, LocalLimiter, Quota};
 use redis::aio::MultiplexedConnection;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -53,7 +53,7 @@ struct Inner {
     options: RedisOptions,
     prefix: String,
     script: redis::Script,
-    fallback: MemoryLimiter,
+    fallback: LocalLimiter,
     link: Mutex<Link>,
     mode: watch::Sender<RedisMode>,
     /// Wakes the background task when a call finds Redis gone.
@@ -92,7 +92,7 @@ impl RedisLimiter {
             options,
             prefix: prefix.to_owned(),
             script: redis::Script::new(GCRA),
-            fallback: MemoryLimiter::default(),
+            fallback: LocalLimiter::default(),
             link: Mutex::new(Link {
                 connection: None,
                 generation: 0,

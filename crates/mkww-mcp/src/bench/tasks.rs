@@ -12,7 +12,7 @@ use crate::config::Config;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::ValueEnum;
-use mcp_core::limiter::MemoryLimiter;
+use mcp_core::limiter::LocalLimiter;
 use mcp_core::principal::Role;
 use mcp_core::task::CreateTask;
 use mcp_core::{HandlerRegistry, Orchestrator, OrchestratorConfig, Origin, TaskStatus, TaskStore};
@@ -173,7 +173,7 @@ pub async fn run(args: TasksBench) -> anyhow::Result<()> {
             let security = crate::serve::api::security(
                 &config,
                 backing.identities(),
-                Arc::new(MemoryLimiter::default()),
+                Arc::new(LocalLimiter::default()),
             )?;
             let token =
                 security

@@ -3,8 +3,8 @@
 
 use crate::config::Config;
 use anyhow::Context;
-use mcp_core::events::{BusConfig, EventBus, MemoryBus};
-use mcp_core::limiter::{Limiter, MemoryLimiter};
+use mcp_core::events::{BusConfig, EventBus, LocalBus};
+use mcp_core::limiter::{Limiter, LocalLimiter};
 use mcp_core::routing::BreakerConfig;
 use mcp_core::task::TaskDefaults;
 use mcp_core::{Backoff, OrchestratorConfig};
@@ -79,7 +79,7 @@ pub fn limiter(config: &Config) -> anyhow::Result<(Arc<dyn Limiter>, Option<Redi
             .context("redis_url")?;
             Ok((Arc::new(limiter.clone()), Some(limiter)))
         }
-        None => Ok((Arc::new(MemoryLimiter::default()), None)),
+        None => Ok((Arc::new(LocalLimiter::default()), None)),
     }
 }
 
@@ -104,6 +104,6 @@ pub fn event_bus(config: &Config) -> anyhow::Result<(Arc<dyn EventBus>, Option<R
             .context("redis_url")?;
             Ok((Arc::new(events.clone()), Some(events)))
         }
-        None => Ok((Arc::new(MemoryBus::new(bus)), None)),
+        None => Ok((Arc::new(LocalBus::new(bus)), None)),
     }
 }

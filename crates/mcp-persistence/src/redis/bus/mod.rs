@@ -20,7 +20,7 @@
 //! Losing Redis must not stop events on a node, nor make anyone wait. The first command that
 //! fails (or outlasts `RedisOptions::timeout`), or the pub/sub link dropping, switches the bus to
 //! `RedisMode::Local`: events published on this node then reach this node's subscribers through
-//! an in-process bus (`MemoryBus`, a fresh one per outage, so its epochs belong to this node and
+//! an in-process bus (`LocalBus`, a fresh one per outage, so its epochs belong to this node and
 //! this outage only), and `subscribe`, `position` and `recover` answer from it; nothing on the
 //! request path touches Redis until the background task has relinked. Cross-node delivery stops
 //! meanwhile. The rule for subscribers: **at every switch, each way, every receiver on the node
@@ -38,7 +38,7 @@
 use crate::redis::link::{self, RedisMode, RedisOptions};
 use async_trait::async_trait;
 use mcp_core::events::{
-    BusConfig, BusError, Delivery, Event, EventBus, MemoryBus, Recovery, StreamPosition,
+    BusConfig, BusError, Delivery, Event, EventBus, LocalBus, Recovery, StreamPosition,
     Subscription,
 };
 use redis::aio::MultiplexedConnection;
@@ -184,7 +184,7 @@ impl RedisBus {
                 generation: 0,
                 last_error: "Redis not reached yet".into(),
                 warned: false,
-                memory: Arc::new(MemoryBus::new(config)),
+                memory: Arc::new(LocalBus::new(config)),
                 published: HashSet::new(),
                 published_overflow: false,
                 channels: HashMap::new(),

@@ -4,7 +4,7 @@
 
 use super::{Head, LOCAL_SWEEP_AT, PUBLISHED_LOCALLY_MAX, decode};
 use crate::redis::link::RedisMode;
-use mcp_core::events::{BusConfig, Delivery, Event, MemoryBus, Subscription};
+use mcp_core::events::{BusConfig, Delivery, Event, LocalBus, Subscription};
 use redis::aio::MultiplexedConnection;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -30,7 +30,7 @@ pub(super) struct LocalState {
     /// Whether the current outage was logged already.
     pub(super) warned: bool,
     /// The bus of this node while local: a fresh one per outage.
-    pub(super) memory: Arc<MemoryBus>,
+    pub(super) memory: Arc<LocalBus>,
     /// Channels published to locally during this outage (their Redis epochs end when Redis
     /// returns), or too many to remember.
     pub(super) published: HashSet<String>,
@@ -66,7 +66,7 @@ impl Local {
     }
 
     /// The outage's in-process bus.
-    pub(super) fn memory(&self) -> Arc<MemoryBus> {
+    pub(super) fn memory(&self) -> Arc<LocalBus> {
         self.lock().memory.clone()
     }
 
@@ -87,7 +87,7 @@ impl Local {
         state.connection = None;
         state.last_error = error.to_owned();
         state.warned = true;
-        state.memory = Arc::new(MemoryBus::new(self.config));
+        state.memory = Arc::new(LocalBus::new(self.config));
         state.published.clear();
         state.published_overflow = false;
         self.lag_all(&mut state);
@@ -142,7 +142,7 @@ impl Local {
     pub(super) fn begin_local<'a>(
         &self,
         channels: impl Iterator<Item = &'a String>,
-    ) -> Option<Arc<MemoryBus>> {
+    ) -> Option<Arc<LocalBus>> {
         let mut state = self.lock();
         if state.connection.is_some() {
             return None;

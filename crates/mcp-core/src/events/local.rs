@@ -91,21 +91,21 @@ struct Channels {
 }
 
 /// The embedded default bus. See the module comment for epochs and forgetting.
-pub struct MemoryBus {
+pub struct LocalBus {
     config: BusConfig,
     /// Random per bus: epochs of this process never repeat those of an earlier one.
     process: String,
     channels: Mutex<Channels>,
 }
 
-impl MemoryBus {
+impl LocalBus {
     pub fn new(config: BusConfig) -> Self {
         let config = BusConfig {
             buffer: config.buffer.max(1),
             max_channels: config.max_channels.max(1),
             ..config
         };
-        MemoryBus {
+        LocalBus {
             config,
             process: uuid::Uuid::new_v4().simple().to_string(),
             channels: Mutex::new(Channels {
@@ -240,14 +240,14 @@ impl MemoryBus {
     }
 }
 
-impl Default for MemoryBus {
+impl Default for LocalBus {
     fn default() -> Self {
-        MemoryBus::new(BusConfig::default())
+        LocalBus::new(BusConfig::default())
     }
 }
 
 #[async_trait]
-impl EventBus for MemoryBus {
+impl EventBus for LocalBus {
     async fn publish(&self, channel: &str, event: Arc<Event>) -> Result<StreamPosition, BusError> {
         let now = Instant::now();
         Ok(self.publish_locked(&mut self.lock(), channel, event, now))
@@ -359,7 +359,7 @@ mod tests {
 
     #[tokio::test]
     async fn offsets_increase_per_channel_and_subscribers_see_them_in_order() {
-        let bus = MemoryBus::default();
+        let bus = LocalBus::default();
         let mut rx = bus.subscribe("a").await.unwrap();
         for n in 1..=3 {
             assert_eq!(bus.publish("a", event(n)).await.unwrap().offset, n);
@@ -376,7 +376,7 @@ mod tests {
 
     #[tokio::test]
     async fn recovers_exactly_the_missed_events_or_says_lost() {
-        let bus = MemoryBus::new(BusConfig {
+        let bus = LocalBus::new(BusConfig {
             history_size: 3,
             ..BusConfig::default()
         });
@@ -406,7 +406,7 @@ mod tests {
 
     #[tokio::test]
     async fn recovered_frames_match_live_ones() {
-        let bus = MemoryBus::default();
+        let bus = LocalBus::default();
         let start = bus.position("f").await.unwrap();
         let mut rx = bus.subscribe("f").await.unwrap();
         bus.publish("f", event(1)).await.unwrap();
@@ -427,7 +427,7 @@ mod tests {
 
     #[tokio::test]
     async fn forgets_idle_channels_and_never_reuses_their_epoch() {
-        let bus = MemoryBus::new(BusConfig {
+        let bus = LocalBus::new(BusConfig {
             history_ttl: Duration::ZERO,
             ..BusConfig::default()
         });
@@ -449,7 +449,7 @@ mod tests {
 
     #[tokio::test]
     async fn holds_at_most_max_channels_without_subscribers() {
-        let bus = MemoryBus::new(BusConfig {
+        let bus = LocalBus::new(BusConfig {
             max_channels: 100,
             ..BusConfig::default()
         });
