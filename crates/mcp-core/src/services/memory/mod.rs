@@ -3,6 +3,15 @@
 //! defaults) and the events (every change on `conversation:{id}` and on `memory`) live here; the
 //! API only turns requests and answers into JSON.
 
+mod requests;
+mod rules;
+
+pub use requests::{
+    CreateConversation, ImportedConversation, MessageCursor, NewMessage, UpdateConversation,
+    UpdateMessage,
+};
+pub use rules::{MemoryError, MemoryLimits};
+
 use crate::StoreError;
 use crate::events::{Event, EventBus};
 use crate::memory::{
@@ -12,226 +21,13 @@ use crate::memory::{
 };
 use crate::principal::Principal;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Deserializer};
+use rules::{check_participants, check_title, conversation_id, exists, invalid, message_id};
 use serde_json::{Value, json};
 use std::sync::Arc;
-use utoipa::ToSchema;
 use uuid::Uuid;
 
-/// Most participants of one conversation.
-const MAX_PARTICIPANTS: usize = 100;
-/// Longest title, in bytes.
-const MAX_TITLE_BYTES: usize = 1_024;
 /// Messages per store call when importing and exporting.
 const CHUNK: usize = 1_000;
-
-/// Limits of conversation memory.
-#[derive(Debug, Clone)]
-pub struct MemoryLimits {
-    /// Largest message `content`, in bytes (413 `message_too_large` beyond).
-    pub max_message_bytes: usize,
-    /// Budget used by `/context` when the request names none.
-    pub default_context_tokens: u32,
-    /// Largest `max_tokens` a context request may ask for.
-    pub max_context_tokens: u32,
-    /// Largest JSON Lines body `POST /v1/conversations/import` accepts.
-    pub max_import_bytes: usize,
-    /// Deepest search page: `offset + limit` may not exceed it (ranking every match again for
-    /// each deep page is costly; narrow the query instead).
-    pub max_search_depth: u32,
-    /// Most messages in one batch.
-    pub max_batch: usize,
-}
-
-impl Default for MemoryLimits {
-    fn default() -> Self {
-        MemoryLimits {
-            max_message_bytes: 64 * 1024,
-            default_context_tokens: 4_096,
-            max_context_tokens: 1_000_000,
-            max_import_bytes: 64 * 1024 * 1024,
-            // The stores rank at most this many matches of one query.
-            max_search_depth: crate::memory::RANKED_MATCHES,
-            max_batch: 1000,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum MemoryError {
-    #[error("no conversation with id `{0}`")]
-    ConversationNotFound(String),
-    #[error("no message with id `{0}` in this conversation")]
-    MessageNotFound(String),
-    /// `code` names what was invalid: `invalid_conversation`, `invalid_message`,
-    /// `invalid_summary`.
-    #[error("{input}")]
-    Invalid {
-        code: &'static str,
-        input: InvalidInput,
-    },
-    /// A message or summary over `max_message_bytes`; `field` names it when the answer says
-    /// which.
-    #[error("{message}")]
-    TooLarge {
-        message: String,
-        field: Option<String>,
-        limit: usize,
-    },
-    #[error("a batch holds between 1 and {max} messages; this one has {got}")]
-    BatchSize { max: usize, got: usize },
-    /// `code`: `conversation_exists` or `message_exists`.
-    #[error("{what} exists already")]
-    Exists { code: &'static str, what: String },
-    #[error("cursor must be a next_cursor returned by this endpoint")]
-    InvalidCursor,
-    #[error("{0}")]
-    InvalidQuery(String),
-    #[error(transparent)]
-    Store(StoreError),
-}
-
-impl From<StoreError> for MemoryError {
-    fn from(e: StoreError) -> Self {
-        MemoryError::Store(e)
-    }
-}
-
-/// A store conflict as the `code` the caller answers with.
-fn exists(code: &'static str) -> impl FnOnce(StoreError) -> MemoryError {
-    move |e| match e {
-        StoreError::Conflict(what) => MemoryError::Exists { code, what },
-        other => MemoryError::Store(other),
-    }
-}
-
-/// `Some(None)` for an explicit `null`, `None` for an absent field.
-fn nullable<'de, D, T>(deserializer: D) -> Result<Option<Option<T>>, D::Error>
-where
-    D: Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    Option::<T>::deserialize(deserializer).map(Some)
-}
-
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CreateConversation {
-    /// A UUID of the caller's choosing (default: a new UUIDv7).
-    pub id: Option<Uuid>,
-    pub title: Option<String>,
-    #[serde(default)]
-    pub participants: Vec<String>,
-    /// A JSON object (default `{}`).
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-}
-
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateConversation {
-    /// A new title; `null` clears it.
-    #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<String>)]
-    pub title: Option<Option<String>>,
-    pub participants: Option<Vec<String>>,
-    /// Replaces the metadata object.
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-    /// Archive or bring back.
-    pub archived: Option<bool>,
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct NewMessage {
-    /// A UUID of the caller's choosing, e.g. to make retries safe (default: a new UUIDv7).
-    pub id: Option<Uuid>,
-    /// Who wrote it (default: the caller's subject).
-    pub author: Option<String>,
-    /// Default `user`.
-    pub role: Option<MessageRole>,
-    pub content: String,
-    /// A JSON object (default `{}`).
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-    #[serde(default)]
-    pub pinned: bool,
-    /// When it was written, if not now (bridged or imported history).
-    pub created_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Debug, Default, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct UpdateMessage {
-    /// New text (re-estimates `tokens`).
-    pub content: Option<String>,
-    /// Replaces the metadata object.
-    #[schema(value_type = Option<Object>)]
-    pub metadata: Option<Value>,
-    /// Pin or unpin.
-    pub pinned: Option<bool>,
-}
-
-/// A conversation read back from an export, with its ids and times.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ImportedConversation {
-    pub id: Uuid,
-    pub title: Option<String>,
-    #[serde(default)]
-    pub participants: Vec<String>,
-    pub metadata: Option<Value>,
-    #[serde(default)]
-    pub archived: bool,
-    pub summary: Option<Summary>,
-    pub created_by: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// Where a page of messages starts, as the caller named it.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MessageCursor {
-    pub before: Option<Uuid>,
-    pub after: Option<Uuid>,
-}
-
-fn check_title(title: &str) -> Result<(), InvalidInput> {
-    check_text("title", title)?;
-    if title.len() > MAX_TITLE_BYTES {
-        return Err(InvalidInput::new(
-            "title",
-            format!("must be at most {MAX_TITLE_BYTES} bytes"),
-        ));
-    }
-    Ok(())
-}
-
-fn check_participants(participants: &[String]) -> Result<(), InvalidInput> {
-    if participants.len() > MAX_PARTICIPANTS {
-        return Err(InvalidInput::new(
-            "participants",
-            format!("at most {MAX_PARTICIPANTS} participants"),
-        ));
-    }
-    participants
-        .iter()
-        .enumerate()
-        .try_for_each(|(i, p)| check_name(&format!("participants[{i}]"), p))
-}
-
-fn invalid(code: &'static str) -> impl FnOnce(InvalidInput) -> MemoryError {
-    move |input| MemoryError::Invalid { code, input }
-}
-
-fn conversation_id(id: &str) -> Result<Uuid, MemoryError> {
-    Uuid::parse_str(id).map_err(|_| MemoryError::ConversationNotFound(id.to_owned()))
-}
-
-fn message_id(id: &str) -> Result<Uuid, MemoryError> {
-    Uuid::parse_str(id).map_err(|_| MemoryError::MessageNotFound(id.to_owned()))
-}
 
 pub struct MemoryService {
     store: Arc<dyn MemoryStore>,
