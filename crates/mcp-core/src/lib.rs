@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod credentials;
 pub mod events;
 pub mod followups;
+pub mod handler;
 pub mod health;
 pub mod hooks;
 pub mod identity;

@@ -6,7 +6,7 @@
 //! Also here, because both the API and the stores need one answer: the token-estimate rule, the
 //! context-window rule, snippet rendering, and the built-in `memory.summarize` handler.
 
-use crate::orchestrator::{Handler, HandlerError, TaskContext};
+use crate::handler::{Handler, HandlerError, TaskContext};
 use crate::store::StoreError;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

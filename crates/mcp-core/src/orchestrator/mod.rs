@@ -4,13 +4,13 @@
 
 mod announce;
 mod directory;
-mod handler;
+
 mod remote;
 #[cfg(test)]
 mod tests;
 mod worker;
 
-pub use handler::{Handler, HandlerError, HandlerRegistry, TaskContext};
+pub use crate::handler::{Handler, HandlerError, HandlerRegistry, TaskContext};
 pub use worker::WorkerHandle;
 
 use crate::events::{EventBus, LocalBus};

@@ -11,7 +11,7 @@ pub mod directory;
 pub use breaker::{Breaker, BreakerConfig, BreakerState};
 pub use directory::{DirectoryEntry, WorkerDirectory, WorkerRegistration};
 
-use crate::orchestrator::HandlerError;
+use crate::handler::HandlerError;
 use crate::task::Task;
 use serde::Serialize;
 use serde_json::Value;
