@@ -3,7 +3,7 @@
 
 use crate::auth::Security;
 use crate::discord;
-use crate::hooks::HooksConfig;
+use crate::hooks::config::HooksConfig;
 use crate::ws::config::WsConfig;
 use mcp_core::Orchestrator;
 use mcp_core::integrations::{IntegrationRuntime, IntegrationStore};
