@@ -2,8 +2,9 @@
 //! below the handler modules so they depend on it and not on `lib.rs`, which assembles them.
 
 use crate::auth::Security;
-use crate::discord;
-use crate::hooks::HooksConfig;
+use crate::discord::config::DiscordInteractions;
+use crate::discord::pending::Followups;
+use crate::hooks::config::HooksConfig;
 use crate::ws::config::WsConfig;
 use mcp_core::Orchestrator;
 use mcp_core::integrations::{IntegrationRuntime, IntegrationStore};
@@ -27,7 +28,7 @@ pub struct ApiConfig {
     /// `POST /ask-gemini`: how long the request waits for its `llm.generate` task.
     pub ask_timeout: Duration,
     /// `POST /v1/discord/interactions`: the public key and the slash commands.
-    pub discord: discord::DiscordInteractions,
+    pub discord: DiscordInteractions,
     /// `POST /v1/hooks/{source}`: the incoming webhook sources.
     pub hooks: HooksConfig,
 }
@@ -41,7 +42,7 @@ impl Default for ApiConfig {
             ws: WsConfig::default(),
             deploy_targets: BTreeMap::new(),
             ask_timeout: Duration::from_secs(60),
-            discord: discord::DiscordInteractions::default(),
+            discord: DiscordInteractions::default(),
             hooks: HooksConfig::default(),
         }
     }
@@ -76,7 +77,7 @@ pub struct AppState {
     /// The state of the node's dependencies: `/readyz`, `/v1/health`.
     pub health: Arc<mcp_core::health::HealthMonitor>,
     /// Where Discord follow-ups wait for their task; `None`: only in this node's memory.
-    pub followups: Option<discord::Followups>,
+    pub followups: Option<Followups>,
     /// Cancelled when the server begins to shut down: WebSocket connections close with 1001.
     pub shutdown: tokio_util::sync::CancellationToken,
 }

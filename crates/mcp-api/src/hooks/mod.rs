@@ -4,6 +4,10 @@
 //! source's matching rules become tasks created by `hook:{source}`. Anything unverified, stale or
 //! replayed is refused with 401 before anything is stored or published.
 
+pub(crate) mod config;
+
+pub use config::HooksConfig;
+
 use crate::access::Access::Public;
 use crate::endpoint::{Endpoint, endpoint};
 use crate::error::{ApiError, ErrorBody};
@@ -15,7 +19,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use mcp_core::events::Event;
-use mcp_core::hooks::{HookError, HookVerifier};
+use mcp_core::hooks::HookError;
 use mcp_core::services::Creator;
 use serde::Serialize;
 use serde_json::{Value, json};
@@ -32,44 +36,6 @@ pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
         // by the handler (docs/integrations.md).
         endpoint(Public, routes!(receive)).body_limit(|state| state.config.hooks.max_body_bytes),
     ]
-}
-
-/// The configured hook sources and their limits.
-#[derive(Clone)]
-pub struct HooksConfig {
-    /// How deliveries are checked: signatures, replays (in memory: per node) and the rules that
-    /// make tasks. `None`: no source is configured, so every source is unknown.
-    pub verifier: Option<Arc<dyn HookVerifier>>,
-    /// Largest hook body, in bytes (413 `payload_too_large` beyond).
-    pub max_body_bytes: usize,
-}
-
-impl HooksConfig {
-    pub fn new(verifier: Arc<dyn HookVerifier>, max_body_bytes: usize) -> Self {
-        HooksConfig {
-            verifier: Some(verifier),
-            max_body_bytes,
-        }
-    }
-}
-
-impl Default for HooksConfig {
-    fn default() -> Self {
-        HooksConfig {
-            verifier: None,
-            max_body_bytes: 1024 * 1024,
-        }
-    }
-}
-
-// By hand: the verifier holds the sources' secrets.
-impl std::fmt::Debug for HooksConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HooksConfig")
-            .field("verifier", &self.verifier.is_some())
-            .field("max_body_bytes", &self.max_body_bytes)
-            .finish()
-    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
