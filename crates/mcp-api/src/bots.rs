@@ -13,15 +13,12 @@ use crate::state::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use mcp_core::events::Subscription;
+use mcp_core::TaskStatus;
 use mcp_core::principal::Permission;
 use mcp_core::services::Creator;
 use mcp_core::task::CreateTask;
-use mcp_core::{Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -37,10 +34,6 @@ pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
 
 /// The task type `POST /ask-gemini` creates.
 pub const LLM_TASK_TYPE: &str = "llm.generate";
-
-/// How often `/ask-gemini` reads the task from the store while it waits, besides waking on the
-/// task's events: covers a bus that dropped or never delivered them.
-const ASK_POLL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -146,7 +139,7 @@ pub async fn ask_gemini(
     };
     state.tasks.insert(creator, vec![task]).await?;
     let timeout = state.config.ask_timeout;
-    let task = match tokio::time::timeout(timeout, finished(&state, id, live)).await {
+    let task = match tokio::time::timeout(timeout, state.tasks.finished(id, live)).await {
         Ok(task) => task?,
         Err(_) => {
             return Err(ApiError::new(
@@ -191,34 +184,6 @@ pub async fn ask_gemini(
                 format!("the LLM task ended {status}: {message}"),
             )
             .with_details(json!({"task_id": id, "status": status, "error": task.error})))
-        }
-    }
-}
-
-/// The task once it is final: read from the store on each of its events and every [`ASK_POLL`].
-async fn finished(
-    state: &AppState,
-    id: Uuid,
-    mut live: Option<Subscription>,
-) -> Result<Task, ApiError> {
-    loop {
-        if let Some(task) = state.orchestrator.store().get(id).await?
-            && task.status.is_final()
-        {
-            return Ok(task);
-        }
-        match live.as_mut() {
-            Some(events) => {
-                tokio::select! {
-                    received = events.recv() => {
-                        if let Err(RecvError::Closed) = received {
-                            live = None;
-                        }
-                    }
-                    _ = tokio::time::sleep(ASK_POLL) => {}
-                }
-            }
-            None => tokio::time::sleep(ASK_POLL).await,
         }
     }
 }

@@ -4,7 +4,6 @@
 //! `discord-followup:{task id}`, so a follow-up is sent once.
 
 use super::pending::Followups;
-use crate::error::ApiError;
 use crate::state::AppState;
 use mcp_core::events::Subscription;
 use mcp_core::services::Creator;
@@ -12,15 +11,12 @@ use mcp_core::task::CreateTask;
 use mcp_core::{Task, TaskStatus};
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
 
 /// The task type that sends follow-ups.
 pub const FOLLOWUP_TASK_TYPE: &str = "discord.webhook_execute";
 /// Discord's limit on a message's `content`.
 const MAX_CONTENT_CHARS: usize = 2000;
-/// How often the follow-up waiter reads the task besides waking on its events.
-const POLL: Duration = Duration::from_millis(500);
 /// Discord's interaction tokens are valid this long: a follow-up older than that cannot be sent.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(15 * 60);
 /// A stored follow-up whose task is not (yet) in the database is left alone this long: the
@@ -39,13 +35,13 @@ pub(super) async fn followup(
     created_by: String,
 ) {
     let waited = tokio::select! {
-        waited = tokio::time::timeout(state.config.discord.followup_timeout, finished(state, id, live)) => waited,
+        waited = tokio::time::timeout(state.config.discord.followup_timeout, state.tasks.finished(id, live)) => waited,
         _ = state.shutdown.cancelled() => return,
     };
     let content = match waited {
         Ok(Ok(task)) => outcome_text(&task),
         Ok(Err(e)) => {
-            tracing::warn!(task_id = %id, error = %e.message, "discord follow-up: cannot read the task");
+            tracing::warn!(task_id = %id, error = %e, "discord follow-up: cannot read the task");
             return;
         }
         Err(_) => still_running(id),
@@ -161,34 +157,6 @@ async fn sweep_once(state: &AppState, followups: &Followups) -> Result<(), Strin
         .await?;
     }
     Ok(())
-}
-
-/// The task once it is final: read on each of its events and every [`POLL`].
-async fn finished(
-    state: &AppState,
-    id: Uuid,
-    mut live: Option<Subscription>,
-) -> Result<Task, ApiError> {
-    loop {
-        if let Some(task) = state.orchestrator.store().get(id).await?
-            && task.status.is_final()
-        {
-            return Ok(task);
-        }
-        match live.as_mut() {
-            Some(events) => {
-                tokio::select! {
-                    received = events.recv() => {
-                        if let Err(RecvError::Closed) = received {
-                            live = None;
-                        }
-                    }
-                    _ = tokio::time::sleep(POLL) => {}
-                }
-            }
-            None => tokio::time::sleep(POLL).await,
-        }
-    }
 }
 
 /// The follow-up's text: the result's `text` or `response`, else its JSON; or the error.

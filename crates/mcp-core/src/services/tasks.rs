@@ -2,6 +2,7 @@
 //! task — the REST routes, the WebSocket, the bots' routes, Discord commands, incoming hooks and
 //! webhook redeliveries alike. Who may see or change which task is decided here, once.
 
+use crate::events::Subscription;
 use crate::identity::IdentityStore;
 use crate::orchestrator::{Orchestrator, OrchestratorError, Origin};
 use crate::principal::{Permission, Principal};
@@ -9,7 +10,12 @@ use crate::store::{CancelOutcome, Inserted, RetryOutcome, TaskFilter};
 use crate::task::{CreateTask, NewTask, Task, TaskStatus};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
 use uuid::Uuid;
+
+/// How often `finished` reads a task it waits on besides its events.
+pub const FINAL_POLL: Duration = Duration::from_millis(500);
 
 /// Limits the service enforces on principals.
 #[derive(Debug, Clone, Copy)]
@@ -329,6 +335,40 @@ impl TaskService {
                 id: id.to_owned(),
                 status: task.status,
             }),
+        }
+    }
+}
+
+impl TaskService {
+    /// The task once it is final, for a caller that waits on it (a bot's answer, a Discord
+    /// follow-up): read from the store on each of its events (`live`, subscribed to
+    /// `task:{id}` before the task was stored, so no transition comes first) and every
+    /// [`FINAL_POLL`], which alone finds the outcome when there is no bus. Bound it with a
+    /// timeout.
+    pub async fn finished(
+        &self,
+        id: Uuid,
+        mut live: Option<Subscription>,
+    ) -> Result<Task, TaskServiceError> {
+        loop {
+            if let Some(task) = self.orchestrator.store().get(id).await?
+                && task.status.is_final()
+            {
+                return Ok(task);
+            }
+            match live.as_mut() {
+                Some(events) => {
+                    tokio::select! {
+                        received = events.recv() => {
+                            if let Err(RecvError::Closed) = received {
+                                live = None;
+                            }
+                        }
+                        _ = tokio::time::sleep(FINAL_POLL) => {}
+                    }
+                }
+                None => tokio::time::sleep(FINAL_POLL).await,
+            }
         }
     }
 }
