@@ -4,14 +4,20 @@
 //! the run ends — normally, by timeout, by cancellation or because its future was dropped —
 //! nothing in that group outlives it. Unity in batch mode starts helpers of its own, so killing
 //! only the direct child would leave them running and holding the project open.
+//!
+//! `process_group` holds that process-group handling; this file starts the command and reads its
+//! output.
 
+mod process_group;
+
+use process_group::{ProcessGroup, terminate};
 use serde::Serialize;
 use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio_util::sync::CancellationToken;
 
 /// How many of the last output lines a run keeps for its result or error.
@@ -317,132 +323,6 @@ fn exit_signal(_status: ExitStatus) -> Option<i32> {
     None
 }
 
-/// Asks the group to stop, kills it after [`KILL_GRACE`], and reaps the command.
-async fn terminate(group: &mut ProcessGroup, child: &mut Child) {
-    group.terminate();
-    let give_up = Instant::now() + KILL_GRACE;
-    loop {
-        let leader_gone = !matches!(child.try_wait(), Ok(None));
-        if leader_gone && !group.alive() {
-            break;
-        }
-        if Instant::now() >= give_up {
-            group.kill();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // After SIGKILL the leader goes at once unless stuck in the kernel; don't hang on it then.
-    let _ = tokio::time::timeout(KILL_GRACE, child.wait()).await;
-    group.disarm();
-}
-
-/// The command's process group; killed with SIGKILL when dropped while still armed.
-struct ProcessGroup {
-    id: Option<u32>,
-}
-
-impl ProcessGroup {
-    fn of(child: &Child) -> ProcessGroup {
-        ProcessGroup { id: child.id() }
-    }
-
-    /// Once the group is known to be gone, its id may be reused: stop signalling it.
-    fn disarm(&mut self) {
-        self.id = None;
-    }
-}
-
-#[cfg(unix)]
-impl ProcessGroup {
-    fn signal(&self, signal: libc::c_int) -> bool {
-        let Some(pgid) = self.id.and_then(|id| libc::pid_t::try_from(id).ok()) else {
-            return false;
-        };
-        // SAFETY: killpg only sends a signal; the group id is our own child's, which
-        // `process_group(0)` made the leader of a new group.
-        unsafe { libc::killpg(pgid, signal) == 0 }
-    }
-
-    /// Whether a process of the group still runs. Zombies do not count: where nothing reaps
-    /// orphans (PID 1 of a container that is not an init), a killed grandchild stays a zombie
-    /// in the group forever, and waiting for it would only delay every timeout and cancel.
-    fn alive(&self) -> bool {
-        #[cfg(target_os = "linux")]
-        if let Some(pgid) = self.id {
-            return linux_group_runs(pgid);
-        }
-        self.signal(0)
-    }
-
-    fn terminate(&self) {
-        self.signal(libc::SIGTERM);
-    }
-
-    fn kill(&self) {
-        self.signal(libc::SIGKILL);
-    }
-}
-
-/// Whether `/proc` lists a process of group `pgid` that is not a zombie.
-#[cfg(target_os = "linux")]
-fn linux_group_runs(pgid: u32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return true;
-    };
-    entries.flatten().any(|entry| {
-        let is_pid = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()));
-        if !is_pid {
-            return false;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            return false;
-        };
-        // `pid (comm) state ppid pgrp …`; comm may hold spaces and parentheses.
-        let Some((_, after)) = stat.rsplit_once(')') else {
-            return false;
-        };
-        let mut fields = after.split_whitespace();
-        let state = fields.next();
-        let group = fields.nth(1).and_then(|g| g.parse::<u32>().ok());
-        group == Some(pgid) && state != Some("Z") && state != Some("X")
-    })
-}
-
-#[cfg(not(unix))]
-impl ProcessGroup {
-    fn alive(&self) -> bool {
-        false
-    }
-
-    /// No gentle tree-wide stop on Windows: `taskkill /T /F` ends the whole tree.
-    fn terminate(&self) {
-        self.kill();
-    }
-
-    fn kill(&self) {
-        if let Some(pid) = self.id {
-            let _ = std::process::Command::new("taskkill")
-                .args(["/PID", &pid.to_string(), "/T", "/F"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status();
-        }
-    }
-}
-
-impl Drop for ProcessGroup {
-    fn drop(&mut self) {
-        if self.id.is_some() {
-            self.kill();
-        }
-    }
-}
-
 /// The last [`TAIL_LINES`] output lines and how many there were in all.
 #[derive(Default)]
 struct Tail {
@@ -535,7 +415,9 @@ impl<R: AsyncBufRead + Unpin> LineReader<R> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{CommandSpec, LineReader, MAX_LINE_BYTES, Stream, TAIL_LINES, Tail, expand};
+    use std::collections::BTreeMap;
+    use std::time::Duration;
 
     fn vars() -> BTreeMap<&'static str, String> {
         BTreeMap::from([
