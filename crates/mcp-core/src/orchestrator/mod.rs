@@ -4,7 +4,6 @@
 
 mod announce;
 mod directory;
-
 mod remote;
 #[cfg(test)]
 mod tests;
