@@ -1,4 +1,6 @@
 //! The orchestrator against a small in-memory store: what it announces on the event bus.
+//! Longer than most files: one in-memory store and the announcement scenarios that share it;
+//! splitting them would only spread that store over several files.
 
 use super::*;
 use crate::events::{Delivery, Recovery, StreamPosition};
