@@ -407,3 +407,24 @@ pub async fn audit(
         next_cursor,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::check_username;
+    use mcp_core::principal::subjects;
+
+    #[test]
+    fn no_username_can_take_a_subject_of_the_hub_or_of_a_credential() {
+        for subject in
+            subjects::ALL
+                .into_iter()
+                .chain(["hook:github", "discord:1234", "key:ab12cd34"])
+        {
+            assert!(check_username(subject).is_err(), "{subject}");
+        }
+        assert!(
+            check_username("webhooks").is_ok(),
+            "a plain name is a user's own"
+        );
+    }
+}

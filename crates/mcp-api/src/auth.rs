@@ -441,7 +441,7 @@ async fn authenticate_request(
         )
     {
         return Ok(Principal::new(
-            "metrics",
+            mcp_core::principal::subjects::METRICS,
             Role::User,
             CredentialKind::MetricsToken,
         ));

@@ -46,6 +46,20 @@ impl std::str::FromStr for Role {
     }
 }
 
+/// The subjects the hub acts under itself (tasks it creates, audit entries it writes). Each has
+/// a `:`, which no username may contain, so no user can share one and see or cancel what the hub
+/// created under it. Incoming hooks act as `hook:{source}`, Discord commands as
+/// `discord:{user id}`, API keys as `key:{prefix}`: the same rule.
+pub mod subjects {
+    /// The webhook dispatcher (`webhook.deliver` tasks).
+    pub const WEBHOOKS: &str = "system:webhooks";
+    /// A scrape with the metrics token.
+    pub const METRICS: &str = "system:metrics";
+    /// The command line (`mkww-mcp user create`, `mkww-mcp token` by default).
+    pub const CLI: &str = "system:cli";
+    pub const ALL: [&str; 3] = [WEBHOOKS, METRICS, CLI];
+}
+
 /// How the caller proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

@@ -47,8 +47,8 @@ enum Command {
         /// admin, operator, service or user.
         #[arg(long)]
         role: mcp_core::principal::Role,
-        /// Who the token speaks for (its `sub`).
-        #[arg(long, default_value = "cli")]
+        /// Who the token speaks for (its `sub`); the default is the command line's own subject.
+        #[arg(long, default_value = mcp_core::principal::subjects::CLI)]
         sub: String,
         /// Lifetime such as 90s, 15m, 1h or 30d.
         #[arg(long, default_value = "1h", value_parser = mcp_api::token::parse_ttl)]

@@ -229,7 +229,7 @@ async fn enqueue_with_key(
     };
     let origin = Origin {
         correlation_id,
-        created_by: Some("webhooks"),
+        created_by: Some(mcp_core::principal::subjects::WEBHOOKS),
     };
     orchestrator
         .create(request, origin)

@@ -44,7 +44,7 @@ pub async fn create_user(
             id: uuid::Uuid::now_v7(),
             at: chrono::Utc::now(),
             action: "user.created".into(),
-            principal: Some("cli".into()),
+            principal: Some(mcp_core::principal::subjects::CLI.into()),
             ip: None,
             request_id: None,
             details: serde_json::json!({"user": username, "role": role}),
