@@ -98,6 +98,8 @@ pub enum VccError {
     RootsNotConfigured,
     #[error("the path must be absolute: {path}")]
     PathNotAbsolute { path: String },
+    #[error("the path {path:?} {reason}")]
+    PathInvalid { path: String, reason: &'static str },
     #[error("{path} does not exist")]
     PathNotFound { path: String },
     #[error("{path} is not a directory")]
@@ -177,6 +179,7 @@ impl VccError {
             VccError::PathNotFound { .. } => "path_not_found",
             VccError::NotADirectory { .. } => "not_a_directory",
             VccError::PathOutsideRoots { .. } => "path_outside_roots",
+            VccError::PathInvalid { .. } => "path_invalid",
             VccError::NotAUnityProject { .. } => "not_a_unity_project",
             VccError::ManifestInvalid { .. } => "manifest_invalid",
             VccError::ProjectNotFound { .. } => "project_not_found",
@@ -210,6 +213,7 @@ impl VccError {
             | VccError::NoMatchingVersion { .. }
             | VccError::PackageNotInstalled { .. } => VccErrorKind::NotFound,
             VccError::PathNotAbsolute { .. }
+            | VccError::PathInvalid { .. }
             | VccError::NotADirectory { .. }
             | VccError::PathOutsideRoots { .. }
             | VccError::NotAUnityProject { .. }

@@ -244,6 +244,27 @@ async fn registers_projects_under_the_roots_only_and_shows_them() {
         (404, Some("path_not_found")),
         "{body}"
     );
+    // Outside the roots, whether a path exists is never told, and NUL is refused as input.
+    for (path, code) in [
+        (
+            outside.join("nope").display().to_string(),
+            "path_outside_roots",
+        ),
+        (format!("{}/bad\u{0}name", root.display()), "path_invalid"),
+    ] {
+        let (status, body) = call(
+            &operator,
+            "POST",
+            server.url("/v1/vcc/projects"),
+            Some(register(path.clone())),
+        )
+        .await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (422, Some(code)),
+            "{path:?}: {body}"
+        );
+    }
     let not_unity = root.join("notes");
     std::fs::create_dir_all(&not_unity).unwrap();
     let (status, body) = call(

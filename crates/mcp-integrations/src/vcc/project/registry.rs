@@ -8,6 +8,21 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+/// `path` with `.` dropped and `..` taken back lexically, without asking the file system.
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
 /// Checks a project path against the roots and returns it canonical.
 ///
 /// `roots` empty refuses everything: with no roots configured, nothing may be registered.
@@ -15,8 +30,30 @@ pub fn checked_path(roots: &[PathBuf], path: &Path) -> Result<PathBuf, VccError>
     if roots.is_empty() {
         return Err(VccError::RootsNotConfigured);
     }
+    if path.as_os_str().as_encoded_bytes().contains(&0) {
+        return Err(VccError::PathInvalid {
+            path: path.display().to_string(),
+            reason: "contains a NUL byte",
+        });
+    }
     if !path.is_absolute() {
         return Err(VccError::PathNotAbsolute {
+            path: path.display().to_string(),
+        });
+    }
+    // Refused before the file system is asked, so that the answer never tells whether a path
+    // outside the roots exists. The check after resolving symlinks below still applies.
+    let canonical_roots: Vec<PathBuf> = roots
+        .iter()
+        .filter_map(|root| std::fs::canonicalize(root).ok())
+        .collect();
+    let lexical = lexically_normal(path);
+    if !roots
+        .iter()
+        .chain(&canonical_roots)
+        .any(|root| lexical.starts_with(lexically_normal(root)))
+    {
+        return Err(VccError::PathOutsideRoots {
             path: path.display().to_string(),
         });
     }
@@ -39,10 +76,9 @@ pub fn checked_path(roots: &[PathBuf], path: &Path) -> Result<PathBuf, VccError>
             path: path.display().to_string(),
         });
     }
-    let inside = roots
+    let inside = canonical_roots
         .iter()
-        .filter_map(|root| std::fs::canonicalize(root).ok())
-        .any(|root| canonical.starts_with(&root));
+        .any(|root| canonical.starts_with(root));
     if !inside {
         return Err(VccError::PathOutsideRoots {
             path: path.display().to_string(),
