@@ -5,5 +5,13 @@
 pub mod memory;
 pub mod tasks;
 
+/// Trims a page read with one row more than `limit` back to `limit` rows; `true` when that extra
+/// row was there, i.e. another page follows.
+pub(crate) fn trim_page<T>(rows: &mut Vec<T>, limit: usize) -> bool {
+    let more = rows.len() > limit;
+    rows.truncate(limit);
+    more
+}
+
 pub use memory::{MemoryError, MemoryLimits, MemoryService};
 pub use tasks::{Creator, TaskLimits, TaskPage, TaskQuery, TaskService, TaskServiceError};

@@ -122,14 +122,6 @@ impl TaskService {
         }
     }
 
-    pub fn orchestrator(&self) -> &Arc<Orchestrator> {
-        &self.orchestrator
-    }
-
-    pub fn limits(&self) -> TaskLimits {
-        self.limits
-    }
-
     /// Whether `principal` may see `task`: its own, or any with `tasks:read:any`.
     pub fn may_see(principal: &Principal, task: &Task) -> bool {
         principal.can(Permission::TasksReadAny)
@@ -289,8 +281,7 @@ impl TaskService {
                 limit: query.limit + 1,
             })
             .await?;
-        let next_cursor = if tasks.len() > limit {
-            tasks.truncate(limit);
+        let next_cursor = if super::trim_page(&mut tasks, limit) {
             tasks.last().map(|t| t.id)
         } else {
             None

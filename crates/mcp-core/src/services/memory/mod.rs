@@ -52,10 +52,6 @@ impl MemoryService {
         &self.limits
     }
 
-    pub fn store(&self) -> &Arc<dyn MemoryStore> {
-        &self.store
-    }
-
     /// The emit point: every change is an event on `conversation:{id}` and on `memory` (every
     /// conversation's changes: outgoing webhooks follow it). Publishing is best effort: the
     /// change is stored already, and a subscriber that missed the event resyncs through REST.
@@ -141,8 +137,7 @@ impl MemoryService {
                 ..filter
             })
             .await?;
-        let next = if conversations.len() > limit {
-            conversations.truncate(limit);
+        let next = if super::trim_page(&mut conversations, limit) {
             conversations.last().map(|c| c.id)
         } else {
             None
@@ -340,8 +335,7 @@ impl MemoryService {
             .store
             .list_messages(conversation.id, page, limit + 1)
             .await?;
-        let next = if messages.len() > limit as usize {
-            messages.truncate(limit as usize);
+        let next = if super::trim_page(&mut messages, limit as usize) {
             messages.last().map(|m| m.id)
         } else {
             None
@@ -503,8 +497,7 @@ impl MemoryService {
                 ..request
             })
             .await?;
-        let more = hits.len() > limit;
-        hits.truncate(limit);
+        let more = super::trim_page(&mut hits, limit);
         Ok((hits, more))
     }
 }
