@@ -2,7 +2,13 @@
 //! holds the database down, a call answers `StoreError::Unavailable` at once without touching
 //! the pool, and every `Unavailable` a call returns marks the database down at once (the probe,
 //! which checks the server past the breaker, notices the recovery) — except a wait for a pooled
-//! connection that ran out, which may be load: it makes the probe look now. A new store method is one line here:
+//! connection that ran out, which may be load: it makes the probe look now.
+//!
+//! A database that goes silent (a network black hole: the connection stays open, nothing comes
+//! back) returns no error at all, so a call also makes the probe look once it has waited the
+//! probe's timeout, and every call still waiting ends with `Unavailable` the moment the monitor
+//! marks the database down: at most about twice the probe timeout (2 s by default) after it
+//! began. A new store method is one line here:
 //! `async fn name(&self, a: A) -> Result<T, StoreError> { guarded!(self, name(a)) }`.
 
 use super::Dependency;
@@ -10,7 +16,9 @@ use crate::followups::{FollowupStore, PendingFollowup};
 use crate::identity::{ApiKey, AuditEvent, AuditFilter, IdentityStore, QuotaUse, RefreshToken};
 use crate::identity::{Rotation, User};
 use crate::integrations::{Integration, IntegrationStore};
-use crate::memory::{Conversation, ConversationFilter, ConversationPatch, MemoryStore, Message};
+use crate::memory::{
+    ChangeEvent, Conversation, ConversationFilter, ConversationPatch, MemoryStore, Message,
+};
 use crate::memory::{MessagePage, MessagePatch, SearchHit, SearchRequest, Summary};
 use crate::principal::Role;
 use crate::routing::{DirectoryEntry, WorkerDirectory, WorkerRegistration};
@@ -52,6 +60,29 @@ impl<S: ?Sized> Guarded<S> {
         StoreError::Unavailable(format!("the database is down: {why}"))
     }
 
+    /// Runs `call` unless the database goes down first; a call slower than the probe's
+    /// patience has the probe look now (which, for a silent database, marks it down).
+    pub(super) async fn bounded<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::pin!(call);
+        let slow = tokio::time::sleep(self.database.patience());
+        tokio::pin!(slow);
+        let mut suspected = false;
+        loop {
+            tokio::select! {
+                biased;
+                result = &mut call => return self.observe(result),
+                _ = self.database.until_down() => return Err(self.refuse()),
+                _ = &mut slow, if !suspected => {
+                    suspected = true;
+                    self.database.suspect();
+                }
+            }
+        }
+    }
+
     pub(super) fn observe<T>(&self, result: Result<T, StoreError>) -> Result<T, StoreError> {
         match &result {
             Err(StoreError::Unavailable(message)) if message.starts_with(NO_CONNECTION_IN_TIME) => {
@@ -71,8 +102,7 @@ macro_rules! guarded {
         if $self.database.is_down() {
             return Err($self.refuse());
         }
-        let result = $self.inner.$method($($arg),*).await;
-        $self.observe(result)
+        $self.bounded($self.inner.$method($($arg),*)).await
     }};
 }
 
@@ -228,8 +258,12 @@ impl IdentityStore for Guarded<dyn IdentityStore> {
 
 #[async_trait]
 impl MemoryStore for Guarded<dyn MemoryStore> {
-    async fn create_conversation(&self, conversation: &Conversation) -> Result<(), StoreError> {
-        guarded!(self, create_conversation(conversation))
+    async fn create_conversation(
+        &self,
+        conversation: &Conversation,
+        event: Option<ChangeEvent<'_>>,
+    ) -> Result<(), StoreError> {
+        guarded!(self, create_conversation(conversation, event))
     }
     async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, StoreError> {
         guarded!(self, conversation(id))
@@ -245,26 +279,33 @@ impl MemoryStore for Guarded<dyn MemoryStore> {
         id: Uuid,
         patch: &ConversationPatch,
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<Option<Conversation>, StoreError> {
-        guarded!(self, update_conversation(id, patch, at))
+        guarded!(self, update_conversation(id, patch, at, event))
     }
-    async fn delete_conversation(&self, id: Uuid) -> Result<bool, StoreError> {
-        guarded!(self, delete_conversation(id))
+    async fn delete_conversation(
+        &self,
+        id: Uuid,
+        event: Option<ChangeEvent<'_>>,
+    ) -> Result<bool, StoreError> {
+        guarded!(self, delete_conversation(id, event))
     }
     async fn set_summary(
         &self,
         id: Uuid,
         summary: &Summary,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<Option<Conversation>, StoreError> {
-        guarded!(self, set_summary(id, summary))
+        guarded!(self, set_summary(id, summary, event))
     }
     async fn append_messages(
         &self,
         conversation_id: Uuid,
         messages: &[Message],
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<bool, StoreError> {
-        guarded!(self, append_messages(conversation_id, messages, at))
+        guarded!(self, append_messages(conversation_id, messages, at, event))
     }
     async fn message(
         &self,
@@ -294,16 +335,18 @@ impl MemoryStore for Guarded<dyn MemoryStore> {
         id: Uuid,
         patch: &MessagePatch,
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<Option<Message>, StoreError> {
-        guarded!(self, update_message(conversation_id, id, patch, at))
+        guarded!(self, update_message(conversation_id, id, patch, at, event))
     }
     async fn delete_message(
         &self,
         conversation_id: Uuid,
         id: Uuid,
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<bool, StoreError> {
-        guarded!(self, delete_message(conversation_id, id, at))
+        guarded!(self, delete_message(conversation_id, id, at, event))
     }
     async fn search(&self, request: &SearchRequest) -> Result<Vec<SearchHit>, StoreError> {
         guarded!(self, search(request))

@@ -2,7 +2,8 @@
 //! fresh by probing on an interval and by the failures callers report the moment they see them.
 //! Readiness is answered from this state, never by waiting on a dependency, and the database's
 //! state drives the breaker in front of the stores (`guard`), so a lost database costs a caller
-//! a fast error instead of a pool timeout.
+//! a fast error instead of a pool timeout, and a call already waiting on a database that went
+//! silent (a network black hole: no error, no answer) ends the moment the monitor sees it down.
 
 mod guard;
 
@@ -162,6 +163,8 @@ struct Entry {
     down: Arc<AtomicBool>,
     /// Wakes this dependency's probe loop early (a caller just reported a failure).
     nudge: Arc<Notify>,
+    /// Wakes every call waiting on the dependency when it goes down.
+    went_down: Arc<Notify>,
 }
 
 /// The node's view of its dependencies.
@@ -184,6 +187,7 @@ impl Default for HealthMonitor {
 pub struct Dependency {
     name: Arc<str>,
     down: Arc<AtomicBool>,
+    went_down: Arc<Notify>,
     monitor: Arc<HealthMonitor>,
 }
 
@@ -213,6 +217,27 @@ impl Dependency {
     /// The state as the monitor holds it.
     pub fn health(&self) -> Option<DependencyHealth> {
         self.monitor.dependency(&self.name)
+    }
+
+    /// Returns once the dependency is down (at once if it is now).
+    pub async fn until_down(&self) {
+        loop {
+            let went_down = self.went_down.notified();
+            tokio::pin!(went_down);
+            // Registered before the check, so a change in between still wakes it.
+            went_down.as_mut().enable();
+            if self.is_down() {
+                return;
+            }
+            went_down.await;
+        }
+    }
+
+    /// How long a call may go unanswered before the probe should look: the probe's own
+    /// patience, since a call slower than a probe may allow is the first sign of a silent
+    /// dependency.
+    pub fn patience(&self) -> Duration {
+        self.monitor.config.probe_timeout
     }
 }
 
@@ -253,11 +278,13 @@ impl HealthMonitor {
                 health,
                 down: Arc::new(AtomicBool::new(false)),
                 nudge: Arc::new(Notify::new()),
+                went_down: Arc::new(Notify::new()),
             }
         });
         Dependency {
             name: name.into(),
             down: entry.down.clone(),
+            went_down: entry.went_down.clone(),
             monitor: self.clone(),
         }
     }
@@ -338,6 +365,9 @@ impl HealthMonitor {
             entry
                 .down
                 .store(state == HealthState::Down, Ordering::Release);
+            if state == HealthState::Down {
+                entry.went_down.notify_waiters();
+            }
             (health.clone(), entry.nudge.clone())
         };
         self.announce(&changed, result.err().map(|f| f.message));

@@ -302,3 +302,44 @@ async fn a_pool_timeout_asks_for_a_probe_instead_of_opening_the_breaker() {
     assert!(!database.is_down());
     stop.cancel();
 }
+
+#[tokio::test]
+async fn a_call_on_a_silent_database_ends_when_the_probe_finds_it_down() {
+    // A black hole: the call never answers, nor does the probe (its timeout makes it down).
+    // The probe runs rarely, so only the slow call can have made it look.
+    let monitor = Arc::new(HealthMonitor::new(HealthConfig {
+        interval: Duration::from_secs(60),
+        ..fast()
+    }));
+    let silent = Arc::new(AtomicBool::new(false));
+    let probed = Arc::new(AtomicUsize::new(0));
+    let (flag, counter) = (silent.clone(), probed.clone());
+    let database = monitor.register(Arc::new(FnProbe::new(DATABASE, true, move || {
+        counter.fetch_add(1, Ordering::SeqCst);
+        let silent = flag.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if silent {
+                std::future::pending::<()>().await;
+            }
+            Ok(())
+        })
+    })));
+    let stop = CancellationToken::new();
+    monitor.run(stop.clone());
+    until("first probe", || probed.load(Ordering::SeqCst) == 1).await;
+    silent.store(true, Ordering::SeqCst);
+    struct Silent;
+    let guarded: Guarded<Silent> = Guarded::new(Arc::new(Silent), database.clone());
+    let started = Instant::now();
+    let result: Result<(), StoreError> = guarded.bounded(std::future::pending()).await;
+    let took = started.elapsed();
+    assert!(
+        matches!(&result, Err(StoreError::Unavailable(m)) if m.contains("database is down")),
+        "{result:?}"
+    );
+    // The call's patience (200 ms), then the probe's timeout (200 ms).
+    assert!(took >= Duration::from_millis(400), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(database.is_down());
+    stop.cancel();
+}
