@@ -227,6 +227,15 @@ impl From<MemoryError> for ApiError {
                 message,
             ),
             MemoryError::Exists { code, .. } => ApiError::new(StatusCode::CONFLICT, code, message),
+            // Who may write what: the caller lacks `memory:write:system`.
+            MemoryError::RoleNotAllowed { field, .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "role_not_allowed", message)
+                    .with_details(serde_json::json!({"field": field}))
+            }
+            MemoryError::CreatedAtNotAllowed { field } => {
+                ApiError::new(StatusCode::FORBIDDEN, "created_at_not_allowed", message)
+                    .with_details(serde_json::json!({"field": field}))
+            }
             MemoryError::InvalidCursor => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_cursor", message)
             }

@@ -118,6 +118,10 @@ pub enum Permission {
     MemoryWrite,
     /// Delete whole conversations and import them (restores, migrations).
     MemoryManage,
+    /// Write messages in the hub's own voice: roles `system` and `tool`, and a `created_at` of
+    /// one's choosing (bridged history). Without it a message is `user` or `assistant`, written
+    /// now.
+    MemoryWriteSystem,
     /// List integrations and configure them through the API (their secrets included), and
     /// manage outgoing webhooks.
     IntegrationsManage,
@@ -130,7 +134,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 18] = [
+    pub const ALL: [Permission; 19] = [
         Permission::TasksCreate,
         Permission::TasksReadOwn,
         Permission::TasksCancelOwn,
@@ -145,6 +149,7 @@ impl Permission {
         Permission::MemoryRead,
         Permission::MemoryWrite,
         Permission::MemoryManage,
+        Permission::MemoryWriteSystem,
         Permission::IntegrationsManage,
         Permission::VrchatRead,
         Permission::VccRead,
@@ -167,6 +172,7 @@ impl Permission {
             Permission::MemoryRead => "memory:read",
             Permission::MemoryWrite => "memory:write",
             Permission::MemoryManage => "memory:manage",
+            Permission::MemoryWriteSystem => "memory:write:system",
             Permission::IntegrationsManage => "integrations:manage",
             Permission::VrchatRead => "vrchat:read",
             Permission::VccRead => "vcc:read",
@@ -199,6 +205,7 @@ impl Role {
                     | MemoryRead
                     | MemoryWrite
                     | MemoryManage
+                    | MemoryWriteSystem
                     | VrchatRead
                     | VccRead
                     | VccManage
@@ -211,6 +218,7 @@ impl Role {
                     | TasksRun
                     | MemoryRead
                     | MemoryWrite
+                    | MemoryWriteSystem
                     | VrchatRead
                     | VccRead
             ),
@@ -244,6 +252,8 @@ mod tests {
         assert!(Role::Operator.grants(Permission::TasksReadAny));
         assert!(!Role::Service.grants(Permission::TasksReadAny));
         assert!(!Role::User.grants(Permission::TasksReadAny));
+        assert!(Role::Service.grants(Permission::MemoryWriteSystem));
+        assert!(!Role::User.grants(Permission::MemoryWriteSystem));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Outgoing webhooks: the subscriptions (`Webhook`), the log of what was sent (`WebhookDelivery`),
 //! the rules that decide which events a webhook receives and which addresses it may target, and
 //! the `WebhookStore` port that keeps them. Secrets reach the store sealed by the `SecretBox`.
-//! The [`Outbox`] port is the durable record of task events that webhooks may want: written by
-//! the task store in the transaction of each transition, drained by any node's dispatcher.
+//! The [`Outbox`] port is the durable record of the task and memory events that webhooks may
+//! want: written by the task and memory stores in the transaction of each change, drained by any
+//! node's dispatcher.
 
 use crate::events::Event;
 use crate::store::StoreError;
@@ -222,11 +223,12 @@ pub const TASK_EVENTS: [&str; 7] = [
     "task.retrying",
 ];
 
-/// The task events at least one enabled webhook wants: what the outbox must record. Empty when
-/// no webhook wants a task event, so transitions then write nothing more than the task.
-pub fn wanted_task_events(webhooks: &[Webhook]) -> Vec<String> {
+/// The task and memory events at least one enabled webhook wants: what the outbox must record.
+/// Empty when no webhook wants any, so changes then write nothing more than themselves.
+pub fn wanted_events(webhooks: &[Webhook]) -> Vec<String> {
     TASK_EVENTS
         .iter()
+        .chain(crate::memory::MEMORY_EVENTS.iter())
         .filter(|event| webhooks.iter().any(|w| w.wants(event)))
         .map(|event| (*event).to_owned())
         .collect()
@@ -237,18 +239,19 @@ pub fn wanted_task_events(webhooks: &[Webhook]) -> Vec<String> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxEntry {
     pub id: i64,
-    /// The event as receivers get it: `data` is the task after the transition.
+    /// The event as receivers get it: `data` is the task after the transition, or the
+    /// conversation or message after the memory change.
     pub event: Event,
 }
 
-/// The webhook outbox. The task store records each transition's event in the transition's own
-/// transaction, but only for the event types last given to [`Outbox::record_events`], which every
-/// node's dispatcher sets from the webhooks in the database.
+/// The webhook outbox. The task and memory stores record each change's event in the change's
+/// own transaction, but only for the event types last given to [`Outbox::record_events`], which
+/// every node's dispatcher sets from the webhooks in the database.
 #[async_trait]
 pub trait Outbox: Send + Sync + 'static {
-    /// The task event types transitions record from now on; empty: none.
+    /// The event types changes record from now on; empty: none.
     fn record_events(&self, event_types: Vec<String>);
-    /// Notified after a transition in this process recorded an event.
+    /// Notified after a change in this process recorded an event.
     fn recorded(&self) -> Arc<Notify>;
     /// Takes up to `limit` entries, oldest first, that no other dispatcher holds, for `lease`;
     /// an entry whose lease ran out (its dispatcher died) is taken again.
@@ -277,6 +280,32 @@ mod tests {
         assert!(!filter_matches("task.dead", "task.succeeded"));
         assert!(valid_filter("memory.*") && valid_filter("*") && valid_filter("task.dead"));
         assert!(!valid_filter("") && !valid_filter(".*") && !valid_filter("Task!"));
+    }
+
+    #[test]
+    fn wanted_events_cover_task_and_memory_events() {
+        let webhook = |events: &[&str]| Webhook {
+            id: Uuid::nil(),
+            url: "http://example.com".into(),
+            events: events.iter().map(|e| (*e).to_owned()).collect(),
+            secret_sealed: String::new(),
+            enabled: true,
+            created_by: "admin".into(),
+            created_at: Utc::now(),
+            failing_since: None,
+            disabled_at: None,
+        };
+        assert!(wanted_events(&[]).is_empty());
+        let memory = wanted_events(&[webhook(&["memory.message.*"])]);
+        assert_eq!(
+            memory,
+            [
+                "memory.message.created",
+                "memory.message.updated",
+                "memory.message.deleted"
+            ]
+        );
+        assert_eq!(wanted_events(&[webhook(&["*"])]).len(), 14);
     }
 
     #[test]

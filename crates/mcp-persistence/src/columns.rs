@@ -14,7 +14,7 @@ pub(crate) const REFRESH_COLUMNS: &str =
 pub(crate) const CONVERSATION_COLUMNS: &str = "id, title, participants, metadata, archived, summary, \
     summary_through, summary_tokens, summary_updated_at, created_by, created_at, updated_at";
 pub(crate) const MESSAGE_COLUMNS: &str =
-    "id, conversation_id, author, role, content, metadata, pinned, tokens, created_at";
+    "id, conversation_id, author, role, content, metadata, pinned, tokens, created_at, created_by";
 pub(crate) const WEBHOOK_COLUMNS: &str =
     "id, url, events, secret_sealed, enabled, created_by, created_at, failing_since, disabled_at";
 pub(crate) const DELIVERY_COLUMNS: &str = "id, webhook_id, event_type, payload, status, attempts, \

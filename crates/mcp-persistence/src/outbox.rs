@@ -1,13 +1,17 @@
-//! What both task stores share to keep the webhook outbox: the switch saying which task events
-//! transitions record (set by the dispatcher from the webhooks in the database), and the SQL that
-//! names a transition's event. While no webhook wants a transition's events, the transition runs
-//! exactly as it would without an outbox: no transaction, no extra statement.
+//! What both stores share to keep the webhook outbox: the switch saying which events changes
+//! record (set by the dispatcher from the webhooks in the database), the SQL that names a task
+//! transition's event, and the entries claimed rows become. While no webhook wants a task
+//! transition's events, the transition runs exactly as it would without an outbox: no
+//! transaction, no extra statement. A memory change runs in a transaction either way and adds
+//! its event's rows only when a webhook wants it.
 
 use crate::error::corrupt;
 use chrono::{DateTime, Utc};
 use mcp_core::events::Event;
+use mcp_core::memory::ChangeEvent;
 use mcp_core::webhooks::OutboxEntry;
 use mcp_core::{StoreError, Task, TaskStatus};
+use serde_json::Value;
 use std::sync::{Arc, RwLock};
 use tokio::sync::Notify;
 
@@ -78,6 +82,20 @@ impl OutboxSwitch {
             .then_some(wanted)
     }
 
+    /// `event`, if some webhook wants its type.
+    pub(crate) fn wanted_memory<'a>(
+        &self,
+        event: Option<ChangeEvent<'a>>,
+    ) -> Option<ChangeEvent<'a>> {
+        let event = event?;
+        self.wanted
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|w| w == event.event_type)
+            .then_some(event)
+    }
+
     pub(crate) fn recorded(&self) -> Arc<Notify> {
         self.recorded.clone()
     }
@@ -106,6 +124,42 @@ pub(crate) fn outbox_entry(
             at,
         },
     })
+}
+
+/// A claimed outbox row as the entry the dispatcher delivers: a task event (`task`, the task row
+/// as `task_entry` reads it) or a memory event (`data`, as receivers get it).
+pub(crate) fn row_entry<T>(
+    id: i64,
+    event_type: String,
+    task: Option<T>,
+    data: Option<Value>,
+    correlation_id: Option<String>,
+    at: DateTime<Utc>,
+    task_entry: impl FnOnce(T) -> Result<Task, StoreError>,
+) -> Result<OutboxEntry, StoreError> {
+    match (task, data) {
+        (Some(task), _) => outbox_entry(id, event_type, task_entry(task)?, correlation_id, at),
+        (None, Some(data)) => Ok(OutboxEntry {
+            id,
+            event: Event {
+                event_type,
+                data,
+                correlation_id,
+                at,
+            },
+        }),
+        (None, None) => Err(corrupt(format!(
+            "outbox row {id} has neither task nor data"
+        ))),
+    }
+}
+
+/// The JSON of each item a memory change's event carries, one outbox row each.
+pub(crate) fn event_data<T: serde::Serialize>(items: &[T]) -> Result<Vec<String>, StoreError> {
+    items
+        .iter()
+        .map(|item| serde_json::to_string(item).map_err(corrupt))
+        .collect()
 }
 
 /// The statuses after which a task changes no more.

@@ -73,6 +73,7 @@ mod cases {
             pinned: false,
             tokens: estimate_tokens(content),
             created_at: now(),
+            created_by: Some(format!("key:{author}")),
         }
     }
 
@@ -81,9 +82,14 @@ mod cases {
         texts: &[&str],
     ) -> (Conversation, Vec<Message>) {
         let c = conversation(&["ann"]);
-        store.create_conversation(&c).await.unwrap();
+        store.create_conversation(&c, None).await.unwrap();
         let messages: Vec<Message> = texts.iter().map(|t| message(&c, "ann", t)).collect();
-        assert!(store.append_messages(c.id, &messages, now()).await.unwrap());
+        assert!(
+            store
+                .append_messages(c.id, &messages, now(), None)
+                .await
+                .unwrap()
+        );
         (c, messages)
     }
 
@@ -119,15 +125,15 @@ mod cases {
 
     pub async fn round_trips_conversations(store: &dyn MemoryStore) {
         let c = conversation(&["ann", "bot"]);
-        store.create_conversation(&c).await.unwrap();
+        store.create_conversation(&c, None).await.unwrap();
         assert_eq!(store.conversation(c.id).await.unwrap(), Some(c.clone()));
         assert_eq!(store.conversation(Uuid::now_v7()).await.unwrap(), None);
     }
 
     pub async fn refuses_a_taken_conversation_id(store: &dyn MemoryStore) {
         let c = conversation(&[]);
-        store.create_conversation(&c).await.unwrap();
-        let again = store.create_conversation(&c).await;
+        store.create_conversation(&c, None).await.unwrap();
+        let again = store.create_conversation(&c, None).await;
         assert!(matches!(again, Err(StoreError::Conflict(_))), "{again:?}");
     }
 
@@ -137,7 +143,7 @@ mod cases {
         let mut c = conversation(&["ann", "bob"]);
         c.archived = true;
         for x in [&a, &b, &c] {
-            store.create_conversation(x).await.unwrap();
+            store.create_conversation(x, None).await.unwrap();
         }
         let ids = |list: Vec<Conversation>| list.into_iter().map(|c| c.id).collect::<Vec<_>>();
         let all = |filter: ConversationFilter| async move {
@@ -168,7 +174,7 @@ mod cases {
 
     pub async fn patches_conversations(store: &dyn MemoryStore) {
         let c = conversation(&["ann"]);
-        store.create_conversation(&c).await.unwrap();
+        store.create_conversation(&c, None).await.unwrap();
         let later = now() + Span::seconds(5);
         let patched = store
             .update_conversation(
@@ -180,6 +186,7 @@ mod cases {
                     archived: Some(true),
                 },
                 later,
+                None,
             )
             .await
             .unwrap()
@@ -190,7 +197,7 @@ mod cases {
         assert!(patched.archived);
         assert_eq!(patched.updated_at, later);
         let none = store
-            .update_conversation(Uuid::now_v7(), &ConversationPatch::default(), later)
+            .update_conversation(Uuid::now_v7(), &ConversationPatch::default(), later, None)
             .await
             .unwrap();
         assert_eq!(none, None);
@@ -198,8 +205,8 @@ mod cases {
 
     pub async fn deleting_a_conversation_deletes_its_messages(store: &dyn MemoryStore) {
         let (c, messages) = with_messages(store, &["zebra crossing"]).await;
-        assert!(store.delete_conversation(c.id).await.unwrap());
-        assert!(!store.delete_conversation(c.id).await.unwrap());
+        assert!(store.delete_conversation(c.id, None).await.unwrap());
+        assert!(!store.delete_conversation(c.id, None).await.unwrap());
         assert_eq!(store.message(c.id, messages[0].id).await.unwrap(), None);
         assert!(found(store, search("zebra")).await.is_empty());
     }
@@ -235,7 +242,12 @@ mod cases {
     pub async fn appending_to_an_unknown_conversation_stores_nothing(store: &dyn MemoryStore) {
         let ghost = conversation(&[]);
         let m = message(&ghost, "ann", "hello");
-        assert!(!store.append_messages(ghost.id, &[m], now()).await.unwrap());
+        assert!(
+            !store
+                .append_messages(ghost.id, &[m], now(), None)
+                .await
+                .unwrap()
+        );
         assert!(found(store, search("hello")).await.is_empty());
     }
 
@@ -243,7 +255,7 @@ mod cases {
         let (c, messages) = with_messages(store, &["first"]).await;
         let fresh = message(&c, "ann", "second");
         let result = store
-            .append_messages(c.id, &[fresh.clone(), messages[0].clone()], now())
+            .append_messages(c.id, &[fresh.clone(), messages[0].clone()], now(), None)
             .await;
         assert!(matches!(result, Err(StoreError::Conflict(_))), "{result:?}");
         assert_eq!(store.message(c.id, fresh.id).await.unwrap(), None);
@@ -253,10 +265,15 @@ mod cases {
     pub async fn appending_revives_an_archived_conversation(store: &dyn MemoryStore) {
         let mut c = conversation(&[]);
         c.archived = true;
-        store.create_conversation(&c).await.unwrap();
+        store.create_conversation(&c, None).await.unwrap();
         let later = now() + Span::seconds(1);
         let m = message(&c, "ann", "back again");
-        assert!(store.append_messages(c.id, &[m], later).await.unwrap());
+        assert!(
+            store
+                .append_messages(c.id, &[m], later, None)
+                .await
+                .unwrap()
+        );
         let c = store.conversation(c.id).await.unwrap().unwrap();
         assert!(!c.archived);
         assert_eq!(c.updated_at, later);
@@ -275,6 +292,7 @@ mod cases {
                     pinned: Some(true),
                 },
                 later,
+                None,
             )
             .await
             .unwrap()
@@ -295,19 +313,20 @@ mod cases {
                 messages[1].id,
                 &MessagePatch::default(),
                 later,
+                None,
             )
             .await
             .unwrap();
         assert_eq!(wrong_conversation, None);
         assert!(
             store
-                .delete_message(c.id, messages[1].id, later)
+                .delete_message(c.id, messages[1].id, later, None)
                 .await
                 .unwrap()
         );
         assert!(
             !store
-                .delete_message(c.id, messages[1].id, later)
+                .delete_message(c.id, messages[1].id, later, None)
                 .await
                 .unwrap()
         );
@@ -405,7 +424,7 @@ mod cases {
     pub async fn search_ranks_only_the_newest_matches_of_a_broad_query(store: &dyn MemoryStore) {
         let bound = mcp_core::memory::RANKED_MATCHES as usize;
         let c = conversation(&["ann"]);
-        store.create_conversation(&c).await.unwrap();
+        store.create_conversation(&c, None).await.unwrap();
         // The oldest 20 would rank best, but more than `bound` newer messages match too.
         let mut texts: Vec<String> = (0..20)
             .map(|i| format!("lime lime lime special {i}"))
@@ -413,7 +432,12 @@ mod cases {
         texts.extend((0..bound + 30).map(|i| format!("lime among many other words here {i}")));
         let messages: Vec<Message> = texts.iter().map(|t| message(&c, "ann", t)).collect();
         for chunk in messages.chunks(500) {
-            assert!(store.append_messages(c.id, chunk, now()).await.unwrap());
+            assert!(
+                store
+                    .append_messages(c.id, chunk, now(), None)
+                    .await
+                    .unwrap()
+            );
         }
         let best = found(store, search("lime")).await;
         assert_eq!(best.len(), 50);
@@ -436,11 +460,16 @@ mod cases {
     pub async fn search_filters_by_conversation_author_role_and_time(store: &dyn MemoryStore) {
         let (a, _) = with_messages(store, &["alpha report"]).await;
         let b = conversation(&[]);
-        store.create_conversation(&b).await.unwrap();
+        store.create_conversation(&b, None).await.unwrap();
         let mut by_bot = message(&b, "bot", "alpha answer");
         by_bot.role = MessageRole::Assistant;
         by_bot.created_at = now() - Span::days(2);
-        assert!(store.append_messages(b.id, &[by_bot], now()).await.unwrap());
+        assert!(
+            store
+                .append_messages(b.id, &[by_bot], now(), None)
+                .await
+                .unwrap()
+        );
         let request = |f: &dyn Fn(&mut SearchRequest)| {
             let mut r = search("alpha");
             f(&mut r);
@@ -526,7 +555,7 @@ mod cases {
             ..Default::default()
         };
         store
-            .update_message(c.id, messages[0].id, &patch, now())
+            .update_message(c.id, messages[0].id, &patch, now(), None)
             .await
             .unwrap();
         assert!(found(store, search("original")).await.is_empty());
@@ -535,7 +564,7 @@ mod cases {
             ["replaced phrasing"]
         );
         store
-            .delete_message(c.id, messages[0].id, now())
+            .delete_message(c.id, messages[0].id, now(), None)
             .await
             .unwrap();
         assert!(found(store, search("phrasing")).await.is_empty());
@@ -550,7 +579,7 @@ mod cases {
             ..Default::default()
         };
         store
-            .update_message(c.id, messages[0].id, &pin, now())
+            .update_message(c.id, messages[0].id, &pin, now(), None)
             .await
             .unwrap();
         let summary = Summary {
@@ -559,7 +588,11 @@ mod cases {
             tokens: estimate_tokens("ssss"),
             updated_at: now(),
         };
-        let c = store.set_summary(c.id, &summary).await.unwrap().unwrap();
+        let c = store
+            .set_summary(c.id, &summary, None)
+            .await
+            .unwrap()
+            .unwrap();
         // 5 (summary) + 6 (pinned) + 2 × 6 (newest) = 23 ≤ 24 < 29.
         let context = build_context(store, &c, 24).await.unwrap();
         assert_eq!(context.summary, Some(summary));
@@ -589,18 +622,25 @@ mod cases {
 
     pub async fn stores_summaries(store: &dyn MemoryStore) {
         let c = conversation(&[]);
-        store.create_conversation(&c).await.unwrap();
+        store.create_conversation(&c, None).await.unwrap();
         let summary = Summary {
             text: "they talked".into(),
             through: None,
             tokens: estimate_tokens("they talked"),
             updated_at: now(),
         };
-        let stored = store.set_summary(c.id, &summary).await.unwrap().unwrap();
+        let stored = store
+            .set_summary(c.id, &summary, None)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(stored.summary, Some(summary.clone()));
         assert_eq!(stored.updated_at, c.updated_at, "a summary is not activity");
         assert_eq!(
-            store.set_summary(Uuid::now_v7(), &summary).await.unwrap(),
+            store
+                .set_summary(Uuid::now_v7(), &summary, None)
+                .await
+                .unwrap(),
             None
         );
     }
@@ -612,12 +652,12 @@ mod cases {
         idle.updated_at = now() - Span::days(10);
         let fresh = conversation(&[]);
         for c in [&old, &idle, &fresh] {
-            store.create_conversation(c).await.unwrap();
+            store.create_conversation(c, None).await.unwrap();
         }
         let m = message(&old, "ann", "ancient history");
         assert!(
             store
-                .append_messages(old.id, &[m], old.updated_at)
+                .append_messages(old.id, &[m], old.updated_at, None)
                 .await
                 .unwrap()
         );

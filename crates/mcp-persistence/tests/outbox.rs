@@ -9,6 +9,10 @@ mod common;
 use chrono::{Duration as Span, Utc};
 use common::Backend;
 use mcp_core::followups::{FollowupStore, PendingFollowup};
+use mcp_core::memory::{
+    ChangeEvent, Conversation, ConversationPatch, MEMORY_EVENTS, MemoryStore, Message,
+    MessagePatch, MessageRole, Summary,
+};
 use mcp_core::task::{CreateTask, TaskDefaults};
 use mcp_core::webhooks::{DELIVER_TASK, Outbox, TASK_EVENTS};
 use mcp_core::{ClaimRequest, Completion, NewTask, Outcome, TaskError, TaskStatus, TaskStore};
@@ -248,6 +252,151 @@ mod cases {
         assert_eq!(events, ["task.dead", "task.retrying"]);
     }
 
+    pub async fn memory_changes_record_their_wanted_event_with_the_change(backend: &Backend) {
+        let memory: Arc<dyn MemoryStore> = backend.port();
+        let outbox: Arc<dyn Outbox> = backend.port();
+        let now = Utc::now();
+        let conversation = Conversation {
+            id: Uuid::now_v7(),
+            title: Some("ops".into()),
+            participants: vec![],
+            metadata: json!({}),
+            archived: false,
+            summary: None,
+            created_by: Some("ann".into()),
+            created_at: now,
+            updated_at: now,
+        };
+        let message = |text: &str| Message {
+            id: Uuid::now_v7(),
+            conversation_id: conversation.id,
+            author: "ann".into(),
+            role: MessageRole::User,
+            content: text.into(),
+            metadata: json!({}),
+            pinned: false,
+            tokens: 1,
+            created_at: now,
+            created_by: Some("ann".into()),
+        };
+        let event = |t| Some(ChangeEvent::new(t, Some("corr-m")));
+        // Nothing wanted: the change is stored, nothing recorded.
+        memory
+            .create_conversation(&conversation, event("memory.conversation.created"))
+            .await
+            .unwrap();
+        assert_eq!(outbox.outbox_len().await.unwrap(), 0);
+
+        outbox.record_events(MEMORY_EVENTS.iter().map(|e| (*e).to_owned()).collect());
+        let (first, second) = (message("one"), message("two"));
+        let created = event("memory.message.created");
+        assert!(
+            memory
+                .append_messages(
+                    conversation.id,
+                    &[first.clone(), second.clone()],
+                    now,
+                    created
+                )
+                .await
+                .unwrap()
+        );
+        let pin = MessagePatch {
+            pinned: Some(true),
+            ..MessagePatch::default()
+        };
+        let updated = event("memory.message.updated");
+        memory
+            .update_message(conversation.id, first.id, &pin, now, updated)
+            .await
+            .unwrap();
+        let deleted = event("memory.message.deleted");
+        memory
+            .delete_message(conversation.id, second.id, now, deleted)
+            .await
+            .unwrap();
+        // A change that finds nothing records nothing.
+        let ghost = event("memory.message.deleted");
+        memory
+            .delete_message(conversation.id, second.id, now, ghost)
+            .await
+            .unwrap();
+        let summary = Summary {
+            text: "short".into(),
+            through: None,
+            tokens: 1,
+            updated_at: now,
+        };
+        let summarized = event("memory.conversation.summarized");
+        memory
+            .set_summary(conversation.id, &summary, summarized)
+            .await
+            .unwrap();
+        let archive = ConversationPatch {
+            archived: Some(true),
+            ..ConversationPatch::default()
+        };
+        let changed = event("memory.conversation.updated");
+        memory
+            .update_conversation(conversation.id, &archive, now, changed)
+            .await
+            .unwrap();
+        // The steps of an import make no event of their own.
+        memory
+            .append_messages(conversation.id, &[message("quiet")], now, None)
+            .await
+            .unwrap();
+        let gone = event("memory.conversation.deleted");
+        assert!(
+            memory
+                .delete_conversation(conversation.id, gone)
+                .await
+                .unwrap()
+        );
+
+        let entries = outbox.claim_outbox(100, LEASE).await.unwrap();
+        let seen: Vec<(&str, &Value)> = entries
+            .iter()
+            .map(|e| (e.event.event_type.as_str(), &e.event.data))
+            .collect();
+        let types: Vec<&str> = seen.iter().map(|(t, _)| *t).collect();
+        assert_eq!(
+            types,
+            [
+                "memory.message.created",
+                "memory.message.created",
+                "memory.message.updated",
+                "memory.message.deleted",
+                "memory.conversation.summarized",
+                "memory.conversation.updated",
+                "memory.conversation.deleted",
+            ]
+        );
+        // The data is what receivers always got: the message or conversation after the change.
+        assert_eq!(seen[0].1, &json!(first));
+        assert_eq!(seen[1].1["content"], "two");
+        assert_eq!(seen[2].1["pinned"], true);
+        assert_eq!(
+            seen[3].1,
+            &json!({"id": second.id, "conversation_id": conversation.id})
+        );
+        assert_eq!(seen[4].1["summary"]["text"], "short");
+        assert_eq!(seen[5].1["archived"], true);
+        assert_eq!(seen[6].1, &json!({"id": conversation.id}));
+        assert!(
+            entries
+                .iter()
+                .all(|e| e.event.correlation_id.as_deref() == Some("corr-m"))
+        );
+        // Memory and task events share one order.
+        let tasks: Arc<dyn TaskStore> = backend.port();
+        outbox.record_events(all_events());
+        tasks.insert(&[new_task("noop")]).await.unwrap();
+        let next = outbox.claim_outbox(100, LEASE).await.unwrap();
+        assert_eq!(next.len(), 1);
+        assert!(next[0].id > entries.last().unwrap().id);
+    }
+
     pub async fn followups_come_due_when_their_task_is_final_or_stale(backend: &Backend) {
         let tasks: Arc<dyn TaskStore> = backend.port();
         let store: Arc<dyn FollowupStore> = backend.port();
@@ -318,5 +467,6 @@ conformance!(
     records_only_the_wanted_events_and_never_delivery_tasks,
     a_claimed_entry_is_not_taken_again_until_its_lease_ends,
     rescued_tasks_record_retrying_or_dead,
+    memory_changes_record_their_wanted_event_with_the_change,
     followups_come_due_when_their_task_is_final_or_stale,
 );

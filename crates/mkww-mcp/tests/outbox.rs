@@ -1,7 +1,7 @@
 //! Nothing lost in delivery, against real `serve` processes on one fresh PostgreSQL schema: task
-//! events reach a webhook exactly once whichever node made them, events recorded while the only
-//! node able to dispatch them is killed are delivered by the next one, and a Discord follow-up
-//! owed by a node killed before its task finished is sent by another node.
+//! events reach a webhook exactly once whichever node made them, task and memory events recorded
+//! while the only node able to dispatch them is killed are delivered by the next one, and a
+//! Discord follow-up owed by a node killed before its task finished is sent by another node.
 
 mod support;
 
@@ -228,6 +228,78 @@ async fn events_recorded_before_the_dispatching_node_dies_are_delivered_by_the_n
     }
     eprintln!(
         "outbox after SIGKILL: {pending} events pending, {sent_before} sent by node A; node B sent the rest"
+    );
+    assert_eq!(outbox_len(&schema).await, 0);
+    drop(b);
+    schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn memory_events_recorded_before_the_dispatching_node_dies_are_delivered_once_by_the_next() {
+    let Some(schema) = PgSchema::create().await else {
+        return;
+    };
+    let (seen, addr) = start_receiver().await;
+    let env = cluster_env(&schema, &master_key());
+    let mut a = Server::start(&env);
+    subscribe(&a, addr, json!(["memory.message.created"])).await;
+    let (status, conversation) = post(&a, "/v1/conversations", json!({"title": "ops"})).await;
+    assert_eq!(status, 201, "{conversation}");
+    let id = conversation["id"].as_str().unwrap();
+    let batch: Vec<Value> = (0..500)
+        .map(|i| json!({"author": "ann", "content": format!("line {i}")}))
+        .collect();
+    let (status, created) = post(
+        &a,
+        &format!("/v1/conversations/{id}/messages"),
+        json!({"messages": batch}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    // The node that recorded the events dies before it can deliver them all; no node runs.
+    a.kill9();
+    let ids: HashSet<String> = created["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 500);
+    let pending = outbox_len(&schema).await;
+    let sent_before = seen.all().len();
+    assert!(
+        pending > 0,
+        "node A delivered everything before it died ({sent_before} sent): nothing left to prove"
+    );
+
+    let b = Server::start(&env);
+    seen.until(
+        "every memory.message.created",
+        Duration::from_secs(60),
+        |seen| {
+            let got = delivered(seen);
+            ids.iter()
+                .all(|m| got.contains_key(&(m.clone(), "memory.message.created".to_owned())))
+        },
+    )
+    .await;
+    // Let any duplicate that was going to come arrive.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // One delivery (one `webhook-id`) per event: a request sent again after node A died
+    // mid-attempt carries the same id, which receivers drop.
+    let all = seen.all();
+    let got = delivered(&all);
+    assert_eq!(got.len(), 500, "only the 500 messages' events");
+    for (key, webhook_ids) in got {
+        assert_eq!(webhook_ids.len(), 1, "{key:?} delivered as {webhook_ids:?}");
+    }
+    // The receiver gets the event as before: the message, its type, time and correlation id.
+    let (_, sample) = &all[0];
+    assert_eq!(sample["data"]["conversation_id"], id);
+    assert_eq!(sample["data"]["author"], "ann");
+    assert!(sample["at"].is_string() && sample["correlation_id"].is_string());
+    eprintln!(
+        "memory outbox after SIGKILL: {pending} events pending, {sent_before} sent by node A; node B sent the rest"
     );
     assert_eq!(outbox_len(&schema).await, 0);
     drop(b);

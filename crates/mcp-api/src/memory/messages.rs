@@ -48,6 +48,7 @@ pub struct MessageList {
         (status = 201, description = "the message, or `{\"messages\": […]}` for a batch", body = Message),
         (status = 404, description = "`conversation_not_found`", body = ErrorBody),
         (status = 409, description = "a message id is taken (`message_exists`)", body = ErrorBody),
+        (status = 403, description = "`role_not_allowed` (role `system` or `tool`) or `created_at_not_allowed`: both need `memory:write:system` (operators, admins, services)", body = ErrorBody),
         (status = 413, description = "`message_too_large` or `payload_too_large`", body = ErrorBody),
         (status = 422, description = "invalid message or batch size", body = ErrorBody),
     ))]

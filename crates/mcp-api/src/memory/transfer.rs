@@ -73,6 +73,9 @@ struct ImportedMessage {
     #[serde(default)]
     tokens: Option<u32>,
     created_at: DateTime<Utc>,
+    /// Kept: see `MemoryService::import`.
+    #[serde(default)]
+    created_by: Option<String>,
 }
 
 fn import_error(line: usize, message: impl std::fmt::Display) -> ApiError {
@@ -92,7 +95,8 @@ fn without_type(mut value: Value) -> (Option<String>, Value) {
     (kind, value)
 }
 
-/// Import a conversation exported as JSON Lines, keeping its ids and times (all or nothing).
+/// Import a conversation exported as JSON Lines, keeping its ids, times and each message's
+/// `created_by` (all or nothing; a message without one is recorded as written by the importer).
 #[utoipa::path(post, path = "/v1/conversations/import", tag = "memory",
     request_body(content = String, description = "JSON Lines as written by export", content_type = "application/x-ndjson"),
     responses(
@@ -149,7 +153,10 @@ pub async fn import(
             pinned: m.pinned,
             created_at: Some(m.created_at),
         };
-        messages.push(new);
+        messages.push(mcp_core::services::memory::ImportedMessage {
+            message: new,
+            created_by: m.created_by,
+        });
     }
     let correlation = request_id::current();
     let stored = state

@@ -120,6 +120,52 @@ pub struct Message {
     /// Token estimate of `content` (see `estimate_tokens`).
     pub tokens: u32,
     pub created_at: DateTime<Utc>,
+    /// Subject of the principal that wrote it (`system:…` for the hub's own writers): unlike
+    /// `author`, a display name the writer chooses, this is who the hub authenticated. `None`
+    /// for messages stored before it was recorded.
+    #[serde(default)]
+    pub created_by: Option<String>,
+}
+
+/// Every memory event: what the memory stores record in the webhook outbox when a webhook wants
+/// it, and what the memory service publishes on `conversation:{id}` and `memory`.
+pub const MEMORY_EVENTS: [&str; 7] = [
+    "memory.conversation.created",
+    "memory.conversation.updated",
+    "memory.conversation.deleted",
+    "memory.conversation.summarized",
+    "memory.message.created",
+    "memory.message.updated",
+    "memory.message.deleted",
+];
+
+/// The event a memory change makes, for the store to record in the webhook outbox in the
+/// change's own transaction (when a webhook wants `event_type`). Its `data` is what the change
+/// returns (the conversation or each message after it), or for a deletion
+/// [`deleted_conversation`] / [`deleted_message`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChangeEvent<'a> {
+    pub event_type: &'static str,
+    pub correlation_id: Option<&'a str>,
+}
+
+impl<'a> ChangeEvent<'a> {
+    pub fn new(event_type: &'static str, correlation_id: Option<&'a str>) -> Self {
+        ChangeEvent {
+            event_type,
+            correlation_id,
+        }
+    }
+}
+
+/// The data of `memory.conversation.deleted`.
+pub fn deleted_conversation(id: Uuid) -> Value {
+    serde_json::json!({ "id": id })
+}
+
+/// The data of `memory.message.deleted`.
+pub fn deleted_message(conversation_id: Uuid, id: Uuid) -> Value {
+    serde_json::json!({ "id": id, "conversation_id": conversation_id })
 }
 
 /// Filters and cursor for listing conversations, newest first.
@@ -191,10 +237,17 @@ pub struct SearchHit {
     pub rank: f64,
 }
 
+/// The memory port. Each change takes the [`ChangeEvent`] it makes (`None`: none, e.g. the
+/// steps of an import, which makes one event at its end) and records it in the webhook outbox in
+/// its own transaction when a webhook wants it (see `crate::webhooks::Outbox`).
 #[async_trait]
 pub trait MemoryStore: Send + Sync + 'static {
     /// Fails with `StoreError::Conflict` when the id is taken.
-    async fn create_conversation(&self, conversation: &Conversation) -> Result<(), StoreError>;
+    async fn create_conversation(
+        &self,
+        conversation: &Conversation,
+        event: Option<ChangeEvent<'_>>,
+    ) -> Result<(), StoreError>;
     async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, StoreError>;
     async fn list_conversations(
         &self,
@@ -206,14 +259,20 @@ pub trait MemoryStore: Send + Sync + 'static {
         id: Uuid,
         patch: &ConversationPatch,
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<Option<Conversation>, StoreError>;
     /// Deletes the conversation and all its messages; false when there was none.
-    async fn delete_conversation(&self, id: Uuid) -> Result<bool, StoreError>;
+    async fn delete_conversation(
+        &self,
+        id: Uuid,
+        event: Option<ChangeEvent<'_>>,
+    ) -> Result<bool, StoreError>;
     /// Replaces the summary; `None` when there is no such conversation.
     async fn set_summary(
         &self,
         id: Uuid,
         summary: &Summary,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<Option<Conversation>, StoreError>;
 
     /// Appends messages (all or none) to `conversation_id`, bumps its `updated_at` to the
@@ -224,6 +283,7 @@ pub trait MemoryStore: Send + Sync + 'static {
         conversation_id: Uuid,
         messages: &[Message],
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<bool, StoreError>;
     async fn message(&self, conversation_id: Uuid, id: Uuid)
     -> Result<Option<Message>, StoreError>;
@@ -248,12 +308,14 @@ pub trait MemoryStore: Send + Sync + 'static {
         id: Uuid,
         patch: &MessagePatch,
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<Option<Message>, StoreError>;
     async fn delete_message(
         &self,
         conversation_id: Uuid,
         id: Uuid,
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<bool, StoreError>;
 
     /// Ranked full-text search: best first, ties newest first.
@@ -374,6 +436,7 @@ mod tests {
             pinned: false,
             tokens: estimate_tokens(content),
             created_at: Utc::now(),
+            created_by: Some("ann".into()),
         }
     }
 

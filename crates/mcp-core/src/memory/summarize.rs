@@ -132,7 +132,7 @@ impl Handler for Summarizer {
             updated_at: Utc::now(),
         };
         self.store
-            .set_summary(request.conversation_id, &summary)
+            .set_summary(request.conversation_id, &summary, None)
             .await
             .map_err(store_error)?
             .ok_or_else(|| HandlerError::permanent("the conversation was deleted meanwhile"))?;

@@ -1,26 +1,24 @@
-//! The dispatcher: events from the outbox (task events) and from the bus (memory events)
-//! become `webhook.deliver` tasks, one per matching webhook.
+//! The dispatcher: events from the outbox (task and memory events) become `webhook.deliver`
+//! tasks, one per matching webhook.
 
 use super::*;
 use chrono::Utc;
 use mcp_core::Orchestrator;
-use mcp_core::events::{Delivery as BusDelivery, Event, EventBus};
+use mcp_core::events::Event;
 use mcp_core::webhooks::{
-    DELIVER_TASK, DeliveryStatus, Outbox, Webhook, WebhookDelivery, WebhookStore,
-    wanted_task_events,
+    DELIVER_TASK, DeliveryStatus, Outbox, Webhook, WebhookDelivery, WebhookStore, wanted_events,
 };
 use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 /// How the dispatcher drains the outbox.
 #[derive(Debug, Clone)]
 pub struct DispatchSettings {
-    /// How often the webhooks are re-read, to tell the task store which events to record (a
-    /// webhook created on another node counts from then).
+    /// How often the webhooks are re-read, to tell the stores which events to record (a webhook
+    /// created on another node counts from then).
     pub refresh: Duration,
     /// How often the outbox is read besides being woken by a transition of this node.
     pub poll: Duration,
@@ -42,13 +40,12 @@ impl Default for DispatchSettings {
     }
 }
 
-/// Turns task events, from the durable outbox, and memory events, from the bus, into one
-/// delivery per webhook that wants them. Runs on every node; each outbox entry is taken by one.
+/// Turns the events of the durable outbox (task and memory events) into one delivery per
+/// webhook that wants them. Runs on every node; each outbox entry is taken by one.
 pub struct Dispatcher {
     pub store: Arc<dyn WebhookStore>,
     pub outbox: Arc<dyn Outbox>,
     pub orchestrator: Arc<Orchestrator>,
-    pub events: Arc<dyn EventBus>,
     pub max_attempts: i32,
     pub settings: DispatchSettings,
 }
@@ -56,19 +53,15 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Runs until `stop`.
     pub async fn run(self, stop: CancellationToken) {
-        // The first refresh before anything else, so transitions record from the start.
+        // The first refresh before anything else, so changes record from the start.
         self.refresh().await;
-        tokio::join!(
-            self.refresh_loop(&stop),
-            self.drain_loop(&stop),
-            self.memory_loop(&stop)
-        );
+        tokio::join!(self.refresh_loop(&stop), self.drain_loop(&stop));
     }
 
-    /// Tells the task store which task events the enabled webhooks want.
+    /// Tells the stores which events the enabled webhooks want.
     async fn refresh(&self) {
         match self.store.list_webhooks().await {
-            Ok(webhooks) => self.outbox.record_events(wanted_task_events(&webhooks)),
+            Ok(webhooks) => self.outbox.record_events(wanted_events(&webhooks)),
             // Keep what was recorded so far: the last known webhooks still stand.
             Err(e) => tracing::warn!(error = %e, "webhooks: cannot read the webhooks"),
         }
@@ -144,62 +137,6 @@ impl Dispatcher {
             .await
             .map_err(|e| e.to_string())?;
         Ok(entries.len() as u32 >= self.settings.batch)
-    }
-
-    /// Memory events are published on the bus only: followed here, on every node.
-    async fn memory_loop(&self, stop: &CancellationToken) {
-        loop {
-            let mut memory = match self.events.subscribe(MEMORY_CHANNEL).await {
-                Ok(memory) => memory,
-                Err(e) => {
-                    tracing::warn!(error = %e, "webhooks: cannot subscribe; retrying");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                    }
-                }
-            };
-            loop {
-                let received = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    received = memory.recv() => received,
-                };
-                match received {
-                    Ok(delivery) if delivery.offset == 0 => {}
-                    Ok(delivery) => self.dispatch(&delivery).await,
-                    Err(RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "webhooks: fell behind the event bus");
-                    }
-                    Err(RecvError::Closed) => break,
-                }
-            }
-        }
-    }
-
-    /// Records and enqueues the deliveries of one bus event. The delivery id is derived from the
-    /// webhook and the event's position on the bus, so when every node of a cluster sees the
-    /// event only one delivery is made.
-    pub async fn dispatch(&self, published: &BusDelivery) {
-        let event: &Event = &published.event;
-        // Task events come from the outbox.
-        if event.event_type.starts_with("task.") {
-            return;
-        }
-        let webhooks = match self.store.list_webhooks().await {
-            Ok(webhooks) => webhooks,
-            Err(e) => {
-                tracing::warn!(error = %e, event = %event.event_type, "webhooks: cannot list webhooks; event not delivered");
-                return;
-            }
-        };
-        if let Err(e) = self
-            .deliver(&webhooks, event, |webhook| {
-                delivery_id_of(webhook, published)
-            })
-            .await
-        {
-            tracing::warn!(error = %e, event = %event.event_type, "webhooks: delivery not recorded");
-        }
     }
 
     /// Records one delivery of `event` per webhook that wants it, each named by `id_of`, and

@@ -4,11 +4,10 @@
 //! the delivery log. Retries and backoff are the orchestrator's; a webhook that has failed for
 //! `disable_after` without a single success is disabled.
 //!
-//! Task events (`task.*`) come from the durable outbox: the task store records them in the
-//! transaction of each transition, and any node's dispatcher turns them into deliveries, so none
-//! is lost while a node is down or the bus drops events. Memory events (`memory.*`) still come
-//! from the bus (channel `memory`), as every node sees them: one missed by every node (all down,
-//! or Redis losing it) is not delivered.
+//! Every event comes from the durable outbox: the task store records task events (`task.*`) in
+//! the transaction of each transition and the memory store memory events (`memory.*`) in the
+//! transaction of each change, and any node's dispatcher turns them into deliveries, so none is
+//! lost while a node is down or the bus drops events.
 
 mod deliver;
 mod dispatch;
@@ -22,7 +21,6 @@ pub use recording::RecordingWebhooks;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use mcp_core::events::Delivery as BusDelivery;
 use mcp_core::webhooks::is_private_address;
 use reqwest::Url;
 use serde_json::Value;
@@ -30,11 +28,6 @@ use sha2::Sha256;
 use std::net::SocketAddr;
 use std::time::Duration;
 use uuid::Uuid;
-
-/// The channel of task events (delivered from the outbox instead).
-pub const TASKS_CHANNEL: &str = "tasks";
-/// Every conversation's changes (`memory.*` events).
-pub const MEMORY_CHANNEL: &str = "memory";
 
 /// Settings of outgoing webhooks.
 #[derive(Debug, Clone)]
@@ -118,15 +111,6 @@ pub async fn resolve_target(
         return Err(TargetError::Private(host));
     }
     Ok((parsed, host, addrs))
-}
-
-/// The id of the delivery of the event at `published`'s position on the bus to `webhook`: the
-/// same on every node (memory events, which travel by the bus).
-fn delivery_id_of(webhook: Uuid, published: &BusDelivery) -> Uuid {
-    derived_id(&format!(
-        "{webhook}:{}:{}:{}",
-        published.channel, published.epoch, published.offset
-    ))
 }
 
 /// The id of the delivery of outbox entry `entry` to `webhook`: the same for every node and every

@@ -1,15 +1,13 @@
-//! The webhook store wrapper that tells the task store at once which task events to record.
+//! The webhook store wrapper that tells the stores at once which events to record.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use mcp_core::webhooks::{
-    Attempt, Outbox, Webhook, WebhookDelivery, WebhookStore, wanted_task_events,
-};
+use mcp_core::webhooks::{Attempt, Outbox, Webhook, WebhookDelivery, WebhookStore, wanted_events};
 use std::sync::Arc;
 use uuid::Uuid;
 
 /// The webhook store as the webhook routes and the delivery handler see it: after each change to
-/// the webhooks it tells the task store at once which task events to record, so a task created
+/// the webhooks it tells the stores at once which events to record, so a task or message created
 /// right after its webhook (on this node) is delivered. Other nodes learn it at their next
 /// refresh ([`DispatchSettings::refresh`]).
 pub struct RecordingWebhooks {
@@ -20,7 +18,7 @@ pub struct RecordingWebhooks {
 impl RecordingWebhooks {
     async fn refresh(&self) -> Result<(), mcp_core::StoreError> {
         let webhooks = self.inner.list_webhooks().await?;
-        self.outbox.record_events(wanted_task_events(&webhooks));
+        self.outbox.record_events(wanted_events(&webhooks));
         Ok(())
     }
 }

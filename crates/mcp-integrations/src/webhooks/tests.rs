@@ -5,7 +5,6 @@ use super::*;
 use async_trait::async_trait;
 use base64::Engine;
 use chrono::{DateTime, Utc};
-use mcp_core::events::{Delivery as BusDelivery, Event};
 use mcp_core::secrets::SecretBox;
 use mcp_core::webhooks::{
     Attempt, DELIVER_TASK, DeliveryStatus, SECRET_PURPOSE, Webhook, WebhookDelivery, WebhookStore,
@@ -233,16 +232,6 @@ async fn disables_a_webhook_failing_longer_than_allowed() {
         "{again:?}"
     );
     assert_eq!(store.deliveries.lock().unwrap()[0].attempts, 1);
-}
-
-#[test]
-fn every_node_derives_the_same_delivery_id() {
-    let event = Arc::new(Event::new("task.created", json!({}), None));
-    let at = |offset| BusDelivery::new(TASKS_CHANNEL, offset, "e1", event.clone());
-    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
-    assert_eq!(delivery_id_of(a, &at(7)), delivery_id_of(a, &at(7)));
-    assert_ne!(delivery_id_of(a, &at(7)), delivery_id_of(b, &at(7)));
-    assert_ne!(delivery_id_of(a, &at(7)), delivery_id_of(a, &at(8)));
 }
 
 #[test]

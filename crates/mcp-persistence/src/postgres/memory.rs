@@ -4,19 +4,21 @@
 //! behind a GIN index, queried with `websearch_to_tsquery`, ranked by `ts_rank` over at most the
 //! newest `RANKED_MATCHES` matches (a bound on the cost of common words, shared with SQLite),
 //! with `ts_headline` snippets made only for the page returned. Batches of messages are one
-//! `INSERT … SELECT FROM unnest(…)`.
+//! `INSERT … SELECT FROM unnest(…)`. Every change runs in one transaction with its webhook
+//! outbox rows, when a webhook wants its event (`commit_memory`).
 
 use super::PgTaskStore;
 use crate::codec::{tokens, unsigned};
 use crate::columns::{CONVERSATION_COLUMNS, MESSAGE_COLUMNS, qualified};
 use crate::error::{conflict_or_db_error, corrupt, db_error};
+use crate::outbox::event_data;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
 use mcp_core::memory::{
-    Conversation, ConversationFilter, ConversationPatch, MemoryStore, Message, MessagePage,
-    MessagePatch, MessageRole, RANKED_MATCHES, SNIPPET_END, SNIPPET_START, SearchHit,
-    SearchRequest, Summary, estimate_tokens, render_snippet,
+    ChangeEvent, Conversation, ConversationFilter, ConversationPatch, MemoryStore, Message,
+    MessagePage, MessagePatch, MessageRole, RANKED_MATCHES, SNIPPET_END, SNIPPET_START, SearchHit,
+    SearchRequest, Summary, deleted_conversation, deleted_message, estimate_tokens, render_snippet,
 };
 use serde_json::Value;
 use sqlx::FromRow;
@@ -120,6 +122,7 @@ struct MessageRow {
     pinned: bool,
     tokens: i32,
     created_at: DateTime<Utc>,
+    created_by: Option<String>,
 }
 
 impl TryFrom<MessageRow> for Message {
@@ -135,6 +138,7 @@ impl TryFrom<MessageRow> for Message {
             pinned: row.pinned,
             tokens: tokens(row.tokens.into()),
             created_at: row.created_at,
+            created_by: row.created_by,
         })
     }
 }
@@ -167,7 +171,12 @@ where
 
 #[async_trait]
 impl MemoryStore for PgTaskStore {
-    async fn create_conversation(&self, c: &Conversation) -> Result<(), StoreError> {
+    async fn create_conversation(
+        &self,
+        c: &Conversation,
+        event: Option<ChangeEvent<'_>>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
         sqlx::query(
             "INSERT INTO conversations (id, title, participants, metadata, archived, summary,
                  summary_through, summary_tokens, summary_updated_at, created_by, created_at,
@@ -186,10 +195,11 @@ impl MemoryStore for PgTaskStore {
         .bind(c.created_by.as_deref())
         .bind(c.created_at)
         .bind(c.updated_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(|e| conflict_or_db_error(e, || format!("conversation `{}`", c.id)))?;
-        Ok(())
+        self.commit_memory(tx, event, || event_data(std::slice::from_ref(c)))
+            .await
     }
 
     async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, StoreError> {
@@ -230,7 +240,9 @@ impl MemoryStore for PgTaskStore {
         id: Uuid,
         patch: &ConversationPatch,
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<Option<Conversation>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
         let row: Option<ConversationRow> = sqlx::query_as(sql!(
             "UPDATE conversations SET
                  title = CASE WHEN $2 THEN $3 ELSE title END,
@@ -248,26 +260,38 @@ impl MemoryStore for PgTaskStore {
         .bind(patch.metadata.as_ref().map(Json))
         .bind(patch.archived)
         .bind(at)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?;
-        Ok(row.map(Conversation::from))
+        self.commit_conversation(tx, row, event).await
     }
 
-    async fn delete_conversation(&self, id: Uuid) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM conversations WHERE id = $1")
+    async fn delete_conversation(
+        &self,
+        id: Uuid,
+        event: Option<ChangeEvent<'_>>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let deleted = sqlx::query("DELETE FROM conversations WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
-            .map_err(db_error)?;
-        Ok(done.rows_affected() > 0)
+            .map_err(db_error)?
+            .rows_affected()
+            > 0;
+        let event = event.filter(|_| deleted);
+        self.commit_memory(tx, event, || event_data(&[deleted_conversation(id)]))
+            .await?;
+        Ok(deleted)
     }
 
     async fn set_summary(
         &self,
         id: Uuid,
         summary: &Summary,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<Option<Conversation>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
         let row: Option<ConversationRow> = sqlx::query_as(sql!(
             "UPDATE conversations SET summary = $2, summary_through = $3, summary_tokens = $4,
                  summary_updated_at = $5
@@ -279,10 +303,10 @@ impl MemoryStore for PgTaskStore {
         .bind(summary.through)
         .bind(tokens_i32(summary.tokens))
         .bind(summary.updated_at)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?;
-        Ok(row.map(Conversation::from))
+        self.commit_conversation(tx, row, event).await
     }
 
     async fn append_messages(
@@ -290,6 +314,7 @@ impl MemoryStore for PgTaskStore {
         conversation_id: Uuid,
         new: &[Message],
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let found = sqlx::query(
@@ -316,15 +341,17 @@ impl MemoryStore for PgTaskStore {
             let pinned: Vec<bool> = new.iter().map(|m| m.pinned).collect();
             let counts: Vec<i32> = new.iter().map(|m| tokens_i32(m.tokens)).collect();
             let created: Vec<DateTime<Utc>> = new.iter().map(|m| m.created_at).collect();
+            let writers: Vec<Option<&str>> = new.iter().map(|m| m.created_by.as_deref()).collect();
             sqlx::query(
                 "INSERT INTO messages (id, conversation_id, author, role, content, metadata,
-                     pinned, tokens, created_at)
+                     pinned, tokens, created_at, created_by)
                  SELECT u.id, $1, u.author, u.role, u.content, u.metadata::jsonb, u.pinned,
-                     u.tokens, u.created_at
+                     u.tokens, u.created_at, u.created_by
                  FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
-                             $7::boolean[], $8::integer[], $9::timestamptz[])
+                             $7::boolean[], $8::integer[], $9::timestamptz[], $10::text[])
                       WITH ORDINALITY
-                      AS u (id, author, role, content, metadata, pinned, tokens, created_at, n)
+                      AS u (id, author, role, content, metadata, pinned, tokens, created_at,
+                            created_by, n)
                  ORDER BY u.n",
             )
             .bind(conversation_id)
@@ -336,11 +363,13 @@ impl MemoryStore for PgTaskStore {
             .bind(&pinned)
             .bind(&counts)
             .bind(&created)
+            .bind(&writers)
             .execute(&mut *tx)
             .await
             .map_err(|e| conflict_or_db_error(e, || "a message with this id".to_owned()))?;
         }
-        tx.commit().await.map_err(db_error)?;
+        let event = event.filter(|_| !new.is_empty());
+        self.commit_memory(tx, event, || event_data(new)).await?;
         Ok(true)
     }
 
@@ -412,6 +441,7 @@ impl MemoryStore for PgTaskStore {
         id: Uuid,
         patch: &MessagePatch,
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<Option<Message>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let row: Option<MessageRow> = sqlx::query_as(sql!(
@@ -442,8 +472,10 @@ impl MemoryStore for PgTaskStore {
             return Ok(None);
         };
         touch(&mut *tx, conversation_id, at).await?;
-        tx.commit().await.map_err(db_error)?;
-        Message::try_from(row).map(Some)
+        let message = Message::try_from(row)?;
+        self.commit_memory(tx, event, || event_data(std::slice::from_ref(&message)))
+            .await?;
+        Ok(Some(message))
     }
 
     async fn delete_message(
@@ -451,6 +483,7 @@ impl MemoryStore for PgTaskStore {
         conversation_id: Uuid,
         id: Uuid,
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let deleted = sqlx::query("DELETE FROM messages WHERE id = $1 AND conversation_id = $2")
@@ -464,7 +497,11 @@ impl MemoryStore for PgTaskStore {
         if deleted {
             touch(&mut *tx, conversation_id, at).await?;
         }
-        tx.commit().await.map_err(db_error)?;
+        let event = event.filter(|_| deleted);
+        self.commit_memory(tx, event, || {
+            event_data(&[deleted_message(conversation_id, id)])
+        })
+        .await?;
         Ok(deleted)
     }
 
@@ -571,6 +608,21 @@ impl MemoryStore for PgTaskStore {
 }
 
 impl PgTaskStore {
+    /// Commits a change that returned `row` (none: no such conversation, nothing recorded),
+    /// recording `event` with the conversation after it.
+    async fn commit_conversation(
+        &self,
+        tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        row: Option<ConversationRow>,
+        event: Option<ChangeEvent<'_>>,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let conversation = row.map(Conversation::from);
+        let event = event.filter(|_| conversation.is_some());
+        self.commit_memory(tx, event, || event_data(conversation.as_slice()))
+            .await?;
+        Ok(conversation)
+    }
+
     /// Brings the memory tables' planner statistics and visibility map up to date, as
     /// autovacuum would after a while (benchmarks call it after a bulk load).
     pub async fn vacuum_memory(&self) -> Result<(), StoreError> {

@@ -1,19 +1,21 @@
 //! The webhook outbox and the pending Discord follow-ups of the PostgreSQL store, in the tables
 //! of `migrations/postgres/0009_outbox.sql`. Outbox rows are written by the task transitions (see
-//! `record`), in their transaction; dispatchers on any node take them with `SKIP LOCKED` and a
-//! lease, so each row is turned into deliveries by one node at a time.
+//! `record`) and the memory changes (see `commit_memory`), in their transaction; dispatchers on
+//! any node take them with `SKIP LOCKED` and a lease, so each row is turned into deliveries by one
+//! node at a time.
 
 use super::{PgTaskStore, TaskRow};
 use crate::codec::{millis, unsigned};
 use crate::error::db_error;
-use crate::outbox::{EVENT_OF_STATUS, Transition, final_statuses, outbox_entry};
+use crate::outbox::{EVENT_OF_STATUS, Transition, final_statuses, row_entry};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
 use mcp_core::followups::{FollowupStore, PendingFollowup};
+use mcp_core::memory::ChangeEvent;
 use mcp_core::webhooks::{DELIVER_TASK, Outbox, OutboxEntry};
-use sqlx::PgConnection;
 use sqlx::types::Json;
+use sqlx::{PgConnection, Postgres, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -50,6 +52,40 @@ pub(crate) async fn record(
     Ok(done.rows_affected())
 }
 
+impl PgTaskStore {
+    /// Records a memory change's `event` in `tx` if a webhook wants it (one row per item of
+    /// `data`, made only then), then commits.
+    pub(crate) async fn commit_memory(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        event: Option<ChangeEvent<'_>>,
+        data: impl FnOnce() -> Result<Vec<String>, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut recorded = 0;
+        if let Some(event) = self.outbox.wanted_memory(event) {
+            let data = data()?;
+            recorded = sqlx::query(
+                "INSERT INTO outbox (event_type, data, correlation_id, at)
+                 SELECT $1, u.data::jsonb, $3, now()
+                 FROM unnest($2::text[]) WITH ORDINALITY AS u (data, n)
+                 ORDER BY u.n",
+            )
+            .bind(event.event_type)
+            .bind(&data)
+            .bind(event.correlation_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(db_error)?;
+        if recorded > 0 {
+            self.outbox.tell();
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Outbox for PgTaskStore {
     fn record_events(&self, event_types: Vec<String>) {
@@ -65,23 +101,38 @@ impl Outbox for PgTaskStore {
         limit: u32,
         lease: Duration,
     ) -> Result<Vec<OutboxEntry>, StoreError> {
-        let rows: Vec<(i64, String, Json<TaskRow>, Option<String>, DateTime<Utc>)> =
-            sqlx::query_as(
-                "UPDATE outbox SET claimed_until = now() + $2 * interval '1 millisecond'
-                 WHERE id IN (SELECT id FROM outbox
-                              WHERE claimed_until IS NULL OR claimed_until < now()
-                              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-                 RETURNING id, event_type, task, correlation_id, at",
-            )
-            .bind(i64::from(limit))
-            .bind(millis(lease))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
+        type Row = (
+            i64,
+            String,
+            Option<Json<TaskRow>>,
+            Option<Json<serde_json::Value>>,
+            Option<String>,
+            DateTime<Utc>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "UPDATE outbox SET claimed_until = now() + $2 * interval '1 millisecond'
+             WHERE id IN (SELECT id FROM outbox
+                          WHERE claimed_until IS NULL OR claimed_until < now()
+                          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, event_type, task, data, correlation_id, at",
+        )
+        .bind(i64::from(limit))
+        .bind(millis(lease))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
         let mut entries = rows
             .into_iter()
-            .map(|(id, event_type, task, correlation_id, at)| {
-                outbox_entry(id, event_type, task.0.try_into()?, correlation_id, at)
+            .map(|(id, event_type, task, data, correlation_id, at)| {
+                row_entry(
+                    id,
+                    event_type,
+                    task,
+                    data.map(|d| d.0),
+                    correlation_id,
+                    at,
+                    |task| task.0.try_into(),
+                )
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
         entries.sort_by_key(|e| e.id);

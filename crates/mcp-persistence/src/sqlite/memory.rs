@@ -4,18 +4,21 @@
 //! external-content table kept in step with `messages` by triggers, so a message and its index
 //! entry commit together.
 //! Batches of messages travel as one JSON array through `json_each`: one statement per batch.
+//! Every change runs in one transaction with its webhook outbox rows, when a webhook wants its
+//! event (`commit_memory`).
 
 use super::SqliteTaskStore;
 use crate::codec::{id_text, instant, json, json_array, micros, tokens, uuid};
 use crate::columns::{CONVERSATION_COLUMNS, MESSAGE_COLUMNS, qualified};
 use crate::error::{conflict_or_db_error, corrupt, db_error};
+use crate::outbox::event_data;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
 use mcp_core::memory::{
-    Conversation, ConversationFilter, ConversationPatch, MemoryStore, Message, MessagePage,
-    MessagePatch, MessageRole, RANKED_MATCHES, SNIPPET_END, SNIPPET_START, SearchHit,
-    SearchRequest, Summary, estimate_tokens, render_snippet,
+    ChangeEvent, Conversation, ConversationFilter, ConversationPatch, MemoryStore, Message,
+    MessagePage, MessagePatch, MessageRole, RANKED_MATCHES, SNIPPET_END, SNIPPET_START, SearchHit,
+    SearchRequest, Summary, deleted_conversation, deleted_message, estimate_tokens, render_snippet,
 };
 use serde_json::{Value, json};
 use sqlx::FromRow;
@@ -82,6 +85,7 @@ struct MessageRow {
     pinned: bool,
     tokens: i64,
     created_at: i64,
+    created_by: Option<String>,
 }
 
 impl TryFrom<MessageRow> for Message {
@@ -97,6 +101,7 @@ impl TryFrom<MessageRow> for Message {
             pinned: row.pinned,
             tokens: tokens(row.tokens),
             created_at: instant(row.created_at)?,
+            created_by: row.created_by,
         })
     }
 }
@@ -130,7 +135,12 @@ where
 
 #[async_trait]
 impl MemoryStore for SqliteTaskStore {
-    async fn create_conversation(&self, c: &Conversation) -> Result<(), StoreError> {
+    async fn create_conversation(
+        &self,
+        c: &Conversation,
+        event: Option<ChangeEvent<'_>>,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
         sqlx::query(
             "INSERT INTO conversations (id, title, participants, metadata, archived, summary,
                  summary_through, summary_tokens, summary_updated_at, created_by, created_at,
@@ -149,10 +159,11 @@ impl MemoryStore for SqliteTaskStore {
         .bind(c.created_by.as_deref())
         .bind(micros(c.created_at))
         .bind(micros(c.updated_at))
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(|e| conflict_or_db_error(e, || format!("conversation `{}`", c.id)))?;
-        Ok(())
+        self.commit_memory(tx, event, || event_data(std::slice::from_ref(c)))
+            .await
     }
 
     async fn conversation(&self, id: Uuid) -> Result<Option<Conversation>, StoreError> {
@@ -194,7 +205,9 @@ impl MemoryStore for SqliteTaskStore {
         id: Uuid,
         patch: &ConversationPatch,
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<Option<Conversation>, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
         let row: Option<ConversationRow> = sqlx::query_as(sql!(
             "UPDATE conversations SET
                  title = CASE WHEN ?2 THEN ?3 ELSE title END,
@@ -212,26 +225,38 @@ impl MemoryStore for SqliteTaskStore {
         .bind(patch.metadata.as_ref().map(Value::to_string))
         .bind(patch.archived)
         .bind(micros(at))
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?;
-        row.map(Conversation::try_from).transpose()
+        self.commit_conversation(tx, row, event).await
     }
 
-    async fn delete_conversation(&self, id: Uuid) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM conversations WHERE id = ?1")
+    async fn delete_conversation(
+        &self,
+        id: Uuid,
+        event: Option<ChangeEvent<'_>>,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        let deleted = sqlx::query("DELETE FROM conversations WHERE id = ?1")
             .bind(id_text(id))
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await
-            .map_err(db_error)?;
-        Ok(done.rows_affected() > 0)
+            .map_err(db_error)?
+            .rows_affected()
+            > 0;
+        let event = event.filter(|_| deleted);
+        self.commit_memory(tx, event, || event_data(&[deleted_conversation(id)]))
+            .await?;
+        Ok(deleted)
     }
 
     async fn set_summary(
         &self,
         id: Uuid,
         summary: &Summary,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<Option<Conversation>, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
         let row: Option<ConversationRow> = sqlx::query_as(sql!(
             "UPDATE conversations SET summary = ?2, summary_through = ?3, summary_tokens = ?4,
                  summary_updated_at = ?5
@@ -243,10 +268,10 @@ impl MemoryStore for SqliteTaskStore {
         .bind(summary.through.map(id_text))
         .bind(i64::from(summary.tokens))
         .bind(micros(summary.updated_at))
-        .fetch_optional(&self.writer)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?;
-        row.map(Conversation::try_from).transpose()
+        self.commit_conversation(tx, row, event).await
     }
 
     async fn append_messages(
@@ -254,6 +279,7 @@ impl MemoryStore for SqliteTaskStore {
         conversation_id: Uuid,
         new: &[Message],
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<bool, StoreError> {
         let batch: Vec<Value> = new
             .iter()
@@ -267,6 +293,7 @@ impl MemoryStore for SqliteTaskStore {
                     "pinned": m.pinned,
                     "tokens": m.tokens,
                     "created_at": micros(m.created_at),
+                    "created_by": m.created_by,
                 })
             })
             .collect();
@@ -288,10 +315,10 @@ impl MemoryStore for SqliteTaskStore {
         if !new.is_empty() {
             sqlx::query(
                 "INSERT INTO messages (id, conversation_id, author, role, content, metadata,
-                     pinned, tokens, created_at)
+                     pinned, tokens, created_at, created_by)
                  SELECT value ->> '$.id', ?1, value ->> '$.author', value ->> '$.role',
                      value ->> '$.content', value -> '$.metadata', value ->> '$.pinned',
-                     value ->> '$.tokens', value ->> '$.created_at'
+                     value ->> '$.tokens', value ->> '$.created_at', value ->> '$.created_by'
                  FROM json_each(?2)
                  ORDER BY key",
             )
@@ -301,7 +328,8 @@ impl MemoryStore for SqliteTaskStore {
             .await
             .map_err(|e| conflict_or_db_error(e, || "a message with this id".to_owned()))?;
         }
-        tx.commit().await.map_err(db_error)?;
+        let event = event.filter(|_| !new.is_empty());
+        self.commit_memory(tx, event, || event_data(new)).await?;
         Ok(true)
     }
 
@@ -373,6 +401,7 @@ impl MemoryStore for SqliteTaskStore {
         id: Uuid,
         patch: &MessagePatch,
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<Option<Message>, StoreError> {
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         let row: Option<MessageRow> = sqlx::query_as(sql!(
@@ -403,8 +432,10 @@ impl MemoryStore for SqliteTaskStore {
             return Ok(None);
         };
         touch(&mut *tx, conversation_id, at).await?;
-        tx.commit().await.map_err(db_error)?;
-        Message::try_from(row).map(Some)
+        let message = Message::try_from(row)?;
+        self.commit_memory(tx, event, || event_data(std::slice::from_ref(&message)))
+            .await?;
+        Ok(Some(message))
     }
 
     async fn delete_message(
@@ -412,6 +443,7 @@ impl MemoryStore for SqliteTaskStore {
         conversation_id: Uuid,
         id: Uuid,
         at: DateTime<Utc>,
+        event: Option<ChangeEvent<'_>>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         let deleted = sqlx::query("DELETE FROM messages WHERE id = ?1 AND conversation_id = ?2")
@@ -425,7 +457,11 @@ impl MemoryStore for SqliteTaskStore {
         if deleted {
             touch(&mut *tx, conversation_id, at).await?;
         }
-        tx.commit().await.map_err(db_error)?;
+        let event = event.filter(|_| deleted);
+        self.commit_memory(tx, event, || {
+            event_data(&[deleted_message(conversation_id, id)])
+        })
+        .await?;
         Ok(deleted)
     }
 
@@ -522,5 +558,22 @@ impl MemoryStore for SqliteTaskStore {
                 return Ok(total);
             }
         }
+    }
+}
+
+impl SqliteTaskStore {
+    /// Commits a change that returned `row` (none: no such conversation, nothing recorded),
+    /// recording `event` with the conversation after it.
+    async fn commit_conversation(
+        &self,
+        tx: sqlx::Transaction<'static, sqlx::Sqlite>,
+        row: Option<ConversationRow>,
+        event: Option<ChangeEvent<'_>>,
+    ) -> Result<Option<Conversation>, StoreError> {
+        let conversation = row.map(Conversation::try_from).transpose()?;
+        let event = event.filter(|_| conversation.is_some());
+        self.commit_memory(tx, event, || event_data(conversation.as_slice()))
+            .await?;
+        Ok(conversation)
     }
 }

@@ -1,6 +1,7 @@
 //! The webhook outbox and the pending Discord follow-ups of the SQLite store, in the tables of
 //! `migrations/sqlite/0009_outbox.sql`. One process owns the file, so a claim needs no locking
 //! beyond the single writer; the lease still lets a dispatcher that failed half-way be redone.
+//! Task transitions write rows through `record`, memory changes through `commit_memory`.
 
 use super::{SqliteTaskStore, TaskRow};
 use crate::codec::{
@@ -8,13 +9,14 @@ use crate::codec::{
 };
 use crate::columns::TASK_COLUMNS;
 use crate::error::db_error;
-use crate::outbox::{EVENT_OF_STATUS, Transition, final_statuses, outbox_entry};
+use crate::outbox::{EVENT_OF_STATUS, Transition, final_statuses, row_entry};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
 use mcp_core::followups::{FollowupStore, PendingFollowup};
+use mcp_core::memory::ChangeEvent;
 use mcp_core::webhooks::{DELIVER_TASK, Outbox, OutboxEntry};
-use sqlx::SqliteConnection;
+use sqlx::{Sqlite, SqliteConnection, Transaction};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -63,6 +65,39 @@ pub(crate) async fn record(
     Ok(done.rows_affected())
 }
 
+impl SqliteTaskStore {
+    /// Records a memory change's `event` in `tx` if a webhook wants it (one row per item of
+    /// `data`, made only then), then commits; see the PostgreSQL store.
+    pub(crate) async fn commit_memory(
+        &self,
+        mut tx: Transaction<'static, Sqlite>,
+        event: Option<ChangeEvent<'_>>,
+        data: impl FnOnce() -> Result<Vec<String>, StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut recorded = 0;
+        if let Some(event) = self.outbox.wanted_memory(event) {
+            let data = data()?;
+            recorded = sqlx::query(
+                "INSERT INTO outbox (event_type, data, correlation_id, at)
+                 SELECT ?1, value, ?3, ?4 FROM json_each(?2) ORDER BY key",
+            )
+            .bind(event.event_type)
+            .bind(json_array(data))
+            .bind(event.correlation_id)
+            .bind(micros(Utc::now()))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?
+            .rows_affected();
+        }
+        tx.commit().await.map_err(db_error)?;
+        if recorded > 0 {
+            self.outbox.tell();
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl Outbox for SqliteTaskStore {
     fn record_events(&self, event_types: Vec<String>) {
@@ -80,12 +115,20 @@ impl Outbox for SqliteTaskStore {
     ) -> Result<Vec<OutboxEntry>, StoreError> {
         let now = Utc::now();
         let until = micros_after(now, lease);
-        let rows: Vec<(i64, String, String, Option<String>, i64)> = sqlx::query_as(
+        type Row = (
+            i64,
+            String,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+            i64,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
             "UPDATE outbox SET claimed_until = ?2
              WHERE id IN (SELECT id FROM outbox
                           WHERE claimed_until IS NULL OR claimed_until < ?1
                           ORDER BY id LIMIT ?3)
-             RETURNING id, event_type, task, correlation_id, at",
+             RETURNING id, event_type, task, data, correlation_id, at",
         )
         .bind(micros(now))
         .bind(until)
@@ -95,14 +138,15 @@ impl Outbox for SqliteTaskStore {
         .map_err(db_error)?;
         let mut entries = rows
             .into_iter()
-            .map(|(id, event_type, task, correlation_id, at)| {
-                let row: TaskRow = json(&task)?;
-                outbox_entry(
+            .map(|(id, event_type, task, data, correlation_id, at)| {
+                row_entry(
                     id,
                     event_type,
-                    row.try_into()?,
+                    task,
+                    data.as_deref().map(json).transpose()?,
                     correlation_id,
                     instant(at)?,
+                    |task| json::<TaskRow>(&task)?.try_into(),
                 )
             })
             .collect::<Result<Vec<_>, StoreError>>()?;

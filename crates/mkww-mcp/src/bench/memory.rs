@@ -295,7 +295,7 @@ async fn measure(args: &MemoryBench, backing: &BenchStore) -> anyhow::Result<()>
             created_at: start,
             updated_at: start,
         };
-        store.create_conversation(&conversation).await?;
+        store.create_conversation(&conversation, None).await?;
         conversations.push(conversation.id);
     }
 
@@ -336,6 +336,7 @@ async fn measure(args: &MemoryBench, backing: &BenchStore) -> anyhow::Result<()>
                             metadata: json!({}),
                             pinned: false,
                             created_at: start + Span::microseconds(step * (made + i) as i64),
+                            created_by: Some("bench".into()),
                         }
                     })
                     .collect();
@@ -370,7 +371,7 @@ async fn measure(args: &MemoryBench, backing: &BenchStore) -> anyhow::Result<()>
                 let at = messages.last().map_or_else(Utc::now, |m| m.created_at);
                 let t = Instant::now();
                 store
-                    .append_messages(conversation_id, &messages, at)
+                    .append_messages(conversation_id, &messages, at, None)
                     .await?;
                 batch_ms.push(t.elapsed().as_secs_f64() * 1000.0);
                 inserted += messages.len();

@@ -25,7 +25,6 @@ pub fn webhooks(state: &mut AppState, config: &Config, stores: &Stores, secrets:
             store: stores.webhooks.clone(),
             outbox: stores.outbox.clone(),
             orchestrator: state.orchestrator.clone(),
-            events: state.events.clone(),
             max_attempts: config.webhook_max_attempts.max(1),
             settings: DispatchSettings {
                 refresh: Config::ms(config.webhook_outbox_refresh_ms.max(1)),

@@ -1,27 +1,31 @@
 //! The memory service: the one path by which conversations and their messages are created,
 //! read, changed, searched, summarized, exported and imported. The rules (limits, validation,
-//! defaults) and the events (every change on `conversation:{id}` and on `memory`) live here; the
-//! API only turns requests and answers into JSON.
+//! defaults, who may write what) and the events (every change on `conversation:{id}` and on
+//! `memory`, and in the webhook outbox through the store) live here; the API only turns requests
+//! and answers into JSON.
 
 mod requests;
 mod rules;
 mod transfer;
 
 pub use requests::{
-    CreateConversation, ImportedConversation, MessageCursor, NewMessage, UpdateConversation,
-    UpdateMessage,
+    CreateConversation, ImportedConversation, ImportedMessage, MessageCursor, NewMessage,
+    UpdateConversation, UpdateMessage,
 };
 pub use rules::{MemoryError, MemoryLimits};
 
 use crate::events::{Event, EventBus};
 use crate::memory::{
-    Context, Conversation, ConversationFilter, ConversationPatch, InvalidInput, MAX_NAME_BYTES,
-    MemoryStore, Message, MessagePage, MessagePatch, MessageRole, SearchHit, SearchRequest,
-    Summary, build_context, check_metadata, check_name, check_text, estimate_tokens,
+    ChangeEvent, Context, Conversation, ConversationFilter, ConversationPatch, InvalidInput,
+    MAX_NAME_BYTES, MemoryStore, Message, MessagePage, MessagePatch, MessageRole, SearchHit,
+    SearchRequest, Summary, build_context, check_metadata, check_name, check_text,
+    deleted_conversation, deleted_message, estimate_tokens,
 };
 use crate::principal::Principal;
 use chrono::{DateTime, Utc};
-use rules::{check_participants, check_title, conversation_id, exists, invalid, message_id};
+use rules::{
+    check_participants, check_title, check_voice, conversation_id, exists, invalid, message_id,
+};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -53,8 +57,10 @@ impl MemoryService {
     }
 
     /// The emit point: every change is an event on `conversation:{id}` and on `memory` (every
-    /// conversation's changes: outgoing webhooks follow it). Publishing is best effort: the
-    /// change is stored already, and a subscriber that missed the event resyncs through REST.
+    /// conversation's changes). Publishing is best effort: the change is stored already, and a
+    /// subscriber that missed the event resyncs through REST. Outgoing webhooks do not follow
+    /// the bus: the store recorded the same event in the outbox with the change (the
+    /// `ChangeEvent` each store call is given).
     async fn emit(
         &self,
         conversation_id: Uuid,
@@ -110,8 +116,9 @@ impl MemoryService {
             created_at: now,
             updated_at: now,
         };
+        let event = ChangeEvent::new("memory.conversation.created", correlation);
         self.store
-            .create_conversation(&conversation)
+            .create_conversation(&conversation, Some(event))
             .await
             .map_err(exists("conversation_exists"))?;
         self.emit(
@@ -173,7 +180,12 @@ impl MemoryService {
         };
         let conversation = self
             .store
-            .update_conversation(conversation_id, &patch, Utc::now())
+            .update_conversation(
+                conversation_id,
+                &patch,
+                Utc::now(),
+                Some(ChangeEvent::new("memory.conversation.updated", correlation)),
+            )
             .await?
             .ok_or_else(|| MemoryError::ConversationNotFound(id.to_owned()))?;
         self.emit(
@@ -193,13 +205,18 @@ impl MemoryService {
         correlation: Option<&str>,
     ) -> Result<(), MemoryError> {
         let conversation_id = conversation_id(id)?;
-        if !self.store.delete_conversation(conversation_id).await? {
+        let event = ChangeEvent::new("memory.conversation.deleted", correlation);
+        if !self
+            .store
+            .delete_conversation(conversation_id, Some(event))
+            .await?
+        {
             return Err(MemoryError::ConversationNotFound(id.to_owned()));
         }
         self.emit(
             conversation_id,
             "memory.conversation.deleted",
-            json!({"id": conversation_id}),
+            deleted_conversation(conversation_id),
             correlation,
         )
         .await;
@@ -222,7 +239,8 @@ impl MemoryService {
         Ok(())
     }
 
-    /// Checks a new message against the limits and builds it.
+    /// Checks a new message against the limits and the writer's rights, and builds it, written
+    /// by `principal`.
     fn build_message(
         &self,
         principal: &Principal,
@@ -236,6 +254,8 @@ impl MemoryService {
             None => name.to_owned(),
         };
         self.check_size(&field("content"), &new.content)?;
+        let role = new.role.unwrap_or(MessageRole::User);
+        check_voice(principal, role, new.created_at, field)?;
         let author = new.author.unwrap_or_else(|| principal.subject.clone());
         let check = || -> Result<(), InvalidInput> {
             check_text(&field("content"), &new.content)?;
@@ -250,12 +270,13 @@ impl MemoryService {
             id: new.id.unwrap_or_else(Uuid::now_v7),
             conversation_id,
             author,
-            role: new.role.unwrap_or(MessageRole::User),
+            role,
             tokens: estimate_tokens(&new.content),
             content: new.content,
             metadata: new.metadata.unwrap_or_else(|| json!({})),
             pinned: new.pinned,
             created_at: new.created_at.unwrap_or(now),
+            created_by: Some(principal.subject.clone()),
         })
     }
 
@@ -289,7 +310,12 @@ impl MemoryService {
         let latest = messages.iter().map(|m| m.created_at).max().unwrap_or(now);
         let stored = self
             .store
-            .append_messages(conversation_id, &messages, latest.max(now))
+            .append_messages(
+                conversation_id,
+                &messages,
+                latest.max(now),
+                Some(ChangeEvent::new("memory.message.created", correlation)),
+            )
             .await
             .map_err(exists("message_exists"))?;
         if !stored {
@@ -376,7 +402,13 @@ impl MemoryService {
         };
         let Some(updated) = self
             .store
-            .update_message(conversation_id, message_uuid, &patch, Utc::now())
+            .update_message(
+                conversation_id,
+                message_uuid,
+                &patch,
+                Utc::now(),
+                Some(ChangeEvent::new("memory.message.updated", correlation)),
+            )
             .await?
         else {
             self.conversation(id).await?;
@@ -402,7 +434,12 @@ impl MemoryService {
         let message_uuid = message_id(message)?;
         if !self
             .store
-            .delete_message(conversation_id, message_uuid, Utc::now())
+            .delete_message(
+                conversation_id,
+                message_uuid,
+                Utc::now(),
+                Some(ChangeEvent::new("memory.message.deleted", correlation)),
+            )
             .await?
         {
             self.conversation(id).await?;
@@ -411,7 +448,7 @@ impl MemoryService {
         self.emit(
             conversation_id,
             "memory.message.deleted",
-            json!({"id": message_uuid, "conversation_id": conversation_id}),
+            deleted_message(conversation_id, message_uuid),
             correlation,
         )
         .await;
@@ -458,7 +495,14 @@ impl MemoryService {
         };
         let conversation = self
             .store
-            .set_summary(conversation_id, &summary)
+            .set_summary(
+                conversation_id,
+                &summary,
+                Some(ChangeEvent::new(
+                    "memory.conversation.summarized",
+                    correlation,
+                )),
+            )
             .await?
             .ok_or_else(|| MemoryError::ConversationNotFound(id.to_owned()))?;
         self.emit(

@@ -93,6 +93,14 @@ pub struct ImportedConversation {
     pub updated_at: DateTime<Utc>,
 }
 
+/// A message read back from an export: the message, and who wrote it on the hub it came from
+/// (`None` in exports made before `created_by` was recorded).
+#[derive(Debug)]
+pub struct ImportedMessage {
+    pub message: NewMessage,
+    pub created_by: Option<String>,
+}
+
 /// Where a page of messages starts, as the caller named it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MessageCursor {

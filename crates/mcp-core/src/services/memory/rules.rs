@@ -1,7 +1,9 @@
 //! The memory service's limits, its errors, and the checks a conversation must pass.
 
 use crate::StoreError;
-use crate::memory::{InvalidInput, check_name, check_text};
+use crate::memory::{InvalidInput, MessageRole, check_name, check_text};
+use crate::principal::{Permission, Principal};
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 /// Most participants of one conversation.
@@ -67,6 +69,13 @@ pub enum MemoryError {
     /// `code`: `conversation_exists` or `message_exists`.
     #[error("{what} exists already")]
     Exists { code: &'static str, what: String },
+    /// A `system` or `tool` message from a principal without `memory:write:system`.
+    #[error("{field}: role `{role}` is written by operators, admins and services only")]
+    RoleNotAllowed { field: String, role: MessageRole },
+    /// A `created_at` from a principal without `memory:write:system`: messages it writes are
+    /// dated by the hub.
+    #[error("{field}: only operators, admins and services may date a message")]
+    CreatedAtNotAllowed { field: String },
     #[error("cursor must be a next_cursor returned by this endpoint")]
     InvalidCursor,
     #[error("{0}")]
@@ -87,6 +96,33 @@ pub(super) fn exists(code: &'static str) -> impl FnOnce(StoreError) -> MemoryErr
         StoreError::Conflict(what) => MemoryError::Exists { code, what },
         other => MemoryError::Store(other),
     }
+}
+
+/// Who may speak as what: `system` and `tool` messages steer the models that read the
+/// conversation, and a chosen `created_at` rewrites its history, so both need
+/// `memory:write:system` (operators, admins, services); a user writes `user` and `assistant`
+/// messages, dated now. `field` names the message's fields in the answer.
+pub(super) fn check_voice(
+    principal: &Principal,
+    role: MessageRole,
+    created_at: Option<DateTime<Utc>>,
+    field: impl Fn(&str) -> String,
+) -> Result<(), MemoryError> {
+    if principal.can(Permission::MemoryWriteSystem) {
+        return Ok(());
+    }
+    if matches!(role, MessageRole::System | MessageRole::Tool) {
+        return Err(MemoryError::RoleNotAllowed {
+            field: field("role"),
+            role,
+        });
+    }
+    if created_at.is_some() {
+        return Err(MemoryError::CreatedAtNotAllowed {
+            field: field("created_at"),
+        });
+    }
+    Ok(())
 }
 
 pub(super) fn check_title(title: &str) -> Result<(), InvalidInput> {
@@ -123,4 +159,48 @@ pub(super) fn conversation_id(id: &str) -> Result<Uuid, MemoryError> {
 
 pub(super) fn message_id(id: &str) -> Result<Uuid, MemoryError> {
     Uuid::parse_str(id).map_err(|_| MemoryError::MessageNotFound(id.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::principal::{CredentialKind, Role};
+
+    fn principal(role: Role) -> Principal {
+        Principal {
+            subject: "ann".into(),
+            role,
+            credential: CredentialKind::AccessToken,
+        }
+    }
+
+    #[test]
+    fn users_write_user_and_assistant_messages_dated_now() {
+        let user = principal(Role::User);
+        let name = |f: &str| f.to_owned();
+        assert!(check_voice(&user, MessageRole::User, None, name).is_ok());
+        assert!(check_voice(&user, MessageRole::Assistant, None, name).is_ok());
+        for role in [MessageRole::System, MessageRole::Tool] {
+            assert!(matches!(
+                check_voice(&user, role, None, name),
+                Err(MemoryError::RoleNotAllowed { .. })
+            ));
+        }
+        assert!(matches!(
+            check_voice(&user, MessageRole::User, Some(Utc::now()), name),
+            Err(MemoryError::CreatedAtNotAllowed { field }) if field == "created_at"
+        ));
+    }
+
+    #[test]
+    fn services_operators_and_admins_speak_as_the_hub() {
+        for role in [Role::Service, Role::Operator, Role::Admin] {
+            let who = principal(role);
+            assert!(
+                check_voice(&who, MessageRole::System, Some(Utc::now()), |f| f
+                    .to_owned())
+                .is_ok()
+            );
+        }
+    }
 }

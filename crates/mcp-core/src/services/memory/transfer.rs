@@ -2,10 +2,11 @@
 //! with its ids and times, all or nothing.
 
 use super::rules::{check_participants, check_title, exists, invalid};
-use super::{CHUNK, ImportedConversation, MemoryError, MemoryService, NewMessage};
+use super::{CHUNK, ImportedConversation, ImportedMessage, MemoryError, MemoryService};
 use crate::StoreError;
 use crate::memory::{
-    Conversation, ConversationPatch, InvalidInput, Message, MessagePage, check_metadata, check_text,
+    ChangeEvent, Conversation, ConversationPatch, InvalidInput, Message, MessagePage,
+    check_metadata, check_name, check_text,
 };
 use crate::principal::Principal;
 use serde_json::json;
@@ -36,12 +37,15 @@ impl MemoryService {
     }
 
     /// Imports an exported conversation with its messages, keeping their ids and times; all or
-    /// nothing.
+    /// nothing. Each message keeps the `created_by` of its export (the writer the exporting hub
+    /// authenticated; import takes `memory:manage`, so the importer is trusted to carry history
+    /// over); a message exported without one is recorded as written by the importer. The import
+    /// makes one event, `memory.conversation.created`, once everything is stored.
     pub async fn import(
         &self,
         principal: &Principal,
         imported: ImportedConversation,
-        messages: Vec<NewMessage>,
+        messages: Vec<ImportedMessage>,
         correlation: Option<&str>,
     ) -> Result<Conversation, MemoryError> {
         let check = || -> Result<(), InvalidInput> {
@@ -74,21 +78,32 @@ impl MemoryService {
         let messages = messages
             .into_iter()
             .map(|m| {
-                self.build_message(principal, conversation.id, m, None, conversation.updated_at)
+                let mut message = self.build_message(
+                    principal,
+                    conversation.id,
+                    m.message,
+                    None,
+                    conversation.updated_at,
+                )?;
+                if let Some(created_by) = m.created_by {
+                    check_name("created_by", &created_by).map_err(invalid("invalid_message"))?;
+                    message.created_by = Some(created_by);
+                }
+                Ok::<_, MemoryError>(message)
             })
             .collect::<Result<Vec<_>, _>>()?;
         self.store
-            .create_conversation(&conversation)
+            .create_conversation(&conversation, None)
             .await
             .map_err(exists("conversation_exists"))?;
         for chunk in messages.chunks(CHUNK) {
             let appended = self
                 .store
-                .append_messages(conversation.id, chunk, conversation.updated_at)
+                .append_messages(conversation.id, chunk, conversation.updated_at, None)
                 .await;
             if !matches!(appended, Ok(true)) {
                 // All or nothing: take back what was stored.
-                if let Err(e) = self.store.delete_conversation(conversation.id).await {
+                if let Err(e) = self.store.delete_conversation(conversation.id, None).await {
                     tracing::error!(error = %e, id = %conversation.id, "could not undo a failed import");
                 }
                 return Err(match appended {
@@ -106,7 +121,12 @@ impl MemoryService {
         };
         let stored = self
             .store
-            .update_conversation(conversation.id, &patch, conversation.updated_at)
+            .update_conversation(
+                conversation.id,
+                &patch,
+                conversation.updated_at,
+                Some(ChangeEvent::new("memory.conversation.created", correlation)),
+            )
             .await?
             .ok_or_else(|| {
                 MemoryError::Store(StoreError::Database(
