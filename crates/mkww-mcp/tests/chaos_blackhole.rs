@@ -354,14 +354,19 @@ async fn a_silent_redis_costs_no_wait_and_heals_by_itself() {
         }
     }
     let worst = report("requests during the Redis black hole", &during);
-    // The Redis timeout is 250 ms: at most one request per node may have met it before the
-    // node went local; none waits longer.
+    // The Redis timeout is 250 ms: each Redis handle of each node (limiter, bus) meets it once
+    // before that handle goes local, so a few requests wait that long; none waits longer, and
+    // the rest do not wait at all.
     assert!(worst < Duration::from_secs(1), "a request waited {worst:?}");
     let slow = during
         .iter()
         .filter(|s| s.took > Duration::from_millis(300))
         .count();
-    assert!(slow <= 4, "{slow} requests waited for Redis");
+    assert!(
+        slow <= 8,
+        "{slow} of {} requests waited for Redis",
+        during.len()
+    );
     // Readiness never depended on Redis.
     readyz_until(&a, 200, Duration::from_secs(2)).await;
 
