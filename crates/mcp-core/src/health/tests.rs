@@ -302,3 +302,16 @@ async fn a_pool_timeout_asks_for_a_probe_instead_of_opening_the_breaker() {
     assert!(!database.is_down());
     stop.cancel();
 }
+
+#[test]
+fn a_draining_node_is_not_ready_whatever_its_dependencies() {
+    let monitor = Arc::new(HealthMonitor::default());
+    monitor.declare(DATABASE, true);
+    assert!(monitor.failing().is_empty());
+    monitor.begin_drain();
+    assert!(monitor.is_draining());
+    assert_eq!(monitor.failing(), vec![SHUTTING_DOWN.to_owned()]);
+    // A dependency recovering does not make a draining node ready again.
+    monitor.report_success(DATABASE);
+    assert_eq!(monitor.failing(), vec![SHUTTING_DOWN.to_owned()]);
+}
