@@ -59,6 +59,7 @@ impl Default for Config {
             rate_limit_ip_per_minute: 6_000,
             rate_limit_auth_per_minute: 30,
             rate_limit_login_per_minute: 10,
+            rate_limit_login_username_per_minute: 100,
             rate_limit_read_per_minute: 6_000,
             rate_limit_write_per_minute: 3_000,
             quota_tasks_per_day: 1_000_000,

@@ -132,8 +132,10 @@ pub struct Config {
     pub rate_limit_ip_per_minute: u32,
     /// Requests per minute per client IP to `/v1/auth/*`.
     pub rate_limit_auth_per_minute: u32,
-    /// Login attempts per minute per username.
+    /// Login attempts per minute per username and client IP.
     pub rate_limit_login_per_minute: u32,
+    /// Login attempts per minute per username from all addresses together.
+    pub rate_limit_login_username_per_minute: u32,
     /// Requests per minute per principal: reads (GET) and writes (everything else).
     pub rate_limit_read_per_minute: u32,
     pub rate_limit_write_per_minute: u32,

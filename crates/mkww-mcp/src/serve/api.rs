@@ -123,6 +123,7 @@ pub fn security(
                 ip: minute(config.rate_limit_ip_per_minute),
                 auth: minute(config.rate_limit_auth_per_minute),
                 login: minute(config.rate_limit_login_per_minute),
+                login_username: minute(config.rate_limit_login_username_per_minute),
                 read: minute(config.rate_limit_read_per_minute),
                 write: minute(config.rate_limit_write_per_minute),
             },
