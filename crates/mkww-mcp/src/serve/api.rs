@@ -49,6 +49,7 @@ pub fn api_state(
         tasks,
         config: Arc::new(ApiConfig {
             max_body_bytes: config.max_body_bytes,
+            body_timeout: Config::ms(config.http_body_timeout_ms),
             ws: WsConfig {
                 auth_timeout: Config::ms(config.ws_auth_timeout_ms),
                 ping_interval: Config::ms(config.ws_ping_interval_ms.max(100)),
