@@ -39,8 +39,10 @@ pub struct RateLimits {
     pub ip: Quota,
     /// Per client IP, `/v1/auth/*`.
     pub auth: Quota,
-    /// Per username, login attempts.
+    /// Per username and client IP, login attempts.
     pub login: Quota,
+    /// Per username from every address, login attempts (a ceiling above `login`).
+    pub login_username: Quota,
     /// Per principal, reads (GET, HEAD).
     pub read: Quota,
     /// Per principal, everything else.

@@ -12,6 +12,7 @@ pub mod access;
 mod admin;
 pub mod auth;
 mod bots;
+mod deadline;
 pub mod discord;
 mod endpoint;
 mod error;
@@ -86,6 +87,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
+    let body_timeout = state.config.body_timeout;
     let Assembled {
         router,
         table,
@@ -117,6 +119,10 @@ pub fn router(state: AppState) -> Router {
         .layer(SetResponseHeaderLayer::if_not_present(
             header::X_CONTENT_TYPE_OPTIONS,
             HeaderValue::from_static("nosniff"),
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            body_timeout,
+            deadline::body_deadline,
         ))
         .layer(axum::middleware::from_fn(request_id::request_id))
         .with_state(state)

@@ -134,25 +134,8 @@ pub async fn login(
     if username.is_empty() || username.chars().count() > MAX_USERNAME_LEN {
         return Err(invalid_credentials());
     }
-    let name_key = format!("login:{}", username.to_lowercase());
-    if let Some(decision) = security
-        .check(&name_key, security.config.limits.login)
-        .await
-        && !decision.allowed
-    {
-        security
-            .audit(
-                "auth.login.throttled",
-                Some(&username),
-                ip,
-                json!({"reason": "too many attempts for this username"}),
-            )
-            .await;
-        return Ok(too_many(
-            &decision,
-            "rate_limited",
-            "too many login attempts; wait and try again",
-        ));
+    if let Some(refused) = throttle_login(security, &username, ip).await {
+        return Ok(refused);
     }
     let user = security.identities.user_by_username(&username).await?;
     let stored = user
@@ -195,6 +178,51 @@ pub async fn login(
         )
         .await;
     Ok(Json(reply).into_response())
+}
+
+/// Login attempts are counted twice, so that strangers cannot lock a user out: per username
+/// *and* client IP (`limits.login`: the attacker's own address runs out, the user's does not),
+/// then per username from every address (`limits.login_username`, a higher ceiling against a
+/// guess spread over many addresses). The username is folded to lower case for both counts so
+/// that `BOB` and `bob` share them. An attempt refused by the first count does not spend the
+/// second, so one address cannot use up the ceiling faster than its own limit. Returns the 429
+/// to send when refused (and writes it to the audit log).
+async fn throttle_login(security: &Security, username: &str, ip: ClientIp) -> Option<Response> {
+    let name = username.to_lowercase();
+    let from =
+        ip.0.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
+    let counts = [
+        (
+            format!("login:{from}:{name}"),
+            security.config.limits.login,
+            "too many attempts for this username from this address",
+        ),
+        (
+            format!("login:{name}"),
+            security.config.limits.login_username,
+            "too many attempts for this username",
+        ),
+    ];
+    for (key, quota, reason) in counts {
+        if let Some(decision) = security.check(&key, quota).await
+            && !decision.allowed
+        {
+            security
+                .audit(
+                    "auth.login.throttled",
+                    Some(username),
+                    ip,
+                    json!({"reason": reason}),
+                )
+                .await;
+            return Some(too_many(
+                &decision,
+                "rate_limited",
+                "too many login attempts; wait and try again",
+            ));
+        }
+    }
+    None
 }
 
 /// Trade a refresh token for a new access token and a new refresh token.

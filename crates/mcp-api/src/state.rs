@@ -20,6 +20,8 @@ use std::time::Duration;
 pub struct ApiConfig {
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// Longest a request's body may take to arrive (408 `request_timeout` beyond).
+    pub body_timeout: Duration,
     pub default_page_size: u32,
     pub max_page_size: u32,
     pub ws: WsConfig,
@@ -37,6 +39,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             max_body_bytes: 1024 * 1024,
+            body_timeout: Duration::from_secs(60),
             default_page_size: 50,
             max_page_size: 500,
             ws: WsConfig::default(),

@@ -28,6 +28,9 @@ pub const HEALTH_CHANNEL: &str = "system.health";
 /// The dependency name of the database.
 pub const DATABASE: &str = "database";
 
+/// What `failing` names while the node drains before a graceful shutdown.
+pub const SHUTTING_DOWN: &str = "shutting_down";
+
 /// How a dependency is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -173,6 +176,9 @@ pub struct HealthMonitor {
     entries: Mutex<BTreeMap<String, Entry>>,
     probes: Mutex<Vec<Arc<dyn Probe>>>,
     events: Mutex<Option<Arc<dyn EventBus>>>,
+    /// Set once shutdown begins: the node still serves but is no longer ready, so that load
+    /// balancers take it out of rotation before it stops accepting.
+    draining: AtomicBool,
 }
 
 impl Default for HealthMonitor {
@@ -248,6 +254,7 @@ impl HealthMonitor {
             entries: Mutex::new(BTreeMap::new()),
             probes: Mutex::new(Vec::new()),
             events: Mutex::new(None),
+            draining: AtomicBool::new(false),
         }
     }
 
@@ -308,13 +315,27 @@ impl HealthMonitor {
         lock(&self.entries).get(name).map(|e| e.health.clone())
     }
 
-    /// The critical dependencies that are down: empty means ready.
+    /// The critical dependencies that are down, and `shutting_down` once the node drains:
+    /// empty means ready.
     pub fn failing(&self) -> Vec<String> {
-        lock(&self.entries)
+        let mut failing: Vec<String> = lock(&self.entries)
             .values()
             .filter(|e| e.health.critical && e.health.state == HealthState::Down)
             .map(|e| e.health.name.clone())
-            .collect()
+            .collect();
+        if self.is_draining() {
+            failing.push(SHUTTING_DOWN.to_owned());
+        }
+        failing
+    }
+
+    /// Shutdown has begun: from now on the node is not ready (for good), though it serves.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// A caller saw the dependency fail: it is down from now until a probe finds it back, and

@@ -343,3 +343,16 @@ async fn a_call_on_a_silent_database_ends_when_the_probe_finds_it_down() {
     assert!(database.is_down());
     stop.cancel();
 }
+
+#[test]
+fn a_draining_node_is_not_ready_whatever_its_dependencies() {
+    let monitor = Arc::new(HealthMonitor::default());
+    monitor.declare(DATABASE, true);
+    assert!(monitor.failing().is_empty());
+    monitor.begin_drain();
+    assert!(monitor.is_draining());
+    assert_eq!(monitor.failing(), vec![SHUTTING_DOWN.to_owned()]);
+    // A dependency recovering does not make a draining node ready again.
+    monitor.report_success(DATABASE);
+    assert_eq!(monitor.failing(), vec![SHUTTING_DOWN.to_owned()]);
+}

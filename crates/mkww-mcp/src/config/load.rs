@@ -93,6 +93,14 @@ impl Config {
             }
         }
         anyhow::ensure!(self.ask_timeout_ms > 0, "ask_timeout_ms must be at least 1");
+        for (key, value) in [
+            ("http_header_timeout_ms", self.http_header_timeout_ms),
+            ("http_body_timeout_ms", self.http_body_timeout_ms),
+            ("http_idle_timeout_ms", self.http_idle_timeout_ms),
+        ] {
+            // 0 would mean "never", which is the attack these bound.
+            anyhow::ensure!(value >= 10, "{key} must be at least 10");
+        }
         self.discord_public_key()?;
         for (name, command) in &self.discord.commands {
             anyhow::ensure!(

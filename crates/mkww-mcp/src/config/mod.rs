@@ -58,8 +58,25 @@ pub struct Config {
     pub poll_interval_ms: u64,
     /// How often expired leases are rescued.
     pub rescue_interval_ms: u64,
-    /// How long running tasks may finish on shutdown.
+    /// How long running tasks may finish on shutdown (and open requests, once the listener
+    /// has stopped accepting).
     pub shutdown_grace_ms: u64,
+    /// On SIGTERM, how long `/readyz` answers 503 while the node still serves, so that load
+    /// balancers stop sending before it stops accepting.
+    pub shutdown_drain_ms: u64,
+    /// Longest a client may take to send a request's headers, from the moment the connection
+    /// waits for them (a new connection, or a kept-alive one between requests).
+    pub http_header_timeout_ms: u64,
+    /// Longest a client may take to send a request's body, from the request's arrival.
+    pub http_body_timeout_ms: u64,
+    /// A connection with no request running and no byte moving this long is closed.
+    pub http_idle_timeout_ms: u64,
+    /// Most open client connections (WebSockets included); 0: 3/4 of the open-file limit.
+    pub max_connections: usize,
+    /// Most open connections from one client IP (the peer address); 0: no cap.
+    pub max_connections_per_ip: usize,
+    /// Connections beyond `max_connections` still answered, for `/healthz` and `/readyz` only.
+    pub probe_connections: usize,
     /// Finished tasks are deleted after this many hours; 0 keeps them.
     pub task_retention_hours: u64,
     /// Default `max_attempts` of a task.
@@ -132,8 +149,10 @@ pub struct Config {
     pub rate_limit_ip_per_minute: u32,
     /// Requests per minute per client IP to `/v1/auth/*`.
     pub rate_limit_auth_per_minute: u32,
-    /// Login attempts per minute per username.
+    /// Login attempts per minute per username and client IP.
     pub rate_limit_login_per_minute: u32,
+    /// Login attempts per minute per username from all addresses together.
+    pub rate_limit_login_username_per_minute: u32,
     /// Requests per minute per principal: reads (GET) and writes (everything else).
     pub rate_limit_read_per_minute: u32,
     pub rate_limit_write_per_minute: u32,

@@ -49,6 +49,7 @@ pub fn api_state(
         tasks,
         config: Arc::new(ApiConfig {
             max_body_bytes: config.max_body_bytes,
+            body_timeout: Config::ms(config.http_body_timeout_ms),
             ws: WsConfig {
                 auth_timeout: Config::ms(config.ws_auth_timeout_ms),
                 ping_interval: Config::ms(config.ws_ping_interval_ms.max(100)),
@@ -123,6 +124,7 @@ pub fn security(
                 ip: minute(config.rate_limit_ip_per_minute),
                 auth: minute(config.rate_limit_auth_per_minute),
                 login: minute(config.rate_limit_login_per_minute),
+                login_username: minute(config.rate_limit_login_username_per_minute),
                 read: minute(config.rate_limit_read_per_minute),
                 write: minute(config.rate_limit_write_per_minute),
             },

@@ -7,6 +7,7 @@ pub mod adapters;
 pub mod admin;
 pub mod api;
 pub mod background;
+pub mod connections;
 pub mod health;
 pub mod http;
 pub mod services;
@@ -102,14 +103,21 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     let stopping = state.shutdown.clone();
     let probing = tokio_util::sync::CancellationToken::new();
     let probes = health.run(probing.clone());
-    state.health = health;
+    state.health = health.clone();
     background::osc_listener(&config, &state, &stopping).await?;
     let retention = tokio::spawn(background::memory_retention(
         stores.memory.clone(),
         background::MemoryRetention::of(&config),
         stopping.clone(),
     ));
-    http::run(listener, mcp_api::router(state), &config, &stopping).await?;
+    http::run(
+        listener,
+        mcp_api::router(state),
+        &config,
+        &health,
+        &stopping,
+    )
+    .await?;
     tracing::info!("shutting down: finishing running tasks");
     stopping.cancel();
     let _ = retention.await;

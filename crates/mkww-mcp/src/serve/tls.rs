@@ -3,41 +3,15 @@
 //! only: a plain-HTTP request gets no HTTP answer.
 
 use anyhow::Context;
-use axum_server::tls_rustls::RustlsConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;
 
-/// Serves `app` over HTTPS on `listener` until `shutdown` completes, then stops accepting and
-/// lets open requests finish (as `axum::serve(..).with_graceful_shutdown` does for plain HTTP).
-pub async fn serve_tls(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    cert: &Path,
-    key: &Path,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let config = server_config(cert, key)?;
-    let handle = axum_server::Handle::new();
-    let trigger = handle.clone();
-    let stop = tokio::spawn(async move {
-        shutdown.await;
-        trigger.graceful_shutdown(None);
-    });
-    let listener = listener
-        .into_std()
-        .context("cannot hand the listener to the TLS server")?;
-    let served = axum_server::from_tcp_rustls(listener, RustlsConfig::from_config(config))
-        .context("cannot start the TLS server")?
-        .handle(handle)
-        // The peer address feeds per-IP rate limits and the audit log.
-        .serve(app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .await
-        .context("HTTPS server failed");
-    stop.abort();
-    served
+/// The TLS side of the listener (`http.rs` accepts, bounds the handshake by the header
+/// timeout, then serves the decrypted stream like a plain one).
+pub fn acceptor(cert: &Path, key: &Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    Ok(tokio_rustls::TlsAcceptor::from(server_config(cert, key)?))
 }
 
 /// A rustls server configuration from a PEM certificate chain and a PEM private key (PKCS#8,

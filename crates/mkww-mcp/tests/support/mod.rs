@@ -135,6 +135,8 @@ impl Server {
             .env("MCP_JWT_SECRET", JWT_SECRET)
             // Test servers run side by side: none takes VRChat's OSC port unless a test asks.
             .env("MCP_VRCHAT_OSC_LISTEN", "")
+            // No readiness drain on SIGTERM unless a test asks: tests stop servers often.
+            .env("MCP_SHUTDOWN_DRAIN_MS", "0")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -184,6 +186,15 @@ impl Server {
     pub fn kill9(&mut self) {
         self.child.kill().expect("kill -9");
         self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM, without waiting.
+    pub fn send_sigterm(&self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("send SIGTERM");
     }
 
     /// SIGTERM, then wait for a clean exit.
