@@ -181,6 +181,20 @@ impl From<TaskServiceError> for ApiError {
             TaskServiceError::IdempotencyConflict(_) => {
                 ApiError::new(StatusCode::CONFLICT, "idempotency_key_conflict", message)
             }
+            TaskServiceError::PriorityTooHigh { index, ceiling, .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "priority_too_high",
+                message,
+            )
+            .with_details(
+                serde_json::json!({"field": "priority", "index": index, "limit": ceiling}),
+            ),
+            TaskServiceError::TimeoutTooLong { index, max, .. } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "timeout_too_long",
+                message,
+            )
+            .with_details(serde_json::json!({"field": "timeout_ms", "index": index, "limit": max})),
             TaskServiceError::NotFound(id) => ApiError::task_not_found(&id),
             TaskServiceError::Forbidden(_) => {
                 ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)

@@ -57,6 +57,54 @@ pub struct ClaimRequest {
     pub types: Vec<String>,
     pub limit: u32,
     pub lease: Duration,
+    /// The cap on tasks per share key on this node (fair sharing between tenants).
+    pub share: ShareLimit,
+}
+
+/// Fair sharing between tenants: most tasks of one share key (a `user` or `service` creator)
+/// running at once on the claiming node, and how many each runs there now. A claim never starts
+/// a task whose key would then run more than `cap` here; tasks without a share key (operators,
+/// admins, the hub itself) are not counted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ShareLimit {
+    /// 0: no cap.
+    pub cap: u32,
+    /// Tasks of each share key the claiming node runs now (keys with none may be left out).
+    pub running: HashMap<String, u32>,
+}
+
+impl ShareLimit {
+    /// The share keys already at their cap: a claim skips their tasks in SQL, so they never
+    /// fill a claim's window ahead of everyone else's.
+    pub fn saturated(&self) -> Vec<String> {
+        if self.cap == 0 {
+            return Vec::new();
+        }
+        let mut keys: Vec<String> = self
+            .running
+            .iter()
+            .filter(|(_, n)| **n >= self.cap)
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort_unstable();
+        keys
+    }
+
+    /// Whether any `limit` tasks a claim may take, skipping the saturated keys, keep every key
+    /// within its cap: then a claim needs no per-key admission (the stores' fast path).
+    pub fn fits(&self, limit: u32) -> bool {
+        if self.cap == 0 {
+            return true;
+        }
+        let busiest = self
+            .running
+            .values()
+            .copied()
+            .filter(|n| *n < self.cap)
+            .max()
+            .unwrap_or(0);
+        limit <= self.cap - busiest
+    }
 }
 
 /// How an attempt ended.
@@ -125,7 +173,10 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Atomically moves up to `limit` runnable tasks (queued, or scheduled/failed whose `run_at`
     /// passed; highest priority, then earliest `run_at`, then oldest) to `running` under a lease,
     /// increments their attempts and returns them. Never starts more tasks sharing a
-    /// `concurrency_key` than its `concurrency_limit`, counting those running on any node.
+    /// `concurrency_key` than its `concurrency_limit`, counting those running on any node, nor
+    /// more tasks of one share key than `share` allows this node. Tasks of a saturated share key
+    /// are skipped by the query itself, so they never hold back the tasks behind them; a claim
+    /// may return fewer than `limit` when one key reaches its cap within it.
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError>;
 
     /// Records finished attempts. Only tasks still `running` under `owner`'s lease change (a task
@@ -178,12 +229,34 @@ pub trait TaskStore: Send + Sync + 'static {
     async fn watch(&self, wake: Arc<Notify>) -> Result<(), StoreError>;
 }
 
-/// Given claim candidates (in claim order) and how many tasks run per concurrency key, picks the
-/// ones that may start. Shared by the stores so both apply the same rule.
-pub fn admit(candidates: &[Candidate], running: &HashMap<String, i64>) -> Vec<Uuid> {
+/// Given claim candidates (in claim order), how many tasks run per concurrency key (anywhere)
+/// and the share limit (this node), picks the ones that may start. Shared by the stores so both
+/// apply the same rule.
+pub fn admit(
+    candidates: &[Candidate],
+    running: &HashMap<String, i64>,
+    share: &ShareLimit,
+) -> Vec<Uuid> {
     let mut started: HashMap<&str, i64> = HashMap::new();
+    let mut shared: HashMap<&str, u32> = HashMap::new();
     candidates
         .iter()
+        .filter(|c| match (&c.share_key, share.cap) {
+            (Some(key), cap) if cap > 0 => {
+                let now = share.running.get(key).copied().unwrap_or(0);
+                let extra = shared.entry(key.as_str()).or_insert(0);
+                // Counted before the concurrency key decides: a task refused here and admitted
+                // there would be counted against a slot it does not take, which only errs on
+                // the side of the cap.
+                if now + *extra < cap {
+                    *extra += 1;
+                    true
+                } else {
+                    false
+                }
+            }
+            _ => true,
+        })
         .filter(|c| match &c.concurrency_key {
             None => true,
             Some(key) => {
@@ -208,6 +281,7 @@ pub struct Candidate {
     pub id: Uuid,
     pub concurrency_key: Option<String>,
     pub concurrency_limit: Option<i32>,
+    pub share_key: Option<String>,
 }
 
 #[cfg(test)]
@@ -219,6 +293,14 @@ mod tests {
             id: Uuid::now_v7(),
             concurrency_key: key.map(str::to_owned),
             concurrency_limit: key.map(|_| limit),
+            share_key: None,
+        }
+    }
+
+    fn shared(owner: &str) -> Candidate {
+        Candidate {
+            share_key: Some(owner.to_owned()),
+            ..candidate(None, 0)
         }
     }
 
@@ -232,7 +314,43 @@ mod tests {
             candidate(Some("b"), 1),
         ];
         let running = HashMap::from([("b".to_owned(), 1)]);
-        let admitted = admit(&cands, &running);
+        let admitted = admit(&cands, &running, &ShareLimit::default());
         assert_eq!(admitted, vec![cands[0].id, cands[1].id, cands[2].id]);
+    }
+
+    #[test]
+    fn admits_a_share_key_up_to_its_cap_on_this_node() {
+        let cands = vec![
+            shared("alice"),
+            shared("alice"),
+            shared("bob"),
+            shared("alice"),
+            candidate(None, 0),
+        ];
+        let share = ShareLimit {
+            cap: 2,
+            running: HashMap::from([("alice".to_owned(), 1)]),
+        };
+        let admitted = admit(&cands, &HashMap::new(), &share);
+        assert_eq!(admitted, vec![cands[0].id, cands[2].id, cands[4].id]);
+        // No cap: everything.
+        assert_eq!(
+            admit(&cands, &HashMap::new(), &ShareLimit::default()).len(),
+            5
+        );
+    }
+
+    #[test]
+    fn saturated_keys_and_the_fast_path_bound() {
+        let share = ShareLimit {
+            cap: 4,
+            running: HashMap::from([("a".to_owned(), 4), ("b".to_owned(), 1)]),
+        };
+        assert_eq!(share.saturated(), vec!["a".to_owned()]);
+        // b may take 3 more: a claim of 3 cannot overshoot, a claim of 4 could.
+        assert!(share.fits(3));
+        assert!(!share.fits(4));
+        assert!(ShareLimit::default().fits(u32::MAX));
+        assert!(ShareLimit::default().saturated().is_empty());
     }
 }

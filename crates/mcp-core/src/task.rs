@@ -130,6 +130,11 @@ pub struct Task {
     pub correlation_id: Option<String>,
     /// Subject of the principal that created the task; set by the server, never by the body.
     pub created_by: Option<String>,
+    /// The creator's subject when it is a `user` or `service` principal: whose share of a node's
+    /// slots the task counts against, and the namespace of its keys (see [`scoped_key`]). Not
+    /// part of the API: it equals `created_by` when set.
+    #[serde(skip)]
+    pub share_key: Option<String>,
     pub result: Option<Value>,
     pub error: Option<TaskError>,
     pub created_at: DateTime<Utc>,
@@ -155,6 +160,8 @@ pub struct NewTask {
     pub concurrency_limit: Option<i32>,
     pub correlation_id: Option<String>,
     pub created_by: Option<String>,
+    /// See [`Task::share_key`]; set by the task service, never by the body.
+    pub share_key: Option<String>,
 }
 
 /// What a client sends to create a task (`POST /v1/tasks`, and the WebSocket `task.create` op).
@@ -230,6 +237,26 @@ pub const MAX_ATTEMPTS_LIMIT: i32 = 1_000;
 pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 3_600_000;
 /// How far ahead a task may be scheduled (`delay_ms`, or `run_at` from now): 52 weeks.
 pub const MAX_DELAY_MS: u64 = MAX_TIMEOUT_MS * 52;
+
+/// How a key (`idempotency_key`, `concurrency_key`) of a task with a share key is stored:
+/// `{share_key}/{key}`, in its creator's own namespace, so that two users' keys never meet and
+/// no user reaches the keys the hub uses itself (`hook:…`, `discord-followup:…`: their prefix
+/// ends in `:` before any `/`, and a subject never starts with one of them). Keys of operators,
+/// admins and the hub itself are stored as given (global: they may share one on purpose).
+pub fn scoped_key(share_key: Option<&str>, key: &str) -> String {
+    match share_key {
+        Some(share) => format!("{share}/{key}"),
+        None => key.to_owned(),
+    }
+}
+
+/// The key as its creator gave it: [`scoped_key`] undone.
+pub fn client_key(share_key: Option<&str>, stored: String) -> String {
+    match share_key.and_then(|share| stored.strip_prefix(share)?.strip_prefix('/')) {
+        Some(key) => key.to_owned(),
+        None => stored,
+    }
+}
 
 /// A rejected create request: which field, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -350,6 +377,7 @@ impl CreateTask {
             concurrency_limit,
             correlation_id: self.correlation_id,
             created_by: None,
+            share_key: None,
         })
     }
 }
@@ -464,6 +492,20 @@ mod tests {
         let after = Uuid::now_v7();
         assert!(before < bound && bound < after);
         assert_eq!(bound.get_version_num(), 7);
+    }
+
+    #[test]
+    fn scoped_keys_round_trip_and_keep_global_keys_as_given() {
+        let stored = scoped_key(Some("alice"), "deploy:web");
+        assert_eq!(stored, "alice/deploy:web");
+        assert_eq!(client_key(Some("alice"), stored), "deploy:web");
+        assert_eq!(scoped_key(None, "deploy:web"), "deploy:web");
+        assert_eq!(client_key(None, "alice/x".into()), "alice/x");
+        // A user cannot reach a hook's key: it lands in the user's namespace.
+        assert_ne!(
+            scoped_key(Some("mallory"), "hook:gh:d-1:0"),
+            "hook:gh:d-1:0"
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@ use crate::codec::unsigned;
 use crate::error::corrupt;
 use chrono::{DateTime, Utc};
 use mcp_core::store::TaskCounts;
+use mcp_core::task::{client_key, scoped_key};
 use mcp_core::{Inserted, NewTask, StoreError, Task, TaskStatus};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
@@ -33,9 +34,13 @@ pub(crate) fn in_input_order(
     existing: Vec<Task>,
 ) -> Result<Vec<Inserted>, StoreError> {
     let mut created: HashMap<Uuid, Task> = created.into_iter().map(|t| (t.id, t)).collect();
+    // By the key as stored (a task shows its creator's key; see `scoped_key`).
     let existing: HashMap<String, Task> = existing
         .into_iter()
-        .filter_map(|t| t.idempotency_key.clone().map(|key| (key, t)))
+        .filter_map(|t| {
+            let key = scoped_key(t.share_key.as_deref(), t.idempotency_key.as_deref()?);
+            Some((key, t))
+        })
         .collect();
     new.iter()
         .map(|t| {
@@ -82,11 +87,18 @@ pub(crate) fn inserted_task(
         backoff: new.backoff,
         run_at,
         timeout_ms: new.timeout_ms,
-        idempotency_key: new.idempotency_key.clone(),
-        concurrency_key: new.concurrency_key.clone(),
+        idempotency_key: new
+            .idempotency_key
+            .clone()
+            .map(|key| client_key(new.share_key.as_deref(), key)),
+        concurrency_key: new
+            .concurrency_key
+            .clone()
+            .map(|key| client_key(new.share_key.as_deref(), key)),
         concurrency_limit: new.concurrency_limit,
         correlation_id: new.correlation_id.clone(),
         created_by: new.created_by.clone(),
+        share_key: new.share_key.clone(),
         result: None,
         error: None,
         created_at,

@@ -6,6 +6,7 @@
 mod common;
 
 use chrono::{Duration as Span, Utc};
+use mcp_core::store::ShareLimit;
 use mcp_core::task::{CreateTask, TaskDefaults};
 use mcp_core::{
     CancelOutcome, ClaimRequest, Completion, NewTask, Outcome, RetryOutcome, TaskError, TaskFilter,
@@ -34,6 +35,9 @@ conformance!(
     reports_the_next_due_task,
     concurrent_claimers_never_share_a_task,
     only_claims_types_it_serves,
+    never_runs_more_of_one_share_key_than_its_cap,
+    saturated_share_keys_do_not_hold_back_the_tasks_behind_them,
+    keys_of_a_share_live_in_its_namespace_and_read_as_given,
 );
 
 mod cases {
@@ -56,6 +60,26 @@ mod cases {
             types: vec!["noop".into(), "echo".into()],
             limit,
             lease: Duration::from_secs(30),
+            share: ShareLimit::default(),
+        }
+    }
+
+    /// A task of a `user` or `service` principal, as the task service stores it.
+    fn tenant_task(owner: &str, priority: i32) -> NewTask {
+        let mut t = new_task("noop");
+        t.priority = priority;
+        t.created_by = Some(owner.into());
+        t.share_key = Some(owner.into());
+        t
+    }
+
+    fn shared_claim(limit: u32, cap: u32, running: &[(&str, u32)]) -> ClaimRequest {
+        ClaimRequest {
+            share: ShareLimit {
+                cap,
+                running: running.iter().map(|(k, n)| ((*k).to_owned(), *n)).collect(),
+            },
+            ..claim_request(limit)
         }
     }
 
@@ -214,6 +238,98 @@ mod cases {
         let next = store.claim(&claim_request(10)).await.unwrap();
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].concurrency_key.as_deref(), Some("k"));
+    }
+
+    pub async fn never_runs_more_of_one_share_key_than_its_cap(store: Arc<dyn TaskStore>) {
+        let mut admin = new_task("noop");
+        admin.created_by = Some("root".into());
+        insert(
+            &store,
+            vec![
+                tenant_task("alice", 9),
+                tenant_task("alice", 9),
+                tenant_task("alice", 9),
+                admin,
+            ],
+        )
+        .await;
+        // One batch larger than the cap: alice gets two, the admin's task the third slot.
+        let claimed = store.claim(&shared_claim(10, 2, &[])).await.unwrap();
+        let alices = claimed
+            .iter()
+            .filter(|t| t.share_key.as_deref() == Some("alice"))
+            .count();
+        assert_eq!((claimed.len(), alices), (3, 2));
+        // At her cap, her last task waits; with one of hers done, it may start.
+        let full = shared_claim(10, 2, &[("alice", 2)]);
+        assert!(store.claim(&full).await.unwrap().is_empty());
+        let next = store
+            .claim(&shared_claim(10, 2, &[("alice", 1)]))
+            .await
+            .unwrap();
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].share_key.as_deref(), Some("alice"));
+    }
+
+    pub async fn saturated_share_keys_do_not_hold_back_the_tasks_behind_them(
+        store: Arc<dyn TaskStore>,
+    ) {
+        let mut tasks: Vec<NewTask> = (0..5).map(|_| tenant_task("mallory", 10)).collect();
+        let admin = new_task("noop");
+        tasks.push(admin.clone());
+        insert(&store, tasks).await;
+        // A claim of one, behind five of mallory's higher-priority tasks: on the fast path
+        // (fits) and on the admitting path (does not fit) alike, the admin's task is next.
+        let fast = store
+            .claim(&shared_claim(1, 2, &[("mallory", 2)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            fast.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![admin.id]
+        );
+        let mut late = new_task("noop");
+        late.priority = -1;
+        insert(&store, vec![late.clone()]).await;
+        let admitting = store
+            .claim(&shared_claim(10, 2, &[("mallory", 2), ("bob", 1)]))
+            .await
+            .unwrap();
+        assert_eq!(
+            admitting.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![late.id]
+        );
+        // Without a cap they all run.
+        assert_eq!(store.claim(&claim_request(10)).await.unwrap().len(), 5);
+    }
+
+    pub async fn keys_of_a_share_live_in_its_namespace_and_read_as_given(
+        store: Arc<dyn TaskStore>,
+    ) {
+        // As the task service stores a tenant's keys: `{subject}/{key}`.
+        let mut mine = tenant_task("alice", 0);
+        mine.idempotency_key = Some("alice/order-1".into());
+        mine.concurrency_key = Some("alice/deploy:web".into());
+        mine.concurrency_limit = Some(1);
+        let first = store.insert(&[mine.clone()]).await.unwrap().remove(0);
+        assert!(first.created);
+        assert_eq!(first.task.idempotency_key.as_deref(), Some("order-1"));
+        assert_eq!(first.task.concurrency_key.as_deref(), Some("deploy:web"));
+        assert_eq!(first.task.share_key.as_deref(), Some("alice"));
+        let stored = store.get(mine.id).await.unwrap().unwrap();
+        assert_eq!(stored.idempotency_key.as_deref(), Some("order-1"));
+        assert_eq!(stored.concurrency_key.as_deref(), Some("deploy:web"));
+        assert_eq!(stored.share_key.as_deref(), Some("alice"));
+        // The same key again answers with her task; a global key of the same text is another.
+        let mut again = tenant_task("alice", 0);
+        again.idempotency_key = Some("alice/order-1".into());
+        let mut global = new_task("noop");
+        global.idempotency_key = Some("order-1".into());
+        let both = store.insert(&[again, global]).await.unwrap();
+        assert!(!both[0].created && both[0].task.id == mine.id);
+        assert!(both[1].created);
+        assert_eq!(both[1].task.idempotency_key.as_deref(), Some("order-1"));
+        assert_eq!(both[1].task.share_key, None);
     }
 
     pub async fn records_success_retry_and_death(store: Arc<dyn TaskStore>) {

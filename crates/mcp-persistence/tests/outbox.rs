@@ -41,6 +41,7 @@ fn claim(types: &[&str]) -> ClaimRequest {
         types: types.iter().map(|t| (*t).to_owned()).collect(),
         limit: 10,
         lease: LEASE,
+        share: Default::default(),
     }
 }
 

@@ -55,6 +55,20 @@ pub struct OrchestratorConfig {
     /// Task events waiting for the event bus at most; beyond, new ones are dropped (and counted)
     /// rather than slowing the workers.
     pub event_queue: usize,
+    /// The share of this node's slots (`concurrency`) one `user` or `service` principal's tasks
+    /// may hold at once; 0 or 1 (or more): no cap.
+    pub fair_share: f64,
+}
+
+impl OrchestratorConfig {
+    /// Most tasks of one share key this node runs at once; 0: no cap.
+    pub fn share_cap(&self) -> u32 {
+        if !(self.fair_share > 0.0 && self.fair_share < 1.0) || self.concurrency == 0 {
+            return 0;
+        }
+        // At least one slot, or a principal could run nothing at all on a small node.
+        ((self.concurrency as f64 * self.fair_share).floor() as u32).max(1)
+    }
 }
 
 impl Default for OrchestratorConfig {
@@ -73,6 +87,7 @@ impl Default for OrchestratorConfig {
             directory_refresh: Duration::from_secs(1),
             breaker: BreakerConfig::default(),
             event_queue: 65_536,
+            fair_share: 0.0,
         }
     }
 }
@@ -107,6 +122,8 @@ pub struct Orchestrator {
     wake: Arc<Notify>,
     /// Cancellation tokens of the handlers running on this node.
     running: Mutex<HashMap<Uuid, CancellationToken>>,
+    /// How many tasks of each share key this node's handlers run now (fair sharing).
+    shares: Arc<Mutex<HashMap<String, u32>>>,
     /// Attempt outcomes this node has durably recorded.
     recorded: AtomicU64,
     /// External workers connected to this node, and every route's breaker.
@@ -156,6 +173,7 @@ impl Orchestrator {
             config,
             wake: Arc::new(Notify::new()),
             running: Mutex::new(HashMap::new()),
+            shares: Arc::default(),
             recorded: AtomicU64::new(0),
             balancer: Arc::new(Balancer::new(node_id, config_breaker)),
             directory: directory::Directory::default(),

@@ -7,7 +7,7 @@
 use super::Orchestrator;
 use super::worker::{Finished, StoreRetry};
 use crate::HandlerError;
-use crate::store::ClaimRequest;
+use crate::store::{ClaimRequest, ShareLimit};
 use crate::task::Task;
 use serde_json::Value;
 use std::sync::Arc;
@@ -40,6 +40,8 @@ impl Orchestrator {
                     types: vec![task_type.clone()],
                     limit: (*slots).min(self.config.batch_size) as u32,
                     lease: self.config.lease,
+                    // External workers' tasks take the workers' slots, not this node's.
+                    share: ShareLimit::default(),
                 };
                 let tasks = match self.store.claim(&request).await {
                     Ok(tasks) => {

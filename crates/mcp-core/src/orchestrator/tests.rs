@@ -5,7 +5,7 @@
 use super::*;
 use crate::events::{Delivery, Recovery, StreamPosition};
 use crate::routing::{DirectoryEntry, WorkerDirectory, WorkerRegistration};
-use crate::store::{ClaimRequest, Completion, TaskCounts, TaskFilter};
+use crate::store::{Candidate, ClaimRequest, Completion, TaskCounts, TaskFilter, admit};
 use crate::task::TaskStatus;
 use async_trait::async_trait;
 use chrono::DateTime;
@@ -48,6 +48,7 @@ impl TaskStore for Tasks {
                     concurrency_limit: new.concurrency_limit,
                     correlation_id: new.correlation_id.clone(),
                     created_by: new.created_by.clone(),
+                    share_key: new.share_key.clone(),
                     result: None,
                     error: None,
                     created_at: now,
@@ -73,11 +74,24 @@ impl TaskStore for Tasks {
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError> {
         let now = Utc::now();
-        Ok(self
-            .lock()
-            .iter_mut()
+        let saturated = request.share.saturated();
+        let mut held = self.lock();
+        let candidates: Vec<Candidate> = held
+            .iter()
             .filter(|t| t.status == TaskStatus::Queued && request.types.contains(&t.task_type))
+            .filter(|t| t.share_key.as_ref().is_none_or(|k| !saturated.contains(k)))
             .take(request.limit as usize)
+            .map(|t| Candidate {
+                id: t.id,
+                concurrency_key: None,
+                concurrency_limit: None,
+                share_key: t.share_key.clone(),
+            })
+            .collect();
+        let admitted = admit(&candidates, &HashMap::new(), &request.share);
+        Ok(held
+            .iter_mut()
+            .filter(|t| admitted.contains(&t.id))
             .map(|t| {
                 t.status = TaskStatus::Running;
                 t.attempts += 1;
@@ -610,4 +624,69 @@ async fn a_silent_nodes_workers_expire_with_the_lease() {
         "{refused:?}"
     );
     workers_a.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_principal_holds_at_most_its_share_of_the_slots_and_others_still_run() {
+    let store = Arc::new(Tasks::default());
+    let orchestrator = Orchestrator::new(
+        store.clone(),
+        HandlerRegistry::with_builtins(),
+        OrchestratorConfig {
+            concurrency: 4,
+            fair_share: 0.5,
+            poll_interval: Duration::from_millis(10),
+            shutdown_grace: Duration::from_millis(50),
+            ..OrchestratorConfig::default()
+        },
+    );
+    assert_eq!(orchestrator.config().share_cap(), 2);
+    let long = |share: Option<&str>| {
+        let mut task = CreateTask {
+            task_type: "sleep".into(),
+            payload: Some(json!({"ms": 3_600_000})),
+            ..CreateTask::default()
+        }
+        .validate(&crate::task::TaskDefaults::default(), Utc::now())
+        .unwrap();
+        task.share_key = share.map(str::to_owned);
+        task
+    };
+    let flood: Vec<NewTask> = (0..6).map(|_| long(Some("mallory"))).collect();
+    orchestrator.insert(&flood).await.unwrap();
+    let workers = orchestrator.start().await;
+    let running = |share: &str| {
+        store
+            .lock()
+            .iter()
+            .filter(|t| t.status == TaskStatus::Running && t.share_key.as_deref() == Some(share))
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while running("mallory") < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "mallory's share never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Another principal, and the hub's own work, still find slots.
+    let others = [long(Some("bob")), long(None)];
+    orchestrator.insert(&others).await.unwrap();
+    while running("bob") < 1
+        || store
+            .lock()
+            .iter()
+            .filter(|t| t.status == TaskStatus::Running)
+            .count()
+            < 4
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the others never ran"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(running("mallory"), 2, "never more than the share");
+    workers.shutdown().await;
 }

@@ -3,10 +3,11 @@
 
 use super::{Orchestrator, TaskContext};
 use crate::backoff;
-use crate::store::{ClaimRequest, Completion, Outcome, StoreError};
+use crate::store::{ClaimRequest, Completion, Outcome, ShareLimit, StoreError};
 use crate::task::{Task, TaskError};
 use chrono::Utc;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -146,12 +147,26 @@ impl Orchestrator {
                 },
                 _ = stop.cancelled() => return,
             };
-            let limit = (slots.available_permits() + 1).min(self.config.batch_size);
+            let cap = self.config.share_cap();
+            let mut limit = (slots.available_permits() + 1).min(self.config.batch_size);
+            if cap > 0 {
+                // A claim no larger than one share keeps the stores on their fast path while no
+                // principal is close to its cap.
+                limit = limit.min(cap as usize);
+            }
             let request = ClaimRequest {
                 owner: self.config.node_id.clone(),
                 types: types.clone(),
                 limit: limit as u32,
                 lease: self.config.lease,
+                share: ShareLimit {
+                    cap,
+                    running: if cap > 0 {
+                        self.lock_shares().clone()
+                    } else {
+                        HashMap::new()
+                    },
+                },
             };
             let tasks = match self.store.claim(&request).await {
                 Ok(tasks) => {
@@ -168,9 +183,14 @@ impl Orchestrator {
                 }
             };
             tracing::trace!(claimed = tasks.len(), limit, "claimed");
-            let drained = tasks.len() < limit;
+            // A claim cut short because a principal reached its share left other tasks behind:
+            // the next claim skips that principal, so look again at once.
+            let mut reached_cap = false;
             let mut first = Some(first);
+            let claimed = tasks.len();
             for task in tasks {
+                let share = self.hold_share(&task, cap);
+                reached_cap |= share.as_ref().is_some_and(|held| held.at_cap);
                 // Only this loop takes permits, so as many as `limit` are free: this never waits.
                 let permit = match first.take() {
                     Some(permit) => permit,
@@ -181,10 +201,10 @@ impl Orchestrator {
                         Err(_) => return,
                     },
                 };
-                tokio::spawn(self.clone().run(task, permit, done.clone()));
+                tokio::spawn(self.clone().run(task, permit, share, done.clone()));
             }
             drop(first);
-            if drained {
+            if claimed < limit && !reached_cap {
                 self.wait_for_work(&types, &stop).await;
             }
         }
@@ -213,11 +233,32 @@ impl Orchestrator {
         }
     }
 
-    /// Runs one attempt and hands its outcome to the completer.
+    /// Counts a task this node's handlers run against its share key, until the hold is dropped.
+    fn hold_share(&self, task: &Task, cap: u32) -> Option<ShareHold> {
+        let key = task.share_key.as_ref().filter(|_| cap > 0)?;
+        let mut shares = self.lock_shares();
+        let running = shares.entry(key.clone()).or_insert(0);
+        *running += 1;
+        Some(ShareHold {
+            shares: self.shares.clone(),
+            key: key.clone(),
+            cap,
+            wake: self.wake.clone(),
+            at_cap: *running >= cap,
+        })
+    }
+
+    fn lock_shares(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        lock_shares(&self.shares)
+    }
+
+    /// Runs one attempt and hands its outcome to the completer. `share` holds the task's place
+    /// in its principal's share of this node until the attempt ends.
     async fn run(
         self: Arc<Self>,
         task: Task,
         permit: OwnedSemaphorePermit,
+        share: Option<ShareHold>,
         done: mpsc::Sender<Finished>,
     ) {
         let task = Arc::new(task);
@@ -269,6 +310,7 @@ impl Orchestrator {
             self.emit_breaker(&change);
         }
         self.finish(task, result, done).await;
+        drop(share);
         drop(permit);
     }
 
@@ -490,6 +532,40 @@ impl Orchestrator {
             }
         }
     }
+}
+
+/// One running task counted against its share key on this node; dropping it (the attempt ended,
+/// however) gives the place back.
+pub(super) struct ShareHold {
+    shares: Arc<Mutex<HashMap<String, u32>>>,
+    key: String,
+    cap: u32,
+    /// The claim loop's: the key's waiting tasks may start again once it drops below its cap.
+    wake: Arc<tokio::sync::Notify>,
+    /// The key reached its cap with this task.
+    at_cap: bool,
+}
+
+impl Drop for ShareHold {
+    fn drop(&mut self) {
+        let mut shares = lock_shares(&self.shares);
+        if let Some(running) = shares.get_mut(&self.key) {
+            if *running >= self.cap {
+                self.wake.notify_one();
+            }
+            *running = running.saturating_sub(1);
+            if *running == 0 {
+                shares.remove(&self.key);
+            }
+        }
+    }
+}
+
+fn lock_shares(
+    shares: &Mutex<HashMap<String, u32>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+    // Single increments and decrements: a poisoned lock still holds consistent counts.
+    shares.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A finished attempt on its way to the completer, with the task it belongs to.

@@ -383,6 +383,7 @@ mod tests {
             concurrency_limit: None,
             correlation_id: None,
             created_by: None,
+            share_key: None,
             result: None,
             error: None,
             created_at: chrono::Utc::now(),

@@ -5,9 +5,9 @@
 use crate::events::Subscription;
 use crate::identity::IdentityStore;
 use crate::orchestrator::{Orchestrator, OrchestratorError, Origin};
-use crate::principal::{Permission, Principal};
+use crate::principal::{Permission, Principal, Role};
 use crate::store::{CancelOutcome, Inserted, RetryOutcome, TaskFilter};
-use crate::task::{CreateTask, NewTask, Task, TaskStatus};
+use crate::task::{CreateTask, NewTask, Task, TaskStatus, client_key, scoped_key};
 use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +24,81 @@ pub struct TaskLimits {
     pub max_batch: usize,
     /// Tasks a day for roles with a quota (`user`, `service`); 0: no quota.
     pub quota_tasks_per_day: u64,
+    /// Highest `priority` a `user` or `service` principal may give; above it only operators
+    /// and admins may go (422 `priority_too_high` for the others).
+    pub priority_ceiling: i32,
+    /// Longest `timeout_ms` a `user` principal may give (422 `timeout_too_long` above it; a
+    /// longer default is lowered to it); 0: only the global bound.
+    pub max_timeout_ms_user: u64,
+    /// The same for `service` principals.
+    pub max_timeout_ms_service: u64,
+}
+
+impl TaskLimits {
+    /// The longest `timeout_ms` a tenant of `role` may give; `None`: no bound of its own.
+    pub(crate) fn max_timeout(&self, role: Role) -> Option<u64> {
+        let max = match role {
+            Role::User => self.max_timeout_ms_user,
+            Role::Service => self.max_timeout_ms_service,
+            Role::Operator | Role::Admin => 0,
+        };
+        (max > 0).then_some(max)
+    }
+
+    /// Refuses what a tenant may not ask for: a priority above the ceiling (clamping it would
+    /// silently reorder the tenant's own work) or a timeout longer than its role's.
+    pub(crate) fn check_tenant(
+        &self,
+        creator: Creator<'_>,
+        request: &CreateTask,
+        index: Option<usize>,
+    ) -> Result<(), TaskServiceError> {
+        let Some(tenant) = creator.tenant() else {
+            return Ok(());
+        };
+        let ceiling = self.priority_ceiling;
+        if let Some(got) = request.priority
+            && got > ceiling
+        {
+            return Err(TaskServiceError::PriorityTooHigh {
+                index,
+                got,
+                ceiling,
+                role: tenant.role,
+            });
+        }
+        if let (Some(got), Some(max)) = (request.timeout_ms, self.max_timeout(tenant.role))
+            && got > max
+        {
+            return Err(TaskServiceError::TimeoutTooLong {
+                index,
+                got,
+                max,
+                role: tenant.role,
+            });
+        }
+        Ok(())
+    }
+
+    /// Puts a tenant's task in its own namespace: its share key (its subject), and its keys
+    /// stored under it (`{subject}/{key}`), so that another principal's key never blocks or
+    /// answers it and it never reaches the hub's own (`hook:…`). A default timeout longer than
+    /// the role's longest is lowered to it (the tenant did not ask for it).
+    pub(crate) fn scope(&self, creator: Creator<'_>, task: &mut NewTask) {
+        let Some(tenant) = creator.tenant() else {
+            return;
+        };
+        if let Some(max) = self.max_timeout(tenant.role) {
+            task.timeout_ms = task.timeout_ms.min(max);
+        }
+        let share = tenant.subject.as_str();
+        for key in [&mut task.idempotency_key, &mut task.concurrency_key] {
+            if let Some(key) = key.as_mut() {
+                *key = scoped_key(Some(share), key);
+            }
+        }
+        task.share_key = Some(share.to_owned());
+    }
 }
 
 impl Default for TaskLimits {
@@ -31,6 +106,9 @@ impl Default for TaskLimits {
         TaskLimits {
             max_batch: 1000,
             quota_tasks_per_day: 0,
+            priority_ceiling: i32::MAX,
+            max_timeout_ms_user: 0,
+            max_timeout_ms_service: 0,
         }
     }
 }
@@ -49,6 +127,20 @@ impl Creator<'_> {
         match self {
             Creator::Principal(principal) => &principal.subject,
             Creator::Internal(subject) => subject,
+        }
+    }
+
+    /// A tenant: a `user` or `service` principal, held to its share of the slots, the priority
+    /// ceiling, its role's longest timeout and keys of its own. Operators and admins run the hub
+    /// and the hub's own parts act for it: none of that applies to them.
+    fn tenant(&self) -> Option<&Principal> {
+        match self {
+            Creator::Principal(principal)
+                if matches!(principal.role, Role::User | Role::Service) =>
+            {
+                Some(*principal)
+            }
+            _ => None,
         }
     }
 }
@@ -86,6 +178,27 @@ pub enum TaskServiceError {
     },
     #[error("the idempotency_key `{0}` is used by a task you cannot see; pick another")]
     IdempotencyConflict(String),
+    #[error(
+        "{}priority {got} is above {ceiling}, the highest a {role} may give (operators and admins \
+         may give more)",
+        index.map(|i| format!("tasks[{i}].")).unwrap_or_default()
+    )]
+    PriorityTooHigh {
+        index: Option<usize>,
+        got: i32,
+        ceiling: i32,
+        role: Role,
+    },
+    #[error(
+        "{}timeout_ms {got} is above {max}, the longest a {role} may give",
+        index.map(|i| format!("tasks[{i}].")).unwrap_or_default()
+    )]
+    TimeoutTooLong {
+        index: Option<usize>,
+        got: u64,
+        max: u64,
+        role: Role,
+    },
     #[error("no task with id `{0}`")]
     NotFound(String),
     #[error("{0}")]
@@ -177,11 +290,14 @@ impl TaskService {
         request: CreateTask,
         correlation: Option<&str>,
     ) -> Result<NewTask, TaskServiceError> {
+        self.limits.check_tenant(creator, &request, None)?;
         let origin = Origin {
             correlation_id: correlation,
             created_by: Some(creator.subject()),
         };
-        Ok(self.orchestrator.prepare(request, origin, None).await?)
+        let mut task = self.orchestrator.prepare(request, origin, None).await?;
+        self.limits.scope(creator, &mut task);
+        Ok(task)
     }
 
     /// Validates many requests (errors name the request's index), without storing them.
@@ -191,11 +307,19 @@ impl TaskService {
         requests: impl IntoIterator<Item = CreateTask>,
         correlation: Option<&str>,
     ) -> Result<Vec<NewTask>, TaskServiceError> {
+        let requests: Vec<CreateTask> = requests.into_iter().collect();
+        for (i, request) in requests.iter().enumerate() {
+            self.limits.check_tenant(creator, request, Some(i))?;
+        }
         let origin = Origin {
             correlation_id: correlation,
             created_by: Some(creator.subject()),
         };
-        Ok(self.orchestrator.prepare_batch(requests, origin).await?)
+        let mut tasks = self.orchestrator.prepare_batch(requests, origin).await?;
+        for task in &mut tasks {
+            self.limits.scope(creator, task);
+        }
+        Ok(tasks)
     }
 
     /// Stores prepared tasks atomically: a principal's are charged to its daily quota, and one
@@ -213,13 +337,18 @@ impl TaskService {
         };
         self.charge_quota(principal, tasks.len() as u64).await?;
         let inserted = self.orchestrator.insert(&tasks).await?;
-        if let Some(hidden) = inserted
+        if let Some(asked) = tasks
             .iter()
-            .find(|i| !i.created && !Self::may_see(principal, &i.task))
+            .zip(&inserted)
+            .find(|(_, i)| !i.created && !Self::may_see(principal, &i.task))
+            .map(|(asked, _)| asked)
         {
-            return Err(TaskServiceError::IdempotencyConflict(
-                hidden.task.idempotency_key.clone().unwrap_or_default(),
-            ));
+            // The key as this principal sent it, not as the other task holds it.
+            let key = asked.idempotency_key.clone().unwrap_or_default();
+            return Err(TaskServiceError::IdempotencyConflict(client_key(
+                asked.share_key.as_deref(),
+                key,
+            )));
         }
         Ok(inserted)
     }
@@ -366,4 +495,134 @@ impl TaskService {
 
 fn parse_id(id: &str) -> Result<Uuid, TaskServiceError> {
     Uuid::parse_str(id).map_err(|_| TaskServiceError::NotFound(id.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::principal::CredentialKind;
+    use crate::task::TaskDefaults;
+
+    fn principal(role: Role, subject: &str) -> Principal {
+        Principal {
+            subject: subject.into(),
+            role,
+            credential: CredentialKind::AccessToken,
+        }
+    }
+
+    fn limits() -> TaskLimits {
+        TaskLimits {
+            priority_ceiling: 10,
+            max_timeout_ms_user: 60_000,
+            max_timeout_ms_service: 600_000,
+            ..TaskLimits::default()
+        }
+    }
+
+    fn request(priority: Option<i32>, timeout_ms: Option<u64>) -> CreateTask {
+        CreateTask {
+            task_type: "sleep".into(),
+            priority,
+            timeout_ms,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn refuses_a_tenant_priority_above_the_ceiling_but_not_an_operator_one() {
+        let user = principal(Role::User, "alice");
+        let ops = principal(Role::Operator, "ops");
+        let limits = limits();
+        let at = request(Some(10), None);
+        assert!(
+            limits
+                .check_tenant(Creator::Principal(&user), &at, None)
+                .is_ok()
+        );
+        let above = request(Some(i32::MAX), None);
+        let refused = limits
+            .check_tenant(Creator::Principal(&user), &above, Some(3))
+            .unwrap_err();
+        assert!(matches!(
+            refused,
+            TaskServiceError::PriorityTooHigh {
+                index: Some(3),
+                ceiling: 10,
+                ..
+            }
+        ));
+        assert!(refused.to_string().starts_with("tasks[3].priority"));
+        assert!(
+            limits
+                .check_tenant(Creator::Principal(&ops), &above, None)
+                .is_ok()
+        );
+        assert!(
+            limits
+                .check_tenant(Creator::Internal("hook:gh"), &above, None)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn refuses_a_timeout_above_the_role_maximum_and_lowers_a_longer_default() {
+        let user = principal(Role::User, "alice");
+        let service = principal(Role::Service, "key:bot");
+        let admin = principal(Role::Admin, "root");
+        let limits = limits();
+        let day = request(None, Some(86_400_000));
+        assert!(matches!(
+            limits.check_tenant(Creator::Principal(&user), &day, None),
+            Err(TaskServiceError::TimeoutTooLong { max: 60_000, .. })
+        ));
+        let ten_minutes = request(None, Some(600_000));
+        assert!(
+            limits
+                .check_tenant(Creator::Principal(&service), &ten_minutes, None)
+                .is_ok()
+        );
+        assert!(
+            limits
+                .check_tenant(Creator::Principal(&admin), &day, None)
+                .is_ok()
+        );
+
+        let mut task = request(None, None)
+            .validate(&TaskDefaults::default(), Utc::now())
+            .unwrap();
+        assert_eq!(task.timeout_ms, 300_000);
+        limits.scope(Creator::Principal(&user), &mut task);
+        assert_eq!(task.timeout_ms, 60_000);
+    }
+
+    #[test]
+    fn scopes_a_tenant_keys_to_its_subject_and_leaves_operators_global() {
+        let keyed = || {
+            let mut request = request(None, None);
+            request.idempotency_key = Some("hook:gh:d-1:0".into());
+            request.concurrency_key = Some("deploy:web".into());
+            request
+                .validate(&TaskDefaults::default(), Utc::now())
+                .unwrap()
+        };
+        let user = principal(Role::User, "mallory");
+        let mut task = keyed();
+        limits().scope(Creator::Principal(&user), &mut task);
+        assert_eq!(task.share_key.as_deref(), Some("mallory"));
+        assert_eq!(
+            task.idempotency_key.as_deref(),
+            Some("mallory/hook:gh:d-1:0")
+        );
+        assert_eq!(task.concurrency_key.as_deref(), Some("mallory/deploy:web"));
+
+        let admin = principal(Role::Admin, "root");
+        let mut task = keyed();
+        limits().scope(Creator::Principal(&admin), &mut task);
+        assert_eq!(task.share_key, None);
+        assert_eq!(task.concurrency_key.as_deref(), Some("deploy:web"));
+        let mut task = keyed();
+        limits().scope(Creator::Internal("hook:gh"), &mut task);
+        assert_eq!(task.idempotency_key.as_deref(), Some("hook:gh:d-1:0"));
+    }
 }

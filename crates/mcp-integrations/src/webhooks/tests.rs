@@ -194,6 +194,7 @@ async fn failing(
         concurrency_limit: None,
         correlation_id: None,
         created_by: None,
+        share_key: None,
         result: None,
         error: None,
         created_at: now,

@@ -4,6 +4,7 @@
 use crate::codec::unsigned;
 use crate::error::corrupt;
 use chrono::{DateTime, Utc};
+use mcp_core::task::client_key;
 use mcp_core::{Backoff, StoreError, Task, TaskError, TaskStatus};
 use serde_json::Value;
 use sqlx::FromRow;
@@ -33,6 +34,9 @@ pub(crate) struct TaskRow {
     concurrency_limit: Option<i32>,
     correlation_id: Option<String>,
     created_by: Option<String>,
+    /// Absent from outbox rows written before it existed.
+    #[serde(default)]
+    share_key: Option<String>,
     result: Option<Json<Value>>,
     error: Option<Json<Value>>,
     created_at: DateTime<Utc>,
@@ -58,11 +62,17 @@ impl TryFrom<TaskRow> for Task {
             },
             run_at: row.run_at,
             timeout_ms: unsigned(row.timeout_ms),
-            idempotency_key: row.idempotency_key,
-            concurrency_key: row.concurrency_key,
+            // Shown as their creator gave them: see `mcp_core::task::scoped_key`.
+            idempotency_key: row
+                .idempotency_key
+                .map(|key| client_key(row.share_key.as_deref(), key)),
+            concurrency_key: row
+                .concurrency_key
+                .map(|key| client_key(row.share_key.as_deref(), key)),
             concurrency_limit: row.concurrency_limit,
             correlation_id: row.correlation_id,
             created_by: row.created_by,
+            share_key: row.share_key,
             result: row.result.map(|j| j.0),
             error: row
                 .error

@@ -40,16 +40,17 @@ impl TaskStore for PgTaskStore {
         let sql = sql!(
             "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts, \
                  backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key, \
-                 concurrency_key, concurrency_limit, correlation_id, created_by, created_at)
+                 concurrency_key, concurrency_limit, correlation_id, created_by, created_at, \
+                 share_key)
              SELECT i.id, i.type, i.queue, i.priority, i.payload,
                     CASE WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END,
                     i.max_attempts, i.bb, i.bm, coalesce(i.run_at, now()), i.timeout_ms,
-                    i.ik, i.ck, i.cl, i.corr, i.by, now()
+                    i.ik, i.ck, i.cl, i.corr, i.by, now(), i.share
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::jsonb[], $6::int4[],
                          $7::int8[], $8::int8[], $9::timestamptz[], $10::int8[], $11::text[],
-                         $12::text[], $13::int4[], $14::text[], $15::text[])
+                         $12::text[], $13::int4[], $14::text[], $15::text[], $16::text[])
                   AS i(id, type, queue, priority, payload, max_attempts, bb, bm, run_at,
-                       timeout_ms, ik, ck, cl, corr, by)
+                       timeout_ms, ik, ck, cl, corr, by, share)
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id, status, run_at, created_at"
         );
@@ -91,6 +92,11 @@ impl TaskStore for PgTaskStore {
             .bind(
                 new.iter()
                     .map(|t| t.created_by.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                new.iter()
+                    .map(|t| t.share_key.as_deref())
                     .collect::<Vec<_>>(),
             );
         let rows = match self.begin_recording(Transition::Created).await? {
@@ -168,16 +174,21 @@ impl TaskStore for PgTaskStore {
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError> {
+        // Share keys at their cap on this node: their tasks are skipped by both paths.
+        let saturated = request.share.saturated();
         // Fast path, one statement: while no runnable task has a concurrency key, nothing needs
         // admitting, so lock and start the next tasks in claim order directly. When it claims
         // nothing (keyed tasks are waiting, or the queue is empty) the admitting path decides.
-        {
+        // It is exact for share keys too while no unsaturated key could pass its cap within
+        // `limit` tasks (`fits`); otherwise the admitting path counts them.
+        if request.share.fits(request.limit) {
             let query = sqlx::query_as::<_, TaskRow>(sql!(
                 "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = now(),
                      lease_owner = $3, lease_expires_at = now() + $4 * interval '1 millisecond'
                  FROM (SELECT id FROM tasks
                        WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
                          AND type = ANY($1) AND concurrency_key IS NULL
+                         AND (share_key IS NULL OR share_key <> ALL($5))
                          AND NOT EXISTS (
                              SELECT 1 FROM tasks
                              WHERE status IN ('queued', 'scheduled', 'failed')
@@ -192,7 +203,8 @@ impl TaskStore for PgTaskStore {
             .bind(&request.types)
             .bind(i64::from(request.limit))
             .bind(&request.owner)
-            .bind(millis(request.lease));
+            .bind(millis(request.lease))
+            .bind(&saturated);
             let rows = match self.begin_recording(Transition::Started).await? {
                 Some((mut tx, wanted)) => {
                     let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
@@ -210,10 +222,11 @@ impl TaskStore for PgTaskStore {
             }
         }
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let candidates: Vec<(Uuid, Option<String>, Option<i32>)> = sqlx::query_as(
-            "SELECT id, concurrency_key, concurrency_limit FROM tasks
+        let candidates: Vec<(Uuid, Option<String>, Option<i32>, Option<String>)> = sqlx::query_as(
+            "SELECT id, concurrency_key, concurrency_limit, share_key FROM tasks
              WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
                AND type = ANY($1)
+               AND (share_key IS NULL OR share_key <> ALL($3))
                AND (concurrency_key IS NULL OR concurrency_key NOT IN (
                      SELECT concurrency_key FROM tasks
                      WHERE status = 'running' AND concurrency_key IS NOT NULL
@@ -225,6 +238,7 @@ impl TaskStore for PgTaskStore {
         )
         .bind(&request.types)
         .bind(i64::from(request.limit))
+        .bind(&saturated)
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -234,11 +248,14 @@ impl TaskStore for PgTaskStore {
         }
         let candidates: Vec<Candidate> = candidates
             .into_iter()
-            .map(|(id, concurrency_key, concurrency_limit)| Candidate {
-                id,
-                concurrency_key,
-                concurrency_limit,
-            })
+            .map(
+                |(id, concurrency_key, concurrency_limit, share_key)| Candidate {
+                    id,
+                    concurrency_key,
+                    concurrency_limit,
+                    share_key,
+                },
+            )
             .collect();
         let mut keys: Vec<&str> = candidates
             .iter()
@@ -269,7 +286,7 @@ impl TaskStore for PgTaskStore {
             .map_err(db_error)?;
             running.extend(counts);
         }
-        let ids = admit(&candidates, &running);
+        let ids = admit(&candidates, &running, &request.share);
         let rows: Vec<TaskRow> = sqlx::query_as(sql!(
             "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = now(),
                  lease_owner = $2, lease_expires_at = now() + $3 * interval '1 millisecond'

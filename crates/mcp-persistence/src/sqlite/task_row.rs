@@ -3,6 +3,7 @@
 
 use crate::codec::{instant, json, unsigned, uuid};
 use crate::error::corrupt;
+use mcp_core::task::client_key;
 use mcp_core::{Backoff, StoreError, Task, TaskError, TaskStatus};
 use sqlx::FromRow;
 use std::str::FromStr;
@@ -29,6 +30,9 @@ pub(crate) struct TaskRow {
     concurrency_limit: Option<i32>,
     correlation_id: Option<String>,
     created_by: Option<String>,
+    /// Absent from outbox rows written before it existed.
+    #[serde(default)]
+    share_key: Option<String>,
     result: Option<String>,
     error: Option<String>,
     created_at: i64,
@@ -54,11 +58,17 @@ impl TryFrom<TaskRow> for Task {
             },
             run_at: instant(row.run_at)?,
             timeout_ms: unsigned(row.timeout_ms),
-            idempotency_key: row.idempotency_key,
-            concurrency_key: row.concurrency_key,
+            // Shown as their creator gave them: see `mcp_core::task::scoped_key`.
+            idempotency_key: row
+                .idempotency_key
+                .map(|key| client_key(row.share_key.as_deref(), key)),
+            concurrency_key: row
+                .concurrency_key
+                .map(|key| client_key(row.share_key.as_deref(), key)),
             concurrency_limit: row.concurrency_limit,
             correlation_id: row.correlation_id,
             created_by: row.created_by,
+            share_key: row.share_key,
             result: row.result.as_deref().map(json).transpose()?,
             error: row.error.as_deref().map(json::<TaskError>).transpose()?,
             created_at: instant(row.created_at)?,

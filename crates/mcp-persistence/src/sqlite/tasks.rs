@@ -52,6 +52,7 @@ impl TaskStore for SqliteTaskStore {
                     "cl": t.concurrency_limit,
                     "corr": t.correlation_id,
                     "by": t.created_by,
+                    "sk": t.share_key,
                 })
             })
             .collect();
@@ -61,14 +62,15 @@ impl TaskStore for SqliteTaskStore {
         let inserted: Vec<(String,)> = sqlx::query_as(
             "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
                  backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key,
-                 concurrency_key, concurrency_limit, correlation_id, created_by, created_at)
+                 concurrency_key, concurrency_limit, correlation_id, created_by, created_at,
+                 share_key)
              SELECT j.value ->> 'id', j.value ->> 'type', j.value ->> 'queue',
                     j.value ->> 'priority', j.value -> 'payload',
                     CASE WHEN coalesce(j.value ->> 'run_at', ?2) > ?2 THEN 'scheduled' ELSE 'queued' END,
                     j.value ->> 'max_attempts', j.value ->> 'bb', j.value ->> 'bm',
                     coalesce(j.value ->> 'run_at', ?2), j.value ->> 'timeout_ms',
                     j.value ->> 'ik', j.value ->> 'ck', j.value ->> 'cl', j.value ->> 'corr',
-                    j.value ->> 'by', ?2
+                    j.value ->> 'by', ?2, j.value ->> 'sk'
              FROM json_each(?1) AS j WHERE true
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id",
@@ -149,10 +151,12 @@ impl TaskStore for SqliteTaskStore {
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError> {
         let now = Utc::now();
         let mut tx = self.writer.begin().await.map_err(db_error)?;
-        let candidates: Vec<(String, Option<String>, Option<i32>)> = sqlx::query_as(
-            "SELECT id, concurrency_key, concurrency_limit FROM tasks
+        let candidates: Vec<(String, Option<String>, Option<i32>, Option<String>)> =
+            sqlx::query_as(
+                "SELECT id, concurrency_key, concurrency_limit, share_key FROM tasks
              WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= ?1
                AND type IN (SELECT value FROM json_each(?2))
+               AND (share_key IS NULL OR share_key NOT IN (SELECT value FROM json_each(?4)))
                AND (concurrency_key IS NULL OR concurrency_key NOT IN (
                      SELECT concurrency_key FROM tasks
                      WHERE status = 'running' AND concurrency_key IS NOT NULL
@@ -160,24 +164,26 @@ impl TaskStore for SqliteTaskStore {
                      HAVING count(*) >= min(concurrency_limit)))
              ORDER BY priority DESC, run_at, id
              LIMIT ?3",
-        )
-        .bind(micros(now))
-        .bind(json_array(request.types.clone()))
-        .bind(i64::from(request.limit))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
+            )
+            .bind(micros(now))
+            .bind(json_array(request.types.clone()))
+            .bind(i64::from(request.limit))
+            .bind(json_array(request.share.saturated()))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
         if candidates.is_empty() {
             tx.rollback().await.map_err(db_error)?;
             return Ok(Vec::new());
         }
         let candidates = candidates
             .into_iter()
-            .map(|(id, concurrency_key, concurrency_limit)| {
+            .map(|(id, concurrency_key, concurrency_limit, share_key)| {
                 Ok(Candidate {
                     id: uuid(&id)?,
                     concurrency_key,
                     concurrency_limit,
+                    share_key,
                 })
             })
             .collect::<Result<Vec<_>, StoreError>>()?;
@@ -200,7 +206,7 @@ impl TaskStore for SqliteTaskStore {
             .map_err(db_error)?;
             running.extend(counts);
         }
-        let ids = admit(&candidates, &running);
+        let ids = admit(&candidates, &running, &request.share);
         let rows: Vec<TaskRow> = sqlx::query_as(sql!(
             "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?2,
                  lease_owner = ?3, lease_expires_at = ?4

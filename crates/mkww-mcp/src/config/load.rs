@@ -67,6 +67,10 @@ impl Config {
         );
         anyhow::ensure!(self.max_batch > 0, "max_batch must be at least 1");
         anyhow::ensure!(
+            (0.0..=1.0).contains(&self.fair_share_max_fraction),
+            "fair_share_max_fraction must be between 0 and 1 (0 or 1: no cap)"
+        );
+        anyhow::ensure!(
             self.task_backoff_base_ms <= self.task_backoff_max_ms,
             "task_backoff_base_ms must not exceed task_backoff_max_ms"
         );

@@ -158,6 +158,16 @@ pub struct Config {
     pub rate_limit_write_per_minute: u32,
     /// Tasks each principal may create per UTC day (admins and operators are exempt); 0: no quota.
     pub quota_tasks_per_day: u64,
+    /// Fair sharing: the share of a node's `worker_concurrency` slots the tasks of one `user`
+    /// or `service` principal may hold at once (at least one slot); 0 or 1: no cap.
+    pub fair_share_max_fraction: f64,
+    /// Highest task `priority` a `user` or `service` principal may give (422 above it).
+    pub task_priority_ceiling: i32,
+    /// Longest task `timeout_ms` a `user` principal may give (422 above it); 0: no bound but
+    /// the global one.
+    pub max_task_timeout_ms_user: u64,
+    /// Longest task `timeout_ms` a `service` principal may give; 0: no bound but the global one.
+    pub max_task_timeout_ms_service: u64,
     /// Bearer token that may read `/metrics` without being an admin (for a Prometheus scraper).
     pub metrics_token: Option<String>,
     /// Largest message `content` (and summary), in bytes: 413 `message_too_large` beyond.

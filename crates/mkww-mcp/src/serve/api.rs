@@ -31,6 +31,9 @@ pub fn api_state(
         TaskLimits {
             max_batch: config.max_batch,
             quota_tasks_per_day: security.config.quota_tasks_per_day,
+            priority_ceiling: config.task_priority_ceiling,
+            max_timeout_ms_user: config.max_task_timeout_ms_user,
+            max_timeout_ms_service: config.max_task_timeout_ms_service,
         },
     ));
     let memory = Arc::new(MemoryService::new(

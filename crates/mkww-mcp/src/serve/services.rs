@@ -38,6 +38,7 @@ pub fn orchestrator_config(config: &Config) -> OrchestratorConfig {
         worker_types: config.worker_task_types.clone(),
         directory_refresh: Config::ms(config.worker_directory_refresh_ms),
         event_queue: config.event_queue.max(1),
+        fair_share: config.fair_share_max_fraction,
         breaker: BreakerConfig {
             window: Config::ms(config.breaker_window_ms),
             min_calls: config.breaker_min_calls.max(1),
