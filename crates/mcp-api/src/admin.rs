@@ -244,6 +244,11 @@ pub struct CreateApiKey {
     /// What the key is for, e.g. `discord-bot`.
     pub name: String,
     pub role: Role,
+    /// The task types a worker using this key may serve: exact names or prefixes ending in
+    /// `*` (`["render.*"]`), at most 100. Omitted or `null`: every type meant for external
+    /// workers; `[]`: none. Types with an in-process handler are never served by workers.
+    #[serde(default)]
+    pub worker_types: Option<Vec<String>>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -258,7 +263,7 @@ pub struct CreatedApiKey {
 #[utoipa::path(post, path = "/v1/api-keys", tag = "admin", request_body = CreateApiKey,
     responses(
         (status = 201, description = "created; `key` is shown only now", body = CreatedApiKey),
-        (status = 422, description = "bad name", body = ErrorBody),
+        (status = 422, description = "bad name or `worker_types` pattern", body = ErrorBody),
     ))]
 pub async fn create_api_key(
     State(state): State<AppState>,
@@ -273,6 +278,10 @@ pub async fn create_api_key(
             "a key name has 1 to 128 characters, none of them control characters",
         ));
     }
+    if let Some(patterns) = &request.worker_types {
+        mcp_core::worker_types::check_patterns(patterns)
+            .map_err(|reason| invalid("worker_types", reason))?;
+    }
     let generated = credentials::generate_api_key();
     let api_key = ApiKey {
         id: Uuid::now_v7(),
@@ -284,6 +293,7 @@ pub async fn create_api_key(
         created_at: Utc::now(),
         last_used_at: None,
         revoked_at: None,
+        worker_types: request.worker_types,
     };
     let security = &state.security;
     security.identities.create_api_key(&api_key).await?;
@@ -292,7 +302,7 @@ pub async fn create_api_key(
             "api_key.created",
             Some(&principal.subject),
             ip,
-            json!({"api_key": api_key.id, "prefix": api_key.prefix, "name": api_key.name, "role": api_key.role}),
+            json!({"api_key": api_key.id, "prefix": api_key.prefix, "name": api_key.name, "role": api_key.role, "worker_types": api_key.worker_types}),
         )
         .await;
     Ok((

@@ -83,6 +83,7 @@ impl Principal {
             subject: subject.into(),
             role,
             credential,
+            worker_types: None,
         })
     }
 }
@@ -258,14 +259,14 @@ impl Security {
             if let Err(e) = self.identities.touch_api_key(key.id, Utc::now()).await {
                 tracing::debug!(error = %e, "cannot record an API key use");
             }
-            return Ok((
-                Principal::new(
-                    format!("key:{}", key.prefix),
-                    key.role,
-                    CredentialKind::ApiKey,
-                ),
-                None,
-            ));
+            let mut principal = Principal::new(
+                format!("key:{}", key.prefix),
+                key.role,
+                CredentialKind::ApiKey,
+            );
+            // The key's limit travels with the principal, so a worker using it is held to it.
+            principal.0.worker_types = key.worker_types;
+            return Ok((principal, None));
         }
         match self.tokens.verify(credential) {
             Ok(claims) => Ok((

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use mcp_core::StoreError;
-use mcp_core::orchestrator::OrchestratorError;
+use mcp_core::orchestrator::{OrchestratorError, WorkerRefusal};
 use mcp_core::services::{MemoryError, TaskServiceError};
 use serde::Serialize;
 use serde_json::Value;
@@ -153,6 +153,22 @@ impl From<OrchestratorError> for ApiError {
                 .with_details(serde_json::json!({"type": task_type, "index": index})),
             OrchestratorError::Store(e) => e.into(),
         }
+    }
+}
+
+/// A worker asked to serve types it is not entitled to: in-process types, or types outside its
+/// credential's `worker_types`. One code for both; the message names the types and why.
+impl From<WorkerRefusal> for ApiError {
+    fn from(e: WorkerRefusal) -> Self {
+        let types = match &e {
+            WorkerRefusal::InProcess(types) | WorkerRefusal::OutsideGrant(types) => types.clone(),
+        };
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "worker_type_forbidden",
+            e.to_string(),
+        )
+        .with_details(serde_json::json!({"types": types}))
     }
 }
 

@@ -42,6 +42,10 @@ pub struct ApiKey {
     pub created_at: DateTime<Utc>,
     pub last_used_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
+    /// The task types a worker connected with this key may serve: exact names or prefixes
+    /// ending in `*` (`render.*`). `null`: every type meant for external workers; `[]`: none.
+    /// Types with an in-process handler are never served by workers, whatever this says.
+    pub worker_types: Option<Vec<String>>,
 }
 
 /// One refresh token. Each login starts a family; each refresh uses the presented token up and

@@ -25,6 +25,7 @@ pub mod task;
 pub mod vcc;
 pub mod vrchat;
 pub mod webhooks;
+pub mod worker_types;
 
 pub use orchestrator::{
     Handler, HandlerError, HandlerRegistry, Orchestrator, OrchestratorConfig, Origin, TaskContext,

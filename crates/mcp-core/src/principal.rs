@@ -77,11 +77,22 @@ pub struct Principal {
     pub subject: String,
     pub role: Role,
     pub credential: CredentialKind,
+    /// The task types it may serve as an external worker (`crate::worker_types` patterns), when
+    /// its credential limits them: an API key's `worker_types`. `None`: every type meant for
+    /// workers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_types: Option<Vec<String>>,
 }
 
 impl Principal {
     pub fn can(&self, permission: Permission) -> bool {
         self.role.grants(permission)
+    }
+
+    /// Whether its credential lets it serve `task_type` as an external worker (the role's
+    /// `tasks:run` is checked apart).
+    pub fn may_serve(&self, task_type: &str) -> bool {
+        crate::worker_types::covers(self.worker_types.as_deref(), task_type)
     }
 }
 

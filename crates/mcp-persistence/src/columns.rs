@@ -7,8 +7,8 @@ pub(crate) const TASK_COLUMNS: &str = "id, type, queue, priority, payload, statu
     finished_at, share_key";
 pub(crate) const USER_COLUMNS: &str =
     "id, username, role, password_hash, disabled, created_at, updated_at";
-pub(crate) const API_KEY_COLUMNS: &str =
-    "id, name, prefix, role, secret_hash, created_by, created_at, last_used_at, revoked_at";
+pub(crate) const API_KEY_COLUMNS: &str = "id, name, prefix, role, secret_hash, created_by, created_at, last_used_at, revoked_at, \
+     worker_types";
 pub(crate) const REFRESH_COLUMNS: &str =
     "id, family_id, user_id, token_hash, created_at, expires_at, used_at, revoked_at";
 pub(crate) const CONVERSATION_COLUMNS: &str = "id, title, participants, metadata, archived, summary, \

@@ -71,6 +71,7 @@ conformance!(
     updates_only_the_given_user_fields,
     updating_an_unknown_user_returns_none,
     round_trips_api_keys,
+    round_trips_the_worker_types_of_api_keys,
     rejects_duplicate_api_key_prefixes,
     lists_api_keys_newest_first,
     revokes_an_api_key_once,
@@ -122,6 +123,7 @@ mod cases {
             created_at,
             last_used_at: None,
             revoked_at: None,
+            worker_types: None,
         }
     }
 
@@ -264,6 +266,42 @@ mod cases {
         store.create_api_key(&key).await.unwrap();
         assert_eq!(store.api_key_by_prefix("k1").await.unwrap(), Some(key));
         assert_eq!(store.api_key_by_prefix("nope").await.unwrap(), None);
+    }
+
+    pub async fn round_trips_the_worker_types_of_api_keys(backend: &Backend) {
+        let store = backend.store();
+        let t = now();
+        let limited = ApiKey {
+            worker_types: Some(vec!["render.*".into(), "unity.bake".into()]),
+            ..api_key("lim", t - Span::hours(2))
+        };
+        let none = ApiKey {
+            worker_types: Some(Vec::new()),
+            ..api_key("none", t - Span::hours(1))
+        };
+        let unlimited = api_key("all", t);
+        for key in [&limited, &none, &unlimited] {
+            store.create_api_key(key).await.unwrap();
+        }
+        // `None` (no limit) and `[]` (nothing) stay apart.
+        assert_eq!(
+            store.api_key_by_prefix("lim").await.unwrap(),
+            Some(limited.clone())
+        );
+        assert_eq!(
+            store.api_key_by_prefix("none").await.unwrap(),
+            Some(none.clone())
+        );
+        assert_eq!(
+            store.api_key_by_prefix("all").await.unwrap(),
+            Some(unlimited.clone())
+        );
+        assert_eq!(
+            store.list_api_keys().await.unwrap(),
+            vec![unlimited, none, limited.clone()]
+        );
+        let revoked = store.revoke_api_key(limited.id, t).await.unwrap().unwrap();
+        assert_eq!(revoked.worker_types, limited.worker_types);
     }
 
     pub async fn rejects_duplicate_api_key_prefixes(backend: &Backend) {

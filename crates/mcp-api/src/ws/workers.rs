@@ -1,5 +1,7 @@
 //! External workers over the socket: `worker.register`, then the `task.*` frames by which a
-//! worker reports on the tasks assigned to it.
+//! worker reports on the tasks assigned to it. Which types a worker may serve is core's rule
+//! (`Orchestrator::register_worker`): never an in-process type, only what its credential's
+//! `worker_types` covers; a refusal is `worker_type_forbidden`.
 
 use super::close;
 use super::connection::{Closing, Connection, forbidden, reply, ws_error};
@@ -7,6 +9,7 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use mcp_core::HandlerError;
 use mcp_core::principal::Permission;
+use mcp_core::worker_types;
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -15,14 +18,6 @@ const MAX_WORKER_TYPES: usize = 100;
 const MAX_WORKER_CONCURRENCY: usize = 1000;
 /// How long `worker.register` waits for the cluster's worker directory before it answers anyway.
 const PUBLISH_PATIENCE: Duration = Duration::from_secs(2);
-
-fn valid_task_type(task_type: &str) -> bool {
-    !task_type.is_empty()
-        && task_type.len() <= 128
-        && task_type
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
-}
 
 impl Connection {
     /// Registers this connection as a worker, shares it with the cluster, answers (itself, so
@@ -45,7 +40,7 @@ impl Connection {
         }
         if types.is_empty()
             || types.len() > MAX_WORKER_TYPES
-            || !types.iter().all(|t| valid_task_type(t))
+            || !types.iter().all(|t| worker_types::valid_type(t))
         {
             return Err(ws_error(
                 "invalid_request",
@@ -60,8 +55,11 @@ impl Connection {
                 &format!("`concurrency` is between 1 and {MAX_WORKER_CONCURRENCY}"),
             ));
         }
-        let router = self.state.orchestrator.balancer().clone();
-        let (id, mut assignments) = router.register(&principal.subject, types.clone(), concurrency);
+        let (id, mut assignments) = self
+            .state
+            .orchestrator
+            .register_worker(principal, types.clone(), concurrency)
+            .map_err(ApiError::from)?;
         self.worker = Some(id);
         // Acknowledged once the cluster knows the worker, so every node accepts its types from
         // the reply on. A database away only delays that: the node keeps publishing.

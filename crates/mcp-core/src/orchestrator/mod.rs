@@ -10,6 +10,7 @@ mod tests;
 mod worker;
 
 pub use crate::handler::{Handler, HandlerError, HandlerRegistry, TaskContext};
+pub use remote::WorkerRefusal;
 pub use worker::WorkerHandle;
 
 use crate::events::{EventBus, LocalBus};

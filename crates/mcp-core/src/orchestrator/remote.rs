@@ -3,10 +3,18 @@
 //! to a worker through the balancer, and waits for its outcome under the same lease, timeout and
 //! cancellation rules as an in-process handler. A worker that disconnects gives its tasks back at
 //! once, without spending their attempts.
+//!
+//! Who may be a worker for what is decided here too: a worker never serves a type that has an
+//! in-process handler (its tasks, with their payloads, belong to the hub's own handler), nor a
+//! type its credential's `worker_types` does not cover. Registration refuses both; the claim
+//! loop and the balancer check again, so a worker that got past registration still gets nothing
+//! it is not entitled to.
 
 use super::Orchestrator;
 use super::worker::{Finished, StoreRetry};
 use crate::HandlerError;
+use crate::principal::Principal;
+use crate::routing::Assignment;
 use crate::store::{ClaimRequest, ShareLimit};
 use crate::task::Task;
 use serde_json::Value;
@@ -19,7 +27,66 @@ use tracing::warn;
 /// How often the loop looks again while nothing signals it (breakers turn half-open by time).
 const REMOTE_RECHECK: Duration = Duration::from_millis(500);
 
+/// Why a worker may not register the types it asked for; each names every type at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerRefusal {
+    /// The hub runs these types itself: handing them to a worker would hand it other
+    /// principals' tasks (and the credentials in their payloads).
+    #[error("{} run in-process on this hub; external workers never serve them", list(.0))]
+    InProcess(Vec<String>),
+    /// The credential's `worker_types` does not cover these.
+    #[error("this credential's `worker_types` does not cover {}", list(.0))]
+    OutsideGrant(Vec<String>),
+}
+
+fn list(types: &[String]) -> String {
+    types
+        .iter()
+        .map(|t| format!("`{t}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Orchestrator {
+    /// Whether an external worker may ever serve `task_type` on this node: not while an
+    /// in-process handler runs it.
+    pub fn for_external_workers(&self, task_type: &str) -> bool {
+        self.handlers.get(task_type).is_none()
+    }
+
+    /// Registers `principal` as an external worker serving `types` with `concurrency` slots,
+    /// if it is entitled to every one of them; assignments arrive on the returned receiver.
+    /// Call the balancer's `unregister` when it goes.
+    pub fn register_worker(
+        &self,
+        principal: &Principal,
+        types: Vec<String>,
+        concurrency: usize,
+    ) -> Result<(u64, mpsc::UnboundedReceiver<Assignment>), WorkerRefusal> {
+        let in_process: Vec<String> = types
+            .iter()
+            .filter(|t| !self.for_external_workers(t))
+            .cloned()
+            .collect();
+        if !in_process.is_empty() {
+            return Err(WorkerRefusal::InProcess(in_process));
+        }
+        let outside: Vec<String> = types
+            .iter()
+            .filter(|t| !principal.may_serve(t))
+            .cloned()
+            .collect();
+        if !outside.is_empty() {
+            return Err(WorkerRefusal::OutsideGrant(outside));
+        }
+        Ok(self.balancer.register_granted(
+            &principal.subject,
+            principal.worker_types.clone(),
+            types,
+            concurrency,
+        ))
+    }
+
     pub(super) async fn remote_loop(
         self: Arc<Self>,
         done: mpsc::Sender<Finished>,
@@ -31,7 +98,9 @@ impl Orchestrator {
             for change in self.balancer.poll_breakers() {
                 self.emit_breaker(&change);
             }
-            let free = self.balancer.free_slots();
+            let mut free = self.balancer.free_slots();
+            // In-process types are the claim loop's alone, whatever a worker registered.
+            free.retain(|task_type, _| self.for_external_workers(task_type));
             let mut claimed_any = false;
             let mut failed = None;
             for (task_type, slots) in &free {

@@ -690,3 +690,89 @@ async fn a_principal_holds_at_most_its_share_of_the_slots_and_others_still_run()
     assert_eq!(running("mallory"), 2, "never more than the share");
     workers.shutdown().await;
 }
+
+fn service_key(worker_types: Option<&[&str]>) -> crate::principal::Principal {
+    crate::principal::Principal {
+        subject: "key:abc".into(),
+        role: crate::principal::Role::Service,
+        credential: crate::principal::CredentialKind::ApiKey,
+        worker_types: worker_types.map(|list| list.iter().map(|t| (*t).to_owned()).collect()),
+    }
+}
+
+#[tokio::test]
+async fn refuses_a_worker_for_in_process_types_or_types_outside_its_grant() {
+    let orchestrator = Orchestrator::new(
+        Arc::new(Tasks::default()),
+        HandlerRegistry::with_builtins(),
+        OrchestratorConfig::default(),
+    );
+    let unlimited = service_key(None);
+    let renderer = service_key(Some(&["render.*"]));
+    let types = |list: &[&str]| list.iter().map(|t| (*t).to_owned()).collect::<Vec<_>>();
+
+    let refused = orchestrator.register_worker(&unlimited, types(&["unity.bake", "echo"]), 1);
+    assert_eq!(
+        refused.err(),
+        Some(WorkerRefusal::InProcess(vec!["echo".into()])),
+        "no grant opens an in-process type"
+    );
+    let refused = orchestrator.register_worker(&renderer, types(&["render.x", "unity.bake"]), 1);
+    assert_eq!(
+        refused.err(),
+        Some(WorkerRefusal::OutsideGrant(vec!["unity.bake".into()]))
+    );
+    assert!(orchestrator.balancer().registrations().is_empty());
+
+    let (id, _assignments) = orchestrator
+        .register_worker(&renderer, types(&["render.x"]), 1)
+        .expect("within the grant");
+    let (_, _more) = orchestrator
+        .register_worker(&unlimited, types(&["unity.bake"]), 1)
+        .expect("no grant: any type for workers");
+    let registered = orchestrator.balancer().registrations();
+    assert_eq!(registered[0].id, id);
+    assert_eq!(registered[0].types, types(&["render.x"]));
+}
+
+#[tokio::test]
+async fn never_hands_an_in_process_task_to_a_worker_that_bypassed_registration() {
+    let store = Arc::new(Tasks::default());
+    // API-only: no claim loop, so only the remote loop could take the task.
+    let orchestrator = Orchestrator::new(
+        store.clone(),
+        HandlerRegistry::with_builtins(),
+        OrchestratorConfig {
+            concurrency: 0,
+            poll_interval: Duration::from_millis(10),
+            // The worker never finishes its task: do not wait for it on shutdown.
+            shutdown_grace: Duration::from_millis(50),
+            ..OrchestratorConfig::default()
+        },
+    );
+    let workers = orchestrator.start().await;
+    let (_, mut assignments) =
+        orchestrator
+            .balancer()
+            .register("intruder", vec!["echo".into(), "unity.bake".into()], 4);
+    let echo = orchestrator
+        .create(of_type("echo"), Origin::default())
+        .await
+        .unwrap()
+        .task;
+    let bake = orchestrator
+        .create(of_type("unity.bake"), Origin::default())
+        .await
+        .unwrap()
+        .task;
+    // The worker type is handed over; the in-process one, created first, never is.
+    let given = tokio::time::timeout(Duration::from_secs(10), assignments.recv())
+        .await
+        .expect("the worker type is assigned")
+        .expect("an assignment");
+    assert_eq!(given.task.id, bake.id);
+    assert!(assignments.try_recv().is_err(), "echo is not the worker's");
+    let queued = store.get(echo.id).await.unwrap().unwrap();
+    assert_eq!(queued.status, TaskStatus::Queued);
+    workers.shutdown().await;
+}

@@ -13,6 +13,7 @@ pub use directory::{DirectoryEntry, WorkerDirectory, WorkerRegistration};
 
 use crate::handler::HandlerError;
 use crate::task::Task;
+use crate::worker_types;
 use serde::Serialize;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -32,6 +33,9 @@ pub struct Assignment {
 /// One connected worker, as the routes see it.
 struct Worker {
     subject: String,
+    /// What its credential lets it serve (`None`: every type for workers); checked again at
+    /// each assignment, so a task outside it never reaches the worker whatever it registered.
+    grant: Option<Vec<String>>,
     types: Vec<String>,
     concurrency: usize,
     outstanding: HashSet<Uuid>,
@@ -106,14 +110,28 @@ impl Balancer {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Adds a worker serving `types` with `concurrency` slots; assignments arrive on the
-    /// returned receiver. Call `unregister` when it goes.
+    /// Adds a worker serving `types` with `concurrency` slots, with no limit from its
+    /// credential; assignments arrive on the returned receiver. Call `unregister` when it goes.
     pub fn register(
         &self,
         subject: &str,
         types: Vec<String>,
         concurrency: usize,
     ) -> (u64, mpsc::UnboundedReceiver<Assignment>) {
+        self.register_granted(subject, None, types, concurrency)
+    }
+
+    /// `register` for a worker whose credential may serve only what `grant` covers
+    /// (`crate::worker_types` patterns; `None`: no limit). Types outside it are dropped here,
+    /// so they are neither claimed for it nor published to the cluster.
+    pub fn register_granted(
+        &self,
+        subject: &str,
+        grant: Option<Vec<String>>,
+        mut types: Vec<String>,
+        concurrency: usize,
+    ) -> (u64, mpsc::UnboundedReceiver<Assignment>) {
+        types.retain(|t| worker_types::covers(grant.as_deref(), t));
         let (assign, assignments) = mpsc::unbounded_channel();
         let mut state = self.lock();
         state.next_id += 1;
@@ -122,6 +140,7 @@ impl Balancer {
             id,
             Worker {
                 subject: subject.to_owned(),
+                grant,
                 types,
                 concurrency: concurrency.max(1),
                 outstanding: HashSet::new(),
@@ -202,7 +221,9 @@ impl Balancer {
             .workers
             .iter_mut()
             .filter(|(_, w)| {
-                w.outstanding.len() < w.concurrency && w.types.contains(&task.task_type)
+                w.outstanding.len() < w.concurrency
+                    && w.types.contains(&task.task_type)
+                    && worker_types::covers(w.grant.as_deref(), &task.task_type)
             })
             .min_by_key(|(id, w)| (w.outstanding.len(), w.last_picked, **id))?;
         let (reply, outcome) = oneshot::channel();
@@ -429,6 +450,38 @@ mod tests {
         balancer.finished(a, one.id);
         assert!(!balancer.holds(a, one.id));
         assert_eq!(balancer.free_slots().get("t"), Some(&7));
+    }
+
+    #[test]
+    fn never_assigns_a_type_outside_the_workers_grant() {
+        let balancer = Balancer::new("n1", BreakerConfig::default());
+        let (renderer, _rr) = balancer.register_granted(
+            "key:r",
+            Some(vec!["render.*".into()]),
+            vec!["render.x".into(), "unity.bake".into()],
+            4,
+        );
+        assert!(balancer.serves("render.x"));
+        assert!(!balancer.serves("unity.bake"), "dropped at registration");
+        assert_eq!(balancer.free_slots().get("unity.bake"), None);
+        assert_eq!(
+            balancer.registrations()[0].types,
+            vec!["render.x".to_owned()]
+        );
+        assert!(balancer.assign(task("unity.bake")).is_none());
+        assert_eq!(balancer.assign(task("render.x")).unwrap().0, renderer);
+    }
+
+    #[test]
+    fn assignment_checks_the_grant_even_if_the_types_were_tampered_with() {
+        let balancer = Balancer::new("n1", BreakerConfig::default());
+        let (id, _rx) =
+            balancer.register_granted("key:r", Some(vec!["render.*".into()]), vec![], 4);
+        // As if registration had been bypassed: the type is in the list but not in the grant.
+        if let Some(w) = balancer.lock().workers.get_mut(&id) {
+            w.types.push("echo".into());
+        }
+        assert!(balancer.assign(task("echo")).is_none());
     }
 
     #[test]

@@ -56,6 +56,7 @@ struct ApiKeyRow {
     created_at: DateTime<Utc>,
     last_used_at: Option<DateTime<Utc>>,
     revoked_at: Option<DateTime<Utc>>,
+    worker_types: Option<Vec<String>>,
 }
 
 impl TryFrom<ApiKeyRow> for ApiKey {
@@ -71,6 +72,7 @@ impl TryFrom<ApiKeyRow> for ApiKey {
             created_at: row.created_at,
             last_used_at: row.last_used_at,
             revoked_at: row.revoked_at,
+            worker_types: row.worker_types,
         })
     }
 }
@@ -212,8 +214,8 @@ impl IdentityStore for PgTaskStore {
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO api_keys (id, name, prefix, role, secret_hash, created_by, created_at,
-                 last_used_at, revoked_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                 last_used_at, revoked_at, worker_types)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(key.id)
         .bind(&key.name)
@@ -224,6 +226,7 @@ impl IdentityStore for PgTaskStore {
         .bind(key.created_at)
         .bind(key.last_used_at)
         .bind(key.revoked_at)
+        .bind(&key.worker_types)
         .execute(&self.pool)
         .await
         .map_err(|e| conflict_or_db_error(e, || format!("API key prefix `{}`", key.prefix)))?;

@@ -3,7 +3,9 @@
 //! interleaved with another write.
 
 use super::SqliteTaskStore;
-use crate::codec::{count_i64, day_text, id_text, instant, json, micros, role, unsigned, uuid};
+use crate::codec::{
+    count_i64, day_text, id_text, instant, json, json_array, micros, role, unsigned, uuid,
+};
 use crate::columns::{API_KEY_COLUMNS, REFRESH_COLUMNS, USER_COLUMNS};
 use crate::error::{conflict_or_db_error, db_error};
 use crate::identity::refused_rotation;
@@ -54,6 +56,7 @@ struct ApiKeyRow {
     created_at: i64,
     last_used_at: Option<i64>,
     revoked_at: Option<i64>,
+    worker_types: Option<String>,
 }
 
 impl TryFrom<ApiKeyRow> for ApiKey {
@@ -69,6 +72,7 @@ impl TryFrom<ApiKeyRow> for ApiKey {
             created_at: instant(row.created_at)?,
             last_used_at: row.last_used_at.map(instant).transpose()?,
             revoked_at: row.revoked_at.map(instant).transpose()?,
+            worker_types: row.worker_types.as_deref().map(json).transpose()?,
         })
     }
 }
@@ -211,8 +215,8 @@ impl IdentityStore for SqliteTaskStore {
     async fn create_api_key(&self, key: &ApiKey) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO api_keys (id, name, prefix, role, secret_hash, created_by, created_at,
-                 last_used_at, revoked_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                 last_used_at, revoked_at, worker_types)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )
         .bind(id_text(key.id))
         .bind(&key.name)
@@ -223,6 +227,7 @@ impl IdentityStore for SqliteTaskStore {
         .bind(micros(key.created_at))
         .bind(key.last_used_at.map(micros))
         .bind(key.revoked_at.map(micros))
+        .bind(key.worker_types.clone().map(json_array))
         .execute(&self.writer)
         .await
         .map_err(|e| conflict_or_db_error(e, || format!("API key prefix `{}`", key.prefix)))?;
