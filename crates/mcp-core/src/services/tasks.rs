@@ -508,6 +508,7 @@ mod tests {
             subject: subject.into(),
             role,
             credential: CredentialKind::AccessToken,
+            worker_types: None,
         }
     }
 

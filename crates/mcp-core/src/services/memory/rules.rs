@@ -171,6 +171,7 @@ mod tests {
             subject: "ann".into(),
             role,
             credential: CredentialKind::AccessToken,
+            worker_types: None,
         }
     }
 
