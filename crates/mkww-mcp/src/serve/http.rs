@@ -169,7 +169,7 @@ pub async fn run(
     if !connections.wait_closed(Instant::now() + edge.grace).await {
         tracing::warn!(
             open = connections.open(),
-            "connections still open after shutdown_grace_ms; closing them"
+            "connections still open after shutdown_grace_ms; they close with the process"
         );
     }
     Ok(())
