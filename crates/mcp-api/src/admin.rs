@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use chrono::Utc;
 use mcp_core::credentials::{self, PasswordError};
-use mcp_core::identity::{ApiKey, AuditEvent, AuditFilter, User};
+use mcp_core::identity::{ApiKey, AuditEvent, AuditFilter, RevocationTarget, User};
 use mcp_core::principal::Permission;
 use mcp_core::principal::Role;
 use serde::{Deserialize, Serialize};
@@ -200,6 +200,8 @@ pub async fn update_user(
         None => None,
     };
     let security = &state.security;
+    // Taken before the change: every token issued up to it carries the old role or password.
+    let changed_at = Utc::now();
     let before = security.identities.user_by_id(user_id).await?;
     let updated = security
         .identities
@@ -219,7 +221,13 @@ pub async fn update_user(
     };
     let sessions = security
         .identities
-        .revoke_user_refresh_tokens(user.id, Utc::now())
+        .revoke_user_refresh_tokens(user.id, changed_at)
+        .await?;
+    // Its access tokens too (they carry the role), on every node within a second; open
+    // WebSockets authenticated by them are closed.
+    security
+        .revocations
+        .revoke(RevocationTarget::Subject(user.username.clone()), changed_at)
         .await?;
     security
         .audit(
@@ -353,6 +361,14 @@ pub async fn revoke_api_key(
             format!("no API key with id `{id}`"),
         ));
     };
+    // Open WebSockets authenticated by the key are closed, on every node within a second.
+    security
+        .revocations
+        .revoke(
+            RevocationTarget::ApiKey(api_key.id),
+            api_key.revoked_at.unwrap_or_else(Utc::now),
+        )
+        .await?;
     security
         .audit(
             "api_key.revoked",

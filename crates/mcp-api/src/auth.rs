@@ -22,6 +22,7 @@ use mcp_core::credentials;
 use mcp_core::identity::{AuditEvent, IdentityStore};
 use mcp_core::limiter::{Decision, Limiter, Quota};
 use mcp_core::principal::{Permission, Role};
+use mcp_core::revocations::{Credential, Revocations};
 use serde_json::Value;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -67,7 +68,18 @@ pub struct Security {
     pub identities: Arc<dyn IdentityStore>,
     pub tokens: Tokens,
     pub limiter: Arc<dyn Limiter>,
+    /// The deny-list every authentication checks (cached: no query per request).
+    pub revocations: Arc<Revocations>,
     pub config: SecurityConfig,
+}
+
+/// A credential that checked out: who it names, until when, and what could revoke it.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub principal: Principal,
+    /// Unix seconds at which an access token expires; `None` for API keys.
+    pub expires_at: Option<u64>,
+    pub credential: Credential,
 }
 
 pub use mcp_core::principal::CredentialKind;
@@ -238,14 +250,16 @@ impl Security {
 
     /// Who the bearer credential names, or why it names no one.
     pub async fn authenticate(&self, credential: &str) -> Result<Principal, ApiError> {
-        self.authenticate_until(credential).await.map(|(p, _)| p)
+        self.authenticate_credential(credential)
+            .await
+            .map(|found| found.principal)
     }
 
-    /// Like `authenticate`, with the Unix time the credential expires at (access tokens).
-    pub async fn authenticate_until(
+    /// Like `authenticate`, with when the credential expires and what could revoke it.
+    pub async fn authenticate_credential(
         &self,
         credential: &str,
-    ) -> Result<(Principal, Option<u64>), ApiError> {
+    ) -> Result<Authenticated, ApiError> {
         if let Some(prefix) = credentials::api_key_prefix(credential) {
             let key = self.identities.api_key_by_prefix(prefix).await?;
             let Some(key) = key.filter(|k| {
@@ -253,7 +267,8 @@ impl Security {
             }) else {
                 return Err(unauthenticated("the API key is not valid"));
             };
-            if key.revoked_at.is_some() {
+            let revocable = Credential::ApiKey { id: key.id };
+            if key.revoked_at.is_some() || self.revocations.is_revoked(&revocable) {
                 return Err(unauthenticated("the API key has been revoked"));
             }
             if let Err(e) = self.identities.touch_api_key(key.id, Utc::now()).await {
@@ -266,13 +281,29 @@ impl Security {
             );
             // The key's limit travels with the principal, so a worker using it is held to it.
             principal.0.worker_types = key.worker_types;
-            return Ok((principal, None));
+            return Ok(Authenticated {
+                principal,
+                expires_at: None,
+                credential: revocable,
+            });
         }
         match self.tokens.verify(credential) {
-            Ok(claims) => Ok((
-                Principal::new(claims.sub, claims.role, CredentialKind::AccessToken),
-                Some(claims.exp),
-            )),
+            Ok(claims) => {
+                let revocable = Credential::AccessToken {
+                    subject: claims.sub.clone(),
+                    // A `sid` that is no id names no session: the subject's cut-off still applies.
+                    session: claims.sid.as_deref().and_then(|s| Uuid::parse_str(s).ok()),
+                    issued_at: claims.iat,
+                };
+                if self.revocations.is_revoked(&revocable) {
+                    return Err(ApiError::token_revoked());
+                }
+                Ok(Authenticated {
+                    principal: Principal::new(claims.sub, claims.role, CredentialKind::AccessToken),
+                    expires_at: Some(claims.exp),
+                    credential: revocable,
+                })
+            }
             Err(TokenError::Expired) => Err(unauthenticated("the access token has expired")
                 .with_details(serde_json::json!({"reason": "token_expired"}))),
             Err(_) => Err(unauthenticated("the access token is not valid")),

@@ -65,6 +65,16 @@ impl ApiError {
         )
     }
 
+    /// 401 `token_revoked`: the access token was valid but has been revoked (logout, a disabled
+    /// user, a role or password change). Log in again.
+    pub fn token_revoked() -> Self {
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "token_revoked",
+            "the access token has been revoked; log in again",
+        )
+    }
+
     pub fn with_details(mut self, details: Value) -> Self {
         self.details = Some(details);
         self

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use mcp_core::credentials;
-use mcp_core::identity::{RefreshToken, Rotation, User};
+use mcp_core::identity::{RefreshToken, RevocationTarget, Rotation, User};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use utoipa::ToSchema;
@@ -74,15 +74,41 @@ fn invalid_refresh() -> ApiError {
     )
 }
 
-/// Issues an access token and stores `refresh` for `user`.
+/// Longest a login or refresh waits for the second after a revocation's cut-off (see
+/// `wait_past_cutoff`); more would only mean that the clocks of the nodes disagree.
+const MAX_CUTOFF_WAIT: std::time::Duration = std::time::Duration::from_millis(1_500);
+
+/// Access tokens carry whole seconds and a revocation refuses its whole cut-off second, so a
+/// token issued in that second (just after a role change, say) would be refused at once: wait
+/// until the next second begins.
+async fn wait_past_cutoff(security: &Security, subject: &str) {
+    let Some(cutoff) = security.revocations.cutoff(subject) else {
+        return;
+    };
+    let next_second_ms = cutoff.saturating_add(1).saturating_mul(1_000);
+    let wait_ms = next_second_ms.saturating_sub(Utc::now().timestamp_millis());
+    if wait_ms > 0 {
+        let wait = std::time::Duration::from_millis(wait_ms.unsigned_abs()).min(MAX_CUTOFF_WAIT);
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Issues an access token of the session `family_id` and stores `refresh` for `user`.
 async fn tokens_for(
     security: &Security,
     user: &User,
     refresh: String,
+    family_id: Uuid,
 ) -> Result<TokenResponse, ApiError> {
+    wait_past_cutoff(security, &user.username).await;
     let access_token = security
         .tokens
-        .issue(&user.username, user.role, security.config.access_ttl)
+        .issue_in(
+            &user.username,
+            user.role,
+            security.config.access_ttl,
+            Some(family_id),
+        )
         .map_err(|e| {
             tracing::error!(error = %e, "cannot sign an access token");
             ApiError::new(
@@ -168,7 +194,7 @@ pub async fn login(
     };
     let (refresh, record) = new_refresh(security, user.id, Uuid::now_v7());
     security.identities.insert_refresh_token(&record).await?;
-    let reply = tokens_for(security, &user, refresh).await?;
+    let reply = tokens_for(security, &user, refresh, record.family_id).await?;
     security
         .audit(
             "auth.login.succeeded",
@@ -251,7 +277,9 @@ pub async fn refresh(
         Rotation::Rotated { used } => {
             let user = security.identities.user_by_id(used.user_id).await?;
             match user {
-                Some(user) if !user.disabled => Ok(Json(tokens_for(security, &user, token).await?)),
+                Some(user) if !user.disabled => Ok(Json(
+                    tokens_for(security, &user, token, used.family_id).await?,
+                )),
                 _ => {
                     security
                         .identities
@@ -276,6 +304,11 @@ pub async fn refresh(
                 .identities
                 .revoke_refresh_family(token.family_id, now)
                 .await?;
+            // The access tokens of the family too: one of them may be the thief's.
+            security
+                .revocations
+                .revoke(RevocationTarget::Session(token.family_id), now)
+                .await?;
             security
                 .audit(
                     "auth.family.revoked",
@@ -294,7 +327,8 @@ pub async fn refresh(
     }
 }
 
-/// End a session: revokes the refresh token's whole family. Answers 204 whatever the token.
+/// End a session: revokes the refresh token's whole family and every access token issued in it
+/// (on every node within a second). Answers 204 whatever the token.
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", request_body = RefreshRequest,
     responses((status = 204, description = "logged out")))]
 pub async fn logout(
@@ -305,9 +339,14 @@ pub async fn logout(
     let security = &state.security;
     let hash = credentials::digest(&request.refresh_token);
     if let Some(token) = security.identities.refresh_token_by_hash(&hash).await? {
+        let now = Utc::now();
         let revoked = security
             .identities
-            .revoke_refresh_family(token.family_id, Utc::now())
+            .revoke_refresh_family(token.family_id, now)
+            .await?;
+        security
+            .revocations
+            .revoke(RevocationTarget::Session(token.family_id), now)
             .await?;
         let user = security.identities.user_by_id(token.user_id).await?;
         security

@@ -20,6 +20,10 @@ pub struct Claims {
     pub nbf: u64,
     pub exp: u64,
     pub jti: String,
+    /// The login session (refresh token family) the token was issued in, so that logging out
+    /// revokes it; absent from tokens issued outside a session (`mkww-mcp token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -172,6 +176,17 @@ impl Tokens {
 
     /// A token for `sub` with `role`, valid for `ttl` from now.
     pub fn issue(&self, sub: &str, role: Role, ttl: Duration) -> Result<String, TokenError> {
+        self.issue_in(sub, role, ttl, None)
+    }
+
+    /// Like `issue`, naming the login session (`sid`) the token belongs to.
+    pub fn issue_in(
+        &self,
+        sub: &str,
+        role: Role,
+        ttl: Duration,
+        session: Option<uuid::Uuid>,
+    ) -> Result<String, TokenError> {
         let now = seconds_now();
         let claims = Claims {
             sub: sub.to_owned(),
@@ -182,6 +197,7 @@ impl Tokens {
             nbf: now,
             exp: now.saturating_add(ttl.as_secs()),
             jti: uuid::Uuid::new_v4().simple().to_string(),
+            sid: session.map(|s| s.to_string()),
         };
         encode(&Header::new(self.algorithm), &claims, &self.encoding)
             .map_err(|_| TokenError::Invalid)

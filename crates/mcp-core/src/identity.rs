@@ -103,6 +103,58 @@ pub struct AuditFilter {
     pub limit: u32,
 }
 
+/// What a revocation reaches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RevocationTarget {
+    /// A user's access tokens (by subject, the username) issued no later than the revocation's
+    /// `not_before` second: disabling, a role or password change, revoking their sessions.
+    Subject(String),
+    /// One login session (a refresh token family) and every access token issued in it: logout.
+    Session(Uuid),
+    /// An API key, for good.
+    ApiKey(Uuid),
+}
+
+impl RevocationTarget {
+    /// The kind as stored: `subject`, `session` or `api_key`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RevocationTarget::Subject(_) => "subject",
+            RevocationTarget::Session(_) => "session",
+            RevocationTarget::ApiKey(_) => "api_key",
+        }
+    }
+
+    /// The target as stored: the subject, or the id.
+    pub fn key(&self) -> String {
+        match self {
+            RevocationTarget::Subject(subject) => subject.clone(),
+            RevocationTarget::Session(id) | RevocationTarget::ApiKey(id) => id.to_string(),
+        }
+    }
+
+    /// The target from its stored kind and key; `None` when they name nothing known.
+    pub fn parse(kind: &str, key: &str) -> Option<RevocationTarget> {
+        match kind {
+            "subject" => Some(RevocationTarget::Subject(key.to_owned())),
+            "session" => Uuid::parse_str(key).ok().map(RevocationTarget::Session),
+            "api_key" => Uuid::parse_str(key).ok().map(RevocationTarget::ApiKey),
+            _ => None,
+        }
+    }
+}
+
+/// One entry of the deny-list every node caches (see `crate::revocations`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub target: RevocationTarget,
+    /// Credentials of the target issued at or before this instant are refused.
+    pub not_before: DateTime<Utc>,
+    /// When the store last wrote the entry, by the store's clock: what `revocations_since`
+    /// pages by.
+    pub recorded_at: DateTime<Utc>,
+}
+
 /// The result of asking for quota.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuotaUse {
@@ -170,6 +222,16 @@ pub trait IdentityStore: Send + Sync + 'static {
         user_id: Uuid,
         at: DateTime<Utc>,
     ) -> Result<u64, StoreError>;
+
+    /// Adds `target` to the deny-list, or moves its `not_before` later (never earlier), and
+    /// stamps `recorded_at` with the store's clock. Returns the entry as stored.
+    async fn record_revocation(
+        &self,
+        target: &RevocationTarget,
+        not_before: DateTime<Utc>,
+    ) -> Result<Revocation, StoreError>;
+    /// Entries recorded at or after `since`, oldest first.
+    async fn revocations_since(&self, since: DateTime<Utc>) -> Result<Vec<Revocation>, StoreError>;
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;

@@ -17,6 +17,7 @@ pub mod limiter;
 pub mod memory;
 pub mod orchestrator;
 pub mod principal;
+pub mod revocations;
 pub mod routing;
 pub mod secrets;
 pub mod services;

@@ -1,4 +1,5 @@
-//! What both identity stores share: how a refresh token that could not be rotated is refused.
+//! What both identity stores share: how a refresh token that could not be rotated is refused,
+//! and how a stored revocation names its target.
 
 /// Why a refresh token that could not be rotated was refused. A revoked token is `Dead` (its
 /// family has been dealt with already); an unrevoked token that was used before is `Reused`,
@@ -14,4 +15,13 @@ pub(crate) fn refused_rotation(
         Some(token) if token.used_at.is_some() => Rotation::Reused { token },
         Some(token) => Rotation::Dead { token },
     }
+}
+
+/// The target of a stored revocation row.
+pub(crate) fn revocation_target(
+    kind: &str,
+    key: &str,
+) -> Result<mcp_core::identity::RevocationTarget, mcp_core::StoreError> {
+    mcp_core::identity::RevocationTarget::parse(kind, key)
+        .ok_or_else(|| crate::error::corrupt(format!("bad revocation `{kind}` `{key}`")))
 }

@@ -9,7 +9,8 @@ use chrono::{DateTime, Duration as Span, NaiveDate, Utc};
 use common::Backend;
 use mcp_core::StoreError;
 use mcp_core::identity::{
-    ApiKey, AuditEvent, AuditFilter, IdentityStore, QuotaUse, RefreshToken, Rotation, User,
+    ApiKey, AuditEvent, AuditFilter, IdentityStore, QuotaUse, RefreshToken, RevocationTarget,
+    Rotation, User,
 };
 use mcp_core::principal::Role;
 use mcp_persistence::{PgTaskStore, SqliteOptions, SqliteTaskStore};
@@ -89,6 +90,9 @@ conformance!(
     keeps_quotas_per_subject_and_day,
     concurrent_quota_use_never_exceeds_the_limit,
     quota_counts_survive_a_restart,
+    records_revocations_and_reads_them_since_an_instant,
+    a_revocation_cutoff_never_moves_earlier,
+    revocations_reach_a_second_node_through_the_store,
 );
 
 mod cases {
@@ -882,5 +886,97 @@ mod cases {
         );
         drop(store);
         reopened.close().await;
+    }
+
+    pub async fn records_revocations_and_reads_them_since_an_instant(backend: &Backend) {
+        let store = backend.store();
+        let before = Utc::now() - Span::seconds(5);
+        let targets = [
+            RevocationTarget::Subject("ann".into()),
+            RevocationTarget::Session(Uuid::now_v7()),
+            RevocationTarget::ApiKey(Uuid::now_v7()),
+        ];
+        let mut recorded = Vec::new();
+        for target in &targets {
+            let entry = store.record_revocation(target, now()).await.unwrap();
+            assert_eq!(&entry.target, target);
+            assert!(entry.recorded_at >= before, "stamped by the store's clock");
+            recorded.push(entry);
+            // Distinct instants, so that the order below is the order of recording.
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        let all = store.revocations_since(before).await.unwrap();
+        assert_eq!(all, recorded, "every entry, oldest first");
+        let later = store
+            .revocations_since(recorded[2].recorded_at)
+            .await
+            .unwrap();
+        assert_eq!(later, vec![recorded[2].clone()], "`since` is inclusive");
+        let future = Utc::now() + Span::hours(1);
+        assert!(store.revocations_since(future).await.unwrap().is_empty());
+    }
+
+    pub async fn a_revocation_cutoff_never_moves_earlier(backend: &Backend) {
+        let store = backend.store();
+        let ann = RevocationTarget::Subject("ann".into());
+        let cutoff = now();
+        let first = store.record_revocation(&ann, cutoff).await.unwrap();
+        assert_eq!(first.not_before, cutoff);
+        let older = store
+            .record_revocation(&ann, cutoff - Span::hours(1))
+            .await
+            .unwrap();
+        assert_eq!(older.not_before, cutoff, "an older cut-off changes nothing");
+        assert!(
+            older.recorded_at >= first.recorded_at,
+            "but it is read again"
+        );
+        let newer = store
+            .record_revocation(&ann, cutoff + Span::minutes(1))
+            .await
+            .unwrap();
+        assert_eq!(newer.not_before, cutoff + Span::minutes(1));
+        let all = store
+            .revocations_since(DateTime::<Utc>::default())
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 1, "one row per target");
+        assert_eq!(all[0], newer);
+    }
+
+    pub async fn revocations_reach_a_second_node_through_the_store(backend: &Backend) {
+        use mcp_core::revocations::{Credential, RevocationConfig, Revocations};
+        let config = RevocationConfig::default();
+        let here = Revocations::new(backend.store(), None, config);
+        let there = Revocations::new(backend.store(), None, config);
+        let changes = there.watch();
+        let token = |issued_at: i64| Credential::AccessToken {
+            subject: "ann".into(),
+            session: None,
+            issued_at: issued_at as u64,
+        };
+        let issued = Utc::now().timestamp() - 1;
+        let key = Uuid::now_v7();
+        here.revoke(RevocationTarget::Subject("ann".into()), Utc::now())
+            .await
+            .unwrap();
+        here.revoke(RevocationTarget::ApiKey(key), Utc::now())
+            .await
+            .unwrap();
+        assert!(
+            here.is_revoked(&token(issued)),
+            "applied at once where revoked"
+        );
+        assert!(!there.is_revoked(&token(issued)), "not yet read there");
+        assert_eq!(there.refresh().await.unwrap(), 2);
+        assert!(there.is_revoked(&token(issued)));
+        assert!(there.is_revoked(&Credential::ApiKey { id: key }));
+        assert!(!there.is_revoked(&token(issued + 3_600)));
+        assert!(changes.has_changed().unwrap(), "watchers are told");
+        assert_eq!(
+            there.refresh().await.unwrap(),
+            0,
+            "nothing new the second time"
+        );
     }
 }

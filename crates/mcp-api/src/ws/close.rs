@@ -4,6 +4,9 @@
 pub const UNAUTHENTICATED: u16 = 4001;
 /// The access token expired and no new one came.
 pub const TOKEN_EXPIRED: u16 = 4002;
+/// The connection's credential was revoked (logout, a disabled user, a role or password change,
+/// a revoked API key); authenticate anew on a new connection.
+pub const REVOKED: u16 = 4003;
 /// The client did not read fast enough; resubscribe with `since`.
 pub const SLOW_CONSUMER: u16 = 4008;
 /// Nothing heard from the client within the idle timeout.

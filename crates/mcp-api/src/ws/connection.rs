@@ -2,11 +2,12 @@
 //! two things every part of it does: queue a frame, and close.
 
 use super::close;
-use crate::auth::Principal;
+use crate::auth::{Authenticated, Principal};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::ws::Utf8Bytes;
 use mcp_core::HandlerError;
+use mcp_core::revocations::Credential;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub(super) struct Connection {
     pub(super) principal: Option<Principal>,
     /// Unix seconds at which the access token expires.
     pub(super) expires_at: Option<u64>,
+    /// What the deny-list is asked about whenever it changes.
+    pub(super) credential: Option<Credential>,
     pub(super) refresh_asked: bool,
     pub(super) subscriptions: HashMap<String, JoinHandle<()>>,
     pub(super) out: Option<mpsc::Sender<Utf8Bytes>>,
@@ -66,15 +69,20 @@ pub(super) fn error_frame(id: &Option<Value>, code: &str, message: &str) -> Utf8
 }
 
 impl Connection {
-    pub(super) fn new(state: AppState, authenticated: Option<(Principal, Option<u64>)>) -> Self {
-        let (principal, expires_at) = match authenticated {
-            Some((principal, expires_at)) => (Some(principal), expires_at),
-            None => (None, None),
+    pub(super) fn new(state: AppState, authenticated: Option<Authenticated>) -> Self {
+        let (principal, expires_at, credential) = match authenticated {
+            Some(found) => (
+                Some(found.principal),
+                found.expires_at,
+                Some(found.credential),
+            ),
+            None => (None, None, None),
         };
         Connection {
             state,
             principal,
             expires_at,
+            credential,
             refresh_asked: false,
             subscriptions: HashMap::new(),
             out: None,
@@ -96,6 +104,15 @@ impl Connection {
                 false
             }
         });
+    }
+
+    /// Closes with `4003` if the deny-list now refuses this connection's credential.
+    pub(super) fn close_if_revoked(&self) {
+        if let Some(credential) = &self.credential
+            && self.state.security.revocations.is_revoked(credential)
+        {
+            self.close(close::REVOKED, "credential revoked");
+        }
     }
 
     /// Queues a frame; a full queue means the client is too slow.

@@ -66,7 +66,7 @@ pub async fn upgrade(
     };
     let authenticated = match bearer(&headers) {
         Ok(None) => None,
-        Ok(Some(credential)) => match state.security.authenticate_until(credential).await {
+        Ok(Some(credential)) => match state.security.authenticate_credential(credential).await {
             Ok(found) => Some(found),
             Err(e) => return e.into_response(),
         },

@@ -88,6 +88,9 @@ impl Connection {
         let mut ping = tokio::time::interval(config.ping_interval);
         ping.tick().await;
         let mut closing_watch = self.closing.subscribe();
+        // Subscribed before the first check, so that no revocation falls in between.
+        let mut revocations = self.state.security.revocations.watch();
+        self.close_if_revoked();
         let shutdown = self.state.shutdown.clone();
         let mut peer_gone = false;
         loop {
@@ -124,6 +127,7 @@ impl Connection {
                 _ = tokio::time::sleep_until(token_deadline.unwrap_or(auth_deadline)), if token_deadline.is_some() => {
                     self.on_token_deadline();
                 }
+                Ok(()) = revocations.changed() => self.close_if_revoked(),
                 _ = closing_watch.changed() => {}
                 _ = shutdown.cancelled() => self.close(close::GOING_AWAY, "the server is shutting down"),
             }
@@ -326,7 +330,8 @@ impl Connection {
     }
 
     pub(super) async fn authenticate(&mut self, token: &str) -> Result<Value, ApiError> {
-        let (principal, expires_at) = self.state.security.authenticate_until(token).await?;
+        let found = self.state.security.authenticate_credential(token).await?;
+        let principal = found.principal;
         if let Some(current) = &self.principal
             && current.subject != principal.subject
         {
@@ -335,9 +340,62 @@ impl Connection {
                 "a connection stays with one subject; reconnect to change it",
             ));
         }
+        let role_changed = self
+            .principal
+            .as_ref()
+            .is_some_and(|current| current.role != principal.role);
         self.principal = Some(principal.clone());
-        self.expires_at = expires_at;
+        self.expires_at = found.expires_at;
+        self.credential = Some(found.credential);
         self.refresh_asked = false;
-        Ok(json!({"subject": principal.subject, "role": principal.role}))
+        let mut result = json!({"subject": principal.subject, "role": principal.role});
+        if role_changed {
+            let dropped = self.recheck(&principal).await;
+            result["unsubscribed"] = json!(dropped);
+        }
+        Ok(result)
+    }
+
+    /// After a role change: drops every subscription the new role may not hold (each with an
+    /// `unsubscribed` frame) and the worker registration if it may no longer run tasks.
+    /// Returns the dropped channels.
+    async fn recheck(&mut self, principal: &crate::auth::Principal) -> Vec<String> {
+        let mut channels: Vec<String> = self.subscriptions.keys().cloned().collect();
+        channels.sort();
+        let mut dropped = Vec::new();
+        for channel in channels {
+            // A check that cannot be made (the store is down) drops the subscription too.
+            if self.may_subscribe(principal, &channel).await.is_ok() {
+                continue;
+            }
+            if let Some(forwarder) = self.subscriptions.remove(&channel) {
+                forwarder.abort();
+            }
+            self.send(
+                json!({"op": "unsubscribed", "channel": channel, "reason": "forbidden"})
+                    .to_string()
+                    .into(),
+            );
+            dropped.push(channel);
+        }
+        if !principal.can(Permission::TasksRun)
+            && let Some(worker) = self.worker.take()
+        {
+            self.state.orchestrator.balancer().unregister(worker);
+            if let Some(assignments) = self.assignments.take() {
+                assignments.abort();
+            }
+            // Dropping the pending replies gives the assigned tasks back (see `run`).
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+            self.send(
+                json!({"op": "worker.unregistered", "reason": "forbidden"})
+                    .to_string()
+                    .into(),
+            );
+        }
+        dropped
     }
 }

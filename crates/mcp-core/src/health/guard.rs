@@ -14,7 +14,7 @@
 use super::Dependency;
 use crate::followups::{FollowupStore, PendingFollowup};
 use crate::identity::{ApiKey, AuditEvent, AuditFilter, IdentityStore, QuotaUse, RefreshToken};
-use crate::identity::{Rotation, User};
+use crate::identity::{Revocation, RevocationTarget, Rotation, User};
 use crate::integrations::{Integration, IntegrationStore};
 use crate::memory::{
     ChangeEvent, Conversation, ConversationFilter, ConversationPatch, MemoryStore, Message,
@@ -238,6 +238,16 @@ impl IdentityStore for Guarded<dyn IdentityStore> {
         at: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         guarded!(self, revoke_user_refresh_tokens(user_id, at))
+    }
+    async fn record_revocation(
+        &self,
+        target: &RevocationTarget,
+        not_before: DateTime<Utc>,
+    ) -> Result<Revocation, StoreError> {
+        guarded!(self, record_revocation(target, not_before))
+    }
+    async fn revocations_since(&self, since: DateTime<Utc>) -> Result<Vec<Revocation>, StoreError> {
+        guarded!(self, revocations_since(since))
     }
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         guarded!(self, append_audit(event))

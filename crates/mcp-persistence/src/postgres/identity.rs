@@ -6,12 +6,13 @@ use super::PgTaskStore;
 use crate::codec::{count_i64, role, unsigned};
 use crate::columns::{API_KEY_COLUMNS, REFRESH_COLUMNS, USER_COLUMNS};
 use crate::error::{conflict_or_db_error, db_error};
-use crate::identity::refused_rotation;
+use crate::identity::{refused_rotation, revocation_target};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use mcp_core::StoreError;
 use mcp_core::identity::{
-    ApiKey, AuditEvent, AuditFilter, IdentityStore, QuotaUse, RefreshToken, Rotation, User,
+    ApiKey, AuditEvent, AuditFilter, IdentityStore, QuotaUse, RefreshToken, Revocation,
+    RevocationTarget, Rotation, User,
 };
 use mcp_core::principal::Role;
 use serde_json::Value;
@@ -41,6 +42,25 @@ impl TryFrom<UserRow> for User {
             disabled: row.disabled,
             created_at: row.created_at,
             updated_at: row.updated_at,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct RevocationRow {
+    kind: String,
+    target: String,
+    not_before: DateTime<Utc>,
+    recorded_at: DateTime<Utc>,
+}
+
+impl TryFrom<RevocationRow> for Revocation {
+    type Error = StoreError;
+    fn try_from(row: RevocationRow) -> Result<Revocation, StoreError> {
+        Ok(Revocation {
+            target: revocation_target(&row.kind, &row.target)?,
+            not_before: row.not_before,
+            recorded_at: row.recorded_at,
         })
     }
 }
@@ -356,6 +376,43 @@ impl IdentityStore for PgTaskStore {
         .await
         .map_err(db_error)?;
         Ok(done.rows_affected())
+    }
+
+    async fn record_revocation(
+        &self,
+        target: &RevocationTarget,
+        not_before: DateTime<Utc>,
+    ) -> Result<Revocation, StoreError> {
+        // `recorded_at` by the server's clock, so that nodes whose clocks differ still page
+        // through the entries in one order.
+        let row: RevocationRow = sqlx::query_as(
+            "INSERT INTO revocations (kind, target, not_before, recorded_at)
+             VALUES ($1, $2, $3, clock_timestamp())
+             ON CONFLICT (kind, target) DO UPDATE
+                SET not_before = greatest(revocations.not_before, excluded.not_before),
+                    recorded_at = excluded.recorded_at
+             RETURNING kind, target, not_before, recorded_at",
+        )
+        .bind(target.kind())
+        .bind(target.key())
+        .bind(not_before)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Revocation::try_from(row)
+    }
+
+    async fn revocations_since(&self, since: DateTime<Utc>) -> Result<Vec<Revocation>, StoreError> {
+        let rows: Vec<RevocationRow> = sqlx::query_as(
+            "SELECT kind, target, not_before, recorded_at FROM revocations
+             WHERE recorded_at >= $1
+             ORDER BY recorded_at",
+        )
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.into_iter().map(Revocation::try_from).collect()
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {

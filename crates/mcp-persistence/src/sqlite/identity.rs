@@ -8,12 +8,13 @@ use crate::codec::{
 };
 use crate::columns::{API_KEY_COLUMNS, REFRESH_COLUMNS, USER_COLUMNS};
 use crate::error::{conflict_or_db_error, db_error};
-use crate::identity::refused_rotation;
+use crate::identity::{refused_rotation, revocation_target};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use mcp_core::StoreError;
 use mcp_core::identity::{
-    ApiKey, AuditEvent, AuditFilter, IdentityStore, QuotaUse, RefreshToken, Rotation, User,
+    ApiKey, AuditEvent, AuditFilter, IdentityStore, QuotaUse, RefreshToken, Revocation,
+    RevocationTarget, Rotation, User,
 };
 use mcp_core::principal::Role;
 use sqlx::FromRow;
@@ -41,6 +42,25 @@ impl TryFrom<UserRow> for User {
             disabled: row.disabled,
             created_at: instant(row.created_at)?,
             updated_at: instant(row.updated_at)?,
+        })
+    }
+}
+
+#[derive(FromRow)]
+struct RevocationRow {
+    kind: String,
+    target: String,
+    not_before: i64,
+    recorded_at: i64,
+}
+
+impl TryFrom<RevocationRow> for Revocation {
+    type Error = StoreError;
+    fn try_from(row: RevocationRow) -> Result<Revocation, StoreError> {
+        Ok(Revocation {
+            target: revocation_target(&row.kind, &row.target)?,
+            not_before: instant(row.not_before)?,
+            recorded_at: instant(row.recorded_at)?,
         })
     }
 }
@@ -356,6 +376,43 @@ impl IdentityStore for SqliteTaskStore {
         .await
         .map_err(db_error)?;
         Ok(done.rows_affected())
+    }
+
+    async fn record_revocation(
+        &self,
+        target: &RevocationTarget,
+        not_before: DateTime<Utc>,
+    ) -> Result<Revocation, StoreError> {
+        // One process owns the file: the store's clock is this node's.
+        let row: RevocationRow = sqlx::query_as(
+            "INSERT INTO revocations (kind, target, not_before, recorded_at)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (kind, target) DO UPDATE
+                SET not_before = max(revocations.not_before, excluded.not_before),
+                    recorded_at = excluded.recorded_at
+             RETURNING kind, target, not_before, recorded_at",
+        )
+        .bind(target.kind())
+        .bind(target.key())
+        .bind(micros(not_before))
+        .bind(micros(Utc::now()))
+        .fetch_one(&self.writer)
+        .await
+        .map_err(db_error)?;
+        Revocation::try_from(row)
+    }
+
+    async fn revocations_since(&self, since: DateTime<Utc>) -> Result<Vec<Revocation>, StoreError> {
+        let rows: Vec<RevocationRow> = sqlx::query_as(
+            "SELECT kind, target, not_before, recorded_at FROM revocations
+             WHERE recorded_at >= ?1
+             ORDER BY recorded_at",
+        )
+        .bind(micros(since))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_error)?;
+        rows.into_iter().map(Revocation::try_from).collect()
     }
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {

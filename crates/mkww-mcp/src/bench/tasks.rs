@@ -174,6 +174,7 @@ pub async fn run(args: TasksBench) -> anyhow::Result<()> {
                 &config,
                 backing.identities(),
                 Arc::new(LocalLimiter::default()),
+                crate::serve::api::revocations(&config, backing.identities(), None),
             )?;
             let token =
                 security

@@ -51,6 +51,7 @@ impl Default for Config {
             jwt_public_key_file: None,
             access_token_ttl: "15m".into(),
             refresh_token_ttl: "30d".into(),
+            revocation_poll_ms: 500,
             tls_cert: None,
             tls_key: None,
             redis_url: None,

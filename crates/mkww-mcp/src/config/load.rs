@@ -65,6 +65,10 @@ impl Config {
             self.worker_directory_refresh_ms >= 10,
             "worker_directory_refresh_ms must be at least 10"
         );
+        anyhow::ensure!(
+            (10..=1_000).contains(&self.revocation_poll_ms),
+            "revocation_poll_ms must be between 10 and 1000 (revocation reaches every node within it)"
+        );
         anyhow::ensure!(self.max_batch > 0, "max_batch must be at least 1");
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.fair_share_max_fraction),

@@ -120,6 +120,10 @@ pub struct Config {
     pub access_token_ttl: String,
     /// Lifetime of refresh tokens, e.g. `30d`.
     pub refresh_token_ttl: String,
+    /// How often a node reads the revocations other nodes recorded (logout, disabled users,
+    /// role changes, revoked keys): the longest a revoked credential keeps working on a node
+    /// that missed the bus's nudge.
+    pub revocation_poll_ms: u64,
     /// PEM certificate chain and private key: when both are set the server speaks HTTPS only.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,

@@ -13,6 +13,7 @@ use mcp_core::events::EventBus;
 use mcp_core::identity::IdentityStore;
 use mcp_core::limiter::{Limiter, Quota};
 use mcp_core::memory::MemoryStore;
+use mcp_core::revocations::{RevocationConfig, Revocations};
 use mcp_core::services::{MemoryLimits, MemoryService, TaskLimits, TaskService};
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,17 +105,35 @@ pub fn api_state(
     }
 }
 
+/// The node's deny-list of revoked credentials, nudged through `events` when given.
+pub fn revocations(
+    config: &Config,
+    identities: Arc<dyn IdentityStore>,
+    events: Option<Arc<dyn EventBus>>,
+) -> Arc<Revocations> {
+    Arc::new(Revocations::new(
+        identities,
+        events,
+        RevocationConfig {
+            poll_interval: Config::ms(config.revocation_poll_ms),
+            ..RevocationConfig::default()
+        },
+    ))
+}
+
 /// Authentication, permissions and limits, from the configuration.
 pub fn security(
     config: &Config,
     identities: Arc<dyn IdentityStore>,
     limiter: Arc<dyn Limiter>,
+    revocations: Arc<Revocations>,
 ) -> anyhow::Result<Security> {
     let minute = Quota::per_minute;
     Ok(Security {
         identities,
         tokens: config.tokens()?,
         limiter,
+        revocations,
         config: SecurityConfig {
             access_ttl: parse_ttl(&config.access_token_ttl)
                 .map_err(anyhow::Error::msg)

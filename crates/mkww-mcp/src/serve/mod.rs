@@ -35,12 +35,22 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     // Neither needs Redis to serve: both are local to this node until it answers (for the
     // health monitor, `redis_limiter` and `redis_bus` say how they reach it).
     let (limiter, redis_limiter) = services::limiter(&config)?;
-    let security = api::security(&config, stores.identities.clone(), limiter)?;
     // Integrations stored through the API apply over the file's settings.
     let file_config = config.clone();
     crate::integrations::merge_stored(&mut config, stores.integrations.as_ref(), &secrets).await?;
     let live = LiveIntegrations::default();
     let (events, redis_bus) = services::event_bus(&config)?;
+    // Read once before serving, so that nothing revoked before this node started gets in.
+    let revocations = api::revocations(&config, stores.identities.clone(), Some(events.clone()));
+    if let Err(e) = revocations.refresh().await {
+        tracing::warn!(error = %e, "cannot read revocations yet; they are read again every poll");
+    }
+    let security = api::security(
+        &config,
+        stores.identities.clone(),
+        limiter,
+        revocations.clone(),
+    )?;
     health.set_events(events.clone());
     if let (Some(limiter), Some(bus)) = (redis_limiter, redis_bus) {
         health::watch_redis(&config, &health, limiter, bus).await;
@@ -104,6 +114,7 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     let probing = tokio_util::sync::CancellationToken::new();
     let probes = health.run(probing.clone());
     state.health = health.clone();
+    tokio::spawn(revocations.run(stopping.clone()));
     background::osc_listener(&config, &state, &stopping).await?;
     let retention = tokio::spawn(background::memory_retention(
         stores.memory.clone(),

@@ -1,0 +1,370 @@
+//! Revocation that reaches every node at once: the deny-list of subjects (tokens issued before a
+//! cut-off), sessions (logout) and API keys, kept durably by the `IdentityStore` and cached on
+//! each node, so that checking a credential costs a map lookup and no query.
+//!
+//! The store is the truth; every node reads what was recorded since its last read every
+//! `poll_interval` (≤ 1 s, so the bound holds when the bus is down), and at once when another
+//! node nudges it on the `system.revocations` channel or when its bus link changes. The node that
+//! revokes applies the entry to its own cache before answering. Open WebSocket connections
+//! `watch()` the cache and re-check their credential whenever it changes.
+
+use crate::events::{Event, EventBus, Subscription};
+use crate::identity::{IdentityStore, Revocation, RevocationTarget};
+use crate::store::StoreError;
+use chrono::{DateTime, Utc};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The bus channel on which a node that revoked something nudges the others. Clients can
+/// neither subscribe nor publish to it (`ws/policy.rs` refuses `system.*` but named channels).
+pub const CHANNEL: &str = "system.revocations";
+
+#[derive(Debug, Clone, Copy)]
+pub struct RevocationConfig {
+    /// How often every node reads new entries from the store, whatever the bus does.
+    pub poll_interval: Duration,
+    /// How far before the newest entry seen each read starts again: an entry stamped by the
+    /// store's clock becomes visible only when its transaction commits, a moment later.
+    pub overlap: Duration,
+}
+
+impl Default for RevocationConfig {
+    fn default() -> Self {
+        RevocationConfig {
+            poll_interval: Duration::from_millis(500),
+            overlap: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A credential as the deny-list sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// An access token: whose, from which login (if it says), issued at (Unix seconds).
+    AccessToken {
+        subject: String,
+        session: Option<Uuid>,
+        issued_at: u64,
+    },
+    ApiKey {
+        id: Uuid,
+    },
+    /// Nothing this list can revoke (the metrics token).
+    Other,
+}
+
+/// The cached deny-list.
+#[derive(Debug, Default)]
+pub struct DenyList {
+    /// Subject → the last second whose tokens are refused (Unix seconds, inclusive).
+    subjects: HashMap<String, i64>,
+    sessions: HashSet<Uuid>,
+    api_keys: HashSet<Uuid>,
+}
+
+impl DenyList {
+    /// Adds an entry; `true` when it refuses something it did not refuse before.
+    pub fn apply(&mut self, target: &RevocationTarget, not_before: DateTime<Utc>) -> bool {
+        match target {
+            RevocationTarget::Subject(subject) => {
+                // Tokens carry whole seconds, so the cut-off second is refused whole: a token
+                // issued in the same second, before the change, must not survive it.
+                let cutoff = not_before.timestamp();
+                match self.subjects.get_mut(subject) {
+                    Some(current) if *current >= cutoff => false,
+                    Some(current) => {
+                        *current = cutoff;
+                        true
+                    }
+                    None => {
+                        self.subjects.insert(subject.clone(), cutoff);
+                        true
+                    }
+                }
+            }
+            RevocationTarget::Session(id) => self.sessions.insert(*id),
+            RevocationTarget::ApiKey(id) => self.api_keys.insert(*id),
+        }
+    }
+
+    /// Whether the credential is revoked.
+    pub fn refuses(&self, credential: &Credential) -> bool {
+        match credential {
+            Credential::AccessToken {
+                subject,
+                session,
+                issued_at,
+            } => {
+                let by_subject = self
+                    .subjects
+                    .get(subject)
+                    .is_some_and(|cutoff| i64::try_from(*issued_at).unwrap_or(i64::MAX) <= *cutoff);
+                by_subject || session.is_some_and(|s| self.sessions.contains(&s))
+            }
+            Credential::ApiKey { id } => self.api_keys.contains(id),
+            Credential::Other => false,
+        }
+    }
+
+    /// The last refused second of `subject`'s tokens, if any.
+    pub fn cutoff(&self, subject: &str) -> Option<i64> {
+        self.subjects.get(subject).copied()
+    }
+}
+
+/// Store failures while polling, to log a long outage as a handful of lines.
+static POLL_FAILURES: AtomicU64 = AtomicU64::new(0);
+
+/// The node's view of the deny-list, and the way to add to it.
+pub struct Revocations {
+    store: Arc<dyn IdentityStore>,
+    events: Option<Arc<dyn EventBus>>,
+    config: RevocationConfig,
+    list: std::sync::RwLock<DenyList>,
+    /// The newest `recorded_at` read so far; `None` before the first entry.
+    cursor: tokio::sync::Mutex<Option<DateTime<Utc>>>,
+    changed: watch::Sender<u64>,
+}
+
+impl std::fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Revocations")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Revocations {
+    pub fn new(
+        store: Arc<dyn IdentityStore>,
+        events: Option<Arc<dyn EventBus>>,
+        config: RevocationConfig,
+    ) -> Revocations {
+        Revocations {
+            store,
+            events,
+            config,
+            list: Default::default(),
+            cursor: Default::default(),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    pub fn config(&self) -> RevocationConfig {
+        self.config
+    }
+
+    /// Records the revocation durably, applies it on this node, and nudges the others.
+    pub async fn revoke(
+        &self,
+        target: RevocationTarget,
+        at: DateTime<Utc>,
+    ) -> Result<Revocation, StoreError> {
+        let entry = self.store.record_revocation(&target, at).await?;
+        self.apply(std::slice::from_ref(&entry));
+        if let Some(events) = &self.events {
+            // Only a nudge: the receivers read the entry from the store, which is the truth.
+            let event = Event::new(
+                "credential.revoked",
+                serde_json::json!({"kind": target.kind()}),
+                None,
+            );
+            if let Err(e) = events.publish(CHANNEL, Arc::new(event)).await {
+                tracing::debug!(error = %e, "cannot nudge other nodes; they poll");
+            }
+        }
+        Ok(entry)
+    }
+
+    /// Whether the credential has been revoked (as far as this node knows: at most one poll
+    /// interval behind the store).
+    pub fn is_revoked(&self, credential: &Credential) -> bool {
+        self.read().refuses(credential)
+    }
+
+    /// The last second whose access tokens for `subject` are refused: a token must be issued
+    /// after it to be of any use.
+    pub fn cutoff(&self, subject: &str) -> Option<i64> {
+        self.read().cutoff(subject)
+    }
+
+    /// Changes whenever the deny-list refuses something new.
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, DenyList> {
+        self.list.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn apply(&self, entries: &[Revocation]) -> usize {
+        let added = {
+            let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
+            entries
+                .iter()
+                .filter(|e| list.apply(&e.target, e.not_before))
+                .count()
+        };
+        if added > 0 {
+            self.changed.send_modify(|generation| *generation += 1);
+        }
+        added
+    }
+
+    /// Reads what was recorded since the last read (and a little before, see `overlap`) and
+    /// applies it; returns how many entries refused something new.
+    pub async fn refresh(&self) -> Result<usize, StoreError> {
+        let mut cursor = self.cursor.lock().await;
+        let overlap = chrono::Duration::from_std(self.config.overlap)
+            .unwrap_or(chrono::Duration::seconds(10));
+        let since = cursor.map_or_else(DateTime::<Utc>::default, |c| c - overlap);
+        let entries = self.store.revocations_since(since).await?;
+        if let Some(newest) = entries.iter().map(|e| e.recorded_at).max() {
+            *cursor = Some(cursor.map_or(newest, |c| c.max(newest)));
+        }
+        Ok(self.apply(&entries))
+    }
+
+    async fn refresh_logged(&self) {
+        match self.refresh().await {
+            Ok(_) => {
+                POLL_FAILURES.store(0, Ordering::Relaxed);
+            }
+            Err(e) => {
+                let failures = POLL_FAILURES.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures.is_power_of_two() {
+                    tracing::warn!(error = %e, failures, "cannot read revocations; the cache keeps what it has");
+                }
+            }
+        }
+    }
+
+    async fn nudges(&self) -> Option<Subscription> {
+        let events = self.events.as_ref()?;
+        match events.subscribe(CHANNEL).await {
+            Ok(subscription) => Some(subscription),
+            Err(e) => {
+                tracing::debug!(error = %e, "revocation nudges unavailable; polling only");
+                None
+            }
+        }
+    }
+
+    /// Keeps the cache current until `stop`: a read every `poll_interval`, and one at once on
+    /// each nudge or bus interruption (a lagged or refilled subscription).
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut nudges = self.nudges().await;
+        let mut tick =
+            tokio::time::interval(self.config.poll_interval.max(Duration::from_millis(10)));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let nudge = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => None,
+                nudge = next_nudge(&mut nudges) => Some(nudge),
+            };
+            match nudge {
+                // The bus is gone (or this node's link to it): subscribe again at the next tick.
+                Some(Err(broadcast::error::RecvError::Closed)) => nudges = None,
+                None if nudges.is_none() => nudges = self.nudges().await,
+                _ => {}
+            }
+            self.refresh_logged().await;
+        }
+    }
+}
+
+async fn next_nudge(nudges: &mut Option<Subscription>) -> Result<(), broadcast::error::RecvError> {
+    match nudges {
+        Some(subscription) => subscription.recv().await.map(|_| ()),
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64, millis: u32) -> DateTime<Utc> {
+        DateTime::from_timestamp(seconds, millis * 1_000_000).unwrap()
+    }
+
+    fn token(subject: &str, session: Option<Uuid>, issued_at: u64) -> Credential {
+        Credential::AccessToken {
+            subject: subject.into(),
+            session,
+            issued_at,
+        }
+    }
+
+    #[test]
+    fn refuses_tokens_issued_up_to_the_cutoff_second() {
+        let mut list = DenyList::default();
+        assert!(list.apply(&RevocationTarget::Subject("ann".into()), at(1_000, 300)));
+        assert!(list.refuses(&token("ann", None, 999)));
+        assert!(
+            list.refuses(&token("ann", None, 1_000)),
+            "the same second, possibly before the change"
+        );
+        assert!(!list.refuses(&token("ann", None, 1_001)));
+        assert!(!list.refuses(&token("bob", None, 999)));
+        assert_eq!(list.cutoff("ann"), Some(1_000));
+    }
+
+    #[test]
+    fn a_cutoff_only_moves_later() {
+        let mut list = DenyList::default();
+        let ann = RevocationTarget::Subject("ann".into());
+        assert!(list.apply(&ann, at(2_000, 0)));
+        assert!(
+            !list.apply(&ann, at(1_000, 0)),
+            "an older entry changes nothing"
+        );
+        assert!(
+            !list.apply(&ann, at(2_000, 900)),
+            "nor one in the same second"
+        );
+        assert!(list.refuses(&token("ann", None, 1_500)));
+        assert!(list.apply(&ann, at(3_000, 0)));
+        assert!(list.refuses(&token("ann", None, 2_500)));
+    }
+
+    #[test]
+    fn refuses_every_token_of_a_revoked_session_and_revoked_keys() {
+        let mut list = DenyList::default();
+        let (gone, kept, key) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        assert!(list.apply(&RevocationTarget::Session(gone), at(1_000, 0)));
+        assert!(!list.apply(&RevocationTarget::Session(gone), at(1_000, 0)));
+        assert!(
+            list.refuses(&token("ann", Some(gone), 5_000)),
+            "whenever issued"
+        );
+        assert!(!list.refuses(&token("ann", Some(kept), 5_000)));
+        assert!(!list.refuses(&token("ann", None, 5_000)));
+        assert!(list.apply(&RevocationTarget::ApiKey(key), at(1_000, 0)));
+        assert!(list.refuses(&Credential::ApiKey { id: key }));
+        assert!(!list.refuses(&Credential::ApiKey { id: kept }));
+        assert!(!list.refuses(&Credential::Other));
+    }
+
+    #[test]
+    fn stored_targets_round_trip() {
+        for target in [
+            RevocationTarget::Subject("ann".into()),
+            RevocationTarget::Session(Uuid::new_v4()),
+            RevocationTarget::ApiKey(Uuid::new_v4()),
+        ] {
+            assert_eq!(
+                RevocationTarget::parse(target.kind(), &target.key()),
+                Some(target)
+            );
+        }
+        assert_eq!(RevocationTarget::parse("session", "not-a-uuid"), None);
+        assert_eq!(RevocationTarget::parse("planet", "x"), None);
+    }
+}
