@@ -127,10 +127,12 @@ pub enum Permission {
     VccRead,
     /// Register VCC projects and add or remove VPM repositories.
     VccManage,
+    /// Create `http.request` tasks: have the hub call a URL the caller chooses.
+    HttpRequest,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 18] = [
+    pub const ALL: [Permission; 19] = [
         Permission::TasksCreate,
         Permission::TasksReadOwn,
         Permission::TasksCancelOwn,
@@ -149,6 +151,7 @@ impl Permission {
         Permission::VrchatRead,
         Permission::VccRead,
         Permission::VccManage,
+        Permission::HttpRequest,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -171,6 +174,7 @@ impl Permission {
             Permission::VrchatRead => "vrchat:read",
             Permission::VccRead => "vcc:read",
             Permission::VccManage => "vcc:manage",
+            Permission::HttpRequest => "http:request",
         }
     }
 }
@@ -202,6 +206,7 @@ impl Role {
                     | VrchatRead
                     | VccRead
                     | VccManage
+                    | HttpRequest
             ),
             Role::Service => matches!(
                 permission,
@@ -213,6 +218,7 @@ impl Role {
                     | MemoryWrite
                     | VrchatRead
                     | VccRead
+                    | HttpRequest
             ),
             Role::User => matches!(
                 permission,

@@ -177,6 +177,7 @@ impl TaskService {
         request: CreateTask,
         correlation: Option<&str>,
     ) -> Result<NewTask, TaskServiceError> {
+        may_create(creator, &request)?;
         let origin = Origin {
             correlation_id: correlation,
             created_by: Some(creator.subject()),
@@ -191,6 +192,10 @@ impl TaskService {
         requests: impl IntoIterator<Item = CreateTask>,
         correlation: Option<&str>,
     ) -> Result<Vec<NewTask>, TaskServiceError> {
+        let requests: Vec<CreateTask> = requests.into_iter().collect();
+        for request in &requests {
+            may_create(creator, request)?;
+        }
         let origin = Origin {
             correlation_id: correlation,
             created_by: Some(creator.subject()),
@@ -364,6 +369,59 @@ impl TaskService {
     }
 }
 
+/// Task types that need a permission of their own beyond `tasks:create`: `http.request` makes
+/// the hub call a URL the caller picks, so a `user` may not create it. Internal creators (hook
+/// rules, Discord commands) run what an admin configured and pass.
+fn may_create(creator: Creator<'_>, request: &CreateTask) -> Result<(), TaskServiceError> {
+    match creator {
+        Creator::Principal(principal)
+            if request.task_type == crate::outbound::HTTP_REQUEST_TASK
+                && !principal.can(Permission::HttpRequest) =>
+        {
+            Err(TaskServiceError::Forbidden(
+                "creating `http.request` tasks needs the `http:request` permission",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn parse_id(id: &str) -> Result<Uuid, TaskServiceError> {
     Uuid::parse_str(id).map_err(|_| TaskServiceError::NotFound(id.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::principal::{CredentialKind, Role};
+
+    fn principal(role: Role) -> Principal {
+        Principal {
+            subject: "someone".into(),
+            role,
+            credential: CredentialKind::AccessToken,
+        }
+    }
+
+    fn request(task_type: &str) -> CreateTask {
+        CreateTask {
+            task_type: task_type.into(),
+            ..CreateTask::default()
+        }
+    }
+
+    #[test]
+    fn http_request_needs_its_own_permission() {
+        let user = principal(Role::User);
+        assert!(matches!(
+            may_create(Creator::Principal(&user), &request("http.request")),
+            Err(TaskServiceError::Forbidden(_))
+        ));
+        assert!(may_create(Creator::Principal(&user), &request("echo")).is_ok());
+        for role in [Role::Service, Role::Operator, Role::Admin] {
+            let principal = principal(role);
+            assert!(may_create(Creator::Principal(&principal), &request("http.request")).is_ok());
+        }
+        assert!(may_create(Creator::Internal("hook:ci"), &request("http.request")).is_ok());
+    }
 }
