@@ -270,7 +270,10 @@ task = "github.dispatch"
     #[test]
     fn reads_the_outbound_policy_and_its_old_name() {
         figment::Jail::expect_with(|jail| {
-            jail.set_env("MCP_OUTBOUND_ALLOW", r#"["127.0.0.1", "10.1.0.0/16", "hooks.lan"]"#);
+            jail.set_env(
+                "MCP_OUTBOUND_ALLOW",
+                r#"["127.0.0.1", "10.1.0.0/16", "hooks.lan"]"#,
+            );
             let config = Config::load(None).expect("load");
             let policy = config.outbound_policy().expect("policy");
             assert!(!policy.allow_private);
