@@ -85,7 +85,7 @@ impl Policy {
     pub fn allows_host(&self, host: &str) -> bool {
         self.allow_private || {
             let host = normal_host(host);
-            self.hosts.iter().any(|allowed| *allowed == host)
+            self.hosts.contains(&host)
         }
     }
 
