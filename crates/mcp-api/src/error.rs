@@ -161,6 +161,9 @@ impl From<OrchestratorError> for ApiError {
                 task_type, index, ..
             } => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_payload", message)
                 .with_details(serde_json::json!({"type": task_type, "index": index})),
+            OrchestratorError::DestinationForbidden { source, index } => {
+                ApiError::destination_forbidden(message, &source, index)
+            }
             OrchestratorError::Store(e) => e.into(),
         }
     }
@@ -179,6 +182,31 @@ impl From<WorkerRefusal> for ApiError {
             e.to_string(),
         )
         .with_details(serde_json::json!({"types": types}))
+    }
+}
+
+impl ApiError {
+    /// 422 `destination_forbidden`: a URL a caller supplied names an address the outbound
+    /// guard refuses (`mcp_core::outbound`).
+    pub fn destination_forbidden(
+        message: impl Into<String>,
+        forbidden: &mcp_core::outbound::Forbidden,
+        index: Option<usize>,
+    ) -> ApiError {
+        let mut details = serde_json::json!({
+            "host": forbidden.host,
+            "address": forbidden.ip.to_string(),
+            "range": forbidden.range,
+        });
+        if let Some(index) = index {
+            details["index"] = serde_json::json!(index);
+        }
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "destination_forbidden",
+            message,
+        )
+        .with_details(details)
     }
 }
 

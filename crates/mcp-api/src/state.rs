@@ -115,8 +115,9 @@ pub struct Integrations {
 pub struct WebhookState {
     pub store: Arc<dyn WebhookStore>,
     pub secrets: Arc<SecretBox>,
-    /// Allow targets on private addresses (`webhooks_allow_private`).
-    pub allow_private: bool,
+    /// The outbound guard's policy (`outbound_allow_private`, `outbound_allow`): which targets
+    /// a webhook may have.
+    pub outbound: Arc<mcp_core::outbound::Policy>,
     /// Attempts of each delivery task.
     pub max_attempts: i32,
 }

@@ -11,14 +11,14 @@ use crate::extract::{ApiJson, ApiQuery};
 use crate::state::{AppState, WebhookState};
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, Uri};
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
+use mcp_core::outbound::{Forbidden, Host, Policy, Url};
 use mcp_core::principal::Permission;
 use mcp_core::services::Creator;
 use mcp_core::task::CreateTask;
 use mcp_core::webhooks::{
-    DELIVER_TASK, SECRET_PURPOSE, Webhook, WebhookDelivery, generate_secret, is_private_address,
-    valid_filter,
+    DELIVER_TASK, SECRET_PURPOSE, Webhook, WebhookDelivery, generate_secret, valid_filter,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -53,12 +53,8 @@ fn invalid(field: &str, message: impl Into<String>) -> ApiError {
         .with_details(json!({"field": field}))
 }
 
-fn not_allowed(message: impl Into<String>) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "webhook_url_not_allowed",
-        message,
-    )
+fn forbidden(forbidden: Forbidden) -> ApiError {
+    ApiError::destination_forbidden(forbidden.to_string(), &forbidden, None)
 }
 
 fn webhook_not_found(id: &str) -> ApiError {
@@ -79,38 +75,36 @@ fn state_of(state: &AppState) -> Result<&WebhookState, ApiError> {
     })
 }
 
-/// Checks the URL's form and resolves it; a target with a private address is refused unless
-/// allowed. The delivery checks again, after its own resolution.
-async fn check_url(url: &str, allow_private: bool) -> Result<(), ApiError> {
+/// Checks the URL's form and its host with the outbound guard: an address (however spelt) is
+/// checked as it is, a name after resolving it, unless the policy allows the name. The delivery
+/// checks again at every attempt, on the addresses it dials.
+async fn check_url(url: &str, policy: &Policy) -> Result<(), ApiError> {
     if url.len() > MAX_URL_LEN {
         return Err(invalid(
             "url",
             format!("a url has at most {MAX_URL_LEN} bytes"),
         ));
     }
-    let uri: Uri = url
-        .parse()
-        .map_err(|_| invalid("url", "the url is not valid"))?;
-    let port = match uri.scheme_str() {
-        Some("http") => 80,
-        Some("https") => 443,
-        _ => return Err(invalid("url", "the url must be http or https")),
-    };
-    let host = uri
+    let parsed = Url::parse(url).map_err(|_| invalid("url", "the url is not valid"))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid("url", "the url must be http or https"));
+    }
+    let host = parsed
         .host()
-        .ok_or_else(|| invalid("url", "the url has no host"))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = uri.port_u16().unwrap_or(port);
-    let addrs: Vec<_> = tokio::net::lookup_host((host.as_str(), port))
+        .ok_or_else(|| invalid("url", "the url has no host"))?;
+    policy.check_host(&host).map_err(forbidden)?;
+    let Host::Domain(name) = host else {
+        return Ok(());
+    };
+    if policy.allows_host(name) {
+        return Ok(());
+    }
+    let port = parsed.port_or_known_default().unwrap_or(80);
+    let addrs = tokio::net::lookup_host((name, port))
         .await
-        .map_err(|e| invalid("url", format!("cannot resolve `{host}`: {e}")))?
-        .collect();
-    if !allow_private && addrs.iter().any(|a| is_private_address(a.ip())) {
-        return Err(not_allowed(format!(
-            "`{host}` resolves to a private address; webhooks may not target it"
-        )));
+        .map_err(|e| invalid("url", format!("cannot resolve `{name}`: {e}")))?;
+    for addr in addrs {
+        policy.check_ip(name, addr.ip()).map_err(forbidden)?;
     }
     Ok(())
 }
@@ -142,7 +136,7 @@ pub struct WebhookList {
 #[utoipa::path(post, path = "/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
     responses(
         (status = 201, description = "created; the secret is shown only now", body = CreatedWebhook),
-        (status = 422, description = "bad url or filter, or a private target (`webhook_url_not_allowed`)", body = ErrorBody),
+        (status = 422, description = "bad url or filter, or a forbidden target (`destination_forbidden`)", body = ErrorBody),
     ))]
 pub async fn create(
     State(state): State<AppState>,
@@ -163,7 +157,7 @@ pub async fn create(
             format!("`{bad}` is not an event filter (`type`, `prefix.*` or `*`)"),
         ));
     }
-    check_url(&request.url, hooks.allow_private).await?;
+    check_url(&request.url, &hooks.outbound).await?;
     let secret = generate_secret();
     let sealed = hooks
         .secrets

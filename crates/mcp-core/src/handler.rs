@@ -60,6 +60,13 @@ pub trait Handler: Send + Sync + 'static {
         Ok(())
     }
 
+    /// Checks the destinations a payload names against the outbound policy when the task is
+    /// created, so a literal forbidden address is refused with `destination_forbidden` (a name
+    /// is checked when the handler resolves it). The default names none.
+    fn check_destination(&self, _payload: &Value) -> Result<(), crate::outbound::Forbidden> {
+        Ok(())
+    }
+
     /// The `timeout_ms` of tasks of this type created without one, when the node-wide default
     /// does not fit (a Unity build takes far longer than an HTTP call). `None`: the default.
     fn default_timeout_ms(&self) -> Option<u64> {

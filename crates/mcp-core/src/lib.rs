@@ -16,6 +16,7 @@ pub mod integrations;
 pub mod limiter;
 pub mod memory;
 pub mod orchestrator;
+pub mod outbound;
 pub mod principal;
 pub mod revocations;
 pub mod routing;

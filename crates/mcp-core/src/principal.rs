@@ -142,6 +142,8 @@ pub enum Permission {
     VccRead,
     /// Register VCC projects and add or remove VPM repositories.
     VccManage,
+    /// Create `http.request` tasks: have the hub call a URL the caller chooses.
+    HttpRequest,
 }
 
 impl Permission {
@@ -165,6 +167,7 @@ impl Permission {
         Permission::VrchatRead,
         Permission::VccRead,
         Permission::VccManage,
+        Permission::HttpRequest,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -188,6 +191,7 @@ impl Permission {
             Permission::VrchatRead => "vrchat:read",
             Permission::VccRead => "vcc:read",
             Permission::VccManage => "vcc:manage",
+            Permission::HttpRequest => "http:request",
         }
     }
 }
@@ -220,6 +224,7 @@ impl Role {
                     | VrchatRead
                     | VccRead
                     | VccManage
+                    | HttpRequest
             ),
             Role::Service => matches!(
                 permission,
@@ -232,6 +237,7 @@ impl Role {
                     | MemoryWriteSystem
                     | VrchatRead
                     | VccRead
+                    | HttpRequest
             ),
             Role::User => matches!(
                 permission,

@@ -158,6 +158,11 @@ pub enum VccError {
     TooLarge { url: String, limit: u64 },
     #[error("cannot reach {url}: {message}")]
     Network { url: String, message: String },
+    #[error("{url} refused: {source}")]
+    DestinationForbidden {
+        url: String,
+        source: crate::outbound::Forbidden,
+    },
     #[error("{url} answered HTTP {status}")]
     Upstream { url: String, status: u16 },
     #[error("the VCC state file {path} is unreadable: {message}")]
@@ -197,6 +202,7 @@ impl VccError {
             VccError::ZipInvalid { .. } => "zip_invalid",
             VccError::TooLarge { .. } => "download_too_large",
             VccError::Network { .. } => "network_error",
+            VccError::DestinationForbidden { .. } => "destination_forbidden",
             VccError::Upstream { .. } => "upstream_error",
             VccError::StateInvalid { .. } => "state_invalid",
             VccError::Io { .. } => "io_error",
@@ -223,7 +229,8 @@ impl VccError {
             | VccError::HashMismatch { .. }
             | VccError::ZipUnsafe { .. }
             | VccError::ZipInvalid { .. }
-            | VccError::TooLarge { .. } => VccErrorKind::Invalid,
+            | VccError::TooLarge { .. }
+            | VccError::DestinationForbidden { .. } => VccErrorKind::Invalid,
             VccError::RepositoryExists { .. }
             | VccError::Conflict { .. }
             | VccError::PackageRequiredBy { .. } => VccErrorKind::Conflict,

@@ -1,6 +1,7 @@
 //! Outgoing webhooks: the subscriptions (`Webhook`), the log of what was sent (`WebhookDelivery`),
-//! the rules that decide which events a webhook receives and which addresses it may target, and
-//! the `WebhookStore` port that keeps them. Secrets reach the store sealed by the `SecretBox`.
+//! the rules that decide which events a webhook receives (the addresses it may target are the
+//! outbound guard's, `crate::outbound`), and the `WebhookStore` port that keeps them. Secrets
+//! reach the store sealed by the `SecretBox`.
 //! The [`Outbox`] port is the durable record of the task and memory events that webhooks may
 //! want: written by the task and memory stores in the transaction of each change, drained by any
 //! node's dispatcher.
@@ -11,7 +12,6 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -95,34 +95,6 @@ pub fn valid_filter(filter: &str) -> bool {
             && body
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.'))
-}
-
-/// Whether an address is one a webhook may not reach unless private targets are allowed:
-/// loopback, private (RFC 1918), link-local, unique-local (fc00::/7), unspecified, and the
-/// same inside IPv4-mapped IPv6 addresses. Also CGNAT (100.64/10) and broadcast.
-pub fn is_private_address(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, ..] = v4.octets();
-            v4.is_loopback()
-                || v4.is_private()
-                || v4.is_link_local()
-                || v4.is_unspecified()
-                || v4.is_broadcast()
-                || a == 0
-                || (a == 100 && (64..128).contains(&b))
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_private_address(IpAddr::V4(v4));
-            }
-            let first = v6.segments()[0];
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || (first & 0xfe00) == 0xfc00
-                || (first & 0xffc0) == 0xfe80
-        }
-    }
 }
 
 /// Where a delivery stands.
@@ -314,27 +286,5 @@ mod tests {
         assert!(secret.starts_with("whsec_"));
         assert_eq!(signing_key(&secret).map(|k| k.len()), Some(32));
         assert_eq!(signing_key("nope"), None);
-    }
-
-    #[test]
-    fn private_addresses_are_recognised() {
-        for ip in [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "::1",
-            "::",
-            "fd00::1",
-            "fe80::1",
-            "::ffff:127.0.0.1",
-        ] {
-            assert!(is_private_address(ip.parse().unwrap()), "{ip}");
-        }
-        for ip in ["93.184.216.34", "2606:2800:220:1::1", "8.8.8.8"] {
-            assert!(!is_private_address(ip.parse().unwrap()), "{ip}");
-        }
     }
 }

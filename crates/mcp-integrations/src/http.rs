@@ -27,20 +27,28 @@
 //!
 //! `body` is the parsed JSON when the response says it is JSON and parses, the text otherwise.
 //! Bodies longer than [`HttpConfig::max_body_bytes`] are cut and the result carries
-//! `"truncated": true`.
+//! `"truncated": true`; the same cap holds for the body kept in an error's `details`.
+//!
+//! Every call goes through the outbound guard ([`crate::outbound`]): a URL whose host is a
+//! forbidden address is refused at creation (`destination_forbidden`), and one that resolves or
+//! redirects to a forbidden address fails the task at once, not retryably, with
+//! `{"error": "destination_forbidden"}` as details.
 
+use crate::outbound::{OutboundClient, Redirects, forbidden_in};
 use crate::{Adapter, AdapterHealth};
 use async_trait::async_trait;
+use mcp_core::outbound::{Forbidden, Policy};
 use mcp_core::{Handler, HandlerError, HandlerRegistry, TaskContext};
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Client, Method, Response, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The task type this module handles.
-pub const TASK_TYPE: &str = "http.request";
+pub const TASK_TYPE: &str = mcp_core::outbound::HTTP_REQUEST_TASK;
 
 /// The methods a payload may use. CONNECT and TRACE are left out: neither makes sense as a task.
 const METHODS: [Method; 7] = [
@@ -66,6 +74,8 @@ pub struct HttpConfig {
     pub default_timeout: Duration,
     /// The most response body bytes kept in a result or error; the rest is dropped.
     pub max_body_bytes: usize,
+    /// Which destinations calls may reach.
+    pub outbound: Arc<Policy>,
 }
 
 impl Default for HttpConfig {
@@ -74,6 +84,7 @@ impl Default for HttpConfig {
             user_agent: concat!("mkww-mcp/", env!("CARGO_PKG_VERSION")).to_owned(),
             default_timeout: Duration::from_secs(30),
             max_body_bytes: 1024 * 1024,
+            outbound: Arc::default(),
         }
     }
 }
@@ -89,10 +100,13 @@ impl HttpAdapter {
     /// Fails only when the configuration cannot make a client, e.g. a user agent that is not a
     /// valid header value.
     pub fn new(config: HttpConfig) -> Result<Self, reqwest::Error> {
-        let client = Client::builder()
-            .user_agent(config.user_agent.as_str())
-            .timeout(config.default_timeout)
-            .build()?;
+        let client = OutboundClient::build(
+            config.outbound,
+            Client::builder()
+                .user_agent(config.user_agent.as_str())
+                .timeout(config.default_timeout),
+            Redirects::Follow,
+        )?;
         Ok(HttpAdapter {
             handler: HttpRequest {
                 client,
@@ -131,7 +145,7 @@ impl Adapter for HttpAdapter {
 /// The handler for `http.request`.
 #[derive(Debug, Clone)]
 pub struct HttpRequest {
-    client: Client,
+    client: OutboundClient,
     max_body_bytes: usize,
 }
 
@@ -139,6 +153,14 @@ pub struct HttpRequest {
 impl Handler for HttpRequest {
     fn validate(&self, payload: &Value) -> Result<(), String> {
         Request::from_payload(payload).map(|_| ())
+    }
+
+    fn check_destination(&self, payload: &Value) -> Result<(), Forbidden> {
+        match Request::from_payload(payload) {
+            Ok(request) => self.client.policy().check_url(&request.url),
+            // `validate` reports it.
+            Err(_) => Ok(()),
+        }
     }
 
     async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
@@ -149,6 +171,7 @@ impl Handler for HttpRequest {
         let mut builder = self
             .client
             .request(request.method, request.url)
+            .map_err(|forbidden| destination_forbidden(&target, &forbidden))?
             .headers(request.headers);
         if let Some(timeout) = request.timeout {
             builder = builder.timeout(timeout);
@@ -203,9 +226,24 @@ fn is_retryable(status: StatusCode) -> bool {
         || status == StatusCode::TOO_MANY_REQUESTS
 }
 
-/// A failure before a status was read, or while reading the body. Only a redirect loop or a
-/// request reqwest refuses to build would fail the same way next time.
+/// The outbound guard refused the destination (the URL's address, what its name resolved to, or
+/// a redirect): it would be refused again, so the task is not retried.
+fn destination_forbidden(target: &str, forbidden: &Forbidden) -> HandlerError {
+    HandlerError::permanent(format!("{target} refused: {forbidden}")).with_details(json!({
+        "error": "destination_forbidden",
+        "host": forbidden.host,
+        "address": forbidden.ip.to_string(),
+        "range": forbidden.range,
+    }))
+}
+
+/// A failure before a status was read, or while reading the body. Only a redirect loop, a
+/// forbidden destination or a request reqwest refuses to build would fail the same way next
+/// time.
 fn transport_error(target: &str, err: reqwest::Error) -> HandlerError {
+    if let Some(forbidden) = forbidden_in(&err) {
+        return destination_forbidden(target, forbidden);
+    }
     let kind = if err.is_timeout() {
         "timeout"
     } else if err.is_connect() {

@@ -14,6 +14,7 @@ pub mod hooks;
 pub mod http;
 pub mod llm;
 pub mod osc;
+pub mod outbound;
 pub mod vcc;
 pub mod vrchat;
 pub mod webhooks;
@@ -24,6 +25,7 @@ pub use hooks::{HookKind, HookRule, HookSource};
 pub use http::{HttpAdapter, HttpConfig, HttpRequest};
 pub use llm::{LlmAdapter, LlmConfig, LlmLive};
 pub use osc::{OscAdapter, OscConfig};
+pub use outbound::{OutboundClient, Redirects};
 pub use vrchat::{VrchatAdapter, VrchatClient, VrchatConfig};
 
 use async_trait::async_trait;

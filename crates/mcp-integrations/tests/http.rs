@@ -8,6 +8,7 @@ use axum::Router;
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post};
+use mcp_core::outbound::Policy;
 use mcp_core::{Handler, HandlerError, HandlerRegistry, TaskContext};
 use mcp_integrations::{Adapter, HttpAdapter, HttpConfig};
 use serde_json::{Map, Value, json};
@@ -81,6 +82,14 @@ async fn slow() -> &'static str {
     "late"
 }
 
+/// Redirects to another loopback address, one the tests' policy does not allow.
+async fn away() -> impl axum::response::IntoResponse {
+    (
+        StatusCode::FOUND,
+        [(header::LOCATION, "http://127.0.0.2:9/metrics")],
+    )
+}
+
 /// Starts the test server on a free port and returns its address.
 async fn serve() -> SocketAddr {
     let app = Router::new()
@@ -90,11 +99,20 @@ async fn serve() -> SocketAddr {
         .route("/status/{code}", get(status))
         .route("/problem", get(problem))
         .route("/big", get(big))
-        .route("/slow", get(slow));
+        .route("/slow", get(slow))
+        .route("/away", get(away));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     addr
+}
+
+/// The defaults, with the outbound guard letting the loopback fake servers through.
+fn local_config() -> HttpConfig {
+    HttpConfig {
+        outbound: Arc::new(Policy::new(false, &["127.0.0.1".into()]).unwrap()),
+        ..HttpConfig::default()
+    }
 }
 
 /// The `http.request` handler, found the way the orchestrator finds it.
@@ -105,7 +123,7 @@ fn handler(config: HttpConfig) -> Arc<dyn Handler> {
 }
 
 async fn run(payload: Value) -> Result<Value, HandlerError> {
-    run_with(HttpConfig::default(), payload).await
+    run_with(local_config(), payload).await
 }
 
 async fn run_with(config: HttpConfig, payload: Value) -> Result<Value, HandlerError> {
@@ -280,7 +298,7 @@ async fn default_timeout_applies_without_timeout_ms() {
     let addr = serve().await;
     let config = HttpConfig {
         default_timeout: Duration::from_millis(100),
-        ..HttpConfig::default()
+        ..local_config()
     };
     let err = run_with(config, json!({"url": format!("http://{addr}/slow")}))
         .await
@@ -294,7 +312,7 @@ async fn long_bodies_are_cut_and_marked_truncated() {
     let addr = serve().await;
     let config = HttpConfig {
         max_body_bytes: 25,
-        ..HttpConfig::default()
+        ..local_config()
     };
     let result = run_with(config, json!({"url": format!("http://{addr}/big")}))
         .await
@@ -308,7 +326,7 @@ async fn a_body_of_exactly_the_limit_is_not_truncated() {
     let addr = serve().await;
     let config = HttpConfig {
         max_body_bytes: 100,
-        ..HttpConfig::default()
+        ..local_config()
     };
     let result = run_with(config, json!({"url": format!("http://{addr}/big")}))
         .await
@@ -319,7 +337,7 @@ async fn a_body_of_exactly_the_limit_is_not_truncated() {
 
 #[test]
 fn validate_rejects_bad_payloads_with_clear_messages() {
-    let handler = handler(HttpConfig::default());
+    let handler = handler(local_config());
     let cases = [
         (json!({}), "missing field `url`"),
         (
@@ -355,10 +373,55 @@ fn validate_rejects_bad_payloads_with_clear_messages() {
 
 #[tokio::test]
 async fn an_invalid_payload_that_reaches_run_fails_permanently() {
-    let handler = handler(HttpConfig::default());
+    let handler = handler(local_config());
     let err = handler
         .run(context(json!({"url": "ftp://example.com/"})))
         .await
         .unwrap_err();
     assert!(!err.retryable);
+}
+
+#[test]
+fn refuses_a_literal_forbidden_address_at_creation() {
+    let handler = handler(HttpConfig::default());
+    for url in [
+        "http://127.0.0.1:9/metrics",
+        "http://2130706433/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://169.254.169.254/latest/meta-data/",
+    ] {
+        let payload = json!({"url": url});
+        assert!(handler.validate(&payload).is_ok(), "{url}");
+        let refused = handler.check_destination(&payload).unwrap_err();
+        assert!(!refused.range.is_empty(), "{url}");
+    }
+    assert!(
+        handler
+            .check_destination(&json!({"url": "https://example.com/"}))
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn a_name_resolving_to_loopback_fails_for_good() {
+    let addr = serve().await;
+    let handler = handler(HttpConfig::default());
+    let payload = json!({"url": format!("http://localhost:{}/headers", addr.port())});
+    assert!(handler.check_destination(&payload).is_ok());
+    let err = handler.run(context(payload)).await.unwrap_err();
+    assert!(!err.retryable, "{err:?}");
+    let details = err.details.unwrap();
+    assert_eq!(details["error"], "destination_forbidden");
+    assert_eq!(details["range"], "loopback");
+}
+
+#[tokio::test]
+async fn a_redirect_to_a_forbidden_address_is_not_followed() {
+    let addr = serve().await;
+    let err = run(json!({"url": format!("http://{addr}/away")}))
+        .await
+        .unwrap_err();
+    assert!(!err.retryable, "{err:?}");
+    assert_eq!(err.details.unwrap()["error"], "destination_forbidden");
+    assert!(err.message.contains("127.0.0.2"), "{}", err.message);
 }

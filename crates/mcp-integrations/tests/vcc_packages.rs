@@ -227,6 +227,8 @@ fn config(dir: &Path, roots: Vec<PathBuf>) -> VccConfig {
     VccConfig {
         roots,
         state_file: dir.join("state/vcc.json"),
+        // The fixture repository is a loopback server.
+        outbound: Arc::new(mcp_core::outbound::Policy::new(true, &[]).unwrap()),
         ..VccConfig::default()
     }
 }

@@ -533,7 +533,8 @@ async fn http_request_tasks_call_real_servers() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = format!("http://{}/hook", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let server = Server::start(&[]);
+    // The target is a loopback server, which the outbound guard refuses unless allowed.
+    let server = Server::start(&[("MCP_OUTBOUND_ALLOW", r#"["127.0.0.1"]"#.into())]);
     let (status, task) = post(
         &server,
         "/v1/tasks",

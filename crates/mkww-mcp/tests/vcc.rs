@@ -140,6 +140,8 @@ async fn setup() -> Setup {
             r#"["sh", "-c", "echo deploying; sleep 300 & echo $! > ../deploy-{task_id}.pid; wait", "deploy"]"#.into(),
         ),
         ("MCP_VCC_WATCH_DEBOUNCE_MS", "200".into()),
+        // The test repository is a loopback server.
+        ("MCP_OUTBOUND_ALLOW", r#"["127.0.0.1"]"#.into()),
     ]);
     let (status, body) = call(
         &client_as("operator", "ops"),
@@ -715,6 +717,7 @@ async fn repositories_named_by_the_configuration_are_used_without_adding_them() 
             format!("[{:?}]", project.display().to_string()),
         ),
         ("MCP_VCC_REPOSITORIES", format!("[{url:?}]")),
+        ("MCP_OUTBOUND_ALLOW", r#"["127.0.0.1"]"#.into()),
     ]);
     let operator = client_as("operator", "ops");
     let (status, list) = call(&operator, "GET", server.url("/v1/vcc/repositories"), None).await;

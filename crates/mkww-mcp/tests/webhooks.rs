@@ -344,7 +344,7 @@ async fn refuses_private_targets_unless_allowed() {
         )
         .await;
         assert_eq!(status, 422, "{url}: {body}");
-        assert_eq!(body["error"]["code"], "webhook_url_not_allowed", "{url}");
+        assert_eq!(body["error"]["code"], "destination_forbidden", "{url}");
     }
     for (body, field) in [
         (

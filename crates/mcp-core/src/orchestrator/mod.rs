@@ -111,6 +111,11 @@ pub enum OrchestratorError {
         task_type: String,
         reason: String,
     },
+    #[error("{}{source}", index.map(|i| format!("tasks[{i}]: ")).unwrap_or_default())]
+    DestinationForbidden {
+        index: Option<usize>,
+        source: crate::outbound::Forbidden,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -356,6 +361,9 @@ impl Orchestrator {
                         reason,
                     }
                 })?;
+                handler
+                    .check_destination(&task.payload)
+                    .map_err(|source| OrchestratorError::DestinationForbidden { index, source })?;
                 true
             }
             None => self.for_workers(&task.task_type),

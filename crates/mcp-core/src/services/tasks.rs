@@ -290,6 +290,7 @@ impl TaskService {
         request: CreateTask,
         correlation: Option<&str>,
     ) -> Result<NewTask, TaskServiceError> {
+        may_create(creator, &request)?;
         self.limits.check_tenant(creator, &request, None)?;
         let origin = Origin {
             correlation_id: correlation,
@@ -310,6 +311,7 @@ impl TaskService {
         let requests: Vec<CreateTask> = requests.into_iter().collect();
         for (i, request) in requests.iter().enumerate() {
             self.limits.check_tenant(creator, request, Some(i))?;
+            may_create(creator, request)?;
         }
         let origin = Origin {
             correlation_id: correlation,
@@ -493,6 +495,23 @@ impl TaskService {
     }
 }
 
+/// Task types that need a permission of their own beyond `tasks:create`: `http.request` makes
+/// the hub call a URL the caller picks, so a `user` may not create it. Internal creators (hook
+/// rules, Discord commands) run what an admin configured and pass.
+fn may_create(creator: Creator<'_>, request: &CreateTask) -> Result<(), TaskServiceError> {
+    match creator {
+        Creator::Principal(principal)
+            if request.task_type == crate::outbound::HTTP_REQUEST_TASK
+                && !principal.can(Permission::HttpRequest) =>
+        {
+            Err(TaskServiceError::Forbidden(
+                "creating `http.request` tasks needs the `http:request` permission",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn parse_id(id: &str) -> Result<Uuid, TaskServiceError> {
     Uuid::parse_str(id).map_err(|_| TaskServiceError::NotFound(id.to_owned()))
 }
@@ -527,6 +546,13 @@ mod tests {
             priority,
             timeout_ms,
             ..Default::default()
+        }
+    }
+
+    fn of_type(task_type: &str) -> CreateTask {
+        CreateTask {
+            task_type: task_type.into(),
+            ..CreateTask::default()
         }
     }
 
@@ -625,5 +651,20 @@ mod tests {
         let mut task = keyed();
         limits().scope(Creator::Internal("hook:gh"), &mut task);
         assert_eq!(task.idempotency_key.as_deref(), Some("hook:gh:d-1:0"));
+    }
+
+    #[test]
+    fn http_request_needs_its_own_permission() {
+        let user = principal(Role::User, "someone");
+        assert!(matches!(
+            may_create(Creator::Principal(&user), &of_type("http.request")),
+            Err(TaskServiceError::Forbidden(_))
+        ));
+        assert!(may_create(Creator::Principal(&user), &of_type("echo")).is_ok());
+        for role in [Role::Service, Role::Operator, Role::Admin] {
+            let principal = principal(role, "someone");
+            assert!(may_create(Creator::Principal(&principal), &of_type("http.request")).is_ok());
+        }
+        assert!(may_create(Creator::Internal("hook:ci"), &of_type("http.request")).is_ok());
     }
 }

@@ -70,6 +70,8 @@ pub struct VccConfig {
     pub deploy_command: Vec<String>,
     /// How long a build or deploy command may run.
     pub command_timeout: Duration,
+    /// Which destinations repository listings and package downloads may reach.
+    pub outbound: Arc<mcp_core::outbound::Policy>,
 }
 
 impl Default for VccConfig {
@@ -84,7 +86,23 @@ impl Default for VccConfig {
             build_command: Vec::new(),
             deploy_command: Vec::new(),
             command_timeout: Duration::from_secs(3600),
+            outbound: Arc::default(),
         }
+    }
+}
+
+/// A failed listing or download request: the outbound guard's refusal (not retryable) when that
+/// is what stopped it, a network error otherwise.
+pub(crate) fn network_error(url: &str, err: reqwest::Error) -> VccError {
+    match crate::outbound::forbidden_in(&err) {
+        Some(forbidden) => VccError::DestinationForbidden {
+            url: url.to_string(),
+            source: forbidden.clone(),
+        },
+        None => VccError::Network {
+            url: url.to_string(),
+            message: err.to_string(),
+        },
     }
 }
 
@@ -98,7 +116,7 @@ struct Inner {
     config: VccConfig,
     projects: ProjectRegistry,
     repos: RepoCache,
-    http: reqwest::Client,
+    http: crate::outbound::OutboundClient,
     /// One install at a time per project: two would race on `Packages/` and the manifest.
     project_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Set by [`VccService::watch`]: projects registered later are watched too.
@@ -109,14 +127,17 @@ struct Inner {
 
 impl VccService {
     pub fn new(config: VccConfig) -> Result<Self, VccError> {
-        let http = reqwest::Client::builder()
-            .user_agent(config.user_agent.clone())
-            .timeout(HTTP_TIMEOUT)
-            .build()
-            .map_err(|e| VccError::Network {
-                url: String::new(),
-                message: format!("cannot build the HTTP client: {e}"),
-            })?;
+        let http = crate::outbound::OutboundClient::build(
+            config.outbound.clone(),
+            reqwest::Client::builder()
+                .user_agent(config.user_agent.clone())
+                .timeout(HTTP_TIMEOUT),
+            crate::outbound::Redirects::Follow,
+        )
+        .map_err(|e| VccError::Network {
+            url: String::new(),
+            message: format!("cannot build the HTTP client: {e}"),
+        })?;
         let state = Arc::new(StateStore::new(config.state_file.clone()));
         let ledger = ledger::ProcessLedger::open(config.state_file.with_extension("processes"));
         let projects = ProjectRegistry::new(

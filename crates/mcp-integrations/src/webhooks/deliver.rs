@@ -2,6 +2,7 @@
 //! and the functions that enqueue it.
 
 use super::*;
+use crate::outbound::{OutboundClient, Redirects, forbidden_in};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::secrets::SecretBox;
@@ -10,8 +11,8 @@ use mcp_core::webhooks::{
     Attempt, DELIVER_TASK, SECRET_PURPOSE, Webhook, WebhookDelivery, WebhookStore, signing_key,
 };
 use mcp_core::{Handler, HandlerError, Orchestrator, Origin, TaskContext};
-use reqwest::Client;
 use reqwest::header::CONTENT_TYPE;
+use reqwest::{Client, Method};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -38,13 +39,8 @@ impl DeliverHandler {
             message,
             retryable: false,
         };
-        let (url, host, addrs) = resolve_target(&webhook.url, self.config.allow_private)
-            .await
-            .map_err(|e| Failed {
-                code: None,
-                retryable: matches!(e, TargetError::Unresolved(..)),
-                message: e.to_string(),
-            })?;
+        let url = check_target(&webhook.url, &self.config.outbound)
+            .map_err(|e| permanent(e.to_string()))?;
         let secret = self
             .secrets
             .open(&webhook.secret_sealed, SECRET_PURPOSE)
@@ -53,20 +49,23 @@ impl DeliverHandler {
             .ok()
             .and_then(|s| signing_key(&s))
             .ok_or_else(|| permanent("the webhook secret is malformed".into()))?;
-        let client = Client::builder()
-            .user_agent(self.config.user_agent.as_str())
-            .timeout(self.config.timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .resolve_to_addrs(&host, &addrs)
-            .build()
-            .map_err(|e| permanent(format!("cannot build the HTTP client: {e}")))?;
+        // Redirects are not followed: a receiver answers at the URL it was given.
+        let client = OutboundClient::build(
+            self.config.outbound.clone(),
+            Client::builder()
+                .user_agent(self.config.user_agent.as_str())
+                .timeout(self.config.timeout),
+            Redirects::Refuse,
+        )
+        .map_err(|e| permanent(format!("cannot build the HTTP client: {e}")))?;
         let body = serde_json::to_vec(&delivery.payload)
             .map_err(|e| permanent(format!("cannot encode the event: {e}")))?;
         let id = delivery.id.to_string();
         let timestamp = Utc::now().timestamp();
         let signature = sign(&key, &id, timestamp, &body);
         let response = client
-            .post(url)
+            .request(Method::POST, url)
+            .map_err(|e| permanent(e.to_string()))?
             .header(CONTENT_TYPE, "application/json")
             .header("webhook-id", &id)
             .header("webhook-timestamp", timestamp.to_string())
@@ -74,10 +73,14 @@ impl DeliverHandler {
             .body(body)
             .send()
             .await
-            .map_err(|e| Failed {
-                code: None,
-                message: format!("request failed: {e}"),
-                retryable: true,
+            .map_err(|e| match forbidden_in(&e) {
+                // A name that resolves only to forbidden addresses: it would again.
+                Some(forbidden) => permanent(forbidden.to_string()),
+                None => Failed {
+                    code: None,
+                    message: format!("request failed: {e}"),
+                    retryable: true,
+                },
             })?;
         let status = response.status();
         let code = i32::from(status.as_u16());

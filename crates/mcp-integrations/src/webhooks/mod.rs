@@ -1,7 +1,7 @@
 //! Outgoing webhooks: the [`Dispatcher`] that turns events into `webhook.deliver` tasks, one per
 //! matching webhook, and the [`DeliverHandler`] that runs them — signed per the Standard
-//! Webhooks spec, refused when the target resolves to a private address, each attempt recorded in
-//! the delivery log. Retries and backoff are the orchestrator's; a webhook that has failed for
+//! Webhooks spec, sent through the outbound guard (a target that is or resolves to a forbidden
+//! address is refused, not retried), each attempt recorded in the delivery log. Retries and backoff are the orchestrator's; a webhook that has failed for
 //! `disable_after` without a single success is disabled.
 //!
 //! Every event comes from the durable outbox: the task store records task events (`task.*`) in
@@ -21,19 +21,19 @@ pub use recording::RecordingWebhooks;
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
-use mcp_core::webhooks::is_private_address;
+use mcp_core::outbound::{Forbidden, Policy};
 use reqwest::Url;
 use serde_json::Value;
 use sha2::Sha256;
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
 /// Settings of outgoing webhooks.
 #[derive(Debug, Clone)]
 pub struct WebhookConfig {
-    /// Allow targets on loopback, private, link-local and unique-local addresses (tests, LANs).
-    pub allow_private: bool,
+    /// The outbound guard's policy: which targets deliveries may reach.
+    pub outbound: Arc<Policy>,
     /// Limit of one attempt.
     pub timeout: Duration,
     /// A webhook failing this long without a success is disabled; `None`: never.
@@ -46,7 +46,7 @@ pub struct WebhookConfig {
 impl Default for WebhookConfig {
     fn default() -> Self {
         WebhookConfig {
-            allow_private: false,
+            outbound: Arc::default(),
             timeout: Duration::from_secs(15),
             disable_after: Some(chrono::Duration::days(5)),
             max_attempts: 8,
@@ -74,43 +74,22 @@ pub fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
 pub enum TargetError {
     #[error("{0}")]
     Invalid(String),
-    #[error("{0} resolves to a private address")]
-    Private(String),
-    #[error("cannot resolve {0}: {1}")]
-    Unresolved(String, String),
+    #[error(transparent)]
+    Forbidden(#[from] Forbidden),
 }
 
-/// Checks a webhook URL (http or https, with a host) and resolves it; with `allow_private` off,
-/// refuses it if any of its addresses is private. Returns the host and the addresses to use,
-/// so the request goes where the check looked (no DNS rebinding in between).
-pub async fn resolve_target(
-    url: &str,
-    allow_private: bool,
-) -> Result<(Url, String, Vec<SocketAddr>), TargetError> {
+/// Checks a webhook URL: http or https, with a host that is not a forbidden address. A name is
+/// checked when the delivery's client resolves it, on the addresses it then dials.
+pub fn check_target(url: &str, policy: &Policy) -> Result<Url, TargetError> {
     let parsed = Url::parse(url).map_err(|e| TargetError::Invalid(format!("bad url: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") {
         return Err(TargetError::Invalid("the url must be http or https".into()));
     }
-    let host = parsed
-        .host_str()
-        .ok_or_else(|| TargetError::Invalid("the url has no host".into()))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned();
-    let port = parsed
-        .port_or_known_default()
-        .ok_or_else(|| TargetError::Invalid("the url has no port".into()))?;
-    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-        .await
-        .map_err(|e| TargetError::Unresolved(host.clone(), e.to_string()))?
-        .collect();
-    if addrs.is_empty() {
-        return Err(TargetError::Unresolved(host, "no addresses".into()));
+    if parsed.host().is_none() {
+        return Err(TargetError::Invalid("the url has no host".into()));
     }
-    if !allow_private && addrs.iter().any(|a| is_private_address(a.ip())) {
-        return Err(TargetError::Private(host));
-    }
-    Ok((parsed, host, addrs))
+    policy.check_url(&parsed)?;
+    Ok(parsed)
 }
 
 /// The id of the delivery of outbox entry `entry` to `webhook`: the same for every node and every

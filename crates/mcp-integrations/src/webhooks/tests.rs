@@ -164,7 +164,7 @@ async fn failing(
         store: store.clone(),
         secrets: Arc::new(secrets),
         config: WebhookConfig {
-            allow_private: true,
+            outbound: Arc::new(mcp_core::outbound::Policy::new(true, &[]).unwrap()),
             timeout: Duration::from_secs(2),
             ..WebhookConfig::default()
         },
@@ -243,30 +243,30 @@ fn an_outbox_entry_names_one_delivery_per_webhook_on_every_redo() {
     assert_ne!(outbox_delivery_id(a, 7), outbox_delivery_id(a, 8));
 }
 
-#[tokio::test]
-async fn refuses_private_targets_unless_allowed() {
+#[test]
+fn refuses_forbidden_literal_targets_unless_allowed() {
+    let strict = mcp_core::outbound::Policy::default();
     for url in [
         "http://127.0.0.1:9/hook",
         "http://[::1]/",
         "http://10.0.0.1/",
         "http://169.254.169.254/latest",
-        "http://localhost:8080/",
+        "http://[64:ff9b::7f00:1]/",
+        "http://[2002:7f00:1::]/",
+        "http://[::127.0.0.1]/",
+        "http://198.18.0.1/",
+        "http://192.0.0.8/",
+        "http://240.0.0.1/",
     ] {
         assert!(
-            matches!(
-                resolve_target(url, false).await,
-                Err(TargetError::Private(_))
-            ),
+            matches!(check_target(url, &strict), Err(TargetError::Forbidden(_))),
             "{url}"
         );
     }
-    assert!(
-        resolve_target("http://127.0.0.1:9/hook", true)
-            .await
-            .is_ok()
-    );
+    let open = mcp_core::outbound::Policy::new(true, &[]).unwrap();
+    assert!(check_target("http://127.0.0.1:9/hook", &open).is_ok());
     assert!(matches!(
-        resolve_target("ftp://example.com/", true).await,
+        check_target("ftp://example.com/", &open),
         Err(TargetError::Invalid(_))
     ));
 }

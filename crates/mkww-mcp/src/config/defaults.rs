@@ -130,6 +130,8 @@ impl Default for Config {
             hooks: BTreeMap::new(),
             hooks_tolerance_secs: 300,
             hooks_max_body_bytes: 1024 * 1024,
+            outbound_allow_private: false,
+            outbound_allow: Vec::new(),
             webhooks_allow_private: false,
             webhook_disable_after_days: 5,
             webhook_timeout_ms: 15_000,

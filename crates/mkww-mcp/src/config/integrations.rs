@@ -1,9 +1,23 @@
-//! What the integration keys derive: VCC's project roots and settings file, Discord's key.
+//! What the integration keys derive: VCC's project roots and settings file, Discord's key, the
+//! outbound guard's policy.
 
 use super::Config;
+use mcp_core::outbound::Policy;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 impl Config {
+    /// The outbound guard's policy: `outbound_allow_private` (or its old name
+    /// `webhooks_allow_private`) and `outbound_allow`.
+    pub fn outbound_policy(&self) -> anyhow::Result<Arc<Policy>> {
+        Policy::new(
+            self.outbound_allow_private || self.webhooks_allow_private,
+            &self.outbound_allow,
+        )
+        .map(Arc::new)
+        .map_err(anyhow::Error::msg)
+    }
+
     /// `vcc_settings`, or where VCC keeps its `settings.json` on this system if it is there.
     pub fn vcc_settings_file(&self) -> Option<PathBuf> {
         if let Some(path) = &self.vcc_settings {

@@ -132,6 +132,7 @@ impl Config {
             self.hooks_tolerance_secs > 0,
             "hooks_tolerance_secs must be at least 1"
         );
+        self.outbound_policy()?;
         self.database()?;
         Ok(())
     }
@@ -278,6 +279,27 @@ task = "github.dispatch"
             jail.set_env("MCP_DISCORD_PUBLIC_KEY", "not-hex");
             let err = Config::load(None).unwrap_err();
             assert!(format!("{err:#}").contains("discord_public_key"), "{err:#}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn reads_the_outbound_policy_and_its_old_name() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env(
+                "MCP_OUTBOUND_ALLOW",
+                r#"["127.0.0.1", "10.1.0.0/16", "hooks.lan"]"#,
+            );
+            let config = Config::load(None).expect("load");
+            let policy = config.outbound_policy().expect("policy");
+            assert!(!policy.allow_private);
+            assert_eq!(policy.nets.len(), 2);
+            assert_eq!(policy.hosts, ["hooks.lan"]);
+            jail.set_env("MCP_WEBHOOKS_ALLOW_PRIVATE", "true");
+            let config = Config::load(None).expect("load");
+            assert!(config.outbound_policy().expect("policy").allow_private);
+            jail.set_env("MCP_OUTBOUND_ALLOW", r#"["not a host!"]"#);
+            assert!(Config::load(None).is_err());
             Ok(())
         });
     }

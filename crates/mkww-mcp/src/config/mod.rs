@@ -289,7 +289,12 @@ pub struct Config {
     pub hooks_tolerance_secs: u64,
     /// Largest incoming hook body, in bytes.
     pub hooks_max_body_bytes: usize,
-    /// Outgoing webhooks may target loopback, private, link-local and unique-local addresses.
+    /// Calls made for a client (`http.request`, webhooks, VCC repository and package URLs) may
+    /// reach loopback, private, link-local and every other special-purpose address.
+    pub outbound_allow_private: bool,
+    /// CIDRs, addresses or host names such calls may always reach (`["10.1.0.0/16"]`).
+    pub outbound_allow: Vec<String>,
+    /// The former name of `outbound_allow_private`, still honoured: either one allows.
     pub webhooks_allow_private: bool,
     /// A webhook failing this many days without a success is disabled.
     pub webhook_disable_after_days: u64,

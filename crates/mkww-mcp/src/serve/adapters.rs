@@ -41,6 +41,7 @@ fn registry(
     HttpAdapter::new(HttpConfig {
         default_timeout: Config::ms(config.http_timeout_ms),
         max_body_bytes: config.http_max_body_bytes,
+        outbound: config.outbound_policy()?,
         ..HttpConfig::default()
     })
     .context("cannot build the HTTP client")?
@@ -124,6 +125,7 @@ fn registry(
         build_command: config.vcc_build_command.clone(),
         deploy_command: config.vcc_deploy_command.clone(),
         command_timeout: Config::ms(config.vcc_command_timeout_ms),
+        outbound: config.outbound_policy()?,
         ..VccConfig::default()
     })
     .map_err(|e| anyhow::anyhow!("cannot set up VCC: {e}"))?;

@@ -17,7 +17,8 @@ pub fn webhooks(state: &mut AppState, config: &Config, stores: &Stores, secrets:
     state.webhooks = Some(mcp_api::WebhookState {
         store: stores.webhooks.clone(),
         secrets: Arc::new(secrets.clone()),
-        allow_private: config.webhooks_allow_private,
+        // Checked when the configuration was loaded; the strictest policy if it were not.
+        outbound: config.outbound_policy().unwrap_or_default(),
         max_attempts: config.webhook_max_attempts.max(1),
     });
     tokio::spawn(

@@ -16,7 +16,8 @@ use std::time::Duration;
 /// Settings of outgoing webhook deliveries.
 pub fn webhook_config(config: &Config) -> WebhookConfig {
     WebhookConfig {
-        allow_private: config.webhooks_allow_private,
+        // Checked when the configuration was loaded; the strictest policy if it were not.
+        outbound: config.outbound_policy().unwrap_or_default(),
         timeout: Config::ms(config.webhook_timeout_ms),
         disable_after: (config.webhook_disable_after_days > 0)
             .then(|| chrono::Duration::days(config.webhook_disable_after_days.min(36_500) as i64)),

@@ -37,7 +37,7 @@ pub struct InstallSummary {
 /// What installs need: the repositories, an HTTP client and the limits.
 pub struct Installer<'a> {
     pub repos: &'a RepoCache,
-    pub http: &'a reqwest::Client,
+    pub http: &'a crate::outbound::OutboundClient,
     pub max_download_bytes: u64,
     pub max_extracted_bytes: u64,
 }

@@ -145,20 +145,23 @@ impl Installer<'_> {
     /// Streams the zip of `r` to `dest`, hashing as it goes, and checks the hash.
     async fn download(&self, r: &Resolved, dest: &Path) -> Result<(), VccError> {
         let url = r.url.as_str();
-        let network = |e: reqwest::Error| VccError::Network {
-            url: url.to_string(),
-            message: e.to_string(),
-        };
-        match reqwest::Url::parse(url) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") => {}
+        let network = |e: reqwest::Error| crate::vcc::network_error(url, e);
+        let parsed = match reqwest::Url::parse(url) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") => u,
             _ => {
                 return Err(VccError::RepositoryInvalid {
                     url: url.to_string(),
                     message: format!("{} {} has no usable zip URL", r.name, r.version),
                 });
             }
-        }
-        let mut request = self.http.get(url);
+        };
+        let mut request =
+            self.http
+                .get(parsed)
+                .map_err(|source| VccError::DestinationForbidden {
+                    url: url.to_string(),
+                    source,
+                })?;
         for (k, v) in &r.headers {
             request = request.header(k, v);
         }

@@ -2,8 +2,9 @@
 //! each listing fetched with its `ETag` and kept in memory.
 
 use super::*;
+use crate::outbound::OutboundClient;
 use crate::vcc::project::{UserRepo, VccSettings};
-use crate::vcc::{MAX_LISTING_BYTES, RepositoryInfo, StateStore, VccError};
+use crate::vcc::{MAX_LISTING_BYTES, RepositoryInfo, StateStore, VccError, network_error};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -55,7 +56,7 @@ pub struct RepoCache {
     settings_file: Option<PathBuf>,
     /// Listing URLs the configuration names (`vcc_repositories`), read-only here.
     configured: Vec<String>,
-    http: reqwest::Client,
+    http: OutboundClient,
     cache: tokio::sync::Mutex<HashMap<String, Cached>>,
     errors: std::sync::Mutex<HashMap<String, String>>,
 }
@@ -64,7 +65,7 @@ impl RepoCache {
     pub(crate) fn new(
         state: Arc<StateStore>,
         settings_file: Option<PathBuf>,
-        http: reqwest::Client,
+        http: OutboundClient,
     ) -> Self {
         RepoCache {
             state,
@@ -130,11 +131,18 @@ impl RepoCache {
         headers: &BTreeMap<String, String>,
         etag: Option<&str>,
     ) -> Result<Fetched, VccError> {
-        let network = |e: reqwest::Error| VccError::Network {
+        let network = |e: reqwest::Error| network_error(url, e);
+        let parsed = reqwest::Url::parse(url).map_err(|e| VccError::RepositoryInvalid {
             url: url.to_string(),
             message: e.to_string(),
-        };
-        let mut request = self.http.get(url);
+        })?;
+        let mut request =
+            self.http
+                .get(parsed)
+                .map_err(|source| VccError::DestinationForbidden {
+                    url: url.to_string(),
+                    source,
+                })?;
         for (k, v) in headers {
             request = request.header(k, v);
         }
