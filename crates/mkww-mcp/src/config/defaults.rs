@@ -51,6 +51,8 @@ impl Default for Config {
             redis_timeout_ms: 250,
             redis_retry_max_ms: 5_000,
             event_history_size: 1000,
+            event_history_channel_bytes: 1024 * 1024,
+            event_history_bytes: 64 * 1024 * 1024,
             event_history_ttl_secs: 3600,
             event_buffer: 1024,
             event_max_channels: 10_000,

@@ -118,6 +118,11 @@ pub struct Config {
     pub redis_retry_max_ms: u64,
     /// Events kept per channel for recovery with `since`.
     pub event_history_size: usize,
+    /// In-process bus: bytes of history kept per channel (the oldest events go first).
+    pub event_history_channel_bytes: usize,
+    /// In-process bus: bytes of history kept across all channels (the oldest events of any
+    /// channel go first).
+    pub event_history_bytes: usize,
     /// Events older than this are dropped from the history; idle channels are forgotten after it.
     pub event_history_ttl_secs: u64,
     /// Events a subscriber may fall behind before it lags (and must recover).
