@@ -56,6 +56,7 @@ impl Default for Config {
             event_history_ttl_secs: 3600,
             event_buffer: 1024,
             event_max_channels: 10_000,
+            allocator_trim_interval_ms: 10_000,
             event_queue: 65_536,
             trusted_proxies: Vec::new(),
             rate_limit_ip_per_minute: 6_000,

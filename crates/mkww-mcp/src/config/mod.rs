@@ -129,6 +129,8 @@ pub struct Config {
     pub event_buffer: usize,
     /// In-process bus: channels without subscribers held at most (least recently used go first).
     pub event_max_channels: usize,
+    /// How often freed memory is handed back to the system (glibc's `malloc_trim`); 0: never.
+    pub allocator_trim_interval_ms: u64,
     /// Task events waiting for the bus at most; beyond, they are dropped (tasks are unaffected).
     pub event_queue: usize,
     /// Peers (IP addresses or CIDR blocks) whose `X-Forwarded-For` names the client.

@@ -109,6 +109,10 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         background::MemoryRetention::of(&config),
         stopping.clone(),
     ));
+    tokio::spawn(background::allocator_trim(
+        Config::ms(config.allocator_trim_interval_ms),
+        stopping.clone(),
+    ));
     http::run(listener, mcp_api::router(state), &config, &stopping).await?;
     tracing::info!("shutting down: finishing running tasks");
     stopping.cancel();
