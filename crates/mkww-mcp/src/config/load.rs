@@ -66,6 +66,17 @@ impl Config {
             "worker_directory_refresh_ms must be at least 10"
         );
         anyhow::ensure!(self.max_batch > 0, "max_batch must be at least 1");
+        for origin in &self.ws_allowed_origins {
+            // What a browser sends: `scheme://host[:port]`, nothing after it.
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"))
+                .map(|rest| rest.trim_end_matches('/'));
+            anyhow::ensure!(
+                origin == "*" || host.is_some_and(|h| !h.is_empty() && !h.contains('/')),
+                "ws_allowed_origins: `{origin}` is not an origin (`https://host[:port]`, or `*`)"
+            );
+        }
         anyhow::ensure!(
             self.task_backoff_base_ms <= self.task_backoff_max_ms,
             "task_backoff_base_ms must not exceed task_backoff_max_ms"

@@ -172,7 +172,17 @@ pub struct Config {
     pub ws_send_queue: usize,
     /// WebSocket: largest client frame.
     pub ws_max_frame_bytes: usize,
+    /// WebSocket: subscriptions per connection.
     pub ws_max_subscriptions: usize,
+    /// WebSocket: distinct channels one principal may subscribe to on a node, over all its
+    /// connections.
+    pub ws_max_channels_per_principal: usize,
+    /// WebSocket: largest `publish` data, as JSON text.
+    pub ws_max_publish_bytes: usize,
+    /// WebSocket: publishes per minute per principal (each also counts as a write).
+    pub ws_publish_per_minute: u32,
+    /// WebSocket: browser origins that may connect (`*`: any); empty: no check.
+    pub ws_allowed_origins: Vec<String>,
     /// WebSocket: client frames per second per connection.
     pub ws_ops_per_second: u32,
     /// WebSocket: how long before an access token expires the server asks for a new one.
