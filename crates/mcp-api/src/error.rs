@@ -80,6 +80,15 @@ impl ApiError {
         self
     }
 
+    /// 403: a WebSocket upgrade from a browser page whose `Origin` is not allowed.
+    pub fn origin_forbidden() -> Self {
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "origin_forbidden",
+            "this origin may not open a WebSocket to the hub (see `ws_allowed_origins`)",
+        )
+    }
+
     pub fn task_not_found(id: &str) -> Self {
         ApiError::new(
             StatusCode::NOT_FOUND,

@@ -83,6 +83,8 @@ pub struct AppState {
     pub followups: Option<Followups>,
     /// Cancelled when the server begins to shut down: WebSocket connections close with 1001.
     pub shutdown: tokio_util::sync::CancellationToken,
+    /// The channels each principal's WebSocket connections hold on this node.
+    pub ws_channels: Arc<crate::ws::ChannelClaims>,
 }
 
 /// An integration of the configuration file, described without its secrets.

@@ -150,4 +150,10 @@ pub trait EventBus: Send + Sync + 'static {
 
     /// The channel's current position (offset 0 for a channel with no events yet).
     async fn position(&self, channel: &str) -> Result<StreamPosition, BusError>;
+
+    /// A subscription of `channel` was dropped. If nobody on this node listens to it any more,
+    /// the buffer that fanned its events out (one slot per delivery a subscriber may fall behind,
+    /// allocated whole) is freed now instead of at some later sweep; its position and history
+    /// stay, as for any channel nobody listens to. Cheap, never fails, never waits on I/O.
+    fn release(&self, _channel: &str) {}
 }

@@ -21,6 +21,7 @@ fn config() -> BusConfig {
         history_ttl: Duration::from_secs(120),
         buffer: 64,
         max_channels: 1000,
+        ..BusConfig::default()
     }
 }
 
@@ -110,10 +111,29 @@ conformance!(
     position_before_the_first_event_recovers_it,
     publishes_batches_in_order,
     observes_only_channels_someone_was_given_a_position_for,
+    releasing_the_last_subscription_keeps_position_and_history,
 );
 
 mod cases {
     use super::*;
+
+    pub async fn releasing_the_last_subscription_keeps_position_and_history(
+        bus: Arc<dyn EventBus>,
+    ) {
+        let rx = bus.subscribe("room:left").await.unwrap();
+        let start = bus.position("room:left").await.unwrap();
+        drop(rx);
+        bus.release("room:left");
+        // Releasing a channel nobody subscribed to, or twice, is harmless.
+        bus.release("room:left");
+        bus.release("room:never");
+        bus.publish("room:left", event(1)).await.unwrap();
+        let recovery = bus.recover("room:left", &start).await.unwrap();
+        assert_eq!(offsets(&recovery), Some(vec![start.offset + 1]));
+        let mut again = bus.subscribe("room:left").await.unwrap();
+        bus.publish("room:left", event(2)).await.unwrap();
+        assert_eq!(next(&mut again).await.offset, start.offset + 2);
+    }
 
     pub async fn observes_only_channels_someone_was_given_a_position_for(bus: Arc<dyn EventBus>) {
         let channels = [

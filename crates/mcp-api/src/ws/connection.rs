@@ -32,7 +32,7 @@ pub(super) struct Connection {
     /// What the deny-list is asked about whenever it changes.
     pub(super) credential: Option<Credential>,
     pub(super) refresh_asked: bool,
-    pub(super) subscriptions: HashMap<String, JoinHandle<()>>,
+    pub(super) subscriptions: HashMap<String, Subscribed>,
     pub(super) out: Option<mpsc::Sender<Utf8Bytes>>,
     pub(super) closing: watch::Sender<Option<Closing>>,
     pub(super) tat: Option<i64>,
@@ -42,6 +42,19 @@ pub(super) struct Connection {
     /// Where the outcome of each task assigned to this worker goes.
     pub(super) pending: Arc<std::sync::Mutex<HashMap<uuid::Uuid, PendingReply>>>,
     pub(super) assignments: Option<JoinHandle<()>>,
+}
+
+/// One subscription: its forwarder, and the principal's hold on the channel.
+pub(super) struct Subscribed {
+    pub(super) forwarder: JoinHandle<()>,
+    pub(super) _claim: super::limits::Claim,
+}
+
+impl Drop for Subscribed {
+    fn drop(&mut self) {
+        // The forwarder owns the bus receiver; ending it lets the bus free the channel's buffer.
+        self.forwarder.abort();
+    }
 }
 
 pub(super) type PendingReply = tokio::sync::oneshot::Sender<Result<Value, HandlerError>>;

@@ -7,6 +7,7 @@ pub mod close;
 pub(crate) mod config;
 mod connection;
 mod frame;
+mod limits;
 mod policy;
 mod socket;
 mod subscriptions;
@@ -14,6 +15,7 @@ mod workers;
 
 pub use config::WsConfig;
 pub use frame::{ClientFrame, FrameError, Op, WorkerError, decode};
+pub use limits::ChannelClaims;
 
 use crate::access::Access::Public;
 use crate::auth::bearer;
@@ -36,6 +38,28 @@ pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
     ]
 }
 
+/// Whether a browser's `Origin` may open a socket: any when `allowed` is empty (no check) or
+/// holds `*`, and any request without `Origin` (browsers always send it on a WebSocket upgrade,
+/// other clients need not). Compared without case and without a trailing `/`.
+fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiError> {
+    if allowed.is_empty() {
+        return Ok(());
+    }
+    let Some(origin) = headers.get(axum::http::header::ORIGIN) else {
+        return Ok(());
+    };
+    let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
+    let listed = allowed.iter().any(|a| {
+        let a = a.trim_end_matches('/');
+        a == "*" || a.eq_ignore_ascii_case(origin)
+    });
+    if listed && !origin.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::origin_forbidden())
+    }
+}
+
 /// Read buffer per connection: client frames are small, and the transport's default (128 KiB,
 /// zero-filled, so all resident) would make idle connections cost that much each.
 const READ_BUFFER: usize = 4 * 1024;
@@ -47,12 +71,17 @@ const READ_BUFFER: usize = 4 * 1024;
         (status = 101, description = "switching to the WebSocket protocol (docs/websocket.md)"),
         (status = 400, description = "not a WebSocket upgrade request", body = crate::error::ErrorBody),
         (status = 401, description = "bad credentials on the upgrade", body = crate::error::ErrorBody),
+        (status = 403, description = "`origin_forbidden`: a browser page from an origin not in `ws_allowed_origins`", body = crate::error::ErrorBody),
     ))]
 pub async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    // Before anything else: a page of another site must not ride a user's browser into the hub.
+    if let Err(e) = origin_allowed(&headers, &state.config.ws.allowed_origins) {
+        return e.into_response();
+    }
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => {
@@ -82,4 +111,33 @@ pub async fn upgrade(
         .on_upgrade(move |socket| async move {
             Connection::new(state, authenticated).run(socket).await;
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_origin(origin: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        if let Some(origin) = origin {
+            headers.insert(axum::http::header::ORIGIN, origin.parse().unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn checks_the_origin_only_when_origins_are_configured() {
+        let allowed = vec!["https://app.example.com/".to_owned()];
+        let ok = |origin, allowed: &[String]| origin_allowed(&with_origin(origin), allowed).is_ok();
+        assert!(ok(Some("https://evil.example"), &[]), "no list, no check");
+        assert!(ok(None, &allowed), "not a browser");
+        assert!(ok(Some("https://APP.example.com"), &allowed));
+        assert!(!ok(Some("https://evil.example"), &allowed));
+        assert!(!ok(Some("null"), &allowed), "sandboxed pages send `null`");
+        assert!(!ok(Some(""), &allowed));
+        assert!(ok(Some("https://any.example"), &["*".to_owned()]));
+        let refused = origin_allowed(&with_origin(Some("https://evil.example")), &allowed);
+        let e = refused.unwrap_err();
+        assert_eq!((e.status.as_u16(), e.code), (403, "origin_forbidden"));
+    }
 }

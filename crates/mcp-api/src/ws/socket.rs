@@ -135,9 +135,8 @@ impl Connection {
                 break;
             }
         }
-        for (_, forwarder) in self.subscriptions.drain() {
-            forwarder.abort();
-        }
+        // Dropping each ends its forwarder and lets go of its channel.
+        self.subscriptions.clear();
         // A worker that goes gives its tasks back at once: dropping the pending replies tells
         // each waiting attempt to release its task without spending the attempt.
         if let Some(worker) = self.worker.take() {
@@ -257,14 +256,12 @@ impl Connection {
                 self.subscribe(&principal, channel, since, &frame.id).await
             }
             Op::Unsubscribe { channel } => match self.subscriptions.remove(&channel) {
-                Some(forwarder) => {
-                    forwarder.abort();
-                    Ok(Some(json!({})))
-                }
+                Some(_ended) => Ok(Some(json!({}))),
                 None => Err(ws_error("not_subscribed", "not subscribed to that channel")),
             },
             Op::Publish { channel, data } => {
                 self.may_publish(&principal, &channel)?;
+                self.may_send(&principal, &data).await?;
                 let event = Event::new("message", data, crate::request_id::current());
                 let position = self
                     .state
@@ -280,6 +277,7 @@ impl Connection {
                 if !principal.can(Permission::TasksCreate) {
                     return Err(forbidden("tasks:create"));
                 }
+                self.count_write(&principal).await?;
                 let request: CreateTask = serde_json::from_value(task)
                     .map_err(|e| ws_error("invalid_request", &e.to_string()))?;
                 let inserted = self

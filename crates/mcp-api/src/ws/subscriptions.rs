@@ -2,11 +2,11 @@
 //! moves the bus's deliveries into the connection's queue.
 
 use super::close;
-use super::connection::{Closing, Connection, reply, ws_error};
+use super::connection::{Closing, Connection, Subscribed, reply, ws_error};
 use crate::auth::Principal;
 use crate::error::ApiError;
 use axum::extract::ws::Utf8Bytes;
-use mcp_core::events::{Delivery, Recovery, StreamPosition};
+use mcp_core::events::{Delivery, EventBus, Recovery, StreamPosition};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use tokio::sync::{broadcast, mpsc, watch};
@@ -32,11 +32,16 @@ impl Connection {
             ));
         }
         self.may_subscribe(principal, &channel).await?;
+        let claim = self.claim_channel(principal, &channel)?;
         let bus = &self.state.events;
         let unavailable = |e: mcp_core::events::BusError| ws_error("unavailable", &e.to_string());
         // Live first, then history: nothing published in between is missed; the forwarder
         // skips what the history already delivered.
-        let live = bus.subscribe(&channel).await.map_err(unavailable)?;
+        let live = Live::new(
+            bus.subscribe(&channel).await.map_err(unavailable)?,
+            bus.clone(),
+            &channel,
+        );
         let position = bus.position(&channel).await.map_err(unavailable)?;
         let (result, missed, mut delivered) = match since {
             None => (
@@ -71,8 +76,65 @@ impl Connection {
             self.out.clone(),
             self.closing.clone(),
         ));
-        self.subscriptions.insert(channel, forwarder);
+        self.subscriptions.insert(
+            channel,
+            Subscribed {
+                forwarder,
+                _claim: claim,
+            },
+        );
         Ok(None)
+    }
+}
+
+/// A subscription's bus receiver. Dropping it (the forwarder ends or is aborted, or the
+/// subscribe op fails half-way) tells the bus once the receiver is gone, so the channel's
+/// buffer is freed as soon as its last subscriber on this node leaves.
+struct Live {
+    receiver: Option<broadcast::Receiver<Delivery>>,
+    bus: Option<(Arc<dyn EventBus>, String)>,
+}
+
+impl Live {
+    fn new(receiver: broadcast::Receiver<Delivery>, bus: Arc<dyn EventBus>, channel: &str) -> Live {
+        Live {
+            receiver: Some(receiver),
+            bus: Some((bus, channel.to_owned())),
+        }
+    }
+
+    async fn recv(&mut self) -> Result<Delivery, broadcast::error::RecvError> {
+        match &mut self.receiver {
+            Some(receiver) => receiver.recv().await,
+            None => Err(broadcast::error::RecvError::Closed),
+        }
+    }
+
+    fn try_recv(&mut self) -> Result<Delivery, broadcast::error::TryRecvError> {
+        match &mut self.receiver {
+            Some(receiver) => receiver.try_recv(),
+            None => Err(broadcast::error::TryRecvError::Closed),
+        }
+    }
+}
+
+impl From<broadcast::Receiver<Delivery>> for Live {
+    /// A receiver no bus hears about when it goes (tests).
+    fn from(receiver: broadcast::Receiver<Delivery>) -> Live {
+        Live {
+            receiver: Some(receiver),
+            bus: None,
+        }
+    }
+}
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        // The receiver first: the bus frees the buffer only when no receiver is left.
+        self.receiver = None;
+        if let Some((bus, channel)) = &self.bus {
+            bus.release(channel);
+        }
     }
 }
 
@@ -98,7 +160,7 @@ const INTERRUPTED: &str =
 /// Moves one subscription's deliveries into the connection's queue, skipping what was already
 /// delivered (offsets are increasing per channel).
 async fn forward(
-    mut live: broadcast::Receiver<Delivery>,
+    mut live: Live,
     mut delivered: u64,
     out: Option<mpsc::Sender<Utf8Bytes>>,
     closing: watch::Sender<Option<Closing>>,
@@ -162,7 +224,7 @@ mod tests {
         let (tx, rx) = broadcast::channel(16);
         let (out_tx, mut out_rx) = mpsc::channel(16);
         let closing = watch::channel(None).0;
-        let forwarder = tokio::spawn(forward(rx, 2, Some(out_tx), closing.clone()));
+        let forwarder = tokio::spawn(forward(rx.into(), 2, Some(out_tx), closing.clone()));
         for offset in 1..=4 {
             tx.send(delivery(offset)).unwrap();
         }
@@ -184,7 +246,7 @@ mod tests {
         for offset in 1..=3 {
             tx.send(delivery(offset)).unwrap();
         }
-        forward(rx, 0, Some(out_tx), closing.clone()).await;
+        forward(rx.into(), 0, Some(out_tx), closing.clone()).await;
         assert_eq!(closing.borrow().map(|c| c.code), Some(close::SLOW_CONSUMER));
     }
 
@@ -196,7 +258,7 @@ mod tests {
         tx.send(delivery(1)).unwrap();
         // What the Redis bus sends when the node switches between Redis and local.
         tx.send(delivery(0)).unwrap();
-        forward(rx, 0, Some(out_tx), closing.clone()).await;
+        forward(rx.into(), 0, Some(out_tx), closing.clone()).await;
         assert!(
             out_rx.recv().await.is_some(),
             "the event before the interruption"
@@ -213,7 +275,7 @@ mod tests {
         for offset in 1..=5 {
             tx.send(delivery(offset)).unwrap();
         }
-        forward(rx, 0, Some(out_tx), closing.clone()).await;
+        forward(rx.into(), 0, Some(out_tx), closing.clone()).await;
         assert_eq!(closing.borrow().map(|c| c.code), Some(close::SLOW_CONSUMER));
     }
 }

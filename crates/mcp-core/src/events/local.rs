@@ -1,6 +1,13 @@
 //! The in-process event bus of the embedded deployment: per channel an offset, a bounded history
 //! and a broadcast sender, all in this process's memory.
 //!
+//! Memory is bounded three ways. A channel's broadcast sender (its buffer is allocated whole, one
+//! slot per delivery a subscriber may fall behind: about 100 KiB at the default 1024) exists only
+//! while someone listens, and is dropped as soon as the last subscription is released. History is
+//! bounded per channel in events and in bytes, and across all channels in bytes: beyond the global
+//! budget the oldest events of any channel go first (a position before them then recovers as
+//! lost, like any other gap). Channels nobody listens to are bounded in number (below).
+//!
 //! A channel's epoch names one incarnation of its stream. Channels nobody listens to are forgotten
 //! once their history has aged out (and, beyond `max_channels`, the least recently used first:
 //! there is a `task:{id}` channel per task, so memory must not grow with the number of tasks). A
@@ -15,11 +22,16 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
-/// Limits of an event bus (the Redis one uses the first three too).
+/// Limits of an event bus (the Redis one uses `history_size`, `history_ttl` and `buffer` too).
 #[derive(Debug, Clone, Copy)]
 pub struct BusConfig {
     /// Events kept per channel for recovery.
     pub history_size: usize,
+    /// Bytes of history kept per channel (the events' estimated memory); the oldest go first.
+    pub history_channel_bytes: usize,
+    /// Bytes of history kept across every channel; beyond it the oldest events of any channel
+    /// go first (in-process bus only: the Redis bus keeps its history in Redis).
+    pub history_bytes: usize,
     /// Events older than this are dropped from the history; a channel idle this long and with
     /// no subscriber is forgotten.
     pub history_ttl: Duration,
@@ -34,6 +46,8 @@ impl Default for BusConfig {
     fn default() -> Self {
         BusConfig {
             history_size: 1000,
+            history_channel_bytes: 1024 * 1024,
+            history_bytes: 64 * 1024 * 1024,
             history_ttl: Duration::from_secs(3600),
             buffer: 1024,
             max_channels: 10_000,
@@ -51,12 +65,39 @@ struct Held {
     at: Instant,
     event: Arc<Event>,
     frame: Option<Arc<str>>,
+    /// What it counts against the byte budgets.
+    bytes: usize,
+}
+
+/// Held events and bytes let go of, for the bus-wide totals.
+#[derive(Debug, Default, Clone, Copy)]
+struct Freed {
+    events: usize,
+    bytes: usize,
+}
+
+impl Freed {
+    fn add(&mut self, bytes: usize) {
+        self.events += 1;
+        self.bytes += bytes;
+    }
+}
+
+/// An event's place in the bus-wide publication order, for evicting the oldest across channels.
+struct Published {
+    channel: Arc<str>,
+    incarnation: u64,
+    offset: u64,
 }
 
 struct Channel {
+    /// Which incarnation of the name this is (also numbers its epoch).
+    incarnation: u64,
     epoch: Arc<str>,
     offset: u64,
     history: VecDeque<Held>,
+    /// Sum of the held events' `bytes`.
+    history_bytes: usize,
     /// Made at the first subscription, dropped once nobody listens.
     sender: Option<broadcast::Sender<Delivery>>,
     /// Last publish, subscription or position query.
@@ -68,20 +109,74 @@ impl Channel {
         self.sender.as_ref().is_some_and(|s| s.receiver_count() > 0)
     }
 
-    fn trim(&mut self, config: &BusConfig, now: Instant) {
+    /// Drops the oldest held event; its bytes.
+    fn pop_oldest(&mut self) -> Option<usize> {
+        let held = self.history.pop_front()?;
+        self.history_bytes = self.history_bytes.saturating_sub(held.bytes);
+        Some(held.bytes)
+    }
+
+    fn trim(&mut self, config: &BusConfig, now: Instant) -> Freed {
+        let mut freed = Freed::default();
         while self.history.len() > config.history_size
+            || self.history_bytes > config.history_channel_bytes
             || self
                 .history
                 .front()
                 .is_some_and(|h| now.saturating_duration_since(h.at) > config.history_ttl)
         {
-            self.history.pop_front();
+            match self.pop_oldest() {
+                Some(bytes) => freed.add(bytes),
+                None => break,
+            }
+        }
+        freed
+    }
+
+    /// What forgetting the whole channel lets go of.
+    fn held(&self) -> Freed {
+        Freed {
+            events: self.history.len(),
+            bytes: self.history_bytes,
         }
     }
 }
 
+/// Fixed cost counted per JSON value and per object entry on top of its text: about what
+/// `serde_json::Value` and its map take in memory beyond the bytes themselves.
+const VALUE_OVERHEAD: usize = 32;
+const ENTRY_OVERHEAD: usize = 32;
+
+/// About what `event` takes in memory, counted by walking its data (cheaper than serialising
+/// it, which this bus avoids for events nobody listens to).
+fn weight(event: &Event) -> usize {
+    fn value(v: &serde_json::Value) -> usize {
+        use serde_json::Value;
+        VALUE_OVERHEAD
+            + match v {
+                Value::String(s) => s.len(),
+                Value::Array(items) => items.iter().map(value).sum(),
+                Value::Object(map) => map
+                    .iter()
+                    .map(|(k, v)| ENTRY_OVERHEAD + k.len() + value(v))
+                    .sum(),
+                _ => 0,
+            }
+    }
+    std::mem::size_of::<Event>()
+        + event.event_type.len()
+        + event.correlation_id.as_ref().map_or(0, String::len)
+        + value(&event.data)
+}
+
 struct Channels {
     map: HashMap<String, Channel>,
+    /// Events held across every channel, and their bytes.
+    held: usize,
+    bytes: usize,
+    /// Held events in publication order (with entries for some already let go of, skipped when
+    /// met and compacted away when they pile up).
+    order: VecDeque<Published>,
     /// Channels made so far: numbers the epochs of this process.
     incarnations: u64,
     last_sweep: Instant,
@@ -110,6 +205,9 @@ impl LocalBus {
             process: uuid::Uuid::new_v4().simple().to_string(),
             channels: Mutex::new(Channels {
                 map: HashMap::new(),
+                held: 0,
+                bytes: 0,
+                order: VecDeque::new(),
                 incarnations: 0,
                 last_sweep: Instant::now(),
                 sweep_at_len: config.max_channels,
@@ -120,6 +218,20 @@ impl LocalBus {
     /// Channels held now (for tests of the memory bound).
     pub fn channel_count(&self) -> usize {
         self.lock().map.len()
+    }
+
+    /// Channels with a broadcast sender (someone listens, or did until a sweep or a release).
+    pub fn sender_count(&self) -> usize {
+        self.lock()
+            .map
+            .values()
+            .filter(|c| c.sender.is_some())
+            .count()
+    }
+
+    /// Bytes of history held across every channel (for tests of the memory bound).
+    pub fn history_bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     fn lock(&self) -> MutexGuard<'_, Channels> {
@@ -141,13 +253,16 @@ impl LocalBus {
         }
         if !channels.map.contains_key(name) {
             channels.incarnations += 1;
-            let epoch = format!("{}-{}", self.process, channels.incarnations);
+            let incarnation = channels.incarnations;
+            let epoch = format!("{}-{incarnation}", self.process);
             channels.map.insert(
                 name.to_owned(),
                 Channel {
+                    incarnation,
                     epoch: epoch.into(),
                     offset: 0,
                     history: VecDeque::new(),
+                    history_bytes: 0,
                     sender: None,
                     touched: now,
                 },
@@ -166,14 +281,23 @@ impl LocalBus {
     fn sweep(&self, channels: &mut Channels, now: Instant) {
         let config = &self.config;
         channels.last_sweep = now;
+        let mut freed = Freed::default();
         channels.map.retain(|_, channel| {
-            channel.trim(config, now);
+            let trimmed = channel.trim(config, now);
+            freed.events += trimmed.events;
+            freed.bytes += trimmed.bytes;
             if !channel.listened() {
                 channel.sender = None;
             }
-            channel.sender.is_some()
+            let keep = channel.sender.is_some()
                 || !channel.history.is_empty()
-                || now.saturating_duration_since(channel.touched) <= config.history_ttl
+                || now.saturating_duration_since(channel.touched) <= config.history_ttl;
+            if !keep {
+                let held = channel.held();
+                freed.events += held.events;
+                freed.bytes += held.bytes;
+            }
+            keep
         });
         // `>=`: room is made before a channel is added, so the bound holds after it.
         if channels.map.len() >= config.max_channels {
@@ -189,11 +313,19 @@ impl LocalBus {
                 let nth = excess.min(idle.len()) - 1;
                 let (_, newest_evicted, _) = idle.select_nth_unstable(nth);
                 let newest_evicted = *newest_evicted;
-                channels
-                    .map
-                    .retain(|_, c| c.sender.is_some() || c.touched > newest_evicted);
+                channels.map.retain(|_, c| {
+                    let keep = c.sender.is_some() || c.touched > newest_evicted;
+                    if !keep {
+                        let held = c.held();
+                        freed.events += held.events;
+                        freed.bytes += held.bytes;
+                    }
+                    keep
+                });
             }
         }
+        channels.let_go(freed);
+        channels.compact();
         // When subscribed channels alone exceed the bound, look again only after a quarter more.
         channels.sweep_at_len = if channels.map.len() < config.max_channels {
             config.max_channels
@@ -211,6 +343,7 @@ impl LocalBus {
     ) -> StreamPosition {
         let config = self.config;
         let channel = self.channel(channels, name, now);
+        let incarnation = channel.incarnation;
         channel.offset += 1;
         let offset = channel.offset;
         let mut frame = None;
@@ -224,19 +357,82 @@ impl LocalBus {
         } else {
             channel.sender = None;
         }
+        let mut added = 0;
         if config.history_size > 0 {
+            added = weight(&event) + frame.as_ref().map_or(0, |f| f.len());
+            channel.history_bytes += added;
             channel.history.push_back(Held {
                 offset,
                 at: now,
                 event,
                 frame,
+                bytes: added,
             });
         }
-        channel.trim(&config, now);
-        StreamPosition {
+        let freed = channel.trim(&config, now);
+        let position = StreamPosition {
             offset,
             epoch: channel.epoch.to_string(),
+        };
+        if config.history_size > 0 {
+            channels.held += 1;
+            channels.bytes += added;
+            channels.order.push_back(Published {
+                channel: name.into(),
+                incarnation,
+                offset,
+            });
         }
+        channels.let_go(freed);
+        self.keep_within_budget(channels);
+        position
+    }
+
+    /// Evicts the oldest held events, whatever their channel, while the bus-wide history is
+    /// over its byte budget.
+    fn keep_within_budget(&self, channels: &mut Channels) {
+        while channels.bytes > self.config.history_bytes {
+            let Some(oldest) = channels.order.pop_front() else {
+                break;
+            };
+            // An entry whose event is gone already (trimmed, or its channel forgotten) is skipped.
+            let Some(channel) = channels.map.get_mut(&*oldest.channel) else {
+                continue;
+            };
+            if channel.incarnation != oldest.incarnation
+                || channel.history.front().map(|h| h.offset) != Some(oldest.offset)
+            {
+                continue;
+            }
+            if let Some(bytes) = channel.pop_oldest() {
+                let mut freed = Freed::default();
+                freed.add(bytes);
+                channels.let_go(freed);
+            }
+        }
+        channels.compact();
+    }
+}
+
+impl Channels {
+    fn let_go(&mut self, freed: Freed) {
+        self.held = self.held.saturating_sub(freed.events);
+        self.bytes = self.bytes.saturating_sub(freed.bytes);
+    }
+
+    /// Drops the order's entries of events no longer held once they outnumber the held ones
+    /// (amortised: each compaction at least halves the queue).
+    fn compact(&mut self) {
+        if self.order.len() <= 2 * self.held + 64 {
+            return;
+        }
+        let map = &self.map;
+        self.order.retain(|entry| {
+            map.get(&*entry.channel).is_some_and(|c| {
+                c.incarnation == entry.incarnation
+                    && c.history.front().is_some_and(|h| h.offset <= entry.offset)
+            })
+        });
     }
 }
 
@@ -295,22 +491,26 @@ impl EventBus for LocalBus {
             if *state.epoch != since.epoch || since.offset > state.offset {
                 return Ok(Recovery::Lost);
             }
-            state.trim(&self.config, now);
+            let freed = state.trim(&self.config, now);
             state.touched = now;
             let oldest = state
                 .history
                 .front()
                 .map_or(state.offset + 1, |held| held.offset);
-            if since.offset + 1 < oldest {
-                return Ok(Recovery::Lost);
+            let found = (since.offset + 1 >= oldest).then(|| {
+                let missed: Vec<_> = state
+                    .history
+                    .iter()
+                    .filter(|held| held.offset > since.offset)
+                    .map(|held| (held.offset, held.event.clone(), held.frame.clone()))
+                    .collect();
+                (state.epoch.clone(), missed)
+            });
+            channels.let_go(freed);
+            match found {
+                Some(found) => found,
+                None => return Ok(Recovery::Lost),
             }
-            let missed: Vec<_> = state
-                .history
-                .iter()
-                .filter(|held| held.offset > since.offset)
-                .map(|held| (held.offset, held.event.clone(), held.frame.clone()))
-                .collect();
-            (state.epoch.clone(), missed)
         };
         // Frames are made outside the lock: publishers need not wait for a recovery.
         Ok(Recovery::Recovered(
@@ -338,6 +538,16 @@ impl EventBus for LocalBus {
             offset: channel.offset,
             epoch: channel.epoch.to_string(),
         })
+    }
+
+    /// Drops the channel's sender (and with it the buffer) once nobody listens.
+    fn release(&self, channel: &str) {
+        let mut channels = self.lock();
+        if let Some(state) = channels.map.get_mut(channel)
+            && !state.listened()
+        {
+            state.sender = None;
+        }
     }
 }
 
@@ -462,5 +672,118 @@ mod tests {
         assert_eq!(bus.position("watched").await.unwrap().offset, 1);
         // The most recent channels are the ones kept.
         assert_eq!(bus.position("task:9999").await.unwrap().offset, 1);
+    }
+
+    fn sized(n: u64, bytes: usize) -> Arc<Event> {
+        Arc::new(Event::new(
+            "test",
+            json!({"n": n, "pad": "x".repeat(bytes)}),
+            None,
+        ))
+    }
+
+    #[tokio::test]
+    async fn frees_the_broadcast_buffer_when_the_last_subscriber_leaves() {
+        let bus = LocalBus::default();
+        let start = bus.position("room:a").await.unwrap();
+        let first = bus.subscribe("room:a").await.unwrap();
+        let second = bus.subscribe("room:a").await.unwrap();
+        drop(first);
+        bus.release("room:a");
+        assert_eq!(bus.sender_count(), 1, "one subscriber is left");
+        drop(second);
+        bus.release("room:a");
+        assert_eq!(bus.sender_count(), 0);
+        // Position and history outlive the buffer: what was missed meanwhile is recovered.
+        bus.publish("room:a", event(1)).await.unwrap();
+        assert_eq!(
+            offsets(bus.recover("room:a", &start).await.unwrap()),
+            Some(vec![1])
+        );
+        let mut again = bus.subscribe("room:a").await.unwrap();
+        bus.publish("room:a", event(2)).await.unwrap();
+        assert_eq!(again.recv().await.unwrap().offset, 2);
+    }
+
+    #[tokio::test]
+    async fn bounds_each_channels_history_in_bytes() {
+        let bus = LocalBus::new(BusConfig {
+            history_channel_bytes: 10_000,
+            ..BusConfig::default()
+        });
+        let start = bus.position("room:big").await.unwrap();
+        for n in 1..=100 {
+            bus.publish("room:big", sized(n, 1000)).await.unwrap();
+        }
+        assert!(bus.history_bytes() <= 10_000, "{}", bus.history_bytes());
+        assert_eq!(
+            offsets(bus.recover("room:big", &start).await.unwrap()),
+            None
+        );
+        let recent = StreamPosition {
+            offset: 97,
+            epoch: start.epoch.clone(),
+        };
+        assert_eq!(
+            offsets(bus.recover("room:big", &recent).await.unwrap()),
+            Some(vec![98, 99, 100])
+        );
+        // An event larger than the whole budget is published, but not held.
+        let position = bus.publish("room:big", sized(101, 20_000)).await.unwrap();
+        assert_eq!(position.offset, 101);
+        assert!(bus.history_bytes() <= 10_000, "{}", bus.history_bytes());
+    }
+
+    #[tokio::test]
+    async fn evicts_the_oldest_events_of_any_channel_beyond_the_global_budget() {
+        let bus = LocalBus::new(BusConfig {
+            history_bytes: 50_000,
+            ..BusConfig::default()
+        });
+        let old = bus.position("room:old").await.unwrap();
+        for n in 1..=10 {
+            bus.publish("room:old", sized(n, 1000)).await.unwrap();
+        }
+        let new = bus.position("room:new").await.unwrap();
+        for n in 1..=200 {
+            bus.publish(&format!("room:{}", n % 7), sized(n, 1000))
+                .await
+                .unwrap();
+            assert!(bus.history_bytes() <= 50_000, "{}", bus.history_bytes());
+        }
+        bus.publish("room:new", sized(1, 1000)).await.unwrap();
+        assert_eq!(offsets(bus.recover("room:old", &old).await.unwrap()), None);
+        assert_eq!(
+            offsets(bus.recover("room:new", &new).await.unwrap()),
+            Some(vec![1])
+        );
+        // The publication order does not grow with events already let go of.
+        let channels = bus.lock();
+        assert!(channels.order.len() <= 2 * channels.held + 64);
+    }
+
+    #[tokio::test]
+    async fn forgetting_channels_gives_their_bytes_back() {
+        let bus = LocalBus::new(BusConfig {
+            history_ttl: Duration::from_millis(1),
+            ..BusConfig::default()
+        });
+        for n in 0..100 {
+            bus.publish(&format!("room:{n}"), sized(n, 1000))
+                .await
+                .unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        bus.publish("room:last", event(0)).await.unwrap();
+        assert!(bus.history_bytes() < 2_000, "{}", bus.history_bytes());
+        let channels = bus.lock();
+        assert_eq!(
+            channels.held,
+            channels
+                .map
+                .values()
+                .map(|c| c.history.len())
+                .sum::<usize>()
+        );
     }
 }

@@ -70,6 +70,17 @@ impl Config {
             "revocation_poll_ms must be between 10 and 1000 (revocation reaches every node within it)"
         );
         anyhow::ensure!(self.max_batch > 0, "max_batch must be at least 1");
+        for origin in &self.ws_allowed_origins {
+            // What a browser sends: `scheme://host[:port]`, nothing after it.
+            let host = origin
+                .strip_prefix("https://")
+                .or_else(|| origin.strip_prefix("http://"))
+                .map(|rest| rest.trim_end_matches('/'));
+            anyhow::ensure!(
+                origin == "*" || host.is_some_and(|h| !h.is_empty() && !h.contains('/')),
+                "ws_allowed_origins: `{origin}` is not an origin (`https://host[:port]`, or `*`)"
+            );
+        }
         anyhow::ensure!(
             (0.0..=1.0).contains(&self.fair_share_max_fraction),
             "fair_share_max_fraction must be between 0 and 1 (0 or 1: no cap)"

@@ -139,12 +139,19 @@ pub struct Config {
     pub redis_retry_max_ms: u64,
     /// Events kept per channel for recovery with `since`.
     pub event_history_size: usize,
+    /// In-process bus: bytes of history kept per channel (the oldest events go first).
+    pub event_history_channel_bytes: usize,
+    /// In-process bus: bytes of history kept across all channels (the oldest events of any
+    /// channel go first).
+    pub event_history_bytes: usize,
     /// Events older than this are dropped from the history; idle channels are forgotten after it.
     pub event_history_ttl_secs: u64,
     /// Events a subscriber may fall behind before it lags (and must recover).
     pub event_buffer: usize,
     /// In-process bus: channels without subscribers held at most (least recently used go first).
     pub event_max_channels: usize,
+    /// How often freed memory is handed back to the system (glibc's `malloc_trim`); 0: never.
+    pub allocator_trim_interval_ms: u64,
     /// Task events waiting for the bus at most; beyond, they are dropped (tasks are unaffected).
     pub event_queue: usize,
     /// Peers (IP addresses or CIDR blocks) whose `X-Forwarded-For` names the client.
@@ -198,7 +205,17 @@ pub struct Config {
     pub ws_send_queue: usize,
     /// WebSocket: largest client frame.
     pub ws_max_frame_bytes: usize,
+    /// WebSocket: subscriptions per connection.
     pub ws_max_subscriptions: usize,
+    /// WebSocket: distinct channels one principal may subscribe to on a node, over all its
+    /// connections.
+    pub ws_max_channels_per_principal: usize,
+    /// WebSocket: largest `publish` data, as JSON text.
+    pub ws_max_publish_bytes: usize,
+    /// WebSocket: publishes per minute per principal (each also counts as a write).
+    pub ws_publish_per_minute: u32,
+    /// WebSocket: browser origins that may connect (`*`: any); empty: no check.
+    pub ws_allowed_origins: Vec<String>,
     /// WebSocket: client frames per second per connection.
     pub ws_ops_per_second: u32,
     /// WebSocket: how long before an access token expires the server asks for a new one.

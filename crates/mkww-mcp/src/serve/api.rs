@@ -61,6 +61,10 @@ pub fn api_state(
                 send_queue: config.ws_send_queue.max(1),
                 max_frame_bytes: config.ws_max_frame_bytes,
                 max_subscriptions: config.ws_max_subscriptions,
+                max_channels_per_principal: config.ws_max_channels_per_principal,
+                max_publish_bytes: config.ws_max_publish_bytes,
+                publish_per_minute: config.ws_publish_per_minute.max(1),
+                allowed_origins: config.ws_allowed_origins.clone(),
                 ops_per_second: config.ws_ops_per_second.max(1),
                 refresh_notice: Config::ms(config.ws_refresh_notice_ms),
                 open_namespaces: config.ws_open_namespaces.clone(),
@@ -102,6 +106,7 @@ pub fn api_state(
         // `serve` sets the node's monitor; without one every dependency counts as up.
         health: Arc::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
+        ws_channels: Arc::default(),
     }
 }
 

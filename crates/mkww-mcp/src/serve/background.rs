@@ -1,5 +1,5 @@
 //! The loops a node runs beside the API: outgoing webhook dispatch, Discord follow-ups, the
-//! VRChat OSC listener and memory retention.
+//! VRChat OSC listener, memory retention and the allocator trim.
 
 use crate::config::Config;
 use crate::serve::stores::Stores;
@@ -139,5 +139,30 @@ pub async fn memory_retention(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(retention.interval) => {}
         }
+    }
+}
+
+/// Gives memory the process freed back to the system, every `every` (zero: never), until `stop`.
+///
+/// glibc's allocator returns freed memory only from the top of its heaps; what a burst freed in
+/// the middle (a flood of WebSocket subscriptions: one ~112 KiB fan-out buffer per channel,
+/// interleaved with small allocations that outlive them) stays resident. Measured: 1,200
+/// channels took the server from 40 to 164 MiB, still 164 MiB after every client left;
+/// `malloc_trim` releases the free pages inside the heaps too. It walks the heaps holding each
+/// arena's lock, which at this period costs nothing noticeable. Other platforms' allocators do not
+/// need it (and have no `malloc_trim`).
+pub async fn allocator_trim(every: Duration, stop: CancellationToken) {
+    if every.is_zero() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: `malloc_trim` only releases free memory; it is safe to call at any time from
+        // any thread (it takes the allocator's own locks).
+        let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
     }
 }

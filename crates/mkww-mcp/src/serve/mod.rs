@@ -121,6 +121,10 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         background::MemoryRetention::of(&config),
         stopping.clone(),
     ));
+    tokio::spawn(background::allocator_trim(
+        Config::ms(config.allocator_trim_interval_ms),
+        stopping.clone(),
+    ));
     http::run(
         listener,
         mcp_api::router(state),

@@ -91,6 +91,8 @@ pub fn limiter(config: &Config) -> anyhow::Result<(Arc<dyn Limiter>, Option<Redi
 pub fn event_bus(config: &Config) -> anyhow::Result<(Arc<dyn EventBus>, Option<RedisBus>)> {
     let bus = BusConfig {
         history_size: config.event_history_size,
+        history_channel_bytes: config.event_history_channel_bytes,
+        history_bytes: config.event_history_bytes,
         history_ttl: Duration::from_secs(config.event_history_ttl_secs),
         buffer: config.event_buffer.max(1),
         max_channels: config.event_max_channels.max(1),

@@ -516,6 +516,11 @@ impl EventBus for RedisBus {
         }
         inner.local.memory().position(channel).await
     }
+
+    /// Only this node's sender is let go of: positions and history live in Redis.
+    fn release(&self, channel: &str) {
+        self.inner.local.release(channel);
+    }
 }
 
 /// The events after `since`, from the channel's Redis stream.

@@ -181,6 +181,18 @@ impl Local {
             .subscribe()
     }
 
+    /// Forgets `channel`'s sender (and its buffer) once nobody on this node listens to it.
+    pub(super) fn release(&self, channel: &str) {
+        let mut state = self.lock();
+        if state
+            .channels
+            .get(channel)
+            .is_some_and(|local| local.sender.receiver_count() == 0)
+        {
+            state.channels.remove(channel);
+        }
+    }
+
     /// Whether someone on this node listens to `channel`.
     pub(super) fn listened(&self, channel: &str) -> bool {
         self.lock()

@@ -91,6 +91,10 @@ impl Node {
             .env("MCP_RATE_LIMIT_IP_PER_MINUTE", "1000000000")
             .env("MCP_RATE_LIMIT_AUTH_PER_MINUTE", "1000000000")
             .env("MCP_WS_OPS_PER_SECOND", "1000000")
+            // One principal publishes every message: its publish and write limits would cap the
+            // saturation phase.
+            .env("MCP_WS_PUBLISH_PER_MINUTE", "1000000000")
+            .env("MCP_RATE_LIMIT_WRITE_PER_MINUTE", "1000000000")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
