@@ -147,7 +147,7 @@ pub enum Permission {
 }
 
 impl Permission {
-    pub const ALL: [Permission; 19] = [
+    pub const ALL: [Permission; 20] = [
         Permission::TasksCreate,
         Permission::TasksReadOwn,
         Permission::TasksCancelOwn,

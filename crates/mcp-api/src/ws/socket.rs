@@ -366,9 +366,8 @@ impl Connection {
             if self.may_subscribe(principal, &channel).await.is_ok() {
                 continue;
             }
-            if let Some(forwarder) = self.subscriptions.remove(&channel) {
-                forwarder.abort();
-            }
+            // Dropping it ends its forwarder and lets go of the channel.
+            self.subscriptions.remove(&channel);
             self.send(
                 json!({"op": "unsubscribed", "channel": channel, "reason": "forbidden"})
                     .to_string()
