@@ -232,6 +232,10 @@ pub trait IdentityStore: Send + Sync + 'static {
     ) -> Result<Revocation, StoreError>;
     /// Entries recorded at or after `since`, oldest first.
     async fn revocations_since(&self, since: DateTime<Utc>) -> Result<Vec<Revocation>, StoreError>;
+    /// Deletes the `subject` and `session` entries whose `not_before` and `recorded_at` are both
+    /// before `before` (they can refuse only tokens that have expired); `api_key` entries stay.
+    /// Returns how many were deleted.
+    async fn prune_revocations(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;
     async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;

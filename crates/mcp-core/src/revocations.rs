@@ -7,6 +7,11 @@
 //! node nudges it on the `system.revocations` channel or when its bus link changes. The node that
 //! revokes applies the entry to its own cache before answering. Open WebSocket connections
 //! `watch()` the cache and re-check their credential whenever it changes.
+//!
+//! The list stays bounded: an entry for a subject or a session refuses only access tokens issued
+//! up to its `not_before`, and those expire `access_token_ttl` later, so once that has passed
+//! (plus a margin) the entry can refuse nothing more. `prune` deletes such entries from the
+//! store and drops them from the cache, by one rule; revoked API keys stay (they never expire).
 
 use crate::events::{Event, EventBus, Subscription};
 use crate::identity::{IdentityStore, Revocation, RevocationTarget};
@@ -31,13 +36,23 @@ pub struct RevocationConfig {
     /// How far before the newest entry seen each read starts again: an entry stamped by the
     /// store's clock becomes visible only when its transaction commits, a moment later.
     pub overlap: Duration,
+    /// How long a subject or session entry is kept after its `not_before` (and `recorded_at`):
+    /// the access token lifetime plus `PRUNE_MARGIN`, after which every token it could refuse
+    /// has expired.
+    pub keep_for: Duration,
 }
+
+/// What is kept beyond the access token lifetime: the tokens' own leeway (5 s) and the clocks
+/// of nodes and database disagreeing, with room to spare.
+pub const PRUNE_MARGIN: Duration = Duration::from_secs(5 * 60);
 
 impl Default for RevocationConfig {
     fn default() -> Self {
         RevocationConfig {
             poll_interval: Duration::from_millis(500),
             overlap: Duration::from_secs(10),
+            // The default access token lifetime (15 min) plus the margin.
+            keep_for: Duration::from_secs(15 * 60) + PRUNE_MARGIN,
         }
     }
 }
@@ -58,38 +73,81 @@ pub enum Credential {
     Other,
 }
 
+/// A subject's cut-off as cached.
+#[derive(Debug, Clone, Copy)]
+struct SubjectCutoff {
+    /// The last second whose tokens are refused (Unix seconds, inclusive).
+    second: i64,
+    /// The latest `not_before` or `recorded_at` seen for it: what `prune` compares.
+    latest: DateTime<Utc>,
+}
+
 /// The cached deny-list.
 #[derive(Debug, Default)]
 pub struct DenyList {
-    /// Subject → the last second whose tokens are refused (Unix seconds, inclusive).
-    subjects: HashMap<String, i64>,
-    sessions: HashSet<Uuid>,
+    subjects: HashMap<String, SubjectCutoff>,
+    /// Session → the latest `not_before` or `recorded_at` seen for it (for `prune`).
+    sessions: HashMap<Uuid, DateTime<Utc>>,
     api_keys: HashSet<Uuid>,
 }
 
 impl DenyList {
     /// Adds an entry; `true` when it refuses something it did not refuse before.
-    pub fn apply(&mut self, target: &RevocationTarget, not_before: DateTime<Utc>) -> bool {
-        match target {
+    pub fn apply(&mut self, entry: &Revocation) -> bool {
+        let latest = entry.not_before.max(entry.recorded_at);
+        match &entry.target {
             RevocationTarget::Subject(subject) => {
                 // Tokens carry whole seconds, so the cut-off second is refused whole: a token
                 // issued in the same second, before the change, must not survive it.
-                let cutoff = not_before.timestamp();
+                let second = entry.not_before.timestamp();
                 match self.subjects.get_mut(subject) {
-                    Some(current) if *current >= cutoff => false,
                     Some(current) => {
-                        *current = cutoff;
-                        true
+                        current.latest = current.latest.max(latest);
+                        if current.second >= second {
+                            false
+                        } else {
+                            current.second = second;
+                            true
+                        }
                     }
                     None => {
-                        self.subjects.insert(subject.clone(), cutoff);
+                        self.subjects
+                            .insert(subject.clone(), SubjectCutoff { second, latest });
                         true
                     }
                 }
             }
-            RevocationTarget::Session(id) => self.sessions.insert(*id),
+            RevocationTarget::Session(id) => match self.sessions.get_mut(id) {
+                Some(current) => {
+                    *current = (*current).max(latest);
+                    false
+                }
+                None => {
+                    self.sessions.insert(*id, latest);
+                    true
+                }
+            },
             RevocationTarget::ApiKey(id) => self.api_keys.insert(*id),
         }
+    }
+
+    /// Drops the subject and session entries whose `not_before` and `recorded_at` are both
+    /// before `before` (the rule of `IdentityStore::prune_revocations`); returns how many.
+    /// API keys stay.
+    pub fn prune(&mut self, before: DateTime<Utc>) -> usize {
+        let was = self.len();
+        self.subjects.retain(|_, cutoff| cutoff.latest >= before);
+        self.sessions.retain(|_, latest| *latest >= before);
+        was - self.len()
+    }
+
+    /// How many entries the list holds.
+    pub fn len(&self) -> usize {
+        self.subjects.len() + self.sessions.len() + self.api_keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Whether the credential is revoked.
@@ -100,11 +158,10 @@ impl DenyList {
                 session,
                 issued_at,
             } => {
-                let by_subject = self
-                    .subjects
-                    .get(subject)
-                    .is_some_and(|cutoff| i64::try_from(*issued_at).unwrap_or(i64::MAX) <= *cutoff);
-                by_subject || session.is_some_and(|s| self.sessions.contains(&s))
+                let by_subject = self.subjects.get(subject).is_some_and(|cutoff| {
+                    i64::try_from(*issued_at).unwrap_or(i64::MAX) <= cutoff.second
+                });
+                by_subject || session.is_some_and(|s| self.sessions.contains_key(&s))
             }
             Credential::ApiKey { id } => self.api_keys.contains(id),
             Credential::Other => false,
@@ -113,7 +170,7 @@ impl DenyList {
 
     /// The last refused second of `subject`'s tokens, if any.
     pub fn cutoff(&self, subject: &str) -> Option<i64> {
-        self.subjects.get(subject).copied()
+        self.subjects.get(subject).map(|cutoff| cutoff.second)
     }
 }
 
@@ -205,10 +262,7 @@ impl Revocations {
     fn apply(&self, entries: &[Revocation]) -> usize {
         let added = {
             let mut list = self.list.write().unwrap_or_else(|e| e.into_inner());
-            entries
-                .iter()
-                .filter(|e| list.apply(&e.target, e.not_before))
-                .count()
+            entries.iter().filter(|e| list.apply(e)).count()
         };
         if added > 0 {
             self.changed.send_modify(|generation| *generation += 1);
@@ -228,6 +282,30 @@ impl Revocations {
             *cursor = Some(cursor.map_or(newest, |c| c.max(newest)));
         }
         Ok(self.apply(&entries))
+    }
+
+    /// Forgets the subject and session entries that can refuse nothing any more (recorded and
+    /// cut off more than `keep_for` before `now`): deletes them from the store, then drops them
+    /// from this node's cache. Returns how many rows the store deleted and how many entries the
+    /// cache dropped. The cache is pruned even when the store fails: the rule alone makes it safe.
+    pub async fn prune(&self, now: DateTime<Utc>) -> (Result<u64, StoreError>, usize) {
+        let keep_for =
+            chrono::Duration::from_std(self.config.keep_for).unwrap_or(chrono::Duration::MAX);
+        let Some(before) = now.checked_sub_signed(keep_for) else {
+            return (Ok(0), 0);
+        };
+        let deleted = self.store.prune_revocations(before).await;
+        let dropped = self
+            .list
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .prune(before);
+        (deleted, dropped)
+    }
+
+    /// How many entries this node's cache holds.
+    pub fn cached(&self) -> usize {
+        self.read().len()
     }
 
     async fn refresh_logged(&self) {
@@ -294,6 +372,15 @@ mod tests {
         DateTime::from_timestamp(seconds, millis * 1_000_000).unwrap()
     }
 
+    /// An entry recorded at its cut-off.
+    fn entry(target: &RevocationTarget, not_before: DateTime<Utc>) -> Revocation {
+        Revocation {
+            target: target.clone(),
+            not_before,
+            recorded_at: not_before,
+        }
+    }
+
     fn token(subject: &str, session: Option<Uuid>, issued_at: u64) -> Credential {
         Credential::AccessToken {
             subject: subject.into(),
@@ -305,7 +392,10 @@ mod tests {
     #[test]
     fn refuses_tokens_issued_up_to_the_cutoff_second() {
         let mut list = DenyList::default();
-        assert!(list.apply(&RevocationTarget::Subject("ann".into()), at(1_000, 300)));
+        assert!(list.apply(&entry(
+            &RevocationTarget::Subject("ann".into()),
+            at(1_000, 300)
+        )));
         assert!(list.refuses(&token("ann", None, 999)));
         assert!(
             list.refuses(&token("ann", None, 1_000)),
@@ -320,17 +410,17 @@ mod tests {
     fn a_cutoff_only_moves_later() {
         let mut list = DenyList::default();
         let ann = RevocationTarget::Subject("ann".into());
-        assert!(list.apply(&ann, at(2_000, 0)));
+        assert!(list.apply(&entry(&ann, at(2_000, 0))));
         assert!(
-            !list.apply(&ann, at(1_000, 0)),
+            !list.apply(&entry(&ann, at(1_000, 0))),
             "an older entry changes nothing"
         );
         assert!(
-            !list.apply(&ann, at(2_000, 900)),
+            !list.apply(&entry(&ann, at(2_000, 900))),
             "nor one in the same second"
         );
         assert!(list.refuses(&token("ann", None, 1_500)));
-        assert!(list.apply(&ann, at(3_000, 0)));
+        assert!(list.apply(&entry(&ann, at(3_000, 0))));
         assert!(list.refuses(&token("ann", None, 2_500)));
     }
 
@@ -338,18 +428,72 @@ mod tests {
     fn refuses_every_token_of_a_revoked_session_and_revoked_keys() {
         let mut list = DenyList::default();
         let (gone, kept, key) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
-        assert!(list.apply(&RevocationTarget::Session(gone), at(1_000, 0)));
-        assert!(!list.apply(&RevocationTarget::Session(gone), at(1_000, 0)));
+        assert!(list.apply(&entry(&RevocationTarget::Session(gone), at(1_000, 0))));
+        assert!(!list.apply(&entry(&RevocationTarget::Session(gone), at(1_000, 0))));
         assert!(
             list.refuses(&token("ann", Some(gone), 5_000)),
             "whenever issued"
         );
         assert!(!list.refuses(&token("ann", Some(kept), 5_000)));
         assert!(!list.refuses(&token("ann", None, 5_000)));
-        assert!(list.apply(&RevocationTarget::ApiKey(key), at(1_000, 0)));
+        assert!(list.apply(&entry(&RevocationTarget::ApiKey(key), at(1_000, 0))));
         assert!(list.refuses(&Credential::ApiKey { id: key }));
         assert!(!list.refuses(&Credential::ApiKey { id: kept }));
         assert!(!list.refuses(&Credential::Other));
+    }
+
+    #[test]
+    fn prune_drops_only_subjects_and_sessions_older_than_the_cutoff() {
+        let mut list = DenyList::default();
+        let (old_session, new_session, key) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let ann = RevocationTarget::Subject("ann".into());
+        let bob = RevocationTarget::Subject("bob".into());
+        assert!(list.apply(&entry(&ann, at(1_000, 0))));
+        assert!(list.apply(&entry(&bob, at(3_000, 0))));
+        assert!(list.apply(&entry(
+            &RevocationTarget::Session(old_session),
+            at(1_000, 0)
+        )));
+        assert!(list.apply(&entry(
+            &RevocationTarget::Session(new_session),
+            at(3_000, 0)
+        )));
+        assert!(list.apply(&entry(&RevocationTarget::ApiKey(key), at(1_000, 0))));
+        // An old cut-off recorded again lately (an older `not_before` changes nothing in the
+        // store but stamps `recorded_at`) is kept, as the store keeps its row.
+        let late = Revocation {
+            target: RevocationTarget::Session(old_session),
+            not_before: at(1_000, 0),
+            recorded_at: at(2_500, 0),
+        };
+        assert!(!list.apply(&late), "refuses nothing new");
+        assert_eq!(list.len(), 5);
+
+        assert_eq!(list.prune(at(2_000, 0)), 1, "only ann");
+        assert!(!list.refuses(&token("ann", None, 999)));
+        assert_eq!(list.cutoff("ann"), None);
+        assert!(list.refuses(&token("bob", None, 2_999)));
+        assert!(list.refuses(&token("x", Some(old_session), 999)));
+
+        assert_eq!(list.prune(at(3_000, 1)), 3, "bob and both sessions");
+        assert!(!list.refuses(&token("bob", None, 2_999)));
+        assert!(!list.refuses(&token("x", Some(new_session), 2_999)));
+        assert!(
+            list.refuses(&Credential::ApiKey { id: key }),
+            "a revoked API key stays refused"
+        );
+        assert_eq!(list.len(), 1);
+        assert_eq!(list.prune(at(1_000_000, 0)), 0);
+    }
+
+    #[test]
+    fn a_pruned_entry_read_again_refuses_again() {
+        let mut list = DenyList::default();
+        let ann = RevocationTarget::Subject("ann".into());
+        assert!(list.apply(&entry(&ann, at(1_000, 0))));
+        assert_eq!(list.prune(at(2_000, 0)), 1);
+        assert!(list.apply(&entry(&ann, at(1_000, 0))), "as new");
+        assert!(list.refuses(&token("ann", None, 1_000)));
     }
 
     #[test]

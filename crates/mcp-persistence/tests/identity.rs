@@ -93,6 +93,8 @@ conformance!(
     records_revocations_and_reads_them_since_an_instant,
     a_revocation_cutoff_never_moves_earlier,
     revocations_reach_a_second_node_through_the_store,
+    prunes_only_expired_subject_and_session_revocations,
+    a_node_forgets_pruned_revocations,
 );
 
 mod cases {
@@ -978,5 +980,84 @@ mod cases {
             0,
             "nothing new the second time"
         );
+    }
+
+    pub async fn prunes_only_expired_subject_and_session_revocations(backend: &Backend) {
+        let store = backend.store();
+        let long_ago = now() - Span::hours(2);
+        let (session, key) = (Uuid::now_v7(), Uuid::now_v7());
+        for target in [
+            RevocationTarget::Subject("ann".into()),
+            RevocationTarget::Session(session),
+            RevocationTarget::ApiKey(key),
+        ] {
+            store.record_revocation(&target, long_ago).await.unwrap();
+        }
+        let future = RevocationTarget::Subject("bob".into());
+        store
+            .record_revocation(&future, now() + Span::hours(2))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .prune_revocations(now() - Span::hours(1))
+                .await
+                .unwrap(),
+            0,
+            "recorded just now: kept, whatever the cut-off"
+        );
+        let before = Utc::now() + Span::hours(1);
+        assert_eq!(store.prune_revocations(before).await.unwrap(), 2);
+        let left = store
+            .revocations_since(DateTime::<Utc>::default())
+            .await
+            .unwrap();
+        let targets: Vec<_> = left.iter().map(|e| e.target.clone()).collect();
+        assert_eq!(
+            targets,
+            vec![RevocationTarget::ApiKey(key), future],
+            "a revoked API key stays, and a cut-off after `before`"
+        );
+        assert_eq!(store.prune_revocations(before).await.unwrap(), 0);
+    }
+
+    pub async fn a_node_forgets_pruned_revocations(backend: &Backend) {
+        use mcp_core::revocations::{Credential, RevocationConfig, Revocations};
+        // Keeps nothing past its cut-off: everything recorded before now is prunable.
+        let config = RevocationConfig {
+            keep_for: std::time::Duration::ZERO,
+            ..RevocationConfig::default()
+        };
+        let node = Revocations::new(backend.store(), None, config);
+        let (session, key) = (Uuid::now_v7(), Uuid::now_v7());
+        let at = Utc::now() - Span::hours(2);
+        node.revoke(RevocationTarget::Session(session), at)
+            .await
+            .unwrap();
+        node.revoke(RevocationTarget::ApiKey(key), at)
+            .await
+            .unwrap();
+        let token = Credential::AccessToken {
+            subject: "ann".into(),
+            session: Some(session),
+            issued_at: at.timestamp() as u64,
+        };
+        assert!(node.is_revoked(&token));
+        assert_eq!(node.cached(), 2);
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        let (deleted, dropped) = node.prune(Utc::now()).await;
+        assert_eq!(deleted.unwrap(), 1);
+        assert_eq!(dropped, 1);
+        assert!(!node.is_revoked(&token));
+        assert!(node.is_revoked(&Credential::ApiKey { id: key }));
+        // The default keeps an entry for the token lifetime and the margin.
+        let careful = Revocations::new(backend.store(), None, RevocationConfig::default());
+        careful
+            .revoke(RevocationTarget::Session(session), at)
+            .await
+            .unwrap();
+        let (deleted, dropped) = careful.prune(Utc::now()).await;
+        assert_eq!((deleted.unwrap(), dropped), (0, 0));
+        assert!(careful.is_revoked(&token));
     }
 }

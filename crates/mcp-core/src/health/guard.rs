@@ -249,6 +249,9 @@ impl IdentityStore for Guarded<dyn IdentityStore> {
     async fn revocations_since(&self, since: DateTime<Utc>) -> Result<Vec<Revocation>, StoreError> {
         guarded!(self, revocations_since(since))
     }
+    async fn prune_revocations(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        guarded!(self, prune_revocations(before))
+    }
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         guarded!(self, append_audit(event))
     }
