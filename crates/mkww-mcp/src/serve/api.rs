@@ -13,7 +13,7 @@ use mcp_core::events::EventBus;
 use mcp_core::identity::IdentityStore;
 use mcp_core::limiter::{Limiter, Quota};
 use mcp_core::memory::MemoryStore;
-use mcp_core::revocations::{RevocationConfig, Revocations};
+use mcp_core::revocations::{PRUNE_MARGIN, RevocationConfig, Revocations};
 use mcp_core::services::{MemoryLimits, MemoryService, TaskLimits, TaskService};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,6 +121,9 @@ pub fn revocations(
         events,
         RevocationConfig {
             poll_interval: Config::ms(config.revocation_poll_ms),
+            // An unreadable lifetime keeps every entry (and `security` refuses to start).
+            keep_for: parse_ttl(&config.access_token_ttl)
+                .map_or(Duration::MAX, |ttl| ttl.saturating_add(PRUNE_MARGIN)),
             ..RevocationConfig::default()
         },
     ))

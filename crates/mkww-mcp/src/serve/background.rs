@@ -1,11 +1,12 @@
 //! The loops a node runs beside the API: outgoing webhook dispatch, Discord follow-ups, the
-//! VRChat OSC listener, memory retention and the allocator trim.
+//! VRChat OSC listener, memory retention, revocation pruning and the allocator trim.
 
 use crate::config::Config;
 use crate::serve::stores::Stores;
 use anyhow::Context;
 use mcp_api::AppState;
 use mcp_core::memory::MemoryStore;
+use mcp_core::revocations::Revocations;
 use mcp_core::secrets::SecretBox;
 use mcp_integrations::webhooks::{DispatchSettings, Dispatcher};
 use std::sync::Arc;
@@ -138,6 +139,42 @@ pub async fn memory_retention(
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(retention.interval) => {}
+        }
+    }
+}
+
+/// How often each node prunes the revocation deny-list: the entries it drops have been useless
+/// for a while already, so there is no hurry, but a burst of logouts must not pile up for long.
+pub const REVOCATION_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Keeps the revocation deny-list bounded: once at start (a node reads the whole table when it
+/// starts) and then every `every`, until `stop`, deletes from the store and drops from this
+/// node's cache the subject and session entries older than the access token lifetime and a
+/// margin (`Revocations::prune`). Every node runs it, for its own cache; the delete is
+/// idempotent, so nodes racing do no harm.
+pub async fn revocation_pruning(
+    revocations: Arc<Revocations>,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        let (deleted, dropped) = revocations.prune(chrono::Utc::now()).await;
+        match deleted {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(deleted = n, "pruned expired revocations"),
+            // Retried at the next pass; the cache is pruned anyway.
+            Err(e) => tracing::warn!(error = %e, "revocation pruning: delete failed"),
+        }
+        if dropped > 0 {
+            tracing::debug!(
+                dropped,
+                cached = revocations.cached(),
+                "dropped expired revocations from the cache"
+            );
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
         }
     }
 }

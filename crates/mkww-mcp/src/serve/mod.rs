@@ -114,7 +114,12 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     let probing = tokio_util::sync::CancellationToken::new();
     let probes = health.run(probing.clone());
     state.health = health.clone();
-    tokio::spawn(revocations.run(stopping.clone()));
+    tokio::spawn(revocations.clone().run(stopping.clone()));
+    tokio::spawn(background::revocation_pruning(
+        revocations,
+        background::REVOCATION_PRUNE_INTERVAL,
+        stopping.clone(),
+    ));
     background::osc_listener(&config, &state, &stopping).await?;
     let retention = tokio::spawn(background::memory_retention(
         stores.memory.clone(),
