@@ -287,8 +287,12 @@ impl TaskStore for PgTaskStore {
             running.extend(counts);
         }
         let ids = admit(&candidates, &running, &request.share);
+        // `clock_timestamp()`, not `now()` (this transaction's start): a run admitted because
+        // another node's completion committed while this claim waited for the key's lock must
+        // not look as if it started before that run finished.
         let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-            "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = now(),
+            "UPDATE tasks SET status = 'running', attempts = attempts + 1,
+                 started_at = clock_timestamp(),
                  lease_owner = $2, lease_expires_at = now() + $3 * interval '1 millisecond'
              FROM unnest($1::uuid[]) AS c(id)
              WHERE tasks.id = c.id
