@@ -381,24 +381,6 @@ async fn an_auth_frame_that_lowers_the_role_drops_the_subscriptions_it_no_longer
     assert_eq!(kept["ok"], true, "what the role still allows stays: {kept}");
 }
 
-async fn redis_url() -> Option<String> {
-    let url =
-        std::env::var("MCP_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    match mcp_persistence::RedisLimiter::connect(&url, "probe:").await {
-        Ok(_) => Some(url),
-        Err(e) if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) => {
-            panic!("Redis at {url} is required in CI: {e}")
-        }
-        Err(e) => {
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipping: Redis at {url} unreachable: {e}"
-            );
-            None
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_revocation_on_one_node_reaches_the_others_within_the_bound() {
     let Some(schema) = PgSchema::create().await else {

@@ -73,26 +73,6 @@ async fn assigned(socket: &mut Socket) -> Value {
     }
 }
 
-async fn redis_url() -> Option<String> {
-    let url =
-        std::env::var("MCP_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    match mcp_persistence::RedisLimiter::connect(&url, "probe:").await {
-        Ok(_) => Some(url),
-        Err(e) if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) => {
-            panic!("Redis at {url} is required in CI: {e}")
-        }
-        Err(e) => {
-            // Straight to stderr: libtest hides what `eprintln!` prints in a passing test.
-            use std::io::Write as _;
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipping: Redis at {url} unreachable: {e}"
-            );
-            None
-        }
-    }
-}
-
 #[tokio::test]
 async fn three_nodes_act_as_one_and_lose_nothing_to_sigkill() {
     let Some(schema) = PgSchema::create().await else {

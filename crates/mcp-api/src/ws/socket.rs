@@ -137,18 +137,8 @@ impl Connection {
         }
         // Dropping each ends its forwarder and lets go of its channel.
         self.subscriptions.clear();
-        // A worker that goes gives its tasks back at once: dropping the pending replies tells
-        // each waiting attempt to release its task without spending the attempt.
-        if let Some(worker) = self.worker.take() {
-            self.state.orchestrator.balancer().unregister(worker);
-        }
-        if let Some(assignments) = self.assignments.take() {
-            assignments.abort();
-        }
-        self.pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        // A worker that goes gives its tasks back at once.
+        self.stop_working();
         if self.closing.borrow().is_none() {
             self.closing.send_replace(Some(Closing {
                 code: 1000,
@@ -375,18 +365,8 @@ impl Connection {
             );
             dropped.push(channel);
         }
-        if !principal.can(Permission::TasksRun)
-            && let Some(worker) = self.worker.take()
-        {
-            self.state.orchestrator.balancer().unregister(worker);
-            if let Some(assignments) = self.assignments.take() {
-                assignments.abort();
-            }
-            // Dropping the pending replies gives the assigned tasks back (see `run`).
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clear();
+        if !principal.can(Permission::TasksRun) && self.worker.is_some() {
+            self.stop_working();
             self.send(
                 json!({"op": "worker.unregistered", "reason": "forbidden"})
                     .to_string()
@@ -394,5 +374,21 @@ impl Connection {
             );
         }
         dropped
+    }
+
+    /// Ends this connection's worker role: unregistered from the balancer, its assignments
+    /// stopped, and its pending replies dropped, which tells each waiting attempt to give its
+    /// task back without spending the attempt (see `run`).
+    fn stop_working(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            self.state.orchestrator.balancer().unregister(worker);
+        }
+        if let Some(assignments) = self.assignments.take() {
+            assignments.abort();
+        }
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }

@@ -113,6 +113,28 @@ impl Drop for PgSchema {
     }
 }
 
+/// The test Redis (`MCP_TEST_REDIS_URL`) if it answers; `None` (a skip, said on stderr) when it
+/// does not, except under CI, where it fails the test.
+pub async fn redis_url() -> Option<String> {
+    let url =
+        std::env::var("MCP_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    match mcp_persistence::RedisLimiter::connect(&url, "probe:").await {
+        Ok(_) => Some(url),
+        Err(e) if std::env::var_os("CI").is_some_and(|v| !v.is_empty()) => {
+            panic!("Redis at {url} is required in CI: {e}")
+        }
+        Err(e) => {
+            // Straight to stderr: libtest hides what `eprintln!` prints in a passing test.
+            use std::io::Write as _;
+            let _ = writeln!(
+                std::io::stderr(),
+                "skipping: Redis at {url} unreachable: {e}"
+            );
+            None
+        }
+    }
+}
+
 pub fn temp_dir() -> PathBuf {
     let dir = std::env::temp_dir().join(format!("mcp-it-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).expect("temp dir");
