@@ -166,6 +166,10 @@ struct Pending {
     truncated: bool,
     packages: BTreeSet<String>,
     manifest_touched: bool,
+    /// Folders that appeared in this burst (relative → absolute). They are listed again when
+    /// the report is taken: a file written into a new folder before the OS watch on it took
+    /// hold raises no event, and the listing made when the folder appeared can come too early.
+    new_dirs: BTreeMap<String, PathBuf>,
     first: Instant,
     last: Instant,
 }
@@ -177,8 +181,20 @@ impl Pending {
             truncated: false,
             packages: BTreeSet::new(),
             manifest_touched: false,
+            new_dirs: BTreeMap::new(),
             first: now,
             last: now,
+        }
+    }
+
+    /// Adds every file below the folder `absolute` (`relative` to the project root).
+    fn add_listing(&mut self, relative: &str, absolute: &Path) {
+        let mut found = vec![];
+        list_files(absolute, relative, &mut found, MAX_FILES + 1);
+        for (relative, absolute) in found {
+            if !is_ignored(&relative) {
+                self.add(relative, &absolute);
+            }
         }
     }
 
@@ -421,14 +437,9 @@ impl Shared {
                         }
                     }
                 }
-                let mut found = vec![];
-                list_files(path, &relative, &mut found, MAX_FILES + 1);
                 let pending = project.pending.get_or_insert_with(|| Pending::new(now));
-                for (relative, absolute) in found {
-                    if !is_ignored(&relative) {
-                        pending.add(relative, &absolute);
-                    }
-                }
+                pending.add_listing(&relative, path);
+                pending.new_dirs.insert(relative.clone(), path.clone());
             }
             let pending = project.pending.get_or_insert_with(|| Pending::new(now));
             pending.add(relative, path);
@@ -441,12 +452,15 @@ impl Shared {
         let mut changes = vec![];
         let mut projects = lock(&self.projects);
         for (id, project) in projects.iter_mut() {
-            let Some(pending) = project
+            let Some(mut pending) = project
                 .pending
                 .take_if(|pending| pending.due(self.debounce) <= now)
             else {
                 continue;
             };
+            for (relative, absolute) in std::mem::take(&mut pending.new_dirs) {
+                pending.add_listing(&relative, &absolute);
+            }
             let mut packages = pending.packages;
             let mut manifest_changed = false;
             if pending.manifest_touched {
