@@ -106,6 +106,26 @@ pub(crate) fn network_error(url: &str, err: reqwest::Error) -> VccError {
     }
 }
 
+/// A GET of a listing or package through the outbound guard, with the repository's headers: a
+/// literal forbidden host is refused here, before anything is sent.
+pub(crate) fn guarded_get(
+    http: &crate::outbound::OutboundClient,
+    url: &str,
+    parsed: reqwest::Url,
+    headers: &std::collections::BTreeMap<String, String>,
+) -> Result<reqwest::RequestBuilder, VccError> {
+    let mut request = http
+        .get(parsed)
+        .map_err(|source| VccError::DestinationForbidden {
+            url: url.to_string(),
+            source,
+        })?;
+    for (k, v) in headers {
+        request = request.header(k, v);
+    }
+    Ok(request)
+}
+
 /// The VCC service the HTTP API and the task handlers share. Cheap to clone.
 #[derive(Clone)]
 pub struct VccService {

@@ -155,16 +155,7 @@ impl Installer<'_> {
                 });
             }
         };
-        let mut request =
-            self.http
-                .get(parsed)
-                .map_err(|source| VccError::DestinationForbidden {
-                    url: url.to_string(),
-                    source,
-                })?;
-        for (k, v) in &r.headers {
-            request = request.header(k, v);
-        }
+        let request = crate::vcc::guarded_get(self.http, url, parsed, &r.headers)?;
         let mut response = request.send().await.map_err(network)?;
         if !response.status().is_success() {
             return Err(VccError::Upstream {

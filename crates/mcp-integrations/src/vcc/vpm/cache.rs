@@ -136,16 +136,7 @@ impl RepoCache {
             url: url.to_string(),
             message: e.to_string(),
         })?;
-        let mut request =
-            self.http
-                .get(parsed)
-                .map_err(|source| VccError::DestinationForbidden {
-                    url: url.to_string(),
-                    source,
-                })?;
-        for (k, v) in headers {
-            request = request.header(k, v);
-        }
+        let mut request = crate::vcc::guarded_get(&self.http, url, parsed, headers)?;
         if let Some(etag) = etag {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
