@@ -203,6 +203,19 @@ pub fn too_many(decision: &Decision, code: &'static str, message: &str) -> Respo
     response
 }
 
+/// The class of a limiter key (`ip:…`, `write:…`), as a label of `mcp_rate_limited_total`.
+fn limit_class(key: &str) -> &'static str {
+    match key.split(':').next() {
+        Some("ip") => "ip",
+        Some("auth") => "auth",
+        Some("login") => "login",
+        Some("read") => "read",
+        Some("write") => "write",
+        Some("publish") => "publish",
+        _ => "other",
+    }
+}
+
 /// Limiter failures since start, to log a flood of them as a handful of lines.
 static LIMITER_FAILURES: AtomicU64 = AtomicU64::new(0);
 
@@ -212,7 +225,13 @@ impl Security {
     /// rare; it is logged at the 1st, 2nd, 4th, 8th, … failure, never once per request.
     pub async fn check(&self, key: &str, quota: Quota) -> Option<Decision> {
         match self.limiter.check(key, quota).await {
-            Ok(decision) => Some(decision),
+            Ok(decision) => {
+                if !decision.allowed {
+                    metrics::counter!("mcp_rate_limited_total", "class" => limit_class(key))
+                        .increment(1);
+                }
+                Some(decision)
+            }
             Err(e) => {
                 let failures = LIMITER_FAILURES.fetch_add(1, Ordering::Relaxed) + 1;
                 if failures.is_power_of_two() {

@@ -14,6 +14,7 @@ use mcp_core::health::DependencyHealth;
 use mcp_core::principal::Permission;
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::collections::BTreeSet;
 use utoipa::ToSchema;
 use utoipa_axum::routes;
 
@@ -79,7 +80,8 @@ pub async fn health(State(state): State<AppState>) -> Json<HealthReport> {
     })
 }
 
-/// Prometheus metrics: HTTP requests and latencies, and task counts per queue and status.
+/// Prometheus metrics: HTTP, tasks, WebSockets, the bus, breakers, the database pool,
+/// dependencies, rate limits and webhooks (`docs/operations.md`, "Metrics").
 #[utoipa::path(get, path = "/metrics", tag = "health",
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
               (status = 401, description = "no credentials", body = crate::error::ErrorBody),
@@ -93,10 +95,20 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         ));
     };
     if let Ok(counts) = state.orchestrator.store().counts().await {
+        // A pair counted before and absent now has no task left: it reads 0, not its last count.
+        static SEEN: std::sync::Mutex<BTreeSet<(String, &str)>> =
+            std::sync::Mutex::new(BTreeSet::new());
+        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+        let mut now = BTreeSet::new();
         for ((queue, status), n) in counts {
-            metrics::gauge!("mcp_tasks", "queue" => queue, "status" => status.as_str())
+            metrics::gauge!("mcp_tasks", "queue" => queue.clone(), "status" => status.as_str())
                 .set(n as f64);
+            now.insert((queue, status.as_str()));
         }
+        for (queue, status) in seen.difference(&now) {
+            metrics::gauge!("mcp_tasks", "queue" => queue.clone(), "status" => *status).set(0.0);
+        }
+        seen.extend(now);
     }
     Ok((
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],

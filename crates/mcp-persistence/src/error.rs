@@ -10,6 +10,7 @@ pub(crate) fn db_error(e: sqlx::Error) -> StoreError {
     match e {
         // The guard in front of the stores probes before it believes this one.
         sqlx::Error::PoolTimedOut => {
+            metrics::counter!("mcp_db_pool_acquire_timeouts_total").increment(1);
             StoreError::Unavailable(mcp_core::health::NO_CONNECTION_IN_TIME.to_owned())
         }
         sqlx::Error::Io(_)

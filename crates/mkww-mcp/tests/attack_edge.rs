@@ -269,7 +269,7 @@ async fn a_stranger_failing_logins_does_not_lock_the_user_out() {
 
 #[tokio::test]
 async fn drains_with_readiness_503_before_it_stops_accepting() {
-    let mut server = Server::start(&[("MCP_SHUTDOWN_DRAIN_MS", "60000".into())]);
+    let mut server = Server::start(&[("MCP_SHUTDOWN_READINESS_DELAY_MS", "60000".into())]);
     let probe = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()

@@ -17,5 +17,10 @@ pub const FLOOD: u16 = 4029;
 pub const UNSUPPORTED_DATA: u16 = 1003;
 /// The server is shutting down.
 pub const GOING_AWAY: u16 = 1001;
+/// The reason of `GOING_AWAY`, with the reconnect hint of the `server.shutdown` frame before it.
+pub const GOING_AWAY_REASON: &str = "server shutting down; reconnect_after_ms=1000";
+/// How long a client closed with `GOING_AWAY` should wait (plus its own jitter) before it
+/// reconnects: by then load balancers have taken the node out of rotation.
+pub const RECONNECT_AFTER_MS: u64 = 1000;
 /// A frame larger than the limit.
 pub const TOO_BIG: u16 = 1009;

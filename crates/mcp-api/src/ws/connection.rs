@@ -48,6 +48,7 @@ pub(super) struct Connection {
 pub(super) struct Subscribed {
     pub(super) forwarder: JoinHandle<()>,
     pub(super) _claim: super::limits::Claim,
+    pub(super) _counted: super::gauges::Counted,
 }
 
 impl Drop for Subscribed {
@@ -117,6 +118,17 @@ impl Connection {
                 false
             }
         });
+    }
+
+    /// The server is shutting down: a last `server.shutdown` frame saying when to reconnect
+    /// (to another node), then `1001` with the same hint as its reason.
+    pub(super) fn going_away(&self) {
+        self.send(
+            json!({"op": "server.shutdown", "reconnect_after_ms": close::RECONNECT_AFTER_MS})
+                .to_string()
+                .into(),
+        );
+        self.close(close::GOING_AWAY, close::GOING_AWAY_REASON);
     }
 
     /// Closes with `4003` if the deny-list now refuses this connection's credential.

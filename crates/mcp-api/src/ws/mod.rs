@@ -7,6 +7,7 @@ pub mod close;
 pub(crate) mod config;
 mod connection;
 mod frame;
+mod gauges;
 mod limits;
 mod policy;
 mod socket;

@@ -30,6 +30,7 @@ const FLOOD_STRIKES: u32 = 20;
 
 impl Connection {
     pub(super) async fn run(mut self, socket: WebSocket) {
+        let _open = super::gauges::Counted::new("mcp_ws_connections");
         let config = self.state.config.ws.clone();
         let (mut sink, mut stream) = socket.split();
         let (out_tx, mut out_rx) = mpsc::channel::<Utf8Bytes>(config.send_queue.max(1));
@@ -129,11 +130,18 @@ impl Connection {
                 }
                 Ok(()) = revocations.changed() => self.close_if_revoked(),
                 _ = closing_watch.changed() => {}
-                _ = shutdown.cancelled() => self.close(close::GOING_AWAY, "the server is shutting down"),
+                _ = shutdown.cancelled() => self.going_away(),
             }
             if self.closing.borrow().is_some() {
                 break;
             }
+        }
+        if self
+            .closing
+            .borrow()
+            .is_some_and(|c| c.code == close::SLOW_CONSUMER)
+        {
+            metrics::counter!("mcp_ws_slow_consumer_closes_total").increment(1);
         }
         // Dropping each ends its forwarder and lets go of its channel.
         self.subscriptions.clear();

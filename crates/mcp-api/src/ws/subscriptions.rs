@@ -81,6 +81,7 @@ impl Connection {
             Subscribed {
                 forwarder,
                 _claim: claim,
+                _counted: super::gauges::Counted::new("mcp_ws_subscriptions"),
             },
         );
         Ok(None)

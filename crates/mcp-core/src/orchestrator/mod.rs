@@ -5,6 +5,7 @@
 mod announce;
 mod directory;
 mod remote;
+mod task_metrics;
 #[cfg(test)]
 mod tests;
 mod worker;
@@ -479,6 +480,7 @@ impl Orchestrator {
             correlation_id = task.correlation_id.as_deref().unwrap_or(""),
             "task transition"
         );
+        task_metrics::observe(event, &task, at);
         self.announcer.announce(Announcement {
             event,
             task,

@@ -586,6 +586,13 @@ fn event_for(task: &Task) -> &'static str {
 }
 
 impl WorkerHandle {
+    /// Cancelled, it stops claiming new tasks (for this node's handlers and its external
+    /// workers) while running ones go on: the node cancels it once it stops accepting
+    /// connections, before `shutdown` waits for the running tasks.
+    pub fn claiming(&self) -> CancellationToken {
+        self.stop_claiming.clone()
+    }
+
     /// Stops claiming, lets running tasks finish for the grace period, releases the leases of
     /// the rest so another node picks them up at once, and flushes every recorded outcome.
     pub async fn shutdown(mut self) {

@@ -144,6 +144,12 @@ impl Handler for DeliverHandler {
             return Err(HandlerError::permanent("the webhook is disabled"));
         }
         let outcome = self.send(&webhook, &delivery).await;
+        let delivered = if outcome.is_ok() {
+            "delivered"
+        } else {
+            "failed"
+        };
+        metrics::counter!("mcp_webhook_deliveries_total", "outcome" => delivered).increment(1);
         let now = Utc::now();
         let attempt = match &outcome {
             Ok(code) => Attempt {

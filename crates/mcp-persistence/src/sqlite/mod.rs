@@ -94,6 +94,14 @@ impl SqliteTaskStore {
         })
     }
 
+    /// The writer's pool and the readers' pool, by name (for the pool metrics).
+    pub fn pools(&self) -> [(&'static str, SqlitePool); 2] {
+        [
+            ("sqlite_writer", self.writer.clone()),
+            ("sqlite_readers", self.readers.clone()),
+        ]
+    }
+
     pub async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR
             .run(&self.writer)

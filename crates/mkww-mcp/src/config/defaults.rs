@@ -23,7 +23,8 @@ impl Default for Config {
             poll_interval_ms: 1_000,
             rescue_interval_ms: 5_000,
             shutdown_grace_ms: 10_000,
-            shutdown_drain_ms: 5_000,
+            shutdown_readiness_delay_ms: 5_000,
+            shutdown_drain_ms: None,
             http_header_timeout_ms: 10_000,
             http_body_timeout_ms: 60_000,
             http_idle_timeout_ms: 60_000,
@@ -148,6 +149,14 @@ impl Default for Config {
             webhook_outbox_lease_ms: 30_000,
             discord_followup_sweep_ms: 1_000,
         }
+    }
+}
+
+impl Config {
+    /// `shutdown_readiness_delay_ms`, or its earlier name `shutdown_drain_ms` when that is set.
+    pub fn readiness_delay_ms(&self) -> u64 {
+        self.shutdown_drain_ms
+            .unwrap_or(self.shutdown_readiness_delay_ms)
     }
 }
 

@@ -323,4 +323,22 @@ task = "github.dispatch"
             Ok(())
         });
     }
+
+    #[test]
+    fn reads_the_readiness_delay_and_its_old_name() {
+        figment::Jail::expect_with(|jail| {
+            assert_eq!(
+                Config::load(None).expect("load").readiness_delay_ms(),
+                5_000
+            );
+            jail.create_file("mkww-mcp.toml", "shutdown_readiness_delay_ms = 2000\n")?;
+            assert_eq!(
+                Config::load(None).expect("load").readiness_delay_ms(),
+                2_000
+            );
+            jail.set_env("MCP_SHUTDOWN_DRAIN_MS", "300");
+            assert_eq!(Config::load(None).expect("load").readiness_delay_ms(), 300);
+            Ok(())
+        });
+    }
 }

@@ -63,7 +63,9 @@ pub struct Config {
     pub shutdown_grace_ms: u64,
     /// On SIGTERM, how long `/readyz` answers 503 while the node still serves, so that load
     /// balancers stop sending before it stops accepting.
-    pub shutdown_drain_ms: u64,
+    pub shutdown_readiness_delay_ms: u64,
+    /// The earlier name of `shutdown_readiness_delay_ms`, still accepted; when set it wins.
+    pub shutdown_drain_ms: Option<u64>,
     /// Longest a client may take to send a request's headers, from the moment the connection
     /// waits for them (a new connection, or a kept-alive one between requests).
     pub http_header_timeout_ms: u64,

@@ -164,10 +164,17 @@ pub fn security(
     })
 }
 
-/// Installs the Prometheus recorder (once per process).
+/// Installs the Prometheus recorder (once per process), before anything records: a handle
+/// taken earlier would stay a no-op.
 pub fn metrics_renderer() -> Option<MetricsRenderer> {
-    match metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder() {
-        Ok(handle) => Some(Arc::new(move || handle.render())),
+    let installed = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(super::metrics::BUCKETS)
+        .and_then(|builder| builder.install_recorder());
+    match installed {
+        Ok(handle) => {
+            super::metrics::describe();
+            Some(Arc::new(move || handle.render()))
+        }
         Err(e) => {
             tracing::warn!(error = %e, "metrics disabled");
             None

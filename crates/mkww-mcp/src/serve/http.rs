@@ -10,8 +10,9 @@
 //! - the body clock is a layer of the API (`mcp_api`'s `deadline`).
 //!
 //! Shutdown: on the signal `/readyz` turns 503 (`shutting_down`) while the node serves for
-//! `shutdown_drain_ms`, so load balancers stop sending; then the listener closes, WebSockets
-//! are closed with 1001, and open connections get `shutdown_grace_ms` to finish.
+//! `shutdown_readiness_delay_ms`, so load balancers stop sending; then the listener closes, the
+//! node stops claiming tasks, WebSockets are closed with 1001 and a reconnect hint, and open
+//! connections get `shutdown_grace_ms` to finish.
 
 use super::connections::{
     Activity, Admission, ConnectionCaps, Connections, Tracked, default_total, open_file_limit,
@@ -89,7 +90,7 @@ impl EdgeConfig {
             },
             header_timeout: Config::ms(config.http_header_timeout_ms.max(10)),
             idle_timeout: Config::ms(config.http_idle_timeout_ms.max(10)),
-            drain: Config::ms(config.shutdown_drain_ms),
+            drain: Config::ms(config.readiness_delay_ms()),
             grace: Config::ms(config.shutdown_grace_ms),
         })
     }

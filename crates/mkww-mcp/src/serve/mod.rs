@@ -10,6 +10,7 @@ pub mod background;
 pub mod connections;
 pub mod health;
 pub mod http;
+pub mod metrics;
 pub mod services;
 pub mod stores;
 pub mod tls;
@@ -28,6 +29,8 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         config.listen = listen;
     }
     init_logging(&config);
+    // First, so that every metric handle taken from here on records.
+    let metrics = api::metrics_renderer();
     let secrets = stores::open_secrets(&config)?;
     let health = Arc::new(HealthMonitor::new(health::health_config(&config)));
     let (stores, database) = stores::open_guarded(&config, &health).await?;
@@ -72,7 +75,7 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         security,
         events,
         stores.memory.clone(),
-        api::metrics_renderer(),
+        metrics,
     );
     state.vrchat = clients
         .vrchat
@@ -111,6 +114,14 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         runtime: Some(runtime),
     });
     let stopping = state.shutdown.clone();
+    // Once the listener has closed, the node claims no new task; running ones finish below.
+    tokio::spawn({
+        let (closed, claiming) = (stopping.clone(), workers.claiming());
+        async move {
+            closed.cancelled().await;
+            claiming.cancel();
+        }
+    });
     let probing = tokio_util::sync::CancellationToken::new();
     let probes = health.run(probing.clone());
     state.health = health.clone();

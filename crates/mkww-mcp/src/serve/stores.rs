@@ -110,6 +110,12 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Stores> {
                 .with_context(|| format!("cannot open SQLite database {}", path.display()))?;
             store.migrate().await?;
             tracing::info!(path = %path.display(), "using SQLite");
+            for (name, pool) in store.pools() {
+                super::metrics::sample_pool(name, move || {
+                    let most = pool.options().get_max_connections();
+                    (pool.size(), pool.num_idle(), most)
+                });
+            }
             let store = Arc::new(store);
             let probe = database_probe(&store, |s| Box::pin(async move { s.ping().await }));
             Ok(Stores::of(store, probe))
@@ -135,6 +141,11 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Stores> {
             };
             store.migrate().await?;
             tracing::info!(schema = %config.database_schema, "using PostgreSQL");
+            let pool = store.pool().clone();
+            super::metrics::sample_pool("postgres", move || {
+                let most = pool.options().get_max_connections();
+                (pool.size(), pool.num_idle(), most)
+            });
             let store = Arc::new(store);
             // Its own connection: a pool saturated by load must not look like a dead server.
             let probe = database_probe(&store, |s| Box::pin(async move { s.check_server().await }));

@@ -158,7 +158,7 @@ impl Server {
             // Test servers run side by side: none takes VRChat's OSC port unless a test asks.
             .env("MCP_VRCHAT_OSC_LISTEN", "")
             // No readiness drain on SIGTERM unless a test asks: tests stop servers often.
-            .env("MCP_SHUTDOWN_DRAIN_MS", "0")
+            .env("MCP_SHUTDOWN_READINESS_DELAY_MS", "0")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -239,6 +239,21 @@ impl Server {
             assert!(
                 Instant::now() < deadline,
                 "server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for the process to exit by itself (after a signal sent earlier), at most `within`.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not exit within {within:?}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

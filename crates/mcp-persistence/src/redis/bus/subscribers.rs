@@ -230,6 +230,11 @@ impl Local {
             warn!(channel = %head.channel, "event bus: an undecodable frame; ignored");
             return;
         };
+        let lag = chrono::Utc::now() - delivery.event.at;
+        metrics::histogram!("mcp_bus_publish_lag_seconds").record(
+            lag.num_microseconds()
+                .map_or(0.0, |us| us.max(0) as f64 / 1e6),
+        );
         self.deliver(delivery);
     }
 
