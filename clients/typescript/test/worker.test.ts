@@ -64,13 +64,13 @@ describe("worker", () => {
     assert.equal(served.inFlight, 0);
   });
 
-  test("stops gracefully: the running task finishes, an assigned one goes back to the queue", async () => {
+  test("stops gracefully: the running task finishes, one assigned meanwhile goes back to the queue", async () => {
     let release!: () => void;
     const gate = new Promise<void>((resolve) => (release = resolve));
     const started: string[] = [];
     const first = start({
       types: ["sdk.slow"],
-      concurrency: 1,
+      concurrency: 2,
       handler: async (task) => {
         started.push(task.id);
         await gate;
@@ -80,11 +80,12 @@ describe("worker", () => {
     await first.ready;
     const running = await admin.createTask({ type: "sdk.slow" });
     await eventually("the first task to start", () => started.length === 1);
-    const waiting = await admin.createTask({ type: "sdk.slow" });
 
     let stopped = false;
     const stopping = first.stop().then(() => (stopped = true));
-    await new Promise((resolve) => setTimeout(resolve, 100));
+    // The worker has a free slot, so the hub assigns it this one while it is stopping.
+    const waiting = await admin.createTask({ type: "sdk.slow" });
+    await eventually("the second task to be assigned", async () => (await admin.getTask(waiting.id)).status === "running");
     assert.equal(stopped, false, "stop waits for the running task");
     release();
     await stopping;

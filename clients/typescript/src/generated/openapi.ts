@@ -2816,7 +2816,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": Record<string, never>[];
+                        "application/json": Record<string, unknown>[];
                     };
                 };
             };
@@ -2854,7 +2854,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": Record<string, never>;
+                        "application/json": Record<string, unknown>;
                     };
                 };
                 /** @description no such instance */
@@ -2954,7 +2954,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": Record<string, never>;
+                        "application/json": Record<string, unknown>;
                     };
                 };
                 /** @description no such user */
@@ -2998,7 +2998,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": Record<string, never>;
+                        "application/json": Record<string, unknown>;
                     };
                 };
                 /** @description the login waits for a two-factor code */
@@ -3045,7 +3045,7 @@ export interface paths {
                         [name: string]: unknown;
                     };
                     content: {
-                        "application/json": Record<string, never>;
+                        "application/json": Record<string, unknown>;
                     };
                 };
                 /** @description no such world */
@@ -3402,7 +3402,7 @@ export interface components {
             /** Format: date-time */
             at: string;
             /** @description Anything else worth keeping (never a secret). */
-            details: Record<string, never>;
+            details: Record<string, unknown>;
             /**
              * Format: uuid
              * @description UUIDv7: the log is ordered by it.
@@ -3462,7 +3462,7 @@ export interface components {
              * @description UUIDv7: listing newest first is ordering by id.
              */
             id: string;
-            metadata: Record<string, never>;
+            metadata: Record<string, unknown>;
             /** @description Who takes part (user names, bot names, channel ids: free-form strings). */
             participants: string[];
             summary?: components["schemas"]["Summary"] | null;
@@ -3500,7 +3500,7 @@ export interface components {
              */
             id?: string | null;
             /** @description A JSON object (default `{}`). */
-            metadata?: Record<string, never> | null;
+            metadata?: Record<string, unknown> | null;
             participants?: string[];
             title?: string | null;
         };
@@ -3661,13 +3661,13 @@ export interface components {
             breaker: components["schemas"]["BreakerSummary"];
             enabled: boolean;
             /** @description `{"state": "healthy" | "degraded" | "down" | "unknown", "reason"?}`. */
-            health: Record<string, never>;
+            health: Record<string, unknown>;
             kind: string;
             name: string;
             secrets: {
                 [key: string]: components["schemas"]["SecretStatus"];
             };
-            settings: Record<string, never>;
+            settings: Record<string, unknown>;
             /** @description `config` (the configuration file, read-only) or `api` (stored through this API). */
             source: string;
             /** Format: date-time */
@@ -3677,7 +3677,7 @@ export interface components {
         Interaction: {
             application_id?: string | null;
             /** @description The command: `name` and `options`. */
-            data?: Record<string, never>;
+            data?: Record<string, unknown>;
             token?: string | null;
             /**
              * Format: int64
@@ -3687,7 +3687,7 @@ export interface components {
         };
         /** @description An interaction response: 1 PONG, 4 a message, 5 deferred. */
         InteractionResponse: {
-            data?: Record<string, never>;
+            data?: Record<string, unknown>;
             /** Format: int32 */
             type: number;
         };
@@ -3714,7 +3714,7 @@ export interface components {
              * @description UUIDv7.
              */
             id: string;
-            metadata: Record<string, never>;
+            metadata: Record<string, unknown>;
             /** @description Pinned messages are always part of the conversation's context. */
             pinned: boolean;
             role: components["schemas"]["MessageRole"];
@@ -3757,7 +3757,7 @@ export interface components {
              */
             id?: string | null;
             /** @description A JSON object (default `{}`). */
-            metadata?: Record<string, never> | null;
+            metadata?: Record<string, unknown> | null;
             pinned?: boolean;
             role?: components["schemas"]["MessageRole"] | null;
         };
@@ -3816,7 +3816,7 @@ export interface components {
                 [key: string]: string | null;
             };
             /** @description Non-secret settings, a JSON object (default `{}`). */
-            settings?: Record<string, never>;
+            settings?: Record<string, unknown>;
         };
         QueueCounts: {
             /** @description Task counts per queue, then per status. */
@@ -4028,7 +4028,7 @@ export interface components {
             /** @description Archive or bring back. */
             archived?: boolean | null;
             /** @description Replaces the metadata object. */
-            metadata?: Record<string, never> | null;
+            metadata?: Record<string, unknown> | null;
             participants?: string[] | null;
             /** @description A new title; `null` clears it. */
             title?: string | null;
@@ -4037,7 +4037,7 @@ export interface components {
             /** @description New text (re-estimates `tokens`). */
             content?: string | null;
             /** @description Replaces the metadata object. */
-            metadata?: Record<string, never> | null;
+            metadata?: Record<string, unknown> | null;
             /** @description Pin or unpin. */
             pinned?: boolean | null;
         };
@@ -4113,7 +4113,7 @@ export interface components {
             /** Format: date-time */
             last_attempt_at?: string | null;
             /** @description The event, exactly as sent as the body. */
-            payload: Record<string, never>;
+            payload: Record<string, unknown>;
             /**
              * Format: int32
              * @description HTTP status of the last attempt, if one got an answer.
