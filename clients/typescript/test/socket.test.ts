@@ -84,30 +84,41 @@ describe("WebSocket client", () => {
     }
   });
 
-  test("says when the missed events cannot be recovered, and carries on", async () => {
+  test("reconnects when the hub shuts down (1001) and says when the missed events cannot be recovered", async () => {
+    const leaving = await startHub();
     const other = await startHub();
-    const proxy = new Proxy(hub.base);
+    const proxy = new Proxy(leaving.base);
     await proxy.start();
     try {
       const lost: [string, Position][] = [];
-      const reader = socket({ url: proxy.base, credential: adminToken, onRecoveryFailed: (channel, position) => lost.push([channel, position]) });
+      const disconnects: Disconnect[] = [];
+      const reader = socket({
+        url: proxy.base,
+        credential: adminToken,
+        onDisconnect: (d) => disconnects.push(d),
+        onRecoveryFailed: (channel, position) => lost.push([channel, position]),
+      });
       const seen: unknown[] = [];
       await reader.subscribe("room:lost", (event) => seen.push(event.data));
-      await socket({ url: hub.base, credential: adminToken }).publish("room:lost", { n: 1 });
+      await socket({ url: leaving.base, credential: adminToken }).publish("room:lost", { n: 1 });
       await eventually("the first event", () => seen.length === 1);
 
-      // The same address now leads to a hub that never had this channel's history (another epoch).
+      // The hub shuts down; the same address now leads to a hub that never had this channel's
+      // history (another epoch), as after a restart of the embedded server.
       proxy.target = other.base;
-      proxy.cut();
+      await leaving.stop();
       await eventually("the recovery failure", () => lost.length === 1);
+      assert.equal(disconnects[0]?.code, 1001);
+      assert.equal(disconnects[0]?.reconnecting, true);
       assert.equal(lost[0]![0], "room:lost");
       const otherWriter = socket({ url: other.base, credential: other.token("admin") });
-      await otherWriter.publish("room:lost", { n: 2 });
+      const published = await otherWriter.publish("room:lost", { n: 2 });
       await eventually("events from the new position", () => seen.length === 2);
       assert.deepEqual(seen, [{ n: 1 }, { n: 2 }]);
-      await otherWriter.close();
+      assert.deepEqual(reader.position("room:lost"), published);
     } finally {
       await proxy.stop();
+      await leaving.stop();
       await other.stop();
     }
   });
