@@ -3,7 +3,7 @@
 
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { McpClient, TaskFailure, worker, type Task, type Worker } from "../src/index.js";
+import { McpClient, SocketError, TaskFailure, worker, type Task, type Worker } from "../src/index.js";
 import { eventually, startHub, type Hub } from "./hub.js";
 
 let hub: Hub;
@@ -105,5 +105,12 @@ describe("worker", () => {
     const served = await admin.waitForTask(waiting.id, { timeoutMs: 15_000 });
     assert.equal(served.status, "succeeded");
     assert.deepEqual(served.result, { by: "second" });
+  });
+
+  test("a refused registration rejects `ready` with the hub's code", async () => {
+    const refused = start({ types: ["echo"], concurrency: 1, handler: () => null });
+    const error = await refused.ready.catch((e: unknown) => e);
+    assert.ok(error instanceof SocketError, String(error));
+    assert.equal(error.code, "worker_type_forbidden");
   });
 });
