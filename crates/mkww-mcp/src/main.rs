@@ -64,6 +64,8 @@ enum Command {
         #[command(subcommand)]
         bench: bench::Bench,
     },
+    /// Print the OpenAPI document (the one served at /openapi.json) and exit.
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -106,6 +108,7 @@ async fn main() -> std::process::ExitCode {
                 },
         } => commands::user::create_user(config.as_deref(), &name, role, password_stdin).await,
         Command::Bench { bench } => bench::run(bench).await,
+        Command::Openapi => commands::openapi::openapi(),
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

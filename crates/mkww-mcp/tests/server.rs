@@ -701,3 +701,28 @@ fn instant(value: &Value) -> chrono::DateTime<chrono::Utc> {
         .map(|t| t.with_timezone(&chrono::Utc))
         .unwrap_or_else(|| panic!("not a timestamp: {value}"))
 }
+
+#[tokio::test]
+async fn openapi_command_prints_the_document_the_server_serves() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_mkww-mcp"))
+        .arg("openapi")
+        .current_dir(temp_dir())
+        .output()
+        .expect("run mkww-mcp openapi");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&output.stdout).expect("stdout is JSON");
+    assert!(printed["paths"]["/v1/tasks"]["post"].is_object());
+    assert!(printed["components"]["schemas"]["Task"].is_object());
+
+    let server = Server::start(&[]);
+    let (status, served) = get(&server, "/openapi.json").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        printed, served,
+        "the printed and the served documents differ"
+    );
+}
