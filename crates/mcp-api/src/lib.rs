@@ -1,7 +1,7 @@
 //! API layer of MKWW MCP: the axum router with the REST API under `/v1`, health probes, metrics
 //! and the generated OpenAPI document. Cross-cutting work (request ids, request logs, rate
 //! limits, authentication and permissions, body limits, panic catching, JSON errors) is done by
-//! layers, so handlers stay small.
+//! layers, so handlers stay small. The web console (`console.rs`) is the router's fallback.
 //!
 //! A route is declared once, beside its handler: the `#[utoipa::path]` attribute gives its method,
 //! path and documentation, and the module's `endpoints()` gives who may call it (`endpoint.rs`).
@@ -12,6 +12,7 @@ pub mod access;
 mod admin;
 pub mod auth;
 mod bots;
+mod console;
 mod deadline;
 pub mod discord;
 mod endpoint;
@@ -100,7 +101,8 @@ pub fn router(state: AppState) -> Router {
     router
         .route_layer(axum::middleware::from_fn_with_state(guard, auth::guard))
         .layer(Extension(Arc::new(openapi)))
-        .fallback(error::not_found)
+        // The console's pages and assets; any other path is the JSON 404.
+        .fallback(console::fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(

@@ -1,0 +1,184 @@
+// The web console, end to end: the real binary on a fresh data directory, Debian's Chromium, and
+// what a person does with it. Run with `npm test` after `cargo build --bin mkww-mcp`.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startServer, call, login, launch, openPage, signIn, shot, within, SHOTS } from "./harness.js";
+
+let server;
+let browser;
+let admin; // the admin's page, signed in once
+let adminToken;
+const USER = { username: "olga", password: "olga-password-1234" };
+
+before(async () => {
+  server = await startServer();
+  browser = await launch();
+  adminToken = await login(server, "admin", server.password);
+  const made = await call(server, "POST", "/v1/users", {
+    token: adminToken,
+    body: { username: USER.username, role: "user", password: USER.password },
+  });
+  assert.equal(made.status, 201, JSON.stringify(made.body));
+  console.log(`screenshots: ${SHOTS}`);
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+test("the console and its assets carry a strict CSP, and unknown API paths stay JSON 404s", async () => {
+  for (const path of ["/", "/tasks/xyz", "/admin/users", "/assets/app.js"]) {
+    const res = await fetch(server.base + path);
+    assert.equal(res.status, 200, path);
+    const csp = res.headers.get("content-security-policy") || "";
+    assert.match(csp, /script-src 'self'/, path);
+    assert.match(csp, /frame-ancestors 'none'/, path);
+    assert.doesNotMatch(csp, /unsafe-inline/, path);
+  }
+  const missing = await call(server, "GET", "/v1/nope");
+  assert.equal(missing.status, 404);
+  assert.equal(missing.body.error.code, "not_found");
+});
+
+test("an admin signs in with the printed password and sees the overview", async () => {
+  admin = await openPage(browser);
+  await admin.goto(server.base + "/tasks");
+  // Not signed in: the sign-in page, which returns to the page asked for.
+  await admin.getByRole("heading", { name: "Sign in" }).waitFor();
+  await admin.getByLabel("Username").fill("admin");
+  await admin.getByLabel("Password").fill("wrong password");
+  await admin.getByRole("button", { name: "Sign in" }).click();
+  await admin.getByRole("alert").filter({ hasText: "invalid_credentials" }).waitFor();
+  await admin.getByLabel("Password").fill(server.password);
+  await admin.getByRole("button", { name: "Sign in" }).click();
+  await admin.getByRole("heading", { name: "Tasks" }).waitFor();
+  assert.equal(new URL(admin.url()).pathname, "/tasks");
+  // The token is in the tab's session storage, never in a URL.
+  const stored = await admin.evaluate(() => sessionStorage.getItem("mkww.session"));
+  assert.ok(JSON.parse(stored).access_token);
+  assert.doesNotMatch(admin.url(), /token/);
+  await admin.getByRole("link", { name: "Overview" }).click();
+  await admin.getByRole("heading", { name: "Queues" }).waitFor();
+  await admin.getByRole("columnheader", { name: "Dependency" }).waitFor();
+  await within(10_000, "the live dot", async () => (await admin.locator(".live").getAttribute("data-state")) === "live");
+  await shot(admin, "overview");
+});
+
+test("a task created from the form becomes succeeded without a reload", async () => {
+  await admin.getByRole("link", { name: "Tasks" }).click();
+  await admin.evaluate(() => (window.notReloaded = true));
+  await admin.getByText("Create a task").first().click();
+  await admin.getByLabel("Type").first().fill("sleep");
+  // Bad JSON is caught before it is sent.
+  await admin.getByLabel("Payload (JSON)").fill("{ms: 1}");
+  await admin.getByRole("button", { name: "Create task" }).click();
+  await admin.getByRole("alert").filter({ hasText: "not valid JSON" }).waitFor();
+  // The API's own errors are shown with their code.
+  await admin.getByLabel("Payload (JSON)").fill('{"ms": "soon"}');
+  await admin.getByRole("button", { name: "Create task" }).click();
+  await admin.getByRole("alert").filter({ hasText: "request" }).waitFor();
+  await admin.getByLabel("Payload (JSON)").fill('{"ms": 1500}');
+  await admin.getByRole("button", { name: "Create task" }).click();
+  const link = admin.locator("p.ok a");
+  await link.waitFor();
+  const id = await link.textContent();
+  const row = admin.locator(`tr[data-id="${id}"]`);
+  await row.locator(".badge", { hasText: "running" }).waitFor({ timeout: 10_000 });
+  await row.locator(".badge", { hasText: "succeeded" }).waitFor({ timeout: 15_000 });
+  assert.equal(await admin.evaluate(() => window.notReloaded), true);
+  await shot(admin, "tasks");
+  await link.click();
+  await admin.getByRole("heading", { name: "Payload" }).waitFor();
+  await admin.locator("#task-status .badge", { hasText: "succeeded" }).waitFor();
+});
+
+test("a dead task is retried from its page", async () => {
+  const created = await call(server, "POST", "/v1/tasks", {
+    token: adminToken,
+    body: { type: "fail", payload: {}, max_attempts: 1 },
+  });
+  assert.equal(created.status, 201);
+  const id = created.body.id;
+  await admin.goto(`${server.base}/tasks/${id}`);
+  await admin.locator("#task-status .badge", { hasText: "dead" }).waitFor({ timeout: 15_000 });
+  await admin.getByRole("button", { name: "Retry" }).click();
+  // It runs again (a second attempt, granted by the retry) and dies again, live.
+  await admin.getByText("2 of 2").waitFor({ timeout: 15_000 });
+  await admin.locator("#task-status .badge", { hasText: "dead" }).waitFor({ timeout: 15_000 });
+  const after = await call(server, "GET", `/v1/tasks/${id}`, { token: adminToken });
+  assert.equal(after.body.attempts, 2);
+  await shot(admin, "task");
+});
+
+test("memory search shows highlighted snippets", async () => {
+  const conv = await call(server, "POST", "/v1/conversations", { token: adminToken, body: { title: "ops", participants: ["ann"] } });
+  assert.equal(conv.status, 201);
+  const msg = await call(server, "POST", `/v1/conversations/${conv.body.id}/messages`, {
+    token: adminToken,
+    body: { author: "ann", content: "the deploy failed on staging <b>again</b>" },
+  });
+  assert.equal(msg.status, 201, JSON.stringify(msg.body));
+  await admin.getByRole("link", { name: "Memory" }).click();
+  await admin.getByRole("link", { name: "ops" }).waitFor();
+  await admin.getByLabel("Search messages").fill("deploy");
+  await admin.getByRole("button", { name: "Search" }).click();
+  await admin.locator("mark", { hasText: "deploy" }).waitFor();
+  // The message's own markup is text, not HTML.
+  await admin.getByText("<b>again</b>").waitFor();
+  assert.match(admin.url(), /\/memory\?q=deploy$/);
+  await shot(admin, "memory");
+});
+
+test("an admin creates an API key, sees it once, and revokes it", async () => {
+  await admin.getByRole("link", { name: "API keys" }).click();
+  await admin.getByLabel("Key name").fill("ci-bot");
+  await admin.getByRole("button", { name: "Create key" }).click();
+  const key = (await admin.locator("#new-key").textContent()).trim();
+  assert.match(key, /^mcp_/);
+  assert.equal((await call(server, "GET", "/v1/auth/me", { token: key })).status, 200);
+  const row = admin.locator('tr[data-key="ci-bot"]');
+  await row.getByRole("button", { name: "Revoke" }).click();
+  await row.locator(".badge", { hasText: "revoked" }).waitFor();
+  await within(5_000, "the key to be refused", async () => (await call(server, "GET", "/v1/auth/me", { token: key })).status === 401);
+  await shot(admin, "api-keys");
+});
+
+test("every page as an admin renders without console errors", async () => {
+  for (const path of ["/", "/tasks", "/queues", "/workers", "/memory", "/integrations", "/admin/users", "/admin/api-keys", "/admin/audit"]) {
+    await admin.goto(server.base + path);
+    await admin.locator("main h1").first().waitFor();
+    await within(10_000, `${path} to finish loading`, async () => (await admin.getByText("Loading…").count()) === 0);
+    assert.equal(await admin.getByRole("heading", { name: "Not found" }).count(), 0, path);
+  }
+  await shot(admin, "audit");
+  // Pages of features this node lacks are hidden.
+  assert.equal(await admin.getByRole("link", { name: "Schedules" }).count(), 0);
+  assert.deepEqual(admin.errors, []);
+});
+
+test("a user sees their own pages and no admin pages", async () => {
+  const page = await openPage(browser);
+  await signIn(page, server, USER.username, USER.password);
+  await page.getByRole("link", { name: "Tasks" }).waitFor();
+  for (const name of ["Users", "API keys", "Audit log", "Integrations", "Queues"]) {
+    assert.equal(await page.getByRole("link", { name }).count(), 0, name);
+  }
+  await page.goto(server.base + "/admin/users");
+  await page.getByRole("heading", { name: "Not found" }).waitFor();
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test("sign out revokes the session", async () => {
+  const page = await openPage(browser);
+  await signIn(page, server, USER.username, USER.password);
+  const { refresh_token } = JSON.parse(await page.evaluate(() => sessionStorage.getItem("mkww.session")));
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByRole("heading", { name: "Sign in" }).waitFor();
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("mkww.session")), null);
+  await within(5_000, "logout to revoke the refresh token", async () =>
+    (await call(server, "POST", "/v1/auth/refresh", { body: { refresh_token } })).status === 401);
+  await page.context().close();
+});
