@@ -73,6 +73,7 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         events,
         stores.memory.clone(),
         api::metrics_renderer(),
+        (stores.schedules.clone(), stores.queues.clone()),
     );
     state.vrchat = clients
         .vrchat
@@ -121,6 +122,7 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         stopping.clone(),
     ));
     background::osc_listener(&config, &state, &stopping).await?;
+    background::scheduling(&config, &state, &stopping).await?;
     let retention = tokio::spawn(background::memory_retention(
         stores.memory.clone(),
         background::MemoryRetention::of(&config),
