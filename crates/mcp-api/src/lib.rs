@@ -23,7 +23,9 @@ mod hooks;
 pub mod integrations;
 mod memory;
 mod openapi;
+mod queues;
 mod request_id;
+mod schedules;
 mod session;
 mod state;
 mod tasks;
@@ -69,6 +71,8 @@ fn endpoints() -> Vec<Endpoint<AppState>> {
         vrchat::endpoints(),
         vcc::endpoints(),
         bots::endpoints(),
+        schedules::endpoints(),
+        queues::endpoints(),
     ]
     .into_iter()
     .flatten()

@@ -93,6 +93,16 @@ use utoipa::{Modify, OpenApi};
         crate::webhooks::WebhookList,
         crate::webhooks::DeliveryList,
         crate::webhooks::Redelivery,
+        mcp_core::schedule::Schedule,
+        mcp_core::schedule::Missed,
+        mcp_core::services::CreateSchedule,
+        mcp_core::services::SchedulePatch,
+        crate::schedules::ScheduleList,
+        crate::schedules::FireTimes,
+        mcp_core::queues::TaskLimit,
+        crate::queues::QueueState,
+        crate::queues::TaskLimitList,
+        crate::queues::PutTaskLimit,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -107,6 +117,7 @@ use utoipa::{Modify, OpenApi};
         (name = "webhooks", description = "Outgoing webhooks: subscriptions, the delivery log, redelivery"),
         (name = "vcc", description = "VCC projects and VPM repositories (package changes, builds and deploys are tasks)"),
         (name = "vrchat", description = "VRChat's web API through the hub's account, and its session"),
+        (name = "schedules", description = "Cron schedules that create tasks"),
     )
 )]
 pub struct ApiDoc;

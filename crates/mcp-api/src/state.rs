@@ -85,6 +85,10 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The channels each principal's WebSocket connections hold on this node.
     pub ws_channels: Arc<crate::ws::ChannelClaims>,
+    /// Every use of schedules goes through it.
+    pub schedules: Arc<mcp_core::services::ScheduleService>,
+    /// Paused queues and rate limits per task type.
+    pub queues: Arc<mcp_core::services::QueueService>,
 }
 
 /// An integration of the configuration file, described without its secrets.

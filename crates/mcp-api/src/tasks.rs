@@ -218,6 +218,10 @@ pub async fn retry(
 pub struct QueueCounts {
     /// Task counts per queue, then per status.
     pub queues: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Paused queues: their tasks stay queued until resumed.
+    pub paused: Vec<String>,
+    /// Rate limits per task type: their tasks stay queued while a window is used up.
+    pub limits: Vec<mcp_core::queues::TaskLimit>,
 }
 
 /// How many tasks each queue holds, per status.
@@ -232,7 +236,12 @@ pub async fn queues(State(state): State<AppState>) -> Result<Json<QueueCounts>, 
             .or_default()
             .insert(status.as_str().to_owned(), n);
     }
-    Ok(Json(QueueCounts { queues }))
+    let flow = state.queues.flow_state().await?;
+    Ok(Json(QueueCounts {
+        queues,
+        paused: flow.paused,
+        limits: flow.limits,
+    }))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

@@ -27,6 +27,9 @@ pub struct HandlerError {
     pub message: String,
     pub retryable: bool,
     pub details: Option<Value>,
+    /// A remote service asked to be called again after this long (a 429 with `Retry-After`):
+    /// the task is rescheduled for then without spending the attempt.
+    pub retry_after: Option<Duration>,
 }
 
 impl HandlerError {
@@ -35,6 +38,7 @@ impl HandlerError {
             message: message.into(),
             retryable: true,
             details: None,
+            retry_after: None,
         }
     }
 
@@ -43,6 +47,7 @@ impl HandlerError {
             message: message.into(),
             retryable: false,
             details: None,
+            retry_after: None,
         }
     }
 
@@ -50,7 +55,17 @@ impl HandlerError {
         self.details = Some(details);
         self
     }
+
+    /// Reschedules the task `after` from now without spending the attempt (bounded by
+    /// [`MAX_RETRY_AFTER`]).
+    pub fn with_retry_after(mut self, after: Duration) -> Self {
+        self.retry_after = Some(after.min(MAX_RETRY_AFTER));
+        self
+    }
 }
+
+/// The longest a `retry_after` may put a task off: one day.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {

@@ -144,10 +144,14 @@ pub enum Permission {
     VccManage,
     /// Create `http.request` tasks: have the hub call a URL the caller chooses.
     HttpRequest,
+    /// List schedules and see their next firing times.
+    SchedulesRead,
+    /// Create, change, pause, trigger and delete schedules.
+    SchedulesWrite,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 20] = [
+    pub const ALL: [Permission; 22] = [
         Permission::TasksCreate,
         Permission::TasksReadOwn,
         Permission::TasksCancelOwn,
@@ -168,6 +172,8 @@ impl Permission {
         Permission::VccRead,
         Permission::VccManage,
         Permission::HttpRequest,
+        Permission::SchedulesRead,
+        Permission::SchedulesWrite,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -192,6 +198,8 @@ impl Permission {
             Permission::VccRead => "vcc:read",
             Permission::VccManage => "vcc:manage",
             Permission::HttpRequest => "http:request",
+            Permission::SchedulesRead => "schedules:read",
+            Permission::SchedulesWrite => "schedules:write",
         }
     }
 }
@@ -225,6 +233,8 @@ impl Role {
                     | VccRead
                     | VccManage
                     | HttpRequest
+                    | SchedulesRead
+                    | SchedulesWrite
             ),
             Role::Service => matches!(
                 permission,

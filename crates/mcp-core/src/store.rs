@@ -118,6 +118,12 @@ pub enum Outcome {
     },
     /// Failed for good.
     Dead(TaskError),
+    /// A remote service asked to be called again later (a 429 with `Retry-After`): `scheduled`
+    /// again for `retry_at`, and the attempt does not count.
+    Deferred {
+        error: TaskError,
+        retry_at: DateTime<Utc>,
+    },
 }
 
 impl Outcome {
@@ -126,6 +132,7 @@ impl Outcome {
             Outcome::Succeeded(_) => TaskStatus::Succeeded,
             Outcome::Retry { .. } => TaskStatus::Failed,
             Outcome::Dead(_) => TaskStatus::Dead,
+            Outcome::Deferred { .. } => TaskStatus::Scheduled,
         }
     }
 }

@@ -283,6 +283,7 @@ pub(crate) fn request_failure(
         message,
         retryable,
         details: Some(json!({ "error": kind })),
+        retry_after: None,
     }
 }
 

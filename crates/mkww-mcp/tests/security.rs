@@ -138,6 +138,21 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
         "admin",
     ),
+    ("POST", "/v1/schedules", "admin operator"),
+    ("GET", "/v1/schedules", "admin operator"),
+    ("GET", "/v1/schedules/{name}", "admin operator"),
+    ("PATCH", "/v1/schedules/{name}", "admin operator"),
+    ("DELETE", "/v1/schedules/{name}", "admin operator"),
+    ("POST", "/v1/schedules/{name}/pause", "admin operator"),
+    ("POST", "/v1/schedules/{name}/resume", "admin operator"),
+    ("POST", "/v1/schedules/{name}/trigger", "admin operator"),
+    ("GET", "/v1/schedules/{name}/next", "admin operator"),
+    ("POST", "/v1/queues/{queue}/pause", "admin operator"),
+    ("POST", "/v1/queues/{queue}/resume", "admin operator"),
+    ("GET", "/v1/task-limits", "admin operator"),
+    ("GET", "/v1/task-limits/{type}", "admin operator"),
+    ("PUT", "/v1/task-limits/{type}", "admin operator"),
+    ("DELETE", "/v1/task-limits/{type}", "admin operator"),
 ];
 
 fn allowed(spec: &str, role: &str) -> bool {

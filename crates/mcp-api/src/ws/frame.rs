@@ -44,6 +44,9 @@ pub enum Op {
         task_id: String,
         error: WorkerError,
         retryable: bool,
+        /// The worker got a remote 429 with `Retry-After`: reschedule the task this many
+        /// milliseconds from now without spending the attempt.
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -128,6 +131,8 @@ struct FailFields {
     error: WorkerError,
     #[serde(default = "retryable_by_default")]
     retryable: bool,
+    #[serde(default)]
+    retry_after_ms: Option<u64>,
 }
 
 /// Longest channel name.
@@ -242,6 +247,7 @@ pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
                 task_id: f.task_id,
                 error: f.error,
                 retryable: f.retryable,
+                retry_after_ms: f.retry_after_ms,
             }
         }
         other => {
@@ -330,6 +336,7 @@ mod tests {
                         details: None,
                     },
                     retryable: true,
+                    retry_after_ms: None,
                 },
             ),
         ];

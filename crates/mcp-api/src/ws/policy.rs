@@ -29,6 +29,9 @@ impl Connection {
             // VRChat OSC avatar parameters (mcp_integrations::osc): any signed-in principal.
             ("vrchat.osc", "") => true,
             ("vcc.projects", "") => principal.can(Permission::VccRead),
+            // `schedule.fired` (services::schedules) and queue pauses and limits (services::queues).
+            ("system.schedules", "") => principal.can(Permission::SchedulesRead),
+            ("system.queues", "") => principal.can(Permission::TasksReadAny),
             (ns, rest) if !rest.is_empty() => self.is_open(ns),
             _ => false,
         };

@@ -306,6 +306,7 @@ impl Connection {
                 task_id,
                 error,
                 retryable,
+                retry_after_ms,
             } => {
                 let mut failure = if retryable {
                     HandlerError::retryable(error.message)
@@ -313,6 +314,9 @@ impl Connection {
                     HandlerError::permanent(error.message)
                 };
                 failure.details = error.details;
+                if let Some(ms) = retry_after_ms {
+                    failure = failure.with_retry_after(std::time::Duration::from_millis(ms));
+                }
                 self.settle(&task_id, Err(failure))
             }
             Op::TaskCancel { task_id } => {

@@ -488,3 +488,69 @@ impl FollowupStore for Guarded<dyn FollowupStore> {
         guarded!(self, delete_followup(task_id))
     }
 }
+
+#[async_trait]
+impl crate::schedule::ScheduleStore for Guarded<dyn crate::schedule::ScheduleStore> {
+    async fn insert_schedule(
+        &self,
+        schedule: &crate::schedule::Schedule,
+    ) -> Result<(), StoreError> {
+        guarded!(self, insert_schedule(schedule))
+    }
+    async fn update_schedule(
+        &self,
+        schedule: &crate::schedule::Schedule,
+    ) -> Result<bool, StoreError> {
+        guarded!(self, update_schedule(schedule))
+    }
+    async fn schedule(&self, name: &str) -> Result<Option<crate::schedule::Schedule>, StoreError> {
+        guarded!(self, schedule(name))
+    }
+    async fn list_schedules(&self) -> Result<Vec<crate::schedule::Schedule>, StoreError> {
+        guarded!(self, list_schedules())
+    }
+    async fn delete_schedule(&self, name: &str) -> Result<bool, StoreError> {
+        guarded!(self, delete_schedule(name))
+    }
+    async fn due_schedules(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<crate::schedule::Schedule>, StoreError> {
+        guarded!(self, due_schedules(now, limit))
+    }
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        expected: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+        fired: Option<DateTime<Utc>>,
+    ) -> Result<bool, StoreError> {
+        guarded!(self, advance_schedule(name, expected, next, fired))
+    }
+    async fn next_schedule_at(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
+        guarded!(self, next_schedule_at())
+    }
+}
+
+#[async_trait]
+impl crate::queues::QueueStore for Guarded<dyn crate::queues::QueueStore> {
+    async fn pause_queue(&self, queue: &str) -> Result<bool, StoreError> {
+        guarded!(self, pause_queue(queue))
+    }
+    async fn resume_queue(&self, queue: &str) -> Result<bool, StoreError> {
+        guarded!(self, resume_queue(queue))
+    }
+    async fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
+        guarded!(self, paused_queues())
+    }
+    async fn put_task_limit(&self, limit: &crate::queues::TaskLimit) -> Result<(), StoreError> {
+        guarded!(self, put_task_limit(limit))
+    }
+    async fn task_limits(&self) -> Result<Vec<crate::queues::TaskLimit>, StoreError> {
+        guarded!(self, task_limits())
+    }
+    async fn delete_task_limit(&self, task_type: &str) -> Result<bool, StoreError> {
+        guarded!(self, delete_task_limit(task_type))
+    }
+}

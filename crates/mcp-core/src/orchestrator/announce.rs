@@ -199,6 +199,13 @@ pub(super) fn settled(mut task: Task, outcome: Outcome, at: DateTime<Utc>) -> Ta
             task.error = Some(error);
             task.finished_at = Some(at);
         }
+        Outcome::Deferred { error, retry_at } => {
+            task.result = None;
+            task.error = Some(error);
+            task.run_at = retry_at;
+            task.attempts -= 1;
+            task.finished_at = None;
+        }
     }
     task
 }

@@ -196,6 +196,12 @@ impl Orchestrator {
         let _ = self.database.set(database);
     }
 
+    /// Wakes this node's claim loops: tasks may have become claimable without an insert (a queue
+    /// resumed, a rate limit lifted).
+    pub fn nudge(&self) {
+        self.wake.notify_one();
+    }
+
     /// The bus task transitions are published on.
     pub fn events(&self) -> &Arc<dyn EventBus> {
         self.announcer.bus()
@@ -462,6 +468,7 @@ impl Orchestrator {
             Outcome::Succeeded(_) => "task.succeeded",
             Outcome::Retry { .. } => "task.failed",
             Outcome::Dead(_) => "task.dead",
+            Outcome::Deferred { .. } => "task.deferred",
         };
         self.announce(event, task, Some(outcome), at);
     }

@@ -330,7 +330,13 @@ impl Orchestrator {
                     attempt: task.attempts,
                     details: e.details,
                 };
-                if e.retryable && task.attempts < task.max_attempts {
+                if let Some(after) = e.retry_after {
+                    Outcome::Deferred {
+                        error,
+                        retry_at: Utc::now()
+                            + chrono::Duration::from_std(after).unwrap_or(chrono::Duration::zero()),
+                    }
+                } else if e.retryable && task.attempts < task.max_attempts {
                     let delay = backoff::delay(task.backoff, task.attempts);
                     Outcome::Retry {
                         error,

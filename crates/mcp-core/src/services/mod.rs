@@ -3,6 +3,9 @@
 //! quota, visibility, events — is written once.
 
 pub mod memory;
+pub mod queues;
+pub mod scheduler;
+pub mod schedules;
 pub mod tasks;
 
 /// Trims a page read with one row more than `limit` back to `limit` rows; `true` when that extra
@@ -14,4 +17,8 @@ pub(crate) fn trim_page<T>(rows: &mut Vec<T>, limit: usize) -> bool {
 }
 
 pub use memory::{MemoryError, MemoryLimits, MemoryService};
+pub use queues::{QueueError, QueueService};
+pub use schedules::{
+    CreateSchedule, ScheduleError, SchedulePatch, ScheduleService, SchedulerConfig,
+};
 pub use tasks::{Creator, TaskLimits, TaskPage, TaskQuery, TaskService, TaskServiceError};

@@ -149,7 +149,8 @@ async fn wait_until(route: &str, wait: Duration, deadline: Instant) -> Result<()
             "{route}: rate limited for {} ms more than the task's timeout allows",
             wait.as_millis()
         ))
-        .with_details(json!({"retry_after_secs": wait.as_secs_f64()})));
+        .with_details(json!({"retry_after_secs": wait.as_secs_f64()}))
+        .with_retry_after(wait));
     }
     tokio::time::sleep(wait).await;
     Ok(())

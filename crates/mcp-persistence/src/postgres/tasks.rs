@@ -174,6 +174,10 @@ impl TaskStore for PgTaskStore {
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError> {
+        // Rate-limited types are claimed within their windows (`limits.rs`).
+        if let Some(claimed) = self.claim_with_limits(request).await? {
+            return Ok(claimed);
+        }
         // Share keys at their cap on this node: their tasks are skipped by both paths.
         let saturated = request.share.saturated();
         // Fast path, one statement: while no runnable task has a concurrency key, nothing needs
@@ -188,6 +192,7 @@ impl TaskStore for PgTaskStore {
                  FROM (SELECT id FROM tasks
                        WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
                          AND type = ANY($1) AND concurrency_key IS NULL
+                         AND queue NOT IN (SELECT queue FROM queue_pauses)
                          AND (share_key IS NULL OR share_key <> ALL($5))
                          AND NOT EXISTS (
                              SELECT 1 FROM tasks
@@ -226,6 +231,7 @@ impl TaskStore for PgTaskStore {
             "SELECT id, concurrency_key, concurrency_limit, share_key FROM tasks
              WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
                AND type = ANY($1)
+               AND queue NOT IN (SELECT queue FROM queue_pauses)
                AND (share_key IS NULL OR share_key <> ALL($3))
                AND (concurrency_key IS NULL OR concurrency_key NOT IN (
                      SELECT concurrency_key FROM tasks
@@ -332,7 +338,7 @@ impl TaskStore for PgTaskStore {
         for c in completions {
             let (result, error, at) = match &c.outcome {
                 Outcome::Succeeded(value) => (non_null(value).map(Json), None, None),
-                Outcome::Retry { error, retry_at } => {
+                Outcome::Retry { error, retry_at } | Outcome::Deferred { error, retry_at } => {
                     (None, Some(Json(error_json(error))), Some(*retry_at))
                 }
                 Outcome::Dead(error) => (None, Some(Json(error_json(error))), None),
@@ -344,7 +350,9 @@ impl TaskStore for PgTaskStore {
         let query = sqlx::query_as::<_, (Uuid,)>(
             "UPDATE tasks t SET status = c.status, result = c.result, error = c.error,
                  run_at = coalesce(c.run_at, t.run_at),
-                 finished_at = CASE WHEN c.status = 'failed' THEN NULL ELSE now() END,
+                 attempts = t.attempts - CASE WHEN c.status = 'scheduled' THEN 1 ELSE 0 END,
+                 finished_at = CASE WHEN c.status IN ('failed', 'scheduled') THEN NULL
+                                    ELSE now() END,
                  lease_owner = NULL, lease_expires_at = NULL
              FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::timestamptz[])
                   AS c(id, status, result, error, run_at)
@@ -571,7 +579,8 @@ impl TaskStore for PgTaskStore {
     async fn next_run_at(&self, types: &[String]) -> Result<Option<DateTime<Utc>>, StoreError> {
         let (at,): (Option<DateTime<Utc>>,) = sqlx::query_as(
             "SELECT min(run_at) FROM tasks
-             WHERE status IN ('scheduled', 'failed') AND type = ANY($1)",
+             WHERE status IN ('scheduled', 'failed') AND type = ANY($1)
+               AND queue NOT IN (SELECT queue FROM queue_pauses)",
         )
         .bind(types)
         .fetch_one(&self.pool)

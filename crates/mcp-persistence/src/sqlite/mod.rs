@@ -6,8 +6,10 @@
 
 mod identity;
 mod integrations;
+mod limits;
 mod memory;
 mod outbox;
+mod schedules;
 mod task_row;
 mod tasks;
 mod webhooks;

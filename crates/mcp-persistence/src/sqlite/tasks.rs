@@ -149,6 +149,10 @@ impl TaskStore for SqliteTaskStore {
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError> {
+        // Rate-limited types are claimed within their windows (`limits.rs`).
+        if let Some(claimed) = self.claim_with_limits(request).await? {
+            return Ok(claimed);
+        }
         let now = Utc::now();
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         let candidates: Vec<(String, Option<String>, Option<i32>, Option<String>)> =
@@ -156,6 +160,7 @@ impl TaskStore for SqliteTaskStore {
                 "SELECT id, concurrency_key, concurrency_limit, share_key FROM tasks
              WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= ?1
                AND type IN (SELECT value FROM json_each(?2))
+               AND queue NOT IN (SELECT queue FROM queue_pauses)
                AND (share_key IS NULL OR share_key NOT IN (SELECT value FROM json_each(?4)))
                AND (concurrency_key IS NULL OR concurrency_key NOT IN (
                      SELECT concurrency_key FROM tasks
@@ -245,7 +250,7 @@ impl TaskStore for SqliteTaskStore {
                             entry["result"] = value.clone();
                         }
                     }
-                    Outcome::Retry { error, retry_at } => {
+                    Outcome::Retry { error, retry_at } | Outcome::Deferred { error, retry_at } => {
                         entry["error"] = error_json(error);
                         entry["run_at"] = micros(*retry_at).into();
                     }
@@ -260,7 +265,10 @@ impl TaskStore for SqliteTaskStore {
             "UPDATE tasks SET status = c.value ->> 'status', result = c.value -> 'result',
                  error = c.value -> 'error',
                  run_at = coalesce(c.value ->> 'run_at', tasks.run_at),
-                 finished_at = CASE WHEN c.value ->> 'status' = 'failed' THEN NULL ELSE ?2 END,
+                 attempts = tasks.attempts
+                     - CASE WHEN c.value ->> 'status' = 'scheduled' THEN 1 ELSE 0 END,
+                 finished_at = CASE WHEN c.value ->> 'status' IN ('failed', 'scheduled') THEN NULL
+                                    ELSE ?2 END,
                  lease_owner = NULL, lease_expires_at = NULL
              FROM json_each(?1) AS c
              WHERE tasks.id = c.value ->> 'id' AND +tasks.status = 'running'
@@ -466,7 +474,8 @@ impl TaskStore for SqliteTaskStore {
         let (at,): (Option<i64>,) = sqlx::query_as(
             "SELECT min(run_at) FROM tasks
              WHERE status IN ('scheduled', 'failed')
-               AND type IN (SELECT value FROM json_each(?1))",
+               AND type IN (SELECT value FROM json_each(?1))
+               AND queue NOT IN (SELECT queue FROM queue_pauses)",
         )
         .bind(json_array(types.to_vec()))
         .fetch_one(&self.readers)

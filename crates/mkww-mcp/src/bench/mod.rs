@@ -2,6 +2,7 @@
 //! (a scratch database, percentiles, quiet logging).
 
 mod memory;
+mod schedules;
 mod scratch;
 mod tasks;
 mod ws;
@@ -17,6 +18,8 @@ pub enum Bench {
     Memory(memory::MemoryBench),
     /// WebSocket fan-out: subscribers, delivery latency and rate, idle connections held.
     Ws(ws::WsBench),
+    /// Schedule firing delay after the due time on an idle node.
+    Schedules(schedules::SchedulesBench),
 }
 
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
@@ -24,6 +27,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Tasks(args) => tasks::run(args).await,
         Bench::Memory(args) => memory::run(args).await,
         Bench::Ws(args) => ws::run(args).await,
+        Bench::Schedules(args) => schedules::run(args).await,
     }
 }
 

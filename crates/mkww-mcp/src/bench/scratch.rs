@@ -59,6 +59,20 @@ impl BenchStore {
         }
     }
 
+    pub fn schedules(&self) -> Arc<dyn mcp_core::schedule::ScheduleStore> {
+        match self {
+            BenchStore::Sqlite(store, _) => Arc::new(store.clone()),
+            BenchStore::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
+    pub fn queues(&self) -> Arc<dyn mcp_core::queues::QueueStore> {
+        match self {
+            BenchStore::Sqlite(store, _) => Arc::new(store.clone()),
+            BenchStore::Postgres(store) => Arc::new(store.clone()),
+        }
+    }
+
     /// Where the data is: the SQLite file or the PostgreSQL schema.
     pub fn location(&self) -> String {
         match self {

@@ -187,6 +187,7 @@ pub async fn run(args: TasksBench) -> anyhow::Result<()> {
                 orchestrator.events().clone(),
                 backing.memory(),
                 None,
+                (backing.schedules(), backing.queues()),
             ));
             tokio::spawn(async move { axum::serve(listener, app).await });
             let mut headers = reqwest::header::HeaderMap::new();

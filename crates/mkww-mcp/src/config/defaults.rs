@@ -148,6 +148,10 @@ impl Default for Config {
             webhook_outbox_refresh_ms: 1_000,
             webhook_outbox_lease_ms: 30_000,
             discord_followup_sweep_ms: 1_000,
+            schedules: Vec::new(),
+            schedule_grace_ms: 1_000,
+            schedule_poll_ms: 1_000,
+            task_limits: Vec::new(),
         }
     }
 }

@@ -145,6 +145,38 @@ impl Config {
         );
         self.outbound_policy()?;
         self.database()?;
+        self.check_scheduling()?;
+        Ok(())
+    }
+
+    /// `[[schedules]]` (cron, zone, bounds, template, unique names), `[[task_limits]]` and the
+    /// scheduler's clocks.
+    fn check_scheduling(&self) -> anyhow::Result<()> {
+        let mut names = std::collections::BTreeSet::new();
+        for schedule in &self.schedules {
+            mcp_core::services::schedules::schedule_from(schedule.clone(), "config")
+                .map_err(|e| anyhow::anyhow!("schedules `{}`: {e}", schedule.name))?;
+            anyhow::ensure!(
+                names.insert(schedule.name.as_str()),
+                "schedules: `{}` is declared twice",
+                schedule.name
+            );
+        }
+        let mut types = std::collections::BTreeSet::new();
+        for limit in &self.task_limits {
+            limit
+                .check()
+                .map_err(|e| anyhow::anyhow!("task_limits `{}`: {e}", limit.task_type))?;
+            anyhow::ensure!(
+                types.insert(limit.task_type.as_str()),
+                "task_limits: `{}` is declared twice",
+                limit.task_type
+            );
+        }
+        anyhow::ensure!(
+            self.schedule_poll_ms >= 10,
+            "schedule_poll_ms must be at least 10"
+        );
         Ok(())
     }
 }

@@ -329,6 +329,17 @@ pub struct Config {
     pub webhook_outbox_lease_ms: u64,
     /// How often a node looks for stored Discord follow-ups whose task is final.
     pub discord_followup_sweep_ms: u64,
+    /// Schedules declared in the file (`[[schedules]]`, the body of `POST /v1/schedules`),
+    /// reconciled at start: created, updated, and deleted once no longer declared.
+    pub schedules: Vec<mcp_core::services::CreateSchedule>,
+    /// A fire time found later than this (after downtime) counts as missed and follows its
+    /// schedule's `missed` policy.
+    pub schedule_grace_ms: u64,
+    /// Longest a node's scheduler sleeps before looking for schedules changed on other nodes.
+    pub schedule_poll_ms: u64,
+    /// Rate limits per task type (`[[task_limits]] type, max, per_ms`), cluster-wide; applied at
+    /// start over those set through `PUT /v1/task-limits/{type}`.
+    pub task_limits: Vec<mcp_core::queues::TaskLimit>,
 }
 
 /// The `[discord]` section of the file.

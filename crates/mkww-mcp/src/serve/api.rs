@@ -13,8 +13,11 @@ use mcp_core::events::EventBus;
 use mcp_core::identity::IdentityStore;
 use mcp_core::limiter::{Limiter, Quota};
 use mcp_core::memory::MemoryStore;
+use mcp_core::queues::QueueStore;
 use mcp_core::revocations::{PRUNE_MARGIN, RevocationConfig, Revocations};
+use mcp_core::schedule::ScheduleStore;
 use mcp_core::services::{MemoryLimits, MemoryService, TaskLimits, TaskService};
+use mcp_core::services::{QueueService, ScheduleService, SchedulerConfig};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +28,7 @@ pub fn api_state(
     events: Arc<dyn EventBus>,
     memory: Arc<dyn MemoryStore>,
     metrics: Option<MetricsRenderer>,
+    flow: (Arc<dyn ScheduleStore>, Arc<dyn QueueStore>),
 ) -> AppState {
     let tasks = Arc::new(TaskService::new(
         orchestrator.clone(),
@@ -36,6 +40,21 @@ pub fn api_state(
             max_timeout_ms_user: config.max_task_timeout_ms_user,
             max_timeout_ms_service: config.max_task_timeout_ms_service,
         },
+    ));
+    let (schedules, queues) = flow;
+    let schedules = Arc::new(ScheduleService::new(
+        schedules,
+        tasks.clone(),
+        events.clone(),
+        SchedulerConfig {
+            grace: Config::ms(config.schedule_grace_ms),
+            poll: Config::ms(config.schedule_poll_ms),
+        },
+    ));
+    let queues = Arc::new(QueueService::new(
+        queues,
+        orchestrator.clone(),
+        events.clone(),
     ));
     let memory = Arc::new(MemoryService::new(
         memory,
@@ -107,6 +126,8 @@ pub fn api_state(
         health: Arc::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
         ws_channels: Arc::default(),
+        schedules,
+        queues,
     }
 }
 

@@ -203,3 +203,27 @@ pub async fn allocator_trim(every: Duration, stop: CancellationToken) {
         let _ = tokio::task::spawn_blocking(|| unsafe { libc::malloc_trim(0) }).await;
     }
 }
+
+/// Applies the file's `[[task_limits]]`, reconciles its `[[schedules]]`, and starts this node's
+/// scheduler (every node runs one; the store lets one of them claim each firing).
+pub async fn scheduling(
+    config: &Config,
+    state: &AppState,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    state
+        .queues
+        .apply_limits(&config.task_limits)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot apply task_limits: {e}"))?;
+    state
+        .schedules
+        .reconcile(config.schedules.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot reconcile schedules: {e}"))?;
+    tokio::spawn(mcp_core::services::scheduler::run(
+        state.schedules.clone(),
+        stop.clone(),
+    ));
+    Ok(())
+}

@@ -76,6 +76,7 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         events,
         stores.memory.clone(),
         metrics,
+        (stores.schedules.clone(), stores.queues.clone()),
     );
     state.vrchat = clients
         .vrchat
@@ -132,6 +133,7 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         stopping.clone(),
     ));
     background::osc_listener(&config, &state, &stopping).await?;
+    background::scheduling(&config, &state, &stopping).await?;
     let retention = tokio::spawn(background::memory_retention(
         stores.memory.clone(),
         background::MemoryRetention::of(&config),

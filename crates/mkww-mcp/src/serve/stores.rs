@@ -8,7 +8,9 @@ use mcp_core::health::{DATABASE, Dependency, Failure, FnProbe, Guarded, HealthMo
 use mcp_core::identity::IdentityStore;
 use mcp_core::integrations::IntegrationStore;
 use mcp_core::memory::MemoryStore;
+use mcp_core::queues::QueueStore;
 use mcp_core::routing::WorkerDirectory;
+use mcp_core::schedule::ScheduleStore;
 use mcp_core::secrets::SecretBox;
 use mcp_core::webhooks::{Outbox, WebhookStore};
 use mcp_core::{StoreError, TaskStore};
@@ -35,6 +37,10 @@ pub struct Stores {
     pub outbox: Arc<dyn Outbox>,
     /// Pending Discord follow-ups.
     pub followups: Arc<dyn FollowupStore>,
+    /// Schedules.
+    pub schedules: Arc<dyn ScheduleStore>,
+    /// Paused queues and rate limits per task type.
+    pub queues: Arc<dyn QueueStore>,
 }
 
 impl Stores {
@@ -46,7 +52,9 @@ impl Stores {
             + WebhookStore
             + WorkerDirectory
             + Outbox
-            + FollowupStore,
+            + FollowupStore
+            + ScheduleStore
+            + QueueStore,
     >(
         store: Arc<S>,
         probe: Arc<dyn Probe>,
@@ -54,6 +62,8 @@ impl Stores {
         Stores {
             outbox: store.clone(),
             followups: store.clone(),
+            schedules: store.clone(),
+            queues: store.clone(),
             tasks: store.clone(),
             workers: store.clone(),
             identities: store.clone(),
@@ -76,6 +86,8 @@ impl Stores {
             workers: Arc::new(Guarded::new(self.workers, database.clone())),
             outbox: Arc::new(Guarded::new(self.outbox, database.clone())),
             followups: Arc::new(Guarded::new(self.followups, database.clone())),
+            schedules: Arc::new(Guarded::new(self.schedules, database.clone())),
+            queues: Arc::new(Guarded::new(self.queues, database.clone())),
             probe: self.probe,
         }
     }
