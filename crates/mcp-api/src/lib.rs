@@ -30,6 +30,7 @@ pub mod token;
 mod vcc;
 mod vrchat;
 mod webhooks;
+mod workflows;
 pub mod ws;
 
 pub use admin::check_username;
@@ -68,6 +69,7 @@ fn endpoints() -> Vec<Endpoint<AppState>> {
         vrchat::endpoints(),
         vcc::endpoints(),
         bots::endpoints(),
+        workflows::endpoints(),
     ]
     .into_iter()
     .flatten()

@@ -144,10 +144,20 @@ pub enum Permission {
     VccManage,
     /// Create `http.request` tasks: have the hub call a URL the caller chooses.
     HttpRequest,
+    /// Create workflows (of task types one may create), and add tasks to one's own.
+    WorkflowsCreate,
+    /// Read and list the workflows one created.
+    WorkflowsReadOwn,
+    /// Cancel the workflows one created.
+    WorkflowsCancelOwn,
+    /// Read and list every workflow.
+    WorkflowsReadAny,
+    /// Cancel any workflow.
+    WorkflowsManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 20] = [
+    pub const ALL: [Permission; 25] = [
         Permission::TasksCreate,
         Permission::TasksReadOwn,
         Permission::TasksCancelOwn,
@@ -168,6 +178,11 @@ impl Permission {
         Permission::VccRead,
         Permission::VccManage,
         Permission::HttpRequest,
+        Permission::WorkflowsCreate,
+        Permission::WorkflowsReadOwn,
+        Permission::WorkflowsCancelOwn,
+        Permission::WorkflowsReadAny,
+        Permission::WorkflowsManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -192,6 +207,24 @@ impl Permission {
             Permission::VccRead => "vcc:read",
             Permission::VccManage => "vcc:manage",
             Permission::HttpRequest => "http:request",
+            Permission::WorkflowsCreate => "workflows:create",
+            Permission::WorkflowsReadOwn => "workflows:read:own",
+            Permission::WorkflowsCancelOwn => "workflows:cancel:own",
+            Permission::WorkflowsReadAny => "workflows:read:any",
+            Permission::WorkflowsManage => "workflows:manage",
+        }
+    }
+
+    /// A workflow permission is granted with the task permission it mirrors: a workflow is its
+    /// tasks, so whoever may create, read or cancel tasks may do so in a workflow.
+    pub fn task_counterpart(self) -> Option<Permission> {
+        match self {
+            Permission::WorkflowsCreate => Some(Permission::TasksCreate),
+            Permission::WorkflowsReadOwn => Some(Permission::TasksReadOwn),
+            Permission::WorkflowsCancelOwn => Some(Permission::TasksCancelOwn),
+            Permission::WorkflowsReadAny => Some(Permission::TasksReadAny),
+            Permission::WorkflowsManage => Some(Permission::TasksManage),
+            _ => None,
         }
     }
 }
@@ -206,6 +239,9 @@ impl Role {
     /// The permission table: which role may do what.
     pub fn grants(self, permission: Permission) -> bool {
         use Permission::*;
+        if let Some(task) = permission.task_counterpart() {
+            return self.grants(task);
+        }
         match self {
             Role::Admin => true,
             Role::Operator => matches!(

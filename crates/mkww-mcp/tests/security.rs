@@ -138,6 +138,19 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
         "admin",
     ),
+    ("POST", "/v1/workflows", "admin operator service user"),
+    ("GET", "/v1/workflows", "admin operator service user"),
+    ("GET", "/v1/workflows/{id}", "admin operator service user"),
+    (
+        "POST",
+        "/v1/workflows/{id}/cancel",
+        "admin operator service user",
+    ),
+    (
+        "POST",
+        "/v1/workflows/{id}/tasks",
+        "admin operator service user",
+    ),
 ];
 
 fn allowed(spec: &str, role: &str) -> bool {

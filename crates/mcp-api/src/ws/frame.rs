@@ -45,6 +45,11 @@ pub enum Op {
         error: WorkerError,
         retryable: bool,
     },
+    TaskProgress {
+        task_id: String,
+        progress: f64,
+        message: Option<String>,
+    },
 }
 
 /// Why a worker's attempt failed.
@@ -109,6 +114,14 @@ struct CancelFields {
 struct RegisterFields {
     types: Vec<String>,
     concurrency: usize,
+}
+
+#[derive(Deserialize)]
+struct ProgressFields {
+    task_id: String,
+    progress: f64,
+    #[serde(default)]
+    message: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -242,6 +255,15 @@ pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
                 task_id: f.task_id,
                 error: f.error,
                 retryable: f.retryable,
+            }
+        }
+        "task.progress" => {
+            let f: ProgressFields =
+                serde_json::from_value(value.clone()).map_err(fields("task.progress"))?;
+            Op::TaskProgress {
+                task_id: f.task_id,
+                progress: f.progress,
+                message: f.message,
             }
         }
         other => {

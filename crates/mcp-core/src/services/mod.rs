@@ -4,6 +4,7 @@
 
 pub mod memory;
 pub mod tasks;
+pub mod workflows;
 
 /// Trims a page read with one row more than `limit` back to `limit` rows; `true` when that extra
 /// row was there, i.e. another page follows.
@@ -15,3 +16,4 @@ pub(crate) fn trim_page<T>(rows: &mut Vec<T>, limit: usize) -> bool {
 
 pub use memory::{MemoryError, MemoryLimits, MemoryService};
 pub use tasks::{Creator, TaskLimits, TaskPage, TaskQuery, TaskService, TaskServiceError};
+pub use workflows::{WorkflowPage, WorkflowService, WorkflowServiceError};

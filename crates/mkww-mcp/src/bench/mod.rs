@@ -4,6 +4,7 @@
 mod memory;
 mod scratch;
 mod tasks;
+mod workflows;
 mod ws;
 
 use crate::config::Config;
@@ -17,6 +18,8 @@ pub enum Bench {
     Memory(memory::MemoryBench),
     /// WebSocket fan-out: subscribers, delivery latency and rate, idle connections held.
     Ws(ws::WsBench),
+    /// A fan-out/fan-in workflow against as many plain tasks: what dependencies cost.
+    Workflows(workflows::WorkflowsBench),
 }
 
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
@@ -24,6 +27,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Tasks(args) => tasks::run(args).await,
         Bench::Memory(args) => memory::run(args).await,
         Bench::Ws(args) => ws::run(args).await,
+        Bench::Workflows(args) => workflows::run(args).await,
     }
 }
 

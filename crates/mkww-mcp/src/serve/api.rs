@@ -37,6 +37,11 @@ pub fn api_state(
             max_timeout_ms_service: config.max_task_timeout_ms_service,
         },
     ));
+    // Running handlers add their children to their workflow through the workflow service.
+    orchestrator.serve_children(Arc::new(mcp_core::services::WorkflowService::new(
+        tasks.clone(),
+        orchestrator.clone(),
+    )));
     let memory = Arc::new(MemoryService::new(
         memory,
         events.clone(),
