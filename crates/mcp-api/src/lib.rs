@@ -33,6 +33,7 @@ pub mod token;
 mod vcc;
 mod vrchat;
 mod webhooks;
+mod workflows;
 pub mod ws;
 
 pub use admin::check_username;
@@ -73,6 +74,7 @@ fn endpoints() -> Vec<Endpoint<AppState>> {
         bots::endpoints(),
         schedules::endpoints(),
         queues::endpoints(),
+        workflows::endpoints(),
     ]
     .into_iter()
     .flatten()

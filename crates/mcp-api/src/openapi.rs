@@ -103,6 +103,16 @@ use utoipa::{Modify, OpenApi};
         crate::queues::QueueState,
         crate::queues::TaskLimitList,
         crate::queues::PutTaskLimit,
+        mcp_core::task::Progress,
+        mcp_core::workflow::Workflow,
+        mcp_core::workflow::WorkflowDetail,
+        mcp_core::workflow::WorkflowStatus,
+        mcp_core::workflow::OnFailure,
+        mcp_core::workflow::CreateWorkflow,
+        mcp_core::workflow::WorkflowTaskSpec,
+        crate::workflows::WorkflowList,
+        crate::workflows::AddTasks,
+        crate::workflows::AddedTasks,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -118,6 +128,7 @@ use utoipa::{Modify, OpenApi};
         (name = "vcc", description = "VCC projects and VPM repositories (package changes, builds and deploys are tasks)"),
         (name = "vrchat", description = "VRChat's web API through the hub's account, and its session"),
         (name = "schedules", description = "Cron schedules that create tasks"),
+        (name = "workflows", description = "Workflows: DAGs of tasks whose dependents run when their dependencies succeed"),
     )
 )]
 pub struct ApiDoc;

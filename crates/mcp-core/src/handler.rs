@@ -20,6 +20,77 @@ pub struct TaskContext {
     pub cancel: CancellationToken,
 }
 
+/// Where a handler's reports go: the orchestrator running it. Set for the duration of each
+/// attempt (a task-local, so that contexts built elsewhere, as tests do, need no field).
+#[async_trait]
+pub trait TaskReporter: Send + Sync {
+    /// `Ok(false)`: the task is not running any more.
+    async fn progress(
+        &self,
+        id: uuid::Uuid,
+        progress: crate::task::Progress,
+    ) -> Result<bool, String>;
+
+    /// Adds tasks to the workflow of the running task `parent`.
+    async fn add_tasks(
+        &self,
+        parent: Arc<Task>,
+        tasks: Vec<crate::workflow::WorkflowTaskSpec>,
+    ) -> Result<Vec<Task>, String>;
+}
+
+/// What adds a running task's children to its workflow: the workflow service, given to the
+/// orchestrator when the node is wired (`Orchestrator::serve_children`).
+#[async_trait]
+pub trait WorkflowChildren: Send + Sync {
+    async fn add_children(
+        &self,
+        parent: &Task,
+        tasks: Vec<crate::workflow::WorkflowTaskSpec>,
+    ) -> Result<Vec<Task>, String>;
+}
+
+tokio::task_local! {
+    pub(crate) static REPORTER: Arc<dyn TaskReporter>;
+}
+
+impl TaskContext {
+    /// The outcomes of the task's workflow dependencies by key (`{"build": {"status":
+    /// "succeeded", "result": …}}`); `None` outside a workflow or for a task without any.
+    pub fn parents(&self) -> Option<&Value> {
+        self.task.parents.as_ref()
+    }
+
+    /// Reports how far the attempt got: `progress` from 0 to 1 and an optional message. Stored
+    /// on the task and published as `task.progress` on `task:{id}`, at most 10 a second (a
+    /// report within that is kept as the latest and written when the interval ends). Reports
+    /// made outside an attempt's own future (a task it spawned) are refused.
+    pub async fn progress(&self, progress: f64, message: Option<String>) -> Result<(), String> {
+        let report = crate::task::Progress::new(progress, message).map_err(|e| e.to_string())?;
+        let reporter = REPORTER
+            .try_with(|r| r.clone())
+            .map_err(|_| "no orchestrator runs this attempt".to_owned())?;
+        match reporter.progress(self.task.id, report).await? {
+            true => Ok(()),
+            false => Err("the task is not running".to_owned()),
+        }
+    }
+
+    /// Adds tasks to this task's workflow (its children): each as in a workflow's create body,
+    /// whose `depends_on` may name the workflow's keys. They belong to the task's creator (its
+    /// share key and namespace; the hub adds them, so no quota is charged). Errors say why
+    /// (not in a workflow, a bad graph or task, the workflow finished).
+    pub async fn add_workflow_tasks(
+        &self,
+        tasks: Vec<crate::workflow::WorkflowTaskSpec>,
+    ) -> Result<Vec<Task>, String> {
+        let reporter = REPORTER
+            .try_with(|r| r.clone())
+            .map_err(|_| "no orchestrator runs this attempt".to_owned())?;
+        reporter.add_tasks(self.task.clone(), tasks).await
+    }
+}
+
 /// A failed attempt. `retryable: false` makes the task `dead` at once.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{message}")]
@@ -99,13 +170,14 @@ pub struct HandlerRegistry {
 }
 
 impl HandlerRegistry {
-    /// A registry with the built-in types: `noop`, `echo`, `sleep`, `fail`.
+    /// A registry with the built-in types: `noop`, `echo`, `sleep`, `fail`, `collect`.
     pub fn with_builtins() -> Self {
         let mut registry = HandlerRegistry::default();
         registry.register("noop", Noop);
         registry.register("echo", Echo);
         registry.register("sleep", Sleep);
         registry.register("fail", Fail);
+        registry.register("collect", Collect);
         registry
     }
 
@@ -156,7 +228,13 @@ struct Sleep;
 #[serde(deny_unknown_fields)]
 struct SleepPayload {
     ms: u64,
+    /// Report progress this many times, evenly over the sleep (`TaskContext::progress`).
+    #[serde(default)]
+    progress_steps: u32,
 }
+
+/// Most progress reports one `sleep` makes.
+const MAX_PROGRESS_STEPS: u32 = 10_000;
 
 const MAX_SLEEP_MS: u64 = 24 * 3_600_000;
 
@@ -167,15 +245,43 @@ impl Handler for Sleep {
         if p.ms > MAX_SLEEP_MS {
             return Err(format!("ms must be at most {MAX_SLEEP_MS}"));
         }
+        if p.progress_steps > MAX_PROGRESS_STEPS {
+            return Err(format!(
+                "progress_steps must be at most {MAX_PROGRESS_STEPS}"
+            ));
+        }
         Ok(())
     }
 
     async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
         let p: SleepPayload = parse(&ctx.task.payload).map_err(HandlerError::permanent)?;
-        tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(p.ms)) => Ok(json!({"slept_ms": p.ms})),
-            _ = ctx.cancel.cancelled() => Err(HandlerError::retryable("interrupted")),
+        let steps = p.progress_steps.max(1);
+        let step = Duration::from_millis(p.ms) / steps;
+        for i in 1..=steps {
+            tokio::select! {
+                _ = tokio::time::sleep(step) => {}
+                _ = ctx.cancel.cancelled() => return Err(HandlerError::retryable("interrupted")),
+            }
+            if p.progress_steps > 0 {
+                let fraction = f64::from(i) / f64::from(steps);
+                let message = format!("step {i} of {steps}");
+                if let Err(e) = ctx.progress(fraction, Some(message)).await {
+                    tracing::debug!(error = %e, "progress not recorded");
+                }
+            }
         }
+        Ok(json!({"slept_ms": p.ms}))
+    }
+}
+
+/// Succeeds with its workflow parents' outcomes (`{"build": {"status", "result"}}`; `{}`
+/// without any): the fan-in step of a workflow that gathers what came before.
+struct Collect;
+
+#[async_trait]
+impl Handler for Collect {
+    async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
+        Ok(ctx.parents().cloned().unwrap_or_else(|| json!({})))
     }
 }
 
@@ -222,6 +328,9 @@ mod tests {
         let fail = registry.get("fail").unwrap();
         assert!(fail.validate(&json!({"times": 2})).is_ok());
         assert!(fail.validate(&json!({"times": -1})).is_err());
-        assert_eq!(registry.types(), vec!["echo", "fail", "noop", "sleep"]);
+        assert_eq!(
+            registry.types(),
+            vec!["collect", "echo", "fail", "noop", "sleep"]
+        );
     }
 }

@@ -30,6 +30,7 @@ pub mod vcc;
 pub mod vrchat;
 pub mod webhooks;
 pub mod worker_types;
+pub mod workflow;
 
 pub use orchestrator::{
     Handler, HandlerError, HandlerRegistry, Orchestrator, OrchestratorConfig, Origin, TaskContext,

@@ -148,10 +148,20 @@ pub enum Permission {
     SchedulesRead,
     /// Create, change, pause, trigger and delete schedules.
     SchedulesWrite,
+    /// Create workflows (of task types one may create), and add tasks to one's own.
+    WorkflowsCreate,
+    /// Read and list the workflows one created.
+    WorkflowsReadOwn,
+    /// Cancel the workflows one created.
+    WorkflowsCancelOwn,
+    /// Read and list every workflow.
+    WorkflowsReadAny,
+    /// Cancel any workflow.
+    WorkflowsManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 22] = [
+    pub const ALL: [Permission; 27] = [
         Permission::TasksCreate,
         Permission::TasksReadOwn,
         Permission::TasksCancelOwn,
@@ -174,6 +184,11 @@ impl Permission {
         Permission::HttpRequest,
         Permission::SchedulesRead,
         Permission::SchedulesWrite,
+        Permission::WorkflowsCreate,
+        Permission::WorkflowsReadOwn,
+        Permission::WorkflowsCancelOwn,
+        Permission::WorkflowsReadAny,
+        Permission::WorkflowsManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -200,6 +215,24 @@ impl Permission {
             Permission::HttpRequest => "http:request",
             Permission::SchedulesRead => "schedules:read",
             Permission::SchedulesWrite => "schedules:write",
+            Permission::WorkflowsCreate => "workflows:create",
+            Permission::WorkflowsReadOwn => "workflows:read:own",
+            Permission::WorkflowsCancelOwn => "workflows:cancel:own",
+            Permission::WorkflowsReadAny => "workflows:read:any",
+            Permission::WorkflowsManage => "workflows:manage",
+        }
+    }
+
+    /// A workflow permission is granted with the task permission it mirrors: a workflow is its
+    /// tasks, so whoever may create, read or cancel tasks may do so in a workflow.
+    pub fn task_counterpart(self) -> Option<Permission> {
+        match self {
+            Permission::WorkflowsCreate => Some(Permission::TasksCreate),
+            Permission::WorkflowsReadOwn => Some(Permission::TasksReadOwn),
+            Permission::WorkflowsCancelOwn => Some(Permission::TasksCancelOwn),
+            Permission::WorkflowsReadAny => Some(Permission::TasksReadAny),
+            Permission::WorkflowsManage => Some(Permission::TasksManage),
+            _ => None,
         }
     }
 }
@@ -214,6 +247,9 @@ impl Role {
     /// The permission table: which role may do what.
     pub fn grants(self, permission: Permission) -> bool {
         use Permission::*;
+        if let Some(task) = permission.task_counterpart() {
+            return self.grants(task);
+        }
         match self {
             Role::Admin => true,
             Role::Operator => matches!(

@@ -4,7 +4,10 @@
 //! Every state transition is one statement or one transaction, so a crash between two calls
 //! never leaves a task half-moved.
 
-use crate::task::{NewTask, Task, TaskError, TaskStatus};
+use crate::task::{NewTask, Progress, Task, TaskError, TaskStatus};
+use crate::workflow::{
+    NewWorkflow, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -234,6 +237,85 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Starts forwarding "new tasks" signals from other processes (PostgreSQL LISTEN) to `wake`.
     /// Stores with a single process (SQLite) need do nothing: the orchestrator wakes itself.
     async fn watch(&self, wake: Arc<Notify>) -> Result<(), StoreError>;
+
+    // Workflows (`workflow.rs`). The defaults refuse, for stores (test doubles) without them.
+
+    /// Inserts a workflow and its tasks in one transaction: `nodes[i]` places `tasks[i]` in it.
+    /// A task with dependencies is `waiting`, counting the dependencies not yet settled.
+    async fn insert_workflow(
+        &self,
+        _workflow: &NewWorkflow,
+        _tasks: &[NewTask],
+        _nodes: &[WorkflowNode],
+    ) -> Result<(Workflow, Vec<Task>), StoreError> {
+        Err(no_workflows())
+    }
+
+    /// Adds tasks to a running workflow (a running task's children), in one transaction;
+    /// `None` when the workflow is not running any more. Dependencies already settled count as
+    /// such (and one that failed under `cancel_dependents` cancels the new task at once).
+    async fn extend_workflow(
+        &self,
+        _workflow_id: Uuid,
+        _tasks: &[NewTask],
+        _nodes: &[WorkflowNode],
+    ) -> Result<Option<Settled>, StoreError> {
+        Err(no_workflows())
+    }
+
+    /// A workflow with its tasks in creation order.
+    async fn get_workflow(&self, _id: Uuid) -> Result<Option<WorkflowDetail>, StoreError> {
+        Err(no_workflows())
+    }
+
+    /// Workflows newest first.
+    async fn list_workflows(&self, _filter: &WorkflowFilter) -> Result<Vec<Workflow>, StoreError> {
+        Err(no_workflows())
+    }
+
+    /// `complete` for tasks of workflows, and in the same transaction what their outcomes mean
+    /// for the rest: dependents whose last dependency settled become `queued` (a successful
+    /// dependency, or a failed one under `continue`), those of a dead one under
+    /// `cancel_dependents` are cancelled transitively, and workflows whose tasks are all final
+    /// finish. Other nodes' claim loops are woken.
+    async fn complete_workflow(
+        &self,
+        _owner: &str,
+        _completions: &[Completion],
+    ) -> Result<Settled, StoreError> {
+        Err(no_workflows())
+    }
+
+    /// Settles the dependents of workflow tasks that became final outside `complete_workflow`
+    /// (cancelled one by one, dead after a rescue). Idempotent.
+    async fn settle_workflow_tasks(&self, _ids: &[Uuid]) -> Result<Settled, StoreError> {
+        Err(no_workflows())
+    }
+
+    /// Cancels every unfinished task of a workflow and the workflow itself, in one transaction.
+    /// `None` when there is no such workflow; the tasks returned were cancelled by this call,
+    /// with whether each was running.
+    async fn cancel_workflow(
+        &self,
+        _id: Uuid,
+    ) -> Result<Option<(Workflow, Vec<(Task, bool)>)>, StoreError> {
+        Err(no_workflows())
+    }
+
+    /// The outcomes of the dependencies of each task in `ids`, by key:
+    /// `{"build": {"status": "succeeded", "result": …}}` (or `"error"` for a failed one).
+    async fn parents(&self, _ids: &[Uuid]) -> Result<HashMap<Uuid, Value>, StoreError> {
+        Err(no_workflows())
+    }
+
+    /// Stores the latest progress of a running task; `false` when it is not running.
+    async fn set_progress(&self, _id: Uuid, _progress: &Progress) -> Result<bool, StoreError> {
+        Err(no_workflows())
+    }
+}
+
+fn no_workflows() -> StoreError {
+    StoreError::Database("this store keeps no workflows".into())
 }
 
 /// Given claim candidates (in claim order), how many tasks run per concurrency key (anywhere)

@@ -17,10 +17,14 @@ use uuid::Uuid;
 ///    └───────────────────────┤
 ///                            └─> dead   (no attempts left)
 /// cancelled: from any state that is not final
+///
+/// waiting ─> queued      (a workflow task: its last dependency settled; see `workflow.rs`)
+/// waiting ─> cancelled   (a dependency ended dead or cancelled under `cancel_dependents`)
 /// ```
 ///
 /// `scheduled` and `failed` tasks become runnable when their `run_at` passes; the claim query
-/// takes them directly, so a delayed task starts on time without a promotion step.
+/// takes them directly, so a delayed task starts on time without a promotion step. A `waiting`
+/// task is never claimed: the transaction that settles its last dependency makes it `queued`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
@@ -31,10 +35,12 @@ pub enum TaskStatus {
     Failed,
     Dead,
     Cancelled,
+    /// A workflow task whose dependencies have not all settled yet.
+    Waiting,
 }
 
 impl TaskStatus {
-    pub const ALL: [TaskStatus; 7] = [
+    pub const ALL: [TaskStatus; 8] = [
         TaskStatus::Scheduled,
         TaskStatus::Queued,
         TaskStatus::Running,
@@ -42,6 +48,7 @@ impl TaskStatus {
         TaskStatus::Failed,
         TaskStatus::Dead,
         TaskStatus::Cancelled,
+        TaskStatus::Waiting,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -53,6 +60,7 @@ impl TaskStatus {
             TaskStatus::Failed => "failed",
             TaskStatus::Dead => "dead",
             TaskStatus::Cancelled => "cancelled",
+            TaskStatus::Waiting => "waiting",
         }
     }
 
@@ -140,6 +148,56 @@ pub struct Task {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The workflow this task belongs to, if any (`docs/workflows.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_id: Option<Uuid>,
+    /// The task's key within its workflow (`build`, `deploy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_key: Option<String>,
+    /// The outcomes of the task's dependencies by key, filled when a workflow task is handed to
+    /// a handler or an external worker: `{"build": {"status": "succeeded", "result": …}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parents: Option<Value>,
+    /// The latest progress its handler or worker reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<Progress>,
+}
+
+/// How far a running task got, as its handler or worker last reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Progress {
+    /// From 0 to 1.
+    pub progress: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// The longest progress message kept, in bytes.
+pub const MAX_PROGRESS_MESSAGE: usize = 1_024;
+
+impl Progress {
+    /// A report checked against its bounds: a fraction in `[0, 1]` and a message of at most
+    /// [`MAX_PROGRESS_MESSAGE`] bytes.
+    pub fn new(progress: f64, message: Option<String>) -> Result<Progress, InvalidTask> {
+        if !(0.0..=1.0).contains(&progress) {
+            return Err(invalid("progress", "must be a number from 0 to 1"));
+        }
+        if message
+            .as_ref()
+            .is_some_and(|m| m.len() > MAX_PROGRESS_MESSAGE)
+        {
+            return Err(invalid(
+                "message",
+                format!("must be at most {MAX_PROGRESS_MESSAGE} bytes"),
+            ));
+        }
+        Ok(Progress {
+            progress,
+            message,
+            at: Utc::now(),
+        })
+    }
 }
 
 /// A validated task ready to be inserted: the orchestrator fills every default, so a store only

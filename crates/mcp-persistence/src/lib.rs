@@ -37,6 +37,7 @@ mod redis;
 mod sqlite;
 mod tasks;
 mod workers;
+mod workflows;
 
 pub use crate::redis::bus::RedisBus;
 pub use crate::redis::limiter::RedisLimiter;

@@ -104,6 +104,10 @@ pub(crate) fn inserted_task(
         created_at,
         started_at: None,
         finished_at: None,
+        workflow_id: None,
+        workflow_key: None,
+        parents: None,
+        progress: None,
     }
 }
 

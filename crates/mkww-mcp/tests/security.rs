@@ -153,6 +153,19 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/v1/task-limits/{type}", "admin operator"),
     ("PUT", "/v1/task-limits/{type}", "admin operator"),
     ("DELETE", "/v1/task-limits/{type}", "admin operator"),
+    ("POST", "/v1/workflows", "admin operator service user"),
+    ("GET", "/v1/workflows", "admin operator service user"),
+    ("GET", "/v1/workflows/{id}", "admin operator service user"),
+    (
+        "POST",
+        "/v1/workflows/{id}/cancel",
+        "admin operator service user",
+    ),
+    (
+        "POST",
+        "/v1/workflows/{id}/tasks",
+        "admin operator service user",
+    ),
 ];
 
 fn allowed(spec: &str, role: &str) -> bool {

@@ -48,6 +48,11 @@ pub enum Op {
         /// milliseconds from now without spending the attempt.
         retry_after_ms: Option<u64>,
     },
+    TaskProgress {
+        task_id: String,
+        progress: f64,
+        message: Option<String>,
+    },
 }
 
 /// Why a worker's attempt failed.
@@ -112,6 +117,14 @@ struct CancelFields {
 struct RegisterFields {
     types: Vec<String>,
     concurrency: usize,
+}
+
+#[derive(Deserialize)]
+struct ProgressFields {
+    task_id: String,
+    progress: f64,
+    #[serde(default)]
+    message: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -248,6 +261,15 @@ pub fn decode(text: &str) -> Result<ClientFrame, FrameError> {
                 error: f.error,
                 retryable: f.retryable,
                 retry_after_ms: f.retry_after_ms,
+            }
+        }
+        "task.progress" => {
+            let f: ProgressFields =
+                serde_json::from_value(value.clone()).map_err(fields("task.progress"))?;
+            Op::TaskProgress {
+                task_id: f.task_id,
+                progress: f.progress,
+                message: f.message,
             }
         }
         other => {

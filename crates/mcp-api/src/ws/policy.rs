@@ -22,6 +22,12 @@ impl Connection {
             ("task", id) | ("vcc.build", id) if !id.is_empty() => {
                 principal.can(Permission::TasksReadAny) || self.owns_task(principal, id).await?
             }
+            // Workflows' events: all of them, or one's whoever may see it.
+            ("workflows", "") => principal.can(Permission::WorkflowsReadAny),
+            ("workflow", id) if !id.is_empty() => {
+                principal.can(Permission::WorkflowsReadAny)
+                    || self.owns_workflow(principal, id).await?
+            }
             ("user", subject) => subject == principal.subject,
             ("conversation", id) if !id.is_empty() => principal.can(Permission::MemoryRead),
             ("memory", "") => principal.can(Permission::MemoryRead),
@@ -79,6 +85,22 @@ impl Connection {
         match self.state.tasks.get(principal, id).await {
             Ok(_) => Ok(true),
             Err(mcp_core::services::TaskServiceError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    pub(super) async fn owns_workflow(
+        &self,
+        principal: &Principal,
+        id: &str,
+    ) -> Result<bool, ApiError> {
+        let workflows = mcp_core::services::WorkflowService::new(
+            self.state.tasks.clone(),
+            self.state.orchestrator.clone(),
+        );
+        match workflows.get(principal, id).await {
+            Ok(_) => Ok(true),
+            Err(mcp_core::services::WorkflowServiceError::NotFound(_)) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

@@ -302,6 +302,11 @@ impl Connection {
                 }
             }
             Op::TaskComplete { task_id, result } => self.settle(&task_id, Ok(result)),
+            Op::TaskProgress {
+                task_id,
+                progress,
+                message,
+            } => self.progress(&task_id, progress, message).await,
             Op::TaskFail {
                 task_id,
                 error,

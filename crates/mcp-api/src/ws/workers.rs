@@ -134,4 +134,22 @@ impl Connection {
             )),
         }
     }
+
+    /// A held task's progress (`task.progress`): stored and published by the orchestrator, at
+    /// most 10 a second per task (see `Orchestrator::report_progress`).
+    pub(super) async fn progress(
+        &mut self,
+        task_id: &str,
+        progress: f64,
+        message: Option<String>,
+    ) -> Result<Option<Value>, ApiError> {
+        let not_held = || ws_error("task_not_held", "this worker does not hold that task");
+        let id = self.held(task_id).ok_or_else(not_held)?;
+        let report = mcp_core::task::Progress::new(progress, message)
+            .map_err(|e| ws_error("invalid_request", &e.to_string()))?;
+        match self.state.orchestrator.report_progress(id, report).await? {
+            true => Ok(Some(json!({}))),
+            false => Err(not_held()),
+        }
+    }
 }

@@ -24,8 +24,11 @@ use crate::principal::Role;
 use crate::routing::{DirectoryEntry, WorkerDirectory, WorkerRegistration};
 use crate::store::{CancelOutcome, ClaimRequest, Completion, Inserted, RetryOutcome, StoreError};
 use crate::store::{TaskCounts, TaskFilter, TaskStore};
-use crate::task::{NewTask, Task};
+use crate::task::{NewTask, Progress, Task};
 use crate::webhooks::{Attempt, Outbox, OutboxEntry, Webhook, WebhookDelivery, WebhookStore};
+use crate::workflow::{
+    NewWorkflow, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
+};
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use std::sync::Arc;
@@ -160,6 +163,53 @@ impl TaskStore for Guarded<dyn TaskStore> {
     }
     async fn watch(&self, wake: Arc<Notify>) -> Result<(), StoreError> {
         guarded!(self, watch(wake))
+    }
+    async fn insert_workflow(
+        &self,
+        workflow: &NewWorkflow,
+        tasks: &[NewTask],
+        nodes: &[WorkflowNode],
+    ) -> Result<(Workflow, Vec<Task>), StoreError> {
+        guarded!(self, insert_workflow(workflow, tasks, nodes))
+    }
+    async fn extend_workflow(
+        &self,
+        workflow_id: Uuid,
+        tasks: &[NewTask],
+        nodes: &[WorkflowNode],
+    ) -> Result<Option<Settled>, StoreError> {
+        guarded!(self, extend_workflow(workflow_id, tasks, nodes))
+    }
+    async fn get_workflow(&self, id: Uuid) -> Result<Option<WorkflowDetail>, StoreError> {
+        guarded!(self, get_workflow(id))
+    }
+    async fn list_workflows(&self, filter: &WorkflowFilter) -> Result<Vec<Workflow>, StoreError> {
+        guarded!(self, list_workflows(filter))
+    }
+    async fn complete_workflow(
+        &self,
+        owner: &str,
+        done: &[Completion],
+    ) -> Result<Settled, StoreError> {
+        guarded!(self, complete_workflow(owner, done))
+    }
+    async fn settle_workflow_tasks(&self, ids: &[Uuid]) -> Result<Settled, StoreError> {
+        guarded!(self, settle_workflow_tasks(ids))
+    }
+    async fn cancel_workflow(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(Workflow, Vec<(Task, bool)>)>, StoreError> {
+        guarded!(self, cancel_workflow(id))
+    }
+    async fn parents(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<std::collections::HashMap<Uuid, serde_json::Value>, StoreError> {
+        guarded!(self, parents(ids))
+    }
+    async fn set_progress(&self, id: Uuid, progress: &Progress) -> Result<bool, StoreError> {
+        guarded!(self, set_progress(id, progress))
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod announce;
 mod directory;
+mod flow;
 mod remote;
 mod task_metrics;
 #[cfg(test)]
@@ -11,6 +12,7 @@ mod tests;
 mod worker;
 
 pub use crate::handler::{Handler, HandlerError, HandlerRegistry, TaskContext};
+pub use flow::{PROGRESS_INTERVAL, WORKFLOWS};
 pub use remote::WorkerRefusal;
 pub use worker::WorkerHandle;
 
@@ -142,6 +144,8 @@ pub struct Orchestrator {
     /// The database as the health monitor sees it, when the node has one: the rescuer holds
     /// off while it is down and just after it returns (`watch_database`).
     database: std::sync::OnceLock<crate::health::Dependency>,
+    progress: flow::ProgressThrottle,
+    children: std::sync::OnceLock<Arc<dyn crate::handler::WorkflowChildren>>,
 }
 
 /// Where a create request comes from: stamped on the tasks it creates.
@@ -186,6 +190,8 @@ impl Orchestrator {
             directory: directory::Directory::default(),
             announcer,
             database: std::sync::OnceLock::new(),
+            progress: flow::ProgressThrottle::default(),
+            children: std::sync::OnceLock::new(),
         })
     }
 
@@ -425,6 +431,9 @@ impl Orchestrator {
                 token.cancel();
             }
             self.emit("task.cancelled", task.clone());
+            if task.workflow_id.is_some() {
+                self.settle(vec![task.id]).await;
+            }
         }
         Ok(outcome)
     }

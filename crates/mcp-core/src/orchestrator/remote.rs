@@ -124,6 +124,8 @@ impl Orchestrator {
                     }
                 };
                 claimed_any |= !tasks.is_empty();
+                let mut tasks = tasks;
+                self.attach_parents(&mut tasks).await;
                 for task in tasks {
                     let task = Arc::new(task);
                     match self.balancer.assign(task.clone()) {
@@ -197,6 +199,7 @@ impl Orchestrator {
         };
         self.lock_running().remove(&task.id);
         self.balancer.finished(worker, task.id);
+        self.flush_progress(task.id).await;
         let Some(result) = result else {
             return;
         };

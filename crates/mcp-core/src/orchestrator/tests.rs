@@ -54,6 +54,10 @@ impl TaskStore for Tasks {
                     created_at: now,
                     started_at: None,
                     finished_at: None,
+                    workflow_id: None,
+                    workflow_key: None,
+                    parents: None,
+                    progress: None,
                 };
                 held.push(task.clone());
                 Inserted {

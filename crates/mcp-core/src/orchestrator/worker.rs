@@ -182,6 +182,8 @@ impl Orchestrator {
                     }
                 }
             };
+            let mut tasks = tasks;
+            self.attach_parents(&mut tasks).await;
             tracing::trace!(claimed = tasks.len(), limit, "claimed");
             // A claim cut short because a principal reached its share left other tasks behind:
             // the next claim skips that principal, so look again at once.
@@ -277,9 +279,15 @@ impl Orchestrator {
                     cancel: token.clone(),
                 };
                 // A panicking handler must not take the node down or leave the task running.
+                let reporter: Arc<dyn crate::handler::TaskReporter> =
+                    Arc::new(super::flow::Reporter {
+                        orchestrator: self.clone(),
+                    });
                 let attempt = tokio::spawn({
                     let handler = handler.clone();
-                    async move { tokio::time::timeout(timeout, handler.run(ctx)).await }
+                    crate::handler::REPORTER.scope(reporter, async move {
+                        tokio::time::timeout(timeout, handler.run(ctx)).await
+                    })
                 });
                 let abort = attempt.abort_handle();
                 tokio::select! {
@@ -303,6 +311,7 @@ impl Orchestrator {
             }
         };
         self.lock_running().remove(&task.id);
+        self.flush_progress(task.id).await;
         let Some(result) = result else {
             return;
         };
@@ -384,7 +393,7 @@ impl Orchestrator {
                 }
             }
             loop {
-                match self.store.complete(&self.config.node_id, &batch).await {
+                match self.record(&batch, &tasks).await {
                     Ok(changed) => {
                         retry.succeeded();
                         tracing::trace!(tasks = batch.len(), "recorded outcomes");
@@ -430,6 +439,32 @@ impl Orchestrator {
             batch.clear();
             tasks.clear();
         }
+    }
+
+    /// Records a batch of outcomes: those of workflow tasks through `complete_workflow`, which
+    /// settles their dependents in the same transaction (then announced here), the others
+    /// through `complete`. Returns the ids recorded.
+    async fn record(
+        &self,
+        batch: &[Completion],
+        tasks: &[Arc<Task>],
+    ) -> Result<Vec<Uuid>, StoreError> {
+        let node = &self.config.node_id;
+        if tasks.iter().all(|t| t.workflow_id.is_none()) {
+            return self.store.complete(node, batch).await;
+        }
+        let (flow, plain): (Vec<_>, Vec<_>) = batch
+            .iter()
+            .zip(tasks)
+            .partition(|(_, task)| task.workflow_id.is_some());
+        let plain: Vec<Completion> = plain.into_iter().map(|(c, _)| c.clone()).collect();
+        let flow: Vec<Completion> = flow.into_iter().map(|(c, _)| c.clone()).collect();
+        // Plain ones first: a failure after them writes them again, which changes nothing.
+        let mut changed = self.store.complete(node, &plain).await?;
+        let settled = self.store.complete_workflow(node, &flow).await?;
+        changed.extend(settled.changed.iter().copied());
+        self.announce_settled(settled);
+        Ok(changed)
     }
 
     async fn heartbeat_loop(self: Arc<Self>, stop: CancellationToken) {
@@ -486,6 +521,12 @@ impl Orchestrator {
                     retry.succeeded();
                     if !rescued.is_empty() {
                         info!(count = rescued.len(), "rescued tasks whose lease expired");
+                        let dead: Vec<Uuid> = rescued
+                            .iter()
+                            .filter(|t| t.workflow_id.is_some() && t.status.is_final())
+                            .map(|t| t.id)
+                            .collect();
+                        self.settle(dead).await;
                         for task in rescued {
                             self.emit(event_for(&task), task);
                         }
@@ -588,6 +629,7 @@ fn event_for(task: &Task) -> &'static str {
         crate::TaskStatus::Cancelled => "task.cancelled",
         crate::TaskStatus::Running => "task.started",
         crate::TaskStatus::Queued | crate::TaskStatus::Scheduled => "task.retrying",
+        crate::TaskStatus::Waiting => "task.waiting",
     }
 }
 

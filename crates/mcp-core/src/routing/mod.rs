@@ -410,6 +410,10 @@ mod tests {
             created_at: chrono::Utc::now(),
             started_at: None,
             finished_at: None,
+            workflow_id: None,
+            workflow_key: None,
+            parents: None,
+            progress: None,
         })
     }
 

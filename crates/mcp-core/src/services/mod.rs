@@ -7,6 +7,7 @@ pub mod queues;
 pub mod scheduler;
 pub mod schedules;
 pub mod tasks;
+pub mod workflows;
 
 /// Trims a page read with one row more than `limit` back to `limit` rows; `true` when that extra
 /// row was there, i.e. another page follows.
@@ -22,3 +23,4 @@ pub use schedules::{
     CreateSchedule, ScheduleError, SchedulePatch, ScheduleService, SchedulerConfig,
 };
 pub use tasks::{Creator, TaskLimits, TaskPage, TaskQuery, TaskService, TaskServiceError};
+pub use workflows::{WorkflowPage, WorkflowService, WorkflowServiceError};

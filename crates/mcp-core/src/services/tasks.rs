@@ -355,6 +355,19 @@ impl TaskService {
         Ok(inserted)
     }
 
+    /// Counts `n` tasks of `creator` against its daily quota (a principal whose role has one),
+    /// for tasks stored another way than [`TaskService::insert`] (a workflow's).
+    pub(crate) async fn charge(
+        &self,
+        creator: Creator<'_>,
+        n: u64,
+    ) -> Result<(), TaskServiceError> {
+        match creator {
+            Creator::Principal(principal) => self.charge_quota(principal, n).await,
+            Creator::Internal(_) => Ok(()),
+        }
+    }
+
     /// Counts `n` tasks against the principal's daily quota (roles that have one).
     async fn charge_quota(&self, principal: &Principal, n: u64) -> Result<(), TaskServiceError> {
         let limit = self.limits.quota_tasks_per_day;
@@ -512,7 +525,7 @@ fn may_create(creator: Creator<'_>, request: &CreateTask) -> Result<(), TaskServ
     }
 }
 
-fn parse_id(id: &str) -> Result<Uuid, TaskServiceError> {
+pub(crate) fn parse_id(id: &str) -> Result<Uuid, TaskServiceError> {
     Uuid::parse_str(id).map_err(|_| TaskServiceError::NotFound(id.to_owned()))
 }
 

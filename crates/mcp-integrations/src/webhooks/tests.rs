@@ -200,6 +200,10 @@ async fn failing(
         created_at: now,
         started_at: Some(now),
         finished_at: None,
+        workflow_id: None,
+        workflow_key: None,
+        parents: None,
+        progress: None,
     };
     let ctx = TaskContext {
         task: Arc::new(task),

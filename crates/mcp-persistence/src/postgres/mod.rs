@@ -13,6 +13,7 @@ mod task_row;
 mod tasks;
 mod webhooks;
 mod workers;
+mod workflows;
 
 pub(crate) use task_row::TaskRow;
 

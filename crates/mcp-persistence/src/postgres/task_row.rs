@@ -4,6 +4,7 @@
 use crate::codec::unsigned;
 use crate::error::corrupt;
 use chrono::{DateTime, Utc};
+use mcp_core::task::Progress;
 use mcp_core::task::client_key;
 use mcp_core::{Backoff, StoreError, Task, TaskError, TaskStatus};
 use serde_json::Value;
@@ -41,6 +42,13 @@ pub(crate) struct TaskRow {
     error: Option<Json<Value>>,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
+    /// Absent from rows written before workflows (outbox rows).
+    #[serde(default)]
+    workflow_id: Option<Uuid>,
+    #[serde(default)]
+    workflow_key: Option<String>,
+    #[serde(default)]
+    progress: Option<Json<Value>>,
     finished_at: Option<DateTime<Utc>>,
 }
 
@@ -82,6 +90,14 @@ impl TryFrom<TaskRow> for Task {
             created_at: row.created_at,
             started_at: row.started_at,
             finished_at: row.finished_at,
+            workflow_id: row.workflow_id,
+            workflow_key: row.workflow_key,
+            parents: None,
+            progress: row
+                .progress
+                .map(|j| serde_json::from_value::<Progress>(j.0))
+                .transpose()
+                .map_err(corrupt)?,
         })
     }
 }

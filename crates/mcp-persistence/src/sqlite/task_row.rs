@@ -3,6 +3,7 @@
 
 use crate::codec::{instant, json, unsigned, uuid};
 use crate::error::corrupt;
+use mcp_core::task::Progress;
 use mcp_core::task::client_key;
 use mcp_core::{Backoff, StoreError, Task, TaskError, TaskStatus};
 use sqlx::FromRow;
@@ -37,6 +38,13 @@ pub(crate) struct TaskRow {
     error: Option<String>,
     created_at: i64,
     started_at: Option<i64>,
+    /// Absent from rows written before workflows (outbox rows).
+    #[serde(default)]
+    workflow_id: Option<String>,
+    #[serde(default)]
+    workflow_key: Option<String>,
+    #[serde(default)]
+    progress: Option<String>,
     finished_at: Option<i64>,
 }
 
@@ -74,6 +82,10 @@ impl TryFrom<TaskRow> for Task {
             created_at: instant(row.created_at)?,
             started_at: row.started_at.map(instant).transpose()?,
             finished_at: row.finished_at.map(instant).transpose()?,
+            workflow_id: row.workflow_id.as_deref().map(uuid).transpose()?,
+            workflow_key: row.workflow_key,
+            parents: None,
+            progress: row.progress.as_deref().map(json::<Progress>).transpose()?,
         })
     }
 }

@@ -15,6 +15,10 @@ use crate::tasks::{
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::store::{Candidate, TaskCounts, admit};
+use mcp_core::task::Progress;
+use mcp_core::workflow::{
+    NewWorkflow, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
+};
 use mcp_core::{
     CancelOutcome, ClaimRequest, Completion, Inserted, NewTask, Outcome, RetryOutcome, StoreError,
     Task, TaskFilter, TaskStatus, TaskStore,
@@ -519,5 +523,58 @@ impl TaskStore for SqliteTaskStore {
     async fn watch(&self, _wake: Arc<Notify>) -> Result<(), StoreError> {
         // One process owns the file; its orchestrator wakes itself on every insert.
         Ok(())
+    }
+
+    async fn insert_workflow(
+        &self,
+        workflow: &NewWorkflow,
+        tasks: &[NewTask],
+        nodes: &[WorkflowNode],
+    ) -> Result<(Workflow, Vec<Task>), StoreError> {
+        self.insert_workflow_tx(workflow, tasks, nodes).await
+    }
+
+    async fn extend_workflow(
+        &self,
+        workflow_id: Uuid,
+        tasks: &[NewTask],
+        nodes: &[WorkflowNode],
+    ) -> Result<Option<Settled>, StoreError> {
+        self.extend_workflow_tx(workflow_id, tasks, nodes).await
+    }
+
+    async fn get_workflow(&self, id: Uuid) -> Result<Option<WorkflowDetail>, StoreError> {
+        self.get_workflow_row(id).await
+    }
+
+    async fn list_workflows(&self, filter: &WorkflowFilter) -> Result<Vec<Workflow>, StoreError> {
+        self.list_workflow_rows(filter).await
+    }
+
+    async fn complete_workflow(
+        &self,
+        owner: &str,
+        completions: &[Completion],
+    ) -> Result<Settled, StoreError> {
+        self.complete_workflow_tx(owner, completions).await
+    }
+
+    async fn settle_workflow_tasks(&self, ids: &[Uuid]) -> Result<Settled, StoreError> {
+        self.settle_tx(ids).await
+    }
+
+    async fn cancel_workflow(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(Workflow, Vec<(Task, bool)>)>, StoreError> {
+        self.cancel_workflow_tx(id).await
+    }
+
+    async fn parents(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Value>, StoreError> {
+        self.parents_of(ids).await
+    }
+
+    async fn set_progress(&self, id: Uuid, progress: &Progress) -> Result<bool, StoreError> {
+        self.set_progress_row(id, progress).await
     }
 }

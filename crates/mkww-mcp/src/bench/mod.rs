@@ -5,6 +5,7 @@ mod memory;
 mod schedules;
 mod scratch;
 mod tasks;
+mod workflows;
 mod ws;
 
 use crate::config::Config;
@@ -20,6 +21,8 @@ pub enum Bench {
     Ws(ws::WsBench),
     /// Schedule firing delay after the due time on an idle node.
     Schedules(schedules::SchedulesBench),
+    /// A fan-out/fan-in workflow against as many plain tasks: what dependencies cost.
+    Workflows(workflows::WorkflowsBench),
 }
 
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
@@ -28,6 +31,7 @@ pub async fn run(bench: Bench) -> anyhow::Result<()> {
         Bench::Memory(args) => memory::run(args).await,
         Bench::Ws(args) => ws::run(args).await,
         Bench::Schedules(args) => schedules::run(args).await,
+        Bench::Workflows(args) => workflows::run(args).await,
     }
 }
 

@@ -56,6 +56,11 @@ pub fn api_state(
         orchestrator.clone(),
         events.clone(),
     ));
+    // Running handlers add their children to their workflow through the workflow service.
+    orchestrator.serve_children(Arc::new(mcp_core::services::WorkflowService::new(
+        tasks.clone(),
+        orchestrator.clone(),
+    )));
     let memory = Arc::new(MemoryService::new(
         memory,
         events.clone(),

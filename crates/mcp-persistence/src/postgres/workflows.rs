@@ -1,0 +1,578 @@
+//! Workflows on PostgreSQL: a workflow and its tasks inserted in one transaction, and settling
+//! (dependents released or cancelled, workflows finished) in the transaction that made their
+//! dependencies final. Settling locks the workflows' rows first (in id order), so two nodes
+//! settling the last two tasks of one workflow at once take turns and the second sees the
+//! first's outcome: a workflow always finishes, a dependent is always released. Releasing
+//! notifies every node's claim loop (delivered at commit).
+
+use super::PgTaskStore;
+use super::task_row::{TaskRow, tasks};
+use crate::columns::{TASK_COLUMNS, WORKFLOW_COLUMNS, qualified};
+use crate::error::{corrupt, db_error};
+use crate::outbox::Transition;
+use crate::tasks::{error_json, inserted_task, non_null};
+use crate::workflows::{CANCELLED_BY_DEPENDENCY, apply, group_parents, parent_view};
+use chrono::{DateTime, Utc};
+use mcp_core::task::Progress;
+use mcp_core::workflow::{
+    NewWorkflow, OnFailure, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
+};
+use mcp_core::{Completion, NewTask, Outcome, StoreError, Task, TaskStatus};
+use serde_json::Value;
+use sqlx::types::Json;
+use sqlx::{FromRow, Postgres, Transaction};
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use uuid::Uuid;
+
+#[derive(FromRow)]
+struct WorkflowRow {
+    id: Uuid,
+    name: String,
+    status: String,
+    on_failure: String,
+    created_by: Option<String>,
+    correlation_id: Option<String>,
+    created_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<WorkflowRow> for Workflow {
+    type Error = StoreError;
+    fn try_from(row: WorkflowRow) -> Result<Workflow, StoreError> {
+        Ok(Workflow {
+            id: row.id,
+            name: row.name,
+            status: FromStr::from_str(&row.status).map_err(corrupt)?,
+            on_failure: FromStr::from_str(&row.on_failure).map_err(corrupt)?,
+            created_by: row.created_by,
+            correlation_id: row.correlation_id,
+            created_at: row.created_at,
+            finished_at: row.finished_at,
+        })
+    }
+}
+
+fn workflows(rows: Vec<WorkflowRow>) -> Result<Vec<Workflow>, StoreError> {
+    rows.into_iter().map(Workflow::try_from).collect()
+}
+
+type Tx = Transaction<'static, Postgres>;
+
+impl PgTaskStore {
+    /// Commits `tx`, recording the events of `transition` on `ids` first if a webhook wants them.
+    async fn commit_with(
+        &self,
+        tx: Tx,
+        ids: &[Uuid],
+        transition: Transition,
+    ) -> Result<(), StoreError> {
+        match self.outbox.wanted(transition) {
+            Some(wanted) => self.commit_recorded(tx, ids, transition, &wanted).await,
+            None => tx.commit().await.map_err(db_error),
+        }
+    }
+
+    pub(super) async fn insert_workflow_tx(
+        &self,
+        workflow: &NewWorkflow,
+        new: &[NewTask],
+        nodes: &[WorkflowNode],
+    ) -> Result<(Workflow, Vec<Task>), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let row: WorkflowRow = sqlx::query_as(sql!(
+            "INSERT INTO workflows (id, name, status, on_failure, created_by, share_key,
+                 correlation_id, created_at)
+             VALUES ($1, $2, 'running', $3, $4, $5, $6, now())
+             RETURNING {WORKFLOW_COLUMNS}"
+        ))
+        .bind(workflow.id)
+        .bind(&workflow.name)
+        .bind(workflow.on_failure.as_str())
+        .bind(workflow.created_by.as_deref())
+        .bind(workflow.share_key.as_deref())
+        .bind(workflow.correlation_id.as_deref())
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let stored = Workflow::try_from(row)?;
+        let created = insert_tasks(&mut tx, workflow.id, new, nodes).await?;
+        let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
+        self.commit_with(tx, &ids, Transition::Created).await?;
+        Ok((stored, created))
+    }
+
+    pub(super) async fn extend_workflow_tx(
+        &self,
+        workflow_id: Uuid,
+        new: &[NewTask],
+        nodes: &[WorkflowNode],
+    ) -> Result<Option<Settled>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let running: Option<(Uuid,)> = sqlx::query_as(
+            "SELECT id FROM workflows WHERE id = $1 AND status = 'running' FOR UPDATE",
+        )
+        .bind(workflow_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if running.is_none() {
+            return Ok(None);
+        }
+        let created = insert_tasks(&mut tx, workflow_id, new, nodes).await?;
+        let parents: Vec<Uuid> = nodes.iter().flat_map(|n| n.depends_on.clone()).collect();
+        let settled = settle(&mut tx, &parents).await?;
+        let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
+        self.commit_with(tx, &ids, Transition::Created).await?;
+        Ok(Some(settled))
+    }
+
+    pub(super) async fn get_workflow_row(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<WorkflowDetail>, StoreError> {
+        let row: Option<WorkflowRow> = sqlx::query_as(sql!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE workflow_id = $1 ORDER BY id"
+        ))
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(Some(WorkflowDetail {
+            workflow: row.try_into()?,
+            tasks: tasks(rows)?,
+        }))
+    }
+
+    pub(super) async fn list_workflow_rows(
+        &self,
+        filter: &WorkflowFilter,
+    ) -> Result<Vec<Workflow>, StoreError> {
+        let rows: Vec<WorkflowRow> = sqlx::query_as(sql!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows
+             WHERE ($1::text IS NULL OR created_by = $1) AND ($2::uuid IS NULL OR id < $2)
+             ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(filter.created_by.as_deref())
+        .bind(filter.before)
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        workflows(rows)
+    }
+
+    pub(super) async fn complete_workflow_tx(
+        &self,
+        owner: &str,
+        completions: &[Completion],
+    ) -> Result<Settled, StoreError> {
+        if completions.is_empty() {
+            return Ok(Settled::default());
+        }
+        let mut results = Vec::with_capacity(completions.len());
+        let mut errors = Vec::with_capacity(completions.len());
+        let mut retry_at = Vec::with_capacity(completions.len());
+        for c in completions {
+            let (result, error, at) = match &c.outcome {
+                Outcome::Succeeded(value) => (non_null(value).map(Json), None, None),
+                Outcome::Retry { error, retry_at } => {
+                    (None, Some(Json(error_json(error))), Some(*retry_at))
+                }
+                Outcome::Dead(error) => (None, Some(Json(error_json(error))), None),
+            };
+            results.push(result);
+            errors.push(error);
+            retry_at.push(at);
+        }
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // As `complete`, then settled in the same transaction.
+        let changed: Vec<(Uuid, String)> = sqlx::query_as(
+            "UPDATE tasks t SET status = c.status, result = c.result, error = c.error,
+                 run_at = coalesce(c.run_at, t.run_at),
+                 finished_at = CASE WHEN c.status = 'failed' THEN NULL ELSE now() END,
+                 lease_owner = NULL, lease_expires_at = NULL
+             FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::timestamptz[])
+                  AS c(id, status, result, error, run_at)
+             WHERE t.id = c.id AND t.status = 'running' AND t.lease_owner = $6
+             RETURNING t.id, t.status",
+        )
+        .bind(completions.iter().map(|c| c.id).collect::<Vec<_>>())
+        .bind(
+            completions
+                .iter()
+                .map(|c| c.outcome.status().as_str())
+                .collect::<Vec<_>>(),
+        )
+        .bind(results)
+        .bind(errors)
+        .bind(retry_at)
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let ids: Vec<Uuid> = changed.iter().map(|(id, _)| *id).collect();
+        let final_ids: Vec<Uuid> = changed
+            .iter()
+            .filter(|(_, status)| status != TaskStatus::Failed.as_str())
+            .map(|(id, _)| *id)
+            .collect();
+        let mut settled = settle(&mut tx, &final_ids).await?;
+        self.commit_with(tx, &ids, Transition::Settled).await?;
+        settled.changed = ids;
+        Ok(settled)
+    }
+
+    pub(super) async fn settle_tx(&self, ids: &[Uuid]) -> Result<Settled, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let settled = settle(&mut tx, ids).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(settled)
+    }
+
+    pub(super) async fn cancel_workflow_tx(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(Workflow, Vec<(Task, bool)>)>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let exists: Option<(Uuid,)> =
+            sqlx::query_as("SELECT id FROM workflows WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let running: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT id FROM tasks WHERE workflow_id = $1
+               AND status NOT IN ('succeeded', 'dead', 'cancelled')
+             ORDER BY id FOR UPDATE",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let running: Vec<Uuid> = running.into_iter().map(|(id,)| id).collect();
+        let was_running: Vec<(Uuid,)> =
+            sqlx::query_as("SELECT id FROM tasks WHERE id = ANY($1) AND status = 'running'")
+                .bind(&running)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        let was_running: HashSet<Uuid> = was_running.into_iter().map(|(id,)| id).collect();
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "UPDATE tasks SET status = 'cancelled', finished_at = now(),
+                 lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = ANY($1) AND status NOT IN ('succeeded', 'dead', 'cancelled')
+             RETURNING {TASK_COLUMNS}"
+        ))
+        .bind(&running)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let cancelled: Vec<(Task, bool)> = rows
+            .into_iter()
+            .map(|row| {
+                let running = was_running.contains(&row.id);
+                Task::try_from(row).map(|task| (task, running))
+            })
+            .collect::<Result<_, _>>()?;
+        let row: WorkflowRow = sqlx::query_as(sql!(
+            "UPDATE workflows SET status = CASE WHEN status = 'running' THEN 'cancelled'
+                     ELSE status END,
+                 finished_at = coalesce(finished_at, now())
+             WHERE id = $1
+             RETURNING {WORKFLOW_COLUMNS}"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let ids: Vec<Uuid> = cancelled.iter().map(|(t, _)| t.id).collect();
+        self.commit_with(tx, &ids, Transition::Cancelled).await?;
+        Ok(Some((row.try_into()?, cancelled)))
+    }
+
+    pub(super) async fn parents_of(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, Value>, StoreError> {
+        type ParentRow = (
+            Uuid,
+            Option<String>,
+            String,
+            Option<Json<Value>>,
+            Option<Json<Value>>,
+        );
+        let rows: Vec<ParentRow> = sqlx::query_as(
+            "SELECT e.task_id, p.workflow_key, p.status, p.result, p.error
+             FROM workflow_edges e JOIN tasks p ON p.id = e.depends_on
+             WHERE e.task_id = ANY($1)",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let rows = rows
+            .into_iter()
+            .map(|(task, key, status, result, error)| {
+                (
+                    task,
+                    key.unwrap_or_default(),
+                    parent_view(&status, result.map(|j| j.0), error.map(|j| j.0)),
+                )
+            })
+            .collect();
+        Ok(group_parents(rows))
+    }
+
+    pub(super) async fn set_progress_row(
+        &self,
+        id: Uuid,
+        progress: &Progress,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("UPDATE tasks SET progress = $2 WHERE id = $1 AND status = 'running'")
+                .bind(id)
+                .bind(Json(progress))
+                .execute(&self.pool)
+                .await
+                .map_err(db_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+/// Inserts workflow tasks and their edges: a task with dependencies waits on all of them.
+async fn insert_tasks(
+    tx: &mut Tx,
+    workflow_id: Uuid,
+    new: &[NewTask],
+    nodes: &[WorkflowNode],
+) -> Result<Vec<Task>, StoreError> {
+    let stamped: Vec<(Uuid, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
+        "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
+             backoff_base_ms, backoff_max_ms, run_at, timeout_ms, concurrency_key,
+             concurrency_limit, correlation_id, created_by, created_at, share_key, workflow_id,
+             workflow_key, waiting_on)
+         SELECT i.id, i.type, i.queue, i.priority, i.payload,
+                CASE WHEN i.wo > 0 THEN 'waiting'
+                     WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END,
+                i.max_attempts, i.bb, i.bm, coalesce(i.run_at, now()), i.timeout_ms,
+                i.ck, i.cl, i.corr, i.by, now(), i.share, $17, i.wk, i.wo
+         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::jsonb[], $6::int4[],
+                     $7::int8[], $8::int8[], $9::timestamptz[], $10::int8[], $11::text[],
+                     $12::int4[], $13::text[], $14::text[], $15::text[], $16::text[],
+                     $18::int4[])
+              AS i(id, type, queue, priority, payload, max_attempts, bb, bm, run_at,
+                   timeout_ms, ck, cl, corr, by, share, wk, wo)
+         RETURNING id, status, run_at, created_at",
+    )
+    .bind(new.iter().map(|t| t.id).collect::<Vec<_>>())
+    .bind(new.iter().map(|t| t.task_type.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|t| t.queue.as_str()).collect::<Vec<_>>())
+    .bind(new.iter().map(|t| t.priority).collect::<Vec<_>>())
+    .bind(new.iter().map(|t| Json(&t.payload)).collect::<Vec<_>>())
+    .bind(new.iter().map(|t| t.max_attempts).collect::<Vec<_>>())
+    .bind(
+        new.iter()
+            .map(|t| t.backoff.base_ms as i64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        new.iter()
+            .map(|t| t.backoff.max_ms as i64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(new.iter().map(|t| t.run_at).collect::<Vec<_>>())
+    .bind(new.iter().map(|t| t.timeout_ms as i64).collect::<Vec<_>>())
+    .bind(
+        new.iter()
+            .map(|t| t.concurrency_key.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(new.iter().map(|t| t.concurrency_limit).collect::<Vec<_>>())
+    .bind(
+        new.iter()
+            .map(|t| t.correlation_id.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        new.iter()
+            .map(|t| t.created_by.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        new.iter()
+            .map(|t| t.share_key.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(nodes.iter().map(|n| n.key.as_str()).collect::<Vec<_>>())
+    .bind(workflow_id)
+    .bind(
+        nodes
+            .iter()
+            .map(|n| n.depends_on.len() as i32)
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    let (children, parents): (Vec<Uuid>, Vec<Uuid>) = new
+        .iter()
+        .zip(nodes)
+        .flat_map(|(t, node)| node.depends_on.iter().map(move |d| (t.id, *d)))
+        .unzip();
+    if !children.is_empty() {
+        sqlx::query(
+            "INSERT INTO workflow_edges (task_id, depends_on)
+             SELECT * FROM unnest($1::uuid[], $2::uuid[])",
+        )
+        .bind(&children)
+        .bind(&parents)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    }
+    let stamped: HashMap<Uuid, (String, DateTime<Utc>, DateTime<Utc>)> = stamped
+        .into_iter()
+        .map(|(id, status, run_at, created_at)| (id, (status, run_at, created_at)))
+        .collect();
+    new.iter()
+        .zip(nodes)
+        .map(|(t, node)| {
+            let (status, run_at, created_at) = stamped.get(&t.id).ok_or_else(|| {
+                StoreError::Database(format!("workflow task {} was not inserted", t.id))
+            })?;
+            let status = TaskStatus::from_str(status).map_err(corrupt)?;
+            let mut task = inserted_task(t, status, *run_at, *created_at);
+            task.workflow_id = Some(workflow_id);
+            task.workflow_key = Some(node.key.clone());
+            Ok(task)
+        })
+        .collect()
+}
+
+/// Applies the final status of the tasks `ids` (those that are final and in a workflow) to
+/// their dependents whose edge has not settled yet: released when none is left to wait for,
+/// cancelled with their own dependents when a failed one says so; then finishes the workflows
+/// whose tasks are all final.
+async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
+    let mut settled = Settled::default();
+    if ids.is_empty() {
+        return Ok(settled);
+    }
+    // Locked first, in one order: see the module's comment.
+    let touched: Vec<(Uuid,)> = sqlx::query_as(
+        "SELECT id FROM workflows
+         WHERE id IN (SELECT workflow_id FROM tasks WHERE id = ANY($1))
+         ORDER BY id FOR UPDATE",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    if touched.is_empty() {
+        return Ok(settled);
+    }
+    let touched: Vec<Uuid> = touched.into_iter().map(|(id,)| id).collect();
+    let parents: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "SELECT t.id, t.status, w.on_failure FROM tasks t
+         JOIN workflows w ON w.id = t.workflow_id
+         WHERE t.id = ANY($1) AND t.status IN ('succeeded', 'dead', 'cancelled')",
+    )
+    .bind(ids)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    let mut outcomes = HashMap::new();
+    for (id, status, policy) in parents {
+        let status = TaskStatus::from_str(&status).map_err(corrupt)?;
+        let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
+        outcomes.insert(id, (status, policy));
+    }
+    let final_ids: Vec<Uuid> = outcomes.keys().copied().collect();
+    let edges: Vec<(Uuid, Uuid)> = sqlx::query_as(
+        "UPDATE workflow_edges SET settled = true
+         WHERE depends_on = ANY($1) AND NOT settled
+         RETURNING task_id, depends_on",
+    )
+    .bind(&final_ids)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    let (counts, cancel) = apply(&edges, &outcomes);
+    if !counts.is_empty() {
+        let (children, settled_now): (Vec<Uuid>, Vec<i32>) =
+            counts.into_iter().map(|(id, n)| (id, n as i32)).unzip();
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "UPDATE tasks t SET waiting_on = t.waiting_on - c.n,
+                 status = CASE WHEN t.waiting_on - c.n > 0 THEN 'waiting'
+                               WHEN t.run_at > now() THEN 'scheduled' ELSE 'queued' END
+             FROM unnest($1::uuid[], $2::int4[]) AS c(id, n)
+             WHERE t.id = c.id AND t.status = 'waiting'
+             RETURNING {}",
+            qualified(TASK_COLUMNS, "t")
+        ))
+        .bind(&children)
+        .bind(&settled_now)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        settled.released = tasks(rows)?
+            .into_iter()
+            .filter(|t| t.status != TaskStatus::Waiting)
+            .collect();
+        if !settled.released.is_empty() {
+            // Delivered at commit, like the insert trigger's.
+            sqlx::query("SELECT pg_notify('mcp_tasks.' || current_schema(), '')")
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?;
+        }
+    }
+    if !cancel.is_empty() {
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "WITH RECURSIVE down(id) AS (
+                 SELECT * FROM unnest($1::uuid[])
+                 UNION SELECT e.task_id FROM workflow_edges e JOIN down ON e.depends_on = down.id)
+             UPDATE tasks SET status = 'cancelled', finished_at = now(),
+                 error = jsonb_build_object('message', $2::text, 'attempt', attempts)
+             WHERE id IN (SELECT id FROM down) AND status = 'waiting'
+             RETURNING {TASK_COLUMNS}"
+        ))
+        .bind(&cancel)
+        .bind(CANCELLED_BY_DEPENDENCY)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        settled.cancelled = tasks(rows)?;
+    }
+    let rows: Vec<WorkflowRow> = sqlx::query_as(sql!(
+        "UPDATE workflows SET
+             status = CASE WHEN EXISTS (SELECT 1 FROM tasks t WHERE t.workflow_id = workflows.id
+                                        AND t.status <> 'succeeded')
+                      THEN 'failed' ELSE 'succeeded' END,
+             finished_at = now()
+         WHERE id = ANY($1) AND status = 'running'
+           AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.workflow_id = workflows.id
+                           AND t.status NOT IN ('succeeded', 'dead', 'cancelled'))
+         RETURNING {WORKFLOW_COLUMNS}"
+    ))
+    .bind(&touched)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    settled.finished = workflows(rows)?;
+    Ok(settled)
+}

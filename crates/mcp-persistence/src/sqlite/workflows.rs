@@ -1,0 +1,544 @@
+//! Workflows on SQLite: a workflow and its tasks inserted in one transaction, and settling
+//! (dependents released or cancelled, workflows finished) in the transaction that made their
+//! dependencies final. The one writer connection orders every settling, so no lock is needed.
+
+use super::SqliteTaskStore;
+use super::task_row::{TaskRow, tasks};
+use crate::codec::{id_text, ids_json, instant, json_array, micros, uuid};
+use crate::columns::{TASK_COLUMNS, WORKFLOW_COLUMNS, qualified};
+use crate::error::{corrupt, db_error};
+use crate::outbox::Transition;
+use crate::tasks::{error_json, inserted_task, non_null};
+use crate::workflows::{CANCELLED_BY_DEPENDENCY, apply, group_parents, parent_view};
+use chrono::Utc;
+use mcp_core::task::Progress;
+use mcp_core::workflow::{
+    NewWorkflow, OnFailure, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
+};
+use mcp_core::{Completion, NewTask, Outcome, StoreError, Task, TaskStatus};
+use serde_json::{Value, json};
+use sqlx::{FromRow, Sqlite, Transaction};
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use uuid::Uuid;
+
+#[derive(FromRow)]
+struct WorkflowRow {
+    id: String,
+    name: String,
+    status: String,
+    on_failure: String,
+    created_by: Option<String>,
+    correlation_id: Option<String>,
+    created_at: i64,
+    finished_at: Option<i64>,
+}
+
+impl TryFrom<WorkflowRow> for Workflow {
+    type Error = StoreError;
+    fn try_from(row: WorkflowRow) -> Result<Workflow, StoreError> {
+        Ok(Workflow {
+            id: uuid(&row.id)?,
+            name: row.name,
+            status: FromStr::from_str(&row.status).map_err(corrupt)?,
+            on_failure: FromStr::from_str(&row.on_failure).map_err(corrupt)?,
+            created_by: row.created_by,
+            correlation_id: row.correlation_id,
+            created_at: instant(row.created_at)?,
+            finished_at: row.finished_at.map(instant).transpose()?,
+        })
+    }
+}
+
+fn workflows(rows: Vec<WorkflowRow>) -> Result<Vec<Workflow>, StoreError> {
+    rows.into_iter().map(Workflow::try_from).collect()
+}
+
+type Tx = Transaction<'static, Sqlite>;
+
+impl SqliteTaskStore {
+    pub(super) async fn insert_workflow_tx(
+        &self,
+        workflow: &NewWorkflow,
+        new: &[NewTask],
+        nodes: &[WorkflowNode],
+    ) -> Result<(Workflow, Vec<Task>), StoreError> {
+        let at = Utc::now();
+        let now = micros(at);
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        let row: WorkflowRow = sqlx::query_as(sql!(
+            "INSERT INTO workflows (id, name, status, on_failure, created_by, share_key,
+                 correlation_id, created_at)
+             VALUES (?1, ?2, 'running', ?3, ?4, ?5, ?6, ?7)
+             RETURNING {WORKFLOW_COLUMNS}"
+        ))
+        .bind(id_text(workflow.id))
+        .bind(&workflow.name)
+        .bind(workflow.on_failure.as_str())
+        .bind(workflow.created_by.as_deref())
+        .bind(workflow.share_key.as_deref())
+        .bind(workflow.correlation_id.as_deref())
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let stored = Workflow::try_from(row)?;
+        let created = insert_tasks(&mut tx, workflow.id, new, nodes, at).await?;
+        let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
+        self.commit_recording(tx, &ids, Transition::Created).await?;
+        Ok((stored, created))
+    }
+
+    pub(super) async fn extend_workflow_tx(
+        &self,
+        workflow_id: Uuid,
+        new: &[NewTask],
+        nodes: &[WorkflowNode],
+    ) -> Result<Option<Settled>, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        let running: Option<(String,)> =
+            sqlx::query_as("SELECT id FROM workflows WHERE id = ?1 AND status = 'running'")
+                .bind(id_text(workflow_id))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        if running.is_none() {
+            return Ok(None);
+        }
+        let created = insert_tasks(&mut tx, workflow_id, new, nodes, Utc::now()).await?;
+        // Dependencies that are final already settle the new edges now.
+        let parents: Vec<Uuid> = nodes.iter().flat_map(|n| n.depends_on.clone()).collect();
+        let settled = settle(&mut tx, &parents).await?;
+        let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
+        self.commit_recording(tx, &ids, Transition::Created).await?;
+        Ok(Some(settled))
+    }
+
+    pub(super) async fn get_workflow_row(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<WorkflowDetail>, StoreError> {
+        let row: Option<WorkflowRow> = sqlx::query_as(sql!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = ?1"
+        ))
+        .bind(id_text(id))
+        .fetch_optional(&self.readers)
+        .await
+        .map_err(db_error)?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE workflow_id = ?1 ORDER BY id"
+        ))
+        .bind(id_text(id))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_error)?;
+        Ok(Some(WorkflowDetail {
+            workflow: row.try_into()?,
+            tasks: tasks(rows)?,
+        }))
+    }
+
+    pub(super) async fn list_workflow_rows(
+        &self,
+        filter: &WorkflowFilter,
+    ) -> Result<Vec<Workflow>, StoreError> {
+        let rows: Vec<WorkflowRow> = sqlx::query_as(sql!(
+            "SELECT {WORKFLOW_COLUMNS} FROM workflows
+             WHERE (?1 IS NULL OR created_by = ?1) AND (?2 IS NULL OR id < ?2)
+             ORDER BY id DESC LIMIT ?3"
+        ))
+        .bind(filter.created_by.as_deref())
+        .bind(filter.before.map(id_text))
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_error)?;
+        workflows(rows)
+    }
+
+    pub(super) async fn complete_workflow_tx(
+        &self,
+        owner: &str,
+        completions: &[Completion],
+    ) -> Result<Settled, StoreError> {
+        if completions.is_empty() {
+            return Ok(Settled::default());
+        }
+        let batch: Vec<Value> = completions
+            .iter()
+            .map(|c| {
+                let mut entry = json!({"id": id_text(c.id), "status": c.outcome.status().as_str()});
+                match &c.outcome {
+                    Outcome::Succeeded(value) => {
+                        if let Some(value) = non_null(value) {
+                            entry["result"] = value.clone();
+                        }
+                    }
+                    Outcome::Retry { error, retry_at } => {
+                        entry["error"] = error_json(error);
+                        entry["run_at"] = micros(*retry_at).into();
+                    }
+                    Outcome::Dead(error) => entry["error"] = error_json(error),
+                }
+                entry
+            })
+            .collect();
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        // As `complete`, then settled in the same transaction.
+        let changed: Vec<(String, String)> = sqlx::query_as(
+            "UPDATE tasks SET status = c.value ->> 'status', result = c.value -> 'result',
+                 error = c.value -> 'error',
+                 run_at = coalesce(c.value ->> 'run_at', tasks.run_at),
+                 finished_at = CASE WHEN c.value ->> 'status' = 'failed' THEN NULL ELSE ?2 END,
+                 lease_owner = NULL, lease_expires_at = NULL
+             FROM json_each(?1) AS c
+             WHERE tasks.id = c.value ->> 'id' AND +tasks.status = 'running'
+               AND +tasks.lease_owner = ?3
+             RETURNING tasks.id, tasks.status",
+        )
+        .bind(json_array(batch))
+        .bind(micros(Utc::now()))
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let mut ids = Vec::with_capacity(changed.len());
+        let mut final_ids = Vec::new();
+        for (id, status) in changed {
+            let id = uuid(&id)?;
+            if status != TaskStatus::Failed.as_str() {
+                final_ids.push(id);
+            }
+            ids.push(id);
+        }
+        let mut settled = settle(&mut tx, &final_ids).await?;
+        self.commit_recording(tx, &ids, Transition::Settled).await?;
+        settled.changed = ids;
+        Ok(settled)
+    }
+
+    pub(super) async fn settle_tx(&self, ids: &[Uuid]) -> Result<Settled, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        let settled = settle(&mut tx, ids).await?;
+        tx.commit().await.map_err(db_error)?;
+        Ok(settled)
+    }
+
+    pub(super) async fn cancel_workflow_tx(
+        &self,
+        id: Uuid,
+    ) -> Result<Option<(Workflow, Vec<(Task, bool)>)>, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        let exists: Option<(String,)> = sqlx::query_as("SELECT id FROM workflows WHERE id = ?1")
+            .bind(id_text(id))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let running: Vec<(String,)> =
+            sqlx::query_as("SELECT id FROM tasks WHERE workflow_id = ?1 AND status = 'running'")
+                .bind(id_text(id))
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        let running: HashSet<String> = running.into_iter().map(|(id,)| id).collect();
+        let now = micros(Utc::now());
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "UPDATE tasks SET status = 'cancelled', finished_at = ?2,
+                 lease_owner = NULL, lease_expires_at = NULL
+             WHERE workflow_id = ?1 AND status NOT IN ('succeeded', 'dead', 'cancelled')
+             RETURNING {TASK_COLUMNS}"
+        ))
+        .bind(id_text(id))
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let cancelled: Vec<(Task, bool)> = rows
+            .into_iter()
+            .map(|row| {
+                let was_running = running.contains(&row.id);
+                Task::try_from(row).map(|task| (task, was_running))
+            })
+            .collect::<Result<_, _>>()?;
+        let row: WorkflowRow = sqlx::query_as(sql!(
+            "UPDATE workflows SET status = CASE WHEN status = 'running' THEN 'cancelled'
+                     ELSE status END,
+                 finished_at = coalesce(finished_at, ?2)
+             WHERE id = ?1
+             RETURNING {WORKFLOW_COLUMNS}"
+        ))
+        .bind(id_text(id))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let ids: Vec<Uuid> = cancelled.iter().map(|(t, _)| t.id).collect();
+        self.commit_recording(tx, &ids, Transition::Cancelled)
+            .await?;
+        Ok(Some((row.try_into()?, cancelled)))
+    }
+
+    pub(super) async fn parents_of(
+        &self,
+        ids: &[Uuid],
+    ) -> Result<HashMap<Uuid, Value>, StoreError> {
+        /// Dependent, dependency's key, status, result, error.
+        type ParentRow = (
+            String,
+            Option<String>,
+            String,
+            Option<String>,
+            Option<String>,
+        );
+        let rows: Vec<ParentRow> = sqlx::query_as(
+            "SELECT e.task_id, p.workflow_key, p.status, p.result, p.error
+                 FROM workflow_edges e JOIN tasks p ON p.id = e.depends_on
+                 WHERE e.task_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(ids_json(ids))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_error)?;
+        let rows = rows
+            .into_iter()
+            .map(|(task, key, status, result, error)| {
+                let result = result.as_deref().map(crate::codec::json).transpose()?;
+                let error = error.as_deref().map(crate::codec::json).transpose()?;
+                Ok((
+                    uuid(&task)?,
+                    key.unwrap_or_default(),
+                    parent_view(&status, result, error),
+                ))
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(group_parents(rows))
+    }
+
+    pub(super) async fn set_progress_row(
+        &self,
+        id: Uuid,
+        progress: &Progress,
+    ) -> Result<bool, StoreError> {
+        let text = serde_json::to_string(progress).map_err(corrupt)?;
+        let done =
+            sqlx::query("UPDATE tasks SET progress = ?2 WHERE id = ?1 AND status = 'running'")
+                .bind(id_text(id))
+                .bind(text)
+                .execute(&self.writer)
+                .await
+                .map_err(db_error)?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+/// Inserts workflow tasks and their edges: a task with dependencies waits on all of them.
+async fn insert_tasks(
+    tx: &mut Tx,
+    workflow_id: Uuid,
+    new: &[NewTask],
+    nodes: &[WorkflowNode],
+    at: chrono::DateTime<Utc>,
+) -> Result<Vec<Task>, StoreError> {
+    let now = micros(at);
+    let batch: Vec<Value> = new
+        .iter()
+        .zip(nodes)
+        .map(|(t, node)| {
+            json!({
+                "id": id_text(t.id),
+                "type": t.task_type,
+                "queue": t.queue,
+                "priority": t.priority,
+                "payload": t.payload,
+                "max_attempts": t.max_attempts,
+                "bb": t.backoff.base_ms,
+                "bm": t.backoff.max_ms,
+                "run_at": t.run_at.map(micros),
+                "timeout_ms": t.timeout_ms,
+                "ck": t.concurrency_key,
+                "cl": t.concurrency_limit,
+                "corr": t.correlation_id,
+                "by": t.created_by,
+                "sk": t.share_key,
+                "wk": node.key,
+                "wo": node.depends_on.len(),
+            })
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
+             backoff_base_ms, backoff_max_ms, run_at, timeout_ms, concurrency_key,
+             concurrency_limit, correlation_id, created_by, created_at, share_key, workflow_id,
+             workflow_key, waiting_on)
+         SELECT j.value ->> 'id', j.value ->> 'type', j.value ->> 'queue',
+                j.value ->> 'priority', j.value -> 'payload',
+                CASE WHEN j.value ->> 'wo' > 0 THEN 'waiting'
+                     WHEN coalesce(j.value ->> 'run_at', ?2) > ?2 THEN 'scheduled'
+                     ELSE 'queued' END,
+                j.value ->> 'max_attempts', j.value ->> 'bb', j.value ->> 'bm',
+                coalesce(j.value ->> 'run_at', ?2), j.value ->> 'timeout_ms',
+                j.value ->> 'ck', j.value ->> 'cl', j.value ->> 'corr',
+                j.value ->> 'by', ?2, j.value ->> 'sk', ?3, j.value ->> 'wk', j.value ->> 'wo'
+         FROM json_each(?1) AS j",
+    )
+    .bind(json_array(batch))
+    .bind(now)
+    .bind(id_text(workflow_id))
+    .execute(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    let edges: Vec<Value> = new
+        .iter()
+        .zip(nodes)
+        .flat_map(|(t, node)| {
+            node.depends_on
+                .iter()
+                .map(move |d| json!([id_text(t.id), id_text(*d)]))
+        })
+        .collect();
+    if !edges.is_empty() {
+        sqlx::query(
+            "INSERT INTO workflow_edges (task_id, depends_on)
+             SELECT j.value ->> 0, j.value ->> 1 FROM json_each(?1) AS j",
+        )
+        .bind(json_array(edges))
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    }
+    let created_at = instant(now).unwrap_or(at);
+    Ok(new
+        .iter()
+        .zip(nodes)
+        .map(|(t, node)| {
+            let run_at = t.run_at.unwrap_or(at);
+            let status = if !node.depends_on.is_empty() {
+                TaskStatus::Waiting
+            } else if run_at > at {
+                TaskStatus::Scheduled
+            } else {
+                TaskStatus::Queued
+            };
+            let run_at = instant(micros(run_at)).unwrap_or(run_at);
+            let mut task = inserted_task(t, status, run_at, created_at);
+            task.workflow_id = Some(workflow_id);
+            task.workflow_key = Some(node.key.clone());
+            task
+        })
+        .collect())
+}
+
+/// Applies the final status of the tasks `ids` (those that are final and in a workflow) to
+/// their dependents whose edge has not settled yet: released when none is left to wait for,
+/// cancelled with their own dependents when a failed one says so; then finishes the workflows
+/// whose tasks are all final.
+async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
+    let mut settled = Settled::default();
+    if ids.is_empty() {
+        return Ok(settled);
+    }
+    let parents: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT t.id, t.status, w.on_failure, w.id FROM tasks t
+         JOIN workflows w ON w.id = t.workflow_id
+         WHERE t.id IN (SELECT value FROM json_each(?1))
+           AND t.status IN ('succeeded', 'dead', 'cancelled')",
+    )
+    .bind(ids_json(ids))
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    if parents.is_empty() {
+        return Ok(settled);
+    }
+    let mut outcomes = HashMap::new();
+    let mut touched: HashSet<String> = HashSet::new();
+    for (id, status, policy, workflow) in parents {
+        let status = TaskStatus::from_str(&status).map_err(corrupt)?;
+        let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
+        outcomes.insert(uuid(&id)?, (status, policy));
+        touched.insert(workflow);
+    }
+    let final_ids: Vec<Uuid> = outcomes.keys().copied().collect();
+    let edges: Vec<(String, String)> = sqlx::query_as(
+        "UPDATE workflow_edges SET settled = 1
+         WHERE depends_on IN (SELECT value FROM json_each(?1)) AND settled = 0
+         RETURNING task_id, depends_on",
+    )
+    .bind(ids_json(&final_ids))
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    let edges = edges
+        .into_iter()
+        .map(|(child, parent)| Ok((uuid(&child)?, uuid(&parent)?)))
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let (counts, cancel) = apply(&edges, &outcomes);
+    let now = micros(Utc::now());
+    if !counts.is_empty() {
+        let counts: Vec<Value> = counts
+            .into_iter()
+            .map(|(id, n)| json!([id_text(id), n]))
+            .collect();
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "UPDATE tasks SET waiting_on = waiting_on - (c.value ->> 1),
+                 status = CASE WHEN waiting_on - (c.value ->> 1) > 0 THEN 'waiting'
+                               WHEN run_at > ?2 THEN 'scheduled' ELSE 'queued' END
+             FROM json_each(?1) AS c
+             WHERE tasks.id = c.value ->> 0 AND tasks.status = 'waiting'
+             RETURNING {}",
+            qualified(TASK_COLUMNS, "tasks")
+        ))
+        .bind(json_array(counts))
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        settled.released = tasks(rows)?
+            .into_iter()
+            .filter(|t| t.status != TaskStatus::Waiting)
+            .collect();
+    }
+    if !cancel.is_empty() {
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "WITH RECURSIVE down(id) AS (
+                 SELECT value FROM json_each(?1)
+                 UNION SELECT e.task_id FROM workflow_edges e JOIN down ON e.depends_on = down.id)
+             UPDATE tasks SET status = 'cancelled', finished_at = ?2,
+                 error = json_object('message', ?3, 'attempt', attempts)
+             WHERE id IN (SELECT id FROM down) AND status = 'waiting'
+             RETURNING {TASK_COLUMNS}"
+        ))
+        .bind(ids_json(&cancel))
+        .bind(now)
+        .bind(CANCELLED_BY_DEPENDENCY)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        settled.cancelled = tasks(rows)?;
+    }
+    let touched: Vec<String> = touched.into_iter().collect();
+    let rows: Vec<WorkflowRow> = sqlx::query_as(sql!(
+        "UPDATE workflows SET
+             status = CASE WHEN EXISTS (SELECT 1 FROM tasks t WHERE t.workflow_id = workflows.id
+                                        AND t.status <> 'succeeded')
+                      THEN 'failed' ELSE 'succeeded' END,
+             finished_at = ?2
+         WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'running'
+           AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.workflow_id = workflows.id
+                           AND t.status NOT IN ('succeeded', 'dead', 'cancelled'))
+         RETURNING {WORKFLOW_COLUMNS}"
+    ))
+    .bind(json_array(touched))
+    .bind(now)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    settled.finished = workflows(rows)?;
+    Ok(settled)
+}

@@ -1,0 +1,419 @@
+//! The workflow methods of both task stores: inserting a DAG, settling dependencies in the
+//! completing transaction (release, cascade cancel, `continue`), finishing, cancelling, parents
+//! and progress. Every case runs on SQLite and PostgreSQL.
+
+#[macro_use]
+mod common;
+
+use chrono::Utc;
+use mcp_core::store::ShareLimit;
+use mcp_core::task::{CreateTask, Progress, TaskDefaults};
+use mcp_core::workflow::{NewWorkflow, OnFailure, WorkflowFilter, WorkflowNode, WorkflowStatus};
+use mcp_core::{
+    ClaimRequest, Completion, NewTask, Outcome, Task, TaskError, TaskStatus, TaskStore,
+};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+conformance!(
+    inserts_a_dag_with_waiting_dependents,
+    the_last_dependency_releases_a_dependent_in_its_transaction,
+    a_dead_dependency_cancels_its_dependents_transitively,
+    continue_releases_dependents_of_a_failed_task,
+    settling_twice_changes_nothing,
+    cancels_what_has_not_finished,
+    extends_a_running_workflow,
+    lists_workflows_by_creator_with_a_cursor,
+    stores_progress_of_running_tasks_only,
+);
+
+mod cases {
+    use super::*;
+
+    const OWNER: &str = "node-a";
+
+    fn new_task(task_type: &str) -> NewTask {
+        let mut task = CreateTask {
+            task_type: task_type.into(),
+            ..Default::default()
+        }
+        .validate(&TaskDefaults::default(), Utc::now())
+        .unwrap();
+        task.created_by = Some("alice".into());
+        task
+    }
+
+    fn workflow(on_failure: OnFailure) -> NewWorkflow {
+        NewWorkflow {
+            id: Uuid::now_v7(),
+            name: "release".into(),
+            on_failure,
+            created_by: Some("alice".into()),
+            share_key: None,
+            correlation_id: Some("req-1".into()),
+        }
+    }
+
+    /// Inserts `(key, depends_on)` as noop tasks; returns the workflow id and the ids by key.
+    async fn dag(
+        store: &Arc<dyn TaskStore>,
+        on_failure: OnFailure,
+        graph: &[(&str, &[&str])],
+    ) -> (Uuid, std::collections::HashMap<String, Uuid>) {
+        let tasks: Vec<NewTask> = graph.iter().map(|_| new_task("noop")).collect();
+        let ids: std::collections::HashMap<String, Uuid> = graph
+            .iter()
+            .zip(&tasks)
+            .map(|((key, _), t)| (key.to_string(), t.id))
+            .collect();
+        let nodes: Vec<WorkflowNode> = graph
+            .iter()
+            .map(|(key, deps)| WorkflowNode {
+                key: key.to_string(),
+                depends_on: deps.iter().map(|d| ids[*d]).collect(),
+            })
+            .collect();
+        let flow = workflow(on_failure);
+        store.insert_workflow(&flow, &tasks, &nodes).await.unwrap();
+        (flow.id, ids)
+    }
+
+    async fn claim_all(store: &Arc<dyn TaskStore>) -> Vec<Task> {
+        store
+            .claim(&ClaimRequest {
+                owner: OWNER.into(),
+                types: vec!["noop".into()],
+                limit: 100,
+                lease: Duration::from_secs(30),
+                share: ShareLimit::default(),
+            })
+            .await
+            .unwrap()
+    }
+
+    fn succeeded(id: Uuid, value: serde_json::Value) -> Completion {
+        Completion {
+            id,
+            outcome: Outcome::Succeeded(value),
+        }
+    }
+
+    fn dead(id: Uuid) -> Completion {
+        Completion {
+            id,
+            outcome: Outcome::Dead(TaskError {
+                message: "boom".into(),
+                attempt: 1,
+                details: None,
+            }),
+        }
+    }
+
+    async fn status(store: &Arc<dyn TaskStore>, id: Uuid) -> TaskStatus {
+        store.get(id).await.unwrap().unwrap().status
+    }
+
+    pub async fn inserts_a_dag_with_waiting_dependents(store: Arc<dyn TaskStore>) {
+        let (id, ids) = dag(
+            &store,
+            OnFailure::CancelDependents,
+            &[
+                ("build", &[]),
+                ("test", &["build"]),
+                ("deploy", &["build", "test"]),
+            ],
+        )
+        .await;
+        let detail = store.get_workflow(id).await.unwrap().unwrap();
+        assert_eq!(detail.workflow.status, WorkflowStatus::Running);
+        assert_eq!(detail.workflow.name, "release");
+        assert_eq!(detail.workflow.created_by.as_deref(), Some("alice"));
+        assert_eq!(detail.workflow.correlation_id.as_deref(), Some("req-1"));
+        assert_eq!(detail.tasks.len(), 3);
+        let build = store.get(ids["build"]).await.unwrap().unwrap();
+        assert_eq!(build.status, TaskStatus::Queued);
+        assert_eq!(build.workflow_id, Some(id));
+        assert_eq!(build.workflow_key.as_deref(), Some("build"));
+        assert_eq!(status(&store, ids["test"]).await, TaskStatus::Waiting);
+        // Only the root is claimable.
+        let claimed = claim_all(&store).await;
+        assert_eq!(
+            claimed.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids["build"]]
+        );
+        assert!(store.get_workflow(Uuid::now_v7()).await.unwrap().is_none());
+    }
+
+    pub async fn the_last_dependency_releases_a_dependent_in_its_transaction(
+        store: Arc<dyn TaskStore>,
+    ) {
+        let (id, ids) = dag(
+            &store,
+            OnFailure::CancelDependents,
+            &[("a", &[]), ("b", &[]), ("join", &["a", "b"])],
+        )
+        .await;
+        let claimed = claim_all(&store).await;
+        assert_eq!(claimed.len(), 2);
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!({"n": 1}))])
+            .await
+            .unwrap();
+        assert_eq!(settled.changed, vec![ids["a"]]);
+        assert!(settled.released.is_empty(), "b has not finished");
+        assert_eq!(status(&store, ids["join"]).await, TaskStatus::Waiting);
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(ids["b"], json!(null))])
+            .await
+            .unwrap();
+        assert_eq!(settled.released.len(), 1);
+        assert_eq!(settled.released[0].id, ids["join"]);
+        assert_eq!(settled.released[0].status, TaskStatus::Queued);
+        let join = claim_all(&store).await;
+        assert_eq!(join.len(), 1);
+        let parents = store.parents(&[ids["join"]]).await.unwrap();
+        assert_eq!(
+            parents[&ids["join"]],
+            json!({"a": {"status": "succeeded", "result": {"n": 1}}, "b": {"status": "succeeded"}})
+        );
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(ids["join"], json!({}))])
+            .await
+            .unwrap();
+        assert_eq!(settled.finished.len(), 1);
+        assert_eq!(settled.finished[0].status, WorkflowStatus::Succeeded);
+        let detail = store.get_workflow(id).await.unwrap().unwrap();
+        assert_eq!(detail.workflow.status, WorkflowStatus::Succeeded);
+        assert!(detail.workflow.finished_at.is_some());
+    }
+
+    pub async fn a_dead_dependency_cancels_its_dependents_transitively(store: Arc<dyn TaskStore>) {
+        let (id, ids) = dag(
+            &store,
+            OnFailure::CancelDependents,
+            &[("a", &[]), ("b", &["a"]), ("c", &["b"]), ("side", &[])],
+        )
+        .await;
+        claim_all(&store).await;
+        let settled = store
+            .complete_workflow(OWNER, &[dead(ids["a"])])
+            .await
+            .unwrap();
+        let mut cancelled: Vec<Uuid> = settled.cancelled.iter().map(|t| t.id).collect();
+        cancelled.sort();
+        let mut expected = vec![ids["b"], ids["c"]];
+        expected.sort();
+        assert_eq!(cancelled, expected);
+        assert!(settled.finished.is_empty(), "`side` still runs");
+        let c = store.get(ids["c"]).await.unwrap().unwrap();
+        assert_eq!(c.status, TaskStatus::Cancelled);
+        assert!(c.error.unwrap().message.contains("dependency"));
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(ids["side"], json!(null))])
+            .await
+            .unwrap();
+        assert_eq!(settled.finished.len(), 1);
+        assert_eq!(settled.finished[0].status, WorkflowStatus::Failed);
+        assert_eq!(
+            store
+                .get_workflow(id)
+                .await
+                .unwrap()
+                .unwrap()
+                .workflow
+                .status,
+            WorkflowStatus::Failed
+        );
+    }
+
+    pub async fn continue_releases_dependents_of_a_failed_task(store: Arc<dyn TaskStore>) {
+        let (_, ids) = dag(&store, OnFailure::Continue, &[("a", &[]), ("b", &["a"])]).await;
+        claim_all(&store).await;
+        let settled = store
+            .complete_workflow(OWNER, &[dead(ids["a"])])
+            .await
+            .unwrap();
+        assert_eq!(settled.released.len(), 1);
+        assert!(settled.cancelled.is_empty());
+        let parents = store.parents(&[ids["b"]]).await.unwrap();
+        assert_eq!(parents[&ids["b"]]["a"]["status"], "dead");
+        assert_eq!(parents[&ids["b"]]["a"]["error"]["message"], "boom");
+    }
+
+    pub async fn settling_twice_changes_nothing(store: Arc<dyn TaskStore>) {
+        let (_, ids) = dag(
+            &store,
+            OnFailure::Continue,
+            &[("a", &[]), ("b", &[]), ("join", &["a", "b"])],
+        )
+        .await;
+        claim_all(&store).await;
+        store
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))])
+            .await
+            .unwrap();
+        // A second settling of `a` (a retried call) must not count it twice.
+        let again = store.settle_workflow_tasks(&[ids["a"]]).await.unwrap();
+        assert!(again.released.is_empty());
+        assert_eq!(status(&store, ids["join"]).await, TaskStatus::Waiting);
+        // A cancelled task settles through `settle_workflow_tasks`.
+        store.cancel(ids["b"]).await.unwrap();
+        let settled = store.settle_workflow_tasks(&[ids["b"]]).await.unwrap();
+        assert_eq!(settled.released.len(), 1, "continue: join runs anyway");
+    }
+
+    pub async fn cancels_what_has_not_finished(store: Arc<dyn TaskStore>) {
+        let (id, ids) = dag(
+            &store,
+            OnFailure::CancelDependents,
+            &[("a", &[]), ("b", &["a"]), ("done", &[])],
+        )
+        .await;
+        claim_all(&store).await;
+        store
+            .complete_workflow(OWNER, &[succeeded(ids["done"], json!(null))])
+            .await
+            .unwrap();
+        let (workflow, cancelled) = store.cancel_workflow(id).await.unwrap().unwrap();
+        assert_eq!(workflow.status, WorkflowStatus::Cancelled);
+        let mut got: Vec<(Uuid, bool)> = cancelled.iter().map(|(t, r)| (t.id, *r)).collect();
+        got.sort();
+        let mut expected = vec![(ids["a"], true), (ids["b"], false)];
+        expected.sort();
+        assert_eq!(got, expected);
+        assert_eq!(status(&store, ids["done"]).await, TaskStatus::Succeeded);
+        // The running task's outcome comes too late to change anything.
+        let late = store
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))])
+            .await
+            .unwrap();
+        assert!(late.changed.is_empty());
+        assert!(
+            store
+                .cancel_workflow(Uuid::now_v7())
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    pub async fn extends_a_running_workflow(store: Arc<dyn TaskStore>) {
+        let (id, ids) = dag(
+            &store,
+            OnFailure::CancelDependents,
+            &[("a", &[]), ("b", &["a"])],
+        )
+        .await;
+        claim_all(&store).await;
+        store
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))])
+            .await
+            .unwrap();
+        // A child of `b` that also depends on the finished `a`: it waits for `b` only.
+        let child = new_task("noop");
+        let node = WorkflowNode {
+            key: "child".into(),
+            depends_on: vec![ids["a"], ids["b"]],
+        };
+        store
+            .extend_workflow(id, std::slice::from_ref(&child), &[node])
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status(&store, child.id).await, TaskStatus::Waiting);
+        claim_all(&store).await;
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(ids["b"], json!(null))])
+            .await
+            .unwrap();
+        assert_eq!(settled.released.len(), 1);
+        assert_eq!(settled.released[0].id, child.id);
+        claim_all(&store).await;
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(child.id, json!(null))])
+            .await
+            .unwrap();
+        assert_eq!(settled.finished.len(), 1);
+        // A finished workflow takes no more tasks.
+        let late = new_task("noop");
+        let node = WorkflowNode {
+            key: "late".into(),
+            depends_on: vec![],
+        };
+        assert!(
+            store
+                .extend_workflow(id, &[late], &[node])
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    pub async fn lists_workflows_by_creator_with_a_cursor(store: Arc<dyn TaskStore>) {
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(dag(&store, OnFailure::Continue, &[("a", &[])]).await.0);
+        }
+        let mut other = workflow(OnFailure::Continue);
+        other.created_by = Some("bob".into());
+        store
+            .insert_workflow(
+                &other,
+                &[new_task("noop")],
+                &[WorkflowNode {
+                    key: "a".into(),
+                    depends_on: vec![],
+                }],
+            )
+            .await
+            .unwrap();
+        let page = store
+            .list_workflows(&WorkflowFilter {
+                created_by: Some("alice".into()),
+                before: None,
+                limit: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|w| w.id).collect::<Vec<_>>(),
+            vec![ids[2], ids[1]]
+        );
+        let rest = store
+            .list_workflows(&WorkflowFilter {
+                created_by: Some("alice".into()),
+                before: Some(ids[1]),
+                limit: 2,
+            })
+            .await
+            .unwrap();
+        assert_eq!(rest.iter().map(|w| w.id).collect::<Vec<_>>(), vec![ids[0]]);
+        let all = store
+            .list_workflows(&WorkflowFilter {
+                created_by: None,
+                before: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 4);
+    }
+
+    pub async fn stores_progress_of_running_tasks_only(store: Arc<dyn TaskStore>) {
+        let task = new_task("noop");
+        store.insert(std::slice::from_ref(&task)).await.unwrap();
+        let report = Progress::new(0.25, Some("a quarter".into())).unwrap();
+        assert!(
+            !store.set_progress(task.id, &report).await.unwrap(),
+            "queued"
+        );
+        claim_all(&store).await;
+        assert!(store.set_progress(task.id, &report).await.unwrap());
+        let stored = store.get(task.id).await.unwrap().unwrap();
+        let progress = stored.progress.unwrap();
+        assert_eq!(progress.progress, 0.25);
+        assert_eq!(progress.message.as_deref(), Some("a quarter"));
+    }
+}

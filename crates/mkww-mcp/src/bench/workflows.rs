@@ -1,0 +1,171 @@
+//! `mkww-mcp bench workflows`: what dependencies cost. One fan-out/fan-in workflow of N `noop`
+//! tasks (a root, N - 2 tasks depending on it, a join depending on all of those) against N plain
+//! `noop` tasks, each on a fresh database with the workers running: the time from the first
+//! insert until the last task succeeded, and the workflow's overhead over the plain tasks
+//! (target: at most 30 %).
+//!
+//! The workflow goes straight to the orchestrator, past the API's 1,000-task bound on a workflow:
+//! the figure is the cost of settling dependencies, not of the API.
+
+use super::quiet_logging;
+use super::scratch::BenchStore;
+use anyhow::Context;
+use mcp_core::task::{CreateTask, TaskDefaults};
+use mcp_core::workflow::{NewWorkflow, OnFailure, WorkflowNode};
+use mcp_core::{HandlerRegistry, Orchestrator, OrchestratorConfig, Origin, TaskStatus};
+use mcp_persistence::SqliteOptions;
+use serde_json::json;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+#[derive(clap::Args)]
+pub struct WorkflowsBench {
+    /// PostgreSQL URL (postgres://…); default: a temporary SQLite file.
+    #[arg(long, env = "MCP_BENCH_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Tasks in the workflow, and plain tasks to compare with (at least 3).
+    #[arg(long, default_value_t = 10_000)]
+    tasks: usize,
+    /// Tasks the worker runs at once.
+    #[arg(long, default_value_t = 1_000)]
+    concurrency: usize,
+    /// Most tasks per claim and per outcome write.
+    #[arg(long, default_value_t = 500)]
+    batch_size: usize,
+}
+
+fn noop() -> CreateTask {
+    CreateTask {
+        task_type: "noop".into(),
+        ..Default::default()
+    }
+}
+
+/// A fresh database and a running node over it.
+async fn node(
+    args: &WorkflowsBench,
+) -> anyhow::Result<(
+    BenchStore,
+    std::sync::Arc<Orchestrator>,
+    mcp_core::orchestrator::WorkerHandle,
+)> {
+    let backing = BenchStore::open(args.database_url.as_deref(), &SqliteOptions::default()).await?;
+    let orchestrator = Orchestrator::new(
+        backing.tasks(),
+        HandlerRegistry::with_builtins(),
+        OrchestratorConfig {
+            concurrency: args.concurrency,
+            batch_size: args.batch_size,
+            retention: None,
+            ..OrchestratorConfig::default()
+        },
+    );
+    let handle = orchestrator.start().await;
+    Ok((backing, orchestrator, handle))
+}
+
+/// Inserts N plain tasks in batches of 1,000 and waits until none is pending.
+async fn plain(args: &WorkflowsBench) -> anyhow::Result<Duration> {
+    let (backing, orchestrator, handle) = node(args).await?;
+    let store = backing.tasks();
+    let started = Instant::now();
+    let mut left = args.tasks;
+    while left > 0 {
+        let n = left.min(1_000);
+        orchestrator
+            .create_batch((0..n).map(|_| noop()).collect(), Origin::default())
+            .await?;
+        left -= n;
+    }
+    while store.pending().await? > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    handle.shutdown().await;
+    backing.cleanup().await;
+    Ok(elapsed)
+}
+
+/// Inserts the fan-out/fan-in workflow and waits until its join succeeded.
+async fn workflow(args: &WorkflowsBench) -> anyhow::Result<Duration> {
+    let (backing, orchestrator, handle) = node(args).await?;
+    let store = backing.tasks();
+    let now = chrono::Utc::now();
+    let tasks: Vec<_> = (0..args.tasks)
+        .map(|_| noop().validate(&TaskDefaults::default(), now))
+        .collect::<Result<_, _>>()?;
+    let root = tasks[0].id;
+    let fan: Vec<Uuid> = tasks[1..args.tasks - 1].iter().map(|t| t.id).collect();
+    let join = tasks[args.tasks - 1].id;
+    let nodes: Vec<WorkflowNode> = (0..args.tasks)
+        .map(|i| WorkflowNode {
+            key: format!("t{i}"),
+            depends_on: match i {
+                0 => Vec::new(),
+                i if i == args.tasks - 1 => fan.clone(),
+                _ => vec![root],
+            },
+        })
+        .collect();
+    let flow = NewWorkflow {
+        id: Uuid::now_v7(),
+        name: "bench".into(),
+        on_failure: OnFailure::CancelDependents,
+        created_by: None,
+        share_key: None,
+        correlation_id: None,
+    };
+    let started = Instant::now();
+    orchestrator.insert_workflow(&flow, &tasks, &nodes).await?;
+    loop {
+        let task = store.get(join).await?.context("the join task vanished")?;
+        match task.status {
+            TaskStatus::Succeeded => break,
+            status if status.is_final() => anyhow::bail!("the join ended {status}"),
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let elapsed = started.elapsed();
+    handle.shutdown().await;
+    backing.cleanup().await;
+    Ok(elapsed)
+}
+
+pub async fn run(args: WorkflowsBench) -> anyhow::Result<()> {
+    anyhow::ensure!(args.tasks >= 3, "--tasks must be at least 3");
+    quiet_logging();
+    let store = if args.database_url.is_some() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    println!(
+        "bench workflows: {} tasks on {store}, concurrency {}, batch {}",
+        args.tasks, args.concurrency, args.batch_size
+    );
+    let plain = plain(&args).await?;
+    let plain_rate = args.tasks as f64 / plain.as_secs_f64();
+    println!(
+        "plain tasks:        {:>8.0} tasks/s ({:.2} s)",
+        plain_rate,
+        plain.as_secs_f64()
+    );
+    let flow = workflow(&args).await?;
+    let flow_rate = args.tasks as f64 / flow.as_secs_f64();
+    println!(
+        "fan-out/fan-in DAG: {:>8.0} tasks/s ({:.2} s)",
+        flow_rate,
+        flow.as_secs_f64()
+    );
+    let overhead = (flow.as_secs_f64() / plain.as_secs_f64() - 1.0) * 100.0;
+    println!("overhead:           {overhead:>8.1} % (target ≤ 30 %)");
+    println!(
+        "{}",
+        json!({
+            "bench": "workflows", "store": store, "tasks": args.tasks,
+            "plain_tasks_per_s": plain_rate.round(), "workflow_tasks_per_s": flow_rate.round(),
+            "overhead_percent": (overhead * 10.0).round() / 10.0,
+        })
+    );
+    Ok(())
+}
