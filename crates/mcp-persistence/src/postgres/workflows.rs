@@ -186,7 +186,7 @@ impl PgTaskStore {
         for c in completions {
             let (result, error, at) = match &c.outcome {
                 Outcome::Succeeded(value) => (non_null(value).map(Json), None, None),
-                Outcome::Retry { error, retry_at } => {
+                Outcome::Retry { error, retry_at } | Outcome::Deferred { error, retry_at } => {
                     (None, Some(Json(error_json(error))), Some(*retry_at))
                 }
                 Outcome::Dead(error) => (None, Some(Json(error_json(error))), None),
@@ -200,7 +200,9 @@ impl PgTaskStore {
         let changed: Vec<(Uuid, String)> = sqlx::query_as(
             "UPDATE tasks t SET status = c.status, result = c.result, error = c.error,
                  run_at = coalesce(c.run_at, t.run_at),
-                 finished_at = CASE WHEN c.status = 'failed' THEN NULL ELSE now() END,
+                 attempts = t.attempts - CASE WHEN c.status = 'scheduled' THEN 1 ELSE 0 END,
+                 finished_at = CASE WHEN c.status IN ('failed', 'scheduled') THEN NULL
+                                    ELSE now() END,
                  lease_owner = NULL, lease_expires_at = NULL
              FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::timestamptz[])
                   AS c(id, status, result, error, run_at)

@@ -177,7 +177,7 @@ impl SqliteTaskStore {
                             entry["result"] = value.clone();
                         }
                     }
-                    Outcome::Retry { error, retry_at } => {
+                    Outcome::Retry { error, retry_at } | Outcome::Deferred { error, retry_at } => {
                         entry["error"] = error_json(error);
                         entry["run_at"] = micros(*retry_at).into();
                     }
@@ -192,7 +192,10 @@ impl SqliteTaskStore {
             "UPDATE tasks SET status = c.value ->> 'status', result = c.value -> 'result',
                  error = c.value -> 'error',
                  run_at = coalesce(c.value ->> 'run_at', tasks.run_at),
-                 finished_at = CASE WHEN c.value ->> 'status' = 'failed' THEN NULL ELSE ?2 END,
+                 attempts = tasks.attempts
+                     - CASE WHEN c.value ->> 'status' = 'scheduled' THEN 1 ELSE 0 END,
+                 finished_at = CASE WHEN c.value ->> 'status' IN ('failed', 'scheduled') THEN NULL
+                                    ELSE ?2 END,
                  lease_owner = NULL, lease_expires_at = NULL
              FROM json_each(?1) AS c
              WHERE tasks.id = c.value ->> 'id' AND +tasks.status = 'running'
