@@ -53,8 +53,9 @@ export class Worker {
       throw new SocketError("invalid_request", "a worker needs at least one type and a concurrency of 1 or more");
     }
     this.options = options;
+    const { types, concurrency, handler, heartbeatMs, ...connection } = options;
     this.socket = new McpSocket({
-      ...options,
+      ...connection,
       onDisconnect: (disconnect) => {
         // The hub gives back every task this connection held: their handlers should stop.
         for (const { abort } of this.running.values()) {
@@ -65,10 +66,14 @@ export class Worker {
     });
     this.socket.afterAuthenticate(async () => {
       if (!this.stopping) {
-        await this.socket.request("worker.register", { types: options.types, concurrency: options.concurrency });
+        await this.socket.request("worker.register", { types, concurrency });
       }
     });
     this.socket.on("task.assign", (frame) => this.assigned(frame.task as Task));
+    // The credential's new role may not run tasks: the hub took the tasks back; say so.
+    this.socket.on("worker.unregistered", (frame) =>
+      options.onError?.(new SocketError("worker_unregistered", `the hub unregistered this worker (${String(frame.reason)})`)),
+    );
     this.ready = this.socket.connect();
   }
 

@@ -1,16 +1,17 @@
-// The REST client against the real hub: a round trip, typed errors, token refresh.
+// The REST client against the real hub: a round trip, typed errors, token refresh (also for a
+// WebSocket that outlives its access token).
 
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
-import { McpClient, McpError, type Tokens } from "../src/index.js";
-import { expiredToken, startHub, type Hub } from "./hub.js";
+import { McpClient, McpError, McpSocket, type Disconnect, type Tokens } from "../src/index.js";
+import { eventually, expiredToken, startHub, type Hub } from "./hub.js";
 
 let hub: Hub;
 let admin: McpClient;
 
 before(async () => {
   // Short access tokens, so that refreshing before expiry shows within a test.
-  hub = await startHub({ MCP_ACCESS_TOKEN_TTL: "4s" });
+  hub = await startHub({ MCP_ACCESS_TOKEN_TTL: "4s", MCP_WS_REFRESH_NOTICE_MS: "2000" });
   admin = new McpClient({ baseUrl: hub.base, accessToken: hub.token("admin") });
 });
 
@@ -121,5 +122,24 @@ describe("REST client", () => {
     const me = await bot.me();
     assert.equal(me.role, "service");
     assert.equal(me.credential, "api_key");
+  });
+
+  test("keeps a WebSocket open past its access token's expiry by answering auth.refresh_required", async () => {
+    const password = await createUser("sdk-socket");
+    let refreshes = 0;
+    const client = await McpClient.login({ baseUrl: hub.base, username: "sdk-socket", password, onTokens: () => refreshes++ });
+    const firstExpiry = client.session!.expiresAt;
+    const disconnects: Disconnect[] = [];
+    const socket = new McpSocket({ url: hub.base, client, onDisconnect: (d) => disconnects.push(d) });
+    try {
+      await socket.connect();
+      // Without a new token the hub would close the connection (4002) when the first one expires.
+      await eventually("the first token's expiry to pass", () => Date.now() > firstExpiry + 1_500, 15_000);
+      assert.ok(refreshes >= 2, `refreshed ${refreshes - 1} times`);
+      assert.deepEqual(await socket.ping(), { pong: true });
+      assert.deepEqual(disconnects, []);
+    } finally {
+      await socket.close();
+    }
   });
 });

@@ -1,8 +1,9 @@
 //! The graceful drain on SIGTERM, in order, against the real binary over real sockets:
 //! `/readyz` turns 503 while requests are still served for `shutdown_readiness_delay_ms`; then
 //! new connections are refused, the node stops claiming, a WebSocket gets a `server.shutdown`
-//! frame with `reconnect_after_ms` and close 1001; the task that was running finishes; the
-//! process exits 0; and nothing is lost: started again on the same data, every task is there.
+//! frame with `reconnect_after_ms` and close 1001, a request still in flight finishes; the task
+//! that was running finishes; the process exits 0; and nothing is lost: started again on the
+//! same data, every task is there.
 
 mod support;
 
@@ -10,6 +11,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use support::{Server, get, post, request, temp_dir, token, wait_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_tungstenite::tungstenite::Message;
 
 /// Long enough for the checks of the delay to fit in it on a loaded machine.
@@ -43,7 +45,7 @@ async fn drains_in_order_on_sigterm_and_loses_nothing() {
     let (status, running) = post(
         &server,
         "/v1/tasks",
-        json!({"type": "sleep", "payload": {"ms": 6000}}),
+        json!({"type": "sleep", "payload": {"ms": 8000}}),
     )
     .await;
     assert_eq!(status, 201, "{running}");
@@ -94,6 +96,7 @@ async fn drains_in_order_on_sigterm_and_loses_nothing() {
     let (status, during) = post(&server, "/v1/tasks", json!({"type": "noop"})).await;
     assert_eq!(status, 201, "{during}");
     // Due once the listener has closed: a node that stopped claiming leaves it for the next.
+    let later_due = Instant::now() + DELAY + Duration::from_millis(1500);
     let (status, later) = post(
         &server,
         "/v1/tasks",
@@ -103,6 +106,17 @@ async fn drains_in_order_on_sigterm_and_loses_nothing() {
     assert_eq!(status, 201, "{later}");
     let (status, _) = get(&server, &format!("/v1/tasks/{running_id}")).await;
     assert_eq!(status, 200);
+    // A request whose body is still on its way when the listener closes.
+    let body = json!({"type": "noop"}).to_string();
+    let mut in_flight = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /v1/tasks HTTP/1.1\r\nhost: {addr}\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        token("admin", "test-admin"),
+        body.len()
+    );
+    in_flight.write_all(head.as_bytes()).await.unwrap();
+    in_flight.write_all(&body.as_bytes()[..4]).await.unwrap();
     // The WebSocket still works.
     let pong = request(&mut socket, json!({"id": 2, "op": "ping"})).await;
     assert_eq!(pong["ok"], true, "{pong}");
@@ -163,7 +177,22 @@ async fn drains_in_order_on_sigterm_and_loses_nothing() {
         }
     }
 
-    // 4. The process exits 0 once the running task has finished.
+    // 4. The request in flight finishes, after the task that became due meanwhile was left
+    //    alone: the node stopped claiming when it stopped accepting.
+    tokio::time::sleep_until((later_due + Duration::from_millis(500)).into()).await;
+    in_flight.write_all(&body.as_bytes()[4..]).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        in_flight.read_to_string(&mut response),
+    )
+    .await
+    .expect("the request in flight is answered")
+    .unwrap();
+    assert!(response.starts_with("HTTP/1.1 201"), "{response}");
+    let created: Value = serde_json::from_str(response.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+
+    // 5. The process exits 0 once the running task has finished.
     let status = server.wait_exit(Duration::from_secs(20));
     let exited = chrono::Utc::now();
     assert!(status.success(), "{status:?}");
@@ -180,7 +209,7 @@ async fn drains_in_order_on_sigterm_and_loses_nothing() {
         "the running task had to be released instead of finishing"
     );
 
-    // 5. Nothing lost: on the same data, every task is there and ends as it should.
+    // 6. Nothing lost: on the same data, every task is there and ends as it should.
     let server = Server::start_in(data_dir, &env());
     let (_, task) = get(&server, &format!("/v1/tasks/{running_id}")).await;
     assert_eq!(task["status"], "succeeded", "{task}");
@@ -191,6 +220,10 @@ async fn drains_in_order_on_sigterm_and_loses_nothing() {
     })
     .await;
     assert_eq!(during["attempts"], 1, "{during}");
+    wait_for(&server, created["id"].as_str().unwrap(), |t| {
+        t["status"] == "succeeded"
+    })
+    .await;
     let later = wait_for(&server, later["id"].as_str().unwrap(), |t| {
         t["status"] == "succeeded"
     })
