@@ -14,11 +14,13 @@ pub mod auth;
 mod bots;
 mod deadline;
 pub mod discord;
+mod docs;
 mod endpoint;
 mod error;
 mod extract;
 mod health;
 mod hooks;
+mod http_trace;
 pub mod integrations;
 mod memory;
 mod openapi;
@@ -68,6 +70,7 @@ fn endpoints() -> Vec<Endpoint<AppState>> {
         vrchat::endpoints(),
         vcc::endpoints(),
         bots::endpoints(),
+        docs::endpoints(),
     ]
     .into_iter()
     .flatten()
@@ -99,6 +102,8 @@ pub fn router(state: AppState) -> Router {
     };
     router
         .route_layer(axum::middleware::from_fn_with_state(guard, auth::guard))
+        // Outside the guard, so refusals are traced too; inside routing, for `http.route`.
+        .route_layer(axum::middleware::from_fn(http_trace::http_span))
         .layer(Extension(Arc::new(openapi)))
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)

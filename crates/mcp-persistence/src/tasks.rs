@@ -104,6 +104,7 @@ pub(crate) fn inserted_task(
         created_at,
         started_at: None,
         finished_at: None,
+        traceparent: new.traceparent.clone(),
     }
 }
 

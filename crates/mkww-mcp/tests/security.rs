@@ -138,6 +138,9 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
         "admin",
     ),
+    ("GET", "/docs", "*"),
+    ("GET", "/docs/", "*"),
+    ("GET", "/docs/{file}", "*"),
 ];
 
 fn allowed(spec: &str, role: &str) -> bool {

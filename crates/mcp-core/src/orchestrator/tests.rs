@@ -54,6 +54,7 @@ impl TaskStore for Tasks {
                     created_at: now,
                     started_at: None,
                     finished_at: None,
+                    traceparent: new.traceparent.clone(),
                 };
                 held.push(task.clone());
                 Inserted {

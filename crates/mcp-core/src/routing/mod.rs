@@ -410,6 +410,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             started_at: None,
             finished_at: None,
+            traceparent: None,
         })
     }
 

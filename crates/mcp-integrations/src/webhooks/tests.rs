@@ -200,6 +200,7 @@ async fn failing(
         created_at: now,
         started_at: Some(now),
         finished_at: None,
+        traceparent: None,
     };
     let ctx = TaskContext {
         task: Arc::new(task),

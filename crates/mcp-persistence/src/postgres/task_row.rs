@@ -42,6 +42,9 @@ pub(crate) struct TaskRow {
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     finished_at: Option<DateTime<Utc>>,
+    /// Absent from outbox rows written before it existed.
+    #[serde(default)]
+    traceparent: Option<String>,
 }
 
 impl TryFrom<TaskRow> for Task {
@@ -82,6 +85,7 @@ impl TryFrom<TaskRow> for Task {
             created_at: row.created_at,
             started_at: row.started_at,
             finished_at: row.finished_at,
+            traceparent: row.traceparent,
         })
     }
 }

@@ -38,6 +38,9 @@ pub(crate) struct TaskRow {
     created_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+    /// Absent from outbox rows written before it existed.
+    #[serde(default)]
+    traceparent: Option<String>,
 }
 
 impl TryFrom<TaskRow> for Task {
@@ -74,6 +77,7 @@ impl TryFrom<TaskRow> for Task {
             created_at: instant(row.created_at)?,
             started_at: row.started_at.map(instant).transpose()?,
             finished_at: row.finished_at.map(instant).transpose()?,
+            traceparent: row.traceparent,
         })
     }
 }
