@@ -129,3 +129,17 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_readable_only_on_a_terminal() {
+        assert!(readable("pretty"));
+        assert!(!readable("json"));
+        // The test runner captures standard output: not a terminal, so JSON.
+        assert_eq!(readable("auto"), std::io::stdout().is_terminal());
+        assert_eq!(Config::default().log_format, "auto");
+    }
+}
