@@ -26,7 +26,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::{PgSchema, Server, client, get, post};
+use support::{PgSchema, Server, client, connect, get, next, post, request, token};
 
 /// One span as the receiver decoded it.
 #[derive(Debug, Clone)]
@@ -377,6 +377,80 @@ async fn one_trace_runs_from_the_request_through_another_node_to_the_webhook_del
 
     drop((a, b));
     schema.drop_schema().await;
+}
+
+#[tokio::test]
+async fn an_external_worker_receives_the_trace_of_a_task_created_over_the_websocket() {
+    let (spans, collector) = start_collector().await;
+    let server = Server::start(&[
+        ("MCP_WORKER_TASK_TYPES", "[\"trace.job\"]".to_owned()),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector}")),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+    ]);
+    let mut worker = connect(&server, Some(&token("service", "trace-worker"))).await;
+    let reply = request(
+        &mut worker,
+        json!({"id": "reg", "op": "worker.register", "types": ["trace.job"], "concurrency": 1}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+
+    let mut creator = connect(&server, Some(&token("admin", "trace-client"))).await;
+    let reply = request(
+        &mut creator,
+        json!({"id": 1, "op": "task.create", "task": {"type": "trace.job"}}),
+    )
+    .await;
+    let task = &reply["result"]["task"];
+    let trace_id = task["trace_id"]
+        .as_str()
+        .expect("the task shows its trace")
+        .to_owned();
+    let task_id = task["id"].as_str().unwrap().to_owned();
+
+    let assign = loop {
+        let frame = next(&mut worker).await;
+        if frame["op"] == "task.assign" {
+            break frame;
+        }
+    };
+    assert_eq!(assign["task"]["id"], task_id.as_str());
+    let traceparent = assign["traceparent"]
+        .as_str()
+        .expect("task.assign carries the trace");
+    let parts: Vec<&str> = traceparent.split('-').collect();
+    assert_eq!(parts.len(), 4, "{traceparent}");
+    assert_eq!(parts[1], trace_id);
+    let reply = request(
+        &mut worker,
+        json!({"id": 2, "op": "task.complete", "task_id": task_id, "result": {}}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+
+    // The op's span starts the trace; the worker's context is the task's `task.create`, and the
+    // node's wait for the worker's outcome is the run.
+    let find = |name: &str, parent: &str| {
+        spans
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|s| s.name == name && s.parent == parent && s.trace_id == trace_id)
+            .cloned()
+    };
+    let limit = Duration::from_secs(20);
+    let op = eventually("the op's span", limit, || find("ws task.create", "")).await;
+    assert_eq!(op.attributes["mcp.ws.op"], "task.create");
+    let created = eventually("task.create", limit, || find("task.create", &op.span_id)).await;
+    assert_eq!(
+        created.span_id, parts[2],
+        "task.assign names the creating span"
+    );
+    let run = eventually("the remote run", limit, || {
+        find("task.run", &created.span_id)
+    })
+    .await;
+    assert_eq!(run.attributes["task.type"], "trace.job");
 }
 
 #[tokio::test]
