@@ -15,11 +15,13 @@ mod bots;
 mod console;
 mod deadline;
 pub mod discord;
+mod docs;
 mod endpoint;
 mod error;
 mod extract;
 mod health;
 mod hooks;
+mod http_trace;
 pub mod integrations;
 mod memory;
 mod openapi;
@@ -75,6 +77,7 @@ fn endpoints() -> Vec<Endpoint<AppState>> {
         schedules::endpoints(),
         queues::endpoints(),
         workflows::endpoints(),
+        docs::endpoints(),
     ]
     .into_iter()
     .flatten()
@@ -106,6 +109,8 @@ pub fn router(state: AppState) -> Router {
     };
     router
         .route_layer(axum::middleware::from_fn_with_state(guard, auth::guard))
+        // Outside the guard, so refusals are traced too; inside routing, for `http.route`.
+        .route_layer(axum::middleware::from_fn(http_trace::http_span))
         .layer(Extension(Arc::new(openapi)))
         // The console's pages and assets; any other path is the JSON 404.
         .fallback(console::fallback)

@@ -26,6 +26,7 @@ pub mod secrets;
 pub mod services;
 pub mod store;
 pub mod task;
+pub mod trace;
 pub mod vcc;
 pub mod vrchat;
 pub mod webhooks;

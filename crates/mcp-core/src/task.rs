@@ -161,6 +161,17 @@ pub struct Task {
     /// The latest progress its handler or worker reported.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<Progress>,
+    /// The W3C `traceparent` of the span that created the task (`None` when tracing is off):
+    /// every attempt, on any node or external worker, continues that trace. Shown as its trace
+    /// id only.
+    #[serde(
+        rename = "trace_id",
+        serialize_with = "serialize_trace_id",
+        skip_deserializing,
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schema(value_type = Option<String>, example = "4bf92f3577b34da6a3ce929d0e0e4736")]
+    pub traceparent: Option<String>,
 }
 
 /// How far a running task got, as its handler or worker last reported it.
@@ -198,6 +209,15 @@ impl Progress {
             at: Utc::now(),
         })
     }
+
+fn serialize_trace_id<S: serde::Serializer>(
+    traceparent: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    traceparent
+        .as_deref()
+        .and_then(crate::trace::trace_id)
+        .serialize(serializer)
 }
 
 /// A validated task ready to be inserted: the orchestrator fills every default, so a store only
@@ -220,6 +240,8 @@ pub struct NewTask {
     pub created_by: Option<String>,
     /// See [`Task::share_key`]; set by the task service, never by the body.
     pub share_key: Option<String>,
+    /// See [`Task::traceparent`]; set by the orchestrator from the creating span.
+    pub traceparent: Option<String>,
 }
 
 /// What a client sends to create a task (`POST /v1/tasks`, and the WebSocket `task.create` op).
@@ -436,6 +458,7 @@ impl CreateTask {
             correlation_id: self.correlation_id,
             created_by: None,
             share_key: None,
+            traceparent: None,
         })
     }
 }

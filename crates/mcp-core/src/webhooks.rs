@@ -214,6 +214,8 @@ pub struct OutboxEntry {
     /// The event as receivers get it: `data` is the task after the transition, or the
     /// conversation or message after the memory change.
     pub event: Event,
+    /// A task event's task's `traceparent`: its deliveries continue the task's trace.
+    pub traceparent: Option<String>,
 }
 
 /// The webhook outbox. The task and memory stores record each change's event in the change's

@@ -35,6 +35,7 @@
 //! `{"error": "destination_forbidden"}` as details.
 
 use crate::outbound::{OutboundClient, Redirects, forbidden_in};
+use crate::traced::SendTraced;
 use crate::{Adapter, AdapterHealth};
 use async_trait::async_trait;
 use mcp_core::outbound::{Forbidden, Policy};
@@ -184,7 +185,7 @@ impl Handler for HttpRequest {
         };
 
         let response = builder
-            .send()
+            .send_traced()
             .await
             .map_err(|err| transport_error(&target, err))?;
         let status = response.status();

@@ -15,6 +15,7 @@ pub mod http;
 pub mod llm;
 pub mod osc;
 pub mod outbound;
+pub mod traced;
 pub mod vcc;
 pub mod vrchat;
 pub mod webhooks;

@@ -11,6 +11,7 @@
 //! `model` (default: the configured one), `max_tokens`, `temperature`.
 //! Result: `{"text", "model", "usage"?, "finish_reason"?}`.
 
+use crate::traced::SendTraced;
 use crate::{Adapter, AdapterHealth};
 use async_trait::async_trait;
 use mcp_core::{Handler, HandlerError, HandlerRegistry, TaskContext};
@@ -304,7 +305,7 @@ impl Handler for LlmGenerate {
             request = request.bearer_auth(key);
         }
         // A cancelled task's future is dropped by the orchestrator, which aborts the call.
-        let response = request.send().await.map_err(transport_error)?;
+        let response = request.send_traced().await.map_err(transport_error)?;
         let status = response.status();
         let retry_after: Option<u64> = response
             .headers()

@@ -4,7 +4,7 @@
 pub(crate) const TASK_COLUMNS: &str = "id, type, queue, priority, payload, status, attempts, \
     max_attempts, backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key, \
     concurrency_key, concurrency_limit, correlation_id, created_by, result, error, created_at, started_at, \
-    finished_at, share_key, workflow_id, workflow_key, progress";
+    finished_at, share_key, workflow_id, workflow_key, progress, traceparent";
 pub(crate) const USER_COLUMNS: &str =
     "id, username, role, password_hash, disabled, created_at, updated_at";
 pub(crate) const API_KEY_COLUMNS: &str = "id, name, prefix, role, secret_hash, created_by, created_at, last_used_at, revoked_at, \

@@ -123,6 +123,7 @@ pub(crate) fn outbox_entry(
             correlation_id,
             at,
         },
+        traceparent: task.traceparent,
     })
 }
 
@@ -147,6 +148,7 @@ pub(crate) fn row_entry<T>(
                 correlation_id,
                 at,
             },
+            traceparent: None,
         }),
         (None, None) => Err(corrupt(format!(
             "outbox row {id} has neither task nor data"

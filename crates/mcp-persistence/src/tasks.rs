@@ -108,6 +108,7 @@ pub(crate) fn inserted_task(
         workflow_key: None,
         parents: None,
         progress: None,
+        traceparent: new.traceparent.clone(),
     }
 }
 

@@ -112,6 +112,7 @@ mod cases {
         task.concurrency_key = Some("conc".into());
         task.concurrency_limit = Some(3);
         task.correlation_id = Some("req-1".into());
+        task.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
         let inserted = store.insert(std::slice::from_ref(&task)).await.unwrap();
         assert!(inserted[0].created);
         let stored = store.get(task.id).await.unwrap().unwrap();
@@ -129,7 +130,13 @@ mod cases {
         assert_eq!(stored.concurrency_key.as_deref(), Some("conc"));
         assert_eq!(stored.concurrency_limit, Some(3));
         assert_eq!(stored.correlation_id.as_deref(), Some("req-1"));
+        assert_eq!(stored.traceparent, task.traceparent);
         assert!(stored.result.is_none() && stored.error.is_none() && stored.started_at.is_none());
+        let claimed = store.claim(&claim_request(1)).await.unwrap();
+        assert_eq!(
+            claimed[0].traceparent, task.traceparent,
+            "a claim reads it too"
+        );
         assert!(store.get(uuid::Uuid::now_v7()).await.unwrap().is_none());
     }
 

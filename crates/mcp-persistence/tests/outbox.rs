@@ -460,6 +460,26 @@ mod cases {
         assert!(!store.delete_followup(running_id).await.unwrap());
         assert_eq!(store.due_followups(stale, 10).await.unwrap().len(), 2);
     }
+
+    pub async fn a_task_event_keeps_the_task_trace_context(backend: &Backend) {
+        let tasks: Arc<dyn TaskStore> = backend.port();
+        let outbox: Arc<dyn Outbox> = backend.port();
+        outbox.record_events(all_events());
+        let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let mut traced = new_task("noop");
+        traced.traceparent = Some(parent.into());
+        tasks.insert(&[traced, new_task("noop")]).await.unwrap();
+        let entries = outbox.claim_outbox(10, LEASE).await.unwrap();
+        let contexts: Vec<Option<&str>> =
+            entries.iter().map(|e| e.traceparent.as_deref()).collect();
+        assert_eq!(contexts, [Some(parent), None]);
+        // Receivers see the trace id only.
+        assert_eq!(
+            entries[0].event.data["trace_id"],
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert!(entries[1].event.data.get("trace_id").is_none());
+    }
 }
 
 conformance!(
@@ -470,4 +490,5 @@ conformance!(
     rescued_tasks_record_retrying_or_dead,
     memory_changes_record_their_wanted_event_with_the_change,
     followups_come_due_when_their_task_is_final_or_stale,
+    a_task_event_keeps_the_task_trace_context,
 );

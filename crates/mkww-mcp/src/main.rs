@@ -7,6 +7,7 @@ mod config;
 mod integrations;
 mod logging;
 mod serve;
+mod telemetry;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

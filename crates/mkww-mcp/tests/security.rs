@@ -166,6 +166,9 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "/v1/workflows/{id}/tasks",
         "admin operator service user",
     ),
+    ("GET", "/docs", "*"),
+    ("GET", "/docs/", "*"),
+    ("GET", "/docs/{file}", "*"),
 ];
 
 fn allowed(spec: &str, role: &str) -> bool {

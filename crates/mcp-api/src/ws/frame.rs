@@ -55,6 +55,25 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The op's name as the client wrote it (`task.create`, …).
+    pub fn name(&self) -> &'static str {
+        match self {
+            Op::Auth { .. } => "auth",
+            Op::Subscribe { .. } => "subscribe",
+            Op::Unsubscribe { .. } => "unsubscribe",
+            Op::Publish { .. } => "publish",
+            Op::TaskCreate { .. } => "task.create",
+            Op::TaskCancel { .. } => "task.cancel",
+            Op::Ping => "ping",
+            Op::WorkerRegister { .. } => "worker.register",
+            Op::TaskHeartbeat { .. } => "task.heartbeat",
+            Op::TaskComplete { .. } => "task.complete",
+            Op::TaskFail { .. } => "task.fail",
+        }
+    }
+}
+
 /// Why a worker's attempt failed.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct WorkerError {

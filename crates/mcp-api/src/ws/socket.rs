@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 /// How long a closing connection may take to send what was queued before the close frame.
 const CLOSE_FLUSH: Duration = Duration::from_millis(500);
@@ -230,7 +231,12 @@ impl Connection {
             Err(e) => return self.send(error_frame(&e.id, e.code, &e.message)),
         };
         let id = frame.id.clone();
-        let outcome = self.on_frame(frame).await;
+        let span = op_span(&frame);
+        let outcome = self.on_frame(frame).instrument(span.clone()).await;
+        if let Err(e) = &outcome {
+            span.record("otel.status_code", "ERROR");
+            span.record("mcp.error_code", e.code);
+        }
         match outcome {
             Ok(Some(result)) => self.send(reply(&id, result)),
             Ok(None) => {}
@@ -408,4 +414,21 @@ impl Connection {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
     }
+}
+
+/// The span of one client op (none while tracing is off): `ws.task.create`, `ws.subscribe`…
+fn op_span(frame: &ClientFrame) -> tracing::Span {
+    if !mcp_core::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let op = frame.op.name();
+    tracing::info_span!(
+        parent: None,
+        "ws.op",
+        otel.name = %format_args!("ws {op}"),
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        mcp.ws.op = op,
+        mcp.error_code = tracing::field::Empty
+    )
 }

@@ -83,7 +83,15 @@ impl Connection {
         self.assignments = Some(tokio::spawn(async move {
             let Some(out) = out else { return };
             while let Some(assignment) = assignments.recv().await {
-                let frame = json!({"op": "task.assign", "task": &*assignment.task}).to_string();
+                let task = &*assignment.task;
+                // The worker continues the task's trace from the context it was created in.
+                let frame = match &task.traceparent {
+                    Some(parent) => {
+                        json!({"op": "task.assign", "task": task, "traceparent": parent})
+                    }
+                    None => json!({"op": "task.assign", "task": task}),
+                }
+                .to_string();
                 pending
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())

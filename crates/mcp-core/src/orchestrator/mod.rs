@@ -385,7 +385,29 @@ impl Orchestrator {
             task.correlation_id = origin.correlation_id.map(str::to_owned);
         }
         task.created_by = origin.created_by.map(str::to_owned);
+        if crate::trace::enabled() {
+            task.traceparent = creation_context(&task);
+        }
         Ok((task, known))
+    }
+
+    /// The span of one attempt of `task` on this node (none while tracing is off): a child of
+    /// the span that created the task, wherever that was.
+    pub(crate) fn run_span(&self, task: &Task) -> tracing::Span {
+        if !crate::trace::enabled() {
+            return tracing::Span::none();
+        }
+        let span = tracing::info_span!(
+            parent: None,
+            "task.run",
+            otel.kind = "consumer",
+            task.id = %task.id,
+            task.type = %task.task_type,
+            task.attempt = task.attempts,
+            mcp.node = %self.config.node_id
+        );
+        crate::trace::set_parent(&span, task.traceparent.as_deref());
+        span
     }
 
     /// Creates one task. `created` is false when the idempotency key matched an existing task.
@@ -504,4 +526,16 @@ impl Orchestrator {
             at,
         });
     }
+}
+
+/// The `task.create` span of a task being created, a child of the caller's span (the request,
+/// the WebSocket op, the hook…), as the `traceparent` the task keeps.
+fn creation_context(task: &NewTask) -> Option<String> {
+    let span = tracing::info_span!(
+        "task.create",
+        task.id = %task.id,
+        task.type = %task.task_type,
+        task.queue = %task.queue
+    );
+    crate::trace::traceparent(&span)
 }

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
+use tracing::{Instrument, warn};
 
 /// How often the loop looks again while nothing signals it (breakers turn half-open by time).
 const REMOTE_RECHECK: Duration = Duration::from_millis(500);
@@ -130,12 +130,12 @@ impl Orchestrator {
                     let task = Arc::new(task);
                     match self.balancer.assign(task.clone()) {
                         Some((worker, outcome)) => {
-                            tokio::spawn(self.clone().run_remote(
-                                task,
-                                worker,
-                                outcome,
-                                done.clone(),
-                            ));
+                            let span = self.run_span(&task);
+                            tokio::spawn(
+                                self.clone()
+                                    .run_remote(task, worker, outcome, done.clone())
+                                    .instrument(span),
+                            );
                         }
                         // The worker left between counting and assigning: give it back.
                         None => self.give_back(&task).await,

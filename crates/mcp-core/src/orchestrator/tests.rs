@@ -58,6 +58,7 @@ impl TaskStore for Tasks {
                     workflow_key: None,
                     parents: None,
                     progress: None,
+                    traceparent: new.traceparent.clone(),
                 };
                 held.push(task.clone());
                 Inserted {

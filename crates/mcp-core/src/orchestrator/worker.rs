@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 use uuid::Uuid;
 
 /// First wait before trying the database again after an error; it doubles while the errors go
@@ -203,7 +203,12 @@ impl Orchestrator {
                         Err(_) => return,
                     },
                 };
-                tokio::spawn(self.clone().run(task, permit, share, done.clone()));
+                let span = self.run_span(&task);
+                tokio::spawn(
+                    self.clone()
+                        .run(task, permit, share, done.clone())
+                        .instrument(span),
+                );
             }
             drop(first);
             if claimed < limit && !reached_cap {
@@ -288,6 +293,7 @@ impl Orchestrator {
                     crate::handler::REPORTER.scope(reporter, async move {
                         tokio::time::timeout(timeout, handler.run(ctx)).await
                     })
+                    .in_current_span()
                 });
                 let abort = attempt.abort_handle();
                 tokio::select! {
@@ -315,6 +321,7 @@ impl Orchestrator {
         let Some(result) = result else {
             return;
         };
+        debug!(task_id = %task.id, task_type = %task.task_type, ok = result.is_ok(), "attempt finished");
         if let Some(change) = self.balancer.record(&task.task_type, result.is_ok()) {
             self.emit_breaker(&change);
         }

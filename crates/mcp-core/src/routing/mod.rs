@@ -414,6 +414,7 @@ mod tests {
             workflow_key: None,
             parents: None,
             progress: None,
+            traceparent: None,
         })
     }
 

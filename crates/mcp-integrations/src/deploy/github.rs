@@ -2,6 +2,7 @@
 //! payload checked before the task is accepted.
 
 use super::*;
+use crate::traced::SendTraced;
 use async_trait::async_trait;
 use mcp_core::{Handler, HandlerError, TaskContext};
 use reqwest::header::ACCEPT;
@@ -148,7 +149,7 @@ impl Handler for GithubDispatch {
             .header(ACCEPT, "application/vnd.github+json")
             .header("X-GitHub-Api-Version", GITHUB_API_VERSION)
             .json(&dispatch.body)
-            .send()
+            .send_traced()
             .await
             .map_err(|err| transport_error(&target, err))?;
         let status = response.status();

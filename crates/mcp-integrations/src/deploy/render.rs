@@ -1,6 +1,7 @@
 //! The `render.deploy` task: a Render deploy hook per service.
 
 use super::*;
+use crate::traced::SendTraced;
 use async_trait::async_trait;
 use mcp_core::{Handler, HandlerError, TaskContext};
 use reqwest::header::ACCEPT;
@@ -86,7 +87,7 @@ impl Handler for RenderDeploy {
             .client
             .post(url)
             .header(ACCEPT, "application/json")
-            .send()
+            .send_traced()
             .await
             .map_err(|err| transport_error(&target, err))?;
         let status = response.status();

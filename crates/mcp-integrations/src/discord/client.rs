@@ -13,6 +13,7 @@
 use super::DiscordConfig;
 use super::limits::{Limits, header, seconds};
 use super::request::DiscordRequest;
+use crate::traced::SendTraced;
 use mcp_core::HandlerError;
 use reqwest::header::AUTHORIZATION;
 use reqwest::{Client, StatusCode, Url};
@@ -100,7 +101,7 @@ impl DiscordClient {
                 builder = builder.header(AUTHORIZATION, format!("Bot {token}"));
             }
             let response = builder
-                .send()
+                .send_traced()
                 .await
                 .map_err(|err| transport_error(route, err))?;
             let status = response.status();

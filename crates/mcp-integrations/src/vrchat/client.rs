@@ -4,6 +4,7 @@
 use super::session::Session;
 use super::*;
 use crate::AdapterHealth;
+use crate::traced::SendTraced;
 use async_trait::async_trait;
 use mcp_core::routing::{Breaker, BreakerState};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -264,7 +265,7 @@ impl VrchatClient {
             if let Some(body) = &body {
                 request = request.json(body);
             }
-            let outcome = match request.send().await {
+            let outcome = match request.send_traced().await {
                 Ok(response) => {
                     let status = response.status();
                     let headers = response.headers().clone();

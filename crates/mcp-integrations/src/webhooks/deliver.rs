@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::outbound::{OutboundClient, Redirects, forbidden_in};
+use crate::traced::SendTraced;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::secrets::SecretBox;
@@ -71,7 +72,7 @@ impl DeliverHandler {
             .header("webhook-timestamp", timestamp.to_string())
             .header("webhook-signature", signature)
             .body(body)
-            .send()
+            .send_traced()
             .await
             .map_err(|e| match forbidden_in(&e) {
                 // A name that resolves only to forbidden addresses: it would again.

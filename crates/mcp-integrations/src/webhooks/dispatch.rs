@@ -12,7 +12,23 @@ use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
+
+/// The span in which an outbox entry's deliveries are enqueued (none while tracing is off): a
+/// child of the span that created the task, so deliveries continue the task's trace.
+fn dispatch_span(entry: &mcp_core::webhooks::OutboxEntry) -> tracing::Span {
+    if !mcp_core::trace::enabled() {
+        return tracing::Span::none();
+    }
+    let span = tracing::info_span!(
+        parent: None,
+        "webhook.dispatch",
+        event.type = %entry.event.event_type
+    );
+    mcp_core::trace::set_parent(&span, entry.traceparent.as_deref());
+    span
+}
 
 /// How the dispatcher drains the outbox.
 #[derive(Debug, Clone)]
@@ -123,6 +139,7 @@ impl Dispatcher {
                 .deliver(&webhooks, &entry.event, |webhook| {
                     outbox_delivery_id(webhook, entry.id)
                 })
+                .instrument(dispatch_span(entry))
                 .await;
             match recorded {
                 Ok(()) => done.push(entry.id),

@@ -204,6 +204,7 @@ async fn failing(
         workflow_key: None,
         parents: None,
         progress: None,
+        traceparent: None,
     };
     let ctx = TaskContext {
         task: Arc::new(task),

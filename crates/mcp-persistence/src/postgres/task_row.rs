@@ -50,6 +50,9 @@ pub(crate) struct TaskRow {
     #[serde(default)]
     progress: Option<Json<Value>>,
     finished_at: Option<DateTime<Utc>>,
+    /// Absent from outbox rows written before it existed.
+    #[serde(default)]
+    traceparent: Option<String>,
 }
 
 impl TryFrom<TaskRow> for Task {
@@ -98,6 +101,7 @@ impl TryFrom<TaskRow> for Task {
                 .map(|j| serde_json::from_value::<Progress>(j.0))
                 .transpose()
                 .map_err(corrupt)?,
+            traceparent: row.traceparent,
         })
     }
 }

@@ -46,16 +46,17 @@ impl TaskStore for PgTaskStore {
             "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts, \
                  backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key, \
                  concurrency_key, concurrency_limit, correlation_id, created_by, created_at, \
-                 share_key)
+                 share_key, traceparent)
              SELECT i.id, i.type, i.queue, i.priority, i.payload,
                     CASE WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END,
                     i.max_attempts, i.bb, i.bm, coalesce(i.run_at, now()), i.timeout_ms,
-                    i.ik, i.ck, i.cl, i.corr, i.by, now(), i.share
+                    i.ik, i.ck, i.cl, i.corr, i.by, now(), i.share, i.tp
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::jsonb[], $6::int4[],
                          $7::int8[], $8::int8[], $9::timestamptz[], $10::int8[], $11::text[],
-                         $12::text[], $13::int4[], $14::text[], $15::text[], $16::text[])
+                         $12::text[], $13::int4[], $14::text[], $15::text[], $16::text[],
+                         $17::text[])
                   AS i(id, type, queue, priority, payload, max_attempts, bb, bm, run_at,
-                       timeout_ms, ik, ck, cl, corr, by, share)
+                       timeout_ms, ik, ck, cl, corr, by, share, tp)
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id, status, run_at, created_at"
         );
@@ -102,6 +103,11 @@ impl TaskStore for PgTaskStore {
             .bind(
                 new.iter()
                     .map(|t| t.share_key.as_deref())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                new.iter()
+                    .map(|t| t.traceparent.as_deref())
                     .collect::<Vec<_>>(),
             );
         let rows = match self.begin_recording(Transition::Created).await? {

@@ -46,6 +46,9 @@ pub(crate) struct TaskRow {
     #[serde(default)]
     progress: Option<String>,
     finished_at: Option<i64>,
+    /// Absent from outbox rows written before it existed.
+    #[serde(default)]
+    traceparent: Option<String>,
 }
 
 impl TryFrom<TaskRow> for Task {
@@ -86,6 +89,7 @@ impl TryFrom<TaskRow> for Task {
             workflow_key: row.workflow_key,
             parents: None,
             progress: row.progress.as_deref().map(json::<Progress>).transpose()?,
+            traceparent: row.traceparent,
         })
     }
 }

@@ -57,6 +57,7 @@ impl TaskStore for SqliteTaskStore {
                     "corr": t.correlation_id,
                     "by": t.created_by,
                     "sk": t.share_key,
+                    "tp": t.traceparent,
                 })
             })
             .collect();
@@ -67,14 +68,14 @@ impl TaskStore for SqliteTaskStore {
             "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
                  backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key,
                  concurrency_key, concurrency_limit, correlation_id, created_by, created_at,
-                 share_key)
+                 share_key, traceparent)
              SELECT j.value ->> 'id', j.value ->> 'type', j.value ->> 'queue',
                     j.value ->> 'priority', j.value -> 'payload',
                     CASE WHEN coalesce(j.value ->> 'run_at', ?2) > ?2 THEN 'scheduled' ELSE 'queued' END,
                     j.value ->> 'max_attempts', j.value ->> 'bb', j.value ->> 'bm',
                     coalesce(j.value ->> 'run_at', ?2), j.value ->> 'timeout_ms',
                     j.value ->> 'ik', j.value ->> 'ck', j.value ->> 'cl', j.value ->> 'corr',
-                    j.value ->> 'by', ?2, j.value ->> 'sk'
+                    j.value ->> 'by', ?2, j.value ->> 'sk', j.value ->> 'tp'
              FROM json_each(?1) AS j WHERE true
              ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
              RETURNING id",

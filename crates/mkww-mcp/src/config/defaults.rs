@@ -38,7 +38,7 @@ impl Default for Config {
             task_backoff_max_ms: 600_000,
             max_body_bytes: 1024 * 1024,
             max_batch: 1000,
-            log_format: "json".into(),
+            log_format: "auto".into(),
             log_level: "info".into(),
             http_timeout_ms: 30_000,
             http_max_body_bytes: 1024 * 1024,

@@ -53,8 +53,8 @@ impl Config {
             "sqlite_synchronous must be `full` or `normal`"
         );
         anyhow::ensure!(
-            matches!(self.log_format.as_str(), "json" | "pretty"),
-            "log_format must be `json` or `pretty`"
+            matches!(self.log_format.as_str(), "auto" | "json" | "pretty"),
+            "log_format must be `auto`, `json` or `pretty`"
         );
         anyhow::ensure!(
             self.worker_batch_size > 0,

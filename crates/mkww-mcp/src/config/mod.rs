@@ -92,7 +92,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// Most tasks in one batch create.
     pub max_batch: usize,
-    /// `json` or `pretty`.
+    /// `auto` (readable lines on a terminal, else JSON), `json` or `pretty`.
     pub log_format: String,
     /// A `tracing` filter such as `info` or `mkww_mcp=debug,info` (`RUST_LOG` wins when set).
     pub log_level: String,

@@ -160,5 +160,6 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
         let _ = probe.await;
     }
     tracing::info!("stopped");
+    crate::telemetry::shutdown();
     Ok(())
 }

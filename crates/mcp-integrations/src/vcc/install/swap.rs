@@ -3,6 +3,7 @@
 
 use super::unzip::extract;
 use super::*;
+use crate::traced::SendTraced;
 use crate::vcc::VccError;
 use crate::vcc::project::{LockedPackage, VpmManifest};
 use crate::vcc::vpm::{Requirement, Resolved, resolve};
@@ -156,7 +157,7 @@ impl Installer<'_> {
             }
         };
         let request = crate::vcc::guarded_get(self.http, url, parsed, &r.headers)?;
-        let mut response = request.send().await.map_err(network)?;
+        let mut response = request.send_traced().await.map_err(network)?;
         if !response.status().is_success() {
             return Err(VccError::Upstream {
                 url: url.to_string(),

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::outbound::OutboundClient;
+use crate::traced::SendTraced;
 use crate::vcc::project::{UserRepo, VccSettings};
 use crate::vcc::{MAX_LISTING_BYTES, RepositoryInfo, StateStore, VccError, network_error};
 use chrono::{DateTime, Utc};
@@ -140,7 +141,7 @@ impl RepoCache {
         if let Some(etag) = etag {
             request = request.header(reqwest::header::IF_NONE_MATCH, etag);
         }
-        let mut response = request.send().await.map_err(network)?;
+        let mut response = request.send_traced().await.map_err(network)?;
         let status = response.status();
         if status == reqwest::StatusCode::NOT_MODIFIED && etag.is_some() {
             return Ok(Fetched::NotModified);
