@@ -209,6 +209,7 @@ impl Progress {
             at: Utc::now(),
         })
     }
+}
 
 fn serialize_trace_id<S: serde::Serializer>(
     traceparent: &Option<String>,

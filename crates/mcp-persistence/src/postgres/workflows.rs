@@ -366,18 +366,18 @@ async fn insert_tasks(
         "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
              backoff_base_ms, backoff_max_ms, run_at, timeout_ms, concurrency_key,
              concurrency_limit, correlation_id, created_by, created_at, share_key, workflow_id,
-             workflow_key, waiting_on)
+             workflow_key, waiting_on, traceparent)
          SELECT i.id, i.type, i.queue, i.priority, i.payload,
                 CASE WHEN i.wo > 0 THEN 'waiting'
                      WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END,
                 i.max_attempts, i.bb, i.bm, coalesce(i.run_at, now()), i.timeout_ms,
-                i.ck, i.cl, i.corr, i.by, now(), i.share, $17, i.wk, i.wo
+                i.ck, i.cl, i.corr, i.by, now(), i.share, $17, i.wk, i.wo, i.tp
          FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::jsonb[], $6::int4[],
                      $7::int8[], $8::int8[], $9::timestamptz[], $10::int8[], $11::text[],
                      $12::int4[], $13::text[], $14::text[], $15::text[], $16::text[],
-                     $18::int4[])
+                     $18::int4[], $19::text[])
               AS i(id, type, queue, priority, payload, max_attempts, bb, bm, run_at,
-                   timeout_ms, ck, cl, corr, by, share, wk, wo)
+                   timeout_ms, ck, cl, corr, by, share, wk, wo, tp)
          RETURNING id, status, run_at, created_at",
     )
     .bind(new.iter().map(|t| t.id).collect::<Vec<_>>())
@@ -425,6 +425,11 @@ async fn insert_tasks(
         nodes
             .iter()
             .map(|n| n.depends_on.len() as i32)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        new.iter()
+            .map(|t| t.traceparent.as_deref())
             .collect::<Vec<_>>(),
     )
     .fetch_all(&mut **tx)

@@ -370,6 +370,7 @@ async fn insert_tasks(
                 "by": t.created_by,
                 "sk": t.share_key,
                 "wk": node.key,
+                "tp": t.traceparent,
                 "wo": node.depends_on.len(),
             })
         })
@@ -378,7 +379,7 @@ async fn insert_tasks(
         "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
              backoff_base_ms, backoff_max_ms, run_at, timeout_ms, concurrency_key,
              concurrency_limit, correlation_id, created_by, created_at, share_key, workflow_id,
-             workflow_key, waiting_on)
+             workflow_key, waiting_on, traceparent)
          SELECT j.value ->> 'id', j.value ->> 'type', j.value ->> 'queue',
                 j.value ->> 'priority', j.value -> 'payload',
                 CASE WHEN j.value ->> 'wo' > 0 THEN 'waiting'
@@ -387,7 +388,8 @@ async fn insert_tasks(
                 j.value ->> 'max_attempts', j.value ->> 'bb', j.value ->> 'bm',
                 coalesce(j.value ->> 'run_at', ?2), j.value ->> 'timeout_ms',
                 j.value ->> 'ck', j.value ->> 'cl', j.value ->> 'corr',
-                j.value ->> 'by', ?2, j.value ->> 'sk', ?3, j.value ->> 'wk', j.value ->> 'wo'
+                j.value ->> 'by', ?2, j.value ->> 'sk', ?3, j.value ->> 'wk', j.value ->> 'wo',
+                j.value ->> 'tp'
          FROM json_each(?1) AS j",
     )
     .bind(json_array(batch))
