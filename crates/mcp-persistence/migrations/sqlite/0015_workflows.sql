@@ -2,16 +2,6 @@
 -- `waiting`) while `waiting_on` of its dependencies have not settled; the transaction that
 -- settles the last one makes it `queued`. Progress is the latest report of a running task.
 
--- `waiting` joins the statuses. SQLite cannot alter a CHECK constraint, and rebuilding `tasks`
--- would have to name every column other migrations add, so the constraint's text is edited in
--- place: SQLite documents this for changes that leave the stored rows valid, as a looser CHECK
--- does. The `ALTER TABLE`s below make the migrating connection parse the edited schema.
-PRAGMA writable_schema = ON;
-UPDATE sqlite_schema
-   SET sql = replace(sql, '''dead'', ''cancelled'')', '''dead'', ''cancelled'', ''waiting'')')
- WHERE type = 'table' AND name = 'tasks' AND sql NOT LIKE '%''waiting''%';
-PRAGMA writable_schema = OFF;
-
 CREATE TABLE workflows (
     id             TEXT    PRIMARY KEY NOT NULL,
     name           TEXT    NOT NULL,
@@ -20,8 +10,7 @@ CREATE TABLE workflows (
     created_by     TEXT,
     share_key      TEXT,
     correlation_id TEXT,
-    created_at     INTEGER NOT NULL,
-    finished_at    INTEGER
+    created_at     INTEGER NOT NULL
 );
 CREATE INDEX workflows_created_by ON workflows (created_by, id);
 
@@ -40,3 +29,18 @@ CREATE TABLE workflow_edges (
     PRIMARY KEY (task_id, depends_on)
 ) WITHOUT ROWID;
 CREATE INDEX workflow_edges_depends_on ON workflow_edges (depends_on, task_id);
+
+-- `waiting` joins the statuses. SQLite cannot alter a CHECK constraint, and rebuilding `tasks`
+-- would have to name every column other migrations add, so the constraint's text is edited in
+-- place: SQLite documents this for changes that leave the stored rows valid, as a looser CHECK
+-- does. It comes after every `ALTER TABLE tasks` here (those place new columns by offsets into
+-- the text as parsed), and the `ALTER TABLE` after it makes this connection parse the schema
+-- again, so later migrations see the edited text.
+PRAGMA writable_schema = ON;
+UPDATE sqlite_schema
+   SET sql = replace(sql, '''dead'', ''cancelled'')', '''dead'', ''cancelled'', ''waiting'')')
+ WHERE type = 'table' AND name = 'tasks' AND sql NOT LIKE '%''waiting''%';
+PRAGMA writable_schema = OFF;
+
+-- Also the re-parse of the schema the edit above needs (see there).
+ALTER TABLE workflows ADD COLUMN finished_at INTEGER;
