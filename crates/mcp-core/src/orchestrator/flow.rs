@@ -190,7 +190,9 @@ impl Orchestrator {
         id: Uuid,
         progress: Progress,
     ) -> Result<bool, StoreError> {
-        let wait = {
+        // `None`: write it now; `Some(timer)`: held, and the first report held starts the timer
+        // that writes the latest when the interval ends.
+        let held = {
             let mut tasks = self
                 .progress
                 .tasks
@@ -199,9 +201,9 @@ impl Orchestrator {
             let now = Instant::now();
             match tasks.get_mut(&id) {
                 Some(entry) if now.duration_since(entry.last) < PROGRESS_INTERVAL => {
-                    let flush = entry.pending.is_none();
+                    let first = entry.pending.is_none();
                     entry.pending = Some(progress.clone());
-                    flush.then(|| PROGRESS_INTERVAL - now.duration_since(entry.last))
+                    Some(first.then(|| PROGRESS_INTERVAL - now.duration_since(entry.last)))
                 }
                 _ => {
                     tasks.insert(
@@ -215,8 +217,10 @@ impl Orchestrator {
                 }
             }
         };
-        // Within the interval: the first report held back writes the latest at its end.
-        if let Some(wait) = wait {
+        if let Some(timer) = held {
+            let Some(wait) = timer else {
+                return Ok(true);
+            };
             let this = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;

@@ -24,6 +24,10 @@ ALTER TABLE tasks ADD COLUMN workflow_key text;
 ALTER TABLE tasks ADD COLUMN waiting_on integer NOT NULL DEFAULT 0;
 ALTER TABLE tasks ADD COLUMN progress jsonb;
 CREATE INDEX tasks_workflow ON tasks (workflow_id) WHERE workflow_id IS NOT NULL;
+-- A workflow's unfinished tasks: settling asks whether any is left after every batch of outcomes,
+-- which must not read the whole workflow each time (a 10,000-task fan-in would cost O(n²)).
+CREATE INDEX tasks_workflow_open ON tasks (workflow_id)
+    WHERE workflow_id IS NOT NULL AND status NOT IN ('succeeded', 'dead', 'cancelled');
 
 -- One row per dependency: `task_id` waits for `depends_on`. `settled` once the dependency's
 -- final status was applied to `task_id` (so settling twice changes nothing).
