@@ -70,6 +70,7 @@ impl Op {
             Op::TaskHeartbeat { .. } => "task.heartbeat",
             Op::TaskComplete { .. } => "task.complete",
             Op::TaskFail { .. } => "task.fail",
+            Op::TaskProgress { .. } => "task.progress",
         }
     }
 }
