@@ -258,6 +258,10 @@ mod cases {
             .iter()
             .map(|k| instant(&json!(k.trim_start_matches("schedule:tick:"))))
             .collect();
+        assert!(
+            fire_times.iter().all(|t| t.nanosecond() == 0),
+            "{fire_times:?}"
+        );
         for pair in fire_times.windows(2) {
             assert_eq!(
                 (pair[1] - pair[0]).num_milliseconds(),
@@ -510,6 +514,7 @@ async fn two_nodes_share_a_per_second_schedule_without_firing_twice() {
         .collect();
     assert_eq!(keys.len(), tasks.len());
     let times: Vec<DateTime<Utc>> = fired.keys().map(|t| instant(&json!(t))).collect();
+    assert!(times.iter().all(|t| t.nanosecond() == 0), "{times:?}");
     for pair in times.windows(2) {
         assert_eq!(
             (pair[1] - pair[0]).num_milliseconds(),
