@@ -6,7 +6,7 @@
 
 use crate::store::StoreError;
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use serde::{Deserialize, Serialize};
@@ -118,6 +118,8 @@ impl Spec {
     /// again. Daylight-saving changes follow croner: a time skipped by a forward change fires
     /// at the first valid instant after the gap, and a repeated wall time fires once.
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        // Fire times are whole seconds; croner keeps the start's fraction otherwise.
+        let after = after.trunc_subsecs(0);
         self.cron
             .find_next_occurrence(&after.with_timezone(&self.zone), false)
             .ok()
@@ -301,6 +303,11 @@ mod tests {
                 at("2026-01-01T00:00:09Z"),
                 at("2026-01-01T00:00:10Z")
             ]
+        );
+        // Fire times are whole seconds, whatever instant they are counted from.
+        assert_eq!(
+            spec.next_after(at("2026-01-01T00:00:00.730952Z")),
+            Some(at("2026-01-01T00:00:01Z"))
         );
         // On time: exactly the due time.
         let now = at("2026-01-01T00:00:00.004Z");

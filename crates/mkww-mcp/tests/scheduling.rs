@@ -258,6 +258,10 @@ mod cases {
             .iter()
             .map(|k| instant(&json!(k.trim_start_matches("schedule:tick:"))))
             .collect();
+        assert!(
+            fire_times.iter().all(|t| t.nanosecond() == 0),
+            "{fire_times:?}"
+        );
         for pair in fire_times.windows(2) {
             assert_eq!(
                 (pair[1] - pair[0]).num_milliseconds(),
@@ -361,9 +365,21 @@ mod cases {
         backing: &Backing,
     ) {
         let mut server = backing.start(&[]);
+        let mut watcher = connect(&server, Some(&token("operator", "watcher"))).await;
+        let reply = request(
+            &mut watcher,
+            json!({"id": 1, "op": "subscribe", "channel": "system.queues"}),
+        )
+        .await;
+        assert_eq!(reply["ok"], true, "{reply}");
         let (status, paused) = send(&server, "POST", "/v1/queues/reports/pause", None).await;
         assert_eq!(status, 200, "{paused}");
         assert_eq!(paused["changed"], true);
+        let event = next(&mut watcher).await;
+        assert_eq!(event["event"]["type"], "queue.paused", "{event}");
+        assert_eq!(event["event"]["data"]["queue"], "reports");
+        let (_, again) = send(&server, "POST", "/v1/queues/reports/pause", None).await;
+        assert_eq!(again["changed"], false);
         let (status, held) = post(
             &server,
             "/v1/tasks",
@@ -510,6 +526,7 @@ async fn two_nodes_share_a_per_second_schedule_without_firing_twice() {
         .collect();
     assert_eq!(keys.len(), tasks.len());
     let times: Vec<DateTime<Utc>> = fired.keys().map(|t| instant(&json!(t))).collect();
+    assert!(times.iter().all(|t| t.nanosecond() == 0), "{times:?}");
     for pair in times.windows(2) {
         assert_eq!(
             (pair[1] - pair[0]).num_milliseconds(),
@@ -579,4 +596,54 @@ async fn a_task_limit_holds_across_two_nodes() {
     assert_eq!(status, 404, "{gone}");
     drop((a, b));
     schema.drop_schema().await;
+}
+
+/// `[[schedules]]` and `[[task_limits]]` of the file are applied at start; a schedule the file no
+/// longer declares is deleted at the next start, while one created through the API stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_files_schedules_and_limits_are_reconciled_at_start() {
+    let dir = temp_dir();
+    let file = dir.join("mkww-mcp.toml");
+    std::fs::write(
+        &file,
+        r#"
+[[schedules]]
+name = "from-file"
+cron = "@daily"
+timezone = "Asia/Tokyo"
+task = { type = "noop", payload = { source = "file" } }
+
+[[task_limits]]
+type = "echo"
+max = 3
+per_ms = 500
+"#,
+    )
+    .unwrap();
+    let mut server = Server::start_in(dir.clone(), &[]);
+    let (_, file_schedule) = get(&server, "/v1/schedules/from-file").await;
+    assert_eq!(file_schedule["source"], "config", "{file_schedule}");
+    assert_eq!(file_schedule["timezone"], "Asia/Tokyo");
+    let (_, limits) = get(&server, "/v1/task-limits").await;
+    assert_eq!(
+        limits["limits"],
+        json!([{"type": "echo", "max": 3, "per_ms": 500}])
+    );
+    let (status, _) = post(
+        &server,
+        "/v1/schedules",
+        json!({"name": "from-api", "cron": "@hourly", "task": {"type": "noop"}}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert!(server.terminate().success());
+
+    std::fs::write(&file, "").unwrap();
+    let server = Server::start_in(dir.clone(), &[]);
+    let (status, _) = get(&server, "/v1/schedules/from-file").await;
+    assert_eq!(status, 404, "no longer declared: deleted");
+    let (status, _) = get(&server, "/v1/schedules/from-api").await;
+    assert_eq!(status, 200, "created through the API: kept");
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
 }
