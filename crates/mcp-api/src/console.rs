@@ -1,5 +1,6 @@
 //! The web console: plain ES modules and CSS in `crates/mcp-api/console/`, embedded in the binary
-//! (no build step, no CDN), served at `/` by the router's fallback so that no API route can be
+//! (no build step, no CDN; debug builds read them from this folder, so a change needs no
+//! rebuild), served at `/` by the router's fallback so that no API route can be
 //! shadowed by it. The console's own pages (`/tasks/{id}`, `/admin/users`, …) all answer
 //! `index.html`, which routes in the browser; anything else that no route matched (an unknown
 //! `/v1/...` path above all) stays the API's JSON 404.

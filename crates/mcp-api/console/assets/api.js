@@ -138,14 +138,16 @@ export async function api(method, path, body) {
 export const get = (path) => api("GET", path);
 export const post = (path, body) => api("POST", path, body ?? {});
 
-/** Whether the API answers `path` for this user (pages of features a node may lack). */
-export async function answers(path) {
-  try {
-    await get(path);
-    return true;
-  } catch (e) {
-    return !(e instanceof ApiFailure) || (e.status !== 404 && e.status !== 403 && e.status !== 405);
+/** The API's paths, from its OpenAPI document (which pages of optional features to show). */
+let paths = null;
+export async function documented(path) {
+  if (!paths) {
+    paths = fetch("/openapi.json")
+      .then((r) => r.json())
+      .then((doc) => new Set(Object.keys(doc.paths || {})))
+      .catch(() => new Set());
   }
+  return (await paths).has(path);
 }
 
 schedule();

@@ -1,7 +1,7 @@
 // The console's shell: routes in the browser (every page has its own URL, so it can be
 // bookmarked and reloaded), the navigation that follows the role, the sign-in page, the theme.
 
-import { current, onSession, signIn, signOut, answers } from "./api.js";
+import { current, onSession, signIn, signOut, documented } from "./api.js";
 import { h, replace, failure, field } from "./dom.js";
 import { onStatus } from "./live.js";
 import * as tasks from "./tasks.js";
@@ -11,7 +11,8 @@ import * as admin from "./admin.js";
 const STAFF = ["admin", "operator"];
 const ADMIN = ["admin"];
 
-// path pattern, title, page, roles that see it (all when absent), probe (shown only if it answers)
+// path pattern, title, page, roles that see it (all when absent), probe (shown only when the
+// API documents that route: features that land later appear by themselves)
 const PAGES = [
   { path: /^\/$/, title: "Overview", nav: "/", render: ops.overview },
   { path: /^\/tasks$/, title: "Tasks", nav: "/tasks", render: tasks.list },
@@ -54,7 +55,7 @@ function allowed(page, role) {
 async function probe() {
   const s = current();
   const list = PAGES.filter((p) => p.probe && (!p.roles || p.roles.includes(s.role)));
-  const results = await Promise.all(list.map((p) => answers(p.probe)));
+  const results = await Promise.all(list.map((p) => documented(p.probe)));
   list.forEach((p, i) => probed.set(p.probe, results[i]));
   drawNav();
 }
@@ -164,7 +165,7 @@ function render() {
   for (const page of PAGES) {
     const m = location.pathname.match(page.path);
     if (!m) continue;
-    if (page.roles && !page.roles.includes(s.role)) break;
+    if (!allowed(page, s.role) && !(page.probe && !probed.has(page.probe))) break;
     document.title = `${page.title} · MKWW MCP`;
     const root = h("section", { class: "page" });
     replace(main, root);

@@ -52,7 +52,7 @@ function routeTable(v) {
   if (!routes.length) return empty("No routes.");
   return table(
     [
-      ["Task type", (r) => r.task_type],
+      ["Task type", (r) => r.type ?? r.task_type],
       ["Runs on", (r) => r.target],
       ["Workers", (r) => (r.workers || []).map((w) => `${w.subject} @ ${w.node}: ${w.outstanding}/${w.concurrency}`).join(", ") || "—"],
       ["Breaker", (r) => badge(String(r.breaker))],
@@ -77,6 +77,26 @@ function healthTable(v) {
   ];
 }
 
+/** Throughput and pickup latency over the last 15 minutes, from the newest 500 tasks. */
+function recent(v) {
+  const since = Date.now() - 15 * 60 * 1000;
+  const tasks = items(v);
+  const finished = tasks.filter((t) => t.finished_at && Date.parse(t.finished_at) >= since);
+  const pickups = tasks
+    .filter((t) => t.started_at && Date.parse(t.started_at) >= since)
+    .map((t) => Date.parse(t.started_at) - Math.max(Date.parse(t.run_at), Date.parse(t.created_at)))
+    .sort((a, b) => a - b);
+  const pct = (q) => (pickups.length ? `${Math.max(0, pickups[Math.min(pickups.length - 1, Math.floor(q * pickups.length))])} ms` : "—");
+  const by = (status) => finished.filter((t) => t.status === status).length;
+  return [
+    h("dl", { class: "facts" },
+      h("dt", {}, "Finished"), h("dd", {}, `${finished.length} (${(finished.length / 15).toFixed(1)} per minute)`),
+      h("dt", {}, "Succeeded / dead / cancelled"), h("dd", {}, `${by("succeeded")} / ${by("dead")} / ${by("cancelled")}`),
+      h("dt", {}, "Pickup latency p50 / p95"), h("dd", {}, `${pct(0.5)} / ${pct(0.95)}`)),
+    tasks.length >= 500 ? h("p", { class: "muted" }, "From the newest 500 tasks.") : null,
+  ];
+}
+
 export function overview(root, { role }) {
   root.append(h("h1", {}, "Overview"));
   if (!STAFF.includes(role)) {
@@ -88,6 +108,7 @@ export function overview(root, { role }) {
   }
   const parts = [
     live("Queues", "/v1/queues", queueTable, ["tasks"]),
+    live("Last 15 minutes", "/v1/tasks?limit=500", recent, ["tasks"]),
     live("Health", "/v1/health", healthTable, ["system.health"]),
     live("Workers and breakers", "/v1/routes", routeTable, ["system.breakers", "tasks"]),
   ];
@@ -233,8 +254,11 @@ export function integrations(root) {
 
   const vrcBody = h("div", {}, loading());
   const loadVrc = () =>
-    get("/v1/vrchat/status")
+    get("/v1/integrations")
+      .then((v) => items(v).some((i) => i.kind === "vrchat" || i.name === "vrchat"))
+      .then((configured) => (configured ? get("/v1/vrchat/status") : null))
       .then((v) => {
+        if (v === null) return replace(vrcBody, empty("No VRChat account is configured."));
         const needsCode = JSON.stringify(v).includes("code");
         replace(vrcBody, pretty(v), needsCode
           ? h("form", { class: "row", onsubmit: async (e) => {

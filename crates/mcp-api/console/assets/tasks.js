@@ -24,6 +24,7 @@ export function list(root, { query, role, go }) {
   const cursor = query.get("cursor") || "";
   const body = h("div", {}, loading());
   const rows = new Map(); // id -> tr
+  const seen = new Map(); // id -> the task as its latest event had it
   let unsubs = [];
 
   const filterForm = h(
@@ -62,8 +63,10 @@ export function list(root, { query, role, go }) {
   }
 
   function update(event) {
-    const t = event.data;
+    let t = event.data;
     if (!t || !t.id) return;
+    if (event.type === "task.created" && seen.has(t.id)) t = seen.get(t.id);
+    else if (event.type !== "task.created") seen.set(t.id, t);
     const old = rows.get(t.id);
     const matches = (!filters.status || t.status === filters.status) &&
       (!filters.type || t.type === filters.type) && (!filters.queue || t.queue === filters.queue);
@@ -157,7 +160,6 @@ function createForm(role, created) {
         }
       },
     },
-    h("h2", {}, "Create a task"),
     h("div", { class: "row" },
       field("Type", h("input", { name: "type", required: true, placeholder: "echo", list: "task-types" })),
       field("Queue", h("input", { name: "queue", placeholder: "default" })),
@@ -189,7 +191,10 @@ export function detail(root, { params, role }) {
     }
     async function act(what) {
       try {
-        task = await post(`/v1/tasks/${id}/${what}`);
+        const before = timeline.length;
+        const answer = await post(`/v1/tasks/${id}/${what}`);
+        // Events may overtake the answer; the newest state wins.
+        if (timeline.length === before) task = answer;
         draw();
       } catch (e) {
         replace(msg, failure(e));
