@@ -93,6 +93,7 @@ use utoipa::{Modify, OpenApi};
         crate::webhooks::WebhookList,
         crate::webhooks::DeliveryList,
         crate::webhooks::Redelivery,
+        crate::mcp::ProtectedResource,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -107,6 +108,7 @@ use utoipa::{Modify, OpenApi};
         (name = "webhooks", description = "Outgoing webhooks: subscriptions, the delivery log, redelivery"),
         (name = "vcc", description = "VCC projects and VPM repositories (package changes, builds and deploys are tasks)"),
         (name = "vrchat", description = "VRChat's web API through the hub's account, and its session"),
+        (name = "mcp", description = "The Model Context Protocol endpoint for AI assistants (docs/mcp.md) and its protected-resource metadata"),
     )
 )]
 pub struct ApiDoc;

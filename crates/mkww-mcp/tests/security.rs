@@ -138,6 +138,12 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
         "admin",
     ),
+    // Any principal reaches `/mcp`; each tool checks the permission of its REST twin.
+    ("POST", "/mcp", "any"),
+    ("GET", "/mcp", "any"),
+    ("DELETE", "/mcp", "any"),
+    ("GET", "/.well-known/oauth-protected-resource", "*"),
+    ("GET", "/.well-known/oauth-protected-resource/mcp", "*"),
 ];
 
 fn allowed(spec: &str, role: &str) -> bool {

@@ -147,6 +147,10 @@ impl Default for Config {
             webhook_outbox_refresh_ms: 1_000,
             webhook_outbox_lease_ms: 30_000,
             discord_followup_sweep_ms: 1_000,
+            mcp_allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()],
+            mcp_allowed_origins: Vec::new(),
+            mcp_public_url: None,
+            mcp_wait_max_ms: 60_000,
         }
     }
 }
