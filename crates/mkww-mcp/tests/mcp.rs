@@ -501,6 +501,37 @@ async fn refuses_a_foreign_origin_and_a_foreign_host() {
 }
 
 #[tokio::test]
+async fn http_refusals_outside_mcp_framing_are_json_errors() {
+    let server = Server::start(&[]);
+    let client = client_as("user", "edge");
+    // No sessions, so no session stream to GET and none to DELETE.
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE] {
+        let response = client
+            .request(method.clone(), server.url("/mcp"))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 405, "{method}");
+        assert_eq!(response.headers()["allow"], "POST");
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(body["error"]["code"], "method_not_allowed", "{method}");
+        assert!(body["error"]["request_id"].is_string());
+    }
+    // A POST that does not accept an event stream.
+    let response = client
+        .post(server.url("/mcp"))
+        .header("accept", "application/json")
+        .json(&initialize_body())
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(response.status(), 406);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["error"]["code"], "not_acceptable");
+}
+
+#[tokio::test]
 async fn prompts_are_filled_from_the_hubs_data() {
     let server = Server::start(&[]);
     let client = legacy(

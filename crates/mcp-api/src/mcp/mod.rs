@@ -105,7 +105,54 @@ async fn serve(service: &McpService, mut request: Request) -> Response {
     if let Some(id) = request_id::current() {
         request.extensions_mut().insert(hub::McpRequestId(id));
     }
-    service.handle(request).await.map(axum::body::Body::new)
+    let response = service.handle(request).await.map(axum::body::Body::new);
+    as_api_error(response).await
+}
+
+/// Longest transport error text of the SDK carried into our error's message.
+const MAX_TRANSPORT_MESSAGE: usize = 1024;
+
+/// The SDK's own HTTP refusals (wrong method, `Accept` or content type, a body too large, a bad
+/// `MCP-Protocol-Version`) are plain text; they become our JSON errors. JSON answers are MCP's
+/// own framing (JSON-RPC) and pass as they are.
+async fn as_api_error(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_TRANSPORT_MESSAGE)
+        .await
+        .map(|bytes| String::from_utf8_lossy(&bytes).trim().to_owned())
+        .unwrap_or_default();
+    let code = match status {
+        StatusCode::BAD_REQUEST => "invalid_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::NOT_ACCEPTABLE => "not_acceptable",
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::FORBIDDEN => "forbidden",
+        s if s.is_server_error() => "internal",
+        _ => "invalid_request",
+    };
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            "this endpoint keeps no sessions: send MCP messages with POST".to_owned()
+        }
+        _ if text.is_empty() => status.canonical_reason().unwrap_or("refused").to_owned(),
+        _ => text,
+    };
+    let mut converted = ApiError::new(status, code, message).into_response();
+    if let Some(allow) = parts.headers.get(header::ALLOW) {
+        converted.headers_mut().insert(header::ALLOW, allow.clone());
+    }
+    converted
 }
 
 /// Send MCP messages (JSON-RPC over Streamable HTTP): `initialize`, `tools/call`,
