@@ -602,3 +602,81 @@ async fn prompts_are_filled_from_the_hubs_data() {
     );
     client.cancel().await.expect("close");
 }
+
+#[tokio::test]
+async fn any_node_of_a_cluster_answers_and_subscriptions_hear_the_other_nodes() {
+    let Some(schema) = PgSchema::create().await else {
+        return;
+    };
+    let Some(redis) = redis_url().await else {
+        return;
+    };
+    let mut env = schema.env();
+    env.extend([
+        ("MCP_REDIS_URL", redis),
+        (
+            "MCP_REDIS_PREFIX",
+            format!("mcp-mcp-{}", uuid::Uuid::new_v4().simple()),
+        ),
+    ]);
+    let worker = Server::start(&env);
+    // An API-only node: every task created through it runs on the other one.
+    let mut api_only = env.clone();
+    api_only.push(("MCP_WORKER_CONCURRENCY", "0".into()));
+    let front = Server::start(&api_only);
+    let credential = token("user", "clustered");
+    let on_front = modern(&front, &credential).await;
+    let on_worker = legacy(&worker, &credential, ProtocolVersion::V_2025_06_18).await;
+
+    let created = output(
+        &call(
+            &on_front,
+            "create_task",
+            json!({"type": "echo", "payload": {"n": 1}, "delay_ms": 1000}),
+        )
+        .await,
+    );
+    let id = created["task"]["id"].as_str().unwrap().to_owned();
+    let uri = format!("mkww://tasks/{id}");
+    let mut subscription = on_front
+        .listen(
+            SubscriptionFilter::builder()
+                .resource_subscription(uri.clone())
+                .build(),
+        )
+        .await
+        .expect("listen");
+    // The other node sees the task at once, and runs it.
+    let seen = output(&call(&on_worker, "get_task", json!({"id": id})).await);
+    assert_eq!(seen["task"]["created_by"], "clustered");
+    let waited = output(
+        &call(
+            &on_worker,
+            "wait_for_task",
+            json!({"id": id, "timeout_seconds": 20}),
+        )
+        .await,
+    );
+    assert_eq!(waited["task"]["status"], "succeeded");
+    // The front node's subscription heard of it through the shared bus.
+    let update = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match subscription.next().await.expect("subscription") {
+                Some(ServerNotification::ResourceUpdatedNotification(update)) => {
+                    return update.params.uri;
+                }
+                Some(_) => {}
+                None => panic!("the subscription ended"),
+            }
+        }
+    })
+    .await
+    .expect("an update from the other node");
+    assert_eq!(update, uri);
+    let read = output(&call(&on_front, "get_task", json!({"id": id})).await);
+    assert_eq!(read["task"]["status"], "succeeded");
+    subscription.cancel().await.expect("unsubscribe");
+    on_front.cancel().await.expect("close");
+    on_worker.cancel().await.expect("close");
+    schema.drop_schema().await;
+}
