@@ -182,26 +182,23 @@ pub async fn delete(Extension(service): Extension<Arc<McpService>>, request: Req
     serve(&service, request).await
 }
 
-/// RFC 9728 protected-resource metadata of `/mcp`.
+/// RFC 9728 protected-resource metadata of `/mcp`. It names no `authorization_servers`: the hub
+/// is no OAuth authorization server; its access tokens come from `POST /v1/auth/login` and its
+/// API keys from an admin (`docs/mcp.md`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ProtectedResource {
     /// The protected resource: `<base>/mcp`.
     pub resource: String,
-    /// Where access tokens come from: the hub itself (`POST /v1/auth/login`), or an API key.
-    pub authorization_servers: Vec<String>,
     /// `header`: `Authorization: Bearer <access token or API key>`.
     pub bearer_methods_supported: Vec<String>,
     pub resource_name: String,
-    pub resource_documentation: String,
 }
 
 fn metadata(base: &str) -> ProtectedResource {
     ProtectedResource {
         resource: format!("{base}{PATH}"),
-        authorization_servers: vec![base.to_owned()],
         bearer_methods_supported: vec!["header".into()],
         resource_name: "MKWW MCP".into(),
-        resource_documentation: "https://github.com/mkww/mkww-mcp/blob/main/docs/mcp.md".into(),
     }
 }
 

@@ -136,20 +136,43 @@ pub(super) async fn listen(
         .resource_subscriptions
         .clone()
         .unwrap_or_default();
+    let resources = uris
+        .into_iter()
+        .map(|uri| Resource::parse(&uri).map(|resource| (uri, resource)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(protocol_error)?;
+    let channels: Vec<String> = resources.iter().map(|(_, r)| r.channel()).collect();
+    let release = || {
+        for channel in &channels {
+            state.events.release(channel);
+        }
+    };
+    // Subscribed first (events wait in each receiver), then checked: no change made meanwhile
+    // is missed, and a resource the caller may not read ends the subscription, nothing held.
+    let mut watched = Vec::new();
+    for ((uri, _), channel) in resources.iter().zip(&channels) {
+        match state.events.subscribe(channel).await {
+            Ok(events) => watched.push((uri.clone(), events)),
+            Err(e) => {
+                drop(watched);
+                release();
+                return Err(ErrorData::internal_error(
+                    format!("the event bus is unavailable: {e}"),
+                    None,
+                ));
+            }
+        }
+    }
+    for (_, resource) in &resources {
+        if let Err(e) = contents(state, &principal, resource).await {
+            drop(watched);
+            release();
+            return Err(protocol_error(e));
+        }
+    }
     let (updates, mut updated) = mpsc::channel::<String>(UPDATE_QUEUE);
-    let mut channels = Vec::new();
     let mut forwarders = tokio::task::JoinSet::new();
-    for uri in uris {
-        let resource = Resource::parse(&uri).map_err(protocol_error)?;
-        // Subscribed before the check, so a change just after it is not missed.
-        let channel = resource.channel();
-        let mut events = state.events.subscribe(&channel).await.map_err(|e| {
-            ErrorData::internal_error(format!("the event bus is unavailable: {e}"), None)
-        })?;
-        channels.push(channel);
-        contents(state, &principal, &resource)
-            .await
-            .map_err(protocol_error)?;
+    for (uri, mut events) in watched {
         let updates = updates.clone();
         forwarders.spawn(async move {
             loop {
@@ -185,9 +208,7 @@ pub(super) async fn listen(
         }
     };
     forwarders.shutdown().await;
-    for channel in &channels {
-        state.events.release(channel);
-    }
+    release();
     outcome
 }
 

@@ -45,6 +45,12 @@ fn require(principal: &Principal, permission: Permission) -> Result<(), ApiError
     }
 }
 
+/// The caller; the guard let no request through without one.
+fn caller(context: &RequestContext<RoleServer>) -> Result<Principal, ApiError> {
+    principal(context)
+        .map_err(|_| crate::auth::unauthenticated("this request carries no credentials"))
+}
+
 fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
 }
@@ -294,7 +300,7 @@ impl Hub {
     ) -> Result<Json<TaskOutput>, CallToolResult> {
         let correlation = request_id_of(&context);
         run(&context, async {
-            let principal = principal(&context).map_err(|e| invalid(e.message))?;
+            let principal = caller(&context)?;
             require(&principal, Permission::TasksCreate)?;
             let request = CreateTask {
                 task_type: input.task_type,
@@ -337,7 +343,7 @@ impl Hub {
         context: RequestContext<RoleServer>,
     ) -> Result<Json<TaskOutput>, CallToolResult> {
         run(&context, async {
-            let principal = principal(&context).map_err(|e| invalid(e.message))?;
+            let principal = caller(&context)?;
             require(&principal, Permission::TasksReadOwn)?;
             let task = self.state.tasks.get(&principal, &input.id).await?;
             Ok(TaskOutput {
@@ -360,7 +366,7 @@ impl Hub {
         context: RequestContext<RoleServer>,
     ) -> Result<Json<TaskListOutput>, CallToolResult> {
         run(&context, async {
-            let principal = principal(&context).map_err(|e| invalid(e.message))?;
+            let principal = caller(&context)?;
             require(&principal, Permission::TasksReadOwn)?;
             let limit = page_limit(&self.state.config, input.limit)?;
             let status = input
@@ -408,7 +414,7 @@ impl Hub {
         context: RequestContext<RoleServer>,
     ) -> Result<Json<TaskOutput>, CallToolResult> {
         run(&context, async {
-            let principal = principal(&context).map_err(|e| invalid(e.message))?;
+            let principal = caller(&context)?;
             require(&principal, Permission::TasksCancelOwn)?;
             let task = self.state.tasks.cancel(&principal, &input.id).await?;
             Ok(TaskOutput {
@@ -434,7 +440,7 @@ impl Hub {
         context: RequestContext<RoleServer>,
     ) -> Result<Json<TaskOutput>, CallToolResult> {
         run(&context, async {
-            let principal = principal(&context).map_err(|e| invalid(e.message))?;
+            let principal = caller(&context)?;
             require(&principal, Permission::TasksManage)?;
             let task = self.state.tasks.retry(&principal, &input.id).await?;
             Ok(TaskOutput {
@@ -458,7 +464,7 @@ impl Hub {
         context: RequestContext<RoleServer>,
     ) -> Result<Json<WaitOutput>, CallToolResult> {
         run(&context, async {
-            let principal = principal(&context).map_err(|e| invalid(e.message))?;
+            let principal = caller(&context)?;
             require(&principal, Permission::TasksReadOwn)?;
             let max = self.state.config.mcp.max_wait;
             let limit = input
@@ -479,7 +485,7 @@ impl Hub {
         context: RequestContext<RoleServer>,
     ) -> Result<Json<QueuesOutput>, CallToolResult> {
         run(&context, async {
-            let principal = principal(&context).map_err(|e| invalid(e.message))?;
+            let principal = caller(&context)?;
             require(&principal, Permission::TasksReadAny)?;
             let counts = crate::tasks::queues(State(self.state.clone())).await?.0;
             Ok(QueuesOutput {
@@ -505,7 +511,7 @@ impl Hub {
     ) -> Result<Json<ConversationOutput>, CallToolResult> {
         let correlation = request_id_of(&context);
         run(&context, async {
-            let principal = principal(&context).map_err(|e| invalid(e.message))?;
+            let principal = caller(&context)?;
             require(&principal, Permission::MemoryWrite)?;
             let conversation = self
                 .state
@@ -544,7 +550,7 @@ impl Hub {
     ) -> Result<Json<MessageOutput>, CallToolResult> {
         let correlation = request_id_of(&context);
         run(&context, async {
-            let principal = principal(&context).map_err(|e| invalid(e.message))?;
+            let principal = caller(&context)?;
             require(&principal, Permission::MemoryWrite)?;
             let message = NewMessage {
                 id: None,
@@ -585,7 +591,7 @@ impl Hub {
         context: RequestContext<RoleServer>,
     ) -> Result<Json<SearchOutput>, CallToolResult> {
         run(&context, async {
-            let principal = principal(&context).map_err(|e| invalid(e.message))?;
+            let principal = caller(&context)?;
             require(&principal, Permission::MemoryRead)?;
             let limit = page_limit(&self.state.config, input.limit)?;
             let query = SearchQuery::parse(&input.query).map_err(|e| {
@@ -629,7 +635,7 @@ impl Hub {
         context: RequestContext<RoleServer>,
     ) -> Result<Json<ContextOutput>, CallToolResult> {
         run(&context, async {
-            let principal = principal(&context).map_err(|e| invalid(e.message))?;
+            let principal = caller(&context)?;
             require(&principal, Permission::MemoryRead)?;
             let window = self
                 .state
@@ -654,7 +660,7 @@ impl Hub {
         context: RequestContext<RoleServer>,
     ) -> Result<Json<IntegrationsOutput>, CallToolResult> {
         run(&context, async {
-            let principal = principal(&context).map_err(|e| invalid(e.message))?;
+            let principal = caller(&context)?;
             require(&principal, Permission::IntegrationsManage)?;
             let list = crate::integrations::list(State(self.state.clone()))
                 .await?
@@ -677,7 +683,7 @@ impl Hub {
         context: RequestContext<RoleServer>,
     ) -> Result<Json<RoutesOutput>, CallToolResult> {
         run(&context, async {
-            let principal = principal(&context).map_err(|e| invalid(e.message))?;
+            let principal = caller(&context)?;
             require(&principal, Permission::TasksRun)?;
             let routes = crate::tasks::routes(State(self.state.clone())).await.0;
             Ok(RoutesOutput {
