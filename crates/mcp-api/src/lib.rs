@@ -23,6 +23,7 @@ mod health;
 mod hooks;
 mod http_trace;
 pub mod integrations;
+pub mod mcp;
 mod memory;
 mod openapi;
 mod queues;
@@ -42,6 +43,7 @@ pub use admin::check_username;
 pub use auth::{Principal, RateLimits, Security, SecurityConfig};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use hooks::HooksConfig;
+pub use mcp::McpConfig;
 pub use memory::MemoryLimits;
 pub use openapi::ApiDoc;
 pub use request_id::REQUEST_ID_HEADER;
@@ -78,6 +80,7 @@ fn endpoints() -> Vec<Endpoint<AppState>> {
         queues::endpoints(),
         workflows::endpoints(),
         docs::endpoints(),
+        mcp::endpoints(),
     ]
     .into_iter()
     .flatten()
@@ -97,6 +100,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The whole HTTP API.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
+    let mcp_service = mcp::service(&state);
+    let mcp_config = Arc::new(state.config.mcp.clone());
     let body_timeout = state.config.body_timeout;
     let Assembled {
         router,
@@ -115,6 +120,9 @@ pub fn router(state: AppState) -> Router {
         // The console's pages and assets; any other path is the JSON 404.
         .fallback(console::fallback)
         .method_not_allowed_fallback(error::method_not_allowed)
+        // `/mcp`: Host and Origin checks, and the RFC 9728 challenge on a 401.
+        .layer(axum::middleware::from_fn_with_state(mcp_config, mcp::gate))
+        .layer(Extension(mcp_service))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::from_fn_with_state(
             state.security.clone(),

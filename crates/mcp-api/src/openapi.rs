@@ -113,6 +113,7 @@ use utoipa::{Modify, OpenApi};
         crate::workflows::WorkflowList,
         crate::workflows::AddTasks,
         crate::workflows::AddedTasks,
+        crate::mcp::ProtectedResource,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -129,6 +130,7 @@ use utoipa::{Modify, OpenApi};
         (name = "vrchat", description = "VRChat's web API through the hub's account, and its session"),
         (name = "schedules", description = "Cron schedules that create tasks"),
         (name = "workflows", description = "Workflows: DAGs of tasks whose dependents run when their dependencies succeed"),
+        (name = "mcp", description = "The Model Context Protocol endpoint for AI assistants (docs/mcp.md) and its protected-resource metadata"),
     )
 )]
 pub struct ApiDoc;

@@ -33,6 +33,8 @@ pub struct ApiConfig {
     pub discord: DiscordInteractions,
     /// `POST /v1/hooks/{source}`: the incoming webhook sources.
     pub hooks: HooksConfig,
+    /// `/mcp`: allowed hosts and origins, the public URL, the longest wait.
+    pub mcp: crate::mcp::McpConfig,
 }
 
 impl Default for ApiConfig {
@@ -47,6 +49,7 @@ impl Default for ApiConfig {
             ask_timeout: Duration::from_secs(60),
             discord: DiscordInteractions::default(),
             hooks: HooksConfig::default(),
+            mcp: crate::mcp::McpConfig::default(),
         }
     }
 }

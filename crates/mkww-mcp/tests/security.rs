@@ -169,6 +169,12 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/docs", "*"),
     ("GET", "/docs/", "*"),
     ("GET", "/docs/{file}", "*"),
+    // Any principal reaches `/mcp`; each tool checks the permission of its REST twin.
+    ("POST", "/mcp", "any"),
+    ("GET", "/mcp", "any"),
+    ("DELETE", "/mcp", "any"),
+    ("GET", "/.well-known/oauth-protected-resource", "*"),
+    ("GET", "/.well-known/oauth-protected-resource/mcp", "*"),
 ];
 
 fn allowed(spec: &str, role: &str) -> bool {

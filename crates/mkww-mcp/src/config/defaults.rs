@@ -152,6 +152,10 @@ impl Default for Config {
             schedule_grace_ms: 1_000,
             schedule_poll_ms: 1_000,
             task_limits: Vec::new(),
+            mcp_allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()],
+            mcp_allowed_origins: Vec::new(),
+            mcp_public_url: None,
+            mcp_wait_max_ms: 60_000,
         }
     }
 }

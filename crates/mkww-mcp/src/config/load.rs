@@ -145,6 +145,7 @@ impl Config {
         );
         self.outbound_policy()?;
         self.database()?;
+        self.check_mcp()?;
         self.check_scheduling()?;
         Ok(())
     }

@@ -10,6 +10,7 @@ mod database;
 mod defaults;
 mod integrations;
 mod load;
+mod mcp;
 mod security;
 
 pub use database::Database;
@@ -340,6 +341,17 @@ pub struct Config {
     /// Rate limits per task type (`[[task_limits]] type, max, per_ms`), cluster-wide; applied at
     /// start over those set through `PUT /v1/task-limits/{type}`.
     pub task_limits: Vec<mcp_core::queues::TaskLimit>,
+    /// `/mcp`: `Host` values a request may carry (`name` allows any port, `name:port` one,
+    /// `*` any host): DNS-rebinding protection. Add the hub's public name when it has one.
+    pub mcp_allowed_hosts: Vec<String>,
+    /// `/mcp`: browser origins that may call it (`https://host[:port]`, `*`: any). A request
+    /// without `Origin` always may; with one not listed it is refused, so empty refuses browsers.
+    pub mcp_allowed_origins: Vec<String>,
+    /// `/mcp`: the hub's public base URL (`https://hub.example.com`) for the protected-resource
+    /// metadata; unset: `http://` and the request's `Host`.
+    pub mcp_public_url: Option<String>,
+    /// `/mcp`: the longest `wait_for_task` may wait.
+    pub mcp_wait_max_ms: u64,
 }
 
 /// The `[discord]` section of the file.

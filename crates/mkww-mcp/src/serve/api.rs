@@ -115,6 +115,7 @@ pub fn api_state(
                 )),
                 config.hooks_max_body_bytes,
             ),
+            mcp: config.mcp(),
             ..ApiConfig::default()
         }),
         security: Arc::new(security),
