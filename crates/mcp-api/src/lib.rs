@@ -24,6 +24,7 @@ mod memory;
 mod openapi;
 mod request_id;
 mod session;
+mod settings;
 mod state;
 mod tasks;
 pub mod token;
@@ -33,7 +34,7 @@ mod webhooks;
 pub mod ws;
 
 pub use admin::check_username;
-pub use auth::{Principal, RateLimits, Security, SecurityConfig};
+pub use auth::{LiveLimits, Principal, RateLimits, Security, SecurityConfig};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use hooks::HooksConfig;
 pub use memory::MemoryLimits;
@@ -68,6 +69,7 @@ fn endpoints() -> Vec<Endpoint<AppState>> {
         vrchat::endpoints(),
         vcc::endpoints(),
         bots::endpoints(),
+        settings::endpoints(),
     ]
     .into_iter()
     .flatten()

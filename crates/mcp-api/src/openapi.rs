@@ -93,6 +93,13 @@ use utoipa::{Modify, OpenApi};
         crate::webhooks::WebhookList,
         crate::webhooks::DeliveryList,
         crate::webhooks::Redelivery,
+        crate::settings::SettingsView,
+        crate::settings::FlagList,
+        crate::settings::MyFlags,
+        mcp_core::settings::Setting,
+        mcp_core::settings::Source,
+        mcp_core::flags::Flag,
+        mcp_core::flags::FlagEntry,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -107,6 +114,7 @@ use utoipa::{Modify, OpenApi};
         (name = "webhooks", description = "Outgoing webhooks: subscriptions, the delivery log, redelivery"),
         (name = "vcc", description = "VCC projects and VPM repositories (package changes, builds and deploys are tasks)"),
         (name = "vrchat", description = "VRChat's web API through the hub's account, and its session"),
+        (name = "settings", description = "Runtime settings and feature flags"),
     )
 )]
 pub struct ApiDoc;

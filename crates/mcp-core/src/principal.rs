@@ -144,10 +144,14 @@ pub enum Permission {
     VccManage,
     /// Create `http.request` tasks: have the hub call a URL the caller chooses.
     HttpRequest,
+    /// Read the runtime settings and the feature flags.
+    SettingsRead,
+    /// Change runtime settings and feature flags.
+    SettingsManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 20] = [
+    pub const ALL: [Permission; 22] = [
         Permission::TasksCreate,
         Permission::TasksReadOwn,
         Permission::TasksCancelOwn,
@@ -168,6 +172,8 @@ impl Permission {
         Permission::VccRead,
         Permission::VccManage,
         Permission::HttpRequest,
+        Permission::SettingsRead,
+        Permission::SettingsManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -192,6 +198,8 @@ impl Permission {
             Permission::VccRead => "vcc:read",
             Permission::VccManage => "vcc:manage",
             Permission::HttpRequest => "http:request",
+            Permission::SettingsRead => "settings:read",
+            Permission::SettingsManage => "settings:manage",
         }
     }
 }
@@ -225,6 +233,7 @@ impl Role {
                     | VccRead
                     | VccManage
                     | HttpRequest
+                    | SettingsRead
             ),
             Role::Service => matches!(
                 permission,

@@ -138,6 +138,12 @@ const EXPECTED: &[(&str, &str, &str)] = &[
         "/v1/webhooks/{id}/deliveries/{delivery_id}/redeliver",
         "admin",
     ),
+    ("GET", "/v1/settings", "admin operator"),
+    ("PATCH", "/v1/settings", "admin"),
+    ("GET", "/v1/flags", "admin operator"),
+    ("GET", "/v1/flags/mine", "any"),
+    ("PUT", "/v1/flags/{name}", "admin"),
+    ("DELETE", "/v1/flags/{name}", "admin"),
 ];
 
 fn allowed(spec: &str, role: &str) -> bool {

@@ -4,6 +4,7 @@
 
 mod announce;
 mod directory;
+mod live;
 mod remote;
 #[cfg(test)]
 mod tests;
@@ -141,6 +142,8 @@ pub struct Orchestrator {
     /// The database as the health monitor sees it, when the node has one: the rescuer holds
     /// off while it is down and just after it returns (`watch_database`).
     database: std::sync::OnceLock<crate::health::Dependency>,
+    /// What runtime settings and flags change: concurrency, paused task types.
+    live: live::Live,
 }
 
 /// Where a create request comes from: stamped on the tasks it creates.
@@ -171,6 +174,7 @@ impl Orchestrator {
         events: Arc<dyn EventBus>,
     ) -> Arc<Self> {
         let config_breaker = config.breaker;
+        let concurrency = config.concurrency;
         let node_id = config.node_id.clone();
         let announcer = Announcer::new(events, config.event_queue);
         Arc::new(Orchestrator {
@@ -185,6 +189,7 @@ impl Orchestrator {
             directory: directory::Directory::default(),
             announcer,
             database: std::sync::OnceLock::new(),
+            live: live::Live::new(concurrency),
         })
     }
 

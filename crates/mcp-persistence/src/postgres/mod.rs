@@ -7,6 +7,7 @@ mod identity;
 mod integrations;
 mod memory;
 mod outbox;
+mod settings;
 mod task_row;
 mod tasks;
 mod webhooks;

@@ -147,6 +147,7 @@ impl Default for Config {
             webhook_outbox_refresh_ms: 1_000,
             webhook_outbox_lease_ms: 30_000,
             discord_followup_sweep_ms: 1_000,
+            settings_poll_ms: 500,
         }
     }
 }

@@ -8,6 +8,7 @@
 
 mod database;
 mod defaults;
+pub mod dynamic;
 mod integrations;
 mod load;
 mod security;
@@ -327,6 +328,9 @@ pub struct Config {
     pub webhook_outbox_lease_ms: u64,
     /// How often a node looks for stored Discord follow-ups whose task is final.
     pub discord_followup_sweep_ms: u64,
+    /// How often a node reads the runtime settings and feature flags from the database,
+    /// whatever the bus's nudges do: the longest a change takes to reach a node that missed it.
+    pub settings_poll_ms: u64,
 }
 
 /// The `[discord]` section of the file.

@@ -10,6 +10,7 @@ use mcp_core::integrations::IntegrationStore;
 use mcp_core::memory::MemoryStore;
 use mcp_core::routing::WorkerDirectory;
 use mcp_core::secrets::SecretBox;
+use mcp_core::settings::SettingsStore;
 use mcp_core::webhooks::{Outbox, WebhookStore};
 use mcp_core::{StoreError, TaskStore};
 use mcp_integrations::webhooks::RecordingWebhooks;
@@ -35,6 +36,8 @@ pub struct Stores {
     pub outbox: Arc<dyn Outbox>,
     /// Pending Discord follow-ups.
     pub followups: Arc<dyn FollowupStore>,
+    /// Runtime setting overrides and feature flags.
+    pub settings: Arc<dyn SettingsStore>,
 }
 
 impl Stores {
@@ -46,7 +49,8 @@ impl Stores {
             + WebhookStore
             + WorkerDirectory
             + Outbox
-            + FollowupStore,
+            + FollowupStore
+            + SettingsStore,
     >(
         store: Arc<S>,
         probe: Arc<dyn Probe>,
@@ -54,6 +58,7 @@ impl Stores {
         Stores {
             outbox: store.clone(),
             followups: store.clone(),
+            settings: store.clone(),
             tasks: store.clone(),
             workers: store.clone(),
             identities: store.clone(),
@@ -76,6 +81,7 @@ impl Stores {
             workers: Arc::new(Guarded::new(self.workers, database.clone())),
             outbox: Arc::new(Guarded::new(self.outbox, database.clone())),
             followups: Arc::new(Guarded::new(self.followups, database.clone())),
+            settings: Arc::new(Guarded::new(self.settings, database.clone())),
             probe: self.probe,
         }
     }
