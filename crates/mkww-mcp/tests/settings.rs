@@ -65,6 +65,27 @@ async fn reads_allowed(server: &Server, sub: &str, n: usize) -> usize {
     allowed
 }
 
+/// How many of `n` quick task creations `sub` gets accepted (the rest are refused with 429).
+async fn writes_allowed(server: &Server, sub: &str, n: usize) -> usize {
+    let client = client_as("user", sub);
+    let mut allowed = 0;
+    for _ in 0..n {
+        let (status, body) = call(
+            &client,
+            "POST",
+            server.url("/v1/tasks"),
+            Some(json!({"type": "noop"})),
+        )
+        .await;
+        match status {
+            201 => allowed += 1,
+            429 => assert_eq!(body["error"]["code"], "rate_limited", "{body}"),
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    allowed
+}
+
 #[tokio::test]
 async fn a_runtime_change_shows_its_source_and_null_restores_the_configured_value() {
     let server = Server::start(&[("MCP_QUOTA_TASKS_PER_DAY", "500".into())]);
@@ -295,20 +316,23 @@ async fn a_change_on_one_node_is_applied_on_the_others_within_a_second() {
     let a = Server::start(&env);
     let b = Server::start(&env);
 
+    // Writes, so that the test's own polling (reads) is not limited.
     let (status, body) =
-        patch_settings(&a, "admin", json!({"rate_limit_read_per_minute": 4})).await;
+        patch_settings(&a, "admin", json!({"rate_limit_write_per_minute": 4})).await;
     assert_eq!(status, 200, "{body}");
     for (name, node) in [("B (bus)", &b), ("C (polling)", &c)] {
         let took = until(node, "/v1/settings", |body| {
-            body["settings"]["rate_limit_read_per_minute"]["value"] == 4
+            body["settings"]["rate_limit_write_per_minute"]["value"] == 4
         })
         .await;
         eprintln!("setting reached node {name} in {took:?}");
         assert!(took < BOUND, "node {name}: {took:?}");
     }
-    // Applied, not only shown: B now refuses a burst.
-    let allowed = reads_allowed(&b, "reader", 10).await;
-    assert!((3..=5).contains(&allowed), "{allowed} of 10 at 4/min");
+    // Applied, not only shown: B and C now refuse a burst of writes.
+    for (node, writer) in [(&b, "writer-b"), (&c, "writer-c")] {
+        let allowed = writes_allowed(node, writer, 10).await;
+        assert!((3..=5).contains(&allowed), "{allowed} of 10 at 4/min");
+    }
 
     put_flag(
         &a,
