@@ -446,6 +446,41 @@ async fn a_flag_switches_an_integration_off_and_its_tasks_wait_until_it_is_on_ag
 }
 
 #[tokio::test]
+async fn the_outbound_allow_rules_change_at_runtime() {
+    let (addr, hits) = counting_server().await;
+    let server = Server::start(&[]);
+    let task = json!({"type": "http.request", "payload": {"url": format!("http://{addr}/hit")}});
+    let refused = |(status, body): (u16, Value)| {
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (422, Some("destination_forbidden")),
+            "{body}"
+        );
+    };
+    refused(post(&server, "/v1/tasks", task.clone()).await);
+
+    let (status, body) =
+        patch_settings(&server, "admin", json!({"outbound_allow": ["127.0.0.1"]})).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, created) = post(&server, "/v1/tasks", task.clone()).await;
+    assert_eq!(status, 201, "{created}");
+    let done = wait_for(&server, created["id"].as_str().unwrap(), is_final).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    let (status, body) = patch_settings(&server, "admin", json!({"outbound_allow": null})).await;
+    assert_eq!(status, 200, "{body}");
+    refused(post(&server, "/v1/tasks", task).await);
+    let (status, body) =
+        patch_settings(&server, "admin", json!({"outbound_allow": ["not a host!"]})).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_setting")),
+        "{body}"
+    );
+}
+
+#[tokio::test]
 async fn a_percentage_rollout_is_deterministic_per_subject() {
     let server = Server::start(&[]);
     let spec = json!({"percentage": 50});

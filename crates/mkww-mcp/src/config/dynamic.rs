@@ -28,6 +28,8 @@ pub const DYNAMIC: &[&str] = &[
     "breaker_failure_rate",
     "breaker_open_ms",
     "breaker_probes",
+    "outbound_allow",
+    "outbound_allow_private",
 ];
 
 /// Where `Config::load(file)` reads its file from.

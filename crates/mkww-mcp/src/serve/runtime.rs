@@ -173,6 +173,9 @@ fn apply(
         .orchestrator
         .balancer()
         .set_breaker_config(super::services::orchestrator_config(&config).breaker);
+    if let Err(e) = config.apply_outbound_rules() {
+        tracing::error!(error = %format!("{e:#}"), "outbound rules not applied");
+    }
     // At start the subscriber already has its filter (from `RUST_LOG` when set): only a
     // runtime value or a change replaces it.
     let log_changed = match before {
