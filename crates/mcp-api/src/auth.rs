@@ -51,7 +51,7 @@ pub struct RateLimits {
 }
 
 /// The rate limits in force: the configured ones, replaced by runtime settings; read on every
-/// request without a lock.
+/// request through a `watch` channel (readers share it, a change never waits on them).
 #[derive(Debug, Clone)]
 pub struct LiveLimits(Arc<tokio::sync::watch::Sender<RateLimits>>);
 
