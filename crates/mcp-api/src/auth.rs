@@ -50,13 +50,32 @@ pub struct RateLimits {
     pub write: Quota,
 }
 
+/// The rate limits in force: the configured ones, replaced by runtime settings; read on every
+/// request through a `watch` channel (readers share it, a change never waits on them).
+#[derive(Debug, Clone)]
+pub struct LiveLimits(Arc<tokio::sync::watch::Sender<RateLimits>>);
+
+impl LiveLimits {
+    pub fn new(limits: RateLimits) -> Self {
+        LiveLimits(Arc::new(tokio::sync::watch::channel(limits).0))
+    }
+
+    pub fn get(&self) -> RateLimits {
+        *self.0.borrow()
+    }
+
+    pub fn set(&self, limits: RateLimits) {
+        self.0.send_replace(limits);
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct SecurityConfig {
     pub access_ttl: Duration,
     pub refresh_ttl: Duration,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
-    pub limits: RateLimits,
+    pub limits: LiveLimits,
     /// Tasks per principal per UTC day (roles with a quota); 0: unlimited.
     pub quota_tasks_per_day: u64,
     /// Bearer token that may read `/metrics`.
@@ -374,9 +393,9 @@ pub async fn limit_ip(
         return next.run(request).await;
     }
     let (class, quota) = if access::is_auth(path) {
-        ("auth", security.config.limits.auth)
+        ("auth", security.config.limits.get().auth)
     } else {
-        ("ip", security.config.limits.ip)
+        ("ip", security.config.limits.get().ip)
     };
     let who = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
     let decision = security.check(&format!("{class}:{who}"), quota).await;
@@ -452,9 +471,9 @@ async fn admit(security: &Security, access: Access, mut request: Request, next: 
         .into_response();
     }
     let (class, quota) = if matches!(*request.method(), Method::GET | Method::HEAD) {
-        ("read", security.config.limits.read)
+        ("read", security.config.limits.get().read)
     } else {
-        ("write", security.config.limits.write)
+        ("write", security.config.limits.get().write)
     };
     let decision = security
         .check(&format!("{class}:{}", principal.subject), quota)

@@ -30,6 +30,7 @@ mod queues;
 mod request_id;
 mod schedules;
 mod session;
+mod settings;
 mod state;
 mod tasks;
 pub mod token;
@@ -40,7 +41,7 @@ mod workflows;
 pub mod ws;
 
 pub use admin::check_username;
-pub use auth::{Principal, RateLimits, Security, SecurityConfig};
+pub use auth::{LiveLimits, Principal, RateLimits, Security, SecurityConfig};
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use hooks::HooksConfig;
 pub use mcp::McpConfig;
@@ -81,6 +82,7 @@ fn endpoints() -> Vec<Endpoint<AppState>> {
         workflows::endpoints(),
         docs::endpoints(),
         mcp::endpoints(),
+        settings::endpoints(),
     ]
     .into_iter()
     .flatten()

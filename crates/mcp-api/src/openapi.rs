@@ -114,6 +114,13 @@ use utoipa::{Modify, OpenApi};
         crate::workflows::AddTasks,
         crate::workflows::AddedTasks,
         crate::mcp::ProtectedResource,
+        crate::settings::SettingsView,
+        crate::settings::FlagList,
+        crate::settings::MyFlags,
+        mcp_core::settings::Setting,
+        mcp_core::settings::Source,
+        mcp_core::flags::Flag,
+        mcp_core::flags::FlagEntry,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
@@ -131,6 +138,7 @@ use utoipa::{Modify, OpenApi};
         (name = "schedules", description = "Cron schedules that create tasks"),
         (name = "workflows", description = "Workflows: DAGs of tasks whose dependents run when their dependencies succeed"),
         (name = "mcp", description = "The Model Context Protocol endpoint for AI assistants (docs/mcp.md) and its protected-resource metadata"),
+        (name = "settings", description = "Runtime settings and feature flags"),
     )
 )]
 pub struct ApiDoc;

@@ -220,12 +220,12 @@ async fn throttle_login(security: &Security, username: &str, ip: ClientIp) -> Op
     let counts = [
         (
             format!("login:{from}:{name}"),
-            security.config.limits.login,
+            security.config.limits.get().login,
             "too many attempts for this username from this address",
         ),
         (
             format!("login:{name}"),
-            security.config.limits.login_username,
+            security.config.limits.get().login_username,
             "too many attempts for this username",
         ),
     ];

@@ -80,6 +80,10 @@ pub struct AppState {
     pub vrchat: Option<Arc<dyn mcp_core::vrchat::VrchatPort>>,
     /// The VCC service; `None`: `/v1/vcc/*` answer 404 `vcc_not_configured`.
     pub vcc: Option<Arc<dyn mcp_core::vcc::VccPort>>,
+    /// Runtime settings; `None`: `/v1/settings` answers 503 `settings_unavailable`.
+    pub settings: Option<Arc<mcp_core::settings::Settings>>,
+    /// Feature flags; `None`: `/v1/flags` answers 503 `settings_unavailable`.
+    pub flags: Option<Arc<mcp_core::flags::Flags>>,
     /// The state of the node's dependencies: `/readyz`, `/v1/health`.
     pub health: Arc<mcp_core::health::HealthMonitor>,
     /// Where Discord follow-ups wait for their task; `None`: only in this node's memory.

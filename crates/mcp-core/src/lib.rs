@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod credentials;
 pub mod events;
+pub mod flags;
 pub mod followups;
 pub mod handler;
 pub mod health;
@@ -24,6 +25,7 @@ pub mod routing;
 pub mod schedule;
 pub mod secrets;
 pub mod services;
+pub mod settings;
 pub mod store;
 pub mod task;
 pub mod trace;

@@ -12,6 +12,7 @@
 
 use ipnet::IpNet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 pub use url::{Host, Url};
 
 /// The task type that makes one HTTP call to a client-supplied URL. Creating it needs
@@ -54,6 +55,37 @@ pub struct Policy {
     pub nets: Vec<IpNet>,
     /// Host names always allowed, whatever they resolve to (lowercase, no trailing dot).
     pub hosts: Vec<String>,
+    /// When set and holding rules, those replace the three fields above: the `outbound_allow*`
+    /// runtime settings, shared by every client built from this policy.
+    pub live: Option<LiveRules>,
+}
+
+/// Outbound rules a running hub may replace (runtime settings): every policy holding the same
+/// `LiveRules` follows the latest ones.
+#[derive(Debug, Clone, Default)]
+pub struct LiveRules(Arc<std::sync::RwLock<Option<Arc<Policy>>>>);
+
+impl PartialEq for LiveRules {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for LiveRules {}
+
+impl LiveRules {
+    /// Replaces the rules (its own `live` is ignored).
+    pub fn set(&self, rules: Policy) {
+        let rules = Policy {
+            live: None,
+            ..rules
+        };
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(rules));
+    }
+
+    fn current(&self) -> Option<Arc<Policy>> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl Policy {
@@ -83,6 +115,9 @@ impl Policy {
 
     /// Whether `host` (a name as written in a URL) is allowed whatever it resolves to.
     pub fn allows_host(&self, host: &str) -> bool {
+        if let Some(rules) = self.live.as_ref().and_then(LiveRules::current) {
+            return rules.allows_host(host);
+        }
         self.allow_private || {
             let host = normal_host(host);
             self.hosts.contains(&host)
@@ -91,6 +126,9 @@ impl Policy {
 
     /// Checks one address `host` is or resolved to.
     pub fn check_ip(&self, host: &str, ip: IpAddr) -> Result<(), Forbidden> {
+        if let Some(rules) = self.live.as_ref().and_then(LiveRules::current) {
+            return rules.check_ip(host, ip);
+        }
         if self.allow_private || self.nets.iter().any(|net| net.contains(&ip)) {
             return Ok(());
         }

@@ -158,10 +158,14 @@ pub enum Permission {
     WorkflowsReadAny,
     /// Cancel any workflow.
     WorkflowsManage,
+    /// Read the runtime settings and the feature flags.
+    SettingsRead,
+    /// Change runtime settings and feature flags.
+    SettingsManage,
 }
 
 impl Permission {
-    pub const ALL: [Permission; 27] = [
+    pub const ALL: [Permission; 29] = [
         Permission::TasksCreate,
         Permission::TasksReadOwn,
         Permission::TasksCancelOwn,
@@ -189,6 +193,8 @@ impl Permission {
         Permission::WorkflowsCancelOwn,
         Permission::WorkflowsReadAny,
         Permission::WorkflowsManage,
+        Permission::SettingsRead,
+        Permission::SettingsManage,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -220,6 +226,8 @@ impl Permission {
             Permission::WorkflowsCancelOwn => "workflows:cancel:own",
             Permission::WorkflowsReadAny => "workflows:read:any",
             Permission::WorkflowsManage => "workflows:manage",
+            Permission::SettingsRead => "settings:read",
+            Permission::SettingsManage => "settings:manage",
         }
     }
 
@@ -271,6 +279,7 @@ impl Role {
                     | HttpRequest
                     | SchedulesRead
                     | SchedulesWrite
+                    | SettingsRead
             ),
             Role::Service => matches!(
                 permission,

@@ -41,6 +41,6 @@ mod workflows;
 
 pub use crate::redis::bus::RedisBus;
 pub use crate::redis::limiter::RedisLimiter;
-pub use crate::redis::link::{RedisMode, RedisOptions};
+pub use crate::redis::link::{RedisMode, RedisOptions, check as check_redis};
 pub use postgres::PgTaskStore;
 pub use sqlite::{SqliteOptions, SqliteTaskStore};

@@ -1,7 +1,7 @@
 //! Logging: the `tracing` subscriber every command installs. Three layers over one registry:
 //!
 //! - the filter (`RUST_LOG`, else `log_level`), behind a reload layer so it can be changed at run
-//!   time through [`filter_handle`];
+//!   time through [`set_log_filter`];
 //! - the OpenTelemetry layer, only when traces are configured (`telemetry.rs`);
 //! - the formatter on standard output: `json` (one object per line, with `trace_id` and
 //!   `span_id` while a traced span is current), `pretty` (readable, coloured unless `NO_COLOR`),
@@ -19,16 +19,19 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry, reload};
 
-/// Changes the log filter of the running process (`handle.reload(EnvFilter::try_new(…)?)`).
-pub type FilterHandle = reload::Handle<EnvFilter, Registry>;
+/// The reload handle of the installed filter.
+type FilterHandle = reload::Handle<EnvFilter, Registry>;
 
 static FILTER: OnceLock<FilterHandle> = OnceLock::new();
 
-/// The running process's filter handle, once [`init_logging`] has installed the subscriber.
-// For runtime settings (a new log filter without a restart).
-#[allow(dead_code)]
-pub fn filter_handle() -> Option<&'static FilterHandle> {
-    FILTER.get()
+/// Changes the log filter of the running process (the `log_level` runtime setting: `debug`,
+/// `mkww_mcp=debug,info`, …).
+pub fn set_log_filter(filter: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(filter).map_err(|e| e.to_string())?;
+    match FILTER.get() {
+        Some(handle) => handle.reload(filter).map_err(|e| e.to_string()),
+        None => Err("logging is not installed".into()),
+    }
 }
 
 /// The filter the configuration asks for: `RUST_LOG` when set, else `log_level`, else `info`.

@@ -60,6 +60,12 @@ enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Check the configuration, reach the database and Redis, print every setting with its
+    /// source and warn about unsafe set-ups. Exits non-zero on errors.
+    Doctor {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Benchmarks that print their figures.
     Bench {
         #[command(subcommand)]
@@ -110,6 +116,7 @@ async fn main() -> std::process::ExitCode {
         } => commands::user::create_user(config.as_deref(), &name, role, password_stdin).await,
         Command::Bench { bench } => bench::run(bench).await,
         Command::Openapi => commands::openapi::openapi(),
+        Command::Doctor { config } => commands::doctor::doctor(config.as_deref()).await,
     };
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -175,6 +175,12 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("DELETE", "/mcp", "any"),
     ("GET", "/.well-known/oauth-protected-resource", "*"),
     ("GET", "/.well-known/oauth-protected-resource/mcp", "*"),
+    ("GET", "/v1/settings", "admin operator"),
+    ("PATCH", "/v1/settings", "admin"),
+    ("GET", "/v1/flags", "admin operator"),
+    ("GET", "/v1/flags/mine", "any"),
+    ("PUT", "/v1/flags/{name}", "admin"),
+    ("DELETE", "/v1/flags/{name}", "admin"),
 ];
 
 fn allowed(spec: &str, role: &str) -> bool {

@@ -136,7 +136,7 @@ impl Connection {
     /// Counts one write (`publish`, `task.create`) against the principal's write limit, the one
     /// REST writes count against: `rate_limited` beyond it.
     pub(super) async fn count_write(&self, principal: &Principal) -> Result<(), ApiError> {
-        let quota = self.state.security.config.limits.write;
+        let quota = self.state.security.config.limits.get().write;
         self.count(&format!("write:{}", principal.subject), quota, "writes")
             .await
     }

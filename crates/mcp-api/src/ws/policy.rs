@@ -15,6 +15,10 @@ impl Connection {
         let allowed = match (namespace, rest) {
             ("tasks", "") | ("system.breakers", "") => principal.can(Permission::TasksReadAny),
             ("system.health", "") => principal.can(Permission::HealthRead),
+            // Runtime setting and feature flag changes (mcp_core::settings, mcp_core::flags).
+            ("system.settings", "") | ("system.flags", "") => {
+                principal.can(Permission::SettingsRead)
+            }
             // Incoming webhooks (crate::hooks): `hooks` and `hooks:{source}`.
             ("hooks", _) => principal.can(Permission::TasksReadAny),
             // A task's events, and a build's or deploy's output (mcp_integrations::vcc): whoever

@@ -22,6 +22,7 @@ use crate::memory::{
 use crate::memory::{MessagePage, MessagePatch, SearchHit, SearchRequest, Summary};
 use crate::principal::Role;
 use crate::routing::{DirectoryEntry, WorkerDirectory, WorkerRegistration};
+use crate::settings::{SettingsStore, Stored};
 use crate::store::{CancelOutcome, ClaimRequest, Completion, Inserted, RetryOutcome, StoreError};
 use crate::store::{TaskCounts, TaskFilter, TaskStore};
 use crate::task::{NewTask, Progress, Task};
@@ -475,6 +476,25 @@ impl IntegrationStore for Guarded<dyn IntegrationStore> {
     }
     async fn delete_integration(&self, name: &str) -> Result<bool, StoreError> {
         guarded!(self, delete_integration(name))
+    }
+}
+
+#[async_trait]
+impl SettingsStore for Guarded<dyn SettingsStore> {
+    async fn list_settings(&self) -> Result<Vec<Stored>, StoreError> {
+        guarded!(self, list_settings())
+    }
+    async fn write_settings(&self, put: &[Stored], remove: &[String]) -> Result<(), StoreError> {
+        guarded!(self, write_settings(put, remove))
+    }
+    async fn list_flags(&self) -> Result<Vec<Stored>, StoreError> {
+        guarded!(self, list_flags())
+    }
+    async fn put_flag(&self, flag: &Stored) -> Result<(), StoreError> {
+        guarded!(self, put_flag(flag))
+    }
+    async fn delete_flag(&self, name: &str) -> Result<bool, StoreError> {
+        guarded!(self, delete_flag(name))
     }
 }
 

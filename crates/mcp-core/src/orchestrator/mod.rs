@@ -5,6 +5,7 @@
 mod announce;
 mod directory;
 mod flow;
+mod live;
 mod remote;
 mod task_metrics;
 #[cfg(test)]
@@ -146,6 +147,8 @@ pub struct Orchestrator {
     database: std::sync::OnceLock<crate::health::Dependency>,
     progress: flow::ProgressThrottle,
     children: std::sync::OnceLock<Arc<dyn crate::handler::WorkflowChildren>>,
+    /// What runtime settings and flags change: concurrency, paused task types.
+    live: live::Live,
 }
 
 /// Where a create request comes from: stamped on the tasks it creates.
@@ -176,6 +179,7 @@ impl Orchestrator {
         events: Arc<dyn EventBus>,
     ) -> Arc<Self> {
         let config_breaker = config.breaker;
+        let concurrency = config.concurrency;
         let node_id = config.node_id.clone();
         let announcer = Announcer::new(events, config.event_queue);
         Arc::new(Orchestrator {
@@ -192,6 +196,7 @@ impl Orchestrator {
             database: std::sync::OnceLock::new(),
             progress: flow::ProgressThrottle::default(),
             children: std::sync::OnceLock::new(),
+            live: live::Live::new(concurrency),
         })
     }
 

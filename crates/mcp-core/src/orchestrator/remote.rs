@@ -101,6 +101,8 @@ impl Orchestrator {
             let mut free = self.balancer.free_slots();
             // In-process types are the claim loop's alone, whatever a worker registered.
             free.retain(|task_type, _| self.for_external_workers(task_type));
+            // Switched off by a flag: they wait, queued, as behind an open breaker.
+            free.retain(|task_type, _| !self.is_paused(task_type));
             let mut claimed_any = false;
             let mut failed = None;
             for (task_type, slots) in &free {

@@ -781,3 +781,45 @@ async fn never_hands_an_in_process_task_to_a_worker_that_bypassed_registration()
     assert_eq!(queued.status, TaskStatus::Queued);
     workers.shutdown().await;
 }
+
+fn with_concurrency(concurrency: usize) -> Arc<Orchestrator> {
+    Orchestrator::new(
+        Arc::new(Tasks::default()),
+        HandlerRegistry::with_builtins(),
+        OrchestratorConfig {
+            concurrency,
+            ..OrchestratorConfig::default()
+        },
+    )
+}
+
+#[tokio::test]
+async fn concurrency_resizes_at_once_up_and_as_running_tasks_finish_down() {
+    let orchestrator = with_concurrency(2);
+    let slots = orchestrator.live.slots.clone();
+    orchestrator.set_concurrency(5);
+    assert_eq!(slots.available_permits(), 5);
+    orchestrator.set_concurrency(1);
+    assert_eq!(slots.available_permits(), 1);
+    // A running task holds the last slot: going to 0 takes it back when the task ends.
+    let running = slots.clone().acquire_owned().await.unwrap();
+    orchestrator.set_concurrency(0);
+    assert_eq!(orchestrator.concurrency(), 0);
+    drop(running);
+    eventually("the slot is taken back", || slots.available_permits() == 0).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(slots.available_permits(), 0);
+    orchestrator.set_concurrency(3);
+    assert_eq!(slots.available_permits(), 3);
+}
+
+#[tokio::test]
+async fn paused_prefixes_hold_their_task_types_only() {
+    let orchestrator = with_concurrency(1);
+    orchestrator.set_paused_prefixes(["discord".to_string()].into());
+    assert!(orchestrator.is_paused("discord.send_message"));
+    assert!(!orchestrator.is_paused("discordx.send"));
+    assert!(!orchestrator.is_paused("noop"));
+    orchestrator.set_paused_prefixes(Default::default());
+    assert!(!orchestrator.is_paused("discord.send_message"));
+}

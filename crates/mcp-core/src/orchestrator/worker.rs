@@ -9,7 +9,7 @@ use chrono::Utc;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, warn};
@@ -130,7 +130,7 @@ impl Orchestrator {
     }
 
     async fn claim_loop(self: Arc<Self>, done: mpsc::Sender<Finished>, stop: CancellationToken) {
-        let slots = Arc::new(Semaphore::new(self.config.concurrency));
+        let slots = self.live.slots.clone();
         let mut retry = StoreRetry::new("claiming tasks");
         loop {
             // Routes whose breaker is open wait (their tasks stay queued, attempts unspent).
@@ -139,6 +139,8 @@ impl Orchestrator {
                 .types()
                 .into_iter()
                 .filter(|t| self.balancer.admits(t) > 0)
+                // Switched off by a flag: they wait the same way.
+                .filter(|t| !self.is_paused(t))
                 .collect();
             let first = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit {

@@ -74,6 +74,11 @@ impl Breaker {
         }
     }
 
+    /// Takes new thresholds (a runtime setting); the outcomes seen so far still count.
+    pub fn reconfigure(&mut self, config: BreakerConfig) {
+        self.config = config;
+    }
+
     /// The state at `now` (an open breaker turns half-open once its cool-down is over).
     pub fn state(&mut self, now: Instant) -> BreakerState {
         if self.state == BreakerState::Open

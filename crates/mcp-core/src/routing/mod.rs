@@ -48,6 +48,8 @@ struct Worker {
 struct State {
     workers: HashMap<u64, Worker>,
     breakers: HashMap<String, Breaker>,
+    /// Thresholds set at runtime, replacing the configured ones (`Balancer::set_breaker_config`).
+    breaker_config: Option<BreakerConfig>,
     /// Last breaker state announced per route, to report half-open transitions too.
     announced: HashMap<String, BreakerState>,
     next_id: u64,
@@ -305,10 +307,22 @@ impl Balancer {
     }
 
     fn breaker_mut<'a>(&self, state: &'a mut State, task_type: &str) -> &'a mut Breaker {
+        let config = state.breaker_config.unwrap_or(self.breaker);
         state
             .breakers
             .entry(task_type.to_owned())
-            .or_insert_with(|| Breaker::new(self.breaker))
+            .or_insert_with(|| Breaker::new(config))
+    }
+
+    /// Gives every route's breaker, present and future, these thresholds (a runtime setting).
+    pub fn set_breaker_config(&self, config: BreakerConfig) {
+        let mut state = self.lock();
+        state.breaker_config = Some(config);
+        for breaker in state.breakers.values_mut() {
+            breaker.reconfigure(config);
+        }
+        drop(state);
+        self.changed.notify_waiters();
     }
 
     /// Every route this node knows: local handler types and this node's worker types.

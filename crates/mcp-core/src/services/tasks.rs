@@ -220,6 +220,8 @@ pub struct TaskService {
     /// Where the daily quota is counted.
     identities: Arc<dyn IdentityStore>,
     limits: TaskLimits,
+    /// `limits.quota_tasks_per_day`, changeable at runtime (`set_quota_tasks_per_day`).
+    quota: std::sync::atomic::AtomicU64,
 }
 
 impl TaskService {
@@ -231,8 +233,15 @@ impl TaskService {
         TaskService {
             orchestrator,
             identities,
+            quota: std::sync::atomic::AtomicU64::new(limits.quota_tasks_per_day),
             limits,
         }
+    }
+
+    /// Changes the daily task quota (a runtime setting); 0: no quota.
+    pub fn set_quota_tasks_per_day(&self, quota: u64) {
+        self.quota
+            .store(quota, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Whether `principal` may see `task`: its own, or any with `tasks:read:any`.
@@ -370,7 +379,7 @@ impl TaskService {
 
     /// Counts `n` tasks against the principal's daily quota (roles that have one).
     async fn charge_quota(&self, principal: &Principal, n: u64) -> Result<(), TaskServiceError> {
-        let limit = self.limits.quota_tasks_per_day;
+        let limit = self.quota.load(std::sync::atomic::Ordering::Relaxed);
         if limit == 0 || !principal.role.has_quota() {
             return Ok(());
         }

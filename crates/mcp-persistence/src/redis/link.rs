@@ -86,6 +86,12 @@ pub(crate) async fn open(
     }
 }
 
+/// Whether Redis at `url` answers a PING within the timeouts (for `mkww-mcp doctor`).
+pub async fn check(url: &str, options: &RedisOptions) -> Result<(), String> {
+    let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+    open(&client, options).await.map(drop)
+}
+
 /// A PING on `connection`, within the timeout.
 pub(crate) async fn ping(
     connection: &mut MultiplexedConnection,

@@ -10,6 +10,7 @@ mod limits;
 mod memory;
 mod outbox;
 mod schedules;
+mod settings;
 mod task_row;
 mod tasks;
 mod webhooks;

@@ -8,6 +8,7 @@ use mcp_core::followups::FollowupStore;
 use mcp_core::identity::IdentityStore;
 use mcp_core::integrations::IntegrationStore;
 use mcp_core::memory::MemoryStore;
+use mcp_core::settings::SettingsStore;
 use mcp_core::webhooks::{Outbox, WebhookStore};
 use mcp_persistence::{PgTaskStore, SqliteOptions, SqliteTaskStore};
 use std::path::PathBuf;
@@ -111,7 +112,8 @@ ports!(
     MemoryStore,
     WebhookStore,
     Outbox,
-    FollowupStore
+    FollowupStore,
+    SettingsStore
 );
 
 /// What a case takes: the backend itself, or one of its ports (shared or borrowed).

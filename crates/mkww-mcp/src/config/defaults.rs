@@ -156,6 +156,7 @@ impl Default for Config {
             mcp_allowed_origins: Vec::new(),
             mcp_public_url: None,
             mcp_wait_max_ms: 60_000,
+            settings_poll_ms: 500,
         }
     }
 }

@@ -2,9 +2,14 @@
 //! outbound guard's policy.
 
 use super::Config;
-use mcp_core::outbound::Policy;
+use mcp_core::outbound::{LiveRules, Policy};
 use std::path::PathBuf;
 use std::sync::Arc;
+
+/// The outbound rules every client of this process follows: the configuration's at start, the
+/// runtime settings' after a change.
+static OUTBOUND_RULES: std::sync::LazyLock<LiveRules> =
+    std::sync::LazyLock::new(LiveRules::default);
 
 impl Config {
     /// The outbound guard's policy: `outbound_allow_private` (or its old name
@@ -14,8 +19,21 @@ impl Config {
             self.outbound_allow_private || self.webhooks_allow_private,
             &self.outbound_allow,
         )
-        .map(Arc::new)
+        .map(|policy| {
+            Arc::new(Policy {
+                live: Some(OUTBOUND_RULES.clone()),
+                ..policy
+            })
+        })
         .map_err(anyhow::Error::msg)
+    }
+
+    /// Makes this configuration's outbound rules those of every policy `outbound_policy` made
+    /// (the `outbound_allow*` runtime settings).
+    pub fn apply_outbound_rules(&self) -> anyhow::Result<()> {
+        let policy = self.outbound_policy()?;
+        OUTBOUND_RULES.set(Policy::clone(&policy));
+        Ok(())
     }
 
     /// `vcc_settings`, or where VCC keeps its `settings.json` on this system if it is there.

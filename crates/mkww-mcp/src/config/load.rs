@@ -145,6 +145,20 @@ impl Config {
         );
         self.outbound_policy()?;
         self.database()?;
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .map_err(|e| anyhow::anyhow!("log_level `{}`: {e}", self.log_level))?;
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.breaker_failure_rate),
+            "breaker_failure_rate must be between 0 and 1"
+        );
+        anyhow::ensure!(
+            self.breaker_min_calls >= 1 && self.breaker_probes >= 1,
+            "breaker_min_calls and breaker_probes must be at least 1"
+        );
+        anyhow::ensure!(
+            (10..=1_000).contains(&self.settings_poll_ms),
+            "settings_poll_ms must be between 10 and 1000 (a change reaches every node within it)"
+        );
         self.check_mcp()?;
         self.check_scheduling()?;
         Ok(())

@@ -8,6 +8,7 @@
 
 mod database;
 mod defaults;
+pub mod dynamic;
 mod integrations;
 mod load;
 mod mcp;
@@ -352,6 +353,9 @@ pub struct Config {
     pub mcp_public_url: Option<String>,
     /// `/mcp`: the longest `wait_for_task` may wait.
     pub mcp_wait_max_ms: u64,
+    /// How often a node reads the runtime settings and feature flags from the database,
+    /// whatever the bus's nudges do: the longest a change takes to reach a node that missed it.
+    pub settings_poll_ms: u64,
 }
 
 /// The `[discord]` section of the file.

@@ -6,7 +6,8 @@ use anyhow::Context;
 use mcp_api::token::parse_ttl;
 use mcp_api::ws::WsConfig;
 use mcp_api::{
-    ApiConfig, AppState, HooksConfig, MetricsRenderer, RateLimits, Security, SecurityConfig,
+    ApiConfig, AppState, HooksConfig, LiveLimits, MetricsRenderer, RateLimits, Security,
+    SecurityConfig,
 };
 use mcp_core::Orchestrator;
 use mcp_core::events::EventBus;
@@ -127,6 +128,9 @@ pub fn api_state(
         followups: None,
         vrchat: None,
         vcc: None,
+        // `serve` sets both.
+        settings: None,
+        flags: None,
         metrics,
         // `serve` sets the node's monitor; without one every dependency counts as up.
         health: Arc::default(),
@@ -163,7 +167,6 @@ pub fn security(
     limiter: Arc<dyn Limiter>,
     revocations: Arc<Revocations>,
 ) -> anyhow::Result<Security> {
-    let minute = Quota::per_minute;
     Ok(Security {
         identities,
         tokens: config.tokens()?,
@@ -177,18 +180,24 @@ pub fn security(
                 .map_err(anyhow::Error::msg)
                 .context("refresh_token_ttl")?,
             trusted_proxies: config.trusted_proxies()?,
-            limits: RateLimits {
-                ip: minute(config.rate_limit_ip_per_minute),
-                auth: minute(config.rate_limit_auth_per_minute),
-                login: minute(config.rate_limit_login_per_minute),
-                login_username: minute(config.rate_limit_login_username_per_minute),
-                read: minute(config.rate_limit_read_per_minute),
-                write: minute(config.rate_limit_write_per_minute),
-            },
+            limits: LiveLimits::new(rate_limits(config)),
             quota_tasks_per_day: config.quota_tasks_per_day,
             metrics_token: config.metrics_token.clone().filter(|t| !t.is_empty()),
         },
     })
+}
+
+/// The per-minute rate limits of the configuration.
+pub fn rate_limits(config: &Config) -> RateLimits {
+    let minute = Quota::per_minute;
+    RateLimits {
+        ip: minute(config.rate_limit_ip_per_minute),
+        auth: minute(config.rate_limit_auth_per_minute),
+        login: minute(config.rate_limit_login_per_minute),
+        login_username: minute(config.rate_limit_login_username_per_minute),
+        read: minute(config.rate_limit_read_per_minute),
+        write: minute(config.rate_limit_write_per_minute),
+    }
 }
 
 /// Installs the Prometheus recorder (once per process), before anything records: a handle

@@ -11,6 +11,7 @@ pub mod connections;
 pub mod health;
 pub mod http;
 pub mod metrics;
+pub mod runtime;
 pub mod services;
 pub mod stores;
 pub mod tls;
@@ -67,6 +68,9 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
     );
     orchestrator.set_worker_directory(stores.workers.clone());
     orchestrator.watch_database(database.clone());
+    // Read before claiming: an integration switched off by a flag must not run a task first.
+    let dynamic = runtime::open(&config, file, stores.settings.clone(), events.clone()).await;
+    orchestrator.set_paused_prefixes(dynamic.flags.paused_prefixes());
     let workers = orchestrator.start().await;
     let listener = http::bind(&config, &orchestrator).await?;
     let mut state = api::api_state(
@@ -123,6 +127,16 @@ pub async fn serve(file: Option<&Path>, listen: Option<String>) -> anyhow::Resul
             claiming.cancel();
         }
     });
+    state.settings = Some(dynamic.settings.clone());
+    state.flags = Some(dynamic.flags.clone());
+    dynamic.start(
+        runtime::Targets {
+            orchestrator: state.orchestrator.clone(),
+            limits: state.security.config.limits.clone(),
+            tasks: state.tasks.clone(),
+        },
+        &stopping,
+    );
     let probing = tokio_util::sync::CancellationToken::new();
     let probes = health.run(probing.clone());
     state.health = health.clone();

@@ -12,6 +12,7 @@ use mcp_core::queues::QueueStore;
 use mcp_core::routing::WorkerDirectory;
 use mcp_core::schedule::ScheduleStore;
 use mcp_core::secrets::SecretBox;
+use mcp_core::settings::SettingsStore;
 use mcp_core::webhooks::{Outbox, WebhookStore};
 use mcp_core::{StoreError, TaskStore};
 use mcp_integrations::webhooks::RecordingWebhooks;
@@ -41,6 +42,8 @@ pub struct Stores {
     pub schedules: Arc<dyn ScheduleStore>,
     /// Paused queues and rate limits per task type.
     pub queues: Arc<dyn QueueStore>,
+    /// Runtime setting overrides and feature flags.
+    pub settings: Arc<dyn SettingsStore>,
 }
 
 impl Stores {
@@ -54,7 +57,8 @@ impl Stores {
             + Outbox
             + FollowupStore
             + ScheduleStore
-            + QueueStore,
+            + QueueStore
+            + SettingsStore,
     >(
         store: Arc<S>,
         probe: Arc<dyn Probe>,
@@ -64,6 +68,7 @@ impl Stores {
             followups: store.clone(),
             schedules: store.clone(),
             queues: store.clone(),
+            settings: store.clone(),
             tasks: store.clone(),
             workers: store.clone(),
             identities: store.clone(),
@@ -88,6 +93,7 @@ impl Stores {
             followups: Arc::new(Guarded::new(self.followups, database.clone())),
             schedules: Arc::new(Guarded::new(self.schedules, database.clone())),
             queues: Arc::new(Guarded::new(self.queues, database.clone())),
+            settings: Arc::new(Guarded::new(self.settings, database.clone())),
             probe: self.probe,
         }
     }
