@@ -21,8 +21,11 @@ if [ ! -d node_modules/playwright-core ]; then
 fi
 cd ../..
 
-echo "== cargo build --bin mkww-mcp (for the console tests)"
-cargo build --bin mkww-mcp
+# The same build as the test suite's (`cargo nextest` runs `cargo test --no-run --workspace`), so
+# after it this builds nothing; `cargo build --bin` alone would unify features differently and
+# rebuild most dependencies.
+echo "== cargo test --workspace --no-run (for the console tests: target/debug/mkww-mcp)"
+cargo test --workspace --no-run --quiet
 
 echo "== console tests in Chromium"
 cd clients/console-tests

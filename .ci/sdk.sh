@@ -16,8 +16,11 @@ if [ "$node_major" -lt 20 ]; then
   exit 1
 fi
 
-echo "== cargo build --bin mkww-mcp (the binary the SDK is generated from and tested against)"
-cargo build --bin mkww-mcp
+# The same build as the test suite's (`cargo nextest` runs `cargo test --no-run --workspace`), so
+# after it this builds nothing; `cargo build --bin` alone would unify features differently and
+# rebuild most dependencies.
+echo "== cargo test --workspace --no-run (the binary the SDK is generated from and tested against: target/debug/mkww-mcp)"
+cargo test --workspace --no-run --quiet
 export MKWW_MCP_BIN="$CARGO_TARGET_DIR/debug/mkww-mcp"
 
 cd clients/typescript

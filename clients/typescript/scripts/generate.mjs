@@ -25,16 +25,6 @@ if (!existsSync(binary)) {
   process.exit(1);
 }
 const document = JSON.parse(execFileSync(binary, ["openapi"], { encoding: "utf8", maxBuffer: 64 * 1024 * 1024 }));
-// The hub names operations after their handler functions (`list`, `get`, `create`), which
-// repeat across resources; OpenAPI wants them unique. The SDK types calls by path and method, so
-// the names are dropped rather than guessed at.
-for (const item of Object.values(document.paths ?? {})) {
-  for (const operation of Object.values(item)) {
-    if (operation !== null && typeof operation === "object") {
-      delete operation.operationId;
-    }
-  }
-}
 // `emptyObjectsUnknown`: a free-form object (`metadata`, `settings`) takes any keys.
 const ast = await openapiTS(document, { alphabetize: true, emptyObjectsUnknown: true });
 const header =

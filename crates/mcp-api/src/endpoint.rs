@@ -93,7 +93,8 @@ where
         }
         router = router.routes((schemas, paths, methods));
     }
-    let (router, openapi) = router.split_for_parts();
+    let (router, mut openapi) = router.split_for_parts();
+    unique_operation_ids(&mut openapi);
     Assembled {
         router,
         table,
@@ -106,10 +107,67 @@ pub(crate) fn document<S>(endpoints: Vec<Endpoint<S>>, base: OpenApi) -> OpenApi
 where
     S: Clone + Send + Sync + 'static,
 {
-    endpoints
+    let mut openapi = endpoints
         .into_iter()
         .fold(OpenApiRouter::with_openapi(base), |router, endpoint| {
             router.routes(endpoint.methods)
         })
-        .into_openapi()
+        .into_openapi();
+    unique_operation_ids(&mut openapi);
+    openapi
+}
+
+/// OpenAPI requires every `operationId` to be unique, and utoipa takes each from its handler's
+/// name, which repeats across modules (`list`, `get`, `create`…). A repeated one becomes
+/// `{tag}_{name}` (`webhooks_list`), and, should that repeat too, `{method}_{path}`; a unique one
+/// is left as it is, so clients generated from the document keep their names.
+fn unique_operation_ids(openapi: &mut OpenApi) {
+    use std::collections::HashMap;
+    fn operations(
+        openapi: &mut OpenApi,
+    ) -> impl Iterator<Item = (String, &'static str, &mut utoipa::openapi::path::Operation)> {
+        openapi.paths.paths.iter_mut().flat_map(|(path, item)| {
+            [
+                ("get", item.get.as_mut()),
+                ("put", item.put.as_mut()),
+                ("post", item.post.as_mut()),
+                ("delete", item.delete.as_mut()),
+                ("patch", item.patch.as_mut()),
+                ("head", item.head.as_mut()),
+                ("options", item.options.as_mut()),
+                ("trace", item.trace.as_mut()),
+            ]
+            .into_iter()
+            .filter_map(move |(method, op)| op.map(|op| (path.clone(), method, op)))
+        })
+    }
+    fn count(openapi: &mut OpenApi) -> HashMap<String, usize> {
+        let mut seen = HashMap::new();
+        for (_, _, op) in operations(openapi) {
+            if let Some(id) = &op.operation_id {
+                *seen.entry(id.clone()).or_insert(0) += 1;
+            }
+        }
+        seen
+    }
+    let seen = count(openapi);
+    for (_, _, op) in operations(openapi) {
+        if let Some(id) = op.operation_id.clone().filter(|id| seen[id] > 1) {
+            let tag = op.tags.as_ref().and_then(|t| t.first()).cloned();
+            op.operation_id = Some(match tag {
+                Some(tag) => format!("{tag}_{id}"),
+                None => id,
+            });
+        }
+    }
+    let seen = count(openapi);
+    for (path, method, op) in operations(openapi) {
+        if op.operation_id.as_ref().is_some_and(|id| seen[id] > 1) {
+            let path: String = path
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            op.operation_id = Some(format!("{method}{path}").trim_end_matches('_').to_owned());
+        }
+    }
 }

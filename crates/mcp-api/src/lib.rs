@@ -188,4 +188,22 @@ mod tests {
             .collect();
         assert_eq!(unique, documented);
     }
+
+    #[test]
+    fn every_operation_id_is_unique() {
+        let document = serde_json::to_value(openapi()).unwrap_or_default();
+        let mut ids = BTreeSet::new();
+        for item in document["paths"]
+            .as_object()
+            .into_iter()
+            .flat_map(|p| p.values())
+        {
+            for method in METHODS {
+                if let Some(id) = item[method]["operationId"].as_str() {
+                    assert!(ids.insert(id.to_owned()), "operationId `{id}` repeats");
+                }
+            }
+        }
+        assert!(ids.contains("webhooks_list"), "{ids:?}");
+    }
 }

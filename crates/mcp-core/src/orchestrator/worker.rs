@@ -292,10 +292,11 @@ impl Orchestrator {
                     });
                 let attempt = tokio::spawn({
                     let handler = handler.clone();
-                    crate::handler::REPORTER.scope(reporter, async move {
-                        tokio::time::timeout(timeout, handler.run(ctx)).await
-                    })
-                    .in_current_span()
+                    crate::handler::REPORTER
+                        .scope(reporter, async move {
+                            tokio::time::timeout(timeout, handler.run(ctx)).await
+                        })
+                        .in_current_span()
                 });
                 let abort = attempt.abort_handle();
                 tokio::select! {
