@@ -343,44 +343,14 @@ impl TaskStore for PgTaskStore {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        let mut results = Vec::with_capacity(completions.len());
-        let mut errors = Vec::with_capacity(completions.len());
-        let mut retry_at = Vec::with_capacity(completions.len());
-        for c in completions {
-            let (result, error, at) = match &c.outcome {
-                Outcome::Succeeded(value) => (non_null(value).map(Json), None, None),
-                Outcome::Retry { error, retry_at } | Outcome::Deferred { error, retry_at } => {
-                    (None, Some(Json(error_json(error))), Some(*retry_at))
-                }
-                Outcome::Dead(error) => (None, Some(Json(error_json(error))), None),
-            };
-            results.push(result);
-            errors.push(error);
-            retry_at.push(at);
-        }
-        let query = sqlx::query_as::<_, (Uuid,)>(
-            "UPDATE tasks t SET status = c.status, result = c.result, error = c.error,
-                 run_at = coalesce(c.run_at, t.run_at),
-                 attempts = t.attempts - CASE WHEN c.status = 'scheduled' THEN 1 ELSE 0 END,
-                 finished_at = CASE WHEN c.status IN ('failed', 'scheduled') THEN NULL
-                                    ELSE now() END,
-                 lease_owner = NULL, lease_expires_at = NULL
-             FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::timestamptz[])
-                  AS c(id, status, result, error, run_at)
-             WHERE t.id = c.id AND t.status = 'running' AND t.lease_owner = $6
-             RETURNING t.id",
-        )
-        .bind(completions.iter().map(|c| c.id).collect::<Vec<_>>())
-        .bind(
-            completions
-                .iter()
-                .map(|c| c.outcome.status().as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(results)
-        .bind(errors)
-        .bind(retry_at)
-        .bind(owner);
+        let columns = CompletionColumns::of(completions);
+        let query = sqlx::query_as::<_, (Uuid,)>(complete_sql!("RETURNING t.id"))
+            .bind(columns.ids)
+            .bind(columns.statuses)
+            .bind(columns.results)
+            .bind(columns.errors)
+            .bind(columns.run_at)
+            .bind(owner);
         let changed: Vec<Uuid> = match self.begin_recording(Transition::Settled).await? {
             Some((mut tx, wanted)) => {
                 let changed: Vec<Uuid> = query
@@ -715,5 +685,63 @@ impl TaskStore for PgTaskStore {
 
     async fn set_progress(&self, id: Uuid, progress: &Progress) -> Result<bool, StoreError> {
         self.set_progress_row(id, progress).await
+    }
+}
+
+/// Records finished attempts from the columns of [`CompletionColumns`] (`$1`–`$5`): only tasks
+/// still `running` under the lease of `$6` change, and a deferred attempt (`scheduled` again)
+/// gives its attempt back. One statement for `complete` and a workflow's `complete_workflow`,
+/// which also reads each new status; `$returning` ends it.
+macro_rules! complete_sql {
+    ($returning:literal) => {
+        concat!(
+            "UPDATE tasks t SET status = c.status, result = c.result, error = c.error,
+                 run_at = coalesce(c.run_at, t.run_at),
+                 attempts = t.attempts - CASE WHEN c.status = 'scheduled' THEN 1 ELSE 0 END,
+                 finished_at = CASE WHEN c.status IN ('failed', 'scheduled') THEN NULL
+                                    ELSE now() END,
+                 lease_owner = NULL, lease_expires_at = NULL
+             FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::timestamptz[])
+                  AS c(id, status, result, error, run_at)
+             WHERE t.id = c.id AND t.status = 'running' AND t.lease_owner = $6 ",
+            $returning
+        )
+    };
+}
+pub(super) use complete_sql;
+
+/// Finished attempts as the arrays [`complete_sql`] unnests.
+pub(super) struct CompletionColumns<'a> {
+    pub ids: Vec<Uuid>,
+    pub statuses: Vec<&'static str>,
+    pub results: Vec<Option<Json<&'a Value>>>,
+    pub errors: Vec<Option<Json<Value>>>,
+    pub run_at: Vec<Option<DateTime<Utc>>>,
+}
+
+impl<'a> CompletionColumns<'a> {
+    pub fn of(completions: &'a [Completion]) -> Self {
+        let mut columns = CompletionColumns {
+            ids: Vec::with_capacity(completions.len()),
+            statuses: Vec::with_capacity(completions.len()),
+            results: Vec::with_capacity(completions.len()),
+            errors: Vec::with_capacity(completions.len()),
+            run_at: Vec::with_capacity(completions.len()),
+        };
+        for c in completions {
+            let (result, error, at) = match &c.outcome {
+                Outcome::Succeeded(value) => (non_null(value).map(Json), None, None),
+                Outcome::Retry { error, retry_at } | Outcome::Deferred { error, retry_at } => {
+                    (None, Some(Json(error_json(error))), Some(*retry_at))
+                }
+                Outcome::Dead(error) => (None, Some(Json(error_json(error))), None),
+            };
+            columns.ids.push(c.id);
+            columns.statuses.push(c.outcome.status().as_str());
+            columns.results.push(result);
+            columns.errors.push(error);
+            columns.run_at.push(at);
+        }
+        columns
     }
 }

@@ -7,17 +7,18 @@
 
 use super::PgTaskStore;
 use super::task_row::{TaskRow, tasks};
+use super::tasks::{CompletionColumns, complete_sql};
 use crate::columns::{TASK_COLUMNS, WORKFLOW_COLUMNS, qualified};
 use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
-use crate::tasks::{error_json, inserted_task, non_null};
+use crate::tasks::inserted_task;
 use crate::workflows::{CANCELLED_BY_DEPENDENCY, apply, group_parents, parent_view};
 use chrono::{DateTime, Utc};
 use mcp_core::task::Progress;
 use mcp_core::workflow::{
     NewWorkflow, OnFailure, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
 };
-use mcp_core::{Completion, NewTask, Outcome, StoreError, Task, TaskStatus};
+use mcp_core::{Completion, NewTask, StoreError, Task, TaskStatus};
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{FromRow, Postgres, Transaction};
@@ -180,49 +181,20 @@ impl PgTaskStore {
         if completions.is_empty() {
             return Ok(Settled::default());
         }
-        let mut results = Vec::with_capacity(completions.len());
-        let mut errors = Vec::with_capacity(completions.len());
-        let mut retry_at = Vec::with_capacity(completions.len());
-        for c in completions {
-            let (result, error, at) = match &c.outcome {
-                Outcome::Succeeded(value) => (non_null(value).map(Json), None, None),
-                Outcome::Retry { error, retry_at } | Outcome::Deferred { error, retry_at } => {
-                    (None, Some(Json(error_json(error))), Some(*retry_at))
-                }
-                Outcome::Dead(error) => (None, Some(Json(error_json(error))), None),
-            };
-            results.push(result);
-            errors.push(error);
-            retry_at.push(at);
-        }
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         // As `complete`, then settled in the same transaction.
-        let changed: Vec<(Uuid, String)> = sqlx::query_as(
-            "UPDATE tasks t SET status = c.status, result = c.result, error = c.error,
-                 run_at = coalesce(c.run_at, t.run_at),
-                 attempts = t.attempts - CASE WHEN c.status = 'scheduled' THEN 1 ELSE 0 END,
-                 finished_at = CASE WHEN c.status IN ('failed', 'scheduled') THEN NULL
-                                    ELSE now() END,
-                 lease_owner = NULL, lease_expires_at = NULL
-             FROM unnest($1::uuid[], $2::text[], $3::jsonb[], $4::jsonb[], $5::timestamptz[])
-                  AS c(id, status, result, error, run_at)
-             WHERE t.id = c.id AND t.status = 'running' AND t.lease_owner = $6
-             RETURNING t.id, t.status",
-        )
-        .bind(completions.iter().map(|c| c.id).collect::<Vec<_>>())
-        .bind(
-            completions
-                .iter()
-                .map(|c| c.outcome.status().as_str())
-                .collect::<Vec<_>>(),
-        )
-        .bind(results)
-        .bind(errors)
-        .bind(retry_at)
-        .bind(owner)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        let columns = CompletionColumns::of(completions);
+        let changed: Vec<(Uuid, String)> =
+            sqlx::query_as(complete_sql!("RETURNING t.id, t.status"))
+                .bind(columns.ids)
+                .bind(columns.statuses)
+                .bind(columns.results)
+                .bind(columns.errors)
+                .bind(columns.run_at)
+                .bind(owner)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?;
         let ids: Vec<Uuid> = changed.iter().map(|(id, _)| *id).collect();
         let final_ids: Vec<Uuid> = changed
             .iter()

@@ -245,44 +245,11 @@ impl TaskStore for SqliteTaskStore {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        let batch: Vec<Value> = completions
-            .iter()
-            .map(|c| {
-                let mut entry = json!({"id": id_text(c.id), "status": c.outcome.status().as_str()});
-                match &c.outcome {
-                    Outcome::Succeeded(value) => {
-                        if let Some(value) = non_null(value) {
-                            entry["result"] = value.clone();
-                        }
-                    }
-                    Outcome::Retry { error, retry_at } | Outcome::Deferred { error, retry_at } => {
-                        entry["error"] = error_json(error);
-                        entry["run_at"] = micros(*retry_at).into();
-                    }
-                    Outcome::Dead(error) => entry["error"] = error_json(error),
-                }
-                entry
-            })
-            .collect();
-        // The unary `+` keeps SQLite from driving this join from the running-task index (a
-        // scan of the batch per running task); the batch drives it, one key lookup per entry.
-        let query = sqlx::query_as::<_, (String,)>(
-            "UPDATE tasks SET status = c.value ->> 'status', result = c.value -> 'result',
-                 error = c.value -> 'error',
-                 run_at = coalesce(c.value ->> 'run_at', tasks.run_at),
-                 attempts = tasks.attempts
-                     - CASE WHEN c.value ->> 'status' = 'scheduled' THEN 1 ELSE 0 END,
-                 finished_at = CASE WHEN c.value ->> 'status' IN ('failed', 'scheduled') THEN NULL
-                                    ELSE ?2 END,
-                 lease_owner = NULL, lease_expires_at = NULL
-             FROM json_each(?1) AS c
-             WHERE tasks.id = c.value ->> 'id' AND +tasks.status = 'running'
-               AND +tasks.lease_owner = ?3
-             RETURNING tasks.id",
-        )
-        .bind(json_array(batch))
-        .bind(micros(Utc::now()))
-        .bind(owner);
+        let batch = completion_batch(completions);
+        let query = sqlx::query_as::<_, (String,)>(complete_sql!("RETURNING tasks.id"))
+            .bind(batch)
+            .bind(micros(Utc::now()))
+            .bind(owner);
         let recording = self.begin_recording(Transition::Settled).await?;
         let (changed, tx) = match recording {
             Some((mut tx, _)) => (query.fetch_all(&mut *tx).await.map_err(db_error)?, Some(tx)),
@@ -578,4 +545,54 @@ impl TaskStore for SqliteTaskStore {
     async fn set_progress(&self, id: Uuid, progress: &Progress) -> Result<bool, StoreError> {
         self.set_progress_row(id, progress).await
     }
+}
+
+/// Records finished attempts from [`completion_batch`] (`?1`) at `?2`: only tasks still
+/// `running` under the lease of `?3` change, and a deferred attempt (`scheduled` again) gives its
+/// attempt back. One statement for `complete` and a workflow's `complete_workflow`, which also
+/// reads each new status; `$returning` ends it. The unary `+` keeps SQLite from driving the join
+/// from the running-task index (a scan of the batch per running task); the batch drives it, one
+/// key lookup per entry.
+macro_rules! complete_sql {
+    ($returning:literal) => {
+        concat!(
+            "UPDATE tasks SET status = c.value ->> 'status', result = c.value -> 'result',
+                 error = c.value -> 'error',
+                 run_at = coalesce(c.value ->> 'run_at', tasks.run_at),
+                 attempts = tasks.attempts
+                     - CASE WHEN c.value ->> 'status' = 'scheduled' THEN 1 ELSE 0 END,
+                 finished_at = CASE WHEN c.value ->> 'status' IN ('failed', 'scheduled') THEN NULL
+                                    ELSE ?2 END,
+                 lease_owner = NULL, lease_expires_at = NULL
+             FROM json_each(?1) AS c
+             WHERE tasks.id = c.value ->> 'id' AND +tasks.status = 'running'
+               AND +tasks.lease_owner = ?3 ",
+            $returning
+        )
+    };
+}
+pub(super) use complete_sql;
+
+/// Finished attempts as the JSON array [`complete_sql`] reads.
+pub(super) fn completion_batch(completions: &[Completion]) -> String {
+    let batch: Vec<Value> = completions
+        .iter()
+        .map(|c| {
+            let mut entry = json!({"id": id_text(c.id), "status": c.outcome.status().as_str()});
+            match &c.outcome {
+                Outcome::Succeeded(value) => {
+                    if let Some(value) = non_null(value) {
+                        entry["result"] = value.clone();
+                    }
+                }
+                Outcome::Retry { error, retry_at } | Outcome::Deferred { error, retry_at } => {
+                    entry["error"] = error_json(error);
+                    entry["run_at"] = micros(*retry_at).into();
+                }
+                Outcome::Dead(error) => entry["error"] = error_json(error),
+            }
+            entry
+        })
+        .collect();
+    json_array(batch)
 }

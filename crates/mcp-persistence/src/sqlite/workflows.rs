@@ -4,18 +4,19 @@
 
 use super::SqliteTaskStore;
 use super::task_row::{TaskRow, tasks};
+use super::tasks::{complete_sql, completion_batch};
 use crate::codec::{id_text, ids_json, instant, json_array, micros, uuid};
 use crate::columns::{TASK_COLUMNS, WORKFLOW_COLUMNS, qualified};
 use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
-use crate::tasks::{error_json, inserted_task, non_null};
+use crate::tasks::inserted_task;
 use crate::workflows::{CANCELLED_BY_DEPENDENCY, apply, group_parents, parent_view};
 use chrono::Utc;
 use mcp_core::task::Progress;
 use mcp_core::workflow::{
     NewWorkflow, OnFailure, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
 };
-use mcp_core::{Completion, NewTask, Outcome, StoreError, Task, TaskStatus};
+use mcp_core::{Completion, NewTask, StoreError, Task, TaskStatus};
 use serde_json::{Value, json};
 use sqlx::{FromRow, Sqlite, Transaction};
 use std::collections::{HashMap, HashSet};
@@ -167,47 +168,17 @@ impl SqliteTaskStore {
         if completions.is_empty() {
             return Ok(Settled::default());
         }
-        let batch: Vec<Value> = completions
-            .iter()
-            .map(|c| {
-                let mut entry = json!({"id": id_text(c.id), "status": c.outcome.status().as_str()});
-                match &c.outcome {
-                    Outcome::Succeeded(value) => {
-                        if let Some(value) = non_null(value) {
-                            entry["result"] = value.clone();
-                        }
-                    }
-                    Outcome::Retry { error, retry_at } | Outcome::Deferred { error, retry_at } => {
-                        entry["error"] = error_json(error);
-                        entry["run_at"] = micros(*retry_at).into();
-                    }
-                    Outcome::Dead(error) => entry["error"] = error_json(error),
-                }
-                entry
-            })
-            .collect();
+        let batch = completion_batch(completions);
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         // As `complete`, then settled in the same transaction.
-        let changed: Vec<(String, String)> = sqlx::query_as(
-            "UPDATE tasks SET status = c.value ->> 'status', result = c.value -> 'result',
-                 error = c.value -> 'error',
-                 run_at = coalesce(c.value ->> 'run_at', tasks.run_at),
-                 attempts = tasks.attempts
-                     - CASE WHEN c.value ->> 'status' = 'scheduled' THEN 1 ELSE 0 END,
-                 finished_at = CASE WHEN c.value ->> 'status' IN ('failed', 'scheduled') THEN NULL
-                                    ELSE ?2 END,
-                 lease_owner = NULL, lease_expires_at = NULL
-             FROM json_each(?1) AS c
-             WHERE tasks.id = c.value ->> 'id' AND +tasks.status = 'running'
-               AND +tasks.lease_owner = ?3
-             RETURNING tasks.id, tasks.status",
-        )
-        .bind(json_array(batch))
-        .bind(micros(Utc::now()))
-        .bind(owner)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        let changed: Vec<(String, String)> =
+            sqlx::query_as(complete_sql!("RETURNING tasks.id, tasks.status"))
+                .bind(batch)
+                .bind(micros(Utc::now()))
+                .bind(owner)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?;
         let mut ids = Vec::with_capacity(changed.len());
         let mut final_ids = Vec::new();
         for (id, status) in changed {
