@@ -21,19 +21,30 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::*;
 
-const TOOLS: [&str; 13] = [
+const TOOLS: [&str; 24] = [
     "append_message",
     "cancel_task",
+    "cancel_workflow",
     "create_conversation",
+    "create_schedule",
     "create_task",
+    "create_workflow",
+    "delete_schedule",
     "get_context",
+    "get_schedule",
     "get_task",
+    "get_workflow",
     "list_integrations",
     "list_queues",
     "list_routes",
+    "list_schedules",
     "list_tasks",
+    "list_workflows",
+    "pause_schedule",
+    "resume_schedule",
     "retry_task",
     "search_memory",
+    "trigger_schedule",
     "wait_for_task",
 ];
 
@@ -201,6 +212,17 @@ async fn lists_its_tools_with_schemas_and_annotations_its_resource_templates_and
     };
     assert_eq!(hint("cancel_task"), Some(true));
     assert_eq!(hint("create_task"), Some(false));
+    assert_eq!(hint("delete_schedule"), Some(true));
+    assert_eq!(hint("cancel_workflow"), Some(true));
+    assert_eq!(hint("create_schedule"), Some(false));
+    assert_eq!(hint("create_workflow"), Some(false));
+    let create = tools.iter().find(|t| t.name == "create_schedule").unwrap();
+    assert_eq!(
+        create.input_schema["required"],
+        json!(["name", "cron", "task"])
+    );
+    let create = tools.iter().find(|t| t.name == "create_workflow").unwrap();
+    assert_eq!(create.input_schema["required"], json!(["name", "tasks"]));
     let create = tools.iter().find(|t| t.name == "create_task").unwrap();
     assert_eq!(create.input_schema["required"], json!(["type"]));
 
@@ -326,6 +348,209 @@ async fn a_user_cannot_cancel_another_users_task_nor_see_the_queues() {
 
     let cancelled = output(&call(&alice, "cancel_task", json!({"id": id})).await);
     assert_eq!(cancelled["task"]["status"], "cancelled");
+    alice.cancel().await.expect("close");
+    bob.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn an_admin_creates_a_schedule_triggers_it_and_its_task_succeeds() {
+    let server = Server::start(&[]);
+    let admin = modern(&server, &token("admin", "root")).await;
+
+    let created = output(
+        &call(
+            &admin,
+            "create_schedule",
+            json!({
+                "name": "nightly-report",
+                "cron": "0 3 * * *",
+                "timezone": "Europe/Paris",
+                "task": {"type": "echo", "payload": {"report": "nightly"}},
+            }),
+        )
+        .await,
+    );
+    assert_eq!(created["schedule"]["name"], "nightly-report", "{created}");
+    assert_eq!(created["schedule"]["timezone"], "Europe/Paris");
+    assert_eq!(created["schedule"]["paused"], false);
+    assert!(created["schedule"]["next_fire_at"].is_string(), "{created}");
+    let listed = output(&call(&admin, "list_schedules", json!({})).await);
+    assert_eq!(listed["schedules"][0]["name"], "nightly-report", "{listed}");
+    // The REST twin sees the same schedule.
+    let (status, _) = get(&server, "/v1/schedules/nightly-report").await;
+    assert_eq!(status, 200);
+
+    let triggered = output(
+        &call(
+            &admin,
+            "trigger_schedule",
+            json!({"name": "nightly-report"}),
+        )
+        .await,
+    );
+    assert_eq!(triggered["task"]["type"], "echo", "{triggered}");
+    let id = triggered["task"]["id"].as_str().expect("id").to_owned();
+    let waited = output(
+        &call(
+            &admin,
+            "wait_for_task",
+            json!({"id": id, "timeout_seconds": 30}),
+        )
+        .await,
+    );
+    assert_eq!(waited["finished"], true, "{waited}");
+    assert_eq!(waited["task"]["status"], "succeeded", "{waited}");
+    assert_eq!(waited["task"]["result"], json!({"report": "nightly"}));
+
+    let paused = output(&call(&admin, "pause_schedule", json!({"name": "nightly-report"})).await);
+    assert_eq!(paused["schedule"]["paused"], true, "{paused}");
+    let resumed = output(&call(&admin, "resume_schedule", json!({"name": "nightly-report"})).await);
+    assert_eq!(resumed["schedule"]["paused"], false, "{resumed}");
+    let read = output(&call(&admin, "get_schedule", json!({"name": "nightly-report"})).await);
+    assert_eq!(read["schedule"]["paused"], false);
+
+    // Invalid input carries the route's codes.
+    let bad = tool_error(
+        &call(
+            &admin,
+            "create_schedule",
+            json!({"name": "bad", "cron": "not a cron", "task": {"type": "echo"}}),
+        )
+        .await,
+    );
+    assert_eq!(bad["code"], "invalid_cron", "{bad}");
+
+    let deleted = output(&call(&admin, "delete_schedule", json!({"name": "nightly-report"})).await);
+    assert_eq!(deleted["deleted"], "nightly-report");
+    let gone = tool_error(&call(&admin, "get_schedule", json!({"name": "nightly-report"})).await);
+    assert_eq!(gone["code"], "schedule_not_found", "{gone}");
+    admin.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_user_may_not_create_or_list_schedules() {
+    let server = Server::start(&[]);
+    let user = legacy(
+        &server,
+        &token("user", "mallory"),
+        ProtocolVersion::V_2025_11_25,
+    )
+    .await;
+    let refused = tool_error(
+        &call(
+            &user,
+            "create_schedule",
+            json!({"name": "spam", "cron": "* * * * *", "task": {"type": "noop"}}),
+        )
+        .await,
+    );
+    assert_eq!(refused["code"], "forbidden", "{refused}");
+    assert!(
+        refused["request_id"]
+            .as_str()
+            .is_some_and(|r| !r.is_empty())
+    );
+    let (status, _) = get(&server, "/v1/schedules/spam").await;
+    assert_eq!(status, 404, "the refused call created nothing");
+    let listed = tool_error(&call(&user, "list_schedules", json!({})).await);
+    assert_eq!(listed["code"], "forbidden", "{listed}");
+    user.cancel().await.expect("close");
+}
+
+/// The task of a workflow (as `get_workflow` returns it) with `key`.
+fn workflow_task<'a>(workflow: &'a Value, key: &str) -> &'a Value {
+    workflow["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .find(|t| t["workflow_key"] == key)
+        .unwrap_or_else(|| panic!("no task {key} in {workflow}"))
+}
+
+#[tokio::test]
+async fn a_build_then_deploy_workflow_created_over_mcp_completes() {
+    let server = Server::start(&[]);
+    let alice = modern(&server, &token("user", "alice")).await;
+    let created = output(
+        &call(
+            &alice,
+            "create_workflow",
+            json!({"name": "release", "tasks": [
+                {"key": "build", "type": "echo", "payload": {"artifact": "v1.2"}},
+                {"key": "deploy", "type": "collect", "depends_on": ["build"]},
+            ]}),
+        )
+        .await,
+    );
+    let workflow = &created["workflow"];
+    assert_eq!(workflow["status"], "running", "{created}");
+    assert_eq!(workflow["created_by"], "alice");
+    assert_eq!(workflow_task(workflow, "deploy")["status"], "waiting");
+    let id = workflow["id"].as_str().expect("id").to_owned();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let done = loop {
+        let read = output(&call(&alice, "get_workflow", json!({"id": id})).await);
+        if read["workflow"]["status"] != "running" {
+            break read["workflow"].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the workflow never finished: {read}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(workflow_task(&done, "build")["status"], "succeeded");
+    let deploy = workflow_task(&done, "deploy");
+    assert_eq!(deploy["status"], "succeeded", "{done}");
+    // The deploy ran after the build and was given its result.
+    assert_eq!(
+        deploy["result"],
+        json!({"build": {"status": "succeeded", "result": {"artifact": "v1.2"}}})
+    );
+    let listed = output(&call(&alice, "list_workflows", json!({})).await);
+    assert_eq!(listed["workflows"][0]["id"], id.as_str(), "{listed}");
+    // A finished workflow cannot be cancelled, as over REST.
+    let late = tool_error(&call(&alice, "cancel_workflow", json!({"id": id})).await);
+    assert_eq!(late["code"], "workflow_already_finished", "{late}");
+    alice.cancel().await.expect("close");
+}
+
+#[tokio::test]
+async fn a_user_cannot_get_or_cancel_another_users_workflow() {
+    let server = Server::start(&[]);
+    let alice = modern(&server, &token("user", "alice")).await;
+    let bob = modern(&server, &token("user", "bob")).await;
+    let created = output(
+        &call(
+            &alice,
+            "create_workflow",
+            json!({"name": "slow", "tasks": [
+                {"key": "wait", "type": "sleep", "payload": {"ms": 30000}},
+                {"key": "after", "type": "noop", "depends_on": ["wait"]},
+            ]}),
+        )
+        .await,
+    );
+    let id = created["workflow"]["id"].as_str().expect("id").to_owned();
+
+    // As over REST: a workflow one may not see does not exist for one.
+    let hidden = tool_error(&call(&bob, "get_workflow", json!({"id": id})).await);
+    assert_eq!(hidden["code"], "workflow_not_found", "{hidden}");
+    let refused = tool_error(&call(&bob, "cancel_workflow", json!({"id": id})).await);
+    assert_eq!(refused["code"], "workflow_not_found", "{refused}");
+    let listed = output(&call(&bob, "list_workflows", json!({})).await);
+    assert_eq!(listed["workflows"], json!([]), "{listed}");
+    let (_, still) = get(&server, &format!("/v1/workflows/{id}")).await;
+    assert_eq!(still["status"], "running", "bob's calls changed nothing");
+
+    let cancelled = output(&call(&alice, "cancel_workflow", json!({"id": id})).await);
+    assert_eq!(
+        workflow_task(&cancelled["workflow"], "after")["status"],
+        "cancelled",
+        "{cancelled}"
+    );
     alice.cancel().await.expect("close");
     bob.cancel().await.expect("close");
 }

@@ -27,8 +27,10 @@ pub const PROTOCOL_VERSIONS: &[ProtocolVersion] = &[
     ProtocolVersion::V_2026_07_28,
 ];
 
-/// The tools never change: their schemas are built once.
-static TOOLS: LazyLock<ToolRouter<Hub>> = LazyLock::new(Hub::tool_router);
+/// The tools never change: their schemas are built once. Tasks and memory (`tools.rs`), then
+/// schedules and workflows (`orchestration.rs`).
+static TOOLS: LazyLock<ToolRouter<Hub>> =
+    LazyLock::new(|| Hub::tool_router() + Hub::orchestration_router());
 
 /// The MCP side of the API state, for one request.
 #[derive(Clone)]
@@ -110,8 +112,9 @@ impl ServerHandler for Hub {
         .with_server_info(Implementation::new("mkww-mcp", env!("CARGO_PKG_VERSION")))
         .with_instructions(
             "MKWW MCP, the hub of the ecosystem: create and follow tasks, read and write \
-             conversation memory. Tasks are `mkww://tasks/{id}`, conversations \
-             `mkww://conversations/{id}`; subscribe to either to hear of changes.",
+             conversation memory, schedule tasks and run workflows (DAGs of tasks). Tasks are \
+             `mkww://tasks/{id}`, conversations `mkww://conversations/{id}`; subscribe to \
+             either to hear of changes.",
         )
     }
 

@@ -12,6 +12,7 @@
 //! RFC 9728 `resource_metadata` challenge; the guard authenticates as for every route.
 
 mod hub;
+mod orchestration;
 mod prompts;
 mod resources;
 mod tools;

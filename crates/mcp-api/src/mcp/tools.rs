@@ -30,7 +30,7 @@ use uuid::Uuid;
 const WAIT_POLL: Duration = Duration::from_millis(500);
 
 /// 403 `forbidden`, as the guard words it, unless `principal` holds `permission`.
-fn require(principal: &Principal, permission: Permission) -> Result<(), ApiError> {
+pub(super) fn require(principal: &Principal, permission: Permission) -> Result<(), ApiError> {
     if principal.can(permission) {
         Ok(())
     } else {
@@ -46,21 +46,21 @@ fn require(principal: &Principal, permission: Permission) -> Result<(), ApiError
 }
 
 /// The caller; the guard let no request through without one.
-fn caller(context: &RequestContext<RoleServer>) -> Result<Principal, ApiError> {
+pub(super) fn caller(context: &RequestContext<RoleServer>) -> Result<Principal, ApiError> {
     principal(context)
         .map_err(|_| crate::auth::unauthenticated("this request carries no credentials"))
 }
 
-fn invalid(message: impl Into<String>) -> ApiError {
+pub(super) fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", message)
 }
 
-fn to_value(value: impl Serialize) -> Value {
+pub(super) fn to_value(value: impl Serialize) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
 
 /// Runs a tool body and turns its `ApiError` into a tool error with the request id.
-async fn run<T>(
+pub(super) async fn run<T>(
     context: &RequestContext<RoleServer>,
     body: impl Future<Output = Result<T, ApiError>>,
 ) -> Result<Json<T>, CallToolResult> {
