@@ -216,9 +216,9 @@ pub trait ScheduleStore: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<Schedule>, StoreError>;
 
-    /// Claims a firing: moves the schedule's next fire time from `expected` to `next` (and its
-    /// last firing to `fired`) only if it is still `expected`. Of any number of nodes that saw
-    /// the same due schedule, exactly one gets `true`.
+    /// Finishes a firing whose tasks are stored: moves the schedule's next fire time from
+    /// `expected` to `next` (and its last firing to `fired`) only if it is still `expected`. Of
+    /// any number of nodes that saw the same due schedule, exactly one gets `true`.
     async fn advance_schedule(
         &self,
         name: &str,

@@ -82,7 +82,33 @@ both_stores!(
     missed_firings_follow_each_policy_after_a_restart,
     a_paused_queue_starts_nothing_until_resumed_even_across_a_restart,
     retry_after_reschedules_without_spending_an_attempt,
+    a_firing_survives_a_crash_between_its_task_and_its_advance,
 );
+
+/// The failpoint of a debug build between storing a firing's task and advancing its schedule
+/// (`services/schedules.rs`): the process aborts there.
+const AFTER_TASK: (&str, &str) = ("MCP_TEST_FAILPOINT", "schedule.after_task");
+
+/// The fire time a schedule's task was created for, from its idempotency key.
+fn fire_time(schedule: &str, task: &Value) -> DateTime<Utc> {
+    let key = task["idempotency_key"].as_str().unwrap_or_default();
+    instant(&json!(
+        key.trim_start_matches(&format!("schedule:{schedule}:"))
+    ))
+}
+
+/// Asserts that every fire time of `tasks` has one task, and returns them in order.
+fn one_task_per_fire_time(schedule: &str, tasks: &[Value]) -> Vec<DateTime<Utc>> {
+    let mut per_time: BTreeMap<DateTime<Utc>, usize> = BTreeMap::new();
+    for task in tasks {
+        *per_time.entry(fire_time(schedule, task)).or_default() += 1;
+    }
+    assert!(
+        per_time.values().all(|n| *n == 1),
+        "a fire time has two tasks: {per_time:?}"
+    );
+    per_time.into_keys().collect()
+}
 
 async fn send(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     call(&client(), method, server.url(path), body).await
@@ -361,6 +387,48 @@ mod cases {
         assert!(instant(&skip["next_fire_at"]) > Utc::now());
     }
 
+    /// A node is killed (a failpoint aborts it) right after storing a firing's task and before
+    /// advancing the schedule. The firing is neither lost nor repeated: the task the dead node
+    /// stored is the one task of its fire time after a restart, and the schedule goes on. The
+    /// restarted node has a long grace, so it fires the crashed time again and finds its key
+    /// used; with the claim taken first, the dead node would have stored nothing.
+    pub async fn a_firing_survives_a_crash_between_its_task_and_its_advance(backing: &Backing) {
+        use std::os::unix::process::ExitStatusExt;
+        let mut doomed = backing.start(&[(AFTER_TASK.0, AFTER_TASK.1.to_owned())]);
+        let (status, created) = post(
+            &doomed,
+            "/v1/schedules",
+            json!({"name": "crash", "cron": "* * * * * *", "task": {"type": "noop"}}),
+        )
+        .await;
+        assert_eq!(status, 201, "{created}");
+        let exit = doomed.wait_exit(Duration::from_secs(10));
+        assert_eq!(exit.signal(), Some(libc::SIGABRT), "{exit:?}");
+        drop(doomed);
+        let restarted_at = Utc::now();
+        let server = backing.start(&[("MCP_SCHEDULE_GRACE_MS", "60000".to_owned())]);
+        let tasks = eventually(Duration::from_secs(15), "three firings", async || {
+            let tasks = tasks_of(&server, "crash").await;
+            (tasks.len() >= 3).then_some(tasks)
+        })
+        .await;
+        let times = one_task_per_fire_time("crash", &tasks);
+        // The first fire time has its task, stored by the dead node before the restart.
+        assert_eq!(times[0], instant(&created["next_fire_at"]), "{times:?}");
+        assert!(times[0] < restarted_at, "{times:?} vs {restarted_at}");
+        for pair in times.windows(2) {
+            assert_eq!(
+                (pair[1] - pair[0]).num_milliseconds(),
+                1000,
+                "a second was lost: {times:?}"
+            );
+        }
+        let (_, schedule) = get(&server, "/v1/schedules/crash").await;
+        assert!(instant(&schedule["next_fire_at"]) > times[0], "{schedule}");
+        let (status, _) = call(&client(), "DELETE", server.url("/v1/schedules/crash"), None).await;
+        assert_eq!(status, 204);
+    }
+
     pub async fn a_paused_queue_starts_nothing_until_resumed_even_across_a_restart(
         backing: &Backing,
     ) {
@@ -535,6 +603,67 @@ async fn two_nodes_share_a_per_second_schedule_without_firing_twice() {
         );
     }
     drop((a, b));
+    schema.drop_schema().await;
+}
+
+/// Two nodes on one PostgreSQL schema share a per-second schedule; one of them dies (a
+/// failpoint) between storing a firing's task and advancing the schedule. The other finishes
+/// that firing and goes on: every fire time has exactly one task, and none is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dying_mid_firing_leaves_the_other_to_finish_it_without_a_second_task() {
+    use std::os::unix::process::ExitStatusExt;
+    let Some(schema) = PgSchema::create().await else {
+        return;
+    };
+    let env = schema.env();
+    // A long grace: a survivor slowed down by a loaded machine still fires every second.
+    let mut survivor_env = env.clone();
+    survivor_env.push(("MCP_SCHEDULE_GRACE_MS", "60000".to_owned()));
+    let survivor = Server::start(&survivor_env);
+    let mut doomed_env = env.clone();
+    doomed_env.push((AFTER_TASK.0, AFTER_TASK.1.to_owned()));
+    let mut doomed = Server::start(&doomed_env);
+    let (status, created) = post(
+        &survivor,
+        "/v1/schedules",
+        json!({"name": "shared", "cron": "* * * * * *", "task": {"type": "noop"}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let exit = doomed.wait_exit(Duration::from_secs(10));
+    assert_eq!(exit.signal(), Some(libc::SIGABRT), "{exit:?}");
+    let died_at = Utc::now();
+    let tasks = eventually(
+        Duration::from_secs(15),
+        "firings after the death",
+        async || {
+            let tasks = tasks_of(&survivor, "shared").await;
+            let after = tasks
+                .iter()
+                .filter(|t| fire_time("shared", t) > died_at)
+                .count();
+            (after >= 2).then_some(tasks)
+        },
+    )
+    .await;
+    let (status, _) = call(
+        &client(),
+        "DELETE",
+        survivor.url("/v1/schedules/shared"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let times = one_task_per_fire_time("shared", &tasks);
+    assert_eq!(times[0], instant(&created["next_fire_at"]), "{times:?}");
+    for pair in times.windows(2) {
+        assert_eq!(
+            (pair[1] - pair[0]).num_milliseconds(),
+            1000,
+            "a second was lost: {times:?}"
+        );
+    }
+    drop((survivor, doomed));
     schema.drop_schema().await;
 }
 

@@ -1,6 +1,7 @@
 //! The scheduler: each node's loop that fires due schedules. There is no leader: every node
-//! looks, the store lets exactly one claim each firing (`ScheduleStore::advance_schedule`), and
-//! the firing's idempotency key is the safety net. It sleeps until the earliest next fire time,
+//! looks, each firing's idempotency key makes its task exactly one whoever creates it, and the
+//! conditional advance (`ScheduleStore::advance_schedule`) lets exactly one node finish and
+//! announce it (`ScheduleService::run_due`). It sleeps until the earliest next fire time,
 //! is nudged when a schedule changes on this node, and looks at least every `poll` for changes
 //! made on other nodes.
 

@@ -1,10 +1,12 @@
 //! The schedule service: the one path by which schedules are created, changed, paused, fired
 //! and listed (REST and the `[[schedules]]` of the configuration alike). Every firing creates
 //! its task through `TaskService` as `schedule:{name}`, under an idempotency key of the hub's
-//! own (`schedule:{name}:{fire time}`), after claiming the firing in the store: of any number of
-//! nodes, one claims it, and the key catches whatever slips past.
+//! own (`schedule:{name}:{fire time}`), and only then advances the schedule in the store: the
+//! key makes the task exactly one across nodes and retries, the conditional advance makes one
+//! node announce it, and a node dying between the two leaves the firing due for the next pass.
 
 use crate::events::{Event, EventBus};
+use crate::orchestrator::OrchestratorError;
 use crate::schedule::{Firing, Missed, Schedule, ScheduleStore, Spec, SpecError, firing_key};
 use crate::services::tasks::{Creator, TaskService, TaskServiceError};
 use crate::store::{Inserted, StoreError};
@@ -94,6 +96,42 @@ impl From<StoreError> for ScheduleError {
             other => ScheduleError::Store(other),
         }
     }
+}
+
+impl ScheduleError {
+    /// A store that failed for now (unreachable, a failed statement): the same firing may
+    /// succeed at the next pass. Anything else would fail again.
+    fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            ScheduleError::Store(StoreError::Unavailable(_) | StoreError::Database(_))
+                | ScheduleError::Task(TaskServiceError::Orchestrator(OrchestratorError::Store(
+                    StoreError::Unavailable(_) | StoreError::Database(_)
+                )))
+        )
+    }
+}
+
+/// One firing's task, stored or found by its key, waiting to be announced.
+struct Fired {
+    at: DateTime<Utc>,
+    inserted: Inserted,
+    delay_ms: f64,
+}
+
+/// The environment variable naming a failpoint at which a debug build aborts the process: the
+/// crash tests' way to kill a node between two steps of a firing. Release builds never read it.
+pub const FAILPOINT_ENV: &str = "MCP_TEST_FAILPOINT";
+
+/// Aborts the process here if `MCP_TEST_FAILPOINT` names `name` (debug builds only).
+fn failpoint(name: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var(FAILPOINT_ENV).is_ok_and(|v| v == name) {
+        tracing::error!(failpoint = name, "failpoint reached: aborting");
+        std::process::abort();
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
 }
 
 /// How the scheduler treats time.
@@ -297,8 +335,18 @@ impl ScheduleService {
         Ok(())
     }
 
-    /// Fires every schedule due at `now`: claims each firing in the store (one node wins it),
-    /// then creates its tasks. Returns how many tasks were created.
+    /// Fires every schedule due at `now`. For each, in this order, so that a node dying at any
+    /// point neither loses nor repeats a firing:
+    ///
+    /// 1. creates each fire time's task under its key `schedule:{name}:{fire time}`: the
+    ///    idempotent step. A node that finds the key used (another node, or this firing's
+    ///    attempt before a crash) is handed the existing task and takes the firing as done;
+    /// 2. advances `next_fire_at` conditionally (from the time it read): until that succeeds,
+    ///    the firing stays due, and the next pass of any node does it again, finding the keys;
+    /// 3. announces `schedule.fired`, only on the node whose advance won, so once per firing.
+    ///
+    /// A store that failed in step 1 leaves the schedule due for the next pass. Returns how many
+    /// tasks this node created.
     pub async fn run_due(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
         let mut created = 0;
         for schedule in self.store.due_schedules(now, DUE_BATCH).await? {
@@ -322,24 +370,50 @@ impl ScheduleService {
                     }
                 }
             };
-            let fired = firing.fire.last().copied().or(schedule.last_fired_at);
-            if !self
-                .store
-                .advance_schedule(&schedule.name, due, firing.next, fired)
-                .await?
-            {
-                // Another node claimed this firing.
-                continue;
-            }
-            for at in firing.fire {
-                let key = firing_key(&schedule.name, at);
-                match self.fire(&schedule, at, key).await {
-                    Ok(inserted) => created += usize::from(inserted.created),
+            let mut stored = Vec::with_capacity(firing.fire.len());
+            let mut store_failed = false;
+            for &at in &firing.fire {
+                match self
+                    .create_task(&schedule, at, firing_key(&schedule.name, at))
+                    .await
+                {
+                    Ok(fired) => {
+                        created += usize::from(fired.inserted.created);
+                        stored.push(fired);
+                    }
+                    Err(e) if e.is_transient() => {
+                        tracing::warn!(schedule = %schedule.name, fire_time = %at, error = %e,
+                            "schedule firing not stored; the next pass tries again");
+                        store_failed = true;
+                        break;
+                    }
                     Err(e) => {
+                        // The template cannot become a task (its type is unknown, say): trying
+                        // again would fail again, so the firing is dropped and logged.
                         tracing::warn!(schedule = %schedule.name, fire_time = %at, error = %e,
                             "schedule firing created no task")
                     }
                 }
+            }
+            if store_failed {
+                continue;
+            }
+            failpoint("schedule.after_task");
+            if !self
+                .store
+                .advance_schedule(
+                    &schedule.name,
+                    due,
+                    firing.next,
+                    firing.fire.last().copied().or(schedule.last_fired_at),
+                )
+                .await?
+            {
+                // Another node finished this firing (and announced it).
+                continue;
+            }
+            for fired in stored {
+                self.announce(&schedule, fired).await;
             }
         }
         Ok(created)
@@ -350,13 +424,26 @@ impl ScheduleService {
         self.store.next_schedule_at().await
     }
 
-    /// Creates the task of one firing and announces it.
+    /// Creates the task of one firing and announces it (`trigger`, whose key is its own).
     async fn fire(
         &self,
         schedule: &Schedule,
         at: DateTime<Utc>,
         key: String,
     ) -> Result<Inserted, ScheduleError> {
+        let fired = self.create_task(schedule, at, key).await?;
+        let inserted = fired.inserted.clone();
+        self.announce(schedule, fired).await;
+        Ok(inserted)
+    }
+
+    /// Creates (or, its key used, finds) the task of one firing.
+    async fn create_task(
+        &self,
+        schedule: &Schedule,
+        at: DateTime<Utc>,
+        key: String,
+    ) -> Result<Fired, ScheduleError> {
         let mut request: CreateTask = serde_json::from_value(schedule.task.clone())
             .map_err(|e| ScheduleError::Invalid(format!("task: {e}")))?;
         request.idempotency_key = Some(key);
@@ -370,22 +457,33 @@ impl ScheduleService {
             .create(Creator::Internal(&subject), request, Some(&subject))
             .await?;
         let delay_ms = (Utc::now() - at).num_microseconds().unwrap_or(0) as f64 / 1000.0;
-        metrics::histogram!("mcp_schedule_fire_delay_ms").record(delay_ms);
+        if inserted.created {
+            metrics::histogram!("mcp_schedule_fire_delay_ms").record(delay_ms);
+        }
+        Ok(Fired {
+            at,
+            inserted,
+            delay_ms,
+        })
+    }
+
+    /// Publishes `schedule.fired` for one firing.
+    async fn announce(&self, schedule: &Schedule, fired: Fired) {
+        let subject = format!("schedule:{}", schedule.name);
         let event = Arc::new(Event::new(
             "schedule.fired",
             json!({
                 "schedule": schedule.name,
-                "fire_time": at,
-                "task_id": inserted.task.id,
-                "created": inserted.created,
-                "delay_ms": delay_ms,
+                "fire_time": fired.at,
+                "task_id": fired.inserted.task.id,
+                "created": fired.inserted.created,
+                "delay_ms": fired.delay_ms,
             }),
             Some(subject),
         ));
         if let Err(e) = self.events.publish(SCHEDULES_CHANNEL, event).await {
             tracing::warn!(error = %e, "cannot publish schedule.fired");
         }
-        Ok(inserted)
     }
 
     fn build(&self, request: CreateSchedule, source: &str) -> Result<Schedule, ScheduleError> {

@@ -1,7 +1,8 @@
 //! The `ScheduleStore` and `QueueStore` of the PostgreSQL store, in the tables of
-//! `migrations/postgres/0014_schedules.sql`. A firing is claimed by a conditional update of
-//! `next_fire_at`: of the nodes that saw it due, the first to commit wins. Pauses and limits are
-//! read by the claim (`tasks.rs`); changing them here wakes every node's claimers.
+//! `migrations/postgres/0014_schedules.sql`. A firing is finished (after its tasks are
+//! stored) by a conditional update of `next_fire_at`: of the nodes that saw it due, the first
+//! to commit wins. Pauses and limits are read by the claim (`tasks.rs`); changing them here
+//! wakes every node's claimers.
 
 use super::PgTaskStore;
 use crate::error::{corrupt, db_error};

@@ -1,7 +1,7 @@
 //! The `ScheduleStore` and `QueueStore` of the SQLite store, in the tables of
-//! `migrations/sqlite/0014_schedules.sql`. A firing is claimed by a conditional update of
-//! `next_fire_at`; pauses and limits are read by the claim (`tasks.rs`). Instants are
-//! microseconds, the template JSON text.
+//! `migrations/sqlite/0014_schedules.sql`. A firing is finished (after its tasks are
+//! stored) by a conditional update of `next_fire_at`; pauses and limits are read by the claim
+//! (`tasks.rs`). Instants are microseconds, the template JSON text.
 
 use super::SqliteTaskStore;
 use crate::codec::{instant, json, micros};
