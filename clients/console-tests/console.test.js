@@ -96,6 +96,19 @@ test("a task created from the form becomes succeeded without a reload", async ()
   await admin.locator("#task-status .badge", { hasText: "succeeded" }).waitFor();
 });
 
+test("the overview charts the last 15 minutes from the stats endpoint", async () => {
+  // The task of the previous test succeeded: the database's per-minute series shows it.
+  const asked = admin.waitForRequest((r) => r.url().includes("/v1/stats?window=15m"));
+  await admin.getByRole("link", { name: "Overview" }).click();
+  await asked;
+  const card = admin.locator("section.card").filter({ has: admin.getByRole("heading", { name: "Last 15 minutes" }) });
+  await card.getByRole("columnheader", { name: "Pickup p95" }).waitFor();
+  const row = card.locator("tbody tr").first();
+  await within(10_000, "a minute with a success", async () => Number(await row.locator("td").nth(1).textContent()) >= 1);
+  assert.match(await row.locator("td").nth(4).textContent(), /^\d+ ms$/);
+  assert.doesNotMatch(await card.textContent(), /newest 500/);
+});
+
 test("a dead task is retried from its page", async () => {
   const created = await call(server, "POST", "/v1/tasks", {
     token: adminToken,
@@ -158,7 +171,7 @@ test("every page as an admin renders without console errors", async () => {
   }
   // Pages of features the node has (its OpenAPI document lists their routes) are in the navigation.
   for (const name of ["Schedules", "Workflows", "Settings"]) {
-    assert.equal(await admin.getByRole("link", { name }).count(), 1, name);
+    await within(5_000, `the ${name} link`, async () => (await admin.getByRole("link", { name, exact: true }).count()) === 1);
   }
   assert.deepEqual(admin.errors, []);
 });

@@ -32,6 +32,7 @@ mod schedules;
 mod session;
 mod settings;
 mod state;
+mod stats;
 mod tasks;
 pub mod token;
 mod vcc;
@@ -83,6 +84,7 @@ fn endpoints() -> Vec<Endpoint<AppState>> {
         docs::endpoints(),
         mcp::endpoints(),
         settings::endpoints(),
+        stats::endpoints(),
     ]
     .into_iter()
     .flatten()

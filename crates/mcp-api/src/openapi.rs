@@ -121,6 +121,8 @@ use utoipa::{Modify, OpenApi};
         mcp_core::settings::Source,
         mcp_core::flags::Flag,
         mcp_core::flags::FlagEntry,
+        crate::stats::TaskStats,
+        mcp_core::stats::MinuteStats,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = [])),

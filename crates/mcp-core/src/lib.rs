@@ -43,3 +43,4 @@ pub use store::{
     TaskFilter, TaskStore,
 };
 pub use task::{Backoff, NewTask, Task, TaskError, TaskStatus};
+pub mod stats;

@@ -227,6 +227,19 @@ pub trait TaskStore: Send + Sync + 'static {
 
     async fn counts(&self) -> Result<TaskCounts, StoreError>;
 
+    /// Per minute of `[since, until)` (whole minutes), the tasks that finished by outcome and
+    /// their pickup latency percentiles, cluster-wide (`crate::stats`); minutes with nothing in
+    /// them are left out. The default refuses, for stores (test doubles) without statistics.
+    async fn minute_stats(
+        &self,
+        _since: DateTime<Utc>,
+        _until: DateTime<Utc>,
+    ) -> Result<Vec<crate::stats::MinuteStats>, StoreError> {
+        Err(StoreError::Database(
+            "this store keeps no statistics".into(),
+        ))
+    }
+
     /// How many tasks are not finished yet (scheduled, queued, running or failed-and-waiting).
     /// Cheap: it reads only the partial indexes of unfinished tasks.
     async fn pending(&self) -> Result<u64, StoreError>;

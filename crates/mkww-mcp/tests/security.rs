@@ -181,6 +181,7 @@ const EXPECTED: &[(&str, &str, &str)] = &[
     ("GET", "/v1/flags/mine", "any"),
     ("PUT", "/v1/flags/{name}", "admin"),
     ("DELETE", "/v1/flags/{name}", "admin"),
+    ("GET", "/v1/stats", "admin operator"),
 ];
 
 fn allowed(spec: &str, role: &str) -> bool {

@@ -156,6 +156,13 @@ impl TaskStore for Guarded<dyn TaskStore> {
     async fn counts(&self) -> Result<TaskCounts, StoreError> {
         guarded!(self, counts())
     }
+    async fn minute_stats(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<crate::stats::MinuteStats>, StoreError> {
+        guarded!(self, minute_stats(since, until))
+    }
     async fn pending(&self) -> Result<u64, StoreError> {
         guarded!(self, pending())
     }

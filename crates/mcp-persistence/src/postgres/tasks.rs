@@ -579,6 +579,14 @@ impl TaskStore for PgTaskStore {
         task_counts(rows)
     }
 
+    async fn minute_stats(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Vec<mcp_core::stats::MinuteStats>, StoreError> {
+        self.minute_stats_sql(since, until).await
+    }
+
     async fn pending(&self) -> Result<u64, StoreError> {
         let (waiting,): (i64,) = sqlx::query_as(
             "SELECT count(*) FROM tasks WHERE status IN ('queued', 'scheduled', 'failed')",

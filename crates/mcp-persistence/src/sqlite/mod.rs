@@ -11,6 +11,7 @@ mod memory;
 mod outbox;
 mod schedules;
 mod settings;
+mod stats;
 mod task_row;
 mod tasks;
 mod webhooks;
