@@ -879,6 +879,26 @@ export interface paths {
         patch: operations["patch_settings"];
         trace?: never;
     };
+    "/v1/stats": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Tasks finished per minute by outcome, with pickup latency percentiles (`run_at` to
+         *     `started_at`), over a recent window, cluster-wide; and the current counts per queue.
+         */
+        get: operations["stats"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/task-limits": {
         parameters: {
             query?: never;
@@ -1889,6 +1909,32 @@ export interface components {
          */
         MessageRole: "user" | "assistant" | "system" | "tool";
         /**
+         * @description One minute of task outcomes, as the store reports it (only minutes with something in them).
+         *
+         *     `succeeded` and `dead` count tasks that reached that status in the minute (`finished_at`);
+         *     `failed` counts tasks now waiting to retry whose failed attempt started in the minute (a
+         *     failed attempt leaves no finish time). The pickup latency is `started_at - run_at` of the
+         *     last attempt of the tasks that succeeded or died in the minute: the nearest-rank
+         *     percentile (PostgreSQL's `percentile_disc`), in milliseconds.
+         */
+        MinuteStats: {
+            /** Format: int64 */
+            dead: number;
+            /** Format: int64 */
+            failed: number;
+            /**
+             * Format: date-time
+             * @description The start of the minute.
+             */
+            minute: string;
+            /** Format: int64 */
+            pickup_p50_ms?: number | null;
+            /** Format: int64 */
+            pickup_p95_ms?: number | null;
+            /** Format: int64 */
+            succeeded: number;
+        };
+        /**
          * @description What happens to fire times found late (by more than the grace) after downtime.
          * @enum {string}
          */
@@ -2294,6 +2340,31 @@ export interface components {
             /** @description Pass as `cursor` to get the next page; `null` on the last page. */
             next_cursor?: string | null;
             tasks: components["schemas"]["Task"][];
+        };
+        TaskStats: {
+            /** @description One entry per minute, oldest first, empty minutes included. */
+            minutes: components["schemas"]["MinuteStats"][];
+            /** @description Task counts per queue, then per status, now. */
+            queues: {
+                [key: string]: {
+                    [key: string]: number;
+                };
+            };
+            /**
+             * Format: date-time
+             * @description The start of the first minute.
+             */
+            since: string;
+            /**
+             * Format: date-time
+             * @description The end of the last (current, partial) minute.
+             */
+            until: string;
+            /**
+             * Format: int32
+             * @description The window in minutes.
+             */
+            window_minutes: number;
         };
         /**
          * @description Where a task is in its lifecycle.
@@ -4587,6 +4658,41 @@ export interface operations {
                 };
             };
             /** @description `setting_not_dynamic`, `setting_unknown` or `invalid_setting` */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    stats: {
+        parameters: {
+            query?: {
+                /**
+                 * @description The window, in whole minutes ending with the current one: `15m` (the default), `1h`,
+                 *     up to `24h`.
+                 */
+                window?: string;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the statistics */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["TaskStats"];
+                };
+            };
+            /** @description invalid window */
             422: {
                 headers: {
                     [name: string]: unknown;
