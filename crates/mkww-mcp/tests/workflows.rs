@@ -547,6 +547,20 @@ async fn a_running_task_adds_children_to_its_workflow() {
     .await;
     assert_eq!(status, 201, "{added}");
     assert_eq!(added["tasks"][0]["status"], "waiting");
+    // Another worker principal that does not hold the task cannot add to (and so read through) a
+    // workflow it cannot see.
+    let intruder = client_with(&token("service", "intruder"));
+    let (status, refused) = call(
+        &intruder,
+        "POST",
+        server.url(&format!("/v1/workflows/{id}/tasks")),
+        Some(json!({"task_id": given["id"], "tasks": [
+            {"key": "peek", "type": "collect", "depends_on": ["plan"]},
+        ]})),
+    )
+    .await;
+    assert_eq!(status, 404, "{refused}");
+    assert_eq!(refused["error"]["code"], "workflow_not_found");
     let (status, refused) = call(
         &adder,
         "POST",

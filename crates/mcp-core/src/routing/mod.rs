@@ -261,6 +261,15 @@ impl Balancer {
             .is_some_and(|w| w.outstanding.contains(&task_id))
     }
 
+    /// Whether a worker of `subject` connected to this node holds `task_id` now: an external
+    /// worker may act for the tasks it was given (add children to their workflow), no others.
+    pub fn held_by(&self, subject: &str, task_id: Uuid) -> bool {
+        self.lock()
+            .workers
+            .values()
+            .any(|w| w.subject == subject && w.outstanding.contains(&task_id))
+    }
+
     /// Whether a route's breaker lets calls through now (in-process handlers ask this too).
     pub fn admits(&self, task_type: &str) -> usize {
         let mut state = self.lock();

@@ -288,9 +288,15 @@ impl WorkflowService {
         task_id: &str,
         request: AddWorkflowTasks,
     ) -> Result<Vec<Task>, WorkflowServiceError> {
+        // Who may see the workflow may add to it; a worker that cannot see it only for the task
+        // it holds (else naming a running task would let it read other tenants' results through
+        // a child's `parents`).
+        let holder = principal.can(Permission::TasksRun)
+            && parse_id(task_id)
+                .is_ok_and(|id| self.orchestrator.balancer().held_by(&principal.subject, id));
         let detail = match self.get(principal, workflow_id).await {
             Ok(detail) => detail,
-            Err(WorkflowServiceError::NotFound(_)) if principal.can(Permission::TasksRun) => {
+            Err(WorkflowServiceError::NotFound(_)) if holder => {
                 let id = parse_id(workflow_id)
                     .map_err(|_| WorkflowServiceError::NotFound(workflow_id.into()))?;
                 self.orchestrator
