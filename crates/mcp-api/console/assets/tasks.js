@@ -10,9 +10,9 @@ const FINAL = ["succeeded", "dead", "cancelled"];
 const STAFF = ["admin", "operator"];
 
 /** Live updates of tasks: every task for staff, else each task by its own channel. */
-function watch(role, ids, fn) {
-  if (STAFF.includes(role)) return [subscribe("tasks", fn)];
-  return ids.map((id) => subscribe("task:" + id, fn));
+function watch(role, ids, fn, lost) {
+  if (STAFF.includes(role)) return [subscribe("tasks", fn, { lost })];
+  return ids.map((id) => subscribe("task:" + id, fn, { lost }));
 }
 
 export function list(root, { query, role, go }) {
@@ -111,7 +111,9 @@ export function list(root, { query, role, go }) {
           cursor ? h("a", { href: "/tasks?" + new URLSearchParams([...query].filter(([k]) => k !== "cursor")) }, "« First page") : null,
           page.next_cursor ? h("a", { href: "/tasks?" + next }, "Next page »") : null),
       );
-      unsubs = watch(role, page.tasks.filter((t) => !FINAL.includes(t.status)).map((t) => t.id), update);
+      // Events missed while the socket was away and no longer held: the page as it is now.
+      const lost = (error) => !error && setTimeout(load, 0);
+      unsubs = watch(role, page.tasks.filter((t) => !FINAL.includes(t.status)).map((t) => t.id), update, lost);
     } catch (e) {
       replace(body, failure(e));
     }
@@ -172,18 +174,24 @@ function createForm(role, created) {
   return h("details", { class: "creator" }, h("summary", {}, "Create a task"), form);
 }
 
+/** One task's page: its facts, actions, and its event timeline — the history the server still
+ * holds for `task:{id}`, replayed from offset 0, then live (gap-free across reconnects). The bus
+ * keeps a task's events only while someone watches that task, so transitions from before are
+ * filled in from the times the task itself records. */
 export function detail(root, { params, role }) {
   const id = params[0];
   const body = h("div", {}, loading());
-  const timeline = [];
+  const timeline = []; // events from the bus, in order
   let task = null;
+  let caught = false; // the held history has been delivered (or is known to be gone)
+  let log = null;
   root.append(h("p", {}, h("a", { href: "/tasks" }, "« Tasks")), h("h1", {}, "Task ", h("code", {}, id)), body);
 
   function draw() {
     const t = task;
     const actions = h("div", { class: "actions" });
     const msg = h("div", { "aria-live": "polite" });
-    if (t.status === "failed" || t.status === "dead") {
+    if ((t.status === "failed" || t.status === "dead") && STAFF.includes(role)) {
       actions.append(h("button", { type: "button", onclick: () => act("retry") }, "Retry"));
     }
     if (!FINAL.includes(t.status)) {
@@ -200,6 +208,7 @@ export function detail(root, { params, role }) {
         replace(msg, failure(e));
       }
     }
+    if (!log && /^vcc\.(build|deploy)$/.test(t.type)) log = buildLog(id);
     replace(
       body,
       h("dl", { class: "facts" },
@@ -212,29 +221,110 @@ export function detail(root, { params, role }) {
         h("dt", {}, "Run at"), h("dd", {}, when(t.run_at)),
         h("dt", {}, "Started"), h("dd", {}, when(t.started_at)),
         h("dt", {}, "Finished"), h("dd", {}, when(t.finished_at), t.finished_at ? ` (${took(t.started_at, t.finished_at)})` : ""),
-        t.correlation_id ? [h("dt", {}, "Correlation / trace"), h("dd", {}, h("code", {}, t.correlation_id))] : null),
+        t.workflow_id ? [h("dt", {}, "Workflow"), h("dd", {}, h("a", { href: "/workflows/" + t.workflow_id }, t.workflow_key || t.workflow_id))] : null,
+        t.progress ? [h("dt", {}, "Progress"), h("dd", {}, `${Math.round(t.progress.progress * 100)} %`, t.progress.message ? ` · ${t.progress.message}` : "")] : null,
+        t.correlation_id ? [h("dt", {}, "Correlation"), h("dd", {}, h("code", {}, t.correlation_id))] : null,
+        t.trace_id ? [h("dt", {}, "Trace"), h("dd", {}, h("code", {}, t.trace_id))] : null),
       actions,
       msg,
       h("h2", {}, "Payload"), pretty(t.payload),
       t.result !== null && t.result !== undefined ? [h("h2", {}, "Result"), pretty(t.result)] : null,
       t.error ? [h("h2", {}, "Error"), pretty(t.error)] : null,
+      log ? [h("h2", {}, "Output"), log.el] : null,
       h("h2", {}, "Events"),
-      timeline.length
-        ? table([["When", (e) => when(e.at)], ["Event", (e) => e.type], ["Attempts", (e) => e.data?.attempts ?? ""]], timeline)
-        : empty("No events seen since this page opened."),
+      events(),
     );
+  }
+
+  function events() {
+    if (!caught && !timeline.length) return loading();
+    // Transitions the bus did not hold (nobody watched the task then), from the task's own times.
+    const held = new Set(timeline.map((e) => e.type));
+    const recorded = [
+      { type: "task.created", at: task.created_at },
+      task.started_at && { type: "task.started", at: task.started_at },
+      task.finished_at && FINAL.includes(task.status) && { type: "task." + task.status, at: task.finished_at },
+    ].filter((e) => e && !held.has(e.type)).map((e) => ({ ...e, recorded: true }));
+    const rows = [...recorded, ...timeline].sort((a, b) => new Date(a.at) - new Date(b.at));
+    return [
+      recorded.length
+        ? h("p", { class: "muted" }, "Events marked “recorded” are the times the task keeps: its events are held only while someone watches it.")
+        : null,
+      eventTable(rows),
+    ];
   }
 
   const unsub = subscribe("task:" + id, (event) => {
     timeline.push(event);
     if (event.data && event.data.id === id) task = event.data;
+    if (event.type === "task.progress" && task) task = { ...task, progress: event.data };
     if (task) draw();
+  }, {
+    replay: true,
+    caughtUp: () => {
+      caught = true;
+      if (task) draw();
+    },
+    lost: () => {
+      // Events were missed and cannot be replayed: the task as it is now fills the gap.
+      caught = true;
+      get("/v1/tasks/" + id).then((t) => {
+        task = t;
+        draw();
+      }).catch(() => {});
+    },
   });
   get("/v1/tasks/" + id)
     .then((t) => {
-      task = t;
+      // Replayed events may have brought a newer state already.
+      if (!task || !timeline.length) task = t;
       draw();
     })
     .catch((e) => replace(body, e instanceof ApiFailure && e.status === 404 ? empty("No such task.") : failure(e)));
-  return unsub;
+  return () => {
+    unsub();
+    log?.stop();
+  };
+}
+
+function eventTable(list) {
+  return h("div", { class: "scroll" }, h("table", { class: "timeline" },
+    h("thead", {}, h("tr", {}, ["When", "Event", "Attempts", "Detail"].map((c) => h("th", { scope: "col" }, c)))),
+    h("tbody", {}, list.map((e) => h("tr", { "data-event": e.type },
+      h("td", {}, when(e.at)),
+      h("td", {}, e.type),
+      h("td", {}, e.data?.attempts ?? ""),
+      h("td", {}, e.recorded ? h("span", { class: "muted" }, "recorded") : detailOf(e)))))));
+}
+
+function detailOf(e) {
+  if (e.type === "task.progress") return `${Math.round((e.data?.progress ?? 0) * 100)} %${e.data?.message ? " · " + e.data.message : ""}`;
+  if (e.data?.error?.message && /failed|dead|retrying|deferred/.test(e.type)) return e.data.error.message;
+  return "";
+}
+
+/** The live output of a `vcc.build` or `vcc.deploy` run (`vcc.build:{task id}`), from its first
+ * line. */
+export function buildLog(taskId) {
+  const pre = h("pre", { class: "log", role: "log", "aria-live": "polite", "aria-label": "Build output" });
+  const state = h("p", { class: "muted" }, "Waiting for output…");
+  const el = h("div", { class: "build-log" }, state, pre);
+  const stop = subscribe("vcc.build:" + taskId, (event) => {
+    if (event.type === "vcc.build.output") {
+      replace(state, "Running…");
+      for (const l of event.data?.lines || []) {
+        pre.append(h("span", { class: l.stream === "stderr" ? "stderr" : null }, l.line + "\n"));
+      }
+      pre.scrollTop = pre.scrollHeight;
+    } else if (event.type === "vcc.build.finished") {
+      const d = event.data || {};
+      replace(state, h("span", { class: d.error || d.exit_code ? "bad" : "ok" },
+        d.error ? `Failed: ${d.error.code || "error"}` : `Finished with exit code ${d.exit_code}`,
+        d.dropped ? ` (${d.dropped} lines dropped from the stream)` : ""));
+    }
+  }, {
+    replay: true,
+    lost: (error) => replace(state, error ? failure({ ...error, requestId: null }) : "Earlier output is no longer held; the task's result keeps its tail."),
+  });
+  return { el, stop };
 }
