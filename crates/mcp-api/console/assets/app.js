@@ -7,6 +7,10 @@ import { onStatus } from "./live.js";
 import * as tasks from "./tasks.js";
 import * as ops from "./ops.js";
 import * as admin from "./admin.js";
+import * as integrations from "./integrations.js";
+import * as schedules from "./schedules.js";
+import * as workflows from "./workflows.js";
+import * as settings from "./settings.js";
 
 const STAFF = ["admin", "operator"];
 const ADMIN = ["admin"];
@@ -20,10 +24,11 @@ const PAGES = [
   { path: /^\/queues$/, title: "Queues", nav: "/queues", render: ops.queues, roles: STAFF },
   { path: /^\/workers$/, title: "Workers", nav: "/workers", render: ops.workers, roles: STAFF },
   { path: /^\/memory$/, title: "Memory", nav: "/memory", render: ops.memory },
-  { path: /^\/integrations$/, title: "Integrations", nav: "/integrations", render: ops.integrations, roles: ADMIN },
-  { path: /^\/schedules$/, title: "Schedules", nav: "/schedules", render: ops.listing("/v1/schedules", "schedules"), probe: "/v1/schedules" },
-  { path: /^\/workflows$/, title: "Workflows", nav: "/workflows", render: ops.listing("/v1/workflows", "workflows"), probe: "/v1/workflows" },
-  { path: /^\/settings$/, title: "Settings", nav: "/settings", render: ops.listing("/v1/settings", "settings"), roles: ADMIN, probe: "/v1/settings" },
+  { path: /^\/integrations$/, title: "Integrations", nav: "/integrations", render: integrations.integrations, roles: STAFF },
+  { path: /^\/schedules$/, title: "Schedules", nav: "/schedules", render: schedules.schedules, roles: STAFF, probe: "/v1/schedules" },
+  { path: /^\/workflows$/, title: "Workflows", nav: "/workflows", render: workflows.list, probe: "/v1/workflows" },
+  { path: /^\/workflows\/([^/]+)$/, title: "Workflow", render: workflows.detail, probe: "/v1/workflows" },
+  { path: /^\/settings$/, title: "Settings", nav: "/settings", render: settings.settings, roles: STAFF, probe: "/v1/settings" },
   { path: /^\/admin\/users$/, title: "Users", nav: "/admin/users", render: admin.users, roles: ADMIN },
   { path: /^\/admin\/api-keys$/, title: "API keys", nav: "/admin/api-keys", render: admin.apiKeys, roles: ADMIN },
   { path: /^\/admin\/audit$/, title: "Audit log", nav: "/admin/audit", render: admin.audit, roles: ADMIN },

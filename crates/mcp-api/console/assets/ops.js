@@ -1,18 +1,18 @@
-// Operations pages: the overview, queues, workers and routes, memory, integrations, and a plain
-// listing for pages of features a node may not have (shown only when their route answers).
+// Operations pages: the overview, queues, workers and routes, memory; and the parts other pages
+// share (a section that loads a path and reloads on live events, throttled).
 
-import { get, post, api, current } from "./api.js";
+import { get, current } from "./api.js";
 import { subscribe } from "./live.js";
-import { h, replace, loading, empty, failure, when, pretty, badge, table, snippet, field } from "./dom.js";
+import { h, replace, loading, empty, failure, when, badge, table, snippet, field } from "./dom.js";
 
 const STAFF = ["admin", "operator"];
 const STATUSES = ["scheduled", "queued", "running", "succeeded", "failed", "dead", "cancelled"];
 
 /** The first array in an API answer (`{"tasks":[…]}`, `{"webhooks":[…]}`…). */
-const items = (v) => (Array.isArray(v) ? v : Object.values(v || {}).find(Array.isArray) || []);
+export const items = (v) => (Array.isArray(v) ? v : Object.values(v || {}).find(Array.isArray) || []);
 
 /** Runs `load` now and again (at most every `ms`) whenever `poke` is called. */
-function throttled(load, ms = 1000) {
+export function throttled(load, ms = 1000) {
   let timer = null;
   return () => {
     if (timer) return;
@@ -24,17 +24,18 @@ function throttled(load, ms = 1000) {
 }
 
 /** A section that loads `path` and draws it, again on each live event of `channels`. */
-function live(title, path, draw, channels = []) {
+export function live(title, path, draw, channels = []) {
   const body = h("div", {}, loading());
   const section = h("section", { class: "card" }, h("h2", {}, title), body);
   const load = () =>
     get(path)
-      .then((v) => replace(body, draw(v)))
+      .then((v) => replace(body, draw(v, load)))
       .catch((e) => replace(body, failure(e)));
   load();
   const poke = throttled(load);
-  const unsubs = channels.map((c) => subscribe(c, poke));
-  return { section, stop: () => unsubs.forEach((u) => u()) };
+  // Events missed while the socket was away and no longer held: load again.
+  const unsubs = channels.map((c) => subscribe(c, poke, { lost: (e) => !e && poke() }));
+  return { section, load, stop: () => unsubs.forEach((u) => u()) };
 }
 
 function queueTable(v) {
@@ -198,122 +199,4 @@ export function memory(root, { query, go }) {
     stops.push(p.stop);
   }
   return () => stops.forEach((s) => s());
-}
-
-export function integrations(root) {
-  root.append(h("h1", {}, "Integrations"));
-  const health = live("Integrations", "/v1/integrations", (v) => {
-    const list = items(v);
-    return list.length
-      ? table([["Name", (i) => i.name], ["Kind", (i) => i.kind], ["Enabled", (i) => (i.enabled ? "yes" : "no")],
-               ["Health", (i) => badge(String(i.health?.state ?? i.health?.status ?? "unknown"))],
-               ["Breaker", (i) => badge(String(i.breaker?.state ?? "closed"))]], list)
-      : empty("No integrations configured.");
-  }, ["system.health", "system.breakers"]);
-
-  // Webhooks: the secret is shown once, when created.
-  const hooksBody = h("div", {}, loading());
-  const created = h("div", { "aria-live": "polite" });
-  const loadHooks = () =>
-    get("/v1/webhooks")
-      .then((v) => {
-        const list = items(v);
-        replace(hooksBody, list.length
-          ? table([["URL", (w) => w.url], ["Events", (w) => (w.events || w.filter || []).join?.(", ") ?? ""],
-                   ["Created", (w) => when(w.created_at)],
-                   ["", (w) => h("button", { type: "button", onclick: () => deliveries(w.id) }, "Deliveries")]], list)
-          : empty("No webhooks."));
-      })
-      .catch((e) => replace(hooksBody, failure(e)));
-  const log = h("div", {});
-  async function deliveries(id) {
-    replace(log, loading());
-    try {
-      const list = items(await get(`/v1/webhooks/${id}/deliveries`));
-      replace(log, h("h3", {}, "Deliveries"), list.length
-        ? table([["At", (d) => when(d.created_at || d.at)], ["Event", (d) => d.event_type || d.type || ""],
-                 ["Status", (d) => badge(String(d.status ?? d.state ?? ""))],
-                 ["", (d) => h("button", { type: "button", onclick: () => post(`/v1/webhooks/${id}/deliveries/${d.id}/redeliver`).then(() => deliveries(id)).catch((e) => replace(log, failure(e))) }, "Redeliver")]], list)
-        : empty("No deliveries yet."));
-    } catch (e) {
-      replace(log, failure(e));
-    }
-  }
-  const form = h("form", {
-    class: "row",
-    onsubmit: async (e) => {
-      e.preventDefault();
-      const data = new FormData(e.target);
-      try {
-        const v = await post("/v1/webhooks", { url: String(data.get("url")), events: String(data.get("events") || "task.*").split(",").map((s) => s.trim()).filter(Boolean) });
-        replace(created, h("p", { class: "ok" }, "Created. Its signing secret, shown only now: ", h("code", {}, v.secret || "")));
-        loadHooks();
-      } catch (err) {
-        replace(created, failure(err));
-      }
-    },
-  },
-  field("URL", h("input", { name: "url", type: "url", required: true })),
-  field("Events", h("input", { name: "events", placeholder: "task.*" })),
-  h("button", { type: "submit" }, "Create webhook"));
-  loadHooks();
-
-  const vcc = live("VCC projects", "/v1/vcc/projects", (v) => {
-    const list = items(v);
-    return list.length
-      ? table([["Name", (p) => p.name || p.id], ["Path", (p) => p.path || ""], ["Packages", (p) => Object.keys(p.packages || p.dependencies || {}).length]], list)
-      : empty("No VCC projects registered.");
-  }, ["vcc.projects"]);
-
-  const vrcBody = h("div", {}, loading());
-  const loadVrc = () =>
-    get("/v1/integrations")
-      .then((v) => items(v).some((i) => i.kind === "vrchat" || i.name === "vrchat"))
-      .then((configured) => (configured ? get("/v1/vrchat/status") : null))
-      .then((v) => {
-        if (v === null) return replace(vrcBody, empty("No VRChat account is configured."));
-        const needsCode = JSON.stringify(v).includes("code");
-        replace(vrcBody, pretty(v), needsCode
-          ? h("form", { class: "row", onsubmit: async (e) => {
-              e.preventDefault();
-              try {
-                await post("/v1/vrchat/auth/code", { code: String(new FormData(e.target).get("code")) });
-                loadVrc();
-              } catch (err) {
-                vrcBody.append(failure(err));
-              }
-            } }, field("Emailed code", h("input", { name: "code", inputmode: "numeric", autocomplete: "one-time-code" })), h("button", { type: "submit" }, "Send code"))
-          : null);
-      })
-      .catch((e) => replace(vrcBody, failure(e)));
-  loadVrc();
-
-  root.append(
-    health.section,
-    h("section", { class: "card" }, h("h2", {}, "Webhooks"), form, created, hooksBody, log),
-    vcc.section,
-    h("section", { class: "card" }, h("h2", {}, "VRChat"), vrcBody),
-  );
-  return () => {
-    health.stop();
-    vcc.stop();
-  };
-}
-
-/** A page for a feature this node may not have: its list, as the API gives it. */
-export function listing(path, title) {
-  return (root) => {
-    root.append(h("h1", {}, title[0].toUpperCase() + title.slice(1)));
-    const body = h("div", {}, loading());
-    root.append(body);
-    api("GET", path)
-      .then((v) => {
-        const list = items(v);
-        if (!list.length) return replace(body, empty(`No ${title}.`));
-        const keys = Object.keys(list[0]).filter((k) => typeof list[0][k] !== "object").slice(0, 6);
-        replace(body, table(keys.map((k) => [k, (r) => String(r[k] ?? "")]), list));
-      })
-      .catch((e) => replace(body, failure(e)));
-    return null;
-  };
 }
