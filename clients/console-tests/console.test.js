@@ -160,6 +160,209 @@ test("an admin creates an API key, sees it once, and revokes it", async () => {
   await shot(admin, "api-keys");
 });
 
+test("a task's page replays the history the server holds, and fills in what came before", async () => {
+  const events = async (page) => page.locator("table.timeline tbody tr").evaluateAll((rows) =>
+    rows.map((r) => `${r.dataset.event}:${r.cells[3].textContent === "recorded" ? "recorded" : "held"}`));
+  // Never watched: nothing held; the task's own times tell the timeline.
+  const done = await call(server, "POST", "/v1/tasks", { token: adminToken, body: { type: "echo", payload: { hi: 1 } } });
+  assert.equal(done.status, 201);
+  await within(15_000, "the task to succeed", async () =>
+    (await call(server, "GET", `/v1/tasks/${done.body.id}`, { token: adminToken })).body.status === "succeeded");
+  await admin.goto(`${server.base}/tasks/${done.body.id}`);
+  await admin.locator('table.timeline tr[data-event="task.succeeded"]').waitFor({ timeout: 10_000 });
+  assert.deepEqual(await events(admin), ["task.created:recorded", "task.started:recorded", "task.succeeded:recorded"]);
+
+  // Watched from its page while it runs: its end is held, and replayed to a page opened later.
+  const running = await call(server, "POST", "/v1/tasks", { token: adminToken, body: { type: "sleep", payload: { ms: 60000 } } });
+  const id = running.body.id;
+  await admin.goto(`${server.base}/tasks/${id}`);
+  await admin.locator("#task-status .badge", { hasText: "running" }).waitFor({ timeout: 15_000 });
+  await admin.locator("table.timeline").waitFor();
+  assert.equal((await call(server, "POST", `/v1/tasks/${id}/cancel`, { token: adminToken })).status, 200);
+  await admin.locator('table.timeline tr[data-event="task.cancelled"]').waitFor({ timeout: 10_000 });
+  await admin.goto(`${server.base}/tasks`);
+  await admin.goto(`${server.base}/tasks/${id}`);
+  await admin.locator('table.timeline tr[data-event="task.cancelled"]').waitFor({ timeout: 10_000 });
+  const replayed = await events(admin);
+  assert.deepEqual(replayed.slice(-1), ["task.cancelled:held"], replayed.join());
+  assert.equal(replayed.filter((e) => e.startsWith("task.cancelled")).length, 1, replayed.join());
+  assert.equal(replayed[0], "task.created:recorded");
+  await shot(admin, "task-timeline");
+});
+
+test("a task's timeline survives a reconnect: missed events come once, none twice", async () => {
+  // The page's WebSocket runs through this proxy, which the test cuts and holds off.
+  const page = await openPage(browser);
+  let cut = false;
+  const open = [];
+  await page.routeWebSocket(/\/v1\/ws$/, (ws) => {
+    if (cut) return ws.close({ code: 1011, reason: "down" });
+    open.push(ws.connectToServer());
+    open.push(ws);
+  });
+  await signIn(page, server, "admin", server.password);
+  const created = await call(server, "POST", "/v1/tasks", { token: adminToken, body: { type: "sleep", payload: { ms: 60000 } } });
+  assert.equal(created.status, 201);
+  const id = created.body.id;
+  await page.goto(`${server.base}/tasks/${id}`);
+  await page.locator('table.timeline tr[data-event="task.started"]').waitFor({ timeout: 15_000 });
+  cut = true;
+  for (const ws of open.splice(0)) await ws.close({ code: 1011, reason: "down" }).catch(() => {});
+  await within(10_000, "the page to notice", async () => (await page.locator(".live").getAttribute("data-state")) !== "live");
+  // Cancelled while the page is away: the event is missed, then recovered with `since`.
+  const cancelled = await call(server, "POST", `/v1/tasks/${id}/cancel`, { token: adminToken });
+  assert.equal(cancelled.status, 200, JSON.stringify(cancelled.body));
+  cut = false;
+  await page.locator('table.timeline tr[data-event="task.cancelled"]').waitFor({ timeout: 30_000 });
+  await page.locator("#task-status .badge", { hasText: "cancelled" }).waitFor();
+  const types = await page.locator("table.timeline tbody tr").evaluateAll((rows) => rows.map((r) => r.dataset.event));
+  assert.deepEqual(types, ["task.created", "task.started", "task.cancelled"]);
+  // The cancellation came from the server's history (a held event carries the task's attempts).
+  assert.equal(await page.locator('table.timeline tr[data-event="task.cancelled"] td').nth(2).textContent(), "1");
+  page.errors = page.errors.filter((e) => !/WebSocket/.test(e)); // the cut itself
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
+test("schedules: created from the form with the API's errors shown, paused, fired, deleted", async () => {
+  await admin.goto(server.base + "/schedules");
+  await admin.getByText("No schedules yet.").waitFor();
+  await admin.getByText("Create a schedule").click();
+  await admin.getByLabel("Name").fill("nightly");
+  await admin.getByLabel("Cron").fill("not a cron");
+  // The task's JSON is checked before anything is sent.
+  await admin.getByLabel("Task (JSON body of POST /v1/tasks)").fill('{type: "noop"}');
+  await admin.getByRole("button", { name: "Create schedule" }).click();
+  await admin.getByRole("alert").filter({ hasText: "not valid JSON" }).waitFor();
+  // The API refuses the cron expression: its code, message and request id are shown.
+  await admin.getByLabel("Task (JSON body of POST /v1/tasks)").fill('{"type": "noop", "payload": {}}');
+  await admin.getByRole("button", { name: "Create schedule" }).click();
+  const refused = admin.getByRole("alert").filter({ hasText: "invalid_cron" });
+  await refused.waitFor();
+  assert.match(await refused.textContent(), /request \S+/);
+  await admin.getByLabel("Cron").fill("0 3 * * *");
+  await admin.getByRole("button", { name: "Create schedule" }).click();
+  await admin.getByText("Created nightly").waitFor();
+  const row = admin.locator('tr[data-schedule="nightly"]');
+  await row.locator(".badge", { hasText: "active" }).waitFor();
+
+  await row.getByRole("button", { name: "Next 5" }).click();
+  const times = admin.locator(".fire-times li");
+  await within(5_000, "five fire times", async () => (await times.count()) === 5);
+  assert.match(await times.first().textContent(), /T03:00:00Z/);
+
+  await row.getByRole("button", { name: "Pause" }).click();
+  await row.locator(".badge", { hasText: "paused" }).waitFor();
+  await row.getByRole("button", { name: "Resume" }).click();
+  await row.locator(".badge", { hasText: "active" }).waitFor();
+
+  await row.getByRole("button", { name: "Trigger now" }).click();
+  const fired = admin.locator("p.ok", { hasText: "Fired nightly" }).getByRole("link");
+  await fired.waitFor();
+  const taskId = await fired.textContent();
+  const task = await call(server, "GET", `/v1/tasks/${taskId}`, { token: adminToken });
+  assert.equal(task.body.type, "noop");
+  await shot(admin, "schedules");
+
+  await row.getByRole("button", { name: "Delete" }).click();
+  await admin.getByText("No schedules yet.").waitFor();
+  assert.equal((await call(server, "GET", "/v1/schedules/nightly", { token: adminToken })).status, 404);
+});
+
+test("a workflow's page shows every task's state live and cancels it", async () => {
+  const made = await call(server, "POST", "/v1/workflows", {
+    token: adminToken,
+    body: {
+      name: "release",
+      tasks: [
+        { key: "build", type: "sleep", payload: { ms: 1000 } },
+        { key: "deploy", type: "sleep", payload: { ms: 60000 }, depends_on: ["build"] },
+        { key: "announce", type: "noop", depends_on: ["deploy"] },
+      ],
+    },
+  });
+  assert.equal(made.status, 201, JSON.stringify(made.body));
+  await admin.goto(server.base + "/workflows");
+  await admin.getByRole("link", { name: "release" }).first().click();
+  await admin.locator("#workflow-status .badge", { hasText: "running" }).waitFor();
+  await admin.evaluate(() => (window.notReloaded = true));
+  const state = (key) => admin.locator(`tr[data-key="${key}"] .badge`);
+  // The first task finishes and the second starts, on this page as they happen.
+  await state("build").filter({ hasText: "succeeded" }).waitFor({ timeout: 20_000 });
+  await state("deploy").filter({ hasText: "running" }).waitFor({ timeout: 20_000 });
+  assert.equal(await state("announce").textContent(), "waiting");
+  await shot(admin, "workflow");
+  await admin.getByRole("button", { name: "Cancel workflow" }).click();
+  await admin.locator("#workflow-status .badge", { hasText: "cancelled" }).waitFor({ timeout: 10_000 });
+  await state("deploy").filter({ hasText: "cancelled" }).waitFor({ timeout: 20_000 });
+  await state("announce").filter({ hasText: "cancelled" }).waitFor({ timeout: 20_000 });
+  assert.equal(await admin.getByRole("button", { name: "Cancel workflow" }).count(), 0);
+  assert.equal(await admin.evaluate(() => window.notReloaded), true);
+});
+
+test("settings: an admin changes a runtime setting and a feature flag, errors shown", async () => {
+  await admin.goto(server.base + "/settings");
+  const row = admin.locator('tr[data-setting="breaker_min_calls"]');
+  await row.waitFor();
+  const input = row.getByLabel("New value of breaker_min_calls");
+  const before = await input.inputValue();
+  await input.fill("lots");
+  await row.getByRole("button", { name: "Save" }).click();
+  const refused = admin.getByRole("alert").filter({ hasText: "invalid_setting" });
+  await refused.waitFor();
+  assert.match(await refused.textContent(), /request \S+/);
+  await input.fill(String(Number(before) + 3));
+  await row.getByRole("button", { name: "Save" }).click();
+  await row.locator(".badge", { hasText: "runtime" }).waitFor();
+  assert.equal(await row.getByLabel("New value of breaker_min_calls").inputValue(), String(Number(before) + 3));
+  assert.equal(await row.locator("td").nth(3).textContent(), before, "the configured value beneath");
+  await row.getByRole("button", { name: "Reset" }).click();
+  await within(10_000, "the setting to be back", async () =>
+    (await row.locator(".badge").textContent()) !== "runtime" &&
+    (await row.getByLabel("New value of breaker_min_calls").inputValue()) === before);
+
+  const flags = admin.locator("section.card").filter({ has: admin.getByRole("heading", { name: "Set a flag" }) });
+  await flags.getByLabel("Flag name").fill("no spaces, please");
+  await flags.getByRole("button", { name: "Set flag" }).click();
+  await flags.getByRole("alert").waitFor();
+  assert.match(await flags.getByRole("alert").textContent(), /request \S+/);
+  await flags.getByLabel("Flag name").fill("console.beta");
+  await flags.getByLabel("Percentage (blank: everyone)").fill("25");
+  await flags.getByLabel("Roles").fill("user");
+  await flags.getByRole("button", { name: "Set flag" }).click();
+  const flag = admin.locator('tr[data-flag="console.beta"]');
+  await flag.locator(".badge", { hasText: "on" }).waitFor();
+  assert.match(await flag.textContent(), /25 %/);
+  await flag.getByRole("button", { name: "Switch off" }).click();
+  await flag.locator(".badge", { hasText: "off" }).waitFor();
+  const stored = await call(server, "GET", "/v1/flags", { token: adminToken });
+  const entry = stored.body.flags.find((f) => f.name === "console.beta");
+  assert.deepEqual([entry.enabled, entry.percentage, entry.roles], [false, 25, ["user"]]);
+  await shot(admin, "settings");
+  await flag.getByRole("button", { name: "Delete" }).click();
+  await admin.getByText("Deleted console.beta.").waitFor();
+  assert.equal(await flag.count(), 0);
+});
+
+test("an operator reads settings and manages schedules, but changes no setting", async () => {
+  const made = await call(server, "POST", "/v1/users", {
+    token: adminToken,
+    body: { username: "otto", role: "operator", password: "otto-password-1234" },
+  });
+  assert.equal(made.status, 201, JSON.stringify(made.body));
+  const page = await openPage(browser);
+  await signIn(page, server, "otto", "otto-password-1234");
+  await page.getByRole("link", { name: "Settings", exact: true }).click();
+  await page.locator('tr[data-setting="breaker_min_calls"]').waitFor();
+  assert.equal(await page.getByRole("button", { name: "Save" }).count(), 0);
+  assert.equal(await page.getByRole("heading", { name: "Set a flag" }).count(), 0);
+  await page.getByRole("link", { name: "Schedules", exact: true }).click();
+  await page.getByText("Create a schedule").waitFor();
+  assert.equal(await page.getByRole("link", { name: "API keys" }).count(), 0);
+  assert.deepEqual(page.errors, []);
+  await page.context().close();
+});
+
 test("every page as an admin renders without console errors", async () => {
   admin.errors = []; // the refused password and payload above were errors on purpose
   for (const path of ["/", "/tasks", "/queues", "/workers", "/memory", "/integrations", "/schedules", "/workflows", "/settings", "/admin/users", "/admin/api-keys", "/admin/audit"]) {
@@ -180,7 +383,7 @@ test("a user sees their own pages and no admin pages", async () => {
   const page = await openPage(browser);
   await signIn(page, server, USER.username, USER.password);
   await page.getByRole("link", { name: "Tasks", exact: true }).waitFor();
-  for (const name of ["Users", "API keys", "Audit log", "Integrations", "Queues"]) {
+  for (const name of ["Users", "API keys", "Audit log", "Integrations", "Queues", "Schedules", "Settings"]) {
     assert.equal(await page.getByRole("link", { name }).count(), 0, name);
   }
   await page.goto(server.base + "/admin/users");
@@ -228,7 +431,7 @@ test("on a phone, in the dark theme, pages fit the screen and keep a visible foc
   await page.getByLabel("Username").fill("admin");
   await page.getByLabel("Password").fill(server.password);
   await page.getByRole("button", { name: "Sign in" }).click();
-  for (const path of ["/", "/tasks", "/memory", "/admin/api-keys"]) {
+  for (const path of ["/", "/tasks", "/memory", "/admin/api-keys", "/schedules", "/workflows", "/settings", "/integrations"]) {
     await page.goto(server.base + path);
     await page.locator("main h1").first().waitFor();
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);

@@ -41,7 +41,8 @@ export async function within(ms, what, probe) {
   throw new Error(`timed out waiting for ${what}` + (last ? `: ${last.message}` : ""));
 }
 
-export async function startServer() {
+/** The binary on a fresh data directory; `env` adds configuration (`MCP_*` variables). */
+export async function startServer(env = {}) {
   const dataDir = mkdtempSync(join(tmpdir(), "mkww-console-"));
   const child = spawn(BINARY, ["serve", "--listen", "127.0.0.1:0"], {
     cwd: dataDir,
@@ -54,6 +55,7 @@ export async function startServer() {
       MCP_JWT_SECRET: randomBytes(32).toString("hex"),
       MCP_VRCHAT_OSC_LISTEN: "",
       MCP_SHUTDOWN_DRAIN_MS: "0",
+      ...env,
     },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -75,6 +77,7 @@ export async function startServer() {
   return {
     base,
     password,
+    dataDir,
     async stop() {
       child.kill("SIGTERM");
       await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
