@@ -10,6 +10,12 @@ let browser;
 let admin; // the admin's page, signed in once
 let adminToken;
 const USER = { username: "olga", password: "olga-password-1234" };
+/** In the page: whether a text node says just `null` or `undefined` (a value appended unchecked). */
+const strayText = () => {
+  const walk = document.createTreeWalker(document.querySelector("main"), NodeFilter.SHOW_TEXT);
+  for (let n = walk.nextNode(); n; n = walk.nextNode()) if (/^(null|undefined)$/.test(n.textContent.trim())) return true;
+  return false;
+};
 
 before(async () => {
   server = await startServer();
@@ -356,8 +362,10 @@ test("an operator reads settings and manages schedules, but changes no setting",
   await page.locator('tr[data-setting="breaker_min_calls"]').waitFor();
   assert.equal(await page.getByRole("button", { name: "Save" }).count(), 0);
   assert.equal(await page.getByRole("heading", { name: "Set a flag" }).count(), 0);
+  assert.equal(await page.evaluate(strayText), false);
   await page.getByRole("link", { name: "Schedules", exact: true }).click();
   await page.getByText("Create a schedule").waitFor();
+  assert.equal(await page.evaluate(strayText), false);
   assert.equal(await page.getByRole("link", { name: "API keys" }).count(), 0);
   assert.deepEqual(page.errors, []);
   await page.context().close();
@@ -370,6 +378,7 @@ test("every page as an admin renders without console errors", async () => {
     await admin.locator("main h1").first().waitFor();
     await within(10_000, `${path} to finish loading`, async () => (await admin.getByText("Loading…").count()) === 0);
     assert.equal(await admin.getByRole("heading", { name: "Not found" }).count(), 0, path);
+    assert.equal(await admin.evaluate(strayText), false, `${path} shows a stray "null" or "undefined"`);
     await shot(admin, path === "/" ? "overview" : path.slice(1).replace(/\//g, "-"));
   }
   // Pages of features the node has (its OpenAPI document lists their routes) are in the navigation.

@@ -71,7 +71,8 @@ export function schedules(root, { role }) {
     ], rows, (s) => ({ "data-schedule": s.name }));
   }, ["system.schedules"]);
 
-  root.append(h("h1", {}, "Schedules"), may ? createForm(() => list.load()) : null, out, list.section, next);
+  // (`append` of the DOM would write `null` out: only nodes here.)
+  root.append(h("h1", {}, "Schedules"), ...(may ? [createForm(() => list.load())] : []), out, list.section, next);
   return list.stop;
 }
 

@@ -134,8 +134,7 @@ export function settings(root, { role }) {
 
   root.append(
     h("h1", {}, "Settings"),
-    may ? null : h("p", { class: "muted" }, "Only an admin may change settings and flags."),
-    out,
+    may ? out : h("p", { class: "muted" }, "Only an admin may change settings and flags."),
     values.section,
     flags.section,
     may ? h("section", { class: "card" }, h("h2", {}, "Set a flag"), flagForm, flagOut) : flagOut,
