@@ -27,7 +27,9 @@ use mcp_core::{
     Task, TaskFilter, TaskStatus, TaskStore,
 };
 use serde_json::Value;
-use sqlx::postgres::PgListener;
+use sqlx::Postgres;
+use sqlx::postgres::{PgArguments, PgListener};
+use sqlx::query::QueryAs;
 use sqlx::types::Json;
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -42,74 +44,18 @@ impl TaskStore for PgTaskStore {
         if new.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = sql!(
-            "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts, \
-                 backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key, \
-                 concurrency_key, concurrency_limit, correlation_id, created_by, created_at, \
-                 share_key, traceparent)
-             SELECT i.id, i.type, i.queue, i.priority, i.payload,
-                    CASE WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END,
-                    i.max_attempts, i.bb, i.bm, coalesce(i.run_at, now()), i.timeout_ms,
-                    i.ik, i.ck, i.cl, i.corr, i.by, now(), i.share, i.tp
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::jsonb[], $6::int4[],
-                         $7::int8[], $8::int8[], $9::timestamptz[], $10::int8[], $11::text[],
-                         $12::text[], $13::int4[], $14::text[], $15::text[], $16::text[],
-                         $17::text[])
-                  AS i(id, type, queue, priority, payload, max_attempts, bb, bm, run_at,
-                       timeout_ms, ik, ck, cl, corr, by, share, tp)
-             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id, status, run_at, created_at"
-        );
-        let query = sqlx::query_as::<_, (Uuid, String, DateTime<Utc>, DateTime<Utc>)>(sql)
-            .bind(new.iter().map(|t| t.id).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| t.task_type.as_str()).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| t.queue.as_str()).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| t.priority).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| Json(&t.payload)).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| t.max_attempts).collect::<Vec<_>>())
-            .bind(
-                new.iter()
-                    .map(|t| t.backoff.base_ms as i64)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                new.iter()
-                    .map(|t| t.backoff.max_ms as i64)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(new.iter().map(|t| t.run_at).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| t.timeout_ms as i64).collect::<Vec<_>>())
-            .bind(
-                new.iter()
-                    .map(|t| t.idempotency_key.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                new.iter()
-                    .map(|t| t.concurrency_key.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(new.iter().map(|t| t.concurrency_limit).collect::<Vec<_>>())
-            .bind(
-                new.iter()
-                    .map(|t| t.correlation_id.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                new.iter()
-                    .map(|t| t.created_by.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                new.iter()
-                    .map(|t| t.share_key.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                new.iter()
-                    .map(|t| t.traceparent.as_deref())
-                    .collect::<Vec<_>>(),
-            );
+        let query = NewTaskColumns::of(new).bind(sqlx::query_as::<
+            _,
+            (Uuid, String, DateTime<Utc>, DateTime<Utc>),
+        >(insert_tasks_sql!(
+            status: "CASE WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END",
+            columns: "",
+            values: "",
+            arrays: "",
+            names: "",
+            tail: "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                   RETURNING id, status, run_at, created_at"
+        )));
         let rows = match self.begin_recording(Transition::Created).await? {
             Some((mut tx, wanted)) => {
                 let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
@@ -693,6 +639,112 @@ impl TaskStore for PgTaskStore {
 
     async fn set_progress(&self, id: Uuid, progress: &Progress) -> Result<bool, StoreError> {
         self.set_progress_row(id, progress).await
+    }
+}
+
+/// Inserts new tasks from the arrays of [`NewTaskColumns`] (`$1`–`$17`, unnested as `i`), one
+/// statement for `insert` and a workflow's tasks: `status` is each row's status expression;
+/// `columns` and `values` add the caller's own columns, read from `arrays` (`$18`…) unnested
+/// beside the shared ones under `names`; `tail` ends the statement.
+macro_rules! insert_tasks_sql {
+    (status: $status:literal, columns: $columns:literal, values: $values:literal,
+     arrays: $arrays:literal, names: $names:literal, tail: $tail:literal) => {
+        concat!(
+            "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
+                 backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key,
+                 concurrency_key, concurrency_limit, correlation_id, created_by, created_at,
+                 share_key, traceparent",
+            $columns,
+            ")
+             SELECT i.id, i.type, i.queue, i.priority, i.payload, ",
+            $status,
+            ", i.max_attempts, i.bb, i.bm, coalesce(i.run_at, now()), i.timeout_ms,
+                    i.ik, i.ck, i.cl, i.corr, i.by, now(), i.share, i.tp",
+            $values,
+            "
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::jsonb[], $6::int4[],
+                         $7::int8[], $8::int8[], $9::timestamptz[], $10::int8[], $11::text[],
+                         $12::text[], $13::int4[], $14::text[], $15::text[], $16::text[],
+                         $17::text[]",
+            $arrays,
+            ")
+                  AS i(id, type, queue, priority, payload, max_attempts, bb, bm, run_at,
+                       timeout_ms, ik, ck, cl, corr, by, share, tp",
+            $names,
+            ") ",
+            $tail
+        )
+    };
+}
+pub(super) use insert_tasks_sql;
+
+/// New tasks as the arrays [`insert_tasks_sql`] unnests, bound as `$1`–`$17`.
+pub(super) struct NewTaskColumns<'a> {
+    ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    queues: Vec<&'a str>,
+    priorities: Vec<i32>,
+    payloads: Vec<Json<&'a Value>>,
+    max_attempts: Vec<i32>,
+    backoff_base_ms: Vec<i64>,
+    backoff_max_ms: Vec<i64>,
+    run_at: Vec<Option<DateTime<Utc>>>,
+    timeout_ms: Vec<i64>,
+    idempotency_keys: Vec<Option<&'a str>>,
+    concurrency_keys: Vec<Option<&'a str>>,
+    concurrency_limits: Vec<Option<i32>>,
+    correlation_ids: Vec<Option<&'a str>>,
+    created_by: Vec<Option<&'a str>>,
+    share_keys: Vec<Option<&'a str>>,
+    traceparents: Vec<Option<&'a str>>,
+}
+
+impl<'a> NewTaskColumns<'a> {
+    pub fn of(new: &'a [NewTask]) -> Self {
+        NewTaskColumns {
+            ids: new.iter().map(|t| t.id).collect(),
+            types: new.iter().map(|t| t.task_type.as_str()).collect(),
+            queues: new.iter().map(|t| t.queue.as_str()).collect(),
+            priorities: new.iter().map(|t| t.priority).collect(),
+            payloads: new.iter().map(|t| Json(&t.payload)).collect(),
+            max_attempts: new.iter().map(|t| t.max_attempts).collect(),
+            backoff_base_ms: new.iter().map(|t| t.backoff.base_ms as i64).collect(),
+            backoff_max_ms: new.iter().map(|t| t.backoff.max_ms as i64).collect(),
+            run_at: new.iter().map(|t| t.run_at).collect(),
+            timeout_ms: new.iter().map(|t| t.timeout_ms as i64).collect(),
+            idempotency_keys: new.iter().map(|t| t.idempotency_key.as_deref()).collect(),
+            concurrency_keys: new.iter().map(|t| t.concurrency_key.as_deref()).collect(),
+            concurrency_limits: new.iter().map(|t| t.concurrency_limit).collect(),
+            correlation_ids: new.iter().map(|t| t.correlation_id.as_deref()).collect(),
+            created_by: new.iter().map(|t| t.created_by.as_deref()).collect(),
+            share_keys: new.iter().map(|t| t.share_key.as_deref()).collect(),
+            traceparents: new.iter().map(|t| t.traceparent.as_deref()).collect(),
+        }
+    }
+
+    /// Binds the columns as `$1`–`$17`, in [`insert_tasks_sql`]'s order.
+    pub fn bind<O>(
+        self,
+        query: QueryAs<'a, Postgres, O, PgArguments>,
+    ) -> QueryAs<'a, Postgres, O, PgArguments> {
+        query
+            .bind(self.ids)
+            .bind(self.types)
+            .bind(self.queues)
+            .bind(self.priorities)
+            .bind(self.payloads)
+            .bind(self.max_attempts)
+            .bind(self.backoff_base_ms)
+            .bind(self.backoff_max_ms)
+            .bind(self.run_at)
+            .bind(self.timeout_ms)
+            .bind(self.idempotency_keys)
+            .bind(self.concurrency_keys)
+            .bind(self.concurrency_limits)
+            .bind(self.correlation_ids)
+            .bind(self.created_by)
+            .bind(self.share_keys)
+            .bind(self.traceparents)
     }
 }
 
