@@ -41,6 +41,9 @@ pub struct PgTaskStore {
     /// How the pool's connections are made, for `check_server`'s own connection.
     options: Arc<PgConnectOptions>,
     schema: String,
+    /// This store's `mcp.origin`, set on each of its connections: the insert trigger's
+    /// notifications carry it, and `watch` skips its own (the orchestrator wakes itself).
+    origin: Arc<str>,
     /// The LISTEN task started by `watch`, stopped by `close`.
     listener: Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,
     /// Which task events transitions record in the webhook outbox.
@@ -96,8 +99,11 @@ impl PgTaskStore {
         // table) the planner believes the queue is nearly empty and claims by bitmap scan and
         // sorting every runnable task, 70 ms per claim at 50k tasks instead of 6 ms by reading
         // the claim-order index.
+        // Names this store's inserts in their notifications (see `watch`).
+        let origin = Uuid::new_v4().simple().to_string();
         let options = base.options([
             ("search_path", schema),
+            ("mcp.origin", origin.as_str()),
             ("random_page_cost", "1.1"),
             ("plan_cache_mode", "force_custom_plan"),
             ("enable_bitmapscan", "off"),
@@ -112,6 +118,7 @@ impl PgTaskStore {
             pool,
             options: Arc::new(options),
             schema: schema.to_owned(),
+            origin: origin.into(),
             listener: Arc::default(),
             outbox: Arc::default(),
         })

@@ -563,11 +563,14 @@ impl TaskStore for PgTaskStore {
         let channel = self.channel();
         listener.listen(&channel).await.map_err(db_error)?;
         let pool = self.pool.clone();
+        let origin = self.origin.clone();
         let task = tokio::spawn(async move {
             while !pool.is_closed() {
                 // `recv` reconnects by itself after a lost connection; a wake-up is harmless
                 // then, since notifications sent meanwhile were missed.
                 match listener.recv().await {
+                    // This store's own insert: whoever inserted woke the claim loop already.
+                    Ok(notification) if notification.payload() == &*origin => {}
                     Ok(_) => wake.notify_one(),
                     Err(e) => {
                         tracing::warn!(error = %e, "LISTEN connection failed; retrying");
