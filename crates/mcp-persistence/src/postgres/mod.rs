@@ -13,6 +13,7 @@ mod settings;
 mod stats;
 mod task_row;
 mod tasks;
+mod vacuum;
 mod webhooks;
 mod workers;
 mod workflows;
@@ -48,6 +49,8 @@ pub struct PgTaskStore {
     listener: Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,
     /// Which task events transitions record in the webhook outbox.
     pub(crate) outbox: Arc<OutboxSwitch>,
+    /// Claims counted towards the next vacuum of the task table (`vacuum.rs`).
+    sweeper: Arc<vacuum::Sweeper>,
 }
 
 impl PgTaskStore {
@@ -121,6 +124,7 @@ impl PgTaskStore {
             origin: origin.into(),
             listener: Arc::default(),
             outbox: Arc::default(),
+            sweeper: Arc::default(),
         })
     }
 
