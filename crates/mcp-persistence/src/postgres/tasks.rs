@@ -517,11 +517,13 @@ impl PgTaskStore {
         // nothing (keyed tasks are waiting, or the queue is empty) the admitting path decides.
         // It is exact for share keys too while no unsaturated key could pass its cap within
         // `limit` tasks (`fits`); otherwise the admitting path counts them.
+        // The locked rows are updated by `ctid`, where the lock found them, without a second
+        // walk down the primary key; the lock keeps them where they are until the update.
         if request.share.fits(request.limit) {
             let query = sqlx::query_as::<_, TaskRow>(sql!(
                 "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = now(),
                      lease_owner = $3, lease_expires_at = now() + $4 * interval '1 millisecond'
-                 FROM (SELECT id FROM tasks
+                 FROM (SELECT ctid FROM tasks
                        WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
                          AND type = ANY($1) AND concurrency_key IS NULL
                          AND queue NOT IN (SELECT queue FROM queue_pauses)
@@ -533,7 +535,7 @@ impl PgTaskStore {
                        ORDER BY priority DESC, run_at, id
                        LIMIT $2
                        FOR UPDATE SKIP LOCKED) AS c
-                 WHERE tasks.id = c.id
+                 WHERE tasks.ctid = c.ctid
                  RETURNING {}",
                 qualified(TASK_COLUMNS, "tasks")
             ))
