@@ -9,6 +9,8 @@
 //! the table while another's vacuum holds it.
 
 use super::PgTaskStore;
+use crate::error::db_error;
+use mcp_core::StoreError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -28,6 +30,16 @@ pub(super) struct Sweeper {
 }
 
 impl PgTaskStore {
+    /// Brings the task table's planner statistics and visibility map up to date, as autovacuum
+    /// would after a while (benchmarks call it after a bulk load).
+    pub async fn vacuum_tasks(&self) -> Result<(), StoreError> {
+        sqlx::query("VACUUM ANALYZE tasks")
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
     /// Counts `claimed` tasks of a claim that asked for `limit`, and starts a vacuum in the
     /// background when one is due.
     pub(super) fn swept_after_claim(&self, claimed: usize, limit: u32) {
