@@ -62,8 +62,11 @@ async fn a_drained_burn_down_vacuums_the_task_table() {
     let Some(store) = postgres().await else {
         return;
     };
-    let tasks: Vec<NewTask> = (0..2_500).map(|_| noop()).collect();
-    store.insert(&tasks).await.expect("insert");
+    // Enough for a vacuum once the queue drains (`IDLE_AFTER` in `postgres/vacuum.rs`).
+    for _ in 0..11 {
+        let tasks: Vec<NewTask> = (0..1_000).map(|_| noop()).collect();
+        store.insert(&tasks).await.expect("insert");
+    }
     let mut claimed = 0;
     loop {
         // The last claim finds less than it asked for: the backlog is gone.
@@ -81,12 +84,12 @@ async fn a_drained_burn_down_vacuums_the_task_table() {
             break;
         }
     }
-    assert_eq!(claimed, 2_500);
+    assert_eq!(claimed, 11_000);
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while vacuums(&store).await == 0 {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the task table was not vacuumed after a drained burn-down of 2,500 tasks"
+            "the task table was not vacuumed after a drained burn-down of 11,000 tasks"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
