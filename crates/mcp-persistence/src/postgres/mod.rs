@@ -13,6 +13,7 @@ mod settings;
 mod stats;
 mod task_row;
 mod tasks;
+mod vacuum;
 mod webhooks;
 mod workers;
 mod workflows;
@@ -41,10 +42,15 @@ pub struct PgTaskStore {
     /// How the pool's connections are made, for `check_server`'s own connection.
     options: Arc<PgConnectOptions>,
     schema: String,
+    /// This store's `mcp.origin`, set on each of its connections: the insert trigger's
+    /// notifications carry it, and `watch` skips its own (the orchestrator wakes itself).
+    origin: Arc<str>,
     /// The LISTEN task started by `watch`, stopped by `close`.
     listener: Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,
     /// Which task events transitions record in the webhook outbox.
     pub(crate) outbox: Arc<OutboxSwitch>,
+    /// Claims counted towards the next vacuum of the task table (`vacuum.rs`).
+    sweeper: Arc<vacuum::Sweeper>,
 }
 
 impl PgTaskStore {
@@ -96,8 +102,11 @@ impl PgTaskStore {
         // table) the planner believes the queue is nearly empty and claims by bitmap scan and
         // sorting every runnable task, 70 ms per claim at 50k tasks instead of 6 ms by reading
         // the claim-order index.
+        // Names this store's inserts in their notifications (see `watch`).
+        let origin = Uuid::new_v4().simple().to_string();
         let options = base.options([
             ("search_path", schema),
+            ("mcp.origin", origin.as_str()),
             ("random_page_cost", "1.1"),
             ("plan_cache_mode", "force_custom_plan"),
             ("enable_bitmapscan", "off"),
@@ -112,8 +121,10 @@ impl PgTaskStore {
             pool,
             options: Arc::new(options),
             schema: schema.to_owned(),
+            origin: origin.into(),
             listener: Arc::default(),
             outbox: Arc::default(),
+            sweeper: Arc::default(),
         })
     }
 

@@ -27,7 +27,9 @@ use mcp_core::{
     Task, TaskFilter, TaskStatus, TaskStore,
 };
 use serde_json::Value;
-use sqlx::postgres::PgListener;
+use sqlx::Postgres;
+use sqlx::postgres::{PgArguments, PgListener};
+use sqlx::query::QueryAs;
 use sqlx::types::Json;
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -42,74 +44,18 @@ impl TaskStore for PgTaskStore {
         if new.is_empty() {
             return Ok(Vec::new());
         }
-        let sql = sql!(
-            "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts, \
-                 backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key, \
-                 concurrency_key, concurrency_limit, correlation_id, created_by, created_at, \
-                 share_key, traceparent)
-             SELECT i.id, i.type, i.queue, i.priority, i.payload,
-                    CASE WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END,
-                    i.max_attempts, i.bb, i.bm, coalesce(i.run_at, now()), i.timeout_ms,
-                    i.ik, i.ck, i.cl, i.corr, i.by, now(), i.share, i.tp
-             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::jsonb[], $6::int4[],
-                         $7::int8[], $8::int8[], $9::timestamptz[], $10::int8[], $11::text[],
-                         $12::text[], $13::int4[], $14::text[], $15::text[], $16::text[],
-                         $17::text[])
-                  AS i(id, type, queue, priority, payload, max_attempts, bb, bm, run_at,
-                       timeout_ms, ik, ck, cl, corr, by, share, tp)
-             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id, status, run_at, created_at"
-        );
-        let query = sqlx::query_as::<_, (Uuid, String, DateTime<Utc>, DateTime<Utc>)>(sql)
-            .bind(new.iter().map(|t| t.id).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| t.task_type.as_str()).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| t.queue.as_str()).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| t.priority).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| Json(&t.payload)).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| t.max_attempts).collect::<Vec<_>>())
-            .bind(
-                new.iter()
-                    .map(|t| t.backoff.base_ms as i64)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                new.iter()
-                    .map(|t| t.backoff.max_ms as i64)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(new.iter().map(|t| t.run_at).collect::<Vec<_>>())
-            .bind(new.iter().map(|t| t.timeout_ms as i64).collect::<Vec<_>>())
-            .bind(
-                new.iter()
-                    .map(|t| t.idempotency_key.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                new.iter()
-                    .map(|t| t.concurrency_key.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(new.iter().map(|t| t.concurrency_limit).collect::<Vec<_>>())
-            .bind(
-                new.iter()
-                    .map(|t| t.correlation_id.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                new.iter()
-                    .map(|t| t.created_by.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                new.iter()
-                    .map(|t| t.share_key.as_deref())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                new.iter()
-                    .map(|t| t.traceparent.as_deref())
-                    .collect::<Vec<_>>(),
-            );
+        let query = NewTaskColumns::of(new).bind(sqlx::query_as::<
+            _,
+            (Uuid, String, DateTime<Utc>, DateTime<Utc>),
+        >(insert_tasks_sql!(
+            status: "CASE WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END",
+            columns: "",
+            values: "",
+            arrays: "",
+            names: "",
+            tail: "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                   RETURNING id, status, run_at, created_at"
+        )));
         let rows = match self.begin_recording(Transition::Created).await? {
             Some((mut tx, wanted)) => {
                 let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
@@ -185,153 +131,8 @@ impl TaskStore for PgTaskStore {
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError> {
-        // Rate-limited types are claimed within their windows (`limits.rs`).
-        if let Some(claimed) = self.claim_with_limits(request).await? {
-            return Ok(claimed);
-        }
-        // Share keys at their cap on this node: their tasks are skipped by both paths.
-        let saturated = request.share.saturated();
-        // Fast path, one statement: while no runnable task has a concurrency key, nothing needs
-        // admitting, so lock and start the next tasks in claim order directly. When it claims
-        // nothing (keyed tasks are waiting, or the queue is empty) the admitting path decides.
-        // It is exact for share keys too while no unsaturated key could pass its cap within
-        // `limit` tasks (`fits`); otherwise the admitting path counts them.
-        if request.share.fits(request.limit) {
-            let query = sqlx::query_as::<_, TaskRow>(sql!(
-                "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = now(),
-                     lease_owner = $3, lease_expires_at = now() + $4 * interval '1 millisecond'
-                 FROM (SELECT id FROM tasks
-                       WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
-                         AND type = ANY($1) AND concurrency_key IS NULL
-                         AND queue NOT IN (SELECT queue FROM queue_pauses)
-                         AND (share_key IS NULL OR share_key <> ALL($5))
-                         AND NOT EXISTS (
-                             SELECT 1 FROM tasks
-                             WHERE status IN ('queued', 'scheduled', 'failed')
-                               AND concurrency_key IS NOT NULL AND run_at <= now())
-                       ORDER BY priority DESC, run_at, id
-                       LIMIT $2
-                       FOR UPDATE SKIP LOCKED) AS c
-                 WHERE tasks.id = c.id
-                 RETURNING {}",
-                qualified(TASK_COLUMNS, "tasks")
-            ))
-            .bind(&request.types)
-            .bind(i64::from(request.limit))
-            .bind(&request.owner)
-            .bind(millis(request.lease))
-            .bind(&saturated);
-            let rows = match self.begin_recording(Transition::Started).await? {
-                Some((mut tx, wanted)) => {
-                    let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
-                    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-                    self.commit_recorded(tx, &ids, Transition::Started, &wanted)
-                        .await?;
-                    rows
-                }
-                None => query.fetch_all(&self.pool).await.map_err(db_error)?,
-            };
-            let mut claimed = tasks(rows)?;
-            if !claimed.is_empty() {
-                claim_order(&mut claimed);
-                return Ok(claimed);
-            }
-        }
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let candidates: Vec<(Uuid, Option<String>, Option<i32>, Option<String>)> = sqlx::query_as(
-            "SELECT id, concurrency_key, concurrency_limit, share_key FROM tasks
-             WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
-               AND type = ANY($1)
-               AND queue NOT IN (SELECT queue FROM queue_pauses)
-               AND (share_key IS NULL OR share_key <> ALL($3))
-               AND (concurrency_key IS NULL OR concurrency_key NOT IN (
-                     SELECT concurrency_key FROM tasks
-                     WHERE status = 'running' AND concurrency_key IS NOT NULL
-                     GROUP BY concurrency_key
-                     HAVING count(*) >= min(concurrency_limit)))
-             ORDER BY priority DESC, run_at, id
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED",
-        )
-        .bind(&request.types)
-        .bind(i64::from(request.limit))
-        .bind(&saturated)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        if candidates.is_empty() {
-            tx.rollback().await.map_err(db_error)?;
-            return Ok(Vec::new());
-        }
-        let candidates: Vec<Candidate> = candidates
-            .into_iter()
-            .map(
-                |(id, concurrency_key, concurrency_limit, share_key)| Candidate {
-                    id,
-                    concurrency_key,
-                    concurrency_limit,
-                    share_key,
-                },
-            )
-            .collect();
-        let mut keys: Vec<&str> = candidates
-            .iter()
-            .filter_map(|c| c.concurrency_key.as_deref())
-            .collect();
-        let mut running = HashMap::new();
-        if !keys.is_empty() {
-            keys.sort_unstable();
-            keys.dedup();
-            // Serialise claimers per key (in one global order, so they cannot deadlock), then
-            // count what runs now: committed claims of other nodes are visible to this statement.
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock(hashtextextended('mcp_concurrency.' || k, 0))
-                 FROM unnest($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n",
-            )
-            .bind(&keys)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-            let counts: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT concurrency_key, count(*) FROM tasks
-                 WHERE status = 'running' AND concurrency_key = ANY($1)
-                 GROUP BY concurrency_key",
-            )
-            .bind(&keys)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error)?;
-            running.extend(counts);
-        }
-        let ids = admit(&candidates, &running, &request.share);
-        // `clock_timestamp()`, not `now()` (this transaction's start): a run admitted because
-        // another node's completion committed while this claim waited for the key's lock must
-        // not look as if it started before that run finished.
-        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-            "UPDATE tasks SET status = 'running', attempts = attempts + 1,
-                 started_at = clock_timestamp(),
-                 lease_owner = $2, lease_expires_at = now() + $3 * interval '1 millisecond'
-             FROM unnest($1::uuid[]) AS c(id)
-             WHERE tasks.id = c.id
-             RETURNING {}",
-            qualified(TASK_COLUMNS, "tasks")
-        ))
-        .bind(&ids)
-        .bind(&request.owner)
-        .bind(millis(request.lease))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        match self.outbox.wanted(Transition::Started) {
-            Some(wanted) => {
-                let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-                self.commit_recorded(tx, &ids, Transition::Started, &wanted)
-                    .await?;
-            }
-            None => tx.commit().await.map_err(db_error)?,
-        }
-        let mut claimed = tasks(rows)?;
-        claim_order(&mut claimed);
+        let claimed = self.claim_tasks(request).await?;
+        self.swept_after_claim(claimed.len(), request.limit);
         Ok(claimed)
     }
 
@@ -617,11 +418,14 @@ impl TaskStore for PgTaskStore {
         let channel = self.channel();
         listener.listen(&channel).await.map_err(db_error)?;
         let pool = self.pool.clone();
+        let origin = self.origin.clone();
         let task = tokio::spawn(async move {
             while !pool.is_closed() {
                 // `recv` reconnects by itself after a lost connection; a wake-up is harmless
                 // then, since notifications sent meanwhile were missed.
                 match listener.recv().await {
+                    // This store's own insert: whoever inserted woke the claim loop already.
+                    Ok(notification) if notification.payload() == &*origin => {}
                     Ok(_) => wake.notify_one(),
                     Err(e) => {
                         tracing::warn!(error = %e, "LISTEN connection failed; retrying");
@@ -693,6 +497,271 @@ impl TaskStore for PgTaskStore {
 
     async fn set_progress(&self, id: Uuid, progress: &Progress) -> Result<bool, StoreError> {
         self.set_progress_row(id, progress).await
+    }
+}
+
+/// A claim candidate as the admitting path reads it: id, concurrency key and limit, share key.
+type CandidateRow = (Uuid, Option<String>, Option<i32>, Option<String>);
+
+impl PgTaskStore {
+    /// Starts up to `request.limit` runnable tasks in claim order under `request.owner`'s lease.
+    async fn claim_tasks(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError> {
+        // Rate-limited types are claimed within their windows (`limits.rs`).
+        if let Some(claimed) = self.claim_with_limits(request).await? {
+            return Ok(claimed);
+        }
+        // Share keys at their cap on this node: their tasks are skipped by both paths.
+        let saturated = request.share.saturated();
+        // Fast path, one statement: while no runnable task has a concurrency key, nothing needs
+        // admitting, so lock and start the next tasks in claim order directly. When it claims
+        // nothing (keyed tasks are waiting, or the queue is empty) the admitting path decides.
+        // It is exact for share keys too while no unsaturated key could pass its cap within
+        // `limit` tasks (`fits`); otherwise the admitting path counts them.
+        // The locked rows are updated by `ctid`, where the lock found them, without a second
+        // walk down the primary key; the lock keeps them where they are until the update.
+        if request.share.fits(request.limit) {
+            let query = sqlx::query_as::<_, TaskRow>(sql!(
+                "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = now(),
+                     lease_owner = $3, lease_expires_at = now() + $4 * interval '1 millisecond'
+                 FROM (SELECT ctid FROM tasks
+                       WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
+                         AND type = ANY($1) AND concurrency_key IS NULL
+                         AND queue NOT IN (SELECT queue FROM queue_pauses)
+                         AND (share_key IS NULL OR share_key <> ALL($5))
+                         AND NOT EXISTS (
+                             SELECT 1 FROM tasks
+                             WHERE status IN ('queued', 'scheduled', 'failed')
+                               AND concurrency_key IS NOT NULL AND run_at <= now())
+                       ORDER BY priority DESC, run_at, id
+                       LIMIT $2
+                       FOR UPDATE SKIP LOCKED) AS c
+                 WHERE tasks.ctid = c.ctid
+                 RETURNING {}",
+                qualified(TASK_COLUMNS, "tasks")
+            ))
+            .bind(&request.types)
+            .bind(i64::from(request.limit))
+            .bind(&request.owner)
+            .bind(millis(request.lease))
+            .bind(&saturated);
+            let rows = match self.begin_recording(Transition::Started).await? {
+                Some((mut tx, wanted)) => {
+                    let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
+                    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+                    self.commit_recorded(tx, &ids, Transition::Started, &wanted)
+                        .await?;
+                    rows
+                }
+                None => query.fetch_all(&self.pool).await.map_err(db_error)?,
+            };
+            let mut claimed = tasks(rows)?;
+            if !claimed.is_empty() {
+                claim_order(&mut claimed);
+                return Ok(claimed);
+            }
+        }
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let candidates: Vec<CandidateRow> = sqlx::query_as(
+            "SELECT id, concurrency_key, concurrency_limit, share_key FROM tasks
+             WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
+               AND type = ANY($1)
+               AND queue NOT IN (SELECT queue FROM queue_pauses)
+               AND (share_key IS NULL OR share_key <> ALL($3))
+               AND (concurrency_key IS NULL OR concurrency_key NOT IN (
+                     SELECT concurrency_key FROM tasks
+                     WHERE status = 'running' AND concurrency_key IS NOT NULL
+                     GROUP BY concurrency_key
+                     HAVING count(*) >= min(concurrency_limit)))
+             ORDER BY priority DESC, run_at, id
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&request.types)
+        .bind(i64::from(request.limit))
+        .bind(&saturated)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if candidates.is_empty() {
+            tx.rollback().await.map_err(db_error)?;
+            return Ok(Vec::new());
+        }
+        let candidates: Vec<Candidate> = candidates
+            .into_iter()
+            .map(
+                |(id, concurrency_key, concurrency_limit, share_key)| Candidate {
+                    id,
+                    concurrency_key,
+                    concurrency_limit,
+                    share_key,
+                },
+            )
+            .collect();
+        let mut keys: Vec<&str> = candidates
+            .iter()
+            .filter_map(|c| c.concurrency_key.as_deref())
+            .collect();
+        let mut running = HashMap::new();
+        if !keys.is_empty() {
+            keys.sort_unstable();
+            keys.dedup();
+            // Serialise claimers per key (in one global order, so they cannot deadlock), then
+            // count what runs now: committed claims of other nodes are visible to this statement.
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtextextended('mcp_concurrency.' || k, 0))
+                 FROM unnest($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n",
+            )
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            let counts: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT concurrency_key, count(*) FROM tasks
+                 WHERE status = 'running' AND concurrency_key = ANY($1)
+                 GROUP BY concurrency_key",
+            )
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            running.extend(counts);
+        }
+        let ids = admit(&candidates, &running, &request.share);
+        // `clock_timestamp()`, not `now()` (this transaction's start): a run admitted because
+        // another node's completion committed while this claim waited for the key's lock must
+        // not look as if it started before that run finished.
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "UPDATE tasks SET status = 'running', attempts = attempts + 1,
+                 started_at = clock_timestamp(),
+                 lease_owner = $2, lease_expires_at = now() + $3 * interval '1 millisecond'
+             FROM unnest($1::uuid[]) AS c(id)
+             WHERE tasks.id = c.id
+             RETURNING {}",
+            qualified(TASK_COLUMNS, "tasks")
+        ))
+        .bind(&ids)
+        .bind(&request.owner)
+        .bind(millis(request.lease))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        match self.outbox.wanted(Transition::Started) {
+            Some(wanted) => {
+                let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+                self.commit_recorded(tx, &ids, Transition::Started, &wanted)
+                    .await?;
+            }
+            None => tx.commit().await.map_err(db_error)?,
+        }
+        let mut claimed = tasks(rows)?;
+        claim_order(&mut claimed);
+        Ok(claimed)
+    }
+}
+
+/// Inserts new tasks from the arrays of [`NewTaskColumns`] (`$1`–`$17`, unnested as `i`), one
+/// statement for `insert` and a workflow's tasks: `status` is each row's status expression;
+/// `columns` and `values` add the caller's own columns, read from `arrays` (`$18`…) unnested
+/// beside the shared ones under `names`; `tail` ends the statement.
+macro_rules! insert_tasks_sql {
+    (status: $status:literal, columns: $columns:literal, values: $values:literal,
+     arrays: $arrays:literal, names: $names:literal, tail: $tail:literal) => {
+        concat!(
+            "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
+                 backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key,
+                 concurrency_key, concurrency_limit, correlation_id, created_by, created_at,
+                 share_key, traceparent",
+            $columns,
+            ")
+             SELECT i.id, i.type, i.queue, i.priority, i.payload, ",
+            $status,
+            ", i.max_attempts, i.bb, i.bm, coalesce(i.run_at, now()), i.timeout_ms,
+                    i.ik, i.ck, i.cl, i.corr, i.by, now(), i.share, i.tp",
+            $values,
+            "
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::jsonb[], $6::int4[],
+                         $7::int8[], $8::int8[], $9::timestamptz[], $10::int8[], $11::text[],
+                         $12::text[], $13::int4[], $14::text[], $15::text[], $16::text[],
+                         $17::text[]",
+            $arrays,
+            ")
+                  AS i(id, type, queue, priority, payload, max_attempts, bb, bm, run_at,
+                       timeout_ms, ik, ck, cl, corr, by, share, tp",
+            $names,
+            ") ",
+            $tail
+        )
+    };
+}
+pub(super) use insert_tasks_sql;
+
+/// New tasks as the arrays [`insert_tasks_sql`] unnests, bound as `$1`–`$17`.
+pub(super) struct NewTaskColumns<'a> {
+    ids: Vec<Uuid>,
+    types: Vec<&'a str>,
+    queues: Vec<&'a str>,
+    priorities: Vec<i32>,
+    payloads: Vec<Json<&'a Value>>,
+    max_attempts: Vec<i32>,
+    backoff_base_ms: Vec<i64>,
+    backoff_max_ms: Vec<i64>,
+    run_at: Vec<Option<DateTime<Utc>>>,
+    timeout_ms: Vec<i64>,
+    idempotency_keys: Vec<Option<&'a str>>,
+    concurrency_keys: Vec<Option<&'a str>>,
+    concurrency_limits: Vec<Option<i32>>,
+    correlation_ids: Vec<Option<&'a str>>,
+    created_by: Vec<Option<&'a str>>,
+    share_keys: Vec<Option<&'a str>>,
+    traceparents: Vec<Option<&'a str>>,
+}
+
+impl<'a> NewTaskColumns<'a> {
+    pub fn of(new: &'a [NewTask]) -> Self {
+        NewTaskColumns {
+            ids: new.iter().map(|t| t.id).collect(),
+            types: new.iter().map(|t| t.task_type.as_str()).collect(),
+            queues: new.iter().map(|t| t.queue.as_str()).collect(),
+            priorities: new.iter().map(|t| t.priority).collect(),
+            payloads: new.iter().map(|t| Json(&t.payload)).collect(),
+            max_attempts: new.iter().map(|t| t.max_attempts).collect(),
+            backoff_base_ms: new.iter().map(|t| t.backoff.base_ms as i64).collect(),
+            backoff_max_ms: new.iter().map(|t| t.backoff.max_ms as i64).collect(),
+            run_at: new.iter().map(|t| t.run_at).collect(),
+            timeout_ms: new.iter().map(|t| t.timeout_ms as i64).collect(),
+            idempotency_keys: new.iter().map(|t| t.idempotency_key.as_deref()).collect(),
+            concurrency_keys: new.iter().map(|t| t.concurrency_key.as_deref()).collect(),
+            concurrency_limits: new.iter().map(|t| t.concurrency_limit).collect(),
+            correlation_ids: new.iter().map(|t| t.correlation_id.as_deref()).collect(),
+            created_by: new.iter().map(|t| t.created_by.as_deref()).collect(),
+            share_keys: new.iter().map(|t| t.share_key.as_deref()).collect(),
+            traceparents: new.iter().map(|t| t.traceparent.as_deref()).collect(),
+        }
+    }
+
+    /// Binds the columns as `$1`–`$17`, in [`insert_tasks_sql`]'s order.
+    pub fn bind<O>(
+        self,
+        query: QueryAs<'a, Postgres, O, PgArguments>,
+    ) -> QueryAs<'a, Postgres, O, PgArguments> {
+        query
+            .bind(self.ids)
+            .bind(self.types)
+            .bind(self.queues)
+            .bind(self.priorities)
+            .bind(self.payloads)
+            .bind(self.max_attempts)
+            .bind(self.backoff_base_ms)
+            .bind(self.backoff_max_ms)
+            .bind(self.run_at)
+            .bind(self.timeout_ms)
+            .bind(self.idempotency_keys)
+            .bind(self.concurrency_keys)
+            .bind(self.concurrency_limits)
+            .bind(self.correlation_ids)
+            .bind(self.created_by)
+            .bind(self.share_keys)
+            .bind(self.traceparents)
     }
 }
 

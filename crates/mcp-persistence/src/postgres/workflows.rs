@@ -7,7 +7,7 @@
 
 use super::PgTaskStore;
 use super::task_row::{TaskRow, tasks};
-use super::tasks::{CompletionColumns, complete_sql};
+use super::tasks::{CompletionColumns, NewTaskColumns, complete_sql, insert_tasks_sql};
 use crate::columns::{TASK_COLUMNS, WORKFLOW_COLUMNS, qualified};
 use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
@@ -334,79 +334,27 @@ async fn insert_tasks(
     new: &[NewTask],
     nodes: &[WorkflowNode],
 ) -> Result<Vec<Task>, StoreError> {
-    let stamped: Vec<(Uuid, String, DateTime<Utc>, DateTime<Utc>)> = sqlx::query_as(
-        "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
-             backoff_base_ms, backoff_max_ms, run_at, timeout_ms, concurrency_key,
-             concurrency_limit, correlation_id, created_by, created_at, share_key, workflow_id,
-             workflow_key, waiting_on, traceparent)
-         SELECT i.id, i.type, i.queue, i.priority, i.payload,
-                CASE WHEN i.wo > 0 THEN 'waiting'
-                     WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END,
-                i.max_attempts, i.bb, i.bm, coalesce(i.run_at, now()), i.timeout_ms,
-                i.ck, i.cl, i.corr, i.by, now(), i.share, $17, i.wk, i.wo, i.tp
-         FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::jsonb[], $6::int4[],
-                     $7::int8[], $8::int8[], $9::timestamptz[], $10::int8[], $11::text[],
-                     $12::int4[], $13::text[], $14::text[], $15::text[], $16::text[],
-                     $18::int4[], $19::text[])
-              AS i(id, type, queue, priority, payload, max_attempts, bb, bm, run_at,
-                   timeout_ms, ck, cl, corr, by, share, wk, wo, tp)
-         RETURNING id, status, run_at, created_at",
-    )
-    .bind(new.iter().map(|t| t.id).collect::<Vec<_>>())
-    .bind(new.iter().map(|t| t.task_type.as_str()).collect::<Vec<_>>())
-    .bind(new.iter().map(|t| t.queue.as_str()).collect::<Vec<_>>())
-    .bind(new.iter().map(|t| t.priority).collect::<Vec<_>>())
-    .bind(new.iter().map(|t| Json(&t.payload)).collect::<Vec<_>>())
-    .bind(new.iter().map(|t| t.max_attempts).collect::<Vec<_>>())
-    .bind(
-        new.iter()
-            .map(|t| t.backoff.base_ms as i64)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        new.iter()
-            .map(|t| t.backoff.max_ms as i64)
-            .collect::<Vec<_>>(),
-    )
-    .bind(new.iter().map(|t| t.run_at).collect::<Vec<_>>())
-    .bind(new.iter().map(|t| t.timeout_ms as i64).collect::<Vec<_>>())
-    .bind(
-        new.iter()
-            .map(|t| t.concurrency_key.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(new.iter().map(|t| t.concurrency_limit).collect::<Vec<_>>())
-    .bind(
-        new.iter()
-            .map(|t| t.correlation_id.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        new.iter()
-            .map(|t| t.created_by.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        new.iter()
-            .map(|t| t.share_key.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .bind(nodes.iter().map(|n| n.key.as_str()).collect::<Vec<_>>())
-    .bind(workflow_id)
-    .bind(
-        nodes
-            .iter()
-            .map(|n| n.depends_on.len() as i32)
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        new.iter()
-            .map(|t| t.traceparent.as_deref())
-            .collect::<Vec<_>>(),
-    )
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_error)?;
+    let stamped: Vec<(Uuid, String, DateTime<Utc>, DateTime<Utc>)> = NewTaskColumns::of(new)
+        .bind(sqlx::query_as(insert_tasks_sql!(
+            status: "CASE WHEN i.wo > 0 THEN 'waiting'
+                          WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END",
+            columns: ", workflow_id, workflow_key, waiting_on",
+            values: ", $18, i.wk, i.wo",
+            arrays: ", $19::text[], $20::int4[]",
+            names: ", wk, wo",
+            tail: "RETURNING id, status, run_at, created_at"
+        )))
+        .bind(workflow_id)
+        .bind(nodes.iter().map(|n| n.key.as_str()).collect::<Vec<_>>())
+        .bind(
+            nodes
+                .iter()
+                .map(|n| n.depends_on.len() as i32)
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?;
     let (children, parents): (Vec<Uuid>, Vec<Uuid>) = new
         .iter()
         .zip(nodes)

@@ -81,6 +81,15 @@ impl BenchStore {
         }
     }
 
+    /// After a bulk load of tasks: PostgreSQL vacuums and analyzes the task table, as autovacuum
+    /// would in the time a real table takes to fill (SQLite has nothing to do).
+    pub async fn settle_tasks(&self) -> anyhow::Result<()> {
+        if let BenchStore::Postgres(store) = self {
+            store.vacuum_tasks().await?;
+        }
+        Ok(())
+    }
+
     pub async fn cleanup(self) {
         match self {
             BenchStore::Sqlite(store, dir) => {

@@ -14,8 +14,12 @@ use chrono::{DateTime, Utc};
 use clap::ValueEnum;
 use mcp_core::limiter::LocalLimiter;
 use mcp_core::principal::Role;
+use mcp_core::store::ShareLimit;
 use mcp_core::task::CreateTask;
-use mcp_core::{HandlerRegistry, Orchestrator, OrchestratorConfig, Origin, TaskStatus, TaskStore};
+use mcp_core::{
+    Backoff, ClaimRequest, Completion, HandlerRegistry, NewTask, Orchestrator, OrchestratorConfig,
+    Origin, Outcome, TaskStatus, TaskStore,
+};
 use mcp_persistence::SqliteOptions;
 use serde_json::json;
 use std::sync::Arc;
@@ -58,6 +62,11 @@ pub struct TasksBench {
     /// SQLite `synchronous = FULL` (fsync every commit) instead of the default NORMAL.
     #[arg(long)]
     sqlite_full: bool,
+    /// Finished (`succeeded`) tasks put in the table before the run, as retention keeps them:
+    /// run through the store's own insert, claim and outcome write, then the table is vacuumed
+    /// and analyzed (PostgreSQL) as autovacuum would have done since.
+    #[arg(long, default_value_t = 0)]
+    finished: usize,
 }
 
 /// Which store, and how SQLite syncs.
@@ -129,6 +138,66 @@ async fn wait_until_done(store: &Arc<dyn TaskStore>) -> anyhow::Result<()> {
     while store.pending().await? > 0 {
         // Counting costs the database too; poll often enough for 1% precision on a 2 s run.
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Leaves `n` succeeded `noop` tasks in the store, through its own insert, claim and outcome
+/// write (no orchestrator, so no events), `batch` at a time.
+async fn prefill_finished(
+    store: &Arc<dyn TaskStore>,
+    n: usize,
+    batch: usize,
+) -> anyhow::Result<()> {
+    const OWNER: &str = "bench-prefill";
+    let batch = batch.max(1);
+    let mut left = n;
+    while left > 0 {
+        let size = left.min(batch);
+        let new: Vec<NewTask> = (0..size)
+            .map(|_| NewTask {
+                id: Uuid::now_v7(),
+                task_type: "noop".into(),
+                queue: "default".into(),
+                priority: 0,
+                payload: json!({}),
+                max_attempts: 3,
+                backoff: Backoff::default(),
+                run_at: None,
+                timeout_ms: 30_000,
+                idempotency_key: None,
+                concurrency_key: None,
+                concurrency_limit: None,
+                correlation_id: None,
+                created_by: None,
+                share_key: None,
+                traceparent: None,
+            })
+            .collect();
+        store.insert(&new).await?;
+        let claimed = store
+            .claim(&ClaimRequest {
+                owner: OWNER.into(),
+                types: vec!["noop".into()],
+                limit: size as u32,
+                lease: Duration::from_secs(600),
+                share: ShareLimit::default(),
+            })
+            .await?;
+        let done: Vec<Completion> = claimed
+            .iter()
+            .map(|t| Completion {
+                id: t.id,
+                outcome: Outcome::Succeeded(serde_json::Value::Null),
+            })
+            .collect();
+        store.complete(OWNER, &done).await?;
+        anyhow::ensure!(
+            done.len() == size,
+            "prefill claimed {} of {size}",
+            done.len()
+        );
+        left -= size;
     }
     Ok(())
 }
@@ -216,6 +285,17 @@ pub async fn run(args: TasksBench) -> anyhow::Result<()> {
         args.batch_size,
     );
 
+    if args.finished > 0 {
+        let started = Instant::now();
+        prefill_finished(&store, args.finished, args.batch_size).await?;
+        backing.settle_tasks().await?;
+        println!(
+            "prefill:   {} finished tasks in {:.1} s",
+            args.finished,
+            started.elapsed().as_secs_f64()
+        );
+    }
+
     // 1. Enqueue with no worker running.
     let started = Instant::now();
     let mut left = args.tasks;
@@ -249,9 +329,9 @@ pub async fn run(args: TasksBench) -> anyhow::Result<()> {
         .map(|(_, n)| n)
         .sum();
     anyhow::ensure!(
-        succeeded as usize == args.tasks,
+        succeeded as usize == args.tasks + args.finished,
         "expected {} succeeded tasks, found {succeeded}",
-        args.tasks
+        args.tasks + args.finished
     );
     println!(
         "processed: {process_rate:>10.0} tasks/s ({} tasks in {process_secs:.3} s)",
@@ -289,6 +369,7 @@ pub async fn run(args: TasksBench) -> anyhow::Result<()> {
             "via": match args.via { Via::Direct => "direct", Via::Http => "http" },
             "store": describe(&backing, &args),
             "tasks": args.tasks,
+            "finished_before": args.finished,
             "enqueue_jobs_per_s": enqueue_rate.round(),
             "processed_jobs_per_s": process_rate.round(),
             "latency_add_to_start": {"p50_ms": p50, "p99_ms": p99, "max_ms": max},
