@@ -37,54 +37,17 @@ impl TaskStore for SqliteTaskStore {
         if new.is_empty() {
             return Ok(Vec::new());
         }
-        let batch: Vec<Value> = new
-            .iter()
-            .map(|t| {
-                json!({
-                    "id": id_text(t.id),
-                    "type": t.task_type,
-                    "queue": t.queue,
-                    "priority": t.priority,
-                    "payload": t.payload,
-                    "max_attempts": t.max_attempts,
-                    "bb": t.backoff.base_ms,
-                    "bm": t.backoff.max_ms,
-                    "run_at": t.run_at.map(micros),
-                    "timeout_ms": t.timeout_ms,
-                    "ik": t.idempotency_key,
-                    "ck": t.concurrency_key,
-                    "cl": t.concurrency_limit,
-                    "corr": t.correlation_id,
-                    "by": t.created_by,
-                    "sk": t.share_key,
-                    "tp": t.traceparent,
-                })
-            })
-            .collect();
+        let batch = NewTaskColumns::batch(new.iter().map(|t| NewTaskColumns::of(t, None)))?;
         let at = Utc::now();
         let now = micros(at);
         let mut tx = self.writer.begin().await.map_err(db_error)?;
-        let inserted: Vec<(String,)> = sqlx::query_as(
-            "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
-                 backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key,
-                 concurrency_key, concurrency_limit, correlation_id, created_by, created_at,
-                 share_key, traceparent)
-             SELECT j.value ->> 'id', j.value ->> 'type', j.value ->> 'queue',
-                    j.value ->> 'priority', j.value -> 'payload',
-                    CASE WHEN coalesce(j.value ->> 'run_at', ?2) > ?2 THEN 'scheduled' ELSE 'queued' END,
-                    j.value ->> 'max_attempts', j.value ->> 'bb', j.value ->> 'bm',
-                    coalesce(j.value ->> 'run_at', ?2), j.value ->> 'timeout_ms',
-                    j.value ->> 'ik', j.value ->> 'ck', j.value ->> 'cl', j.value ->> 'corr',
-                    j.value ->> 'by', ?2, j.value ->> 'sk', j.value ->> 'tp'
-             FROM json_each(?1) AS j WHERE true
-             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id",
-        )
-        .bind(json_array(batch))
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        let inserted: Vec<(String,)> = sqlx::query_as(INSERT_SQL)
+            .bind(batch)
+            .bind(now)
+            .bind(None::<String>)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
         // Everything stored is known here, so the rows need not be read back.
         let inserted: HashSet<String> = inserted.into_iter().map(|(id,)| id).collect();
         let created: Vec<Task> = new
@@ -603,4 +566,96 @@ pub(super) fn completion_batch(completions: &[Completion]) -> String {
         })
         .collect();
     json_array(batch)
+}
+
+/// Inserts the tasks of a [`NewTaskColumns::batch`] (`?1`) created at `?2` into the workflow
+/// `?3` (NULL for tasks of none): `waiting` while a workflow task has dependencies left,
+/// `scheduled` until its `run_at`, else `queued`. A task whose idempotency key is taken is left
+/// out; `RETURNING id` names the tasks inserted. One statement for `insert` and a workflow's
+/// tasks.
+pub(super) const INSERT_SQL: &str = "INSERT INTO tasks (id, type, queue, priority, payload,
+         status, max_attempts, backoff_base_ms, backoff_max_ms, run_at, timeout_ms,
+         idempotency_key, concurrency_key, concurrency_limit, correlation_id, created_by,
+         created_at, share_key, workflow_id, workflow_key, waiting_on, traceparent)
+     SELECT j.value ->> 'id', j.value ->> 'type', j.value ->> 'queue',
+            j.value ->> 'priority', j.value -> 'payload',
+            CASE WHEN j.value ->> 'wo' > 0 THEN 'waiting'
+                 WHEN coalesce(j.value ->> 'run_at', ?2) > ?2 THEN 'scheduled'
+                 ELSE 'queued' END,
+            j.value ->> 'max_attempts', j.value ->> 'bb', j.value ->> 'bm',
+            coalesce(j.value ->> 'run_at', ?2), j.value ->> 'timeout_ms',
+            j.value ->> 'ik', j.value ->> 'ck', j.value ->> 'cl', j.value ->> 'corr',
+            j.value ->> 'by', ?2, j.value ->> 'sk', ?3, j.value ->> 'wk',
+            coalesce(j.value ->> 'wo', 0), j.value ->> 'tp'
+     FROM json_each(?1) AS j WHERE true
+     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+     RETURNING id";
+
+/// A new task's columns as one entry of the JSON array [`INSERT_SQL`] reads; a workflow's task
+/// also has its key and how many dependencies it waits on. Unset columns are left out (`->>`
+/// reads them as NULL).
+#[derive(serde::Serialize)]
+pub(super) struct NewTaskColumns<'a> {
+    id: Uuid,
+    #[serde(rename = "type")]
+    task_type: &'a str,
+    queue: &'a str,
+    priority: i32,
+    payload: &'a Value,
+    max_attempts: i32,
+    bb: u64,
+    bm: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_at: Option<i64>,
+    timeout_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ik: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ck: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cl: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    corr: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sk: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tp: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wk: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wo: Option<usize>,
+}
+
+impl<'a> NewTaskColumns<'a> {
+    /// The columns of `t`, in a workflow as `node` when it has one.
+    pub fn of(t: &'a NewTask, node: Option<&'a WorkflowNode>) -> Self {
+        NewTaskColumns {
+            id: t.id,
+            task_type: &t.task_type,
+            queue: &t.queue,
+            priority: t.priority,
+            payload: &t.payload,
+            max_attempts: t.max_attempts,
+            bb: t.backoff.base_ms,
+            bm: t.backoff.max_ms,
+            run_at: t.run_at.map(micros),
+            timeout_ms: t.timeout_ms,
+            ik: t.idempotency_key.as_deref(),
+            ck: t.concurrency_key.as_deref(),
+            cl: t.concurrency_limit,
+            corr: t.correlation_id.as_deref(),
+            by: t.created_by.as_deref(),
+            sk: t.share_key.as_deref(),
+            tp: t.traceparent.as_deref(),
+            wk: node.map(|n| n.key.as_str()),
+            wo: node.map(|n| n.depends_on.len()),
+        }
+    }
+
+    /// The batch as the JSON array [`INSERT_SQL`] binds as `?1`.
+    pub fn batch(columns: impl Iterator<Item = Self>) -> Result<String, StoreError> {
+        serde_json::to_string(&columns.collect::<Vec<Self>>()).map_err(corrupt)
+    }
 }
