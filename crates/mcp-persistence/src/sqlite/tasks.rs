@@ -9,8 +9,8 @@ use crate::columns::TASK_COLUMNS;
 use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::{
-    PRUNE_CHUNK, RESCUE_CHUNK, claim_order, conflicting_keys, error_json, in_input_order,
-    inserted_task, non_null, task_counts,
+    PRUNE_CHUNK, RESCUE_CHUNK, claim_order, conflicting_keys, in_input_order, inserted_task,
+    non_null, task_counts,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -21,9 +21,9 @@ use mcp_core::workflow::{
 };
 use mcp_core::{
     CancelOutcome, ClaimRequest, Completion, Inserted, NewTask, Outcome, RetryOutcome, StoreError,
-    Task, TaskFilter, TaskStatus, TaskStore,
+    Task, TaskError, TaskFilter, TaskStatus, TaskStore,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -122,6 +122,54 @@ impl TaskStore for SqliteTaskStore {
             return Ok(claimed);
         }
         let now = Utc::now();
+        // Share keys at their cap on this node: their tasks are skipped by both paths.
+        let saturated = json_array(request.share.saturated());
+        // Fast path, one statement: while no runnable task has a concurrency key, nothing needs
+        // admitting, so start the next tasks in claim order directly (as on PostgreSQL; the
+        // partial index `tasks_runnable_keyed` answers the check). When it claims nothing
+        // (keyed tasks are waiting, or the queue is empty) the admitting path decides.
+        if request.share.fits(request.limit) {
+            let query = sqlx::query_as::<_, TaskRow>(sql!(
+                "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?2,
+                     lease_owner = ?3, lease_expires_at = ?4
+                 WHERE id IN (
+                     SELECT id FROM tasks
+                     WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= ?2
+                       AND type IN (SELECT value FROM json_each(?1)) AND concurrency_key IS NULL
+                       AND queue NOT IN (SELECT queue FROM queue_pauses)
+                       AND (share_key IS NULL OR share_key NOT IN (SELECT value FROM json_each(?6)))
+                       AND NOT EXISTS (
+                           SELECT 1 FROM tasks
+                           WHERE status IN ('queued', 'scheduled', 'failed')
+                             AND concurrency_key IS NOT NULL AND run_at <= ?2)
+                     ORDER BY priority DESC, run_at, id
+                     LIMIT ?5)
+                 RETURNING {TASK_COLUMNS}"
+            ))
+            .bind(json_array(request.types.clone()))
+            .bind(micros(now))
+            .bind(&request.owner)
+            .bind(micros_after(now, request.lease))
+            .bind(i64::from(request.limit))
+            .bind(&saturated);
+            let rows = match self.begin_recording(Transition::Started).await? {
+                Some((mut tx, _)) => {
+                    let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
+                    let ids = rows
+                        .iter()
+                        .map(|r| uuid(&r.id))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    self.commit_recording(tx, &ids, Transition::Started).await?;
+                    rows
+                }
+                None => query.fetch_all(&self.writer).await.map_err(db_error)?,
+            };
+            let mut claimed = tasks(rows)?;
+            if !claimed.is_empty() {
+                claim_order(&mut claimed);
+                return Ok(claimed);
+            }
+        }
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         let candidates: Vec<(String, Option<String>, Option<i32>, Option<String>)> =
             sqlx::query_as(
@@ -141,7 +189,7 @@ impl TaskStore for SqliteTaskStore {
             .bind(micros(now))
             .bind(json_array(request.types.clone()))
             .bind(i64::from(request.limit))
-            .bind(json_array(request.share.saturated()))
+            .bind(&saturated)
             .fetch_all(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -208,11 +256,25 @@ impl TaskStore for SqliteTaskStore {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        let batch = completion_batch(completions);
-        let query = sqlx::query_as::<_, (String,)>(complete_sql!("RETURNING tasks.id"))
-            .bind(batch)
-            .bind(micros(Utc::now()))
-            .bind(owner);
+        let now = micros(Utc::now());
+        // The common batch, successes without a result, needs only their ids; others travel
+        // as a JSON document with their outcomes.
+        let query = if completions.iter().all(plain_success) {
+            let ids: Vec<Uuid> = completions.iter().map(|c| c.id).collect();
+            sqlx::query_as::<_, (String,)>(
+                "UPDATE tasks SET status = 'succeeded', result = NULL, error = NULL,
+                     finished_at = ?2, lease_owner = NULL, lease_expires_at = NULL
+                 WHERE id IN (SELECT value FROM json_each(?1)) AND +status = 'running'
+                   AND +lease_owner = ?3
+                 RETURNING id",
+            )
+            .bind(ids_json(&ids))
+        } else {
+            sqlx::query_as::<_, (String,)>(complete_sql!("RETURNING tasks.id"))
+                .bind(completion_batch(completions)?)
+        }
+        .bind(now)
+        .bind(owner);
         let recording = self.begin_recording(Transition::Settled).await?;
         let (changed, tx) = match recording {
             Some((mut tx, _)) => (query.fetch_all(&mut *tx).await.map_err(db_error)?, Some(tx)),
@@ -544,28 +606,46 @@ macro_rules! complete_sql {
 }
 pub(super) use complete_sql;
 
+/// A success without a result: `complete` records it by its id alone.
+fn plain_success(completion: &Completion) -> bool {
+    matches!(&completion.outcome, Outcome::Succeeded(value) if value.is_null())
+}
+
+/// A finished attempt as one entry of the JSON array [`complete_sql`] reads.
+#[derive(serde::Serialize)]
+struct CompletionColumns<'a> {
+    id: Uuid,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a TaskError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_at: Option<i64>,
+}
+
 /// Finished attempts as the JSON array [`complete_sql`] reads.
-pub(super) fn completion_batch(completions: &[Completion]) -> String {
-    let batch: Vec<Value> = completions
+pub(super) fn completion_batch(completions: &[Completion]) -> Result<String, StoreError> {
+    let batch: Vec<CompletionColumns<'_>> = completions
         .iter()
         .map(|c| {
-            let mut entry = json!({"id": id_text(c.id), "status": c.outcome.status().as_str()});
-            match &c.outcome {
-                Outcome::Succeeded(value) => {
-                    if let Some(value) = non_null(value) {
-                        entry["result"] = value.clone();
-                    }
-                }
+            let (result, error, run_at) = match &c.outcome {
+                Outcome::Succeeded(value) => (non_null(value), None, None),
                 Outcome::Retry { error, retry_at } | Outcome::Deferred { error, retry_at } => {
-                    entry["error"] = error_json(error);
-                    entry["run_at"] = micros(*retry_at).into();
+                    (None, Some(error), Some(micros(*retry_at)))
                 }
-                Outcome::Dead(error) => entry["error"] = error_json(error),
+                Outcome::Dead(error) => (None, Some(error), None),
+            };
+            CompletionColumns {
+                id: c.id,
+                status: c.outcome.status().as_str(),
+                result,
+                error,
+                run_at,
             }
-            entry
         })
         .collect();
-    json_array(batch)
+    serde_json::to_string(&batch).map_err(corrupt)
 }
 
 /// Inserts the tasks of a [`NewTaskColumns::batch`] (`?1`) created at `?2` into the workflow

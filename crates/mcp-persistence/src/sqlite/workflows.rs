@@ -168,7 +168,7 @@ impl SqliteTaskStore {
         if completions.is_empty() {
             return Ok(Settled::default());
         }
-        let batch = completion_batch(completions);
+        let batch = completion_batch(completions)?;
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         // As `complete`, then settled in the same transaction.
         let changed: Vec<(String, String)> =
