@@ -25,6 +25,7 @@ conformance!(
     never_runs_more_than_the_concurrency_limit,
     records_success_retry_and_death,
     ignores_outcomes_for_tasks_it_no_longer_owns,
+    records_successes_without_a_result_only_under_its_lease,
     heartbeat_extends_leases_and_reports_lost_ones,
     rescues_tasks_whose_lease_expired,
     release_requeues_without_spending_an_attempt,
@@ -413,6 +414,60 @@ mod cases {
         assert_eq!(
             store.get(ids[1]).await.unwrap().unwrap().status,
             TaskStatus::Running
+        );
+    }
+
+    /// The common outcome, success with no result, may take a shorter path in a store: it keeps
+    /// the same rules.
+    pub async fn records_successes_without_a_result_only_under_its_lease(
+        store: Arc<dyn TaskStore>,
+    ) {
+        let ids = insert(
+            &store,
+            vec![new_task("noop"), new_task("noop"), new_task("noop")],
+        )
+        .await;
+        store.claim(&claim_request(3)).await.unwrap();
+        store.cancel(ids[0]).await.unwrap();
+        let successes = |ids: &[uuid::Uuid]| -> Vec<Completion> {
+            ids.iter()
+                .map(|id| Completion {
+                    id: *id,
+                    outcome: Outcome::Succeeded(json!(null)),
+                })
+                .collect()
+        };
+        assert!(
+            store
+                .complete("node-b", &successes(&ids))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let changed: HashSet<_> = store
+            .complete(OWNER, &successes(&ids))
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(changed, HashSet::from([ids[1], ids[2]]));
+        for id in &ids[1..] {
+            let task = store.get(*id).await.unwrap().unwrap();
+            assert_eq!(task.status, TaskStatus::Succeeded);
+            assert_eq!((task.result, task.error), (None, None));
+            assert!(task.finished_at.is_some());
+        }
+        assert_eq!(
+            store.get(ids[0]).await.unwrap().unwrap().status,
+            TaskStatus::Cancelled
+        );
+        // Recorded once: a second write changes nothing.
+        assert!(
+            store
+                .complete(OWNER, &successes(&ids))
+                .await
+                .unwrap()
+                .is_empty()
         );
     }
 

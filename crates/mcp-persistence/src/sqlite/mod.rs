@@ -34,6 +34,11 @@ use uuid::Uuid;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Rows sqlx's connection thread may queue for the reading task (sqlx's default is 50). Above
+/// the largest batch a claim or an outcome write returns, so the thread runs a statement to its
+/// end without waiting: with a full queue every further row costs a thread hand-off.
+const ROW_BUFFER: usize = 4_096;
+
 /// How the SQLite file is opened.
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -78,7 +83,8 @@ impl SqliteTaskStore {
                 SqliteSynchronous::Normal
             })
             .busy_timeout(Duration::from_secs(10))
-            .foreign_keys(true);
+            .foreign_keys(true)
+            .row_buffer_size(ROW_BUFFER);
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)

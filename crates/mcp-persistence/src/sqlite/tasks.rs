@@ -9,8 +9,8 @@ use crate::columns::TASK_COLUMNS;
 use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::{
-    PRUNE_CHUNK, RESCUE_CHUNK, claim_order, conflicting_keys, error_json, in_input_order,
-    inserted_task, non_null, task_counts,
+    PRUNE_CHUNK, RESCUE_CHUNK, claim_order, conflicting_keys, in_input_order, inserted_task,
+    non_null, task_counts,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -21,9 +21,9 @@ use mcp_core::workflow::{
 };
 use mcp_core::{
     CancelOutcome, ClaimRequest, Completion, Inserted, NewTask, Outcome, RetryOutcome, StoreError,
-    Task, TaskFilter, TaskStatus, TaskStore,
+    Task, TaskError, TaskFilter, TaskStatus, TaskStore,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -37,54 +37,17 @@ impl TaskStore for SqliteTaskStore {
         if new.is_empty() {
             return Ok(Vec::new());
         }
-        let batch: Vec<Value> = new
-            .iter()
-            .map(|t| {
-                json!({
-                    "id": id_text(t.id),
-                    "type": t.task_type,
-                    "queue": t.queue,
-                    "priority": t.priority,
-                    "payload": t.payload,
-                    "max_attempts": t.max_attempts,
-                    "bb": t.backoff.base_ms,
-                    "bm": t.backoff.max_ms,
-                    "run_at": t.run_at.map(micros),
-                    "timeout_ms": t.timeout_ms,
-                    "ik": t.idempotency_key,
-                    "ck": t.concurrency_key,
-                    "cl": t.concurrency_limit,
-                    "corr": t.correlation_id,
-                    "by": t.created_by,
-                    "sk": t.share_key,
-                    "tp": t.traceparent,
-                })
-            })
-            .collect();
+        let batch = NewTaskColumns::batch(new.iter().map(|t| NewTaskColumns::of(t, None)))?;
         let at = Utc::now();
         let now = micros(at);
         let mut tx = self.writer.begin().await.map_err(db_error)?;
-        let inserted: Vec<(String,)> = sqlx::query_as(
-            "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
-                 backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key,
-                 concurrency_key, concurrency_limit, correlation_id, created_by, created_at,
-                 share_key, traceparent)
-             SELECT j.value ->> 'id', j.value ->> 'type', j.value ->> 'queue',
-                    j.value ->> 'priority', j.value -> 'payload',
-                    CASE WHEN coalesce(j.value ->> 'run_at', ?2) > ?2 THEN 'scheduled' ELSE 'queued' END,
-                    j.value ->> 'max_attempts', j.value ->> 'bb', j.value ->> 'bm',
-                    coalesce(j.value ->> 'run_at', ?2), j.value ->> 'timeout_ms',
-                    j.value ->> 'ik', j.value ->> 'ck', j.value ->> 'cl', j.value ->> 'corr',
-                    j.value ->> 'by', ?2, j.value ->> 'sk', j.value ->> 'tp'
-             FROM json_each(?1) AS j WHERE true
-             ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-             RETURNING id",
-        )
-        .bind(json_array(batch))
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        let inserted: Vec<(String,)> = sqlx::query_as(INSERT_SQL)
+            .bind(batch)
+            .bind(now)
+            .bind(None::<String>)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
         // Everything stored is known here, so the rows need not be read back.
         let inserted: HashSet<String> = inserted.into_iter().map(|(id,)| id).collect();
         let created: Vec<Task> = new
@@ -159,6 +122,54 @@ impl TaskStore for SqliteTaskStore {
             return Ok(claimed);
         }
         let now = Utc::now();
+        // Share keys at their cap on this node: their tasks are skipped by both paths.
+        let saturated = json_array(request.share.saturated());
+        // Fast path, one statement: while no runnable task has a concurrency key, nothing needs
+        // admitting, so start the next tasks in claim order directly (as on PostgreSQL; the
+        // partial index `tasks_runnable_keyed` answers the check). When it claims nothing
+        // (keyed tasks are waiting, or the queue is empty) the admitting path decides.
+        if request.share.fits(request.limit) {
+            let query = sqlx::query_as::<_, TaskRow>(sql!(
+                "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?2,
+                     lease_owner = ?3, lease_expires_at = ?4
+                 WHERE id IN (
+                     SELECT id FROM tasks
+                     WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= ?2
+                       AND type IN (SELECT value FROM json_each(?1)) AND concurrency_key IS NULL
+                       AND queue NOT IN (SELECT queue FROM queue_pauses)
+                       AND (share_key IS NULL OR share_key NOT IN (SELECT value FROM json_each(?6)))
+                       AND NOT EXISTS (
+                           SELECT 1 FROM tasks
+                           WHERE status IN ('queued', 'scheduled', 'failed')
+                             AND concurrency_key IS NOT NULL AND run_at <= ?2)
+                     ORDER BY priority DESC, run_at, id
+                     LIMIT ?5)
+                 RETURNING {TASK_COLUMNS}"
+            ))
+            .bind(json_array(request.types.clone()))
+            .bind(micros(now))
+            .bind(&request.owner)
+            .bind(micros_after(now, request.lease))
+            .bind(i64::from(request.limit))
+            .bind(&saturated);
+            let rows = match self.begin_recording(Transition::Started).await? {
+                Some((mut tx, _)) => {
+                    let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
+                    let ids = rows
+                        .iter()
+                        .map(|r| uuid(&r.id))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    self.commit_recording(tx, &ids, Transition::Started).await?;
+                    rows
+                }
+                None => query.fetch_all(&self.writer).await.map_err(db_error)?,
+            };
+            let mut claimed = tasks(rows)?;
+            if !claimed.is_empty() {
+                claim_order(&mut claimed);
+                return Ok(claimed);
+            }
+        }
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         let candidates: Vec<(String, Option<String>, Option<i32>, Option<String>)> =
             sqlx::query_as(
@@ -178,7 +189,7 @@ impl TaskStore for SqliteTaskStore {
             .bind(micros(now))
             .bind(json_array(request.types.clone()))
             .bind(i64::from(request.limit))
-            .bind(json_array(request.share.saturated()))
+            .bind(&saturated)
             .fetch_all(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -245,11 +256,25 @@ impl TaskStore for SqliteTaskStore {
         if completions.is_empty() {
             return Ok(Vec::new());
         }
-        let batch = completion_batch(completions);
-        let query = sqlx::query_as::<_, (String,)>(complete_sql!("RETURNING tasks.id"))
-            .bind(batch)
-            .bind(micros(Utc::now()))
-            .bind(owner);
+        let now = micros(Utc::now());
+        // The common batch, successes without a result, needs only their ids; others travel
+        // as a JSON document with their outcomes.
+        let query = if completions.iter().all(plain_success) {
+            let ids: Vec<Uuid> = completions.iter().map(|c| c.id).collect();
+            sqlx::query_as::<_, (String,)>(
+                "UPDATE tasks SET status = 'succeeded', result = NULL, error = NULL,
+                     finished_at = ?2, lease_owner = NULL, lease_expires_at = NULL
+                 WHERE id IN (SELECT value FROM json_each(?1)) AND +status = 'running'
+                   AND +lease_owner = ?3
+                 RETURNING id",
+            )
+            .bind(ids_json(&ids))
+        } else {
+            sqlx::query_as::<_, (String,)>(complete_sql!("RETURNING tasks.id"))
+                .bind(completion_batch(completions)?)
+        }
+        .bind(now)
+        .bind(owner);
         let recording = self.begin_recording(Transition::Settled).await?;
         let (changed, tx) = match recording {
             Some((mut tx, _)) => (query.fetch_all(&mut *tx).await.map_err(db_error)?, Some(tx)),
@@ -581,26 +606,136 @@ macro_rules! complete_sql {
 }
 pub(super) use complete_sql;
 
+/// A success without a result: `complete` records it by its id alone.
+fn plain_success(completion: &Completion) -> bool {
+    matches!(&completion.outcome, Outcome::Succeeded(value) if value.is_null())
+}
+
+/// A finished attempt as one entry of the JSON array [`complete_sql`] reads.
+#[derive(serde::Serialize)]
+struct CompletionColumns<'a> {
+    id: Uuid,
+    status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a TaskError>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_at: Option<i64>,
+}
+
 /// Finished attempts as the JSON array [`complete_sql`] reads.
-pub(super) fn completion_batch(completions: &[Completion]) -> String {
-    let batch: Vec<Value> = completions
+pub(super) fn completion_batch(completions: &[Completion]) -> Result<String, StoreError> {
+    let batch: Vec<CompletionColumns<'_>> = completions
         .iter()
         .map(|c| {
-            let mut entry = json!({"id": id_text(c.id), "status": c.outcome.status().as_str()});
-            match &c.outcome {
-                Outcome::Succeeded(value) => {
-                    if let Some(value) = non_null(value) {
-                        entry["result"] = value.clone();
-                    }
-                }
+            let (result, error, run_at) = match &c.outcome {
+                Outcome::Succeeded(value) => (non_null(value), None, None),
                 Outcome::Retry { error, retry_at } | Outcome::Deferred { error, retry_at } => {
-                    entry["error"] = error_json(error);
-                    entry["run_at"] = micros(*retry_at).into();
+                    (None, Some(error), Some(micros(*retry_at)))
                 }
-                Outcome::Dead(error) => entry["error"] = error_json(error),
+                Outcome::Dead(error) => (None, Some(error), None),
+            };
+            CompletionColumns {
+                id: c.id,
+                status: c.outcome.status().as_str(),
+                result,
+                error,
+                run_at,
             }
-            entry
         })
         .collect();
-    json_array(batch)
+    serde_json::to_string(&batch).map_err(corrupt)
+}
+
+/// Inserts the tasks of a [`NewTaskColumns::batch`] (`?1`) created at `?2` into the workflow
+/// `?3` (NULL for tasks of none): `waiting` while a workflow task has dependencies left,
+/// `scheduled` until its `run_at`, else `queued`. A task whose idempotency key is taken is left
+/// out; `RETURNING id` names the tasks inserted. One statement for `insert` and a workflow's
+/// tasks.
+pub(super) const INSERT_SQL: &str = "INSERT INTO tasks (id, type, queue, priority, payload,
+         status, max_attempts, backoff_base_ms, backoff_max_ms, run_at, timeout_ms,
+         idempotency_key, concurrency_key, concurrency_limit, correlation_id, created_by,
+         created_at, share_key, workflow_id, workflow_key, waiting_on, traceparent)
+     SELECT j.value ->> 'id', j.value ->> 'type', j.value ->> 'queue',
+            j.value ->> 'priority', j.value -> 'payload',
+            CASE WHEN j.value ->> 'wo' > 0 THEN 'waiting'
+                 WHEN coalesce(j.value ->> 'run_at', ?2) > ?2 THEN 'scheduled'
+                 ELSE 'queued' END,
+            j.value ->> 'max_attempts', j.value ->> 'bb', j.value ->> 'bm',
+            coalesce(j.value ->> 'run_at', ?2), j.value ->> 'timeout_ms',
+            j.value ->> 'ik', j.value ->> 'ck', j.value ->> 'cl', j.value ->> 'corr',
+            j.value ->> 'by', ?2, j.value ->> 'sk', ?3, j.value ->> 'wk',
+            coalesce(j.value ->> 'wo', 0), j.value ->> 'tp'
+     FROM json_each(?1) AS j WHERE true
+     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+     RETURNING id";
+
+/// A new task's columns as one entry of the JSON array [`INSERT_SQL`] reads; a workflow's task
+/// also has its key and how many dependencies it waits on. Unset columns are left out (`->>`
+/// reads them as NULL).
+#[derive(serde::Serialize)]
+pub(super) struct NewTaskColumns<'a> {
+    id: Uuid,
+    #[serde(rename = "type")]
+    task_type: &'a str,
+    queue: &'a str,
+    priority: i32,
+    payload: &'a Value,
+    max_attempts: i32,
+    bb: u64,
+    bm: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    run_at: Option<i64>,
+    timeout_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ik: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ck: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cl: Option<i32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    corr: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    by: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sk: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tp: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wk: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wo: Option<usize>,
+}
+
+impl<'a> NewTaskColumns<'a> {
+    /// The columns of `t`, in a workflow as `node` when it has one.
+    pub fn of(t: &'a NewTask, node: Option<&'a WorkflowNode>) -> Self {
+        NewTaskColumns {
+            id: t.id,
+            task_type: &t.task_type,
+            queue: &t.queue,
+            priority: t.priority,
+            payload: &t.payload,
+            max_attempts: t.max_attempts,
+            bb: t.backoff.base_ms,
+            bm: t.backoff.max_ms,
+            run_at: t.run_at.map(micros),
+            timeout_ms: t.timeout_ms,
+            ik: t.idempotency_key.as_deref(),
+            ck: t.concurrency_key.as_deref(),
+            cl: t.concurrency_limit,
+            corr: t.correlation_id.as_deref(),
+            by: t.created_by.as_deref(),
+            sk: t.share_key.as_deref(),
+            tp: t.traceparent.as_deref(),
+            wk: node.map(|n| n.key.as_str()),
+            wo: node.map(|n| n.depends_on.len()),
+        }
+    }
+
+    /// The batch as the JSON array [`INSERT_SQL`] binds as `?1`.
+    pub fn batch(columns: impl Iterator<Item = Self>) -> Result<String, StoreError> {
+        serde_json::to_string(&columns.collect::<Vec<Self>>()).map_err(corrupt)
+    }
 }

@@ -4,7 +4,7 @@
 
 use super::SqliteTaskStore;
 use super::task_row::{TaskRow, tasks};
-use super::tasks::{complete_sql, completion_batch};
+use super::tasks::{INSERT_SQL, NewTaskColumns, complete_sql, completion_batch};
 use crate::codec::{id_text, ids_json, instant, json_array, micros, uuid};
 use crate::columns::{TASK_COLUMNS, WORKFLOW_COLUMNS, qualified};
 use crate::error::{corrupt, db_error};
@@ -168,7 +168,7 @@ impl SqliteTaskStore {
         if completions.is_empty() {
             return Ok(Settled::default());
         }
-        let batch = completion_batch(completions);
+        let batch = completion_batch(completions)?;
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         // As `complete`, then settled in the same transaction.
         let changed: Vec<(String, String)> =
@@ -320,55 +320,18 @@ async fn insert_tasks(
     at: chrono::DateTime<Utc>,
 ) -> Result<Vec<Task>, StoreError> {
     let now = micros(at);
-    let batch: Vec<Value> = new
-        .iter()
-        .zip(nodes)
-        .map(|(t, node)| {
-            json!({
-                "id": id_text(t.id),
-                "type": t.task_type,
-                "queue": t.queue,
-                "priority": t.priority,
-                "payload": t.payload,
-                "max_attempts": t.max_attempts,
-                "bb": t.backoff.base_ms,
-                "bm": t.backoff.max_ms,
-                "run_at": t.run_at.map(micros),
-                "timeout_ms": t.timeout_ms,
-                "ck": t.concurrency_key,
-                "cl": t.concurrency_limit,
-                "corr": t.correlation_id,
-                "by": t.created_by,
-                "sk": t.share_key,
-                "wk": node.key,
-                "tp": t.traceparent,
-                "wo": node.depends_on.len(),
-            })
-        })
-        .collect();
-    sqlx::query(
-        "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
-             backoff_base_ms, backoff_max_ms, run_at, timeout_ms, concurrency_key,
-             concurrency_limit, correlation_id, created_by, created_at, share_key, workflow_id,
-             workflow_key, waiting_on, traceparent)
-         SELECT j.value ->> 'id', j.value ->> 'type', j.value ->> 'queue',
-                j.value ->> 'priority', j.value -> 'payload',
-                CASE WHEN j.value ->> 'wo' > 0 THEN 'waiting'
-                     WHEN coalesce(j.value ->> 'run_at', ?2) > ?2 THEN 'scheduled'
-                     ELSE 'queued' END,
-                j.value ->> 'max_attempts', j.value ->> 'bb', j.value ->> 'bm',
-                coalesce(j.value ->> 'run_at', ?2), j.value ->> 'timeout_ms',
-                j.value ->> 'ck', j.value ->> 'cl', j.value ->> 'corr',
-                j.value ->> 'by', ?2, j.value ->> 'sk', ?3, j.value ->> 'wk', j.value ->> 'wo',
-                j.value ->> 'tp'
-         FROM json_each(?1) AS j",
-    )
-    .bind(json_array(batch))
-    .bind(now)
-    .bind(id_text(workflow_id))
-    .execute(&mut **tx)
-    .await
-    .map_err(db_error)?;
+    let batch = NewTaskColumns::batch(
+        new.iter()
+            .zip(nodes)
+            .map(|(t, node)| NewTaskColumns::of(t, Some(node))),
+    )?;
+    sqlx::query(INSERT_SQL)
+        .bind(batch)
+        .bind(now)
+        .bind(id_text(workflow_id))
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
     let edges: Vec<Value> = new
         .iter()
         .zip(nodes)

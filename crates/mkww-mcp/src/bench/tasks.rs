@@ -93,15 +93,19 @@ impl Client {
                 orchestrator.create_batch(tasks, Origin::default()).await?;
             }
             Client::Http { http, base } => {
+                // Serialized straight from the tasks (no JSON tree on the way), and the
+                // response read to its end as a client would, so the connection is reused.
                 let response = http
                     .post(format!("{base}/v1/tasks/batch"))
-                    .json(&json!({ "tasks": tasks }))
+                    .json(&Batch { tasks: &tasks })
                     .send()
                     .await?;
+                let ok = response.status().is_success();
+                let body = response.bytes().await?;
                 anyhow::ensure!(
-                    response.status().is_success(),
+                    ok,
                     "batch create failed: {}",
-                    response.text().await.unwrap_or_default()
+                    String::from_utf8_lossy(&body)
                 );
             }
         }
@@ -125,6 +129,12 @@ impl Client {
             }
         }
     }
+}
+
+/// The body of `POST /v1/tasks/batch`.
+#[derive(serde::Serialize)]
+struct Batch<'a> {
+    tasks: &'a [CreateTask],
 }
 
 fn noop() -> CreateTask {
