@@ -127,7 +127,15 @@ async fn a_handlers_children_follow_the_rules_of_its_tasks_creator() {
         .unwrap()
         .unwrap();
     assert_eq!(stored.share_key.as_deref(), Some("alice"));
-    assert_eq!(stored.concurrency_key.as_deref(), Some("alice/deploy"));
+    // Shown as she gave it, stored in her namespace.
+    assert_eq!(stored.concurrency_key.as_deref(), Some("deploy"));
+    let [(_, pool), ..] = sqlite.pools();
+    let (key,): (String,) = sqlx::query_as("SELECT concurrency_key FROM tasks WHERE id = ?1")
+        .bind(stored.id.to_string())
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(key, "alice/deploy");
     let error = answers[1]["error"].as_str().unwrap_or_default();
     assert!(error.contains("daily quota of 3 tasks"), "{answers}");
 
