@@ -198,13 +198,15 @@ pub async fn cancel(
     Ok(Json(state.tasks.cancel(&principal, &id).await?))
 }
 
-/// Requeue a failed or dead task now (granting one more attempt if it had none left).
+/// Requeue a failed or dead task now (granting one more attempt if it had none left). A
+/// workflow's task may also be retried when cancelled; the dependents its end cancelled wait
+/// again (docs/workflows.md).
 #[utoipa::path(post, path = "/v1/tasks/{id}/retry", tag = "tasks",
     params(("id" = String, Path, description = "task id")),
     responses(
-        (status = 200, description = "requeued", body = Task),
+        (status = 200, description = "requeued (a workflow task with unsettled dependencies: waiting)", body = Task),
         (status = 404, description = "no such task", body = ErrorBody),
-        (status = 409, description = "not failed or dead", body = ErrorBody),
+        (status = 409, description = "`task_not_retryable`: not failed or dead (nor a workflow's cancelled task whose dependencies did not fail)", body = ErrorBody),
     ))]
 pub async fn retry(
     State(state): State<AppState>,

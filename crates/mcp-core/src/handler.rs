@@ -77,9 +77,10 @@ impl TaskContext {
     }
 
     /// Adds tasks to this task's workflow (its children): each as in a workflow's create body,
-    /// whose `depends_on` may name the workflow's keys. They belong to the task's creator (its
-    /// share key and namespace; the hub adds them, so no quota is charged). Errors say why
-    /// (not in a workflow, a bad graph or task, the workflow finished).
+    /// whose `depends_on` may name the workflow's keys. They belong to the task's creator and
+    /// are held to its rules as its own creates are (quota, a tenant's priority ceiling,
+    /// longest timeout, share key and namespace). Errors say why (not in a workflow, a bad
+    /// graph or task, a rule, the workflow finished).
     pub async fn add_workflow_tasks(
         &self,
         tasks: Vec<crate::workflow::WorkflowTaskSpec>,

@@ -6,7 +6,7 @@
 
 use crate::task::{NewTask, Progress, Task, TaskError, TaskStatus};
 use crate::workflow::{
-    NewWorkflow, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
+    NewWorkflow, Retried, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -303,6 +303,21 @@ pub trait TaskStore: Send + Sync + 'static {
     /// (cancelled one by one, dead after a rescue). Idempotent.
     async fn settle_workflow_tasks(&self, _ids: &[Uuid]) -> Result<Settled, StoreError> {
         Err(no_workflows())
+    }
+
+    /// `retry`, and for a task of a workflow more: a `failed` or `dead` one, or a `cancelled`
+    /// one none of whose dependencies ended dead or cancelled (under `cancel_dependents`), goes
+    /// back to `queued` (`waiting` while dependencies are unsettled). In the same transaction
+    /// the dependents its end cancelled (and theirs) wait again, unless another dependency of
+    /// theirs stays dead or cancelled, and a `failed` workflow runs again. In a cancelled
+    /// workflow only the task itself is retried, as `retry` does. The default (stores without
+    /// workflows) is `retry`.
+    async fn retry_workflow_task(&self, id: Uuid) -> Result<Retried, StoreError> {
+        Ok(Retried {
+            outcome: self.retry(id).await?,
+            revived: Vec::new(),
+            reopened: None,
+        })
     }
 
     /// Cancels every unfinished task of a workflow and the workflow itself, in one transaction.

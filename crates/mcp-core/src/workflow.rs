@@ -177,6 +177,19 @@ pub struct Settled {
     pub finished: Vec<Workflow>,
 }
 
+/// What retrying a task of a workflow changed, in one transaction: the task requeued (or why
+/// not), the dependents its end had cancelled that wait again, and its workflow if it had
+/// finished `failed` and runs again.
+#[derive(Debug, Clone)]
+pub struct Retried {
+    pub outcome: crate::store::RetryOutcome,
+    /// Tasks cancelled because of the retried one (directly or through each other) that are
+    /// `waiting` again: none of their dependencies stays dead or cancelled.
+    pub revived: Vec<Task>,
+    /// The workflow, when the retry reopened it (`failed` → `running`).
+    pub reopened: Option<Workflow>,
+}
+
 /// Filters and cursor for listing workflows, newest first.
 #[derive(Debug, Clone, Default)]
 pub struct WorkflowFilter {

@@ -10,7 +10,8 @@ use mcp_core::store::ShareLimit;
 use mcp_core::task::{CreateTask, Progress, TaskDefaults};
 use mcp_core::workflow::{NewWorkflow, OnFailure, WorkflowFilter, WorkflowNode, WorkflowStatus};
 use mcp_core::{
-    ClaimRequest, Completion, NewTask, Outcome, Task, TaskError, TaskStatus, TaskStore,
+    ClaimRequest, Completion, NewTask, Outcome, RetryOutcome, Task, TaskError, TaskStatus,
+    TaskStore,
 };
 use serde_json::json;
 use std::sync::Arc;
@@ -27,6 +28,8 @@ conformance!(
     extends_a_running_workflow,
     lists_workflows_by_creator_with_a_cursor,
     stores_progress_of_running_tasks_only,
+    retrying_a_task_revives_the_dependents_its_end_cancelled,
+    a_retried_cancelled_task_waits_for_unfinished_dependencies,
 );
 
 mod cases {
@@ -415,5 +418,232 @@ mod cases {
         let progress = stored.progress.unwrap();
         assert_eq!(progress.progress, 0.25);
         assert_eq!(progress.message.as_deref(), Some("a quarter"));
+    }
+
+    /// Why a task was cancelled: the dependency its error names, if any.
+    async fn cancelled_by(store: &Arc<dyn TaskStore>, id: Uuid) -> Option<String> {
+        let task = store.get(id).await.unwrap().unwrap();
+        assert_eq!(task.status, TaskStatus::Cancelled);
+        task.error?.details?["cancelled_by"]
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    fn sorted(mut ids: Vec<Uuid>) -> Vec<Uuid> {
+        ids.sort();
+        ids
+    }
+
+    pub async fn retrying_a_task_revives_the_dependents_its_end_cancelled(
+        store: Arc<dyn TaskStore>,
+    ) {
+        // a → b → c; (a, other) → join; a → manual (cancelled by hand first); side alone.
+        let (id, ids) = dag(
+            &store,
+            OnFailure::CancelDependents,
+            &[
+                ("a", &[]),
+                ("b", &["a"]),
+                ("c", &["b"]),
+                ("other", &[]),
+                ("join", &["a", "other"]),
+                ("manual", &["a"]),
+                ("side", &[]),
+            ],
+        )
+        .await;
+        claim_all(&store).await;
+        store.cancel(ids["manual"]).await.unwrap();
+        store.settle_workflow_tasks(&[ids["manual"]]).await.unwrap();
+        let settled = store
+            .complete_workflow(OWNER, &[dead(ids["a"])])
+            .await
+            .unwrap();
+        assert_eq!(
+            sorted(settled.cancelled.iter().map(|t| t.id).collect()),
+            sorted(vec![ids["b"], ids["c"], ids["join"]])
+        );
+        // Each records the dependency whose end cancelled it; the one cancelled by hand none.
+        assert_eq!(
+            cancelled_by(&store, ids["b"]).await,
+            Some(ids["a"].to_string())
+        );
+        assert_eq!(
+            cancelled_by(&store, ids["c"]).await,
+            Some(ids["b"].to_string())
+        );
+        assert_eq!(cancelled_by(&store, ids["manual"]).await, None);
+        // A cancelled task whose dependency failed is not retried by itself: it would wait for
+        // ever. Its dependency's retry revives it.
+        assert!(matches!(
+            store.retry_workflow_task(ids["c"]).await.unwrap().outcome,
+            RetryOutcome::NotRetryable(_)
+        ));
+        store
+            .complete_workflow(OWNER, &[dead(ids["other"])])
+            .await
+            .unwrap();
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(ids["side"], json!(null))])
+            .await
+            .unwrap();
+        assert_eq!(settled.finished[0].status, WorkflowStatus::Failed);
+
+        let retried = store.retry_workflow_task(ids["a"]).await.unwrap();
+        let RetryOutcome::Requeued(a) = retried.outcome else {
+            panic!("a was not requeued: {:?}", retried.outcome);
+        };
+        assert_eq!(a.status, TaskStatus::Queued);
+        // b and c wait again; join stays cancelled (`other` is still dead), and so does the
+        // task cancelled by hand.
+        assert_eq!(
+            sorted(retried.revived.iter().map(|t| t.id).collect()),
+            sorted(vec![ids["b"], ids["c"]])
+        );
+        assert!(
+            retried
+                .revived
+                .iter()
+                .all(|t| t.status == TaskStatus::Waiting && t.error.is_none())
+        );
+        assert_eq!(status(&store, ids["join"]).await, TaskStatus::Cancelled);
+        assert_eq!(status(&store, ids["manual"]).await, TaskStatus::Cancelled);
+        let reopened = retried.reopened.expect("the failed workflow runs again");
+        assert_eq!(reopened.status, WorkflowStatus::Running);
+        assert!(reopened.finished_at.is_none());
+
+        // They run in order again when their dependencies succeed.
+        assert_eq!(
+            claim_all(&store)
+                .await
+                .iter()
+                .map(|t| t.id)
+                .collect::<Vec<_>>(),
+            vec![ids["a"]]
+        );
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))])
+            .await
+            .unwrap();
+        assert_eq!(
+            settled.released.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids["b"]]
+        );
+        claim_all(&store).await;
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(ids["b"], json!(null))])
+            .await
+            .unwrap();
+        assert_eq!(
+            settled.released.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids["c"]]
+        );
+        claim_all(&store).await;
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(ids["c"], json!(null))])
+            .await
+            .unwrap();
+        assert_eq!(settled.finished[0].status, WorkflowStatus::Failed);
+
+        // Retrying the other dead dependency revives the join, which now waits for it alone.
+        let retried = store.retry_workflow_task(ids["other"]).await.unwrap();
+        assert_eq!(
+            retried.revived.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids["join"]]
+        );
+        assert!(retried.reopened.is_some());
+        claim_all(&store).await;
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(ids["other"], json!(null))])
+            .await
+            .unwrap();
+        assert_eq!(
+            settled.released.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids["join"]]
+        );
+        // The task cancelled by hand may be retried now that its dependency succeeded.
+        let retried = store.retry_workflow_task(ids["manual"]).await.unwrap();
+        let RetryOutcome::Requeued(manual) = retried.outcome else {
+            panic!("manual was not requeued: {:?}", retried.outcome);
+        };
+        assert_eq!(manual.status, TaskStatus::Queued);
+        claim_all(&store).await;
+        let settled = store
+            .complete_workflow(
+                OWNER,
+                &[
+                    succeeded(ids["join"], json!(null)),
+                    succeeded(ids["manual"], json!(null)),
+                ],
+            )
+            .await
+            .unwrap();
+        assert_eq!(settled.finished.len(), 1);
+        assert_eq!(settled.finished[0].status, WorkflowStatus::Succeeded);
+        let detail = store.get_workflow(id).await.unwrap().unwrap();
+        assert!(
+            detail
+                .tasks
+                .iter()
+                .all(|t| t.status == TaskStatus::Succeeded)
+        );
+    }
+
+    pub async fn a_retried_cancelled_task_waits_for_unfinished_dependencies(
+        store: Arc<dyn TaskStore>,
+    ) {
+        let (id, ids) = dag(
+            &store,
+            OnFailure::CancelDependents,
+            &[("a", &[]), ("b", &["a"]), ("c", &["b"])],
+        )
+        .await;
+        claim_all(&store).await;
+        // Cancelled by hand while `a` runs: `c` is cancelled because of it.
+        store.cancel(ids["b"]).await.unwrap();
+        store.settle_workflow_tasks(&[ids["b"]]).await.unwrap();
+        assert_eq!(
+            cancelled_by(&store, ids["c"]).await,
+            Some(ids["b"].to_string())
+        );
+        let retried = store.retry_workflow_task(ids["b"]).await.unwrap();
+        let RetryOutcome::Requeued(b) = retried.outcome else {
+            panic!("b was not requeued: {:?}", retried.outcome);
+        };
+        assert_eq!(b.status, TaskStatus::Waiting, "a still runs");
+        assert_eq!(
+            retried.revived.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids["c"]]
+        );
+        assert!(retried.reopened.is_none(), "the workflow never stopped");
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))])
+            .await
+            .unwrap();
+        assert_eq!(
+            settled.released.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids["b"]]
+        );
+        // A cancelled workflow's tasks stay as its cancel left them.
+        store.cancel_workflow(id).await.unwrap();
+        assert!(matches!(
+            store.retry_workflow_task(ids["b"]).await.unwrap().outcome,
+            RetryOutcome::NotRetryable(_)
+        ));
+        // A task outside any workflow is retried as `retry` does.
+        let plain = new_task("noop");
+        store.insert(std::slice::from_ref(&plain)).await.unwrap();
+        assert!(matches!(
+            store.retry_workflow_task(plain.id).await.unwrap().outcome,
+            RetryOutcome::NotRetryable(_)
+        ));
+        assert!(matches!(
+            store
+                .retry_workflow_task(Uuid::now_v7())
+                .await
+                .unwrap()
+                .outcome,
+            RetryOutcome::NotFound
+        ));
     }
 }

@@ -583,3 +583,152 @@ async fn a_running_task_adds_children_to_its_workflow() {
         json!({"status": "succeeded", "result": {"files": 3}})
     );
 }
+
+/// a (dies) → b → c, and `side`: a's death cancels b and c and the workflow fails. Retrying a
+/// over REST brings b and c back to `waiting` (events `task.waiting`, `workflow.reopened`) and
+/// the workflow runs again; a succeeds on its second attempt, b and c follow, and the
+/// workflow succeeds.
+async fn retry_revives(backend: Backend) {
+    let Some((server, schema)) = start(backend, &[]).await else {
+        return;
+    };
+    let (status, created) = post(
+        &server,
+        "/v1/workflows",
+        json!({"name": "revive", "tasks": [
+            {"key": "a", "type": "fail", "max_attempts": 1, "payload": {"times": 1}},
+            {"key": "b", "type": "collect", "depends_on": ["a"]},
+            {"key": "c", "type": "collect", "depends_on": ["b"]},
+            {"key": "side", "type": "noop"},
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let failed = wait_for_workflow(&server, &id).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let (a, b, c) = (task(&failed, "a"), task(&failed, "b"), task(&failed, "c"));
+    assert_eq!(a["status"], "dead");
+    assert_eq!(b["status"], "cancelled");
+    assert_eq!(b["error"]["details"]["cancelled_by"], a["id"]);
+    assert_eq!(c["error"]["details"]["cancelled_by"], b["id"]);
+    let a_id = a["id"].as_str().unwrap().to_owned();
+    let c_id = c["id"].as_str().unwrap().to_owned();
+
+    // A cancelled task whose dependency is still cancelled is not retried by itself.
+    let (status, refused) = post(&server, &format!("/v1/tasks/{c_id}/retry"), json!({})).await;
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["error"]["code"], "task_not_retryable");
+
+    let mut socket = connect(&server, Some(&token("admin", "watcher"))).await;
+    for (n, channel) in [format!("workflow:{id}"), format!("task:{c_id}")]
+        .into_iter()
+        .enumerate()
+    {
+        let reply = request(
+            &mut socket,
+            json!({"id": n, "op": "subscribe", "channel": channel}),
+        )
+        .await;
+        assert_eq!(reply["ok"], true, "{reply}");
+    }
+    let (status, retried) = post(&server, &format!("/v1/tasks/{a_id}/retry"), json!({})).await;
+    assert_eq!(status, 200, "{retried}");
+    let mut seen = Vec::new();
+    while !(seen.contains(&"workflow.reopened".to_owned())
+        && seen.contains(&"task.waiting".to_owned())
+        && seen.contains(&"workflow.succeeded".to_owned()))
+    {
+        let frame = next(&mut socket).await;
+        if frame["op"] == "event" {
+            seen.push(
+                frame["event"]["type"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+    }
+    let reopened = seen.iter().position(|e| e == "workflow.reopened").unwrap();
+    let succeeded = seen.iter().position(|e| e == "workflow.succeeded").unwrap();
+    assert!(reopened < succeeded, "{seen:?}");
+    let done = wait_for_workflow(&server, &id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    for key in ["a", "b", "c", "side"] {
+        assert_eq!(task(&done, key)["status"], "succeeded", "{done}");
+    }
+    assert_eq!(
+        task(&done, "c")["result"]["b"]["result"]["a"]["status"],
+        "succeeded"
+    );
+    finish(server, schema).await;
+}
+
+#[tokio::test]
+async fn retrying_a_dead_task_revives_the_dependents_it_cancelled_on_sqlite() {
+    retry_revives(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn retrying_a_dead_task_revives_the_dependents_it_cancelled_on_postgres() {
+    retry_revives(Backend::Postgres).await;
+}
+
+/// Children a worker adds over REST are held to its rules as its own creates are: its priority
+/// ceiling (422 `priority_too_high`) and its daily quota (429 `quota_exceeded`).
+#[tokio::test]
+async fn children_added_over_rest_follow_the_creators_rules() {
+    let server = Server::start(&[
+        (WORKER_TYPES.0, WORKER_TYPES.1.to_owned()),
+        ("MCP_QUOTA_TASKS_PER_DAY", "2".to_owned()),
+    ]);
+    let mut worker = connect(&server, Some(&token("service", "deployer"))).await;
+    let reply = request(
+        &mut worker,
+        json!({"id": 1, "op": "worker.register", "types": ["ext.deploy"], "concurrency": 1}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let (status, created) = post(
+        &server,
+        "/v1/workflows",
+        json!({"name": "bounded", "tasks": [{"key": "plan", "type": "ext.deploy"}]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap();
+    let given = assigned(&mut worker).await;
+    let adder = client_with(&token("service", "deployer"));
+    let add = |tasks: Value| {
+        call(
+            &adder,
+            "POST",
+            server.url(&format!("/v1/workflows/{id}/tasks")),
+            Some(json!({"task_id": given["id"], "tasks": tasks})),
+        )
+    };
+    let (status, refused) = add(json!([{"key": "high", "type": "noop", "priority": 1000}])).await;
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["error"]["code"], "priority_too_high");
+    let (status, plain) = call(
+        &adder,
+        "POST",
+        server.url("/v1/tasks"),
+        Some(json!({"type": "noop", "priority": 1000})),
+    )
+    .await;
+    assert_eq!(
+        (status, &plain["error"]["code"]),
+        (422, &refused["error"]["code"])
+    );
+    let (status, added) = add(json!([
+        {"key": "one", "type": "noop"},
+        {"key": "two", "type": "noop"},
+    ]))
+    .await;
+    assert_eq!(status, 201, "{added}");
+    assert_eq!(added["tasks"][0]["created_by"], "deployer");
+    let (status, over) = add(json!([{"key": "three", "type": "noop"}])).await;
+    assert_eq!(status, 429, "{over}");
+    assert_eq!(over["error"]["code"], "quota_exceeded");
+}

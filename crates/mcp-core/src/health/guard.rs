@@ -28,7 +28,7 @@ use crate::store::{TaskCounts, TaskFilter, TaskStore};
 use crate::task::{NewTask, Progress, Task};
 use crate::webhooks::{Attempt, Outbox, OutboxEntry, Webhook, WebhookDelivery, WebhookStore};
 use crate::workflow::{
-    NewWorkflow, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
+    NewWorkflow, Retried, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -209,6 +209,9 @@ impl TaskStore for Guarded<dyn TaskStore> {
         id: Uuid,
     ) -> Result<Option<(Workflow, Vec<(Task, bool)>)>, StoreError> {
         guarded!(self, cancel_workflow(id))
+    }
+    async fn retry_workflow_task(&self, id: Uuid) -> Result<Retried, StoreError> {
+        guarded!(self, retry_workflow_task(id))
     }
     async fn parents(
         &self,

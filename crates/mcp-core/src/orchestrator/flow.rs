@@ -9,7 +9,7 @@ use crate::events::Event;
 use crate::handler::TaskReporter;
 use crate::store::StoreError;
 use crate::task::{NewTask, Progress, Task};
-use crate::workflow::{NewWorkflow, Settled, Workflow, WorkflowNode};
+use crate::workflow::{NewWorkflow, Retried, Settled, Workflow, WorkflowNode};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -161,15 +161,27 @@ impl Orchestrator {
         }
     }
 
+    /// Announces what a retry revived: dependents waiting again (`task.waiting`) and the
+    /// workflow running again (`workflow.reopened`).
+    pub(super) fn announce_revived(&self, retried: &Retried) {
+        for task in &retried.revived {
+            self.emit("task.waiting", task.clone());
+        }
+        if let Some(workflow) = &retried.reopened {
+            self.emit_workflow_as("workflow.reopened", workflow);
+        }
+    }
+
     /// Publishes `workflow.{status}` (`created` while running) on `workflow:{id}` and
     /// `workflows`.
     pub(super) fn emit_workflow(&self, workflow: &Workflow) {
+        self.emit_workflow_as(workflow.status.event(), workflow);
+    }
+
+    /// Publishes `event` about `workflow` on `workflow:{id}` and `workflows`.
+    fn emit_workflow_as(&self, event: &'static str, workflow: &Workflow) {
         let data = serde_json::to_value(workflow).unwrap_or_default();
-        let event = Arc::new(Event::new(
-            workflow.status.event(),
-            data,
-            workflow.correlation_id.clone(),
-        ));
+        let event = Arc::new(Event::new(event, data, workflow.correlation_id.clone()));
         let bus = self.announcer.bus().clone();
         let channel = format!("workflow:{}", workflow.id);
         tokio::spawn(async move {

@@ -465,14 +465,16 @@ impl Orchestrator {
         Ok(outcome)
     }
 
-    /// Requeues a failed or dead task now.
+    /// Requeues a failed or dead task now (or a cancelled one of a workflow), with the
+    /// workflow's tasks its end had cancelled (`retry_workflow_task`).
     pub async fn retry(&self, id: Uuid) -> Result<RetryOutcome, OrchestratorError> {
-        let outcome = self.store.retry(id).await?;
-        if let RetryOutcome::Requeued(task) = &outcome {
+        let retried = self.store.retry_workflow_task(id).await?;
+        if let RetryOutcome::Requeued(task) = &retried.outcome {
             self.wake.notify_one();
             self.emit("task.retrying", task.clone());
         }
-        Ok(outcome)
+        self.announce_revived(&retried);
+        Ok(retried.outcome)
     }
 
     /// How many attempt outcomes this node has durably recorded since it started.

@@ -5,7 +5,7 @@
 use crate::events::Subscription;
 use crate::identity::IdentityStore;
 use crate::orchestrator::{Orchestrator, OrchestratorError, Origin};
-use crate::principal::{Permission, Principal, Role};
+use crate::principal::{CredentialKind, Permission, Principal, Role};
 use crate::store::{CancelOutcome, Inserted, RetryOutcome, TaskFilter};
 use crate::task::{CreateTask, NewTask, Task, TaskStatus, client_key, scoped_key};
 use chrono::{DateTime, Utc};
@@ -205,7 +205,11 @@ pub enum TaskServiceError {
     Forbidden(&'static str),
     #[error("task `{id}` is {status} and cannot be cancelled")]
     AlreadyFinished { id: String, status: TaskStatus },
-    #[error("task `{id}` is {status}; only failed or dead tasks can be retried")]
+    #[error(
+        "task `{id}` is {status}; only failed or dead tasks can be retried (and a workflow's \
+         cancelled task, unless its workflow was cancelled or one of its dependencies failed: \
+         retry that one)"
+    )]
     NotRetryable { id: String, status: TaskStatus },
 }
 
@@ -364,6 +368,48 @@ impl TaskService {
         Ok(inserted)
     }
 
+    /// The principal on whose behalf `task`'s own work creates tasks (a running handler adding
+    /// children to its workflow), as a create by that principal now would see it. `None`: no
+    /// tenant created it (an operator, an admin or a part of the hub): nothing bounds it, as
+    /// nothing bounds their creates. A tenant's role comes from the identity store (its API key
+    /// or its user); a subject the hub does not store (a token signed elsewhere, a deleted user)
+    /// counts as a `user`, the narrower role. A revoked key or a disabled user creates nothing.
+    pub(crate) async fn creator_of(
+        &self,
+        task: &Task,
+    ) -> Result<Option<Principal>, TaskServiceError> {
+        // A tenant's tasks, and only theirs, carry its subject as their share key.
+        let Some(subject) = task.share_key.as_deref() else {
+            return Ok(None);
+        };
+        let (role, credential) = match subject.strip_prefix("key:") {
+            Some(prefix) => match self.identities.api_key_by_prefix(prefix).await? {
+                Some(key) if key.revoked_at.is_some() => {
+                    return Err(TaskServiceError::Forbidden(
+                        "the API key that created this task was revoked",
+                    ));
+                }
+                Some(key) => (key.role, CredentialKind::ApiKey),
+                None => (Role::User, CredentialKind::ApiKey),
+            },
+            None => match self.identities.user_by_username(subject).await? {
+                Some(user) if user.disabled => {
+                    return Err(TaskServiceError::Forbidden(
+                        "the user who created this task is disabled",
+                    ));
+                }
+                Some(user) => (user.role, CredentialKind::AccessToken),
+                None => (Role::User, CredentialKind::AccessToken),
+            },
+        };
+        Ok(Some(Principal {
+            subject: subject.to_owned(),
+            role,
+            credential,
+            worker_types: None,
+        }))
+    }
+
     /// Counts `n` tasks of `creator` against its daily quota (a principal whose role has one),
     /// for tasks stored another way than [`TaskService::insert`] (a workflow's).
     pub(crate) async fn charge(
@@ -464,8 +510,9 @@ impl TaskService {
         }
     }
 
-    /// Requeues a failed or dead task now (one more attempt if it had none left); for those who
-    /// manage tasks.
+    /// Requeues a failed or dead task now (one more attempt if it had none left), or a
+    /// workflow's cancelled one, reviving the dependents its end cancelled; for those who manage
+    /// tasks.
     pub async fn retry(&self, principal: &Principal, id: &str) -> Result<Task, TaskServiceError> {
         if !principal.can(Permission::TasksManage) {
             return Err(TaskServiceError::Forbidden(
@@ -541,7 +588,6 @@ pub(crate) fn parse_id(id: &str) -> Result<Uuid, TaskServiceError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::principal::CredentialKind;
     use crate::task::TaskDefaults;
 
     fn principal(role: Role, subject: &str) -> Principal {

@@ -207,25 +207,14 @@ impl WorkflowService {
     }
 
     /// Adds tasks to the running workflow of the running task `parent` (its children): for the
-    /// task's handler or worker. The new tasks are `creator`'s, under the task service's rules,
-    /// carry the parent's correlation id, and may depend on the workflow's existing keys.
+    /// task's handler or worker. The new tasks are `creator`'s, under the task service's rules
+    /// (quota, a tenant's priority ceiling, longest timeout, share key and namespace), carry the
+    /// parent's correlation id, and may depend on the workflow's existing keys.
     pub async fn add_tasks(
         &self,
         creator: Creator<'_>,
         parent: &Task,
         request: AddWorkflowTasks,
-    ) -> Result<Vec<Task>, WorkflowServiceError> {
-        self.add_tasks_scoped(creator, parent, request, None).await
-    }
-
-    /// `add_tasks`, with the new tasks put in `share`'s namespace when the creator is the hub
-    /// acting for a tenant's task.
-    async fn add_tasks_scoped(
-        &self,
-        creator: Creator<'_>,
-        parent: &Task,
-        request: AddWorkflowTasks,
-        share: Option<String>,
     ) -> Result<Vec<Task>, WorkflowServiceError> {
         let correlation = parent.correlation_id.as_deref();
         let Some(workflow_id) = parent.workflow_id else {
@@ -252,19 +241,9 @@ impl WorkflowService {
         let keys: HashSet<String> = existing.keys().cloned().collect();
         let room = MAX_WORKFLOW_TASKS.saturating_sub(detail.tasks.len());
         check_graph(&request.tasks, &keys, room)?;
-        let (mut tasks, nodes) = self
+        let (tasks, nodes) = self
             .prepare(creator, &request.tasks, &existing, correlation)
             .await?;
-        if let Some(share) = share {
-            // The parent's tenant, as if it had created them itself.
-            for task in &mut tasks {
-                task.concurrency_key = task
-                    .concurrency_key
-                    .take()
-                    .map(|key| crate::task::scoped_key(Some(&share), &key));
-                task.share_key = Some(share.clone());
-            }
-        }
         self.tasks.charge(creator, tasks.len() as u64).await?;
         match self
             .orchestrator
@@ -321,24 +300,26 @@ impl WorkflowService {
 
 #[async_trait::async_trait]
 impl crate::handler::WorkflowChildren for WorkflowService {
-    /// A handler's children: the hub adds them for the task's creator, in its namespace.
+    /// A handler's children: created for the principal that created its task, exactly as that
+    /// principal's own create would be (`TaskService::creator_of`): a tenant's quota, priority
+    /// ceiling, longest timeout, share key and namespace apply.
     async fn add_children(
         &self,
         parent: &Task,
         tasks: Vec<WorkflowTaskSpec>,
     ) -> Result<Vec<Task>, String> {
-        let subject = parent
-            .created_by
-            .clone()
-            .unwrap_or_else(|| "workflow".into());
-        let share = parent.share_key.clone();
-        self.add_tasks_scoped(
-            Creator::Internal(&subject),
-            parent,
-            AddWorkflowTasks { tasks },
-            share,
-        )
-        .await
-        .map_err(|e| e.to_string())
+        let tenant = self
+            .tasks
+            .creator_of(parent)
+            .await
+            .map_err(|e| e.to_string())?;
+        let subject = parent.created_by.as_deref().unwrap_or("workflow");
+        let creator = match &tenant {
+            Some(principal) => Creator::Principal(principal),
+            None => Creator::Internal(subject),
+        };
+        self.add_tasks(creator, parent, AddWorkflowTasks { tasks })
+            .await
+            .map_err(|e| e.to_string())
     }
 }

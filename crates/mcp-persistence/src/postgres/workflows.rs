@@ -12,13 +12,16 @@ use crate::columns::{TASK_COLUMNS, WORKFLOW_COLUMNS, qualified};
 use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::inserted_task;
-use crate::workflows::{CANCELLED_BY_DEPENDENCY, apply, group_parents, parent_view};
+use crate::workflows::{
+    CANCELLED_BY_DEPENDENCY, apply, group_parents, may_retry, parent_view, revivable, revives,
+};
 use chrono::{DateTime, Utc};
 use mcp_core::task::Progress;
 use mcp_core::workflow::{
-    NewWorkflow, OnFailure, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
+    NewWorkflow, OnFailure, Retried, Settled, Workflow, WorkflowDetail, WorkflowFilter,
+    WorkflowNode, WorkflowStatus,
 };
-use mcp_core::{Completion, NewTask, StoreError, Task, TaskStatus};
+use mcp_core::{Completion, NewTask, RetryOutcome, StoreError, Task, TaskStatus, TaskStore};
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{FromRow, Postgres, Transaction};
@@ -278,6 +281,164 @@ impl PgTaskStore {
         Ok(Some((row.try_into()?, cancelled)))
     }
 
+    pub(super) async fn retry_workflow_task_tx(&self, id: Uuid) -> Result<Retried, StoreError> {
+        let plain = |outcome| Retried {
+            outcome,
+            revived: Vec::new(),
+            reopened: None,
+        };
+        let found: Option<(Option<Uuid>,)> =
+            sqlx::query_as("SELECT workflow_id FROM tasks WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+        let workflow_id = match found {
+            None => return Ok(plain(RetryOutcome::NotFound)),
+            Some((None,)) => return Ok(plain(self.retry(id).await?)),
+            Some((Some(workflow_id),)) => workflow_id,
+        };
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // The workflow's row first, as settling locks it: see the module's comment.
+        let (flow_status, policy): (String, String) =
+            sqlx::query_as("SELECT status, on_failure FROM workflows WHERE id = $1 FOR UPDATE")
+                .bind(workflow_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        let flow_status = WorkflowStatus::from_str(&flow_status).map_err(corrupt)?;
+        let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
+        let (status,): (String,) =
+            sqlx::query_as("SELECT status FROM tasks WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        let status = TaskStatus::from_str(&status).map_err(corrupt)?;
+        let dependencies: Vec<(String,)> = sqlx::query_as(
+            "SELECT p.status FROM workflow_edges e JOIN tasks p ON p.id = e.depends_on
+             WHERE e.task_id = $1",
+        )
+        .bind(id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let dependencies = dependencies
+            .into_iter()
+            .map(|(s,)| TaskStatus::from_str(&s).map_err(corrupt))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !may_retry(status, flow_status, &dependencies, policy) {
+            tx.rollback().await.map_err(db_error)?;
+            return Ok(plain(match self.get(id).await? {
+                Some(task) => RetryOutcome::NotRetryable(task),
+                None => RetryOutcome::NotFound,
+            }));
+        }
+        let revived = if revives(status, flow_status, policy) {
+            let candidates: Vec<(Uuid,)> = sqlx::query_as(
+                "WITH RECURSIVE down(id) AS (
+                     SELECT e.task_id FROM workflow_edges e JOIN tasks t ON t.id = e.task_id
+                     WHERE e.depends_on = $1 AND t.status = 'cancelled'
+                       AND t.error -> 'details' ? 'cancelled_by'
+                     UNION SELECT e.task_id FROM workflow_edges e JOIN down ON e.depends_on = down.id
+                     JOIN tasks t ON t.id = e.task_id
+                     WHERE t.status = 'cancelled' AND t.error -> 'details' ? 'cancelled_by')
+                 SELECT id FROM down",
+            )
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            let candidates: Vec<Uuid> = candidates.into_iter().map(|(id,)| id).collect();
+            let edges: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
+                "SELECT e.task_id, e.depends_on, p.status
+                 FROM workflow_edges e JOIN tasks p ON p.id = e.depends_on
+                 WHERE e.task_id = ANY($1)",
+            )
+            .bind(&candidates)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            let edges = edges
+                .into_iter()
+                .map(|(task, dependency, status)| {
+                    Ok((
+                        task,
+                        dependency,
+                        TaskStatus::from_str(&status).map_err(corrupt)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            revivable(id, &candidates, &edges)
+        } else {
+            Vec::new()
+        };
+        // The dependencies of the retried task and of those it revives count as they stand
+        // now; the retried one is unsettled again for its dependents.
+        let mut waiting: Vec<Uuid> = revived.clone();
+        waiting.push(id);
+        sqlx::query(
+            "UPDATE workflow_edges e SET settled = e.depends_on <> $2
+                 AND (p.status = 'succeeded' OR ($3 AND p.status IN ('dead', 'cancelled')))
+             FROM tasks p WHERE p.id = e.depends_on AND e.task_id = ANY($1)",
+        )
+        .bind(&waiting)
+        .bind(id)
+        .bind(policy == OnFailure::Continue)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let row: TaskRow = sqlx::query_as(sql!(
+            "UPDATE tasks SET waiting_on = c.n,
+                 status = CASE WHEN c.n > 0 THEN 'waiting' ELSE 'queued' END,
+                 run_at = now(), finished_at = NULL,
+                 max_attempts = greatest(max_attempts, attempts + 1)
+             FROM (SELECT (count(*) FILTER (WHERE NOT settled))::int4 AS n
+                   FROM workflow_edges WHERE task_id = $1) c
+             WHERE tasks.id = $1
+             RETURNING {}",
+            qualified(TASK_COLUMNS, "tasks")
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let rows: Vec<TaskRow> = if revived.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(sql!(
+                "UPDATE tasks t SET waiting_on = c.n,
+                     status = CASE WHEN c.n > 0 THEN 'waiting'
+                                   WHEN t.run_at > now() THEN 'scheduled' ELSE 'queued' END,
+                     finished_at = NULL, error = NULL
+                 FROM (SELECT task_id, (count(*) FILTER (WHERE NOT settled))::int4 AS n
+                       FROM workflow_edges WHERE task_id = ANY($1) GROUP BY task_id) c
+                 WHERE t.id = c.task_id AND t.status = 'cancelled'
+                 RETURNING {}",
+                qualified(TASK_COLUMNS, "t")
+            ))
+            .bind(&revived)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?
+        };
+        let reopened: Option<WorkflowRow> = sqlx::query_as(sql!(
+            "UPDATE workflows SET status = 'running', finished_at = NULL
+             WHERE id = $1 AND status = 'failed'
+             RETURNING {WORKFLOW_COLUMNS}"
+        ))
+        .bind(workflow_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        self.commit_with(tx, &[id], Transition::Requeued).await?;
+        Ok(Retried {
+            outcome: RetryOutcome::Requeued(row.try_into()?),
+            revived: tasks(rows)?,
+            reopened: reopened.map(Workflow::try_from).transpose()?,
+        })
+    }
+
     pub(super) async fn parents_of(
         &self,
         ids: &[Uuid],
@@ -469,16 +630,24 @@ async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
         }
     }
     if !cancel.is_empty() {
+        // Each with the dependency whose end cancels it (`details.cancelled_by`): a retry of
+        // that one revives it.
+        let (children, causes): (Vec<Uuid>, Vec<Uuid>) = cancel.into_iter().unzip();
         let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-            "WITH RECURSIVE down(id) AS (
-                 SELECT * FROM unnest($1::uuid[])
-                 UNION SELECT e.task_id FROM workflow_edges e JOIN down ON e.depends_on = down.id)
+            "WITH RECURSIVE down(id, cause) AS (
+                 SELECT * FROM unnest($1::uuid[], $2::uuid[])
+                 UNION SELECT e.task_id, e.depends_on
+                 FROM workflow_edges e JOIN down ON e.depends_on = down.id)
              UPDATE tasks SET status = 'cancelled', finished_at = now(),
-                 error = jsonb_build_object('message', $2::text, 'attempt', attempts)
-             WHERE id IN (SELECT id FROM down) AND status = 'waiting'
-             RETURNING {TASK_COLUMNS}"
+                 error = jsonb_build_object('message', $3::text, 'attempt', attempts,
+                     'details', jsonb_build_object('cancelled_by', d.cause))
+             FROM (SELECT DISTINCT ON (id) id, cause FROM down ORDER BY id, cause) d
+             WHERE tasks.id = d.id AND tasks.status = 'waiting'
+             RETURNING {}",
+            qualified(TASK_COLUMNS, "tasks")
         ))
-        .bind(&cancel)
+        .bind(&children)
+        .bind(&causes)
         .bind(CANCELLED_BY_DEPENDENCY)
         .fetch_all(&mut **tx)
         .await

@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use mcp_core::store::{Candidate, TaskCounts, admit};
 use mcp_core::task::Progress;
 use mcp_core::workflow::{
-    NewWorkflow, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
+    NewWorkflow, Retried, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
 };
 use mcp_core::{
     CancelOutcome, ClaimRequest, Completion, Inserted, NewTask, Outcome, RetryOutcome, StoreError,
@@ -569,6 +569,10 @@ impl TaskStore for SqliteTaskStore {
         id: Uuid,
     ) -> Result<Option<(Workflow, Vec<(Task, bool)>)>, StoreError> {
         self.cancel_workflow_tx(id).await
+    }
+
+    async fn retry_workflow_task(&self, id: Uuid) -> Result<Retried, StoreError> {
+        self.retry_workflow_task_tx(id).await
     }
 
     async fn parents(&self, ids: &[Uuid]) -> Result<HashMap<Uuid, Value>, StoreError> {

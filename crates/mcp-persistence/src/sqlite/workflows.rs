@@ -10,13 +10,16 @@ use crate::columns::{TASK_COLUMNS, WORKFLOW_COLUMNS, qualified};
 use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::inserted_task;
-use crate::workflows::{CANCELLED_BY_DEPENDENCY, apply, group_parents, parent_view};
+use crate::workflows::{
+    CANCELLED_BY_DEPENDENCY, apply, group_parents, may_retry, parent_view, revivable, revives,
+};
 use chrono::Utc;
 use mcp_core::task::Progress;
 use mcp_core::workflow::{
-    NewWorkflow, OnFailure, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
+    NewWorkflow, OnFailure, Retried, Settled, Workflow, WorkflowDetail, WorkflowFilter,
+    WorkflowNode, WorkflowStatus,
 };
-use mcp_core::{Completion, NewTask, StoreError, Task, TaskStatus};
+use mcp_core::{Completion, NewTask, RetryOutcome, StoreError, Task, TaskStatus, TaskStore};
 use serde_json::{Value, json};
 use sqlx::{FromRow, Sqlite, Transaction};
 use std::collections::{HashMap, HashSet};
@@ -258,6 +261,171 @@ impl SqliteTaskStore {
         Ok(Some((row.try_into()?, cancelled)))
     }
 
+    pub(super) async fn retry_workflow_task_tx(&self, id: Uuid) -> Result<Retried, StoreError> {
+        let plain = |outcome| Retried {
+            outcome,
+            revived: Vec::new(),
+            reopened: None,
+        };
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        let found: Option<(Option<String>, String)> =
+            sqlx::query_as("SELECT workflow_id, status FROM tasks WHERE id = ?1")
+                .bind(id_text(id))
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        let (workflow_id, status) = match found {
+            None => return Ok(plain(RetryOutcome::NotFound)),
+            Some((None, _)) => {
+                tx.rollback().await.map_err(db_error)?;
+                return Ok(plain(self.retry(id).await?));
+            }
+            Some((Some(workflow_id), status)) => (workflow_id, status),
+        };
+        let status = TaskStatus::from_str(&status).map_err(corrupt)?;
+        let (flow_status, policy): (String, String) =
+            sqlx::query_as("SELECT status, on_failure FROM workflows WHERE id = ?1")
+                .bind(&workflow_id)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        let flow_status = WorkflowStatus::from_str(&flow_status).map_err(corrupt)?;
+        let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
+        let dependencies: Vec<(String,)> = sqlx::query_as(
+            "SELECT p.status FROM workflow_edges e JOIN tasks p ON p.id = e.depends_on
+             WHERE e.task_id = ?1",
+        )
+        .bind(id_text(id))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let dependencies = dependencies
+            .into_iter()
+            .map(|(s,)| TaskStatus::from_str(&s).map_err(corrupt))
+            .collect::<Result<Vec<_>, _>>()?;
+        if !may_retry(status, flow_status, &dependencies, policy) {
+            tx.rollback().await.map_err(db_error)?;
+            return Ok(plain(match self.get(id).await? {
+                Some(task) => RetryOutcome::NotRetryable(task),
+                None => RetryOutcome::NotFound,
+            }));
+        }
+        let revived = if revives(status, flow_status, policy) {
+            let candidates: Vec<(String,)> = sqlx::query_as(
+                "WITH RECURSIVE down(id) AS (
+                     SELECT e.task_id FROM workflow_edges e JOIN tasks t ON t.id = e.task_id
+                     WHERE e.depends_on = ?1 AND t.status = 'cancelled'
+                       AND json_extract(t.error, '$.details.cancelled_by') IS NOT NULL
+                     UNION SELECT e.task_id FROM workflow_edges e JOIN down ON e.depends_on = down.id
+                     JOIN tasks t ON t.id = e.task_id
+                     WHERE t.status = 'cancelled'
+                       AND json_extract(t.error, '$.details.cancelled_by') IS NOT NULL)
+                 SELECT id FROM down",
+            )
+            .bind(id_text(id))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            let candidates = candidates
+                .into_iter()
+                .map(|(id,)| uuid(&id))
+                .collect::<Result<Vec<_>, _>>()?;
+            let edges: Vec<(String, String, String)> = sqlx::query_as(
+                "SELECT e.task_id, e.depends_on, p.status
+                 FROM workflow_edges e JOIN tasks p ON p.id = e.depends_on
+                 WHERE e.task_id IN (SELECT value FROM json_each(?1))",
+            )
+            .bind(ids_json(&candidates))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            let edges = edges
+                .into_iter()
+                .map(|(task, dependency, status)| {
+                    Ok((
+                        uuid(&task)?,
+                        uuid(&dependency)?,
+                        TaskStatus::from_str(&status).map_err(corrupt)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            revivable(id, &candidates, &edges)
+        } else {
+            Vec::new()
+        };
+        // The dependencies of the retried task and of those it revives count as they stand
+        // now; the retried one is unsettled again for its dependents.
+        let mut waiting: Vec<Uuid> = revived.clone();
+        waiting.push(id);
+        sqlx::query(
+            "UPDATE workflow_edges SET settled = (workflow_edges.depends_on <> ?2
+                 AND (p.status = 'succeeded' OR (?3 AND p.status IN ('dead', 'cancelled'))))
+             FROM tasks p
+             WHERE p.id = workflow_edges.depends_on
+               AND workflow_edges.task_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(ids_json(&waiting))
+        .bind(id_text(id))
+        .bind(policy == OnFailure::Continue)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let now = micros(Utc::now());
+        let row: TaskRow = sqlx::query_as(sql!(
+            "UPDATE tasks SET waiting_on = c.n,
+                 status = CASE WHEN c.n > 0 THEN 'waiting' ELSE 'queued' END,
+                 run_at = ?2, finished_at = NULL,
+                 max_attempts = max(max_attempts, attempts + 1)
+             FROM (SELECT count(*) AS n FROM workflow_edges
+                   WHERE task_id = ?1 AND settled = 0) AS c
+             WHERE tasks.id = ?1
+             RETURNING {}",
+            qualified(TASK_COLUMNS, "tasks")
+        ))
+        .bind(id_text(id))
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let rows: Vec<TaskRow> = if revived.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(sql!(
+                "UPDATE tasks SET waiting_on = c.n,
+                     status = CASE WHEN c.n > 0 THEN 'waiting'
+                                   WHEN tasks.run_at > ?2 THEN 'scheduled' ELSE 'queued' END,
+                     finished_at = NULL, error = NULL
+                 FROM (SELECT task_id, sum(settled = 0) AS n FROM workflow_edges
+                       WHERE task_id IN (SELECT value FROM json_each(?1))
+                       GROUP BY task_id) AS c
+                 WHERE tasks.id = c.task_id AND tasks.status = 'cancelled'
+                 RETURNING {}",
+                qualified(TASK_COLUMNS, "tasks")
+            ))
+            .bind(ids_json(&revived))
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?
+        };
+        let reopened: Option<WorkflowRow> = sqlx::query_as(sql!(
+            "UPDATE workflows SET status = 'running', finished_at = NULL
+             WHERE id = ?1 AND status = 'failed'
+             RETURNING {WORKFLOW_COLUMNS}"
+        ))
+        .bind(&workflow_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        self.commit_recording(tx, &[id], Transition::Requeued)
+            .await?;
+        Ok(Retried {
+            outcome: RetryOutcome::Requeued(row.try_into()?),
+            revived: tasks(rows)?,
+            reopened: reopened.map(Workflow::try_from).transpose()?,
+        })
+    }
+
     pub(super) async fn parents_of(
         &self,
         ids: &[Uuid],
@@ -444,16 +612,26 @@ async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
             .collect();
     }
     if !cancel.is_empty() {
+        // Each with the dependency whose end cancels it (`details.cancelled_by`): a retry of
+        // that one revives it.
+        let seeds: Vec<Value> = cancel
+            .into_iter()
+            .map(|(child, cause)| json!([id_text(child), id_text(cause)]))
+            .collect();
         let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-            "WITH RECURSIVE down(id) AS (
-                 SELECT value FROM json_each(?1)
-                 UNION SELECT e.task_id FROM workflow_edges e JOIN down ON e.depends_on = down.id)
+            "WITH RECURSIVE down(id, cause) AS (
+                 SELECT c.value ->> 0, c.value ->> 1 FROM json_each(?1) AS c
+                 UNION SELECT e.task_id, e.depends_on
+                 FROM workflow_edges e JOIN down ON e.depends_on = down.id)
              UPDATE tasks SET status = 'cancelled', finished_at = ?2,
-                 error = json_object('message', ?3, 'attempt', attempts)
-             WHERE id IN (SELECT id FROM down) AND status = 'waiting'
-             RETURNING {TASK_COLUMNS}"
+                 error = json_object('message', ?3, 'attempt', attempts,
+                     'details', json_object('cancelled_by', d.cause))
+             FROM (SELECT id, min(cause) AS cause FROM down GROUP BY id) AS d
+             WHERE tasks.id = d.id AND tasks.status = 'waiting'
+             RETURNING {}",
+            qualified(TASK_COLUMNS, "tasks")
         ))
-        .bind(ids_json(&cancel))
+        .bind(json_array(seeds))
         .bind(now)
         .bind(CANCELLED_BY_DEPENDENCY)
         .fetch_all(&mut **tx)
