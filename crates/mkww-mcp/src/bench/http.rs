@@ -331,7 +331,7 @@ impl Server {
             Some(path) => path.to_owned(),
             None => std::env::current_exe()?,
         };
-        let mut child = Command::new(&binary)
+        let child = Command::new(&binary)
             .args(["serve", "--listen", "127.0.0.1:0"])
             .current_dir(&dir)
             .env("MCP_DATA_DIR", &dir)
@@ -348,7 +348,14 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .with_context(|| format!("cannot start {}", binary.display()))?;
+            .with_context(|| format!("cannot start {}", binary.display()));
+        let mut child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                return Err(e);
+            }
+        };
         let stdout = child.stdout.take().context("no server stdout")?;
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         // Reads the log up to the address, then drains it unread (a full pipe would stall the
