@@ -9,6 +9,7 @@
 
 use crate::access::{self, Access, AccessTable};
 use crate::error::ApiError;
+use crate::key_cache::{KeyCache, VerifiedKey};
 use crate::request_id::{self, RouteLabel};
 use crate::token::{TokenError, Tokens};
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request, State};
@@ -89,6 +90,8 @@ pub struct Security {
     pub limiter: Arc<dyn Limiter>,
     /// The deny-list every authentication checks (cached: no query per request).
     pub revocations: Arc<Revocations>,
+    /// API keys verified recently (`key_cache`): no query per request either.
+    pub api_keys: KeyCache,
     pub config: SecurityConfig,
 }
 
@@ -299,18 +302,15 @@ impl Security {
         credential: &str,
     ) -> Result<Authenticated, ApiError> {
         if let Some(prefix) = credentials::api_key_prefix(credential) {
-            let key = self.identities.api_key_by_prefix(prefix).await?;
-            let Some(key) = key.filter(|k| {
-                credentials::digests_match(&credentials::digest(credential), &k.secret_hash)
-            }) else {
-                return Err(unauthenticated("the API key is not valid"));
+            let digest = credentials::digest(credential);
+            let key = match self.api_keys.get(&digest) {
+                Some(key) => key,
+                None => self.verify_api_key(prefix, digest.clone()).await?,
             };
             let revocable = Credential::ApiKey { id: key.id };
-            if key.revoked_at.is_some() || self.revocations.is_revoked(&revocable) {
+            if self.revocations.is_revoked(&revocable) {
+                self.api_keys.remove(&digest);
                 return Err(unauthenticated("the API key has been revoked"));
-            }
-            if let Err(e) = self.identities.touch_api_key(key.id, Utc::now()).await {
-                tracing::debug!(error = %e, "cannot record an API key use");
             }
             let mut principal = Principal::new(
                 format!("key:{}", key.prefix),
@@ -346,6 +346,34 @@ impl Security {
                 .with_details(serde_json::json!({"reason": "token_expired"}))),
             Err(_) => Err(unauthenticated("the access token is not valid")),
         }
+    }
+}
+
+impl Security {
+    /// Reads the key from the store, checks it, records its use and caches it (`key_cache`).
+    async fn verify_api_key(&self, prefix: &str, digest: String) -> Result<VerifiedKey, ApiError> {
+        let key = self.identities.api_key_by_prefix(prefix).await?;
+        let Some(key) = key.filter(|k| credentials::digests_match(&digest, &k.secret_hash)) else {
+            return Err(unauthenticated("the API key is not valid"));
+        };
+        if key.revoked_at.is_some()
+            || self
+                .revocations
+                .is_revoked(&Credential::ApiKey { id: key.id })
+        {
+            return Err(unauthenticated("the API key has been revoked"));
+        }
+        if let Err(e) = self.identities.touch_api_key(key.id, Utc::now()).await {
+            tracing::debug!(error = %e, "cannot record an API key use");
+        }
+        let verified = VerifiedKey {
+            id: key.id,
+            prefix: key.prefix,
+            role: key.role,
+            worker_types: key.worker_types,
+        };
+        self.api_keys.insert(digest, verified.clone());
+        Ok(verified)
     }
 }
 

@@ -23,6 +23,7 @@ mod health;
 mod hooks;
 mod http_trace;
 pub mod integrations;
+pub mod key_cache;
 pub mod mcp;
 mod memory;
 mod openapi;

@@ -406,6 +406,9 @@ async fn a_revocation_on_one_node_reaches_the_others_within_the_bound() {
     let (key_id, key) = api_key(&a, "service").await;
     let mut sockets = Vec::new();
     for node in [&b, &c] {
+        // The key is verified and cached on each node (`key_cache`) before it is revoked.
+        let (status, body) = call(&client_with(&key), "GET", node.url("/v1/tasks"), None).await;
+        assert_eq!(status, 200, "{body}");
         let mut user = connect(node, Some(&access)).await;
         subscribed(&mut user, 1, "user:carl").await;
         let mut bot = connect(node, Some(&key)).await;
@@ -420,6 +423,9 @@ async fn a_revocation_on_one_node_reaches_the_others_within_the_bound() {
         let (took, body) = refused_within(node, &access, "/v1/auth/me").await;
         report(&format!("node {name}: disabled user → refused"), took);
         assert_eq!(body["error"]["code"], "token_revoked", "{body}");
+        let (took, body) = refused_within(node, &key, "/v1/tasks").await;
+        report(&format!("node {name}: cached API key → refused"), took);
+        assert_eq!(body["error"]["code"], "unauthenticated", "{body}");
     }
     for ((user, bot), name) in sockets.iter_mut().zip(["B", "C"]) {
         assert_eq!(closed_with(user).await, REVOKED, "node {name}");

@@ -1,6 +1,7 @@
 //! `mkww-mcp bench`: benchmarks that print their figures, one file each, and what they share
 //! (a scratch database, percentiles, quiet logging).
 
+mod http;
 mod memory;
 mod schedules;
 mod scratch;
@@ -15,6 +16,8 @@ use clap::Subcommand;
 pub enum Bench {
     /// Enqueue rate, processing rate and pickup latency of the task orchestrator.
     Tasks(tasks::TasksBench),
+    /// Requests per second of `/healthz` and of an authenticated `GET /v1/tasks/{id}`.
+    Http(http::HttpBench),
     /// Insert rate and search latency of the memory service.
     Memory(memory::MemoryBench),
     /// WebSocket fan-out: subscribers, delivery latency and rate, idle connections held.
@@ -28,6 +31,7 @@ pub enum Bench {
 pub async fn run(bench: Bench) -> anyhow::Result<()> {
     match bench {
         Bench::Tasks(args) => tasks::run(args).await,
+        Bench::Http(args) => http::run(args).await,
         Bench::Memory(args) => memory::run(args).await,
         Bench::Ws(args) => ws::run(args).await,
         Bench::Schedules(args) => schedules::run(args).await,

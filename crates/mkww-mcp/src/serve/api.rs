@@ -172,6 +172,7 @@ pub fn security(
         tokens: config.tokens()?,
         limiter,
         revocations,
+        api_keys: mcp_api::key_cache::KeyCache::default(),
         config: SecurityConfig {
             access_ttl: parse_ttl(&config.access_token_ttl)
                 .map_err(anyhow::Error::msg)
