@@ -4,6 +4,7 @@
 mod memory;
 mod schedules;
 mod scratch;
+mod subscriber;
 mod tasks;
 mod workflows;
 mod ws;
