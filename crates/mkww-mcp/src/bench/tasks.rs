@@ -64,6 +64,10 @@ pub struct TasksBench {
     /// latency phase, counting the events it receives (what events cost the workers).
     #[arg(long)]
     subscribe: bool,
+    /// Frames queued per WebSocket connection before it is closed as too slow (4008), as
+    /// `ws_send_queue`: events come in bursts of a claim or an outcome batch each.
+    #[arg(long, default_value_t = 1024)]
+    send_queue: usize,
 }
 
 /// Which store, and how SQLite syncs.
@@ -148,6 +152,7 @@ async fn start_api(
         rate_limit_write_per_minute: u32::MAX,
         rate_limit_read_per_minute: u32::MAX,
         quota_tasks_per_day: 0,
+        ws_send_queue: args.send_queue,
         ..Config::default()
     };
     let security = crate::serve::api::security(
