@@ -13,6 +13,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use chrono::{DateTime, Utc};
 use clap::ValueEnum;
+use mcp_core::events::{BusConfig, LocalBus};
 use mcp_core::limiter::LocalLimiter;
 use mcp_core::principal::Role;
 use mcp_core::task::CreateTask;
@@ -68,6 +69,10 @@ pub struct TasksBench {
     /// `ws_send_queue`: events come in bursts of a claim or an outcome batch each.
     #[arg(long, default_value_t = 1024)]
     send_queue: usize,
+    /// Deliveries a channel's subscribers on the node may fall behind the bus, as
+    /// `event_buffer` (beyond: 4008 for every subscriber of the channel).
+    #[arg(long, default_value_t = 1024)]
+    event_buffer: usize,
 }
 
 /// Which store, and how SQLite syncs.
@@ -200,7 +205,7 @@ pub async fn run(args: TasksBench) -> anyhow::Result<()> {
     )
     .await?;
     let store = backing.tasks();
-    let orchestrator = Orchestrator::new(
+    let orchestrator = Orchestrator::with_events(
         store.clone(),
         HandlerRegistry::with_builtins(),
         OrchestratorConfig {
@@ -209,6 +214,10 @@ pub async fn run(args: TasksBench) -> anyhow::Result<()> {
             retention: None,
             ..OrchestratorConfig::default()
         },
+        Arc::new(LocalBus::new(BusConfig {
+            buffer: args.event_buffer,
+            ..BusConfig::default()
+        })),
     );
     // The API runs for `--via http`, and for `--subscribe` (its WebSocket) either way.
     let api = match (args.via, args.subscribe) {
