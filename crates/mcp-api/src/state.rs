@@ -92,6 +92,8 @@ pub struct AppState {
     pub shutdown: tokio_util::sync::CancellationToken,
     /// The channels each principal's WebSocket connections hold on this node.
     pub ws_channels: Arc<crate::ws::ChannelClaims>,
+    /// This node's WebSocket subscribers by channel, each channel with one forwarder.
+    pub ws_fanout: Arc<crate::ws::Fanout>,
     /// Every use of schedules goes through it.
     pub schedules: Arc<mcp_core::services::ScheduleService>,
     /// Paused queues and rate limits per task type.

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Why the connection ends.
@@ -22,7 +22,7 @@ pub(super) struct Closing {
     pub(super) reason: &'static str,
 }
 
-/// One WebSocket connection: the reader loop owns it (`socket`); forwarders and the writer share
+/// One WebSocket connection: the reader loop owns it (`socket`); the fan-out and the writer share
 /// only its queue and its closing signal.
 pub(super) struct Connection {
     pub(super) state: AppState,
@@ -33,7 +33,7 @@ pub(super) struct Connection {
     pub(super) credential: Option<Credential>,
     pub(super) refresh_asked: bool,
     pub(super) subscriptions: HashMap<String, Subscribed>,
-    pub(super) out: Option<mpsc::Sender<Utf8Bytes>>,
+    pub(super) out: Option<super::queue::Sender>,
     pub(super) closing: watch::Sender<Option<Closing>>,
     pub(super) tat: Option<i64>,
     pub(super) strikes: u32,
@@ -44,18 +44,12 @@ pub(super) struct Connection {
     pub(super) assignments: Option<JoinHandle<()>>,
 }
 
-/// One subscription: its forwarder, and the principal's hold on the channel.
+/// One subscription: its place in the channel's fan-out (left when dropped), and the
+/// principal's hold on the channel.
 pub(super) struct Subscribed {
-    pub(super) forwarder: JoinHandle<()>,
+    pub(super) _joined: super::fanout::Joined,
     pub(super) _claim: super::limits::Claim,
     pub(super) _counted: super::gauges::Counted,
-}
-
-impl Drop for Subscribed {
-    fn drop(&mut self) {
-        // The forwarder owns the bus receiver; ending it lets the bus free the channel's buffer.
-        self.forwarder.abort();
-    }
 }
 
 pub(super) type PendingReply = tokio::sync::oneshot::Sender<Result<Value, HandlerError>>;

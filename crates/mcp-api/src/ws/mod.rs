@@ -1,20 +1,24 @@
 //! The WebSocket API at `/v1/ws` (protocol: `docs/websocket.md`). One connection is a reader
-//! loop (frames, heartbeats, deadlines), one writer task draining a bounded queue, and one
-//! forwarder per subscription moving bus deliveries into that queue. A consumer whose queue is
-//! full is closed with `4008` and recovers with `since`; nothing waits on a slow client.
+//! loop (frames, heartbeats, deadlines) and one writer task draining a bounded queue; one
+//! forwarder per channel on the node (`fanout.rs`) moves bus deliveries into the queues of its
+//! subscribers. A consumer whose queue is full is closed with `4008` and recovers with `since`;
+//! nothing waits on a slow client.
 
 pub mod close;
 pub(crate) mod config;
 mod connection;
+mod fanout;
 mod frame;
 mod gauges;
 mod limits;
 mod policy;
+mod queue;
 mod socket;
 mod subscriptions;
 mod workers;
 
 pub use config::WsConfig;
+pub use fanout::Fanout;
 pub use frame::{ClientFrame, FrameError, Op, WorkerError, decode};
 pub use limits::ChannelClaims;
 

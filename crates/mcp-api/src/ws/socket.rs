@@ -5,7 +5,7 @@ use super::close;
 use super::connection::{Closing, Connection, error_frame, forbidden, reply, unix_now, ws_error};
 use super::frame::{ClientFrame, Op, decode};
 use crate::error::ApiError;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};
 use mcp_core::HandlerError;
 use mcp_core::events::Event;
@@ -16,7 +16,7 @@ use mcp_core::task::CreateTask;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -34,10 +34,12 @@ impl Connection {
         let _open = super::gauges::Counted::new("mcp_ws_connections");
         let config = self.state.config.ws.clone();
         let (mut sink, mut stream) = socket.split();
-        let (out_tx, mut out_rx) = mpsc::channel::<Utf8Bytes>(config.send_queue.max(1));
+        let (out_tx, mut out_rx) = super::queue::queue(config.send_queue);
         self.out = Some(out_tx);
         let mut closing_rx = self.closing.subscribe();
-        let (ping_tx, mut ping_rx) = mpsc::channel::<()>(1);
+        // The reader asks for pings; a `Notify` holds at most one such request.
+        let ping_wanted = Arc::new(Notify::new());
+        let ping_rx = ping_wanted.clone();
         // The writer: frames in order; a close ends it with the close frame, after what was
         // already queued (error replies explain the close) if the client takes it promptly.
         let writer = tokio::spawn(async move {
@@ -47,7 +49,7 @@ impl Connection {
                     biased;
                     _ = closing.changed() => {
                         let flush = async {
-                            while let Ok(text) = out_rx.try_recv() {
+                            while let Some(text) = out_rx.try_recv() {
                                 if sink.send(Message::Text(text)).await.is_err() {
                                     return;
                                 }
@@ -56,7 +58,7 @@ impl Connection {
                         let _ = tokio::time::timeout(CLOSE_FLUSH, flush).await;
                         break;
                     }
-                    Some(()) = ping_rx.recv() => {
+                    () = ping_rx.notified() => {
                         if sink.send(Message::Ping(Default::default())).await.is_err() { return; }
                     }
                     frame = out_rx.recv() => match frame {
@@ -66,7 +68,7 @@ impl Connection {
                             if sink.feed(Message::Text(text)).await.is_err() { return; }
                             let mut batched = 1;
                             while batched < WRITE_BATCH {
-                                let Ok(text) = out_rx.try_recv() else { break };
+                                let Some(text) = out_rx.try_recv() else { break };
                                 if sink.feed(Message::Text(text)).await.is_err() { return; }
                                 batched += 1;
                             }
@@ -104,7 +106,10 @@ impl Connection {
                         Some(Ok(Message::Text(text))) if text.len() > config.max_frame_bytes => {
                             self.close(close::TOO_BIG, "frame too large");
                         }
-                        Some(Ok(Message::Text(text))) => self.on_text(text.as_str()).await,
+                        // Boxed: the op's future (a store call, a subscription) is allocated
+                        // while it runs instead of making every idle connection's task as
+                        // large as the largest op.
+                        Some(Ok(Message::Text(text))) => Box::pin(self.on_text(text.as_str())).await,
                         Some(Err(e)) if e.to_string().contains("too long") => {
                             self.close(close::TOO_BIG, "frame too large");
                         }
@@ -120,7 +125,7 @@ impl Connection {
                     if last_heard.elapsed() >= config.idle_timeout {
                         self.close(close::IDLE_TIMEOUT, "idle timeout");
                     } else {
-                        let _ = ping_tx.try_send(());
+                        ping_wanted.notify_one();
                     }
                 }
                 _ = tokio::time::sleep_until(auth_deadline), if self.principal.is_none() => {

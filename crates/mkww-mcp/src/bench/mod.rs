@@ -5,6 +5,7 @@ mod http;
 mod memory;
 mod schedules;
 mod scratch;
+mod subscriber;
 mod tasks;
 mod workflows;
 mod ws;

@@ -10,8 +10,10 @@ use super::scratch::BenchStore;
 use super::{percentile, quiet_logging};
 use crate::config::Config;
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use chrono::{DateTime, Utc};
 use clap::ValueEnum;
+use mcp_core::events::{BusConfig, LocalBus};
 use mcp_core::limiter::LocalLimiter;
 use mcp_core::principal::Role;
 use mcp_core::store::ShareLimit;
@@ -22,6 +24,7 @@ use mcp_core::{
 };
 use mcp_persistence::SqliteOptions;
 use serde_json::json;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
@@ -67,6 +70,18 @@ pub struct TasksBench {
     /// and analyzed (PostgreSQL) as autovacuum would have done since.
     #[arg(long, default_value_t = 0)]
     finished: usize,
+    /// A WebSocket client subscribed to `tasks` from the start of processing to the end of the
+    /// latency phase, counting the events it receives (what events cost the workers).
+    #[arg(long)]
+    subscribe: bool,
+    /// Frames queued per WebSocket connection before it is closed as too slow (4008), as
+    /// `ws_send_queue`: events come in bursts of a claim or an outcome batch each.
+    #[arg(long, default_value_t = 1024)]
+    send_queue: usize,
+    /// Deliveries a channel's subscribers on the node may fall behind the bus, as
+    /// `event_buffer` (beyond: 4008 for every subscriber of the channel).
+    #[arg(long, default_value_t = 1024)]
+    event_buffer: usize,
 }
 
 /// Which store, and how SQLite syncs.
@@ -142,6 +157,52 @@ fn noop() -> CreateTask {
         task_type: "noop".into(),
         ..Default::default()
     }
+}
+
+/// Starts the real API (its real guard, limits set out of the way) on a free port; its address
+/// and an admin token.
+async fn start_api(
+    args: &TasksBench,
+    backing: &BenchStore,
+    orchestrator: &Arc<Orchestrator>,
+) -> anyhow::Result<(SocketAddr, String)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let config = Config {
+        max_body_bytes: 16 * 1024 * 1024,
+        max_batch: args.batch.max(1),
+        jwt_secret: Some(uuid::Uuid::new_v4().simple().to_string().repeat(2)),
+        rate_limit_ip_per_minute: u32::MAX,
+        rate_limit_write_per_minute: u32::MAX,
+        rate_limit_read_per_minute: u32::MAX,
+        quota_tasks_per_day: 0,
+        ws_send_queue: args.send_queue,
+        ..Config::default()
+    };
+    let security = crate::serve::api::security(
+        &config,
+        backing.identities(),
+        Arc::new(LocalLimiter::default()),
+        crate::serve::api::revocations(&config, backing.identities(), None),
+    )?;
+    let token = security
+        .tokens
+        .issue("bench", Role::Admin, Duration::from_secs(24 * 3600))?;
+    let app = mcp_api::router(crate::serve::api::api_state(
+        &config,
+        orchestrator.clone(),
+        security,
+        orchestrator.events().clone(),
+        backing.memory(),
+        None,
+        (backing.schedules(), backing.queues()),
+    ));
+    // As `serve` does: no Nagle delay on WebSocket frames and small replies.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((addr, token))
 }
 
 async fn wait_until_done(store: &Arc<dyn TaskStore>) -> anyhow::Result<()> {
@@ -223,7 +284,7 @@ pub async fn run(args: TasksBench) -> anyhow::Result<()> {
     )
     .await?;
     let store = backing.tasks();
-    let orchestrator = Orchestrator::new(
+    let orchestrator = Orchestrator::with_events(
         store.clone(),
         HandlerRegistry::with_builtins(),
         OrchestratorConfig {
@@ -232,43 +293,18 @@ pub async fn run(args: TasksBench) -> anyhow::Result<()> {
             retention: None,
             ..OrchestratorConfig::default()
         },
+        Arc::new(LocalBus::new(BusConfig {
+            buffer: args.event_buffer,
+            ..BusConfig::default()
+        })),
     );
-    let client = match args.via {
-        Via::Direct => Client::Direct(orchestrator.clone()),
-        Via::Http => {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-            let base = format!("http://{}", listener.local_addr()?);
-            // The real API with its real guard, limits set out of the way, and an admin token.
-            let config = Config {
-                max_body_bytes: 16 * 1024 * 1024,
-                max_batch: args.batch.max(1),
-                jwt_secret: Some(uuid::Uuid::new_v4().simple().to_string().repeat(2)),
-                rate_limit_ip_per_minute: u32::MAX,
-                rate_limit_write_per_minute: u32::MAX,
-                rate_limit_read_per_minute: u32::MAX,
-                quota_tasks_per_day: 0,
-                ..Config::default()
-            };
-            let security = crate::serve::api::security(
-                &config,
-                backing.identities(),
-                Arc::new(LocalLimiter::default()),
-                crate::serve::api::revocations(&config, backing.identities(), None),
-            )?;
-            let token =
-                security
-                    .tokens
-                    .issue("bench", Role::Admin, Duration::from_secs(24 * 3600))?;
-            let app = mcp_api::router(crate::serve::api::api_state(
-                &config,
-                orchestrator.clone(),
-                security,
-                orchestrator.events().clone(),
-                backing.memory(),
-                None,
-                (backing.schedules(), backing.queues()),
-            ));
-            tokio::spawn(async move { axum::serve(listener, app).await });
+    // The API runs for `--via http`, and for `--subscribe` (its WebSocket) either way.
+    let api = match (args.via, args.subscribe) {
+        (Via::Direct, false) => None,
+        _ => Some(start_api(&args, &backing, &orchestrator).await?),
+    };
+    let client = match (&api, args.via) {
+        (Some((addr, token)), Via::Http) => {
             let mut headers = reqwest::header::HeaderMap::new();
             headers.insert(
                 reqwest::header::AUTHORIZATION,
@@ -278,12 +314,13 @@ pub async fn run(args: TasksBench) -> anyhow::Result<()> {
                 http: reqwest::Client::builder()
                     .default_headers(headers)
                     .build()?,
-                base,
+                base: format!("http://{addr}"),
             }
         }
+        _ => Client::Direct(orchestrator.clone()),
     };
     println!(
-        "bench tasks: {} tasks via {}, store {}, {} cores, worker concurrency {}, batch size {}",
+        "bench tasks: {} tasks via {}, store {}, {} cores, worker concurrency {}, batch size {}{}",
         args.tasks,
         match args.via {
             Via::Direct => "direct",
@@ -293,6 +330,11 @@ pub async fn run(args: TasksBench) -> anyhow::Result<()> {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         args.concurrency,
         args.batch_size,
+        if args.subscribe {
+            ", a WebSocket subscriber on `tasks`"
+        } else {
+            ""
+        },
     );
 
     if args.finished > 0 {
@@ -322,6 +364,12 @@ pub async fn run(args: TasksBench) -> anyhow::Result<()> {
     );
 
     // 2. Start the workers; time until every task is durably succeeded.
+    let subscriber = match &api {
+        Some((addr, token)) if args.subscribe => {
+            Some(super::subscriber::Subscriber::start(*addr, token, "tasks").await?)
+        }
+        _ => None,
+    };
     let started = Instant::now();
     let workers = orchestrator.start().await;
     // The worker counts outcomes once the store has committed them, so this is "durably
@@ -372,6 +420,27 @@ pub async fn run(args: TasksBench) -> anyhow::Result<()> {
         latencies.last().copied().unwrap_or(f64::NAN),
     );
     println!("pickup latency (add -> start): p50 {p50:.3} ms, p99 {p99:.3} ms, max {max:.3} ms");
+    let events = match &subscriber {
+        Some(subscriber) => {
+            let published =
+                orchestrator.events().position("tasks").await?.offset - subscriber.start_offset;
+            subscriber
+                .wait_for(published, Duration::from_secs(10))
+                .await;
+            let received = subscriber.received();
+            let dropped = orchestrator.events_dropped();
+            println!(
+                "subscriber on `tasks`: received {received} of {published} events published ({} dropped before the bus); {}",
+                dropped,
+                subscriber
+                    .ended()
+                    .map_or("still connected".to_owned(), |why| format!("ended: {why}")),
+            );
+            json!({"published": published, "received": received, "dropped": dropped,
+                   "ended": subscriber.ended()})
+        }
+        None => serde_json::Value::Null,
+    };
     println!(
         "{}",
         json!({
@@ -383,6 +452,7 @@ pub async fn run(args: TasksBench) -> anyhow::Result<()> {
             "enqueue_jobs_per_s": enqueue_rate.round(),
             "processed_jobs_per_s": process_rate.round(),
             "latency_add_to_start": {"p50_ms": p50, "p99_ms": p99, "max_ms": max},
+            "subscriber": events,
         })
     );
     workers.shutdown().await;

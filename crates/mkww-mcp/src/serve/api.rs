@@ -136,6 +136,7 @@ pub fn api_state(
         health: Arc::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
         ws_channels: Arc::default(),
+        ws_fanout: Arc::default(),
         schedules,
         queues,
     }

@@ -12,7 +12,7 @@
 //! Clients and server share the machine, so the clients are kept cheap: one task per connection,
 //! small buffers, and only the send time is read out of each event (no JSON parse).
 
-mod clients;
+pub(super) mod clients;
 mod nodes;
 
 use self::clients::{Publisher, Shared, Subscriber, lock, now_ns, open};

@@ -95,6 +95,10 @@ impl Node {
             // saturation phase.
             .env("MCP_WS_PUBLISH_PER_MINUTE", "1000000000")
             .env("MCP_RATE_LIMIT_WRITE_PER_MINUTE", "1000000000")
+            // The connection caps too: every connection comes from one address, and the scale
+            // phase holds as many as the open-file limit allows.
+            .env("MCP_MAX_CONNECTIONS_PER_IP", "0")
+            .env("MCP_MAX_CONNECTIONS", "1000000")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
