@@ -45,6 +45,8 @@ pub struct PgTaskStore {
     listener: Arc<std::sync::Mutex<Option<tokio::task::AbortHandle>>>,
     /// Which task events transitions record in the webhook outbox.
     pub(crate) outbox: Arc<OutboxSwitch>,
+    /// Paused queues and limited types and queues, as the claim consults them (`limits.rs`).
+    pub(crate) flow: Arc<crate::flow::FlowCache>,
 }
 
 impl PgTaskStore {
@@ -114,6 +116,7 @@ impl PgTaskStore {
             schema: schema.to_owned(),
             listener: Arc::default(),
             outbox: Arc::default(),
+            flow: Arc::default(),
         })
     }
 
