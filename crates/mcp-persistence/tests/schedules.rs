@@ -300,7 +300,7 @@ mod cases {
             per_ms: 400,
         };
         queues.put_queue_limit(&limit).await.unwrap();
-        assert_eq!(queues.queue_limits().await.unwrap(), [limit.clone()]);
+        assert_eq!(queues.queue_limits().await.unwrap(), [limit]);
         let slow = [
             new_task("echo", "slow"),
             new_task("noop", "slow"),

@@ -36,6 +36,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+/// A claim candidate: id, concurrency key and limit, share key.
+type CandidateRow = (Uuid, Option<String>, Option<i32>, Option<String>);
+
 impl PgTaskStore {
     /// The claim of tasks no limit covers, skipping the queues in `skipped` (the paused ones,
     /// and those a limited claim counted).
@@ -94,7 +97,7 @@ impl PgTaskStore {
             }
         }
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let candidates: Vec<(Uuid, Option<String>, Option<i32>, Option<String>)> = sqlx::query_as(
+        let candidates: Vec<CandidateRow> = sqlx::query_as(
             "SELECT id, concurrency_key, concurrency_limit, share_key FROM tasks
              WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
                AND type = ANY($1)

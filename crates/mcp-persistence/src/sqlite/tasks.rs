@@ -31,6 +31,9 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+/// A claim candidate: id, concurrency key and limit, share key.
+type CandidateRow = (String, Option<String>, Option<i32>, Option<String>);
+
 impl SqliteTaskStore {
     /// The claim of tasks no limit covers, skipping the queues in `skipped` (the paused ones,
     /// and those a limited claim counted).
@@ -41,9 +44,8 @@ impl SqliteTaskStore {
     ) -> Result<Vec<Task>, StoreError> {
         let now = Utc::now();
         let mut tx = self.writer.begin().await.map_err(db_error)?;
-        let candidates: Vec<(String, Option<String>, Option<i32>, Option<String>)> =
-            sqlx::query_as(
-                "SELECT id, concurrency_key, concurrency_limit, share_key FROM tasks
+        let candidates: Vec<CandidateRow> = sqlx::query_as(
+            "SELECT id, concurrency_key, concurrency_limit, share_key FROM tasks
              WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= ?1
                AND type IN (SELECT value FROM json_each(?2))
                AND queue NOT IN (SELECT value FROM json_each(?5))
@@ -55,15 +57,15 @@ impl SqliteTaskStore {
                      HAVING count(*) >= min(concurrency_limit)))
              ORDER BY priority DESC, run_at, id
              LIMIT ?3",
-            )
-            .bind(micros(now))
-            .bind(json_array(request.types.clone()))
-            .bind(i64::from(request.limit))
-            .bind(json_array(request.share.saturated()))
-            .bind(json_array(skipped.to_vec()))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error)?;
+        )
+        .bind(micros(now))
+        .bind(json_array(request.types.clone()))
+        .bind(i64::from(request.limit))
+        .bind(json_array(request.share.saturated()))
+        .bind(json_array(skipped.to_vec()))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
         if candidates.is_empty() {
             tx.rollback().await.map_err(db_error)?;
             return Ok(Vec::new());
