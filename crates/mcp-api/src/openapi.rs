@@ -103,6 +103,8 @@ use utoipa::{Modify, OpenApi};
         crate::queues::QueueState,
         crate::queues::TaskLimitList,
         crate::queues::PutTaskLimit,
+        mcp_core::queues::QueueLimit,
+        crate::queues::PutQueueLimit,
         mcp_core::task::Progress,
         mcp_core::workflow::Workflow,
         mcp_core::workflow::WorkflowDetail,

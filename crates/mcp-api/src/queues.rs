@@ -1,6 +1,8 @@
-//! Queue flow control: pausing and resuming queues, and rate limits per task type. The queue
-//! service (`mcp_core::services::queues`) changes them; the stores enforce them at claim time
-//! on every node. Counts with the paused and limited state are `GET /v1/queues` (`tasks.rs`).
+//! Queue flow control: pausing and resuming queues, rate limits per task type
+//! (`/v1/task-limits/{type}`) and per queue (`/v1/queues/{queue}/limit`, a sub-resource of the
+//! queue like its pause). The queue service (`mcp_core::services::queues`) changes them; the
+//! stores enforce them at claim time on every node. Counts with the paused and limited state
+//! and what the limits hold back are `GET /v1/queues` (`tasks.rs`).
 
 use crate::access::Access::Requires;
 use crate::endpoint::{Endpoint, endpoint};
@@ -11,7 +13,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use mcp_core::principal::Permission;
-use mcp_core::queues::TaskLimit;
+use mcp_core::queues::{QueueLimit, TaskLimit};
 use mcp_core::services::QueueError;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -26,6 +28,12 @@ pub(crate) fn endpoints() -> Vec<Endpoint<AppState>> {
         endpoint(Requires(Permission::TasksReadAny), routes!(get_limit)),
         endpoint(Requires(Permission::TasksManage), routes!(put_limit)),
         endpoint(Requires(Permission::TasksManage), routes!(delete_limit)),
+        endpoint(Requires(Permission::TasksReadAny), routes!(get_queue_limit)),
+        endpoint(Requires(Permission::TasksManage), routes!(put_queue_limit)),
+        endpoint(
+            Requires(Permission::TasksManage),
+            routes!(delete_queue_limit),
+        ),
     ]
 }
 
@@ -38,6 +46,9 @@ impl From<QueueError> for ApiError {
             }
             QueueError::LimitNotFound(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "task_limit_not_found", message)
+            }
+            QueueError::QueueLimitNotFound(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "queue_limit_not_found", message)
             }
             QueueError::Store(e) => e.into(),
         }
@@ -62,6 +73,16 @@ pub struct TaskLimitList {
 #[serde(deny_unknown_fields)]
 pub struct PutTaskLimit {
     /// Most tasks of the type started per window, cluster-wide (at least 1).
+    pub max: u32,
+    /// The window, in milliseconds (1 to 86 400 000).
+    pub per_ms: u64,
+}
+
+/// `PUT /v1/queues/{queue}/limit`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PutQueueLimit {
+    /// Most tasks of the queue, of any type, started per window, cluster-wide (at least 1).
     pub max: u32,
     /// The window, in milliseconds (1 to 86 400 000).
     pub per_ms: u64,
@@ -159,5 +180,56 @@ pub async fn delete_limit(
     Path(task_type): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     state.queues.delete_limit(&task_type).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A queue's rate limit.
+#[utoipa::path(get, path = "/v1/queues/{queue}/limit", tag = "tasks",
+    params(("queue" = String, Path, description = "queue name")),
+    responses(
+        (status = 200, description = "the limit", body = QueueLimit),
+        (status = 404, description = "no limit for this queue", body = ErrorBody),
+    ))]
+pub async fn get_queue_limit(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+) -> Result<Json<QueueLimit>, ApiError> {
+    Ok(Json(state.queues.queue_limit(&queue).await?))
+}
+
+/// Set a queue's rate limit, cluster-wide: at most `max` of its tasks, whatever their type,
+/// start per `per_ms` (a task type's own limit applies as well). Announced as
+/// `queue.limit.set`.
+#[utoipa::path(put, path = "/v1/queues/{queue}/limit", tag = "tasks", request_body = PutQueueLimit,
+    params(("queue" = String, Path, description = "queue name")),
+    responses(
+        (status = 200, description = "set", body = QueueLimit),
+        (status = 422, description = "invalid limit", body = ErrorBody),
+    ))]
+pub async fn put_queue_limit(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+    ApiJson(body): ApiJson<PutQueueLimit>,
+) -> Result<Json<QueueLimit>, ApiError> {
+    let limit = QueueLimit {
+        queue,
+        max: body.max,
+        per_ms: body.per_ms,
+    };
+    Ok(Json(state.queues.put_queue_limit(limit).await?))
+}
+
+/// Remove a queue's rate limit; announced as `queue.limit.removed`.
+#[utoipa::path(delete, path = "/v1/queues/{queue}/limit", tag = "tasks",
+    params(("queue" = String, Path, description = "queue name")),
+    responses(
+        (status = 204, description = "removed"),
+        (status = 404, description = "no limit for this queue", body = ErrorBody),
+    ))]
+pub async fn delete_queue_limit(
+    State(state): State<AppState>,
+    Path(queue): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.queues.delete_queue_limit(&queue).await?;
     Ok(StatusCode::NO_CONTENT)
 }

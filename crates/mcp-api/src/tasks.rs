@@ -224,9 +224,15 @@ pub struct QueueCounts {
     pub paused: Vec<String>,
     /// Rate limits per task type: their tasks stay queued while a window is used up.
     pub limits: Vec<mcp_core::queues::TaskLimit>,
+    /// Rate limits per queue (all types in it together).
+    pub queue_limits: Vec<mcp_core::queues::QueueLimit>,
+    /// Per queue, the due tasks a rate limit holds back now (their type's or their queue's
+    /// window is used up); queues with none are left out.
+    pub held_back: BTreeMap<String, u64>,
 }
 
-/// How many tasks each queue holds, per status.
+/// How many tasks each queue holds, per status; the paused queues, the rate limits and how
+/// many due tasks they hold back now.
 #[utoipa::path(get, path = "/v1/queues", tag = "tasks",
     responses((status = 200, description = "counts", body = QueueCounts)))]
 pub async fn queues(State(state): State<AppState>) -> Result<Json<QueueCounts>, ApiError> {
@@ -243,6 +249,8 @@ pub async fn queues(State(state): State<AppState>) -> Result<Json<QueueCounts>, 
         queues,
         paused: flow.paused,
         limits: flow.limits,
+        queue_limits: flow.queue_limits,
+        held_back: flow.held_back,
     }))
 }
 

@@ -30,6 +30,7 @@ macro_rules! sql {
 mod codec;
 mod columns;
 mod error;
+mod flow;
 mod identity;
 mod outbox;
 mod postgres;

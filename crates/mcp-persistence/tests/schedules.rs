@@ -1,5 +1,5 @@
 //! One conformance suite for both stores' schedules, paused queues, rate limits per task type
-//! and deferred attempts: every case runs against SQLite (a fresh file) and PostgreSQL (a fresh
+//! and per queue, the flow-control cache each store keeps, and deferred attempts: every case runs against SQLite (a fresh file) and PostgreSQL (a fresh
 //! schema in `MCP_TEST_DATABASE_URL`, dropped afterwards). With `CI` set (to any value) an
 //! unreachable PostgreSQL fails the suite instead of skipping it.
 
@@ -7,15 +7,15 @@
 mod common;
 
 use chrono::{DateTime, Duration as Span, TimeZone, Utc};
-use common::{Backend, Port};
-use mcp_core::queues::{QueueStore, TaskLimit};
+use common::{Backend, Port, pg_url};
+use mcp_core::queues::{QueueLimit, QueueStore, TaskLimit};
 use mcp_core::schedule::{Missed, Schedule, ScheduleStore};
 use mcp_core::store::ShareLimit;
 use mcp_core::task::{CreateTask, TaskDefaults};
 use mcp_core::{
     ClaimRequest, Completion, NewTask, Outcome, StoreError, TaskError, TaskStatus, TaskStore,
 };
-use mcp_persistence::{PgTaskStore, SqliteTaskStore};
+use mcp_persistence::{PgTaskStore, SqliteOptions, SqliteTaskStore};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,6 +29,11 @@ conformance!(
     exactly_one_claimer_advances_a_firing,
     a_paused_queue_starts_nothing_until_resumed,
     a_task_limit_caps_starts_per_window,
+    a_queue_limit_caps_starts_of_every_type_in_it,
+    a_task_starts_only_with_room_in_its_type_and_its_queue_window,
+    a_used_up_window_tells_when_it_reopens,
+    the_flow_state_counts_what_limits_hold_back,
+    another_nodes_change_applies_here_after_a_refresh,
     a_deferred_attempt_is_rescheduled_without_counting,
 );
 
@@ -75,6 +80,30 @@ fn claim(types: &[&str], limit: u32) -> ClaimRequest {
         lease: Duration::from_secs(30),
         share: ShareLimit::default(),
     }
+}
+
+/// A second store on the same database: another node.
+async fn other_node(backend: &Backend) -> (Arc<dyn TaskStore>, Arc<dyn QueueStore>) {
+    match backend {
+        Backend::Sqlite(_, dir) => {
+            let store = SqliteTaskStore::open(&dir.join("tasks.db"), &SqliteOptions::default())
+                .await
+                .unwrap();
+            (Arc::new(store.clone()), Arc::new(store))
+        }
+        Backend::Postgres(first) => {
+            let store = PgTaskStore::connect(&pg_url(), first.schema(), 4)
+                .await
+                .unwrap();
+            (Arc::new(store.clone()), Arc::new(store))
+        }
+    }
+}
+
+fn ids(tasks: &[mcp_core::Task]) -> Vec<uuid::Uuid> {
+    let mut ids: Vec<_> = tasks.iter().map(|t| t.id).collect();
+    ids.sort();
+    ids
 }
 
 mod cases {
@@ -260,5 +289,241 @@ mod cases {
         let again = tasks.claim(&claim(&["noop"], 1)).await.unwrap();
         assert_eq!(again.len(), 1);
         assert_eq!(again[0].attempts, 1);
+    }
+
+    pub async fn a_queue_limit_caps_starts_of_every_type_in_it(backend: &Backend) {
+        let tasks: Arc<dyn TaskStore> = backend.port();
+        let queues: Arc<dyn QueueStore> = backend.port();
+        let limit = QueueLimit {
+            queue: "slow".into(),
+            max: 2,
+            per_ms: 400,
+        };
+        queues.put_queue_limit(&limit).await.unwrap();
+        assert_eq!(queues.queue_limits().await.unwrap(), [limit]);
+        let slow = [
+            new_task("echo", "slow"),
+            new_task("noop", "slow"),
+            new_task("echo", "slow"),
+            new_task("noop", "slow"),
+        ];
+        let fast: Vec<NewTask> = (0..3).map(|_| new_task("echo", "fast")).collect();
+        tasks.insert(&slow).await.unwrap();
+        tasks.insert(&fast).await.unwrap();
+        let first = tasks.claim(&claim(&["echo", "noop"], 10)).await.unwrap();
+        assert_eq!(
+            first.iter().filter(|t| t.queue == "slow").count(),
+            2,
+            "two of the queue, whatever their type, in the first window"
+        );
+        assert_eq!(first.len(), 5, "other queues are not held back");
+        let held = tasks.get(slow[2].id).await.unwrap().unwrap();
+        assert_eq!((held.status, held.attempts), (TaskStatus::Queued, 0));
+        assert!(
+            tasks
+                .claim(&claim(&["echo", "noop"], 10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        let second = tasks.claim(&claim(&["echo", "noop"], 10)).await.unwrap();
+        let mut rest = vec![slow[2].id, slow[3].id];
+        rest.sort();
+        assert_eq!(ids(&second), rest);
+        // Replacing it keeps its window; removing it frees the queue.
+        let later = new_task("noop", "slow");
+        tasks.insert(std::slice::from_ref(&later)).await.unwrap();
+        assert!(tasks.claim(&claim(&["noop"], 10)).await.unwrap().is_empty());
+        assert!(queues.delete_queue_limit("slow").await.unwrap());
+        assert!(!queues.delete_queue_limit("slow").await.unwrap());
+        assert!(queues.queue_limits().await.unwrap().is_empty());
+        assert_eq!(
+            ids(&tasks.claim(&claim(&["noop"], 10)).await.unwrap()),
+            [later.id]
+        );
+    }
+
+    pub async fn a_task_starts_only_with_room_in_its_type_and_its_queue_window(backend: &Backend) {
+        let tasks: Arc<dyn TaskStore> = backend.port();
+        let queues: Arc<dyn QueueStore> = backend.port();
+        queues
+            .put_task_limit(&TaskLimit {
+                task_type: "echo".into(),
+                max: 2,
+                per_ms: 60_000,
+            })
+            .await
+            .unwrap();
+        queues
+            .put_queue_limit(&QueueLimit {
+                queue: "slow".into(),
+                max: 1,
+                per_ms: 60_000,
+            })
+            .await
+            .unwrap();
+        let mut in_order = Vec::new();
+        for (task_type, queue) in [
+            ("echo", "slow"),
+            ("echo", "slow"),
+            ("noop", "slow"),
+            ("echo", "fast"),
+            ("echo", "fast"),
+            ("noop", "fast"),
+        ] {
+            // One by one: claim order follows `run_at`.
+            let task = new_task(task_type, queue);
+            tasks.insert(std::slice::from_ref(&task)).await.unwrap();
+            in_order.push(task);
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let claimed = tasks.claim(&claim(&["echo", "noop"], 10)).await.unwrap();
+        // The queue's window takes the first; the type's second start is the first `fast` echo;
+        // the `noop` of `fast` is covered by neither.
+        let mut expected = vec![in_order[0].id, in_order[3].id, in_order[5].id];
+        expected.sort();
+        assert_eq!(ids(&claimed), expected);
+        assert!(
+            tasks
+                .claim(&claim(&["echo", "noop"], 10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        for held in [&in_order[1], &in_order[2], &in_order[4]] {
+            let held = tasks.get(held.id).await.unwrap().unwrap();
+            assert_eq!((held.status, held.attempts), (TaskStatus::Queued, 0));
+        }
+    }
+
+    pub async fn a_used_up_window_tells_when_it_reopens(backend: &Backend) {
+        let tasks: Arc<dyn TaskStore> = backend.port();
+        let queues: Arc<dyn QueueStore> = backend.port();
+        let types = ["echo".to_owned()];
+        queues
+            .put_task_limit(&TaskLimit {
+                task_type: "echo".into(),
+                max: 1,
+                per_ms: 30_000,
+            })
+            .await
+            .unwrap();
+        tasks
+            .insert(&[new_task("echo", "default"), new_task("echo", "default")])
+            .await
+            .unwrap();
+        assert_eq!(tasks.next_run_at(&types).await.unwrap(), None);
+        let before = Utc::now();
+        assert_eq!(tasks.claim(&claim(&["echo"], 10)).await.unwrap().len(), 1);
+        let reopens = tasks
+            .next_run_at(&types)
+            .await
+            .unwrap()
+            .expect("a reopen time");
+        assert!(
+            reopens > before + Span::seconds(29),
+            "{reopens} vs {before}"
+        );
+        assert!(reopens < Utc::now() + Span::seconds(31), "{reopens}");
+        // Other types do not wait for it; without the limit, nothing reopens.
+        assert_eq!(tasks.next_run_at(&["noop".to_owned()]).await.unwrap(), None);
+        assert!(queues.delete_task_limit("echo").await.unwrap());
+        assert_eq!(tasks.next_run_at(&types).await.unwrap(), None);
+    }
+
+    pub async fn the_flow_state_counts_what_limits_hold_back(backend: &Backend) {
+        let tasks: Arc<dyn TaskStore> = backend.port();
+        let queues: Arc<dyn QueueStore> = backend.port();
+        queues.pause_queue("held").await.unwrap();
+        let type_limit = TaskLimit {
+            task_type: "echo".into(),
+            max: 1,
+            per_ms: 60_000,
+        };
+        let queue_limit = QueueLimit {
+            queue: "slow".into(),
+            max: 1,
+            per_ms: 60_000,
+        };
+        queues.put_task_limit(&type_limit).await.unwrap();
+        queues.put_queue_limit(&queue_limit).await.unwrap();
+        tasks
+            .insert(&[
+                new_task("echo", "a"),
+                new_task("echo", "a"),
+                new_task("echo", "a"),
+                new_task("noop", "slow"),
+                new_task("noop", "slow"),
+                new_task("echo", "held"),
+                new_task("noop", "b"),
+            ])
+            .await
+            .unwrap();
+        let state = queues.flow_state().await.unwrap();
+        assert!(state.held_back.is_empty(), "no window is used up yet");
+        assert_eq!(
+            tasks
+                .claim(&claim(&["echo", "noop"], 10))
+                .await
+                .unwrap()
+                .len(),
+            3,
+            "one echo, one of `slow`, the noop of `b`"
+        );
+        let state = queues.flow_state().await.unwrap();
+        assert_eq!(state.paused, ["held"]);
+        assert_eq!(state.limits, [type_limit]);
+        assert_eq!(state.queue_limits, [queue_limit]);
+        assert_eq!(
+            state.held_back.into_iter().collect::<Vec<_>>(),
+            [("a".to_owned(), 2), ("slow".to_owned(), 1)],
+            "paused queues are not counted"
+        );
+    }
+
+    pub async fn another_nodes_change_applies_here_after_a_refresh(backend: &Backend) {
+        let tasks: Arc<dyn TaskStore> = backend.port();
+        let queues: Arc<dyn QueueStore> = backend.port();
+        let (_, other) = other_node(backend).await;
+        tasks
+            .insert(&[new_task("noop", "q"), new_task("noop", "q")])
+            .await
+            .unwrap();
+        // The first read fills the cache; from then on a claim reads no flow-control table, and
+        // a read tells whether anything changed.
+        assert!(queues.refresh_flow().await.unwrap());
+        assert!(!queues.refresh_flow().await.unwrap());
+        other.pause_queue("q").await.unwrap();
+        assert!(
+            queues.refresh_flow().await.unwrap(),
+            "the pause is new here"
+        );
+        assert!(tasks.claim(&claim(&["noop"], 10)).await.unwrap().is_empty());
+        other.resume_queue("q").await.unwrap();
+        other
+            .put_queue_limit(&QueueLimit {
+                queue: "q".into(),
+                max: 1,
+                per_ms: 60_000,
+            })
+            .await
+            .unwrap();
+        assert!(queues.refresh_flow().await.unwrap());
+        assert_eq!(tasks.claim(&claim(&["noop"], 10)).await.unwrap().len(), 1);
+        assert!(tasks.claim(&claim(&["noop"], 10)).await.unwrap().is_empty());
+        // The counter is the database's: the other node finds the window used up as well.
+        let (other_tasks, _) = other_node(backend).await;
+        assert!(
+            other_tasks
+                .claim(&claim(&["noop"], 10))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        other.delete_queue_limit("q").await.unwrap();
+        assert!(queues.refresh_flow().await.unwrap());
+        assert!(!queues.refresh_flow().await.unwrap(), "nothing new");
+        assert_eq!(tasks.claim(&claim(&["noop"], 10)).await.unwrap().len(), 1);
     }
 }

@@ -633,4 +633,19 @@ impl crate::queues::QueueStore for Guarded<dyn crate::queues::QueueStore> {
     async fn delete_task_limit(&self, task_type: &str) -> Result<bool, StoreError> {
         guarded!(self, delete_task_limit(task_type))
     }
+    async fn put_queue_limit(&self, limit: &crate::queues::QueueLimit) -> Result<(), StoreError> {
+        guarded!(self, put_queue_limit(limit))
+    }
+    async fn queue_limits(&self) -> Result<Vec<crate::queues::QueueLimit>, StoreError> {
+        guarded!(self, queue_limits())
+    }
+    async fn delete_queue_limit(&self, queue: &str) -> Result<bool, StoreError> {
+        guarded!(self, delete_queue_limit(queue))
+    }
+    async fn flow_state(&self) -> Result<crate::queues::FlowState, StoreError> {
+        guarded!(self, flow_state())
+    }
+    async fn refresh_flow(&self) -> Result<bool, StoreError> {
+        guarded!(self, refresh_flow())
+    }
 }

@@ -51,6 +51,8 @@ pub struct PgTaskStore {
     pub(crate) outbox: Arc<OutboxSwitch>,
     /// Claims counted towards the next vacuum of the task table (`vacuum.rs`).
     sweeper: Arc<vacuum::Sweeper>,
+    /// Paused queues and limited types and queues, as the claim consults them (`limits.rs`).
+    pub(crate) flow: Arc<crate::flow::FlowCache>,
 }
 
 impl PgTaskStore {
@@ -125,6 +127,7 @@ impl PgTaskStore {
             listener: Arc::default(),
             outbox: Arc::default(),
             sweeper: Arc::default(),
+            flow: Arc::default(),
         })
     }
 

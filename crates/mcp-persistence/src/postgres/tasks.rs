@@ -38,6 +38,168 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+/// A claim candidate: id, concurrency key and limit, share key.
+type CandidateRow = (Uuid, Option<String>, Option<i32>, Option<String>);
+
+impl PgTaskStore {
+    /// The claim of tasks no limit covers, skipping the queues in `skipped` (the paused ones,
+    /// and those a limited claim counted).
+    pub(super) async fn claim_open(
+        &self,
+        request: &ClaimRequest,
+        skipped: &[String],
+    ) -> Result<Vec<Task>, StoreError> {
+        // Share keys at their cap on this node: their tasks are skipped by both paths.
+        let saturated = request.share.saturated();
+        // Fast path, one statement: while no runnable task has a concurrency key, nothing needs
+        // admitting, so lock and start the next tasks in claim order directly. When it claims
+        // nothing (keyed tasks are waiting, or the queue is empty) the admitting path decides.
+        // It is exact for share keys too while no unsaturated key could pass its cap within
+        // `limit` tasks (`fits`); otherwise the admitting path counts them.
+        // The locked rows are updated by `ctid`, where the lock found them, without a second
+        // walk down the primary key; the lock keeps them where they are until the update.
+        if request.share.fits(request.limit) {
+            let query = sqlx::query_as::<_, TaskRow>(sql!(
+                "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = now(),
+                     lease_owner = $3, lease_expires_at = now() + $4 * interval '1 millisecond'
+                 FROM (SELECT ctid FROM tasks
+                       WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
+                         AND type = ANY($1) AND concurrency_key IS NULL
+                         AND queue <> ALL($6)
+                         AND (share_key IS NULL OR share_key <> ALL($5))
+                         AND NOT EXISTS (
+                             SELECT 1 FROM tasks
+                             WHERE status IN ('queued', 'scheduled', 'failed')
+                               AND concurrency_key IS NOT NULL AND run_at <= now())
+                       ORDER BY priority DESC, run_at, id
+                       LIMIT $2
+                       FOR UPDATE SKIP LOCKED) AS c
+                 WHERE tasks.ctid = c.ctid
+                 RETURNING {}",
+                qualified(TASK_COLUMNS, "tasks")
+            ))
+            .bind(&request.types)
+            .bind(i64::from(request.limit))
+            .bind(&request.owner)
+            .bind(millis(request.lease))
+            .bind(&saturated)
+            .bind(skipped);
+            let rows = match self.begin_recording(Transition::Started).await? {
+                Some((mut tx, wanted)) => {
+                    let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
+                    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+                    self.commit_recorded(tx, &ids, Transition::Started, &wanted)
+                        .await?;
+                    rows
+                }
+                None => query.fetch_all(&self.pool).await.map_err(db_error)?,
+            };
+            let mut claimed = tasks(rows)?;
+            if !claimed.is_empty() {
+                claim_order(&mut claimed);
+                return Ok(claimed);
+            }
+        }
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let candidates: Vec<CandidateRow> = sqlx::query_as(
+            "SELECT id, concurrency_key, concurrency_limit, share_key FROM tasks
+             WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
+               AND type = ANY($1)
+               AND queue <> ALL($4)
+               AND (share_key IS NULL OR share_key <> ALL($3))
+               AND (concurrency_key IS NULL OR concurrency_key NOT IN (
+                     SELECT concurrency_key FROM tasks
+                     WHERE status = 'running' AND concurrency_key IS NOT NULL
+                     GROUP BY concurrency_key
+                     HAVING count(*) >= min(concurrency_limit)))
+             ORDER BY priority DESC, run_at, id
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED",
+        )
+        .bind(&request.types)
+        .bind(i64::from(request.limit))
+        .bind(&saturated)
+        .bind(skipped)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if candidates.is_empty() {
+            tx.rollback().await.map_err(db_error)?;
+            return Ok(Vec::new());
+        }
+        let candidates: Vec<Candidate> = candidates
+            .into_iter()
+            .map(
+                |(id, concurrency_key, concurrency_limit, share_key)| Candidate {
+                    id,
+                    concurrency_key,
+                    concurrency_limit,
+                    share_key,
+                },
+            )
+            .collect();
+        let mut keys: Vec<&str> = candidates
+            .iter()
+            .filter_map(|c| c.concurrency_key.as_deref())
+            .collect();
+        let mut running = HashMap::new();
+        if !keys.is_empty() {
+            keys.sort_unstable();
+            keys.dedup();
+            // Serialise claimers per key (in one global order, so they cannot deadlock), then
+            // count what runs now: committed claims of other nodes are visible to this statement.
+            sqlx::query(
+                "SELECT pg_advisory_xact_lock(hashtextextended('mcp_concurrency.' || k, 0))
+                 FROM unnest($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n",
+            )
+            .bind(&keys)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            let counts: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT concurrency_key, count(*) FROM tasks
+                 WHERE status = 'running' AND concurrency_key = ANY($1)
+                 GROUP BY concurrency_key",
+            )
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            running.extend(counts);
+        }
+        let ids = admit(&candidates, &running, &request.share);
+        // `clock_timestamp()`, not `now()` (this transaction's start): a run admitted because
+        // another node's completion committed while this claim waited for the key's lock must
+        // not look as if it started before that run finished.
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "UPDATE tasks SET status = 'running', attempts = attempts + 1,
+                 started_at = clock_timestamp(),
+                 lease_owner = $2, lease_expires_at = now() + $3 * interval '1 millisecond'
+             FROM unnest($1::uuid[]) AS c(id)
+             WHERE tasks.id = c.id
+             RETURNING {}",
+            qualified(TASK_COLUMNS, "tasks")
+        ))
+        .bind(&ids)
+        .bind(&request.owner)
+        .bind(millis(request.lease))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        match self.outbox.wanted(Transition::Started) {
+            Some(wanted) => {
+                let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+                self.commit_recorded(tx, &ids, Transition::Started, &wanted)
+                    .await?;
+            }
+            None => tx.commit().await.map_err(db_error)?,
+        }
+        let mut claimed = tasks(rows)?;
+        claim_order(&mut claimed);
+        Ok(claimed)
+    }
+}
+
 #[async_trait]
 impl TaskStore for PgTaskStore {
     async fn insert(&self, new: &[NewTask]) -> Result<Vec<Inserted>, StoreError> {
@@ -131,7 +293,14 @@ impl TaskStore for PgTaskStore {
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError> {
-        let claimed = self.claim_tasks(request).await?;
+        // Pauses and limits from this node's cache (`limits.rs`): a claim no limit concerns
+        // reads no flow-control table.
+        let flow = self.flow_view().await?;
+        let claimed = if flow.limits(&request.types) {
+            self.claim_with_limits(request, &flow).await?
+        } else {
+            self.claim_open(request, &flow.paused).await?
+        };
         self.swept_after_claim(claimed.len(), request.limit);
         Ok(claimed)
     }
@@ -359,6 +528,8 @@ impl TaskStore for PgTaskStore {
     }
 
     async fn next_run_at(&self, types: &[String]) -> Result<Option<DateTime<Utc>>, StoreError> {
+        // A used-up window's reopening counts too: its tasks are queued and due already.
+        let reopen = self.flow.next_reopen(types);
         let (at,): (Option<DateTime<Utc>>,) = sqlx::query_as(
             "SELECT min(run_at) FROM tasks
              WHERE status IN ('scheduled', 'failed') AND type = ANY($1)
@@ -368,7 +539,7 @@ impl TaskStore for PgTaskStore {
         .fetch_one(&self.pool)
         .await
         .map_err(db_error)?;
-        Ok(at)
+        Ok(crate::flow::earliest(at, reopen))
     }
 
     async fn counts(&self) -> Result<TaskCounts, StoreError> {
@@ -501,165 +672,6 @@ impl TaskStore for PgTaskStore {
 
     async fn set_progress(&self, id: Uuid, progress: &Progress) -> Result<bool, StoreError> {
         self.set_progress_row(id, progress).await
-    }
-}
-
-/// A claim candidate as the admitting path reads it: id, concurrency key and limit, share key.
-type CandidateRow = (Uuid, Option<String>, Option<i32>, Option<String>);
-
-impl PgTaskStore {
-    /// Starts up to `request.limit` runnable tasks in claim order under `request.owner`'s lease.
-    async fn claim_tasks(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError> {
-        // Rate-limited types are claimed within their windows (`limits.rs`).
-        if let Some(claimed) = self.claim_with_limits(request).await? {
-            return Ok(claimed);
-        }
-        // Share keys at their cap on this node: their tasks are skipped by both paths.
-        let saturated = request.share.saturated();
-        // Fast path, one statement: while no runnable task has a concurrency key, nothing needs
-        // admitting, so lock and start the next tasks in claim order directly. When it claims
-        // nothing (keyed tasks are waiting, or the queue is empty) the admitting path decides.
-        // It is exact for share keys too while no unsaturated key could pass its cap within
-        // `limit` tasks (`fits`); otherwise the admitting path counts them.
-        // The locked rows are updated by `ctid`, where the lock found them, without a second
-        // walk down the primary key; the lock keeps them where they are until the update.
-        if request.share.fits(request.limit) {
-            let query = sqlx::query_as::<_, TaskRow>(sql!(
-                "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = now(),
-                     lease_owner = $3, lease_expires_at = now() + $4 * interval '1 millisecond'
-                 FROM (SELECT ctid FROM tasks
-                       WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
-                         AND type = ANY($1) AND concurrency_key IS NULL
-                         AND queue NOT IN (SELECT queue FROM queue_pauses)
-                         AND (share_key IS NULL OR share_key <> ALL($5))
-                         AND NOT EXISTS (
-                             SELECT 1 FROM tasks
-                             WHERE status IN ('queued', 'scheduled', 'failed')
-                               AND concurrency_key IS NOT NULL AND run_at <= now())
-                       ORDER BY priority DESC, run_at, id
-                       LIMIT $2
-                       FOR UPDATE SKIP LOCKED) AS c
-                 WHERE tasks.ctid = c.ctid
-                 RETURNING {}",
-                qualified(TASK_COLUMNS, "tasks")
-            ))
-            .bind(&request.types)
-            .bind(i64::from(request.limit))
-            .bind(&request.owner)
-            .bind(millis(request.lease))
-            .bind(&saturated);
-            let rows = match self.begin_recording(Transition::Started).await? {
-                Some((mut tx, wanted)) => {
-                    let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
-                    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-                    self.commit_recorded(tx, &ids, Transition::Started, &wanted)
-                        .await?;
-                    rows
-                }
-                None => query.fetch_all(&self.pool).await.map_err(db_error)?,
-            };
-            let mut claimed = tasks(rows)?;
-            if !claimed.is_empty() {
-                claim_order(&mut claimed);
-                return Ok(claimed);
-            }
-        }
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let candidates: Vec<CandidateRow> = sqlx::query_as(
-            "SELECT id, concurrency_key, concurrency_limit, share_key FROM tasks
-             WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= now()
-               AND type = ANY($1)
-               AND queue NOT IN (SELECT queue FROM queue_pauses)
-               AND (share_key IS NULL OR share_key <> ALL($3))
-               AND (concurrency_key IS NULL OR concurrency_key NOT IN (
-                     SELECT concurrency_key FROM tasks
-                     WHERE status = 'running' AND concurrency_key IS NOT NULL
-                     GROUP BY concurrency_key
-                     HAVING count(*) >= min(concurrency_limit)))
-             ORDER BY priority DESC, run_at, id
-             LIMIT $2
-             FOR UPDATE SKIP LOCKED",
-        )
-        .bind(&request.types)
-        .bind(i64::from(request.limit))
-        .bind(&saturated)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        if candidates.is_empty() {
-            tx.rollback().await.map_err(db_error)?;
-            return Ok(Vec::new());
-        }
-        let candidates: Vec<Candidate> = candidates
-            .into_iter()
-            .map(
-                |(id, concurrency_key, concurrency_limit, share_key)| Candidate {
-                    id,
-                    concurrency_key,
-                    concurrency_limit,
-                    share_key,
-                },
-            )
-            .collect();
-        let mut keys: Vec<&str> = candidates
-            .iter()
-            .filter_map(|c| c.concurrency_key.as_deref())
-            .collect();
-        let mut running = HashMap::new();
-        if !keys.is_empty() {
-            keys.sort_unstable();
-            keys.dedup();
-            // Serialise claimers per key (in one global order, so they cannot deadlock), then
-            // count what runs now: committed claims of other nodes are visible to this statement.
-            sqlx::query(
-                "SELECT pg_advisory_xact_lock(hashtextextended('mcp_concurrency.' || k, 0))
-                 FROM unnest($1::text[]) WITH ORDINALITY AS u(k, n) ORDER BY n",
-            )
-            .bind(&keys)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-            let counts: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT concurrency_key, count(*) FROM tasks
-                 WHERE status = 'running' AND concurrency_key = ANY($1)
-                 GROUP BY concurrency_key",
-            )
-            .bind(&keys)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error)?;
-            running.extend(counts);
-        }
-        let ids = admit(&candidates, &running, &request.share);
-        // `clock_timestamp()`, not `now()` (this transaction's start): a run admitted because
-        // another node's completion committed while this claim waited for the key's lock must
-        // not look as if it started before that run finished.
-        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-            "UPDATE tasks SET status = 'running', attempts = attempts + 1,
-                 started_at = clock_timestamp(),
-                 lease_owner = $2, lease_expires_at = now() + $3 * interval '1 millisecond'
-             FROM unnest($1::uuid[]) AS c(id)
-             WHERE tasks.id = c.id
-             RETURNING {}",
-            qualified(TASK_COLUMNS, "tasks")
-        ))
-        .bind(&ids)
-        .bind(&request.owner)
-        .bind(millis(request.lease))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        match self.outbox.wanted(Transition::Started) {
-            Some(wanted) => {
-                let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-                self.commit_recorded(tx, &ids, Transition::Started, &wanted)
-                    .await?;
-            }
-            None => tx.commit().await.map_err(db_error)?,
-        }
-        let mut claimed = tasks(rows)?;
-        claim_order(&mut claimed);
-        Ok(claimed)
     }
 }
 

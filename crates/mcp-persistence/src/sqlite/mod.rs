@@ -63,6 +63,8 @@ pub struct SqliteTaskStore {
     pub(crate) readers: SqlitePool,
     /// Which task events transitions record in the webhook outbox.
     pub(crate) outbox: Arc<OutboxSwitch>,
+    /// Paused queues and limited types and queues, as the claim consults them (`limits.rs`).
+    pub(crate) flow: Arc<crate::flow::FlowCache>,
 }
 
 impl SqliteTaskStore {
@@ -102,6 +104,7 @@ impl SqliteTaskStore {
             writer,
             readers,
             outbox: Arc::default(),
+            flow: Arc::default(),
         })
     }
 

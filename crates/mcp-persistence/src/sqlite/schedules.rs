@@ -1,7 +1,7 @@
-//! The `ScheduleStore` and `QueueStore` of the SQLite store, in the tables of
+//! The `ScheduleStore` of the SQLite store, in the tables of
 //! `migrations/sqlite/0014_schedules.sql`. A firing is finished (after its tasks are
-//! stored) by a conditional update of `next_fire_at`; pauses and limits are read by the claim
-//! (`tasks.rs`). Instants are microseconds, the template JSON text.
+//! stored) by a conditional update of `next_fire_at`. (Pauses and limits, the `QueueStore`, are
+//! in `limits.rs`.) Instants are microseconds, the template JSON text.
 
 use super::SqliteTaskStore;
 use crate::codec::{instant, json, micros};
@@ -9,7 +9,6 @@ use crate::error::{corrupt, db_error};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mcp_core::StoreError;
-use mcp_core::queues::{QueueStore, TaskLimit};
 use mcp_core::schedule::{Schedule, ScheduleStore};
 use serde_json::Value;
 use sqlx::FromRow;
@@ -192,78 +191,5 @@ impl ScheduleStore for SqliteTaskStore {
         .await
         .map_err(db_error)?;
         at.map(instant).transpose()
-    }
-}
-
-#[async_trait]
-impl QueueStore for SqliteTaskStore {
-    async fn pause_queue(&self, queue: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO queue_pauses (queue, paused_at) VALUES (?1, ?2)
-             ON CONFLICT (queue) DO NOTHING",
-        )
-        .bind(queue)
-        .bind(micros(Utc::now()))
-        .execute(&self.writer)
-        .await
-        .map_err(db_error)?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn resume_queue(&self, queue: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM queue_pauses WHERE queue = ?1")
-            .bind(queue)
-            .execute(&self.writer)
-            .await
-            .map_err(db_error)?;
-        Ok(done.rows_affected() > 0)
-    }
-
-    async fn paused_queues(&self) -> Result<Vec<String>, StoreError> {
-        let rows: Vec<(String,)> = sqlx::query_as("SELECT queue FROM queue_pauses ORDER BY queue")
-            .fetch_all(&self.readers)
-            .await
-            .map_err(db_error)?;
-        Ok(rows.into_iter().map(|(q,)| q).collect())
-    }
-
-    async fn put_task_limit(&self, limit: &TaskLimit) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO task_limits (type, max, per_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT (type) DO UPDATE SET max = excluded.max, per_ms = excluded.per_ms",
-        )
-        .bind(&limit.task_type)
-        .bind(i32::try_from(limit.max).map_err(corrupt)?)
-        .bind(i64::try_from(limit.per_ms).map_err(corrupt)?)
-        .execute(&self.writer)
-        .await
-        .map_err(db_error)?;
-        Ok(())
-    }
-
-    async fn task_limits(&self) -> Result<Vec<TaskLimit>, StoreError> {
-        let rows: Vec<(String, i32, i64)> =
-            sqlx::query_as("SELECT type, max, per_ms FROM task_limits ORDER BY type")
-                .fetch_all(&self.readers)
-                .await
-                .map_err(db_error)?;
-        rows.into_iter()
-            .map(|(task_type, max, per_ms)| {
-                Ok(TaskLimit {
-                    task_type,
-                    max: u32::try_from(max).map_err(corrupt)?,
-                    per_ms: u64::try_from(per_ms).map_err(corrupt)?,
-                })
-            })
-            .collect()
-    }
-
-    async fn delete_task_limit(&self, task_type: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM task_limits WHERE type = ?1")
-            .bind(task_type)
-            .execute(&self.writer)
-            .await
-            .map_err(db_error)?;
-        Ok(done.rows_affected() > 0)
     }
 }

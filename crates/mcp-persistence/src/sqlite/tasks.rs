@@ -31,6 +31,147 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+/// A claim candidate: id, concurrency key and limit, share key.
+type CandidateRow = (String, Option<String>, Option<i32>, Option<String>);
+
+impl SqliteTaskStore {
+    /// The claim of tasks no limit covers, skipping the queues in `skipped` (the paused ones,
+    /// and those a limited claim counted).
+    pub(super) async fn claim_open(
+        &self,
+        request: &ClaimRequest,
+        skipped: &[String],
+    ) -> Result<Vec<Task>, StoreError> {
+        let now = Utc::now();
+        // Share keys at their cap on this node: their tasks are skipped by both paths.
+        let saturated = json_array(request.share.saturated());
+        let skipped = json_array(skipped.to_vec());
+        // Fast path, one statement: while no runnable task has a concurrency key, nothing needs
+        // admitting, so start the next tasks in claim order directly (as on PostgreSQL; the
+        // partial index `tasks_runnable_keyed` answers the check). When it claims nothing
+        // (keyed tasks are waiting, or the queue is empty) the admitting path decides.
+        if request.share.fits(request.limit) {
+            let query = sqlx::query_as::<_, TaskRow>(sql!(
+                "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?2,
+                     lease_owner = ?3, lease_expires_at = ?4
+                 WHERE id IN (
+                     SELECT id FROM tasks
+                     WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= ?2
+                       AND type IN (SELECT value FROM json_each(?1)) AND concurrency_key IS NULL
+                       AND queue NOT IN (SELECT value FROM json_each(?7))
+                       AND (share_key IS NULL OR share_key NOT IN (SELECT value FROM json_each(?6)))
+                       AND NOT EXISTS (
+                           SELECT 1 FROM tasks
+                           WHERE status IN ('queued', 'scheduled', 'failed')
+                             AND concurrency_key IS NOT NULL AND run_at <= ?2)
+                     ORDER BY priority DESC, run_at, id
+                     LIMIT ?5)
+                 RETURNING {TASK_COLUMNS}"
+            ))
+            .bind(json_array(request.types.clone()))
+            .bind(micros(now))
+            .bind(&request.owner)
+            .bind(micros_after(now, request.lease))
+            .bind(i64::from(request.limit))
+            .bind(&saturated)
+            .bind(&skipped);
+            let rows = match self.begin_recording(Transition::Started).await? {
+                Some((mut tx, _)) => {
+                    let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
+                    let ids = rows
+                        .iter()
+                        .map(|r| uuid(&r.id))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    self.commit_recording(tx, &ids, Transition::Started).await?;
+                    rows
+                }
+                None => query.fetch_all(&self.writer).await.map_err(db_error)?,
+            };
+            let mut claimed = tasks(rows)?;
+            if !claimed.is_empty() {
+                claim_order(&mut claimed);
+                return Ok(claimed);
+            }
+        }
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        let candidates: Vec<CandidateRow> = sqlx::query_as(
+            "SELECT id, concurrency_key, concurrency_limit, share_key FROM tasks
+             WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= ?1
+               AND type IN (SELECT value FROM json_each(?2))
+               AND queue NOT IN (SELECT value FROM json_each(?5))
+               AND (share_key IS NULL OR share_key NOT IN (SELECT value FROM json_each(?4)))
+               AND (concurrency_key IS NULL OR concurrency_key NOT IN (
+                     SELECT concurrency_key FROM tasks
+                     WHERE status = 'running' AND concurrency_key IS NOT NULL
+                     GROUP BY concurrency_key
+                     HAVING count(*) >= min(concurrency_limit)))
+             ORDER BY priority DESC, run_at, id
+             LIMIT ?3",
+        )
+        .bind(micros(now))
+        .bind(json_array(request.types.clone()))
+        .bind(i64::from(request.limit))
+        .bind(&saturated)
+        .bind(&skipped)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if candidates.is_empty() {
+            tx.rollback().await.map_err(db_error)?;
+            return Ok(Vec::new());
+        }
+        let candidates = candidates
+            .into_iter()
+            .map(|(id, concurrency_key, concurrency_limit, share_key)| {
+                Ok(Candidate {
+                    id: uuid(&id)?,
+                    concurrency_key,
+                    concurrency_limit,
+                    share_key,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let keys: Vec<&str> = candidates
+            .iter()
+            .filter_map(|c| c.concurrency_key.as_deref())
+            .collect();
+        let mut running = HashMap::new();
+        if !keys.is_empty() {
+            // This is the only writer, so nothing can start between this count and the update.
+            let counts: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT concurrency_key, count(*) FROM tasks
+                 WHERE status = 'running'
+                   AND concurrency_key IN (SELECT value FROM json_each(?1))
+                 GROUP BY concurrency_key",
+            )
+            .bind(json_array(keys))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            running.extend(counts);
+        }
+        let ids = admit(&candidates, &running, &request.share);
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?2,
+                 lease_owner = ?3, lease_expires_at = ?4
+             WHERE id IN (SELECT value FROM json_each(?1))
+             RETURNING {TASK_COLUMNS}"
+        ))
+        .bind(ids_json(&ids))
+        .bind(micros(now))
+        .bind(&request.owner)
+        .bind(micros_after(now, request.lease))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let mut claimed = tasks(rows)?;
+        let ids: Vec<Uuid> = claimed.iter().map(|t| t.id).collect();
+        self.commit_recording(tx, &ids, Transition::Started).await?;
+        claim_order(&mut claimed);
+        Ok(claimed)
+    }
+}
+
 #[async_trait]
 impl TaskStore for SqliteTaskStore {
     async fn insert(&self, new: &[NewTask]) -> Result<Vec<Inserted>, StoreError> {
@@ -117,135 +258,13 @@ impl TaskStore for SqliteTaskStore {
     }
 
     async fn claim(&self, request: &ClaimRequest) -> Result<Vec<Task>, StoreError> {
-        // Rate-limited types are claimed within their windows (`limits.rs`).
-        if let Some(claimed) = self.claim_with_limits(request).await? {
-            return Ok(claimed);
+        // Pauses and limits from this node's cache (`limits.rs`): a claim no limit concerns
+        // reads no flow-control table.
+        let flow = self.flow_view().await?;
+        if flow.limits(&request.types) {
+            return self.claim_with_limits(request, &flow).await;
         }
-        let now = Utc::now();
-        // Share keys at their cap on this node: their tasks are skipped by both paths.
-        let saturated = json_array(request.share.saturated());
-        // Fast path, one statement: while no runnable task has a concurrency key, nothing needs
-        // admitting, so start the next tasks in claim order directly (as on PostgreSQL; the
-        // partial index `tasks_runnable_keyed` answers the check). When it claims nothing
-        // (keyed tasks are waiting, or the queue is empty) the admitting path decides.
-        if request.share.fits(request.limit) {
-            let query = sqlx::query_as::<_, TaskRow>(sql!(
-                "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?2,
-                     lease_owner = ?3, lease_expires_at = ?4
-                 WHERE id IN (
-                     SELECT id FROM tasks
-                     WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= ?2
-                       AND type IN (SELECT value FROM json_each(?1)) AND concurrency_key IS NULL
-                       AND queue NOT IN (SELECT queue FROM queue_pauses)
-                       AND (share_key IS NULL OR share_key NOT IN (SELECT value FROM json_each(?6)))
-                       AND NOT EXISTS (
-                           SELECT 1 FROM tasks
-                           WHERE status IN ('queued', 'scheduled', 'failed')
-                             AND concurrency_key IS NOT NULL AND run_at <= ?2)
-                     ORDER BY priority DESC, run_at, id
-                     LIMIT ?5)
-                 RETURNING {TASK_COLUMNS}"
-            ))
-            .bind(json_array(request.types.clone()))
-            .bind(micros(now))
-            .bind(&request.owner)
-            .bind(micros_after(now, request.lease))
-            .bind(i64::from(request.limit))
-            .bind(&saturated);
-            let rows = match self.begin_recording(Transition::Started).await? {
-                Some((mut tx, _)) => {
-                    let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
-                    let ids = rows
-                        .iter()
-                        .map(|r| uuid(&r.id))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    self.commit_recording(tx, &ids, Transition::Started).await?;
-                    rows
-                }
-                None => query.fetch_all(&self.writer).await.map_err(db_error)?,
-            };
-            let mut claimed = tasks(rows)?;
-            if !claimed.is_empty() {
-                claim_order(&mut claimed);
-                return Ok(claimed);
-            }
-        }
-        let mut tx = self.writer.begin().await.map_err(db_error)?;
-        let candidates: Vec<(String, Option<String>, Option<i32>, Option<String>)> =
-            sqlx::query_as(
-                "SELECT id, concurrency_key, concurrency_limit, share_key FROM tasks
-             WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= ?1
-               AND type IN (SELECT value FROM json_each(?2))
-               AND queue NOT IN (SELECT queue FROM queue_pauses)
-               AND (share_key IS NULL OR share_key NOT IN (SELECT value FROM json_each(?4)))
-               AND (concurrency_key IS NULL OR concurrency_key NOT IN (
-                     SELECT concurrency_key FROM tasks
-                     WHERE status = 'running' AND concurrency_key IS NOT NULL
-                     GROUP BY concurrency_key
-                     HAVING count(*) >= min(concurrency_limit)))
-             ORDER BY priority DESC, run_at, id
-             LIMIT ?3",
-            )
-            .bind(micros(now))
-            .bind(json_array(request.types.clone()))
-            .bind(i64::from(request.limit))
-            .bind(&saturated)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        if candidates.is_empty() {
-            tx.rollback().await.map_err(db_error)?;
-            return Ok(Vec::new());
-        }
-        let candidates = candidates
-            .into_iter()
-            .map(|(id, concurrency_key, concurrency_limit, share_key)| {
-                Ok(Candidate {
-                    id: uuid(&id)?,
-                    concurrency_key,
-                    concurrency_limit,
-                    share_key,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
-        let keys: Vec<&str> = candidates
-            .iter()
-            .filter_map(|c| c.concurrency_key.as_deref())
-            .collect();
-        let mut running = HashMap::new();
-        if !keys.is_empty() {
-            // This is the only writer, so nothing can start between this count and the update.
-            let counts: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT concurrency_key, count(*) FROM tasks
-                 WHERE status = 'running'
-                   AND concurrency_key IN (SELECT value FROM json_each(?1))
-                 GROUP BY concurrency_key",
-            )
-            .bind(json_array(keys))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(db_error)?;
-            running.extend(counts);
-        }
-        let ids = admit(&candidates, &running, &request.share);
-        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-            "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?2,
-                 lease_owner = ?3, lease_expires_at = ?4
-             WHERE id IN (SELECT value FROM json_each(?1))
-             RETURNING {TASK_COLUMNS}"
-        ))
-        .bind(ids_json(&ids))
-        .bind(micros(now))
-        .bind(&request.owner)
-        .bind(micros_after(now, request.lease))
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        let mut claimed = tasks(rows)?;
-        let ids: Vec<Uuid> = claimed.iter().map(|t| t.id).collect();
-        self.commit_recording(tx, &ids, Transition::Started).await?;
-        claim_order(&mut claimed);
-        Ok(claimed)
+        self.claim_open(request, &flow.paused).await
     }
 
     async fn complete(
@@ -468,6 +487,8 @@ impl TaskStore for SqliteTaskStore {
     }
 
     async fn next_run_at(&self, types: &[String]) -> Result<Option<DateTime<Utc>>, StoreError> {
+        // A used-up window's reopening counts too: its tasks are queued and due already.
+        let reopen = self.flow.next_reopen(types);
         let (at,): (Option<i64>,) = sqlx::query_as(
             "SELECT min(run_at) FROM tasks
              WHERE status IN ('scheduled', 'failed')
@@ -478,7 +499,7 @@ impl TaskStore for SqliteTaskStore {
         .fetch_one(&self.readers)
         .await
         .map_err(db_error)?;
-        at.map(instant).transpose()
+        Ok(crate::flow::earliest(at.map(instant).transpose()?, reopen))
     }
 
     async fn counts(&self) -> Result<TaskCounts, StoreError> {

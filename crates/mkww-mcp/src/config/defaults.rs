@@ -152,6 +152,7 @@ impl Default for Config {
             schedule_grace_ms: 1_000,
             schedule_poll_ms: 1_000,
             task_limits: Vec::new(),
+            queue_poll_ms: 500,
             mcp_allowed_hosts: vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()],
             mcp_allowed_origins: Vec::new(),
             mcp_public_url: None,

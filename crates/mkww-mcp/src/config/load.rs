@@ -164,8 +164,8 @@ impl Config {
         Ok(())
     }
 
-    /// `[[schedules]]` (cron, zone, bounds, template, unique names), `[[task_limits]]` and the
-    /// scheduler's clocks.
+    /// `[[schedules]]` (cron, zone, bounds, template, unique names), `[[task_limits]]` (a type
+    /// or a queue, each once) and the scheduler's and queues' clocks.
     fn check_scheduling(&self) -> anyhow::Result<()> {
         let mut names = std::collections::BTreeSet::new();
         for schedule in &self.schedules {
@@ -177,17 +177,21 @@ impl Config {
                 schedule.name
             );
         }
-        let mut types = std::collections::BTreeSet::new();
+        let mut subjects = std::collections::BTreeSet::new();
         for limit in &self.task_limits {
             limit
-                .check()
-                .map_err(|e| anyhow::anyhow!("task_limits `{}`: {e}", limit.task_type))?;
+                .limit()
+                .map_err(|e| anyhow::anyhow!("task_limits `{}`: {e}", limit.subject()))?;
             anyhow::ensure!(
-                types.insert(limit.task_type.as_str()),
+                subjects.insert(limit.subject()),
                 "task_limits: `{}` is declared twice",
-                limit.task_type
+                limit.subject()
             );
         }
+        anyhow::ensure!(
+            (10..=1_000).contains(&self.queue_poll_ms),
+            "queue_poll_ms must be between 10 and 1000 (a change reaches every node within it)"
+        );
         anyhow::ensure!(
             self.schedule_poll_ms >= 10,
             "schedule_poll_ms must be at least 10"
@@ -385,6 +389,30 @@ task = "github.dispatch"
             );
             jail.set_env("MCP_SHUTDOWN_DRAIN_MS", "300");
             assert_eq!(Config::load(None).expect("load").readiness_delay_ms(), 300);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn reads_limits_per_type_or_per_queue_and_refuses_ambiguous_ones() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "mkww-mcp.toml",
+                "[[task_limits]]\ntype = \"echo\"\nmax = 2\nper_ms = 100\n\n\
+                 [[task_limits]]\nqueue = \"echo\"\nmax = 1\nper_ms = 100\n",
+            )?;
+            let config = Config::load(None).expect("a type and a queue may share a name");
+            assert_eq!(config.task_limits[1].queue.as_deref(), Some("echo"));
+            for bad in [
+                "[[task_limits]]\nmax = 2\nper_ms = 100\n",
+                "[[task_limits]]\ntype = \"a\"\nqueue = \"b\"\nmax = 2\nper_ms = 100\n",
+                "[[task_limits]]\nqueue = \"q\"\nmax = 2\nper_ms = 100\n\n\
+                 [[task_limits]]\nqueue = \"q\"\nmax = 3\nper_ms = 100\n",
+                "queue_poll_ms = 5000\n",
+            ] {
+                jail.create_file("mkww-mcp.toml", bad)?;
+                assert!(Config::load(None).is_err(), "{bad}");
+            }
             Ok(())
         });
     }

@@ -339,9 +339,13 @@ pub struct Config {
     pub schedule_grace_ms: u64,
     /// Longest a node's scheduler sleeps before looking for schedules changed on other nodes.
     pub schedule_poll_ms: u64,
-    /// Rate limits per task type (`[[task_limits]] type, max, per_ms`), cluster-wide; applied at
-    /// start over those set through `PUT /v1/task-limits/{type}`.
-    pub task_limits: Vec<mcp_core::queues::TaskLimit>,
+    /// Rate limits per task type or per queue (`[[task_limits]] type` or `queue`, `max`,
+    /// `per_ms`), cluster-wide; applied at start over those set through
+    /// `PUT /v1/task-limits/{type}` and `PUT /v1/queues/{queue}/limit`.
+    pub task_limits: Vec<mcp_core::queues::DeclaredLimit>,
+    /// How often a node reads the paused queues and rate limits its claims consult, whatever
+    /// the bus's nudges do: the longest a change made on another node takes to apply here.
+    pub queue_poll_ms: u64,
     /// `/mcp`: `Host` values a request may carry (`name` allows any port, `name:port` one,
     /// `*` any host): DNS-rebinding protection. Add the hub's public name when it has one.
     pub mcp_allowed_hosts: Vec<String>,

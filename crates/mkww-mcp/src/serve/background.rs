@@ -204,18 +204,33 @@ pub async fn allocator_trim(every: Duration, stop: CancellationToken) {
     }
 }
 
-/// Applies the file's `[[task_limits]]`, reconciles its `[[schedules]]`, and starts this node's
-/// scheduler (every node runs one; the store lets one of them claim each firing).
+/// Applies the file's `[[task_limits]]`, starts keeping this node's cached pauses and limits
+/// current, reconciles the file's `[[schedules]]`, and starts this node's scheduler (every node
+/// runs one; the store lets one of them claim each firing).
 pub async fn scheduling(
     config: &Config,
     state: &AppState,
     stop: &CancellationToken,
 ) -> anyhow::Result<()> {
+    let limits = config
+        .task_limits
+        .iter()
+        .map(|l| {
+            l.limit()
+                .map_err(|e| anyhow::anyhow!("task_limits `{}`: {e}", l.subject()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     state
         .queues
-        .apply_limits(&config.task_limits)
+        .apply_limits(&limits)
         .await
         .map_err(|e| anyhow::anyhow!("cannot apply task_limits: {e}"))?;
+    tokio::spawn(
+        state
+            .queues
+            .clone()
+            .watch(Config::ms(config.queue_poll_ms), stop.clone()),
+    );
     state
         .schedules
         .reconcile(config.schedules.clone())
