@@ -173,15 +173,22 @@ mod cases {
         let mut later = new_task("noop");
         later.run_at = Some(Utc::now() + Span::hours(1));
         let mut soon = new_task("noop");
-        soon.run_at = Some(Utc::now() + Span::milliseconds(300));
+        // Two seconds: room for the first claim on a loaded machine, before `soon` is due.
+        let due = Utc::now() + Span::seconds(2);
+        soon.run_at = Some(due);
         let ids = insert(&store, vec![later, soon]).await;
         assert_eq!(
             store.get(ids[0]).await.unwrap().unwrap().status,
             TaskStatus::Scheduled
         );
-        assert!(store.claim(&claim_request(10)).await.unwrap().is_empty());
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let claimed = store.claim(&claim_request(10)).await.unwrap();
+        // Whatever a claim returns, it returns at or after `soon`'s time, and only `soon`.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        let mut claimed = store.claim(&claim_request(10)).await.unwrap();
+        while claimed.is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            claimed = store.claim(&claim_request(10)).await.unwrap();
+        }
+        assert!(Utc::now() >= due, "claimed before its time");
         assert_eq!(
             claimed.iter().map(|t| t.id).collect::<Vec<_>>(),
             vec![ids[1]]

@@ -81,7 +81,6 @@ impl SqliteTaskStore {
         request: &ClaimRequest,
         view: &FlowView,
     ) -> Result<(Vec<Task>, Windows), StoreError> {
-        let now = Utc::now();
         let types: Vec<String> = request
             .types
             .iter()
@@ -89,6 +88,8 @@ impl SqliteTaskStore {
             .cloned()
             .collect();
         let mut tx = self.writer.begin().await.map_err(db_error)?;
+        // Read once this claim holds the single writer (as `claim_open` does).
+        let now = Utc::now();
         let mut list = Vec::new();
         if !types.is_empty() {
             let rows: Vec<WindowRow> = sqlx::query_as(

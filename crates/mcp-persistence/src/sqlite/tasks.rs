@@ -42,7 +42,6 @@ impl SqliteTaskStore {
         request: &ClaimRequest,
         skipped: &[String],
     ) -> Result<Vec<Task>, StoreError> {
-        let now = Utc::now();
         // Share keys at their cap on this node: their tasks are skipped by both paths.
         let saturated = json_array(request.share.saturated());
         let skipped = json_array(skipped.to_vec());
@@ -50,9 +49,13 @@ impl SqliteTaskStore {
         // admitting, so start the next tasks in claim order directly (as on PostgreSQL; the
         // partial index `tasks_runnable_keyed` answers the check). When it claims nothing
         // (keyed tasks are waiting, or the queue is empty) the admitting path decides.
+        // The clock is read once the claim holds the single writer: a dependent that a
+        // completion released while this claim waited behind it must not look started before
+        // its parent finished.
         if request.share.fits(request.limit) {
-            let query = sqlx::query_as::<_, TaskRow>(sql!(
-                "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?2,
+            let fast = |now: DateTime<Utc>| {
+                sqlx::query_as::<_, TaskRow>(sql!(
+                    "UPDATE tasks SET status = 'running', attempts = attempts + 1, started_at = ?2,
                      lease_owner = ?3, lease_expires_at = ?4
                  WHERE id IN (
                      SELECT id FROM tasks
@@ -67,17 +70,21 @@ impl SqliteTaskStore {
                      ORDER BY priority DESC, run_at, id
                      LIMIT ?5)
                  RETURNING {TASK_COLUMNS}"
-            ))
-            .bind(json_array(request.types.clone()))
-            .bind(micros(now))
-            .bind(&request.owner)
-            .bind(micros_after(now, request.lease))
-            .bind(i64::from(request.limit))
-            .bind(&saturated)
-            .bind(&skipped);
+                ))
+                .bind(json_array(request.types.clone()))
+                .bind(micros(now))
+                .bind(&request.owner)
+                .bind(micros_after(now, request.lease))
+                .bind(i64::from(request.limit))
+                .bind(&saturated)
+                .bind(&skipped)
+            };
             let rows = match self.begin_recording(Transition::Started).await? {
                 Some((mut tx, _)) => {
-                    let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
+                    let rows = fast(Utc::now())
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(db_error)?;
                     let ids = rows
                         .iter()
                         .map(|r| uuid(&r.id))
@@ -85,7 +92,13 @@ impl SqliteTaskStore {
                     self.commit_recording(tx, &ids, Transition::Started).await?;
                     rows
                 }
-                None => query.fetch_all(&self.writer).await.map_err(db_error)?,
+                None => {
+                    let mut writer = self.writer.acquire().await.map_err(db_error)?;
+                    fast(Utc::now())
+                        .fetch_all(&mut *writer)
+                        .await
+                        .map_err(db_error)?
+                }
             };
             let mut claimed = tasks(rows)?;
             if !claimed.is_empty() {
@@ -94,6 +107,7 @@ impl SqliteTaskStore {
             }
         }
         let mut tx = self.writer.begin().await.map_err(db_error)?;
+        let now = Utc::now();
         let candidates: Vec<CandidateRow> = sqlx::query_as(
             "SELECT id, concurrency_key, concurrency_limit, share_key FROM tasks
              WHERE status IN ('queued', 'scheduled', 'failed') AND run_at <= ?1
