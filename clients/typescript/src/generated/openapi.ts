@@ -663,11 +663,37 @@ export interface paths {
             path?: never;
             cookie?: never;
         };
-        /** How many tasks each queue holds, per status. */
+        /**
+         * How many tasks each queue holds, per status; the paused queues, the rate limits and how
+         *     many due tasks they hold back now.
+         */
         get: operations["queues"];
         put?: never;
         post?: never;
         delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/queues/{queue}/limit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** A queue's rate limit. */
+        get: operations["get_queue_limit"];
+        /**
+         * Set a queue's rate limit, cluster-wide: at most `max` of its tasks, whatever their type,
+         *     start per `per_ms` (a task type's own limit applies as well). Announced as
+         *     `queue.limit.set`.
+         */
+        put: operations["put_queue_limit"];
+        post?: never;
+        /** Remove a queue's rate limit; announced as `queue.limit.removed`. */
+        delete: operations["delete_queue_limit"];
         options?: never;
         head?: never;
         patch?: never;
@@ -997,7 +1023,11 @@ export interface paths {
         };
         get?: never;
         put?: never;
-        /** Requeue a failed or dead task now (granting one more attempt if it had none left). */
+        /**
+         * Requeue a failed or dead task now (granting one more attempt if it had none left). A
+         *     workflow's task may also be retried when cancelled; the dependents its end cancelled wait
+         *     again (docs/workflows.md).
+         */
         post: operations["retry"];
         delete?: never;
         options?: never;
@@ -2050,6 +2080,19 @@ export interface components {
             /** @description Non-secret settings, a JSON object (default `{}`). */
             settings?: Record<string, unknown>;
         };
+        /** @description `PUT /v1/queues/{queue}/limit`. */
+        PutQueueLimit: {
+            /**
+             * Format: int32
+             * @description Most tasks of the queue, of any type, started per window, cluster-wide (at least 1).
+             */
+            max: number;
+            /**
+             * Format: int64
+             * @description The window, in milliseconds (1 to 86 400 000).
+             */
+            per_ms: number;
+        };
         /** @description `PUT /v1/task-limits/{type}`. */
         PutTaskLimit: {
             /**
@@ -2064,16 +2107,33 @@ export interface components {
             per_ms: number;
         };
         QueueCounts: {
+            /**
+             * @description Per queue, the due tasks a rate limit holds back now (their type's or their queue's
+             *     window is used up); queues with none are left out.
+             */
+            held_back: {
+                [key: string]: number;
+            };
             /** @description Rate limits per task type: their tasks stay queued while a window is used up. */
             limits: components["schemas"]["TaskLimit"][];
             /** @description Paused queues: their tasks stay queued until resumed. */
             paused: string[];
+            /** @description Rate limits per queue (all types in it together). */
+            queue_limits: components["schemas"]["QueueLimit"][];
             /** @description Task counts per queue, then per status. */
             queues: {
                 [key: string]: {
                     [key: string]: number;
                 };
             };
+        };
+        /** @description At most `max` tasks of `queue`, of any type, start per `per_ms` window, cluster-wide. */
+        QueueLimit: {
+            /** Format: int32 */
+            max: number;
+            /** Format: int64 */
+            per_ms: number;
+            queue: string;
         };
         QueueState: {
             /** @description False when the queue already was in that state. */
@@ -4174,6 +4234,104 @@ export interface operations {
             };
         };
     };
+    get_queue_limit: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description queue name */
+                queue: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description the limit */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QueueLimit"];
+                };
+            };
+            /** @description no limit for this queue */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    put_queue_limit: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description queue name */
+                queue: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PutQueueLimit"];
+            };
+        };
+        responses: {
+            /** @description set */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["QueueLimit"];
+                };
+            };
+            /** @description invalid limit */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    delete_queue_limit: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description queue name */
+                queue: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description removed */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description no limit for this queue */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     tasks_pause: {
         parameters: {
             query?: never;
@@ -4997,7 +5155,7 @@ export interface operations {
         };
         requestBody?: never;
         responses: {
-            /** @description requeued */
+            /** @description requeued (a workflow task with unsettled dependencies: waiting) */
             200: {
                 headers: {
                     [name: string]: unknown;
@@ -5015,7 +5173,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description not failed or dead */
+            /** @description `task_not_retryable`: not failed or dead (nor a workflow's cancelled task whose dependencies did not fail) */
             409: {
                 headers: {
                     [name: string]: unknown;
