@@ -211,12 +211,18 @@ impl Balancer {
     }
 
     /// Picks the worker for `task` (least outstanding, then least recently picked) and hands it
-    /// the task. `None` when no worker has a free slot for its type (the caller releases it).
+    /// the task. `None` when no worker has a free slot for its type, or its route's breaker
+    /// admits no call now (the caller releases it, its attempt unspent): a breaker that opened
+    /// after the caller counted the free slots, while its claim ran, holds the task as well.
     pub fn assign(
         &self,
         task: Arc<Task>,
     ) -> Option<(u64, oneshot::Receiver<Result<Value, HandlerError>>)> {
+        let now = Instant::now();
         let mut state = self.lock();
+        if self.breaker_mut(&mut state, &task.task_type).admits(now) == 0 {
+            return None;
+        }
         state.picks += 1;
         let pick = state.picks;
         let (id, worker) = state
@@ -240,7 +246,6 @@ impl Balancer {
             worker.outstanding.remove(&task.id);
             return None;
         }
-        let now = Instant::now();
         self.breaker_mut(&mut state, &task.task_type).started(now);
         Some((id, outcome))
     }
@@ -402,6 +407,7 @@ impl Balancer {
 mod tests {
     use super::*;
     use crate::task::{CreateTask, TaskDefaults};
+    use std::time::Duration;
 
     fn task(task_type: &str) -> Arc<Task> {
         let new = CreateTask {
@@ -439,6 +445,26 @@ mod tests {
             progress: None,
             traceparent: None,
         })
+    }
+
+    #[test]
+    fn an_open_breaker_refuses_the_assignment_of_a_task_claimed_before_it_opened() {
+        let balancer = Balancer::new(
+            "n1",
+            BreakerConfig {
+                min_calls: 2,
+                open_for: Duration::from_secs(600),
+                ..BreakerConfig::default()
+            },
+        );
+        let (_a, _ra) = balancer.register("a", vec!["render".into()], 4);
+        // The remote loop counted a free slot while the breaker was closed...
+        assert_eq!(balancer.free_slots().get("render"), Some(&4));
+        balancer.record("render", false);
+        balancer.record("render", false);
+        // ...and its claim returned after the breaker opened: the task is not handed out.
+        assert!(balancer.assign(task("render")).is_none());
+        assert_eq!(balancer.free_slots().get("render"), None);
     }
 
     #[test]
