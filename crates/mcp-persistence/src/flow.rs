@@ -4,6 +4,7 @@
 //! reopens (the hint `next_run_at` adds, so an idle claim loop wakes for it).
 
 use chrono::{DateTime, Utc};
+use mcp_core::StoreError;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -52,6 +53,32 @@ pub(crate) const FLOW_VIEW_SQL: &str = "SELECT 'paused', queue FROM queue_pauses
 pub(crate) enum Scope {
     Type(String),
     Queue(String),
+}
+
+/// The two tables of rate limits, alike but for the column they are keyed by: the stores'
+/// `QueueStore` methods for limits per type and per queue share one statement each.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum LimitTable {
+    Types,
+    Queues,
+}
+
+impl LimitTable {
+    /// The table and its key column.
+    pub fn names(self) -> (&'static str, &'static str) {
+        match self {
+            LimitTable::Types => ("task_limits", "type"),
+            LimitTable::Queues => ("queue_limits", "queue"),
+        }
+    }
+}
+
+/// A stored limit's `max` and `per_ms`, checked back into their types.
+pub(crate) fn checked(max: i32, per_ms: i64) -> Result<(u32, u64), StoreError> {
+    Ok((
+        u32::try_from(max).map_err(crate::error::corrupt)?,
+        u64::try_from(per_ms).map_err(crate::error::corrupt)?,
+    ))
 }
 
 /// One store's cached `FlowView`, shared by its clones, and the reopen times of windows its

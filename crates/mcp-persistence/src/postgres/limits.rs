@@ -16,7 +16,7 @@ use super::task_row::{TaskRow, tasks};
 use crate::codec::millis;
 use crate::columns::{TASK_COLUMNS, qualified};
 use crate::error::{corrupt, db_error};
-use crate::flow::{FLOW_VIEW_SQL, FlowView, Scope, Window, Windows};
+use crate::flow::{FLOW_VIEW_SQL, FlowView, LimitTable, Scope, Window, Windows, checked};
 use crate::outbox::Transition;
 use crate::tasks::claim_order;
 use async_trait::async_trait;
@@ -278,12 +278,60 @@ async fn count_starts(
     Ok(())
 }
 
-/// Limits as read back: the key, max and window.
-fn checked(max: i32, per_ms: i64) -> Result<(u32, u64), StoreError> {
-    Ok((
-        u32::try_from(max).map_err(corrupt)?,
-        u64::try_from(per_ms).map_err(corrupt)?,
-    ))
+/// Limits per type and per queue: one statement each for both tables (`LimitTable`).
+impl PgTaskStore {
+    async fn put_limit(
+        &self,
+        table: LimitTable,
+        key: &str,
+        max: u32,
+        per_ms: u64,
+    ) -> Result<(), StoreError> {
+        let (table, column) = table.names();
+        sqlx::query(sql!(
+            "INSERT INTO {table} ({column}, max, per_ms) VALUES ($1, $2, $3)
+             ON CONFLICT ({column}) DO UPDATE SET max = excluded.max, per_ms = excluded.per_ms"
+        ))
+        .bind(key)
+        .bind(i32::try_from(max).map_err(corrupt)?)
+        .bind(i64::try_from(per_ms).map_err(corrupt)?)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        self.read_flow().await?;
+        self.notify().await
+    }
+
+    /// Every limit of `table` by key: the key, `max` and `per_ms`.
+    async fn limits(&self, table: LimitTable) -> Result<Vec<(String, u32, u64)>, StoreError> {
+        let (table, column) = table.names();
+        let rows: Vec<(String, i32, i64)> = sqlx::query_as(sql!(
+            "SELECT {column}, max, per_ms FROM {table} ORDER BY {column}"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.into_iter()
+            .map(|(key, max, per_ms)| {
+                let (max, per_ms) = checked(max, per_ms)?;
+                Ok((key, max, per_ms))
+            })
+            .collect()
+    }
+
+    async fn delete_limit(&self, table: LimitTable, key: &str) -> Result<bool, StoreError> {
+        let (table, column) = table.names();
+        let done = sqlx::query(sql!("DELETE FROM {table} WHERE {column} = $1"))
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        self.read_flow().await?;
+        if done.rows_affected() > 0 {
+            self.notify().await?;
+        }
+        Ok(done.rows_affected() > 0)
+    }
 }
 
 #[async_trait]
@@ -323,91 +371,41 @@ impl QueueStore for PgTaskStore {
     }
 
     async fn put_task_limit(&self, limit: &TaskLimit) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO task_limits (type, max, per_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (type) DO UPDATE SET max = excluded.max, per_ms = excluded.per_ms",
-        )
-        .bind(&limit.task_type)
-        .bind(i32::try_from(limit.max).map_err(corrupt)?)
-        .bind(i64::try_from(limit.per_ms).map_err(corrupt)?)
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
-        self.read_flow().await?;
-        self.notify().await
+        self.put_limit(LimitTable::Types, &limit.task_type, limit.max, limit.per_ms)
+            .await
     }
 
     async fn task_limits(&self) -> Result<Vec<TaskLimit>, StoreError> {
-        let rows: Vec<(String, i32, i64)> =
-            sqlx::query_as("SELECT type, max, per_ms FROM task_limits ORDER BY type")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)?;
-        rows.into_iter()
-            .map(|(task_type, max, per_ms)| {
-                let (max, per_ms) = checked(max, per_ms)?;
-                Ok(TaskLimit {
-                    task_type,
-                    max,
-                    per_ms,
-                })
+        let rows = self.limits(LimitTable::Types).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(task_type, max, per_ms)| TaskLimit {
+                task_type,
+                max,
+                per_ms,
             })
-            .collect()
+            .collect())
     }
 
     async fn delete_task_limit(&self, task_type: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM task_limits WHERE type = $1")
-            .bind(task_type)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        self.read_flow().await?;
-        if done.rows_affected() > 0 {
-            self.notify().await?;
-        }
-        Ok(done.rows_affected() > 0)
+        self.delete_limit(LimitTable::Types, task_type).await
     }
 
     async fn put_queue_limit(&self, limit: &QueueLimit) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO queue_limits (queue, max, per_ms) VALUES ($1, $2, $3)
-             ON CONFLICT (queue) DO UPDATE SET max = excluded.max, per_ms = excluded.per_ms",
-        )
-        .bind(&limit.queue)
-        .bind(i32::try_from(limit.max).map_err(corrupt)?)
-        .bind(i64::try_from(limit.per_ms).map_err(corrupt)?)
-        .execute(&self.pool)
-        .await
-        .map_err(db_error)?;
-        self.read_flow().await?;
-        self.notify().await
+        self.put_limit(LimitTable::Queues, &limit.queue, limit.max, limit.per_ms)
+            .await
     }
 
     async fn queue_limits(&self) -> Result<Vec<QueueLimit>, StoreError> {
-        let rows: Vec<(String, i32, i64)> =
-            sqlx::query_as("SELECT queue, max, per_ms FROM queue_limits ORDER BY queue")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)?;
-        rows.into_iter()
-            .map(|(queue, max, per_ms)| {
-                let (max, per_ms) = checked(max, per_ms)?;
-                Ok(QueueLimit { queue, max, per_ms })
-            })
-            .collect()
+        let rows = self.limits(LimitTable::Queues).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(queue, max, per_ms)| QueueLimit { queue, max, per_ms })
+            .collect())
     }
 
     async fn delete_queue_limit(&self, queue: &str) -> Result<bool, StoreError> {
-        let done = sqlx::query("DELETE FROM queue_limits WHERE queue = $1")
-            .bind(queue)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        self.read_flow().await?;
-        if done.rows_affected() > 0 {
-            self.notify().await?;
-        }
-        Ok(done.rows_affected() > 0)
+        self.delete_limit(LimitTable::Queues, queue).await
     }
 
     async fn flow_state(&self) -> Result<FlowState, StoreError> {
