@@ -1,6 +1,11 @@
 //! A circuit breaker: closed → open when the failure rate over a rolling window passes a
 //! threshold (after enough calls) → half-open after a cool-down, letting a few probes through →
 //! closed when they succeed, open again when one fails. Pure state; the caller supplies time.
+//!
+//! The rolling window keeps counts per slice of time, not one entry per call: a route that ends
+//! 50,000 calls a second over a 60-second window would otherwise hold three million outcomes
+//! and count its failures by walking them on every call (which made a queue's throughput fall
+//! the longer it ran).
 
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -27,7 +32,8 @@ impl BreakerState {
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct BreakerConfig {
-    /// Outcomes older than this no longer count.
+    /// Outcomes older than this no longer count (they are forgotten a `1 / SLICES` of the
+    /// window early at most: the window is kept as counts per slice of time).
     pub window: Duration,
     /// Fewest outcomes in the window before the breaker may open.
     pub min_calls: usize,
@@ -51,12 +57,62 @@ impl Default for BreakerConfig {
     }
 }
 
+/// Slices a window is counted in.
+const SLICES: u32 = 32;
+
+/// The calls and failures that ended within one slice of the window, from its first call on.
+#[derive(Debug, Clone, Copy)]
+struct Slice {
+    start: Instant,
+    calls: usize,
+    failures: usize,
+}
+
+/// The outcomes of a rolling window as counts per slice, with their running totals.
+#[derive(Debug, Clone, Default)]
+struct Outcomes {
+    slices: VecDeque<Slice>,
+    calls: usize,
+    failures: usize,
+}
+
+impl Outcomes {
+    /// Counts one outcome at `now`, and forgets the slices that began more than `window` ago.
+    fn record(&mut self, succeeded: bool, now: Instant, window: Duration) {
+        while let Some(oldest) = self.slices.front()
+            && now.duration_since(oldest.start) > window
+        {
+            self.calls -= oldest.calls;
+            self.failures -= oldest.failures;
+            self.slices.pop_front();
+        }
+        let failed = usize::from(!succeeded);
+        match self.slices.back_mut() {
+            Some(slice) if now.duration_since(slice.start) < window / SLICES => {
+                slice.calls += 1;
+                slice.failures += failed;
+            }
+            _ => self.slices.push_back(Slice {
+                start: now,
+                calls: 1,
+                failures: failed,
+            }),
+        }
+        self.calls += 1;
+        self.failures += failed;
+    }
+
+    fn clear(&mut self) {
+        *self = Outcomes::default();
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Breaker {
     config: BreakerConfig,
     state: BreakerState,
-    /// (when, succeeded) within the window.
-    outcomes: VecDeque<(Instant, bool)>,
+    /// The outcomes within the window while closed.
+    outcomes: Outcomes,
     opened_at: Option<Instant>,
     probes_in_flight: usize,
     probe_successes: usize,
@@ -67,7 +123,7 @@ impl Breaker {
         Breaker {
             config,
             state: BreakerState::Closed,
-            outcomes: VecDeque::new(),
+            outcomes: Outcomes::default(),
             opened_at: None,
             probes_in_flight: 0,
             probe_successes: 0,
@@ -127,16 +183,8 @@ impl Breaker {
                 }
             }
             BreakerState::Closed => {
-                self.outcomes.push_back((now, succeeded));
-                while self
-                    .outcomes
-                    .front()
-                    .is_some_and(|(at, _)| now.duration_since(*at) > self.config.window)
-                {
-                    self.outcomes.pop_front();
-                }
-                let calls = self.outcomes.len();
-                let failures = self.outcomes.iter().filter(|(_, ok)| !ok).count();
+                self.outcomes.record(succeeded, now, self.config.window);
+                let (calls, failures) = (self.outcomes.calls, self.outcomes.failures);
                 if calls >= self.config.min_calls
                     && failures as f64 / calls as f64 >= self.config.failure_rate
                 {
@@ -194,6 +242,43 @@ mod tests {
         let later = t0 + Duration::from_secs(11);
         assert_eq!(breaker.record(false, later), None, "old failures expired");
         assert_eq!(breaker.state(later), BreakerState::Closed);
+    }
+
+    #[test]
+    fn counts_a_busy_window_in_slices() {
+        let t0 = Instant::now();
+        let mut breaker = Breaker::new(config());
+        // A million successes over nine seconds stay a bounded number of counts.
+        for i in 0..1_000_000u64 {
+            breaker.record(true, t0 + Duration::from_micros(i * 9));
+        }
+        assert!(breaker.outcomes.slices.len() <= SLICES as usize + 1);
+        assert_eq!(breaker.outcomes.calls, 1_000_000);
+        // Failures at nine seconds: the successes still outweigh them.
+        let t1 = t0 + Duration::from_secs(9);
+        for _ in 0..1_000 {
+            assert_eq!(breaker.record(false, t1), None);
+        }
+        // Ten seconds after the last of them every slice is forgotten: four new failures open it.
+        let t2 = t0 + Duration::from_secs(20);
+        assert_eq!(breaker.record(false, t2), None);
+        assert_eq!(breaker.outcomes.calls, 1);
+        assert_eq!(breaker.record(false, t2), None);
+        assert_eq!(breaker.record(false, t2), None);
+        assert_eq!(breaker.record(false, t2), Some(BreakerState::Open));
+    }
+
+    #[test]
+    fn forgets_each_slice_once_it_is_older_than_the_window() {
+        let t0 = Instant::now();
+        let mut breaker = Breaker::new(config());
+        breaker.record(true, t0);
+        breaker.record(false, t0 + Duration::from_secs(5));
+        breaker.record(false, t0 + Duration::from_secs(10));
+        // At 10.5 s the success at 0 s is out; the two failures remain, with one more: 3 calls.
+        breaker.record(false, t0 + Duration::from_millis(10_500));
+        assert_eq!(breaker.outcomes.calls, 3);
+        assert_eq!(breaker.outcomes.failures, 3);
     }
 
     #[test]
