@@ -114,11 +114,18 @@ pub(crate) fn parent_view(status: &str, result: Option<Value>, error: Option<Val
     view
 }
 
-/// Groups `(dependent, key, view)` rows into each dependent's `parents` object.
-pub(crate) fn group_parents(rows: Vec<(Uuid, String, Value)>) -> HashMap<Uuid, Value> {
+/// Builds each dependent's `parents` object from one row per dependency: its dependents (among
+/// those asked about), its key and its view. A fan-out's dependents share one row, so the
+/// dependency is read and decoded once, not once per dependent.
+pub(crate) fn group_parents(rows: Vec<(Vec<Uuid>, String, Value)>) -> HashMap<Uuid, Value> {
     let mut grouped: HashMap<Uuid, Map<String, Value>> = HashMap::new();
-    for (task, key, view) in rows {
-        grouped.entry(task).or_default().insert(key, view);
+    for (dependents, key, view) in rows {
+        for task in dependents {
+            grouped
+                .entry(task)
+                .or_default()
+                .insert(key.clone(), view.clone());
+        }
     }
     grouped
         .into_iter()

@@ -430,7 +430,7 @@ impl SqliteTaskStore {
         &self,
         ids: &[Uuid],
     ) -> Result<HashMap<Uuid, Value>, StoreError> {
-        /// Dependent, dependency's key, status, result, error.
+        /// The dependents (a JSON array), the dependency's key, status, result, error.
         type ParentRow = (
             String,
             Option<String>,
@@ -438,10 +438,12 @@ impl SqliteTaskStore {
             Option<String>,
             Option<String>,
         );
+        // One row per dependency, with its dependents among `ids`.
         let rows: Vec<ParentRow> = sqlx::query_as(
-            "SELECT e.task_id, p.workflow_key, p.status, p.result, p.error
+            "SELECT json_group_array(e.task_id), p.workflow_key, p.status, p.result, p.error
                  FROM workflow_edges e JOIN tasks p ON p.id = e.depends_on
-                 WHERE e.task_id IN (SELECT value FROM json_each(?1))",
+                 WHERE e.task_id IN (SELECT value FROM json_each(?1))
+                 GROUP BY e.depends_on",
         )
         .bind(ids_json(ids))
         .fetch_all(&self.readers)
@@ -449,11 +451,16 @@ impl SqliteTaskStore {
         .map_err(db_error)?;
         let rows = rows
             .into_iter()
-            .map(|(task, key, status, result, error)| {
+            .map(|(dependents, key, status, result, error)| {
+                let dependents: Vec<String> = serde_json::from_str(&dependents).map_err(corrupt)?;
+                let dependents = dependents
+                    .iter()
+                    .map(|id| uuid(id))
+                    .collect::<Result<Vec<_>, _>>()?;
                 let result = result.as_deref().map(crate::codec::json).transpose()?;
                 let error = error.as_deref().map(crate::codec::json).transpose()?;
                 Ok((
-                    uuid(&task)?,
+                    dependents,
                     key.unwrap_or_default(),
                     parent_view(&status, result, error),
                 ))
@@ -544,7 +551,7 @@ async fn insert_tasks(
 /// Applies the final status of the tasks `ids` (those that are final and in a workflow) to
 /// their dependents whose edge has not settled yet: released when none is left to wait for,
 /// cancelled with their own dependents when a failed one says so; then finishes the workflows
-/// whose tasks are all final.
+/// whose tasks are all final (only those this settling did not just see a task of still open).
 async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
     let mut settled = Settled::default();
     if ids.is_empty() {
@@ -587,30 +594,7 @@ async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
         .collect::<Result<Vec<_>, StoreError>>()?;
     let (counts, cancel) = apply(&edges, &outcomes);
     let now = micros(Utc::now());
-    if !counts.is_empty() {
-        let counts: Vec<Value> = counts
-            .into_iter()
-            .map(|(id, n)| json!([id_text(id), n]))
-            .collect();
-        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-            "UPDATE tasks SET waiting_on = waiting_on - (c.value ->> 1),
-                 status = CASE WHEN waiting_on - (c.value ->> 1) > 0 THEN 'waiting'
-                               WHEN run_at > ?2 THEN 'scheduled' ELSE 'queued' END
-             FROM json_each(?1) AS c
-             WHERE tasks.id = c.value ->> 0 AND tasks.status = 'waiting'
-             RETURNING {}",
-            qualified(TASK_COLUMNS, "tasks")
-        ))
-        .bind(json_array(counts))
-        .bind(now)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_error)?;
-        settled.released = tasks(rows)?
-            .into_iter()
-            .filter(|t| t.status != TaskStatus::Waiting)
-            .collect();
-    }
+    // Cancelled first, so what the countdown returns is still open at the end.
     if !cancel.is_empty() {
         // Each with the dependency whose end cancels it (`details.cancelled_by`): a retry of
         // that one revives it.
@@ -638,6 +622,40 @@ async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
         .await
         .map_err(db_error)?;
         settled.cancelled = tasks(rows)?;
+    }
+    // A workflow with a task still waiting or just released has not finished.
+    let mut open: HashSet<String> = HashSet::new();
+    if !counts.is_empty() {
+        let counts: Vec<Value> = counts
+            .into_iter()
+            .map(|(id, n)| json!([id_text(id), n]))
+            .collect();
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+            "UPDATE tasks SET waiting_on = waiting_on - (c.value ->> 1),
+                 status = CASE WHEN waiting_on - (c.value ->> 1) > 0 THEN 'waiting'
+                               WHEN run_at > ?2 THEN 'scheduled' ELSE 'queued' END
+             FROM json_each(?1) AS c
+             WHERE tasks.id = c.value ->> 0 AND tasks.status = 'waiting'
+             RETURNING {}",
+            qualified(TASK_COLUMNS, "tasks")
+        ))
+        .bind(json_array(counts))
+        .bind(now)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?;
+        for task in tasks(rows)? {
+            if let Some(workflow) = task.workflow_id {
+                open.insert(id_text(workflow));
+            }
+            if task.status != TaskStatus::Waiting {
+                settled.released.push(task);
+            }
+        }
+    }
+    touched.retain(|workflow| !open.contains(workflow));
+    if touched.is_empty() {
+        return Ok(settled);
     }
     let touched: Vec<String> = touched.into_iter().collect();
     let rows: Vec<WorkflowRow> = sqlx::query_as(sql!(
