@@ -193,16 +193,14 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -
 fn set_rate_headers(headers: &mut HeaderMap, decision: &Decision, overwrite: bool) {
     let reset = decision.reset_after.as_secs_f64().ceil() as u64;
     let values = [
-        ("ratelimit-limit", decision.limit.to_string()),
-        ("ratelimit-remaining", decision.remaining.to_string()),
-        ("ratelimit-reset", reset.to_string()),
+        ("ratelimit-limit", u64::from(decision.limit)),
+        ("ratelimit-remaining", u64::from(decision.remaining)),
+        ("ratelimit-reset", reset),
     ];
     for (name, value) in values {
         let name = HeaderName::from_static(name);
-        if (overwrite || !headers.contains_key(&name))
-            && let Ok(value) = HeaderValue::from_str(&value)
-        {
-            headers.insert(name, value);
+        if overwrite || !headers.contains_key(&name) {
+            headers.insert(name, HeaderValue::from(value));
         }
     }
 }
