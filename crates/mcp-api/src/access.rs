@@ -5,6 +5,8 @@
 
 use axum::http::Method;
 use mcp_core::principal::Permission;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// What a route demands of its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,24 +27,49 @@ pub struct RouteAccess {
     pub access: Access,
 }
 
-/// Every route of the API with what it demands.
+/// Every route of the API with what it demands, found by path in one hash lookup (the guard
+/// reads it on every request), with the path as a shared label for the request's metrics.
 #[derive(Debug, Clone, Default)]
-pub struct AccessTable(Vec<RouteAccess>);
+pub struct AccessTable {
+    routes: Vec<RouteAccess>,
+    /// Route path → its label and the indexes of its methods' entries in `routes`.
+    by_path: HashMap<String, (Arc<str>, Vec<usize>)>,
+}
 
 impl AccessTable {
     pub(crate) fn new(routes: Vec<RouteAccess>) -> Self {
-        AccessTable(routes)
+        let mut by_path: HashMap<String, (Arc<str>, Vec<usize>)> = HashMap::new();
+        for (i, route) in routes.iter().enumerate() {
+            by_path
+                .entry(route.path.clone())
+                .or_insert_with(|| (Arc::from(route.path.as_str()), Vec::new()))
+                .1
+                .push(i);
+        }
+        AccessTable { routes, by_path }
     }
 
     /// The entry for a matched route, if the table has one.
     pub fn lookup(&self, method: &Method, path: &str) -> Option<&RouteAccess> {
-        self.0
+        self.labelled(method, path).map(|(route, _)| route)
+    }
+
+    /// The entry for a matched route and the route's path as a label, if the table has one.
+    pub(crate) fn labelled(
+        &self,
+        method: &Method,
+        path: &str,
+    ) -> Option<(&RouteAccess, &Arc<str>)> {
+        let (label, entries) = self.by_path.get(path)?;
+        entries
             .iter()
-            .find(|r| r.path == path && r.method == method.as_str())
+            .map(|&i| &self.routes[i])
+            .find(|r| r.method == method.as_str())
+            .map(|route| (route, label))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &RouteAccess> {
-        self.0.iter()
+        self.routes.iter()
     }
 }
 

@@ -193,16 +193,14 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -
 fn set_rate_headers(headers: &mut HeaderMap, decision: &Decision, overwrite: bool) {
     let reset = decision.reset_after.as_secs_f64().ceil() as u64;
     let values = [
-        ("ratelimit-limit", decision.limit.to_string()),
-        ("ratelimit-remaining", decision.remaining.to_string()),
-        ("ratelimit-reset", reset.to_string()),
+        ("ratelimit-limit", u64::from(decision.limit)),
+        ("ratelimit-remaining", u64::from(decision.remaining)),
+        ("ratelimit-reset", reset),
     ];
     for (name, value) in values {
         let name = HeaderName::from_static(name);
-        if (overwrite || !headers.contains_key(&name))
-            && let Ok(value) = HeaderValue::from_str(&value)
-        {
-            headers.insert(name, value);
+        if overwrite || !headers.contains_key(&name) {
+            headers.insert(name, HeaderValue::from(value));
         }
     }
 }
@@ -425,8 +423,11 @@ pub async fn limit_ip(
     } else {
         ("ip", security.config.limits.get().ip)
     };
-    let who = ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string());
-    let decision = security.check(&format!("{class}:{who}"), quota).await;
+    let key = match ip {
+        Some(ip) => format!("{class}:{ip}"),
+        None => format!("{class}:unknown"),
+    };
+    let decision = security.check(&key, quota).await;
     if let Some(decision) = &decision
         && !decision.allowed
     {
@@ -456,16 +457,20 @@ pub async fn guard(State(guard): State<Guard>, request: Request, next: Next) -> 
     let path = request
         .extensions()
         .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
-    let mut response = match guard.table.lookup(request.method(), &path) {
-        Some(route) => admit(security, route.access, request, next).await,
+        .map_or("", MatchedPath::as_str);
+    let (access, label) = match guard.table.labelled(request.method(), path) {
+        Some((route, label)) => (route.access, label.clone()),
         None => {
             tracing::error!(path, method = %request.method(), "route missing from the access table");
-            forbidden("this route is not open to anyone".into()).into_response()
+            let mut response = forbidden("this route is not open to anyone".into()).into_response();
+            response
+                .extensions_mut()
+                .insert(RouteLabel(Arc::from(path)));
+            return response;
         }
     };
-    response.extensions_mut().insert(RouteLabel(path));
+    let mut response = admit(security, access, request, next).await;
+    response.extensions_mut().insert(RouteLabel(label));
     response
 }
 
@@ -475,7 +480,7 @@ async fn admit(security: &Security, access: Access, mut request: Request, next: 
         Access::Authenticated => None,
         Access::Requires(permission) => Some(permission),
     };
-    let credential = bearer(request.headers()).map(|c| c.map(str::to_owned));
+    let credential = bearer(request.headers());
     let principal = match authenticate_request(security, credential, required).await {
         Ok(principal) => principal,
         Err(e) => {
@@ -525,7 +530,7 @@ async fn admit(security: &Security, access: Access, mut request: Request, next: 
 
 async fn authenticate_request(
     security: &Security,
-    credential: Result<Option<String>, ApiError>,
+    credential: Result<Option<&str>, ApiError>,
     required: Option<Permission>,
 ) -> Result<Principal, ApiError> {
     let Some(credential) = credential? else {
@@ -536,7 +541,7 @@ async fn authenticate_request(
     if required == Some(Permission::MetricsRead)
         && let Some(token) = &security.config.metrics_token
         && credentials::digests_match(
-            &credentials::digest(&credential),
+            &credentials::digest(credential),
             &credentials::digest(token),
         )
     {
@@ -546,7 +551,7 @@ async fn authenticate_request(
             CredentialKind::MetricsToken,
         ));
     }
-    security.authenticate(&credential).await
+    security.authenticate(credential).await
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@ use axum::extract::Request;
 use axum::http::HeaderValue;
 use axum::middleware::Next;
 use axum::response::Response;
+use std::sync::Arc;
 use std::time::Instant;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -23,7 +24,7 @@ pub fn current() -> Option<String> {
 /// The route template that served a response, for metrics labels. The guard sets it; it is
 /// declared here, the lowest layer, so the request log needs nothing above it.
 #[derive(Debug, Clone)]
-pub struct RouteLabel(pub String);
+pub struct RouteLabel(pub Arc<str>);
 
 fn acceptable(id: &str) -> bool {
     !id.is_empty() && id.len() <= MAX_LEN && id.bytes().all(|b| b.is_ascii_graphic())
@@ -50,7 +51,9 @@ pub async fn request_id(request: Request, next: Next) -> Response {
     let route = response
         .extensions()
         .get::<RouteLabel>()
-        .map_or_else(|| "unmatched".to_owned(), |r| r.0.clone());
+        .map_or(metrics::SharedString::const_str("unmatched"), |r| {
+            metrics::SharedString::from_shared(r.0.clone())
+        });
     metrics::counter!("http_requests_total", "method" => method.to_string(), "route" => route.clone(), "status" => status)
         .increment(1);
     metrics::histogram!("http_request_duration_seconds", "method" => method.to_string(), "route" => route)

@@ -12,11 +12,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use mcp_core::principal::Permission;
-use mcp_core::services::{Creator, TaskQuery};
+use mcp_core::services::{Creator, TaskQuery, TaskService};
 use mcp_core::task::CreateTask;
 use mcp_core::{Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::routes;
 
@@ -175,11 +176,11 @@ pub async fn list(
         (status = 404, description = "no such task", body = ErrorBody),
     ))]
 pub async fn get(
-    State(state): State<AppState>,
+    State(tasks): State<Arc<TaskService>>,
     principal: Principal,
     Path(id): Path<String>,
 ) -> Result<Json<Task>, ApiError> {
-    Ok(Json(state.tasks.get(&principal, &id).await?))
+    Ok(Json(tasks.get(&principal, &id).await?))
 }
 
 /// Cancel a task: a queued one never runs, a running one is signalled and ends `cancelled`.

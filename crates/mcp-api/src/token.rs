@@ -7,6 +7,8 @@
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
 use mcp_core::principal::Role;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// What an access token says.
@@ -47,6 +49,48 @@ pub struct Tokens {
     validation: Validation,
     issuer: String,
     audience: String,
+    verified: Arc<Verified>,
+}
+
+/// Most tokens `Verified` holds; when full it is emptied, and tokens are verified again.
+const VERIFIED_CAPACITY: usize = 10_000;
+
+/// Tokens this node has verified, with their claims, so that a client's every request with
+/// the same token costs a hash lookup instead of two base64 decodings, two JSON parses and a
+/// signature check (an RSA or ECDSA one with key pairs).
+///
+/// What keeps it safe: an entry is made only after `decode` accepted the token; it is found by
+/// the whole token, so a hit is a token whose signature, issuer, audience and not-before were
+/// checked; expiry depends on the time, so it is checked again on every hit, with the same
+/// leeway as `decode`. What else could refuse a token (revocation) is asked on every use by
+/// the caller, as before. Refused tokens are never kept.
+#[derive(Debug, Default)]
+struct Verified {
+    entries: RwLock<HashMap<Box<str>, Claims>>,
+}
+
+impl Verified {
+    /// The claims of `token` if it was verified, or `Expired` if it has expired since.
+    fn get(&self, token: &str, now: u64, leeway: u64) -> Option<Result<Claims, TokenError>> {
+        let entries = self.entries.read().unwrap_or_else(|e| e.into_inner());
+        let claims = entries.get(token)?;
+        // `decode`'s rule: expired once `exp` is more than `leeway` seconds in the past.
+        if claims.exp < now.saturating_sub(leeway) {
+            return Some(Err(TokenError::Expired));
+        }
+        Some(Ok(claims.clone()))
+    }
+
+    fn insert(&self, token: &str, claims: &Claims, now: u64, leeway: u64) {
+        let mut entries = self.entries.write().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= VERIFIED_CAPACITY {
+            entries.retain(|_, c| c.exp >= now.saturating_sub(leeway));
+            if entries.len() >= VERIFIED_CAPACITY {
+                entries.clear();
+            }
+        }
+        entries.insert(token.into(), claims.clone());
+    }
 }
 
 impl std::fmt::Debug for Tokens {
@@ -166,6 +210,7 @@ impl Tokens {
             validation,
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
+            verified: Arc::default(),
         }
     }
 
@@ -203,13 +248,20 @@ impl Tokens {
             .map_err(|_| TokenError::Invalid)
     }
 
+    /// The claims of a valid token (verified once, then remembered: see `Verified`).
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        decode::<Claims>(token, &self.decoding, &self.validation)
+        let (now, leeway) = (seconds_now(), self.validation.leeway);
+        if let Some(known) = self.verified.get(token, now, leeway) {
+            return known;
+        }
+        let claims = decode::<Claims>(token, &self.decoding, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid,
-            })
+            })?;
+        self.verified.insert(token, &claims, now, leeway);
+        Ok(claims)
     }
 }
 
@@ -322,6 +374,47 @@ mod tests {
         for junk in ["", "abc", "a.b.c", &"x".repeat(10_000)] {
             assert_eq!(tokens().verify(junk), Err(TokenError::Invalid));
         }
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let tokens = tokens();
+        let token = tokens
+            .issue("ann", Role::User, Duration::from_secs(60))
+            .unwrap();
+        let claims = tokens.verify(&token).unwrap();
+        assert_eq!(
+            tokens.verify(&token).unwrap(),
+            claims,
+            "the second time from memory"
+        );
+        let leeway = tokens.validation.leeway;
+        let verified = &tokens.verified;
+        assert_eq!(
+            verified.get(&token, claims.exp + leeway, leeway),
+            Some(Ok(claims.clone()))
+        );
+        assert_eq!(
+            verified.get(&token, claims.exp + leeway + 1, leeway),
+            Some(Err(TokenError::Expired))
+        );
+        assert_eq!(verified.get("another token", 0, leeway), None);
+    }
+
+    #[test]
+    fn remembers_only_tokens_that_verified() {
+        let tokens = tokens();
+        let expired = forge(r#"{"alg":"HS256","typ":"JWT"}"#, &claims(-60, -120), SECRET);
+        let forged = forge(
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            &claims(600, -1),
+            b"another secret of 32 bytes......",
+        );
+        for token in [&expired, &forged] {
+            assert!(tokens.verify(token).is_err());
+            assert!(tokens.verify(token).is_err(), "refused again");
+        }
+        assert!(tokens.verified.entries.read().unwrap().is_empty());
     }
 
     #[test]

@@ -123,7 +123,15 @@ impl Limiter for LocalLimiter {
             // nothing.
             arrivals.retain(|_, tat| *tat > now);
         }
-        let (decision, new_tat) = gcra(arrivals.get(key).copied(), now, quota);
+        // A known key is updated in place: no copy of the key, one hash.
+        if let Some(stored) = arrivals.get_mut(key) {
+            let (decision, new_tat) = gcra(Some(*stored), now, quota);
+            if let Some(tat) = new_tat {
+                *stored = tat;
+            }
+            return Ok(decision);
+        }
+        let (decision, new_tat) = gcra(None, now, quota);
         if let Some(tat) = new_tat {
             arrivals.insert(key.to_owned(), tat);
         }

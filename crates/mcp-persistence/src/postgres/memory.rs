@@ -4,8 +4,11 @@
 //! behind a GIN index, queried with `websearch_to_tsquery`, ranked by `ts_rank` over at most the
 //! newest `RANKED_MATCHES` matches (a bound on the cost of common words, shared with SQLite),
 //! with `ts_headline` snippets made only for the page returned. Batches of messages are one
-//! `INSERT … SELECT FROM unnest(…)`. Every change runs in one transaction with its webhook
-//! outbox rows, when a webhook wants its event (`commit_memory`).
+//! `INSERT … SELECT FROM unnest(…)`, after the conversation's row is locked: that lock, not a
+//! foreign key checked per message, is what keeps a message from outliving its conversation
+//! (`0021_memory_insert_speed.sql`, whose trigger deletes a conversation's messages with it).
+//! Every change runs in one transaction with its webhook outbox rows, when a webhook wants its
+//! event (`commit_memory`).
 
 use super::PgTaskStore;
 use crate::codec::{tokens, unsigned};
@@ -317,6 +320,8 @@ impl MemoryStore for PgTaskStore {
         event: Option<ChangeEvent<'_>>,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // Locks the conversation's row until the commit: a deletion waits for it, and then
+        // deletes these messages too (there is no foreign key: see the module comment).
         let found = sqlx::query(
             "UPDATE conversations SET updated_at = greatest(updated_at, $2), archived = false
              WHERE id = $1",

@@ -1,9 +1,11 @@
 //! The SQLite store of the embedded default: one file in WAL mode, one writer connection
 //! (SQLite serialises writers anyway; one connection makes every claim a single-writer
 //! transaction with no busy retries) and a pool of readers, migrations embedded from
-//! `migrations/sqlite`. This file opens the file and keeps what every transition shares
+//! `migrations/sqlite`; the hottest point reads skip sqlx's per-connection threads
+//! (`direct.rs`). This file opens the file and keeps what every transition shares
 //! (recording outbox events before a commit); each port's SQL is in its own file beside it.
 
+mod direct;
 mod identity;
 mod integrations;
 mod limits;
@@ -65,6 +67,8 @@ pub struct SqliteTaskStore {
     pub(crate) outbox: Arc<OutboxSwitch>,
     /// Paused queues and limited types and queues, as the claim consults them (`limits.rs`).
     pub(crate) flow: Arc<crate::flow::FlowCache>,
+    /// Read-only connections for point reads on the calling thread (`direct.rs`).
+    pub(crate) direct: Arc<direct::DirectReads>,
 }
 
 impl SqliteTaskStore {
@@ -105,6 +109,7 @@ impl SqliteTaskStore {
             readers,
             outbox: Arc::default(),
             flow: Arc::default(),
+            direct: Arc::new(direct::DirectReads::new(path.to_owned())),
         })
     }
 

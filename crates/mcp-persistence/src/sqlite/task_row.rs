@@ -94,6 +94,85 @@ impl TryFrom<TaskRow> for Task {
     }
 }
 
+impl TaskRow {
+    /// The row of a `SELECT {TASK_COLUMNS}` read by a direct connection (`direct.rs`), by
+    /// position: the columns in `TASK_COLUMNS`' order (a test below holds the two together).
+    pub(super) fn from_direct(row: &rusqlite::Row<'_>) -> rusqlite::Result<TaskRow> {
+        Ok(TaskRow {
+            id: row.get(0)?,
+            task_type: row.get(1)?,
+            queue: row.get(2)?,
+            priority: row.get(3)?,
+            payload: row.get(4)?,
+            status: row.get(5)?,
+            attempts: row.get(6)?,
+            max_attempts: row.get(7)?,
+            backoff_base_ms: row.get(8)?,
+            backoff_max_ms: row.get(9)?,
+            run_at: row.get(10)?,
+            timeout_ms: row.get(11)?,
+            idempotency_key: row.get(12)?,
+            concurrency_key: row.get(13)?,
+            concurrency_limit: row.get(14)?,
+            correlation_id: row.get(15)?,
+            created_by: row.get(16)?,
+            result: row.get(17)?,
+            error: row.get(18)?,
+            created_at: row.get(19)?,
+            started_at: row.get(20)?,
+            finished_at: row.get(21)?,
+            share_key: row.get(22)?,
+            workflow_id: row.get(23)?,
+            workflow_key: row.get(24)?,
+            progress: row.get(25)?,
+            traceparent: row.get(26)?,
+        })
+    }
+}
+
 pub(super) fn tasks(rows: Vec<TaskRow>) -> Result<Vec<Task>, StoreError> {
     rows.into_iter().map(Task::try_from).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::columns::TASK_COLUMNS;
+
+    #[test]
+    fn direct_rows_are_read_in_the_order_of_the_task_columns() {
+        let columns: Vec<&str> = TASK_COLUMNS.split(',').map(str::trim).collect();
+        assert_eq!(
+            columns,
+            [
+                "id",
+                "type",
+                "queue",
+                "priority",
+                "payload",
+                "status",
+                "attempts",
+                "max_attempts",
+                "backoff_base_ms",
+                "backoff_max_ms",
+                "run_at",
+                "timeout_ms",
+                "idempotency_key",
+                "concurrency_key",
+                "concurrency_limit",
+                "correlation_id",
+                "created_by",
+                "result",
+                "error",
+                "created_at",
+                "started_at",
+                "finished_at",
+                "share_key",
+                "workflow_id",
+                "workflow_key",
+                "progress",
+                "traceparent",
+            ],
+            "`TaskRow::from_direct` reads by position: change it with the columns"
+        );
+    }
 }

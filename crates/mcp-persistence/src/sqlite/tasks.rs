@@ -23,13 +23,18 @@ use mcp_core::{
     CancelOutcome, ClaimRequest, Completion, Inserted, NewTask, Outcome, RetryOutcome, StoreError,
     Task, TaskError, TaskFilter, TaskStatus, TaskStore,
 };
+use rusqlite::OptionalExtension;
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use uuid::Uuid;
+
+/// A task by id.
+static TASK_BY_ID: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"));
 
 /// A claim candidate: id, concurrency key and limit, share key.
 type CandidateRow = (String, Option<String>, Option<i32>, Option<String>);
@@ -239,12 +244,26 @@ impl TaskStore for SqliteTaskStore {
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
-        let row: Option<TaskRow> =
-            sqlx::query_as(sql!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))
-                .bind(id_text(id))
-                .fetch_optional(&self.readers)
-                .await
-                .map_err(db_error)?;
+        // On this thread first (`direct.rs`); through the pool if that cannot be done at once.
+        let mut text = Uuid::encode_buffer();
+        let text = &*id.hyphenated().encode_lower(&mut text);
+        let direct = self.direct.read(|connection| {
+            connection
+                .prepare_cached(&TASK_BY_ID)?
+                .query_row([text], TaskRow::from_direct)
+                .optional()
+        });
+        let row = match direct {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::debug!(error = %e, "direct read failed; reading through the pool");
+                sqlx::query_as(sqlx::AssertSqlSafe(TASK_BY_ID.as_str()))
+                    .bind(text)
+                    .fetch_optional(&self.readers)
+                    .await
+                    .map_err(db_error)?
+            }
+        };
         row.map(Task::try_from).transpose()
     }
 
