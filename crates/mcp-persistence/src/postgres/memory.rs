@@ -6,7 +6,7 @@
 //! with `ts_headline` snippets made only for the page returned. Batches of messages are one
 //! `INSERT … SELECT FROM unnest(…)`, after the conversation's row is locked: that lock, not a
 //! foreign key checked per message, is what keeps a message from outliving its conversation
-//! (`0021_memory_insert_speed.sql`, whose trigger deletes a conversation's messages with it).
+//! (`0023_memory_insert_speed.sql`, whose trigger deletes a conversation's messages with it).
 //! Every change runs in one transaction with its webhook outbox rows, when a webhook wants its
 //! event (`commit_memory`).
 
