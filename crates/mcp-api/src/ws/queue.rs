@@ -165,9 +165,11 @@ impl Receiver {
     }
 
     /// Runs `write` (a write or a flush of the socket), noting while it waits for the socket:
-    /// only then does a full queue mean the client is too slow.
+    /// only then does a full queue mean the client is too slow. The write is exempt from Tokio's
+    /// cooperative budget: a writer catching up on a long queue would otherwise be told to wait
+    /// for its budget, which would look the same as waiting for the socket.
     pub(super) async fn writing<F: std::future::Future>(&self, write: F) -> F::Output {
-        let mut write = std::pin::pin!(write);
+        let mut write = std::pin::pin!(tokio::task::unconstrained(write));
         if let std::task::Poll::Ready(done) = futures::poll!(write.as_mut()) {
             return done;
         }
