@@ -14,7 +14,7 @@
 
 use super::close;
 use super::connection::Closing;
-use super::queue::Sender;
+use super::queue::{Refused, Sender};
 use axum::extract::ws::Utf8Bytes;
 use mcp_core::events::{Batch, BusError, Delivery, EventBus, Subscription};
 use std::collections::HashMap;
@@ -24,6 +24,7 @@ use tokio::task::JoinHandle;
 
 /// Close reasons of `4008`.
 pub(super) const TOO_SLOW: &str = "too slow: resubscribe with since";
+pub(super) const OVERLOADED: &str = "server overloaded: resubscribe with since";
 pub(super) const INTERRUPTED: &str =
     "events interrupted (the node's link to Redis changed): resubscribe with since";
 
@@ -76,6 +77,14 @@ pub(super) struct Joined {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update leaves the state consistent, so a lock poisoned by a panic is still usable.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The close reason of a queue's refusal.
+fn why(refused: Refused) -> &'static str {
+    match refused {
+        Refused::Overloaded => OVERLOADED,
+        Refused::Full | Refused::Closed => TOO_SLOW,
+    }
 }
 
 /// Closes a member's connection as a slow consumer (unless it is closing already).
@@ -182,11 +191,12 @@ impl Hub {
                     return true;
                 }
                 *delivered = last;
-                if member.out.try_send_all(&frames[from..]).is_ok() {
-                    true
-                } else {
-                    close_slow(&member.closing, TOO_SLOW);
-                    false
+                match member.out.try_send_all(&frames[from..]) {
+                    Ok(()) => true,
+                    Err(refused) => {
+                        close_slow(&member.closing, why(refused));
+                        false
+                    }
                 }
             }
             // More waiting than its queue could take is too slow as well (a burst that finds
@@ -232,8 +242,10 @@ impl Joined {
             }
         }
         member.state = State::Live(last);
-        if !frames.is_empty() && member.out.try_send_all(&frames).is_err() {
-            close_slow(&member.closing, TOO_SLOW);
+        if !frames.is_empty()
+            && let Err(refused) = member.out.try_send_all(&frames)
+        {
+            close_slow(&member.closing, why(refused));
             members.list.swap_remove(at);
         }
     }

@@ -38,11 +38,19 @@ struct State {
 }
 
 impl State {
-    /// Whether `more` frames would overflow a queue of `capacity`: the queue is full, and the
-    /// writer is held up by the socket, or the queue is overloaded whatever the reason.
-    fn refuses(&self, capacity: usize) -> bool {
+    /// Why more frames would overflow a queue of `capacity`, if they would: it is full and the
+    /// writer is held up by the socket, or it is overloaded whatever the reason.
+    fn refuses(&self, capacity: usize) -> Option<Refused> {
         let queued = self.frames.len();
-        queued >= capacity && (self.stalled || queued >= capacity.saturating_mul(OVERLOAD))
+        if queued < capacity {
+            None
+        } else if self.stalled {
+            Some(Refused::Full)
+        } else if queued >= capacity.saturating_mul(OVERLOAD) {
+            Some(Refused::Overloaded)
+        } else {
+            None
+        }
     }
 }
 
@@ -73,7 +81,10 @@ pub(super) struct Sender(Arc<Shared>);
 /// Why a frame was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Refused {
+    /// Full while the client does not read what was sent: it is too slow.
     Full,
+    /// Beyond the overload bound while the writer waits for its turn: the node is too busy.
+    Overloaded,
     Closed,
 }
 
@@ -85,8 +96,8 @@ impl Sender {
             if state.receiver_gone {
                 return Err(Refused::Closed);
             }
-            if state.refuses(self.0.capacity) {
-                return Err(Refused::Full);
+            if let Some(refused) = state.refuses(self.0.capacity) {
+                return Err(refused);
             }
             state.frames.push_back(frame);
         }
@@ -104,8 +115,8 @@ impl Sender {
             if state.receiver_gone {
                 return Err(Refused::Closed);
             }
-            if state.refuses(self.0.capacity) {
-                return Err(Refused::Full);
+            if let Some(refused) = state.refuses(self.0.capacity) {
+                return Err(refused);
             }
             state.frames.extend(frames.iter().cloned());
         }
@@ -242,7 +253,7 @@ mod tests {
         for n in 0..2 * OVERLOAD {
             tx.try_send(n.to_string().into()).unwrap();
         }
-        assert_eq!(tx.try_send("over".into()), Err(Refused::Full));
+        assert_eq!(tx.try_send("over".into()), Err(Refused::Overloaded));
         while rx.0.lock().frames.len() > 2 {
             rx.0.lock().frames.pop_front();
         }
