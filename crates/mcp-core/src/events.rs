@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::fmt::Write as _;
 use std::sync::Arc;
 use tokio::sync::broadcast;
 
@@ -62,25 +63,35 @@ pub struct Delivery {
     pub frame: Arc<str>,
 }
 
-#[derive(Serialize)]
-struct Frame<'a> {
-    op: &'static str,
-    channel: &'a str,
-    offset: u64,
-    epoch: &'a str,
-    event: &'a Event,
-}
-
 impl Delivery {
     pub fn new(channel: &str, offset: u64, epoch: &str, event: Arc<Event>) -> Delivery {
-        let frame = serde_json::to_string(&Frame {
-            op: "event",
-            channel,
-            offset,
-            epoch,
-            event: &event,
-        })
-        .unwrap_or_default();
+        let text = serde_json::to_string(&*event).unwrap_or_default();
+        Delivery::framed(channel, offset, epoch, event, &text)
+    }
+
+    /// The same, with the event's JSON made already: an event published on several channels
+    /// (`tasks` and `task:{id}`) is serialised once, and framed for each channel.
+    pub fn framed(
+        channel: &str,
+        offset: u64,
+        epoch: &str,
+        event: Arc<Event>,
+        event_json: &str,
+    ) -> Delivery {
+        // What serialising `{op, channel, offset, epoch, event}` gives, field by field.
+        let (channel_json, epoch_json) = (json_string(channel), json_string(epoch));
+        let mut frame =
+            String::with_capacity(48 + channel_json.len() + epoch_json.len() + event_json.len());
+        frame.push_str(r#"{"op":"event","channel":"#);
+        frame.push_str(&channel_json);
+        frame.push_str(r#","offset":"#);
+        // Writing to a `String` cannot fail.
+        let _ = write!(frame, "{offset}");
+        frame.push_str(r#","epoch":"#);
+        frame.push_str(&epoch_json);
+        frame.push_str(r#","event":"#);
+        frame.push_str(event_json);
+        frame.push('}');
         Delivery {
             channel: channel.to_owned(),
             offset,
@@ -89,6 +100,11 @@ impl Delivery {
             frame: frame.into(),
         }
     }
+}
+
+/// `text` as a JSON string, quoted and escaped.
+fn json_string(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
 }
 
 /// The answer to "what did I miss since this position?".
@@ -106,13 +122,98 @@ pub enum BusError {
     Unavailable(String),
 }
 
+/// The deliveries of one publication on one channel, in offset order. A bus hands its
+/// subscribers whole batches (a `publish_batch` makes one per channel it touches), so a burst of
+/// events the server makes at once (a claim or an outcome batch: hundreds of task transitions)
+/// takes one slot of a subscriber's buffer, not one per event.
+pub type Batch = Arc<[Delivery]>;
+
 /// A live subscription: every event published on the channel from now on. A receiver that
-/// falls more than its capacity behind gets `RecvError::Lagged` and must recover with `since`.
-/// A bus whose stream for this node is interrupted (the Redis bus when it switches between
-/// Redis and local, either way) makes every receiver lag the same way, by overrunning it with
-/// fillers of offset 0, which names no event. A receiver that reads fast enough may see a
+/// falls more than its capacity (in batches) behind gets `RecvError::Lagged` and must recover
+/// with `since`. A bus whose stream for this node is interrupted (the Redis bus when it switches
+/// between Redis and local, either way) makes every receiver lag the same way, by overrunning it
+/// with fillers of offset 0, which names no event. A receiver that reads fast enough may see a
 /// filler without lagging: an offset-0 delivery means the same as `Lagged`.
-pub type Subscription = broadcast::Receiver<Delivery>;
+///
+/// Read it one delivery at a time (`recv`) or a batch at a time (`recv_batch`, what a fan-out
+/// does); the two may be mixed.
+pub struct Subscription {
+    receiver: broadcast::Receiver<Batch>,
+    /// The batch being read one delivery at a time, and the index of the next one.
+    current: Option<(Batch, usize)>,
+}
+
+impl Subscription {
+    pub fn new(receiver: broadcast::Receiver<Batch>) -> Subscription {
+        Subscription {
+            receiver,
+            current: None,
+        }
+    }
+
+    /// The next delivery of the batch being read, if any is left.
+    fn next_held(&mut self) -> Option<Delivery> {
+        let (batch, at) = self.current.as_mut()?;
+        let next = batch.get(*at).cloned();
+        *at += 1;
+        if next.is_none() || *at >= batch.len() {
+            self.current = None;
+        }
+        next
+    }
+
+    /// The rest of the batch being read, if any is left.
+    fn rest_held(&mut self) -> Option<Batch> {
+        let (batch, at) = self.current.take()?;
+        match at {
+            0 => Some(batch),
+            at if at < batch.len() => Some(batch[at..].iter().cloned().collect()),
+            _ => None,
+        }
+    }
+
+    /// The next delivery.
+    pub async fn recv(&mut self) -> Result<Delivery, broadcast::error::RecvError> {
+        loop {
+            if let Some(delivery) = self.next_held() {
+                return Ok(delivery);
+            }
+            self.current = Some((self.receiver.recv().await?, 0));
+        }
+    }
+
+    /// The next delivery if one is there.
+    pub fn try_recv(&mut self) -> Result<Delivery, broadcast::error::TryRecvError> {
+        loop {
+            if let Some(delivery) = self.next_held() {
+                return Ok(delivery);
+            }
+            self.current = Some((self.receiver.try_recv()?, 0));
+        }
+    }
+
+    /// The next batch (or what is left of the one being read).
+    pub async fn recv_batch(&mut self) -> Result<Batch, broadcast::error::RecvError> {
+        match self.rest_held() {
+            Some(rest) => Ok(rest),
+            None => self.receiver.recv().await,
+        }
+    }
+
+    /// The next batch if one is there.
+    pub fn try_recv_batch(&mut self) -> Result<Batch, broadcast::error::TryRecvError> {
+        match self.rest_held() {
+            Some(rest) => Ok(rest),
+            None => self.receiver.try_recv(),
+        }
+    }
+}
+
+impl From<broadcast::Receiver<Batch>> for Subscription {
+    fn from(receiver: broadcast::Receiver<Batch>) -> Subscription {
+        Subscription::new(receiver)
+    }
+}
 
 #[async_trait]
 pub trait EventBus: Send + Sync + 'static {
@@ -152,7 +253,7 @@ pub trait EventBus: Send + Sync + 'static {
     async fn position(&self, channel: &str) -> Result<StreamPosition, BusError>;
 
     /// A subscription of `channel` was dropped. If nobody on this node listens to it any more,
-    /// the buffer that fanned its events out (one slot per delivery a subscriber may fall behind,
+    /// the buffer that fanned its events out (one slot per batch a subscriber may fall behind,
     /// allocated whole) is freed now instead of at some later sweep; its position and history
     /// stay, as for any channel nobody listens to. Cheap, never fails, never waits on I/O.
     fn release(&self, _channel: &str) {}

@@ -72,6 +72,49 @@ async fn subscribers_see_every_task_transition_in_order() {
     assert_eq!(seen[2]["event"]["data"]["result"], json!({"x": 1}));
 }
 
+/// A claim or an outcome batch publishes hundreds of events at once. A subscriber that reads
+/// as fast as it can must get every one of them, whatever the burst's size: the fan-out buffer
+/// (`event_buffer`, here far smaller than the burst) counts publications, not events, and a
+/// connection's queue takes a burst whole.
+#[tokio::test]
+async fn a_subscriber_keeping_up_receives_every_event_of_a_500_task_burst() {
+    let server = Server::start(&[("MCP_EVENT_BUFFER", "16".into())]);
+    let mut socket = connect(&server, Some(&token("operator", "ops"))).await;
+    let reply = request(
+        &mut socket,
+        json!({"id": 1, "op": "subscribe", "channel": "tasks"}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let tasks: Vec<Value> = (0..500).map(|_| json!({"type": "noop"})).collect();
+    let (status, created) = post(&server, "/v1/tasks/batch", json!({"tasks": tasks})).await;
+    assert_eq!(status, 201, "{created}");
+    // Created, started, succeeded: three events a task, in offset order, none missing.
+    let mut offsets = Vec::with_capacity(1500);
+    while offsets.len() < 1500 {
+        match tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("every event within 20 s")
+        {
+            Some(Ok(Message::Text(text))) => {
+                let frame: Value = serde_json::from_str(text.as_str()).unwrap();
+                if frame["op"] == "event" {
+                    offsets.push(frame["offset"].as_u64().unwrap());
+                }
+            }
+            Some(Ok(Message::Close(frame))) => {
+                panic!("closed after {} events: {frame:?}", offsets.len())
+            }
+            Some(Ok(_)) => {}
+            other => panic!("after {} events: {other:?}", offsets.len()),
+        }
+    }
+    assert!(
+        offsets.windows(2).all(|w| w[1] == w[0] + 1),
+        "gaps or reordering"
+    );
+}
+
 #[tokio::test]
 async fn recovers_missed_events_with_since() {
     let server = Server::start(&[("MCP_WORKER_CONCURRENCY", "0".into())]);

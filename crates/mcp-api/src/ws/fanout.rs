@@ -1,7 +1,8 @@
 //! Fan-out of the bus's deliveries to this node's WebSocket subscribers: one forwarder per
-//! channel, not per subscription. It receives each delivery once and hands its frame
-//! (serialised once, shared, never copied) to the queue of every connection subscribed to the
-//! channel; only the connections' writers wake, one task per subscriber and delivery.
+//! channel, not per subscription. It receives each batch of deliveries once (a publication: one
+//! event, or the hundreds of a claim or an outcome batch) and hands their frames (serialised
+//! once, shared, never copied) to the queue of every connection subscribed to the channel, a
+//! whole batch at a time; only the connections' writers wake, once per subscriber and batch.
 //!
 //! The guarantees are those of one receiver per subscription: a subscriber gets the channel's
 //! events in order, each once, after what `since` recovered (a member joins pending: what the
@@ -13,9 +14,9 @@
 
 use super::close;
 use super::connection::Closing;
-use super::queue::Sender;
+use super::queue::{Refused, Sender};
 use axum::extract::ws::Utf8Bytes;
-use mcp_core::events::{BusError, Delivery, EventBus};
+use mcp_core::events::{Batch, BusError, Delivery, EventBus, Subscription};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::{broadcast, watch};
@@ -23,6 +24,7 @@ use tokio::task::JoinHandle;
 
 /// Close reasons of `4008`.
 pub(super) const TOO_SLOW: &str = "too slow: resubscribe with since";
+pub(super) const OVERLOADED: &str = "server overloaded: resubscribe with since";
 pub(super) const INTERRUPTED: &str =
     "events interrupted (the node's link to Redis changed): resubscribe with since";
 
@@ -75,6 +77,14 @@ pub(super) struct Joined {
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every update leaves the state consistent, so a lock poisoned by a panic is still usable.
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The close reason of a queue's refusal.
+fn why(refused: Refused) -> &'static str {
+    match refused {
+        Refused::Overloaded => OVERLOADED,
+        Refused::Full | Refused::Closed => TOO_SLOW,
+    }
 }
 
 /// Closes a member's connection as a slow consumer (unless it is closing already).
@@ -165,26 +175,34 @@ impl Hub {
         id
     }
 
-    /// Hands one delivery to every member; closes and drops those that cannot take it.
-    fn deliver(&self, delivery: &Delivery) {
-        let frame = frame_text(delivery);
+    /// Hands a batch of deliveries (in offset order) to every member, each member's share in one
+    /// go; closes and drops those that cannot take it.
+    fn deliver(&self, batch: &[Delivery]) {
+        let frames: Vec<Utf8Bytes> = batch.iter().map(frame_text).collect();
+        let Some(last) = batch.last().map(|d| d.offset) else {
+            return;
+        };
         let mut members = lock(&self.members);
         members.list.retain_mut(|member| match &mut member.state {
             State::Live(delivered) => {
-                if delivery.offset <= *delivered {
+                // Those it has (from its history) are skipped: the rest of the batch is new.
+                let from = batch.partition_point(|d| d.offset <= *delivered);
+                if from == batch.len() {
                     return true;
                 }
-                *delivered = delivery.offset;
-                if member.out.try_send(frame.clone()).is_ok() {
-                    true
-                } else {
-                    close_slow(&member.closing, TOO_SLOW);
-                    false
+                *delivered = last;
+                match member.out.try_send_all(&frames[from..]) {
+                    Ok(()) => true,
+                    Err(refused) => {
+                        close_slow(&member.closing, why(refused));
+                        false
+                    }
                 }
             }
-            // More waiting than its queue could take is too slow as well.
+            // More waiting than its queue could take is too slow as well (a burst that finds
+            // room is kept whole, as the queue would take it).
             State::Pending(waiting) if waiting.len() < member.out.max_capacity() => {
-                waiting.push(delivery.clone());
+                waiting.extend(batch.iter().cloned());
                 true
             }
             State::Pending(_) => {
@@ -216,20 +234,18 @@ impl Joined {
             State::Live(_) => return,
         };
         let mut last = delivered;
-        let mut too_slow = false;
-        for delivery in waiting {
-            if delivery.offset <= last {
-                continue;
-            }
-            last = delivery.offset;
-            if member.out.try_send(frame_text(&delivery)).is_err() {
-                close_slow(&member.closing, TOO_SLOW);
-                too_slow = true;
-                break;
+        let mut frames = Vec::with_capacity(waiting.len());
+        for delivery in &waiting {
+            if delivery.offset > last {
+                last = delivery.offset;
+                frames.push(frame_text(delivery));
             }
         }
         member.state = State::Live(last);
-        if too_slow {
+        if !frames.is_empty()
+            && let Err(refused) = member.out.try_send_all(&frames)
+        {
+            close_slow(&member.closing, why(refused));
             members.list.swap_remove(at);
         }
     }
@@ -261,38 +277,38 @@ impl Drop for Joined {
 /// the race lets it go) tells the bus once the receiver is gone, so the channel's buffer is
 /// freed as soon as its last subscriber on this node leaves.
 struct Live {
-    receiver: Option<broadcast::Receiver<Delivery>>,
+    receiver: Option<Subscription>,
     bus: Option<(Arc<dyn EventBus>, String)>,
 }
 
 impl Live {
-    fn new(receiver: broadcast::Receiver<Delivery>, bus: Arc<dyn EventBus>, channel: &str) -> Live {
+    fn new(receiver: Subscription, bus: Arc<dyn EventBus>, channel: &str) -> Live {
         Live {
             receiver: Some(receiver),
             bus: Some((bus, channel.to_owned())),
         }
     }
 
-    async fn recv(&mut self) -> Result<Delivery, broadcast::error::RecvError> {
+    async fn recv(&mut self) -> Result<Batch, broadcast::error::RecvError> {
         match &mut self.receiver {
-            Some(receiver) => receiver.recv().await,
+            Some(receiver) => receiver.recv_batch().await,
             None => Err(broadcast::error::RecvError::Closed),
         }
     }
 
-    fn try_recv(&mut self) -> Result<Delivery, broadcast::error::TryRecvError> {
+    fn try_recv(&mut self) -> Result<Batch, broadcast::error::TryRecvError> {
         match &mut self.receiver {
-            Some(receiver) => receiver.try_recv(),
+            Some(receiver) => receiver.try_recv_batch(),
             None => Err(broadcast::error::TryRecvError::Closed),
         }
     }
 }
 
-impl From<broadcast::Receiver<Delivery>> for Live {
+impl From<broadcast::Receiver<Batch>> for Live {
     /// A receiver no bus hears about when it goes (tests).
-    fn from(receiver: broadcast::Receiver<Delivery>) -> Live {
+    fn from(receiver: broadcast::Receiver<Batch>) -> Live {
         Live {
-            receiver: Some(receiver),
+            receiver: Some(receiver.into()),
             bus: None,
         }
     }
@@ -322,6 +338,11 @@ pub(super) fn frame_text(delivery: &Delivery) -> Utf8Bytes {
     Utf8Bytes::try_from(shared).unwrap_or_else(|_| Utf8Bytes::from(&*delivery.frame))
 }
 
+/// Whether a batch is the bus's offset-0 filler (see `Subscription`).
+fn is_filler(batch: &[Delivery]) -> bool {
+    batch.iter().any(|d| d.offset == 0)
+}
+
 /// Moves the channel's deliveries to its members until the bus closes the channel or the last
 /// member leaves (then it is aborted).
 async fn forward(mut live: Live, hub: Arc<Hub>) {
@@ -329,11 +350,11 @@ async fn forward(mut live: Live, hub: Arc<Hub>) {
         match live.recv().await {
             // The bus's offset-0 filler: the node's link to Redis changed, so the stream these
             // subscriptions followed ended (a receiver that kept up sees it instead of lagging).
-            Ok(delivery) if delivery.offset == 0 => hub.close_all(INTERRUPTED),
-            Ok(delivery) => hub.deliver(&delivery),
+            Ok(batch) if is_filler(&batch) => hub.close_all(INTERRUPTED),
+            Ok(batch) => hub.deliver(&batch),
             // Lagged by the filler, or really too slow; the cure is the same.
             Err(broadcast::error::RecvError::Lagged(_)) => match live.try_recv() {
-                Ok(filler) if filler.offset == 0 => hub.close_all(INTERRUPTED),
+                Ok(filler) if is_filler(&filler) => hub.close_all(INTERRUPTED),
                 _ => hub.close_all(TOO_SLOW),
             },
             Err(broadcast::error::RecvError::Closed) => return,
@@ -348,18 +369,18 @@ mod tests {
     use mcp_core::events::Event;
     use serde_json::{Value, json};
 
-    fn delivery(offset: u64) -> Delivery {
-        Delivery::new(
+    fn delivery(offset: u64) -> Batch {
+        Batch::from([Delivery::new(
             "tasks",
             offset,
             "e",
             Arc::new(Event::new("task.created", json!({}), None)),
-        )
+        )])
     }
 
     /// A hub fed by `rx`, its forwarder, and a member joined pending.
     fn hub_with_member(
-        rx: broadcast::Receiver<Delivery>,
+        rx: broadcast::Receiver<Batch>,
         capacity: usize,
     ) -> (Arc<Hub>, u64, Receiver, watch::Sender<Option<Closing>>) {
         let hub = Arc::new(Hub::default());
@@ -414,7 +435,9 @@ mod tests {
     #[tokio::test]
     async fn closes_a_consumer_whose_queue_is_full_and_no_one_else() {
         let (tx, rx) = broadcast::channel(16);
-        let (hub, slow, _full, slow_closing) = hub_with_member(rx, 1);
+        let (hub, slow, full, slow_closing) = hub_with_member(rx, 1);
+        // Its client does not read: the writer waits for the socket.
+        full.stall();
         let (out_tx, mut out) = queue(16);
         let closing = watch::channel(None).0;
         let fast = hub.add(out_tx, closing.clone());

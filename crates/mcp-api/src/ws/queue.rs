@@ -3,6 +3,12 @@
 //! of 32 slots and a cache-padded channel (about 1.5 KiB) per queue up front, it allocates
 //! nothing until frames are queued and gives a burst's memory back once drained: most
 //! connections are idle most of the time, and they are counted by the thousand.
+//!
+//! Full means the client is too slow, and only the client: the queue refuses frames beyond its
+//! capacity only while the writer is held up by the socket (the client does not read what was
+//! sent). A queue that grows because the writer has not had its turn on a busy node yet (the
+//! workers' bursts come faster than it is scheduled) is the server's doing, and grows up to
+//! `OVERLOAD` times the capacity before the connection is closed all the same.
 
 use axum::extract::ws::Utf8Bytes;
 use std::collections::VecDeque;
@@ -11,6 +17,10 @@ use tokio::sync::Notify;
 
 /// Slots kept allocated once the queue is empty again; a larger buffer is freed.
 const KEPT: usize = 16;
+
+/// How many times its capacity a queue may hold while its writer is not held up by the socket
+/// (see the module comment): the bound of a node too busy to write.
+const OVERLOAD: usize = 8;
 
 struct Shared {
     state: Mutex<State>,
@@ -23,6 +33,25 @@ struct State {
     frames: VecDeque<Utf8Bytes>,
     senders: usize,
     receiver_gone: bool,
+    /// The writer waits for the socket to take what it wrote.
+    stalled: bool,
+}
+
+impl State {
+    /// Why more frames would overflow a queue of `capacity`, if they would: it is full and the
+    /// writer is held up by the socket, or it is overloaded whatever the reason.
+    fn refuses(&self, capacity: usize) -> Option<Refused> {
+        let queued = self.frames.len();
+        if queued < capacity {
+            None
+        } else if self.stalled {
+            Some(Refused::Full)
+        } else if queued >= capacity.saturating_mul(OVERLOAD) {
+            Some(Refused::Overloaded)
+        } else {
+            None
+        }
+    }
 }
 
 impl Shared {
@@ -39,6 +68,7 @@ pub(super) fn queue(capacity: usize) -> (Sender, Receiver) {
             frames: VecDeque::new(),
             senders: 1,
             receiver_gone: false,
+            stalled: false,
         }),
         ready: Notify::new(),
         capacity: capacity.max(1),
@@ -51,7 +81,10 @@ pub(super) struct Sender(Arc<Shared>);
 /// Why a frame was not queued.
 #[derive(Debug, PartialEq, Eq)]
 pub(super) enum Refused {
+    /// Full while the client does not read what was sent: it is too slow.
     Full,
+    /// Beyond the overload bound while the writer waits for its turn: the node is too busy.
+    Overloaded,
     Closed,
 }
 
@@ -63,10 +96,29 @@ impl Sender {
             if state.receiver_gone {
                 return Err(Refused::Closed);
             }
-            if state.frames.len() >= self.0.capacity {
-                return Err(Refused::Full);
+            if let Some(refused) = state.refuses(self.0.capacity) {
+                return Err(refused);
             }
             state.frames.push_back(frame);
+        }
+        self.0.ready.notify_one();
+        Ok(())
+    }
+
+    /// Queues all of `frames` (one publication's burst), in order, unless the queue is full
+    /// already; the receiver wakes once. A burst is taken whole even beyond the capacity, by at
+    /// most its own size: a client that had read everything before the server made a burst
+    /// must not be dropped for the burst's size.
+    pub(super) fn try_send_all(&self, frames: &[Utf8Bytes]) -> Result<(), Refused> {
+        {
+            let mut state = self.0.lock();
+            if state.receiver_gone {
+                return Err(Refused::Closed);
+            }
+            if let Some(refused) = state.refuses(self.0.capacity) {
+                return Err(refused);
+            }
+            state.frames.extend(frames.iter().cloned());
         }
         self.0.ready.notify_one();
         Ok(())
@@ -122,6 +174,29 @@ impl Receiver {
     pub(super) fn try_recv(&mut self) -> Option<Utf8Bytes> {
         take(&mut self.0.lock())
     }
+
+    /// Runs `write` (a write or a flush of the socket), noting while it waits for the socket:
+    /// only then does a full queue mean the client is too slow. The write is exempt from Tokio's
+    /// cooperative budget: a writer catching up on a long queue would otherwise be told to wait
+    /// for its budget, which would look the same as waiting for the socket.
+    pub(super) async fn writing<F: std::future::Future>(&self, write: F) -> F::Output {
+        let mut write = std::pin::pin!(tokio::task::unconstrained(write));
+        if let std::task::Poll::Ready(done) = futures::poll!(write.as_mut()) {
+            return done;
+        }
+        self.0.lock().stalled = true;
+        let done = write.await;
+        self.0.lock().stalled = false;
+        done
+    }
+}
+
+#[cfg(test)]
+impl Receiver {
+    /// As if the writer waited for the socket from now on (tests of what a full queue does).
+    pub(super) fn stall(&self) {
+        self.0.lock().stalled = true;
+    }
 }
 
 fn take(state: &mut State) -> Option<Utf8Bytes> {
@@ -147,12 +222,50 @@ mod tests {
     #[tokio::test]
     async fn delivers_in_order_and_refuses_beyond_capacity() {
         let (tx, mut rx) = queue(2);
+        tx.0.lock().stalled = true;
         tx.try_send("a".into()).unwrap();
         tx.clone().try_send("b".into()).unwrap();
         assert_eq!(tx.try_send("c".into()), Err(Refused::Full));
         assert_eq!(rx.recv().await.unwrap().as_str(), "a");
         assert_eq!(rx.try_recv().unwrap().as_str(), "b");
         assert!(rx.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn takes_a_burst_whole_unless_the_queue_is_full_already() {
+        let (tx, mut rx) = queue(2);
+        tx.0.lock().stalled = true;
+        tx.try_send("a".into()).unwrap();
+        let burst: Vec<Utf8Bytes> = vec!["b".into(), "c".into()];
+        tx.try_send_all(&burst).unwrap();
+        assert_eq!(tx.try_send_all(&burst), Err(Refused::Full));
+        assert_eq!(tx.try_send("d".into()), Err(Refused::Full));
+        for expected in ["a", "b", "c"] {
+            assert_eq!(rx.recv().await.unwrap().as_str(), expected);
+        }
+        assert!(rx.try_recv().is_none());
+    }
+
+    #[tokio::test]
+    async fn refuses_beyond_capacity_only_while_the_socket_holds_the_writer_up() {
+        let (tx, rx) = queue(2);
+        // The writer has not had its turn: the node's doing, up to the overload bound.
+        for n in 0..2 * OVERLOAD {
+            tx.try_send(n.to_string().into()).unwrap();
+        }
+        assert_eq!(tx.try_send("over".into()), Err(Refused::Overloaded));
+        while rx.0.lock().frames.len() > 2 {
+            rx.0.lock().frames.pop_front();
+        }
+        // The socket does not take what the writer wrote: the client's doing.
+        let (release, held) = tokio::sync::oneshot::channel::<()>();
+        let writer = async { rx.writing(async { held.await.ok() }).await };
+        tokio::pin!(writer);
+        assert!(futures::poll!(writer.as_mut()).is_pending());
+        assert_eq!(tx.try_send("slow".into()), Err(Refused::Full));
+        drop(release);
+        writer.await;
+        tx.try_send("fine again".into()).unwrap();
     }
 
     #[tokio::test]

@@ -63,16 +63,17 @@ impl Connection {
                     }
                     frame = out_rx.recv() => match frame {
                         // Whatever else is queued goes out with it, in one flush (one send()
-                        // for many frames is most of the fan-out cost).
+                        // for many frames is most of the fan-out cost). Each write notes when
+                        // the socket holds it up: only then is a full queue the client's fault.
                         Some(text) => {
-                            if sink.feed(Message::Text(text)).await.is_err() { return; }
+                            if out_rx.writing(sink.feed(Message::Text(text))).await.is_err() { return; }
                             let mut batched = 1;
                             while batched < WRITE_BATCH {
                                 let Some(text) = out_rx.try_recv() else { break };
-                                if sink.feed(Message::Text(text)).await.is_err() { return; }
+                                if out_rx.writing(sink.feed(Message::Text(text))).await.is_err() { return; }
                                 batched += 1;
                             }
-                            if sink.flush().await.is_err() { return; }
+                            if out_rx.writing(sink.flush()).await.is_err() { return; }
                         }
                         None => break,
                     },

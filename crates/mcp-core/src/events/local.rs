@@ -2,7 +2,7 @@
 //! and a broadcast sender, all in this process's memory.
 //!
 //! Memory is bounded three ways. A channel's broadcast sender (its buffer is allocated whole, one
-//! slot per delivery a subscriber may fall behind: about 100 KiB at the default 1024) exists only
+//! slot per batch a subscriber may fall behind: about 50 KiB at the default 1024) exists only
 //! while someone listens, and is dropped as soon as the last subscription is released. History is
 //! bounded per channel in events and in bytes, and across all channels in bytes: beyond the global
 //! budget the oldest events of any channel go first (a position before them then recovers as
@@ -15,7 +15,7 @@
 //! position is never mistaken for a new one; a restart changes every epoch, as the history dies
 //! with the process.
 
-use super::{BusError, Delivery, Event, EventBus, Recovery, StreamPosition, Subscription};
+use super::{Batch, BusError, Delivery, Event, EventBus, Recovery, StreamPosition, Subscription};
 use async_trait::async_trait;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -35,7 +35,8 @@ pub struct BusConfig {
     /// Events older than this are dropped from the history; a channel idle this long and with
     /// no subscriber is forgotten.
     pub history_ttl: Duration,
-    /// Deliveries a subscriber may fall behind before it lags.
+    /// Batches a subscriber may fall behind before it lags: publications, each of one event or
+    /// of all the events one `publish_batch` put on the channel.
     pub buffer: usize,
     /// Channels without a subscriber held at most (in-process bus only); beyond it the least
     /// recently used are forgotten even if their history has not aged out yet.
@@ -91,6 +92,8 @@ struct Published {
 }
 
 struct Channel {
+    /// Its name, shared by its entries in the publication order.
+    name: Arc<str>,
     /// Which incarnation of the name this is (also numbers its epoch).
     incarnation: u64,
     epoch: Arc<str>,
@@ -99,7 +102,7 @@ struct Channel {
     /// Sum of the held events' `bytes`.
     history_bytes: usize,
     /// Made at the first subscription, dropped once nobody listens.
-    sender: Option<broadcast::Sender<Delivery>>,
+    sender: Option<broadcast::Sender<Batch>>,
     /// Last publish, subscription or position query.
     touched: Instant,
 }
@@ -167,6 +170,24 @@ fn weight(event: &Event) -> usize {
         + event.event_type.len()
         + event.correlation_id.as_ref().map_or(0, String::len)
         + value(&event.data)
+}
+
+/// The JSON of the event published last: an event published on several channels in a row
+/// (`tasks`, then `task:{id}`) is serialised once.
+#[derive(Default)]
+struct EventText {
+    last: Option<(Arc<Event>, String)>,
+}
+
+impl EventText {
+    fn of(&mut self, event: &Arc<Event>) -> &str {
+        let made = matches!(&self.last, Some((last, _)) if Arc::ptr_eq(last, event));
+        if !made {
+            let text = serde_json::to_string(&**event).unwrap_or_default();
+            self.last = Some((event.clone(), text));
+        }
+        self.last.as_ref().map_or("", |(_, text)| text)
+    }
 }
 
 struct Channels {
@@ -258,6 +279,7 @@ impl LocalBus {
             channels.map.insert(
                 name.to_owned(),
                 Channel {
+                    name: name.into(),
                     incarnation,
                     epoch: epoch.into(),
                     offset: 0,
@@ -334,26 +356,29 @@ impl LocalBus {
         };
     }
 
+    /// Publishes one event: its offset, its history entry, and, if someone listens, the delivery
+    /// for the caller to send (a batch's deliveries on one channel go out together).
     fn publish_locked(
         &self,
         channels: &mut Channels,
         name: &str,
         event: Arc<Event>,
         now: Instant,
-    ) -> StreamPosition {
+        text: &mut EventText,
+    ) -> (StreamPosition, Option<Delivery>) {
         let config = self.config;
         let channel = self.channel(channels, name, now);
         let incarnation = channel.incarnation;
+        let shared_name = channel.name.clone();
         channel.offset += 1;
         let offset = channel.offset;
         let mut frame = None;
+        let mut delivery = None;
         if channel.listened() {
-            let delivery = Delivery::new(name, offset, &channel.epoch, event.clone());
-            frame = Some(delivery.frame.clone());
-            if let Some(sender) = &channel.sender {
-                // Fails only if the last receiver went away meanwhile: the history keeps it.
-                let _ = sender.send(delivery);
-            }
+            let json = text.of(&event);
+            let made = Delivery::framed(name, offset, &channel.epoch, event.clone(), json);
+            frame = Some(made.frame.clone());
+            delivery = Some(made);
         } else {
             channel.sender = None;
         }
@@ -378,14 +403,23 @@ impl LocalBus {
             channels.held += 1;
             channels.bytes += added;
             channels.order.push_back(Published {
-                channel: name.into(),
+                channel: shared_name,
                 incarnation,
                 offset,
             });
         }
         channels.let_go(freed);
         self.keep_within_budget(channels);
-        position
+        (position, delivery)
+    }
+
+    /// Hands `deliveries` (of one channel, in order) to its subscribers as one batch. Called
+    /// under the lock, so that batches of one channel reach every subscriber in offset order.
+    fn send(channels: &Channels, name: &str, deliveries: Vec<Delivery>) {
+        if let Some(sender) = channels.map.get(name).and_then(|c| c.sender.as_ref()) {
+            // Fails only if the last receiver went away meanwhile: the history keeps them.
+            let _ = sender.send(Batch::from(deliveries));
+        }
     }
 
     /// Evicts the oldest held events, whatever their channel, while the bus-wide history is
@@ -446,7 +480,18 @@ impl Default for LocalBus {
 impl EventBus for LocalBus {
     async fn publish(&self, channel: &str, event: Arc<Event>) -> Result<StreamPosition, BusError> {
         let now = Instant::now();
-        Ok(self.publish_locked(&mut self.lock(), channel, event, now))
+        let mut channels = self.lock();
+        let (position, delivery) = self.publish_locked(
+            &mut channels,
+            channel,
+            event,
+            now,
+            &mut EventText::default(),
+        );
+        if let Some(delivery) = delivery {
+            Self::send(&channels, channel, vec![delivery]);
+        }
+        Ok(position)
     }
 
     async fn publish_batch(
@@ -455,10 +500,27 @@ impl EventBus for LocalBus {
     ) -> Result<Vec<StreamPosition>, BusError> {
         let now = Instant::now();
         let mut channels = self.lock();
-        Ok(events
-            .iter()
-            .map(|(channel, event)| self.publish_locked(&mut channels, channel, event.clone(), now))
-            .collect())
+        let mut positions = Vec::with_capacity(events.len());
+        // Per listened channel, its deliveries in order: one batch each, sent once all are made.
+        let mut batches: Vec<(&str, Vec<Delivery>)> = Vec::new();
+        let mut text = EventText::default();
+        for (channel, event) in events {
+            let (position, delivery) =
+                self.publish_locked(&mut channels, channel, event.clone(), now, &mut text);
+            positions.push(position);
+            if let Some(delivery) = delivery {
+                // Few channels per batch (`tasks` and a `task:{id}` per task at most): a scan
+                // from the end finds the common case, a run on one channel, at once.
+                match batches.iter_mut().rev().find(|(name, _)| *name == channel) {
+                    Some((_, deliveries)) => deliveries.push(delivery),
+                    None => batches.push((channel, vec![delivery])),
+                }
+            }
+        }
+        for (channel, deliveries) in batches {
+            Self::send(&channels, channel, deliveries);
+        }
+        Ok(positions)
     }
 
     /// Every channel held was made by a call that handed out its position.
@@ -477,7 +539,8 @@ impl EventBus for LocalBus {
         Ok(channel
             .sender
             .get_or_insert_with(|| broadcast::channel(buffer).0)
-            .subscribe())
+            .subscribe()
+            .into())
     }
 
     async fn recover(&self, channel: &str, since: &StreamPosition) -> Result<Recovery, BusError> {
@@ -581,6 +644,40 @@ mod tests {
             let frame: serde_json::Value = serde_json::from_str(&d.frame).unwrap();
             assert_eq!(frame["op"], "event");
             assert_eq!(frame["event"]["type"], "test");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_takes_one_slot_per_channel_however_many_events_it_holds() {
+        let bus = LocalBus::new(BusConfig {
+            buffer: 4,
+            ..BusConfig::default()
+        });
+        let mut all = bus.subscribe("tasks").await.unwrap();
+        let mut one = bus.subscribe("task:7").await.unwrap();
+        // Three claim-sized bursts, each event on `tasks` and one of them on `task:7` too, before
+        // either subscriber reads: 1,500 events in three slots, nothing lags.
+        for burst in 0..3u64 {
+            let mut events = Vec::new();
+            for n in 0..500 {
+                let e = event(burst * 500 + n);
+                if n == 7 {
+                    events.push(("task:7".to_owned(), e.clone()));
+                }
+                events.push(("tasks".to_owned(), e));
+            }
+            bus.publish_batch(&events).await.unwrap();
+        }
+        let mut offsets = Vec::new();
+        // One at a time and a batch at a time, mixed.
+        offsets.push(all.recv().await.unwrap().offset);
+        while offsets.len() < 1500 {
+            offsets.extend(all.recv_batch().await.unwrap().iter().map(|d| d.offset));
+        }
+        assert_eq!(offsets, (1..=1500).collect::<Vec<_>>());
+        assert!(all.try_recv().is_err(), "nothing more");
+        for n in [7, 507, 1007] {
+            assert_eq!(one.recv().await.unwrap().event.data["n"], n);
         }
     }
 

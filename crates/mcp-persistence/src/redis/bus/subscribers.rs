@@ -4,7 +4,7 @@
 
 use super::{Head, LOCAL_SWEEP_AT, PUBLISHED_LOCALLY_MAX, decode};
 use crate::redis::link::RedisMode;
-use mcp_core::events::{BusConfig, Delivery, Event, LocalBus, Subscription};
+use mcp_core::events::{Batch, BusConfig, Delivery, Event, LocalBus, Subscription};
 use redis::aio::MultiplexedConnection;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -40,7 +40,7 @@ pub(super) struct LocalState {
 }
 
 pub(super) struct LocalChannel {
-    pub(super) sender: broadcast::Sender<Delivery>,
+    pub(super) sender: broadcast::Sender<Batch>,
     /// Epoch and offset of the last delivery, to notice a gap.
     pub(super) last: Option<(String, u64)>,
 }
@@ -179,6 +179,7 @@ impl Local {
             })
             .sender
             .subscribe()
+            .into()
     }
 
     /// Forgets `channel`'s sender (and its buffer) once nobody on this node listens to it.
@@ -251,7 +252,7 @@ impl Local {
             lag(&local.sender, &delivery.channel, self.buffer);
         }
         local.last = Some((delivery.epoch.clone(), delivery.offset));
-        let _ = local.sender.send(delivery);
+        let _ = local.sender.send(Batch::from([delivery]));
     }
 
     /// The node switched between Redis and local: what its subscribers were following ended.
@@ -277,14 +278,14 @@ impl Local {
 }
 
 /// Makes every receiver of `sender` lag, by overrunning its buffer with offset-0 fillers.
-pub(super) fn lag(sender: &broadcast::Sender<Delivery>, channel: &str, buffer: usize) {
-    let filler = Delivery {
+pub(super) fn lag(sender: &broadcast::Sender<Batch>, channel: &str, buffer: usize) {
+    let filler = Batch::from([Delivery {
         channel: channel.to_owned(),
         offset: 0,
         epoch: String::new(),
         event: Arc::new(Event::new("bus.lagged", serde_json::Value::Null, None)),
         frame: Arc::from(""),
-    };
+    }]);
     // A receiver lags once the slot it would read next is overwritten: capacity + 1 sends.
     for _ in 0..=buffer.next_power_of_two() {
         let _ = sender.send(filler.clone());
