@@ -65,9 +65,11 @@ fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> Result<(), ApiErro
     }
 }
 
-/// Read buffer per connection: client frames are small, and the transport's default (128 KiB,
-/// zero-filled, so all resident) would make idle connections cost that much each.
-const READ_BUFFER: usize = 4 * 1024;
+/// Read buffer per connection: client frames are small, and the transport zero-fills the
+/// buffer up to this size (so all of it is resident, idle or not: its default of 128 KiB would
+/// make each connection cost that much). A larger frame grows the buffer as it arrives; one
+/// KiB holds every op a client sends but a worker's larger results.
+const READ_BUFFER: usize = 1024;
 
 /// `GET /v1/ws`: upgrades to the WebSocket protocol. Credentials may come with the upgrade
 /// (`Authorization: Bearer …`) or in the first frame (`auth` op).
