@@ -32,6 +32,11 @@ struct Throttled {
     last: Instant,
     /// A report that came within the interval; written when it ends (by the task that holds it).
     pending: Option<Progress>,
+    /// Held while a report is written and published, and while a held one is taken for it: the
+    /// writes of one task's reports (direct, at the interval's end, the flush at the end of the
+    /// attempt) go out one at a time, in the order they were reported. Without it a flush could
+    /// store and publish 1.0 while an earlier 0.99 was still on its way, and 0.99 came last.
+    writer: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl Orchestrator {
@@ -204,7 +209,7 @@ impl Orchestrator {
     ) -> Result<bool, StoreError> {
         // `None`: write it now; `Some(timer)`: held, and the first report held starts the timer
         // that writes the latest when the interval ends.
-        let held = {
+        let (held, writer) = {
             let mut tasks = self
                 .progress
                 .tasks
@@ -215,17 +220,27 @@ impl Orchestrator {
                 Some(entry) if now.duration_since(entry.last) < PROGRESS_INTERVAL => {
                     let first = entry.pending.is_none();
                     entry.pending = Some(progress.clone());
-                    Some(first.then(|| PROGRESS_INTERVAL - now.duration_since(entry.last)))
+                    let timer = first.then(|| PROGRESS_INTERVAL - now.duration_since(entry.last));
+                    (Some(timer), entry.writer.clone())
                 }
-                _ => {
+                // The interval is over: this report is written now, and one held before it is
+                // dropped (it is older).
+                Some(entry) => {
+                    entry.last = now;
+                    entry.pending = None;
+                    (None, entry.writer.clone())
+                }
+                None => {
+                    let writer = Arc::new(tokio::sync::Mutex::new(()));
                     tasks.insert(
                         id,
                         Throttled {
                             last: now,
                             pending: None,
+                            writer: writer.clone(),
                         },
                     );
-                    None
+                    (None, writer)
                 }
             }
         };
@@ -236,6 +251,7 @@ impl Orchestrator {
             let this = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(wait).await;
+                let _writing = writer.lock().await;
                 let latest = {
                     let mut tasks = this
                         .progress
@@ -255,6 +271,7 @@ impl Orchestrator {
             });
             return Ok(true);
         }
+        let _writing = writer.lock().await;
         self.write_progress(id, &progress).await
     }
 
@@ -295,11 +312,19 @@ impl Orchestrator {
                 .tasks
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            tasks.remove(&id).and_then(|entry| entry.pending)
+            tasks.remove(&id)
         };
-        if let Some(latest) = held
-            && let Err(e) = self.write_progress(id, &latest).await
-        {
+        let Some(Throttled {
+            pending: Some(latest),
+            writer,
+            ..
+        }) = held
+        else {
+            return;
+        };
+        // After any write still on its way: this report is the latest.
+        let _writing = writer.lock().await;
+        if let Err(e) = self.write_progress(id, &latest).await {
             warn!(error = %e, task_id = %id, "cannot store a task's progress");
         }
     }
