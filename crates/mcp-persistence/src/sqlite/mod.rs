@@ -91,16 +91,20 @@ impl SqliteTaskStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
             .row_buffer_size(ROW_BUFFER);
+        // No ping before each use (sqlx's default): an open file does not go away while idle, and
+        // each ping is a hand-off to the connection's thread and back before every statement.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .idle_timeout(None)
             .max_lifetime(None)
+            .test_before_acquire(false)
             .connect_with(connect.clone())
             .await
             .map_err(db_error)?;
         let readers = SqlitePoolOptions::new()
             .max_connections(options.readers.max(1))
+            .test_before_acquire(false)
             .connect_with(connect.read_only(true))
             .await
             .map_err(db_error)?;
