@@ -30,6 +30,7 @@ conformance!(
     stores_progress_of_running_tasks_only,
     retrying_a_task_revives_the_dependents_its_end_cancelled,
     a_retried_cancelled_task_waits_for_unfinished_dependencies,
+    a_retried_dependency_under_continue_counts_once,
 );
 
 mod cases {
@@ -645,5 +646,42 @@ mod cases {
                 .outcome,
             RetryOutcome::NotFound
         ));
+    }
+
+    pub async fn a_retried_dependency_under_continue_counts_once(store: Arc<dyn TaskStore>) {
+        let (_, ids) = dag(
+            &store,
+            OnFailure::Continue,
+            &[("a", &[]), ("b", &[]), ("join", &["a", "b"])],
+        )
+        .await;
+        claim_all(&store).await;
+        // `a` dies: under `continue` the join counts it and waits for `b` alone.
+        store
+            .complete_workflow(OWNER, &[dead(ids["a"])])
+            .await
+            .unwrap();
+        // Retried by hand, `a` succeeds this time: the join counted its end already.
+        let retried = store.retry_workflow_task(ids["a"]).await.unwrap();
+        assert!(matches!(retried.outcome, RetryOutcome::Requeued(_)));
+        let claimed = claim_all(&store).await;
+        assert_eq!(
+            claimed.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids["a"]]
+        );
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(1))])
+            .await
+            .unwrap();
+        assert!(settled.released.is_empty(), "b has not finished");
+        assert_eq!(status(&store, ids["join"]).await, TaskStatus::Waiting);
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(ids["b"], json!(2))])
+            .await
+            .unwrap();
+        assert_eq!(
+            settled.released.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids["join"]]
+        );
     }
 }

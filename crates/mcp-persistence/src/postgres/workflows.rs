@@ -113,19 +113,47 @@ impl PgTaskStore {
         nodes: &[WorkflowNode],
     ) -> Result<Option<Settled>, StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let running: Option<(Uuid,)> = sqlx::query_as(
-            "SELECT id FROM workflows WHERE id = $1 AND status = 'running' FOR UPDATE",
+        let running: Option<(String,)> = sqlx::query_as(
+            "SELECT on_failure FROM workflows WHERE id = $1 AND status = 'running' FOR UPDATE",
         )
         .bind(workflow_id)
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?;
-        if running.is_none() {
+        let Some((policy,)) = running else {
             return Ok(None);
-        }
-        let created = insert_tasks(&mut tx, workflow_id, new, nodes).await?;
+        };
+        let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
+        // Dependencies stored before whose end was applied to their dependents already: it is
+        // applied to the new ones here. Those that ended but are not settled yet settle below,
+        // for every dependent, the new ones included.
         let parents: Vec<Uuid> = nodes.iter().flat_map(|n| n.depends_on.clone()).collect();
-        let settled = settle(&mut tx, &parents).await?;
+        let ended: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT id, status FROM tasks WHERE id = ANY($1) AND settled")
+                .bind(&parents)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        let created = insert_tasks(&mut tx, workflow_id, new, nodes).await?;
+        let mut settled = settle(&mut tx, &parents).await?;
+        if !ended.is_empty() {
+            let mut outcomes = HashMap::new();
+            for (id, status) in ended {
+                let status = TaskStatus::from_str(&status).map_err(corrupt)?;
+                outcomes.insert(id, (status, policy));
+            }
+            let edges: Vec<(Uuid, Uuid)> = new
+                .iter()
+                .zip(nodes)
+                .flat_map(|(t, node)| node.depends_on.iter().map(move |d| (t.id, *d)))
+                .filter(|(_, parent)| outcomes.contains_key(parent))
+                .collect();
+            let more =
+                apply_edges(&mut tx, &edges, &outcomes, HashSet::from([workflow_id])).await?;
+            settled.released.extend(more.released);
+            settled.cancelled.extend(more.cancelled);
+            settled.finished.extend(more.finished);
+        }
         let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
         self.commit_with(tx, &ids, Transition::Created).await?;
         Ok(Some(settled))
@@ -316,8 +344,9 @@ impl PgTaskStore {
                 .map_err(db_error)?;
         let status = TaskStatus::from_str(&status).map_err(corrupt)?;
         let dependencies: Vec<(String,)> = sqlx::query_as(
-            "SELECT p.status FROM workflow_edges e JOIN tasks p ON p.id = e.depends_on
-             WHERE e.task_id = $1",
+            "SELECT p.status FROM tasks t CROSS JOIN LATERAL unnest(t.depends_on) AS d(id)
+             JOIN tasks p ON p.id = d.id
+             WHERE t.id = $1",
         )
         .bind(id)
         .fetch_all(&mut *tx)
@@ -337,11 +366,13 @@ impl PgTaskStore {
         let revived = if revives(status, flow_status, policy) {
             let candidates: Vec<(Uuid,)> = sqlx::query_as(
                 "WITH RECURSIVE down(id) AS (
-                     SELECT e.task_id FROM workflow_edges e JOIN tasks t ON t.id = e.task_id
-                     WHERE e.depends_on = $1 AND t.status = 'cancelled'
+                     SELECT t.id FROM tasks p CROSS JOIN LATERAL unnest(p.dependents) AS d(id)
+                     JOIN tasks t ON t.id = d.id
+                     WHERE p.id = $1 AND t.status = 'cancelled'
                        AND t.error -> 'details' ? 'cancelled_by'
-                     UNION SELECT e.task_id FROM workflow_edges e JOIN down ON e.depends_on = down.id
-                     JOIN tasks t ON t.id = e.task_id
+                     UNION SELECT t.id FROM down JOIN tasks p ON p.id = down.id
+                     CROSS JOIN LATERAL unnest(p.dependents) AS d(id)
+                     JOIN tasks t ON t.id = d.id
                      WHERE t.status = 'cancelled' AND t.error -> 'details' ? 'cancelled_by')
                  SELECT id FROM down",
             )
@@ -351,9 +382,10 @@ impl PgTaskStore {
             .map_err(db_error)?;
             let candidates: Vec<Uuid> = candidates.into_iter().map(|(id,)| id).collect();
             let edges: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
-                "SELECT e.task_id, e.depends_on, p.status
-                 FROM workflow_edges e JOIN tasks p ON p.id = e.depends_on
-                 WHERE e.task_id = ANY($1)",
+                "SELECT t.id, p.id, p.status
+                 FROM tasks t CROSS JOIN LATERAL unnest(t.depends_on) AS d(id)
+                 JOIN tasks p ON p.id = d.id
+                 WHERE t.id = ANY($1)",
             )
             .bind(&candidates)
             .fetch_all(&mut *tx)
@@ -373,33 +405,28 @@ impl PgTaskStore {
         } else {
             Vec::new()
         };
-        // The dependencies of the retried task and of those it revives count as they stand
-        // now; the retried one is unsettled again for its dependents.
-        let mut waiting: Vec<Uuid> = revived.clone();
-        waiting.push(id);
-        sqlx::query(
-            "UPDATE workflow_edges e SET settled = e.depends_on <> $2
-                 AND (p.status = 'succeeded' OR ($3 AND p.status IN ('dead', 'cancelled')))
-             FROM tasks p WHERE p.id = e.depends_on AND e.task_id = ANY($1)",
-        )
-        .bind(&waiting)
-        .bind(id)
-        .bind(policy == OnFailure::Continue)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        // The dependencies of the retried task and of those it revives count as they stand now;
+        // the retried one is unsettled again for those it revives, whose count
+        // includes it: its next end applies to them. Under `continue` its dependents counted
+        // its end already, and it stays settled for them.
         let row: TaskRow = sqlx::query_as(sql!(
             "UPDATE tasks SET waiting_on = c.n,
                  status = CASE WHEN c.n > 0 THEN 'waiting' ELSE 'queued' END,
                  run_at = now(), finished_at = NULL,
-                 max_attempts = greatest(max_attempts, attempts + 1)
-             FROM (SELECT (count(*) FILTER (WHERE NOT settled))::int4 AS n
-                   FROM workflow_edges WHERE task_id = $1) c
+                 max_attempts = greatest(max_attempts, attempts + 1),
+                 settled = settled AND NOT $2
+             FROM (SELECT (count(*) FILTER (WHERE p.id = $3 OR NOT (p.status = 'succeeded'
+                           OR ($4 AND p.status IN ('dead', 'cancelled')))))::int4 AS n
+                   FROM tasks t CROSS JOIN LATERAL unnest(t.depends_on) AS d(id)
+                   JOIN tasks p ON p.id = d.id WHERE t.id = $1) c
              WHERE tasks.id = $1
              RETURNING {}",
             qualified(TASK_COLUMNS, "tasks")
         ))
         .bind(id)
+        .bind(revives(status, flow_status, policy))
+        .bind(id)
+        .bind(policy == OnFailure::Continue)
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -410,14 +437,18 @@ impl PgTaskStore {
                 "UPDATE tasks t SET waiting_on = c.n,
                      status = CASE WHEN c.n > 0 THEN 'waiting'
                                    WHEN t.run_at > now() THEN 'scheduled' ELSE 'queued' END,
-                     finished_at = NULL, error = NULL
-                 FROM (SELECT task_id, (count(*) FILTER (WHERE NOT settled))::int4 AS n
-                       FROM workflow_edges WHERE task_id = ANY($1) GROUP BY task_id) c
+                     finished_at = NULL, error = NULL, settled = false
+                 FROM (SELECT t.id AS task_id, (count(*) FILTER (WHERE p.id = $2 OR NOT (p.status = 'succeeded'
+                           OR ($3 AND p.status IN ('dead', 'cancelled')))))::int4 AS n
+                       FROM tasks t CROSS JOIN LATERAL unnest(t.depends_on) AS d(id)
+                       JOIN tasks p ON p.id = d.id WHERE t.id = ANY($1) GROUP BY t.id) c
                  WHERE t.id = c.task_id AND t.status = 'cancelled'
                  RETURNING {}",
                 qualified(TASK_COLUMNS, "t")
             ))
             .bind(&revived)
+            .bind(id)
+            .bind(policy == OnFailure::Continue)
             .fetch_all(&mut *tx)
             .await
             .map_err(db_error)?
@@ -456,8 +487,9 @@ impl PgTaskStore {
         // workflow was stored): 1 ms instead of 3 for 500 tasks of a fan-out.
         let rows: Vec<ParentRow> = sqlx::query_as(
             "SELECT c.dependents, p.workflow_key, p.status, p.result, p.error
-             FROM (SELECT depends_on, array_agg(task_id) AS dependents FROM workflow_edges
-                   WHERE task_id = ANY($1) GROUP BY depends_on) c
+             FROM (SELECT d.id AS depends_on, array_agg(t.id) AS dependents
+                   FROM tasks t CROSS JOIN LATERAL unnest(t.depends_on) AS d(id)
+                   WHERE t.id = ANY($1) GROUP BY d.id) c
              CROSS JOIN LATERAL (SELECT workflow_key, status, result, error FROM tasks
                                  WHERE id = c.depends_on OFFSET 0) p",
         )
@@ -494,21 +526,36 @@ impl PgTaskStore {
     }
 }
 
-/// Inserts workflow tasks and their edges: a task with dependencies waits on all of them.
+/// Inserts workflow tasks with their dependencies and dependents: a task with dependencies waits
+/// on all of them. Dependencies among `new` are written with the rows; a dependency stored
+/// before (a running task adding children) gets the new dependents appended to its own.
 async fn insert_tasks(
     tx: &mut Tx,
     workflow_id: Uuid,
     new: &[NewTask],
     nodes: &[WorkflowNode],
 ) -> Result<Vec<Task>, StoreError> {
+    let inserted: HashSet<Uuid> = new.iter().map(|t| t.id).collect();
+    let mut dependents: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    let (mut children, mut earlier) = (Vec::new(), Vec::new());
+    for (task, node) in new.iter().zip(nodes) {
+        for parent in &node.depends_on {
+            if inserted.contains(parent) {
+                dependents.entry(*parent).or_default().push(task.id);
+            } else {
+                children.push(task.id);
+                earlier.push(*parent);
+            }
+        }
+    }
     let stamped: Vec<(Uuid, String, DateTime<Utc>, DateTime<Utc>)> = NewTaskColumns::of(new)
         .bind(sqlx::query_as(insert_tasks_sql!(
             status: "CASE WHEN i.wo > 0 THEN 'waiting'
                           WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END",
-            columns: ", workflow_id, workflow_key, waiting_on",
-            values: ", $18, i.wk, i.wo",
-            arrays: ", $19::text[], $20::int4[]",
-            names: ", wk, wo",
+            columns: ", workflow_id, workflow_key, waiting_on, depends_on, dependents",
+            values: ", $18, i.wk, i.wo, i.dep::uuid[], i.dpt::uuid[]",
+            arrays: ", $19::text[], $20::int4[], $21::text[], $22::text[]",
+            names: ", wk, wo, dep, dpt",
             tail: "RETURNING id, status, run_at, created_at"
         )))
         .bind(workflow_id)
@@ -519,21 +566,29 @@ async fn insert_tasks(
                 .map(|n| n.depends_on.len() as i32)
                 .collect::<Vec<_>>(),
         )
+        .bind(
+            nodes
+                .iter()
+                .map(|n| uuid_array(&n.depends_on))
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            new.iter()
+                .map(|t| dependents.get(&t.id).and_then(|d| uuid_array(d)))
+                .collect::<Vec<_>>(),
+        )
         .fetch_all(&mut **tx)
         .await
         .map_err(db_error)?;
-    let (children, parents): (Vec<Uuid>, Vec<Uuid>) = new
-        .iter()
-        .zip(nodes)
-        .flat_map(|(t, node)| node.depends_on.iter().map(move |d| (t.id, *d)))
-        .unzip();
     if !children.is_empty() {
         sqlx::query(
-            "INSERT INTO workflow_edges (task_id, depends_on)
-             SELECT * FROM unnest($1::uuid[], $2::uuid[])",
+            "UPDATE tasks p SET dependents = coalesce(p.dependents, '{}') || c.ids
+             FROM (SELECT parent, array_agg(child) AS ids
+                   FROM unnest($1::uuid[], $2::uuid[]) AS e(child, parent) GROUP BY parent) c
+             WHERE p.id = c.parent",
         )
         .bind(&children)
-        .bind(&parents)
+        .bind(&earlier)
         .execute(&mut **tx)
         .await
         .map_err(db_error)?;
@@ -557,26 +612,46 @@ async fn insert_tasks(
         .collect()
 }
 
-/// Applies the final status of the tasks `ids` (those that are final and in a workflow) to
-/// their dependents whose edge has not settled yet: released when none is left to wait for,
+/// `ids` as a PostgreSQL array literal (`{…}`), bound as text and cast: a column of arrays of
+/// different lengths cannot travel as one two-dimensional array. `None` for none.
+fn uuid_array(ids: &[Uuid]) -> Option<String> {
+    if ids.is_empty() {
+        return None;
+    }
+    let mut text = String::with_capacity(2 + ids.len() * 37);
+    text.push('{');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+    }
+    text.push('}');
+    Some(text)
+}
+
+/// Applies the final status of the tasks `ids` (those that are final, in a workflow and not
+/// settled yet) to their dependents still waiting: released when none is left to wait for,
 /// cancelled with their own dependents when a failed one says so; then finishes the workflows
 /// whose tasks are all final.
 ///
 /// Statements run in sequence, so there are few: the lock with the dependencies' outcomes, then
-/// (when none of them cancels anything, the usual case) the edges and the countdown in one, and
-/// the finish check only for a workflow this settling did not just see a task of still open.
+/// (when none of them cancels anything, the usual case) marking them settled and the countdown
+/// in one, and the finish check only for a workflow this settling did not just see a task of
+/// still open.
 async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
-    let mut settled = Settled::default();
     if ids.is_empty() {
-        return Ok(settled);
+        return Ok(Settled::default());
     }
     // Locked first, in one order: see the module's comment. The dependencies' rows are ours
     // (this transaction made them final) or committed before the call, so reading them in the
-    // statement that may wait for the lock reads them as they are.
+    // statement that may wait for the lock reads them as they are; whether one is settled is
+    // decided by the update below, which reads it after the lock.
     let parents: Vec<(Uuid, String, Uuid, String)> = sqlx::query_as(
         "SELECT t.id, t.status, w.id, w.on_failure FROM tasks t
          JOIN workflows w ON w.id = t.workflow_id
          WHERE t.id = ANY($1) AND t.status IN ('succeeded', 'dead', 'cancelled')
+           AND NOT t.settled
          ORDER BY w.id FOR UPDATE OF w",
     )
     .bind(ids)
@@ -584,7 +659,7 @@ async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
     .await
     .map_err(db_error)?;
     if parents.is_empty() {
-        return Ok(settled);
+        return Ok(Settled::default());
     }
     let mut outcomes = HashMap::new();
     let mut touched: HashSet<Uuid> = HashSet::new();
@@ -598,57 +673,89 @@ async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
     let cancels = outcomes
         .values()
         .any(|(status, policy)| *status != TaskStatus::Succeeded && *policy != OnFailure::Continue);
-    let counted: Vec<TaskRow> = if cancels {
-        let edges: Vec<(Uuid, Uuid)> = sqlx::query_as(
-            "UPDATE workflow_edges SET settled = true
-             WHERE depends_on = ANY($1) AND NOT settled
-             RETURNING task_id, depends_on",
+    if cancels {
+        let rows: Vec<(Uuid, Option<Vec<Uuid>>)> = sqlx::query_as(
+            "UPDATE tasks SET settled = true WHERE id = ANY($1) AND NOT settled
+             RETURNING id, dependents",
         )
         .bind(&final_ids)
         .fetch_all(&mut **tx)
         .await
         .map_err(db_error)?;
-        let (counts, cancel) = apply(&edges, &outcomes);
-        settled.cancelled = cancel_dependents(tx, cancel).await?;
-        if counts.is_empty() {
-            Vec::new()
-        } else {
-            let (children, settled_now): (Vec<Uuid>, Vec<i32>) =
-                counts.into_iter().map(|(id, n)| (id, n as i32)).unzip();
-            sqlx::query_as(sql!(
-                "UPDATE tasks t SET waiting_on = t.waiting_on - c.n,
-                     status = CASE WHEN t.waiting_on - c.n > 0 THEN 'waiting'
-                                   WHEN t.run_at > now() THEN 'scheduled' ELSE 'queued' END
-                 FROM unnest($1::uuid[], $2::int4[]) AS c(id, n)
-                 WHERE t.id = c.id AND t.status = 'waiting'
-                 RETURNING {}",
-                qualified(TASK_COLUMNS, "t")
-            ))
-            .bind(&children)
-            .bind(&settled_now)
-            .fetch_all(&mut **tx)
-            .await
-            .map_err(db_error)?
-        }
+        let edges: Vec<(Uuid, Uuid)> = rows
+            .into_iter()
+            .flat_map(|(parent, dependents)| {
+                dependents
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(move |child| (child, parent))
+            })
+            .collect();
+        return apply_edges(tx, &edges, &outcomes, touched).await;
+    }
+    // Every dependent of a dependency that settles now counts it in its favour.
+    let counted: Vec<TaskRow> = sqlx::query_as(sql!(
+        "WITH p AS (UPDATE tasks SET settled = true WHERE id = ANY($1) AND NOT settled
+                    RETURNING dependents),
+              c AS (SELECT d.id, count(*)::int4 AS n
+                    FROM p CROSS JOIN LATERAL unnest(p.dependents) AS d(id) GROUP BY d.id)
+         UPDATE tasks t SET waiting_on = t.waiting_on - c.n,
+             status = CASE WHEN t.waiting_on - c.n > 0 THEN 'waiting'
+                           WHEN t.run_at > now() THEN 'scheduled' ELSE 'queued' END
+         FROM c WHERE t.id = c.id AND t.status = 'waiting'
+         RETURNING {}",
+        qualified(TASK_COLUMNS, "t")
+    ))
+    .bind(&final_ids)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    finish(tx, Settled::default(), counted, touched).await
+}
+
+/// Applies dependencies' outcomes along `edges` (`(dependent, dependency)`): the countdown of
+/// the dependents they release or bring closer, the cancelling of those a failed one cancels;
+/// then the finish check.
+async fn apply_edges(
+    tx: &mut Tx,
+    edges: &[(Uuid, Uuid)],
+    outcomes: &HashMap<Uuid, (TaskStatus, OnFailure)>,
+    touched: HashSet<Uuid>,
+) -> Result<Settled, StoreError> {
+    let mut settled = Settled::default();
+    let (counts, cancel) = apply(edges, outcomes);
+    settled.cancelled = cancel_dependents(tx, cancel).await?;
+    let counted: Vec<TaskRow> = if counts.is_empty() {
+        Vec::new()
     } else {
-        // Every edge that settles now counts in its dependent's favour.
+        let (children, settled_now): (Vec<Uuid>, Vec<i32>) =
+            counts.into_iter().map(|(id, n)| (id, n as i32)).unzip();
         sqlx::query_as(sql!(
-            "WITH e AS (UPDATE workflow_edges SET settled = true
-                        WHERE depends_on = ANY($1) AND NOT settled
-                        RETURNING task_id),
-                  c AS (SELECT task_id AS id, count(*)::int4 AS n FROM e GROUP BY task_id)
-             UPDATE tasks t SET waiting_on = t.waiting_on - c.n,
+            "UPDATE tasks t SET waiting_on = t.waiting_on - c.n,
                  status = CASE WHEN t.waiting_on - c.n > 0 THEN 'waiting'
                                WHEN t.run_at > now() THEN 'scheduled' ELSE 'queued' END
-             FROM c WHERE t.id = c.id AND t.status = 'waiting'
+             FROM unnest($1::uuid[], $2::int4[]) AS c(id, n)
+             WHERE t.id = c.id AND t.status = 'waiting'
              RETURNING {}",
             qualified(TASK_COLUMNS, "t")
         ))
-        .bind(&final_ids)
+        .bind(&children)
+        .bind(&settled_now)
         .fetch_all(&mut **tx)
         .await
         .map_err(db_error)?
     };
+    finish(tx, settled, counted, touched).await
+}
+
+/// Records the dependents `counted` (released or still waiting), notifies the claim loops if any
+/// was released, and finishes those of the workflows `touched` whose tasks are all final.
+async fn finish(
+    tx: &mut Tx,
+    mut settled: Settled,
+    counted: Vec<TaskRow>,
+    touched: HashSet<Uuid>,
+) -> Result<Settled, StoreError> {
     // A workflow with a task still waiting or just released has not finished.
     let mut open: HashSet<Uuid> = HashSet::new();
     for task in tasks(counted)? {
@@ -702,8 +809,8 @@ async fn cancel_dependents(
     let rows: Vec<TaskRow> = sqlx::query_as(sql!(
         "WITH RECURSIVE down(id, cause) AS (
              SELECT * FROM unnest($1::uuid[], $2::uuid[])
-             UNION SELECT e.task_id, e.depends_on
-             FROM workflow_edges e JOIN down ON e.depends_on = down.id)
+             UNION SELECT d.id, p.id FROM down JOIN tasks p ON p.id = down.id
+             CROSS JOIN LATERAL unnest(p.dependents) AS d(id))
          UPDATE tasks SET status = 'cancelled', finished_at = now(),
              error = jsonb_build_object('message', $3::text, 'attempt', attempts,
                  'details', jsonb_build_object('cancelled_by', d.cause))
