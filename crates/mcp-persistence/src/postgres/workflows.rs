@@ -86,8 +86,8 @@ impl PgTaskStore {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let row: WorkflowRow = sqlx::query_as(sql!(
             "INSERT INTO workflows (id, name, status, on_failure, created_by, share_key,
-                 correlation_id, created_at)
-             VALUES ($1, $2, 'running', $3, $4, $5, $6, now())
+                 correlation_id, created_at, task_ids)
+             VALUES ($1, $2, 'running', $3, $4, $5, $6, now(), $7)
              RETURNING {WORKFLOW_COLUMNS}"
         ))
         .bind(workflow.id)
@@ -96,6 +96,7 @@ impl PgTaskStore {
         .bind(workflow.created_by.as_deref())
         .bind(workflow.share_key.as_deref())
         .bind(workflow.correlation_id.as_deref())
+        .bind(new.iter().map(|t| t.id).collect::<Vec<_>>())
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -135,6 +136,12 @@ impl PgTaskStore {
                 .await
                 .map_err(db_error)?;
         let created = insert_tasks(&mut tx, workflow_id, new, nodes).await?;
+        sqlx::query("UPDATE workflows SET task_ids = task_ids || $2 WHERE id = $1")
+            .bind(workflow_id)
+            .bind(new.iter().map(|t| t.id).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
         let mut settled = settle(&mut tx, &parents).await?;
         if !ended.is_empty() {
             let mut outcomes = HashMap::new();
@@ -174,7 +181,8 @@ impl PgTaskStore {
             return Ok(None);
         };
         let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-            "SELECT {TASK_COLUMNS} FROM tasks WHERE workflow_id = $1 ORDER BY id"
+            "SELECT {TASK_COLUMNS} FROM tasks
+             WHERE id = ANY((SELECT task_ids FROM workflows WHERE id = $1)::uuid[]) ORDER BY id"
         ))
         .bind(id)
         .fetch_all(&self.pool)
@@ -260,7 +268,8 @@ impl PgTaskStore {
             return Ok(None);
         }
         let running: Vec<(Uuid,)> = sqlx::query_as(
-            "SELECT id FROM tasks WHERE workflow_id = $1
+            "SELECT id FROM tasks
+             WHERE id = ANY((SELECT task_ids FROM workflows WHERE id = $1)::uuid[])
                AND status NOT IN ('succeeded', 'dead', 'cancelled')
              ORDER BY id FOR UPDATE",
         )
@@ -779,12 +788,13 @@ async fn finish(
     }
     let rows: Vec<WorkflowRow> = sqlx::query_as(sql!(
         "UPDATE workflows SET
-             status = CASE WHEN EXISTS (SELECT 1 FROM tasks t WHERE t.workflow_id = workflows.id
+             status = CASE WHEN EXISTS (SELECT 1 FROM tasks t
+                                        WHERE t.id = ANY(workflows.task_ids)
                                         AND t.status <> 'succeeded')
                       THEN 'failed' ELSE 'succeeded' END,
              finished_at = now()
          WHERE id = ANY($1) AND status = 'running'
-           AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.workflow_id = workflows.id
+           AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = ANY(workflows.task_ids)
                            AND t.status NOT IN ('succeeded', 'dead', 'cancelled'))
          RETURNING {WORKFLOW_COLUMNS}"
     ))
