@@ -787,8 +787,15 @@ impl<'a> NewTaskColumns<'a> {
 /// which also reads each new status; `$returning` ends it.
 macro_rules! complete_sql {
     ($returning:literal) => {
+        complete_sql!(set: "", $returning)
+    };
+    // `set` adds assignments (`, column = …`), as a workflow's completion marks its final tasks
+    // settled.
+    (set: $set:literal, $returning:literal) => {
         concat!(
-            "UPDATE tasks t SET status = c.status, result = c.result, error = c.error,
+            "UPDATE tasks t SET status = c.status, result = c.result, error = c.error",
+            $set,
+            ",
                  run_at = coalesce(c.run_at, t.run_at),
                  attempts = t.attempts - CASE WHEN c.status = 'scheduled' THEN 1 ELSE 0 END,
                  finished_at = CASE WHEN c.status IN ('failed', 'scheduled') THEN NULL

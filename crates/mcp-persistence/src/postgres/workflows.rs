@@ -223,24 +223,33 @@ impl PgTaskStore {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         // As `complete`, then settled in the same transaction.
         let columns = CompletionColumns::of(completions);
-        let changed: Vec<(Uuid, String)> =
-            sqlx::query_as(complete_sql!("RETURNING t.id, t.status"))
-                .bind(columns.ids)
-                .bind(columns.statuses)
-                .bind(columns.results)
-                .bind(columns.errors)
-                .bind(columns.run_at)
-                .bind(owner)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        let ids: Vec<Uuid> = changed.iter().map(|(id, _)| *id).collect();
+        // Its final tasks are marked settled by the completion itself (no second row version),
+        // and settled below. One whose dependents counted it already (retried by hand after it
+        // ended under `continue`) was settled before: the subquery reads the row as the
+        // statement found it (a statement does not see its own changes), and that one is left
+        // alone.
+        let changed: Vec<(Uuid, String, bool)> = sqlx::query_as(complete_sql!(
+            set: ", settled = t.settled OR c.status IN ('succeeded', 'dead')",
+            "RETURNING t.id, t.status, (SELECT o.settled FROM tasks o WHERE o.id = t.id)"
+        ))
+        .bind(columns.ids)
+        .bind(columns.statuses)
+        .bind(columns.results)
+        .bind(columns.errors)
+        .bind(columns.run_at)
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let ids: Vec<Uuid> = changed.iter().map(|(id, _, _)| *id).collect();
         let final_ids: Vec<Uuid> = changed
             .iter()
-            .filter(|(_, status)| status != TaskStatus::Failed.as_str())
-            .map(|(id, _)| *id)
+            .filter(|(_, status, was_settled)| {
+                status != TaskStatus::Failed.as_str() && !was_settled
+            })
+            .map(|(id, _, _)| *id)
             .collect();
-        let mut settled = settle(&mut tx, &final_ids).await?;
+        let mut settled = settle_with(&mut tx, &final_ids, Fresh::Completed).await?;
         self.commit_with(tx, &ids, Transition::Settled).await?;
         settled.changed = ids;
         Ok(settled)
@@ -649,20 +658,43 @@ fn uuid_array(ids: &[Uuid]) -> Option<String> {
 /// in one, and the finish check only for a workflow this settling did not just see a task of
 /// still open.
 async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
+    settle_with(tx, ids, Fresh::Unknown).await
+}
+
+/// Whether the tasks being settled were made final (and marked settled) by this transaction's
+/// completion, or may have been settled before.
+#[derive(Clone, Copy, PartialEq)]
+enum Fresh {
+    Completed,
+    Unknown,
+}
+
+async fn settle_with(tx: &mut Tx, ids: &[Uuid], fresh: Fresh) -> Result<Settled, StoreError> {
     if ids.is_empty() {
         return Ok(Settled::default());
     }
+    // Unknown: only those not settled yet, marked now (the update reads them after the lock).
+    let unsettled = match fresh {
+        Fresh::Completed => "",
+        Fresh::Unknown => "AND NOT t.settled",
+    };
+    let mark = |columns: &str| match fresh {
+        Fresh::Completed => format!("SELECT {columns} FROM tasks WHERE id = ANY($1)"),
+        Fresh::Unknown => format!(
+            "UPDATE tasks SET settled = true WHERE id = ANY($1) AND NOT settled
+             RETURNING {columns}"
+        ),
+    };
     // Locked first, in one order: see the module's comment. The dependencies' rows are ours
     // (this transaction made them final) or committed before the call, so reading them in the
     // statement that may wait for the lock reads them as they are; whether one is settled is
     // decided by the update below, which reads it after the lock.
-    let parents: Vec<(Uuid, String, Uuid, String)> = sqlx::query_as(
+    let parents: Vec<(Uuid, String, Uuid, String)> = sqlx::query_as(sql!(
         "SELECT t.id, t.status, w.id, w.on_failure FROM tasks t
          JOIN workflows w ON w.id = t.workflow_id
-         WHERE t.id = ANY($1) AND t.status IN ('succeeded', 'dead', 'cancelled')
-           AND NOT t.settled
-         ORDER BY w.id FOR UPDATE OF w",
-    )
+         WHERE t.id = ANY($1) AND t.status IN ('succeeded', 'dead', 'cancelled') {unsettled}
+         ORDER BY w.id FOR UPDATE OF w"
+    ))
     .bind(ids)
     .fetch_all(&mut **tx)
     .await
@@ -683,14 +715,12 @@ async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
         .values()
         .any(|(status, policy)| *status != TaskStatus::Succeeded && *policy != OnFailure::Continue);
     if cancels {
-        let rows: Vec<(Uuid, Option<Vec<Uuid>>)> = sqlx::query_as(
-            "UPDATE tasks SET settled = true WHERE id = ANY($1) AND NOT settled
-             RETURNING id, dependents",
-        )
-        .bind(&final_ids)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_error)?;
+        let rows: Vec<(Uuid, Option<Vec<Uuid>>)> =
+            sqlx::query_as(sql!("{}", mark("id, dependents")))
+                .bind(&final_ids)
+                .fetch_all(&mut **tx)
+                .await
+                .map_err(db_error)?;
         let edges: Vec<(Uuid, Uuid)> = rows
             .into_iter()
             .flat_map(|(parent, dependents)| {
@@ -704,8 +734,7 @@ async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
     }
     // Every dependent of a dependency that settles now counts it in its favour.
     let counted: Vec<TaskRow> = sqlx::query_as(sql!(
-        "WITH p AS (UPDATE tasks SET settled = true WHERE id = ANY($1) AND NOT settled
-                    RETURNING dependents),
+        "WITH p AS ({}),
               c AS (SELECT d.id, count(*)::int4 AS n
                     FROM p CROSS JOIN LATERAL unnest(p.dependents) AS d(id) GROUP BY d.id)
          UPDATE tasks t SET waiting_on = t.waiting_on - c.n,
@@ -713,6 +742,7 @@ async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
                            WHEN t.run_at > now() THEN 'scheduled' ELSE 'queued' END
          FROM c WHERE t.id = c.id AND t.status = 'waiting'
          RETURNING {}",
+        mark("dependents"),
         qualified(TASK_COLUMNS, "t")
     ))
     .bind(&final_ids)
