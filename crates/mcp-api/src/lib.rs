@@ -50,7 +50,7 @@ pub use mcp::McpConfig;
 pub use memory::MemoryLimits;
 pub use openapi::ApiDoc;
 pub use request_id::REQUEST_ID_HEADER;
-pub use state::{ApiConfig, AppState, MetricsRenderer, WebhookState};
+pub use state::{ApiConfig, AppState, AppStateParts, MetricsRenderer, WebhookState};
 
 use access::AccessTable;
 use auth::Guard;

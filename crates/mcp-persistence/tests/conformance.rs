@@ -22,6 +22,7 @@ conformance!(
     claims_by_priority_then_run_at_then_creation,
     delayed_tasks_wait_for_their_time,
     idempotency_key_returns_the_first_task,
+    inserts_large_batches_in_order_with_keys_anywhere,
     never_runs_more_than_the_concurrency_limit,
     records_success_retry_and_death,
     ignores_outcomes_for_tasks_it_no_longer_owns,
@@ -216,6 +217,36 @@ mod cases {
         assert!(batch[0].created && batch[1].created && !batch[2].created);
         assert_eq!(batch[2].task.id, a.id);
         assert_eq!(batch[1].task.id, plain.id);
+    }
+
+    /// A batch larger than any one statement a store may cut it into (SQLite: chunks of fixed
+    /// sizes), with keyed tasks in different chunks, a key repeated across chunks and one
+    /// already stored: every task comes back in input order, each key's first task wins.
+    pub async fn inserts_large_batches_in_order_with_keys_anywhere(store: Arc<dyn TaskStore>) {
+        let mut stored = new_task("noop");
+        stored.idempotency_key = Some("old".into());
+        store.insert(&[stored.clone()]).await.unwrap();
+        let mut batch: Vec<NewTask> = (0..1_234).map(|_| new_task("noop")).collect();
+        batch[3].idempotency_key = Some("k".into());
+        batch[700].idempotency_key = Some("k".into());
+        batch[1_200].idempotency_key = Some("old".into());
+        batch[1_233].idempotency_key = Some("last".into());
+        batch[9].run_at = Some(Utc::now() + Span::hours(1));
+        let inserted = store.insert(&batch).await.unwrap();
+        assert_eq!(inserted.len(), batch.len());
+        for (i, (got, sent)) in inserted.iter().zip(&batch).enumerate() {
+            match i {
+                700 => assert!(!got.created && got.task.id == batch[3].id, "{i}"),
+                1_200 => assert!(!got.created && got.task.id == stored.id, "{i}"),
+                _ => assert!(got.created && got.task.id == sent.id, "{i}"),
+            }
+        }
+        assert_eq!(inserted[9].task.status, TaskStatus::Scheduled);
+        assert_eq!(inserted[10].task.status, TaskStatus::Queued);
+        let read = store.get(batch[1_233].id).await.unwrap().unwrap();
+        assert_eq!(read.idempotency_key.as_deref(), Some("last"));
+        assert_eq!(read.payload, batch[1_233].payload);
+        assert_eq!(store.pending().await.unwrap(), 1 + 1_234 - 2);
     }
 
     pub async fn never_runs_more_than_the_concurrency_limit(store: Arc<dyn TaskStore>) {

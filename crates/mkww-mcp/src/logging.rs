@@ -6,8 +6,10 @@
 //! - the formatter on standard output: `json` (one object per line, with `trace_id` and
 //!   `span_id` while a traced span is current), `pretty` (readable, coloured unless `NO_COLOR`),
 //!   or `auto`, the default: `pretty` when standard output is a terminal, `json` otherwise.
+//!   Lines are written by a thread of their own, a few at a time (`log_output.rs`).
 
 use crate::config::Config;
+use crate::log_output;
 use crate::telemetry;
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -61,10 +63,12 @@ pub fn init_logging(config: &Config) {
     let output = if readable(&config.log_format) {
         tracing_fmt::layer()
             .with_ansi(std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()))
+            .with_writer(log_output::Stdout)
             .boxed()
     } else {
         tracing_fmt::layer()
             .json()
+            .with_writer(log_output::Stdout)
             .event_format(WithTraceIds {
                 inner: format::format()
                     .json()

@@ -5,6 +5,7 @@ mod bench;
 mod commands;
 mod config;
 mod integrations;
+mod log_output;
 mod logging;
 mod serve;
 mod telemetry;
@@ -118,6 +119,8 @@ async fn main() -> std::process::ExitCode {
         Command::Openapi => commands::openapi::openapi(),
         Command::Doctor { config } => commands::doctor::doctor(config.as_deref()).await,
     };
+    // The log is written by a thread of its own: what is queued must reach stdout first.
+    log_output::flush();
     match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -6,8 +6,8 @@ use anyhow::Context;
 use mcp_api::token::parse_ttl;
 use mcp_api::ws::WsConfig;
 use mcp_api::{
-    ApiConfig, AppState, HooksConfig, LiveLimits, MetricsRenderer, RateLimits, Security,
-    SecurityConfig,
+    ApiConfig, AppState, AppStateParts, HooksConfig, LiveLimits, MetricsRenderer, RateLimits,
+    Security, SecurityConfig,
 };
 use mcp_core::Orchestrator;
 use mcp_core::events::EventBus;
@@ -73,7 +73,7 @@ pub fn api_state(
             ..MemoryLimits::default()
         },
     ));
-    AppState {
+    AppState::new(AppStateParts {
         orchestrator,
         tasks,
         config: Arc::new(ApiConfig {
@@ -139,7 +139,7 @@ pub fn api_state(
         ws_fanout: Arc::default(),
         schedules,
         queues,
-    }
+    })
 }
 
 /// The node's deny-list of revoked credentials, nudged through `events` when given.
