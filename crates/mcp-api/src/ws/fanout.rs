@@ -139,7 +139,9 @@ impl Fanout {
                 tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(threads)
                     .thread_name("mcp-ws-fanout")
-                    .enable_all()
+                    // Timers only: the sockets stay registered with the node's own I/O driver,
+                    // and a second one would cost descriptors that connections need.
+                    .enable_time()
                     .build()?,
             ),
         };
