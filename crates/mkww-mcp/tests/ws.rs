@@ -115,6 +115,80 @@ async fn a_subscriber_keeping_up_receives_every_event_of_a_500_task_burst() {
     );
 }
 
+/// On PostgreSQL a node's in-process workers (a thousand of them) take every claimed batch at
+/// once, and the node's runtime is busy with them for as long as the queue lasts. A subscriber
+/// that reads as fast as it can still gets every event and is not closed as too slow (4008):
+/// the fan-out's forwarders and writers run on threads of their own, not behind the workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_keeping_up_is_not_closed_while_a_thousand_workers_burn_down_postgres() {
+    const TASKS: usize = 20_000;
+    let Some(schema) = PgSchema::create().await else {
+        return;
+    };
+    let mut env = schema.env();
+    env.push(("MCP_WORKER_CONCURRENCY", "1000".into()));
+    let server = Server::start(&env);
+    let mut socket = connect(&server, Some(&token("operator", "ops"))).await;
+    let reply = request(
+        &mut socket,
+        json!({"id": 1, "op": "subscribe", "channel": "tasks"}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    // Added while the subscriber reads: it must not fall behind for the test's own doing.
+    let url = server.url("/v1/tasks/batch");
+    let adding = tokio::spawn(async move {
+        let batch: Vec<Value> = (0..1000).map(|_| json!({"type": "noop"})).collect();
+        for _ in 0..TASKS / 1000 {
+            let response = client()
+                .post(&url)
+                .json(&json!({"tasks": batch}))
+                .send()
+                .await
+                .expect("POST");
+            assert_eq!(response.status(), 201);
+        }
+    });
+    // Created, started, succeeded: three events a task, in offset order, none missing. Only
+    // the offset is read out of each frame, so that the client keeps up.
+    let mut last = None;
+    let mut received = 0;
+    while received < 3 * TASKS {
+        match tokio::time::timeout(Duration::from_secs(60), socket.next())
+            .await
+            .expect("every event within 60 s")
+        {
+            Some(Ok(Message::Text(text))) if text.starts_with(r#"{"op":"event""#) => {
+                let offset = offset_of(text.as_str());
+                if let Some(last) = last {
+                    assert_eq!(offset, last + 1, "a gap or reordering");
+                }
+                last = Some(offset);
+                received += 1;
+            }
+            Some(Ok(Message::Close(frame))) => {
+                panic!("closed after {received} events: {frame:?}")
+            }
+            Some(Ok(_)) => {}
+            other => panic!("after {received} events: {other:?}"),
+        }
+    }
+    adding.await.unwrap();
+    drop(server);
+    schema.drop_schema().await;
+}
+
+/// The `offset` of an event frame (`{"op":"event","channel":…,"offset":N,…}`).
+fn offset_of(frame: &str) -> u64 {
+    const KEY: &str = r#""offset":"#;
+    let start = frame.find(KEY).expect("an offset") + KEY.len();
+    let digits = frame[start..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    frame[start..start + digits].parse().expect("a number")
+}
+
 #[tokio::test]
 async fn recovers_missed_events_with_since() {
     let server = Server::start(&[("MCP_WORKER_CONCURRENCY", "0".into())]);

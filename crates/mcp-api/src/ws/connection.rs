@@ -104,7 +104,7 @@ impl Connection {
     }
 
     pub(super) fn close(&self, code: u16, reason: &'static str) {
-        self.closing.send_if_modified(|current| {
+        let changed = self.closing.send_if_modified(|current| {
             if current.is_none() {
                 *current = Some(Closing { code, reason });
                 true
@@ -112,6 +112,10 @@ impl Connection {
                 false
             }
         });
+        // The writer waits on the queue alone (`socket.rs`).
+        if changed && let Some(out) = &self.out {
+            out.nudge();
+        }
     }
 
     /// The server is shutting down: a last `server.shutdown` frame saying when to reconnect

@@ -11,6 +11,13 @@
 //! slow) and no one else waits for it; when the forwarder itself lags behind the bus, or the
 //! bus's stream is interrupted (the offset-0 filler), every subscriber of the channel on this
 //! node is closed with `4008` and recovers with `since`.
+//!
+//! The forwarders and the connections' writers run on a small runtime of their own (the
+//! `ws_fanout_threads` setting), not among the node's other tasks: when a claim hands hundreds of
+//! tasks to in-process handlers, a writer woken behind them in the shared run queue would wait
+//! its turn while its queue grows past the overload bound, and a subscriber that keeps up would
+//! be closed for the node's business. On threads of their own they get the operating system's
+//! fair share of the cores at once instead.
 
 use super::close;
 use super::connection::Closing;
@@ -28,10 +35,26 @@ pub(super) const OVERLOADED: &str = "server overloaded: resubscribe with since";
 pub(super) const INTERRUPTED: &str =
     "events interrupted (the node's link to Redis changed): resubscribe with since";
 
-/// The channels this node's connections subscribe to, each with its forwarder.
+/// The channels this node's connections subscribe to, each with its forwarder, and the
+/// runtime the forwarders and writers run on.
 #[derive(Default)]
 pub struct Fanout {
     channels: Mutex<HashMap<String, Channel>>,
+    runtime: Threads,
+}
+
+/// The fan-out's own runtime; none: the caller's.
+#[derive(Default)]
+struct Threads(Option<tokio::runtime::Runtime>);
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        // The node's state may be dropped inside another runtime, where waiting for the
+        // threads to end is not allowed: they end on their own once their tasks are dropped.
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 struct Channel {
@@ -87,9 +110,10 @@ fn why(refused: Refused) -> &'static str {
     }
 }
 
-/// Closes a member's connection as a slow consumer (unless it is closing already).
-fn close_slow(closing: &watch::Sender<Option<Closing>>, reason: &'static str) {
-    closing.send_if_modified(|current| {
+/// Closes a member's connection as a slow consumer (unless it is closing already), and wakes
+/// its writer to send the close.
+fn close_slow(member: &Member, reason: &'static str) {
+    let changed = member.closing.send_if_modified(|current| {
         if current.is_none() {
             *current = Some(Closing {
                 code: close::SLOW_CONSUMER,
@@ -100,9 +124,45 @@ fn close_slow(closing: &watch::Sender<Option<Closing>>, reason: &'static str) {
             false
         }
     });
+    if changed {
+        member.out.nudge();
+    }
 }
 
 impl Fanout {
+    /// A fan-out running on `threads` threads of its own (0: on the runtime of whoever
+    /// subscribes, as tests do).
+    pub fn new(threads: usize) -> std::io::Result<Fanout> {
+        let runtime = match threads {
+            0 => None,
+            threads => Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads)
+                    .thread_name("mcp-ws-fanout")
+                    // Timers only: the sockets stay registered with the node's own I/O driver,
+                    // and a second one would cost descriptors that connections need.
+                    .enable_time()
+                    .build()?,
+            ),
+        };
+        Ok(Fanout {
+            channels: Mutex::default(),
+            runtime: Threads(runtime),
+        })
+    }
+
+    /// Runs `task` where the fan-out runs (a forwarder, a connection's writer).
+    pub(super) fn spawn<F>(&self, task: F) -> JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.runtime.0 {
+            Some(runtime) => runtime.spawn(task),
+            None => tokio::spawn(task),
+        }
+    }
+
     /// Joins `channel`'s fan-out, pending: deliveries from now on are kept until `go_live`.
     /// The channel's bus subscription is made by its first member on this node.
     pub(super) async fn join(
@@ -130,7 +190,7 @@ impl Fanout {
                 if let Some(live) = receiver.take() {
                     let hub = Arc::new(Hub::default());
                     let id = hub.add(out, closing);
-                    let forwarder = tokio::spawn(forward(live, hub.clone()));
+                    let forwarder = self.spawn(forward(live, hub.clone()));
                     channels.insert(
                         channel.to_owned(),
                         Channel {
@@ -194,7 +254,7 @@ impl Hub {
                 match member.out.try_send_all(&frames[from..]) {
                     Ok(()) => true,
                     Err(refused) => {
-                        close_slow(&member.closing, why(refused));
+                        close_slow(member, why(refused));
                         false
                     }
                 }
@@ -206,7 +266,7 @@ impl Hub {
                 true
             }
             State::Pending(_) => {
-                close_slow(&member.closing, TOO_SLOW);
+                close_slow(member, TOO_SLOW);
                 false
             }
         });
@@ -215,7 +275,7 @@ impl Hub {
     /// Closes every member (the forwarder lagged, or the stream was interrupted).
     fn close_all(&self, reason: &'static str) {
         for member in lock(&self.members).list.drain(..) {
-            close_slow(&member.closing, reason);
+            close_slow(&member, reason);
         }
     }
 }
@@ -245,7 +305,7 @@ impl Joined {
         if !frames.is_empty()
             && let Err(refused) = member.out.try_send_all(&frames)
         {
-            close_slow(&member.closing, why(refused));
+            close_slow(member, why(refused));
             members.list.swap_remove(at);
         }
     }

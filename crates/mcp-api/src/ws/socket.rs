@@ -4,6 +4,7 @@
 use super::close;
 use super::connection::{Closing, Connection, error_frame, forbidden, reply, unix_now, ws_error};
 use super::frame::{ClientFrame, Op, decode};
+use super::queue::Next;
 use crate::error::ApiError;
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::{SinkExt, StreamExt};
@@ -16,7 +17,6 @@ use mcp_core::task::CreateTask;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -37,46 +37,59 @@ impl Connection {
         let (out_tx, mut out_rx) = super::queue::queue(config.send_queue);
         self.out = Some(out_tx);
         let mut closing_rx = self.closing.subscribe();
-        // The reader asks for pings; a `Notify` holds at most one such request.
-        let ping_wanted = Arc::new(Notify::new());
-        let ping_rx = ping_wanted.clone();
         // The writer: frames in order; a close ends it with the close frame, after what was
         // already queued (error replies explain the close) if the client takes it promptly.
-        let writer = tokio::spawn(async move {
-            let mut closing = closing_rx.clone();
+        // It waits on the queue alone: whoever closes the connection nudges it through the
+        // queue (`Connection::close`), and the reader asks for pings the same way.
+        let writer = self.state.ws_fanout.spawn(async move {
             loop {
-                tokio::select! {
-                    biased;
-                    _ = closing.changed() => {
-                        let flush = async {
-                            while let Some(text) = out_rx.try_recv() {
-                                if sink.send(Message::Text(text)).await.is_err() {
-                                    return;
-                                }
+                // A closed watch (every sender gone) counts as closing, as a change would.
+                if closing_rx.has_changed().unwrap_or(true) {
+                    let flush = async {
+                        while let Some(text) = out_rx.try_recv() {
+                            if sink.send(Message::Text(text)).await.is_err() {
+                                return;
                             }
-                        };
-                        let _ = tokio::time::timeout(CLOSE_FLUSH, flush).await;
-                        break;
-                    }
-                    () = ping_rx.notified() => {
-                        if sink.send(Message::Ping(Default::default())).await.is_err() { return; }
-                    }
-                    frame = out_rx.recv() => match frame {
-                        // Whatever else is queued goes out with it, in one flush (one send()
-                        // for many frames is most of the fan-out cost). Each write notes when
-                        // the socket holds it up: only then is a full queue the client's fault.
-                        Some(text) => {
-                            if out_rx.writing(sink.feed(Message::Text(text))).await.is_err() { return; }
-                            let mut batched = 1;
-                            while batched < WRITE_BATCH {
-                                let Some(text) = out_rx.try_recv() else { break };
-                                if out_rx.writing(sink.feed(Message::Text(text))).await.is_err() { return; }
-                                batched += 1;
-                            }
-                            if out_rx.writing(sink.flush()).await.is_err() { return; }
                         }
-                        None => break,
-                    },
+                    };
+                    let _ = tokio::time::timeout(CLOSE_FLUSH, flush).await;
+                    break;
+                }
+                match out_rx.next().await {
+                    // Whatever else is queued goes out with it, in one flush (one send() for
+                    // many frames is most of the fan-out cost). Each write notes when the
+                    // socket holds it up: only then is a full queue the client's fault.
+                    Next::Frame(text) => {
+                        if out_rx
+                            .writing(sink.feed(Message::Text(text)))
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                        let mut batched = 1;
+                        while batched < WRITE_BATCH {
+                            let Some(text) = out_rx.try_recv() else { break };
+                            if out_rx
+                                .writing(sink.feed(Message::Text(text)))
+                                .await
+                                .is_err()
+                            {
+                                return;
+                            }
+                            batched += 1;
+                        }
+                        if out_rx.writing(sink.flush()).await.is_err() {
+                            return;
+                        }
+                    }
+                    Next::Ping => {
+                        if sink.send(Message::Ping(Default::default())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Next::Nudged => {}
+                    Next::End => break,
                 }
             }
             let why = *closing_rx.borrow_and_update();
@@ -126,7 +139,9 @@ impl Connection {
                     if last_heard.elapsed() >= config.idle_timeout {
                         self.close(close::IDLE_TIMEOUT, "idle timeout");
                     } else {
-                        ping_wanted.notify_one();
+                        if let Some(out) = &self.out {
+                            out.ping();
+                        }
                     }
                 }
                 _ = tokio::time::sleep_until(auth_deadline), if self.principal.is_none() => {
@@ -160,7 +175,10 @@ impl Connection {
                 reason: "bye",
             }));
         }
-        self.out = None;
+        // Closing, whoever set it: the writer sends what is queued (briefly) and the close.
+        if let Some(out) = self.out.take() {
+            out.nudge();
+        }
         let _ = writer.await;
         // The closing handshake: until the client's own Close (briefly), read and drop what it
         // still sends. Closing a socket with unread data in it makes the kernel reset the

@@ -104,6 +104,7 @@ impl Connection {
                         });
                         true
                     });
+                    out.nudge();
                     return;
                 }
             }

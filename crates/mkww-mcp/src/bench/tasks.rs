@@ -78,6 +78,10 @@ pub struct TasksBench {
     /// `ws_send_queue`: events come in bursts of a claim or an outcome batch each.
     #[arg(long, default_value_t = 1024)]
     send_queue: usize,
+    /// Threads of the WebSocket fan-out's own runtime, as `ws_fanout_threads` (0: the
+    /// subscriber's writer shares the runtime with the workers).
+    #[arg(long, default_value_t = Config::default().ws_fanout_threads)]
+    ws_fanout_threads: usize,
     /// Deliveries a channel's subscribers on the node may fall behind the bus, as
     /// `event_buffer` (beyond: 4008 for every subscriber of the channel).
     #[arg(long, default_value_t = 1024)]
@@ -177,6 +181,7 @@ async fn start_api(
         rate_limit_read_per_minute: u32::MAX,
         quota_tasks_per_day: 0,
         ws_send_queue: args.send_queue,
+        ws_fanout_threads: args.ws_fanout_threads,
         ..Config::default()
     };
     let security = crate::serve::api::security(

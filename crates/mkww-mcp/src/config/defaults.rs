@@ -91,6 +91,7 @@ impl Default for Config {
             ws_ping_interval_ms: 20_000,
             ws_idle_timeout_ms: 60_000,
             ws_send_queue: 1024,
+            ws_fanout_threads: 2,
             ws_max_frame_bytes: 64 * 1024,
             ws_max_subscriptions: 100,
             ws_max_channels_per_principal: 200,

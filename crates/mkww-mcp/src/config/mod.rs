@@ -207,6 +207,10 @@ pub struct Config {
     pub ws_idle_timeout_ms: u64,
     /// WebSocket: frames queued per client before it is closed as too slow (4008).
     pub ws_send_queue: usize,
+    /// WebSocket: threads of the fan-out's own runtime (channel forwarders and connection
+    /// writers), so that events are written promptly while the node's workers are busy; 0:
+    /// they share the node's runtime.
+    pub ws_fanout_threads: usize,
     /// WebSocket: largest client frame.
     pub ws_max_frame_bytes: usize,
     /// WebSocket: subscriptions per connection.

@@ -136,7 +136,12 @@ pub fn api_state(
         health: Arc::default(),
         shutdown: tokio_util::sync::CancellationToken::new(),
         ws_channels: Arc::default(),
-        ws_fanout: Arc::default(),
+        ws_fanout: Arc::new(
+            mcp_api::ws::Fanout::new(config.ws_fanout_threads).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot start the WebSocket fan-out's threads; it shares the node's runtime");
+                mcp_api::ws::Fanout::default()
+            }),
+        ),
         schedules,
         queues,
     })
