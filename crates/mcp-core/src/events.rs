@@ -15,8 +15,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use tokio::sync::broadcast;
 
 /// Something that happened.
@@ -26,7 +27,7 @@ pub struct Event {
     #[serde(rename = "type")]
     pub event_type: String,
     /// The subject after the change (the task, the message, …).
-    pub data: Value,
+    pub data: EventData,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub correlation_id: Option<String>,
     pub at: DateTime<Utc>,
@@ -36,10 +37,107 @@ impl Event {
     pub fn new(event_type: impl Into<String>, data: Value, correlation_id: Option<String>) -> Self {
         Event {
             event_type: event_type.into(),
-            data,
+            data: data.into(),
             correlation_id,
             at: Utc::now(),
         }
+    }
+}
+
+/// An event's subject as JSON: a tree built by its publisher, or text serialised straight from
+/// the subject (a task's events, by far the most frequent), made into a tree only when something
+/// reads it as one (a webhook's filter, a test). Reads go through `Deref` to a `Value` either way.
+///
+/// Why: a task event's tree (some thirty map entries, each key allocated) was built only to be
+/// serialised again for the subscribers' frames, on the runtime's threads, and took the core
+/// SQLite's writer thread needed: a subscriber cost a fifth to a third of the processing rate
+/// (`docs/BENCHMARKS.md`, round 4).
+#[derive(Clone)]
+pub enum EventData {
+    Tree(Value),
+    Text {
+        text: Box<RawValue>,
+        /// The tree, made at the first read.
+        tree: OnceLock<Value>,
+    },
+}
+
+impl EventData {
+    /// `subject` serialised as text, without a tree.
+    pub fn text_of<T: Serialize + ?Sized>(subject: &T) -> EventData {
+        match serde_json::value::to_raw_value(subject) {
+            Ok(text) => EventData::Text {
+                text,
+                tree: OnceLock::new(),
+            },
+            // A subject that cannot be text (a map with non-string keys) cannot be a tree either.
+            Err(_) => EventData::Tree(Value::Null),
+        }
+    }
+
+    /// The JSON text's length when it is text already: what the bus counts against its memory
+    /// bound (`None`: count the tree).
+    pub fn text_len(&self) -> Option<usize> {
+        match self {
+            EventData::Tree(_) => None,
+            EventData::Text { text, .. } => Some(text.get().len()),
+        }
+    }
+}
+
+impl From<Value> for EventData {
+    fn from(value: Value) -> EventData {
+        EventData::Tree(value)
+    }
+}
+
+impl std::ops::Deref for EventData {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        match self {
+            EventData::Tree(value) => value,
+            EventData::Text { text, tree } => {
+                tree.get_or_init(|| serde_json::from_str(text.get()).unwrap_or(Value::Null))
+            }
+        }
+    }
+}
+
+impl PartialEq for EventData {
+    fn eq(&self, other: &EventData) -> bool {
+        **self == **other
+    }
+}
+
+impl PartialEq<Value> for EventData {
+    fn eq(&self, other: &Value) -> bool {
+        **self == *other
+    }
+}
+
+impl std::fmt::Debug for EventData {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EventData::Tree(value) => value.fmt(f),
+            EventData::Text { text, .. } => f.write_str(text.get()),
+        }
+    }
+}
+
+impl Serialize for EventData {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            EventData::Tree(value) => value.serialize(serializer),
+            EventData::Text { text, .. } => text.serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EventData {
+    /// As a tree: it may come from any deserializer (`RawValue` needs serde_json's own).
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<EventData, D::Error> {
+        Value::deserialize(deserializer).map(EventData::Tree)
     }
 }
 

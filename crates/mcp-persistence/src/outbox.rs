@@ -119,7 +119,7 @@ pub(crate) fn outbox_entry(
         id,
         event: Event {
             event_type,
-            data: serde_json::to_value(&task).map_err(corrupt)?,
+            data: serde_json::to_value(&task).map_err(corrupt)?.into(),
             correlation_id,
             at,
         },
@@ -144,7 +144,7 @@ pub(crate) fn row_entry<T>(
             id,
             event: Event {
                 event_type,
-                data,
+                data: data.into(),
                 correlation_id,
                 at,
             },

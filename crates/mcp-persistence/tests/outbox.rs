@@ -358,7 +358,7 @@ mod cases {
         let entries = outbox.claim_outbox(100, LEASE).await.unwrap();
         let seen: Vec<(&str, &Value)> = entries
             .iter()
-            .map(|e| (e.event.event_type.as_str(), &e.event.data))
+            .map(|e| (e.event.event_type.as_str(), &*e.event.data))
             .collect();
         let types: Vec<&str> = seen.iter().map(|(t, _)| *t).collect();
         assert_eq!(

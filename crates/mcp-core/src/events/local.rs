@@ -169,7 +169,7 @@ fn weight(event: &Event) -> usize {
     std::mem::size_of::<Event>()
         + event.event_type.len()
         + event.correlation_id.as_ref().map_or(0, String::len)
-        + value(&event.data)
+        + event.data.text_len().unwrap_or_else(|| value(&event.data))
 }
 
 /// The JSON of the event published last: an event published on several channels in a row

@@ -170,10 +170,9 @@ fn task_event(announcement: Announcement) -> Arc<Event> {
         Some(outcome) => Arc::new(settled(Arc::unwrap_or_clone(task), outcome, at)),
         None => task,
     };
-    let data = serde_json::to_value(&*task).unwrap_or_default();
     Arc::new(Event {
         event_type: event.to_owned(),
-        data,
+        data: crate::events::EventData::text_of(&*task),
         correlation_id: task.correlation_id.clone(),
         at,
     })
