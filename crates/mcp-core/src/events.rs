@@ -356,3 +356,46 @@ pub trait EventBus: Send + Sync + 'static {
     /// stay, as for any channel nobody listens to. Cheap, never fails, never waits on I/O.
     fn release(&self, _channel: &str) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Serialize)]
+    struct Subject {
+        id: u32,
+        name: &'static str,
+        tags: Vec<&'static str>,
+    }
+
+    #[test]
+    fn text_data_reads_and_serialises_as_its_tree_would() {
+        let subject = Subject {
+            id: 7,
+            name: "a \"quoted\" name",
+            tags: vec!["x", "y"],
+        };
+        let tree = json!({"id": 7, "name": "a \"quoted\" name", "tags": ["x", "y"]});
+        let text = EventData::text_of(&subject);
+        assert_eq!(
+            text.text_len(),
+            Some(serde_json::to_string(&subject).unwrap().len())
+        );
+        // Read through `Deref`, as webhooks and tests read it.
+        assert_eq!(text["name"], "a \"quoted\" name");
+        assert_eq!(text, EventData::from(tree.clone()));
+        let event = Event {
+            event_type: "task.succeeded".into(),
+            data: text,
+            correlation_id: None,
+            at: Utc::now(),
+        };
+        let sent: Value = serde_json::from_str(&serde_json::to_string(&event).unwrap()).unwrap();
+        assert_eq!(sent["data"], tree);
+        // Another node receives it as a tree.
+        let received: Event = serde_json::from_value(sent).unwrap();
+        assert!(matches!(received.data, EventData::Tree(_)));
+        assert_eq!(received, event);
+    }
+}
