@@ -432,9 +432,8 @@ impl PgTaskStore {
                  status = CASE WHEN c.n > 0 THEN 'waiting' ELSE 'queued' END,
                  run_at = now(), finished_at = NULL,
                  max_attempts = greatest(max_attempts, attempts + 1),
-                 settled = settled AND NOT $2
-             FROM (SELECT (count(*) FILTER (WHERE p.id = $3 OR NOT (p.status = 'succeeded'
-                           OR ($4 AND p.status IN ('dead', 'cancelled')))))::int4 AS n
+                 settled = settled AND NOT $4
+             FROM (SELECT {UNSETTLED} AS n
                    FROM tasks t CROSS JOIN LATERAL unnest(t.depends_on) AS d(id)
                    JOIN tasks p ON p.id = d.id WHERE t.id = $1) c
              WHERE tasks.id = $1
@@ -442,9 +441,9 @@ impl PgTaskStore {
             qualified(TASK_COLUMNS, "tasks")
         ))
         .bind(id)
-        .bind(revives(status, flow_status, policy))
         .bind(id)
         .bind(policy == OnFailure::Continue)
+        .bind(revives(status, flow_status, policy))
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -456,8 +455,7 @@ impl PgTaskStore {
                      status = CASE WHEN c.n > 0 THEN 'waiting'
                                    WHEN t.run_at > now() THEN 'scheduled' ELSE 'queued' END,
                      finished_at = NULL, error = NULL, settled = false
-                 FROM (SELECT t.id AS task_id, (count(*) FILTER (WHERE p.id = $2 OR NOT (p.status = 'succeeded'
-                           OR ($3 AND p.status IN ('dead', 'cancelled')))))::int4 AS n
+                 FROM (SELECT t.id AS task_id, {UNSETTLED} AS n
                        FROM tasks t CROSS JOIN LATERAL unnest(t.depends_on) AS d(id)
                        JOIN tasks p ON p.id = d.id WHERE t.id = ANY($1) GROUP BY t.id) c
                  WHERE t.id = c.task_id AND t.status = 'cancelled'
@@ -629,6 +627,12 @@ async fn insert_tasks(
         })
         .collect()
 }
+
+/// How many of a task's dependencies (`p`) it still waits for when the task `$2` is retried
+/// (`$3`: the workflow continues past failures): the retried one, and any not final in its
+/// favour.
+const UNSETTLED: &str = "(count(*) FILTER (WHERE p.id = $2 OR NOT (p.status = 'succeeded'
+                             OR ($3 AND p.status IN ('dead', 'cancelled')))))::int4";
 
 /// `ids` as a PostgreSQL array literal (`{…}`), bound as text and cast: a column of arrays of
 /// different lengths cannot travel as one two-dimensional array. `None` for none.
