@@ -128,17 +128,7 @@ pub(super) enum Refused {
 impl Sender {
     /// Queues a frame without waiting.
     pub(super) fn try_send(&self, frame: Utf8Bytes) -> Result<(), Refused> {
-        let capacity = self.0.capacity;
-        self.0.update(|state| {
-            if state.receiver_gone {
-                return Err(Refused::Closed);
-            }
-            if let Some(refused) = state.refuses(capacity) {
-                return Err(refused);
-            }
-            state.frames.push_back(frame);
-            Ok(())
-        })
+        self.try_send_all(std::slice::from_ref(&frame))
     }
 
     /// Queues all of `frames` (one publication's burst), in order, unless the queue is full
