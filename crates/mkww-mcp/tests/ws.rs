@@ -90,29 +90,7 @@ async fn a_subscriber_keeping_up_receives_every_event_of_a_500_task_burst() {
     let (status, created) = post(&server, "/v1/tasks/batch", json!({"tasks": tasks})).await;
     assert_eq!(status, 201, "{created}");
     // Created, started, succeeded: three events a task, in offset order, none missing.
-    let mut offsets = Vec::with_capacity(1500);
-    while offsets.len() < 1500 {
-        match tokio::time::timeout(Duration::from_secs(20), socket.next())
-            .await
-            .expect("every event within 20 s")
-        {
-            Some(Ok(Message::Text(text))) => {
-                let frame: Value = serde_json::from_str(text.as_str()).unwrap();
-                if frame["op"] == "event" {
-                    offsets.push(frame["offset"].as_u64().unwrap());
-                }
-            }
-            Some(Ok(Message::Close(frame))) => {
-                panic!("closed after {} events: {frame:?}", offsets.len())
-            }
-            Some(Ok(_)) => {}
-            other => panic!("after {} events: {other:?}", offsets.len()),
-        }
-    }
-    assert!(
-        offsets.windows(2).all(|w| w[1] == w[0] + 1),
-        "gaps or reordering"
-    );
+    read_events_in_order(&mut socket, 1500, Duration::from_secs(20)).await;
 }
 
 /// On PostgreSQL a node's in-process workers (a thousand of them) take every claimed batch at
@@ -149,14 +127,26 @@ async fn a_subscriber_keeping_up_is_not_closed_while_a_thousand_workers_burn_dow
             assert_eq!(response.status(), 201);
         }
     });
-    // Created, started, succeeded: three events a task, in offset order, none missing. Only
-    // the offset is read out of each frame, so that the client keeps up.
+    // Created, started, succeeded: three events a task, in offset order, none missing.
+    read_events_in_order(&mut socket, 3 * TASKS, Duration::from_secs(60)).await;
+    adding.await.unwrap();
+    drop(server);
+    schema.drop_schema().await;
+}
+
+/// Reads `n` event frames, each waited for at most `patience`, and asserts their offsets follow
+/// one another (no gap, no reordering) and that the connection is not closed meanwhile. Only the
+/// offset is read out of each frame, so that the client keeps up.
+async fn read_events_in_order<S>(socket: &mut S, n: usize, patience: Duration)
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
     let mut last = None;
     let mut received = 0;
-    while received < 3 * TASKS {
-        match tokio::time::timeout(Duration::from_secs(60), socket.next())
+    while received < n {
+        match tokio::time::timeout(patience, socket.next())
             .await
-            .expect("every event within 60 s")
+            .unwrap_or_else(|_| panic!("every event within {patience:?}"))
         {
             Some(Ok(Message::Text(text))) if text.starts_with(r#"{"op":"event""#) => {
                 let offset = offset_of(text.as_str());
@@ -173,9 +163,6 @@ async fn a_subscriber_keeping_up_is_not_closed_while_a_thousand_workers_burn_dow
             other => panic!("after {received} events: {other:?}"),
         }
     }
-    adding.await.unwrap();
-    drop(server);
-    schema.drop_schema().await;
 }
 
 /// The `offset` of an event frame (`{"op":"event","channel":…,"offset":N,…}`).
