@@ -31,6 +31,10 @@ pub trait TaskReporter: Send + Sync {
         progress: crate::task::Progress,
     ) -> Result<bool, String>;
 
+    /// The outcomes of the workflow dependencies of the running task `id`, by key; `None`
+    /// when it has none (or they cannot be read: logged).
+    async fn parents(&self, id: uuid::Uuid) -> Option<Value>;
+
     /// Adds tasks to the workflow of the running task `parent`.
     async fn add_tasks(
         &self,
@@ -57,8 +61,15 @@ tokio::task_local! {
 impl TaskContext {
     /// The outcomes of the task's workflow dependencies by key (`{"build": {"status":
     /// "succeeded", "result": …}}`); `None` outside a workflow or for a task without any.
-    pub fn parents(&self) -> Option<&Value> {
-        self.task.parents.as_ref()
+    /// Read when asked (most handlers never ask: a fan-in of 10,000 tasks would read all of
+    /// them for each attempt), unless the task came with them (`task.parents`).
+    pub async fn parents(&self) -> Option<Value> {
+        if let Some(parents) = &self.task.parents {
+            return Some(parents.clone());
+        }
+        self.task.workflow_id?;
+        let reporter = REPORTER.try_with(|r| r.clone()).ok()?;
+        reporter.parents(self.task.id).await
     }
 
     /// Reports how far the attempt got: `progress` from 0 to 1 and an optional message. Stored
@@ -282,7 +293,7 @@ struct Collect;
 #[async_trait]
 impl Handler for Collect {
     async fn run(&self, ctx: TaskContext) -> Result<Value, HandlerError> {
-        Ok(ctx.parents().cloned().unwrap_or_else(|| json!({})))
+        Ok(ctx.parents().await.unwrap_or_else(|| json!({})))
     }
 }
 
@@ -333,5 +344,63 @@ mod tests {
             registry.types(),
             vec!["collect", "echo", "fail", "noop", "sleep"]
         );
+    }
+
+    /// Answers `parents` for one task, and counts how often it was asked.
+    struct Parents(std::sync::atomic::AtomicUsize);
+
+    #[async_trait]
+    impl TaskReporter for Parents {
+        async fn progress(&self, _: uuid::Uuid, _: crate::task::Progress) -> Result<bool, String> {
+            Ok(true)
+        }
+        async fn parents(&self, _: uuid::Uuid) -> Option<Value> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Some(json!({"build": {"status": "succeeded"}}))
+        }
+        async fn add_tasks(
+            &self,
+            _: Arc<Task>,
+            _: Vec<crate::workflow::WorkflowTaskSpec>,
+        ) -> Result<Vec<Task>, String> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn context(task: Task) -> TaskContext {
+        TaskContext {
+            task: Arc::new(task),
+            cancel: CancellationToken::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn parents_are_read_when_a_workflow_task_asks_for_them() {
+        let reporter = Arc::new(Parents(std::sync::atomic::AtomicUsize::new(0)));
+        // Serde's `Option` fields are optional: what is absent is `None`.
+        let mut task: Task = serde_json::from_value(json!({
+            "id": uuid::Uuid::now_v7(), "type": "collect", "queue": "default", "priority": 0,
+            "payload": {}, "status": "running", "attempts": 1, "max_attempts": 3,
+            "backoff": {"base_ms": 1000, "max_ms": 60000}, "run_at": "2026-12-06T20:00:00Z",
+            "timeout_ms": 30000, "created_at": "2026-12-06T20:00:00Z",
+        }))
+        .unwrap();
+        let asked = REPORTER
+            .scope(reporter.clone(), context(task.clone()).parents())
+            .await;
+        // Outside a workflow: nothing to read.
+        assert_eq!(asked, None);
+        task.workflow_id = Some(uuid::Uuid::now_v7());
+        let asked = REPORTER
+            .scope(reporter.clone(), context(task.clone()).parents())
+            .await;
+        assert_eq!(asked, Some(json!({"build": {"status": "succeeded"}})));
+        // Handed over with them (as to external workers): not read again.
+        task.parents = Some(json!({"lint": {"status": "succeeded"}}));
+        let asked = REPORTER
+            .scope(reporter.clone(), context(task).parents())
+            .await;
+        assert_eq!(asked, Some(json!({"lint": {"status": "succeeded"}})));
+        assert_eq!(reporter.0.load(std::sync::atomic::Ordering::Relaxed), 1);
     }
 }

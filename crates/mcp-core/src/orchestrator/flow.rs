@@ -112,8 +112,9 @@ impl Orchestrator {
         Ok(Some((workflow, count)))
     }
 
-    /// Fills `parents` of the claimed workflow tasks that have dependencies. A task whose
-    /// parents cannot be read runs without them (logged): its handler sees no `parents`.
+    /// Fills `parents` of the claimed workflow tasks that have dependencies, for external
+    /// workers (`task.assign` carries them; in-process handlers read them when they ask, see
+    /// `TaskContext::parents`). A task whose parents cannot be read runs without them (logged).
     pub(super) async fn attach_parents(&self, tasks: &mut [Task]) {
         let ids: Vec<Uuid> = tasks
             .iter()
@@ -342,6 +343,16 @@ impl TaskReporter for Reporter {
             .report_progress(id, progress)
             .await
             .map_err(|e| e.to_string())
+    }
+
+    async fn parents(&self, id: Uuid) -> Option<serde_json::Value> {
+        match self.orchestrator.store.parents(&[id]).await {
+            Ok(mut parents) => parents.remove(&id),
+            Err(e) => {
+                warn!(error = %e, task_id = %id, "cannot read the parents of a workflow task");
+                None
+            }
+        }
     }
 
     async fn add_tasks(

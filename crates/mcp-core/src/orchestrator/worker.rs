@@ -184,8 +184,6 @@ impl Orchestrator {
                     }
                 }
             };
-            let mut tasks = tasks;
-            self.attach_parents(&mut tasks).await;
             tracing::trace!(claimed = tasks.len(), limit, "claimed");
             // A claim cut short because a principal reached its share left other tasks behind:
             // the next claim skips that principal, so look again at once.
