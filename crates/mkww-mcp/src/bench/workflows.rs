@@ -217,8 +217,8 @@ pub async fn run(args: WorkflowsBench) -> anyhow::Result<()> {
         json!({
             "bench": "workflows", "store": store, "tasks": args.tasks, "runs": args.runs,
             "plain_tasks_per_s": plain_rate.round(), "workflow_tasks_per_s": flow_rate.round(),
-            "plain_insert_ms": (seconds(&plain_runs, |t| t.insert) * 1000.0).round(),
-            "workflow_insert_ms": (seconds(&flow_runs, |t| t.insert) * 1000.0).round(),
+            "plain_insert_ms": (seconds(&plain_runs, |t| t.insert) * 1000.0).round() as u64,
+            "workflow_insert_ms": (seconds(&flow_runs, |t| t.insert) * 1000.0).round() as u64,
             "overhead_percent": (overhead * 10.0).round() / 10.0,
         })
     );
