@@ -27,6 +27,18 @@ async fn closed_with(socket: &mut Socket) -> u16 {
     }
 }
 
+/// An operator's socket subscribed to `tasks`.
+async fn tasks_subscriber(server: &Server) -> Socket {
+    let mut socket = connect(server, Some(&token("operator", "ops"))).await;
+    let reply = request(
+        &mut socket,
+        json!({"id": 1, "op": "subscribe", "channel": "tasks"}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    socket
+}
+
 /// Collects `n` event frames.
 async fn events(socket: &mut Socket, n: usize) -> Vec<Value> {
     let mut seen = Vec::new();
@@ -42,13 +54,7 @@ async fn events(socket: &mut Socket, n: usize) -> Vec<Value> {
 #[tokio::test]
 async fn subscribers_see_every_task_transition_in_order() {
     let server = Server::start(&[]);
-    let mut socket = connect(&server, Some(&token("operator", "ops"))).await;
-    let reply = request(
-        &mut socket,
-        json!({"id": 1, "op": "subscribe", "channel": "tasks"}),
-    )
-    .await;
-    assert_eq!(reply["ok"], true, "{reply}");
+    let mut socket = tasks_subscriber(&server).await;
     let response = client()
         .post(server.url("/v1/tasks"))
         .header("x-request-id", "trace-me-1")
@@ -79,13 +85,7 @@ async fn subscribers_see_every_task_transition_in_order() {
 #[tokio::test]
 async fn a_subscriber_keeping_up_receives_every_event_of_a_500_task_burst() {
     let server = Server::start(&[("MCP_EVENT_BUFFER", "16".into())]);
-    let mut socket = connect(&server, Some(&token("operator", "ops"))).await;
-    let reply = request(
-        &mut socket,
-        json!({"id": 1, "op": "subscribe", "channel": "tasks"}),
-    )
-    .await;
-    assert_eq!(reply["ok"], true, "{reply}");
+    let mut socket = tasks_subscriber(&server).await;
     let tasks: Vec<Value> = (0..500).map(|_| json!({"type": "noop"})).collect();
     let (status, created) = post(&server, "/v1/tasks/batch", json!({"tasks": tasks})).await;
     assert_eq!(status, 201, "{created}");
@@ -106,13 +106,7 @@ async fn a_subscriber_keeping_up_is_not_closed_while_a_thousand_workers_burn_dow
     let mut env = schema.env();
     env.push(("MCP_WORKER_CONCURRENCY", "1000".into()));
     let server = Server::start(&env);
-    let mut socket = connect(&server, Some(&token("operator", "ops"))).await;
-    let reply = request(
-        &mut socket,
-        json!({"id": 1, "op": "subscribe", "channel": "tasks"}),
-    )
-    .await;
-    assert_eq!(reply["ok"], true, "{reply}");
+    let mut socket = tasks_subscriber(&server).await;
     // Added while the subscriber reads: it must not fall behind for the test's own doing.
     let url = server.url("/v1/tasks/batch");
     let adding = tokio::spawn(async move {
