@@ -91,6 +91,18 @@ struct Times {
     total: Duration,
 }
 
+impl Times {
+    /// One line of a run of `tasks` tasks: the rate, the whole, and storing `what`.
+    fn print(&self, label: &str, what: &str, tasks: usize) {
+        println!(
+            "{label:<20}{:>8.0} tasks/s ({:.3} s, of which {:.3} s storing {what})",
+            tasks as f64 / self.total.as_secs_f64(),
+            self.total.as_secs_f64(),
+            self.insert.as_secs_f64()
+        );
+    }
+}
+
 /// Inserts N plain tasks in batches of 1,000 and waits until all succeeded.
 async fn plain(args: &WorkflowsBench) -> anyhow::Result<Times> {
     let (backing, orchestrator, handle) = node(args).await?;
@@ -185,19 +197,9 @@ pub async fn run(args: WorkflowsBench) -> anyhow::Result<()> {
     let (mut plain_runs, mut flow_runs) = (Vec::new(), Vec::new());
     for _ in 0..args.runs {
         let plain_times = plain(&args).await?;
-        println!(
-            "plain tasks:        {:>8.0} tasks/s ({:.3} s, of which {:.3} s storing them)",
-            args.tasks as f64 / plain_times.total.as_secs_f64(),
-            plain_times.total.as_secs_f64(),
-            plain_times.insert.as_secs_f64()
-        );
+        plain_times.print("plain tasks:", "them", args.tasks);
         let times = workflow(&args).await?;
-        println!(
-            "fan-out/fan-in DAG: {:>8.0} tasks/s ({:.3} s, of which {:.3} s storing it)",
-            args.tasks as f64 / times.total.as_secs_f64(),
-            times.total.as_secs_f64(),
-            times.insert.as_secs_f64()
-        );
+        times.print("fan-out/fan-in DAG:", "it", args.tasks);
         plain_runs.push(plain_times);
         flow_runs.push(times);
     }
