@@ -224,13 +224,15 @@ impl PgTaskStore {
         // As `complete`, then settled in the same transaction.
         let columns = CompletionColumns::of(completions);
         // Its final tasks are marked settled by the completion itself (no second row version),
-        // and settled below. One whose dependents counted it already (retried by hand after it
-        // ended under `continue`) was settled before: the subquery reads the row as the
-        // statement found it (a statement does not see its own changes), and that one is left
-        // alone.
-        let changed: Vec<(Uuid, String, bool)> = sqlx::query_as(complete_sql!(
+        // and settled below from what it returns: their workflows and dependents, so settling
+        // does not look them up again. One whose dependents counted it already (retried by hand
+        // after it ended under `continue`) was settled before: the subquery reads the row as
+        // the statement found it (a statement does not see its own changes), and that one is
+        // left alone.
+        let changed: Vec<CompletedRow> = sqlx::query_as(complete_sql!(
             set: ", settled = t.settled OR c.status IN ('succeeded', 'dead')",
-            "RETURNING t.id, t.status, (SELECT o.settled FROM tasks o WHERE o.id = t.id)"
+            "RETURNING t.id, t.status, (SELECT o.settled FROM tasks o WHERE o.id = t.id),
+                 t.workflow_id, t.dependents"
         ))
         .bind(columns.ids)
         .bind(columns.statuses)
@@ -241,15 +243,20 @@ impl PgTaskStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
-        let ids: Vec<Uuid> = changed.iter().map(|(id, _, _)| *id).collect();
-        let final_ids: Vec<Uuid> = changed
-            .iter()
-            .filter(|(_, status, was_settled)| {
-                status != TaskStatus::Failed.as_str() && !was_settled
-            })
-            .map(|(id, _, _)| *id)
-            .collect();
-        let mut settled = settle_with(&mut tx, &final_ids, Fresh::Completed).await?;
+        let ids: Vec<Uuid> = changed.iter().map(|row| row.0).collect();
+        let mut ended = Vec::new();
+        for (id, status, was_settled, workflow, dependents) in changed {
+            let status = TaskStatus::from_str(&status).map_err(corrupt)?;
+            if let (Some(workflow), true, false) = (workflow, status.is_final(), was_settled) {
+                ended.push(Ended {
+                    id,
+                    status,
+                    workflow,
+                    dependents: dependents.unwrap_or_default(),
+                });
+            }
+        }
+        let mut settled = settle_completed(&mut tx, ended).await?;
         self.commit_with(tx, &ids, Transition::Settled).await?;
         settled.changed = ids;
         Ok(settled)
@@ -652,53 +659,74 @@ fn uuid_array(ids: &[Uuid]) -> Option<String> {
     Some(text)
 }
 
-/// Applies the final status of the tasks `ids` (those that are final, in a workflow and not
-/// settled yet) to their dependents still waiting: released when none is left to wait for,
-/// cancelled with their own dependents when a failed one says so; then finishes the workflows
-/// whose tasks are all final.
-///
-/// Statements run in sequence, so there are few: the lock with the dependencies' outcomes, then
-/// (when none of them cancels anything, the usual case) marking them settled and the countdown
-/// in one, and the finish check only for a workflow this settling did not just see a task of
-/// still open.
+/// A workflow task a completion made final and settled: its outcome applies to its
+/// dependents now.
+struct Ended {
+    id: Uuid,
+    status: TaskStatus,
+    workflow: Uuid,
+    dependents: Vec<Uuid>,
+}
+
+/// What a workflow task's completion returns: id, status, whether it was settled before, its
+/// workflow and dependents.
+type CompletedRow = (Uuid, String, bool, Option<Uuid>, Option<Vec<Uuid>>);
+
+/// Settles the tasks a completion in this transaction made final: their workflows' rows locked
+/// (in id order, see the module's comment), then their outcomes applied along their dependents,
+/// as the completion returned them. Their own rows are locked by the completion, so nothing
+/// else settles them meanwhile.
+async fn settle_completed(tx: &mut Tx, ended: Vec<Ended>) -> Result<Settled, StoreError> {
+    if ended.is_empty() {
+        return Ok(Settled::default());
+    }
+    let mut workflows: Vec<Uuid> = ended.iter().map(|e| e.workflow).collect();
+    workflows.sort_unstable();
+    workflows.dedup();
+    let policies: Vec<(Uuid, String)> = sqlx::query_as(
+        "SELECT id, on_failure FROM workflows WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+    )
+    .bind(&workflows)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    let policies: HashMap<Uuid, OnFailure> = policies
+        .into_iter()
+        .map(|(id, policy)| Ok((id, OnFailure::from_str(&policy).map_err(corrupt)?)))
+        .collect::<Result<_, StoreError>>()?;
+    let mut outcomes = HashMap::with_capacity(ended.len());
+    let mut edges = Vec::new();
+    for task in ended {
+        let Some(policy) = policies.get(&task.workflow) else {
+            continue;
+        };
+        outcomes.insert(task.id, (task.status, *policy));
+        edges.extend(task.dependents.into_iter().map(|child| (child, task.id)));
+    }
+    apply_edges(tx, &edges, &outcomes, policies.into_keys().collect()).await
+}
+
+/// Marks the tasks `$1` settled that are not yet (a `RETURNING` clause follows).
+const MARK: &str = "UPDATE tasks SET settled = true WHERE id = ANY($1) AND NOT settled";
+
+/// Settles the tasks `ids` that are final and not settled yet (made final outside a
+/// completion: cancelled, dead after a rescue; or dependencies of tasks added to a running
+/// workflow): marked settled, their outcomes applied to their dependents.
 async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
-    settle_with(tx, ids, Fresh::Unknown).await
-}
-
-/// Whether the tasks being settled were made final (and marked settled) by this transaction's
-/// completion, or may have been settled before.
-#[derive(Clone, Copy, PartialEq)]
-enum Fresh {
-    Completed,
-    Unknown,
-}
-
-async fn settle_with(tx: &mut Tx, ids: &[Uuid], fresh: Fresh) -> Result<Settled, StoreError> {
     if ids.is_empty() {
         return Ok(Settled::default());
     }
-    // Unknown: only those not settled yet, marked now (the update reads them after the lock).
-    let unsettled = match fresh {
-        Fresh::Completed => "",
-        Fresh::Unknown => "AND NOT t.settled",
-    };
-    let mark = |columns: &str| match fresh {
-        Fresh::Completed => format!("SELECT {columns} FROM tasks WHERE id = ANY($1)"),
-        Fresh::Unknown => format!(
-            "UPDATE tasks SET settled = true WHERE id = ANY($1) AND NOT settled
-             RETURNING {columns}"
-        ),
-    };
     // Locked first, in one order: see the module's comment. The dependencies' rows are ours
     // (this transaction made them final) or committed before the call, so reading them in the
     // statement that may wait for the lock reads them as they are; whether one is settled is
     // decided by the update below, which reads it after the lock.
-    let parents: Vec<(Uuid, String, Uuid, String)> = sqlx::query_as(sql!(
+    let parents: Vec<(Uuid, String, Uuid, String)> = sqlx::query_as(
         "SELECT t.id, t.status, w.id, w.on_failure FROM tasks t
          JOIN workflows w ON w.id = t.workflow_id
-         WHERE t.id = ANY($1) AND t.status IN ('succeeded', 'dead', 'cancelled') {unsettled}
-         ORDER BY w.id FOR UPDATE OF w"
-    ))
+         WHERE t.id = ANY($1) AND t.status IN ('succeeded', 'dead', 'cancelled')
+           AND NOT t.settled
+         ORDER BY w.id FOR UPDATE OF w",
+    )
     .bind(ids)
     .fetch_all(&mut **tx)
     .await
@@ -720,7 +748,7 @@ async fn settle_with(tx: &mut Tx, ids: &[Uuid], fresh: Fresh) -> Result<Settled,
         .any(|(status, policy)| *status != TaskStatus::Succeeded && *policy != OnFailure::Continue);
     if cancels {
         let rows: Vec<(Uuid, Option<Vec<Uuid>>)> =
-            sqlx::query_as(sql!("{}", mark("id, dependents")))
+            sqlx::query_as(sql!("{MARK} RETURNING id, dependents"))
                 .bind(&final_ids)
                 .fetch_all(&mut **tx)
                 .await
@@ -738,7 +766,7 @@ async fn settle_with(tx: &mut Tx, ids: &[Uuid], fresh: Fresh) -> Result<Settled,
     }
     // Every dependent of a dependency that settles now counts it in its favour.
     let counted: Vec<TaskRow> = sqlx::query_as(sql!(
-        "WITH p AS ({}),
+        "WITH p AS ({MARK} RETURNING dependents),
               c AS (SELECT d.id, count(*)::int4 AS n
                     FROM p CROSS JOIN LATERAL unnest(p.dependents) AS d(id) GROUP BY d.id)
          UPDATE tasks t SET waiting_on = t.waiting_on - c.n,
@@ -746,7 +774,6 @@ async fn settle_with(tx: &mut Tx, ids: &[Uuid], fresh: Fresh) -> Result<Settled,
                            WHEN t.run_at > now() THEN 'scheduled' ELSE 'queued' END
          FROM c WHERE t.id = c.id AND t.status = 'waiting'
          RETURNING {}",
-        mark("dependents"),
         qualified(TASK_COLUMNS, "t")
     ))
     .bind(&final_ids)
