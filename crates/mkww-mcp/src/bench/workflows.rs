@@ -85,14 +85,18 @@ async fn recorded(orchestrator: &Orchestrator, n: usize) {
 
 /// How a side's time splits: storing its tasks (the plain side's batches run while the later
 /// ones are stored; the workflow is one transaction, before anything of it may run), and the
-/// whole, from the first insert until the last outcome was recorded.
+/// whole, from the first insert until the last outcome was recorded. The workflow's also
+/// has its phases: when the root's outcome was recorded (its settling released the fan) and
+/// when the fan's last one was (the join runs after).
 struct Times {
     insert: Duration,
     total: Duration,
+    phases: Option<(Duration, Duration)>,
 }
 
 impl Times {
-    /// One line of a run of `tasks` tasks: the rate, the whole, and storing `what`.
+    /// One line of a run of `tasks` tasks: the rate, the whole, and storing `what`; then the
+    /// workflow's phases, each from the end of the one before.
     fn print(&self, label: &str, what: &str, tasks: usize) {
         println!(
             "{label:<20}{:>8.0} tasks/s ({:.3} s, of which {:.3} s storing {what})",
@@ -100,6 +104,25 @@ impl Times {
             self.total.as_secs_f64(),
             self.insert.as_secs_f64()
         );
+        if self.phases.is_some() {
+            println!(
+                "{:<20}root and its settling {:.3} s, fan {:.3} s, join {:.3} s",
+                "",
+                self.phase(0).as_secs_f64(),
+                self.phase(1).as_secs_f64(),
+                self.phase(2).as_secs_f64()
+            );
+        }
+    }
+
+    /// A workflow's phase `i` (root, fan, join), each from the end of the one before; zero for
+    /// plain tasks.
+    fn phase(&self, i: usize) -> Duration {
+        let Some((root, fan)) = self.phases else {
+            return Duration::ZERO;
+        };
+        let ends = [self.insert, root, fan, self.total];
+        ends[i + 1].saturating_sub(ends[i])
     }
 }
 
@@ -122,7 +145,11 @@ async fn plain(args: &WorkflowsBench) -> anyhow::Result<Times> {
     anyhow::ensure!(store.pending().await? == 0, "plain tasks left pending");
     handle.shutdown().await;
     backing.cleanup().await;
-    Ok(Times { insert, total })
+    Ok(Times {
+        insert,
+        total,
+        phases: None,
+    })
 }
 
 /// Inserts the fan-out/fan-in workflow and waits until its join succeeded.
@@ -157,6 +184,10 @@ async fn workflow(args: &WorkflowsBench) -> anyhow::Result<Times> {
     let started = Instant::now();
     orchestrator.insert_workflow(&flow, &tasks, &nodes).await?;
     let insert = started.elapsed();
+    recorded(&orchestrator, 1).await;
+    let root = started.elapsed();
+    recorded(&orchestrator, args.tasks - 1).await;
+    let fan = started.elapsed();
     recorded(&orchestrator, args.tasks).await;
     let total = started.elapsed();
     let task = store.get(join).await?.context("the join task vanished")?;
@@ -167,7 +198,11 @@ async fn workflow(args: &WorkflowsBench) -> anyhow::Result<Times> {
     );
     handle.shutdown().await;
     backing.cleanup().await;
-    Ok(Times { insert, total })
+    Ok(Times {
+        insert,
+        total,
+        phases: Some((root, fan)),
+    })
 }
 
 /// The median of `values` (the mean of the middle two for an even count).
@@ -221,6 +256,9 @@ pub async fn run(args: WorkflowsBench) -> anyhow::Result<()> {
             "plain_tasks_per_s": plain_rate.round(), "workflow_tasks_per_s": flow_rate.round(),
             "plain_insert_ms": (seconds(&plain_runs, |t| t.insert) * 1000.0).round() as u64,
             "workflow_insert_ms": (seconds(&flow_runs, |t| t.insert) * 1000.0).round() as u64,
+            "workflow_root_ms": (seconds(&flow_runs, |t| t.phase(0)) * 1000.0).round() as u64,
+            "workflow_fan_ms": (seconds(&flow_runs, |t| t.phase(1)) * 1000.0).round() as u64,
+            "workflow_join_ms": (seconds(&flow_runs, |t| t.phase(2)) * 1000.0).round() as u64,
             "overhead_percent": (overhead * 10.0).round() / 10.0,
         })
     );
