@@ -173,25 +173,28 @@ impl SqliteTaskStore {
         }
         let batch = completion_batch(completions)?;
         let mut tx = self.writer.begin().await.map_err(db_error)?;
-        // As `complete`, then settled in the same transaction.
-        let changed: Vec<(String, String)> =
-            sqlx::query_as(complete_sql!("RETURNING tasks.id, tasks.status"))
-                .bind(batch)
-                .bind(micros(Utc::now()))
-                .bind(owner)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(db_error)?;
+        // As `complete`, then settled in the same transaction: its final tasks, with the
+        // status and workflow it returns, so settling does not look them up again.
+        let changed: Vec<(String, String, Option<String>)> = sqlx::query_as(complete_sql!(
+            "RETURNING tasks.id, tasks.status, tasks.workflow_id"
+        ))
+        .bind(batch)
+        .bind(micros(Utc::now()))
+        .bind(owner)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
         let mut ids = Vec::with_capacity(changed.len());
-        let mut final_ids = Vec::new();
-        for (id, status) in changed {
+        let mut ended = Vec::new();
+        for (id, status, workflow) in changed {
             let id = uuid(&id)?;
-            if status != TaskStatus::Failed.as_str() {
-                final_ids.push(id);
+            let status = TaskStatus::from_str(&status).map_err(corrupt)?;
+            if let (true, Some(workflow)) = (status.is_final(), workflow) {
+                ended.push((id, status, workflow));
             }
             ids.push(id);
         }
-        let mut settled = settle(&mut tx, &final_ids).await?;
+        let mut settled = settle_completed(&mut tx, ended).await?;
         self.commit_recording(tx, &ids, Transition::Settled).await?;
         settled.changed = ids;
         Ok(settled)
@@ -548,14 +551,43 @@ async fn insert_tasks(
         .collect())
 }
 
-/// Applies the final status of the tasks `ids` (those that are final and in a workflow) to
-/// their dependents whose edge has not settled yet: released when none is left to wait for,
-/// cancelled with their own dependents when a failed one says so; then finishes the workflows
-/// whose tasks are all final (only those this settling did not just see a task of still open).
+/// Settles the tasks a completion in this transaction made final, given as `(id, status,
+/// workflow)`: their workflows' policies read, then [`apply_outcomes`].
+async fn settle_completed(
+    tx: &mut Tx,
+    ended: Vec<(Uuid, TaskStatus, String)>,
+) -> Result<Settled, StoreError> {
+    if ended.is_empty() {
+        return Ok(Settled::default());
+    }
+    let touched: HashSet<String> = ended.iter().map(|(_, _, w)| w.clone()).collect();
+    let policies: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, on_failure FROM workflows WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(json_array(touched.iter().cloned().collect::<Vec<_>>()))
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    let policies: HashMap<String, OnFailure> = policies
+        .into_iter()
+        .map(|(id, policy)| Ok((id, OnFailure::from_str(&policy).map_err(corrupt)?)))
+        .collect::<Result<_, StoreError>>()?;
+    let outcomes = ended
+        .into_iter()
+        .filter_map(|(id, status, workflow)| {
+            policies
+                .get(&workflow)
+                .map(|policy| (id, (status, *policy)))
+        })
+        .collect();
+    apply_outcomes(tx, outcomes, touched).await
+}
+
+/// Applies the final status of the tasks `ids` (those that are final and in a workflow): their
+/// statuses and workflows' policies read, then [`apply_outcomes`].
 async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
-    let mut settled = Settled::default();
     if ids.is_empty() {
-        return Ok(settled);
+        return Ok(Settled::default());
     }
     let parents: Vec<(String, String, String, String)> = sqlx::query_as(
         "SELECT t.id, t.status, w.on_failure, w.id FROM tasks t
@@ -567,9 +599,6 @@ async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
     .fetch_all(&mut **tx)
     .await
     .map_err(db_error)?;
-    if parents.is_empty() {
-        return Ok(settled);
-    }
     let mut outcomes = HashMap::new();
     let mut touched: HashSet<String> = HashSet::new();
     for (id, status, policy, workflow) in parents {
@@ -577,6 +606,23 @@ async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
         let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
         outcomes.insert(uuid(&id)?, (status, policy));
         touched.insert(workflow);
+    }
+    apply_outcomes(tx, outcomes, touched).await
+}
+
+/// Applies the final status of dependencies (`outcomes`: each one's status and its workflow's
+/// policy) to their dependents whose edge has not settled yet: released when none is left to
+/// wait for, cancelled with their own dependents when a failed one says so; then finishes the
+/// workflows `touched` whose tasks are all final (only those this settling did not just see a
+/// task of still open).
+async fn apply_outcomes(
+    tx: &mut Tx,
+    outcomes: HashMap<Uuid, (TaskStatus, OnFailure)>,
+    mut touched: HashSet<String>,
+) -> Result<Settled, StoreError> {
+    let mut settled = Settled::default();
+    if outcomes.is_empty() {
+        return Ok(settled);
     }
     let final_ids: Vec<Uuid> = outcomes.keys().copied().collect();
     let edges: Vec<(String, String)> = sqlx::query_as(
