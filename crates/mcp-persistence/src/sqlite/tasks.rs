@@ -202,23 +202,18 @@ impl TaskStore for SqliteTaskStore {
         let now = micros(at);
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         let mut inserted: HashSet<Uuid> = HashSet::with_capacity(new.len());
-        let mut rest = new;
-        while !rest.is_empty() {
-            let rows = INSERT_CHUNKS
-                .iter()
-                .copied()
-                .find(|&rows| rows <= rest.len())
-                .unwrap_or(1);
-            let (chunk, after) = rest.split_at(rows);
-            rest = after;
+        for chunk in insert_chunks(new) {
+            let rows = chunk.len();
             // Only an idempotency key can leave a task out (`ON CONFLICT … DO NOTHING`; any
             // other conflict is an error): without one every task is stored, and the ids need
             // not travel back.
             let keyed = chunk.iter().any(|t| t.idempotency_key.is_some());
-            let mut query =
-                sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(insert_values_sql(rows, keyed)));
+            let statement = if keyed { Insert::Keyed } else { Insert::Plain };
+            let mut query = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(insert_values_sql(
+                rows, statement,
+            )));
             for t in chunk {
-                query = bind_new_task(query, t, now)?;
+                query = bind_new_task(query, t, now, false)?;
             }
             if keyed {
                 for (id,) in query.fetch_all(&mut *tx).await.map_err(db_error)? {
@@ -734,35 +729,68 @@ pub(super) fn completion_batch(completions: &[Completion]) -> Result<String, Sto
     serde_json::to_string(&batch).map_err(corrupt)
 }
 
-/// Rows per `INSERT … VALUES` statement of `insert`: a batch is cut into chunks of these sizes,
-/// largest first (1,000 tasks are two statements), so there are never more than twice as many
-/// distinct statements as sizes, each prepared once and kept in sqlx's statement cache.
-/// Parameters are bound one per column (19 a row: 9,500 for the largest, under SQLite's limit
-/// of 32,766). Why not one JSON array through `json_each`, as workflows insert: reading 19
-/// fields out of every row's JSON object was about a third of the writer thread's time while
-/// enqueueing (`perf`, `bench tasks`).
-const INSERT_CHUNKS: [usize; 5] = [500, 100, 20, 5, 1];
+/// Rows per `INSERT … VALUES` statement of `insert`, of a workflow's tasks and of its edges: a
+/// batch is cut into chunks of these sizes, largest first (1,000 tasks are two statements), so
+/// there are never more than twice as many distinct statements as sizes, each prepared once
+/// and kept in sqlx's statement cache. Parameters are bound one per column (19 a row, 22 for a
+/// workflow's task: 11,000 for the largest, under SQLite's limit of 32,766). Why not one JSON
+/// array through `json_each`: reading 19 fields out of every row's JSON object was about a
+/// third of the writer thread's time while enqueueing (`perf`, `bench tasks`).
+pub(super) const INSERT_CHUNKS: [usize; 5] = [500, 100, 20, 5, 1];
+
+/// `items` cut into chunks of the [`INSERT_CHUNKS`] sizes, largest first.
+pub(super) fn insert_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let rows = INSERT_CHUNKS
+            .iter()
+            .copied()
+            .find(|&rows| rows <= items.len())?;
+        let (chunk, rest) = items.split_at(rows);
+        items = rest;
+        Some(chunk)
+    })
+}
 
 /// The columns [`bind_new_task`] binds, in its order.
 const INSERT_COLUMNS: &str = "id, type, queue, priority, payload, status, max_attempts, \
      backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key, concurrency_key, \
      concurrency_limit, correlation_id, created_by, created_at, share_key, traceparent";
 
-/// The `INSERT` of `rows` tasks, returning the ids stored when `keyed` (some have an
-/// idempotency key, which a stored task may already hold): the same rule as [`INSERT_SQL`]
-/// for tasks of no workflow.
-fn insert_values_sql(rows: usize, keyed: bool) -> &'static str {
-    static STATEMENTS: LazyLock<Vec<[String; 2]>> = LazyLock::new(|| {
+/// Which `INSERT … VALUES` of new tasks [`insert_values_sql`] makes.
+#[derive(Clone, Copy)]
+pub(super) enum Insert {
+    /// Tasks of no workflow, none with an idempotency key: nothing returned.
+    Plain,
+    /// Tasks of no workflow, some with an idempotency key: returns the ids stored.
+    Keyed,
+    /// A workflow's tasks: also its id, each task's key and how many dependencies it waits on
+    /// (three more parameters a row, after [`bind_new_task`]'s).
+    Workflow,
+}
+
+/// The `INSERT` of `rows` tasks. A task whose idempotency key is taken is left out, as
+/// `insert` promises (any other conflict is an error).
+pub(super) fn insert_values_sql(rows: usize, statement: Insert) -> &'static str {
+    static STATEMENTS: LazyLock<Vec<[String; 3]>> = LazyLock::new(|| {
+        let values = |rows: usize, columns: usize| {
+            let row = format!("({})", vec!["?"; columns].join(","));
+            vec![row; rows].join(",")
+        };
+        const CONFLICT: &str =
+            "ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING";
         INSERT_CHUNKS
             .iter()
             .map(|&rows| {
-                let row = format!("({})", vec!["?"; 19].join(","));
-                let values = vec![row; rows].join(",");
                 let insert = format!(
-                    "INSERT INTO tasks ({INSERT_COLUMNS}) VALUES {values}
-                     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING"
+                    "INSERT INTO tasks ({INSERT_COLUMNS}) VALUES {} {CONFLICT}",
+                    values(rows, 19)
                 );
-                [insert.clone(), format!("{insert} RETURNING id")]
+                let workflow = format!(
+                    "INSERT INTO tasks ({INSERT_COLUMNS}, workflow_id, workflow_key, waiting_on)
+                     VALUES {} {CONFLICT}",
+                    values(rows, 22)
+                );
+                [insert.clone(), format!("{insert} RETURNING id"), workflow]
             })
             .collect()
     });
@@ -770,18 +798,26 @@ fn insert_values_sql(rows: usize, keyed: bool) -> &'static str {
         .iter()
         .position(|&n| n == rows)
         .unwrap_or(INSERT_CHUNKS.len() - 1);
-    &STATEMENTS[size][usize::from(keyed)]
+    &STATEMENTS[size][statement as usize]
 }
 
 /// Binds the columns of one new task created at `now` (microseconds), in [`INSERT_COLUMNS`]'
-/// order: `scheduled` until its `run_at`, else `queued`.
-fn bind_new_task<'q, O>(
+/// order: `waiting` if it waits for dependencies, else `scheduled` until its `run_at`, else
+/// `queued`.
+pub(super) fn bind_new_task<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments>,
     t: &'q NewTask,
     now: i64,
+    waiting: bool,
 ) -> Result<sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments>, StoreError> {
     let run_at = t.run_at.map_or(now, micros);
-    let status = if run_at > now { "scheduled" } else { "queued" };
+    let status = if waiting {
+        "waiting"
+    } else if run_at > now {
+        "scheduled"
+    } else {
+        "queued"
+    };
     // Beyond `i64::MAX` only in theory (validation bounds them far lower): kept at the most.
     let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     Ok(query
@@ -804,96 +840,4 @@ fn bind_new_task<'q, O>(
         .bind(now)
         .bind(t.share_key.as_deref())
         .bind(t.traceparent.as_deref()))
-}
-
-/// Inserts the tasks of a [`NewTaskColumns::batch`] (`?1`) created at `?2` into the workflow
-/// `?3` (NULL for tasks of none): `waiting` while a workflow task has dependencies left,
-/// `scheduled` until its `run_at`, else `queued`. A task whose idempotency key is taken is left
-/// out; `RETURNING id` names the tasks inserted. One statement for `insert` and a workflow's
-/// tasks.
-pub(super) const INSERT_SQL: &str = "INSERT INTO tasks (id, type, queue, priority, payload,
-         status, max_attempts, backoff_base_ms, backoff_max_ms, run_at, timeout_ms,
-         idempotency_key, concurrency_key, concurrency_limit, correlation_id, created_by,
-         created_at, share_key, workflow_id, workflow_key, waiting_on, traceparent)
-     SELECT j.value ->> 'id', j.value ->> 'type', j.value ->> 'queue',
-            j.value ->> 'priority', j.value -> 'payload',
-            CASE WHEN j.value ->> 'wo' > 0 THEN 'waiting'
-                 WHEN coalesce(j.value ->> 'run_at', ?2) > ?2 THEN 'scheduled'
-                 ELSE 'queued' END,
-            j.value ->> 'max_attempts', j.value ->> 'bb', j.value ->> 'bm',
-            coalesce(j.value ->> 'run_at', ?2), j.value ->> 'timeout_ms',
-            j.value ->> 'ik', j.value ->> 'ck', j.value ->> 'cl', j.value ->> 'corr',
-            j.value ->> 'by', ?2, j.value ->> 'sk', ?3, j.value ->> 'wk',
-            coalesce(j.value ->> 'wo', 0), j.value ->> 'tp'
-     FROM json_each(?1) AS j WHERE true
-     ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-     RETURNING id";
-
-/// A new task's columns as one entry of the JSON array [`INSERT_SQL`] reads; a workflow's task
-/// also has its key and how many dependencies it waits on. Unset columns are left out (`->>`
-/// reads them as NULL).
-#[derive(serde::Serialize)]
-pub(super) struct NewTaskColumns<'a> {
-    id: Uuid,
-    #[serde(rename = "type")]
-    task_type: &'a str,
-    queue: &'a str,
-    priority: i32,
-    payload: &'a Value,
-    max_attempts: i32,
-    bb: u64,
-    bm: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    run_at: Option<i64>,
-    timeout_ms: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ik: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ck: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cl: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    corr: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    by: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    sk: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tp: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wk: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    wo: Option<usize>,
-}
-
-impl<'a> NewTaskColumns<'a> {
-    /// The columns of `t`, in a workflow as `node` when it has one.
-    pub fn of(t: &'a NewTask, node: Option<&'a WorkflowNode>) -> Self {
-        NewTaskColumns {
-            id: t.id,
-            task_type: &t.task_type,
-            queue: &t.queue,
-            priority: t.priority,
-            payload: &t.payload,
-            max_attempts: t.max_attempts,
-            bb: t.backoff.base_ms,
-            bm: t.backoff.max_ms,
-            run_at: t.run_at.map(micros),
-            timeout_ms: t.timeout_ms,
-            ik: t.idempotency_key.as_deref(),
-            ck: t.concurrency_key.as_deref(),
-            cl: t.concurrency_limit,
-            corr: t.correlation_id.as_deref(),
-            by: t.created_by.as_deref(),
-            sk: t.share_key.as_deref(),
-            tp: t.traceparent.as_deref(),
-            wk: node.map(|n| n.key.as_str()),
-            wo: node.map(|n| n.depends_on.len()),
-        }
-    }
-
-    /// The batch as the JSON array [`INSERT_SQL`] binds as `?1`.
-    pub fn batch(columns: impl Iterator<Item = Self>) -> Result<String, StoreError> {
-        serde_json::to_string(&columns.collect::<Vec<Self>>()).map_err(corrupt)
-    }
 }

@@ -4,7 +4,10 @@
 
 use super::SqliteTaskStore;
 use super::task_row::{TaskRow, tasks};
-use super::tasks::{INSERT_SQL, NewTaskColumns, complete_sql, completion_batch};
+use super::tasks::{
+    INSERT_CHUNKS, Insert, bind_new_task, complete_sql, completion_batch, insert_chunks,
+    insert_values_sql,
+};
 use crate::codec::{id_text, ids_json, instant, json_array, micros, uuid};
 use crate::columns::{TASK_COLUMNS, WORKFLOW_COLUMNS, qualified};
 use crate::error::{corrupt, db_error};
@@ -24,6 +27,7 @@ use serde_json::{Value, json};
 use sqlx::{FromRow, Sqlite, Transaction};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
+use std::sync::LazyLock;
 use uuid::Uuid;
 
 #[derive(FromRow)]
@@ -489,6 +493,26 @@ impl SqliteTaskStore {
     }
 }
 
+/// The `INSERT` of `rows` edges (`(task_id, depends_on)`), in chunks as tasks are.
+fn edges_values_sql(rows: usize) -> &'static str {
+    static STATEMENTS: LazyLock<Vec<String>> = LazyLock::new(|| {
+        INSERT_CHUNKS
+            .iter()
+            .map(|&rows| {
+                format!(
+                    "INSERT INTO workflow_edges (task_id, depends_on) VALUES {}",
+                    vec!["(?,?)"; rows].join(",")
+                )
+            })
+            .collect()
+    });
+    let size = INSERT_CHUNKS
+        .iter()
+        .position(|&n| n == rows)
+        .unwrap_or(INSERT_CHUNKS.len() - 1);
+    &STATEMENTS[size]
+}
+
 /// Inserts workflow tasks and their edges: a task with dependencies waits on all of them.
 async fn insert_tasks(
     tx: &mut Tx,
@@ -498,36 +522,39 @@ async fn insert_tasks(
     at: chrono::DateTime<Utc>,
 ) -> Result<Vec<Task>, StoreError> {
     let now = micros(at);
-    let batch = NewTaskColumns::batch(
-        new.iter()
-            .zip(nodes)
-            .map(|(t, node)| NewTaskColumns::of(t, Some(node))),
-    )?;
-    sqlx::query(INSERT_SQL)
-        .bind(batch)
-        .bind(now)
-        .bind(id_text(workflow_id))
-        .execute(&mut **tx)
-        .await
-        .map_err(db_error)?;
-    let edges: Vec<Value> = new
+    let workflow = id_text(workflow_id);
+    let tasks: Vec<(&NewTask, &WorkflowNode)> = new.iter().zip(nodes).collect();
+    for chunk in insert_chunks(&tasks) {
+        let mut query = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(insert_values_sql(
+            chunk.len(),
+            Insert::Workflow,
+        )));
+        for (t, node) in chunk {
+            query = bind_new_task(query, t, now, !node.depends_on.is_empty())?
+                .bind(workflow.as_str())
+                .bind(node.key.as_str())
+                .bind(node.depends_on.len() as i64);
+        }
+        sqlx::Executor::execute(&mut **tx, query)
+            .await
+            .map_err(db_error)?;
+    }
+    let edges: Vec<(String, String)> = tasks
         .iter()
-        .zip(nodes)
         .flat_map(|(t, node)| {
             node.depends_on
                 .iter()
-                .map(move |d| json!([id_text(t.id), id_text(*d)]))
+                .map(move |d| (id_text(t.id), id_text(*d)))
         })
         .collect();
-    if !edges.is_empty() {
-        sqlx::query(
-            "INSERT INTO workflow_edges (task_id, depends_on)
-             SELECT j.value ->> 0, j.value ->> 1 FROM json_each(?1) AS j",
-        )
-        .bind(json_array(edges))
-        .execute(&mut **tx)
-        .await
-        .map_err(db_error)?;
+    for chunk in insert_chunks(&edges) {
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(edges_values_sql(chunk.len())));
+        for (task, dependency) in chunk {
+            query = query.bind(task.as_str()).bind(dependency.as_str());
+        }
+        sqlx::Executor::execute(&mut **tx, query)
+            .await
+            .map_err(db_error)?;
     }
     let created_at = instant(now).unwrap_or(at);
     Ok(new
