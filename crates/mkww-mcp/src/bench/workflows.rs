@@ -85,7 +85,7 @@ async fn recorded(orchestrator: &Orchestrator, n: usize) {
 
 /// How a side's time splits: storing its tasks (the plain side's batches run while the later
 /// ones are stored; the workflow is one transaction, before anything of it may run), and the
-/// whole, from the first insert until the last outcome was recorded. The workflow's also
+/// whole, from the first insert until the last outcome was recorded. A workflow's run also
 /// has its phases: when the root's outcome was recorded (its settling released the fan) and
 /// when the fan's last one was (the join runs after).
 struct Times {
@@ -267,7 +267,26 @@ pub async fn run(args: WorkflowsBench) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::{Times, median};
+    use std::time::Duration;
+
+    #[test]
+    fn a_workflows_phases_split_the_time_after_storing_it() {
+        let ms = Duration::from_millis;
+        let flow = Times {
+            insert: ms(300),
+            total: ms(1_000),
+            phases: Some((ms(550), ms(950))),
+        };
+        let phases: Vec<Duration> = (0..3).map(|i| flow.phase(i)).collect();
+        assert_eq!(phases, [ms(250), ms(400), ms(50)]);
+        let plain = Times {
+            insert: ms(300),
+            total: ms(600),
+            phases: None,
+        };
+        assert_eq!(plain.phase(1), Duration::ZERO);
+    }
 
     #[test]
     fn the_median_of_an_even_count_is_the_mean_of_the_middle_two() {
