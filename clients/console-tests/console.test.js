@@ -444,6 +444,9 @@ test("on a phone, in the dark theme, pages fit the screen and keep a visible foc
   for (const path of ["/", "/tasks", "/memory", "/admin/api-keys", "/schedules", "/workflows", "/settings", "/integrations"]) {
     await page.goto(server.base + path);
     await page.locator("main h1").first().waitFor();
+    // Measured once the page's sections have loaded: a table arriving later can be what overflows.
+    await page.waitForFunction(() =>
+      ![...document.querySelectorAll("main [role=status]")].some((e) => e.textContent === "Loading…"));
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 0, `${path} is ${overflow}px wider than the screen`);
   }
