@@ -794,11 +794,16 @@ pub(super) fn insert_values_sql(rows: usize, statement: Insert) -> &'static str 
             })
             .collect()
     });
-    let size = INSERT_CHUNKS
+    &STATEMENTS[chunk_index(rows)][statement as usize]
+}
+
+/// The place of a chunk of `rows` among [`INSERT_CHUNKS`] (and of its statement among those
+/// made for each size).
+pub(super) fn chunk_index(rows: usize) -> usize {
+    INSERT_CHUNKS
         .iter()
         .position(|&n| n == rows)
-        .unwrap_or(INSERT_CHUNKS.len() - 1);
-    &STATEMENTS[size][statement as usize]
+        .unwrap_or(INSERT_CHUNKS.len() - 1)
 }
 
 /// Binds the columns of one new task created at `now` (microseconds), in [`INSERT_COLUMNS`]'

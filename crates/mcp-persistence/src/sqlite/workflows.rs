@@ -5,8 +5,8 @@
 use super::SqliteTaskStore;
 use super::task_row::{TaskRow, tasks};
 use super::tasks::{
-    INSERT_CHUNKS, Insert, bind_new_task, complete_sql, completion_batch, insert_chunks,
-    insert_values_sql,
+    INSERT_CHUNKS, Insert, bind_new_task, chunk_index, complete_sql, completion_batch,
+    insert_chunks, insert_values_sql,
 };
 use crate::codec::{id_text, ids_json, instant, json_array, micros, uuid};
 use crate::columns::{TASK_COLUMNS, WORKFLOW_COLUMNS, qualified};
@@ -506,11 +506,7 @@ fn edges_values_sql(rows: usize) -> &'static str {
             })
             .collect()
     });
-    let size = INSERT_CHUNKS
-        .iter()
-        .position(|&n| n == rows)
-        .unwrap_or(INSERT_CHUNKS.len() - 1);
-    &STATEMENTS[size]
+    &STATEMENTS[chunk_index(rows)]
 }
 
 /// Inserts workflow tasks and their edges: a task with dependencies waits on all of them.
