@@ -1,8 +1,11 @@
 //! What both stores share around workflows: how the dependencies that just settled turn into
 //! dependents released or cancelled, and how a dependency's outcome is handed to a dependent.
 
-use mcp_core::TaskStatus;
-use mcp_core::workflow::{OnFailure, WorkflowStatus};
+use chrono::{DateTime, Utc};
+use mcp_core::task::Backoff;
+use mcp_core::workflow::{OnFailure, WorkflowNode, WorkflowStatus};
+use mcp_core::{NewTask, TaskStatus};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
@@ -33,6 +36,183 @@ pub(crate) fn apply(
     cancel.sort_unstable();
     cancel.dedup_by_key(|(child, _)| *child);
     (settled, cancel)
+}
+
+/// Most deferred tasks in one chunk (one row of JSON).
+pub(crate) const DEFERRED_CHUNK: usize = 1_000;
+
+/// A workflow task kept out of `tasks` until one of its dependencies settles or something reads
+/// it: everything its row will hold. Its `run_at` is resolved when the workflow is stored (its
+/// creation time when none was given), so the row written later says what the workflow's
+/// creation said.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct DeferredTask {
+    id: Uuid,
+    #[serde(rename = "type")]
+    task_type: String,
+    queue: String,
+    priority: i32,
+    payload: Value,
+    max_attempts: i32,
+    backoff: Backoff,
+    run_at: DateTime<Utc>,
+    timeout_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    idempotency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    concurrency_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    concurrency_limit: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    created_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    share_key: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    traceparent: Option<String>,
+    key: String,
+    depends_on: Vec<Uuid>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    dependents: Vec<Uuid>,
+}
+
+impl DeferredTask {
+    /// `task` at its place `node`, with its `dependents`, run at `now` unless it says when.
+    pub(crate) fn new(
+        task: &NewTask,
+        node: &WorkflowNode,
+        dependents: Vec<Uuid>,
+        now: DateTime<Utc>,
+    ) -> DeferredTask {
+        DeferredTask {
+            id: task.id,
+            task_type: task.task_type.clone(),
+            queue: task.queue.clone(),
+            priority: task.priority,
+            payload: task.payload.clone(),
+            max_attempts: task.max_attempts,
+            backoff: task.backoff,
+            // As PostgreSQL stores it (microseconds), so the task the workflow's creation
+            // returns is the row written later.
+            run_at: task
+                .run_at
+                .map(|at| DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at))
+                .unwrap_or(now),
+            timeout_ms: task.timeout_ms,
+            idempotency_key: task.idempotency_key.clone(),
+            concurrency_key: task.concurrency_key.clone(),
+            concurrency_limit: task.concurrency_limit,
+            correlation_id: task.correlation_id.clone(),
+            created_by: task.created_by.clone(),
+            share_key: task.share_key.clone(),
+            traceparent: task.traceparent.clone(),
+            key: node.key.clone(),
+            depends_on: node.depends_on.clone(),
+            dependents,
+        }
+    }
+
+    pub(crate) fn id(&self) -> Uuid {
+        self.id
+    }
+
+    pub(crate) fn run_at(&self) -> DateTime<Utc> {
+        self.run_at
+    }
+
+    pub(crate) fn queue(&self) -> &str {
+        &self.queue
+    }
+
+    pub(crate) fn depends_on(&self) -> &[Uuid] {
+        &self.depends_on
+    }
+
+    /// The task, its place and its dependents, as inserting it takes them.
+    pub(crate) fn into_parts(self) -> (NewTask, WorkflowNode, Vec<Uuid>) {
+        let task = NewTask {
+            id: self.id,
+            task_type: self.task_type,
+            queue: self.queue,
+            priority: self.priority,
+            payload: self.payload,
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+            run_at: Some(self.run_at),
+            timeout_ms: self.timeout_ms,
+            idempotency_key: self.idempotency_key,
+            concurrency_key: self.concurrency_key,
+            concurrency_limit: self.concurrency_limit,
+            correlation_id: self.correlation_id,
+            created_by: self.created_by,
+            share_key: self.share_key,
+            traceparent: self.traceparent,
+        };
+        let node = WorkflowNode {
+            key: self.key,
+            depends_on: self.depends_on,
+        };
+        (task, node, self.dependents)
+    }
+}
+
+/// Which deferred chunks of a workflow to write as rows.
+#[derive(Clone, Copy)]
+pub(crate) enum Chunks<'a> {
+    /// Every one: something reads or changes the workflow's tasks.
+    All,
+    /// Those holding a dependent of one of these tasks, which settle now.
+    DependingOn(&'a [Uuid]),
+}
+
+impl<'a> Chunks<'a> {
+    /// The chunks that dependencies settling now (`ids`, the keys of `outcomes`) concern: those
+    /// holding their dependents; every one when one of them cancels its dependents, as that
+    /// goes down their own dependents too.
+    pub(crate) fn settling(
+        outcomes: &HashMap<Uuid, (TaskStatus, OnFailure)>,
+        ids: &'a [Uuid],
+    ) -> Chunks<'a> {
+        if outcomes
+            .values()
+            .any(|(status, policy)| !in_favour(*status, *policy))
+        {
+            Chunks::All
+        } else {
+            Chunks::DependingOn(ids)
+        }
+    }
+
+    /// As the statements that take chunks bind it: every chunk?, else those depending on these.
+    pub(crate) fn selection(self) -> (bool, &'a [Uuid]) {
+        match self {
+            Chunks::All => (true, &[]),
+            Chunks::DependingOn(ids) => (false, ids),
+        }
+    }
+}
+
+/// Each task's dependents among `new` (ids), from their places `nodes`, in input order.
+pub(crate) fn dependents_of(new: &[NewTask], nodes: &[WorkflowNode]) -> HashMap<Uuid, Vec<Uuid>> {
+    let mut dependents: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+    for (task, node) in new.iter().zip(nodes) {
+        for parent in &node.depends_on {
+            dependents.entry(*parent).or_default().push(task.id);
+        }
+    }
+    dependents
+}
+
+/// How many of `depends_on` a task still waits for, given the dependencies `satisfied` (final
+/// in its favour, and applied).
+pub(crate) fn still_waiting(depends_on: &[Uuid], satisfied: &HashSet<Uuid>) -> i32 {
+    depends_on.iter().filter(|d| !satisfied.contains(d)).count() as i32
+}
+
+/// Whether a dependency that ended in `status` counts in its dependents' favour under `policy`.
+pub(crate) fn in_favour(status: TaskStatus, policy: OnFailure) -> bool {
+    status == TaskStatus::Succeeded || (policy == OnFailure::Continue && failed(status))
 }
 
 /// Whether a dependency in `status` keeps its dependents cancelled (under `cancel_dependents`).
@@ -215,6 +395,40 @@ mod tests {
         ));
         assert!(!revives(TaskStatus::Failed, running, policy));
         assert!(revives(TaskStatus::Dead, WorkflowStatus::Failed, policy));
+    }
+
+    #[test]
+    fn a_deferred_task_comes_back_as_it_was_stored() {
+        let now = Utc::now();
+        let mut task = mcp_core::task::CreateTask {
+            task_type: "echo".into(),
+            payload: Some(json!({"x": [1, 2]})),
+            concurrency_key: Some("k".into()),
+            ..Default::default()
+        }
+        .validate(&mcp_core::task::TaskDefaults::default(), now)
+        .unwrap();
+        task.created_by = Some("alice".into());
+        let node = WorkflowNode {
+            key: "build".into(),
+            depends_on: ids(2),
+        };
+        let dependents = ids(3);
+        let stored = DeferredTask::new(&task, &node, dependents.clone(), now);
+        let text = serde_json::to_string(&[stored]).unwrap();
+        let back: Vec<DeferredTask> = serde_json::from_str(&text).unwrap();
+        let (again, place, its_dependents) = back.into_iter().next().unwrap().into_parts();
+        // A task without its own time runs from the workflow's creation.
+        assert_eq!(task.run_at, None);
+        assert_eq!(
+            again,
+            NewTask {
+                run_at: Some(now),
+                ..task
+            }
+        );
+        assert_eq!(place, node);
+        assert_eq!(its_dependents, dependents);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 mod common;
 
 use chrono::Utc;
-use mcp_core::store::ShareLimit;
+use mcp_core::store::{ShareLimit, TaskFilter};
 use mcp_core::task::{CreateTask, Progress, TaskDefaults};
 use mcp_core::workflow::{NewWorkflow, OnFailure, WorkflowFilter, WorkflowNode, WorkflowStatus};
 use mcp_core::{
@@ -31,6 +31,9 @@ conformance!(
     retrying_a_task_revives_the_dependents_its_end_cancelled,
     a_retried_cancelled_task_waits_for_unfinished_dependencies,
     a_retried_dependency_under_continue_counts_once,
+    waiting_tasks_read_alike_everywhere,
+    a_root_releases_a_wide_fan_out_in_its_transaction,
+    a_waiting_task_cancelled_by_hand_cancels_its_dependents,
 );
 
 mod cases {
@@ -683,5 +686,187 @@ mod cases {
             settled.released.iter().map(|t| t.id).collect::<Vec<_>>(),
             vec![ids["join"]]
         );
+    }
+
+    /// Tasks with dependencies read as `waiting` wherever tasks are read before any of their
+    /// dependencies ran (PostgreSQL keeps them out of `tasks` until then): each as the
+    /// workflow's creation returned it, in the counts and in the list; and a running workflow
+    /// takes children of them.
+    pub async fn waiting_tasks_read_alike_everywhere(store: Arc<dyn TaskStore>) {
+        let tasks: Vec<NewTask> = (0..3).map(|_| new_task("noop")).collect();
+        let nodes: Vec<WorkflowNode> = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(i, key)| WorkflowNode {
+                key: key.to_string(),
+                depends_on: if i == 0 {
+                    vec![]
+                } else {
+                    vec![tasks[i - 1].id]
+                },
+            })
+            .collect();
+        let flow = workflow(OnFailure::CancelDependents);
+        let (_, created) = store.insert_workflow(&flow, &tasks, &nodes).await.unwrap();
+        assert_eq!(
+            created.iter().map(|t| t.status).collect::<Vec<_>>(),
+            vec![TaskStatus::Queued, TaskStatus::Waiting, TaskStatus::Waiting]
+        );
+        let counts = store.counts().await.unwrap();
+        assert_eq!(counts[&("default".to_string(), TaskStatus::Waiting)], 2);
+        assert_eq!(counts[&("default".to_string(), TaskStatus::Queued)], 1);
+        let c = store.get(created[2].id).await.unwrap().unwrap();
+        assert_eq!(c.status, TaskStatus::Waiting);
+        assert_eq!(c.created_at, created[2].created_at);
+        assert_eq!(c.run_at, created[2].run_at);
+        assert_eq!(c.workflow_id, Some(flow.id));
+        assert_eq!(c.workflow_key.as_deref(), Some("c"));
+        assert_eq!(c.created_by.as_deref(), Some("alice"));
+        let waiting = store
+            .list(&TaskFilter {
+                status: Some(TaskStatus::Waiting),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut listed: Vec<Uuid> = waiting.iter().map(|t| t.id).collect();
+        listed.sort();
+        let mut expected = vec![tasks[1].id, tasks[2].id];
+        expected.sort();
+        assert_eq!(listed, expected);
+        // A child of the last one, added before anything ran, runs after it.
+        let child = new_task("noop");
+        let node = WorkflowNode {
+            key: "child".into(),
+            depends_on: vec![tasks[2].id],
+        };
+        store
+            .extend_workflow(flow.id, std::slice::from_ref(&child), &[node])
+            .await
+            .unwrap()
+            .unwrap();
+        for (i, task) in tasks.iter().enumerate() {
+            let claimed = claim_all(&store).await;
+            assert_eq!(claimed.len(), 1, "step {i}");
+            assert_eq!(claimed[0].id, task.id);
+            let settled = store
+                .complete_workflow(OWNER, &[succeeded(task.id, json!(null))])
+                .await
+                .unwrap();
+            assert_eq!(settled.released.len(), 1, "step {i}");
+        }
+        assert_eq!(status(&store, child.id).await, TaskStatus::Queued);
+    }
+
+    /// A root with more dependents than one stored piece holds (1,000) releases them all when
+    /// it succeeds, in its completion's transaction, each as it was created; the join of all
+    /// of them runs last.
+    pub async fn a_root_releases_a_wide_fan_out_in_its_transaction(store: Arc<dyn TaskStore>) {
+        const FAN: usize = 1_500;
+        let tasks: Vec<NewTask> = (0..FAN + 2).map(|_| new_task("noop")).collect();
+        let root = tasks[0].id;
+        let fan: Vec<Uuid> = tasks[1..=FAN].iter().map(|t| t.id).collect();
+        let join = tasks[FAN + 1].id;
+        let nodes: Vec<WorkflowNode> = (0..FAN + 2)
+            .map(|i| WorkflowNode {
+                key: format!("t{i}"),
+                depends_on: match i {
+                    0 => vec![],
+                    i if i == FAN + 1 => fan.clone(),
+                    _ => vec![root],
+                },
+            })
+            .collect();
+        let flow = workflow(OnFailure::CancelDependents);
+        let (_, created) = store.insert_workflow(&flow, &tasks, &nodes).await.unwrap();
+        let claimed = claim_all(&store).await;
+        assert_eq!(claimed.len(), 1);
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(root, json!({"built": true}))])
+            .await
+            .unwrap();
+        assert_eq!(settled.released.len(), FAN);
+        assert!(
+            settled
+                .released
+                .iter()
+                .all(|t| t.status == TaskStatus::Queued)
+        );
+        let mut released: Vec<Uuid> = settled.released.iter().map(|t| t.id).collect();
+        released.sort();
+        let mut expected = fan.clone();
+        expected.sort();
+        assert_eq!(released, expected);
+        let last = store.get(fan[FAN - 1]).await.unwrap().unwrap();
+        assert_eq!(last.created_at, created[FAN].created_at);
+        assert_eq!(
+            last.workflow_key.as_deref(),
+            Some(format!("t{FAN}").as_str())
+        );
+        assert_eq!(status(&store, join).await, TaskStatus::Waiting);
+        let parents = store.parents(&[fan[0]]).await.unwrap();
+        assert_eq!(parents[&fan[0]]["t0"]["result"], json!({"built": true}));
+        let mut done = 0;
+        while done < FAN {
+            let batch = claim_all(&store).await;
+            assert!(!batch.is_empty(), "{done} of the fan ran");
+            assert!(batch.iter().all(|t| t.id != join));
+            let outcomes: Vec<Completion> =
+                batch.iter().map(|t| succeeded(t.id, json!(null))).collect();
+            store.complete_workflow(OWNER, &outcomes).await.unwrap();
+            done += batch.len();
+        }
+        let last = claim_all(&store).await;
+        assert_eq!(last.iter().map(|t| t.id).collect::<Vec<_>>(), vec![join]);
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(join, json!(null))])
+            .await
+            .unwrap();
+        assert_eq!(settled.finished.len(), 1);
+        assert_eq!(settled.finished[0].status, WorkflowStatus::Succeeded);
+    }
+
+    /// A task cancelled by hand before its dependencies ran cancels its own dependents when
+    /// settled; the rest of the workflow runs on.
+    pub async fn a_waiting_task_cancelled_by_hand_cancels_its_dependents(
+        store: Arc<dyn TaskStore>,
+    ) {
+        let (id, ids) = dag(
+            &store,
+            OnFailure::CancelDependents,
+            &[("a", &[]), ("b", &["a"]), ("c", &["b"]), ("d", &["a"])],
+        )
+        .await;
+        match store.cancel(ids["b"]).await.unwrap() {
+            mcp_core::store::CancelOutcome::Cancelled { task, was_running } => {
+                assert_eq!(task.id, ids["b"]);
+                assert!(!was_running);
+            }
+            other => panic!("b was not cancelled: {other:?}"),
+        }
+        let settled = store.settle_workflow_tasks(&[ids["b"]]).await.unwrap();
+        assert_eq!(
+            settled.cancelled.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids["c"]]
+        );
+        claim_all(&store).await;
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))])
+            .await
+            .unwrap();
+        assert_eq!(
+            settled.released.iter().map(|t| t.id).collect::<Vec<_>>(),
+            vec![ids["d"]]
+        );
+        claim_all(&store).await;
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(ids["d"], json!(null))])
+            .await
+            .unwrap();
+        assert_eq!(settled.finished.len(), 1);
+        assert_eq!(settled.finished[0].status, WorkflowStatus::Failed);
+        let detail = store.get_workflow(id).await.unwrap().unwrap();
+        assert_eq!(detail.tasks.len(), 4);
     }
 }

@@ -198,6 +198,50 @@ impl PgTaskStore {
         claim_order(&mut claimed);
         Ok(claimed)
     }
+
+    /// Cancels the task `id` if it is a row (when it is not, `cancel` writes it as one if it
+    /// is a deferred workflow task, and asks again).
+    async fn cancel_row(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let previous: Option<(String,)> =
+            sqlx::query_as("SELECT status FROM tasks WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_error)?;
+        let Some((previous,)) = previous else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let previous = TaskStatus::from_str(&previous).map_err(corrupt)?;
+        if previous.is_final() {
+            tx.rollback().await.map_err(db_error)?;
+            return match self.get(id).await? {
+                Some(task) => Ok(CancelOutcome::AlreadyFinal(task)),
+                None => Ok(CancelOutcome::NotFound),
+            };
+        }
+        let row: TaskRow = sqlx::query_as(sql!(
+            "UPDATE tasks SET status = 'cancelled', finished_at = now(),
+                 lease_owner = NULL, lease_expires_at = NULL
+             WHERE id = $1
+             RETURNING {TASK_COLUMNS}"
+        ))
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        match self.outbox.wanted(Transition::Cancelled) {
+            Some(wanted) => {
+                self.commit_recorded(tx, &[id], Transition::Cancelled, &wanted)
+                    .await?
+            }
+            None => tx.commit().await.map_err(db_error)?,
+        }
+        Ok(CancelOutcome::Cancelled {
+            task: row.try_into()?,
+            was_running: previous == TaskStatus::Running,
+        })
+    }
 }
 
 #[async_trait]
@@ -211,6 +255,7 @@ impl TaskStore for PgTaskStore {
             (Uuid, String, DateTime<Utc>, DateTime<Utc>),
         >(insert_tasks_sql!(
             status: "CASE WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END",
+            created: "now()",
             columns: "",
             values: "",
             arrays: "",
@@ -260,16 +305,28 @@ impl TaskStore for PgTaskStore {
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
-        let row: Option<TaskRow> =
-            sqlx::query_as(sql!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(db_error)?;
-        row.map(Task::try_from).transpose()
+        let read = || async {
+            let row: Option<TaskRow> =
+                sqlx::query_as(sql!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(db_error)?;
+            row.map(Task::try_from).transpose()
+        };
+        // A miss may be a deferred workflow task: written as a row, then read. Read again
+        // whatever that found, as a completion may have written it in between.
+        match read().await? {
+            None => {
+                self.write_deferred_holding(id).await?;
+                read().await
+            }
+            found => Ok(found),
+        }
     }
 
     async fn list(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
+        self.write_all_deferred().await?;
         let rows: Vec<TaskRow> = sqlx::query_as(sql!(
             "SELECT {TASK_COLUMNS} FROM tasks
              WHERE ($1::text IS NULL OR status = $1)
@@ -391,45 +448,14 @@ impl TaskStore for PgTaskStore {
     }
 
     async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let previous: Option<(String,)> =
-            sqlx::query_as("SELECT status FROM tasks WHERE id = $1 FOR UPDATE")
-                .bind(id)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_error)?;
-        let Some((previous,)) = previous else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        let previous = TaskStatus::from_str(&previous).map_err(corrupt)?;
-        if previous.is_final() {
-            tx.rollback().await.map_err(db_error)?;
-            return match self.get(id).await? {
-                Some(task) => Ok(CancelOutcome::AlreadyFinal(task)),
-                None => Ok(CancelOutcome::NotFound),
-            };
-        }
-        let row: TaskRow = sqlx::query_as(sql!(
-            "UPDATE tasks SET status = 'cancelled', finished_at = now(),
-                 lease_owner = NULL, lease_expires_at = NULL
-             WHERE id = $1
-             RETURNING {TASK_COLUMNS}"
-        ))
-        .bind(id)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        match self.outbox.wanted(Transition::Cancelled) {
-            Some(wanted) => {
-                self.commit_recorded(tx, &[id], Transition::Cancelled, &wanted)
-                    .await?
+        // As `get`: a miss may be a deferred workflow task.
+        match self.cancel_row(id).await? {
+            CancelOutcome::NotFound => {
+                self.write_deferred_holding(id).await?;
+                self.cancel_row(id).await
             }
-            None => tx.commit().await.map_err(db_error)?,
+            outcome => Ok(outcome),
         }
-        Ok(CancelOutcome::Cancelled {
-            task: row.try_into()?,
-            was_running: previous == TaskStatus::Running,
-        })
     }
 
     async fn retry(&self, id: Uuid) -> Result<RetryOutcome, StoreError> {
@@ -543,11 +569,18 @@ impl TaskStore for PgTaskStore {
     }
 
     async fn counts(&self) -> Result<TaskCounts, StoreError> {
-        let rows: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT queue, status, count(*) FROM tasks GROUP BY queue, status")
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)?;
+        // A workflow's deferred tasks are `waiting`.
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT queue, status, sum(n)::int8 FROM (
+                 SELECT queue, status, count(*) AS n FROM tasks GROUP BY queue, status
+                 UNION ALL
+                 SELECT q.queue, 'waiting', count(*) FROM workflow_deferred d
+                 CROSS JOIN LATERAL unnest(d.queues) AS q(queue) GROUP BY q.queue) c
+             GROUP BY queue, status",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
         task_counts(rows)
     }
 
@@ -676,12 +709,13 @@ impl TaskStore for PgTaskStore {
 }
 
 /// Inserts new tasks from the arrays of [`NewTaskColumns`] (`$1`–`$17`, unnested as `i`), one
-/// statement for `insert` and a workflow's tasks: `status` is each row's status expression;
-/// `columns` and `values` add the caller's own columns, read from `arrays` (`$18`…) unnested
+/// statement for `insert` and a workflow's tasks: `status` is each row's status expression,
+/// `created` its creation time's; `columns` and `values` add the caller's own columns, read from `arrays` (`$18`…) unnested
 /// beside the shared ones under `names`; `tail` ends the statement.
 macro_rules! insert_tasks_sql {
-    (status: $status:literal, columns: $columns:literal, values: $values:literal,
-     arrays: $arrays:literal, names: $names:literal, tail: $tail:literal) => {
+    (status: $status:literal, created: $created:literal, columns: $columns:literal,
+     values: $values:literal, arrays: $arrays:literal, names: $names:literal,
+     tail: $tail:literal) => {
         concat!(
             "INSERT INTO tasks (id, type, queue, priority, payload, status, max_attempts,
                  backoff_base_ms, backoff_max_ms, run_at, timeout_ms, idempotency_key,
@@ -692,7 +726,9 @@ macro_rules! insert_tasks_sql {
              SELECT i.id, i.type, i.queue, i.priority, i.payload, ",
             $status,
             ", i.max_attempts, i.bb, i.bm, coalesce(i.run_at, now()), i.timeout_ms,
-                    i.ik, i.ck, i.cl, i.corr, i.by, now(), i.share, i.tp",
+                    i.ik, i.ck, i.cl, i.corr, i.by, ",
+            $created,
+            ", i.share, i.tp",
             $values,
             "
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::jsonb[], $6::int4[],

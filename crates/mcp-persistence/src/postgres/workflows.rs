@@ -13,7 +13,8 @@ use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
-    CANCELLED_BY_DEPENDENCY, apply, group_parents, may_retry, parent_view, revivable, revives,
+    CANCELLED_BY_DEPENDENCY, Chunks, DEFERRED_CHUNK, DeferredTask, apply, dependents_of,
+    group_parents, in_favour, may_retry, parent_view, revivable, revives, still_waiting,
 };
 use chrono::{DateTime, Utc};
 use mcp_core::task::Progress;
@@ -25,7 +26,7 @@ use mcp_core::{Completion, NewTask, RetryOutcome, StoreError, Task, TaskStatus, 
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{FromRow, Postgres, Transaction};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use uuid::Uuid;
 
@@ -101,10 +102,63 @@ impl PgTaskStore {
         .await
         .map_err(db_error)?;
         let stored = Workflow::try_from(row)?;
-        let created = insert_tasks(&mut tx, workflow.id, new, nodes).await?;
+        // The outbox records `task.created` from the task's row: while a webhook wants it,
+        // every task is a row at once.
+        let created = if self.outbox.wanted(Transition::Created).is_some() {
+            insert_tasks(&mut tx, workflow.id, new, nodes).await?
+        } else {
+            insert_deferring(&mut tx, workflow.id, new, nodes, stored.created_at).await?
+        };
         let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
         self.commit_with(tx, &ids, Transition::Created).await?;
         Ok((stored, created))
+    }
+
+    /// Writes as rows the deferred tasks of the workflow holding the task `id`, if one does
+    /// (before something reads or changes that task).
+    pub(super) async fn write_deferred_holding(&self, id: Uuid) -> Result<(), StoreError> {
+        let holder: Option<(Uuid,)> =
+            sqlx::query_as("SELECT workflow_id FROM workflow_deferred WHERE $1 = ANY(ids) LIMIT 1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?;
+        match holder {
+            Some((workflow,)) => self.write_deferred_of(Some(&[workflow])).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes as rows the deferred tasks of every workflow that has some (before a list reads
+    /// `tasks`).
+    pub(super) async fn write_all_deferred(&self) -> Result<(), StoreError> {
+        self.write_deferred_of(None).await
+    }
+
+    /// Writes the deferred tasks of `workflows` (all when `None`) as rows, in a transaction of
+    /// its own that locks the workflows first, as settling does (see the module's comment).
+    /// Their dependencies have not settled (that would have written them), so they are
+    /// `waiting`.
+    async fn write_deferred_of(&self, workflows: Option<&[Uuid]>) -> Result<(), StoreError> {
+        let holders: Vec<(Uuid,)> = sqlx::query_as(
+            "SELECT DISTINCT workflow_id FROM workflow_deferred
+             WHERE $1::uuid[] IS NULL OR workflow_id = ANY($1) ORDER BY 1",
+        )
+        .bind(workflows)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        if holders.is_empty() {
+            return Ok(());
+        }
+        let holders: Vec<Uuid> = holders.into_iter().map(|(id,)| id).collect();
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        lock_workflows(&mut tx, &holders).await?;
+        let written = write_deferred(&mut tx, &holders, Chunks::All).await?;
+        if written.iter().any(|t| t.status != TaskStatus::Waiting) {
+            notify_claimers(&mut tx).await?;
+        }
+        tx.commit().await.map_err(db_error)
     }
 
     pub(super) async fn extend_workflow_tx(
@@ -125,6 +179,8 @@ impl PgTaskStore {
             return Ok(None);
         };
         let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
+        // The new tasks' dependencies are rows, to which their dependents are appended.
+        write_deferred(&mut tx, &[workflow_id], Chunks::All).await?;
         // Dependencies stored before whose end was applied to their dependents already: it is
         // applied to the new ones here. Those that ended but are not settled yet settle below,
         // for every dependent, the new ones included.
@@ -170,6 +226,7 @@ impl PgTaskStore {
         &self,
         id: Uuid,
     ) -> Result<Option<WorkflowDetail>, StoreError> {
+        self.write_deferred_of(Some(&[id])).await?;
         let row: Option<WorkflowRow> = sqlx::query_as(sql!(
             "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = $1"
         ))
@@ -283,6 +340,7 @@ impl PgTaskStore {
         if exists.is_none() {
             return Ok(None);
         }
+        write_deferred(&mut tx, &[id], Chunks::All).await?;
         let running: Vec<(Uuid,)> = sqlx::query_as(
             "SELECT id FROM tasks
              WHERE id = ANY((SELECT task_ids FROM workflows WHERE id = $1)::uuid[])
@@ -340,12 +398,19 @@ impl PgTaskStore {
             revived: Vec::new(),
             reopened: None,
         };
-        let found: Option<(Option<Uuid>,)> =
-            sqlx::query_as("SELECT workflow_id FROM tasks WHERE id = $1")
+        let workflow_of = || async {
+            sqlx::query_as::<_, (Option<Uuid>,)>("SELECT workflow_id FROM tasks WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(db_error)?;
+                .map_err(db_error)
+        };
+        // As `get`: a miss may be a deferred workflow task.
+        let mut found = workflow_of().await?;
+        if found.is_none() {
+            self.write_deferred_holding(id).await?;
+            found = workflow_of().await?;
+        }
         let workflow_id = match found {
             None => return Ok(plain(RetryOutcome::NotFound)),
             Some((None,)) => return Ok(plain(self.retry(id).await?)),
@@ -361,6 +426,8 @@ impl PgTaskStore {
                 .map_err(db_error)?;
         let flow_status = WorkflowStatus::from_str(&flow_status).map_err(corrupt)?;
         let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
+        // What a retry revives and counts again goes down and up the graph's rows.
+        write_deferred(&mut tx, &[workflow_id], Chunks::All).await?;
         let (status,): (String,) =
             sqlx::query_as("SELECT status FROM tasks WHERE id = $1 FOR UPDATE")
                 .bind(id)
@@ -549,9 +616,10 @@ impl PgTaskStore {
     }
 }
 
-/// Inserts workflow tasks with their dependencies and dependents: a task with dependencies waits
-/// on all of them. Dependencies among `new` are written with the rows; a dependency stored
-/// before (a running task adding children) gets the new dependents appended to its own.
+/// Inserts workflow tasks as rows with their dependencies and dependents: a task with
+/// dependencies waits on all of them. Dependencies among `new` are written with the rows; a
+/// dependency stored before (a running task adding children) gets the new dependents appended
+/// to its own.
 async fn insert_tasks(
     tx: &mut Tx,
     workflow_id: Uuid,
@@ -559,50 +627,25 @@ async fn insert_tasks(
     nodes: &[WorkflowNode],
 ) -> Result<Vec<Task>, StoreError> {
     let inserted: HashSet<Uuid> = new.iter().map(|t| t.id).collect();
-    let mut dependents: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
     let (mut children, mut earlier) = (Vec::new(), Vec::new());
     for (task, node) in new.iter().zip(nodes) {
-        for parent in &node.depends_on {
-            if inserted.contains(parent) {
-                dependents.entry(*parent).or_default().push(task.id);
-            } else {
-                children.push(task.id);
-                earlier.push(*parent);
-            }
+        for parent in node.depends_on.iter().filter(|p| !inserted.contains(p)) {
+            children.push(task.id);
+            earlier.push(*parent);
         }
     }
-    let stamped: Vec<(Uuid, String, DateTime<Utc>, DateTime<Utc>)> = NewTaskColumns::of(new)
-        .bind(sqlx::query_as(insert_tasks_sql!(
-            status: "CASE WHEN i.wo > 0 THEN 'waiting'
-                          WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END",
-            columns: ", workflow_id, workflow_key, waiting_on, depends_on, dependents",
-            values: ", $18, i.wk, i.wo, i.dep::uuid[], i.dpt::uuid[]",
-            arrays: ", $19::text[], $20::int4[], $21::text[], $22::text[]",
-            names: ", wk, wo, dep, dpt",
-            tail: "RETURNING id, status, run_at, created_at"
-        )))
-        .bind(workflow_id)
-        .bind(nodes.iter().map(|n| n.key.as_str()).collect::<Vec<_>>())
-        .bind(
-            nodes
-                .iter()
-                .map(|n| n.depends_on.len() as i32)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            nodes
-                .iter()
-                .map(|n| uuid_array(&n.depends_on))
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            new.iter()
-                .map(|t| dependents.get(&t.id).and_then(|d| uuid_array(d)))
-                .collect::<Vec<_>>(),
-        )
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_error)?;
+    let dependents = dependents_of(new, nodes);
+    let rows = Rows {
+        new,
+        nodes,
+        dependents: new
+            .iter()
+            .map(|t| dependents.get(&t.id).and_then(|d| uuid_array(d)))
+            .collect(),
+        waiting: nodes.iter().map(|n| n.depends_on.len() as i32).collect(),
+        created_at: None,
+    };
+    let created = write_rows(tx, workflow_id, rows).await?;
     if !children.is_empty() {
         sqlx::query(
             "UPDATE tasks p SET dependents = coalesce(p.dependents, '{}') || c.ids
@@ -616,6 +659,137 @@ async fn insert_tasks(
         .await
         .map_err(db_error)?;
     }
+    Ok(created)
+}
+
+/// Stores a new workflow's tasks: those without dependencies as rows, runnable; the others
+/// deferred, in chunks written as rows when one of their dependencies settles (or something
+/// reads them). What it returns is every task as its row will be: the deferred ones `waiting`,
+/// created `now` (the workflow's creation).
+async fn insert_deferring(
+    tx: &mut Tx,
+    workflow_id: Uuid,
+    new: &[NewTask],
+    nodes: &[WorkflowNode],
+    now: DateTime<Utc>,
+) -> Result<Vec<Task>, StoreError> {
+    let dependents = dependents_of(new, nodes);
+    let dependents_of = |id: &Uuid| dependents.get(id).cloned().unwrap_or_default();
+    let (mut roots, mut root_nodes, mut deferred) = (Vec::new(), Vec::new(), Vec::new());
+    let mut waiting = HashMap::new();
+    for (task, node) in new.iter().zip(nodes) {
+        if node.depends_on.is_empty() {
+            roots.push(task.clone());
+            root_nodes.push(node.clone());
+            continue;
+        }
+        let later = DeferredTask::new(task, node, dependents_of(&task.id), now);
+        let mut shown = inserted_task(task, TaskStatus::Waiting, later.run_at(), now);
+        shown.workflow_id = Some(workflow_id);
+        shown.workflow_key = Some(node.key.clone());
+        waiting.insert(task.id, shown);
+        deferred.push(later);
+    }
+    let rows = Rows {
+        new: &roots,
+        nodes: &root_nodes,
+        dependents: roots
+            .iter()
+            .map(|t| uuid_array(&dependents_of(&t.id)))
+            .collect(),
+        waiting: vec![0; roots.len()],
+        created_at: None,
+    };
+    let mut created: HashMap<Uuid, Task> = write_rows(tx, workflow_id, rows)
+        .await?
+        .into_iter()
+        .map(|t| (t.id, t))
+        .collect();
+    for (seq, chunk) in deferred.chunks(DEFERRED_CHUNK).enumerate() {
+        let ids: Vec<Uuid> = chunk.iter().map(DeferredTask::id).collect();
+        let mut parents: Vec<Uuid> = chunk
+            .iter()
+            .flat_map(|t| t.depends_on().iter().copied())
+            .collect();
+        parents.sort_unstable();
+        parents.dedup();
+        let queues: Vec<&str> = chunk.iter().map(DeferredTask::queue).collect();
+        sqlx::query(
+            "INSERT INTO workflow_deferred (workflow_id, seq, ids, parents, queues, tasks)
+             VALUES ($1, $2, $3, $4, $5, $6::json)",
+        )
+        .bind(workflow_id)
+        .bind(seq as i32)
+        .bind(&ids)
+        .bind(&parents)
+        .bind(&queues)
+        .bind(serde_json::to_string(chunk).map_err(corrupt)?)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    }
+    created.extend(waiting);
+    new.iter()
+        .map(|t| {
+            created.remove(&t.id).ok_or_else(|| {
+                StoreError::Database(format!("workflow task {} was not stored", t.id))
+            })
+        })
+        .collect()
+}
+
+/// Workflow tasks to write as rows: each with its place, its dependents (as [`uuid_array`]
+/// text) and how many of its dependencies it still waits for (none: runnable at once), created
+/// at `created_at` (now when `None`).
+struct Rows<'a> {
+    new: &'a [NewTask],
+    nodes: &'a [WorkflowNode],
+    dependents: Vec<Option<String>>,
+    waiting: Vec<i32>,
+    created_at: Option<DateTime<Utc>>,
+}
+
+/// Writes workflow tasks as rows; the tasks as written, in input order.
+async fn write_rows(
+    tx: &mut Tx,
+    workflow_id: Uuid,
+    rows: Rows<'_>,
+) -> Result<Vec<Task>, StoreError> {
+    let Rows {
+        new,
+        nodes,
+        dependents,
+        waiting,
+        created_at,
+    } = rows;
+    if new.is_empty() {
+        return Ok(Vec::new());
+    }
+    let stamped: Vec<(Uuid, String, DateTime<Utc>, DateTime<Utc>)> = NewTaskColumns::of(new)
+        .bind(sqlx::query_as(insert_tasks_sql!(
+            status: "CASE WHEN i.wo > 0 THEN 'waiting'
+                          WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END",
+            created: "coalesce($23, now())",
+            columns: ", workflow_id, workflow_key, waiting_on, depends_on, dependents",
+            values: ", $18, i.wk, i.wo, i.dep::uuid[], i.dpt::uuid[]",
+            arrays: ", $19::text[], $20::int4[], $21::text[], $22::text[]",
+            names: ", wk, wo, dep, dpt",
+            tail: "RETURNING id, status, run_at, created_at"
+        )))
+        .bind(workflow_id)
+        .bind(nodes.iter().map(|n| n.key.as_str()).collect::<Vec<_>>())
+        .bind(waiting)
+        .bind(
+            nodes
+                .iter()
+                .map(|n| uuid_array(&n.depends_on))
+                .collect::<Vec<_>>(),
+        )
+        .bind(dependents)
+        .bind(created_at)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?;
     let stamped: HashMap<Uuid, (String, DateTime<Utc>, DateTime<Utc>)> = stamped
         .into_iter()
         .map(|(id, status, run_at, created_at)| (id, (status, run_at, created_at)))
@@ -633,6 +807,117 @@ async fn insert_tasks(
             Ok(task)
         })
         .collect()
+}
+
+/// Writes deferred chunks of `workflows` as rows (their rows locked by the caller), each task
+/// waiting for its dependencies not yet satisfied: settled, and final in its favour. A
+/// dependency that settles in this transaction is settled already (its completion or
+/// [`MARK`] set the flag), so its deferred dependents count it here, not in the countdown.
+/// The tasks written.
+async fn write_deferred(
+    tx: &mut Tx,
+    workflows: &[Uuid],
+    chunks: Chunks<'_>,
+) -> Result<Vec<Task>, StoreError> {
+    let (all, settling) = chunks.selection();
+    let taken: Vec<(Uuid, String, DateTime<Utc>, String)> = sqlx::query_as(
+        "DELETE FROM workflow_deferred d USING workflows w
+         WHERE w.id = d.workflow_id AND d.workflow_id = ANY($1) AND ($2 OR d.parents && $3)
+         RETURNING d.workflow_id, d.tasks::text, w.created_at, w.on_failure",
+    )
+    .bind(workflows)
+    .bind(all)
+    .bind(settling)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    let mut by_workflow: BTreeMap<Uuid, (DateTime<Utc>, OnFailure, Vec<DeferredTask>)> =
+        BTreeMap::new();
+    for (workflow, chunk, created_at, policy) in taken {
+        let chunk: Vec<DeferredTask> = serde_json::from_str(&chunk).map_err(corrupt)?;
+        let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
+        by_workflow
+            .entry(workflow)
+            .or_insert_with(|| (created_at, policy, Vec::new()))
+            .2
+            .extend(chunk);
+    }
+    let mut written = Vec::new();
+    for (workflow, (created_at, policy, deferred)) in by_workflow {
+        let (mut new, mut nodes, mut dependents) = (Vec::new(), Vec::new(), Vec::new());
+        for task in deferred {
+            let (task, node, its_dependents) = task.into_parts();
+            new.push(task);
+            nodes.push(node);
+            dependents.push(uuid_array(&its_dependents));
+        }
+        let satisfied = satisfied(tx, &new, &nodes, policy).await?;
+        let rows = Rows {
+            waiting: nodes
+                .iter()
+                .map(|n| still_waiting(&n.depends_on, &satisfied))
+                .collect(),
+            new: &new,
+            nodes: &nodes,
+            dependents,
+            created_at: Some(created_at),
+        };
+        written.extend(write_rows(tx, workflow, rows).await?);
+    }
+    Ok(written)
+}
+
+/// Of the dependencies of `new` (at their places `nodes`), those satisfied: rows settled and
+/// final in their dependents' favour under `policy`. One written with them is not.
+async fn satisfied(
+    tx: &mut Tx,
+    new: &[NewTask],
+    nodes: &[WorkflowNode],
+    policy: OnFailure,
+) -> Result<HashSet<Uuid>, StoreError> {
+    let writing: HashSet<Uuid> = new.iter().map(|t| t.id).collect();
+    let mut parents: Vec<Uuid> = nodes
+        .iter()
+        .flat_map(|n| n.depends_on.iter().copied())
+        .filter(|p| !writing.contains(p))
+        .collect();
+    parents.sort_unstable();
+    parents.dedup();
+    if parents.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let settled: Vec<(Uuid, String)> =
+        sqlx::query_as("SELECT id, status FROM tasks WHERE id = ANY($1) AND settled")
+            .bind(&parents)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_error)?;
+    let mut satisfied = HashSet::new();
+    for (id, status) in settled {
+        if in_favour(TaskStatus::from_str(&status).map_err(corrupt)?, policy) {
+            satisfied.insert(id);
+        }
+    }
+    Ok(satisfied)
+}
+
+/// Wakes every node's claim loop at commit, as the insert trigger does.
+async fn notify_claimers(tx: &mut Tx) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify('mcp_tasks.' || current_schema(), '')")
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
+/// Locks the rows of `workflows`, in id order (see the module's comment).
+async fn lock_workflows(tx: &mut Tx, workflows: &[Uuid]) -> Result<(), StoreError> {
+    sqlx::query("SELECT id FROM workflows WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+        .bind(workflows)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    Ok(())
 }
 
 /// How many of a task's dependencies (`p`) it still waits for when the task `$2` is retried
@@ -743,49 +1028,28 @@ async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
         touched.insert(workflow);
     }
     let final_ids: Vec<Uuid> = outcomes.keys().copied().collect();
-    let cancels = outcomes
-        .values()
-        .any(|(status, policy)| *status != TaskStatus::Succeeded && *policy != OnFailure::Continue);
-    if cancels {
-        let rows: Vec<(Uuid, Option<Vec<Uuid>>)> =
-            sqlx::query_as(sql!("{MARK} RETURNING id, dependents"))
-                .bind(&final_ids)
-                .fetch_all(&mut **tx)
-                .await
-                .map_err(db_error)?;
-        let edges: Vec<(Uuid, Uuid)> = rows
-            .into_iter()
-            .flat_map(|(parent, dependents)| {
-                dependents
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(move |child| (child, parent))
-            })
-            .collect();
-        return apply_edges(tx, &edges, &outcomes, touched).await;
-    }
-    // Every dependent of a dependency that settles now counts it in its favour.
-    let counted: Vec<TaskRow> = sqlx::query_as(sql!(
-        "WITH p AS ({MARK} RETURNING dependents),
-              c AS (SELECT d.id, count(*)::int4 AS n
-                    FROM p CROSS JOIN LATERAL unnest(p.dependents) AS d(id) GROUP BY d.id)
-         UPDATE tasks t SET waiting_on = t.waiting_on - c.n,
-             status = CASE WHEN t.waiting_on - c.n > 0 THEN 'waiting'
-                           WHEN t.run_at > now() THEN 'scheduled' ELSE 'queued' END
-         FROM c WHERE t.id = c.id AND t.status = 'waiting'
-         RETURNING {}",
-        qualified(TASK_COLUMNS, "t")
-    ))
-    .bind(&final_ids)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_error)?;
-    finish(tx, Settled::default(), counted, touched).await
+    let rows: Vec<(Uuid, Option<Vec<Uuid>>)> =
+        sqlx::query_as(sql!("{MARK} RETURNING id, dependents"))
+            .bind(&final_ids)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_error)?;
+    let edges: Vec<(Uuid, Uuid)> = rows
+        .into_iter()
+        .flat_map(|(parent, dependents)| {
+            dependents
+                .unwrap_or_default()
+                .into_iter()
+                .map(move |child| (child, parent))
+        })
+        .collect();
+    apply_edges(tx, &edges, &outcomes, touched).await
 }
 
-/// Applies dependencies' outcomes along `edges` (`(dependent, dependency)`): the countdown of
-/// the dependents they release or bring closer, the cancelling of those a failed one cancels;
-/// then the finish check.
+/// Applies dependencies' outcomes along `edges` (`(dependent, dependency)`): deferred
+/// dependents written as rows (every deferred task of the workflows when a failed one cancels
+/// its dependents, which goes down their own), the cancelling of those a failed one cancels,
+/// the countdown of the others; then the finish check.
 async fn apply_edges(
     tx: &mut Tx,
     edges: &[(Uuid, Uuid)],
@@ -793,14 +1057,23 @@ async fn apply_edges(
     touched: HashSet<Uuid>,
 ) -> Result<Settled, StoreError> {
     let mut settled = Settled::default();
-    let (counts, cancel) = apply(edges, outcomes);
+    let workflows: Vec<Uuid> = touched.iter().copied().collect();
+    let settling: Vec<Uuid> = outcomes.keys().copied().collect();
+    let written = write_deferred(tx, &workflows, Chunks::settling(outcomes, &settling)).await?;
+    let (mut counts, cancel) = apply(edges, outcomes);
+    // Those written now counted what settles now already.
+    let written_ids: HashSet<Uuid> = written.iter().map(|t| t.id).collect();
+    counts.retain(|child, _| !written_ids.contains(child));
     settled.cancelled = cancel_dependents(tx, cancel).await?;
-    let counted: Vec<TaskRow> = if counts.is_empty() {
-        Vec::new()
-    } else {
+    let cancelled: HashSet<Uuid> = settled.cancelled.iter().map(|t| t.id).collect();
+    let mut counted: Vec<Task> = written
+        .into_iter()
+        .filter(|t| !cancelled.contains(&t.id))
+        .collect();
+    if !counts.is_empty() {
         let (children, settled_now): (Vec<Uuid>, Vec<i32>) =
             counts.into_iter().map(|(id, n)| (id, n as i32)).unzip();
-        sqlx::query_as(sql!(
+        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
             "UPDATE tasks t SET waiting_on = t.waiting_on - c.n,
                  status = CASE WHEN t.waiting_on - c.n > 0 THEN 'waiting'
                                WHEN t.run_at > now() THEN 'scheduled' ELSE 'queued' END
@@ -813,8 +1086,9 @@ async fn apply_edges(
         .bind(&settled_now)
         .fetch_all(&mut **tx)
         .await
-        .map_err(db_error)?
-    };
+        .map_err(db_error)?;
+        counted.extend(tasks(rows)?);
+    }
     finish(tx, settled, counted, touched).await
 }
 
@@ -823,12 +1097,12 @@ async fn apply_edges(
 async fn finish(
     tx: &mut Tx,
     mut settled: Settled,
-    counted: Vec<TaskRow>,
+    counted: Vec<Task>,
     touched: HashSet<Uuid>,
 ) -> Result<Settled, StoreError> {
     // A workflow with a task still waiting or just released has not finished.
     let mut open: HashSet<Uuid> = HashSet::new();
-    for task in tasks(counted)? {
+    for task in counted {
         if let Some(workflow) = task.workflow_id {
             open.insert(workflow);
         }
@@ -837,27 +1111,28 @@ async fn finish(
         }
     }
     if !settled.released.is_empty() {
-        // Delivered at commit, like the insert trigger's.
-        sqlx::query("SELECT pg_notify('mcp_tasks.' || current_schema(), '')")
-            .execute(&mut **tx)
-            .await
-            .map_err(db_error)?;
+        notify_claimers(tx).await?;
     }
     let maybe_finished: Vec<Uuid> = touched.difference(&open).copied().collect();
     if maybe_finished.is_empty() {
         return Ok(settled);
     }
+    // One pass over each workflow's tasks answers both questions (is one still open? did one
+    // fail?): it runs when settling saw none open, so mostly on a finished workflow, where
+    // a `NOT EXISTS` stops at no task and a second `EXISTS` for the outcome read them again.
     let rows: Vec<WorkflowRow> = sqlx::query_as(sql!(
         "UPDATE workflows SET
-             status = CASE WHEN EXISTS (SELECT 1 FROM tasks t
-                                        WHERE t.id = ANY(workflows.task_ids)
-                                        AND t.status <> 'succeeded')
-                      THEN 'failed' ELSE 'succeeded' END,
+             status = CASE WHEN s.failed THEN 'failed' ELSE 'succeeded' END,
              finished_at = now()
-         WHERE id = ANY($1) AND status = 'running'
-           AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.id = ANY(workflows.task_ids)
-                           AND t.status NOT IN ('succeeded', 'dead', 'cancelled'))
-         RETURNING {WORKFLOW_COLUMNS}"
+         FROM (SELECT w.id,
+                      bool_or(t.status NOT IN ('succeeded', 'dead', 'cancelled')) AS open,
+                      bool_or(t.status <> 'succeeded') AS failed
+               FROM workflows w JOIN tasks t ON t.id = ANY(w.task_ids)
+               WHERE w.id = ANY($1) GROUP BY w.id) s
+         WHERE workflows.id = s.id AND workflows.status = 'running' AND NOT s.open
+           AND NOT EXISTS (SELECT 1 FROM workflow_deferred d WHERE d.workflow_id = s.id)
+         RETURNING {}",
+        qualified(WORKFLOW_COLUMNS, "workflows")
     ))
     .bind(&maybe_finished)
     .fetch_all(&mut **tx)

@@ -190,6 +190,82 @@ impl SqliteTaskStore {
         claim_order(&mut claimed);
         Ok(claimed)
     }
+
+    /// The task `id` if it is a row (when it is not, `get` writes it as one if it is a
+    /// deferred workflow task, and reads again).
+    async fn get_row(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
+        // On this thread first (`direct.rs`); through the pool if that cannot be done at once.
+        let mut text = Uuid::encode_buffer();
+        let text = &*id.hyphenated().encode_lower(&mut text);
+        let direct = self.direct.read(|connection| {
+            connection
+                .prepare_cached(&TASK_BY_ID)?
+                .query_row([text], TaskRow::from_direct)
+                .optional()
+        });
+        let row = match direct {
+            Ok(row) => row,
+            Err(e) => {
+                tracing::debug!(error = %e, "direct read failed; reading through the pool");
+                sqlx::query_as(sqlx::AssertSqlSafe(TASK_BY_ID.as_str()))
+                    .bind(text)
+                    .fetch_optional(&self.readers)
+                    .await
+                    .map_err(db_error)?
+            }
+        };
+        row.map(Task::try_from).transpose()
+    }
+
+    /// Cancels the task `id` if it is a row (when it is not, `cancel` writes it as one if it
+    /// is a deferred workflow task, and asks again).
+    async fn cancel_row(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        let previous: Option<(String,)> = sqlx::query_as("SELECT status FROM tasks WHERE id = ?1")
+            .bind(id_text(id))
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        let Some((previous,)) = previous else {
+            return Ok(CancelOutcome::NotFound);
+        };
+        let previous = TaskStatus::from_str(&previous).map_err(corrupt)?;
+        let row: TaskRow = if previous.is_final() {
+            sqlx::query_as(sql!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))
+                .bind(id_text(id))
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?
+        } else {
+            sqlx::query_as(sql!(
+                "UPDATE tasks SET status = 'cancelled', finished_at = ?2,
+                     lease_owner = NULL, lease_expires_at = NULL
+                 WHERE id = ?1
+                 RETURNING {TASK_COLUMNS}"
+            ))
+            .bind(id_text(id))
+            .bind(micros(Utc::now()))
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_error)?
+        };
+        let changed = if previous.is_final() {
+            Vec::new()
+        } else {
+            vec![id]
+        };
+        self.commit_recording(tx, &changed, Transition::Cancelled)
+            .await?;
+        let task = Task::try_from(row)?;
+        Ok(if previous.is_final() {
+            CancelOutcome::AlreadyFinal(task)
+        } else {
+            CancelOutcome::Cancelled {
+                task,
+                was_running: previous == TaskStatus::Running,
+            }
+        })
+    }
 }
 
 #[async_trait]
@@ -213,7 +289,7 @@ impl TaskStore for SqliteTaskStore {
                 rows, statement,
             )));
             for t in chunk {
-                query = bind_new_task(query, t, now, false)?;
+                query = bind_new_task(query, t, (now, now), false)?;
             }
             if keyed {
                 for (id,) in query.fetch_all(&mut *tx).await.map_err(db_error)? {
@@ -267,30 +343,19 @@ impl TaskStore for SqliteTaskStore {
     }
 
     async fn get(&self, id: Uuid) -> Result<Option<Task>, StoreError> {
-        // On this thread first (`direct.rs`); through the pool if that cannot be done at once.
-        let mut text = Uuid::encode_buffer();
-        let text = &*id.hyphenated().encode_lower(&mut text);
-        let direct = self.direct.read(|connection| {
-            connection
-                .prepare_cached(&TASK_BY_ID)?
-                .query_row([text], TaskRow::from_direct)
-                .optional()
-        });
-        let row = match direct {
-            Ok(row) => row,
-            Err(e) => {
-                tracing::debug!(error = %e, "direct read failed; reading through the pool");
-                sqlx::query_as(sqlx::AssertSqlSafe(TASK_BY_ID.as_str()))
-                    .bind(text)
-                    .fetch_optional(&self.readers)
-                    .await
-                    .map_err(db_error)?
+        // A miss may be a deferred workflow task: written as a row, then read. Read again
+        // whatever that found, as a completion may have written it in between.
+        match self.get_row(id).await? {
+            None => {
+                self.write_deferred_holding(id).await?;
+                self.get_row(id).await
             }
-        };
-        row.map(Task::try_from).transpose()
+            found => Ok(found),
+        }
     }
 
     async fn list(&self, filter: &TaskFilter) -> Result<Vec<Task>, StoreError> {
+        self.write_all_deferred().await?;
         let rows: Vec<TaskRow> = sqlx::query_as(sql!(
             "SELECT {TASK_COLUMNS} FROM tasks
              WHERE (?1 IS NULL OR status = ?1)
@@ -415,51 +480,14 @@ impl TaskStore for SqliteTaskStore {
     }
 
     async fn cancel(&self, id: Uuid) -> Result<CancelOutcome, StoreError> {
-        let mut tx = self.writer.begin().await.map_err(db_error)?;
-        let previous: Option<(String,)> = sqlx::query_as("SELECT status FROM tasks WHERE id = ?1")
-            .bind(id_text(id))
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        let Some((previous,)) = previous else {
-            return Ok(CancelOutcome::NotFound);
-        };
-        let previous = TaskStatus::from_str(&previous).map_err(corrupt)?;
-        let row: TaskRow = if previous.is_final() {
-            sqlx::query_as(sql!("SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?1"))
-                .bind(id_text(id))
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db_error)?
-        } else {
-            sqlx::query_as(sql!(
-                "UPDATE tasks SET status = 'cancelled', finished_at = ?2,
-                     lease_owner = NULL, lease_expires_at = NULL
-                 WHERE id = ?1
-                 RETURNING {TASK_COLUMNS}"
-            ))
-            .bind(id_text(id))
-            .bind(micros(Utc::now()))
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_error)?
-        };
-        let changed = if previous.is_final() {
-            Vec::new()
-        } else {
-            vec![id]
-        };
-        self.commit_recording(tx, &changed, Transition::Cancelled)
-            .await?;
-        let task = Task::try_from(row)?;
-        Ok(if previous.is_final() {
-            CancelOutcome::AlreadyFinal(task)
-        } else {
-            CancelOutcome::Cancelled {
-                task,
-                was_running: previous == TaskStatus::Running,
+        // As `get`: a miss may be a deferred workflow task.
+        match self.cancel_row(id).await? {
+            CancelOutcome::NotFound => {
+                self.write_deferred_holding(id).await?;
+                self.cancel_row(id).await
             }
-        })
+            outcome => Ok(outcome),
+        }
     }
 
     async fn retry(&self, id: Uuid) -> Result<RetryOutcome, StoreError> {
@@ -559,11 +587,18 @@ impl TaskStore for SqliteTaskStore {
     }
 
     async fn counts(&self) -> Result<TaskCounts, StoreError> {
-        let rows: Vec<(String, String, i64)> =
-            sqlx::query_as("SELECT queue, status, count(*) FROM tasks GROUP BY queue, status")
-                .fetch_all(&self.readers)
-                .await
-                .map_err(db_error)?;
+        // A workflow's deferred tasks are `waiting`.
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT queue, status, sum(n) FROM (
+                 SELECT queue, status, count(*) AS n FROM tasks GROUP BY queue, status
+                 UNION ALL
+                 SELECT q.value, 'waiting', count(*) FROM workflow_deferred d, json_each(d.queues) q
+                 GROUP BY q.value)
+             GROUP BY queue, status",
+        )
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_error)?;
         task_counts(rows)
     }
 
@@ -806,16 +841,17 @@ pub(super) fn chunk_index(rows: usize) -> usize {
         .unwrap_or(INSERT_CHUNKS.len() - 1)
 }
 
-/// Binds the columns of one new task created at `now` (microseconds), in [`INSERT_COLUMNS`]'
-/// order: `waiting` if it waits for dependencies, else `scheduled` until its `run_at`, else
-/// `queued`.
+/// Binds the columns of one new task created at `created` and written `now` (microseconds), in
+/// [`INSERT_COLUMNS`]' order: `waiting` if it waits for dependencies, else `scheduled` until its
+/// `run_at` (`created` if it has none), else `queued`. A workflow's deferred task is written
+/// after its creation.
 pub(super) fn bind_new_task<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments>,
     t: &'q NewTask,
-    now: i64,
+    (created, now): (i64, i64),
     waiting: bool,
 ) -> Result<sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments>, StoreError> {
-    let run_at = t.run_at.map_or(now, micros);
+    let run_at = t.run_at.map_or(created, micros);
     let status = if waiting {
         "waiting"
     } else if run_at > now {
@@ -842,7 +878,7 @@ pub(super) fn bind_new_task<'q, O>(
         .bind(t.concurrency_limit)
         .bind(t.correlation_id.as_deref())
         .bind(t.created_by.as_deref())
-        .bind(now)
+        .bind(created)
         .bind(t.share_key.as_deref())
         .bind(t.traceparent.as_deref()))
 }

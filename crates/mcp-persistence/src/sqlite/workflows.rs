@@ -14,7 +14,8 @@ use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
-    CANCELLED_BY_DEPENDENCY, apply, group_parents, may_retry, parent_view, revivable, revives,
+    CANCELLED_BY_DEPENDENCY, Chunks, DEFERRED_CHUNK, DeferredTask, apply, group_parents, in_favour,
+    may_retry, parent_view, revivable, revives, still_waiting,
 };
 use chrono::Utc;
 use mcp_core::task::Progress;
@@ -25,7 +26,7 @@ use mcp_core::workflow::{
 use mcp_core::{Completion, NewTask, RetryOutcome, StoreError, Task, TaskStatus, TaskStore};
 use serde_json::{Value, json};
 use sqlx::{FromRow, Sqlite, Transaction};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::LazyLock;
 use uuid::Uuid;
@@ -91,10 +92,56 @@ impl SqliteTaskStore {
         .await
         .map_err(db_error)?;
         let stored = Workflow::try_from(row)?;
-        let created = insert_tasks(&mut tx, workflow.id, new, nodes, at).await?;
+        // The outbox records `task.created` from the task's row: while a webhook wants it,
+        // every task is a row at once.
+        let created = if self.outbox.wanted(Transition::Created).is_some() {
+            insert_tasks(&mut tx, workflow.id, new, nodes, at).await?
+        } else {
+            insert_deferring(&mut tx, workflow.id, new, nodes, at).await?
+        };
         let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
         self.commit_recording(tx, &ids, Transition::Created).await?;
         Ok((stored, created))
+    }
+
+    /// Writes as rows the deferred tasks of the workflow holding the task `id`, if one does
+    /// (before something reads or changes that task).
+    pub(super) async fn write_deferred_holding(&self, id: Uuid) -> Result<(), StoreError> {
+        let holder: Option<(String,)> = sqlx::query_as(HOLDER_OF_DEFERRED)
+            .bind(id_text(id))
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(db_error)?;
+        match holder {
+            Some((workflow,)) => self.write_deferred_of(Some(vec![workflow])).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Writes as rows the deferred tasks of every workflow that has some (before a list reads
+    /// `tasks`).
+    pub(super) async fn write_all_deferred(&self) -> Result<(), StoreError> {
+        self.write_deferred_of(None).await
+    }
+
+    /// Writes the deferred tasks of `workflows` (all when `None`) as rows. Their dependencies
+    /// have not settled (that would have written them), so they are `waiting`.
+    async fn write_deferred_of(&self, workflows: Option<Vec<String>>) -> Result<(), StoreError> {
+        let holders: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT workflow_id FROM workflow_deferred
+             WHERE ?1 IS NULL OR workflow_id IN (SELECT value FROM json_each(?1))",
+        )
+        .bind(workflows.map(json_array))
+        .fetch_all(&self.readers)
+        .await
+        .map_err(db_error)?;
+        if holders.is_empty() {
+            return Ok(());
+        }
+        let holders: Vec<String> = holders.into_iter().map(|(id,)| id).collect();
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        write_deferred(&mut tx, &holders, Chunks::All, micros(Utc::now())).await?;
+        tx.commit().await.map_err(db_error)
     }
 
     pub(super) async fn extend_workflow_tx(
@@ -113,7 +160,10 @@ impl SqliteTaskStore {
         if running.is_none() {
             return Ok(None);
         }
-        let created = insert_tasks(&mut tx, workflow_id, new, nodes, Utc::now()).await?;
+        let at = Utc::now();
+        // The new tasks' dependencies are rows, whose edges to them are written.
+        write_deferred(&mut tx, &[id_text(workflow_id)], Chunks::All, micros(at)).await?;
+        let created = insert_tasks(&mut tx, workflow_id, new, nodes, at).await?;
         // Dependencies that are final already settle the new edges now.
         let parents: Vec<Uuid> = nodes.iter().flat_map(|n| n.depends_on.clone()).collect();
         let settled = settle(&mut tx, &parents).await?;
@@ -126,6 +176,7 @@ impl SqliteTaskStore {
         &self,
         id: Uuid,
     ) -> Result<Option<WorkflowDetail>, StoreError> {
+        self.write_deferred_of(Some(vec![id_text(id)])).await?;
         let row: Option<WorkflowRow> = sqlx::query_as(sql!(
             "SELECT {WORKFLOW_COLUMNS} FROM workflows WHERE id = ?1"
         ))
@@ -224,6 +275,8 @@ impl SqliteTaskStore {
         if exists.is_none() {
             return Ok(None);
         }
+        let now = micros(Utc::now());
+        write_deferred(&mut tx, &[id_text(id)], Chunks::All, now).await?;
         let running: Vec<(String,)> =
             sqlx::query_as("SELECT id FROM tasks WHERE workflow_id = ?1 AND status = 'running'")
                 .bind(id_text(id))
@@ -231,7 +284,6 @@ impl SqliteTaskStore {
                 .await
                 .map_err(db_error)?;
         let running: HashSet<String> = running.into_iter().map(|(id,)| id).collect();
-        let now = micros(Utc::now());
         let rows: Vec<TaskRow> = sqlx::query_as(sql!(
             "UPDATE tasks SET status = 'cancelled', finished_at = ?2,
                  lease_owner = NULL, lease_expires_at = NULL
@@ -275,12 +327,28 @@ impl SqliteTaskStore {
             reopened: None,
         };
         let mut tx = self.writer.begin().await.map_err(db_error)?;
-        let found: Option<(Option<String>, String)> =
-            sqlx::query_as("SELECT workflow_id, status FROM tasks WHERE id = ?1")
+        let mut found: Option<(Option<String>, String)> = None;
+        // A miss may be a deferred workflow task (in this transaction, the one writer: no
+        // completion writes it in between).
+        for _ in 0..2 {
+            found = sqlx::query_as("SELECT workflow_id, status FROM tasks WHERE id = ?1")
                 .bind(id_text(id))
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_error)?;
+            let holder: Option<(String,)> = match found {
+                Some(_) => None,
+                None => sqlx::query_as(HOLDER_OF_DEFERRED)
+                    .bind(id_text(id))
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(db_error)?,
+            };
+            let Some((workflow,)) = holder else {
+                break;
+            };
+            write_deferred(&mut tx, &[workflow], Chunks::All, micros(Utc::now())).await?;
+        }
         let (workflow_id, status) = match found {
             None => return Ok(plain(RetryOutcome::NotFound)),
             Some((None, _)) => {
@@ -298,6 +366,14 @@ impl SqliteTaskStore {
                 .map_err(db_error)?;
         let flow_status = WorkflowStatus::from_str(&flow_status).map_err(corrupt)?;
         let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
+        // What a retry revives and counts again goes down and up the graph's rows.
+        write_deferred(
+            &mut tx,
+            std::slice::from_ref(&workflow_id),
+            Chunks::All,
+            micros(Utc::now()),
+        )
+        .await?;
         let dependencies: Vec<(String,)> = sqlx::query_as(
             "SELECT p.status FROM workflow_edges e JOIN tasks p ON p.id = e.depends_on
              WHERE e.task_id = ?1",
@@ -493,15 +569,19 @@ impl SqliteTaskStore {
     }
 }
 
-/// The `INSERT` of `rows` edges (`(task_id, depends_on)`), in chunks as tasks are.
+/// The workflow whose deferred chunks hold the task `?1`.
+const HOLDER_OF_DEFERRED: &str = "SELECT workflow_id FROM workflow_deferred
+     WHERE EXISTS (SELECT 1 FROM json_each(workflow_deferred.ids) WHERE value = ?1) LIMIT 1";
+
+/// The `INSERT` of `rows` edges (`(task_id, depends_on, settled)`), in chunks as tasks are.
 fn edges_values_sql(rows: usize) -> &'static str {
     static STATEMENTS: LazyLock<Vec<String>> = LazyLock::new(|| {
         INSERT_CHUNKS
             .iter()
             .map(|&rows| {
                 format!(
-                    "INSERT INTO workflow_edges (task_id, depends_on) VALUES {}",
-                    vec!["(?,?)"; rows].join(",")
+                    "INSERT INTO workflow_edges (task_id, depends_on, settled) VALUES {}",
+                    vec!["(?,?,?)"; rows].join(",")
                 )
             })
             .collect()
@@ -509,7 +589,8 @@ fn edges_values_sql(rows: usize) -> &'static str {
     &STATEMENTS[chunk_index(rows)]
 }
 
-/// Inserts workflow tasks and their edges: a task with dependencies waits on all of them.
+/// Inserts workflow tasks as rows with their edges: a task with dependencies waits on all of
+/// them.
 async fn insert_tasks(
     tx: &mut Tx,
     workflow_id: Uuid,
@@ -518,60 +599,258 @@ async fn insert_tasks(
     at: chrono::DateTime<Utc>,
 ) -> Result<Vec<Task>, StoreError> {
     let now = micros(at);
+    write_rows(tx, workflow_id, new, nodes, &HashSet::new(), (now, now)).await
+}
+
+/// Stores a new workflow's tasks: those without dependencies as rows, runnable; the others
+/// deferred, in chunks written as rows when one of their dependencies settles (or something
+/// reads them). What it returns is every task as its row will be: the deferred ones `waiting`,
+/// created `at` (the workflow's creation).
+async fn insert_deferring(
+    tx: &mut Tx,
+    workflow_id: Uuid,
+    new: &[NewTask],
+    nodes: &[WorkflowNode],
+    at: chrono::DateTime<Utc>,
+) -> Result<Vec<Task>, StoreError> {
+    let now = micros(at);
+    let created_at = instant(now)?;
+    let (mut roots, mut root_nodes, mut deferred) = (Vec::new(), Vec::new(), Vec::new());
+    let mut waiting = HashMap::new();
+    for (task, node) in new.iter().zip(nodes) {
+        if node.depends_on.is_empty() {
+            roots.push(task.clone());
+            root_nodes.push(node.clone());
+            continue;
+        }
+        // Edges are rows of their own here: a task's dependents are not kept on it.
+        let later = DeferredTask::new(task, node, Vec::new(), created_at);
+        let mut shown = inserted_task(task, TaskStatus::Waiting, later.run_at(), created_at);
+        shown.workflow_id = Some(workflow_id);
+        shown.workflow_key = Some(node.key.clone());
+        waiting.insert(task.id, shown);
+        deferred.push(later);
+    }
+    let mut created: HashMap<Uuid, Task> = write_rows(
+        tx,
+        workflow_id,
+        &roots,
+        &root_nodes,
+        &HashSet::new(),
+        (now, now),
+    )
+    .await?
+    .into_iter()
+    .map(|t| (t.id, t))
+    .collect();
     let workflow = id_text(workflow_id);
-    let tasks: Vec<(&NewTask, &WorkflowNode)> = new.iter().zip(nodes).collect();
+    for (seq, chunk) in deferred.chunks(DEFERRED_CHUNK).enumerate() {
+        let ids: Vec<Uuid> = chunk.iter().map(DeferredTask::id).collect();
+        let mut parents: Vec<Uuid> = chunk
+            .iter()
+            .flat_map(|t| t.depends_on().iter().copied())
+            .collect();
+        parents.sort_unstable();
+        parents.dedup();
+        let queues: Vec<String> = chunk.iter().map(|t| t.queue().to_string()).collect();
+        sqlx::query(
+            "INSERT INTO workflow_deferred (workflow_id, seq, ids, parents, queues, tasks)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .bind(workflow.as_str())
+        .bind(seq as i64)
+        .bind(ids_json(&ids))
+        .bind(ids_json(&parents))
+        .bind(json_array(queues))
+        .bind(serde_json::to_string(chunk).map_err(corrupt)?)
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    }
+    created.extend(waiting);
+    new.iter()
+        .map(|t| {
+            created.remove(&t.id).ok_or_else(|| {
+                StoreError::Database(format!("workflow task {} was not stored", t.id))
+            })
+        })
+        .collect()
+}
+
+/// Writes workflow tasks as rows with their edges, created at `created` and written `now`
+/// (microseconds): each waits for its dependencies not `satisfied`, whose edges are settled
+/// already. The tasks as written, in input order.
+async fn write_rows(
+    tx: &mut Tx,
+    workflow_id: Uuid,
+    new: &[NewTask],
+    nodes: &[WorkflowNode],
+    satisfied: &HashSet<Uuid>,
+    (created, now): (i64, i64),
+) -> Result<Vec<Task>, StoreError> {
+    let workflow = id_text(workflow_id);
+    let tasks: Vec<(&NewTask, &WorkflowNode, i64)> = new
+        .iter()
+        .zip(nodes)
+        .map(|(t, node)| {
+            (
+                t,
+                node,
+                i64::from(still_waiting(&node.depends_on, satisfied)),
+            )
+        })
+        .collect();
     for chunk in insert_chunks(&tasks) {
         let mut query = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(insert_values_sql(
             chunk.len(),
             Insert::Workflow,
         )));
-        for (t, node) in chunk {
-            query = bind_new_task(query, t, now, !node.depends_on.is_empty())?
+        for (t, node, waiting_on) in chunk {
+            query = bind_new_task(query, t, (created, now), *waiting_on > 0)?
                 .bind(workflow.as_str())
                 .bind(node.key.as_str())
-                .bind(node.depends_on.len() as i64);
+                .bind(*waiting_on);
         }
         sqlx::Executor::execute(&mut **tx, query)
             .await
             .map_err(db_error)?;
     }
-    let edges: Vec<(String, String)> = tasks
+    let edges: Vec<(String, String, bool)> = tasks
         .iter()
-        .flat_map(|(t, node)| {
+        .flat_map(|(t, node, _)| {
             node.depends_on
                 .iter()
-                .map(move |d| (id_text(t.id), id_text(*d)))
+                .map(move |d| (id_text(t.id), id_text(*d), satisfied.contains(d)))
         })
         .collect();
     for chunk in insert_chunks(&edges) {
         let mut query = sqlx::query(sqlx::AssertSqlSafe(edges_values_sql(chunk.len())));
-        for (task, dependency) in chunk {
-            query = query.bind(task.as_str()).bind(dependency.as_str());
+        for (task, dependency, settled) in chunk {
+            query = query
+                .bind(task.as_str())
+                .bind(dependency.as_str())
+                .bind(*settled);
         }
         sqlx::Executor::execute(&mut **tx, query)
             .await
             .map_err(db_error)?;
     }
-    let created_at = instant(now).unwrap_or(at);
-    Ok(new
-        .iter()
-        .zip(nodes)
-        .map(|(t, node)| {
-            let run_at = t.run_at.unwrap_or(at);
-            let status = if !node.depends_on.is_empty() {
+    let created_at = instant(created)?;
+    tasks
+        .into_iter()
+        .map(|(t, node, waiting_on)| {
+            let run_at = t.run_at.map_or(created, micros);
+            let status = if waiting_on > 0 {
                 TaskStatus::Waiting
-            } else if run_at > at {
+            } else if run_at > now {
                 TaskStatus::Scheduled
             } else {
                 TaskStatus::Queued
             };
-            let run_at = instant(micros(run_at)).unwrap_or(run_at);
-            let mut task = inserted_task(t, status, run_at, created_at);
+            let mut task = inserted_task(t, status, instant(run_at)?, created_at);
             task.workflow_id = Some(workflow_id);
             task.workflow_key = Some(node.key.clone());
-            task
+            Ok(task)
         })
-        .collect())
+        .collect()
+}
+
+/// Writes deferred chunks of `workflows` as rows, `now` (microseconds), each task waiting for
+/// its dependencies not yet satisfied: final in its favour. An edge to a satisfied one is
+/// written settled, so settling that dependency (now, or later for one cancelled by hand)
+/// passes it by; an edge to a failed one is not, so its settling cancels the task. The tasks
+/// written.
+async fn write_deferred(
+    tx: &mut Tx,
+    workflows: &[String],
+    chunks: Chunks<'_>,
+    now: i64,
+) -> Result<Vec<Task>, StoreError> {
+    let (all, settling) = chunks.selection();
+    let taken: Vec<(String, String)> = sqlx::query_as(
+        "DELETE FROM workflow_deferred
+         WHERE workflow_id IN (SELECT value FROM json_each(?1))
+           AND (?2 OR EXISTS (SELECT 1 FROM json_each(workflow_deferred.parents) AS p
+                              WHERE p.value IN (SELECT value FROM json_each(?3))))
+         RETURNING workflow_id, tasks",
+    )
+    .bind(json_array(workflows.to_vec()))
+    .bind(all)
+    .bind(ids_json(settling))
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    if taken.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut by_workflow: BTreeMap<String, Vec<DeferredTask>> = BTreeMap::new();
+    for (workflow, chunk) in taken {
+        let chunk: Vec<DeferredTask> = serde_json::from_str(&chunk).map_err(corrupt)?;
+        by_workflow.entry(workflow).or_default().extend(chunk);
+    }
+    let flows: Vec<(String, i64, String)> = sqlx::query_as(
+        "SELECT id, created_at, on_failure FROM workflows
+         WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(json_array(by_workflow.keys().cloned().collect::<Vec<_>>()))
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    let mut written = Vec::new();
+    for (workflow, created, policy) in flows {
+        let Some(deferred) = by_workflow.remove(&workflow) else {
+            continue;
+        };
+        let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
+        let (new, nodes): (Vec<NewTask>, Vec<WorkflowNode>) = deferred
+            .into_iter()
+            .map(|task| {
+                let (task, node, _) = task.into_parts();
+                (task, node)
+            })
+            .unzip();
+        let satisfied = satisfied(tx, &new, &nodes, policy).await?;
+        let workflow_id = uuid(&workflow)?;
+        written
+            .extend(write_rows(tx, workflow_id, &new, &nodes, &satisfied, (created, now)).await?);
+    }
+    Ok(written)
+}
+
+/// Of the dependencies of `new` (at their places `nodes`), those satisfied: final in their
+/// dependents' favour under `policy`. One written with them is not.
+async fn satisfied(
+    tx: &mut Tx,
+    new: &[NewTask],
+    nodes: &[WorkflowNode],
+    policy: OnFailure,
+) -> Result<HashSet<Uuid>, StoreError> {
+    let writing: HashSet<Uuid> = new.iter().map(|t| t.id).collect();
+    let mut parents: Vec<Uuid> = nodes
+        .iter()
+        .flat_map(|n| n.depends_on.iter().copied())
+        .filter(|p| !writing.contains(p))
+        .collect();
+    parents.sort_unstable();
+    parents.dedup();
+    if parents.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let ended: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, status FROM tasks WHERE id IN (SELECT value FROM json_each(?1))
+           AND status IN ('succeeded', 'dead', 'cancelled')",
+    )
+    .bind(ids_json(&parents))
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    let mut satisfied = HashSet::new();
+    for (id, status) in ended {
+        if in_favour(TaskStatus::from_str(&status).map_err(corrupt)?, policy) {
+            satisfied.insert(uuid(&id)?);
+        }
+    }
+    Ok(satisfied)
 }
 
 /// Settles the tasks a completion in this transaction made final, given as `(id, status,
@@ -648,6 +927,11 @@ async fn apply_outcomes(
         return Ok(settled);
     }
     let final_ids: Vec<Uuid> = outcomes.keys().copied().collect();
+    let now = micros(Utc::now());
+    // Deferred dependents first, counting what settles now: their edges to it are written
+    // settled when it counts in their favour, so the update below passes them by.
+    let flows: Vec<String> = touched.iter().cloned().collect();
+    let written = write_deferred(tx, &flows, Chunks::settling(&outcomes, &final_ids), now).await?;
     let edges: Vec<(String, String)> = sqlx::query_as(
         "UPDATE workflow_edges SET settled = 1
          WHERE depends_on IN (SELECT value FROM json_each(?1)) AND settled = 0
@@ -662,7 +946,6 @@ async fn apply_outcomes(
         .map(|(child, parent)| Ok((uuid(&child)?, uuid(&parent)?)))
         .collect::<Result<Vec<_>, StoreError>>()?;
     let (counts, cancel) = apply(&edges, &outcomes);
-    let now = micros(Utc::now());
     // Cancelled first, so what the countdown returns is still open at the end.
     if !cancel.is_empty() {
         // Each with the dependency whose end cancels it (`details.cancelled_by`): a retry of
@@ -694,6 +977,13 @@ async fn apply_outcomes(
     }
     // A workflow with a task still waiting or just released has not finished.
     let mut open: HashSet<String> = HashSet::new();
+    let cancelled: HashSet<Uuid> = settled.cancelled.iter().map(|t| t.id).collect();
+    for task in written.into_iter().filter(|t| !cancelled.contains(&t.id)) {
+        open.insert(id_text(task.workflow_id.unwrap_or_default()));
+        if task.status != TaskStatus::Waiting {
+            settled.released.push(task);
+        }
+    }
     if !counts.is_empty() {
         let counts: Vec<Value> = counts
             .into_iter()
@@ -736,6 +1026,7 @@ async fn apply_outcomes(
          WHERE id IN (SELECT value FROM json_each(?1)) AND status = 'running'
            AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.workflow_id = workflows.id
                            AND t.status NOT IN ('succeeded', 'dead', 'cancelled'))
+           AND NOT EXISTS (SELECT 1 FROM workflow_deferred d WHERE d.workflow_id = workflows.id)
          RETURNING {WORKFLOW_COLUMNS}"
     ))
     .bind(json_array(touched))
