@@ -1,10 +1,12 @@
-//! What both stores share around workflows: how the dependencies that just settled turn into
-//! dependents released or cancelled, and how a dependency's outcome is handed to a dependent.
+//! What both stores share around workflows: a deferred task as stored, which deferred chunks a
+//! settling writes, how the dependencies that just settled turn into dependents released or
+//! cancelled, and how a dependency's outcome is handed to a dependent.
 
+use crate::tasks::inserted_task;
 use chrono::{DateTime, Utc};
 use mcp_core::task::Backoff;
 use mcp_core::workflow::{OnFailure, WorkflowNode, WorkflowStatus};
-use mcp_core::{NewTask, TaskStatus};
+use mcp_core::{NewTask, StoreError, Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::collections::{HashMap, HashSet};
@@ -113,22 +115,6 @@ impl DeferredTask {
         }
     }
 
-    pub(crate) fn id(&self) -> Uuid {
-        self.id
-    }
-
-    pub(crate) fn run_at(&self) -> DateTime<Utc> {
-        self.run_at
-    }
-
-    pub(crate) fn queue(&self) -> &str {
-        &self.queue
-    }
-
-    pub(crate) fn depends_on(&self) -> &[Uuid] {
-        &self.depends_on
-    }
-
     /// The task, its place and its dependents, as inserting it takes them.
     pub(crate) fn into_parts(self) -> (NewTask, WorkflowNode, Vec<Uuid>) {
         let task = NewTask {
@@ -191,6 +177,90 @@ impl<'a> Chunks<'a> {
             Chunks::DependingOn(ids) => (false, ids),
         }
     }
+}
+
+/// A new workflow's tasks split for storing: those without dependencies (rows at once), with
+/// their places, and the others deferred, each also as the task its row will be (`shown` by the
+/// workflow's creation: `waiting`, created with the workflow).
+pub(crate) struct Split {
+    pub(crate) roots: Vec<NewTask>,
+    pub(crate) root_nodes: Vec<WorkflowNode>,
+    pub(crate) deferred: Vec<DeferredTask>,
+    pub(crate) shown: HashMap<Uuid, Task>,
+}
+
+/// Splits `new` (at their places `nodes`) of workflow `workflow_id`, created `now`, each
+/// deferred task with its `dependents`.
+pub(crate) fn split(
+    workflow_id: Uuid,
+    new: &[NewTask],
+    nodes: &[WorkflowNode],
+    dependents: &HashMap<Uuid, Vec<Uuid>>,
+    now: DateTime<Utc>,
+) -> Split {
+    let mut split = Split {
+        roots: Vec::new(),
+        root_nodes: Vec::new(),
+        deferred: Vec::new(),
+        shown: HashMap::new(),
+    };
+    for (task, node) in new.iter().zip(nodes) {
+        if node.depends_on.is_empty() {
+            split.roots.push(task.clone());
+            split.root_nodes.push(node.clone());
+            continue;
+        }
+        let its_dependents = dependents.get(&task.id).cloned().unwrap_or_default();
+        let later = DeferredTask::new(task, node, its_dependents, now);
+        let mut shown = inserted_task(task, TaskStatus::Waiting, later.run_at, now);
+        shown.workflow_id = Some(workflow_id);
+        shown.workflow_key = Some(node.key.clone());
+        split.shown.insert(task.id, shown);
+        split.deferred.push(later);
+    }
+    split
+}
+
+/// What a chunk stores beside its JSON: its tasks' ids, the tasks they depend on (once each)
+/// and their queues.
+pub(crate) fn chunk_columns(chunk: &[DeferredTask]) -> (Vec<Uuid>, Vec<Uuid>, Vec<String>) {
+    let ids = chunk.iter().map(|t| t.id).collect();
+    let mut parents: Vec<Uuid> = chunk
+        .iter()
+        .flat_map(|t| t.depends_on.iter().copied())
+        .collect();
+    parents.sort_unstable();
+    parents.dedup();
+    let queues = chunk.iter().map(|t| t.queue.clone()).collect();
+    (ids, parents, queues)
+}
+
+/// The tasks `new`, in their order, from those `stored` (by id).
+pub(crate) fn in_order(
+    new: &[NewTask],
+    mut stored: HashMap<Uuid, Task>,
+) -> Result<Vec<Task>, StoreError> {
+    new.iter()
+        .map(|t| {
+            stored.remove(&t.id).ok_or_else(|| {
+                StoreError::Database(format!("workflow task {} was not stored", t.id))
+            })
+        })
+        .collect()
+}
+
+/// The dependencies of the tasks at `nodes` that are not among `new` (written with them), once
+/// each: those whose outcome a deferred task being written may count already.
+pub(crate) fn outside_dependencies(new: &[NewTask], nodes: &[WorkflowNode]) -> Vec<Uuid> {
+    let writing: HashSet<Uuid> = new.iter().map(|t| t.id).collect();
+    let mut parents: Vec<Uuid> = nodes
+        .iter()
+        .flat_map(|n| n.depends_on.iter().copied())
+        .filter(|p| !writing.contains(p))
+        .collect();
+    parents.sort_unstable();
+    parents.dedup();
+    parents
 }
 
 /// Each task's dependents among `new` (ids), from their places `nodes`, in input order.

@@ -1,8 +1,10 @@
-//! Workflows on PostgreSQL: a workflow and its tasks inserted in one transaction, and settling
-//! (dependents released or cancelled, workflows finished) in the transaction that made their
-//! dependencies final. Settling locks the workflows' rows first (in id order), so two nodes
-//! settling the last two tasks of one workflow at once take turns and the second sees the
-//! first's outcome: a workflow always finishes, a dependent is always released. Releasing
+//! Workflows on PostgreSQL: a workflow and its tasks inserted in one transaction (those with
+//! dependencies deferred, as JSON chunks), and settling (deferred dependents written as rows,
+//! dependents released or cancelled, workflows finished) in the transaction that made their
+//! dependencies final. Settling locks the workflows' rows first (in id order), and so does
+//! writing deferred tasks for a reader, so two nodes settling the last two tasks of one
+//! workflow at once take turns and the second sees the first's outcome: a workflow always
+//! finishes, a dependent is always released, a deferred task is written once. Releasing
 //! notifies every node's claim loop (delivered at commit).
 
 use super::PgTaskStore;
@@ -13,8 +15,9 @@ use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
-    CANCELLED_BY_DEPENDENCY, Chunks, DEFERRED_CHUNK, DeferredTask, apply, dependents_of,
-    group_parents, in_favour, may_retry, parent_view, revivable, revives, still_waiting,
+    CANCELLED_BY_DEPENDENCY, Chunks, DEFERRED_CHUNK, DeferredTask, Split, apply, chunk_columns,
+    dependents_of, group_parents, in_favour, in_order, may_retry, outside_dependencies,
+    parent_view, revivable, revives, split, still_waiting,
 };
 use chrono::{DateTime, Utc};
 use mcp_core::task::Progress;
@@ -674,46 +677,29 @@ async fn insert_deferring(
     now: DateTime<Utc>,
 ) -> Result<Vec<Task>, StoreError> {
     let dependents = dependents_of(new, nodes);
-    let dependents_of = |id: &Uuid| dependents.get(id).cloned().unwrap_or_default();
-    let (mut roots, mut root_nodes, mut deferred) = (Vec::new(), Vec::new(), Vec::new());
-    let mut waiting = HashMap::new();
-    for (task, node) in new.iter().zip(nodes) {
-        if node.depends_on.is_empty() {
-            roots.push(task.clone());
-            root_nodes.push(node.clone());
-            continue;
-        }
-        let later = DeferredTask::new(task, node, dependents_of(&task.id), now);
-        let mut shown = inserted_task(task, TaskStatus::Waiting, later.run_at(), now);
-        shown.workflow_id = Some(workflow_id);
-        shown.workflow_key = Some(node.key.clone());
-        waiting.insert(task.id, shown);
-        deferred.push(later);
-    }
+    let Split {
+        roots,
+        root_nodes,
+        deferred,
+        shown,
+    } = split(workflow_id, new, nodes, &dependents, now);
     let rows = Rows {
         new: &roots,
         nodes: &root_nodes,
         dependents: roots
             .iter()
-            .map(|t| uuid_array(&dependents_of(&t.id)))
+            .map(|t| dependents.get(&t.id).and_then(|d| uuid_array(d)))
             .collect(),
         waiting: vec![0; roots.len()],
         created_at: None,
     };
-    let mut created: HashMap<Uuid, Task> = write_rows(tx, workflow_id, rows)
+    let mut stored: HashMap<Uuid, Task> = write_rows(tx, workflow_id, rows)
         .await?
         .into_iter()
         .map(|t| (t.id, t))
         .collect();
     for (seq, chunk) in deferred.chunks(DEFERRED_CHUNK).enumerate() {
-        let ids: Vec<Uuid> = chunk.iter().map(DeferredTask::id).collect();
-        let mut parents: Vec<Uuid> = chunk
-            .iter()
-            .flat_map(|t| t.depends_on().iter().copied())
-            .collect();
-        parents.sort_unstable();
-        parents.dedup();
-        let queues: Vec<&str> = chunk.iter().map(DeferredTask::queue).collect();
+        let (ids, parents, queues) = chunk_columns(chunk);
         sqlx::query(
             "INSERT INTO workflow_deferred (workflow_id, seq, ids, parents, queues, tasks)
              VALUES ($1, $2, $3, $4, $5, $6::json)",
@@ -728,14 +714,8 @@ async fn insert_deferring(
         .await
         .map_err(db_error)?;
     }
-    created.extend(waiting);
-    new.iter()
-        .map(|t| {
-            created.remove(&t.id).ok_or_else(|| {
-                StoreError::Database(format!("workflow task {} was not stored", t.id))
-            })
-        })
-        .collect()
+    stored.extend(shown);
+    in_order(new, stored)
 }
 
 /// Workflow tasks to write as rows: each with its place, its dependents (as [`uuid_array`]
@@ -875,14 +855,7 @@ async fn satisfied(
     nodes: &[WorkflowNode],
     policy: OnFailure,
 ) -> Result<HashSet<Uuid>, StoreError> {
-    let writing: HashSet<Uuid> = new.iter().map(|t| t.id).collect();
-    let mut parents: Vec<Uuid> = nodes
-        .iter()
-        .flat_map(|n| n.depends_on.iter().copied())
-        .filter(|p| !writing.contains(p))
-        .collect();
-    parents.sort_unstable();
-    parents.dedup();
+    let parents = outside_dependencies(new, nodes);
     if parents.is_empty() {
         return Ok(HashSet::new());
     }

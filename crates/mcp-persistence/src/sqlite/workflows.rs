@@ -1,5 +1,6 @@
-//! Workflows on SQLite: a workflow and its tasks inserted in one transaction, and settling
-//! (dependents released or cancelled, workflows finished) in the transaction that made their
+//! Workflows on SQLite: a workflow and its tasks inserted in one transaction (those with
+//! dependencies deferred, as JSON chunks), and settling (deferred dependents written as rows,
+//! dependents released or cancelled, workflows finished) in the transaction that made their
 //! dependencies final. The one writer connection orders every settling, so no lock is needed.
 
 use super::SqliteTaskStore;
@@ -14,8 +15,9 @@ use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
-    CANCELLED_BY_DEPENDENCY, Chunks, DEFERRED_CHUNK, DeferredTask, apply, group_parents, in_favour,
-    may_retry, parent_view, revivable, revives, still_waiting,
+    CANCELLED_BY_DEPENDENCY, Chunks, DEFERRED_CHUNK, DeferredTask, Split, apply, chunk_columns,
+    group_parents, in_favour, in_order, may_retry, outside_dependencies, parent_view, revivable,
+    revives, split, still_waiting,
 };
 use chrono::Utc;
 use mcp_core::task::Progress;
@@ -614,24 +616,14 @@ async fn insert_deferring(
     at: chrono::DateTime<Utc>,
 ) -> Result<Vec<Task>, StoreError> {
     let now = micros(at);
-    let created_at = instant(now)?;
-    let (mut roots, mut root_nodes, mut deferred) = (Vec::new(), Vec::new(), Vec::new());
-    let mut waiting = HashMap::new();
-    for (task, node) in new.iter().zip(nodes) {
-        if node.depends_on.is_empty() {
-            roots.push(task.clone());
-            root_nodes.push(node.clone());
-            continue;
-        }
-        // Edges are rows of their own here: a task's dependents are not kept on it.
-        let later = DeferredTask::new(task, node, Vec::new(), created_at);
-        let mut shown = inserted_task(task, TaskStatus::Waiting, later.run_at(), created_at);
-        shown.workflow_id = Some(workflow_id);
-        shown.workflow_key = Some(node.key.clone());
-        waiting.insert(task.id, shown);
-        deferred.push(later);
-    }
-    let mut created: HashMap<Uuid, Task> = write_rows(
+    // Edges are rows of their own here: a task's dependents are not kept on it.
+    let Split {
+        roots,
+        root_nodes,
+        deferred,
+        shown,
+    } = split(workflow_id, new, nodes, &HashMap::new(), instant(now)?);
+    let mut stored: HashMap<Uuid, Task> = write_rows(
         tx,
         workflow_id,
         &roots,
@@ -645,14 +637,7 @@ async fn insert_deferring(
     .collect();
     let workflow = id_text(workflow_id);
     for (seq, chunk) in deferred.chunks(DEFERRED_CHUNK).enumerate() {
-        let ids: Vec<Uuid> = chunk.iter().map(DeferredTask::id).collect();
-        let mut parents: Vec<Uuid> = chunk
-            .iter()
-            .flat_map(|t| t.depends_on().iter().copied())
-            .collect();
-        parents.sort_unstable();
-        parents.dedup();
-        let queues: Vec<String> = chunk.iter().map(|t| t.queue().to_string()).collect();
+        let (ids, parents, queues) = chunk_columns(chunk);
         sqlx::query(
             "INSERT INTO workflow_deferred (workflow_id, seq, ids, parents, queues, tasks)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -667,14 +652,8 @@ async fn insert_deferring(
         .await
         .map_err(db_error)?;
     }
-    created.extend(waiting);
-    new.iter()
-        .map(|t| {
-            created.remove(&t.id).ok_or_else(|| {
-                StoreError::Database(format!("workflow task {} was not stored", t.id))
-            })
-        })
-        .collect()
+    stored.extend(shown);
+    in_order(new, stored)
 }
 
 /// Writes workflow tasks as rows with their edges, created at `created` and written `now`
@@ -825,14 +804,7 @@ async fn satisfied(
     nodes: &[WorkflowNode],
     policy: OnFailure,
 ) -> Result<HashSet<Uuid>, StoreError> {
-    let writing: HashSet<Uuid> = new.iter().map(|t| t.id).collect();
-    let mut parents: Vec<Uuid> = nodes
-        .iter()
-        .flat_map(|n| n.depends_on.iter().copied())
-        .filter(|p| !writing.contains(p))
-        .collect();
-    parents.sort_unstable();
-    parents.dedup();
+    let parents = outside_dependencies(new, nodes);
     if parents.is_empty() {
         return Ok(HashSet::new());
     }
