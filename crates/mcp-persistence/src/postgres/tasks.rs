@@ -710,8 +710,9 @@ impl TaskStore for PgTaskStore {
 
 /// Inserts new tasks from the arrays of [`NewTaskColumns`] (`$1`–`$17`, unnested as `i`), one
 /// statement for `insert` and a workflow's tasks: `status` is each row's status expression,
-/// `created` its creation time's; `columns` and `values` add the caller's own columns, read from `arrays` (`$18`…) unnested
-/// beside the shared ones under `names`; `tail` ends the statement.
+/// `created` its creation time's; `columns` and `values` add the caller's own columns, read
+/// from `arrays` (`$18`…) unnested beside the shared ones under `names`; `tail` ends the
+/// statement.
 macro_rules! insert_tasks_sql {
     (status: $status:literal, created: $created:literal, columns: $columns:literal,
      values: $values:literal, arrays: $arrays:literal, names: $names:literal,
