@@ -2,6 +2,7 @@
 //! settling writes, how the dependencies that just settled turn into dependents released or
 //! cancelled, and how a dependency's outcome is handed to a dependent.
 
+use crate::codec::{instant, micros};
 use crate::tasks::inserted_task;
 use chrono::{DateTime, Utc};
 use mcp_core::task::Backoff;
@@ -99,7 +100,7 @@ impl DeferredTask {
             // returns is the row written later.
             run_at: task
                 .run_at
-                .map(|at| DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at))
+                .map(|at| instant(micros(at)).unwrap_or(at))
                 .unwrap_or(now),
             timeout_ms: task.timeout_ms,
             idempotency_key: task.idempotency_key.clone(),

@@ -127,7 +127,7 @@ impl PgTaskStore {
                 .await
                 .map_err(db_error)?;
         match holder {
-            Some((workflow,)) => self.write_deferred_of(Some(&[workflow])).await,
+            Some((workflow,)) => self.write_holders(&[workflow]).await,
             None => Ok(()),
         }
     }
@@ -138,10 +138,7 @@ impl PgTaskStore {
         self.write_deferred_of(None).await
     }
 
-    /// Writes the deferred tasks of `workflows` (all when `None`) as rows, in a transaction of
-    /// its own that locks the workflows first, as settling does (see the module's comment).
-    /// Their dependencies have not settled (that would have written them), so they are
-    /// `waiting`.
+    /// Writes the deferred tasks of `workflows` (all when `None`) as rows, if they have some.
     async fn write_deferred_of(&self, workflows: Option<&[Uuid]>) -> Result<(), StoreError> {
         let holders: Vec<(Uuid,)> = sqlx::query_as(
             "SELECT DISTINCT workflow_id FROM workflow_deferred
@@ -155,9 +152,17 @@ impl PgTaskStore {
             return Ok(());
         }
         let holders: Vec<Uuid> = holders.into_iter().map(|(id,)| id).collect();
+        self.write_holders(&holders).await
+    }
+
+    /// Writes the deferred tasks of the workflows `holders` (in id order) as rows, in a
+    /// transaction of its own that locks them first, as settling does (see the module's
+    /// comment). Their dependencies have not settled (that would have written them), so they
+    /// are `waiting`.
+    async fn write_holders(&self, holders: &[Uuid]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        lock_workflows(&mut tx, &holders).await?;
-        let written = write_deferred(&mut tx, &holders, Chunks::All).await?;
+        lock_workflows(&mut tx, holders).await?;
+        let written = write_deferred(&mut tx, holders, Chunks::All).await?;
         if written.iter().any(|t| t.status != TaskStatus::Waiting) {
             notify_claimers(&mut tx).await?;
         }

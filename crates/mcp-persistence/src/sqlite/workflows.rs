@@ -115,7 +115,7 @@ impl SqliteTaskStore {
             .await
             .map_err(db_error)?;
         match holder {
-            Some((workflow,)) => self.write_deferred_of(Some(vec![workflow])).await,
+            Some((workflow,)) => self.write_holders(&[workflow]).await,
             None => Ok(()),
         }
     }
@@ -126,8 +126,7 @@ impl SqliteTaskStore {
         self.write_deferred_of(None).await
     }
 
-    /// Writes the deferred tasks of `workflows` (all when `None`) as rows. Their dependencies
-    /// have not settled (that would have written them), so they are `waiting`.
+    /// Writes the deferred tasks of `workflows` (all when `None`) as rows, if they have some.
     async fn write_deferred_of(&self, workflows: Option<Vec<String>>) -> Result<(), StoreError> {
         let holders: Vec<(String,)> = sqlx::query_as(
             "SELECT DISTINCT workflow_id FROM workflow_deferred
@@ -141,8 +140,14 @@ impl SqliteTaskStore {
             return Ok(());
         }
         let holders: Vec<String> = holders.into_iter().map(|(id,)| id).collect();
+        self.write_holders(&holders).await
+    }
+
+    /// Writes the deferred tasks of the workflows `holders` as rows. Their dependencies have
+    /// not settled (that would have written them), so they are `waiting`.
+    async fn write_holders(&self, holders: &[String]) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.map_err(db_error)?;
-        write_deferred(&mut tx, &holders, Chunks::All, micros(Utc::now())).await?;
+        write_deferred(&mut tx, holders, Chunks::All, micros(Utc::now())).await?;
         tx.commit().await.map_err(db_error)
     }
 
