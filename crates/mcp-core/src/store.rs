@@ -336,11 +336,26 @@ pub trait TaskStore: Send + Sync + 'static {
         Err(no_workflows())
     }
 
+    /// Writes one piece of the dependents that settling released and left to write after its
+    /// transaction (see `Settled::ready`), from any node: the tasks it made runnable as
+    /// `released`. `None` when none is left. Stores that write them at once have none.
+    async fn release_ready(&self) -> Result<Option<Settled>, StoreError> {
+        Ok(None)
+    }
+
+    /// Where the store hands tasks that a read made runnable as it wrote them (it reached
+    /// released dependents before `release_ready` did): the orchestrator announces them.
+    fn on_released(&self, _hook: ReleaseHook) {}
+
     /// Stores the latest progress of a running task; `false` when it is not running.
     async fn set_progress(&self, _id: Uuid, _progress: &Progress) -> Result<bool, StoreError> {
         Err(no_workflows())
     }
 }
+
+/// Takes tasks a store made runnable outside the calls that return them (see
+/// `TaskStore::on_released`).
+pub type ReleaseHook = Arc<dyn Fn(Vec<Task>) + Send + Sync>;
 
 fn no_workflows() -> StoreError {
     StoreError::Database("this store keeps no workflows".into())

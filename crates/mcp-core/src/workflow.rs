@@ -175,6 +175,9 @@ pub struct Settled {
     pub cancelled: Vec<Task>,
     /// Workflows that reached a final status.
     pub finished: Vec<Workflow>,
+    /// Whether released dependents were left to write after the transaction (a store writing
+    /// a large fan-out in pieces): `TaskStore::release_ready` writes them.
+    pub ready: bool,
 }
 
 /// What retrying a task of a workflow changed, in one transaction: the task requeued (or why

@@ -10,6 +10,7 @@ use mcp_core::workflow::{OnFailure, WorkflowNode, WorkflowStatus};
 use mcp_core::{NewTask, StoreError, Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use uuid::Uuid;
 
@@ -47,53 +48,64 @@ pub(crate) const DEFERRED_CHUNK: usize = 1_000;
 /// A workflow task kept out of `tasks` until one of its dependencies settles or something reads
 /// it: everything its row will hold. Its `run_at` is resolved when the workflow is stored (its
 /// creation time when none was given), so the row written later says what the workflow's
-/// creation said.
+/// creation said. Stored, it borrows from the new task (nothing is copied to write its JSON);
+/// read back, it owns its parts.
 #[derive(Serialize, Deserialize)]
-pub(crate) struct DeferredTask {
+pub(crate) struct DeferredTask<'a> {
     id: Uuid,
     #[serde(rename = "type")]
-    task_type: String,
-    queue: String,
+    task_type: Cow<'a, str>,
+    queue: Cow<'a, str>,
     priority: i32,
-    payload: Value,
+    payload: Cow<'a, Value>,
     max_attempts: i32,
     backoff: Backoff,
     run_at: DateTime<Utc>,
     timeout_ms: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    idempotency_key: Option<String>,
+    idempotency_key: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    concurrency_key: Option<String>,
+    concurrency_key: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     concurrency_limit: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    correlation_id: Option<String>,
+    correlation_id: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    created_by: Option<String>,
+    created_by: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    share_key: Option<String>,
+    share_key: Option<Cow<'a, str>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    traceparent: Option<String>,
-    key: String,
-    depends_on: Vec<Uuid>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    dependents: Vec<Uuid>,
+    traceparent: Option<Cow<'a, str>>,
+    key: Cow<'a, str>,
+    depends_on: Cow<'a, [Uuid]>,
+    #[serde(default, skip_serializing_if = "<[Uuid]>::is_empty")]
+    dependents: Cow<'a, [Uuid]>,
 }
 
-impl DeferredTask {
+/// A string of a deferred task, borrowed.
+fn borrowed(text: &Option<String>) -> Option<Cow<'_, str>> {
+    text.as_deref().map(Cow::Borrowed)
+}
+
+/// A string of a deferred task read back, owned.
+fn owned(text: Option<Cow<'_, str>>) -> Option<String> {
+    text.map(Cow::into_owned)
+}
+
+impl<'a> DeferredTask<'a> {
     /// `task` at its place `node`, with its `dependents`, run at `now` unless it says when.
     pub(crate) fn new(
-        task: &NewTask,
-        node: &WorkflowNode,
-        dependents: Vec<Uuid>,
+        task: &'a NewTask,
+        node: &'a WorkflowNode,
+        dependents: &'a [Uuid],
         now: DateTime<Utc>,
-    ) -> DeferredTask {
+    ) -> DeferredTask<'a> {
         DeferredTask {
             id: task.id,
-            task_type: task.task_type.clone(),
-            queue: task.queue.clone(),
+            task_type: Cow::Borrowed(&task.task_type),
+            queue: Cow::Borrowed(&task.queue),
             priority: task.priority,
-            payload: task.payload.clone(),
+            payload: Cow::Borrowed(&task.payload),
             max_attempts: task.max_attempts,
             backoff: task.backoff,
             // As PostgreSQL stores it (microseconds), so the task the workflow's creation
@@ -103,16 +115,16 @@ impl DeferredTask {
                 .map(|at| instant(micros(at)).unwrap_or(at))
                 .unwrap_or(now),
             timeout_ms: task.timeout_ms,
-            idempotency_key: task.idempotency_key.clone(),
-            concurrency_key: task.concurrency_key.clone(),
+            idempotency_key: borrowed(&task.idempotency_key),
+            concurrency_key: borrowed(&task.concurrency_key),
             concurrency_limit: task.concurrency_limit,
-            correlation_id: task.correlation_id.clone(),
-            created_by: task.created_by.clone(),
-            share_key: task.share_key.clone(),
-            traceparent: task.traceparent.clone(),
-            key: node.key.clone(),
-            depends_on: node.depends_on.clone(),
-            dependents,
+            correlation_id: borrowed(&task.correlation_id),
+            created_by: borrowed(&task.created_by),
+            share_key: borrowed(&task.share_key),
+            traceparent: borrowed(&task.traceparent),
+            key: Cow::Borrowed(&node.key),
+            depends_on: Cow::Borrowed(&node.depends_on),
+            dependents: Cow::Borrowed(dependents),
         }
     }
 
@@ -120,27 +132,27 @@ impl DeferredTask {
     pub(crate) fn into_parts(self) -> (NewTask, WorkflowNode, Vec<Uuid>) {
         let task = NewTask {
             id: self.id,
-            task_type: self.task_type,
-            queue: self.queue,
+            task_type: self.task_type.into_owned(),
+            queue: self.queue.into_owned(),
             priority: self.priority,
-            payload: self.payload,
+            payload: self.payload.into_owned(),
             max_attempts: self.max_attempts,
             backoff: self.backoff,
             run_at: Some(self.run_at),
             timeout_ms: self.timeout_ms,
-            idempotency_key: self.idempotency_key,
-            concurrency_key: self.concurrency_key,
+            idempotency_key: owned(self.idempotency_key),
+            concurrency_key: owned(self.concurrency_key),
             concurrency_limit: self.concurrency_limit,
-            correlation_id: self.correlation_id,
-            created_by: self.created_by,
-            share_key: self.share_key,
-            traceparent: self.traceparent,
+            correlation_id: owned(self.correlation_id),
+            created_by: owned(self.created_by),
+            share_key: owned(self.share_key),
+            traceparent: owned(self.traceparent),
         };
         let node = WorkflowNode {
-            key: self.key,
-            depends_on: self.depends_on,
+            key: self.key.into_owned(),
+            depends_on: self.depends_on.into_owned(),
         };
-        (task, node, self.dependents)
+        (task, node, self.dependents.into_owned())
     }
 }
 
@@ -181,42 +193,44 @@ impl<'a> Chunks<'a> {
 }
 
 /// A new workflow's tasks split for storing: those without dependencies (rows at once), with
-/// their places, and the others deferred, each also as the task its row will be (`shown` by the
-/// workflow's creation: `waiting`, created with the workflow).
-pub(crate) struct Split {
+/// their places, and the others deferred. `shown` holds every task in input order as the
+/// workflow's creation returns it: a deferred one as its row will be (`waiting`, created with
+/// the workflow), a root as `None` until it is written (see [`in_order`]).
+pub(crate) struct Split<'a> {
     pub(crate) roots: Vec<NewTask>,
     pub(crate) root_nodes: Vec<WorkflowNode>,
-    pub(crate) deferred: Vec<DeferredTask>,
-    pub(crate) shown: HashMap<Uuid, Task>,
+    pub(crate) deferred: Vec<DeferredTask<'a>>,
+    pub(crate) shown: Vec<Option<Task>>,
 }
 
 /// Splits `new` (at their places `nodes`) of workflow `workflow_id`, created `now`, each
 /// deferred task with its `dependents`.
-pub(crate) fn split(
+pub(crate) fn split<'a>(
     workflow_id: Uuid,
-    new: &[NewTask],
-    nodes: &[WorkflowNode],
-    dependents: &HashMap<Uuid, Vec<Uuid>>,
+    new: &'a [NewTask],
+    nodes: &'a [WorkflowNode],
+    dependents: &'a HashMap<Uuid, Vec<Uuid>>,
     now: DateTime<Utc>,
-) -> Split {
+) -> Split<'a> {
     let mut split = Split {
         roots: Vec::new(),
         root_nodes: Vec::new(),
-        deferred: Vec::new(),
-        shown: HashMap::new(),
+        deferred: Vec::with_capacity(new.len()),
+        shown: Vec::with_capacity(new.len()),
     };
     for (task, node) in new.iter().zip(nodes) {
         if node.depends_on.is_empty() {
             split.roots.push(task.clone());
             split.root_nodes.push(node.clone());
+            split.shown.push(None);
             continue;
         }
-        let its_dependents = dependents.get(&task.id).cloned().unwrap_or_default();
+        let its_dependents = dependents.get(&task.id).map_or(&[][..], Vec::as_slice);
         let later = DeferredTask::new(task, node, its_dependents, now);
         let mut shown = inserted_task(task, TaskStatus::Waiting, later.run_at, now);
         shown.workflow_id = Some(workflow_id);
         shown.workflow_key = Some(node.key.clone());
-        split.shown.insert(task.id, shown);
+        split.shown.push(Some(shown));
         split.deferred.push(later);
     }
     split
@@ -224,7 +238,7 @@ pub(crate) fn split(
 
 /// What a chunk stores beside its JSON: its tasks' ids, the tasks they depend on (once each)
 /// and their queues.
-pub(crate) fn chunk_columns(chunk: &[DeferredTask]) -> (Vec<Uuid>, Vec<Uuid>, Vec<String>) {
+pub(crate) fn chunk_columns<'a>(chunk: &'a [DeferredTask]) -> (Vec<Uuid>, Vec<Uuid>, Vec<&'a str>) {
     let ids = chunk.iter().map(|t| t.id).collect();
     let mut parents: Vec<Uuid> = chunk
         .iter()
@@ -232,19 +246,22 @@ pub(crate) fn chunk_columns(chunk: &[DeferredTask]) -> (Vec<Uuid>, Vec<Uuid>, Ve
         .collect();
     parents.sort_unstable();
     parents.dedup();
-    let queues = chunk.iter().map(|t| t.queue.clone()).collect();
+    let queues = chunk.iter().map(|t| &*t.queue).collect();
     (ids, parents, queues)
 }
 
-/// The tasks `new`, in their order, from those `stored` (by id).
+/// A new workflow's tasks in their order: those `shown` by [`split`], each root in its place
+/// as written (`roots`, in their order).
 pub(crate) fn in_order(
-    new: &[NewTask],
-    mut stored: HashMap<Uuid, Task>,
+    shown: Vec<Option<Task>>,
+    roots: Vec<Task>,
 ) -> Result<Vec<Task>, StoreError> {
-    new.iter()
-        .map(|t| {
-            stored.remove(&t.id).ok_or_else(|| {
-                StoreError::Database(format!("workflow task {} was not stored", t.id))
+    let mut roots = roots.into_iter();
+    shown
+        .into_iter()
+        .map(|task| {
+            task.or_else(|| roots.next()).ok_or_else(|| {
+                StoreError::Database("a workflow's task without dependencies was not stored".into())
             })
         })
         .collect()
@@ -485,7 +502,7 @@ mod tests {
             depends_on: ids(2),
         };
         let dependents = ids(3);
-        let stored = DeferredTask::new(&task, &node, dependents.clone(), now);
+        let stored = DeferredTask::new(&task, &node, &dependents, now);
         let text = serde_json::to_string(&[stored]).unwrap();
         let back: Vec<DeferredTask> = serde_json::from_str(&text).unwrap();
         let (again, place, its_dependents) = back.into_iter().next().unwrap().into_parts();

@@ -120,3 +120,85 @@ async fn two_nodes_settling_a_deferred_join_release_it_once() {
     node_b.close().await;
     node_a.drop_schema().await.expect("drop schema");
 }
+
+/// A fan-out wider than one chunk on a running node: the root's transaction writes the first
+/// chunk of its dependents and releases the rest, which the node's release loop writes at once
+/// (not at its next sweep: the rescue interval here outlasts the wait), and the join runs last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_writes_the_released_rest_of_a_wide_fan_out_at_once() {
+    use mcp_core::{HandlerRegistry, Orchestrator, OrchestratorConfig};
+    use std::sync::Arc;
+    let Some(Backend::Postgres(store)) = Backend::postgres().await else {
+        return;
+    };
+    const FAN: usize = 2_500;
+    let tasks: Vec<NewTask> = (0..FAN + 2).map(|_| noop()).collect();
+    let (root, join) = (tasks[0].id, tasks[FAN + 1].id);
+    let fan: Vec<Uuid> = tasks[1..=FAN].iter().map(|t| t.id).collect();
+    let nodes: Vec<WorkflowNode> = (0..FAN + 2)
+        .map(|i| WorkflowNode {
+            key: format!("t{i}"),
+            depends_on: match i {
+                0 => vec![],
+                i if i == FAN + 1 => fan.clone(),
+                _ => vec![root],
+            },
+        })
+        .collect();
+    let flow = NewWorkflow {
+        id: Uuid::now_v7(),
+        name: "wide".into(),
+        on_failure: OnFailure::CancelDependents,
+        created_by: None,
+        share_key: None,
+        correlation_id: None,
+    };
+    let shared: Arc<dyn TaskStore> = Arc::new(store.clone());
+    let orchestrator = Orchestrator::new(
+        shared.clone(),
+        HandlerRegistry::with_builtins(),
+        OrchestratorConfig {
+            concurrency: 200,
+            rescue_interval: Duration::from_secs(300),
+            ..OrchestratorConfig::default()
+        },
+    );
+    let handle = orchestrator.start().await;
+    orchestrator
+        .insert_workflow(&flow, &tasks, &nodes)
+        .await
+        .expect("insert the workflow");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let detail = loop {
+        let detail = shared
+            .get_workflow(flow.id)
+            .await
+            .expect("read the workflow")
+            .expect("the workflow");
+        if detail.workflow.status != WorkflowStatus::Running {
+            break detail;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workflow did not finish within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(detail.workflow.status, WorkflowStatus::Succeeded);
+    assert_eq!(detail.tasks.len(), FAN + 2);
+    let joined = detail
+        .tasks
+        .iter()
+        .find(|t| t.id == join)
+        .expect("the join");
+    let last_of_fan = detail
+        .tasks
+        .iter()
+        .filter(|t| t.id != join)
+        .filter_map(|t| t.finished_at)
+        .max()
+        .expect("finished");
+    assert!(joined.started_at.expect("started") >= last_of_fan);
+    handle.shutdown().await;
+    store.drop_schema().await.expect("drop schema");
+}

@@ -222,6 +222,12 @@ impl TaskStore for Guarded<dyn TaskStore> {
     async fn set_progress(&self, id: Uuid, progress: &Progress) -> Result<bool, StoreError> {
         guarded!(self, set_progress(id, progress))
     }
+    async fn release_ready(&self) -> Result<Option<Settled>, StoreError> {
+        guarded!(self, release_ready())
+    }
+    fn on_released(&self, hook: crate::store::ReleaseHook) {
+        self.inner.on_released(hook)
+    }
 }
 
 #[async_trait]

@@ -165,6 +165,9 @@ impl Orchestrator {
         if released {
             self.wake.notify_one();
         }
+        if settled.ready {
+            self.releases.notify_one();
+        }
     }
 
     /// Announces what a retry revived: dependents waiting again (`task.waiting`) and the

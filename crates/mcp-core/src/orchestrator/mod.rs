@@ -130,6 +130,9 @@ pub struct Orchestrator {
     config: OrchestratorConfig,
     /// Signalled when tasks become runnable; the claim loop waits on it.
     wake: Arc<Notify>,
+    /// Signalled when settling left released dependents to write (`Settled::ready`); the
+    /// release loop waits on it.
+    releases: Notify,
     /// Cancellation tokens of the handlers running on this node.
     running: Mutex<HashMap<Uuid, CancellationToken>>,
     /// How many tasks of each share key this node's handlers run now (fair sharing).
@@ -187,6 +190,7 @@ impl Orchestrator {
             handlers,
             config,
             wake: Arc::new(Notify::new()),
+            releases: Notify::new(),
             running: Mutex::new(HashMap::new()),
             shares: Arc::default(),
             recorded: AtomicU64::new(0),

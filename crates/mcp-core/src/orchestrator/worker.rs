@@ -5,6 +5,7 @@ use super::{Orchestrator, TaskContext};
 use crate::backoff;
 use crate::store::{ClaimRequest, Completion, Outcome, ShareLimit, StoreError};
 use crate::task::{Task, TaskError};
+use crate::workflow::Settled;
 use chrono::Utc;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -96,6 +97,16 @@ impl Orchestrator {
         if let Err(e) = self.store.watch(self.wake.clone()).await {
             warn!(error = %e, "cannot listen for wake-ups; polling only");
         }
+        // Tasks a read made runnable as it wrote them are announced as settling's are.
+        let this = Arc::downgrade(self);
+        self.store.on_released(Arc::new(move |released| {
+            if let Some(this) = this.upgrade() {
+                this.announce_settled(Settled {
+                    released,
+                    ..Settled::default()
+                });
+            }
+        }));
         let mut handle = WorkerHandle {
             orchestrator: self.clone(),
             stop_claiming: stop_claiming.clone(),
@@ -125,8 +136,43 @@ impl Orchestrator {
             .push(tokio::spawn(self.clone().heartbeat_loop(stop_all.clone())));
         handle
             .background
+            .push(tokio::spawn(self.clone().release_loop(stop_all.clone())));
+        handle
+            .background
             .push(tokio::spawn(self.clone().maintenance_loop(stop_all)));
         handle
+    }
+
+    /// Writes the dependents that settling released and left to write after its transaction
+    /// (a large fan-out is written in pieces, so its first tasks run while the rest are
+    /// written): at once when this node settled them, and every rescue interval whatever any
+    /// node left (one that died before writing them).
+    async fn release_loop(self: Arc<Self>, stop: CancellationToken) {
+        let mut retry = StoreRetry::new("writing released tasks");
+        loop {
+            let wait = retry.failing().unwrap_or(self.config.rescue_interval);
+            tokio::select! {
+                _ = self.releases.notified() => {}
+                _ = tokio::time::sleep(wait) => {}
+                _ = stop.cancelled() => return,
+            }
+            loop {
+                match self.store.release_ready().await {
+                    Ok(Some(settled)) => {
+                        retry.succeeded();
+                        self.announce_settled(settled);
+                    }
+                    Ok(None) => {
+                        retry.succeeded();
+                        break;
+                    }
+                    Err(e) => {
+                        retry.failed(&e);
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     async fn claim_loop(self: Arc<Self>, done: mpsc::Sender<Finished>, stop: CancellationToken) {

@@ -61,6 +61,8 @@ pub struct PgTaskStore {
     sweeper: Arc<vacuum::Sweeper>,
     /// Paused queues and limited types and queues, as the claim consults them (`limits.rs`).
     pub(crate) flow: Arc<crate::flow::FlowCache>,
+    /// Where tasks go that a read made runnable as it wrote them (`TaskStore::on_released`).
+    pub(crate) released: Arc<std::sync::RwLock<Option<mcp_core::store::ReleaseHook>>>,
 }
 
 impl PgTaskStore {
@@ -145,6 +147,7 @@ impl PgTaskStore {
             outbox: Arc::default(),
             sweeper: Arc::default(),
             flow: Arc::default(),
+            released: Arc::default(),
         })
     }
 

@@ -162,11 +162,57 @@ impl PgTaskStore {
     async fn write_holders(&self, holders: &[Uuid]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         lock_workflows(&mut tx, holders).await?;
-        let written = write_deferred(&mut tx, holders, Chunks::All).await?;
-        if written.iter().any(|t| t.status != TaskStatus::Waiting) {
+        let (written, _) = write_deferred(&mut tx, holders, Chunks::All).await?;
+        let released = runnable(written);
+        if !released.is_empty() {
             notify_claimers(&mut tx).await?;
         }
-        tx.commit().await.map_err(db_error)
+        tx.commit().await.map_err(db_error)?;
+        self.hand_over(released);
+        Ok(())
+    }
+
+    /// Hands tasks a read made runnable to whoever announces them (`TaskStore::on_released`).
+    fn hand_over(&self, released: Vec<Task>) {
+        if released.is_empty() {
+            return;
+        }
+        let hook = self
+            .released
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            hook(released);
+        }
+    }
+
+    pub(super) async fn release_ready_tx(&self) -> Result<Option<Settled>, StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        // The oldest chunk released and not written, unless another node writes it now.
+        let taken: Vec<TakenChunk> = sqlx::query_as(
+            "DELETE FROM workflow_deferred d USING workflows w
+             WHERE w.id = d.workflow_id AND (d.workflow_id, d.seq) = (
+                 SELECT workflow_id, seq FROM workflow_deferred WHERE ready_at IS NOT NULL
+                 ORDER BY ready_at, workflow_id, seq LIMIT 1 FOR UPDATE SKIP LOCKED)
+             RETURNING d.workflow_id, d.tasks, w.created_at, w.on_failure",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if taken.is_empty() {
+            tx.rollback().await.map_err(db_error)?;
+            return Ok(None);
+        }
+        let released = runnable(write_taken(&mut tx, taken).await?);
+        if !released.is_empty() {
+            notify_claimers(&mut tx).await?;
+        }
+        tx.commit().await.map_err(db_error)?;
+        Ok(Some(Settled {
+            released,
+            ..Settled::default()
+        }))
     }
 
     pub(super) async fn extend_workflow_tx(
@@ -188,7 +234,7 @@ impl PgTaskStore {
         };
         let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
         // The new tasks' dependencies are rows, to which their dependents are appended.
-        write_deferred(&mut tx, &[workflow_id], Chunks::All).await?;
+        let (written, _) = write_deferred(&mut tx, &[workflow_id], Chunks::All).await?;
         // Dependencies stored before whose end was applied to their dependents already: it is
         // applied to the new ones here. Those that ended but are not settled yet settle below,
         // for every dependent, the new ones included.
@@ -207,6 +253,12 @@ impl PgTaskStore {
             .await
             .map_err(db_error)?;
         let mut settled = settle(&mut tx, &parents).await?;
+        // Released dependents left to write after their settling that this wrote first.
+        let released = runnable(written);
+        if !released.is_empty() {
+            notify_claimers(&mut tx).await?;
+        }
+        settled.released.extend(released);
         if !ended.is_empty() {
             let mut outcomes = HashMap::new();
             for (id, status) in ended {
@@ -435,7 +487,8 @@ impl PgTaskStore {
         let flow_status = WorkflowStatus::from_str(&flow_status).map_err(corrupt)?;
         let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
         // What a retry revives and counts again goes down and up the graph's rows.
-        write_deferred(&mut tx, &[workflow_id], Chunks::All).await?;
+        let (written, _) = write_deferred(&mut tx, &[workflow_id], Chunks::All).await?;
+        let released = runnable(written);
         let (status,): (String,) =
             sqlx::query_as("SELECT status FROM tasks WHERE id = $1 FOR UPDATE")
                 .bind(id)
@@ -560,7 +613,11 @@ impl PgTaskStore {
         .fetch_optional(&mut *tx)
         .await
         .map_err(db_error)?;
+        if !released.is_empty() {
+            notify_claimers(&mut tx).await?;
+        }
         self.commit_with(tx, &[id], Transition::Requeued).await?;
+        self.hand_over(released);
         Ok(Retried {
             outcome: RetryOutcome::Requeued(row.try_into()?),
             revived: tasks(rows)?,
@@ -698,16 +755,12 @@ async fn insert_deferring(
         waiting: vec![0; roots.len()],
         created_at: None,
     };
-    let mut stored: HashMap<Uuid, Task> = write_rows(tx, workflow_id, rows)
-        .await?
-        .into_iter()
-        .map(|t| (t.id, t))
-        .collect();
+    let written = write_rows(tx, workflow_id, rows).await?;
     for (seq, chunk) in deferred.chunks(DEFERRED_CHUNK).enumerate() {
         let (ids, parents, queues) = chunk_columns(chunk);
         sqlx::query(
             "INSERT INTO workflow_deferred (workflow_id, seq, ids, parents, queues, tasks)
-             VALUES ($1, $2, $3, $4, $5, $6::json)",
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(workflow_id)
         .bind(seq as i32)
@@ -719,8 +772,7 @@ async fn insert_deferring(
         .await
         .map_err(db_error)?;
     }
-    stored.extend(shown);
-    in_order(new, stored)
+    in_order(shown, written)
 }
 
 /// Workflow tasks to write as rows: each with its place, its dependents (as [`uuid_array`]
@@ -794,36 +846,87 @@ async fn write_rows(
         .collect()
 }
 
+/// A deferred chunk taken to be written: its workflow, its tasks (JSON), the workflow's creation
+/// and policy.
+type TakenChunk = (Uuid, String, DateTime<Utc>, String);
+
 /// Writes deferred chunks of `workflows` as rows (their rows locked by the caller), each task
 /// waiting for its dependencies not yet satisfied: settled, and final in its favour. A
 /// dependency that settles in this transaction is settled already (its completion or
 /// [`MARK`] set the flag), so its deferred dependents count it here, not in the countdown.
-/// The tasks written.
+///
+/// For dependencies settling ([`Chunks::DependingOn`]) every chunk holding one of their
+/// dependents is locked, the first of each workflow is written and the others are released
+/// (`ready_at`), for `release_ready` to write next: a large fan-out starts running after its
+/// first thousand tasks are written, and the rest are written meanwhile. The lock is what
+/// keeps their counts right without the workflow's: a chunk is taken (deleted) before its
+/// rows count what has settled, and a settling that reaches it after that waits for the rows
+/// to be committed, then counts down on them.
+///
+/// The tasks written, and whether chunks were released for later.
 async fn write_deferred(
     tx: &mut Tx,
     workflows: &[Uuid],
     chunks: Chunks<'_>,
-) -> Result<Vec<Task>, StoreError> {
-    let (all, settling) = chunks.selection();
-    let taken: Vec<(Uuid, String, DateTime<Utc>, String)> = sqlx::query_as(
-        "DELETE FROM workflow_deferred d USING workflows w
-         WHERE w.id = d.workflow_id AND d.workflow_id = ANY($1) AND ($2 OR d.parents && $3)
-         RETURNING d.workflow_id, d.tasks::text, w.created_at, w.on_failure",
-    )
-    .bind(workflows)
-    .bind(all)
-    .bind(settling)
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_error)?;
+) -> Result<(Vec<Task>, bool), StoreError> {
+    let taken: Vec<TakenChunk> = match chunks {
+        Chunks::All => sqlx::query_as(
+            "DELETE FROM workflow_deferred d USING workflows w
+             WHERE w.id = d.workflow_id AND d.workflow_id = ANY($1)
+             RETURNING d.workflow_id, d.tasks, w.created_at, w.on_failure",
+        )
+        .bind(workflows)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?,
+        Chunks::DependingOn(settling) => {
+            let hit: Vec<(Uuid, i32)> = sqlx::query_as(
+                "UPDATE workflow_deferred SET ready_at = coalesce(ready_at, now())
+                 WHERE workflow_id = ANY($1) AND parents && $2
+                 RETURNING workflow_id, seq",
+            )
+            .bind(workflows)
+            .bind(settling)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_error)?;
+            let mut first: BTreeMap<Uuid, i32> = BTreeMap::new();
+            for (workflow, seq) in &hit {
+                let at = first.entry(*workflow).or_insert(*seq);
+                *at = (*at).min(*seq);
+            }
+            if first.is_empty() {
+                return Ok((Vec::new(), false));
+            }
+            let (ids, seqs): (Vec<Uuid>, Vec<i32>) = first.into_iter().unzip();
+            let taken = sqlx::query_as(
+                "DELETE FROM workflow_deferred d USING workflows w
+                 WHERE w.id = d.workflow_id
+                   AND (d.workflow_id, d.seq) IN (SELECT * FROM unnest($1::uuid[], $2::int4[]))
+                 RETURNING d.workflow_id, d.tasks, w.created_at, w.on_failure",
+            )
+            .bind(&ids)
+            .bind(&seqs)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_error)?;
+            let released = hit.len() > ids.len();
+            return Ok((write_taken(tx, taken).await?, released));
+        }
+    };
+    Ok((write_taken(tx, taken).await?, false))
+}
+
+/// Writes the deferred chunks `taken` as rows (see [`write_deferred`]).
+async fn write_taken(tx: &mut Tx, taken: Vec<TakenChunk>) -> Result<Vec<Task>, StoreError> {
     let mut by_workflow: BTreeMap<Uuid, (DateTime<Utc>, OnFailure, Vec<DeferredTask>)> =
         BTreeMap::new();
-    for (workflow, chunk, created_at, policy) in taken {
-        let chunk: Vec<DeferredTask> = serde_json::from_str(&chunk).map_err(corrupt)?;
-        let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
+    for (workflow, chunk, created_at, policy) in &taken {
+        let chunk: Vec<DeferredTask> = serde_json::from_str(chunk).map_err(corrupt)?;
+        let policy = OnFailure::from_str(policy).map_err(corrupt)?;
         by_workflow
-            .entry(workflow)
-            .or_insert_with(|| (created_at, policy, Vec::new()))
+            .entry(*workflow)
+            .or_insert_with(|| (*created_at, policy, Vec::new()))
             .2
             .extend(chunk);
     }
@@ -877,6 +980,14 @@ async fn satisfied(
         }
     }
     Ok(satisfied)
+}
+
+/// Of the tasks `written`, those runnable.
+fn runnable(written: Vec<Task>) -> Vec<Task> {
+    written
+        .into_iter()
+        .filter(|t| t.status != TaskStatus::Waiting)
+        .collect()
 }
 
 /// Wakes every node's claim loop at commit, as the insert trigger does.
@@ -1037,7 +1148,9 @@ async fn apply_edges(
     let mut settled = Settled::default();
     let workflows: Vec<Uuid> = touched.iter().copied().collect();
     let settling: Vec<Uuid> = outcomes.keys().copied().collect();
-    let written = write_deferred(tx, &workflows, Chunks::settling(outcomes, &settling)).await?;
+    let (written, ready) =
+        write_deferred(tx, &workflows, Chunks::settling(outcomes, &settling)).await?;
+    settled.ready = ready;
     let (mut counts, cancel) = apply(edges, outcomes);
     // Those written now counted what settles now already.
     let written_ids: HashSet<Uuid> = written.iter().map(|t| t.id).collect();

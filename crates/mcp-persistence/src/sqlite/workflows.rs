@@ -622,13 +622,14 @@ async fn insert_deferring(
 ) -> Result<Vec<Task>, StoreError> {
     let now = micros(at);
     // Edges are rows of their own here: a task's dependents are not kept on it.
+    let no_dependents = HashMap::new();
     let Split {
         roots,
         root_nodes,
         deferred,
         shown,
-    } = split(workflow_id, new, nodes, &HashMap::new(), instant(now)?);
-    let mut stored: HashMap<Uuid, Task> = write_rows(
+    } = split(workflow_id, new, nodes, &no_dependents, instant(now)?);
+    let written = write_rows(
         tx,
         workflow_id,
         &roots,
@@ -636,10 +637,7 @@ async fn insert_deferring(
         &HashSet::new(),
         (now, now),
     )
-    .await?
-    .into_iter()
-    .map(|t| (t.id, t))
-    .collect();
+    .await?;
     let workflow = id_text(workflow_id);
     for (seq, chunk) in deferred.chunks(DEFERRED_CHUNK).enumerate() {
         let (ids, parents, queues) = chunk_columns(chunk);
@@ -657,8 +655,7 @@ async fn insert_deferring(
         .await
         .map_err(db_error)?;
     }
-    stored.extend(shown);
-    in_order(new, stored)
+    in_order(shown, written)
 }
 
 /// Writes workflow tasks as rows with their edges, created at `created` and written `now`
