@@ -182,14 +182,6 @@ impl<'a> Chunks<'a> {
             Chunks::DependingOn(ids)
         }
     }
-
-    /// As the statements that take chunks bind it: every chunk?, else those depending on these.
-    pub(crate) fn selection(self) -> (bool, &'a [Uuid]) {
-        match self {
-            Chunks::All => (true, &[]),
-            Chunks::DependingOn(ids) => (false, ids),
-        }
-    }
 }
 
 /// A new workflow's tasks split for storing: those without dependencies (rows at once), with

@@ -34,6 +34,7 @@ conformance!(
     waiting_tasks_read_alike_everywhere,
     a_root_releases_a_wide_fan_out,
     a_waiting_task_cancelled_by_hand_cancels_its_dependents,
+    a_node_writes_the_released_rest_of_a_wide_fan_out_at_once,
 );
 
 mod cases {
@@ -880,5 +881,86 @@ mod cases {
         assert_eq!(settled.finished[0].status, WorkflowStatus::Failed);
         let detail = store.get_workflow(id).await.unwrap().unwrap();
         assert_eq!(detail.tasks.len(), 4);
+    }
+
+    /// A fan-out wider than one chunk on a running node: the root's transaction writes the first
+    /// chunk of its dependents and releases the rest, which the node's release loop writes at once
+    /// (not at its next sweep: the rescue interval here outlasts the wait), and the join runs last.
+    pub async fn a_node_writes_the_released_rest_of_a_wide_fan_out_at_once(
+        store: Arc<dyn TaskStore>,
+    ) {
+        use mcp_core::{HandlerRegistry, Orchestrator, OrchestratorConfig};
+        const FAN: usize = 2_500;
+        let tasks: Vec<NewTask> = (0..FAN + 2).map(|_| new_task("noop")).collect();
+        let (root, join) = (tasks[0].id, tasks[FAN + 1].id);
+        let fan: Vec<Uuid> = tasks[1..=FAN].iter().map(|t| t.id).collect();
+        let nodes: Vec<WorkflowNode> = (0..FAN + 2)
+            .map(|i| WorkflowNode {
+                key: format!("t{i}"),
+                depends_on: match i {
+                    0 => vec![],
+                    i if i == FAN + 1 => fan.clone(),
+                    _ => vec![root],
+                },
+            })
+            .collect();
+        let flow = workflow(OnFailure::CancelDependents);
+        let shared = store.clone();
+        let orchestrator = Orchestrator::new(
+            shared.clone(),
+            HandlerRegistry::with_builtins(),
+            OrchestratorConfig {
+                concurrency: 200,
+                rescue_interval: Duration::from_secs(300),
+                ..OrchestratorConfig::default()
+            },
+        );
+        let handle = orchestrator.start().await;
+        orchestrator
+            .insert_workflow(&flow, &tasks, &nodes)
+            .await
+            .expect("insert the workflow");
+        // Polled through the list, which reads workflows only: a read of the workflow's tasks
+        // would write its deferred ones itself.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let listed = shared
+                .list_workflows(&WorkflowFilter {
+                    limit: 10,
+                    ..WorkflowFilter::default()
+                })
+                .await
+                .expect("list workflows");
+            let this = listed.iter().find(|w| w.id == flow.id).expect("listed");
+            if this.status != WorkflowStatus::Running {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the workflow did not finish within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let detail = shared
+            .get_workflow(flow.id)
+            .await
+            .expect("read the workflow")
+            .expect("the workflow");
+        assert_eq!(detail.workflow.status, WorkflowStatus::Succeeded);
+        assert_eq!(detail.tasks.len(), FAN + 2);
+        let joined = detail
+            .tasks
+            .iter()
+            .find(|t| t.id == join)
+            .expect("the join");
+        let last_of_fan = detail
+            .tasks
+            .iter()
+            .filter(|t| t.id != join)
+            .filter_map(|t| t.finished_at)
+            .max()
+            .expect("finished");
+        assert!(joined.started_at.expect("started") >= last_of_fan);
+        handle.shutdown().await;
     }
 }

@@ -157,8 +157,9 @@ impl PgTaskStore {
 
     /// Writes the deferred tasks of the workflows `holders` (in id order) as rows, in a
     /// transaction of its own that locks them first, as settling does (see the module's
-    /// comment). Their dependencies have not settled (that would have written them), so they
-    /// are `waiting`.
+    /// comment). They are `waiting` (none of their dependencies settled, or that would have
+    /// written them) unless a settling released them for later; those it makes runnable are
+    /// handed over to be announced.
     async fn write_holders(&self, holders: &[Uuid]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         lock_workflows(&mut tx, holders).await?;

@@ -98,6 +98,8 @@ pub struct SqliteTaskStore {
     pub(crate) flow: Arc<crate::flow::FlowCache>,
     /// Read-only connections for point reads on the calling thread (`direct.rs`).
     pub(crate) direct: Arc<direct::DirectReads>,
+    /// Where tasks go that a read made runnable as it wrote them (`TaskStore::on_released`).
+    pub(crate) released: Arc<std::sync::RwLock<Option<mcp_core::store::ReleaseHook>>>,
 }
 
 impl SqliteTaskStore {
@@ -145,6 +147,7 @@ impl SqliteTaskStore {
             readers,
             outbox: Arc::default(),
             flow: Arc::default(),
+            released: Arc::default(),
             direct: Arc::new(direct::DirectReads::new(path.to_owned())),
         })
     }

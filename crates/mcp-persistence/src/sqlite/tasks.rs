@@ -660,6 +660,14 @@ impl TaskStore for SqliteTaskStore {
         self.get_workflow_row(id).await
     }
 
+    async fn release_ready(&self) -> Result<Option<Settled>, StoreError> {
+        self.release_ready_tx().await
+    }
+
+    fn on_released(&self, hook: mcp_core::store::ReleaseHook) {
+        *self.released.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
     async fn list_workflows(&self, filter: &WorkflowFilter) -> Result<Vec<Workflow>, StoreError> {
         self.list_workflow_rows(filter).await
     }

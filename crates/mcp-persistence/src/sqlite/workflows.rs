@@ -143,12 +143,55 @@ impl SqliteTaskStore {
         self.write_holders(&holders).await
     }
 
-    /// Writes the deferred tasks of the workflows `holders` as rows. Their dependencies have
-    /// not settled (that would have written them), so they are `waiting`.
+    /// Writes the deferred tasks of the workflows `holders` as rows. They are `waiting` (none of
+    /// their dependencies settled, or that would have written them) unless a settling released
+    /// them for later; those it makes runnable are handed over to be announced.
     async fn write_holders(&self, holders: &[String]) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.map_err(db_error)?;
-        write_deferred(&mut tx, holders, Chunks::All, micros(Utc::now())).await?;
-        tx.commit().await.map_err(db_error)
+        let (written, _) =
+            write_deferred(&mut tx, holders, Chunks::All, micros(Utc::now())).await?;
+        tx.commit().await.map_err(db_error)?;
+        self.hand_over(runnable(written));
+        Ok(())
+    }
+
+    /// Hands tasks a read made runnable to whoever announces them (`TaskStore::on_released`).
+    fn hand_over(&self, released: Vec<Task>) {
+        if released.is_empty() {
+            return;
+        }
+        let hook = self
+            .released
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(hook) = hook {
+            hook(released);
+        }
+    }
+
+    pub(super) async fn release_ready_tx(&self) -> Result<Option<Settled>, StoreError> {
+        let mut tx = self.writer.begin().await.map_err(db_error)?;
+        // The oldest chunk released and not written.
+        let taken: Vec<(String, String)> = sqlx::query_as(
+            "DELETE FROM workflow_deferred WHERE (workflow_id, seq) = (
+                 SELECT workflow_id, seq FROM workflow_deferred WHERE ready_at IS NOT NULL
+                 ORDER BY ready_at, workflow_id, seq LIMIT 1)
+             RETURNING workflow_id, tasks",
+        )
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if taken.is_empty() {
+            tx.rollback().await.map_err(db_error)?;
+            return Ok(None);
+        }
+        let released = runnable(write_taken(&mut tx, taken, micros(Utc::now())).await?);
+        tx.commit().await.map_err(db_error)?;
+        Ok(Some(Settled {
+            released,
+            ..Settled::default()
+        }))
     }
 
     pub(super) async fn extend_workflow_tx(
@@ -169,11 +212,14 @@ impl SqliteTaskStore {
         }
         let at = Utc::now();
         // The new tasks' dependencies are rows, whose edges to them are written.
-        write_deferred(&mut tx, &[id_text(workflow_id)], Chunks::All, micros(at)).await?;
+        let (written, _) =
+            write_deferred(&mut tx, &[id_text(workflow_id)], Chunks::All, micros(at)).await?;
         let created = insert_tasks(&mut tx, workflow_id, new, nodes, at).await?;
         // Dependencies that are final already settle the new edges now.
         let parents: Vec<Uuid> = nodes.iter().flat_map(|n| n.depends_on.clone()).collect();
-        let settled = settle(&mut tx, &parents).await?;
+        let mut settled = settle(&mut tx, &parents).await?;
+        // Released dependents left to write after their settling that this wrote first.
+        settled.released.extend(runnable(written));
         let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
         self.commit_recording(tx, &ids, Transition::Created).await?;
         Ok(Some(settled))
@@ -335,6 +381,8 @@ impl SqliteTaskStore {
         };
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         let mut found: Option<(Option<String>, String)> = None;
+        // Released dependents this writes first, to hand over once committed.
+        let mut released = Vec::new();
         // A miss may be a deferred workflow task (in this transaction, the one writer: no
         // completion writes it in between).
         for _ in 0..2 {
@@ -354,7 +402,9 @@ impl SqliteTaskStore {
             let Some((workflow,)) = holder else {
                 break;
             };
-            write_deferred(&mut tx, &[workflow], Chunks::All, micros(Utc::now())).await?;
+            let (written, _) =
+                write_deferred(&mut tx, &[workflow], Chunks::All, micros(Utc::now())).await?;
+            released.extend(runnable(written));
         }
         let (workflow_id, status) = match found {
             None => return Ok(plain(RetryOutcome::NotFound)),
@@ -374,13 +424,14 @@ impl SqliteTaskStore {
         let flow_status = WorkflowStatus::from_str(&flow_status).map_err(corrupt)?;
         let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
         // What a retry revives and counts again goes down and up the graph's rows.
-        write_deferred(
+        let (written, _) = write_deferred(
             &mut tx,
             std::slice::from_ref(&workflow_id),
             Chunks::All,
             micros(Utc::now()),
         )
         .await?;
+        released.extend(runnable(written));
         let dependencies: Vec<(String,)> = sqlx::query_as(
             "SELECT p.status FROM workflow_edges e JOIN tasks p ON p.id = e.depends_on
              WHERE e.task_id = ?1",
@@ -509,6 +560,7 @@ impl SqliteTaskStore {
         .map_err(db_error)?;
         self.commit_recording(tx, &[id], Transition::Requeued)
             .await?;
+        self.hand_over(released);
         Ok(Retried {
             outcome: RetryOutcome::Requeued(row.try_into()?),
             revived: tasks(rows)?,
@@ -739,28 +791,75 @@ async fn write_rows(
 /// Writes deferred chunks of `workflows` as rows, `now` (microseconds), each task waiting for
 /// its dependencies not yet satisfied: final in its favour. An edge to a satisfied one is
 /// written settled, so settling that dependency (now, or later for one cancelled by hand)
-/// passes it by; an edge to a failed one is not, so its settling cancels the task. The tasks
-/// written.
+/// passes it by; an edge to a failed one is not, so its settling cancels the task.
+///
+/// For dependencies settling ([`Chunks::DependingOn`]) the first chunk of each workflow
+/// holding one of their dependents is written and the others are released (`ready_at`), for
+/// `release_ready` to write next: a large fan-out starts running after its first thousand tasks
+/// are written, and the rest are written between its completions. SQLite's one writer keeps
+/// the counts right.
+///
+/// The tasks written, and whether chunks were released for later.
 async fn write_deferred(
     tx: &mut Tx,
     workflows: &[String],
     chunks: Chunks<'_>,
     now: i64,
+) -> Result<(Vec<Task>, bool), StoreError> {
+    let taken: Vec<(String, String)> = match chunks {
+        Chunks::All => sqlx::query_as(
+            "DELETE FROM workflow_deferred WHERE workflow_id IN (SELECT value FROM json_each(?1))
+             RETURNING workflow_id, tasks",
+        )
+        .bind(json_array(workflows.to_vec()))
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(db_error)?,
+        Chunks::DependingOn(settling) => {
+            let hit: Vec<(String, i64)> = sqlx::query_as(
+                "UPDATE workflow_deferred SET ready_at = coalesce(ready_at, ?3)
+                 WHERE workflow_id IN (SELECT value FROM json_each(?1))
+                   AND EXISTS (SELECT 1 FROM json_each(workflow_deferred.parents) AS p
+                               WHERE p.value IN (SELECT value FROM json_each(?2)))
+                 RETURNING workflow_id, seq",
+            )
+            .bind(json_array(workflows.to_vec()))
+            .bind(ids_json(settling))
+            .bind(now)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_error)?;
+            let mut first: BTreeMap<&str, i64> = BTreeMap::new();
+            for (workflow, seq) in &hit {
+                let at = first.entry(workflow.as_str()).or_insert(*seq);
+                *at = (*at).min(*seq);
+            }
+            if first.is_empty() {
+                return Ok((Vec::new(), false));
+            }
+            let pairs: Vec<Value> = first.iter().map(|(w, seq)| json!([w, seq])).collect();
+            let taken = sqlx::query_as(
+                "DELETE FROM workflow_deferred
+                 WHERE (workflow_id, seq) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
+                 RETURNING workflow_id, tasks",
+            )
+            .bind(Value::from(pairs).to_string())
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_error)?;
+            let released = hit.len() > first.len();
+            return Ok((write_taken(tx, taken, now).await?, released));
+        }
+    };
+    Ok((write_taken(tx, taken, now).await?, false))
+}
+
+/// Writes the deferred chunks `taken` as rows (see [`write_deferred`]), written `now`.
+async fn write_taken(
+    tx: &mut Tx,
+    taken: Vec<(String, String)>,
+    now: i64,
 ) -> Result<Vec<Task>, StoreError> {
-    let (all, settling) = chunks.selection();
-    let taken: Vec<(String, String)> = sqlx::query_as(
-        "DELETE FROM workflow_deferred
-         WHERE workflow_id IN (SELECT value FROM json_each(?1))
-           AND (?2 OR EXISTS (SELECT 1 FROM json_each(workflow_deferred.parents) AS p
-                              WHERE p.value IN (SELECT value FROM json_each(?3))))
-         RETURNING workflow_id, tasks",
-    )
-    .bind(json_array(workflows.to_vec()))
-    .bind(all)
-    .bind(ids_json(settling))
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_error)?;
     if taken.is_empty() {
         return Ok(Vec::new());
     }
@@ -796,6 +895,14 @@ async fn write_deferred(
             .extend(write_rows(tx, workflow_id, &new, &nodes, &satisfied, (created, now)).await?);
     }
     Ok(written)
+}
+
+/// Of the tasks `written`, those runnable.
+fn runnable(written: Vec<Task>) -> Vec<Task> {
+    written
+        .into_iter()
+        .filter(|t| t.status != TaskStatus::Waiting)
+        .collect()
 }
 
 /// Of the dependencies of `new` (at their places `nodes`), those satisfied: final in their
@@ -905,7 +1012,9 @@ async fn apply_outcomes(
     // Deferred dependents first, counting what settles now: their edges to it are written
     // settled when it counts in their favour, so the update below passes them by.
     let flows: Vec<String> = touched.iter().cloned().collect();
-    let written = write_deferred(tx, &flows, Chunks::settling(&outcomes, &final_ids), now).await?;
+    let (written, ready) =
+        write_deferred(tx, &flows, Chunks::settling(&outcomes, &final_ids), now).await?;
+    settled.ready = ready;
     let edges: Vec<(String, String)> = sqlx::query_as(
         "UPDATE workflow_edges SET settled = 1
          WHERE depends_on IN (SELECT value FROM json_each(?1)) AND settled = 0
