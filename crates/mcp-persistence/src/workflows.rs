@@ -156,6 +156,37 @@ impl<'a> DeferredTask<'a> {
     }
 }
 
+/// Where a store hands tasks that a read made runnable as it wrote them, for the orchestrator
+/// to announce (`TaskStore::on_released`).
+#[derive(Default)]
+pub(crate) struct Released(std::sync::RwLock<Option<mcp_core::store::ReleaseHook>>);
+
+impl Released {
+    pub(crate) fn set(&self, hook: mcp_core::store::ReleaseHook) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+    }
+
+    /// Hands the runnable ones of the tasks `written` over, if anyone takes them.
+    pub(crate) fn hand_over(&self, written: Vec<Task>) {
+        let released = runnable(written);
+        if released.is_empty() {
+            return;
+        }
+        let hook = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(hook) = hook {
+            hook(released);
+        }
+    }
+}
+
+/// Of the tasks `written`, those runnable.
+pub(crate) fn runnable(written: Vec<Task>) -> Vec<Task> {
+    written
+        .into_iter()
+        .filter(|t| t.status != TaskStatus::Waiting)
+        .collect()
+}
+
 /// Which deferred chunks of a workflow to write as rows.
 #[derive(Clone, Copy)]
 pub(crate) enum Chunks<'a> {

@@ -88,6 +88,24 @@ mod cases {
         (flow.id, ids)
     }
 
+    /// A fan-out/fan-in of noop tasks: a root (`t0`), `fan` tasks depending on it, and a join
+    /// (`t{fan + 1}`) depending on all of those.
+    fn fan_out(fan: usize) -> (Vec<NewTask>, Vec<WorkflowNode>) {
+        let tasks: Vec<NewTask> = (0..fan + 2).map(|_| new_task("noop")).collect();
+        let middle: Vec<Uuid> = tasks[1..=fan].iter().map(|t| t.id).collect();
+        let nodes = (0..fan + 2)
+            .map(|i| WorkflowNode {
+                key: format!("t{i}"),
+                depends_on: match i {
+                    0 => vec![],
+                    i if i == fan + 1 => middle.clone(),
+                    _ => vec![tasks[0].id],
+                },
+            })
+            .collect();
+        (tasks, nodes)
+    }
+
     async fn claim_all(store: &Arc<dyn TaskStore>) -> Vec<Task> {
         store
             .claim(&ClaimRequest {
@@ -766,20 +784,9 @@ mod cases {
     pub async fn a_root_releases_a_wide_fan_out(store: Arc<dyn TaskStore>) {
         // Three chunks of deferred tasks, on a store that defers them.
         const FAN: usize = 2_500;
-        let tasks: Vec<NewTask> = (0..FAN + 2).map(|_| new_task("noop")).collect();
-        let root = tasks[0].id;
+        let (tasks, nodes) = fan_out(FAN);
+        let (root, join) = (tasks[0].id, tasks[FAN + 1].id);
         let fan: Vec<Uuid> = tasks[1..=FAN].iter().map(|t| t.id).collect();
-        let join = tasks[FAN + 1].id;
-        let nodes: Vec<WorkflowNode> = (0..FAN + 2)
-            .map(|i| WorkflowNode {
-                key: format!("t{i}"),
-                depends_on: match i {
-                    0 => vec![],
-                    i if i == FAN + 1 => fan.clone(),
-                    _ => vec![root],
-                },
-            })
-            .collect();
         let flow = workflow(OnFailure::CancelDependents);
         let (_, created) = store.insert_workflow(&flow, &tasks, &nodes).await.unwrap();
         let handed: Arc<std::sync::Mutex<Vec<Task>>> = Arc::default();
@@ -891,19 +898,8 @@ mod cases {
     ) {
         use mcp_core::{HandlerRegistry, Orchestrator, OrchestratorConfig};
         const FAN: usize = 2_500;
-        let tasks: Vec<NewTask> = (0..FAN + 2).map(|_| new_task("noop")).collect();
-        let (root, join) = (tasks[0].id, tasks[FAN + 1].id);
-        let fan: Vec<Uuid> = tasks[1..=FAN].iter().map(|t| t.id).collect();
-        let nodes: Vec<WorkflowNode> = (0..FAN + 2)
-            .map(|i| WorkflowNode {
-                key: format!("t{i}"),
-                depends_on: match i {
-                    0 => vec![],
-                    i if i == FAN + 1 => fan.clone(),
-                    _ => vec![root],
-                },
-            })
-            .collect();
+        let (tasks, nodes) = fan_out(FAN);
+        let join = tasks[FAN + 1].id;
         let flow = workflow(OnFailure::CancelDependents);
         let shared = store.clone();
         let orchestrator = Orchestrator::new(

@@ -62,7 +62,7 @@ pub struct PgTaskStore {
     /// Paused queues and limited types and queues, as the claim consults them (`limits.rs`).
     pub(crate) flow: Arc<crate::flow::FlowCache>,
     /// Where tasks go that a read made runnable as it wrote them (`TaskStore::on_released`).
-    pub(crate) released: Arc<std::sync::RwLock<Option<mcp_core::store::ReleaseHook>>>,
+    pub(crate) released: Arc<crate::workflows::Released>,
 }
 
 impl PgTaskStore {

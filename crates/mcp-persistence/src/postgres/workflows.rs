@@ -17,7 +17,7 @@ use crate::tasks::inserted_task;
 use crate::workflows::{
     CANCELLED_BY_DEPENDENCY, Chunks, DEFERRED_CHUNK, DeferredTask, Split, apply, chunk_columns,
     dependents_of, group_parents, in_favour, in_order, may_retry, outside_dependencies,
-    parent_view, revivable, revives, split, still_waiting,
+    parent_view, revivable, revives, runnable, split, still_waiting,
 };
 use chrono::{DateTime, Utc};
 use mcp_core::task::Progress;
@@ -169,23 +169,8 @@ impl PgTaskStore {
             notify_claimers(&mut tx).await?;
         }
         tx.commit().await.map_err(db_error)?;
-        self.hand_over(released);
+        self.released.hand_over(released);
         Ok(())
-    }
-
-    /// Hands tasks a read made runnable to whoever announces them (`TaskStore::on_released`).
-    fn hand_over(&self, released: Vec<Task>) {
-        if released.is_empty() {
-            return;
-        }
-        let hook = self
-            .released
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(hook) = hook {
-            hook(released);
-        }
     }
 
     pub(super) async fn release_ready_tx(&self) -> Result<Option<Settled>, StoreError> {
@@ -618,7 +603,7 @@ impl PgTaskStore {
             notify_claimers(&mut tx).await?;
         }
         self.commit_with(tx, &[id], Transition::Requeued).await?;
-        self.hand_over(released);
+        self.released.hand_over(released);
         Ok(Retried {
             outcome: RetryOutcome::Requeued(row.try_into()?),
             revived: tasks(rows)?,
@@ -981,14 +966,6 @@ async fn satisfied(
         }
     }
     Ok(satisfied)
-}
-
-/// Of the tasks `written`, those runnable.
-fn runnable(written: Vec<Task>) -> Vec<Task> {
-    written
-        .into_iter()
-        .filter(|t| t.status != TaskStatus::Waiting)
-        .collect()
 }
 
 /// Wakes every node's claim loop at commit, as the insert trigger does.

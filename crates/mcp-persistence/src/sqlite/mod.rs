@@ -99,7 +99,7 @@ pub struct SqliteTaskStore {
     /// Read-only connections for point reads on the calling thread (`direct.rs`).
     pub(crate) direct: Arc<direct::DirectReads>,
     /// Where tasks go that a read made runnable as it wrote them (`TaskStore::on_released`).
-    pub(crate) released: Arc<std::sync::RwLock<Option<mcp_core::store::ReleaseHook>>>,
+    pub(crate) released: Arc<crate::workflows::Released>,
 }
 
 impl SqliteTaskStore {

@@ -665,7 +665,7 @@ impl TaskStore for SqliteTaskStore {
     }
 
     fn on_released(&self, hook: mcp_core::store::ReleaseHook) {
-        *self.released.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
+        self.released.set(hook);
     }
 
     async fn list_workflows(&self, filter: &WorkflowFilter) -> Result<Vec<Workflow>, StoreError> {

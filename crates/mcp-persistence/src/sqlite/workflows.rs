@@ -17,7 +17,7 @@ use crate::tasks::inserted_task;
 use crate::workflows::{
     CANCELLED_BY_DEPENDENCY, Chunks, DEFERRED_CHUNK, DeferredTask, Split, apply, chunk_columns,
     group_parents, in_favour, in_order, may_retry, outside_dependencies, parent_view, revivable,
-    revives, split, still_waiting,
+    revives, runnable, split, still_waiting,
 };
 use chrono::Utc;
 use mcp_core::task::Progress;
@@ -151,23 +151,8 @@ impl SqliteTaskStore {
         let (written, _) =
             write_deferred(&mut tx, holders, Chunks::All, micros(Utc::now())).await?;
         tx.commit().await.map_err(db_error)?;
-        self.hand_over(runnable(written));
+        self.released.hand_over(written);
         Ok(())
-    }
-
-    /// Hands tasks a read made runnable to whoever announces them (`TaskStore::on_released`).
-    fn hand_over(&self, released: Vec<Task>) {
-        if released.is_empty() {
-            return;
-        }
-        let hook = self
-            .released
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        if let Some(hook) = hook {
-            hook(released);
-        }
     }
 
     pub(super) async fn release_ready_tx(&self) -> Result<Option<Settled>, StoreError> {
@@ -560,7 +545,7 @@ impl SqliteTaskStore {
         .map_err(db_error)?;
         self.commit_recording(tx, &[id], Transition::Requeued)
             .await?;
-        self.hand_over(released);
+        self.released.hand_over(released);
         Ok(Retried {
             outcome: RetryOutcome::Requeued(row.try_into()?),
             revived: tasks(rows)?,
@@ -895,14 +880,6 @@ async fn write_taken(
             .extend(write_rows(tx, workflow_id, &new, &nodes, &satisfied, (created, now)).await?);
     }
     Ok(written)
-}
-
-/// Of the tasks `written`, those runnable.
-fn runnable(written: Vec<Task>) -> Vec<Task> {
-    written
-        .into_iter()
-        .filter(|t| t.status != TaskStatus::Waiting)
-        .collect()
 }
 
 /// Of the dependencies of `new` (at their places `nodes`), those satisfied: final in their
