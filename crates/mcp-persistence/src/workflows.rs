@@ -42,8 +42,48 @@ pub(crate) fn apply(
     (settled, cancel)
 }
 
-/// Most deferred tasks in one chunk (one row of JSON).
-pub(crate) const DEFERRED_CHUNK: usize = 1_000;
+/// Most deferred tasks in one chunk (one row of JSON), and most dependencies of its tasks
+/// (see [`chunked`]).
+const DEFERRED_CHUNK: usize = 1_000;
+
+/// A new workflow's deferred tasks in chunks of at most [`DEFERRED_CHUNK`] tasks that wait for
+/// at most as many dependencies in all, unless one task alone waits for more: a task that
+/// waits for many (a fan-in) is kept apart from the tasks beside it, so the settling of one of
+/// its dependencies writes it alone, and the settling that releases those tasks leaves it
+/// deferred.
+pub(crate) fn chunked<'s, 'a>(deferred: &'s [DeferredTask<'a>]) -> Vec<&'s [DeferredTask<'a>]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut waits) = (0, 0);
+    for (i, task) in deferred.iter().enumerate() {
+        let its = task.depends_on.len();
+        if i > start && (i - start == DEFERRED_CHUNK || waits + its > DEFERRED_CHUNK) {
+            chunks.push(&deferred[start..i]);
+            (start, waits) = (i, 0);
+        }
+        waits += its;
+    }
+    if start < deferred.len() {
+        chunks.push(&deferred[start..]);
+    }
+    chunks
+}
+
+/// Of the chunks a settling reached (`(workflow, seq, …)`, in any order), the first of each
+/// workflow: the one it writes.
+pub(crate) fn first_of_each<W: Ord + Clone, T: Clone>(
+    hit: &[(W, i32, T)],
+) -> std::collections::BTreeMap<W, (i32, T)> {
+    let mut first: std::collections::BTreeMap<W, (i32, T)> = std::collections::BTreeMap::new();
+    for (workflow, seq, extra) in hit {
+        let at = first
+            .entry(workflow.clone())
+            .or_insert((*seq, extra.clone()));
+        if *seq < at.0 {
+            *at = (*seq, extra.clone());
+        }
+    }
+    first
+}
 
 /// A workflow task kept out of `tasks` until one of its dependencies settles or something reads
 /// it: everything its row will hold. Its `run_at` is resolved when the workflow is stored (its
@@ -185,6 +225,31 @@ pub(crate) fn runnable(written: Vec<Task>) -> Vec<Task> {
         .into_iter()
         .filter(|t| t.status != TaskStatus::Waiting)
         .collect()
+}
+
+/// Which dependencies of deferred tasks being written count as satisfied: settled, and final
+/// in their favour.
+pub(crate) enum Satisfied<W> {
+    /// Those whose rows say so.
+    Read,
+    /// For the workflows `fresh`, whose chunk a settling takes before any other settling
+    /// reached it (released it), those `settling` now, all in their favour (one that is not
+    /// has every chunk written): no other dependency of its tasks settled. For the others,
+    /// those whose rows say so.
+    Now {
+        fresh: HashSet<W>,
+        settling: HashSet<Uuid>,
+    },
+}
+
+impl<W: Eq + std::hash::Hash> Satisfied<W> {
+    /// The satisfied dependencies of the tasks of `workflow`, when known without reading them.
+    pub(crate) fn of(&self, workflow: &W) -> Option<&HashSet<Uuid>> {
+        match self {
+            Satisfied::Now { fresh, settling } if fresh.contains(workflow) => Some(settling),
+            _ => None,
+        }
+    }
 }
 
 /// Which deferred chunks of a workflow to write as rows.
@@ -540,6 +605,52 @@ mod tests {
         );
         assert_eq!(place, node);
         assert_eq!(its_dependents, dependents);
+    }
+
+    #[test]
+    fn a_task_that_waits_for_many_is_deferred_in_a_chunk_of_its_own() {
+        let now = Utc::now();
+        let task = mcp_core::task::CreateTask {
+            task_type: "echo".into(),
+            ..Default::default()
+        }
+        .validate(&mcp_core::task::TaskDefaults::default(), now)
+        .unwrap();
+        let root = ids(1);
+        let fan_node = WorkflowNode {
+            key: "fan".into(),
+            depends_on: root.clone(),
+        };
+        let join_node = WorkflowNode {
+            key: "join".into(),
+            depends_on: ids(1_500),
+        };
+        let fan = |n: usize| (0..n).map(|_| DeferredTask::new(&task, &fan_node, &[], now));
+        // 2,400 tasks of one dependency each, then a fan-in of 1,500, then 10 more.
+        let deferred: Vec<DeferredTask> = fan(2_400)
+            .chain([DeferredTask::new(&task, &join_node, &[], now)])
+            .chain(fan(10))
+            .collect();
+        let sizes: Vec<usize> = chunked(&deferred).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [1_000, 1_000, 400, 1, 10]);
+        // 400 tasks of one dependency leave room for a fan-in of 600 beside them.
+        let small_join = WorkflowNode {
+            key: "join".into(),
+            depends_on: ids(600),
+        };
+        let deferred: Vec<DeferredTask> = fan(400)
+            .chain([DeferredTask::new(&task, &small_join, &[], now)])
+            .collect();
+        let sizes: Vec<usize> = chunked(&deferred).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [401]);
+        assert!(chunked(&[]).is_empty());
+    }
+
+    #[test]
+    fn a_settling_writes_the_first_chunk_it_reached_of_each_workflow() {
+        let hit = [("b", 3, 'x'), ("a", 2, 'y'), ("b", 1, 'z'), ("a", 5, 'w')];
+        let first: Vec<_> = first_of_each(&hit).into_iter().collect();
+        assert_eq!(first, [("a", (2, 'y')), ("b", (1, 'z'))]);
     }
 
     #[test]

@@ -33,6 +33,7 @@ conformance!(
     a_retried_dependency_under_continue_counts_once,
     waiting_tasks_read_alike_everywhere,
     a_root_releases_a_wide_fan_out,
+    a_fan_in_waits_for_every_one_of_a_wide_fan,
     a_waiting_task_cancelled_by_hand_cancels_its_dependents,
     a_node_writes_the_released_rest_of_a_wide_fan_out_at_once,
 );
@@ -845,6 +846,52 @@ mod cases {
             .unwrap();
         assert_eq!(settled.finished.len(), 1);
         assert_eq!(settled.finished[0].status, WorkflowStatus::Succeeded);
+    }
+
+    /// The join of a wide fan-out runs once every task of the fan succeeded, not before, when
+    /// the fan's first completion writes it: whether no settling reached it before (it waits
+    /// for the fan alone) or the root's settling released it (it waits for the root too).
+    pub async fn a_fan_in_waits_for_every_one_of_a_wide_fan(store: Arc<dyn TaskStore>) {
+        const FAN: usize = 1_200;
+        for join_waits_for_root in [false, true] {
+            let (tasks, mut nodes) = fan_out(FAN);
+            let (root, join) = (tasks[0].id, tasks[FAN + 1].id);
+            if join_waits_for_root {
+                nodes[FAN + 1].depends_on.push(root);
+            }
+            let flow = workflow(OnFailure::CancelDependents);
+            store.insert_workflow(&flow, &tasks, &nodes).await.unwrap();
+            assert_eq!(claim_all(&store).await.len(), 1);
+            store
+                .complete_workflow(OWNER, &[succeeded(root, json!(null))])
+                .await
+                .unwrap();
+            let mut done = 0;
+            loop {
+                // What a settling left for later is written now, as a node's release loop
+                // would: after the fan's first completion wrote the join (with what it waits
+                // for read when the root released it).
+                if done > 0 {
+                    while store.release_ready().await.unwrap().is_some() {}
+                }
+                let batch = claim_all(&store).await;
+                if done == FAN {
+                    assert_eq!(batch.iter().map(|t| t.id).collect::<Vec<_>>(), vec![join]);
+                    break;
+                }
+                assert!(!batch.is_empty(), "{done} of the fan ran");
+                assert!(
+                    batch.iter().all(|t| t.id != join),
+                    "the join ran after {done}"
+                );
+                let outcomes: Vec<Completion> =
+                    batch.iter().map(|t| succeeded(t.id, json!(null))).collect();
+                let settled = store.complete_workflow(OWNER, &outcomes).await.unwrap();
+                done += batch.len();
+                let released: Vec<Uuid> = settled.released.iter().map(|t| t.id).collect();
+                assert_eq!(released.contains(&join), done == FAN, "after {done}");
+            }
+        }
     }
 
     /// A task cancelled by hand before its dependencies ran cancels its own dependents when

@@ -15,9 +15,9 @@ use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
-    CANCELLED_BY_DEPENDENCY, Chunks, DEFERRED_CHUNK, DeferredTask, Split, apply, chunk_columns,
-    dependents_of, group_parents, in_favour, in_order, may_retry, outside_dependencies,
-    parent_view, revivable, revives, runnable, split, still_waiting,
+    CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Satisfied, Split, apply, chunk_columns, chunked,
+    dependents_of, first_of_each, group_parents, in_favour, in_order, may_retry,
+    outside_dependencies, parent_view, revivable, revives, runnable, split, still_waiting,
 };
 use chrono::{DateTime, Utc};
 use mcp_core::task::Progress;
@@ -190,7 +190,7 @@ impl PgTaskStore {
             tx.rollback().await.map_err(db_error)?;
             return Ok(None);
         }
-        let released = runnable(write_taken(&mut tx, taken).await?);
+        let released = runnable(write_taken(&mut tx, taken, &Satisfied::Read).await?);
         if !released.is_empty() {
             notify_claimers(&mut tx).await?;
         }
@@ -691,7 +691,7 @@ async fn insert_tasks(
         nodes,
         dependents: new
             .iter()
-            .map(|t| dependents.get(&t.id).and_then(|d| uuid_array(d)))
+            .map(|t| dependents.get(&t.id).map_or(&[][..], Vec::as_slice))
             .collect(),
         waiting: nodes.iter().map(|n| n.depends_on.len() as i32).collect(),
         created_at: None,
@@ -736,13 +736,13 @@ async fn insert_deferring(
         nodes: &root_nodes,
         dependents: roots
             .iter()
-            .map(|t| dependents.get(&t.id).and_then(|d| uuid_array(d)))
+            .map(|t| dependents.get(&t.id).map_or(&[][..], Vec::as_slice))
             .collect(),
         waiting: vec![0; roots.len()],
         created_at: None,
     };
     let written = write_rows(tx, workflow_id, rows).await?;
-    for (seq, chunk) in deferred.chunks(DEFERRED_CHUNK).enumerate() {
+    for (seq, chunk) in chunked(&deferred).into_iter().enumerate() {
         let (ids, parents, queues) = chunk_columns(chunk);
         sqlx::query(
             "INSERT INTO workflow_deferred (workflow_id, seq, ids, parents, queues, tasks)
@@ -761,13 +761,12 @@ async fn insert_deferring(
     in_order(shown, written)
 }
 
-/// Workflow tasks to write as rows: each with its place, its dependents (as [`uuid_array`]
-/// text) and how many of its dependencies it still waits for (none: runnable at once), created
+/// Workflow tasks to write as rows: each with its place, its dependents and how many of its dependencies it still waits for (none: runnable at once), created
 /// at `created_at` (now when `None`).
 struct Rows<'a> {
     new: &'a [NewTask],
     nodes: &'a [WorkflowNode],
-    dependents: Vec<Option<String>>,
+    dependents: Vec<&'a [Uuid]>,
     waiting: Vec<i32>,
     created_at: Option<DateTime<Utc>>,
 }
@@ -788,28 +787,32 @@ async fn write_rows(
     if new.is_empty() {
         return Ok(Vec::new());
     }
+    let depends_on = Ragged::of(nodes.iter().map(|n| n.depends_on.as_slice()));
+    let dependents = Ragged::of(dependents);
     let stamped: Vec<(Uuid, String, DateTime<Utc>, DateTime<Utc>)> = NewTaskColumns::of(new)
         .bind(sqlx::query_as(insert_tasks_sql!(
             status: "CASE WHEN i.wo > 0 THEN 'waiting'
                           WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END",
-            created: "coalesce($23, now())",
+            created: "coalesce($25, now())",
             columns: ", workflow_id, workflow_key, waiting_on, depends_on, dependents",
-            values: ", $18, i.wk, i.wo, i.dep::uuid[], i.dpt::uuid[]",
-            arrays: ", $19::text[], $20::int4[], $21::text[], $22::text[]",
-            names: ", wk, wo, dep, dpt",
+            values: ", $18, i.wk, i.wo,
+                     CASE WHEN i.de >= i.ds THEN ($26::uuid[])[i.ds:i.de] END,
+                     CASE WHEN i.te >= i.ts THEN ($27::uuid[])[i.ts:i.te] END",
+            arrays: ", $19::text[], $20::int4[], $21::int4[], $22::int4[], $23::int4[],
+                     $24::int4[]",
+            names: ", wk, wo, ds, de, ts, te",
             tail: "RETURNING id, status, run_at, created_at"
         )))
         .bind(workflow_id)
         .bind(nodes.iter().map(|n| n.key.as_str()).collect::<Vec<_>>())
         .bind(waiting)
-        .bind(
-            nodes
-                .iter()
-                .map(|n| uuid_array(&n.depends_on))
-                .collect::<Vec<_>>(),
-        )
-        .bind(dependents)
+        .bind(depends_on.starts)
+        .bind(depends_on.ends)
+        .bind(dependents.starts)
+        .bind(dependents.ends)
         .bind(created_at)
+        .bind(depends_on.flat)
+        .bind(dependents.flat)
         .fetch_all(&mut **tx)
         .await
         .map_err(db_error)?;
@@ -847,7 +850,9 @@ type TakenChunk = (Uuid, String, DateTime<Utc>, String);
 /// first thousand tasks are written, and the rest are written meanwhile. The lock is what
 /// keeps their counts right without the workflow's: a chunk is taken (deleted) before its
 /// rows count what has settled, and a settling that reaches it after that waits for the rows
-/// to be committed, then counts down on them.
+/// to be committed, then counts down on them. A chunk no settling reached before (not
+/// released) has no dependency settled but those settling now, all in its favour (or every
+/// chunk would be written): its rows count those without reading the others'.
 ///
 /// The tasks written, and whether chunks were released for later.
 async fn write_deferred(
@@ -855,36 +860,57 @@ async fn write_deferred(
     workflows: &[Uuid],
     chunks: Chunks<'_>,
 ) -> Result<(Vec<Task>, bool), StoreError> {
-    let taken: Vec<TakenChunk> = match chunks {
-        Chunks::All => sqlx::query_as(
-            "DELETE FROM workflow_deferred d USING workflows w
-             WHERE w.id = d.workflow_id AND d.workflow_id = ANY($1)
-             RETURNING d.workflow_id, d.tasks, w.created_at, w.on_failure",
-        )
-        .bind(workflows)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_error)?,
+    let (taken, satisfied, released) = match chunks {
+        Chunks::All => {
+            let taken = sqlx::query_as(
+                "DELETE FROM workflow_deferred d USING workflows w
+                 WHERE w.id = d.workflow_id AND d.workflow_id = ANY($1)
+                 RETURNING d.workflow_id, d.tasks, w.created_at, w.on_failure",
+            )
+            .bind(workflows)
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_error)?;
+            (taken, Satisfied::Read, false)
+        }
         Chunks::DependingOn(settling) => {
-            let hit: Vec<(Uuid, i32)> = sqlx::query_as(
-                "UPDATE workflow_deferred SET ready_at = coalesce(ready_at, now())
+            let hit: Vec<(Uuid, i32, bool)> = sqlx::query_as(
+                "SELECT workflow_id, seq, ready_at IS NULL FROM workflow_deferred
                  WHERE workflow_id = ANY($1) AND parents && $2
-                 RETURNING workflow_id, seq",
+                 ORDER BY workflow_id, seq FOR UPDATE",
             )
             .bind(workflows)
             .bind(settling)
             .fetch_all(&mut **tx)
             .await
             .map_err(db_error)?;
-            let mut first: BTreeMap<Uuid, i32> = BTreeMap::new();
-            for (workflow, seq) in &hit {
-                let at = first.entry(*workflow).or_insert(*seq);
-                *at = (*at).min(*seq);
-            }
-            if first.is_empty() {
+            if hit.is_empty() {
                 return Ok((Vec::new(), false));
             }
-            let (ids, seqs): (Vec<Uuid>, Vec<i32>) = first.into_iter().unzip();
+            let first = first_of_each(&hit);
+            let (release, release_seqs): (Vec<Uuid>, Vec<i32>) = hit
+                .iter()
+                .filter(|(workflow, seq, fresh)| *fresh && first[workflow].0 != *seq)
+                .map(|(workflow, seq, _)| (*workflow, *seq))
+                .unzip();
+            if !release.is_empty() {
+                sqlx::query(
+                    "UPDATE workflow_deferred SET ready_at = now()
+                     WHERE (workflow_id, seq) IN (SELECT * FROM unnest($1::uuid[], $2::int4[]))",
+                )
+                .bind(&release)
+                .bind(&release_seqs)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?;
+            }
+            let fresh: HashSet<Uuid> = first
+                .iter()
+                .filter(|(_, (_, fresh))| *fresh)
+                .map(|(workflow, _)| *workflow)
+                .collect();
+            let (ids, seqs): (Vec<Uuid>, Vec<i32>) =
+                first.into_iter().map(|(w, (seq, _))| (w, seq)).unzip();
             let taken = sqlx::query_as(
                 "DELETE FROM workflow_deferred d USING workflows w
                  WHERE w.id = d.workflow_id
@@ -896,15 +922,22 @@ async fn write_deferred(
             .fetch_all(&mut **tx)
             .await
             .map_err(db_error)?;
-            let released = hit.len() > ids.len();
-            return Ok((write_taken(tx, taken).await?, released));
+            let satisfied = Satisfied::Now {
+                fresh,
+                settling: settling.iter().copied().collect(),
+            };
+            (taken, satisfied, hit.len() > ids.len())
         }
     };
-    Ok((write_taken(tx, taken).await?, false))
+    Ok((write_taken(tx, taken, &satisfied).await?, released))
 }
 
 /// Writes the deferred chunks `taken` as rows (see [`write_deferred`]).
-async fn write_taken(tx: &mut Tx, taken: Vec<TakenChunk>) -> Result<Vec<Task>, StoreError> {
+async fn write_taken(
+    tx: &mut Tx,
+    taken: Vec<TakenChunk>,
+    known: &Satisfied<Uuid>,
+) -> Result<Vec<Task>, StoreError> {
     let mut by_workflow: BTreeMap<Uuid, (DateTime<Utc>, OnFailure, Vec<DeferredTask>)> =
         BTreeMap::new();
     for (workflow, chunk, created_at, policy) in &taken {
@@ -923,17 +956,24 @@ async fn write_taken(tx: &mut Tx, taken: Vec<TakenChunk>) -> Result<Vec<Task>, S
             let (task, node, its_dependents) = task.into_parts();
             new.push(task);
             nodes.push(node);
-            dependents.push(uuid_array(&its_dependents));
+            dependents.push(its_dependents);
         }
-        let satisfied = satisfied(tx, &new, &nodes, policy).await?;
+        let read;
+        let satisfied = match known.of(&workflow) {
+            Some(settling) => settling,
+            None => {
+                read = satisfied(tx, &new, &nodes, policy).await?;
+                &read
+            }
+        };
         let rows = Rows {
             waiting: nodes
                 .iter()
-                .map(|n| still_waiting(&n.depends_on, &satisfied))
+                .map(|n| still_waiting(&n.depends_on, satisfied))
                 .collect(),
             new: &new,
             nodes: &nodes,
-            dependents,
+            dependents: dependents.iter().map(Vec::as_slice).collect(),
             created_at: Some(created_at),
         };
         written.extend(write_rows(tx, workflow, rows).await?);
@@ -993,22 +1033,30 @@ async fn lock_workflows(tx: &mut Tx, workflows: &[Uuid]) -> Result<(), StoreErro
 const UNSETTLED: &str = "(count(*) FILTER (WHERE p.id = $2 OR NOT (p.status = 'succeeded'
                              OR ($3 AND p.status IN ('dead', 'cancelled')))))::int4";
 
-/// `ids` as a PostgreSQL array literal (`{…}`), bound as text and cast: a column of arrays of
-/// different lengths cannot travel as one two-dimensional array. `None` for none.
-fn uuid_array(ids: &[Uuid]) -> Option<String> {
-    if ids.is_empty() {
-        return None;
-    }
-    let mut text = String::with_capacity(2 + ids.len() * 37);
-    text.push('{');
-    for (i, id) in ids.iter().enumerate() {
-        if i > 0 {
-            text.push(',');
+/// Arrays of ids of different lengths, one per row, as one flat array and each row's bounds in
+/// it (from 1, inclusive; none when the end comes before the start): a column of arrays of
+/// different lengths cannot travel as one two-dimensional array, and as text literals
+/// PostgreSQL parsed every id again (half the cost of a row holding 10,000).
+struct Ragged {
+    flat: Vec<Uuid>,
+    starts: Vec<i32>,
+    ends: Vec<i32>,
+}
+
+impl Ragged {
+    fn of<'a>(rows: impl IntoIterator<Item = &'a [Uuid]>) -> Ragged {
+        let mut ragged = Ragged {
+            flat: Vec::new(),
+            starts: Vec::new(),
+            ends: Vec::new(),
+        };
+        for ids in rows {
+            ragged.starts.push(ragged.flat.len() as i32 + 1);
+            ragged.flat.extend_from_slice(ids);
+            ragged.ends.push(ragged.flat.len() as i32);
         }
-        text.push_str(id.hyphenated().encode_lower(&mut Uuid::encode_buffer()));
+        ragged
     }
-    text.push('}');
-    Some(text)
 }
 
 /// A workflow task a completion made final and settled: its outcome applies to its

@@ -15,9 +15,9 @@ use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
-    CANCELLED_BY_DEPENDENCY, Chunks, DEFERRED_CHUNK, DeferredTask, Split, apply, chunk_columns,
-    group_parents, in_favour, in_order, may_retry, outside_dependencies, parent_view, revivable,
-    revives, runnable, split, still_waiting,
+    CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Satisfied, Split, apply, chunk_columns, chunked,
+    first_of_each, group_parents, in_favour, in_order, may_retry, outside_dependencies,
+    parent_view, revivable, revives, runnable, split, still_waiting,
 };
 use chrono::Utc;
 use mcp_core::task::Progress;
@@ -171,7 +171,8 @@ impl SqliteTaskStore {
             tx.rollback().await.map_err(db_error)?;
             return Ok(None);
         }
-        let released = runnable(write_taken(&mut tx, taken, micros(Utc::now())).await?);
+        let released =
+            runnable(write_taken(&mut tx, taken, &Satisfied::Read, micros(Utc::now())).await?);
         tx.commit().await.map_err(db_error)?;
         Ok(Some(Settled {
             released,
@@ -676,7 +677,7 @@ async fn insert_deferring(
     )
     .await?;
     let workflow = id_text(workflow_id);
-    for (seq, chunk) in deferred.chunks(DEFERRED_CHUNK).enumerate() {
+    for (seq, chunk) in chunked(&deferred).into_iter().enumerate() {
         let (ids, parents, queues) = chunk_columns(chunk);
         sqlx::query(
             "INSERT INTO workflow_deferred (workflow_id, seq, ids, parents, queues, tasks)
@@ -782,7 +783,10 @@ async fn write_rows(
 /// holding one of their dependents is written and the others are released (`ready_at`), for
 /// `release_ready` to write next: a large fan-out starts running after its first thousand tasks
 /// are written, and the rest are written between its completions. SQLite's one writer keeps
-/// the counts right.
+/// the counts right. A chunk no settling reached before (not released) has no dependency
+/// final but those settling now, all in its favour (or every chunk would be written), and
+/// others that ended since but have not settled yet: its rows count those settling now
+/// without reading the others', whose settling counts them down later.
 ///
 /// The tasks written, and whether chunks were released for later.
 async fn write_deferred(
@@ -791,38 +795,53 @@ async fn write_deferred(
     chunks: Chunks<'_>,
     now: i64,
 ) -> Result<(Vec<Task>, bool), StoreError> {
-    let taken: Vec<(String, String)> = match chunks {
-        Chunks::All => sqlx::query_as(
-            "DELETE FROM workflow_deferred WHERE workflow_id IN (SELECT value FROM json_each(?1))
-             RETURNING workflow_id, tasks",
-        )
-        .bind(json_array(workflows.to_vec()))
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_error)?,
-        Chunks::DependingOn(settling) => {
-            let hit: Vec<(String, i64)> = sqlx::query_as(
-                "UPDATE workflow_deferred SET ready_at = coalesce(ready_at, ?3)
+    let (taken, satisfied, released) = match chunks {
+        Chunks::All => {
+            let taken = sqlx::query_as(
+                "DELETE FROM workflow_deferred
                  WHERE workflow_id IN (SELECT value FROM json_each(?1))
-                   AND EXISTS (SELECT 1 FROM json_each(workflow_deferred.parents) AS p
-                               WHERE p.value IN (SELECT value FROM json_each(?2)))
-                 RETURNING workflow_id, seq",
+                 RETURNING workflow_id, tasks",
             )
             .bind(json_array(workflows.to_vec()))
-            .bind(ids_json(settling))
-            .bind(now)
             .fetch_all(&mut **tx)
             .await
             .map_err(db_error)?;
-            let mut first: BTreeMap<&str, i64> = BTreeMap::new();
-            for (workflow, seq) in &hit {
-                let at = first.entry(workflow.as_str()).or_insert(*seq);
-                *at = (*at).min(*seq);
-            }
-            if first.is_empty() {
+            (taken, Satisfied::Read, false)
+        }
+        Chunks::DependingOn(settling) => {
+            let hit: Vec<(String, i32, bool)> = sqlx::query_as(
+                "SELECT workflow_id, seq, ready_at IS NULL FROM workflow_deferred
+                 WHERE workflow_id IN (SELECT value FROM json_each(?1))
+                   AND EXISTS (SELECT 1 FROM json_each(workflow_deferred.parents) AS p
+                               WHERE p.value IN (SELECT value FROM json_each(?2)))",
+            )
+            .bind(json_array(workflows.to_vec()))
+            .bind(ids_json(settling))
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_error)?;
+            if hit.is_empty() {
                 return Ok((Vec::new(), false));
             }
-            let pairs: Vec<Value> = first.iter().map(|(w, seq)| json!([w, seq])).collect();
+            let first = first_of_each(&hit);
+            let release: Vec<Value> = hit
+                .iter()
+                .filter(|(workflow, seq, fresh)| *fresh && first[workflow].0 != *seq)
+                .map(|(workflow, seq, _)| json!([workflow, seq]))
+                .collect();
+            if !release.is_empty() {
+                sqlx::query(
+                    "UPDATE workflow_deferred SET ready_at = ?2
+                     WHERE (workflow_id, seq) IN
+                           (SELECT value ->> 0, value ->> 1 FROM json_each(?1))",
+                )
+                .bind(Value::from(release).to_string())
+                .bind(now)
+                .execute(&mut **tx)
+                .await
+                .map_err(db_error)?;
+            }
+            let pairs: Vec<Value> = first.iter().map(|(w, (seq, _))| json!([w, seq])).collect();
             let taken = sqlx::query_as(
                 "DELETE FROM workflow_deferred
                  WHERE (workflow_id, seq) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
@@ -832,17 +851,25 @@ async fn write_deferred(
             .fetch_all(&mut **tx)
             .await
             .map_err(db_error)?;
-            let released = hit.len() > first.len();
-            return Ok((write_taken(tx, taken, now).await?, released));
+            let satisfied = Satisfied::Now {
+                fresh: first
+                    .iter()
+                    .filter(|(_, (_, fresh))| *fresh)
+                    .map(|(workflow, _)| workflow.clone())
+                    .collect(),
+                settling: settling.iter().copied().collect(),
+            };
+            (taken, satisfied, hit.len() > first.len())
         }
     };
-    Ok((write_taken(tx, taken, now).await?, false))
+    Ok((write_taken(tx, taken, &satisfied, now).await?, released))
 }
 
 /// Writes the deferred chunks `taken` as rows (see [`write_deferred`]), written `now`.
 async fn write_taken(
     tx: &mut Tx,
     taken: Vec<(String, String)>,
+    known: &Satisfied<String>,
     now: i64,
 ) -> Result<Vec<Task>, StoreError> {
     if taken.is_empty() {
@@ -874,10 +901,16 @@ async fn write_taken(
                 (task, node)
             })
             .unzip();
-        let satisfied = satisfied(tx, &new, &nodes, policy).await?;
+        let read;
+        let satisfied = match known.of(&workflow) {
+            Some(settling) => settling,
+            None => {
+                read = satisfied(tx, &new, &nodes, policy).await?;
+                &read
+            }
+        };
         let workflow_id = uuid(&workflow)?;
-        written
-            .extend(write_rows(tx, workflow_id, &new, &nodes, &satisfied, (created, now)).await?);
+        written.extend(write_rows(tx, workflow_id, &new, &nodes, satisfied, (created, now)).await?);
     }
     Ok(written)
 }
