@@ -206,9 +206,8 @@ impl Released {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Some(hook);
     }
 
-    /// Hands the runnable ones of the tasks `written` over, if anyone takes them.
-    pub(crate) fn hand_over(&self, written: Vec<Task>) {
-        let released = runnable(written);
+    /// Hands the tasks `released` (runnable, see [`runnable`]) over, if anyone takes them.
+    pub(crate) fn hand_over(&self, released: Vec<Task>) {
         if released.is_empty() {
             return;
         }

@@ -151,7 +151,7 @@ impl SqliteTaskStore {
         let (written, _) =
             write_deferred(&mut tx, holders, Chunks::All, micros(Utc::now())).await?;
         tx.commit().await.map_err(db_error)?;
-        self.released.hand_over(written);
+        self.released.hand_over(runnable(written));
         Ok(())
     }
 
