@@ -11,7 +11,7 @@ use mcp_core::{NewTask, StoreError, Task, TaskStatus};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use std::borrow::Cow;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
 
 /// The message of a task cancelled because a dependency failed. Its error's
@@ -72,8 +72,8 @@ pub(crate) fn chunked<'s, 'a>(deferred: &'s [DeferredTask<'a>]) -> Vec<&'s [Defe
 /// workflow: the one it writes.
 pub(crate) fn first_of_each<W: Ord + Clone, T: Clone>(
     hit: &[(W, i32, T)],
-) -> std::collections::BTreeMap<W, (i32, T)> {
-    let mut first: std::collections::BTreeMap<W, (i32, T)> = std::collections::BTreeMap::new();
+) -> BTreeMap<W, (i32, T)> {
+    let mut first: BTreeMap<W, (i32, T)> = BTreeMap::new();
     for (workflow, seq, extra) in hit {
         let at = first
             .entry(workflow.clone())
@@ -232,9 +232,9 @@ pub(crate) enum Satisfied<W> {
     /// Those whose rows say so.
     Read,
     /// For the workflows `fresh`, whose chunk a settling takes before any other settling
-    /// reached it (released it), those `settling` now, all in their favour (one that is not
-    /// has every chunk written): no other dependency of its tasks settled. For the others,
-    /// those whose rows say so.
+    /// reached it (released it), those `settling` now, all in their favour (a settling with
+    /// one that is not writes every chunk, reading the rows): no other dependency of its tasks
+    /// settled. For the others, those whose rows say so.
     Now {
         fresh: HashSet<W>,
         settling: HashSet<Uuid>,

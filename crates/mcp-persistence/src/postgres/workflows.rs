@@ -761,8 +761,9 @@ async fn insert_deferring(
     in_order(shown, written)
 }
 
-/// Workflow tasks to write as rows: each with its place, its dependents and how many of its dependencies it still waits for (none: runnable at once), created
-/// at `created_at` (now when `None`).
+/// Workflow tasks to write as rows: each with its place, its dependents and how many of its
+/// dependencies it still waits for (none: runnable at once), created at `created_at` (now when
+/// `None`).
 struct Rows<'a> {
     new: &'a [NewTask],
     nodes: &'a [WorkflowNode],
