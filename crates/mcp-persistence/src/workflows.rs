@@ -68,11 +68,49 @@ pub(crate) fn chunked<'s, 'a>(deferred: &'s [DeferredTask<'a>]) -> Vec<&'s [Defe
     chunks
 }
 
+/// What a settling does with the deferred chunks it reached: it writes the first of each
+/// workflow (`take`), marks released the others that were not (`release`; those released before
+/// stay so), and its rows count as satisfied what [`Satisfied`] says. `left`: some stay for
+/// `release_ready`.
+pub(crate) struct Reached<W> {
+    pub(crate) take: Vec<(W, i32)>,
+    pub(crate) release: Vec<(W, i32)>,
+    pub(crate) satisfied: Satisfied<W>,
+    pub(crate) left: bool,
+}
+
+/// Decides [`Reached`] from the chunks holding a dependent of the tasks `settling` (`hit`:
+/// workflow, seq and whether no settling reached it before, in any order).
+pub(crate) fn reached<W: Ord + Clone + std::hash::Hash>(
+    hit: &[(W, i32, bool)],
+    settling: &[Uuid],
+) -> Reached<W> {
+    let first = first_of_each(hit);
+    let release = hit
+        .iter()
+        .filter(|(workflow, seq, fresh)| *fresh && first[workflow].0 != *seq)
+        .map(|(workflow, seq, _)| (workflow.clone(), *seq))
+        .collect();
+    let fresh = first
+        .iter()
+        .filter(|(_, (_, fresh))| *fresh)
+        .map(|(workflow, _)| workflow.clone())
+        .collect();
+    let take: Vec<(W, i32)> = first.into_iter().map(|(w, (seq, _))| (w, seq)).collect();
+    Reached {
+        left: hit.len() > take.len(),
+        take,
+        release,
+        satisfied: Satisfied::Now {
+            fresh,
+            settling: settling.iter().copied().collect(),
+        },
+    }
+}
+
 /// Of the chunks a settling reached (`(workflow, seq, …)`, in any order), the first of each
 /// workflow: the one it writes.
-pub(crate) fn first_of_each<W: Ord + Clone, T: Clone>(
-    hit: &[(W, i32, T)],
-) -> BTreeMap<W, (i32, T)> {
+fn first_of_each<W: Ord + Clone, T: Clone>(hit: &[(W, i32, T)]) -> BTreeMap<W, (i32, T)> {
     let mut first: BTreeMap<W, (i32, T)> = BTreeMap::new();
     for (workflow, seq, extra) in hit {
         let at = first
@@ -650,6 +688,23 @@ mod tests {
         let hit = [("b", 3, 'x'), ("a", 2, 'y'), ("b", 1, 'z'), ("a", 5, 'w')];
         let first: Vec<_> = first_of_each(&hit).into_iter().collect();
         assert_eq!(first, [("a", (2, 'y')), ("b", (1, 'z'))]);
+        // b's 3 was released before (not fresh): it stays released; a's 5 is released now.
+        let settling = ids(1);
+        let hit = [
+            ("b", 3, false),
+            ("a", 2, true),
+            ("b", 1, false),
+            ("a", 5, true),
+        ];
+        let reached = reached(&hit, &settling);
+        assert_eq!(reached.take, [("a", 2), ("b", 1)]);
+        assert_eq!(reached.release, [("a", 5)]);
+        assert!(reached.left);
+        assert_eq!(
+            reached.satisfied.of(&"a"),
+            Some(&HashSet::from([settling[0]]))
+        );
+        assert_eq!(reached.satisfied.of(&"b"), None);
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
     CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Satisfied, Split, apply, chunk_columns, chunked,
-    dependents_of, first_of_each, group_parents, in_favour, in_order, may_retry,
-    outside_dependencies, parent_view, revivable, revives, runnable, split, still_waiting,
+    dependents_of, group_parents, in_favour, in_order, may_retry, outside_dependencies,
+    parent_view, reached, revivable, revives, runnable, split, still_waiting,
 };
 use chrono::{DateTime, Utc};
 use mcp_core::task::Progress;
@@ -888,30 +888,20 @@ async fn write_deferred(
             if hit.is_empty() {
                 return Ok((Vec::new(), false));
             }
-            let first = first_of_each(&hit);
-            let (release, release_seqs): (Vec<Uuid>, Vec<i32>) = hit
-                .iter()
-                .filter(|(workflow, seq, fresh)| *fresh && first[workflow].0 != *seq)
-                .map(|(workflow, seq, _)| (*workflow, *seq))
-                .unzip();
-            if !release.is_empty() {
+            let reached = reached(&hit, settling);
+            if !reached.release.is_empty() {
+                let (release, seqs): (Vec<Uuid>, Vec<i32>) = reached.release.into_iter().unzip();
                 sqlx::query(
                     "UPDATE workflow_deferred SET ready_at = now()
                      WHERE (workflow_id, seq) IN (SELECT * FROM unnest($1::uuid[], $2::int4[]))",
                 )
                 .bind(&release)
-                .bind(&release_seqs)
+                .bind(&seqs)
                 .execute(&mut **tx)
                 .await
                 .map_err(db_error)?;
             }
-            let fresh: HashSet<Uuid> = first
-                .iter()
-                .filter(|(_, (_, fresh))| *fresh)
-                .map(|(workflow, _)| *workflow)
-                .collect();
-            let (ids, seqs): (Vec<Uuid>, Vec<i32>) =
-                first.into_iter().map(|(w, (seq, _))| (w, seq)).unzip();
+            let (ids, seqs): (Vec<Uuid>, Vec<i32>) = reached.take.into_iter().unzip();
             let taken = sqlx::query_as(
                 "DELETE FROM workflow_deferred d USING workflows w
                  WHERE w.id = d.workflow_id
@@ -923,11 +913,7 @@ async fn write_deferred(
             .fetch_all(&mut **tx)
             .await
             .map_err(db_error)?;
-            let satisfied = Satisfied::Now {
-                fresh,
-                settling: settling.iter().copied().collect(),
-            };
-            (taken, satisfied, hit.len() > ids.len())
+            (taken, reached.satisfied, reached.left)
         }
     };
     Ok((write_taken(tx, taken, &satisfied).await?, released))

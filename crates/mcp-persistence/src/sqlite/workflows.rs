@@ -16,8 +16,8 @@ use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
     CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Satisfied, Split, apply, chunk_columns, chunked,
-    first_of_each, group_parents, in_favour, in_order, may_retry, outside_dependencies,
-    parent_view, revivable, revives, runnable, split, still_waiting,
+    group_parents, in_favour, in_order, may_retry, outside_dependencies, parent_view, reached,
+    revivable, revives, runnable, split, still_waiting,
 };
 use chrono::Utc;
 use mcp_core::task::Progress;
@@ -823,43 +823,33 @@ async fn write_deferred(
             if hit.is_empty() {
                 return Ok((Vec::new(), false));
             }
-            let first = first_of_each(&hit);
-            let release: Vec<Value> = hit
-                .iter()
-                .filter(|(workflow, seq, fresh)| *fresh && first[workflow].0 != *seq)
-                .map(|(workflow, seq, _)| json!([workflow, seq]))
-                .collect();
-            if !release.is_empty() {
+            let reached = reached(&hit, settling);
+            let pairs = |chunks: Vec<(String, i32)>| {
+                let pairs: Vec<Value> = chunks.iter().map(|(w, seq)| json!([w, seq])).collect();
+                Value::from(pairs).to_string()
+            };
+            if !reached.release.is_empty() {
                 sqlx::query(
                     "UPDATE workflow_deferred SET ready_at = ?2
                      WHERE (workflow_id, seq) IN
                            (SELECT value ->> 0, value ->> 1 FROM json_each(?1))",
                 )
-                .bind(Value::from(release).to_string())
+                .bind(pairs(reached.release))
                 .bind(now)
                 .execute(&mut **tx)
                 .await
                 .map_err(db_error)?;
             }
-            let pairs: Vec<Value> = first.iter().map(|(w, (seq, _))| json!([w, seq])).collect();
             let taken = sqlx::query_as(
                 "DELETE FROM workflow_deferred
                  WHERE (workflow_id, seq) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
                  RETURNING workflow_id, tasks",
             )
-            .bind(Value::from(pairs).to_string())
+            .bind(pairs(reached.take))
             .fetch_all(&mut **tx)
             .await
             .map_err(db_error)?;
-            let satisfied = Satisfied::Now {
-                fresh: first
-                    .iter()
-                    .filter(|(_, (_, fresh))| *fresh)
-                    .map(|(workflow, _)| workflow.clone())
-                    .collect(),
-                settling: settling.iter().copied().collect(),
-            };
-            (taken, satisfied, hit.len() > first.len())
+            (taken, reached.satisfied, reached.left)
         }
     };
     Ok((write_taken(tx, taken, &satisfied, now).await?, released))
