@@ -329,13 +329,13 @@ impl PgTaskStore {
         // Its final tasks are marked settled by the completion itself (no second row version),
         // and settled below from what it returns: their workflows and dependents, so settling
         // does not look them up again. One whose dependents counted it already (retried by hand
-        // after it ended under `continue`) was settled before: the subquery reads the row as
-        // the statement found it (a statement does not see its own changes), and that one is
-        // left alone.
+        // after it ended under `continue`) was settled before, and is left alone: the old flag
+        // is written to `settled_before` (every assignment reads the row as the statement found
+        // it) and returned from there (`0028_workflow_settled_before.sql`).
         let changed: Vec<CompletedRow> = sqlx::query_as(complete_sql!(
-            set: ", settled = t.settled OR c.status IN ('succeeded', 'dead')",
-            "RETURNING t.id, t.status, (SELECT o.settled FROM tasks o WHERE o.id = t.id),
-                 t.workflow_id, t.dependents"
+            set: ", settled = t.settled OR c.status IN ('succeeded', 'dead'),
+                 settled_before = t.settled",
+            "RETURNING t.id, t.status, t.settled_before, t.workflow_id, t.dependents"
         ))
         .bind(columns.ids)
         .bind(columns.statuses)
