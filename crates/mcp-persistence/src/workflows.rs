@@ -3,6 +3,7 @@
 //! cancelled, and how a dependency's outcome is handed to a dependent.
 
 use crate::codec::{instant, micros};
+use crate::error::corrupt;
 use crate::tasks::inserted_task;
 use chrono::{DateTime, Utc};
 use mcp_core::task::Backoff;
@@ -231,6 +232,31 @@ impl<'a> DeferredTask<'a> {
             depends_on: self.depends_on.into_owned(),
         };
         (task, node, self.dependents.into_owned())
+    }
+}
+
+/// A deferred chunk's tasks as stored: their JSON compressed with LZ4 (its length first). A
+/// chunk's JSON is mostly the same fields and ids over and over (350 kB for 1,000 tasks,
+/// about a fifth of that compressed): compressed here, it crosses to the database and back,
+/// and is written there, at a fifth of the size, and neither store compresses it again.
+pub(crate) fn pack(chunk: &[DeferredTask<'_>]) -> Result<Vec<u8>, StoreError> {
+    let json = serde_json::to_vec(chunk).map_err(corrupt)?;
+    Ok(lz4_flex::compress_prepend_size(&json))
+}
+
+/// A deferred chunk's tasks read back: from `packed` ([`pack`]), or from `text`, the JSON of a
+/// chunk stored uncompressed by an earlier version.
+pub(crate) fn unpack(
+    packed: Option<&[u8]>,
+    text: Option<&str>,
+) -> Result<Vec<DeferredTask<'static>>, StoreError> {
+    match (packed, text) {
+        (Some(packed), _) => {
+            let json = lz4_flex::decompress_size_prepended(packed).map_err(corrupt)?;
+            serde_json::from_slice(&json).map_err(corrupt)
+        }
+        (None, Some(text)) => serde_json::from_str(text).map_err(corrupt),
+        (None, None) => Err(corrupt("a deferred chunk holds no tasks")),
     }
 }
 
@@ -627,21 +653,62 @@ mod tests {
             depends_on: ids(2),
         };
         let dependents = ids(3);
-        let stored = DeferredTask::new(&task, &node, &dependents, now);
-        let text = serde_json::to_string(&[stored]).unwrap();
-        let back: Vec<DeferredTask> = serde_json::from_str(&text).unwrap();
-        let (again, place, its_dependents) = back.into_iter().next().unwrap().into_parts();
+        let stored = [DeferredTask::new(&task, &node, &dependents, now)];
+        let packed = pack(&stored).unwrap();
+        // As an earlier version stored it: JSON text, uncompressed.
+        let text = serde_json::to_string(&stored).unwrap();
         // A task without its own time runs from the workflow's creation.
         assert_eq!(task.run_at, None);
-        assert_eq!(
-            again,
-            NewTask {
-                run_at: Some(now),
-                ..task
-            }
+        // Packed (SQLite keeps '' as the text beside it), and as stored before.
+        for back in [
+            unpack(Some(&packed), None).unwrap(),
+            unpack(Some(&packed), Some("")).unwrap(),
+            unpack(None, Some(&text)).unwrap(),
+        ] {
+            let (again, place, its_dependents) = back.into_iter().next().unwrap().into_parts();
+            assert_eq!(
+                again,
+                NewTask {
+                    run_at: Some(now),
+                    ..task.clone()
+                }
+            );
+            assert_eq!(place, node);
+            assert_eq!(its_dependents, dependents);
+        }
+    }
+
+    #[test]
+    fn a_packed_chunk_is_a_fraction_of_its_json_and_damage_is_an_error() {
+        let now = Utc::now();
+        let task = mcp_core::task::CreateTask {
+            task_type: "noop".into(),
+            ..Default::default()
+        }
+        .validate(&mcp_core::task::TaskDefaults::default(), now)
+        .unwrap();
+        let node = WorkflowNode {
+            key: "fan".into(),
+            depends_on: ids(1),
+        };
+        let join = ids(1);
+        let chunk: Vec<DeferredTask> = (0..1_000)
+            .map(|_| DeferredTask::new(&task, &node, &join, now))
+            .collect();
+        let packed = pack(&chunk).unwrap();
+        let text = serde_json::to_vec(&chunk).unwrap();
+        assert!(
+            packed.len() * 5 < text.len(),
+            "{} of {}",
+            packed.len(),
+            text.len()
         );
-        assert_eq!(place, node);
-        assert_eq!(its_dependents, dependents);
+        assert_eq!(unpack(Some(&packed), None).unwrap().len(), 1_000);
+        assert!(matches!(
+            unpack(Some(&packed[..packed.len() / 2]), None),
+            Err(StoreError::Corrupt(_))
+        ));
+        assert!(matches!(unpack(None, None), Err(StoreError::Corrupt(_))));
     }
 
     #[test]

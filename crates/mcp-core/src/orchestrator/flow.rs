@@ -40,13 +40,14 @@ struct Throttled {
 }
 
 impl Orchestrator {
-    /// Stores a workflow and its tasks, then announces them and wakes the claim loop.
+    /// Stores a workflow and its tasks, then announces them and wakes the claim loop. The tasks
+    /// are those the announcer was handed: a caller that needs its own copies makes them.
     pub async fn insert_workflow(
         &self,
         workflow: &NewWorkflow,
         tasks: &[NewTask],
         nodes: &[WorkflowNode],
-    ) -> Result<(Workflow, Vec<Task>), OrchestratorError> {
+    ) -> Result<(Workflow, Vec<Arc<Task>>), OrchestratorError> {
         let (stored, created) = self.store.insert_workflow(workflow, tasks, nodes).await?;
         self.emit_workflow(&stored);
         // Announced before the claim loop is woken (a task's `task.created` comes before its
@@ -57,10 +58,7 @@ impl Orchestrator {
             self.emit("task.created", task.clone());
         }
         self.wake.notify_one();
-        Ok((
-            stored,
-            created.into_iter().map(Arc::unwrap_or_clone).collect(),
-        ))
+        Ok((stored, created))
     }
 
     /// Adds tasks to a running workflow; `None` when it is not running.

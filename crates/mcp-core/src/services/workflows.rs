@@ -101,6 +101,7 @@ impl WorkflowService {
             .orchestrator
             .insert_workflow(&workflow, &tasks, &nodes)
             .await?;
+        let tasks = tasks.into_iter().map(Arc::unwrap_or_clone).collect();
         Ok(WorkflowDetail { workflow, tasks })
     }
 

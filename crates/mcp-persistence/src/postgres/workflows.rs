@@ -16,8 +16,8 @@ use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
     CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Satisfied, Split, apply, chunk_columns, chunked,
-    dependents_of, group_parents, in_favour, in_order, may_retry, outside_dependencies,
-    parent_view, reached, revivable, revives, runnable, split, still_waiting,
+    dependents_of, group_parents, in_favour, in_order, may_retry, outside_dependencies, pack,
+    parent_view, reached, revivable, revives, runnable, split, still_waiting, unpack,
 };
 use chrono::{DateTime, Utc};
 use mcp_core::task::Progress;
@@ -181,7 +181,7 @@ impl PgTaskStore {
              WHERE w.id = d.workflow_id AND (d.workflow_id, d.seq) = (
                  SELECT workflow_id, seq FROM workflow_deferred WHERE ready_at IS NOT NULL
                  ORDER BY ready_at, workflow_id, seq LIMIT 1 FOR UPDATE SKIP LOCKED)
-             RETURNING d.workflow_id, d.tasks, w.created_at, w.on_failure",
+             RETURNING d.workflow_id, d.packed, d.tasks, w.created_at, w.on_failure",
         )
         .fetch_all(&mut *tx)
         .await
@@ -745,7 +745,7 @@ async fn insert_deferring(
     for (seq, chunk) in chunked(&deferred).into_iter().enumerate() {
         let (ids, parents, queues) = chunk_columns(chunk);
         sqlx::query(
-            "INSERT INTO workflow_deferred (workflow_id, seq, ids, parents, queues, tasks)
+            "INSERT INTO workflow_deferred (workflow_id, seq, ids, parents, queues, packed)
              VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(workflow_id)
@@ -753,7 +753,7 @@ async fn insert_deferring(
         .bind(&ids)
         .bind(&parents)
         .bind(&queues)
-        .bind(serde_json::to_string(chunk).map_err(corrupt)?)
+        .bind(pack(chunk)?)
         .execute(&mut **tx)
         .await
         .map_err(db_error)?;
@@ -836,9 +836,9 @@ async fn write_rows(
         .collect()
 }
 
-/// A deferred chunk taken to be written: its workflow, its tasks (JSON), the workflow's creation
-/// and policy.
-type TakenChunk = (Uuid, String, DateTime<Utc>, String);
+/// A deferred chunk taken to be written: its workflow, its tasks (packed, or JSON as stored
+/// before: see [`unpack`]), the workflow's creation and policy.
+type TakenChunk = (Uuid, Option<Vec<u8>>, Option<String>, DateTime<Utc>, String);
 
 /// Writes deferred chunks of `workflows` as rows (their rows locked by the caller), each task
 /// waiting for its dependencies not yet satisfied: settled, and final in its favour. A
@@ -866,7 +866,7 @@ async fn write_deferred(
             let taken = sqlx::query_as(
                 "DELETE FROM workflow_deferred d USING workflows w
                  WHERE w.id = d.workflow_id AND d.workflow_id = ANY($1)
-                 RETURNING d.workflow_id, d.tasks, w.created_at, w.on_failure",
+                 RETURNING d.workflow_id, d.packed, d.tasks, w.created_at, w.on_failure",
             )
             .bind(workflows)
             .fetch_all(&mut **tx)
@@ -906,7 +906,7 @@ async fn write_deferred(
                 "DELETE FROM workflow_deferred d USING workflows w
                  WHERE w.id = d.workflow_id
                    AND (d.workflow_id, d.seq) IN (SELECT * FROM unnest($1::uuid[], $2::int4[]))
-                 RETURNING d.workflow_id, d.tasks, w.created_at, w.on_failure",
+                 RETURNING d.workflow_id, d.packed, d.tasks, w.created_at, w.on_failure",
             )
             .bind(&ids)
             .bind(&seqs)
@@ -927,8 +927,8 @@ async fn write_taken(
 ) -> Result<Vec<Task>, StoreError> {
     let mut by_workflow: BTreeMap<Uuid, (DateTime<Utc>, OnFailure, Vec<DeferredTask>)> =
         BTreeMap::new();
-    for (workflow, chunk, created_at, policy) in &taken {
-        let chunk: Vec<DeferredTask> = serde_json::from_str(chunk).map_err(corrupt)?;
+    for (workflow, packed, text, created_at, policy) in &taken {
+        let chunk = unpack(packed.as_deref(), text.as_deref())?;
         let policy = OnFailure::from_str(policy).map_err(corrupt)?;
         by_workflow
             .entry(*workflow)

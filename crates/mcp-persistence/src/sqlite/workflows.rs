@@ -16,8 +16,8 @@ use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
     CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Satisfied, Split, apply, chunk_columns, chunked,
-    group_parents, in_favour, in_order, may_retry, outside_dependencies, parent_view, reached,
-    revivable, revives, runnable, split, still_waiting,
+    group_parents, in_favour, in_order, may_retry, outside_dependencies, pack, parent_view,
+    reached, revivable, revives, runnable, split, still_waiting, unpack,
 };
 use chrono::Utc;
 use mcp_core::task::Progress;
@@ -158,11 +158,11 @@ impl SqliteTaskStore {
     pub(super) async fn release_ready_tx(&self) -> Result<Option<Settled>, StoreError> {
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         // The oldest chunk released and not written.
-        let taken: Vec<(String, String)> = sqlx::query_as(
+        let taken: Vec<TakenChunk> = sqlx::query_as(
             "DELETE FROM workflow_deferred WHERE (workflow_id, seq) = (
                  SELECT workflow_id, seq FROM workflow_deferred WHERE ready_at IS NOT NULL
                  ORDER BY ready_at, workflow_id, seq LIMIT 1)
-             RETURNING workflow_id, tasks",
+             RETURNING workflow_id, packed, tasks",
         )
         .fetch_all(&mut *tx)
         .await
@@ -680,15 +680,15 @@ async fn insert_deferring(
     for (seq, chunk) in chunked(&deferred).into_iter().enumerate() {
         let (ids, parents, queues) = chunk_columns(chunk);
         sqlx::query(
-            "INSERT INTO workflow_deferred (workflow_id, seq, ids, parents, queues, tasks)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO workflow_deferred (workflow_id, seq, ids, parents, queues, tasks, packed)
+             VALUES (?1, ?2, ?3, ?4, ?5, '', ?6)",
         )
         .bind(workflow.as_str())
         .bind(seq as i64)
         .bind(ids_json(&ids))
         .bind(ids_json(&parents))
         .bind(json_array(queues))
-        .bind(serde_json::to_string(chunk).map_err(corrupt)?)
+        .bind(pack(chunk)?)
         .execute(&mut **tx)
         .await
         .map_err(db_error)?;
@@ -800,7 +800,7 @@ async fn write_deferred(
             let taken = sqlx::query_as(
                 "DELETE FROM workflow_deferred
                  WHERE workflow_id IN (SELECT value FROM json_each(?1))
-                 RETURNING workflow_id, tasks",
+                 RETURNING workflow_id, packed, tasks",
             )
             .bind(json_array(workflows.to_vec()))
             .fetch_all(&mut **tx)
@@ -843,7 +843,7 @@ async fn write_deferred(
             let taken = sqlx::query_as(
                 "DELETE FROM workflow_deferred
                  WHERE (workflow_id, seq) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?1))
-                 RETURNING workflow_id, tasks",
+                 RETURNING workflow_id, packed, tasks",
             )
             .bind(pairs(reached.take))
             .fetch_all(&mut **tx)
@@ -855,10 +855,14 @@ async fn write_deferred(
     Ok((write_taken(tx, taken, &satisfied, now).await?, released))
 }
 
+/// A deferred chunk taken to be written: its workflow and its tasks (packed, or JSON as stored
+/// before: see [`unpack`]).
+type TakenChunk = (String, Option<Vec<u8>>, String);
+
 /// Writes the deferred chunks `taken` as rows (see [`write_deferred`]), written `now`.
 async fn write_taken(
     tx: &mut Tx,
-    taken: Vec<(String, String)>,
+    taken: Vec<TakenChunk>,
     known: &Satisfied<String>,
     now: i64,
 ) -> Result<Vec<Task>, StoreError> {
@@ -866,8 +870,8 @@ async fn write_taken(
         return Ok(Vec::new());
     }
     let mut by_workflow: BTreeMap<String, Vec<DeferredTask>> = BTreeMap::new();
-    for (workflow, chunk) in taken {
-        let chunk: Vec<DeferredTask> = serde_json::from_str(&chunk).map_err(corrupt)?;
+    for (workflow, packed, text) in taken {
+        let chunk = unpack(packed.as_deref(), Some(&text))?;
         by_workflow.entry(workflow).or_default().extend(chunk);
     }
     let flows: Vec<(String, i64, String)> = sqlx::query_as(
