@@ -236,9 +236,10 @@ impl<'a> DeferredTask<'a> {
 }
 
 /// A deferred chunk's tasks as stored: their JSON compressed with LZ4 (its length first). A
-/// chunk's JSON is mostly the same fields and ids over and over (350 kB for 1,000 tasks,
-/// about a fifth of that compressed): compressed here, it crosses to the database and back,
-/// and is written there, at a fifth of the size, and neither store compresses it again.
+/// chunk's JSON repeats the same field names, values and id prefixes (1,000 tasks of the
+/// fan-out in `bench workflows`: 345 kB, 19 kB packed): packed here, it crosses to the
+/// database and back, and is written there, at a fraction of its size, and neither store
+/// compresses it again.
 pub(crate) fn pack(chunk: &[DeferredTask<'_>]) -> Result<Vec<u8>, StoreError> {
     let json = serde_json::to_vec(chunk).map_err(corrupt)?;
     Ok(lz4_flex::compress_prepend_size(&json))
