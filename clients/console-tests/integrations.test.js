@@ -83,7 +83,11 @@ test("a webhook's secret is shown once, its deliveries are logged and can be red
   await admin.reload();
   await row.waitFor();
   assert.equal(await admin.locator("#new-secret").count(), 0);
-  assert.doesNotMatch(await admin.locator("main").textContent(), new RegExp(secret));
+  // A plain search: the secret is base64, whose `+` and `/` a RegExp would read as syntax.
+  assert.ok(
+    !(await admin.locator("main").textContent()).includes(secret),
+    "the secret is not shown again",
+  );
 
   // A task succeeds: the receiver gets the signed event, the open log shows it, live.
   await row.getByRole("button", { name: "Deliveries" }).click();
