@@ -314,6 +314,19 @@ impl<W: Eq + std::hash::Hash> Satisfied<W> {
             _ => None,
         }
     }
+
+    /// The satisfied dependencies of the tasks of `workflow`: [`Satisfied::of`] when known,
+    /// else what `read` (a store's read of their rows, not started until awaited) finds.
+    pub(crate) async fn or_read(
+        &self,
+        workflow: &W,
+        read: impl Future<Output = Result<HashSet<Uuid>, StoreError>>,
+    ) -> Result<Cow<'_, HashSet<Uuid>>, StoreError> {
+        Ok(match self.of(workflow) {
+            Some(known) => Cow::Borrowed(known),
+            None => Cow::Owned(read.await?),
+        })
+    }
 }
 
 /// Which deferred chunks of a workflow to write as rows.
@@ -561,6 +574,17 @@ mod tests {
         (0..n).map(|_| Uuid::now_v7()).collect()
     }
 
+    /// A task of `task_type` as `create` validates it, at `now`, from a create body of its
+    /// type alone.
+    fn new_task(task_type: &str, now: DateTime<Utc>) -> NewTask {
+        mcp_core::task::CreateTask {
+            task_type: task_type.into(),
+            ..Default::default()
+        }
+        .validate(&mcp_core::task::TaskDefaults::default(), now)
+        .unwrap()
+    }
+
     #[test]
     fn revives_what_a_retried_task_cancelled_transitively() {
         // root → a → c, root → b → c
@@ -682,12 +706,7 @@ mod tests {
     #[test]
     fn a_packed_chunk_is_a_fraction_of_its_json_and_damage_is_an_error() {
         let now = Utc::now();
-        let task = mcp_core::task::CreateTask {
-            task_type: "noop".into(),
-            ..Default::default()
-        }
-        .validate(&mcp_core::task::TaskDefaults::default(), now)
-        .unwrap();
+        let task = new_task("noop", now);
         let node = WorkflowNode {
             key: "fan".into(),
             depends_on: ids(1),
@@ -715,12 +734,7 @@ mod tests {
     #[test]
     fn a_task_that_waits_for_many_is_deferred_in_a_chunk_of_its_own() {
         let now = Utc::now();
-        let task = mcp_core::task::CreateTask {
-            task_type: "echo".into(),
-            ..Default::default()
-        }
-        .validate(&mcp_core::task::TaskDefaults::default(), now)
-        .unwrap();
+        let task = new_task("echo", now);
         let root = ids(1);
         let fan_node = WorkflowNode {
             key: "fan".into(),

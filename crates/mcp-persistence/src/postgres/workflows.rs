@@ -945,18 +945,13 @@ async fn write_taken(
             nodes.push(node);
             dependents.push(its_dependents);
         }
-        let read;
-        let satisfied = match known.of(&workflow) {
-            Some(settling) => settling,
-            None => {
-                read = satisfied(tx, &new, &nodes, policy).await?;
-                &read
-            }
-        };
+        let satisfied = known
+            .or_read(&workflow, satisfied(tx, &new, &nodes, policy))
+            .await?;
         let rows = Rows {
             waiting: nodes
                 .iter()
-                .map(|n| still_waiting(&n.depends_on, satisfied))
+                .map(|n| still_waiting(&n.depends_on, &satisfied))
                 .collect(),
             new: &new,
             nodes: &nodes,

@@ -895,16 +895,12 @@ async fn write_taken(
                 (task, node)
             })
             .unzip();
-        let read;
-        let satisfied = match known.of(&workflow) {
-            Some(settling) => settling,
-            None => {
-                read = satisfied(tx, &new, &nodes, policy).await?;
-                &read
-            }
-        };
+        let satisfied = known
+            .or_read(&workflow, satisfied(tx, &new, &nodes, policy))
+            .await?;
         let workflow_id = uuid(&workflow)?;
-        written.extend(write_rows(tx, workflow_id, &new, &nodes, satisfied, (created, now)).await?);
+        written
+            .extend(write_rows(tx, workflow_id, &new, &nodes, &satisfied, (created, now)).await?);
     }
     Ok(written)
 }
