@@ -136,7 +136,14 @@ pub struct Settings {
     /// The runtime overrides as last read from the store.
     overrides: std::sync::Mutex<BTreeMap<String, Value>>,
     effective: watch::Sender<Arc<Effective>>,
+    /// The effective values the node's components last put in force (see
+    /// [`Settings::applied`]); `None` while nothing applies them.
+    applied: watch::Sender<Option<Arc<Effective>>>,
 }
+
+/// How long a change waits for this node's components to put it in force before `patch`
+/// returns anyway (they apply a change in microseconds; this bounds a stuck applier).
+const APPLY_WAIT: Duration = Duration::from_secs(2);
 
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -163,6 +170,7 @@ impl Settings {
             configured: std::sync::Mutex::new(configured),
             overrides: Default::default(),
             effective: watch::channel(Arc::new(Effective::new())).0,
+            applied: watch::channel(None).0,
         };
         settings.recompute();
         settings
@@ -178,6 +186,39 @@ impl Settings {
         self.effective.subscribe()
     }
 
+    /// As [`Settings::watch`], for the one that puts the values in force on this node: from
+    /// now on a change waits for it to say so ([`Settings::applied`]) before `patch` returns,
+    /// so the caller's next request meets the change.
+    pub fn watch_to_apply(&self) -> watch::Receiver<Arc<Effective>> {
+        let changes = self.effective.subscribe();
+        self.applied.send_if_modified(|applied| {
+            // Nothing in force yet: an empty set equals no effective values.
+            applied.get_or_insert_with(|| Arc::new(Effective::new()));
+            false
+        });
+        changes
+    }
+
+    /// Tells that the node's components now run with `effective` (what
+    /// [`Settings::watch_to_apply`] showed them).
+    pub fn applied(&self, effective: Arc<Effective>) {
+        self.applied.send_replace(Some(effective));
+    }
+
+    /// Waits (at most [`APPLY_WAIT`]) until the components have caught up with the effective
+    /// values, when something applies them.
+    async fn in_force(&self) {
+        let mut applied = self.applied.subscribe();
+        let caught_up = applied.wait_for(|applied| {
+            applied
+                .as_ref()
+                .is_none_or(|applied| **applied == *self.effective())
+        });
+        if tokio::time::timeout(APPLY_WAIT, caught_up).await.is_err() {
+            tracing::warn!("runtime settings changed but not applied yet on this node");
+        }
+    }
+
     /// Replaces the configured values (a reloaded file); runtime overrides stay on top.
     pub fn reload(&self, configured: BTreeMap<String, (Value, Source)>) {
         *lock(&self.configured) = configured;
@@ -185,8 +226,8 @@ impl Settings {
     }
 
     /// Sets (a value) or removes (`null`) runtime overrides, all or none: every key must be
-    /// dynamic and the result a valid configuration. Recorded durably, applied on this node
-    /// before it returns, and nudged to the others.
+    /// dynamic and the result a valid configuration. Recorded durably, in force on this node
+    /// before it returns (see [`Settings::applied`]), and nudged to the others.
     pub async fn patch(
         &self,
         changes: &BTreeMap<String, Value>,
@@ -239,6 +280,7 @@ impl Settings {
             }
         }
         self.recompute();
+        self.in_force().await;
         nudge(
             self.events.as_deref(),
             CHANNEL,
@@ -526,5 +568,30 @@ mod tests {
         assert!(seen.has_changed().unwrap());
         assert_eq!(b.effective()["rate"].value, Value::from(3));
         assert!(!b.refresh().await.unwrap(), "nothing new");
+    }
+
+    #[tokio::test]
+    async fn a_change_returns_once_the_applier_put_it_in_force() {
+        let settings = Arc::new(settings(Arc::new(Memory::default())));
+        // An applier as the binary runs one, slow to put each change in force.
+        let in_force = Arc::new(std::sync::Mutex::new(Value::Null));
+        let mut changes = settings.watch_to_apply();
+        let (applier, put) = (settings.clone(), in_force.clone());
+        tokio::spawn(async move {
+            loop {
+                let effective = changes.borrow_and_update().clone();
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                *lock(&put) = effective["rate"].value.clone();
+                applier.applied(effective);
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+        settings
+            .patch(&BTreeMap::from([("rate".into(), Value::from(7))]), "admin")
+            .await
+            .unwrap();
+        assert_eq!(*lock(&in_force), Value::from(7));
     }
 }

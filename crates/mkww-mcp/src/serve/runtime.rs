@@ -116,7 +116,7 @@ async fn apply_settings(
     targets: Arc<Targets>,
     stop: CancellationToken,
 ) {
-    let mut changes = settings.watch();
+    let mut changes = settings.watch_to_apply();
     let started_with = targets.orchestrator.concurrency();
     let mut applied: Option<Config> = None;
     loop {
@@ -128,6 +128,7 @@ async fn apply_settings(
             applied.as_ref(),
             started_with,
         ));
+        settings.applied(effective);
         tokio::select! {
             changed = changes.changed() => if changed.is_err() { return },
             _ = stop.cancelled() => return,
