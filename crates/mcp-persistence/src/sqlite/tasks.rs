@@ -401,14 +401,7 @@ impl TaskStore for SqliteTaskStore {
         // as a JSON document with their outcomes.
         let query = if completions.iter().all(plain_success) {
             let ids: Vec<Uuid> = completions.iter().map(|c| c.id).collect();
-            sqlx::query_as::<_, (String,)>(
-                "UPDATE tasks SET status = 'succeeded', result = NULL, error = NULL,
-                     finished_at = ?2, lease_owner = NULL, lease_expires_at = NULL
-                 WHERE id IN (SELECT value FROM json_each(?1)) AND +status = 'running'
-                   AND +lease_owner = ?3
-                 RETURNING id",
-            )
-            .bind(ids_json(&ids))
+            sqlx::query_as::<_, (String,)>(succeed_sql!("RETURNING id")).bind(ids_json(&ids))
         } else {
             sqlx::query_as::<_, (String,)>(complete_sql!("RETURNING tasks.id"))
                 .bind(completion_batch(completions)?)
@@ -712,9 +705,16 @@ impl TaskStore for SqliteTaskStore {
 /// key lookup per entry.
 macro_rules! complete_sql {
     ($returning:literal) => {
+        complete_sql!(set: "", $returning)
+    };
+    // `set` adds assignments (`, column = …`), as a workflow's completion marks its final tasks
+    // settled.
+    (set: $set:literal, $returning:literal) => {
         concat!(
             "UPDATE tasks SET status = c.value ->> 'status', result = c.value -> 'result',
-                 error = c.value -> 'error',
+                 error = c.value -> 'error'",
+            $set,
+            ",
                  run_at = coalesce(c.value ->> 'run_at', tasks.run_at),
                  attempts = tasks.attempts
                      - CASE WHEN c.value ->> 'status' = 'scheduled' THEN 1 ELSE 0 END,
@@ -730,8 +730,28 @@ macro_rules! complete_sql {
 }
 pub(super) use complete_sql;
 
-/// A success without a result: `complete` records it by its id alone.
-fn plain_success(completion: &Completion) -> bool {
+/// Records successes without a result (see [`plain_success`]) by their ids alone (`?1`, a JSON
+/// array) at `?2`, as [`complete_sql`] records any outcome: about a third cheaper for SQLite
+/// than reading each entry's fields out of its JSON object. `set` and `$returning` as there.
+macro_rules! succeed_sql {
+    ($returning:literal) => {
+        succeed_sql!(set: "", $returning)
+    };
+    (set: $set:literal, $returning:literal) => {
+        concat!(
+            "UPDATE tasks SET status = 'succeeded', result = NULL, error = NULL",
+            $set,
+            ", finished_at = ?2, lease_owner = NULL, lease_expires_at = NULL
+             WHERE id IN (SELECT value FROM json_each(?1)) AND +status = 'running'
+               AND +lease_owner = ?3 ",
+            $returning
+        )
+    };
+}
+pub(super) use succeed_sql;
+
+/// A success without a result: recorded by its id alone ([`succeed_sql`]).
+pub(super) fn plain_success(completion: &Completion) -> bool {
     matches!(&completion.outcome, Outcome::Succeeded(value) if value.is_null())
 }
 
@@ -772,11 +792,11 @@ pub(super) fn completion_batch(completions: &[Completion]) -> Result<String, Sto
     serde_json::to_string(&batch).map_err(corrupt)
 }
 
-/// Rows per `INSERT … VALUES` statement of `insert`, of a workflow's tasks and of its edges: a
+/// Rows per `INSERT … VALUES` statement of `insert` and of a workflow's tasks: a
 /// batch is cut into chunks of these sizes, largest first (1,000 tasks are two statements), so
 /// there are never more than twice as many distinct statements as sizes, each prepared once
-/// and kept in sqlx's statement cache. Parameters are bound one per column (19 a row, 22 for a
-/// workflow's task: 11,000 for the largest, under SQLite's limit of 32,766). Why not one JSON
+/// and kept in sqlx's statement cache. Parameters are bound one per column (19 a row, 24 for a
+/// workflow's task: 12,000 for the largest, under SQLite's limit of 32,766). Why not one JSON
 /// array through `json_each`: reading 19 fields out of every row's JSON object was about a
 /// third of the writer thread's time while enqueueing (`perf`, `bench tasks`).
 pub(super) const INSERT_CHUNKS: [usize; 5] = [500, 100, 20, 5, 1];
@@ -806,8 +826,9 @@ pub(super) enum Insert {
     Plain,
     /// Tasks of no workflow, some with an idempotency key: returns the ids stored.
     Keyed,
-    /// A workflow's tasks: also its id, each task's key and how many dependencies it waits on
-    /// (three more parameters a row, after [`bind_new_task`]'s).
+    /// A workflow's tasks: also its id, each task's key, how many dependencies it waits on,
+    /// its dependencies and its dependents (five more parameters a row, after
+    /// [`bind_new_task`]'s).
     Workflow,
 }
 
@@ -829,9 +850,10 @@ pub(super) fn insert_values_sql(rows: usize, statement: Insert) -> &'static str 
                     values(rows, 19)
                 );
                 let workflow = format!(
-                    "INSERT INTO tasks ({INSERT_COLUMNS}, workflow_id, workflow_key, waiting_on)
+                    "INSERT INTO tasks ({INSERT_COLUMNS}, workflow_id, workflow_key, waiting_on,
+                         depends_on, dependents)
                      VALUES {} {CONFLICT}",
-                    values(rows, 22)
+                    values(rows, 24)
                 );
                 [insert.clone(), format!("{insert} RETURNING id"), workflow]
             })

@@ -6,8 +6,8 @@
 use super::SqliteTaskStore;
 use super::task_row::{TaskRow, tasks};
 use super::tasks::{
-    INSERT_CHUNKS, Insert, bind_new_task, chunk_index, complete_sql, completion_batch,
-    insert_chunks, insert_values_sql,
+    Insert, bind_new_task, complete_sql, completion_batch, insert_chunks, insert_values_sql,
+    plain_success, succeed_sql,
 };
 use crate::codec::{id_text, ids_json, instant, json_array, micros, uuid};
 use crate::columns::{TASK_COLUMNS, WORKFLOW_COLUMNS, qualified};
@@ -16,8 +16,8 @@ use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
     CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Satisfied, Split, apply, chunk_columns, chunked,
-    group_parents, in_favour, in_order, may_retry, outside_dependencies, pack, parent_view,
-    reached, revivable, revives, runnable, split, still_waiting, unpack,
+    dependents_of, group_parents, in_favour, in_order, may_retry, outside_dependencies, pack,
+    parent_view, reached, revivable, revives, runnable, split, still_waiting, unpack,
 };
 use chrono::Utc;
 use mcp_core::task::Progress;
@@ -30,7 +30,6 @@ use serde_json::{Value, json};
 use sqlx::{FromRow, Sqlite, Transaction};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::LazyLock;
 use uuid::Uuid;
 
 #[derive(FromRow)]
@@ -188,24 +187,58 @@ impl SqliteTaskStore {
     ) -> Result<Option<Settled>, StoreError> {
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         let running: Option<(String,)> =
-            sqlx::query_as("SELECT id FROM workflows WHERE id = ?1 AND status = 'running'")
+            sqlx::query_as("SELECT on_failure FROM workflows WHERE id = ?1 AND status = 'running'")
                 .bind(id_text(workflow_id))
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_error)?;
-        if running.is_none() {
+        let Some((policy,)) = running else {
             return Ok(None);
-        }
+        };
+        let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
         let at = Utc::now();
-        // The new tasks' dependencies are rows, whose edges to them are written.
+        // The new tasks' dependencies are rows, to which their dependents are appended.
         let (written, _) =
             write_deferred(&mut tx, &[id_text(workflow_id)], Chunks::All, micros(at)).await?;
-        let created = insert_tasks(&mut tx, workflow_id, new, nodes, at).await?;
-        // Dependencies that are final already settle the new edges now.
+        // Dependencies stored before whose end was applied to their dependents already: it is
+        // applied to the new ones here. Those that ended but are not settled yet settle below,
+        // for every dependent, the new ones included.
         let parents: Vec<Uuid> = nodes.iter().flat_map(|n| n.depends_on.clone()).collect();
+        let ended: Vec<(String, String)> = sqlx::query_as(
+            "SELECT id, status FROM tasks
+             WHERE id IN (SELECT value FROM json_each(?1)) AND settled",
+        )
+        .bind(ids_json(&parents))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        let created = insert_tasks(&mut tx, workflow_id, new, nodes, at).await?;
         let mut settled = settle(&mut tx, &parents).await?;
         // Released dependents left to write after their settling that this wrote first.
         settled.released.extend(runnable(written));
+        if !ended.is_empty() {
+            let mut outcomes = HashMap::new();
+            for (id, status) in ended {
+                let status = TaskStatus::from_str(&status).map_err(corrupt)?;
+                outcomes.insert(uuid(&id)?, (status, policy));
+            }
+            let edges: Vec<(Uuid, Uuid)> = new
+                .iter()
+                .zip(nodes)
+                .flat_map(|(t, node)| node.depends_on.iter().map(move |d| (t.id, *d)))
+                .filter(|(_, parent)| outcomes.contains_key(parent))
+                .collect();
+            let more = apply_edges(
+                &mut tx,
+                &edges,
+                &outcomes,
+                HashSet::from([id_text(workflow_id)]),
+            )
+            .await?;
+            settled.released.extend(more.released);
+            settled.cancelled.extend(more.cancelled);
+            settled.finished.extend(more.finished);
+        }
         let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
         self.commit_recording(tx, &ids, Transition::Created).await?;
         Ok(Some(settled))
@@ -265,26 +298,48 @@ impl SqliteTaskStore {
         if completions.is_empty() {
             return Ok(Settled::default());
         }
-        let batch = completion_batch(completions)?;
         let mut tx = self.writer.begin().await.map_err(db_error)?;
-        // As `complete`, then settled in the same transaction: its final tasks, with the
-        // status and workflow it returns, so settling does not look them up again.
-        let changed: Vec<(String, String, Option<String>)> = sqlx::query_as(complete_sql!(
-            "RETURNING tasks.id, tasks.status, tasks.workflow_id"
-        ))
-        .bind(batch)
-        .bind(micros(Utc::now()))
-        .bind(owner)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        // As `complete`, then settled in the same transaction. Its final tasks are marked
+        // settled by the completion itself, and settled below from what it returns: their
+        // workflows and dependents, so settling does not look them up again. One whose
+        // dependents counted it already (retried by hand after it ended under `continue`) was
+        // settled before, and is left alone: the old flag is written to `settled_before` (every
+        // assignment reads the row as the statement found it) and returned from there. The
+        // common batch, successes without a result, goes by their ids alone, as in `complete`.
+        let query = if completions.iter().all(plain_success) {
+            let ids: Vec<Uuid> = completions.iter().map(|c| c.id).collect();
+            sqlx::query_as::<_, CompletedRow>(succeed_sql!(
+                set: ", settled = 1, settled_before = settled",
+                "RETURNING id, status, settled_before, workflow_id, dependents"
+            ))
+            .bind(ids_json(&ids))
+        } else {
+            sqlx::query_as(complete_sql!(
+                set: ", settled = tasks.settled OR c.value ->> 'status' IN ('succeeded', 'dead'),
+                     settled_before = tasks.settled",
+                "RETURNING tasks.id, tasks.status, tasks.settled_before, tasks.workflow_id,
+                     tasks.dependents"
+            ))
+            .bind(completion_batch(completions)?)
+        };
+        let changed: Vec<CompletedRow> = query
+            .bind(micros(Utc::now()))
+            .bind(owner)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
         let mut ids = Vec::with_capacity(changed.len());
         let mut ended = Vec::new();
-        for (id, status, workflow) in changed {
+        for (id, status, was_settled, workflow, dependents) in changed {
             let id = uuid(&id)?;
             let status = TaskStatus::from_str(&status).map_err(corrupt)?;
-            if let (true, Some(workflow)) = (status.is_final(), workflow) {
-                ended.push((id, status, workflow));
+            if let (Some(workflow), true, false) = (workflow, status.is_final(), was_settled) {
+                ended.push(Ended {
+                    id,
+                    status,
+                    workflow,
+                    dependents: id_list(dependents.as_deref())?,
+                });
             }
             ids.push(id);
         }
@@ -419,8 +474,9 @@ impl SqliteTaskStore {
         .await?;
         released.extend(runnable(written));
         let dependencies: Vec<(String,)> = sqlx::query_as(
-            "SELECT p.status FROM workflow_edges e JOIN tasks p ON p.id = e.depends_on
-             WHERE e.task_id = ?1",
+            "SELECT p.status FROM tasks t JOIN json_each(t.depends_on) AS d
+             JOIN tasks p ON p.id = d.value
+             WHERE t.id = ?1",
         )
         .bind(id_text(id))
         .fetch_all(&mut *tx)
@@ -440,11 +496,12 @@ impl SqliteTaskStore {
         let revived = if revives(status, flow_status, policy) {
             let candidates: Vec<(String,)> = sqlx::query_as(
                 "WITH RECURSIVE down(id) AS (
-                     SELECT e.task_id FROM workflow_edges e JOIN tasks t ON t.id = e.task_id
-                     WHERE e.depends_on = ?1 AND t.status = 'cancelled'
+                     SELECT t.id FROM tasks p JOIN json_each(p.dependents) AS d
+                     JOIN tasks t ON t.id = d.value
+                     WHERE p.id = ?1 AND t.status = 'cancelled'
                        AND json_extract(t.error, '$.details.cancelled_by') IS NOT NULL
-                     UNION SELECT e.task_id FROM workflow_edges e JOIN down ON e.depends_on = down.id
-                     JOIN tasks t ON t.id = e.task_id
+                     UNION SELECT t.id FROM down JOIN tasks p ON p.id = down.id
+                     JOIN json_each(p.dependents) AS d JOIN tasks t ON t.id = d.value
                      WHERE t.status = 'cancelled'
                        AND json_extract(t.error, '$.details.cancelled_by') IS NOT NULL)
                  SELECT id FROM down",
@@ -458,9 +515,9 @@ impl SqliteTaskStore {
                 .map(|(id,)| uuid(&id))
                 .collect::<Result<Vec<_>, _>>()?;
             let edges: Vec<(String, String, String)> = sqlx::query_as(
-                "SELECT e.task_id, e.depends_on, p.status
-                 FROM workflow_edges e JOIN tasks p ON p.id = e.depends_on
-                 WHERE e.task_id IN (SELECT value FROM json_each(?1))",
+                "SELECT t.id, d.value, p.status
+                 FROM tasks t JOIN json_each(t.depends_on) AS d JOIN tasks p ON p.id = d.value
+                 WHERE t.id IN (SELECT value FROM json_each(?1))",
             )
             .bind(ids_json(&candidates))
             .fetch_all(&mut *tx)
@@ -481,36 +538,27 @@ impl SqliteTaskStore {
             Vec::new()
         };
         // The dependencies of the retried task and of those it revives count as they stand
-        // now; the retried one is unsettled again for its dependents.
-        let mut waiting: Vec<Uuid> = revived.clone();
-        waiting.push(id);
-        sqlx::query(
-            "UPDATE workflow_edges SET settled = (workflow_edges.depends_on <> ?2
-                 AND (p.status = 'succeeded' OR (?3 AND p.status IN ('dead', 'cancelled'))))
-             FROM tasks p
-             WHERE p.id = workflow_edges.depends_on
-               AND workflow_edges.task_id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(ids_json(&waiting))
-        .bind(id_text(id))
-        .bind(policy == OnFailure::Continue)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
+        // now; the retried one is unsettled again for those it revives, whose count includes
+        // it: its next end applies to them. Under `continue` its dependents counted its end
+        // already, and it stays settled for them.
         let now = micros(Utc::now());
         let row: TaskRow = sqlx::query_as(sql!(
             "UPDATE tasks SET waiting_on = c.n,
                  status = CASE WHEN c.n > 0 THEN 'waiting' ELSE 'queued' END,
                  run_at = ?2, finished_at = NULL,
-                 max_attempts = max(max_attempts, attempts + 1)
-             FROM (SELECT count(*) AS n FROM workflow_edges
-                   WHERE task_id = ?1 AND settled = 0) AS c
+                 max_attempts = max(max_attempts, attempts + 1),
+                 settled = settled AND NOT ?4
+             FROM (SELECT {UNSETTLED} AS n
+                   FROM tasks t JOIN json_each(t.depends_on) AS d JOIN tasks p ON p.id = d.value
+                   WHERE t.id = ?1) AS c
              WHERE tasks.id = ?1
              RETURNING {}",
             qualified(TASK_COLUMNS, "tasks")
         ))
         .bind(id_text(id))
         .bind(now)
+        .bind(policy == OnFailure::Continue)
+        .bind(revives(status, flow_status, policy))
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -521,16 +569,19 @@ impl SqliteTaskStore {
                 "UPDATE tasks SET waiting_on = c.n,
                      status = CASE WHEN c.n > 0 THEN 'waiting'
                                    WHEN tasks.run_at > ?2 THEN 'scheduled' ELSE 'queued' END,
-                     finished_at = NULL, error = NULL
-                 FROM (SELECT task_id, sum(settled = 0) AS n FROM workflow_edges
-                       WHERE task_id IN (SELECT value FROM json_each(?1))
-                       GROUP BY task_id) AS c
+                     finished_at = NULL, error = NULL, settled = 0
+                 FROM (SELECT t.id AS task_id, {UNSETTLED} AS n
+                       FROM tasks t JOIN json_each(t.depends_on) AS d
+                       JOIN tasks p ON p.id = d.value
+                       WHERE t.id IN (SELECT value FROM json_each(?4)) GROUP BY t.id) AS c
                  WHERE tasks.id = c.task_id AND tasks.status = 'cancelled'
                  RETURNING {}",
                 qualified(TASK_COLUMNS, "tasks")
             ))
-            .bind(ids_json(&revived))
+            .bind(id_text(id))
             .bind(now)
+            .bind(policy == OnFailure::Continue)
+            .bind(ids_json(&revived))
             .fetch_all(&mut *tx)
             .await
             .map_err(db_error)?
@@ -568,10 +619,10 @@ impl SqliteTaskStore {
         );
         // One row per dependency, with its dependents among `ids`.
         let rows: Vec<ParentRow> = sqlx::query_as(
-            "SELECT json_group_array(e.task_id), p.workflow_key, p.status, p.result, p.error
-                 FROM workflow_edges e JOIN tasks p ON p.id = e.depends_on
-                 WHERE e.task_id IN (SELECT value FROM json_each(?1))
-                 GROUP BY e.depends_on",
+            "SELECT json_group_array(t.id), p.workflow_key, p.status, p.result, p.error
+                 FROM tasks t JOIN json_each(t.depends_on) AS d JOIN tasks p ON p.id = d.value
+                 WHERE t.id IN (SELECT value FROM json_each(?1))
+                 GROUP BY d.value",
         )
         .bind(ids_json(ids))
         .fetch_all(&self.readers)
@@ -580,11 +631,7 @@ impl SqliteTaskStore {
         let rows = rows
             .into_iter()
             .map(|(dependents, key, status, result, error)| {
-                let dependents: Vec<String> = serde_json::from_str(&dependents).map_err(corrupt)?;
-                let dependents = dependents
-                    .iter()
-                    .map(|id| uuid(id))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let dependents = id_list(Some(&dependents))?;
                 let result = result.as_deref().map(crate::codec::json).transpose()?;
                 let error = error.as_deref().map(crate::codec::json).transpose()?;
                 Ok((
@@ -618,24 +665,30 @@ impl SqliteTaskStore {
 const HOLDER_OF_DEFERRED: &str = "SELECT workflow_id FROM workflow_deferred
      WHERE EXISTS (SELECT 1 FROM json_each(workflow_deferred.ids) WHERE value = ?1) LIMIT 1";
 
-/// The `INSERT` of `rows` edges (`(task_id, depends_on, settled)`), in chunks as tasks are.
-fn edges_values_sql(rows: usize) -> &'static str {
-    static STATEMENTS: LazyLock<Vec<String>> = LazyLock::new(|| {
-        INSERT_CHUNKS
-            .iter()
-            .map(|&rows| {
-                format!(
-                    "INSERT INTO workflow_edges (task_id, depends_on, settled) VALUES {}",
-                    vec!["(?,?,?)"; rows].join(",")
-                )
-            })
-            .collect()
-    });
-    &STATEMENTS[chunk_index(rows)]
+/// Unsettled dependencies among those of the tasks `t` joined to their dependencies' rows `p`,
+/// for a retry of the task `?1` under the policy `?3` (whether it continues): the retried task
+/// itself (its next end applies to those it revives), and those not final in their favour.
+const UNSETTLED: &str = "coalesce(sum(p.id = ?1 OR NOT (p.status = 'succeeded'
+     OR (?3 AND p.status IN ('dead', 'cancelled')))), 0)";
+
+/// Ids stored as a JSON array (a task's `depends_on` or `dependents`; none when `NULL`).
+fn id_list(text: Option<&str>) -> Result<Vec<Uuid>, StoreError> {
+    let Some(text) = text else {
+        return Ok(Vec::new());
+    };
+    let ids: Vec<Uuid> = serde_json::from_str(text).map_err(corrupt)?;
+    Ok(ids)
 }
 
-/// Inserts workflow tasks as rows with their edges: a task with dependencies waits on all of
-/// them.
+/// `ids` as a task's `depends_on` or `dependents`: a JSON array, `NULL` for none.
+fn id_column(ids: &[Uuid]) -> Option<String> {
+    (!ids.is_empty()).then(|| ids_json(ids))
+}
+
+/// Inserts workflow tasks as rows with their dependencies and dependents: a task with
+/// dependencies waits on all of them. Dependencies among `new` are written with the rows; a
+/// dependency stored before (a running task adding children) gets the new dependents appended
+/// to its own.
 async fn insert_tasks(
     tx: &mut Tx,
     workflow_id: Uuid,
@@ -644,7 +697,44 @@ async fn insert_tasks(
     at: chrono::DateTime<Utc>,
 ) -> Result<Vec<Task>, StoreError> {
     let now = micros(at);
-    write_rows(tx, workflow_id, new, nodes, &HashSet::new(), (now, now)).await
+    let inserted: HashSet<Uuid> = new.iter().map(|t| t.id).collect();
+    let mut earlier: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
+    for (task, node) in new.iter().zip(nodes) {
+        for parent in node.depends_on.iter().filter(|p| !inserted.contains(p)) {
+            earlier.entry(*parent).or_default().push(task.id);
+        }
+    }
+    let dependents = dependents_of(new, nodes);
+    let rows = Rows {
+        new,
+        nodes,
+        dependents: new
+            .iter()
+            .map(|t| dependents.get(&t.id).map_or(&[][..], Vec::as_slice))
+            .collect(),
+        waiting: nodes.iter().map(|n| n.depends_on.len() as i32).collect(),
+        created: now,
+    };
+    let created = write_rows(tx, workflow_id, rows, now).await?;
+    if !earlier.is_empty() {
+        let appended: Vec<Value> = earlier
+            .into_iter()
+            .map(|(parent, children)| json!([id_text(parent), children]))
+            .collect();
+        sqlx::query(
+            "UPDATE tasks SET dependents = (
+                 SELECT json_group_array(value) FROM (
+                     SELECT value FROM json_each(coalesce(tasks.dependents, '[]'))
+                     UNION ALL SELECT value FROM json_each(c.value -> 1)))
+             FROM json_each(?1) AS c
+             WHERE tasks.id = c.value ->> 0",
+        )
+        .bind(json_array(appended))
+        .execute(&mut **tx)
+        .await
+        .map_err(db_error)?;
+    }
+    Ok(created)
 }
 
 /// Stores a new workflow's tasks: those without dependencies as rows, runnable; the others
@@ -659,23 +749,24 @@ async fn insert_deferring(
     at: chrono::DateTime<Utc>,
 ) -> Result<Vec<Task>, StoreError> {
     let now = micros(at);
-    // Edges are rows of their own here: a task's dependents are not kept on it.
-    let no_dependents = HashMap::new();
+    let dependents = dependents_of(new, nodes);
     let Split {
         roots,
         root_nodes,
         deferred,
         shown,
-    } = split(workflow_id, new, nodes, &no_dependents, instant(now)?);
-    let written = write_rows(
-        tx,
-        workflow_id,
-        &roots,
-        &root_nodes,
-        &HashSet::new(),
-        (now, now),
-    )
-    .await?;
+    } = split(workflow_id, new, nodes, &dependents, instant(now)?);
+    let rows = Rows {
+        new: &roots,
+        nodes: &root_nodes,
+        dependents: roots
+            .iter()
+            .map(|t| dependents.get(&t.id).map_or(&[][..], Vec::as_slice))
+            .collect(),
+        waiting: vec![0; roots.len()],
+        created: now,
+    };
+    let written = write_rows(tx, workflow_id, rows, now).await?;
     let workflow = id_text(workflow_id);
     for (seq, chunk) in chunked(&deferred).into_iter().enumerate() {
         let (ids, parents, queues) = chunk_columns(chunk);
@@ -696,27 +787,52 @@ async fn insert_deferring(
     in_order(shown, written)
 }
 
-/// Writes workflow tasks as rows with their edges, created at `created` and written `now`
-/// (microseconds): each waits for its dependencies not `satisfied`, whose edges are settled
-/// already. The tasks as written, in input order.
+/// Workflow tasks to write as rows: each with its place, its dependents and how many of its
+/// dependencies it still waits for (none: runnable at once), created at `created`
+/// (microseconds).
+struct Rows<'a> {
+    new: &'a [NewTask],
+    nodes: &'a [WorkflowNode],
+    dependents: Vec<&'a [Uuid]>,
+    waiting: Vec<i32>,
+    created: i64,
+}
+
+/// The values of one workflow task's row beyond [`bind_new_task`]'s.
+struct RowValues<'a> {
+    task: &'a NewTask,
+    node: &'a WorkflowNode,
+    waiting_on: i32,
+    depends_on: Option<String>,
+    dependents: Option<String>,
+}
+
+/// Writes workflow tasks as rows, written `now` (microseconds); the tasks as written, in input
+/// order.
 async fn write_rows(
     tx: &mut Tx,
     workflow_id: Uuid,
-    new: &[NewTask],
-    nodes: &[WorkflowNode],
-    satisfied: &HashSet<Uuid>,
-    (created, now): (i64, i64),
+    rows: Rows<'_>,
+    now: i64,
 ) -> Result<Vec<Task>, StoreError> {
+    let Rows {
+        new,
+        nodes,
+        dependents,
+        waiting,
+        created,
+    } = rows;
     let workflow = id_text(workflow_id);
-    let tasks: Vec<(&NewTask, &WorkflowNode, i64)> = new
+    let tasks: Vec<RowValues> = new
         .iter()
         .zip(nodes)
-        .map(|(t, node)| {
-            (
-                t,
-                node,
-                i64::from(still_waiting(&node.depends_on, satisfied)),
-            )
+        .zip(dependents.into_iter().zip(waiting))
+        .map(|((task, node), (its_dependents, waiting_on))| RowValues {
+            task,
+            node,
+            waiting_on,
+            depends_on: id_column(&node.depends_on),
+            dependents: id_column(its_dependents),
         })
         .collect();
     for chunk in insert_chunks(&tasks) {
@@ -724,31 +840,13 @@ async fn write_rows(
             chunk.len(),
             Insert::Workflow,
         )));
-        for (t, node, waiting_on) in chunk {
-            query = bind_new_task(query, t, (created, now), *waiting_on > 0)?
+        for row in chunk {
+            query = bind_new_task(query, row.task, (created, now), row.waiting_on > 0)?
                 .bind(workflow.as_str())
-                .bind(node.key.as_str())
-                .bind(*waiting_on);
-        }
-        sqlx::Executor::execute(&mut **tx, query)
-            .await
-            .map_err(db_error)?;
-    }
-    let edges: Vec<(String, String, bool)> = tasks
-        .iter()
-        .flat_map(|(t, node, _)| {
-            node.depends_on
-                .iter()
-                .map(move |d| (id_text(t.id), id_text(*d), satisfied.contains(d)))
-        })
-        .collect();
-    for chunk in insert_chunks(&edges) {
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(edges_values_sql(chunk.len())));
-        for (task, dependency, settled) in chunk {
-            query = query
-                .bind(task.as_str())
-                .bind(dependency.as_str())
-                .bind(*settled);
+                .bind(row.node.key.as_str())
+                .bind(row.waiting_on)
+                .bind(row.depends_on.as_deref())
+                .bind(row.dependents.as_deref());
         }
         sqlx::Executor::execute(&mut **tx, query)
             .await
@@ -757,9 +855,10 @@ async fn write_rows(
     let created_at = instant(created)?;
     tasks
         .into_iter()
-        .map(|(t, node, waiting_on)| {
+        .map(|row| {
+            let (t, node) = (row.task, row.node);
             let run_at = t.run_at.map_or(created, micros);
-            let status = if waiting_on > 0 {
+            let status = if row.waiting_on > 0 {
                 TaskStatus::Waiting
             } else if run_at > now {
                 TaskStatus::Scheduled
@@ -775,9 +874,9 @@ async fn write_rows(
 }
 
 /// Writes deferred chunks of `workflows` as rows, `now` (microseconds), each task waiting for
-/// its dependencies not yet satisfied: final in its favour. An edge to a satisfied one is
-/// written settled, so settling that dependency (now, or later for one cancelled by hand)
-/// passes it by; an edge to a failed one is not, so its settling cancels the task.
+/// its dependencies not yet satisfied: settled, and final in its favour. A dependency that
+/// settles in this transaction is settled already (its completion or [`MARK`] set the flag),
+/// so its deferred dependents count it here, not in the countdown.
 ///
 /// For dependencies settling ([`Chunks::DependingOn`]) the first chunk of each workflow
 /// holding one of their dependents is written and the others are released (`ready_at`), for
@@ -788,14 +887,16 @@ async fn write_rows(
 /// others that ended since but have not settled yet: its rows count those settling now
 /// without reading the others', whose settling counts them down later.
 ///
-/// The tasks written, and whether chunks were released for later.
+/// The tasks written, and those of the chunks reached but left for later (released): none is a
+/// row yet, and each will count what settles now when it is written, so the countdown passes
+/// them by (a fan-out's root would count down its 9,000 deferred dependents in vain).
 async fn write_deferred(
     tx: &mut Tx,
     workflows: &[String],
     chunks: Chunks<'_>,
     now: i64,
-) -> Result<(Vec<Task>, bool), StoreError> {
-    let (taken, satisfied, released) = match chunks {
+) -> Result<(Vec<Task>, HashSet<Uuid>), StoreError> {
+    let (taken, satisfied, left) = match chunks {
         Chunks::All => {
             let taken = sqlx::query_as(
                 "DELETE FROM workflow_deferred
@@ -806,11 +907,11 @@ async fn write_deferred(
             .fetch_all(&mut **tx)
             .await
             .map_err(db_error)?;
-            (taken, Satisfied::Read, false)
+            (taken, Satisfied::Read, HashSet::new())
         }
         Chunks::DependingOn(settling) => {
-            let hit: Vec<(String, i32, bool)> = sqlx::query_as(
-                "SELECT workflow_id, seq, ready_at IS NULL FROM workflow_deferred
+            let found: Vec<(String, i32, bool, String)> = sqlx::query_as(
+                "SELECT workflow_id, seq, ready_at IS NULL, ids FROM workflow_deferred
                  WHERE workflow_id IN (SELECT value FROM json_each(?1))
                    AND EXISTS (SELECT 1 FROM json_each(workflow_deferred.parents) AS p
                                WHERE p.value IN (SELECT value FROM json_each(?2)))",
@@ -820,10 +921,20 @@ async fn write_deferred(
             .fetch_all(&mut **tx)
             .await
             .map_err(db_error)?;
-            if hit.is_empty() {
-                return Ok((Vec::new(), false));
+            if found.is_empty() {
+                return Ok((Vec::new(), HashSet::new()));
             }
+            let hit: Vec<(String, i32, bool)> = found
+                .iter()
+                .map(|(workflow, seq, fresh, _)| (workflow.clone(), *seq, *fresh))
+                .collect();
             let reached = reached(&hit, settling);
+            let mut left = HashSet::new();
+            for (workflow, seq, _, ids) in &found {
+                if !reached.take.iter().any(|(w, s)| w == workflow && s == seq) {
+                    left.extend(id_list(Some(ids))?);
+                }
+            }
             let pairs = |chunks: Vec<(String, i32)>| {
                 let pairs: Vec<Value> = chunks.iter().map(|(w, seq)| json!([w, seq])).collect();
                 Value::from(pairs).to_string()
@@ -849,10 +960,10 @@ async fn write_deferred(
             .fetch_all(&mut **tx)
             .await
             .map_err(db_error)?;
-            (taken, reached.satisfied, reached.left)
+            (taken, reached.satisfied, left)
         }
     };
-    Ok((write_taken(tx, taken, &satisfied, now).await?, released))
+    Ok((write_taken(tx, taken, &satisfied, now).await?, left))
 }
 
 /// A deferred chunk taken to be written: its workflow and its tasks (packed, or JSON as stored
@@ -888,25 +999,33 @@ async fn write_taken(
             continue;
         };
         let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
-        let (new, nodes): (Vec<NewTask>, Vec<WorkflowNode>) = deferred
-            .into_iter()
-            .map(|task| {
-                let (task, node, _) = task.into_parts();
-                (task, node)
-            })
-            .unzip();
+        let (mut new, mut nodes, mut dependents) = (Vec::new(), Vec::new(), Vec::new());
+        for task in deferred {
+            let (task, node, its_dependents) = task.into_parts();
+            new.push(task);
+            nodes.push(node);
+            dependents.push(its_dependents);
+        }
         let satisfied = known
             .or_read(&workflow, satisfied(tx, &new, &nodes, policy))
             .await?;
-        let workflow_id = uuid(&workflow)?;
-        written
-            .extend(write_rows(tx, workflow_id, &new, &nodes, &satisfied, (created, now)).await?);
+        let rows = Rows {
+            waiting: nodes
+                .iter()
+                .map(|n| still_waiting(&n.depends_on, &satisfied))
+                .collect(),
+            new: &new,
+            nodes: &nodes,
+            dependents: dependents.iter().map(Vec::as_slice).collect(),
+            created,
+        };
+        written.extend(write_rows(tx, uuid(&workflow)?, rows, now).await?);
     }
     Ok(written)
 }
 
-/// Of the dependencies of `new` (at their places `nodes`), those satisfied: final in their
-/// dependents' favour under `policy`. One written with them is not.
+/// Of the dependencies of `new` (at their places `nodes`), those satisfied: rows settled and
+/// final in their dependents' favour under `policy`. One written with them is not.
 async fn satisfied(
     tx: &mut Tx,
     new: &[NewTask],
@@ -917,16 +1036,15 @@ async fn satisfied(
     if parents.is_empty() {
         return Ok(HashSet::new());
     }
-    let ended: Vec<(String, String)> = sqlx::query_as(
-        "SELECT id, status FROM tasks WHERE id IN (SELECT value FROM json_each(?1))
-           AND status IN ('succeeded', 'dead', 'cancelled')",
+    let settled: Vec<(String, String)> = sqlx::query_as(
+        "SELECT id, status FROM tasks WHERE id IN (SELECT value FROM json_each(?1)) AND settled",
     )
     .bind(ids_json(&parents))
     .fetch_all(&mut **tx)
     .await
     .map_err(db_error)?;
     let mut satisfied = HashSet::new();
-    for (id, status) in ended {
+    for (id, status) in settled {
         if in_favour(TaskStatus::from_str(&status).map_err(corrupt)?, policy) {
             satisfied.insert(uuid(&id)?);
         }
@@ -934,20 +1052,30 @@ async fn satisfied(
     Ok(satisfied)
 }
 
-/// Settles the tasks a completion in this transaction made final, given as `(id, status,
-/// workflow)`: their workflows' policies read, then [`apply_outcomes`].
-async fn settle_completed(
-    tx: &mut Tx,
-    ended: Vec<(Uuid, TaskStatus, String)>,
-) -> Result<Settled, StoreError> {
+/// A workflow task a completion made final and settled: its outcome applies to its
+/// dependents now.
+struct Ended {
+    id: Uuid,
+    status: TaskStatus,
+    workflow: String,
+    dependents: Vec<Uuid>,
+}
+
+/// What a workflow task's completion returns: id, status, whether it was settled before, its
+/// workflow and dependents (a JSON array).
+type CompletedRow = (String, String, bool, Option<String>, Option<String>);
+
+/// Settles the tasks a completion in this transaction made final: their workflows' policies
+/// read, then their outcomes applied along their dependents, as the completion returned them.
+async fn settle_completed(tx: &mut Tx, ended: Vec<Ended>) -> Result<Settled, StoreError> {
     if ended.is_empty() {
         return Ok(Settled::default());
     }
-    let touched: HashSet<String> = ended.iter().map(|(_, _, w)| w.clone()).collect();
+    let touched: HashSet<String> = ended.iter().map(|e| e.workflow.clone()).collect();
     let policies: Vec<(String, String)> = sqlx::query_as(
         "SELECT id, on_failure FROM workflows WHERE id IN (SELECT value FROM json_each(?1))",
     )
-    .bind(json_array(touched.iter().cloned().collect::<Vec<_>>()))
+    .bind(json_array(touched.into_iter().collect::<Vec<_>>()))
     .fetch_all(&mut **tx)
     .await
     .map_err(db_error)?;
@@ -955,118 +1083,100 @@ async fn settle_completed(
         .into_iter()
         .map(|(id, policy)| Ok((id, OnFailure::from_str(&policy).map_err(corrupt)?)))
         .collect::<Result<_, StoreError>>()?;
-    let outcomes = ended
-        .into_iter()
-        .filter_map(|(id, status, workflow)| {
-            policies
-                .get(&workflow)
-                .map(|policy| (id, (status, *policy)))
-        })
-        .collect();
-    apply_outcomes(tx, outcomes, touched).await
+    let mut outcomes = HashMap::with_capacity(ended.len());
+    let mut edges = Vec::new();
+    for task in ended {
+        let Some(policy) = policies.get(&task.workflow) else {
+            continue;
+        };
+        outcomes.insert(task.id, (task.status, *policy));
+        edges.extend(task.dependents.into_iter().map(|child| (child, task.id)));
+    }
+    apply_edges(tx, &edges, &outcomes, policies.into_keys().collect()).await
 }
 
-/// Applies the final status of the tasks `ids` (those that are final and in a workflow): their
-/// statuses and workflows' policies read, then [`apply_outcomes`].
+/// Marks the tasks `?1` settled that are not yet (a `RETURNING` clause follows).
+const MARK: &str = "UPDATE tasks SET settled = 1
+     WHERE id IN (SELECT value FROM json_each(?1)) AND NOT settled";
+
+/// Settles the tasks `ids` that are final and not settled yet (made final outside a
+/// completion: cancelled, dead after a rescue; or dependencies of tasks added to a running
+/// workflow): marked settled, their outcomes applied to their dependents.
 async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
     if ids.is_empty() {
         return Ok(Settled::default());
     }
     let parents: Vec<(String, String, String, String)> = sqlx::query_as(
-        "SELECT t.id, t.status, w.on_failure, w.id FROM tasks t
+        "SELECT t.id, t.status, w.id, w.on_failure FROM tasks t
          JOIN workflows w ON w.id = t.workflow_id
          WHERE t.id IN (SELECT value FROM json_each(?1))
-           AND t.status IN ('succeeded', 'dead', 'cancelled')",
+           AND t.status IN ('succeeded', 'dead', 'cancelled') AND NOT t.settled",
     )
     .bind(ids_json(ids))
     .fetch_all(&mut **tx)
     .await
     .map_err(db_error)?;
+    if parents.is_empty() {
+        return Ok(Settled::default());
+    }
     let mut outcomes = HashMap::new();
     let mut touched: HashSet<String> = HashSet::new();
-    for (id, status, policy, workflow) in parents {
+    for (id, status, workflow, policy) in parents {
         let status = TaskStatus::from_str(&status).map_err(corrupt)?;
         let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
         outcomes.insert(uuid(&id)?, (status, policy));
         touched.insert(workflow);
     }
-    apply_outcomes(tx, outcomes, touched).await
+    let final_ids: Vec<Uuid> = outcomes.keys().copied().collect();
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as(sql!("{MARK} RETURNING id, dependents"))
+            .bind(ids_json(&final_ids))
+            .fetch_all(&mut **tx)
+            .await
+            .map_err(db_error)?;
+    let mut edges: Vec<(Uuid, Uuid)> = Vec::new();
+    for (parent, dependents) in rows {
+        let parent = uuid(&parent)?;
+        edges.extend(
+            id_list(dependents.as_deref())?
+                .into_iter()
+                .map(|child| (child, parent)),
+        );
+    }
+    apply_edges(tx, &edges, &outcomes, touched).await
 }
 
-/// Applies the final status of dependencies (`outcomes`: each one's status and its workflow's
-/// policy) to their dependents whose edge has not settled yet: released when none is left to
-/// wait for, cancelled with their own dependents when a failed one says so; then finishes the
-/// workflows `touched` whose tasks are all final (only those this settling did not just see a
-/// task of still open).
-async fn apply_outcomes(
+/// Applies dependencies' outcomes along `edges` (`(dependent, dependency)`): deferred
+/// dependents written as rows (every deferred task of the workflows when a failed one cancels
+/// its dependents, which goes down their own), the cancelling of those a failed one cancels,
+/// the countdown of the others; then finishes those of the workflows `touched` whose tasks are
+/// all final (only those this settling did not just see a task of still open).
+async fn apply_edges(
     tx: &mut Tx,
-    outcomes: HashMap<Uuid, (TaskStatus, OnFailure)>,
+    edges: &[(Uuid, Uuid)],
+    outcomes: &HashMap<Uuid, (TaskStatus, OnFailure)>,
     mut touched: HashSet<String>,
 ) -> Result<Settled, StoreError> {
     let mut settled = Settled::default();
-    if outcomes.is_empty() {
-        return Ok(settled);
-    }
-    let final_ids: Vec<Uuid> = outcomes.keys().copied().collect();
     let now = micros(Utc::now());
-    // Deferred dependents first, counting what settles now: their edges to it are written
-    // settled when it counts in their favour, so the update below passes them by.
     let flows: Vec<String> = touched.iter().cloned().collect();
-    let (written, ready) =
-        write_deferred(tx, &flows, Chunks::settling(&outcomes, &final_ids), now).await?;
-    settled.ready = ready;
-    let edges: Vec<(String, String)> = sqlx::query_as(
-        "UPDATE workflow_edges SET settled = 1
-         WHERE depends_on IN (SELECT value FROM json_each(?1)) AND settled = 0
-         RETURNING task_id, depends_on",
-    )
-    .bind(ids_json(&final_ids))
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(db_error)?;
-    let edges = edges
-        .into_iter()
-        .map(|(child, parent)| Ok((uuid(&child)?, uuid(&parent)?)))
-        .collect::<Result<Vec<_>, StoreError>>()?;
-    let (counts, cancel) = apply(&edges, &outcomes);
+    let settling: Vec<Uuid> = outcomes.keys().copied().collect();
+    let (written, left) =
+        write_deferred(tx, &flows, Chunks::settling(outcomes, &settling), now).await?;
+    settled.ready = !left.is_empty();
+    let (mut counts, cancel) = apply(edges, outcomes);
+    // Those written now counted what settles now already, and so will those left deferred.
+    let written_ids: HashSet<Uuid> = written.iter().map(|t| t.id).collect();
+    counts.retain(|child, _| !written_ids.contains(child) && !left.contains(child));
     // Cancelled first, so what the countdown returns is still open at the end.
-    if !cancel.is_empty() {
-        // Each with the dependency whose end cancels it (`details.cancelled_by`): a retry of
-        // that one revives it.
-        let seeds: Vec<Value> = cancel
-            .into_iter()
-            .map(|(child, cause)| json!([id_text(child), id_text(cause)]))
-            .collect();
-        let rows: Vec<TaskRow> = sqlx::query_as(sql!(
-            "WITH RECURSIVE down(id, cause) AS (
-                 SELECT c.value ->> 0, c.value ->> 1 FROM json_each(?1) AS c
-                 UNION SELECT e.task_id, e.depends_on
-                 FROM workflow_edges e JOIN down ON e.depends_on = down.id)
-             UPDATE tasks SET status = 'cancelled', finished_at = ?2,
-                 error = json_object('message', ?3, 'attempt', attempts,
-                     'details', json_object('cancelled_by', d.cause))
-             FROM (SELECT id, min(cause) AS cause FROM down GROUP BY id) AS d
-             WHERE tasks.id = d.id AND tasks.status = 'waiting'
-             RETURNING {}",
-            qualified(TASK_COLUMNS, "tasks")
-        ))
-        .bind(json_array(seeds))
-        .bind(now)
-        .bind(CANCELLED_BY_DEPENDENCY)
-        .fetch_all(&mut **tx)
-        .await
-        .map_err(db_error)?;
-        settled.cancelled = tasks(rows)?;
-    }
+    settled.cancelled = cancel_dependents(tx, cancel, now).await?;
     // A workflow with a task still waiting or just released has not finished.
     let mut open: HashSet<String> = HashSet::new();
     let cancelled: HashSet<Uuid> = settled.cancelled.iter().map(|t| t.id).collect();
-    for task in written.into_iter().filter(|t| !cancelled.contains(&t.id)) {
-        open.insert(id_text(task.workflow_id.unwrap_or_default()));
-        if task.status != TaskStatus::Waiting {
-            settled.released.push(task);
-        }
-    }
+    let mut counted: Vec<Task> = written
+        .into_iter()
+        .filter(|t| !cancelled.contains(&t.id))
+        .collect();
     if !counts.is_empty() {
         let counts: Vec<Value> = counts
             .into_iter()
@@ -1086,13 +1196,12 @@ async fn apply_outcomes(
         .fetch_all(&mut **tx)
         .await
         .map_err(db_error)?;
-        for task in tasks(rows)? {
-            if let Some(workflow) = task.workflow_id {
-                open.insert(id_text(workflow));
-            }
-            if task.status != TaskStatus::Waiting {
-                settled.released.push(task);
-            }
+        counted.extend(tasks(rows)?);
+    }
+    for task in counted {
+        open.insert(id_text(task.workflow_id.unwrap_or_default()));
+        if task.status != TaskStatus::Waiting {
+            settled.released.push(task);
         }
     }
     touched.retain(|workflow| !open.contains(workflow));
@@ -1119,4 +1228,128 @@ async fn apply_outcomes(
     .map_err(db_error)?;
     settled.finished = workflows(rows)?;
     Ok(settled)
+}
+
+/// Cancels the dependents in `cancel`, `now` (microseconds), each with the dependency whose end
+/// cancels it (`details.cancelled_by`: a retry of that one revives it), and their own
+/// dependents.
+async fn cancel_dependents(
+    tx: &mut Tx,
+    cancel: Vec<(Uuid, Uuid)>,
+    now: i64,
+) -> Result<Vec<Task>, StoreError> {
+    if cancel.is_empty() {
+        return Ok(Vec::new());
+    }
+    let seeds: Vec<Value> = cancel
+        .into_iter()
+        .map(|(child, cause)| json!([id_text(child), id_text(cause)]))
+        .collect();
+    let rows: Vec<TaskRow> = sqlx::query_as(sql!(
+        "WITH RECURSIVE down(id, cause) AS (
+             SELECT c.value ->> 0, c.value ->> 1 FROM json_each(?1) AS c
+             UNION SELECT d.value, p.id FROM down JOIN tasks p ON p.id = down.id
+             JOIN json_each(p.dependents) AS d)
+         UPDATE tasks SET status = 'cancelled', finished_at = ?2,
+             error = json_object('message', ?3, 'attempt', attempts,
+                 'details', json_object('cancelled_by', d.cause))
+         FROM (SELECT id, min(cause) AS cause FROM down GROUP BY id) AS d
+         WHERE tasks.id = d.id AND tasks.status = 'waiting'
+         RETURNING {}",
+        qualified(TASK_COLUMNS, "tasks")
+    ))
+    .bind(json_array(seeds))
+    .bind(now)
+    .bind(CANCELLED_BY_DEPENDENCY)
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(db_error)?;
+    tasks(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+
+    /// A database migrated as far as `0023`, with edges as rows, takes `0024`: each task's
+    /// dependencies and dependents become its arrays, and a dependency counts as settled when
+    /// all of its edges were.
+    #[tokio::test]
+    async fn edges_become_each_tasks_dependencies_and_dependents() {
+        let dir = std::env::temp_dir().join(format!("mcp-adjacency-{}", uuid::Uuid::now_v7()));
+        let before = dir.join("migrations");
+        std::fs::create_dir_all(&before).unwrap();
+        let all = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        for entry in std::fs::read_dir(&all).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            if name.as_str() < "0024" {
+                std::fs::copy(&path, before.join(&name)).unwrap();
+            }
+        }
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(
+                SqliteConnectOptions::new()
+                    .filename(dir.join("db.sqlite"))
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+        sqlx::migrate::Migrator::new(before.as_path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO tasks (id, type, queue, payload, status, max_attempts, backoff_base_ms,
+                 backoff_max_ms, run_at, timeout_ms, created_at, workflow_id, workflow_key)
+             SELECT value, 'noop', 'default', 'null', 'succeeded', 1, 1, 1, 0, 1, 0, 'w', value
+             FROM json_each('[\"a\", \"b\", \"c\", \"d\"]')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        // a → b, a → c, b → d, c → d; d's edge from c is not settled yet.
+        sqlx::query(
+            "INSERT INTO workflow_edges (task_id, depends_on, settled)
+             VALUES ('c', 'a', 1), ('b', 'a', 1), ('d', 'b', 1), ('d', 'c', 0)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        super::super::MIGRATOR.run(&pool).await.unwrap();
+        let rows: Vec<(String, Option<String>, Option<String>, bool)> =
+            sqlx::query_as("SELECT id, depends_on, dependents, settled FROM tasks ORDER BY id")
+                .fetch_all(&pool)
+                .await
+                .unwrap();
+        let list = |text: &Option<String>| -> Vec<String> {
+            text.as_deref()
+                .map_or_else(Vec::new, |t| serde_json::from_str(t).unwrap())
+        };
+        let rows: Vec<(String, Vec<String>, Vec<String>, bool)> = rows
+            .iter()
+            .map(|(id, up, down, settled)| (id.clone(), list(up), list(down), *settled))
+            .collect();
+        let strings = |ids: &[&str]| ids.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            rows,
+            vec![
+                ("a".into(), vec![], strings(&["b", "c"]), true),
+                ("b".into(), strings(&["a"]), strings(&["d"]), true),
+                ("c".into(), strings(&["a"]), strings(&["d"]), false),
+                ("d".into(), strings(&["b", "c"]), vec![], false),
+            ]
+        );
+        let edges: Option<(String,)> =
+            sqlx::query_as("SELECT name FROM sqlite_schema WHERE name = 'workflow_edges'")
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        assert!(edges.is_none());
+        pool.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
