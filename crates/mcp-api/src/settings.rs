@@ -78,8 +78,8 @@ pub async fn get_settings(State(state): State<AppState>) -> Result<Json<Settings
 }
 
 /// Change runtime settings: a JSON object of key → new value, or `null` to drop the runtime
-/// value (the file's, environment's or default value applies again). All or nothing; every
-/// node applies it within a second.
+/// value (the file's, environment's or default value applies again). All or nothing; the node
+/// that takes it puts it in force before answering, every other node within a second.
 #[utoipa::path(patch, path = "/v1/settings", tag = "settings",
     request_body(content = BTreeMap<String, serde_json::Value>, description = "key → value (or null)"),
     responses(
