@@ -899,8 +899,8 @@ export interface paths {
         head?: never;
         /**
          * Change runtime settings: a JSON object of key → new value, or `null` to drop the runtime
-         *     value (the file's, environment's or default value applies again). All or nothing; every
-         *     node applies it within a second.
+         *     value (the file's, environment's or default value applies again). All or nothing; the node
+         *     that takes it puts it in force before answering, every other node within a second.
          */
         patch: operations["patch_settings"];
         trace?: never;
