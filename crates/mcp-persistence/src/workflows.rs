@@ -457,6 +457,63 @@ pub(crate) fn dependents_of(new: &[NewTask], nodes: &[WorkflowNode]) -> HashMap<
     dependents
 }
 
+/// Dependencies settling now: each one's final status and its workflow's policy.
+pub(crate) type Outcomes = HashMap<Uuid, (TaskStatus, OnFailure)>;
+
+/// A workflow task a completion made final and settled: its outcome applies to its dependents
+/// now. `W` is how the store names a workflow.
+pub(crate) struct Ended<W> {
+    pub(crate) id: Uuid,
+    pub(crate) status: TaskStatus,
+    pub(crate) workflow: W,
+    pub(crate) dependents: Vec<Uuid>,
+}
+
+/// The outcomes of the tasks `ended` under their workflows' `policies` (one whose workflow has
+/// none there is left out), and the edges `(dependent, dependency)` they apply along.
+pub(crate) fn outcomes_of<W: Eq + std::hash::Hash>(
+    ended: Vec<Ended<W>>,
+    policies: &HashMap<W, OnFailure>,
+) -> (Outcomes, Vec<(Uuid, Uuid)>) {
+    let mut outcomes = HashMap::with_capacity(ended.len());
+    let mut edges = Vec::new();
+    for task in ended {
+        let Some(policy) = policies.get(&task.workflow) else {
+            continue;
+        };
+        outcomes.insert(task.id, (task.status, *policy));
+        edges.extend(task.dependents.into_iter().map(|child| (child, task.id)));
+    }
+    (outcomes, edges)
+}
+
+/// The dependents of each of `tasks`, in their order, from [`dependents_of`] (none for a task
+/// nothing depends on).
+pub(crate) fn each_dependents<'a>(
+    tasks: &[NewTask],
+    dependents: &'a HashMap<Uuid, Vec<Uuid>>,
+) -> Vec<&'a [Uuid]> {
+    tasks
+        .iter()
+        .map(|t| dependents.get(&t.id).map_or(&[][..], Vec::as_slice))
+        .collect()
+}
+
+/// The edges `(dependent, dependency)` from tasks `new` (at their places `nodes`) added to a
+/// running workflow to those of their dependencies in `settled` (whose end was applied before
+/// they existed, and is applied to them now).
+pub(crate) fn edges_to<T>(
+    new: &[NewTask],
+    nodes: &[WorkflowNode],
+    settled: &HashMap<Uuid, T>,
+) -> Vec<(Uuid, Uuid)> {
+    new.iter()
+        .zip(nodes)
+        .flat_map(|(t, node)| node.depends_on.iter().map(move |d| (t.id, *d)))
+        .filter(|(_, parent)| settled.contains_key(parent))
+        .collect()
+}
+
 /// How many of `depends_on` a task still waits for, given the dependencies `satisfied` (final
 /// in its favour, and applied).
 pub(crate) fn still_waiting(depends_on: &[Uuid], satisfied: &HashSet<Uuid>) -> i32 {

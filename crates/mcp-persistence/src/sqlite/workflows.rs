@@ -15,9 +15,10 @@ use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
-    CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Satisfied, Split, apply, chunk_columns, chunked,
-    dependents_of, group_parents, in_favour, in_order, may_retry, outside_dependencies, pack,
-    parent_view, reached, revivable, revives, runnable, split, still_waiting, unpack,
+    CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Ended, Satisfied, Split, apply, chunk_columns,
+    chunked, dependents_of, each_dependents, edges_to, group_parents, in_favour, in_order,
+    may_retry, outcomes_of, outside_dependencies, pack, parent_view, reached, revivable, revives,
+    runnable, split, still_waiting, unpack,
 };
 use chrono::Utc;
 use mcp_core::task::Progress;
@@ -222,12 +223,7 @@ impl SqliteTaskStore {
                 let status = TaskStatus::from_str(&status).map_err(corrupt)?;
                 outcomes.insert(uuid(&id)?, (status, policy));
             }
-            let edges: Vec<(Uuid, Uuid)> = new
-                .iter()
-                .zip(nodes)
-                .flat_map(|(t, node)| node.depends_on.iter().map(move |d| (t.id, *d)))
-                .filter(|(_, parent)| outcomes.contains_key(parent))
-                .collect();
+            let edges = edges_to(new, nodes, &outcomes);
             let more = apply_edges(
                 &mut tx,
                 &edges,
@@ -708,10 +704,7 @@ async fn insert_tasks(
     let rows = Rows {
         new,
         nodes,
-        dependents: new
-            .iter()
-            .map(|t| dependents.get(&t.id).map_or(&[][..], Vec::as_slice))
-            .collect(),
+        dependents: each_dependents(new, &dependents),
         waiting: nodes.iter().map(|n| n.depends_on.len() as i32).collect(),
         created: now,
     };
@@ -759,10 +752,7 @@ async fn insert_deferring(
     let rows = Rows {
         new: &roots,
         nodes: &root_nodes,
-        dependents: roots
-            .iter()
-            .map(|t| dependents.get(&t.id).map_or(&[][..], Vec::as_slice))
-            .collect(),
+        dependents: each_dependents(&roots, &dependents),
         waiting: vec![0; roots.len()],
         created: now,
     };
@@ -1052,22 +1042,13 @@ async fn satisfied(
     Ok(satisfied)
 }
 
-/// A workflow task a completion made final and settled: its outcome applies to its
-/// dependents now.
-struct Ended {
-    id: Uuid,
-    status: TaskStatus,
-    workflow: String,
-    dependents: Vec<Uuid>,
-}
-
 /// What a workflow task's completion returns: id, status, whether it was settled before, its
 /// workflow and dependents (a JSON array).
 type CompletedRow = (String, String, bool, Option<String>, Option<String>);
 
 /// Settles the tasks a completion in this transaction made final: their workflows' policies
 /// read, then their outcomes applied along their dependents, as the completion returned them.
-async fn settle_completed(tx: &mut Tx, ended: Vec<Ended>) -> Result<Settled, StoreError> {
+async fn settle_completed(tx: &mut Tx, ended: Vec<Ended<String>>) -> Result<Settled, StoreError> {
     if ended.is_empty() {
         return Ok(Settled::default());
     }
@@ -1083,15 +1064,7 @@ async fn settle_completed(tx: &mut Tx, ended: Vec<Ended>) -> Result<Settled, Sto
         .into_iter()
         .map(|(id, policy)| Ok((id, OnFailure::from_str(&policy).map_err(corrupt)?)))
         .collect::<Result<_, StoreError>>()?;
-    let mut outcomes = HashMap::with_capacity(ended.len());
-    let mut edges = Vec::new();
-    for task in ended {
-        let Some(policy) = policies.get(&task.workflow) else {
-            continue;
-        };
-        outcomes.insert(task.id, (task.status, *policy));
-        edges.extend(task.dependents.into_iter().map(|child| (child, task.id)));
-    }
+    let (outcomes, edges) = outcomes_of(ended, &policies);
     apply_edges(tx, &edges, &outcomes, policies.into_keys().collect()).await
 }
 
