@@ -71,13 +71,12 @@ pub(crate) fn chunked<'s, 'a>(deferred: &'s [DeferredTask<'a>]) -> Vec<&'s [Defe
 
 /// What a settling does with the deferred chunks it reached: it writes the first of each
 /// workflow (`take`), marks released the others that were not (`release`; those released before
-/// stay so), and its rows count as satisfied what [`Satisfied`] says. `left`: some stay for
-/// `release_ready`.
+/// stay so), and its rows count as satisfied what [`Satisfied`] says. The others stay for
+/// `release_ready` ([`left_deferred`]).
 pub(crate) struct Reached<W> {
     pub(crate) take: Vec<(W, i32)>,
     pub(crate) release: Vec<(W, i32)>,
     pub(crate) satisfied: Satisfied<W>,
-    pub(crate) left: bool,
 }
 
 /// Decides [`Reached`] from the chunks holding a dependent of the tasks `settling` (`hit`:
@@ -99,7 +98,6 @@ pub(crate) fn reached<W: Ord + Clone + std::hash::Hash>(
         .collect();
     let take: Vec<(W, i32)> = first.into_iter().map(|(w, (seq, _))| (w, seq)).collect();
     Reached {
-        left: hit.len() > take.len(),
         take,
         release,
         satisfied: Satisfied::Now {
@@ -107,6 +105,19 @@ pub(crate) fn reached<W: Ord + Clone + std::hash::Hash>(
             settling: settling.iter().copied().collect(),
         },
     }
+}
+
+/// The tasks of the chunks a settling reached (`found`: workflow, seq, whether fresh, their
+/// ids) that it does not write now (`take`): released, they are not rows yet.
+pub(crate) fn left_deferred<W: PartialEq, T>(
+    found: Vec<(W, i32, T, Vec<Uuid>)>,
+    take: &[(W, i32)],
+) -> HashSet<Uuid> {
+    found
+        .into_iter()
+        .filter(|(workflow, seq, _, _)| !take.iter().any(|(w, s)| w == workflow && s == seq))
+        .flat_map(|(_, _, _, ids)| ids)
+        .collect()
 }
 
 /// Of the chunks a settling reached (`(workflow, seq, …)`, in any order), the first of each
@@ -838,7 +849,17 @@ mod tests {
         let reached = reached(&hit, &settling);
         assert_eq!(reached.take, [("a", 2), ("b", 1)]);
         assert_eq!(reached.release, [("a", 5)]);
-        assert!(reached.left);
+        // The tasks of the chunks it does not write are not rows yet.
+        let tasks = ids(4);
+        let found: Vec<_> = hit
+            .iter()
+            .zip(&tasks)
+            .map(|(&(workflow, seq, fresh), task)| (workflow, seq, fresh, vec![*task]))
+            .collect();
+        assert_eq!(
+            left_deferred(found, &reached.take),
+            HashSet::from([tasks[0], tasks[3]])
+        );
         assert_eq!(
             reached.satisfied.of(&"a"),
             Some(&HashSet::from([settling[0]]))

@@ -17,8 +17,8 @@ use crate::tasks::inserted_task;
 use crate::workflows::{
     CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Ended, Satisfied, Split, apply, chunk_columns,
     chunked, dependents_of, each_dependents, edges_to, group_parents, in_favour, in_order,
-    may_retry, outcomes_of, outside_dependencies, pack, parent_view, reached, revivable, revives,
-    runnable, split, still_waiting, unpack,
+    left_deferred, may_retry, outcomes_of, outside_dependencies, pack, parent_view, reached,
+    revivable, revives, runnable, split, still_waiting, unpack,
 };
 use chrono::{DateTime, Utc};
 use mcp_core::task::Progress;
@@ -845,13 +845,15 @@ type TakenChunk = (Uuid, Option<Vec<u8>>, Option<String>, DateTime<Utc>, String)
 /// released) has no dependency settled but those settling now, all in its favour (or every
 /// chunk would be written): its rows count those without reading the others'.
 ///
-/// The tasks written, and whether chunks were released for later.
+/// The tasks written, and those of the chunks reached but left for later (released, and locked
+/// until this transaction ends): none is a row yet, and each will count what settles now when
+/// it is written, so the countdown passes them by.
 async fn write_deferred(
     tx: &mut Tx,
     workflows: &[Uuid],
     chunks: Chunks<'_>,
-) -> Result<(Vec<Task>, bool), StoreError> {
-    let (taken, satisfied, released) = match chunks {
+) -> Result<(Vec<Task>, HashSet<Uuid>), StoreError> {
+    let (taken, satisfied, left) = match chunks {
         Chunks::All => {
             let taken = sqlx::query_as(
                 "DELETE FROM workflow_deferred d USING workflows w
@@ -862,11 +864,11 @@ async fn write_deferred(
             .fetch_all(&mut **tx)
             .await
             .map_err(db_error)?;
-            (taken, Satisfied::Read, false)
+            (taken, Satisfied::Read, HashSet::new())
         }
         Chunks::DependingOn(settling) => {
-            let hit: Vec<(Uuid, i32, bool)> = sqlx::query_as(
-                "SELECT workflow_id, seq, ready_at IS NULL FROM workflow_deferred
+            let found: Vec<(Uuid, i32, bool, Vec<Uuid>)> = sqlx::query_as(
+                "SELECT workflow_id, seq, ready_at IS NULL, ids FROM workflow_deferred
                  WHERE workflow_id = ANY($1) AND parents && $2
                  ORDER BY workflow_id, seq FOR UPDATE",
             )
@@ -875,10 +877,15 @@ async fn write_deferred(
             .fetch_all(&mut **tx)
             .await
             .map_err(db_error)?;
-            if hit.is_empty() {
-                return Ok((Vec::new(), false));
+            if found.is_empty() {
+                return Ok((Vec::new(), HashSet::new()));
             }
+            let hit: Vec<(Uuid, i32, bool)> = found
+                .iter()
+                .map(|(workflow, seq, fresh, _)| (*workflow, *seq, *fresh))
+                .collect();
             let reached = reached(&hit, settling);
+            let left = left_deferred(found, &reached.take);
             if !reached.release.is_empty() {
                 let (release, seqs): (Vec<Uuid>, Vec<i32>) = reached.release.into_iter().unzip();
                 sqlx::query(
@@ -903,10 +910,10 @@ async fn write_deferred(
             .fetch_all(&mut **tx)
             .await
             .map_err(db_error)?;
-            (taken, reached.satisfied, reached.left)
+            (taken, reached.satisfied, left)
         }
     };
-    Ok((write_taken(tx, taken, &satisfied).await?, released))
+    Ok((write_taken(tx, taken, &satisfied).await?, left))
 }
 
 /// Writes the deferred chunks `taken` as rows (see [`write_deferred`]).
@@ -1129,13 +1136,13 @@ async fn apply_edges(
     let mut settled = Settled::default();
     let workflows: Vec<Uuid> = touched.iter().copied().collect();
     let settling: Vec<Uuid> = outcomes.keys().copied().collect();
-    let (written, ready) =
+    let (written, left) =
         write_deferred(tx, &workflows, Chunks::settling(outcomes, &settling)).await?;
-    settled.ready = ready;
+    settled.ready = !left.is_empty();
     let (mut counts, cancel) = apply(edges, outcomes);
-    // Those written now counted what settles now already.
+    // Those written now counted what settles now already, and so will those left deferred.
     let written_ids: HashSet<Uuid> = written.iter().map(|t| t.id).collect();
-    counts.retain(|child, _| !written_ids.contains(child));
+    counts.retain(|child, _| !written_ids.contains(child) && !left.contains(child));
     settled.cancelled = cancel_dependents(tx, cancel).await?;
     let cancelled: HashSet<Uuid> = settled.cancelled.iter().map(|t| t.id).collect();
     let mut counted: Vec<Task> = written

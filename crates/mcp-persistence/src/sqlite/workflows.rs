@@ -17,8 +17,8 @@ use crate::tasks::inserted_task;
 use crate::workflows::{
     CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Ended, Satisfied, Split, apply, chunk_columns,
     chunked, dependents_of, each_dependents, edges_to, group_parents, in_favour, in_order,
-    may_retry, outcomes_of, outside_dependencies, pack, parent_view, reached, revivable, revives,
-    runnable, split, still_waiting, unpack,
+    left_deferred, may_retry, outcomes_of, outside_dependencies, pack, parent_view, reached,
+    revivable, revives, runnable, split, still_waiting, unpack,
 };
 use chrono::Utc;
 use mcp_core::task::Progress;
@@ -919,12 +919,11 @@ async fn write_deferred(
                 .map(|(workflow, seq, fresh, _)| (workflow.clone(), *seq, *fresh))
                 .collect();
             let reached = reached(&hit, settling);
-            let mut left = HashSet::new();
-            for (workflow, seq, _, ids) in &found {
-                if !reached.take.iter().any(|(w, s)| w == workflow && s == seq) {
-                    left.extend(id_list(Some(ids))?);
-                }
-            }
+            let found = found
+                .into_iter()
+                .map(|(workflow, seq, fresh, ids)| Ok((workflow, seq, fresh, id_list(Some(&ids))?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let left = left_deferred(found, &reached.take);
             let pairs = |chunks: Vec<(String, i32)>| {
                 let pairs: Vec<Value> = chunks.iter().map(|(w, seq)| json!([w, seq])).collect();
                 Value::from(pairs).to_string()
