@@ -272,6 +272,44 @@ pub(crate) fn unpack(
     }
 }
 
+/// Deferred tasks taken from their chunks, to be written as rows: the tasks, their places and
+/// their dependents, in their order.
+pub(crate) struct Taken {
+    pub(crate) new: Vec<NewTask>,
+    pub(crate) nodes: Vec<WorkflowNode>,
+    pub(crate) dependents: Vec<Vec<Uuid>>,
+}
+
+impl Taken {
+    pub(crate) fn of(deferred: Vec<DeferredTask<'_>>) -> Taken {
+        let mut taken = Taken {
+            new: Vec::with_capacity(deferred.len()),
+            nodes: Vec::with_capacity(deferred.len()),
+            dependents: Vec::with_capacity(deferred.len()),
+        };
+        for task in deferred {
+            let (task, node, dependents) = task.into_parts();
+            taken.new.push(task);
+            taken.nodes.push(node);
+            taken.dependents.push(dependents);
+        }
+        taken
+    }
+
+    /// How many of its dependencies each task still waits for, given those `satisfied`.
+    pub(crate) fn waiting(&self, satisfied: &HashSet<Uuid>) -> Vec<i32> {
+        self.nodes
+            .iter()
+            .map(|n| still_waiting(&n.depends_on, satisfied))
+            .collect()
+    }
+
+    /// Each task's dependents.
+    pub(crate) fn dependents(&self) -> Vec<&[Uuid]> {
+        self.dependents.iter().map(Vec::as_slice).collect()
+    }
+}
+
 /// Where a store hands tasks that a read made runnable as it wrote them, for the orchestrator
 /// to announce (`TaskStore::on_released`).
 #[derive(Default)]
@@ -527,7 +565,7 @@ pub(crate) fn edges_to<T>(
 
 /// How many of `depends_on` a task still waits for, given the dependencies `satisfied` (final
 /// in its favour, and applied).
-pub(crate) fn still_waiting(depends_on: &[Uuid], satisfied: &HashSet<Uuid>) -> i32 {
+fn still_waiting(depends_on: &[Uuid], satisfied: &HashSet<Uuid>) -> i32 {
     depends_on.iter().filter(|d| !satisfied.contains(d)).count() as i32
 }
 

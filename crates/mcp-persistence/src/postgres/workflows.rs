@@ -15,10 +15,10 @@ use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
-    CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Ended, Satisfied, Split, apply, chunk_columns,
-    chunked, dependents_of, each_dependents, edges_to, group_parents, in_favour, in_order,
-    left_deferred, may_retry, outcomes_of, outside_dependencies, pack, parent_view, reached,
-    revivable, revives, runnable, split, still_waiting, unpack,
+    CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Ended, Satisfied, Split, Taken, apply,
+    chunk_columns, chunked, dependents_of, each_dependents, edges_to, group_parents, in_favour,
+    in_order, left_deferred, may_retry, outcomes_of, outside_dependencies, pack, parent_view,
+    reached, revivable, revives, runnable, split, unpack,
 };
 use chrono::{DateTime, Utc};
 use mcp_core::task::Progress;
@@ -935,24 +935,15 @@ async fn write_taken(
     }
     let mut written = Vec::new();
     for (workflow, (created_at, policy, deferred)) in by_workflow {
-        let (mut new, mut nodes, mut dependents) = (Vec::new(), Vec::new(), Vec::new());
-        for task in deferred {
-            let (task, node, its_dependents) = task.into_parts();
-            new.push(task);
-            nodes.push(node);
-            dependents.push(its_dependents);
-        }
+        let taken = Taken::of(deferred);
         let satisfied = known
-            .or_read(&workflow, satisfied(tx, &new, &nodes, policy))
+            .or_read(&workflow, satisfied(tx, &taken.new, &taken.nodes, policy))
             .await?;
         let rows = Rows {
-            waiting: nodes
-                .iter()
-                .map(|n| still_waiting(&n.depends_on, &satisfied))
-                .collect(),
-            new: &new,
-            nodes: &nodes,
-            dependents: dependents.iter().map(Vec::as_slice).collect(),
+            waiting: taken.waiting(&satisfied),
+            new: &taken.new,
+            nodes: &taken.nodes,
+            dependents: taken.dependents(),
             created_at: Some(created_at),
         };
         written.extend(write_rows(tx, workflow, rows).await?);
