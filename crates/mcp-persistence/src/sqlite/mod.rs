@@ -1,6 +1,7 @@
 //! The SQLite store of the embedded default: one file in WAL mode, one writer connection
 //! (SQLite serialises writers anyway; one connection makes every claim a single-writer
-//! transaction with no busy retries) and a pool of readers, migrations embedded from
+//! transaction with no busy retries), a pool of readers, a connection that checkpoints the WAL
+//! beside the writer (`checkpoints`), migrations embedded from
 //! `migrations/sqlite`; the hottest point reads skip sqlx's per-connection threads
 //! (`direct.rs`). This file opens the file and keeps what every transition shares
 //! (recording outbox events before a commit); each port's SQL is in its own file beside it.
@@ -40,6 +41,18 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// the largest batch a claim or an outcome write returns, so the thread runs a statement to its
 /// end without waiting: with a full queue every further row costs a thread hand-off.
 const ROW_BUFFER: usize = 4_096;
+
+/// WAL frames at which the writer checkpoints the WAL itself, in the commit that reaches them:
+/// the bound for when [`checkpoints`] falls behind or has stopped. SQLite's default is 1,000
+/// (4 MB), which the writer reached every few hundred tasks under load, each time holding its
+/// commit 7–10 ms (copying the pages and syncing both files) while every claim and completion
+/// waited: a tenth of `bench workflows`' plain tasks and more of its workflow.
+const WRITER_CHECKPOINT_FRAMES: u32 = 10_000;
+
+/// How soon [`checkpoints`] looks again after it found the WAL grown, and at most after it
+/// found it unchanged (the wait doubles each time).
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+const CHECKPOINT_IDLE: Duration = Duration::from_secs(2);
 
 /// How the SQLite file is opened.
 #[derive(Debug, Clone)]
@@ -100,6 +113,56 @@ pub struct SqliteTaskStore {
     pub(crate) direct: Arc<direct::DirectReads>,
     /// Where tasks go that a read made runnable as it wrote them (`TaskStore::on_released`).
     pub(crate) released: Arc<crate::workflows::Released>,
+    /// Stops [`checkpoints`] when the last clone of the store goes.
+    checkpointer: Arc<Checkpointer>,
+}
+
+/// The connection of [`checkpoints`] and what stops it: closing the store, or dropping its last
+/// clone.
+struct Checkpointer {
+    pool: SqlitePool,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// Checkpoints the WAL (`PASSIVE`: it copies what no reader still needs into the database file
+/// and never waits for the writer or readers) from a connection of its own, so the writer's
+/// commits do not: every [`CHECKPOINT_EVERY`] while the WAL grows, backing off to
+/// [`CHECKPOINT_IDLE`] while it does not, until `stop`. The writer restarts the WAL from its
+/// start once everything in it was copied, as after its own checkpoints.
+async fn checkpoints(pool: SqlitePool, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let mut wait = CHECKPOINT_EVERY;
+    let mut last = None;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let checkpoint = sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(&pool)
+            .await;
+        match checkpoint {
+            // The WAL's frames: grown (or restarted) since the last look, or not.
+            Ok((_, frames, _)) => {
+                wait = if last == Some(frames) {
+                    (wait * 2).min(CHECKPOINT_IDLE)
+                } else {
+                    CHECKPOINT_EVERY
+                };
+                last = Some(frames);
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "checkpointing the WAL failed; the writer's bound holds");
+                wait = CHECKPOINT_IDLE;
+            }
+        }
+    }
+    pool.close().await;
 }
 
 impl SqliteTaskStore {
@@ -133,9 +196,21 @@ impl SqliteTaskStore {
             .idle_timeout(None)
             .max_lifetime(None)
             .test_before_acquire(false)
+            .connect_with(
+                connect
+                    .clone()
+                    .pragma("wal_autocheckpoint", WRITER_CHECKPOINT_FRAMES.to_string()),
+            )
+            .await
+            .map_err(db_error)?;
+        let checkpointing = SqlitePoolOptions::new()
+            .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(connect.clone())
             .await
             .map_err(db_error)?;
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(checkpoints(checkpointing.clone(), stopped));
         let readers = SqlitePoolOptions::new()
             .max_connections(options.readers.max(1))
             .test_before_acquire(false)
@@ -149,6 +224,10 @@ impl SqliteTaskStore {
             flow: Arc::default(),
             released: Arc::default(),
             direct: Arc::new(direct::DirectReads::new(path.to_owned())),
+            checkpointer: Arc::new(Checkpointer {
+                pool: checkpointing,
+                stop,
+            }),
         })
     }
 
@@ -199,7 +278,52 @@ impl SqliteTaskStore {
     }
 
     pub async fn close(&self) {
+        let _ = self.checkpointer.stop.send(true);
+        self.checkpointer.pool.close().await;
         self.readers.close().await;
         self.writer.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SqliteOptions, SqliteTaskStore};
+    use std::time::{Duration, Instant};
+
+    /// What the writer commits reaches the database file without the writer checkpointing: a
+    /// 3 MB row is 750 WAL frames, far below the writer's own bound, and the file grows to hold
+    /// it all the same.
+    #[tokio::test]
+    async fn the_wal_is_checkpointed_beside_the_writer() {
+        let dir = std::env::temp_dir().join(format!("mcp-checkpoint-{}", uuid::Uuid::now_v7()));
+        let path = dir.join("db.sqlite");
+        let store = SqliteTaskStore::open(&path, &SqliteOptions::default())
+            .await
+            .unwrap();
+        let (bound,): (i64,) = sqlx::query_as("PRAGMA wal_autocheckpoint")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(bound, i64::from(super::WRITER_CHECKPOINT_FRAMES));
+        sqlx::query("CREATE TABLE filler (x BLOB)")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO filler VALUES (randomblob(3000000))")
+            .execute(&store.writer)
+            .await
+            .unwrap();
+        let size = || std::fs::metadata(&path).map_or(0, |m| m.len());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while size() < 3_000_000 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            size() >= 3_000_000,
+            "the database file holds {} bytes",
+            size()
+        );
+        store.close().await;
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
