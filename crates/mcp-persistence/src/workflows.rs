@@ -72,20 +72,25 @@ pub(crate) fn chunked<'s, 'a>(deferred: &'s [DeferredTask<'a>]) -> Vec<&'s [Defe
 /// What a settling does with the deferred chunks it reached: it writes the first of each
 /// workflow (`take`), marks released the others that were not (`release`; those released before
 /// stay so), and its rows count as satisfied what [`Satisfied`] says. The others stay for
-/// `release_ready` ([`left_deferred`]).
+/// `release_ready`: their tasks (`left`) are not rows yet.
 pub(crate) struct Reached<W> {
     pub(crate) take: Vec<(W, i32)>,
     pub(crate) release: Vec<(W, i32)>,
     pub(crate) satisfied: Satisfied<W>,
+    pub(crate) left: HashSet<Uuid>,
 }
 
-/// Decides [`Reached`] from the chunks holding a dependent of the tasks `settling` (`hit`:
-/// workflow, seq and whether no settling reached it before, in any order).
+/// Decides [`Reached`] from the chunks holding a dependent of the tasks `settling` (`found`:
+/// workflow, seq, whether no settling reached it before, and its tasks' ids, in any order).
 pub(crate) fn reached<W: Ord + Clone + std::hash::Hash>(
-    hit: &[(W, i32, bool)],
+    found: Vec<(W, i32, bool, Vec<Uuid>)>,
     settling: &[Uuid],
 ) -> Reached<W> {
-    let first = first_of_each(hit);
+    let hit: Vec<(W, i32, bool)> = found
+        .iter()
+        .map(|(workflow, seq, fresh, _)| (workflow.clone(), *seq, *fresh))
+        .collect();
+    let first = first_of_each(&hit);
     let release = hit
         .iter()
         .filter(|(workflow, seq, fresh)| *fresh && first[workflow].0 != *seq)
@@ -97,6 +102,11 @@ pub(crate) fn reached<W: Ord + Clone + std::hash::Hash>(
         .map(|(workflow, _)| workflow.clone())
         .collect();
     let take: Vec<(W, i32)> = first.into_iter().map(|(w, (seq, _))| (w, seq)).collect();
+    let left = found
+        .into_iter()
+        .filter(|(workflow, seq, _, _)| !take.iter().any(|(w, s)| w == workflow && s == seq))
+        .flat_map(|(_, _, _, ids)| ids)
+        .collect();
     Reached {
         take,
         release,
@@ -104,20 +114,8 @@ pub(crate) fn reached<W: Ord + Clone + std::hash::Hash>(
             fresh,
             settling: settling.iter().copied().collect(),
         },
+        left,
     }
-}
-
-/// The tasks of the chunks a settling reached (`found`: workflow, seq, whether fresh, their
-/// ids) that it does not write now (`take`): released, they are not rows yet.
-pub(crate) fn left_deferred<W: PartialEq, T>(
-    found: Vec<(W, i32, T, Vec<Uuid>)>,
-    take: &[(W, i32)],
-) -> HashSet<Uuid> {
-    found
-        .into_iter()
-        .filter(|(workflow, seq, _, _)| !take.iter().any(|(w, s)| w == workflow && s == seq))
-        .flat_map(|(_, _, _, ids)| ids)
-        .collect()
 }
 
 /// Of the chunks a settling reached (`(workflow, seq, …)`, in any order), the first of each
@@ -548,19 +546,26 @@ pub(crate) fn each_dependents<'a>(
         .collect()
 }
 
-/// The edges `(dependent, dependency)` from tasks `new` (at their places `nodes`) added to a
-/// running workflow to those of their dependencies in `settled` (whose end was applied before
-/// they existed, and is applied to them now).
-pub(crate) fn edges_to<T>(
+/// The edges `(dependent, dependency)` from tasks `new` (at their places `nodes`) to those of
+/// their dependencies that `to` keeps. For tasks added to a running workflow: the dependencies
+/// stored before them, whose rows list the new dependents too ([`edges_to_earlier`]), and
+/// those whose end was applied before the new tasks existed, applied to them now.
+pub(crate) fn edges_to(
     new: &[NewTask],
     nodes: &[WorkflowNode],
-    settled: &HashMap<Uuid, T>,
+    to: impl Fn(&Uuid) -> bool,
 ) -> Vec<(Uuid, Uuid)> {
     new.iter()
         .zip(nodes)
         .flat_map(|(t, node)| node.depends_on.iter().map(move |d| (t.id, *d)))
-        .filter(|(_, parent)| settled.contains_key(parent))
+        .filter(|(_, parent)| to(parent))
         .collect()
+}
+
+/// [`edges_to`] the dependencies of `new` stored before them (not among `new`).
+pub(crate) fn edges_to_earlier(new: &[NewTask], nodes: &[WorkflowNode]) -> Vec<(Uuid, Uuid)> {
+    let inserted: HashSet<Uuid> = new.iter().map(|t| t.id).collect();
+    edges_to(new, nodes, |parent| !inserted.contains(parent))
 }
 
 /// How many of `depends_on` a task still waits for, given the dependencies `satisfied` (final
@@ -884,20 +889,17 @@ mod tests {
             ("b", 1, false),
             ("a", 5, true),
         ];
-        let reached = reached(&hit, &settling);
-        assert_eq!(reached.take, [("a", 2), ("b", 1)]);
-        assert_eq!(reached.release, [("a", 5)]);
-        // The tasks of the chunks it does not write are not rows yet.
         let tasks = ids(4);
         let found: Vec<_> = hit
             .iter()
             .zip(&tasks)
             .map(|(&(workflow, seq, fresh), task)| (workflow, seq, fresh, vec![*task]))
             .collect();
-        assert_eq!(
-            left_deferred(found, &reached.take),
-            HashSet::from([tasks[0], tasks[3]])
-        );
+        let reached = reached(found, &settling);
+        assert_eq!(reached.take, [("a", 2), ("b", 1)]);
+        assert_eq!(reached.release, [("a", 5)]);
+        // The tasks of the chunks it does not write are not rows yet.
+        assert_eq!(reached.left, HashSet::from([tasks[0], tasks[3]]));
         assert_eq!(
             reached.satisfied.of(&"a"),
             Some(&HashSet::from([settling[0]]))

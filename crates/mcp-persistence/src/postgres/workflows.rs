@@ -16,9 +16,9 @@ use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
     CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Ended, Satisfied, Split, Taken, apply,
-    chunk_columns, chunked, dependents_of, each_dependents, edges_to, group_parents, in_favour,
-    in_order, left_deferred, may_retry, outcomes_of, outside_dependencies, pack, parent_view,
-    reached, revivable, revives, runnable, split, unpack,
+    chunk_columns, chunked, dependents_of, each_dependents, edges_to, edges_to_earlier,
+    group_parents, in_favour, in_order, may_retry, outcomes_of, outside_dependencies, pack,
+    parent_view, reached, revivable, revives, runnable, split, unpack,
 };
 use chrono::{DateTime, Utc};
 use mcp_core::task::Progress;
@@ -252,7 +252,7 @@ impl PgTaskStore {
                 let status = TaskStatus::from_str(&status).map_err(corrupt)?;
                 outcomes.insert(id, (status, policy));
             }
-            let edges = edges_to(new, nodes, &outcomes);
+            let edges = edges_to(new, nodes, |parent| outcomes.contains_key(parent));
             let more =
                 apply_edges(&mut tx, &edges, &outcomes, HashSet::from([workflow_id])).await?;
             settled.released.extend(more.released);
@@ -673,14 +673,8 @@ async fn insert_tasks(
     new: &[NewTask],
     nodes: &[WorkflowNode],
 ) -> Result<Vec<Task>, StoreError> {
-    let inserted: HashSet<Uuid> = new.iter().map(|t| t.id).collect();
-    let (mut children, mut earlier) = (Vec::new(), Vec::new());
-    for (task, node) in new.iter().zip(nodes) {
-        for parent in node.depends_on.iter().filter(|p| !inserted.contains(p)) {
-            children.push(task.id);
-            earlier.push(*parent);
-        }
-    }
+    let (children, earlier): (Vec<Uuid>, Vec<Uuid>) =
+        edges_to_earlier(new, nodes).into_iter().unzip();
     let dependents = dependents_of(new, nodes);
     let rows = Rows {
         new,
@@ -880,12 +874,7 @@ async fn write_deferred(
             if found.is_empty() {
                 return Ok((Vec::new(), HashSet::new()));
             }
-            let hit: Vec<(Uuid, i32, bool)> = found
-                .iter()
-                .map(|(workflow, seq, fresh, _)| (*workflow, *seq, *fresh))
-                .collect();
-            let reached = reached(&hit, settling);
-            let left = left_deferred(found, &reached.take);
+            let reached = reached(found, settling);
             if !reached.release.is_empty() {
                 let (release, seqs): (Vec<Uuid>, Vec<i32>) = reached.release.into_iter().unzip();
                 sqlx::query(
@@ -910,7 +899,7 @@ async fn write_deferred(
             .fetch_all(&mut **tx)
             .await
             .map_err(db_error)?;
-            (taken, reached.satisfied, left)
+            (taken, reached.satisfied, reached.left)
         }
     };
     Ok((write_taken(tx, taken, &satisfied).await?, left))

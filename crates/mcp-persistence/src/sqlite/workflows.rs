@@ -16,9 +16,9 @@ use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
     CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Ended, Satisfied, Split, Taken, apply,
-    chunk_columns, chunked, dependents_of, each_dependents, edges_to, group_parents, in_favour,
-    in_order, left_deferred, may_retry, outcomes_of, outside_dependencies, pack, parent_view,
-    reached, revivable, revives, runnable, split, unpack,
+    chunk_columns, chunked, dependents_of, each_dependents, edges_to, edges_to_earlier,
+    group_parents, in_favour, in_order, may_retry, outcomes_of, outside_dependencies, pack,
+    parent_view, reached, revivable, revives, runnable, split, unpack,
 };
 use chrono::Utc;
 use mcp_core::task::Progress;
@@ -223,7 +223,7 @@ impl SqliteTaskStore {
                 let status = TaskStatus::from_str(&status).map_err(corrupt)?;
                 outcomes.insert(uuid(&id)?, (status, policy));
             }
-            let edges = edges_to(new, nodes, &outcomes);
+            let edges = edges_to(new, nodes, |parent| outcomes.contains_key(parent));
             let more = apply_edges(
                 &mut tx,
                 &edges,
@@ -693,12 +693,9 @@ async fn insert_tasks(
     at: chrono::DateTime<Utc>,
 ) -> Result<Vec<Task>, StoreError> {
     let now = micros(at);
-    let inserted: HashSet<Uuid> = new.iter().map(|t| t.id).collect();
     let mut earlier: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
-    for (task, node) in new.iter().zip(nodes) {
-        for parent in node.depends_on.iter().filter(|p| !inserted.contains(p)) {
-            earlier.entry(*parent).or_default().push(task.id);
-        }
+    for (child, parent) in edges_to_earlier(new, nodes) {
+        earlier.entry(parent).or_default().push(child);
     }
     let dependents = dependents_of(new, nodes);
     let rows = Rows {
@@ -914,16 +911,11 @@ async fn write_deferred(
             if found.is_empty() {
                 return Ok((Vec::new(), HashSet::new()));
             }
-            let hit: Vec<(String, i32, bool)> = found
-                .iter()
-                .map(|(workflow, seq, fresh, _)| (workflow.clone(), *seq, *fresh))
-                .collect();
-            let reached = reached(&hit, settling);
             let found = found
                 .into_iter()
                 .map(|(workflow, seq, fresh, ids)| Ok((workflow, seq, fresh, id_list(Some(&ids))?)))
                 .collect::<Result<Vec<_>, StoreError>>()?;
-            let left = left_deferred(found, &reached.take);
+            let reached = reached(found, settling);
             let pairs = |chunks: Vec<(String, i32)>| {
                 let pairs: Vec<Value> = chunks.iter().map(|(w, seq)| json!([w, seq])).collect();
                 Value::from(pairs).to_string()
@@ -949,7 +941,7 @@ async fn write_deferred(
             .fetch_all(&mut **tx)
             .await
             .map_err(db_error)?;
-            (taken, reached.satisfied, left)
+            (taken, reached.satisfied, reached.left)
         }
     };
     Ok((write_taken(tx, taken, &satisfied, now).await?, left))
