@@ -46,18 +46,28 @@ pub(crate) fn apply(
 /// Most deferred tasks in one chunk (one row of JSON), and most dependencies of its tasks
 /// (see [`chunked`]).
 const DEFERRED_CHUNK: usize = 1_000;
+/// Most tasks in a workflow's first chunk: the one a settling that reaches it writes in its
+/// own transaction (a fan-out's root's completion), before anything of the fan can run; a
+/// worker's claim takes 500 at most (`OrchestratorConfig::batch_size`'s default), and the
+/// chunks after are written while those run.
+const FIRST_CHUNK: usize = 500;
 
-/// A new workflow's deferred tasks in chunks of at most [`DEFERRED_CHUNK`] tasks that wait for
-/// at most as many dependencies in all, unless one task alone waits for more: a task that
-/// waits for many (a fan-in) is kept apart from the tasks beside it, so the settling of one of
-/// its dependencies writes it alone, and the settling that releases those tasks leaves it
-/// deferred.
+/// A new workflow's deferred tasks in chunks of at most [`DEFERRED_CHUNK`] tasks (the first
+/// [`FIRST_CHUNK`]) that wait for at most [`DEFERRED_CHUNK`] dependencies in all, unless one
+/// task alone waits for more: a task that waits for many (a fan-in) is kept apart from the
+/// tasks beside it, so the settling of one of its dependencies writes it alone, and the
+/// settling that releases those tasks leaves it deferred.
 pub(crate) fn chunked<'s, 'a>(deferred: &'s [DeferredTask<'a>]) -> Vec<&'s [DeferredTask<'a>]> {
     let mut chunks = Vec::new();
     let (mut start, mut waits) = (0, 0);
     for (i, task) in deferred.iter().enumerate() {
         let its = task.depends_on.len();
-        if i > start && (i - start == DEFERRED_CHUNK || waits + its > DEFERRED_CHUNK) {
+        let most = if chunks.is_empty() {
+            FIRST_CHUNK
+        } else {
+            DEFERRED_CHUNK
+        };
+        if i > start && (i - start == most || waits + its > DEFERRED_CHUNK) {
             chunks.push(&deferred[start..i]);
             (start, waits) = (i, 0);
         }
@@ -862,7 +872,7 @@ mod tests {
             .chain(fan(10))
             .collect();
         let sizes: Vec<usize> = chunked(&deferred).iter().map(|c| c.len()).collect();
-        assert_eq!(sizes, [1_000, 1_000, 400, 1, 10]);
+        assert_eq!(sizes, [500, 1_000, 900, 1, 10]);
         // 400 tasks of one dependency leave room for a fan-in of 600 beside them.
         let small_join = WorkflowNode {
             key: "join".into(),
