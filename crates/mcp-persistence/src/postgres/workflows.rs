@@ -726,18 +726,37 @@ async fn insert_deferring(
         created_at: None,
     };
     let written = write_rows(tx, workflow_id, rows).await?;
-    for (seq, chunk) in chunked(&deferred).into_iter().enumerate() {
-        let (ids, parents, queues) = chunk_columns(chunk);
+    // Every chunk in one statement (a round trip each was 11 for a fan-out of 10,000): each
+    // one's ids (and their queues) and dependencies are its slices of flat arrays.
+    let chunks = chunked(&deferred);
+    let (mut ids, mut parents, mut queues) = (Vec::new(), Vec::new(), Vec::new());
+    let mut packed = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        let (its_ids, its_parents, its_queues) = chunk_columns(chunk);
+        ids.push(its_ids);
+        parents.push(its_parents);
+        queues.extend(its_queues);
+        packed.push(pack(chunk)?);
+    }
+    if !packed.is_empty() {
+        let ids = Ragged::of(ids.iter().map(Vec::as_slice));
+        let parents = Ragged::of(parents.iter().map(Vec::as_slice));
         sqlx::query(
             "INSERT INTO workflow_deferred (workflow_id, seq, ids, parents, queues, packed)
-             VALUES ($1, $2, $3, $4, $5, $6)",
+             SELECT $1, c.seq - 1, $2[c.first:c.last], $5[c.first_parent:c.last_parent],
+                    $3[c.first:c.last], c.packed
+             FROM unnest($4::int4[], $6::int4[], $7::int4[], $8::int4[], $9::bytea[])
+                  WITH ORDINALITY AS c(first, last, first_parent, last_parent, packed, seq)",
         )
         .bind(workflow_id)
-        .bind(seq as i32)
-        .bind(&ids)
-        .bind(&parents)
+        .bind(&ids.flat)
         .bind(&queues)
-        .bind(pack(chunk)?)
+        .bind(&ids.starts)
+        .bind(&parents.flat)
+        .bind(&ids.ends)
+        .bind(&parents.starts)
+        .bind(&parents.ends)
+        .bind(&packed)
         .execute(&mut **tx)
         .await
         .map_err(db_error)?;
