@@ -10,6 +10,7 @@
 use super::PgTaskStore;
 use super::task_row::{TaskRow, tasks};
 use super::tasks::{CompletionColumns, NewTaskColumns, complete_sql, insert_tasks_sql};
+use crate::codec::{instant, micros};
 use crate::columns::{TASK_COLUMNS, WORKFLOW_COLUMNS, qualified};
 use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
@@ -88,11 +89,61 @@ impl PgTaskStore {
         new: &[NewTask],
         nodes: &[WorkflowNode],
     ) -> Result<(Workflow, Vec<Task>), StoreError> {
+        // The outbox records `task.created` from the task's row: while a webhook wants it,
+        // every task is a row at once.
+        if self.outbox.wanted(Transition::Created).is_some() {
+            let (mut tx, stored) = self.begin_workflow(workflow, new, None).await?;
+            let created = insert_tasks(&mut tx, workflow.id, new, nodes).await?;
+            let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
+            self.commit_with(tx, &ids, Transition::Created).await?;
+            return Ok((stored, created));
+        }
+        // Created now as PostgreSQL keeps it (microseconds): the deferred tasks' JSON says so
+        // before the workflow's row exists.
+        let at = instant(micros(Utc::now()))?;
+        let dependents = dependents_of(new, nodes);
+        let Split {
+            roots,
+            root_nodes,
+            deferred,
+            shown,
+        } = split(workflow.id, new, nodes, &dependents, at);
+        // The deferred tasks are packed while the server stores the workflow and its roots:
+        // their CPU work (10,000 tasks: about 11 ms) and those round trips overlap.
+        let store_roots = async {
+            let (mut tx, stored) = self.begin_workflow(workflow, new, Some(at)).await?;
+            let rows = Rows {
+                new: &roots,
+                nodes: &root_nodes,
+                dependents: each_dependents(&roots, &dependents),
+                waiting: vec![0; roots.len()],
+                created_at: Some(at),
+            };
+            let written = write_rows(&mut tx, workflow.id, rows).await?;
+            Ok::<_, StoreError>((tx, stored, written))
+        };
+        let (stored_roots, packed) = tokio::join!(store_roots, PackedChunks::of(&deferred));
+        let (mut tx, stored, written) = stored_roots?;
+        packed?.insert(&mut tx, workflow.id).await?;
+        let created = in_order(shown, written)?;
+        let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
+        self.commit_with(tx, &ids, Transition::Created).await?;
+        Ok((stored, created))
+    }
+
+    /// Begins the transaction storing `workflow` of the tasks `new`, created `at` (now when
+    /// `None`), and inserts its row.
+    async fn begin_workflow(
+        &self,
+        workflow: &NewWorkflow,
+        new: &[NewTask],
+        at: Option<DateTime<Utc>>,
+    ) -> Result<(Tx, Workflow), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let row: WorkflowRow = sqlx::query_as(sql!(
             "INSERT INTO workflows (id, name, status, on_failure, created_by, share_key,
                  correlation_id, created_at, task_ids)
-             VALUES ($1, $2, 'running', $3, $4, $5, $6, now(), $7)
+             VALUES ($1, $2, 'running', $3, $4, $5, $6, coalesce($8, now()), $7)
              RETURNING {WORKFLOW_COLUMNS}"
         ))
         .bind(workflow.id)
@@ -102,20 +153,11 @@ impl PgTaskStore {
         .bind(workflow.share_key.as_deref())
         .bind(workflow.correlation_id.as_deref())
         .bind(new.iter().map(|t| t.id).collect::<Vec<_>>())
+        .bind(at)
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
-        let stored = Workflow::try_from(row)?;
-        // The outbox records `task.created` from the task's row: while a webhook wants it,
-        // every task is a row at once.
-        let created = if self.outbox.wanted(Transition::Created).is_some() {
-            insert_tasks(&mut tx, workflow.id, new, nodes).await?
-        } else {
-            insert_deferring(&mut tx, workflow.id, new, nodes, stored.created_at).await?
-        };
-        let ids: Vec<Uuid> = created.iter().map(|t| t.id).collect();
-        self.commit_with(tx, &ids, Transition::Created).await?;
-        Ok((stored, created))
+        Ok((tx, Workflow::try_from(row)?))
     }
 
     /// Writes as rows the deferred tasks of the workflow holding the task `id`, if one does
@@ -700,47 +742,45 @@ async fn insert_tasks(
     Ok(created)
 }
 
-/// Stores a new workflow's tasks: those without dependencies as rows, runnable; the others
-/// deferred, in chunks written as rows when one of their dependencies settles (or something
-/// reads them). What it returns is every task as its row will be: the deferred ones `waiting`,
-/// created `now` (the workflow's creation).
-async fn insert_deferring(
-    tx: &mut Tx,
-    workflow_id: Uuid,
-    new: &[NewTask],
-    nodes: &[WorkflowNode],
-    now: DateTime<Utc>,
-) -> Result<Vec<Task>, StoreError> {
-    let dependents = dependents_of(new, nodes);
-    let Split {
-        roots,
-        root_nodes,
-        deferred,
-        shown,
-    } = split(workflow_id, new, nodes, &dependents, now);
-    let rows = Rows {
-        new: &roots,
-        nodes: &root_nodes,
-        dependents: each_dependents(&roots, &dependents),
-        waiting: vec![0; roots.len()],
-        created_at: None,
-    };
-    let written = write_rows(tx, workflow_id, rows).await?;
-    // Every chunk in one statement (a round trip each was 11 for a fan-out of 10,000): each
-    // one's ids (and their queues) and dependencies are its slices of flat arrays.
-    let chunks = chunked(&deferred);
-    let (mut ids, mut parents, mut queues) = (Vec::new(), Vec::new(), Vec::new());
-    let mut packed = Vec::with_capacity(chunks.len());
-    for chunk in chunks {
-        let (its_ids, its_parents, its_queues) = chunk_columns(chunk);
-        ids.push(its_ids);
-        parents.push(its_parents);
-        queues.extend(its_queues);
-        packed.push(pack(chunk)?);
+/// A new workflow's deferred chunks ([`chunked`]) packed to be inserted: each one's ids (and
+/// their queues) and dependencies as its slice of flat arrays, and its tasks packed.
+struct PackedChunks<'a> {
+    ids: Ragged,
+    queues: Vec<&'a str>,
+    parents: Ragged,
+    packed: Vec<Vec<u8>>,
+}
+
+impl<'a> PackedChunks<'a> {
+    /// Packs `deferred`, letting other work of the task run between chunks (see
+    /// `insert_workflow_tx`).
+    async fn of(deferred: &'a [DeferredTask<'_>]) -> Result<PackedChunks<'a>, StoreError> {
+        let chunks = chunked(deferred);
+        let (mut ids, mut parents) = (Vec::new(), Vec::new());
+        let mut queues = Vec::with_capacity(deferred.len());
+        let mut packed = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let (its_ids, its_parents, its_queues) = chunk_columns(chunk);
+            ids.push(its_ids);
+            parents.push(its_parents);
+            queues.extend(its_queues);
+            packed.push(pack(chunk)?);
+            tokio::task::yield_now().await;
+        }
+        Ok(PackedChunks {
+            ids: Ragged::of(ids.iter().map(Vec::as_slice)),
+            queues,
+            parents: Ragged::of(parents.iter().map(Vec::as_slice)),
+            packed,
+        })
     }
-    if !packed.is_empty() {
-        let ids = Ragged::of(ids.iter().map(Vec::as_slice));
-        let parents = Ragged::of(parents.iter().map(Vec::as_slice));
+
+    /// Inserts the chunks of `workflow_id`, all in one statement (a round trip each was 11 for
+    /// a fan-out of 10,000).
+    async fn insert(self, tx: &mut Tx, workflow_id: Uuid) -> Result<(), StoreError> {
+        if self.packed.is_empty() {
+            return Ok(());
+        }
         sqlx::query(
             "INSERT INTO workflow_deferred (workflow_id, seq, ids, parents, queues, packed)
              SELECT $1, c.seq - 1, $2[c.first:c.last], $5[c.first_parent:c.last_parent],
@@ -749,19 +789,19 @@ async fn insert_deferring(
                   WITH ORDINALITY AS c(first, last, first_parent, last_parent, packed, seq)",
         )
         .bind(workflow_id)
-        .bind(&ids.flat)
-        .bind(&queues)
-        .bind(&ids.starts)
-        .bind(&parents.flat)
-        .bind(&ids.ends)
-        .bind(&parents.starts)
-        .bind(&parents.ends)
-        .bind(&packed)
+        .bind(&self.ids.flat)
+        .bind(&self.queues)
+        .bind(&self.ids.starts)
+        .bind(&self.parents.flat)
+        .bind(&self.ids.ends)
+        .bind(&self.parents.starts)
+        .bind(&self.parents.ends)
+        .bind(&self.packed)
         .execute(&mut **tx)
         .await
         .map_err(db_error)?;
+        Ok(())
     }
-    in_order(shown, written)
 }
 
 /// Workflow tasks to write as rows: each with its place, its dependents and how many of its
