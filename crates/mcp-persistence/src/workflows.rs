@@ -288,6 +288,30 @@ pub(crate) struct Taken {
     pub(crate) dependents: Vec<Vec<Uuid>>,
 }
 
+/// Deferred chunks taken to be written (`(workflow, its creation time, its policy, packed
+/// tasks, tasks as JSON)`, see [`unpack`]), by workflow: its creation time, its policy and the
+/// tasks of all its chunks, in their order.
+pub(crate) fn taken_by_workflow<'t, W: Ord, C>(
+    chunks: impl IntoIterator<Item = (W, C, &'t str, Option<&'t [u8]>, Option<&'t str>)>,
+) -> Result<BTreeMap<W, (C, OnFailure, Taken)>, StoreError> {
+    let mut by_workflow: BTreeMap<W, (C, &str, Vec<DeferredTask>)> = BTreeMap::new();
+    for (workflow, created, policy, packed, text) in chunks {
+        let chunk = unpack(packed, text)?;
+        by_workflow
+            .entry(workflow)
+            .or_insert_with(|| (created, policy, Vec::new()))
+            .2
+            .extend(chunk);
+    }
+    by_workflow
+        .into_iter()
+        .map(|(workflow, (created, policy, deferred))| {
+            let policy = policy.parse::<OnFailure>().map_err(corrupt)?;
+            Ok((workflow, (created, policy, Taken::of(deferred))))
+        })
+        .collect()
+}
+
 impl Taken {
     pub(crate) fn of(deferred: Vec<DeferredTask<'_>>) -> Taken {
         let mut taken = Taken {

@@ -16,10 +16,10 @@ use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
-    CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Ended, Satisfied, Split, Taken, apply,
-    chunk_columns, chunked, dependents_of, each_dependents, edges_to, edges_to_earlier,
-    group_parents, in_favour, in_order, may_retry, outcomes_of, outside_dependencies, pack,
-    parent_view, reached, revivable, revives, runnable, split, unpack,
+    CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Ended, Satisfied, Split, apply, chunk_columns,
+    chunked, dependents_of, each_dependents, edges_to, edges_to_earlier, group_parents, in_favour,
+    in_order, may_retry, outcomes_of, outside_dependencies, pack, parent_view, reached, revivable,
+    revives, runnable, split, taken_by_workflow,
 };
 use chrono::{DateTime, Utc};
 use mcp_core::task::Progress;
@@ -31,7 +31,7 @@ use mcp_core::{Completion, NewTask, RetryOutcome, StoreError, Task, TaskStatus, 
 use serde_json::Value;
 use sqlx::types::Json;
 use sqlx::{FromRow, Postgres, Transaction};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use uuid::Uuid;
 
@@ -970,20 +970,19 @@ async fn write_taken(
     taken: Vec<TakenChunk>,
     known: &Satisfied<Uuid>,
 ) -> Result<Vec<Task>, StoreError> {
-    let mut by_workflow: BTreeMap<Uuid, (DateTime<Utc>, OnFailure, Vec<DeferredTask>)> =
-        BTreeMap::new();
-    for (workflow, packed, text, created_at, policy) in &taken {
-        let chunk = unpack(packed.as_deref(), text.as_deref())?;
-        let policy = OnFailure::from_str(policy).map_err(corrupt)?;
-        by_workflow
-            .entry(*workflow)
-            .or_insert_with(|| (*created_at, policy, Vec::new()))
-            .2
-            .extend(chunk);
-    }
+    let by_workflow = taken_by_workflow(taken.iter().map(
+        |(workflow, packed, text, created_at, policy)| {
+            (
+                *workflow,
+                *created_at,
+                policy.as_str(),
+                packed.as_deref(),
+                text.as_deref(),
+            )
+        },
+    ))?;
     let mut written = Vec::new();
-    for (workflow, (created_at, policy, deferred)) in by_workflow {
-        let taken = Taken::of(deferred);
+    for (workflow, (created_at, policy, taken)) in by_workflow {
         let satisfied = known
             .or_read(&workflow, satisfied(tx, &taken.new, &taken.nodes, policy))
             .await?;

@@ -15,10 +15,10 @@ use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
-    CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Ended, Satisfied, Split, Taken, apply,
-    chunk_columns, chunked, dependents_of, each_dependents, edges_to, edges_to_earlier,
-    group_parents, in_favour, in_order, may_retry, outcomes_of, outside_dependencies, pack,
-    parent_view, reached, revivable, revives, runnable, split, unpack,
+    CANCELLED_BY_DEPENDENCY, Chunks, Ended, Satisfied, Split, apply, chunk_columns, chunked,
+    dependents_of, each_dependents, edges_to, edges_to_earlier, group_parents, in_favour, in_order,
+    may_retry, outcomes_of, outside_dependencies, pack, parent_view, reached, revivable, revives,
+    runnable, split, taken_by_workflow,
 };
 use chrono::Utc;
 use mcp_core::task::Progress;
@@ -967,26 +967,20 @@ async fn write_taken(
     known: &Satisfied<String>,
     now: i64,
 ) -> Result<Vec<Task>, StoreError> {
-    if taken.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Each workflow's chunks together; those of a workflow gone are dropped.
-    let mut by_workflow: BTreeMap<String, (i64, String, Vec<DeferredTask>)> = BTreeMap::new();
-    for (workflow, created, policy, packed, text) in taken {
-        let (Some(created), Some(policy)) = (created, policy) else {
-            continue;
-        };
-        let chunk = unpack(packed.as_deref(), Some(&text))?;
-        by_workflow
-            .entry(workflow)
-            .or_insert_with(|| (created, policy, Vec::new()))
-            .2
-            .extend(chunk);
-    }
+    // Those of a workflow gone are dropped.
+    let by_workflow = taken_by_workflow(taken.iter().filter_map(
+        |(workflow, created, policy, packed, text)| {
+            Some((
+                workflow.clone(),
+                (*created)?,
+                policy.as_deref()?,
+                packed.as_deref(),
+                Some(text.as_str()),
+            ))
+        },
+    ))?;
     let mut written = Vec::new();
-    for (workflow, (created, policy, deferred)) in by_workflow {
-        let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
-        let taken = Taken::of(deferred);
+    for (workflow, (created, policy, taken)) in by_workflow {
         let satisfied = known
             .or_read(&workflow, satisfied(tx, &taken.new, &taken.nodes, policy))
             .await?;
