@@ -64,6 +64,25 @@ pub struct ClaimRequest {
     pub share: ShareLimit,
 }
 
+/// What lets a settling start the released dependents it writes as rows for the node that
+/// settles them, instead of queueing them for a claim (`TaskStore::release_ready`).
+pub struct StartRequest<'a> {
+    /// The claim that node would make now: which tasks it runs, for whom, with what lease. Its
+    /// `limit` is the most one settling starts.
+    pub claim: ClaimRequest,
+    /// Takes one of the node's free slots for a task about to start; `false` when none is
+    /// left. Slots are taken as tasks are chosen, so a settling that starts none takes none.
+    pub slot: &'a (dyn Fn() -> bool + Send + Sync),
+}
+
+impl std::fmt::Debug for StartRequest<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartRequest")
+            .field("claim", &self.claim)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Fair sharing between tenants: most tasks of one share key (a `user` or `service` creator)
 /// running at once on the claiming node, and how many each runs there now. A claim never starts
 /// a task whose key would then run more than `cap` here; tasks without a share key (operators,
@@ -291,10 +310,17 @@ pub trait TaskStore: Send + Sync + 'static {
     /// dependency, or a failed one under `continue`), those of a dead one under
     /// `cancel_dependents` are cancelled transitively, and workflows whose tasks are all final
     /// finish. Other nodes' claim loops are woken.
+    ///
+    /// With `start`, dependents written as rows here that the completing node's claim would
+    /// take start at once for it, as far as it has slots free, instead of being queued
+    /// (`Settled::started`; see [`release_ready`]).
+    ///
+    /// [`release_ready`]: TaskStore::release_ready
     async fn complete_workflow(
         &self,
         _owner: &str,
         _completions: &[Completion],
+        _start: Option<&StartRequest<'_>>,
     ) -> Result<Settled, StoreError> {
         Err(no_workflows())
     }
@@ -339,7 +365,17 @@ pub trait TaskStore: Send + Sync + 'static {
     /// Writes one piece of the dependents that settling released and left to write after its
     /// transaction (see `Settled::ready`), from any node: the tasks it made runnable as
     /// `released`. `None` when none is left. Stores that write them at once have none.
-    async fn release_ready(&self) -> Result<Option<Settled>, StoreError> {
+    ///
+    /// With `start`, those of them this node's claim would take are written `running`, leased
+    /// to it, and returned as `started` instead, as long as it has slots free: the node runs
+    /// them without claiming them, as Temporal's eager activity dispatch does. Only tasks no
+    /// flow control concerns qualify: due now, of one of the claim's types, in no paused or
+    /// limited queue, of no limited type, without a concurrency key, and without a share key
+    /// while the claim caps shares.
+    async fn release_ready(
+        &self,
+        _start: Option<&StartRequest<'_>>,
+    ) -> Result<Option<Settled>, StoreError> {
         Ok(None)
     }
 

@@ -171,6 +171,9 @@ pub struct Settled {
     pub changed: Vec<Uuid>,
     /// Waiting tasks made runnable.
     pub released: Vec<Task>,
+    /// Waiting tasks made runnable and started at once for the node that settled them (see
+    /// `TaskStore::release_ready`): `running`, leased to it, for it to run.
+    pub started: Vec<Task>,
     /// Waiting tasks cancelled because a dependency failed.
     pub cancelled: Vec<Task>,
     /// Workflows that reached a final status.

@@ -4,8 +4,10 @@
 
 use crate::codec::{instant, micros};
 use crate::error::corrupt;
+use crate::flow::FlowView;
 use crate::tasks::inserted_task;
 use chrono::{DateTime, Utc};
+use mcp_core::store::StartRequest;
 use mcp_core::task::Backoff;
 use mcp_core::workflow::{OnFailure, WorkflowNode, WorkflowStatus};
 use mcp_core::{NewTask, StoreError, Task, TaskStatus};
@@ -340,6 +342,71 @@ impl Taken {
     pub(crate) fn dependents(&self) -> Vec<&[Uuid]> {
         self.dependents.iter().map(Vec::as_slice).collect()
     }
+}
+
+/// Which released dependents being written as rows start at once for the node writing them
+/// (`TaskStore::release_ready`): those its claim would take now that no flow control concerns
+/// (`flow`: no paused or limited queue, no limited type; no concurrency key; no share key while
+/// shares are capped) and that are due, each taking one of its free slots, up to the claim's
+/// limit. Anything else is written queued, for a claim to decide.
+pub(crate) struct Starter<'a> {
+    request: &'a StartRequest<'a>,
+    flow: &'a FlowView,
+    left: u32,
+    now: DateTime<Utc>,
+}
+
+impl<'a> Starter<'a> {
+    pub(crate) fn new(request: &'a StartRequest<'a>, flow: &'a FlowView) -> Starter<'a> {
+        Starter {
+            request,
+            flow,
+            left: request.claim.limit,
+            now: Utc::now(),
+        }
+    }
+
+    /// Whether `task`, runnable and due at `run_at`, starts now: it took one of the slots.
+    pub(crate) fn takes(&mut self, task: &NewTask, run_at: DateTime<Utc>) -> bool {
+        let claim = &self.request.claim;
+        let qualifies = self.left > 0
+            && run_at <= self.now
+            && task.concurrency_key.is_none()
+            && (task.share_key.is_none() || claim.share.cap == 0)
+            && claim.types.contains(&task.task_type)
+            && !self.flow.limited_types.contains(&task.task_type)
+            && !self.flow.paused.contains(&task.queue)
+            && !self.flow.limited_queues.contains(&task.queue);
+        if !qualifies {
+            return false;
+        }
+        if !(self.request.slot)() {
+            // No slot left: nothing more starts.
+            self.left = 0;
+            return false;
+        }
+        self.left -= 1;
+        true
+    }
+
+    /// The owner of the leases.
+    pub(crate) fn owner(&self) -> &str {
+        &self.request.claim.owner
+    }
+
+    /// How long the leases run.
+    pub(crate) fn lease(&self) -> std::time::Duration {
+        self.request.claim.lease
+    }
+}
+
+/// Of the tasks `written` by a settling, those it made runnable (`released`) and those it
+/// started (`started`, see [`Starter`]).
+pub(crate) fn released_and_started(written: Vec<Task>) -> (Vec<Task>, Vec<Task>) {
+    let (started, released): (Vec<Task>, Vec<Task>) = runnable(written)
+        .into_iter()
+        .partition(|t| t.status == TaskStatus::Running);
+    (released, started)
 }
 
 /// Where a store hands tasks that a read made runnable as it wrote them, for the orchestrator
@@ -728,6 +795,87 @@ mod tests {
         }
         .validate(&mcp_core::task::TaskDefaults::default(), now)
         .unwrap()
+    }
+
+    /// A released task starts for the node writing it only when that node's claim would take
+    /// it now with no flow control to consult, and only while it has slots free.
+    #[test]
+    fn a_starter_takes_what_a_claim_would_without_flow_control() {
+        let now = Utc::now();
+        let claim = mcp_core::store::ClaimRequest {
+            owner: "node-a".into(),
+            types: vec!["noop".into(), "build".into(), "limited".into()],
+            limit: 5,
+            lease: std::time::Duration::from_secs(30),
+            share: mcp_core::store::ShareLimit::default(),
+        };
+        // Two slots free.
+        let free = std::sync::atomic::AtomicU32::new(2);
+        let slot = || {
+            free.fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+        };
+        let request = StartRequest {
+            claim: claim.clone(),
+            slot: &slot,
+        };
+        let flow = FlowView {
+            paused: vec!["held".into()],
+            limited_types: HashSet::from(["limited".to_owned()]),
+            limited_queues: vec!["slow".into()],
+        };
+        let mut starter = Starter::new(&request, &flow);
+        let with = |change: &dyn Fn(&mut NewTask)| {
+            let mut task = new_task("noop", now);
+            change(&mut task);
+            task
+        };
+        let refused = [
+            with(&|t| t.task_type = "other".into()),
+            with(&|t| t.task_type = "limited".into()),
+            with(&|t| t.queue = "held".into()),
+            with(&|t| t.queue = "slow".into()),
+            with(&|t| t.concurrency_key = Some("k".into())),
+        ];
+        for task in &refused {
+            assert!(!starter.takes(task, now), "{task:?}");
+        }
+        let later = now + chrono::Duration::seconds(5);
+        assert!(!starter.takes(&new_task("noop", now), later), "not due");
+        // A share key counts only while shares are capped.
+        let shared = with(&|t| t.share_key = Some("alice".into()));
+        assert!(starter.takes(&shared, now));
+        assert!(starter.takes(&new_task("build", now), now));
+        assert!(!starter.takes(&new_task("noop", now), now), "no slot left");
+        // A claim's limit bounds them too.
+        let limited = StartRequest {
+            claim: mcp_core::store::ClaimRequest {
+                limit: 1,
+                ..claim.clone()
+            },
+            slot: &|| true,
+        };
+        let mut starter = Starter::new(&limited, &flow);
+        assert!(starter.takes(&new_task("noop", now), now));
+        assert!(
+            !starter.takes(&new_task("noop", now), now),
+            "beyond the limit"
+        );
+        let capped = StartRequest {
+            claim: mcp_core::store::ClaimRequest {
+                share: mcp_core::store::ShareLimit {
+                    cap: 4,
+                    ..Default::default()
+                },
+                ..claim
+            },
+            slot: &|| true,
+        };
+        assert!(!Starter::new(&capped, &flow).takes(&shared, now));
     }
 
     #[test]

@@ -93,8 +93,8 @@ async fn two_nodes_settling_a_deferred_join_release_it_once() {
         };
         let (on_a, on_b) = ([succeeded(left[0].id)], [succeeded(right[0].id)]);
         let (from_a, from_b, ()) = tokio::join!(
-            node_a.complete_workflow("node-a", &on_a),
-            node_b.complete_workflow("node-b", &on_b),
+            node_a.complete_workflow("node-a", &on_a, None),
+            node_b.complete_workflow("node-b", &on_b, None),
             read
         );
         let released: Vec<Uuid> = [from_a.expect("settle on a"), from_b.expect("settle on b")]
@@ -111,7 +111,7 @@ async fn two_nodes_settling_a_deferred_join_release_it_once() {
             "round {round}"
         );
         let settled = node_b
-            .complete_workflow("node-b", &[succeeded(join)])
+            .complete_workflow("node-b", &[succeeded(join)], None)
             .await
             .expect("settle the join");
         assert_eq!(settled.finished.len(), 1, "round {round}");

@@ -6,7 +6,7 @@
 mod common;
 
 use chrono::Utc;
-use mcp_core::store::{ShareLimit, TaskFilter};
+use mcp_core::store::{ShareLimit, StartRequest, TaskFilter};
 use mcp_core::task::{CreateTask, Progress, TaskDefaults};
 use mcp_core::workflow::{NewWorkflow, OnFailure, WorkflowFilter, WorkflowNode, WorkflowStatus};
 use mcp_core::{
@@ -36,6 +36,7 @@ conformance!(
     a_fan_in_waits_for_every_one_of_a_wide_fan,
     a_waiting_task_cancelled_by_hand_cancels_its_dependents,
     a_node_writes_the_released_rest_of_a_wide_fan_out_at_once,
+    released_dependents_start_for_the_node_with_free_slots,
 );
 
 mod cases {
@@ -185,14 +186,14 @@ mod cases {
         let claimed = claim_all(&store).await;
         assert_eq!(claimed.len(), 2);
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(ids["a"], json!({"n": 1}))])
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!({"n": 1}))], None)
             .await
             .unwrap();
         assert_eq!(settled.changed, vec![ids["a"]]);
         assert!(settled.released.is_empty(), "b has not finished");
         assert_eq!(status(&store, ids["join"]).await, TaskStatus::Waiting);
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(ids["b"], json!(null))])
+            .complete_workflow(OWNER, &[succeeded(ids["b"], json!(null))], None)
             .await
             .unwrap();
         assert_eq!(settled.released.len(), 1);
@@ -206,7 +207,7 @@ mod cases {
             json!({"a": {"status": "succeeded", "result": {"n": 1}}, "b": {"status": "succeeded"}})
         );
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(ids["join"], json!({}))])
+            .complete_workflow(OWNER, &[succeeded(ids["join"], json!({}))], None)
             .await
             .unwrap();
         assert_eq!(settled.finished.len(), 1);
@@ -225,7 +226,7 @@ mod cases {
         .await;
         claim_all(&store).await;
         let settled = store
-            .complete_workflow(OWNER, &[dead(ids["a"])])
+            .complete_workflow(OWNER, &[dead(ids["a"])], None)
             .await
             .unwrap();
         let mut cancelled: Vec<Uuid> = settled.cancelled.iter().map(|t| t.id).collect();
@@ -238,7 +239,7 @@ mod cases {
         assert_eq!(c.status, TaskStatus::Cancelled);
         assert!(c.error.unwrap().message.contains("dependency"));
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(ids["side"], json!(null))])
+            .complete_workflow(OWNER, &[succeeded(ids["side"], json!(null))], None)
             .await
             .unwrap();
         assert_eq!(settled.finished.len(), 1);
@@ -259,7 +260,7 @@ mod cases {
         let (_, ids) = dag(&store, OnFailure::Continue, &[("a", &[]), ("b", &["a"])]).await;
         claim_all(&store).await;
         let settled = store
-            .complete_workflow(OWNER, &[dead(ids["a"])])
+            .complete_workflow(OWNER, &[dead(ids["a"])], None)
             .await
             .unwrap();
         assert_eq!(settled.released.len(), 1);
@@ -278,7 +279,7 @@ mod cases {
         .await;
         claim_all(&store).await;
         store
-            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))])
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))], None)
             .await
             .unwrap();
         // A second settling of `a` (a retried call) must not count it twice.
@@ -300,7 +301,7 @@ mod cases {
         .await;
         claim_all(&store).await;
         store
-            .complete_workflow(OWNER, &[succeeded(ids["done"], json!(null))])
+            .complete_workflow(OWNER, &[succeeded(ids["done"], json!(null))], None)
             .await
             .unwrap();
         let (workflow, cancelled) = store.cancel_workflow(id).await.unwrap().unwrap();
@@ -313,7 +314,7 @@ mod cases {
         assert_eq!(status(&store, ids["done"]).await, TaskStatus::Succeeded);
         // The running task's outcome comes too late to change anything.
         let late = store
-            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))])
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))], None)
             .await
             .unwrap();
         assert!(late.changed.is_empty());
@@ -335,7 +336,7 @@ mod cases {
         .await;
         claim_all(&store).await;
         store
-            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))])
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))], None)
             .await
             .unwrap();
         // A child of `b` that also depends on the finished `a`: it waits for `b` only.
@@ -352,14 +353,14 @@ mod cases {
         assert_eq!(status(&store, child.id).await, TaskStatus::Waiting);
         claim_all(&store).await;
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(ids["b"], json!(null))])
+            .complete_workflow(OWNER, &[succeeded(ids["b"], json!(null))], None)
             .await
             .unwrap();
         assert_eq!(settled.released.len(), 1);
         assert_eq!(settled.released[0].id, child.id);
         claim_all(&store).await;
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(child.id, json!(null))])
+            .complete_workflow(OWNER, &[succeeded(child.id, json!(null))], None)
             .await
             .unwrap();
         assert_eq!(settled.finished.len(), 1);
@@ -480,7 +481,7 @@ mod cases {
         store.cancel(ids["manual"]).await.unwrap();
         store.settle_workflow_tasks(&[ids["manual"]]).await.unwrap();
         let settled = store
-            .complete_workflow(OWNER, &[dead(ids["a"])])
+            .complete_workflow(OWNER, &[dead(ids["a"])], None)
             .await
             .unwrap();
         assert_eq!(
@@ -504,11 +505,11 @@ mod cases {
             RetryOutcome::NotRetryable(_)
         ));
         store
-            .complete_workflow(OWNER, &[dead(ids["other"])])
+            .complete_workflow(OWNER, &[dead(ids["other"])], None)
             .await
             .unwrap();
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(ids["side"], json!(null))])
+            .complete_workflow(OWNER, &[succeeded(ids["side"], json!(null))], None)
             .await
             .unwrap();
         assert_eq!(settled.finished[0].status, WorkflowStatus::Failed);
@@ -546,7 +547,7 @@ mod cases {
             vec![ids["a"]]
         );
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))])
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))], None)
             .await
             .unwrap();
         assert_eq!(
@@ -555,7 +556,7 @@ mod cases {
         );
         claim_all(&store).await;
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(ids["b"], json!(null))])
+            .complete_workflow(OWNER, &[succeeded(ids["b"], json!(null))], None)
             .await
             .unwrap();
         assert_eq!(
@@ -564,7 +565,7 @@ mod cases {
         );
         claim_all(&store).await;
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(ids["c"], json!(null))])
+            .complete_workflow(OWNER, &[succeeded(ids["c"], json!(null))], None)
             .await
             .unwrap();
         assert_eq!(settled.finished[0].status, WorkflowStatus::Failed);
@@ -578,7 +579,7 @@ mod cases {
         assert!(retried.reopened.is_some());
         claim_all(&store).await;
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(ids["other"], json!(null))])
+            .complete_workflow(OWNER, &[succeeded(ids["other"], json!(null))], None)
             .await
             .unwrap();
         assert_eq!(
@@ -599,6 +600,7 @@ mod cases {
                     succeeded(ids["join"], json!(null)),
                     succeeded(ids["manual"], json!(null)),
                 ],
+                None,
             )
             .await
             .unwrap();
@@ -641,7 +643,7 @@ mod cases {
         );
         assert!(retried.reopened.is_none(), "the workflow never stopped");
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))])
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))], None)
             .await
             .unwrap();
         assert_eq!(
@@ -681,7 +683,7 @@ mod cases {
         claim_all(&store).await;
         // `a` dies: under `continue` the join counts it and waits for `b` alone.
         store
-            .complete_workflow(OWNER, &[dead(ids["a"])])
+            .complete_workflow(OWNER, &[dead(ids["a"])], None)
             .await
             .unwrap();
         // Retried by hand, `a` succeeds this time: the join counted its end already.
@@ -693,13 +695,13 @@ mod cases {
             vec![ids["a"]]
         );
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(1))])
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(1))], None)
             .await
             .unwrap();
         assert!(settled.released.is_empty(), "b has not finished");
         assert_eq!(status(&store, ids["join"]).await, TaskStatus::Waiting);
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(ids["b"], json!(2))])
+            .complete_workflow(OWNER, &[succeeded(ids["b"], json!(2))], None)
             .await
             .unwrap();
         assert_eq!(
@@ -771,12 +773,121 @@ mod cases {
             assert_eq!(claimed.len(), 1, "step {i}");
             assert_eq!(claimed[0].id, task.id);
             let settled = store
-                .complete_workflow(OWNER, &[succeeded(task.id, json!(null))])
+                .complete_workflow(OWNER, &[succeeded(task.id, json!(null))], None)
                 .await
                 .unwrap();
             assert_eq!(settled.released.len(), 1, "step {i}");
         }
         assert_eq!(status(&store, child.id).await, TaskStatus::Queued);
+    }
+
+    /// A node with free slots that settles a dependency starts the dependents it releases that
+    /// its claim would take, up to its free slots: written `running`, leased to it, never
+    /// claimed again; it completes them as claimed ones. The others (another type, a
+    /// concurrency key, due later, beyond the slots) are queued for any claim.
+    pub async fn released_dependents_start_for_the_node_with_free_slots(store: Arc<dyn TaskStore>) {
+        const FAN: usize = 1_600;
+        let (mut tasks, nodes) = fan_out(FAN);
+        tasks[1].task_type = "other".into();
+        tasks[2].concurrency_key = Some("deploys".into());
+        tasks[2].concurrency_limit = Some(1);
+        tasks[3].run_at = Some(Utc::now() + chrono::Duration::hours(1));
+        let (root, join) = (tasks[0].id, tasks[FAN + 1].id);
+        let flow = workflow(OnFailure::CancelDependents);
+        store.insert_workflow(&flow, &tasks, &nodes).await.unwrap();
+        assert_eq!(claim_all(&store).await.len(), 1);
+        let claim = ClaimRequest {
+            owner: OWNER.into(),
+            types: vec!["noop".into()],
+            limit: 1_000,
+            lease: Duration::from_secs(30),
+            share: ShareLimit::default(),
+        };
+        // 100 slots free, each taken as a task starts.
+        let free = std::sync::atomic::AtomicU32::new(100);
+        let slot = || {
+            free.fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |n| n.checked_sub(1),
+            )
+            .is_ok()
+        };
+        let start = StartRequest {
+            claim: claim.clone(),
+            slot: &slot,
+        };
+        let settled = store
+            .complete_workflow(OWNER, &[succeeded(root, json!(null))], Some(&start))
+            .await
+            .unwrap();
+        let mut started = settled.started.clone();
+        let mut released = settled.released.clone();
+        assert_eq!(started.len(), 100, "as many as the free slots");
+        // The rest of the fan, written later (a store writing it in pieces), with slots
+        // enough: at most the claim's limit at once.
+        let start = StartRequest {
+            claim,
+            slot: &|| true,
+        };
+        while let Some(more) = store.release_ready(Some(&start)).await.unwrap() {
+            assert!(more.started.len() <= 1_000);
+            started.extend(more.started);
+            released.extend(more.released);
+        }
+        assert_eq!(started.len() + released.len(), FAN);
+        let queued: Vec<Uuid> = released
+            .iter()
+            .filter(|t| t.status == TaskStatus::Queued)
+            .map(|t| t.id)
+            .collect();
+        assert!(queued.contains(&tasks[1].id), "another type is queued");
+        assert!(queued.contains(&tasks[2].id), "a concurrency key is queued");
+        let later = released.iter().find(|t| t.id == tasks[3].id).unwrap();
+        assert_eq!(later.status, TaskStatus::Scheduled, "due later");
+        for task in &started {
+            assert_eq!(task.status, TaskStatus::Running);
+            assert_eq!(task.attempts, 1);
+            assert!(task.started_at.is_some());
+            let stored = store.get(task.id).await.unwrap().unwrap();
+            assert_eq!(stored.status, TaskStatus::Running, "as returned");
+            assert_eq!(stored.attempts, 1);
+            assert_eq!(stored.started_at, task.started_at);
+        }
+        // Leased to the node: its heartbeats hold them.
+        let ids: Vec<Uuid> = started.iter().map(|t| t.id).collect();
+        let held = store
+            .heartbeat(OWNER, &ids, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(held.len(), ids.len());
+        // Never claimed again; the queued ones are.
+        let mut claimed = Vec::new();
+        loop {
+            let batch = claim_all(&store).await;
+            if batch.is_empty() {
+                break;
+            }
+            claimed.extend(batch.into_iter().map(|t| t.id));
+        }
+        assert!(claimed.iter().all(|id| !ids.contains(id)));
+        assert_eq!(
+            claimed.len(),
+            released.len() - 2,
+            "all but another type's and the one due later"
+        );
+        // Completed as claimed ones; the join waits for those two.
+        let outcomes: Vec<Completion> = ids
+            .iter()
+            .chain(&claimed)
+            .map(|id| succeeded(*id, json!(null)))
+            .collect();
+        let settled = store
+            .complete_workflow(OWNER, &outcomes, None)
+            .await
+            .unwrap();
+        assert_eq!(settled.changed.len(), outcomes.len());
+        assert_eq!(status(&store, join).await, TaskStatus::Waiting);
     }
 
     /// A root with more dependents than one stored piece holds (1,000) releases them all when
@@ -796,7 +907,7 @@ mod cases {
         let claimed = claim_all(&store).await;
         assert_eq!(claimed.len(), 1);
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(root, json!({"built": true}))])
+            .complete_workflow(OWNER, &[succeeded(root, json!({"built": true}))], None)
             .await
             .unwrap();
         // Released in the root's transaction: all of the fan, or (a store writing it in
@@ -805,14 +916,14 @@ mod cases {
         assert_eq!(released.len() < FAN, settled.ready);
         assert!(!released.is_empty());
         // A piece left for later is written by `release_ready` (any node's release loop)...
-        let later = store.release_ready().await.unwrap();
+        let later = store.release_ready(None).await.unwrap();
         assert_eq!(later.is_some(), settled.ready);
         released.extend(later.map(|more| more.released).unwrap_or_default());
         // ... and a read of a task still left writes it (with the rest of its workflow), and
         // hands the runnable ones over to be announced.
         assert_eq!(status(&store, fan[FAN - 1]).await, TaskStatus::Queued);
         released.extend(handed.lock().unwrap().drain(..));
-        assert!(store.release_ready().await.unwrap().is_none());
+        assert!(store.release_ready(None).await.unwrap().is_none());
         assert!(released.iter().all(|t| t.status == TaskStatus::Queued));
         let mut released: Vec<Uuid> = released.iter().map(|t| t.id).collect();
         released.sort();
@@ -835,13 +946,16 @@ mod cases {
             assert!(batch.iter().all(|t| t.id != join));
             let outcomes: Vec<Completion> =
                 batch.iter().map(|t| succeeded(t.id, json!(null))).collect();
-            store.complete_workflow(OWNER, &outcomes).await.unwrap();
+            store
+                .complete_workflow(OWNER, &outcomes, None)
+                .await
+                .unwrap();
             done += batch.len();
         }
         let last = claim_all(&store).await;
         assert_eq!(last.iter().map(|t| t.id).collect::<Vec<_>>(), vec![join]);
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(join, json!(null))])
+            .complete_workflow(OWNER, &[succeeded(join, json!(null))], None)
             .await
             .unwrap();
         assert_eq!(settled.finished.len(), 1);
@@ -863,7 +977,7 @@ mod cases {
             store.insert_workflow(&flow, &tasks, &nodes).await.unwrap();
             assert_eq!(claim_all(&store).await.len(), 1);
             store
-                .complete_workflow(OWNER, &[succeeded(root, json!(null))])
+                .complete_workflow(OWNER, &[succeeded(root, json!(null))], None)
                 .await
                 .unwrap();
             let mut done = 0;
@@ -872,7 +986,7 @@ mod cases {
                 // would: after the fan's first completion wrote the join (with what it waits
                 // for read when the root released it).
                 if done > 0 {
-                    while store.release_ready().await.unwrap().is_some() {}
+                    while store.release_ready(None).await.unwrap().is_some() {}
                 }
                 let batch = claim_all(&store).await;
                 if done == FAN {
@@ -886,7 +1000,10 @@ mod cases {
                 );
                 let outcomes: Vec<Completion> =
                     batch.iter().map(|t| succeeded(t.id, json!(null))).collect();
-                let settled = store.complete_workflow(OWNER, &outcomes).await.unwrap();
+                let settled = store
+                    .complete_workflow(OWNER, &outcomes, None)
+                    .await
+                    .unwrap();
                 done += batch.len();
                 let released: Vec<Uuid> = settled.released.iter().map(|t| t.id).collect();
                 assert_eq!(released.contains(&join), done == FAN, "after {done}");
@@ -919,7 +1036,7 @@ mod cases {
         );
         claim_all(&store).await;
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))])
+            .complete_workflow(OWNER, &[succeeded(ids["a"], json!(null))], None)
             .await
             .unwrap();
         assert_eq!(
@@ -928,7 +1045,7 @@ mod cases {
         );
         claim_all(&store).await;
         let settled = store
-            .complete_workflow(OWNER, &[succeeded(ids["d"], json!(null))])
+            .complete_workflow(OWNER, &[succeeded(ids["d"], json!(null))], None)
             .await
             .unwrap();
         assert_eq!(settled.finished.len(), 1);

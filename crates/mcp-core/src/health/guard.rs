@@ -23,6 +23,7 @@ use crate::memory::{MessagePage, MessagePatch, SearchHit, SearchRequest, Summary
 use crate::principal::Role;
 use crate::routing::{DirectoryEntry, WorkerDirectory, WorkerRegistration};
 use crate::settings::{SettingsStore, Stored};
+use crate::store::StartRequest;
 use crate::store::{CancelOutcome, ClaimRequest, Completion, Inserted, RetryOutcome, StoreError};
 use crate::store::{TaskCounts, TaskFilter, TaskStore};
 use crate::task::{NewTask, Progress, Task};
@@ -198,8 +199,9 @@ impl TaskStore for Guarded<dyn TaskStore> {
         &self,
         owner: &str,
         done: &[Completion],
+        start: Option<&StartRequest<'_>>,
     ) -> Result<Settled, StoreError> {
-        guarded!(self, complete_workflow(owner, done))
+        guarded!(self, complete_workflow(owner, done, start))
     }
     async fn settle_workflow_tasks(&self, ids: &[Uuid]) -> Result<Settled, StoreError> {
         guarded!(self, settle_workflow_tasks(ids))
@@ -222,8 +224,11 @@ impl TaskStore for Guarded<dyn TaskStore> {
     async fn set_progress(&self, id: Uuid, progress: &Progress) -> Result<bool, StoreError> {
         guarded!(self, set_progress(id, progress))
     }
-    async fn release_ready(&self) -> Result<Option<Settled>, StoreError> {
-        guarded!(self, release_ready())
+    async fn release_ready(
+        &self,
+        start: Option<&StartRequest<'_>>,
+    ) -> Result<Option<Settled>, StoreError> {
+        guarded!(self, release_ready(start))
     }
     fn on_released(&self, hook: crate::store::ReleaseHook) {
         self.inner.on_released(hook)

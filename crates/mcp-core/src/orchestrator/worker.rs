@@ -3,7 +3,7 @@
 
 use super::{Orchestrator, TaskContext};
 use crate::backoff;
-use crate::store::{ClaimRequest, Completion, Outcome, ShareLimit, StoreError};
+use crate::store::{ClaimRequest, Completion, Outcome, ShareLimit, StartRequest, StoreError};
 use crate::task::{Task, TaskError};
 use crate::workflow::Settled;
 use chrono::Utc;
@@ -118,9 +118,17 @@ impl Orchestrator {
             background: Vec::new(),
         };
         let (tx, rx) = mpsc::channel(self.config.batch_size * 4);
-        handle.completer = Some(tokio::spawn(
-            self.clone().completer(rx, handle.abandon_outcomes.clone()),
-        ));
+        // Weak: the completer ends once every strong sender (the claim loops', the running
+        // tasks') is gone.
+        let starts = Starts {
+            done: tx.downgrade(),
+            stop_claiming: stop_claiming.clone(),
+        };
+        handle.completer = Some(tokio::spawn(self.clone().completer(
+            rx,
+            handle.abandon_outcomes.clone(),
+            starts.clone(),
+        )));
         // External workers may connect to any node, API-only ones too.
         handle.remote_loop = Some(tokio::spawn(
             self.clone().remote_loop(tx.clone(), stop_claiming.clone()),
@@ -134,9 +142,9 @@ impl Orchestrator {
         handle
             .background
             .push(tokio::spawn(self.clone().heartbeat_loop(stop_all.clone())));
-        handle
-            .background
-            .push(tokio::spawn(self.clone().release_loop(stop_all.clone())));
+        handle.background.push(tokio::spawn(
+            self.clone().release_loop(stop_all.clone(), starts),
+        ));
         handle
             .background
             .push(tokio::spawn(self.clone().maintenance_loop(stop_all)));
@@ -147,7 +155,7 @@ impl Orchestrator {
     /// (a large fan-out is written in pieces, so its first tasks run while the rest are
     /// written): at once when this node settled them, and every rescue interval whatever any
     /// node left (one that died before writing them).
-    async fn release_loop(self: Arc<Self>, stop: CancellationToken) {
+    async fn release_loop(self: Arc<Self>, stop: CancellationToken, starts: Starts) {
         let mut retry = StoreRetry::new("writing released tasks");
         loop {
             let wait = retry.failing().unwrap_or(self.config.rescue_interval);
@@ -157,9 +165,13 @@ impl Orchestrator {
                 _ = stop.cancelled() => return,
             }
             loop {
-                match self.store.release_ready().await {
-                    Ok(Some(settled)) => {
+                let slots = SlotsTaken::new(self.live.slots.clone());
+                let slot = || slots.take();
+                let start = self.start_request(&starts, &slot);
+                match self.store.release_ready(start.as_ref()).await {
+                    Ok(Some(mut settled)) => {
                         retry.succeeded();
+                        self.run_started(&mut settled, slots, &starts);
                         self.announce_settled(settled);
                     }
                     Ok(None) => {
@@ -179,15 +191,7 @@ impl Orchestrator {
         let slots = self.live.slots.clone();
         let mut retry = StoreRetry::new("claiming tasks");
         loop {
-            // Routes whose breaker is open wait (their tasks stay queued, attempts unspent).
-            let types: Vec<String> = self
-                .handlers
-                .types()
-                .into_iter()
-                .filter(|t| self.balancer.admits(t) > 0)
-                // Switched off by a flag: they wait the same way.
-                .filter(|t| !self.is_paused(t))
-                .collect();
+            let types = self.claimable_types();
             let first = tokio::select! {
                 permit = slots.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
@@ -196,26 +200,24 @@ impl Orchestrator {
                 _ = stop.cancelled() => return,
             };
             let cap = self.config.share_cap();
-            let mut limit = (slots.available_permits() + 1).min(self.config.batch_size);
+            let mut most = self.config.batch_size;
             if cap > 0 {
                 // A claim no larger than one share keeps the stores on their fast path while no
                 // principal is close to its cap.
-                limit = limit.min(cap as usize);
+                most = most.min(cap as usize);
             }
-            let request = ClaimRequest {
-                owner: self.config.node_id.clone(),
-                types: types.clone(),
-                limit: limit as u32,
-                lease: self.config.lease,
-                share: ShareLimit {
-                    cap,
-                    running: if cap > 0 {
-                        self.lock_shares().clone()
-                    } else {
-                        HashMap::new()
-                    },
-                },
-            };
+            // Every slot the claim may fill is held before it: the completer and the release
+            // loop take free slots too (for the dependents they start), and a claimed task must
+            // not wait for one, as its lease is renewed only once it runs.
+            let mut held = first;
+            let more = slots.available_permits().min(most.saturating_sub(1));
+            if more > 0
+                && let Ok(extra) = slots.clone().try_acquire_many_owned(more as u32)
+            {
+                held.merge(extra);
+            }
+            let limit = held.num_permits();
+            let request = self.claim_request(types.clone(), limit);
             let tasks = match self.store.claim(&request).await {
                 Ok(tasks) => {
                     retry.succeeded();
@@ -223,7 +225,7 @@ impl Orchestrator {
                 }
                 Err(e) => {
                     let pause = retry.failed(&e);
-                    drop(first);
+                    drop(held);
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => continue,
                         _ = stop.cancelled() => return,
@@ -234,32 +236,109 @@ impl Orchestrator {
             // A claim cut short because a principal reached its share left other tasks behind:
             // the next claim skips that principal, so look again at once.
             let mut reached_cap = false;
-            let mut first = Some(first);
             let claimed = tasks.len();
             for task in tasks {
                 let share = self.hold_share(&task, cap);
                 reached_cap |= share.as_ref().is_some_and(|held| held.at_cap);
-                // Only this loop takes permits, so as many as `limit` are free: this never waits.
-                let permit = match first.take() {
-                    Some(permit) => permit,
-                    None => match slots.clone().acquire_owned().await {
-                        Ok(permit) => permit,
-                        // The semaphore is never closed; a task without a slot would wait for
-                        // the rescuer, so this cannot lose it either.
-                        Err(_) => return,
-                    },
+                // A store returns `limit` tasks at most; one beyond would wait for the rescuer.
+                let Some(permit) = held.split(1) else {
+                    warn!(task_id = %task.id, "a claim returned more tasks than it asked for");
+                    continue;
                 };
-                let span = self.run_span(&task);
-                tokio::spawn(
-                    self.clone()
-                        .run(task, permit, share, done.clone())
-                        .instrument(span),
-                );
+                self.dispatch(task, permit, share, done.clone());
             }
-            drop(first);
+            drop(held);
             if claimed < limit && !reached_cap {
                 self.wait_for_work(&types, &stop).await;
             }
+        }
+    }
+
+    /// The task types this node claims now: those it has handlers for, but for routes whose
+    /// breaker is open and types switched off by a flag (their tasks stay queued, attempts
+    /// unspent).
+    fn claimable_types(&self) -> Vec<String> {
+        self.handlers
+            .types()
+            .into_iter()
+            .filter(|t| self.balancer.admits(t) > 0)
+            .filter(|t| !self.is_paused(t))
+            .collect()
+    }
+
+    /// A claim of at most `limit` tasks of `types` for this node.
+    fn claim_request(&self, types: Vec<String>, limit: usize) -> ClaimRequest {
+        let cap = self.config.share_cap();
+        ClaimRequest {
+            owner: self.config.node_id.clone(),
+            types,
+            limit: limit as u32,
+            lease: self.config.lease,
+            share: ShareLimit {
+                cap,
+                running: if cap > 0 {
+                    self.lock_shares().clone()
+                } else {
+                    HashMap::new()
+                },
+            },
+        }
+    }
+
+    /// Runs a claimed `task` in a slot of its own (`permit`).
+    fn dispatch(
+        self: &Arc<Self>,
+        task: Task,
+        permit: OwnedSemaphorePermit,
+        share: Option<ShareHold>,
+        done: mpsc::Sender<Finished>,
+    ) {
+        let span = self.run_span(&task);
+        tokio::spawn(self.clone().run(task, permit, share, done).instrument(span));
+    }
+
+    /// What lets a settling start the released dependents it writes for this node, taking its
+    /// free slots through `slot` (see `TaskStore::release_ready`): nothing while it claims
+    /// nothing (shutting down, or an API-only node).
+    fn start_request<'a>(
+        &self,
+        starts: &Starts,
+        slot: &'a (dyn Fn() -> bool + Send + Sync),
+    ) -> Option<StartRequest<'a>> {
+        if self.config.concurrency == 0 || starts.stop_claiming.is_cancelled() {
+            return None;
+        }
+        Some(StartRequest {
+            claim: self.claim_request(self.claimable_types(), self.config.concurrency),
+            slot,
+        })
+    }
+
+    /// Runs the dependents that `settled` started for this node, each in one of the `slots`
+    /// taken for them, and leaves the rest of `settled` to announce.
+    fn run_started(self: &Arc<Self>, settled: &mut Settled, slots: SlotsTaken, starts: &Starts) {
+        let started = std::mem::take(&mut settled.started);
+        if started.is_empty() {
+            return;
+        }
+        let Some(done) = starts.done.upgrade() else {
+            // The completer is gone (shut down): the leases expire and the rescuer queues
+            // them again.
+            warn!(
+                tasks = started.len(),
+                "released tasks were started while shutting down"
+            );
+            return;
+        };
+        let mut held = slots.into_permit();
+        let cap = self.config.share_cap();
+        for task in started {
+            let Some(permit) = held.as_mut().and_then(|held| held.split(1)) else {
+                warn!(task_id = %task.id, "a released task was started without a slot");
+                continue;
+            };
+            let share = self.hold_share(&task, cap);
+            self.dispatch(task, permit, share, done.clone());
         }
     }
 
@@ -433,6 +512,7 @@ impl Orchestrator {
         self: Arc<Self>,
         mut done: mpsc::Receiver<Finished>,
         abandon: CancellationToken,
+        starts: Starts,
     ) {
         let capacity = self.config.batch_size;
         let mut retry = StoreRetry::new("recording outcomes");
@@ -447,7 +527,7 @@ impl Orchestrator {
                 }
             }
             loop {
-                match self.record(&batch, &tasks).await {
+                match self.record(&batch, &tasks, &starts).await {
                     Ok(changed) => {
                         retry.succeeded();
                         tracing::trace!(tasks = batch.len(), "recorded outcomes");
@@ -497,11 +577,13 @@ impl Orchestrator {
 
     /// Records a batch of outcomes: those of workflow tasks through `complete_workflow`, which
     /// settles their dependents in the same transaction (then announced here), the others
-    /// through `complete`. Returns the ids recorded.
+    /// through `complete`; the dependents they release start here when slots are free. Returns
+    /// the ids recorded.
     async fn record(
-        &self,
+        self: &Arc<Self>,
         batch: &[Completion],
         tasks: &[Arc<Task>],
+        starts: &Starts,
     ) -> Result<Vec<Uuid>, StoreError> {
         let node = &self.config.node_id;
         if tasks.iter().all(|t| t.workflow_id.is_none()) {
@@ -515,8 +597,15 @@ impl Orchestrator {
         let flow: Vec<Completion> = flow.into_iter().map(|(c, _)| c.clone()).collect();
         // Plain ones first: a failure after them writes them again, which changes nothing.
         let mut changed = self.store.complete(node, &plain).await?;
-        let settled = self.store.complete_workflow(node, &flow).await?;
+        let slots = SlotsTaken::new(self.live.slots.clone());
+        let slot = || slots.take();
+        let start = self.start_request(starts, &slot);
+        let mut settled = self
+            .store
+            .complete_workflow(node, &flow, start.as_ref())
+            .await?;
         changed.extend(settled.changed.iter().copied());
+        self.run_started(&mut settled, slots, starts);
         self.announce_settled(settled);
         Ok(changed)
     }
@@ -667,6 +756,48 @@ fn lock_shares(
 ) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
     // Single increments and decrements: a poisoned lock still holds consistent counts.
     shares.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What lets the completer and the release loop run the released dependents they start (see
+/// `TaskStore::release_ready`): the completer's queue, for their outcomes, and whether this node
+/// still claims.
+#[derive(Clone)]
+pub(super) struct Starts {
+    done: mpsc::WeakSender<Finished>,
+    stop_claiming: CancellationToken,
+}
+
+/// This node's slots taken for released dependents as a settling starts them (see
+/// `StartRequest::slot`); freed when dropped unless handed to the tasks.
+struct SlotsTaken {
+    slots: Arc<tokio::sync::Semaphore>,
+    held: Mutex<Option<OwnedSemaphorePermit>>,
+}
+
+impl SlotsTaken {
+    fn new(slots: Arc<tokio::sync::Semaphore>) -> SlotsTaken {
+        SlotsTaken {
+            slots,
+            held: Mutex::new(None),
+        }
+    }
+
+    /// Takes one free slot, if there is one.
+    fn take(&self) -> bool {
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+            return false;
+        };
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        match held.as_mut() {
+            Some(held) => held.merge(permit),
+            None => *held = Some(permit),
+        }
+        true
+    }
+
+    fn into_permit(self) -> Option<OwnedSemaphorePermit> {
+        self.held.into_inner().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A finished attempt on its way to the completer, with the task it belongs to.

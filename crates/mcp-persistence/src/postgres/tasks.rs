@@ -17,7 +17,7 @@ use crate::tasks::{
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use mcp_core::store::{Candidate, TaskCounts, admit};
+use mcp_core::store::{Candidate, StartRequest, TaskCounts, admit};
 use mcp_core::task::Progress;
 use mcp_core::workflow::{
     NewWorkflow, Retried, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
@@ -672,8 +672,11 @@ impl TaskStore for PgTaskStore {
         self.get_workflow_row(id).await
     }
 
-    async fn release_ready(&self) -> Result<Option<Settled>, StoreError> {
-        self.release_ready_tx().await
+    async fn release_ready(
+        &self,
+        start: Option<&StartRequest<'_>>,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.release_ready_tx(start).await
     }
 
     fn on_released(&self, hook: mcp_core::store::ReleaseHook) {
@@ -688,8 +691,9 @@ impl TaskStore for PgTaskStore {
         &self,
         owner: &str,
         completions: &[Completion],
+        start: Option<&StartRequest<'_>>,
     ) -> Result<Settled, StoreError> {
-        self.complete_workflow_tx(owner, completions).await
+        self.complete_workflow_tx(owner, completions, start).await
     }
 
     async fn settle_workflow_tasks(&self, ids: &[Uuid]) -> Result<Settled, StoreError> {

@@ -7,21 +7,23 @@
 //! finishes, a dependent is always released, a deferred task is written once. Releasing
 //! notifies every node's claim loop (delivered at commit).
 
-use super::PgTaskStore;
 use super::task_row::{TaskRow, tasks};
 use super::tasks::{CompletionColumns, NewTaskColumns, complete_sql, insert_tasks_sql};
+use super::{PgTaskStore, outbox};
 use crate::codec::{instant, micros};
 use crate::columns::{TASK_COLUMNS, WORKFLOW_COLUMNS, qualified};
 use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
-    CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Ended, Satisfied, Split, apply, chunk_columns,
-    chunked, dependents_of, each_dependents, edges_to, edges_to_earlier, group_parents, in_favour,
-    in_order, may_retry, outcomes_of, outside_dependencies, pack, parent_view, reached, revivable,
-    revives, runnable, split, taken_by_workflow,
+    CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Ended, Satisfied, Split, Starter, apply,
+    chunk_columns, chunked, dependents_of, each_dependents, edges_to, edges_to_earlier,
+    group_parents, in_favour, in_order, may_retry, outcomes_of, outside_dependencies, pack,
+    parent_view, reached, released_and_started, revivable, revives, runnable, split,
+    taken_by_workflow,
 };
 use chrono::{DateTime, Utc};
+use mcp_core::store::StartRequest;
 use mcp_core::task::Progress;
 use mcp_core::workflow::{
     NewWorkflow, OnFailure, Retried, Settled, Workflow, WorkflowDetail, WorkflowFilter,
@@ -119,7 +121,7 @@ impl PgTaskStore {
                 waiting: vec![0; roots.len()],
                 created_at: Some(at),
             };
-            let written = write_rows(&mut tx, workflow.id, rows).await?;
+            let written = write_rows(&mut tx, workflow.id, rows, None).await?;
             Ok::<_, StoreError>((tx, stored, written))
         };
         let (stored_roots, packed) = tokio::join!(store_roots, PackedChunks::of(&deferred));
@@ -206,7 +208,7 @@ impl PgTaskStore {
     async fn write_holders(&self, holders: &[Uuid]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         lock_workflows(&mut tx, holders).await?;
-        let (written, _) = write_deferred(&mut tx, holders, Chunks::All).await?;
+        let (written, _) = write_deferred(&mut tx, holders, Chunks::All, None).await?;
         let released = runnable(written);
         if !released.is_empty() {
             notify_claimers(&mut tx).await?;
@@ -216,7 +218,15 @@ impl PgTaskStore {
         Ok(())
     }
 
-    pub(super) async fn release_ready_tx(&self) -> Result<Option<Settled>, StoreError> {
+    pub(super) async fn release_ready_tx(
+        &self,
+        start: Option<&StartRequest<'_>>,
+    ) -> Result<Option<Settled>, StoreError> {
+        let flow = match start {
+            Some(_) => Some(self.flow_view().await?),
+            None => None,
+        };
+        let mut starter = start.zip(flow.as_deref()).map(|(r, f)| Starter::new(r, f));
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         // The oldest chunk released and not written, unless another node writes it now.
         let taken: Vec<TakenChunk> = sqlx::query_as(
@@ -233,13 +243,16 @@ impl PgTaskStore {
             tx.rollback().await.map_err(db_error)?;
             return Ok(None);
         }
-        let released = runnable(write_taken(&mut tx, taken, &Satisfied::Read).await?);
+        let written = write_taken(&mut tx, taken, &Satisfied::Read, starter.as_mut()).await?;
+        let (released, started) = released_and_started(written);
         if !released.is_empty() {
             notify_claimers(&mut tx).await?;
         }
-        tx.commit().await.map_err(db_error)?;
+        let ids: Vec<Uuid> = started.iter().map(|t| t.id).collect();
+        self.commit_with(tx, &ids, Transition::Started).await?;
         Ok(Some(Settled {
             released,
+            started,
             ..Settled::default()
         }))
     }
@@ -263,7 +276,7 @@ impl PgTaskStore {
         };
         let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
         // The new tasks' dependencies are rows, to which their dependents are appended.
-        let (written, _) = write_deferred(&mut tx, &[workflow_id], Chunks::All).await?;
+        let (written, _) = write_deferred(&mut tx, &[workflow_id], Chunks::All, None).await?;
         // Dependencies stored before whose end was applied to their dependents already: it is
         // applied to the new ones here. Those that ended but are not settled yet settle below,
         // for every dependent, the new ones included.
@@ -295,8 +308,14 @@ impl PgTaskStore {
                 outcomes.insert(id, (status, policy));
             }
             let edges = edges_to(new, nodes, |parent| outcomes.contains_key(parent));
-            let more =
-                apply_edges(&mut tx, &edges, &outcomes, HashSet::from([workflow_id])).await?;
+            let more = apply_edges(
+                &mut tx,
+                &edges,
+                &outcomes,
+                HashSet::from([workflow_id]),
+                None,
+            )
+            .await?;
             settled.released.extend(more.released);
             settled.cancelled.extend(more.cancelled);
             settled.finished.extend(more.finished);
@@ -357,10 +376,16 @@ impl PgTaskStore {
         &self,
         owner: &str,
         completions: &[Completion],
+        start: Option<&StartRequest<'_>>,
     ) -> Result<Settled, StoreError> {
         if completions.is_empty() {
             return Ok(Settled::default());
         }
+        let flow = match start {
+            Some(_) => Some(self.flow_view().await?),
+            None => None,
+        };
+        let mut starter = start.zip(flow.as_deref()).map(|(r, f)| Starter::new(r, f));
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         // As `complete`, then settled in the same transaction.
         let columns = CompletionColumns::of(completions);
@@ -397,8 +422,17 @@ impl PgTaskStore {
                 });
             }
         }
-        let mut settled = settle_completed(&mut tx, ended).await?;
+        let mut settled = settle_completed(&mut tx, ended, starter.as_mut()).await?;
+        // Those it started, recorded as a claim records them.
+        let mut recorded = 0;
+        if let Some(wanted) = self.outbox.wanted(Transition::Started) {
+            let started: Vec<Uuid> = settled.started.iter().map(|t| t.id).collect();
+            recorded = outbox::record(&mut tx, &started, Transition::Started, &wanted).await?;
+        }
         self.commit_with(tx, &ids, Transition::Settled).await?;
+        if recorded > 0 {
+            self.outbox.tell();
+        }
         settled.changed = ids;
         Ok(settled)
     }
@@ -424,7 +458,7 @@ impl PgTaskStore {
         if exists.is_none() {
             return Ok(None);
         }
-        write_deferred(&mut tx, &[id], Chunks::All).await?;
+        write_deferred(&mut tx, &[id], Chunks::All, None).await?;
         let running: Vec<(Uuid,)> = sqlx::query_as(
             "SELECT id FROM tasks
              WHERE id = ANY((SELECT task_ids FROM workflows WHERE id = $1)::uuid[])
@@ -511,7 +545,7 @@ impl PgTaskStore {
         let flow_status = WorkflowStatus::from_str(&flow_status).map_err(corrupt)?;
         let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
         // What a retry revives and counts again goes down and up the graph's rows.
-        let (written, _) = write_deferred(&mut tx, &[workflow_id], Chunks::All).await?;
+        let (written, _) = write_deferred(&mut tx, &[workflow_id], Chunks::All, None).await?;
         let released = runnable(written);
         let (status,): (String,) =
             sqlx::query_as("SELECT status FROM tasks WHERE id = $1 FOR UPDATE")
@@ -725,7 +759,7 @@ async fn insert_tasks(
         waiting: nodes.iter().map(|n| n.depends_on.len() as i32).collect(),
         created_at: None,
     };
-    let created = write_rows(tx, workflow_id, rows).await?;
+    let created = write_rows(tx, workflow_id, rows, None).await?;
     if !children.is_empty() {
         sqlx::query(
             "UPDATE tasks p SET dependents = coalesce(p.dependents, '{}') || c.ids
@@ -815,11 +849,13 @@ struct Rows<'a> {
     created_at: Option<DateTime<Utc>>,
 }
 
-/// Writes workflow tasks as rows; the tasks as written, in input order.
+/// Writes workflow tasks as rows, those `start` takes started for its owner; the tasks as
+/// written, in input order.
 async fn write_rows(
     tx: &mut Tx,
     workflow_id: Uuid,
     rows: Rows<'_>,
+    mut start: Option<&mut Starter<'_>>,
 ) -> Result<Vec<Task>, StoreError> {
     let Rows {
         new,
@@ -833,19 +869,45 @@ async fn write_rows(
     }
     let depends_on = Ragged::of(nodes.iter().map(|n| n.depends_on.as_slice()));
     let dependents = Ragged::of(dependents);
-    let stamped: Vec<(Uuid, String, DateTime<Utc>, DateTime<Utc>)> = NewTaskColumns::of(new)
+    let created = created_at.unwrap_or_else(Utc::now);
+    let started: Vec<bool> = new
+        .iter()
+        .zip(&waiting)
+        .map(|(task, waits)| {
+            *waits == 0
+                && start
+                    .as_deref_mut()
+                    .is_some_and(|start| start.takes(task, task.run_at.unwrap_or(created)))
+        })
+        .collect();
+    let owner = start.as_ref().map(|start| start.owner().to_owned());
+    let lease = start.as_ref().map_or(0, |start| {
+        i64::try_from(start.lease().as_micros()).unwrap_or(i64::MAX)
+    });
+    type Stamped = (
+        Uuid,
+        String,
+        DateTime<Utc>,
+        DateTime<Utc>,
+        Option<DateTime<Utc>>,
+    );
+    let stamped: Vec<Stamped> = NewTaskColumns::of(new)
         .bind(sqlx::query_as(insert_tasks_sql!(
-            status: "CASE WHEN i.wo > 0 THEN 'waiting'
+            status: "CASE WHEN i.st THEN 'running' WHEN i.wo > 0 THEN 'waiting'
                           WHEN i.run_at > now() THEN 'scheduled' ELSE 'queued' END",
             created: "coalesce($25, now())",
-            columns: ", workflow_id, workflow_key, waiting_on, depends_on, dependents",
+            columns: ", workflow_id, workflow_key, waiting_on, depends_on, dependents, attempts,
+                     started_at, lease_owner, lease_expires_at",
             values: ", $18, i.wk, i.wo,
                      CASE WHEN i.de >= i.ds THEN ($26::uuid[])[i.ds:i.de] END,
-                     CASE WHEN i.te >= i.ts THEN ($27::uuid[])[i.ts:i.te] END",
+                     CASE WHEN i.te >= i.ts THEN ($27::uuid[])[i.ts:i.te] END,
+                     CASE WHEN i.st THEN 1 ELSE 0 END, CASE WHEN i.st THEN now() END,
+                     CASE WHEN i.st THEN $29 END,
+                     CASE WHEN i.st THEN now() + $30 * interval '1 microsecond' END",
             arrays: ", $19::text[], $20::int4[], $21::int4[], $22::int4[], $23::int4[],
-                     $24::int4[]",
-            names: ", wk, wo, ds, de, ts, te",
-            tail: "RETURNING id, status, run_at, created_at"
+                     $24::int4[], $28::bool[]",
+            names: ", wk, wo, ds, de, ts, te, st",
+            tail: "RETURNING id, status, run_at, created_at, started_at"
         )))
         .bind(workflow_id)
         .bind(nodes.iter().map(|n| n.key.as_str()).collect::<Vec<_>>())
@@ -857,21 +919,26 @@ async fn write_rows(
         .bind(created_at)
         .bind(depends_on.flat)
         .bind(dependents.flat)
+        .bind(started)
+        .bind(owner)
+        .bind(lease)
         .fetch_all(&mut **tx)
         .await
         .map_err(db_error)?;
-    let stamped: HashMap<Uuid, (String, DateTime<Utc>, DateTime<Utc>)> = stamped
-        .into_iter()
-        .map(|(id, status, run_at, created_at)| (id, (status, run_at, created_at)))
-        .collect();
+    let stamped: HashMap<Uuid, Stamped> = stamped.into_iter().map(|row| (row.0, row)).collect();
     new.iter()
         .zip(nodes)
         .map(|(t, node)| {
-            let (status, run_at, created_at) = stamped.get(&t.id).ok_or_else(|| {
-                StoreError::Database(format!("workflow task {} was not inserted", t.id))
-            })?;
+            let (_, status, run_at, created_at, started_at) =
+                stamped.get(&t.id).ok_or_else(|| {
+                    StoreError::Database(format!("workflow task {} was not inserted", t.id))
+                })?;
             let status = TaskStatus::from_str(status).map_err(corrupt)?;
             let mut task = inserted_task(t, status, *run_at, *created_at);
+            if status == TaskStatus::Running {
+                task.attempts = 1;
+                task.started_at = *started_at;
+            }
             task.workflow_id = Some(workflow_id);
             task.workflow_key = Some(node.key.clone());
             Ok(task)
@@ -905,6 +972,7 @@ async fn write_deferred(
     tx: &mut Tx,
     workflows: &[Uuid],
     chunks: Chunks<'_>,
+    start: Option<&mut Starter<'_>>,
 ) -> Result<(Vec<Task>, HashSet<Uuid>), StoreError> {
     let (taken, satisfied, left) = match chunks {
         Chunks::All => {
@@ -961,14 +1029,16 @@ async fn write_deferred(
             (taken, reached.satisfied, reached.left)
         }
     };
-    Ok((write_taken(tx, taken, &satisfied).await?, left))
+    Ok((write_taken(tx, taken, &satisfied, start).await?, left))
 }
 
-/// Writes the deferred chunks `taken` as rows (see [`write_deferred`]).
+/// Writes the deferred chunks `taken` as rows (see [`write_deferred`]), those `start` takes
+/// started.
 async fn write_taken(
     tx: &mut Tx,
     taken: Vec<TakenChunk>,
     known: &Satisfied<Uuid>,
+    mut start: Option<&mut Starter<'_>>,
 ) -> Result<Vec<Task>, StoreError> {
     let by_workflow = taken_by_workflow(taken.iter().map(
         |(workflow, packed, text, created_at, policy)| {
@@ -993,7 +1063,7 @@ async fn write_taken(
             dependents: taken.dependents(),
             created_at: Some(created_at),
         };
-        written.extend(write_rows(tx, workflow, rows).await?);
+        written.extend(write_rows(tx, workflow, rows, start.as_deref_mut()).await?);
     }
     Ok(written)
 }
@@ -1084,7 +1154,11 @@ type CompletedRow = (Uuid, String, bool, Option<Uuid>, Option<Vec<Uuid>>);
 /// (in id order, see the module's comment), then their outcomes applied along their dependents,
 /// as the completion returned them. Their own rows are locked by the completion, so nothing
 /// else settles them meanwhile.
-async fn settle_completed(tx: &mut Tx, ended: Vec<Ended<Uuid>>) -> Result<Settled, StoreError> {
+async fn settle_completed(
+    tx: &mut Tx,
+    ended: Vec<Ended<Uuid>>,
+    start: Option<&mut Starter<'_>>,
+) -> Result<Settled, StoreError> {
     if ended.is_empty() {
         return Ok(Settled::default());
     }
@@ -1103,7 +1177,7 @@ async fn settle_completed(tx: &mut Tx, ended: Vec<Ended<Uuid>>) -> Result<Settle
         .map(|(id, policy)| Ok((id, OnFailure::from_str(&policy).map_err(corrupt)?)))
         .collect::<Result<_, StoreError>>()?;
     let (outcomes, edges) = outcomes_of(ended, &policies);
-    apply_edges(tx, &edges, &outcomes, policies.into_keys().collect()).await
+    apply_edges(tx, &edges, &outcomes, policies.into_keys().collect(), start).await
 }
 
 /// Marks the tasks `$1` settled that are not yet (a `RETURNING` clause follows).
@@ -1158,7 +1232,7 @@ async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
                 .map(move |child| (child, parent))
         })
         .collect();
-    apply_edges(tx, &edges, &outcomes, touched).await
+    apply_edges(tx, &edges, &outcomes, touched, None).await
 }
 
 /// Applies dependencies' outcomes along `edges` (`(dependent, dependency)`): deferred
@@ -1170,12 +1244,13 @@ async fn apply_edges(
     edges: &[(Uuid, Uuid)],
     outcomes: &HashMap<Uuid, (TaskStatus, OnFailure)>,
     touched: HashSet<Uuid>,
+    start: Option<&mut Starter<'_>>,
 ) -> Result<Settled, StoreError> {
     let mut settled = Settled::default();
     let workflows: Vec<Uuid> = touched.iter().copied().collect();
     let settling: Vec<Uuid> = outcomes.keys().copied().collect();
     let (written, left) =
-        write_deferred(tx, &workflows, Chunks::settling(outcomes, &settling)).await?;
+        write_deferred(tx, &workflows, Chunks::settling(outcomes, &settling), start).await?;
     settled.ready = !left.is_empty();
     let (mut counts, cancel) = apply(edges, outcomes);
     // Those written now counted what settles now already, and so will those left deferred.
@@ -1223,8 +1298,10 @@ async fn finish(
         if let Some(workflow) = task.workflow_id {
             open.insert(workflow);
         }
-        if task.status != TaskStatus::Waiting {
-            settled.released.push(task);
+        match task.status {
+            TaskStatus::Waiting => {}
+            TaskStatus::Running => settled.started.push(task),
+            _ => settled.released.push(task),
         }
     }
     if !settled.released.is_empty() {

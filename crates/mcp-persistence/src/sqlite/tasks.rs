@@ -15,7 +15,7 @@ use crate::tasks::{
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use mcp_core::store::{Candidate, TaskCounts, admit};
+use mcp_core::store::{Candidate, StartRequest, TaskCounts, admit};
 use mcp_core::task::Progress;
 use mcp_core::workflow::{
     NewWorkflow, Retried, Settled, Workflow, WorkflowDetail, WorkflowFilter, WorkflowNode,
@@ -289,7 +289,7 @@ impl TaskStore for SqliteTaskStore {
                 rows, statement,
             )));
             for t in chunk {
-                query = bind_new_task(query, t, (now, now), false)?;
+                query = bind_new_task(query, t, (now, now), Begins::Due)?;
             }
             if keyed {
                 for (id,) in query.fetch_all(&mut *tx).await.map_err(db_error)? {
@@ -653,8 +653,11 @@ impl TaskStore for SqliteTaskStore {
         self.get_workflow_row(id).await
     }
 
-    async fn release_ready(&self) -> Result<Option<Settled>, StoreError> {
-        self.release_ready_tx().await
+    async fn release_ready(
+        &self,
+        start: Option<&StartRequest<'_>>,
+    ) -> Result<Option<Settled>, StoreError> {
+        self.release_ready_tx(start).await
     }
 
     fn on_released(&self, hook: mcp_core::store::ReleaseHook) {
@@ -669,8 +672,9 @@ impl TaskStore for SqliteTaskStore {
         &self,
         owner: &str,
         completions: &[Completion],
+        start: Option<&StartRequest<'_>>,
     ) -> Result<Settled, StoreError> {
-        self.complete_workflow_tx(owner, completions).await
+        self.complete_workflow_tx(owner, completions, start).await
     }
 
     async fn settle_workflow_tasks(&self, ids: &[Uuid]) -> Result<Settled, StoreError> {
@@ -830,12 +834,15 @@ pub(super) enum Insert {
     /// its dependencies and its dependents (five more parameters a row, after
     /// [`bind_new_task`]'s).
     Workflow,
+    /// A workflow's tasks started as they are written (`Settled::started`): as `Workflow`,
+    /// then their attempts, start and lease (four more parameters a row).
+    WorkflowStarted,
 }
 
 /// The `INSERT` of `rows` tasks. A task whose idempotency key is taken is left out, as
 /// `insert` promises (any other conflict is an error).
 pub(super) fn insert_values_sql(rows: usize, statement: Insert) -> &'static str {
-    static STATEMENTS: LazyLock<Vec<[String; 3]>> = LazyLock::new(|| {
+    static STATEMENTS: LazyLock<Vec<[String; 4]>> = LazyLock::new(|| {
         let values = |rows: usize, columns: usize| {
             let row = format!("({})", vec!["?"; columns].join(","));
             vec![row; rows].join(",")
@@ -855,7 +862,19 @@ pub(super) fn insert_values_sql(rows: usize, statement: Insert) -> &'static str 
                      VALUES {} {CONFLICT}",
                     values(rows, 24)
                 );
-                [insert.clone(), format!("{insert} RETURNING id"), workflow]
+                let started = format!(
+                    "INSERT INTO tasks ({INSERT_COLUMNS}, workflow_id, workflow_key, waiting_on,
+                         depends_on, dependents, attempts, started_at, lease_owner,
+                         lease_expires_at)
+                     VALUES {} {CONFLICT}",
+                    values(rows, 28)
+                );
+                [
+                    insert.clone(),
+                    format!("{insert} RETURNING id"),
+                    workflow,
+                    started,
+                ]
             })
             .collect()
     });
@@ -871,23 +890,33 @@ pub(super) fn chunk_index(rows: usize) -> usize {
         .unwrap_or(INSERT_CHUNKS.len() - 1)
 }
 
+/// How a new task's row begins.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Begins {
+    /// `scheduled` until its `run_at`, else `queued`.
+    Due,
+    /// `waiting` for dependencies.
+    Waiting,
+    /// `running`: started as it is written (its attempt and lease bound after).
+    Started,
+}
+
 /// Binds the columns of one new task created at `created` and written `now` (microseconds), in
-/// [`INSERT_COLUMNS`]' order: `waiting` if it waits for dependencies, else `scheduled` until its
+/// [`INSERT_COLUMNS`]' order, its status as it `begins`: a due one is `scheduled` until its
 /// `run_at` (`created` if it has none), else `queued`. A workflow's deferred task is written
 /// after its creation.
 pub(super) fn bind_new_task<'q, O>(
     query: sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments>,
     t: &'q NewTask,
     (created, now): (i64, i64),
-    waiting: bool,
+    begins: Begins,
 ) -> Result<sqlx::query::QueryAs<'q, sqlx::Sqlite, O, sqlx::sqlite::SqliteArguments>, StoreError> {
     let run_at = t.run_at.map_or(created, micros);
-    let status = if waiting {
-        "waiting"
-    } else if run_at > now {
-        "scheduled"
-    } else {
-        "queued"
+    let status = match begins {
+        Begins::Waiting => "waiting",
+        Begins::Started => "running",
+        Begins::Due if run_at > now => "scheduled",
+        Begins::Due => "queued",
     };
     // Beyond `i64::MAX` only in theory (validation bounds them far lower): kept at the most.
     let signed = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);

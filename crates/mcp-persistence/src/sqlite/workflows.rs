@@ -3,24 +3,25 @@
 //! dependents released or cancelled, workflows finished) in the transaction that made their
 //! dependencies final. The one writer connection orders every settling, so no lock is needed.
 
-use super::SqliteTaskStore;
 use super::task_row::{TaskRow, tasks};
 use super::tasks::{
-    Insert, bind_new_task, complete_sql, completion_batch, insert_chunks, insert_values_sql,
-    plain_success, succeed_sql,
+    Begins, Insert, bind_new_task, complete_sql, completion_batch, insert_chunks,
+    insert_values_sql, plain_success, succeed_sql,
 };
+use super::{SqliteTaskStore, outbox};
 use crate::codec::{id_text, ids_json, instant, json_array, micros, uuid};
 use crate::columns::{TASK_COLUMNS, WORKFLOW_COLUMNS, qualified};
 use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
-    CANCELLED_BY_DEPENDENCY, Chunks, Ended, Satisfied, Split, apply, chunk_columns, chunked,
-    dependents_of, each_dependents, edges_to, edges_to_earlier, group_parents, in_favour, in_order,
-    may_retry, outcomes_of, outside_dependencies, pack, parent_view, reached, revivable, revives,
-    runnable, split, taken_by_workflow,
+    CANCELLED_BY_DEPENDENCY, Chunks, Ended, Satisfied, Split, Starter, apply, chunk_columns,
+    chunked, dependents_of, each_dependents, edges_to, edges_to_earlier, group_parents, in_favour,
+    in_order, may_retry, outcomes_of, outside_dependencies, pack, parent_view, reached,
+    released_and_started, revivable, revives, runnable, split, taken_by_workflow,
 };
 use chrono::Utc;
+use mcp_core::store::StartRequest;
 use mcp_core::task::Progress;
 use mcp_core::workflow::{
     NewWorkflow, OnFailure, Retried, Settled, Workflow, WorkflowDetail, WorkflowFilter,
@@ -149,13 +150,21 @@ impl SqliteTaskStore {
     async fn write_holders(&self, holders: &[String]) -> Result<(), StoreError> {
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         let (written, _) =
-            write_deferred(&mut tx, holders, Chunks::All, micros(Utc::now())).await?;
+            write_deferred(&mut tx, holders, Chunks::All, micros(Utc::now()), None).await?;
         tx.commit().await.map_err(db_error)?;
         self.released.hand_over(runnable(written));
         Ok(())
     }
 
-    pub(super) async fn release_ready_tx(&self) -> Result<Option<Settled>, StoreError> {
+    pub(super) async fn release_ready_tx(
+        &self,
+        start: Option<&StartRequest<'_>>,
+    ) -> Result<Option<Settled>, StoreError> {
+        let flow = match start {
+            Some(_) => Some(self.flow_view().await?),
+            None => None,
+        };
+        let mut starter = start.zip(flow.as_deref()).map(|(r, f)| Starter::new(r, f));
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         // The oldest chunk released and not written.
         let taken: Vec<TakenChunk> = sqlx::query_as(sql!(
@@ -171,11 +180,19 @@ impl SqliteTaskStore {
             tx.rollback().await.map_err(db_error)?;
             return Ok(None);
         }
-        let released =
-            runnable(write_taken(&mut tx, taken, &Satisfied::Read, micros(Utc::now())).await?);
-        tx.commit().await.map_err(db_error)?;
+        let written = write_taken(
+            &mut tx,
+            taken,
+            &Satisfied::Read,
+            micros(Utc::now()),
+            starter.as_mut(),
+        )
+        .await?;
+        let (released, started) = released_and_started(written);
+        self.commit_started(tx, &started).await?;
         Ok(Some(Settled {
             released,
+            started,
             ..Settled::default()
         }))
     }
@@ -199,8 +216,14 @@ impl SqliteTaskStore {
         let policy = OnFailure::from_str(&policy).map_err(corrupt)?;
         let at = Utc::now();
         // The new tasks' dependencies are rows, to which their dependents are appended.
-        let (written, _) =
-            write_deferred(&mut tx, &[id_text(workflow_id)], Chunks::All, micros(at)).await?;
+        let (written, _) = write_deferred(
+            &mut tx,
+            &[id_text(workflow_id)],
+            Chunks::All,
+            micros(at),
+            None,
+        )
+        .await?;
         // Dependencies stored before whose end was applied to their dependents already: it is
         // applied to the new ones here. Those that ended but are not settled yet settle below,
         // for every dependent, the new ones included.
@@ -229,6 +252,7 @@ impl SqliteTaskStore {
                 &edges,
                 &outcomes,
                 HashSet::from([id_text(workflow_id)]),
+                None,
             )
             .await?;
             settled.released.extend(more.released);
@@ -290,10 +314,16 @@ impl SqliteTaskStore {
         &self,
         owner: &str,
         completions: &[Completion],
+        start: Option<&StartRequest<'_>>,
     ) -> Result<Settled, StoreError> {
         if completions.is_empty() {
             return Ok(Settled::default());
         }
+        let flow = match start {
+            Some(_) => Some(self.flow_view().await?),
+            None => None,
+        };
+        let mut starter = start.zip(flow.as_deref()).map(|(r, f)| Starter::new(r, f));
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         // As `complete`, then settled in the same transaction. Its final tasks are marked
         // settled by the completion itself, and settled below from what it returns: their
@@ -339,10 +369,25 @@ impl SqliteTaskStore {
             }
             ids.push(id);
         }
-        let mut settled = settle_completed(&mut tx, ended).await?;
+        let mut settled = settle_completed(&mut tx, ended, starter.as_mut()).await?;
+        // Those it started, recorded as a claim records them.
+        let mut recorded = 0;
+        if let Some(wanted) = self.outbox.wanted(Transition::Started) {
+            let started: Vec<Uuid> = settled.started.iter().map(|t| t.id).collect();
+            recorded = outbox::record(&mut tx, &started, Transition::Started, &wanted).await?;
+        }
         self.commit_recording(tx, &ids, Transition::Settled).await?;
+        if recorded > 0 {
+            self.outbox.tell();
+        }
         settled.changed = ids;
         Ok(settled)
+    }
+
+    /// Commits `tx`, which started `started` (recorded for the webhooks that want it).
+    async fn commit_started(&self, tx: Tx, started: &[Task]) -> Result<(), StoreError> {
+        let ids: Vec<Uuid> = started.iter().map(|t| t.id).collect();
+        self.commit_recording(tx, &ids, Transition::Started).await
     }
 
     pub(super) async fn settle_tx(&self, ids: &[Uuid]) -> Result<Settled, StoreError> {
@@ -366,7 +411,7 @@ impl SqliteTaskStore {
             return Ok(None);
         }
         let now = micros(Utc::now());
-        write_deferred(&mut tx, &[id_text(id)], Chunks::All, now).await?;
+        write_deferred(&mut tx, &[id_text(id)], Chunks::All, now, None).await?;
         let running: Vec<(String,)> =
             sqlx::query_as("SELECT id FROM tasks WHERE workflow_id = ?1 AND status = 'running'")
                 .bind(id_text(id))
@@ -440,7 +485,7 @@ impl SqliteTaskStore {
                 break;
             };
             let (written, _) =
-                write_deferred(&mut tx, &[workflow], Chunks::All, micros(Utc::now())).await?;
+                write_deferred(&mut tx, &[workflow], Chunks::All, micros(Utc::now()), None).await?;
             released.extend(runnable(written));
         }
         let (workflow_id, status) = match found {
@@ -466,6 +511,7 @@ impl SqliteTaskStore {
             std::slice::from_ref(&workflow_id),
             Chunks::All,
             micros(Utc::now()),
+            None,
         )
         .await?;
         released.extend(runnable(written));
@@ -705,7 +751,7 @@ async fn insert_tasks(
         waiting: nodes.iter().map(|n| n.depends_on.len() as i32).collect(),
         created: now,
     };
-    let created = write_rows(tx, workflow_id, rows, now).await?;
+    let created = write_rows(tx, workflow_id, rows, now, None).await?;
     if !earlier.is_empty() {
         let appended: Vec<Value> = earlier
             .into_iter()
@@ -753,7 +799,7 @@ async fn insert_deferring(
         waiting: vec![0; roots.len()],
         created: now,
     };
-    let written = write_rows(tx, workflow_id, rows, now).await?;
+    let written = write_rows(tx, workflow_id, rows, now, None).await?;
     let workflow = id_text(workflow_id);
     for (seq, chunk) in chunked(&deferred).into_iter().enumerate() {
         let (ids, parents, queues) = chunk_columns(chunk);
@@ -790,17 +836,19 @@ struct RowValues<'a> {
     task: &'a NewTask,
     node: &'a WorkflowNode,
     waiting_on: i32,
+    begins: Begins,
     depends_on: Option<String>,
     dependents: Option<String>,
 }
 
-/// Writes workflow tasks as rows, written `now` (microseconds); the tasks as written, in input
-/// order.
+/// Writes workflow tasks as rows, written `now` (microseconds), those `start` takes started
+/// for its owner; the tasks as written, in input order.
 async fn write_rows(
     tx: &mut Tx,
     workflow_id: Uuid,
     rows: Rows<'_>,
     now: i64,
+    mut start: Option<&mut Starter<'_>>,
 ) -> Result<Vec<Task>, StoreError> {
     let Rows {
         new,
@@ -810,6 +858,7 @@ async fn write_rows(
         created,
     } = rows;
     let workflow = id_text(workflow_id);
+    let created_at = instant(created)?;
     let tasks: Vec<RowValues> = new
         .iter()
         .zip(nodes)
@@ -818,41 +867,65 @@ async fn write_rows(
             task,
             node,
             waiting_on,
+            begins: if waiting_on > 0 {
+                Begins::Waiting
+            } else if let Some(start) = start.as_deref_mut()
+                && start.takes(task, task.run_at.unwrap_or(created_at))
+            {
+                Begins::Started
+            } else {
+                Begins::Due
+            },
             depends_on: id_column(&node.depends_on),
             dependents: id_column(its_dependents),
         })
         .collect();
-    for chunk in insert_chunks(&tasks) {
-        let mut query = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(insert_values_sql(
-            chunk.len(),
-            Insert::Workflow,
-        )));
-        for row in chunk {
-            query = bind_new_task(query, row.task, (created, now), row.waiting_on > 0)?
-                .bind(workflow.as_str())
-                .bind(row.node.key.as_str())
-                .bind(row.waiting_on)
-                .bind(row.depends_on.as_deref())
-                .bind(row.dependents.as_deref());
+    // Started: their attempt, its start and its lease.
+    let lease = start.map(|start| {
+        let expires = micros(instant(now)? + start.lease());
+        Ok::<_, StoreError>((start.owner().to_owned(), expires))
+    });
+    let lease = lease.transpose()?;
+    let (started, due): (Vec<&RowValues>, Vec<&RowValues>) =
+        tasks.iter().partition(|row| row.begins == Begins::Started);
+    for (rows, statement) in [(due, Insert::Workflow), (started, Insert::WorkflowStarted)] {
+        for chunk in insert_chunks(&rows) {
+            let mut query = sqlx::query_as::<_, (String,)>(sqlx::AssertSqlSafe(insert_values_sql(
+                chunk.len(),
+                statement,
+            )));
+            for row in chunk {
+                query = bind_new_task(query, row.task, (created, now), row.begins)?
+                    .bind(workflow.as_str())
+                    .bind(row.node.key.as_str())
+                    .bind(row.waiting_on)
+                    .bind(row.depends_on.as_deref())
+                    .bind(row.dependents.as_deref());
+                if let (Begins::Started, Some((owner, expires))) = (row.begins, &lease) {
+                    query = query.bind(1).bind(now).bind(owner.as_str()).bind(*expires);
+                }
+            }
+            sqlx::Executor::execute(&mut **tx, query)
+                .await
+                .map_err(db_error)?;
         }
-        sqlx::Executor::execute(&mut **tx, query)
-            .await
-            .map_err(db_error)?;
     }
-    let created_at = instant(created)?;
     tasks
         .into_iter()
         .map(|row| {
             let (t, node) = (row.task, row.node);
             let run_at = t.run_at.map_or(created, micros);
-            let status = if row.waiting_on > 0 {
-                TaskStatus::Waiting
-            } else if run_at > now {
-                TaskStatus::Scheduled
-            } else {
-                TaskStatus::Queued
+            let status = match row.begins {
+                Begins::Waiting => TaskStatus::Waiting,
+                Begins::Started => TaskStatus::Running,
+                Begins::Due if run_at > now => TaskStatus::Scheduled,
+                Begins::Due => TaskStatus::Queued,
             };
             let mut task = inserted_task(t, status, instant(run_at)?, created_at);
+            if row.begins == Begins::Started {
+                task.attempts = 1;
+                task.started_at = Some(instant(now)?);
+            }
             task.workflow_id = Some(workflow_id);
             task.workflow_key = Some(node.key.clone());
             Ok(task)
@@ -882,6 +955,7 @@ async fn write_deferred(
     workflows: &[String],
     chunks: Chunks<'_>,
     now: i64,
+    start: Option<&mut Starter<'_>>,
 ) -> Result<(Vec<Task>, HashSet<Uuid>), StoreError> {
     let (taken, satisfied, left) = match chunks {
         Chunks::All => {
@@ -944,7 +1018,7 @@ async fn write_deferred(
             (taken, reached.satisfied, reached.left)
         }
     };
-    Ok((write_taken(tx, taken, &satisfied, now).await?, left))
+    Ok((write_taken(tx, taken, &satisfied, now, start).await?, left))
 }
 
 /// What a deferred chunk's `DELETE` returns: its workflow with that workflow's creation time
@@ -960,12 +1034,14 @@ const TAKEN: &str = "workflow_id,
 /// JSON as stored before: see [`unpack`]).
 type TakenChunk = (String, Option<i64>, Option<String>, Option<Vec<u8>>, String);
 
-/// Writes the deferred chunks `taken` as rows (see [`write_deferred`]), written `now`.
+/// Writes the deferred chunks `taken` as rows (see [`write_deferred`]), written `now`, those
+/// `start` takes started.
 async fn write_taken(
     tx: &mut Tx,
     taken: Vec<TakenChunk>,
     known: &Satisfied<String>,
     now: i64,
+    mut start: Option<&mut Starter<'_>>,
 ) -> Result<Vec<Task>, StoreError> {
     // Those of a workflow gone are dropped.
     let by_workflow = taken_by_workflow(taken.iter().filter_map(
@@ -991,7 +1067,7 @@ async fn write_taken(
             dependents: taken.dependents(),
             created,
         };
-        written.extend(write_rows(tx, uuid(&workflow)?, rows, now).await?);
+        written.extend(write_rows(tx, uuid(&workflow)?, rows, now, start.as_deref_mut()).await?);
     }
     Ok(written)
 }
@@ -1032,7 +1108,11 @@ type CompletedRow = (String, String, bool, Option<String>, Option<String>);
 /// read, then their outcomes applied along their dependents, as the completion returned them.
 /// A success counts for its dependents whatever the policy, so a batch of successes only (a
 /// fan-out's) does not read them: one round trip to the writer fewer per completion.
-async fn settle_completed(tx: &mut Tx, ended: Vec<Ended<String>>) -> Result<Settled, StoreError> {
+async fn settle_completed(
+    tx: &mut Tx,
+    ended: Vec<Ended<String>>,
+    start: Option<&mut Starter<'_>>,
+) -> Result<Settled, StoreError> {
     if ended.is_empty() {
         return Ok(Settled::default());
     }
@@ -1047,7 +1127,7 @@ async fn settle_completed(tx: &mut Tx, ended: Vec<Ended<String>>) -> Result<Sett
         policies_of(tx, touched).await?
     };
     let (outcomes, edges) = outcomes_of(ended, &policies);
-    apply_edges(tx, &edges, &outcomes, policies.into_keys().collect()).await
+    apply_edges(tx, &edges, &outcomes, policies.into_keys().collect(), start).await
 }
 
 /// The policies of the workflows `ids` (those that exist).
@@ -1115,7 +1195,7 @@ async fn settle(tx: &mut Tx, ids: &[Uuid]) -> Result<Settled, StoreError> {
                 .map(|child| (child, parent)),
         );
     }
-    apply_edges(tx, &edges, &outcomes, touched).await
+    apply_edges(tx, &edges, &outcomes, touched, None).await
 }
 
 /// Applies dependencies' outcomes along `edges` (`(dependent, dependency)`): deferred
@@ -1128,13 +1208,20 @@ async fn apply_edges(
     edges: &[(Uuid, Uuid)],
     outcomes: &HashMap<Uuid, (TaskStatus, OnFailure)>,
     mut touched: HashSet<String>,
+    start: Option<&mut Starter<'_>>,
 ) -> Result<Settled, StoreError> {
     let mut settled = Settled::default();
     let now = micros(Utc::now());
     let flows: Vec<String> = touched.iter().cloned().collect();
     let settling: Vec<Uuid> = outcomes.keys().copied().collect();
-    let (written, left) =
-        write_deferred(tx, &flows, Chunks::settling(outcomes, &settling), now).await?;
+    let (written, left) = write_deferred(
+        tx,
+        &flows,
+        Chunks::settling(outcomes, &settling),
+        now,
+        start,
+    )
+    .await?;
     settled.ready = !left.is_empty();
     let (mut counts, cancel) = apply(edges, outcomes);
     // Those written now counted what settles now already, and so will those left deferred.
@@ -1172,8 +1259,10 @@ async fn apply_edges(
     }
     for task in counted {
         open.insert(id_text(task.workflow_id.unwrap_or_default()));
-        if task.status != TaskStatus::Waiting {
-            settled.released.push(task);
+        match task.status {
+            TaskStatus::Waiting => {}
+            TaskStatus::Running => settled.started.push(task),
+            _ => settled.released.push(task),
         }
     }
     touched.retain(|workflow| !open.contains(workflow));
