@@ -427,6 +427,89 @@ async fn progress_is_stored_published_and_throttled_on_postgres() {
     progress(Backend::Postgres).await;
 }
 
+/// A dependent released on a node with free slots starts there at once (`task.started` without
+/// `task.queued`: no claim took it); one in a paused queue is queued and waits for the queue.
+async fn released_dependents_start_at_once(backend: Backend) {
+    let Some((server, schema)) = start(backend, &[]).await else {
+        return;
+    };
+    let mut watcher = connect(&server, Some(&token("admin", "watcher"))).await;
+    let reply = request(
+        &mut watcher,
+        json!({"id": 1, "op": "subscribe", "channel": "tasks"}),
+    )
+    .await;
+    assert_eq!(reply["ok"], true, "{reply}");
+    let (status, paused) = post(&server, "/v1/queues/held/pause", json!({})).await;
+    assert_eq!(status, 200, "{paused}");
+    let (status, created) = post(
+        &server,
+        "/v1/workflows",
+        json!({"name": "eager", "tasks": [
+            {"key": "a", "type": "echo", "payload": {"n": 1}},
+            {"key": "b", "type": "collect", "depends_on": ["a"]},
+            {"key": "c", "type": "echo", "queue": "held", "depends_on": ["a"]},
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{created}");
+    let (b, c) = (
+        task(&created, "b")["id"].clone(),
+        task(&created, "c")["id"].clone(),
+    );
+    let mut seen: Vec<(Value, String)> = Vec::new();
+    // Until b succeeded and c was released.
+    while !(seen.contains(&(b.clone(), "task.succeeded".into()))
+        && seen.contains(&(c.clone(), "task.queued".into())))
+    {
+        let frame = next(&mut watcher).await;
+        if frame["op"] != "event" {
+            continue;
+        }
+        let id = frame["event"]["data"]["id"].clone();
+        if id == b || id == c {
+            let event = frame["event"]["type"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            seen.push((id, event));
+        }
+    }
+    let of = |id: &Value| -> Vec<&str> {
+        seen.iter()
+            .filter(|(task, _)| task == id)
+            .map(|(_, event)| event.as_str())
+            .collect()
+    };
+    assert_eq!(
+        of(&b),
+        ["task.created", "task.started", "task.succeeded"],
+        "{seen:?}"
+    );
+    assert_eq!(of(&c), ["task.created", "task.queued"], "{seen:?}");
+    let held = wait_for(&server, c.as_str().unwrap(), |t| t["status"] == "queued").await;
+    assert_eq!(held["attempts"], 0, "{held}");
+    let ran = wait_for(&server, b.as_str().unwrap(), is_final).await;
+    assert_eq!(ran["attempts"], 1, "{ran}");
+    assert_eq!(ran["result"]["a"]["result"], json!({"n": 1}), "{ran}");
+    let (status, _) = post(&server, "/v1/queues/held/resume", json!({})).await;
+    assert_eq!(status, 200);
+    let id = created["id"].as_str().unwrap();
+    let done = wait_for_workflow(&server, id).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    finish(server, schema).await;
+}
+
+#[tokio::test]
+async fn released_dependents_start_at_once_on_sqlite() {
+    released_dependents_start_at_once(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn released_dependents_start_at_once_on_postgres() {
+    released_dependents_start_at_once(Backend::Postgres).await;
+}
+
 /// A WebSocket worker's `task.progress` is stored; a task it does not hold is refused.
 #[tokio::test]
 async fn workers_report_progress_over_the_websocket() {

@@ -139,6 +139,8 @@ pub struct Orchestrator {
     shares: Arc<Mutex<HashMap<String, u32>>>,
     /// Attempt outcomes this node has durably recorded.
     recorded: AtomicU64,
+    /// Released dependents this node started as their settling wrote them (no claim).
+    started_where_released: AtomicU64,
     /// External workers connected to this node, and every route's breaker.
     balancer: Arc<Balancer>,
     /// The cluster's workers: where this node publishes its own and learns of the others'.
@@ -194,6 +196,7 @@ impl Orchestrator {
             running: Mutex::new(HashMap::new()),
             shares: Arc::default(),
             recorded: AtomicU64::new(0),
+            started_where_released: AtomicU64::new(0),
             balancer: Arc::new(Balancer::new(node_id, config_breaker)),
             directory: directory::Directory::default(),
             announcer,
@@ -479,6 +482,12 @@ impl Orchestrator {
         }
         self.announce_revived(&retried);
         Ok(retried.outcome)
+    }
+
+    /// How many released dependents this node started as their settling wrote them, without a
+    /// claim (`TaskStore::release_ready`), since it started.
+    pub fn started_where_released(&self) -> u64 {
+        self.started_where_released.load(Ordering::Relaxed)
     }
 
     /// How many attempt outcomes this node has durably recorded since it started.

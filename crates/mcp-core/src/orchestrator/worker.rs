@@ -32,6 +32,9 @@ const OUTCOME_FLUSH_PATIENCE: Duration = Duration::from_millis(500);
 const DUE_RECHECK: Duration = Duration::from_millis(20);
 /// How often outcomes of finished tasks are pruned.
 const PRUNE_INTERVAL: Duration = Duration::from_secs(3600);
+/// Longest the release loop waits for a free slot before writing a released chunk (see
+/// `room_to_start`).
+const RELEASE_WAIT: Duration = Duration::from_millis(20);
 /// How long shutdown waits for the last task events to reach the bus.
 const EVENT_FLUSH_PATIENCE: Duration = Duration::from_secs(2);
 
@@ -165,6 +168,7 @@ impl Orchestrator {
                 _ = stop.cancelled() => return,
             }
             loop {
+                self.room_to_start(&starts).await;
                 let slots = SlotsTaken::new(self.live.slots.clone());
                 let slot = || slots.take();
                 let start = self.start_request(&starts, &slot);
@@ -314,6 +318,22 @@ impl Orchestrator {
         })
     }
 
+    /// Waits, for [`RELEASE_WAIT`] at most, until this node has a free slot, so that the
+    /// released chunk the release loop writes next starts here (see `start_request`) rather
+    /// than being queued for a claim: the release loop writes chunks faster than a node runs
+    /// them, and it would otherwise queue the last of a large fan-out for nothing. A node busy
+    /// with long tasks delays each chunk by that much at most before writing it queued for any
+    /// node.
+    async fn room_to_start(&self, starts: &Starts) {
+        if self.live.slots.available_permits() > 0
+            || self.config.concurrency == 0
+            || starts.stop_claiming.is_cancelled()
+        {
+            return;
+        }
+        let _ = tokio::time::timeout(RELEASE_WAIT, self.live.slots.acquire()).await;
+    }
+
     /// Runs the dependents that `settled` started for this node, each in one of the `slots`
     /// taken for them, and leaves the rest of `settled` to announce.
     fn run_started(self: &Arc<Self>, settled: &mut Settled, slots: SlotsTaken, starts: &Starts) {
@@ -339,6 +359,8 @@ impl Orchestrator {
             };
             let share = self.hold_share(&task, cap);
             self.dispatch(task, permit, share, done.clone());
+            self.started_where_released
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

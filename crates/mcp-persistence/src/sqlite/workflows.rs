@@ -9,7 +9,7 @@ use super::tasks::{
     insert_values_sql, plain_success, succeed_sql,
 };
 use super::{SqliteTaskStore, outbox};
-use crate::codec::{id_text, ids_json, instant, json_array, micros, uuid};
+use crate::codec::{id_text, ids_json, instant, json_array, micros, micros_after, uuid};
 use crate::columns::{TASK_COLUMNS, WORKFLOW_COLUMNS, qualified};
 use crate::error::{corrupt, db_error};
 use crate::outbox::Transition;
@@ -881,11 +881,13 @@ async fn write_rows(
         })
         .collect();
     // Started: their attempt, its start and its lease.
-    let lease = start.map(|start| {
-        let expires = micros(instant(now)? + start.lease());
-        Ok::<_, StoreError>((start.owner().to_owned(), expires))
-    });
-    let lease = lease.transpose()?;
+    let lease = match start {
+        Some(start) => Some((
+            start.owner().to_owned(),
+            micros_after(instant(now)?, start.lease()),
+        )),
+        None => None,
+    };
     let (started, due): (Vec<&RowValues>, Vec<&RowValues>) =
         tasks.iter().partition(|row| row.begins == Begins::Started);
     for (rows, statement) in [(due, Insert::Workflow), (started, Insert::WorkflowStarted)] {
