@@ -356,7 +356,29 @@ pub(crate) struct Starter<'a> {
     now: DateTime<Utc>,
 }
 
+/// The flow-control view a settling needs to start what it releases (`view`, a store's cached
+/// one, read only when it may start some: with `start`).
+pub(crate) async fn flow_for(
+    start: Option<&StartRequest<'_>>,
+    view: impl Future<Output = Result<std::sync::Arc<FlowView>, StoreError>>,
+) -> Result<Option<std::sync::Arc<FlowView>>, StoreError> {
+    Ok(match start {
+        Some(_) => Some(view.await?),
+        None => None,
+    })
+}
+
 impl<'a> Starter<'a> {
+    /// A starter for `start` under `flow` ([`flow_for`]), when there is one.
+    pub(crate) fn of(
+        start: Option<&'a StartRequest<'a>>,
+        flow: Option<&'a FlowView>,
+    ) -> Option<Starter<'a>> {
+        start
+            .zip(flow)
+            .map(|(start, flow)| Starter::new(start, flow))
+    }
+
     pub(crate) fn new(request: &'a StartRequest<'a>, flow: &'a FlowView) -> Starter<'a> {
         Starter {
             request,

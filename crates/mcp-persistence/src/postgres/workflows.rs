@@ -17,7 +17,7 @@ use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
     CANCELLED_BY_DEPENDENCY, Chunks, DeferredTask, Ended, Satisfied, Split, Starter, apply,
-    chunk_columns, chunked, dependents_of, each_dependents, edges_to, edges_to_earlier,
+    chunk_columns, chunked, dependents_of, each_dependents, edges_to, edges_to_earlier, flow_for,
     group_parents, in_favour, in_order, may_retry, outcomes_of, outside_dependencies, pack,
     parent_view, reached, released_and_started, revivable, revives, runnable, split,
     taken_by_workflow,
@@ -222,11 +222,8 @@ impl PgTaskStore {
         &self,
         start: Option<&StartRequest<'_>>,
     ) -> Result<Option<Settled>, StoreError> {
-        let flow = match start {
-            Some(_) => Some(self.flow_view().await?),
-            None => None,
-        };
-        let mut starter = start.zip(flow.as_deref()).map(|(r, f)| Starter::new(r, f));
+        let flow = flow_for(start, self.flow_view()).await?;
+        let mut starter = Starter::of(start, flow.as_deref());
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         // The oldest chunk released and not written, unless another node writes it now.
         let taken: Vec<TakenChunk> = sqlx::query_as(
@@ -381,11 +378,8 @@ impl PgTaskStore {
         if completions.is_empty() {
             return Ok(Settled::default());
         }
-        let flow = match start {
-            Some(_) => Some(self.flow_view().await?),
-            None => None,
-        };
-        let mut starter = start.zip(flow.as_deref()).map(|(r, f)| Starter::new(r, f));
+        let flow = flow_for(start, self.flow_view()).await?;
+        let mut starter = Starter::of(start, flow.as_deref());
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         // As `complete`, then settled in the same transaction.
         let columns = CompletionColumns::of(completions);

@@ -16,8 +16,8 @@ use crate::outbox::Transition;
 use crate::tasks::inserted_task;
 use crate::workflows::{
     CANCELLED_BY_DEPENDENCY, Chunks, Ended, Satisfied, Split, Starter, apply, chunk_columns,
-    chunked, dependents_of, each_dependents, edges_to, edges_to_earlier, group_parents, in_favour,
-    in_order, may_retry, outcomes_of, outside_dependencies, pack, parent_view, reached,
+    chunked, dependents_of, each_dependents, edges_to, edges_to_earlier, flow_for, group_parents,
+    in_favour, in_order, may_retry, outcomes_of, outside_dependencies, pack, parent_view, reached,
     released_and_started, revivable, revives, runnable, split, taken_by_workflow,
 };
 use chrono::Utc;
@@ -160,11 +160,8 @@ impl SqliteTaskStore {
         &self,
         start: Option<&StartRequest<'_>>,
     ) -> Result<Option<Settled>, StoreError> {
-        let flow = match start {
-            Some(_) => Some(self.flow_view().await?),
-            None => None,
-        };
-        let mut starter = start.zip(flow.as_deref()).map(|(r, f)| Starter::new(r, f));
+        let flow = flow_for(start, self.flow_view()).await?;
+        let mut starter = Starter::of(start, flow.as_deref());
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         // The oldest chunk released and not written.
         let taken: Vec<TakenChunk> = sqlx::query_as(sql!(
@@ -319,11 +316,8 @@ impl SqliteTaskStore {
         if completions.is_empty() {
             return Ok(Settled::default());
         }
-        let flow = match start {
-            Some(_) => Some(self.flow_view().await?),
-            None => None,
-        };
-        let mut starter = start.zip(flow.as_deref()).map(|(r, f)| Starter::new(r, f));
+        let flow = flow_for(start, self.flow_view()).await?;
+        let mut starter = Starter::of(start, flow.as_deref());
         let mut tx = self.writer.begin().await.map_err(db_error)?;
         // As `complete`, then settled in the same transaction. Its final tasks are marked
         // settled by the completion itself, and settled below from what it returns: their
