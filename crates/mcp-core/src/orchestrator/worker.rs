@@ -301,15 +301,21 @@ impl Orchestrator {
         tokio::spawn(self.clone().run(task, permit, share, done).instrument(span));
     }
 
-    /// What lets a settling start the released dependents it writes for this node, taking its
-    /// free slots through `slot` (see `TaskStore::release_ready`): nothing while it claims
+    /// Whether this node starts the dependents its settlings release: not while it claims
     /// nothing (shutting down, or an API-only node).
+    fn starts_here(&self, starts: &Starts) -> bool {
+        self.config.concurrency > 0 && !starts.stop_claiming.is_cancelled()
+    }
+
+    /// What lets a settling start the released dependents it writes for this node, taking its
+    /// free slots through `slot` (see `TaskStore::release_ready`), when it does
+    /// ([`Self::starts_here`]).
     fn start_request<'a>(
         &self,
         starts: &Starts,
         slot: &'a (dyn Fn() -> bool + Send + Sync),
     ) -> Option<StartRequest<'a>> {
-        if self.config.concurrency == 0 || starts.stop_claiming.is_cancelled() {
+        if !self.starts_here(starts) {
             return None;
         }
         Some(StartRequest {
@@ -325,10 +331,7 @@ impl Orchestrator {
     /// with long tasks delays each chunk by that much at most before writing it queued for any
     /// node.
     async fn room_to_start(&self, starts: &Starts) {
-        if self.live.slots.available_permits() > 0
-            || self.config.concurrency == 0
-            || starts.stop_claiming.is_cancelled()
-        {
+        if self.live.slots.available_permits() > 0 || !self.starts_here(starts) {
             return;
         }
         let _ = tokio::time::timeout(RELEASE_WAIT, self.live.slots.acquire()).await;
